@@ -1,0 +1,26 @@
+// The seam between a volume's I/O engine and the protocols that export it
+// (NBD now, iSCSI later). Offsets and lengths are in bytes. Every method
+// rejects with a VskyError (InvalidArgumentError for out-of-range requests,
+// IoError when no replica can serve, StaleEpochError when fenced off).
+
+export interface BlockDevice {
+  readonly name: string;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Reads `length` bytes at `offset` into a new buffer. */
+  read(offset: number, length: number): Promise<Buffer>;
+  /** Writes `data` at `offset`; with `fua` the data is durable when this resolves. */
+  write(offset: number, data: Buffer, fua: boolean): Promise<void>;
+  /** Makes every write acknowledged so far durable on every replica. */
+  flush(): Promise<void>;
+  /** Writes zeros over the range. */
+  writeZeroes(offset: number, length: number, fua: boolean): Promise<void>;
+  /** Hints that the range is unused; it reads as zeros afterwards. */
+  discard(offset: number, length: number): Promise<void>;
+}
+
+/** Finds the device exported under an export name (NBD) or LUN (iSCSI). */
+export interface ExportRegistry {
+  lookup(name: string): BlockDevice | undefined;
+  list(): BlockDevice[];
+}

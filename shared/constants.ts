@@ -1,0 +1,30 @@
+// Defaults in one place. Daemons and the CLI take these unless told otherwise.
+
+export const MiB = 1024 * 1024;
+export const GiB = 1024 * MiB;
+
+/** Where `vsky cluster up` puts the manager, and where admin commands look by default. */
+export const DEFAULT_MANAGER_ADDRESS = '127.0.0.1:7700';
+export const DEFAULT_HEAD_GRPC_PORT = 7720;
+export const DEFAULT_NBD_PORT = 10809;
+export const DEFAULT_NODE_DATA_PORT = 7710;
+export const DEFAULT_NODE_GRPC_PORT = 7711;
+/** Local cluster: storage node i listens on 127.0.0.(NODE_HOST_BASE + i), standing in for separate hosts. */
+export const LOCAL_NODE_HOST_BASE = 11;
+
+export const DEFAULT_CHUNK_SIZE = 256 * MiB;
+export const DEFAULT_REPLICAS = 3;
+export const MAX_REPLICAS = 9;
+
+export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1000;
+export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 5000;
+
+/** Largest single data-protocol payload; bigger requests are split by the head. */
+export const MAX_DATA_PAYLOAD = 32 * MiB;
+/** Requests a head keeps in flight per storage-node connection before queueing. */
+export const MAX_INFLIGHT_PER_CONNECTION = 256;
+/** A data-protocol request with no reply after this long fails its connection. */
+export const DATA_REQUEST_TIMEOUT_MS = 10_000;
+
+/** Chunk-table written-region bitmap: bits per chunk (region size = chunk size / bits). */
+export const REGION_BITS_PER_CHUNK = 4096;

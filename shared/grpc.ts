@@ -1,0 +1,137 @@
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import type { ProtoGrpcType as ManagerProto } from '../proto/generated/manager.js';
+import type { ProtoGrpcType as StorageProto } from '../proto/generated/storage_node.js';
+import type { ProtoGrpcType as HeadProto } from '../proto/generated/head_agent.js';
+import {
+  AlreadyExistsError, CapacityError, ConflictError, InvalidArgumentError, NotFoundError,
+  StaleEpochError, StaleGenerationError, TimeoutError, TransportError, VskyError,
+} from './errors.js';
+
+// gRPC glue shared by every component: loading the .proto files, typed
+// clients, a promise wrapper for unary calls, and the one place that maps our
+// typed errors to gRPC status codes and back (the stable code travels in the
+// "vsky-code" metadata key).
+
+export type { ManagerClient } from '../proto/generated/vsky/manager/Manager.js';
+export type { StorageNodeClient } from '../proto/generated/vsky/storage/StorageNode.js';
+export type { HeadAgentClient } from '../proto/generated/vsky/head/HeadAgent.js';
+
+function findProtoDir(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    if (existsSync(join(dir, 'proto', 'manager.proto'))) return join(dir, 'proto');
+    dir = dirname(dir);
+  }
+  throw new Error('cannot find the proto/ directory next to the installed package');
+}
+
+const PROTO_DIR = findProtoDir();
+const LOAD_OPTIONS: protoLoader.Options = {
+  keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true, includeDirs: [PROTO_DIR],
+};
+
+function load<T>(file: string): T {
+  const def = protoLoader.loadSync(join(PROTO_DIR, file), LOAD_OPTIONS);
+  return grpc.loadPackageDefinition(def) as unknown as T;
+}
+
+let protos: { manager: ManagerProto; storage: StorageProto; head: HeadProto } | undefined;
+export function loadProtos(): { manager: ManagerProto; storage: StorageProto; head: HeadProto } {
+  protos ??= {
+    manager: load<ManagerProto>('manager.proto'),
+    storage: load<StorageProto>('storage_node.proto'),
+    head: load<HeadProto>('head_agent.proto'),
+  };
+  return protos;
+}
+
+const CLIENT_OPTIONS: grpc.ChannelOptions = {
+  'grpc.max_receive_message_length': 64 * 1024 * 1024,
+  'grpc.initial_reconnect_backoff_ms': 200,
+  'grpc.max_reconnect_backoff_ms': 2000,
+};
+
+export function managerClient(address: string) {
+  return new (loadProtos().manager.vsky.manager.Manager)(address, grpc.credentials.createInsecure(), CLIENT_OPTIONS);
+}
+export function storageNodeClient(address: string) {
+  return new (loadProtos().storage.vsky.storage.StorageNode)(address, grpc.credentials.createInsecure(), CLIENT_OPTIONS);
+}
+export function headAgentClient(address: string) {
+  return new (loadProtos().head.vsky.head.HeadAgent)(address, grpc.credentials.createInsecure(), CLIENT_OPTIONS);
+}
+
+type UnaryMethod<Req, Res> = (req: Req, meta: grpc.Metadata, opts: grpc.CallOptions, cb: grpc.requestCallback<Res>) => unknown;
+
+/** Calls a unary method with a deadline; rejects with a typed VskyError. */
+export function call<Req, Res>(client: grpc.Client, method: UnaryMethod<Req, Res>, req: Req, timeoutMs = 10_000): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    method.call(client, req, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => {
+      if (err) reject(fromGrpcError(err));
+      else resolve(res as Res);
+    });
+  });
+}
+
+const CODE_TO_STATUS: Record<string, grpc.status> = {
+  EINVAL: grpc.status.INVALID_ARGUMENT,
+  EPROTO: grpc.status.INVALID_ARGUMENT,
+  ENOTFOUND: grpc.status.NOT_FOUND,
+  EEXIST: grpc.status.ALREADY_EXISTS,
+  ECONFLICT: grpc.status.FAILED_PRECONDITION,
+  ENOSPC: grpc.status.RESOURCE_EXHAUSTED,
+  ESTALE_EPOCH: grpc.status.FAILED_PRECONDITION,
+  ESTALE_GENERATION: grpc.status.ABORTED,
+  ETIMEDOUT: grpc.status.DEADLINE_EXCEEDED,
+  ETRANSPORT: grpc.status.UNAVAILABLE,
+};
+
+export function toGrpcError(err: unknown): Partial<grpc.StatusObject> {
+  const metadata = new grpc.Metadata();
+  if (err instanceof VskyError) {
+    metadata.set('vsky-code', err.code);
+    return { code: CODE_TO_STATUS[err.code] ?? grpc.status.INTERNAL, details: err.message, metadata };
+  }
+  metadata.set('vsky-code', 'EINTERNAL');
+  return { code: grpc.status.INTERNAL, details: err instanceof Error ? err.message : String(err), metadata };
+}
+
+const CODE_TO_CLASS: Record<string, new (m: string) => VskyError> = {
+  EINVAL: InvalidArgumentError, ENOTFOUND: NotFoundError, EEXIST: AlreadyExistsError,
+  ECONFLICT: ConflictError, ENOSPC: CapacityError, ESTALE_EPOCH: StaleEpochError,
+  ESTALE_GENERATION: StaleGenerationError, ETIMEDOUT: TimeoutError,
+};
+
+export function fromGrpcError(err: grpc.ServiceError): VskyError {
+  const code = String(err.metadata?.get('vsky-code')[0] ?? '');
+  const Cls = CODE_TO_CLASS[code];
+  if (Cls) return new Cls(err.details);
+  if (err.code === grpc.status.UNAVAILABLE) {
+    return new TransportError(`cannot reach the service: ${err.details}`, {}, { cause: err });
+  }
+  if (err.code === grpc.status.DEADLINE_EXCEEDED) return new TimeoutError(`call timed out: ${err.details}`);
+  return new VskyError(code || 'EINTERNAL', err.details || err.message);
+}
+
+/** Adapts an async handler to a grpc-js unary handler with error mapping. */
+export function unary<Req, Res>(fn: (req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+  return (callObj, callback) => {
+    fn(callObj.request).then(
+      (res) => callback(null, res),
+      (err: unknown) => callback(toGrpcError(err)),
+    );
+  };
+}
+
+/** Binds a server on HOST:PORT (port 0 picks one); resolves with the bound port. */
+export function bindServer(server: grpc.Server, address: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port)));
+  });
+}
+
+export { grpc };
