@@ -66,13 +66,23 @@ export function headAgentClient(address: string) {
 }
 
 type UnaryMethod<Req, Res> = (req: Req, meta: grpc.Metadata, opts: grpc.CallOptions, cb: grpc.requestCallback<Res>) => unknown;
+// The generated clients overload each method; the last overload is (argument, callback).
+type ReqOf<F> = F extends (argument: infer Req, callback: grpc.requestCallback<infer _Res>) => grpc.ClientUnaryCall ? Req : never;
+type ResOf<F> = F extends (argument: infer _Req, callback: grpc.requestCallback<infer Res>) => grpc.ClientUnaryCall ? Res : never;
+type UnaryKeys<C> = { [K in keyof C]: C[K] extends (...a: never[]) => grpc.ClientUnaryCall ? K : never }[keyof C] & string;
 
-/** Calls a unary method with a deadline; rejects with a typed VskyError. */
-export function call<Req, Res>(client: grpc.Client, method: UnaryMethod<Req, Res>, req: Req, timeoutMs = 10_000): Promise<Res> {
+/**
+ * Calls a unary method with a deadline; rejects with a typed VskyError.
+ * Prefer the method-name form, which is fully typed: call(client, 'ListVolumes', {}).
+ */
+export function call<C extends grpc.Client, K extends UnaryKeys<C>>(client: C, method: K, req: ReqOf<C[K]>, timeoutMs?: number): Promise<ResOf<C[K]>>;
+export function call<Req, Res>(client: grpc.Client, method: UnaryMethod<Req, Res>, req: Req, timeoutMs?: number): Promise<Res>;
+export function call(client: grpc.Client, method: string | UnaryMethod<unknown, unknown>, req: unknown, timeoutMs = 10_000): Promise<unknown> {
+  const fn = (typeof method === 'string' ? (client as unknown as Record<string, UnaryMethod<unknown, unknown>>)[method] : method)!;
   return new Promise((resolve, reject) => {
-    method.call(client, req, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => {
+    fn.call(client, req, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => {
       if (err) reject(fromGrpcError(err));
-      else resolve(res as Res);
+      else resolve(res);
     });
   });
 }

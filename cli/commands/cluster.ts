@@ -1,0 +1,70 @@
+import { resolve } from 'node:path';
+import { InvalidArgumentError as CommanderInvalid, type Command } from 'commander';
+import { LOCAL_CLUSTER_DEFAULTS, LocalCluster } from '../../deploy/local-cluster.js';
+import { DEFAULT_REPLICAS, MAX_REPLICAS } from '../../shared/constants.js';
+import { errorMessage } from '../../shared/errors.js';
+import { formatSize, parseSize } from '../../shared/units.js';
+import { hostPortArg, intArg, positiveIntArg, sizeArg } from '../options.js';
+
+interface VolumeSpec { name: string; size: number; replicas: number }
+
+function volumeArg(value: string): VolumeSpec {
+  const [name, size, replicas, extra] = value.split(':');
+  if (!name || !size || extra !== undefined) throw new CommanderInvalid(`"${value}" must look like NAME:SIZE[:REPLICAS], e.g. demo:2G:3`);
+  let bytes: number;
+  try { bytes = parseSize(size); } catch (e) { throw new CommanderInvalid(errorMessage(e)); }
+  const k = replicas === undefined ? DEFAULT_REPLICAS : Number(replicas);
+  if (!Number.isInteger(k) || k < 1 || k > MAX_REPLICAS) throw new CommanderInvalid(`replicas must be 1..${MAX_REPLICAS}, got "${replicas}"`);
+  return { name, size: bytes, replicas: k };
+}
+
+export function registerClusterCommands(program: Command): void {
+  const cluster = program.command('cluster').description('a whole cluster on this machine, for trying VastSky and for tests');
+  const d = LOCAL_CLUSTER_DEFAULTS;
+  cluster.command('up')
+    .description('start a manager, storage nodes with file-backed disks and a head agent on loopback, and serve a demo volume over NBD')
+    .option('--dir <dir>', 'where the cluster keeps its data and logs', '.vsky')
+    .option('--servers <n>', 'storage servers (each on its own 127.0.0.x address)', positiveIntArg, d.servers)
+    .option('--disks-per-server <m>', 'sparse disk files per server', positiveIntArg, d.disksPerServer)
+    .option('--disk-size <size>', 'size of each disk file', sizeArg, d.diskSize)
+    .option('--chunk-size <size>', 'chunk (segment) size', sizeArg, d.chunkSize)
+    .option('--volume <name:size[:replicas]>', 'volume to create and attach', volumeArg, { name: 'demo', size: 2 * 1024 ** 3, replicas: DEFAULT_REPLICAS })
+    .option('--manager <host:port>', 'manager listen address', hostPortArg, d.managerListen)
+    .option('--nbd-port <port>', 'NBD port of the head agent', intArg, d.nbdPort)
+    .option('--log-level <level>', 'daemon log level', 'info')
+    .action(async (o) => {
+      const dir = resolve(o.dir as string);
+      const vol = o.volume as VolumeSpec;
+      const out = process.stdout;
+      out.write(`Starting a local cluster in ${dir}: ${o.servers} storage servers x ${o.disksPerServer} disks of ${formatSize(o.diskSize)}, chunk ${formatSize(o.chunkSize)}\n`);
+      let c: LocalCluster;
+      try {
+        c = await LocalCluster.start({
+          ...d, dir, servers: o.servers, disksPerServer: o.disksPerServer, diskSize: o.diskSize, chunkSize: o.chunkSize,
+          managerListen: o.manager, nbdPort: o.nbdPort, logLevel: o.logLevel,
+        });
+      } catch (err) {
+        process.stderr.write(`vsky cluster up: ${errorMessage(err)}\n  hint: is another cluster already running (ports ${o.manager}, ${o.nbdPort})? Stop it, or pick others with --manager and --nbd-port.\n`);
+        process.exit(1);
+      }
+      let stopping = false;
+      const shutdown = (): void => {
+        if (stopping) return;
+        stopping = true;
+        out.write('\nStopping the cluster...\n');
+        c.stop().then(() => { out.write('Stopped.\n'); process.exit(0); }, () => process.exit(1));
+      };
+      process.on('SIGINT', shutdown);
+      process.on('SIGTERM', shutdown);
+      try {
+        const uri = await c.ensureVolume(vol.name, vol.size, vol.replicas);
+        const mgr = o.manager === d.managerListen ? '' : ` --manager ${c.managerAddress}`;
+        out.write(`\nCluster ready: manager ${c.managerAddress}, ${o.servers} storage nodes, 1 head agent. Logs in ${dir}/logs.\n`);
+        out.write(`Volume ${vol.name}: ${formatSize(vol.size)}, ${vol.replicas} replicas, served over NBD at\n${uri}\n\n`);
+        out.write(`Try:\n  nbdinfo ${uri}\n  qemu-img info ${uri}\n  npx vsky status${mgr}\n  npx vsky volume show ${vol.name}${mgr}\n  npx vsky server list${mgr}\n  npx vsky disk list${mgr}\n\nPress Ctrl-C to stop.\n`);
+      } catch (err) {
+        process.stderr.write(`vsky cluster up: ${errorMessage(err)}\n`);
+        shutdown();
+      }
+    });
+}

@@ -1,0 +1,106 @@
+import type { Command } from 'commander';
+import { initDaemonLogger, type Logger } from '../../shared/logger.js';
+import {
+  DEFAULT_CHUNK_SIZE, DEFAULT_HEAD_GRPC_PORT, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS,
+  DEFAULT_MANAGER_ADDRESS, DEFAULT_NBD_PORT, DEFAULT_NODE_DATA_PORT, DEFAULT_NODE_GRPC_PORT,
+} from '../../shared/constants.js';
+import { collect, hostPortArg, intArg, labelArg, sizeArg } from '../options.js';
+import { parseSize } from '../../shared/units.js';
+import { errorMessage } from '../../shared/errors.js';
+
+// The three daemons. Each logs structured JSON lines (pino) to stdout, prints
+// a {"msg":"ready"} line once it serves, and stops cleanly on SIGINT/SIGTERM.
+
+interface Closable { close(): Promise<void> }
+
+async function runDaemon(name: string, level: string | undefined, start: (log: Logger) => Promise<Closable>): Promise<void> {
+  const log = initDaemonLogger(name, level);
+  process.on('uncaughtException', (err) => { log.fatal({ err }, 'uncaught exception'); process.exit(1); });
+  process.on('unhandledRejection', (err) => { log.fatal({ err }, 'unhandled rejection'); process.exit(1); });
+  let handle: Closable;
+  try {
+    handle = await start(log);
+  } catch (err) {
+    log.fatal({ err }, `${name} failed to start: ${errorMessage(err)}`);
+    process.stderr.write(`vsky ${name}: ${errorMessage(err)}\n`);
+    process.exit(1);
+  }
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    const force = setTimeout(() => process.exit(1), 5000);
+    force.unref();
+    handle.close().then(() => { log.info('stopped'); process.exit(0); }, (err: unknown) => {
+      log.error({ err }, 'error while stopping');
+      process.exit(1);
+    });
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+function parseDisk(spec: string): { path: string; size?: number } {
+  const i = spec.lastIndexOf(':');
+  if (i > 0 && /^\d/.test(spec.slice(i + 1))) return { path: spec.slice(0, i), size: parseSize(spec.slice(i + 1)) };
+  return { path: spec };
+}
+
+export function registerDaemonCommands(program: Command): void {
+  program.command('manager')
+    .description('run the cluster manager (metadata, placement, attach, gRPC API)')
+    .requiredOption('--data-dir <dir>', 'where the manager keeps its LevelDB')
+    .option('--listen <host:port>', 'gRPC listen address', hostPortArg, DEFAULT_MANAGER_ADDRESS)
+    .option('--chunk-size <size>', 'cluster chunk (segment) size', sizeArg, DEFAULT_CHUNK_SIZE)
+    .option('--heartbeat-timeout <ms>', 'mark a server or head failed after this silence', intArg, DEFAULT_HEARTBEAT_TIMEOUT_MS)
+    .option('--gc-interval <ms>', 'run garbage collection this often (0: at start and on request)', intArg, 60_000)
+    .option('--log-level <level>', 'pino log level')
+    .action(async (o) => {
+      const { startManager } = await import('../../manager/daemon.js');
+      await runDaemon('manager', o.logLevel, () => startManager({
+        dataDir: o.dataDir, listen: o.listen, chunkSize: o.chunkSize,
+        heartbeatTimeoutMs: o.heartbeatTimeout, gcIntervalMs: o.gcInterval,
+      }));
+    });
+
+  program.command('storage-node')
+    .description('run a storage node serving its disks over the data protocol')
+    .requiredOption('--data-dir <dir>', 'where the node keeps its id and the list of its disks')
+    .option('--name <name>', 'server name', 'node')
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--data-port <port>', 'data protocol port (0: pick one)', intArg, DEFAULT_NODE_DATA_PORT)
+    .option('--grpc-port <port>', 'control gRPC port (0: pick one)', intArg, DEFAULT_NODE_GRPC_PORT)
+    .option('--manager <host:port>', 'manager to register with', hostPortArg)
+    .option('--disk <path[:size]>', 'disk file or device; a missing file is created sparse at size (repeatable)', collect, [])
+    .option('--chunk-size <size>', 'chunk size used to format new disks', sizeArg, DEFAULT_CHUNK_SIZE)
+    .option('--label <key=value>', 'failure-domain label, e.g. rack=r1 (repeatable)', labelArg, {})
+    .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
+    .option('--log-level <level>', 'pino log level')
+    .action(async (o) => {
+      const { startStorageNode } = await import('../../storage-node/daemon.js');
+      await runDaemon('storage-node', o.logLevel, () => startStorageNode({
+        dataDir: o.dataDir, name: o.name, host: o.host, dataPort: o.dataPort, grpcPort: o.grpcPort,
+        managerAddress: o.manager, disks: (o.disk as string[]).map(parseDisk), chunkSize: o.chunkSize,
+        labels: o.label, heartbeatIntervalMs: o.heartbeatInterval,
+      }));
+    });
+
+  program.command('head-agent')
+    .description('run a head agent: attaches volumes and exports them over NBD')
+    .requiredOption('--data-dir <dir>', 'where the head keeps its id')
+    .option('--name <name>', 'head name', 'head')
+    .option('--host <host>', 'address to listen on (NBD and gRPC)', '127.0.0.1')
+    .option('--grpc-port <port>', 'control gRPC port (0: pick one)', intArg, DEFAULT_HEAD_GRPC_PORT)
+    .option('--nbd-port <port>', 'NBD port (0: pick one)', intArg, DEFAULT_NBD_PORT)
+    .option('--manager <host:port>', 'manager to register with', hostPortArg)
+    .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
+    .option('--log-level <level>', 'pino log level')
+    .action(async (o) => {
+      const { startHeadAgent } = await import('../../head-agent/daemon.js');
+      await runDaemon('head-agent', o.logLevel, () => startHeadAgent({
+        dataDir: o.dataDir, name: o.name, host: o.host, grpcPort: o.grpcPort, nbdPort: o.nbdPort,
+        managerAddress: o.manager, heartbeatIntervalMs: o.heartbeatInterval,
+      }));
+    });
+}

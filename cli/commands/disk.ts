@@ -1,0 +1,35 @@
+import type { Command } from 'commander';
+import { adminCommand, call, withManager } from '../admin.js';
+import { emit, printTable } from '../output.js';
+import { sizeArg } from '../options.js';
+import { formatSize } from '../../shared/units.js';
+
+export function registerDiskCommands(program: Command): void {
+  const disk = program.command('disk').description('physical disks: list, add, remove');
+
+  adminCommand(disk, 'list', 'list disks with their usage')
+    .option('--server <server>', 'only disks of this server (id or name)')
+    .action((o) => withManager(o, async (m) => {
+      const { disks } = await call(m, 'ListDisks', { server: o.server ?? '' });
+      emit(o, disks, () => printTable(disks.map((d) => ({
+        ...d, capacity: formatSize(d.chunkSize * d.chunkCount), used: `${d.usedChunks}/${d.chunkCount}`,
+      })), { diskId: 'ID', serverName: 'SERVER', path: 'PATH', state: 'STATE', capacity: 'CAPACITY', used: 'CHUNKS USED' }));
+    }));
+
+  adminCommand(disk, 'add', 'add a disk (file or block device) to a storage server')
+    .argument('<server>', 'server id or name')
+    .argument('<path>', 'path on that server; a missing file is created sparse')
+    .option('--size <size>', 'size of the file to create, e.g. 10G', sizeArg)
+    .action((server: string, path: string, o) => withManager(o, async (m) => {
+      const d = await call(m, 'AddDisk', { server, path, size: o.size ?? 0 }, 60_000);
+      emit(o, d, () => process.stdout.write(`added disk ${d.diskId} on ${d.serverName}: ${d.chunkCount} chunks of ${formatSize(d.chunkSize)}\n`));
+    }));
+
+  adminCommand(disk, 'remove', 'remove a disk that holds no chunks')
+    .argument('<disk-id>', 'disk id (see `vsky disk list`)')
+    .option('--force', 'remove even if it still holds chunks (their replicas are lost)')
+    .action((id: string, o) => withManager(o, async (m) => {
+      await call(m, 'RemoveDisk', { diskId: id, force: Boolean(o.force) });
+      emit(o, { removed: id }, () => process.stdout.write(`removed disk ${id}\n`));
+    }));
+}

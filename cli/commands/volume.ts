@@ -1,0 +1,61 @@
+import type { Command } from 'commander';
+import { adminCommand, call, withManager } from '../admin.js';
+import { emit, printTable } from '../output.js';
+import { positiveIntArg, sizeArg } from '../options.js';
+import { formatSize } from '../../shared/units.js';
+import { DEFAULT_REPLICAS } from '../../shared/constants.js';
+
+export function registerVolumeCommands(program: Command): void {
+  const volume = program.command('volume').description('logical volumes: create, delete, list, show, attach, detach');
+
+  adminCommand(volume, 'create', 'create a mirrored volume')
+    .argument('<name>', 'volume name: letters, digits, . _ -')
+    .requiredOption('--size <size>', 'volume size, e.g. 10G', sizeArg)
+    .option('--replicas <k>', 'copies of every segment', positiveIntArg, DEFAULT_REPLICAS)
+    .option('--spread <label>', 'put replicas on distinct values of this server label, e.g. rack')
+    .action((name: string, o) => withManager(o, async (m) => {
+      const v = await call(m, 'CreateVolume', { name, size: o.size, replicas: o.replicas, spreadLabel: o.spread ?? '' }, 120_000);
+      emit(o, v, () => process.stdout.write(`created volume ${v.name} (id ${v.volumeId}): ${formatSize(v.size)}, ${v.replicas} replicas, ${v.segmentCount} segments\n`));
+    }));
+
+  adminCommand(volume, 'delete', 'delete a volume (it must be detached)')
+    .argument('<name>', 'volume name')
+    .action((name: string, o) => withManager(o, async (m) => {
+      await call(m, 'DeleteVolume', { name }, 60_000);
+      emit(o, { deleted: name }, () => process.stdout.write(`deleted volume ${name}\n`));
+    }));
+
+  adminCommand(volume, 'list', 'list volumes').action((o) => withManager(o, async (m) => {
+    const { volumes } = await call(m, 'ListVolumes', {});
+    emit(o, volumes, () => printTable(volumes.map((v) => ({ ...v, size: formatSize(v.size) })),
+      { name: 'NAME', volumeId: 'ID', size: 'SIZE', replicas: 'K', segmentCount: 'SEGMENTS', state: 'STATE', generation: 'GEN', epoch: 'EPOCH', attachedHead: 'HEAD' }));
+  }));
+
+  adminCommand(volume, 'show', 'show a volume and where each replica lives')
+    .argument('<name>', 'volume name')
+    .action((name: string, o) => withManager(o, async (m) => {
+      const d = await call(m, 'ShowVolume', { name });
+      emit(o, d, () => {
+        const v = d.info!;
+        process.stdout.write(`volume ${v.name} (id ${v.volumeId}): ${formatSize(v.size)}, ${v.replicas} replicas, state ${v.state}, generation ${v.generation}, epoch ${v.epoch}${v.attachedHead ? `, attached to ${v.attachedHead} at ${v.nbdUri}` : ''}\n`);
+        const rows = (d.map?.segments ?? []).flatMap((s) => s.replicas.map((r) => ({ segment: s.index, ...r })));
+        printTable(rows, { segment: 'SEGMENT', slot: 'SLOT', serverId: 'SERVER', dataAddress: 'DATA', diskId: 'DISK', chunkIndex: 'CHUNK', state: 'STATE' });
+      });
+    }));
+
+  adminCommand(volume, 'attach', 'attach a volume to a head agent and print its NBD URI')
+    .argument('<name>', 'volume name')
+    .option('--head <head>', 'head id or name (default: the only head)')
+    .action((name: string, o) => withManager(o, async (m) => {
+      const r = await call(m, 'AttachVolume', { name, head: o.head ?? '' }, 60_000);
+      emit(o, r, () => process.stdout.write(`${r.nbdUri}\n`));
+    }));
+
+  adminCommand(volume, 'detach', 'detach a volume from its head agent (flushes first)')
+    .argument('<name>', 'volume name')
+    .option('--force', 'forget the attachment even if the head cannot be reached')
+    .action((name: string, o) => withManager(o, async (m) => {
+      await call(m, 'DetachVolume', { name, force: Boolean(o.force) }, 60_000);
+      emit(o, { detached: name }, () => process.stdout.write(`detached volume ${name}\n`));
+    }));
+}

@@ -1,0 +1,26 @@
+import { Command } from 'commander';
+import { registerDaemonCommands } from './commands/daemons.js';
+import { registerServerCommands } from './commands/server.js';
+import { registerDiskCommands } from './commands/disk.js';
+import { registerVolumeCommands } from './commands/volume.js';
+import { registerStatusCommand } from './commands/status.js';
+import { registerClusterCommands } from './commands/cluster.js';
+
+export function buildProgram(): Command {
+  const program = new Command('vsky')
+    .description('VastSky-TS: chunk-mirrored block storage for virtualization hosts')
+    .version('0.1.0')
+    .showHelpAfterError('(run with --help for usage)')
+    .showSuggestionAfterError();
+  registerClusterCommands(program);
+  registerDaemonCommands(program);
+  registerServerCommands(program);
+  registerDiskCommands(program);
+  registerVolumeCommands(program);
+  registerStatusCommand(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  await buildProgram().parseAsync(argv);
+}

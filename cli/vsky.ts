@@ -1,0 +1,8 @@
+#!/usr/bin/env node
+// Entry point of the `vsky` command. The libuv thread pool serves every disk
+// pread/pwrite/fdatasync of a storage node; its default of 4 threads caps
+// queue depth on the disks, so it is raised before anything touches it.
+process.env.UV_THREADPOOL_SIZE ??= '16';
+
+const { main } = await import('./program.js');
+await main(process.argv);
