@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to the whole test suite: installs the npm and
+# Debian packages the tests use, builds, runs vitest, prints a summary line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/install-deps.sh
+report="$(mktemp -t vsky-vitest-XXXXXX.json)"
+status=0
+npx vitest run --reporter=default --reporter=json --outputFile="$report" "$@" || status=$?
+node deploy/test-summary.mjs "$report" || true
+exit "$status"

@@ -1,0 +1,39 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { LOCAL_CLUSTER_DEFAULTS, LocalCluster, nodeHost, type LocalClusterOptions } from '../../deploy/local-cluster.js';
+import { MiB } from '../../shared/constants.js';
+import { freePort } from './ports.js';
+
+// Test clusters: the same launcher as `vsky cluster up` (real processes on
+// loopback, real LevelDB, real disk files), on ports free at the time and in a
+// temp dir removed afterwards (kept when VSKY_KEEP_TEST_DIRS=1, for debugging).
+
+export async function startTestCluster(overrides: Partial<LocalClusterOptions> = {}): Promise<LocalCluster> {
+  const dir = mkdtempSync(join(tmpdir(), 'vsky-test-'));
+  const servers = overrides.servers ?? 3;
+  const opts: LocalClusterOptions = {
+    ...LOCAL_CLUSTER_DEFAULTS,
+    dir,
+    servers,
+    disksPerServer: 2,
+    diskSize: 256 * MiB,
+    chunkSize: 16 * MiB,
+    managerListen: `127.0.0.1:${await freePort()}`,
+    headGrpcPort: await freePort(),
+    nbdPort: await freePort(),
+    nodeDataPort: await freePort(nodeHost(0)),
+    nodeGrpcPort: await freePort(nodeHost(0)),
+    heartbeatIntervalMs: 300,
+    heartbeatTimeoutMs: 3000,
+    logLevel: 'info',
+    ...overrides,
+  };
+  return LocalCluster.start(opts);
+}
+
+export async function destroyTestCluster(cluster: LocalCluster | undefined): Promise<void> {
+  if (!cluster) return;
+  await cluster.stop();
+  if (process.env.VSKY_KEEP_TEST_DIRS !== '1') rmSync(cluster.opts.dir, { recursive: true, force: true });
+}
