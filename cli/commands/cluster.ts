@@ -61,7 +61,7 @@ export function registerClusterCommands(program: Command): void {
         const mgr = o.manager === d.managerListen ? '' : ` --manager ${c.managerAddress}`;
         out.write(`\nCluster ready: manager ${c.managerAddress}, ${o.servers} storage nodes, 1 head agent. Logs in ${dir}/logs.\n`);
         out.write(`Volume ${vol.name}: ${formatSize(vol.size)}, ${vol.replicas} replicas, served over NBD at\n${uri}\n\n`);
-        out.write(`Try:\n  nbdinfo ${uri}\n  qemu-img info ${uri}\n  npx vsky status${mgr}\n  npx vsky volume show ${vol.name}${mgr}\n  npx vsky server list${mgr}\n  npx vsky disk list${mgr}\n\nPress Ctrl-C to stop.\n`);
+        out.write(`Try:\n  nbdinfo ${uri}\n  qemu-img info ${uri}\n  node dist/cli/vsky.js status${mgr}\n  node dist/cli/vsky.js volume show ${vol.name}${mgr}\n  node dist/cli/vsky.js server list${mgr}\n  node dist/cli/vsky.js disk list${mgr}\n\nPress Ctrl-C to stop.\n`);
       } catch (err) {
         process.stderr.write(`vsky cluster up: ${errorMessage(err)}\n`);
         shutdown();
