@@ -1,0 +1,72 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { LocalCluster } from '../../deploy/local-cluster.js';
+import { MiB } from '../../shared/constants.js';
+import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
+import { run } from '../harness/tools.js';
+import { vsky, vskyJson } from '../harness/vsky.js';
+
+// The vsky CLI as an admin or a script uses it: --help everywhere, --json
+// output that parses, and a volume's whole life cycle.
+
+const COMMANDS = [
+  [], ['cluster', 'up'], ['manager'], ['storage-node'], ['head-agent'], ['status'],
+  ['server', 'list'], ['server', 'add'], ['server', 'remove'],
+  ['disk', 'list'], ['disk', 'add'], ['disk', 'remove'],
+  ['volume', 'create'], ['volume', 'delete'], ['volume', 'list'], ['volume', 'show'], ['volume', 'attach'], ['volume', 'detach'],
+];
+
+describe('vsky --help', () => {
+  it('every command prints usage and exits 0', async () => {
+    for (const cmd of COMMANDS) {
+      const r = await vsky([...cmd, '--help']);
+      expect(r.exitCode, cmd.join(' ')).toBe(0);
+      expect(String(r.stdout), cmd.join(' ')).toMatch(/^Usage: vsky/);
+    }
+  });
+});
+
+describe('vsky admin commands against a running cluster', () => {
+  let c: LocalCluster;
+  beforeAll(async () => { c = await startTestCluster(); });
+  afterAll(() => destroyTestCluster(c));
+
+  it('lists servers, disks and heads as JSON', async () => {
+    const m = c.managerAddress;
+    const servers = await vskyJson<{ name: string; state: string; labels: Record<string, string> }[]>(['server', 'list'], m);
+    expect(servers.map((s) => s.name).sort()).toEqual(['node1', 'node2', 'node3']);
+    expect(servers.every((s) => s.state === 'active')).toBe(true);
+    expect(servers.find((s) => s.name === 'node1')!.labels).toEqual({ rack: 'r1' });
+    const disks = await vskyJson<{ state: string; chunkCount: number }[]>(['disk', 'list'], m);
+    expect(disks).toHaveLength(6);
+    expect(disks.every((d) => d.state === 'active' && d.chunkCount > 0)).toBe(true);
+    const table = await vsky(['server', 'list'], m);
+    expect(String(table.stdout)).toMatch(/NAME\s+ID\s+STATE/);
+  });
+
+  it('creates, shows, attaches, detaches and deletes a volume', async () => {
+    const m = c.managerAddress;
+    const v = await vskyJson<{ name: string; segmentCount: number; replicas: number }>(['volume', 'create', 'life', '--size', '40M', '--replicas', '2'], m);
+    expect(v).toMatchObject({ name: 'life', segmentCount: 3, replicas: 2 });
+    const shown = await vskyJson<{ map: { segments: { replicas: { serverId: string }[] }[] } }>(['volume', 'show', 'life'], m);
+    expect(shown.map.segments).toHaveLength(3);
+    for (const s of shown.map.segments) {
+      expect(new Set(s.replicas.map((r) => r.serverId)).size).toBe(2);
+    }
+    const attach = await vsky(['volume', 'attach', 'life'], m);
+    expect(attach.exitCode).toBe(0);
+    const uri = String(attach.stdout).trim();
+    expect(uri).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/life$/);
+    const size = await run('nbdinfo', ['--size', uri]);
+    expect(Number(String(size.stdout).trim())).toBe(40 * MiB);
+    const busy = await vsky(['volume', 'delete', 'life'], m);
+    expect(busy.exitCode).not.toBe(0);
+    expect(String(busy.stderr)).toMatch(/detach/);
+    expect((await vsky(['volume', 'detach', 'life'], m)).exitCode).toBe(0);
+    expect((await vsky(['volume', 'delete', 'life'], m)).exitCode).toBe(0);
+    const list = await vskyJson<unknown[]>(['volume', 'list'], m);
+    expect(list).toHaveLength(0);
+    const status = await vskyJson<{ usedBytes: number; serversActive: number }>(['status'], m);
+    expect(status.serversActive).toBe(3);
+    expect(status.usedBytes).toBe(0);
+  });
+});
