@@ -1,0 +1,91 @@
+import { ConflictError, NotFoundError, TimeoutError, TransportError, errorMessage } from '../shared/errors.js';
+import { moduleLogger } from '../shared/logger.js';
+import type { PeerClients } from './node-clients.js';
+import type { Registry } from './registry.js';
+import type { VolumeRecord } from './types.js';
+import { volumeMapView } from './views.js';
+import type { Volumes } from './volumes.js';
+
+// Attach and detach: which head holds a volume, under which lease epoch.
+//
+// Attach grants a new epoch and persists it *before* the head hears of it, so
+// an epoch is never handed out twice even if the manager dies right after:
+// the head pushes the epoch to every replica node, which then refuse writes
+// from any earlier holder (rule 3). Only after the head accepted is the
+// attachment itself recorded; if the head fails, the volume stays detached
+// (with the higher epoch, which is harmless).
+
+const log = moduleLogger('manager.attach');
+
+export class Attachments {
+  constructor(
+    private readonly volumes: Volumes,
+    private readonly registry: Registry,
+    private readonly peers: PeerClients,
+  ) {}
+
+  async attach(name: string, headRef: string): Promise<VolumeRecord> {
+    const head = this.registry.resolveHead(headRef);
+    return this.volumes.exclusive(name, async ({ volume, map }) => {
+      if (volume.attachedHead) {
+        if (volume.attachedHead === head.id) return volume; // idempotent
+        const holder = this.registry.head(volume.attachedHead);
+        throw new ConflictError(`volume ${name} is attached to head ${holder?.name ?? volume.attachedHead}; detach it first (vsky volume detach ${name})`);
+      }
+      if (head.state !== 'active') {
+        throw new ConflictError(`head ${head.name} is ${head.state} (no heartbeat); check vsky head-agent there or attach to another head`);
+      }
+      const vlog = log.child({ volumeId: volume.id, volume: name, headId: head.id });
+      const epoch = volume.epoch + 1;
+      volume.epoch = epoch;
+      await this.volumes.saveVolume(volume);
+      let nbdUri: string;
+      try {
+        const reply = await this.peers.head.attach(head.controlAddress, { map: volumeMapView(volume, map, this.registry), epoch });
+        nbdUri = reply.nbdUri;
+      } catch (err) {
+        vlog.warn({ epoch, err: errorMessage(err) }, 'head refused or failed the attach; the volume stays detached');
+        // The head may have half set it up (or succeeded with a lost reply): best effort to drop it.
+        this.peers.head.detach(head.controlAddress, { name, force: true }).catch(() => undefined);
+        throw err;
+      }
+      volume.attachedHead = head.id;
+      volume.nbdUri = nbdUri;
+      await this.volumes.saveVolume(volume);
+      vlog.info({ epoch, nbdUri, head: head.name }, 'volume attached');
+      return volume;
+    });
+  }
+
+  async detach(name: string, force: boolean): Promise<void> {
+    await this.volumes.exclusive(name, async ({ volume }) => {
+      if (!volume.attachedHead) {
+        log.info({ volumeId: volume.id, volume: name }, 'detach of a volume that is not attached: nothing to do');
+        return;
+      }
+      const head = this.registry.head(volume.attachedHead);
+      const vlog = log.child({ volumeId: volume.id, volume: name, headId: volume.attachedHead });
+      if (head) {
+        try {
+          await this.peers.head.detach(head.controlAddress, { name, force });
+        } catch (err) {
+          const unreachable = err instanceof TransportError || err instanceof TimeoutError;
+          if (err instanceof NotFoundError) {
+            vlog.info('head no longer has the volume attached');
+          } else if (!force) {
+            throw unreachable
+              ? new TransportError(`cannot reach head ${head.name} at ${head.controlAddress} to detach ${name}: ${errorMessage(err)}; ` +
+                'use --force to forget the attachment (the next attach gets a higher epoch, which fences the old head)')
+              : err;
+          } else {
+            vlog.warn({ err: errorMessage(err) }, 'head did not detach; forgetting the attachment anyway (--force)');
+          }
+        }
+      }
+      volume.attachedHead = '';
+      volume.nbdUri = '';
+      await this.volumes.saveVolume(volume);
+      vlog.info({ force, epoch: volume.epoch }, 'volume detached');
+    });
+  }
+}

@@ -1,0 +1,83 @@
+import { errorMessage } from '../shared/errors.js';
+import { bindServer, grpc, loadProtos } from '../shared/grpc.js';
+import { moduleLogger } from '../shared/logger.js';
+import { parseHostPort } from '../shared/units.js';
+import { ManagerCore } from './core.js';
+import { managerHandlers } from './grpc-service.js';
+import { GrpcPeerClients, type PeerClients } from './node-clients.js';
+
+// The manager process: load metadata, serve the gRPC API, watch heartbeats,
+// collect garbage (at start, on request, and every gcIntervalMs if set).
+
+const log = moduleLogger('manager');
+
+export interface ManagerOptions {
+  dataDir: string;              // LevelDB lives in dataDir/db
+  listen: string;               // HOST:PORT for gRPC, port 0 = pick
+  chunkSize: number;            // cluster chunk size (bytes)
+  heartbeatTimeoutMs: number;   // server/head considered failed after this
+  gcIntervalMs?: number;        // periodic GC, 0/undefined = only at start + on request
+}
+
+export interface ManagerHandle { address: string; close(): Promise<void>; }
+
+/** Test seams: fake peers instead of gRPC clients, a fake clock. */
+export interface ManagerDeps {
+  peers?: PeerClients;
+  now?: () => number;
+}
+
+export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {}): Promise<ManagerHandle> {
+  const { host } = parseHostPort(opts.listen, 'listen address');
+  const peers = deps.peers ?? new GrpcPeerClients();
+  const core = await ManagerCore.open({
+    dataDir: opts.dataDir, chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, now: deps.now,
+  }, peers);
+
+  const server = new grpc.Server({ 'grpc.max_send_message_length': 64 * 1024 * 1024 });
+  server.addService(loadProtos().manager.vsky.manager.Manager.service, managerHandlers(core));
+  let port: number;
+  try {
+    port = await bindServer(server, opts.listen);
+  } catch (err) {
+    peers.close();
+    await core.close();
+    throw err;
+  }
+  const address = `${host}:${port}`;
+
+  const timers: NodeJS.Timeout[] = [];
+  const every = (ms: number, what: string, fn: () => Promise<unknown>) => {
+    let running = false;
+    const t = setInterval(() => {
+      if (running) return;
+      running = true;
+      fn().catch((err: unknown) => log.error({ err: errorMessage(err) }, `${what} failed`)).finally(() => { running = false; });
+    }, ms);
+    t.unref();
+    timers.push(t);
+  };
+  every(Math.max(50, Math.min(1000, Math.floor(opts.heartbeatTimeoutMs / 4))), 'heartbeat check', () => core.registry.checkTimeouts());
+  if (opts.gcIntervalMs && opts.gcIntervalMs > 0) every(opts.gcIntervalMs, 'periodic GC', () => core.gc.run('periodic'));
+  core.gc.run('startup').catch((err: unknown) => log.error({ err: errorMessage(err) }, 'startup GC failed'));
+
+  log.info({ address, dataDir: opts.dataDir, chunkSize: opts.chunkSize }, 'ready');
+
+  let closing: Promise<void> | undefined;
+  return {
+    address,
+    close: () => {
+      closing ??= (async () => {
+        for (const t of timers) clearInterval(t);
+        await new Promise<void>((resolve) => {
+          const force = setTimeout(() => { server.forceShutdown(); resolve(); }, 2000);
+          server.tryShutdown(() => { clearTimeout(force); resolve(); });
+        });
+        peers.close();
+        await core.close();
+        log.info({ address }, 'manager stopped');
+      })();
+      return closing;
+    },
+  };
+}

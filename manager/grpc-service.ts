@@ -1,0 +1,70 @@
+import { InvalidArgumentError } from '../shared/errors.js';
+import { unary } from '../shared/grpc.js';
+import type { ManagerHandlers } from '../proto/generated/vsky/manager/Manager.js';
+import type { ManagerCore } from './core.js';
+import { diskView, headView, serverView, volumeMapView, volumeView } from './views.js';
+
+// proto/manager.proto rpcs -> the manager's parts. Handlers only translate:
+// validation and decisions live in registry/volumes/attachments/decommission.
+
+export function managerHandlers(core: ManagerCore): ManagerHandlers {
+  const { registry, volumes, attachments, decommission, gc, model } = core;
+  return {
+    RegisterServer: unary(async (req) => serverView(await registry.registerServer(req), registry)),
+    Heartbeat: unary(async (req) => {
+      if (!req.serverId) throw new InvalidArgumentError('Heartbeat needs a server_id');
+      return { known: await registry.heartbeat(req.serverId, req.disks) };
+    }),
+    AddServer: unary(async (req) => serverView(await registry.addServer(req.controlAddress, req.labels), registry)),
+    ListServers: unary(async () => ({ servers: registry.listServers().map((s) => serverView(s, registry)) })),
+    RemoveServer: unary(async (req) => {
+      await decommission.removeServer(req.server, req.force);
+      return {};
+    }),
+
+    AddDisk: unary(async (req) => diskView(await registry.addDisk(req.server, req.path, req.size), registry, model)),
+    ListDisks: unary(async (req) => {
+      const serverId = req.server ? registry.resolveServer(req.server).id : '';
+      const disks = registry.listDisks().filter((d) => !serverId || d.serverId === serverId);
+      return { disks: disks.map((d) => diskView(d, registry, model)) };
+    }),
+    RemoveDisk: unary(async (req) => {
+      await decommission.removeDisk(req.diskId, req.force);
+      return {};
+    }),
+
+    RegisterHead: unary(async (req) => {
+      const h = await registry.registerHead(req);
+      return headView(h, core.attachedTo(h.id));
+    }),
+    HeadHeartbeat: unary(async (req) => {
+      if (!req.headId) throw new InvalidArgumentError('HeadHeartbeat needs a head_id');
+      return { known: await registry.headHeartbeat(req.headId) };
+    }),
+    ListHeads: unary(async () => ({ heads: registry.listHeads().map((h) => headView(h, core.attachedTo(h.id))) })),
+
+    CreateVolume: unary(async (req) => volumeView(await volumes.create({
+      name: req.name, size: req.size, replicas: req.replicas, spreadLabel: req.spreadLabel,
+    }), registry)),
+    DeleteVolume: unary(async (req) => {
+      await volumes.delete(req.name);
+      return {};
+    }),
+    ListVolumes: unary(async () => ({ volumes: volumes.list().map((v) => volumeView(v, registry)) })),
+    ShowVolume: unary(async (req) => {
+      const { volume, map } = volumes.entry(req.name);
+      return { info: volumeView(volume, registry), map: volumeMapView(volume, map, registry) };
+    }),
+    AttachVolume: unary(async (req) => {
+      const v = await attachments.attach(req.name, req.head);
+      return { info: volumeView(v, registry), nbdUri: v.nbdUri };
+    }),
+    DetachVolume: unary(async (req) => {
+      await attachments.detach(req.name, req.force);
+      return {};
+    }),
+
+    Status: unary(async () => ({ ...core.status(), volumeList: volumes.list().map((v) => volumeView(v, registry)) })),
+    CollectGarbage: unary(async () => gc.run('requested')),
+  };
+}

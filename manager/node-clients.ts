@@ -1,0 +1,112 @@
+import {
+  call, headAgentClient, storageNodeClient, type HeadAgentClient, type StorageNodeClient,
+} from '../shared/grpc.js';
+import type { AttachVolumeReply__Output } from '../proto/generated/vsky/head/AttachVolumeReply.js';
+import type { AttachVolumeRequest } from '../proto/generated/vsky/head/AttachVolumeRequest.js';
+import type { DetachVolumeRequest } from '../proto/generated/vsky/head/DetachVolumeRequest.js';
+import type { AddDiskRequest } from '../proto/generated/vsky/storage/AddDiskRequest.js';
+import type { AllocateChunkRequest } from '../proto/generated/vsky/storage/AllocateChunkRequest.js';
+import type { ChunkList__Output } from '../proto/generated/vsky/storage/ChunkList.js';
+import type { DiskInfo__Output } from '../proto/generated/vsky/storage/DiskInfo.js';
+import type { FreeChunkRequest } from '../proto/generated/vsky/storage/FreeChunkRequest.js';
+import type { ListChunksRequest } from '../proto/generated/vsky/storage/ListChunksRequest.js';
+import type { NodeInfo__Output } from '../proto/generated/vsky/storage/NodeInfo.js';
+import type { RemoveDiskRequest } from '../proto/generated/vsky/storage/RemoveDiskRequest.js';
+
+// The manager's view of its peers: storage nodes and head agents, addressed
+// by their control (gRPC) address. The rest of the manager talks to peers
+// only through these two interfaces, so tests can swap in fakes; the real
+// implementation keeps one gRPC client per address and maps errors to typed
+// VskyErrors (shared/grpc.ts `call`).
+
+export interface StorageNodeApi {
+  getInfo(address: string): Promise<NodeInfo__Output>;
+  addDisk(address: string, req: AddDiskRequest): Promise<DiskInfo__Output>;
+  removeDisk(address: string, req: RemoveDiskRequest): Promise<void>;
+  allocateChunk(address: string, req: AllocateChunkRequest): Promise<void>;
+  freeChunk(address: string, req: FreeChunkRequest): Promise<void>;
+  listChunks(address: string, req: ListChunksRequest): Promise<ChunkList__Output>;
+}
+
+export interface HeadApi {
+  attach(address: string, req: AttachVolumeRequest): Promise<AttachVolumeReply__Output>;
+  detach(address: string, req: DetachVolumeRequest): Promise<void>;
+}
+
+export interface PeerClients {
+  readonly node: StorageNodeApi;
+  readonly head: HeadApi;
+  close(): void;
+}
+
+/** Deadlines per call kind (ms). Attach is long: the head connects to and fences every replica. */
+export const PEER_TIMEOUTS = {
+  info: 5_000,
+  disk: 60_000,
+  chunk: 10_000,
+  list: 30_000,
+  attach: 30_000,
+  detach: 30_000,
+};
+
+export class GrpcPeerClients implements PeerClients {
+  private readonly nodes = new Map<string, StorageNodeClient>();
+  private readonly heads = new Map<string, HeadAgentClient>();
+
+  readonly node: StorageNodeApi = {
+    getInfo: (a) => call(this.nodeClient(a), this.nodeClient(a).GetInfo, {}, PEER_TIMEOUTS.info),
+    addDisk: (a, req) => call(this.nodeClient(a), this.nodeClient(a).AddDisk, req, PEER_TIMEOUTS.disk),
+    removeDisk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).RemoveDisk, req, PEER_TIMEOUTS.disk); },
+    allocateChunk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).AllocateChunk, req, PEER_TIMEOUTS.chunk); },
+    freeChunk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).FreeChunk, req, PEER_TIMEOUTS.chunk); },
+    listChunks: (a, req) => call(this.nodeClient(a), this.nodeClient(a).ListChunks, req, PEER_TIMEOUTS.list),
+  };
+
+  readonly head: HeadApi = {
+    attach: (a, req) => call(this.headClient(a), this.headClient(a).Attach, req, PEER_TIMEOUTS.attach),
+    detach: async (a, req) => { await call(this.headClient(a), this.headClient(a).Detach, req, PEER_TIMEOUTS.detach); },
+  };
+
+  private nodeClient(address: string): StorageNodeClient {
+    let c = this.nodes.get(address);
+    if (!c) {
+      c = storageNodeClient(address);
+      this.nodes.set(address, c);
+    }
+    return c;
+  }
+
+  private headClient(address: string): HeadAgentClient {
+    let c = this.heads.get(address);
+    if (!c) {
+      c = headAgentClient(address);
+      this.heads.set(address, c);
+    }
+    return c;
+  }
+
+  close(): void {
+    for (const c of this.nodes.values()) c.close();
+    for (const c of this.heads.values()) c.close();
+    this.nodes.clear();
+    this.heads.clear();
+  }
+}
+
+/** Runs fn over items with at most `limit` in flight; settles every item. */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<PromiseSettledResult<R>[]> {
+  const out = new Array<PromiseSettledResult<R>>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      try {
+        out[i] = { status: 'fulfilled', value: await fn(items[i]!, i) };
+      } catch (reason) {
+        out[i] = { status: 'rejected', reason };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}

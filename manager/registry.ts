@@ -1,0 +1,327 @@
+import { ConflictError, InvalidArgumentError, NotFoundError, errorMessage } from '../shared/errors.js';
+import { moduleLogger } from '../shared/logger.js';
+import { formatSize, parseHostPort } from '../shared/units.js';
+import type { DiskInfo__Output } from '../proto/generated/vsky/storage/DiskInfo.js';
+import type { NodeInfo__Output } from '../proto/generated/vsky/storage/NodeInfo.js';
+import type { PeerClients } from './node-clients.js';
+import type { PlacementModel } from './placement.js';
+import type { ManagerStore, StoreBatch, StoreSnapshot } from './store.js';
+import type { DiskRecord, DiskState, HeadRecord, ServerRecord, ServerState } from './types.js';
+
+// Servers, disks and heads: who is in the cluster and whether they are alive.
+// Storage nodes register at start and heartbeat; a server silent for
+// `heartbeatTimeoutMs` is marked failed (and a heartbeat revives it). Every
+// state change is logged with its reason and persisted in one batch; plain
+// heartbeats only touch memory. The placement model is kept in step: only
+// active disks on active servers receive new chunks.
+
+const log = moduleLogger('manager.registry');
+
+export interface RegistryOptions {
+  chunkSize: number;
+  heartbeatTimeoutMs: number;
+  now?: () => number;
+}
+
+export interface RegisterHeadInput {
+  headId: string;
+  name: string;
+  controlAddress: string;
+  nbdAddress: string;
+}
+
+export class Registry {
+  private readonly servers = new Map<string, ServerRecord>();
+  private readonly disks = new Map<string, DiskRecord>();
+  private readonly heads = new Map<string, HeadRecord>();
+  readonly now: () => number;
+
+  constructor(
+    private readonly store: ManagerStore,
+    private readonly model: PlacementModel,
+    private readonly peers: PeerClients,
+    private readonly opts: RegistryOptions,
+  ) {
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Fills memory and the placement model from a loaded snapshot. */
+  load(snap: StoreSnapshot): void {
+    // Everyone gets a full timeout after a manager restart before being called failed.
+    const start = this.now();
+    for (const s of snap.servers) this.servers.set(s.id, { ...s, lastHeartbeatMs: start });
+    for (const h of snap.heads) this.heads.set(h.id, { ...h, lastHeartbeatMs: start });
+    for (const s of this.servers.values()) this.syncServer(s);
+    for (const d of snap.disks) {
+      this.disks.set(d.id, d);
+      this.syncDisk(d);
+    }
+  }
+
+  listServers(): ServerRecord[] { return [...this.servers.values()]; }
+  listDisks(): DiskRecord[] { return [...this.disks.values()]; }
+  listHeads(): HeadRecord[] { return [...this.heads.values()]; }
+  server(id: string): ServerRecord | undefined { return this.servers.get(id); }
+  disk(id: string): DiskRecord | undefined { return this.disks.get(id); }
+  head(id: string): HeadRecord | undefined { return this.heads.get(id); }
+  disksOf(serverId: string): DiskRecord[] { return this.listDisks().filter((d) => d.serverId === serverId); }
+  serverOfDisk(diskId: string): ServerRecord | undefined {
+    const d = this.disks.get(diskId);
+    return d ? this.servers.get(d.serverId) : undefined;
+  }
+
+  labelsOf(s: ServerRecord): Record<string, string> {
+    return { ...s.nodeLabels, ...s.adminLabels };
+  }
+
+  /** A server by id or name. */
+  resolveServer(ref: string): ServerRecord {
+    if (!ref) throw new InvalidArgumentError('no server given: name a server by id or name (see vsky server list)');
+    const byId = this.servers.get(ref);
+    if (byId) return byId;
+    const named = this.listServers().filter((s) => s.name === ref);
+    if (named.length === 1) return named[0]!;
+    if (named.length > 1) throw new InvalidArgumentError(`server name "${ref}" is ambiguous (${named.map((s) => s.id).join(', ')}); use the server id`);
+    throw new NotFoundError(`no server "${ref}": see vsky server list`, { server: ref });
+  }
+
+  /** A head by id or name; empty: the only registered head. */
+  resolveHead(ref: string): HeadRecord {
+    const heads = this.listHeads();
+    if (!ref) {
+      if (heads.length === 1) return heads[0]!;
+      if (heads.length === 0) throw new NotFoundError('no head agent is registered: start vsky head-agent on the hypervisor first');
+      throw new InvalidArgumentError(`${heads.length} head agents are registered (${heads.map((h) => h.name).join(', ')}): name one with --head`);
+    }
+    const byId = this.heads.get(ref);
+    if (byId) return byId;
+    const named = heads.filter((h) => h.name === ref);
+    if (named.length === 1) return named[0]!;
+    if (named.length > 1) throw new InvalidArgumentError(`head name "${ref}" is ambiguous (${named.map((h) => h.id).join(', ')}); use the head id`);
+    throw new NotFoundError(`no head "${ref}": see vsky head list`, { head: ref });
+  }
+
+  /**
+   * A storage node announces itself (at start) with its disks. `adminLabels`
+   * come from AddServer; `readd` lets AddServer bring back a removed server.
+   */
+  async registerServer(info: NodeInfo__Output, adminLabels?: Record<string, string>, readd = false): Promise<ServerRecord> {
+    if (!info.serverId) throw new InvalidArgumentError('RegisterServer needs a server_id (the node keeps a UUID in its data directory)');
+    parseHostPort(info.dataAddress, 'data address');
+    parseHostPort(info.controlAddress, 'control address');
+    const now = this.now();
+    const batch = this.store.batch();
+    let s = this.servers.get(info.serverId);
+    if (s?.state === 'removed' && !readd) {
+      throw new ConflictError(`server ${s.name} (${s.id}) was removed from the cluster; add it back with vsky server add ${info.controlAddress}`);
+    }
+    const name = info.name || info.serverId;
+    if (!s) {
+      s = {
+        id: info.serverId, name, dataAddress: info.dataAddress, controlAddress: info.controlAddress,
+        nodeLabels: { ...info.labels }, adminLabels: { ...adminLabels }, state: 'active', stateReason: 'registered',
+        registeredMs: now, lastHeartbeatMs: now,
+      };
+      this.servers.set(s.id, s);
+      log.info({ serverId: s.id, name, dataAddress: s.dataAddress, labels: this.labelsOf(s) }, 'server registered');
+    } else {
+      Object.assign(s, {
+        name, dataAddress: info.dataAddress, controlAddress: info.controlAddress, nodeLabels: { ...info.labels },
+        adminLabels: { ...s.adminLabels, ...adminLabels }, lastHeartbeatMs: now,
+      });
+      if (s.state !== 'active') this.setServerState(s, 'active', readd ? 're-added by an admin' : 'registered again', batch);
+      log.info({ serverId: s.id, name, labels: this.labelsOf(s) }, 'server re-registered');
+    }
+    batch.putServer(s);
+    this.syncServer(s);
+    this.applyDiskReport(s, info.disks, batch, true);
+    await this.store.write(batch);
+    return s;
+  }
+
+  /** Returns false when the server is unknown (it should register again). */
+  async heartbeat(serverId: string, disks: DiskInfo__Output[]): Promise<boolean> {
+    const s = this.servers.get(serverId);
+    if (!s) return false;
+    if (s.state === 'removed') return true; // known, but an admin took it out: ignored
+    s.lastHeartbeatMs = this.now();
+    const batch = this.store.batch();
+    if (s.state === 'failed') {
+      this.setServerState(s, 'active', 'heartbeat received again', batch);
+      batch.putServer(s);
+    }
+    // A heartbeat may carry a partial disk list: missing disks are not failed here.
+    this.applyDiskReport(s, disks, batch, false);
+    if (batch.length > 0) await this.store.write(batch);
+    return true;
+  }
+
+  /** AddServer: ask the node at `controlAddress` who it is and register it with `labels`. */
+  async addServer(controlAddress: string, labels: Record<string, string>): Promise<ServerRecord> {
+    parseHostPort(controlAddress, 'control address');
+    for (const k of Object.keys(labels)) {
+      if (!/^[A-Za-z0-9._/-]{1,64}$/.test(k)) throw new InvalidArgumentError(`invalid label name "${k}": use 1-64 of A-Z a-z 0-9 . _ / -`);
+    }
+    let info: NodeInfo__Output;
+    try {
+      info = await this.peers.node.getInfo(controlAddress);
+    } catch (err) {
+      throw new ConflictError(`cannot reach the storage node at ${controlAddress}: ${errorMessage(err)}; start vsky storage-node there and check the address`);
+    }
+    // The address the admin gave is known to reach the node from here (the
+    // node may report a wildcard such as 0.0.0.0); a later RegisterServer from
+    // the node itself updates it.
+    return this.registerServer({ ...info, controlAddress }, labels, true);
+  }
+
+  /** AddDisk: the node formats/opens the disk with the cluster chunk size; the manager records it. */
+  async addDisk(serverRef: string, path: string, size: number): Promise<DiskRecord> {
+    const s = this.resolveServer(serverRef);
+    if (!path) throw new InvalidArgumentError('no disk path given: name a file or block device on the server');
+    if (!Number.isSafeInteger(size) || size < 0) throw new InvalidArgumentError(`invalid disk size ${size}`);
+    if (size > 0 && size < this.opts.chunkSize) {
+      throw new InvalidArgumentError(`disk size ${formatSize(size)} is smaller than one chunk (${formatSize(this.opts.chunkSize)}); give a larger size`);
+    }
+    if (s.state !== 'active') throw new ConflictError(`server ${s.name} is ${s.state}; bring it back (or vsky server add) before adding disks`);
+    const info = await this.peers.node.addDisk(s.controlAddress, { path, size, chunkSize: this.opts.chunkSize });
+    if (!info.diskId) throw new InvalidArgumentError(`server ${s.name} returned no disk id for ${path}`);
+    if (info.chunkSize !== this.opts.chunkSize) {
+      throw new ConflictError(`disk ${path} on ${s.name} is formatted with ${formatSize(info.chunkSize)} chunks but the cluster uses ${formatSize(this.opts.chunkSize)}; use another disk or reformat it`);
+    }
+    const batch = this.store.batch();
+    const existing = this.disks.get(info.diskId);
+    if (existing?.state === 'removed') this.setDiskState(existing, 'active', 're-added by an admin', batch);
+    this.applyDiskReport(s, [info], batch, false);
+    const d = this.disks.get(info.diskId)!;
+    batch.putDisk(d);
+    await this.store.write(batch);
+    log.info({ diskId: d.id, serverId: s.id, path, chunkCount: d.chunkCount, state: d.state }, 'disk added');
+    return d;
+  }
+
+  async registerHead(req: RegisterHeadInput): Promise<HeadRecord> {
+    if (!req.headId) throw new InvalidArgumentError('RegisterHead needs a head_id (the head agent keeps one in its data directory)');
+    parseHostPort(req.controlAddress, 'head control address');
+    if (req.nbdAddress) parseHostPort(req.nbdAddress, 'head NBD address');
+    const now = this.now();
+    const prev = this.heads.get(req.headId);
+    const h: HeadRecord = {
+      id: req.headId, name: req.name || req.headId, controlAddress: req.controlAddress, nbdAddress: req.nbdAddress,
+      state: 'active', registeredMs: prev?.registeredMs ?? now, lastHeartbeatMs: now,
+    };
+    this.heads.set(h.id, h);
+    await this.store.write(this.store.batch().putHead(h));
+    log.info({ headId: h.id, name: h.name, controlAddress: h.controlAddress, again: !!prev }, 'head registered');
+    return h;
+  }
+
+  async headHeartbeat(headId: string): Promise<boolean> {
+    const h = this.heads.get(headId);
+    if (!h) return false;
+    h.lastHeartbeatMs = this.now();
+    if (h.state === 'failed') {
+      h.state = 'active';
+      log.info({ headId: h.id, name: h.name }, 'head active again: heartbeat received');
+      await this.store.write(this.store.batch().putHead(h));
+    }
+    return true;
+  }
+
+  /** Marks servers and heads failed whose heartbeats stopped. */
+  async checkTimeouts(): Promise<void> {
+    const now = this.now();
+    const limit = this.opts.heartbeatTimeoutMs;
+    const batch = this.store.batch();
+    for (const s of this.servers.values()) {
+      if (s.state === 'active' && now - s.lastHeartbeatMs > limit) {
+        this.setServerState(s, 'failed', `no heartbeat for ${now - s.lastHeartbeatMs} ms (timeout ${limit} ms)`, batch);
+        batch.putServer(s);
+      }
+    }
+    for (const h of this.heads.values()) {
+      if (h.state === 'active' && now - h.lastHeartbeatMs > limit) {
+        h.state = 'failed';
+        log.warn({ headId: h.id, name: h.name, silentMs: now - h.lastHeartbeatMs }, 'head failed: no heartbeat');
+        batch.putHead(h);
+      }
+    }
+    if (batch.length > 0) await this.store.write(batch);
+  }
+
+  setServerState(s: ServerRecord, state: ServerState, reason: string, batch: StoreBatch): void {
+    if (s.state === state) return;
+    const line = { serverId: s.id, name: s.name, from: s.state, to: state, reason };
+    if (state === 'active') log.info(line, 'server state change');
+    else log.warn(line, 'server state change');
+    s.state = state;
+    s.stateReason = reason;
+    batch.putServer(s);
+    this.syncServer(s);
+  }
+
+  setDiskState(d: DiskRecord, state: DiskState, reason: string, batch: StoreBatch): void {
+    if (d.state === state) return;
+    const line = { diskId: d.id, serverId: d.serverId, path: d.path, from: d.state, to: state, reason };
+    if (state === 'active') log.info(line, 'disk state change');
+    else log.warn(line, 'disk state change');
+    d.state = state;
+    d.stateReason = reason;
+    batch.putDisk(d);
+    this.syncDisk(d);
+  }
+
+  /** Folds a node's disk list into the records; with `complete`, known disks it omits are failed. */
+  private applyDiskReport(s: ServerRecord, reported: DiskInfo__Output[], batch: StoreBatch, complete: boolean): void {
+    const seen = new Set<string>();
+    for (const info of reported) {
+      if (!info.diskId) {
+        log.warn({ serverId: s.id, path: info.path }, 'node reported a disk without an id; ignored');
+        continue;
+      }
+      seen.add(info.diskId);
+      const sizeProblem = info.chunkSize !== this.opts.chunkSize
+        ? `chunk size ${info.chunkSize} differs from the cluster's ${this.opts.chunkSize}` : '';
+      let d = this.disks.get(info.diskId);
+      if (!d) {
+        d = {
+          id: info.diskId, serverId: s.id, path: info.path, chunkSize: info.chunkSize, chunkCount: info.chunkCount,
+          state: 'active', stateReason: 'added', addedMs: this.now(),
+        };
+        this.disks.set(d.id, d);
+        batch.putDisk(d);
+        log.info({ diskId: d.id, serverId: s.id, path: d.path, chunkCount: d.chunkCount }, 'disk recorded');
+      } else if (d.state === 'removed') {
+        continue; // only AddDisk brings a removed disk back
+      }
+      const before = JSON.stringify(d);
+      if (d.serverId !== s.id) log.warn({ diskId: d.id, from: d.serverId, to: s.id }, 'disk moved to another server');
+      Object.assign(d, { serverId: s.id, path: info.path, chunkSize: info.chunkSize });
+      if (info.chunkCount !== d.chunkCount) {
+        if (this.model.setDisk(d.id, s.id, info.chunkCount, false)) d.chunkCount = info.chunkCount;
+        else log.warn({ diskId: d.id, reported: info.chunkCount, kept: d.chunkCount }, 'node reports fewer chunks than the disk holds; keeping the old count');
+      }
+      if (sizeProblem) this.setDiskState(d, 'failed', sizeProblem, batch);
+      else if (info.state === 'failed') this.setDiskState(d, 'failed', 'its node reports it failed', batch);
+      else if (d.state === 'failed') this.setDiskState(d, 'active', 'its node reports it active', batch);
+      if (JSON.stringify(d) !== before) batch.putDisk(d);
+      this.syncDisk(d);
+    }
+    if (!complete) return;
+    for (const d of this.disks.values()) {
+      if (d.serverId === s.id && !seen.has(d.id) && d.state === 'active') {
+        this.setDiskState(d, 'failed', 'not reported by its node at registration', batch);
+      }
+    }
+  }
+
+  private syncServer(s: ServerRecord): void {
+    this.model.setServer(s.id, this.labelsOf(s), s.state === 'active');
+  }
+
+  private syncDisk(d: DiskRecord): void {
+    const eligible = d.state === 'active' && d.chunkSize === this.opts.chunkSize;
+    if (!this.model.setDisk(d.id, d.serverId, d.chunkCount, eligible)) {
+      log.warn({ diskId: d.id, chunkCount: d.chunkCount }, 'disk record shrank below chunks in use');
+    }
+  }
+}

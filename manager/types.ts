@@ -1,0 +1,150 @@
+// The manager's records: what it persists in LevelDB (manager/store.ts) and
+// keeps in memory. Plain JSON-able objects; the wire shapes (proto messages)
+// are produced from these by manager/views.ts.
+
+export type ServerState = 'active' | 'failed' | 'removed';
+export type DiskState = 'active' | 'failed' | 'removed';
+export type HeadState = 'active' | 'failed';
+export type ReplicaState = 'in_sync' | 'stale';
+
+export interface ServerRecord {
+  id: string;
+  name: string;
+  dataAddress: string;
+  controlAddress: string;
+  /** Labels the node reports about itself (its config). */
+  nodeLabels: Record<string, string>;
+  /** Labels an admin gave with AddServer; they win over the node's. */
+  adminLabels: Record<string, string>;
+  state: ServerState;
+  stateReason: string;
+  registeredMs: number;
+  /** Last heartbeat seen; persisted only when the state changes. */
+  lastHeartbeatMs: number;
+}
+
+export interface DiskRecord {
+  id: string;
+  serverId: string;
+  path: string;
+  chunkSize: number;
+  chunkCount: number;
+  state: DiskState;
+  stateReason: string;
+  addedMs: number;
+}
+
+export interface HeadRecord {
+  id: string;
+  name: string;
+  controlAddress: string;
+  nbdAddress: string;
+  state: HeadState;
+  registeredMs: number;
+  lastHeartbeatMs: number;
+}
+
+export interface VolumeRecord {
+  id: number;
+  name: string;
+  size: number;
+  replicas: number;
+  chunkSize: number;
+  segmentCount: number;
+  generation: number;
+  /** Highest lease epoch granted; only increases. */
+  epoch: number;
+  /** Head id holding the attachment, '' when not attached. */
+  attachedHead: string;
+  nbdUri: string;
+  spreadLabel: string;
+  createdMs: number;
+}
+
+/**
+ * Where every replica of a volume lives, kept compact because a large volume
+ * has thousands of replicas and startup loads every map: `disks` is a table of
+ * disk ids and `locs` holds two numbers per replica, [diskRef, chunkIndex],
+ * segment-major (replica r = segment * replicas + slot).
+ */
+export interface ChunkMapRecord {
+  volumeId: number;
+  replicas: number;
+  segmentCount: number;
+  disks: string[];
+  locs: number[];
+  /** Replica positions (segment * replicas + slot) known to be stale. */
+  stale?: number[];
+}
+
+/** A create between its first and last metadata batch (see manager/volumes.ts). */
+export interface PendingCreateRecord {
+  volume: VolumeRecord;
+  map: ChunkMapRecord;
+  startedMs: number;
+}
+
+/** A chunk whose owner is gone but that a node has not yet confirmed freed. */
+export interface ToFreeRecord {
+  diskId: string;
+  chunkIndex: number;
+  volumeId: number;
+  reason: string;
+  sinceMs: number;
+}
+
+/** One replica's location, unpacked. */
+export interface ReplicaRef {
+  segment: number;
+  slot: number;
+  diskId: string;
+  chunkIndex: number;
+  stale: boolean;
+}
+
+export function buildChunkMap(
+  volumeId: number, replicas: number, segmentCount: number,
+  placed: ReadonlyArray<{ segment: number; slot: number; diskId: string; chunkIndex: number }>,
+): ChunkMapRecord {
+  const disks: string[] = [];
+  const refOf = new Map<string, number>();
+  const locs = new Array<number>(segmentCount * replicas * 2).fill(-1);
+  for (const p of placed) {
+    let ref = refOf.get(p.diskId);
+    if (ref === undefined) {
+      ref = disks.length;
+      disks.push(p.diskId);
+      refOf.set(p.diskId, ref);
+    }
+    const r = p.segment * replicas + p.slot;
+    locs[2 * r] = ref;
+    locs[2 * r + 1] = p.chunkIndex;
+  }
+  return { volumeId, replicas, segmentCount, disks, locs };
+}
+
+/** Calls fn for every replica of the map, segment-major. */
+export function forEachReplica(map: ChunkMapRecord, fn: (ref: ReplicaRef) => void): void {
+  const stale = map.stale && map.stale.length > 0 ? new Set(map.stale) : undefined;
+  const total = map.segmentCount * map.replicas;
+  for (let r = 0; r < total; r++) {
+    fn({
+      segment: Math.floor(r / map.replicas),
+      slot: r % map.replicas,
+      diskId: map.disks[map.locs[2 * r]!]!,
+      chunkIndex: map.locs[2 * r + 1]!,
+      stale: stale?.has(r) ?? false,
+    });
+  }
+}
+
+/** Checks that a map loaded from disk is whole; returns a reason or undefined. */
+export function chunkMapProblem(map: ChunkMapRecord): string | undefined {
+  const total = map.segmentCount * map.replicas;
+  if (!Array.isArray(map.locs) || map.locs.length !== total * 2) return `expected ${total * 2} location numbers, found ${map.locs?.length}`;
+  for (let i = 0; i < map.locs.length; i += 2) {
+    const ref = map.locs[i]!;
+    if (!(ref >= 0 && ref < map.disks.length) || !(map.locs[i + 1]! >= 0)) return `replica ${i / 2} has no location`;
+  }
+  return undefined;
+}

@@ -1,0 +1,62 @@
+import type { VolumeMap } from '../proto/generated/vsky/common/VolumeMap.js';
+import type { SegmentMap } from '../proto/generated/vsky/common/SegmentMap.js';
+import type { DiskRow } from '../proto/generated/vsky/manager/DiskRow.js';
+import type { HeadInfo } from '../proto/generated/vsky/manager/HeadInfo.js';
+import type { ServerInfo } from '../proto/generated/vsky/manager/ServerInfo.js';
+import type { VolumeInfo } from '../proto/generated/vsky/manager/VolumeInfo.js';
+import type { PlacementModel } from './placement.js';
+import type { Registry } from './registry.js';
+import { forEachReplica, type ChunkMapRecord, type DiskRecord, type HeadRecord, type ServerRecord, type VolumeRecord } from './types.js';
+
+// Records -> wire messages (proto/manager.proto, proto/common.proto).
+
+export function serverView(s: ServerRecord, registry: Registry): ServerInfo {
+  return {
+    serverId: s.id, name: s.name, dataAddress: s.dataAddress, controlAddress: s.controlAddress,
+    labels: registry.labelsOf(s), state: s.state, lastHeartbeatMs: s.lastHeartbeatMs,
+    diskCount: registry.disksOf(s.id).filter((d) => d.state !== 'removed').length,
+  };
+}
+
+export function diskView(d: DiskRecord, registry: Registry, model: PlacementModel): DiskRow {
+  return {
+    diskId: d.id, serverId: d.serverId, serverName: registry.server(d.serverId)?.name ?? '', path: d.path,
+    chunkSize: d.chunkSize, chunkCount: d.chunkCount, usedChunks: model.diskUsage(d.id)?.used ?? 0, state: d.state,
+  };
+}
+
+export function headView(h: HeadRecord, attached: string[]): HeadInfo {
+  return {
+    headId: h.id, name: h.name, controlAddress: h.controlAddress, nbdAddress: h.nbdAddress,
+    state: h.state, lastHeartbeatMs: h.lastHeartbeatMs, attached,
+  };
+}
+
+/** `attached_head` carries the head's name (what an admin types), or its id if the head is unknown. */
+export function volumeView(v: VolumeRecord, registry: Registry): VolumeInfo {
+  return {
+    volumeId: v.id, name: v.name, size: v.size, replicas: v.replicas, chunkSize: v.chunkSize,
+    segmentCount: v.segmentCount, state: v.attachedHead ? 'attached' : 'available', generation: v.generation,
+    epoch: v.epoch, attachedHead: v.attachedHead ? (registry.head(v.attachedHead)?.name ?? v.attachedHead) : '',
+    nbdUri: v.nbdUri, createdMs: v.createdMs,
+  };
+}
+
+/** What a head needs to assemble the volume: every segment's replica locations. */
+export function volumeMapView(v: VolumeRecord, map: ChunkMapRecord, registry: Registry): VolumeMap {
+  const segments: SegmentMap[] = [];
+  const serverOf = new Map<string, ServerRecord | undefined>();
+  for (const diskId of map.disks) serverOf.set(diskId, registry.serverOfDisk(diskId));
+  forEachReplica(map, (r) => {
+    if (r.slot === 0) segments.push({ index: r.segment, replicas: [] });
+    const server = serverOf.get(r.diskId);
+    segments[r.segment]!.replicas!.push({
+      slot: r.slot, serverId: server?.id ?? '', dataAddress: server?.dataAddress ?? '', diskId: r.diskId,
+      chunkIndex: r.chunkIndex, state: r.stale ? 'stale' : 'in_sync',
+    });
+  });
+  return {
+    volumeId: v.id, name: v.name, size: v.size, chunkSize: v.chunkSize, replicas: v.replicas,
+    generation: v.generation, segments,
+  };
+}

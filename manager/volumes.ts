@@ -1,0 +1,364 @@
+import { crashPoint } from '../shared/fault-points.js';
+import { DEFAULT_REPLICAS, MAX_REPLICAS } from '../shared/constants.js';
+import {
+  AlreadyExistsError, CapacityError, ConflictError, InvalidArgumentError, NotFoundError, VskyError, errorMessage,
+} from '../shared/errors.js';
+import { moduleLogger } from '../shared/logger.js';
+import { formatSize } from '../shared/units.js';
+import type { ChunkFreer } from './gc.js';
+import { mapLimit, type PeerClients } from './node-clients.js';
+import { MAX_VOLUME_ID, type PlacementModel } from './placement.js';
+import type { Registry } from './registry.js';
+import type { ManagerStore, StoreBatch, StoreSnapshot } from './store.js';
+import {
+  buildChunkMap, forEachReplica, type ChunkMapRecord, type PendingCreateRecord, type ToFreeRecord, type VolumeRecord,
+} from './types.js';
+
+// Volume lifecycle: create and delete (attach/detach live in attachments.ts).
+//
+// Create is an atomic commitment in three steps:
+//  1. one batch writes a pending record with the planned chunks (already
+//     reserved in the placement model, so concurrent creates never collide)
+//     and the advanced volume id counter;
+//  2. every planned chunk is allocated on its node, in parallel (bounded);
+//  3. one batch writes the volume record and its chunk map and deletes the
+//     pending record.
+// If step 2 or 3 fails, one batch replaces the pending record by to-free
+// entries for every planned chunk and the nodes are asked to free them. A
+// manager killed between 1 and 3 leaves the pending record, which the next
+// start turns into to-free entries the same way: no volume ever appears half made.
+
+const log = moduleLogger('manager.volumes');
+const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+const LABEL_RE = /^[A-Za-z0-9._/-]{1,64}$/;
+
+export interface VolumeEntry {
+  volume: VolumeRecord;
+  map: ChunkMapRecord;
+}
+
+export interface CreateVolumeInput {
+  name: string;
+  size: number;
+  replicas: number;
+  spreadLabel: string;
+}
+
+export interface VolumesOptions {
+  chunkSize: number;
+  /** AllocateChunk calls in flight per create. */
+  allocateParallelism?: number;
+}
+
+export function validateVolumeName(name: string): void {
+  if (!NAME_RE.test(name) || name === '.' || name === '..') {
+    throw new InvalidArgumentError(`invalid volume name "${name}": use 1-64 characters from A-Z a-z 0-9 . _ -`, { name });
+  }
+}
+
+export class Volumes {
+  private readonly byId = new Map<number, VolumeEntry>();
+  private readonly byName = new Map<string, number>();
+  /** Creates in progress in this process, by volume id. */
+  private readonly creating = new Map<number, PendingCreateRecord>();
+  private readonly creatingNames = new Set<string>();
+  /** Volumes with an attach, detach or delete in progress. */
+  private readonly busy = new Set<number>();
+  /** Pending creates found at start: an earlier process died during them. */
+  private stalePending: PendingCreateRecord[] = [];
+  private nextId = 1;
+
+  constructor(
+    private readonly store: ManagerStore,
+    private readonly model: PlacementModel,
+    private readonly registry: Registry,
+    private readonly peers: PeerClients,
+    private readonly freer: ChunkFreer,
+    private readonly opts: VolumesOptions,
+  ) {}
+
+  /** Fills memory and claims every referenced chunk in the model (after the registry loaded). */
+  load(snap: StoreSnapshot): void {
+    let maxId = 0;
+    for (const { volume, map } of snap.volumes) {
+      forEachReplica(map, (r) => this.model.claim(r.diskId, r.chunkIndex, volume.id));
+      this.byId.set(volume.id, { volume, map });
+      this.byName.set(volume.name, volume.id);
+      maxId = Math.max(maxId, volume.id);
+    }
+    for (const p of snap.pending) {
+      forEachReplica(p.map, (r) => {
+        try {
+          this.model.claim(r.diskId, r.chunkIndex, p.volume.id);
+        } catch (err) {
+          log.warn({ volumeId: p.volume.id, diskId: r.diskId, err: errorMessage(err) }, 'pending create references a taken chunk');
+        }
+      });
+      maxId = Math.max(maxId, p.volume.id);
+    }
+    for (const t of snap.toFree) maxId = Math.max(maxId, t.volumeId);
+    this.stalePending = snap.pending;
+    this.nextId = Math.max(snap.nextVolumeId, maxId + 1);
+  }
+
+  get nextVolumeId(): number {
+    return this.nextId;
+  }
+
+  isCreating(volumeId: number): boolean {
+    return this.creating.has(volumeId);
+  }
+
+  list(): VolumeRecord[] {
+    return [...this.byId.values()].map((e) => e.volume);
+  }
+
+  entry(name: string): VolumeEntry {
+    if (!name) throw new InvalidArgumentError('no volume name given: see vsky volume list');
+    const id = this.byName.get(name);
+    if (id === undefined) throw new NotFoundError(`no volume "${name}": see vsky volume list`, { name });
+    return this.byId.get(id)!;
+  }
+
+  byVolumeId(id: number): VolumeEntry | undefined {
+    return this.byId.get(id);
+  }
+
+  /** Runs fn with the volume marked busy; a second operation meanwhile gets a ConflictError. */
+  async exclusive<T>(name: string, fn: (e: VolumeEntry) => Promise<T>): Promise<T> {
+    const e = this.entry(name);
+    if (this.busy.has(e.volume.id)) {
+      throw new ConflictError(`volume ${name} has another operation in progress (attach, detach or delete); retry when it finishes`);
+    }
+    this.busy.add(e.volume.id);
+    try {
+      return await fn(e);
+    } finally {
+      this.busy.delete(e.volume.id);
+    }
+  }
+
+  async create(input: CreateVolumeInput): Promise<VolumeRecord> {
+    const { name, size } = input;
+    validateVolumeName(name);
+    if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidArgumentError(`invalid volume size ${size}: give a positive size, e.g. 10G`);
+    if (size % 512 !== 0) throw new InvalidArgumentError(`volume size ${size} is not a multiple of 512 bytes (the block size heads export); round it up`);
+    const replicas = input.replicas || DEFAULT_REPLICAS;
+    if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
+      throw new InvalidArgumentError(`invalid replica count ${replicas}: use 1 to ${MAX_REPLICAS} (default ${DEFAULT_REPLICAS})`);
+    }
+    if (input.spreadLabel && !LABEL_RE.test(input.spreadLabel)) throw new InvalidArgumentError(`invalid spread label "${input.spreadLabel}"`);
+    if (this.byName.has(name) || this.creatingNames.has(name)) {
+      throw new AlreadyExistsError(`volume ${name} already exists: choose another name or delete it first`, { name });
+    }
+    const id = this.nextId;
+    if (id > MAX_VOLUME_ID) throw new CapacityError('volume ids are exhausted (u32)');
+    const chunkSize = this.opts.chunkSize;
+    const segmentCount = Math.ceil(size / chunkSize);
+    const spreadLabel = input.spreadLabel || this.defaultSpreadLabel();
+    const plan = this.model.place({ volumeId: id, segmentCount, replicas, spreadLabel, chunkSize });
+    this.nextId++;
+    const vlog = log.child({ volumeId: id, volume: name });
+    vlog.info({
+      size, segmentCount, replicas, spreadLabel: plan.spreadLabel || undefined, labelSpread: plan.labelSpread,
+      labelValues: plan.labelValues, fallbackSegments: plan.fallbackSegments, servers: plan.serversUsed, disks: plan.disksUsed,
+    }, 'placement planned');
+    if (plan.labelSpread === 'fallback' || plan.labelSpread === 'partial') {
+      vlog.warn({ spreadLabel, labelValues: plan.labelValues, fallbackSegments: plan.fallbackSegments },
+        `not enough distinct "${spreadLabel}" values with free space for ${replicas} replicas: those segments are spread over distinct servers only`);
+    }
+
+    const volume: VolumeRecord = {
+      id, name, size, replicas, chunkSize, segmentCount, generation: 1, epoch: 0,
+      attachedHead: '', nbdUri: '', spreadLabel: plan.spreadLabel, createdMs: Date.now(),
+    };
+    const map = buildChunkMap(id, replicas, segmentCount, plan.chunks);
+    const pending: PendingCreateRecord = { volume, map, startedMs: Date.now() };
+    this.creating.set(id, pending);
+    this.creatingNames.add(name);
+    try {
+      // Step 1: the intent is durable before any node is touched.
+      try {
+        await this.store.write(this.store.batch().putPending(pending).putNextVolumeId(this.nextId));
+      } catch (err) {
+        for (const c of plan.chunks) this.model.release(c.diskId, c.chunkIndex, id);
+        throw err;
+      }
+      // Step 2: allocate on the nodes.
+      const results = await mapLimit(plan.chunks, this.opts.allocateParallelism ?? 16, (c) => {
+        const server = this.registry.server(c.serverId)!;
+        return this.peers.node.allocateChunk(server.controlAddress, {
+          diskId: c.diskId, chunkIndex: c.chunkIndex,
+          identity: {
+            volumeId: id, volumeName: name, volumeSize: size, segment: c.segment, slot: c.slot,
+            segmentCount, replicas, generation: volume.generation, epoch: volume.epoch,
+          },
+        }).then((r) => { crashPoint('manager.create.allocated'); return r; });
+      });
+      const failed = results.findIndex((r) => r.status === 'rejected');
+      if (failed >= 0) {
+        const c = plan.chunks[failed]!;
+        const reason = (results[failed] as PromiseRejectedResult).reason;
+        const server = this.registry.server(c.serverId)!;
+        const count = results.filter((r) => r.status === 'rejected').length;
+        vlog.warn({ failedChunks: count, serverId: c.serverId, err: errorMessage(reason) }, 'chunk allocation failed; rolling the create back');
+        // A chunk the node says is taken holds something we do not know of:
+        // not ours to free, and kept out of placement until GC sees it gone.
+        const taken = new Set<number>();
+        results.forEach((r, i) => {
+          if (r.status === 'rejected' && r.reason instanceof VskyError && r.reason.code === 'ECONFLICT') taken.add(i);
+        });
+        await this.abortCreate(pending, 'create failed', taken);
+        throw rewrap(reason, `cannot create volume ${name}: allocating segment ${c.segment} replica ${c.slot} on server ${server.name} (${server.controlAddress}) failed: ${errorMessage(reason)}; nothing was created`);
+      }
+      // Step 3: commit.
+      try {
+        await this.store.write(this.store.batch().putVolume(volume).putChunkMap(map).delPending(id));
+      } catch (err) {
+        vlog.error({ err: errorMessage(err) }, 'commit batch failed; rolling the create back');
+        await this.abortCreate(pending, 'commit failed');
+        throw err;
+      }
+      this.byId.set(id, { volume, map });
+      this.byName.set(name, id);
+      vlog.info({ size: formatSize(size), segmentCount, replicas }, 'volume created');
+      return volume;
+    } finally {
+      this.creating.delete(id);
+      this.creatingNames.delete(name);
+    }
+  }
+
+  /** Turns pending creates of an earlier process into to-free entries (one batch). */
+  async rollbackStalePending(): Promise<number> {
+    const stale = this.stalePending;
+    if (stale.length === 0) return 0;
+    this.stalePending = [];
+    const batch = this.store.batch();
+    const records: ToFreeRecord[] = [];
+    for (const p of stale) {
+      batch.delPending(p.volume.id);
+      records.push(...toFreeRecords(p.volume.id, p.map, 'interrupted create rolled back'));
+      log.warn({ volumeId: p.volume.id, volume: p.volume.name, chunks: p.map.segmentCount * p.map.replicas },
+        'rolling back an interrupted create (manager restart or failed rollback)');
+    }
+    this.freer.stage(batch, records);
+    try {
+      await this.store.write(batch);
+    } catch (err) {
+      this.stalePending = stale;
+      throw err;
+    }
+    this.freer.track(records);
+    return stale.length;
+  }
+
+  async delete(name: string): Promise<void> {
+    await this.exclusive(name, async ({ volume, map }) => {
+      if (volume.attachedHead) {
+        const head = this.registry.head(volume.attachedHead);
+        throw new ConflictError(`volume ${name} is attached to head ${head?.name ?? volume.attachedHead}; detach it first (vsky volume detach ${name})`);
+      }
+      const records = toFreeRecords(volume.id, map, 'volume deleted');
+      const batch = this.store.batch().delVolume(volume.id);
+      this.freer.stage(batch, records);
+      await this.store.write(batch);
+      this.byId.delete(volume.id);
+      this.byName.delete(name);
+      this.freer.track(records);
+      const res = await this.freer.free(records);
+      log.info({ volumeId: volume.id, volume: name, chunksFreed: res.freed, chunksLeft: res.left },
+        res.left > 0 ? `volume deleted; ${res.left} chunks could not be freed now and are left for GC` : 'volume deleted');
+    });
+  }
+
+  /** Persists a changed volume record (attach state, epoch). */
+  async saveVolume(volume: VolumeRecord): Promise<void> {
+    await this.store.write(this.store.batch().putVolume(volume));
+  }
+
+  /** Names of volumes with replicas on any of the disks, and chunks there owned by no volume (garbage in flight). */
+  usersOfDisks(diskIds: Iterable<string>): { volumes: string[]; otherChunks: number; chunks: number } {
+    const names = new Set<string>();
+    let otherChunks = 0;
+    let chunks = 0;
+    for (const diskId of diskIds) {
+      for (const [id, count] of this.model.ownersOnDisk(diskId)) {
+        chunks += count;
+        const e = this.byId.get(id);
+        if (e) names.add(e.volume.name);
+        else otherChunks += count;
+      }
+    }
+    return { volumes: [...names].sort(), otherChunks, chunks };
+  }
+
+  /** Marks every replica on these disks stale (their disks are gone); adds the maps to the batch. */
+  markStaleOnDisks(diskIds: Set<string>, batch: StoreBatch): number {
+    let marked = 0;
+    for (const { volume, map } of this.byId.values()) {
+      if (!map.disks.some((d) => diskIds.has(d))) continue;
+      const stale = new Set(map.stale ?? []);
+      const before = stale.size;
+      let r = 0;
+      forEachReplica(map, (ref) => {
+        if (diskIds.has(ref.diskId)) stale.add(r);
+        r++;
+      });
+      if (stale.size === before) continue;
+      marked += stale.size - before;
+      map.stale = [...stale].sort((a, b) => a - b);
+      batch.putChunkMap(map);
+      log.warn({ volumeId: volume.id, volume: volume.name, staleReplicas: stale.size - before }, 'replicas marked stale: their disk was removed');
+    }
+    return marked;
+  }
+
+  private async abortCreate(pending: PendingCreateRecord, reason: string, taken = new Set<number>()): Promise<void> {
+    const id = pending.volume.id;
+    // Every planned chunk is freed, allocated or not: a node whose reply was
+    // lost may hold it, and the volume-id guard makes a free of a chunk the
+    // node never gave us harmless. Chunks the node said are taken are not ours.
+    const all = toFreeRecords(id, pending.map, reason);
+    const records = all.filter((_, i) => !taken.has(i));
+    for (const i of taken) {
+      const r = all[i]!;
+      this.model.markForeign(r.diskId, r.chunkIndex, id);
+      log.warn({ diskId: r.diskId, chunkIndex: r.chunkIndex }, 'node holds this chunk for a volume the manager does not know; kept out of placement until GC sees it free');
+    }
+    const batch = this.store.batch().delPending(id);
+    this.freer.stage(batch, records);
+    try {
+      await this.store.write(batch);
+    } catch (err) {
+      // The pending record is still in the database: the next GC pass (or start) retries the rollback.
+      log.error({ volumeId: id, err: errorMessage(err) }, 'could not record the rollback; GC will retry it');
+      this.stalePending.push(pending);
+      return;
+    }
+    this.freer.track(records);
+    const res = await this.freer.free(records);
+    log.info({ volumeId: id, volume: pending.volume.name, chunksFreed: res.freed, chunksLeft: res.left }, 'create rolled back');
+  }
+
+  // Replicas go to distinct racks by default when servers carry a "rack" label.
+  private defaultSpreadLabel(): string {
+    return this.registry.listServers().some((s) => s.state === 'active' && this.registry.labelsOf(s).rack !== undefined) ? 'rack' : '';
+  }
+}
+
+function toFreeRecords(volumeId: number, map: ChunkMapRecord, reason: string): ToFreeRecord[] {
+  const out: ToFreeRecord[] = [];
+  const now = Date.now();
+  forEachReplica(map, (r) => out.push({ diskId: r.diskId, chunkIndex: r.chunkIndex, volumeId, reason, sinceMs: now }));
+  return out;
+}
+
+/** Same error class and code, clearer message. */
+function rewrap(err: unknown, message: string): VskyError {
+  if (!(err instanceof VskyError)) return new VskyError('EINTERNAL', message, {}, { cause: err });
+  if (err.constructor === VskyError) return new VskyError(err.code, message, err.context, { cause: err });
+  // Every subclass in shared/errors.ts takes (message, context[, options]).
+  const Cls = err.constructor as new (m: string, c: Record<string, unknown>, o?: { cause?: unknown }) => VskyError;
+  return new Cls(message, err.context, { cause: err });
+}

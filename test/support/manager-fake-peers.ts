@@ -1,0 +1,139 @@
+import { ConflictError, InvalidArgumentError, NotFoundError, TransportError } from '../../shared/errors.js';
+import type { ChunkIdentity__Output } from '../../proto/generated/vsky/common/ChunkIdentity.js';
+import type { AttachVolumeRequest } from '../../proto/generated/vsky/head/AttachVolumeRequest.js';
+import type { DiskInfo__Output } from '../../proto/generated/vsky/storage/DiskInfo.js';
+import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
+import type { HeadApi, PeerClients, StorageNodeApi } from '../../manager/node-clients.js';
+
+// In-memory storage nodes and heads behind the PeerClients interface, for unit
+// tests and benchmarks of the manager (never used by the daemon itself). They
+// keep the rules the real ones promise: AllocateChunk refuses a taken chunk,
+// FreeChunk refuses unless the chunk belongs to the given volume.
+
+export interface FakeDisk {
+  info: DiskInfo__Output;
+  chunks: Map<number, ChunkIdentity__Output>;
+}
+
+export class FakeNode {
+  readonly disks = new Map<string, FakeDisk>();
+  down = false;
+  /** Fail the next AllocateChunk calls whose chunk index matches. */
+  failAllocate?: (diskId: string, chunkIndex: number) => boolean;
+  /** When set, AllocateChunk records the chunk, then waits for this before replying. */
+  allocateGate?: Promise<void>;
+  calls: string[] = [];
+
+  constructor(readonly info: Omit<NodeInfo__Output, 'disks'>) {}
+
+  addDisk(id: string, chunkCount: number, chunkSize: number, path = `/dev/${id}`): DiskInfo__Output {
+    const info: DiskInfo__Output = { diskId: id, path, chunkSize, chunkCount, usedChunks: 0, state: 'active', size: chunkCount * chunkSize };
+    this.disks.set(id, { info, chunks: new Map() });
+    return info;
+  }
+
+  nodeInfo(): NodeInfo__Output {
+    return { ...this.info, disks: [...this.disks.values()].map((d) => ({ ...d.info, usedChunks: d.chunks.size })) };
+  }
+
+  disk(id: string): FakeDisk {
+    const d = this.disks.get(id);
+    if (!d) throw new NotFoundError(`no disk ${id}`);
+    return d;
+  }
+}
+
+export class FakePeers implements PeerClients {
+  readonly nodes = new Map<string, FakeNode>();
+  readonly heads = new Map<string, { down: boolean; attached: Map<string, { epoch: number; req: AttachVolumeRequest }>; fail?: boolean }>();
+  /** Artificial delay per call (ms). */
+  delayMs = 0;
+
+  addNode(id: string, opts: { labels?: Record<string, string>; host?: string } = {}): FakeNode {
+    const host = opts.host ?? `10.0.0.${this.nodes.size + 1}`;
+    const n = new FakeNode({ serverId: id, name: id, dataAddress: `${host}:7710`, controlAddress: `${host}:7711`, labels: opts.labels ?? {} });
+    this.nodes.set(n.info.controlAddress, n);
+    return n;
+  }
+
+  addHead(address: string) {
+    const h = { down: false, attached: new Map() };
+    this.heads.set(address, h);
+    return h;
+  }
+
+  private async reach(address: string, what: string): Promise<FakeNode> {
+    if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
+    const n = this.nodes.get(address);
+    if (!n || n.down) throw new TransportError(`cannot reach ${address}`);
+    n.calls.push(what);
+    return n;
+  }
+
+  readonly node: StorageNodeApi = {
+    getInfo: async (a) => (await this.reach(a, 'GetInfo')).nodeInfo(),
+    addDisk: async (a, req) => {
+      const n = await this.reach(a, 'AddDisk');
+      const id = `disk-${req.path}`;
+      const existing = n.disks.get(id);
+      if (existing) return existing.info;
+      const chunkSize = Number(req.chunkSize);
+      return n.addDisk(id, Math.floor(Number(req.size) / chunkSize), chunkSize, req.path);
+    },
+    removeDisk: async (a, req) => {
+      const n = await this.reach(a, 'RemoveDisk');
+      n.disks.delete(req.diskId!);
+    },
+    allocateChunk: async (a, req) => {
+      const n = await this.reach(a, 'AllocateChunk');
+      const d = n.disk(req.diskId!);
+      const idx = req.chunkIndex!;
+      if (n.failAllocate?.(req.diskId!, idx)) throw new TransportError('injected allocation failure');
+      if (idx >= d.info.chunkCount) throw new InvalidArgumentError(`chunk ${idx} out of range`);
+      if (d.chunks.has(idx)) throw new ConflictError(`chunk ${idx} is taken`);
+      d.chunks.set(idx, { ...(req.identity as ChunkIdentity__Output) });
+      if (n.allocateGate) await n.allocateGate;
+    },
+    freeChunk: async (a, req) => {
+      const n = await this.reach(a, 'FreeChunk');
+      const d = n.disk(req.diskId!);
+      const c = d.chunks.get(req.chunkIndex!);
+      if (!c) return; // freeing a free chunk is a no-op, as on the real node
+      if (c.volumeId !== req.volumeId) throw new ConflictError(`chunk ${req.chunkIndex} belongs to volume ${c.volumeId}`);
+      d.chunks.delete(req.chunkIndex!);
+    },
+    listChunks: async (a, req) => {
+      const n = await this.reach(a, 'ListChunks');
+      const chunks = [];
+      for (const d of n.disks.values()) {
+        if (req.diskId && d.info.diskId !== req.diskId) continue;
+        for (const [chunkIndex, identity] of d.chunks) chunks.push({ diskId: d.info.diskId, chunkIndex, identity, writtenRegions: 0 });
+      }
+      return { chunks };
+    },
+  };
+
+  readonly head: HeadApi = {
+    attach: async (a, req) => {
+      const h = this.heads.get(a);
+      if (!h || h.down) throw new TransportError(`cannot reach head ${a}`);
+      if (h.fail) throw new ConflictError('injected attach failure');
+      h.attached.set(req.map!.name!, { epoch: req.epoch!, req });
+      return { nbdUri: `nbd://${a}/${req.map!.name}` };
+    },
+    detach: async (a, req) => {
+      const h = this.heads.get(a);
+      if (!h || h.down) throw new TransportError(`cannot reach head ${a}`);
+      if (!h.attached.delete(req.name!)) throw new NotFoundError(`${req.name} is not attached`);
+    },
+  };
+
+  /** Every owned chunk on every node: "diskId#index" -> volume id. */
+  ownedChunks(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const n of this.nodes.values()) for (const d of n.disks.values()) for (const [i, c] of d.chunks) out.set(`${d.info.diskId}#${i}`, c.volumeId);
+    return out;
+  }
+
+  close(): void {}
+}
