@@ -32,7 +32,8 @@ export class DaemonProcess {
   readonly name: string;
   readonly args: string[];
   readonly logPath: string;
-  private readonly env: NodeJS.ProcessEnv;
+  /** Extra environment for the next start (e.g. crash points); change it between restarts. */
+  env: NodeJS.ProcessEnv;
   private child: ChildProcess | undefined;
   private log: WriteStream | undefined;
   private exited: Promise<number | null> = Promise.resolve(null);
