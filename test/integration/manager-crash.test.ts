@@ -28,17 +28,15 @@ async function chunksOnNodes(c: LocalCluster): Promise<{ volumeName: string; vol
 describe('manager killed -9 in the middle of a volume create', () => {
   let c: LocalCluster;
   beforeAll(async () => {
-    c = await startTestCluster({ env: { manager: { VSKY_CRASH_AT: 'manager.create.allocated:5' } } });
+    c = await startTestCluster();
   });
   afterAll(() => destroyTestCluster(c));
 
   it('leaves no visible volume, and GC frees exactly the orphaned chunks', async () => {
     const m = c.managerAddress;
     // A committed volume that must survive everything below.
-    c.manager.env = {};
     const keep = await vsky(['volume', 'create', 'keep', '--size', '32M'], m);
     expect(keep.exitCode).toBe(0);
-    await c.manager.restart();
     c.manager.env = { VSKY_CRASH_AT: 'manager.create.allocated:5' };
     await c.manager.restart();
 
