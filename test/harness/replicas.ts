@@ -1,0 +1,36 @@
+import { NodeConnection } from '../../head-agent/node-connection.js';
+import { Replica } from '../../head-agent/replica.js';
+import { call } from '../../shared/grpc.js';
+import type { LocalCluster } from '../../deploy/local-cluster.js';
+
+// Reads every replica of a volume directly from its storage node over the
+// data protocol (our real client), to check what each copy holds on its own.
+
+export interface ReplicaCopy { segment: number; slot: number; serverId: string; data: Buffer }
+
+export async function readEveryReplica(c: LocalCluster, volume: string): Promise<{ chunkSize: number; copies: ReplicaCopy[] }> {
+  const m = c.client();
+  const detail = await call(m, 'ShowVolume', { name: volume }).finally(() => m.close());
+  const map = detail.map!;
+  const conns = new Map<string, NodeConnection>();
+  const copies: ReplicaCopy[] = [];
+  try {
+    for (const seg of map.segments) {
+      const length = Math.min(map.chunkSize, map.size - seg.index * map.chunkSize);
+      for (const r of seg.replicas) {
+        let conn = conns.get(r.dataAddress);
+        if (!conn) { conn = new NodeConnection(r.dataAddress); conns.set(r.dataAddress, conn); }
+        const replica = new Replica(conn, {
+          volumeId: map.volumeId, volumeName: map.name, segment: seg.index, slot: r.slot,
+          state: 'in_sync', serverId: r.serverId, diskId: r.diskId,
+        });
+        const data = Buffer.alloc(length);
+        await replica.read(0, data);
+        copies.push({ segment: seg.index, slot: r.slot, serverId: r.serverId, data });
+      }
+    }
+  } finally {
+    await Promise.all([...conns.values()].map((x) => x.close()));
+  }
+  return { chunkSize: map.chunkSize, copies };
+}
