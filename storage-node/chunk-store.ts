@@ -1,0 +1,270 @@
+import { ConflictError, InvalidArgumentError, NotFoundError, StaleEpochError } from '../shared/errors.js';
+import { moduleLogger } from '../shared/logger.js';
+import type { Chunk } from './chunk.js';
+import { ChunkState, MAX_VOLUME_NAME_BYTES, emptyRecord } from './disk-format.js';
+import { Disk, type OpenDiskOptions } from './disk.js';
+import { NoChunkError } from './errors.js';
+
+// All disks of a node, and the index the data path uses to find a chunk:
+// volumeId -> (segment * 256 + slot) -> Chunk, numeric keys only (no string
+// building per I/O). Each volume also carries the highest lease epoch this
+// node has seen for it (DESIGN rule 3), kept on every chunk record of the
+// volume so it survives restarts and disk moves.
+
+/** A chunk's identity as recorded on disk (structurally the proto ChunkIdentity). */
+export interface ChunkIdentity {
+  volumeId: number;
+  volumeName: string;
+  volumeSize: number;
+  segment: number;
+  slot: number;
+  segmentCount: number;
+  replicas: number;
+  generation: number;
+  epoch: number;
+}
+
+export class VolumeEntry {
+  readonly id: number;
+  /** Highest epoch seen (memory); requests below it are refused. */
+  epoch = 0;
+  /** Highest epoch known to be on disk; a request at a higher one waits for its persistence. */
+  durableEpoch = 0;
+  raising: Promise<void> | undefined;
+  raisingTo = 0;
+  readonly chunks = new Map<number, Chunk>();
+
+  constructor(id: number) {
+    this.id = id;
+  }
+}
+
+export function chunkKey(segment: number, slot: number): number {
+  return segment * 256 + slot;
+}
+
+export class ChunkStore {
+  private readonly log = moduleLogger('chunk-store');
+  private readonly disks = new Map<string, Disk>();
+  readonly volumes = new Map<number, VolumeEntry>();
+
+  /** Opens (creating/formatting if new) and serves a disk; re-adding the same path is a no-op. */
+  async openDisk(path: string, opts: OpenDiskOptions): Promise<Disk> {
+    for (const d of this.disks.values()) if (d.path === path) return d;
+    const disk = await Disk.open(path, opts);
+    const twin = this.disks.get(disk.id);
+    if (twin) {
+      await disk.close();
+      throw new ConflictError(`disk ${path} is disk ${disk.id}, already served from ${twin.path}`, { path, diskId: disk.id });
+    }
+    this.disks.set(disk.id, disk);
+    for (const chunk of disk.chunks) if (chunk.owned) this.index(chunk);
+    this.log.info({ disk: disk.id, path, chunks: disk.sb.chunkCount, used: disk.usedChunks() }, 'serving disk');
+    return disk;
+  }
+
+  disk(diskId: string): Disk {
+    const disk = this.disks.get(diskId);
+    if (!disk) throw new NotFoundError(`no disk ${diskId} on this node`, { diskId });
+    return disk;
+  }
+
+  diskList(): Disk[] {
+    return [...this.disks.values()];
+  }
+
+  /** The chunk serving (volume, segment, slot), or undefined. */
+  lookup(volumeId: number, segment: number, slot: number): Chunk | undefined {
+    return this.volumes.get(volumeId)?.chunks.get(chunkKey(segment, slot));
+  }
+
+  /**
+   * Makes `epoch` (not lower than the volume's) durable on the volume's chunk
+   * records. Returns undefined when it already is (the hot path), else a
+   * promise the request must wait for before it is acknowledged.
+   */
+  ensureEpoch(vol: VolumeEntry, epoch: number): Promise<void> | undefined {
+    if (epoch <= vol.durableEpoch) return undefined;
+    if (epoch > vol.epoch) {
+      vol.epoch = epoch;
+      for (const c of vol.chunks.values()) if (c.rec.epoch < epoch) c.rec.epoch = epoch;
+    }
+    if (vol.raising !== undefined && vol.raisingTo >= epoch) return vol.raising;
+    const target = vol.epoch;
+    const raising: Promise<void> = Promise.all([...vol.chunks.values()].map((c) => c.persist())).then(() => {
+      if (target > vol.durableEpoch) vol.durableEpoch = target;
+    }).finally(() => {
+      if (vol.raising === raising) vol.raising = undefined;
+    });
+    vol.raising = raising;
+    vol.raisingTo = target;
+    return raising;
+  }
+
+  /** FENCE: raise the volume's epoch (and generation) on every chunk here, durably. */
+  async fence(volumeId: number, epoch: number, generation: number): Promise<void> {
+    const vol = this.volumes.get(volumeId);
+    if (!vol) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
+    if (epoch < vol.epoch) throw new StaleEpochError(`fence epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
+    vol.epoch = epoch;
+    const chunks = [...vol.chunks.values()];
+    for (const c of chunks) {
+      if (c.rec.epoch < epoch) c.rec.epoch = epoch;
+      if (generation > c.rec.generation) c.rec.generation = generation;
+    }
+    // Writes admitted under an older epoch must land before the fence is acknowledged.
+    await Promise.all(chunks.map((c) => c.drained(true)));
+    await Promise.all(chunks.map((c) => c.persist()));
+    await Promise.all(distinctDisks(chunks).map((c) => c.sync()));
+    if (epoch > vol.durableEpoch) vol.durableEpoch = epoch;
+  }
+
+  /** FLUSH: fdatasync every disk holding a chunk of the volume (data and records). */
+  async flush(volumeId: number): Promise<void> {
+    const vol = this.volumes.get(volumeId);
+    if (!vol) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
+    await Promise.all(distinctDisks([...vol.chunks.values()]).map((c) => c.sync()));
+  }
+
+  /** Claims a free chunk for a volume; durable before it resolves. Same identity again is a no-op. */
+  async allocate(diskId: string, chunkIndex: number, id: ChunkIdentity): Promise<void> {
+    validateIdentity(id);
+    const chunk = this.chunkAt(diskId, chunkIndex);
+    if (chunk.busy) throw new ConflictError(`chunk ${chunkIndex} of disk ${diskId} is being changed; retry`, { diskId, chunkIndex });
+    if (chunk.owned) {
+      if (sameIdentity(chunk, id) && this.lookup(id.volumeId, id.segment, id.slot) === chunk) return;
+      throw new ConflictError(`chunk ${chunkIndex} of disk ${diskId} already belongs to volume ${chunk.rec.volumeId}`, { diskId, chunkIndex });
+    }
+    const other = this.lookup(id.volumeId, id.segment, id.slot);
+    if (other) {
+      throw new ConflictError(`this node already holds volume ${id.volumeId} segment ${id.segment} slot ${id.slot} (disk ${other.disk.id} chunk ${other.index})`, { diskId, chunkIndex });
+    }
+    const vol = this.volumes.get(id.volumeId);
+    const rec = emptyRecord(chunk.rec.bitmap.length * 8);
+    Object.assign(rec, {
+      state: ChunkState.OWNED, volumeId: id.volumeId, segment: id.segment, slot: id.slot, segmentCount: id.segmentCount,
+      replicas: id.replicas, volumeSize: id.volumeSize, volumeName: id.volumeName, generation: id.generation,
+      epoch: Math.max(id.epoch, vol?.epoch ?? 0),
+    });
+    const previous = chunk.rec;
+    chunk.busy = true;
+    chunk.rec = rec;
+    try {
+      await chunk.persist();
+      await chunk.sync();
+    } catch (err) {
+      chunk.rec = previous;
+      throw err;
+    } finally {
+      chunk.busy = false;
+    }
+    this.index(chunk);
+  }
+
+  /** Releases a chunk: it reads as zeros to its next owner. Freeing a free chunk is a no-op. */
+  async free(diskId: string, chunkIndex: number, volumeId: number): Promise<void> {
+    const chunk = this.chunkAt(diskId, chunkIndex);
+    if (!chunk.owned) return;
+    if (chunk.rec.volumeId !== volumeId) {
+      throw new ConflictError(`chunk ${chunkIndex} of disk ${diskId} belongs to volume ${chunk.rec.volumeId}, not ${volumeId}`, { diskId, chunkIndex });
+    }
+    if (chunk.busy) throw new ConflictError(`chunk ${chunkIndex} of disk ${diskId} is being changed; retry`, { diskId, chunkIndex });
+    chunk.busy = true;
+    try {
+      this.unindex(chunk); // new requests get NO_CHUNK from here on
+      await chunk.drained(); // no late write may land after the next owner arrives
+      chunk.rec = emptyRecord(chunk.rec.bitmap.length * 8);
+      await chunk.persist();
+      await chunk.sync();
+    } finally {
+      chunk.busy = false;
+    }
+  }
+
+  /** Stops serving a disk; refused while it holds chunks unless `force`. */
+  async removeDisk(diskId: string, force: boolean): Promise<Disk> {
+    const disk = this.disk(diskId);
+    const used = disk.usedChunks();
+    if (used > 0 && !force) {
+      throw new ConflictError(`disk ${diskId} holds ${used} chunks; move them first or force`, { diskId, used });
+    }
+    this.disks.delete(diskId);
+    await this.retire(disk);
+    this.log.info({ disk: diskId, path: disk.path, force }, 'disk removed');
+    return disk;
+  }
+
+  /** Every owned chunk (of one disk, or all). */
+  listChunks(diskId?: string): Chunk[] {
+    const disks = diskId ? [this.disk(diskId)] : this.diskList();
+    return disks.flatMap((d) => d.chunks.filter((c) => c.owned));
+  }
+
+  async close(): Promise<void> {
+    const disks = this.diskList();
+    this.disks.clear();
+    await Promise.all(disks.map((d) => this.retire(d)));
+  }
+
+  private async retire(disk: Disk): Promise<void> {
+    for (const c of disk.chunks) if (c.owned) this.unindex(c);
+    await Promise.all(disk.chunks.map((c) => c.drained()));
+    await disk.close();
+  }
+
+  private chunkAt(diskId: string, chunkIndex: number): Chunk {
+    const disk = this.disk(diskId);
+    const chunk = disk.chunks[chunkIndex];
+    if (!Number.isInteger(chunkIndex) || chunk === undefined) {
+      throw new InvalidArgumentError(`chunk index ${chunkIndex} is out of range: disk ${diskId} has ${disk.chunks.length} chunks`, { diskId, chunkIndex });
+    }
+    return chunk;
+  }
+
+  private index(chunk: Chunk): void {
+    const { volumeId, segment, slot, epoch } = chunk.rec;
+    let vol = this.volumes.get(volumeId);
+    if (!vol) this.volumes.set(volumeId, (vol = new VolumeEntry(volumeId)));
+    const key = chunkKey(segment, slot);
+    const other = vol.chunks.get(key);
+    if (other && other !== chunk) {
+      // Two disks claim the same replica (e.g. an old copy moved in): serve the newer generation.
+      this.log.warn({ volumeId, segment, slot, disk: chunk.disk.id, other: other.disk.id }, 'duplicate chunk identity on this node');
+      if (other.rec.generation >= chunk.rec.generation) return;
+    }
+    vol.chunks.set(key, chunk);
+    if (epoch > vol.epoch) vol.epoch = epoch;
+    if (epoch > vol.durableEpoch) vol.durableEpoch = epoch;
+  }
+
+  private unindex(chunk: Chunk): void {
+    const vol = this.volumes.get(chunk.rec.volumeId);
+    const key = chunkKey(chunk.rec.segment, chunk.rec.slot);
+    if (!vol || vol.chunks.get(key) !== chunk) return;
+    vol.chunks.delete(key);
+    if (vol.chunks.size === 0) this.volumes.delete(vol.id);
+  }
+}
+
+function distinctDisks(chunks: Chunk[]): Chunk[] {
+  const seen = new Map<string, Chunk>();
+  for (const c of chunks) if (!seen.has(c.disk.id)) seen.set(c.disk.id, c);
+  return [...seen.values()];
+}
+
+function sameIdentity(chunk: Chunk, id: ChunkIdentity): boolean {
+  const r = chunk.rec;
+  return r.volumeId === id.volumeId && r.segment === id.segment && r.slot === id.slot && r.volumeName === id.volumeName
+    && r.volumeSize === id.volumeSize && r.segmentCount === id.segmentCount && r.replicas === id.replicas;
+}
+
+function validateIdentity(id: ChunkIdentity): void {
+  const u32 = (v: number) => Number.isInteger(v) && v >= 0 && v <= 0xffff_ffff;
+  const bad = (what: string) => new InvalidArgumentError(`invalid chunk identity: ${what}`, { ...id });
+  if (!u32(id.volumeId) || id.volumeId === 0) throw bad('volume id must be 1..2^32-1');
+  if (!u32(id.segment)) throw bad('segment must be a u32');
+  if (!Number.isInteger(id.slot) || id.slot < 0 || id.slot > 255) throw bad('slot must be 0..255');
+  if (!u32(id.segmentCount) || !u32(id.replicas) || !u32(id.generation) || !u32(id.epoch)) throw bad('counts, generation and epoch must be u32');
+  if (!Number.isSafeInteger(id.volumeSize) || id.volumeSize < 0) throw bad('volume size must be a non-negative integer');
+  if (Buffer.byteLength(id.volumeName, 'utf8') > MAX_VOLUME_NAME_BYTES) throw bad(`volume name longer than ${MAX_VOLUME_NAME_BYTES} bytes`);
+}

@@ -1,0 +1,97 @@
+import { ChunkState, type ChunkRecordData } from './disk-format.js';
+
+// One chunk of one disk: its record as last decoded or updated in memory, and
+// the runtime state that serialises changes to it. The on-disk record is
+// updated only through ChunkDisk.persistRecord (A/B slots, coalesced).
+
+export type Done = (err: Error | null) => void;
+
+/** What a chunk needs from the disk that holds it (implemented by Disk). */
+export interface ChunkDisk {
+  readonly id: string;
+  read(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void;
+  write(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void;
+  /** fdatasync, group-committed: cb runs after a sync that started after this call. */
+  sync(cb: Done): void;
+  /** Writes the chunk's current in-memory record (coalescing concurrent calls). */
+  persistRecord(chunk: Chunk, cb: Done): void;
+}
+
+export class Chunk {
+  readonly disk: ChunkDisk;
+  readonly index: number;
+  /** Absolute byte position of the chunk's data on the disk. */
+  readonly dataOffset: number;
+  readonly size: number;
+  readonly regionSize: number;
+  rec: ChunkRecordData;
+
+  /** Sequence number of the newest valid record, and the slot (0 = A, 1 = B, -1 none) holding it. */
+  seq: number;
+  newestSlot: number;
+  /** A record write is in flight; later persist requests wait here for the next write. */
+  persisting = false;
+  persistQueued: Done[] | undefined;
+
+  /** Regions whose first write (zero-fill + bit + record) is under way: region -> settles when done. */
+  initializing: Map<number, Promise<void>> | undefined;
+
+  /** Data-protocol requests in flight on this chunk, and how many of them mutate it. */
+  inflight = 0;
+  mutating = 0;
+  private drainWaiters: { mutatingOnly: boolean; resolve: () => void }[] | undefined;
+  /** A control operation (allocate/free) is changing ownership. */
+  busy = false;
+
+  constructor(disk: ChunkDisk, index: number, dataOffset: number, size: number, regionBits: number,
+    rec: ChunkRecordData, seq: number, newestSlot: number) {
+    this.disk = disk;
+    this.index = index;
+    this.dataOffset = dataOffset;
+    this.size = size;
+    this.regionSize = size / regionBits;
+    this.rec = rec;
+    this.seq = seq;
+    this.newestSlot = newestSlot;
+  }
+
+  get owned(): boolean {
+    return this.rec.state === ChunkState.OWNED;
+  }
+
+  beginIo(mutating: boolean): void {
+    this.inflight++;
+    if (mutating) this.mutating++;
+  }
+
+  endIo(mutating: boolean): void {
+    this.inflight--;
+    if (mutating) this.mutating--;
+    if (this.drainWaiters !== undefined) this.wakeDrainWaiters();
+  }
+
+  /**
+   * Resolves once no request (or, with mutatingOnly, no mutating request) is
+   * in flight. FENCE waits only for writes: reads from the old lease holder
+   * could otherwise keep it waiting forever.
+   */
+  drained(mutatingOnly = false): Promise<void> {
+    if ((mutatingOnly ? this.mutating : this.inflight) === 0) return Promise.resolve();
+    return new Promise((resolve) => (this.drainWaiters ??= []).push({ mutatingOnly, resolve }));
+  }
+
+  private wakeDrainWaiters(): void {
+    const waiting = this.drainWaiters!.filter((w) => (w.mutatingOnly ? this.mutating : this.inflight) !== 0);
+    const ready = this.drainWaiters!.filter((w) => (w.mutatingOnly ? this.mutating : this.inflight) === 0);
+    this.drainWaiters = waiting.length > 0 ? waiting : undefined;
+    for (const w of ready) w.resolve();
+  }
+
+  persist(): Promise<void> {
+    return new Promise((resolve, reject) => this.disk.persistRecord(this, (err) => (err ? reject(err) : resolve())));
+  }
+
+  sync(): Promise<void> {
+    return new Promise((resolve, reject) => this.disk.sync((err) => (err ? reject(err) : resolve())));
+  }
+}

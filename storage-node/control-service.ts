@@ -1,0 +1,113 @@
+import { resolve } from 'node:path';
+import { REGION_BITS_PER_CHUNK } from '../shared/constants.js';
+import { InvalidArgumentError } from '../shared/errors.js';
+import { unary } from '../shared/grpc.js';
+import { moduleLogger } from '../shared/logger.js';
+import type { StorageNodeHandlers } from '../proto/generated/vsky/storage/StorageNode.js';
+import type { DiskInfo } from '../proto/generated/vsky/storage/DiskInfo.js';
+import type { NodeInfo } from '../proto/generated/vsky/storage/NodeInfo.js';
+import type { ChunkRecord } from '../proto/generated/vsky/storage/ChunkRecord.js';
+import type { ChunkStore } from './chunk-store.js';
+import type { Disk } from './disk.js';
+import type { NodeState } from './node-state.js';
+import { countSet } from './region-map.js';
+
+// The storage node's gRPC control service (proto/storage_node.proto). Each
+// handler validates its request and delegates to the ChunkStore; typed errors
+// become gRPC statuses in shared/grpc.ts (unary()).
+
+/** What the control service (and the manager link) know about this node. */
+export interface NodeContext {
+  readonly store: ChunkStore;
+  readonly state: NodeState;
+  readonly name: string;
+  readonly labels: Record<string, string>;
+  /** Chunk size for formatting new disks when a request does not say. */
+  readonly chunkSize: number;
+  dataAddress: string;
+  controlAddress: string;
+}
+
+export function diskInfo(disk: Disk): DiskInfo {
+  return {
+    diskId: disk.id,
+    path: disk.path,
+    chunkSize: disk.sb.chunkSize,
+    chunkCount: disk.sb.chunkCount,
+    usedChunks: disk.usedChunks(),
+    state: disk.faultInjected || disk.ioErrors > 0 ? 'failed' : 'active',
+    size: disk.sb.diskSize,
+  };
+}
+
+export function nodeInfo(ctx: NodeContext): NodeInfo {
+  return {
+    serverId: ctx.state.serverId,
+    name: ctx.name,
+    dataAddress: ctx.dataAddress,
+    controlAddress: ctx.controlAddress,
+    labels: ctx.labels,
+    disks: ctx.store.diskList().map(diskInfo),
+  };
+}
+
+/** Opens (creating/formatting when new) a disk, serves it and remembers it for restarts. */
+export async function addDisk(ctx: NodeContext, path: string, size: number, chunkSize: number): Promise<Disk> {
+  if (path === '') throw new InvalidArgumentError('AddDisk: a path is required');
+  if (!Number.isSafeInteger(size) || size < 0) throw new InvalidArgumentError(`AddDisk: invalid size ${size}`);
+  const cs = chunkSize || ctx.chunkSize;
+  if (!Number.isSafeInteger(cs) || cs <= 0 || cs % 4096 !== 0 || cs % REGION_BITS_PER_CHUNK !== 0) {
+    throw new InvalidArgumentError(`AddDisk: chunk size ${cs} must be a positive multiple of 4096 and of ${REGION_BITS_PER_CHUNK}`);
+  }
+  const abs = resolve(path);
+  const disk = await ctx.store.openDisk(abs, { size: size || undefined, chunkSize: cs });
+  await ctx.state.rememberDisk(abs);
+  return disk;
+}
+
+export function createControlService(ctx: NodeContext): StorageNodeHandlers {
+  const log = moduleLogger('control');
+  return {
+    GetInfo: unary(async () => nodeInfo(ctx)),
+
+    AddDisk: unary(async (req) => {
+      const disk = await addDisk(ctx, req.path, req.size, req.chunkSize);
+      log.info({ disk: disk.id, path: disk.path }, 'AddDisk');
+      return diskInfo(disk);
+    }),
+
+    RemoveDisk: unary(async (req) => {
+      const disk = await ctx.store.removeDisk(req.diskId, req.force);
+      await ctx.state.forgetDisk(disk.path);
+      return {};
+    }),
+
+    AllocateChunk: unary(async (req) => {
+      const id = req.identity;
+      if (!id) throw new InvalidArgumentError('AllocateChunk: identity is required');
+      await ctx.store.allocate(req.diskId, req.chunkIndex, id);
+      log.info({ disk: req.diskId, chunk: req.chunkIndex, volumeId: id.volumeId, segment: id.segment, slot: id.slot }, 'chunk allocated');
+      return {};
+    }),
+
+    FreeChunk: unary(async (req) => {
+      await ctx.store.free(req.diskId, req.chunkIndex, req.volumeId);
+      log.info({ disk: req.diskId, chunk: req.chunkIndex, volumeId: req.volumeId }, 'chunk freed');
+      return {};
+    }),
+
+    ListChunks: unary(async (req) => {
+      const chunks: ChunkRecord[] = ctx.store.listChunks(req.diskId || undefined).map((c) => ({
+        diskId: c.disk.id,
+        chunkIndex: c.index,
+        identity: {
+          volumeId: c.rec.volumeId, volumeName: c.rec.volumeName, volumeSize: c.rec.volumeSize,
+          segment: c.rec.segment, slot: c.rec.slot, segmentCount: c.rec.segmentCount, replicas: c.rec.replicas,
+          generation: c.rec.generation, epoch: c.rec.epoch,
+        },
+        writtenRegions: countSet(c.rec.bitmap),
+      }));
+      return { chunks };
+    }),
+  };
+}

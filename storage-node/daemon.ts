@@ -1,0 +1,123 @@
+import { DEFAULT_HEARTBEAT_TIMEOUT_MS } from '../shared/constants.js';
+import { InvalidArgumentError, errorMessage } from '../shared/errors.js';
+import { bindServer, grpc, loadProtos } from '../shared/grpc.js';
+import { moduleLogger } from '../shared/logger.js';
+import { ChunkStore } from './chunk-store.js';
+import { addDisk, createControlService, type NodeContext } from './control-service.js';
+import { DataServer } from './data-server.js';
+import { ManagerLink } from './manager-link.js';
+import { NodeState } from './node-state.js';
+
+// A storage node: its disks (remembered in the data directory and
+// self-describing on disk), the data-protocol server, the gRPC control
+// service, and the link to the manager. Library code: the CLI wrapper sets up
+// the daemon logger (and UV_THREADPOOL_SIZE, which must be set before the
+// first fs call; the default of 4 threads caps concurrent disk I/O).
+
+export interface StorageNodeOptions {
+  /** Node state: server-id file (stable UUID generated on first start), disks list file (paths opened at restart). */
+  dataDir: string;
+  /** Human name, e.g. "node1". */
+  name: string;
+  /** Bind address for both ports, e.g. 127.0.0.11; also the address advertised to the manager. */
+  host: string;
+  /** 0 = pick. */
+  dataPort: number;
+  /** 0 = pick. */
+  grpcPort: number;
+  /** HOST:PORT; omitted = standalone (no registration). */
+  managerAddress?: string;
+  /** Opened (or created+formatted) at start, in addition to those remembered in dataDir. */
+  disks: { path: string; size?: number }[];
+  /** For formatting new disks. */
+  chunkSize: number;
+  labels: Record<string, string>;
+  heartbeatIntervalMs: number;
+  /** Deadline of each register/heartbeat call (default DEFAULT_HEARTBEAT_TIMEOUT_MS). */
+  heartbeatTimeoutMs?: number;
+  /** Requests in flight per data connection before it stops being read (default MAX_INFLIGHT_PER_CONNECTION). */
+  maxInflightPerConnection?: number;
+}
+
+export interface StorageNodeHandle {
+  serverId: string;
+  dataAddress: string;
+  controlAddress: string;
+  close(): Promise<void>;
+}
+
+export async function startStorageNode(opts: StorageNodeOptions): Promise<StorageNodeHandle> {
+  if (!opts.dataDir) throw new InvalidArgumentError('storage node: a data directory is required');
+  if (!Number.isInteger(opts.heartbeatIntervalMs) || opts.heartbeatIntervalMs <= 0) {
+    throw new InvalidArgumentError(`storage node: invalid heartbeat interval ${opts.heartbeatIntervalMs}`);
+  }
+  const log = moduleLogger('storage-node', { name: opts.name });
+  const state = await NodeState.load(opts.dataDir);
+  const store = new ChunkStore();
+  const ctx: NodeContext = {
+    store, state, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, dataAddress: '', controlAddress: '',
+  };
+  const dataServer = new DataServer(store, { maxInflight: opts.maxInflightPerConnection });
+  const grpcServer = new grpc.Server();
+  let link: ManagerLink | undefined;
+
+  const close = async (): Promise<void> => {
+    link?.stop();
+    await dataServer.close();
+    await shutdownGrpc(grpcServer);
+    await store.close();
+  };
+
+  try {
+    // Remembered disks first; one that cannot be opened is reported and left
+    // remembered (it may be a device that comes back), not fatal.
+    for (const path of state.diskPaths()) {
+      try {
+        await store.openDisk(path, { chunkSize: opts.chunkSize });
+      } catch (err) {
+        log.error({ path, err: errorMessage(err) }, 'cannot open remembered disk: not serving it');
+      }
+    }
+    for (const d of opts.disks) await addDisk(ctx, d.path, d.size ?? 0, opts.chunkSize);
+
+    ctx.dataAddress = await dataServer.listen(opts.host, opts.dataPort);
+    grpcServer.addService(loadProtos().storage.vsky.storage.StorageNode.service, createControlService(ctx));
+    const grpcPort = await bindServer(grpcServer, `${opts.host}:${opts.grpcPort}`);
+    ctx.controlAddress = `${opts.host}:${grpcPort}`;
+
+    if (opts.managerAddress) {
+      link = new ManagerLink(ctx, {
+        address: opts.managerAddress,
+        intervalMs: opts.heartbeatIntervalMs,
+        timeoutMs: opts.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS,
+      });
+      link.start();
+    }
+  } catch (err) {
+    await close().catch(() => {});
+    throw err;
+  }
+
+  log.info({ dataAddress: ctx.dataAddress, controlAddress: ctx.controlAddress, serverId: state.serverId }, 'ready');
+  let closing: Promise<void> | undefined;
+  return {
+    serverId: state.serverId,
+    dataAddress: ctx.dataAddress,
+    controlAddress: ctx.controlAddress,
+    close: () => (closing ??= close()),
+  };
+}
+
+/** Lets running control calls finish for a moment, then cuts them. */
+function shutdownGrpc(server: grpc.Server): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      server.forceShutdown();
+      resolve();
+    }, 1000);
+    server.tryShutdown(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}

@@ -1,0 +1,273 @@
+import net from 'node:net';
+import { MAX_DATA_PAYLOAD, MAX_INFLIGHT_PER_CONNECTION } from '../shared/constants.js';
+import { encodeErrorMessage, encodeReplyHeader, requestFrameSpec } from '../shared/data-protocol/codec.js';
+import { Flag, Opcode, REPLY_HEADER_SIZE, Status, opcodeName, type RequestHeader } from '../shared/data-protocol/frame.js';
+import { InvalidArgumentError, StaleEpochError, errorMessage } from '../shared/errors.js';
+import { FrameDecoder } from '../shared/frame-decoder.js';
+import { isTraced, moduleLogger, type Logger } from '../shared/logger.js';
+import type { Chunk, Done } from './chunk.js';
+import { readChunk, writeChunk, zeroChunk } from './chunk-io.js';
+import type { ChunkStore, VolumeEntry } from './chunk-store.js';
+import { NoChunkError, OutOfRangeError, TooLargeError, statusForError } from './errors.js';
+
+// The data protocol server (docs/data-protocol.md): one FrameDecoder per TCP
+// connection, requests dispatched as soon as they parse, replies written as
+// each completes (matched by request id, in any order). Back-pressure both
+// ways: reading pauses while too many requests are in flight on the
+// connection or while the socket's write buffer is full, and resumes on
+// completion / 'drain'. A malformed frame is logged and closes that
+// connection only; every other input gets a status and changes nothing.
+
+const KNOWN_FLAGS = Flag.FUA;
+/**
+ * READ/WRITE bytes in flight per connection before its socket stops being
+ * read: with 256 requests of up to 32 MiB each, memory must be bounded by
+ * bytes too, not only by count.
+ */
+const MAX_INFLIGHT_BYTES = 2 * MAX_DATA_PAYLOAD;
+
+export interface DataServerOptions {
+  /** Requests in flight per connection before its socket stops being read. */
+  maxInflight?: number;
+}
+
+export class DataServer {
+  private readonly store: ChunkStore;
+  private readonly maxInflight: number;
+  private readonly server: net.Server;
+  private readonly connections = new Set<Connection>();
+  private readonly log = moduleLogger('data-server');
+  private nextConnId = 1;
+
+  constructor(store: ChunkStore, opts: DataServerOptions = {}) {
+    this.store = store;
+    this.maxInflight = opts.maxInflight ?? MAX_INFLIGHT_PER_CONNECTION;
+    this.server = net.createServer({ noDelay: true }, (socket) => {
+      const conn = new Connection(this.nextConnId++, socket, this.store, this.maxInflight, this.log, () => this.connections.delete(conn));
+      this.connections.add(conn);
+    });
+  }
+
+  /** Listens on host:port (0 picks one); resolves with "host:port". */
+  listen(host: string, port: number): Promise<string> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        this.server.on('error', (err) => this.log.error({ err }, 'data server error'));
+        const addr = this.server.address() as net.AddressInfo;
+        resolve(`${host}:${addr.port}`);
+      });
+    });
+  }
+
+  /** Stops accepting and drops every connection (in-flight requests finish, their replies are dropped). */
+  close(): Promise<void> {
+    for (const c of this.connections) c.destroy();
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+class Connection {
+  private readonly socket: net.Socket;
+  private readonly store: ChunkStore;
+  private readonly maxInflight: number;
+  private readonly decoder = new FrameDecoder(requestFrameSpec);
+  private readonly log: Logger;
+  private readonly trace: boolean;
+  private inflight = 0;
+  private inflightBytes = 0;
+  private writeBlocked = false;
+  private pumping = false;
+  private closed = false;
+
+  constructor(id: number, socket: net.Socket, store: ChunkStore, maxInflight: number, log: Logger, onClose: () => void) {
+    this.socket = socket;
+    this.store = store;
+    this.maxInflight = maxInflight;
+    this.log = log.child({ conn: id, remote: `${socket.remoteAddress}:${socket.remotePort}` });
+    this.trace = isTraced('data-server');
+    socket.on('data', (chunk: Buffer) => {
+      this.decoder.push(chunk);
+      this.pump();
+    });
+    socket.on('drain', () => {
+      this.writeBlocked = false;
+      this.pump();
+    });
+    socket.on('error', (err) => this.log.debug({ err }, 'connection error'));
+    socket.on('close', () => {
+      this.closed = true;
+      if (!this.decoder.idle) this.log.debug({ buffered: this.decoder.bufferedBytes }, 'peer closed mid-frame');
+      socket.removeAllListeners('data');
+      socket.removeAllListeners('drain');
+      onClose();
+    });
+  }
+
+  destroy(): void {
+    this.closed = true;
+    this.socket.destroy();
+  }
+
+  /** Dispatches every whole frame while the connection may take more; then sets the read state. */
+  private pump(): void {
+    if (this.pumping || this.closed) return;
+    this.pumping = true;
+    try {
+      while (this.mayRead() && !this.closed) {
+        const frame = this.decoder.next();
+        if (frame === undefined) break;
+        this.dispatch(frame.header, frame.payload);
+      }
+    } catch (err) {
+      // Only the decoder throws here (dispatch never does): the stream is unparseable.
+      this.log.warn({ err: errorMessage(err) }, 'malformed frame: closing connection');
+      this.destroy();
+      return;
+    } finally {
+      this.pumping = false;
+    }
+    const wantRead = this.mayRead();
+    if (wantRead && this.socket.isPaused()) this.socket.resume();
+    else if (!wantRead && !this.socket.isPaused()) this.socket.pause();
+  }
+
+  private mayRead(): boolean {
+    return this.inflight < this.maxInflight && this.inflightBytes < MAX_INFLIGHT_BYTES && !this.writeBlocked;
+  }
+
+  private dispatch(h: RequestHeader, payload: Buffer | undefined): void {
+    // Memory this request holds until its reply: the read buffer or the write payload.
+    const cost = h.opcode === Opcode.WRITE || (h.opcode === Opcode.READ && h.length <= MAX_DATA_PAYLOAD) ? h.length : 0;
+    this.inflight++;
+    this.inflightBytes += cost;
+    if (this.trace) this.log.debug({ op: opcodeName(h.opcode), id: h.requestId, vol: h.volumeId, seg: h.segment, slot: h.slot, off: h.offset, len: h.length }, 'request');
+    try {
+      if ((h.flags & ~KNOWN_FLAGS) !== 0) throw new InvalidArgumentError(`unknown flags 0x${h.flags.toString(16)}`);
+      switch (h.opcode) {
+        case Opcode.READ: return this.read(h);
+        case Opcode.WRITE: return this.write(h, payload);
+        case Opcode.WRITE_ZEROES:
+        case Opcode.DISCARD: return this.zero(h);
+        case Opcode.FLUSH: return this.settle(h.requestId, undefined, this.store.flush(h.volumeId));
+        case Opcode.FENCE: return this.settle(h.requestId, undefined, this.store.fence(h.volumeId, h.epoch, h.generation));
+        case Opcode.PING: return this.replyStatus(h.requestId, Status.OK);
+        default: throw new InvalidArgumentError(`unknown opcode ${h.opcode}`);
+      }
+    } catch (err) {
+      this.replyError(h.requestId, err, cost);
+    }
+  }
+
+  /** The chunk a request addresses, with its range checked; throws the error to reply with. */
+  private target(h: RequestHeader): Chunk {
+    const chunk = this.store.lookup(h.volumeId, h.segment, h.slot);
+    if (chunk === undefined) {
+      throw new NoChunkError(`no chunk for volume ${h.volumeId} segment ${h.segment} slot ${h.slot} on this node`);
+    }
+    if (h.offset + h.length > chunk.size) {
+      throw new OutOfRangeError(`range ${h.offset}+${h.length} is outside the chunk of ${chunk.size} bytes`);
+    }
+    return chunk;
+  }
+
+  private read(h: RequestHeader): void {
+    if (h.length > MAX_DATA_PAYLOAD) throw new TooLargeError(`read of ${h.length} bytes exceeds the limit of ${MAX_DATA_PAYLOAD}`);
+    const chunk = this.target(h);
+    // One buffer: reply header then the data, read straight into place.
+    const buf = Buffer.allocUnsafe(REPLY_HEADER_SIZE + h.length);
+    const requestId = h.requestId;
+    chunk.beginIo(false);
+    readChunk(chunk, h.offset, h.length, buf, REPLY_HEADER_SIZE, (err) => {
+      chunk.endIo(false);
+      const length = buf.length - REPLY_HEADER_SIZE;
+      if (err !== null) return this.replyError(requestId, err, length);
+      encodeReplyHeader({ requestId, status: Status.OK, length }, buf, 0);
+      this.send(buf, undefined, length);
+    });
+  }
+
+  private write(h: RequestHeader, payload: Buffer | undefined): void {
+    const chunk = this.target(h);
+    const vol = this.admit(h);
+    const requestId = h.requestId;
+    const length = h.length;
+    const fua = (h.flags & Flag.FUA) !== 0;
+    chunk.beginIo(true);
+    const done: Done = (err) => {
+      chunk.endIo(true);
+      if (err !== null) this.replyError(requestId, err, length);
+      else this.replyStatus(requestId, Status.OK, length);
+    };
+    const raising = this.store.ensureEpoch(vol, h.epoch);
+    if (raising === undefined) return writeChunk(chunk, h.offset, payload, fua, done);
+    raising.then(() => writeChunk(chunk, h.offset, payload, fua, done), done);
+  }
+
+  private zero(h: RequestHeader): void {
+    const chunk = this.target(h);
+    const vol = this.admit(h);
+    const fua = (h.flags & Flag.FUA) !== 0;
+    chunk.beginIo(true);
+    const work = (this.store.ensureEpoch(vol, h.epoch) ?? Promise.resolve()).then(() => zeroChunk(chunk, h.offset, h.length, fua));
+    this.settle(h.requestId, chunk, work);
+  }
+
+  /** Epoch check of a mutating request (DESIGN rule 3): lower than seen is refused, changing nothing. */
+  private admit(h: RequestHeader): VolumeEntry {
+    const vol = this.store.volumes.get(h.volumeId)!;
+    if (h.epoch < vol.epoch) {
+      throw new StaleEpochError(`epoch ${h.epoch} is below volume ${h.volumeId}'s epoch ${vol.epoch}`);
+    }
+    return vol;
+  }
+
+  private settle(requestId: number, chunk: Chunk | undefined, work: Promise<void>): void {
+    work.then(() => {
+      chunk?.endIo(true);
+      this.replyStatus(requestId, Status.OK);
+    }, (err: unknown) => {
+      chunk?.endIo(true);
+      this.replyError(requestId, err);
+    });
+  }
+
+  private replyStatus(requestId: number, status: Status, cost = 0): void {
+    const header = Buffer.allocUnsafe(REPLY_HEADER_SIZE);
+    encodeReplyHeader({ requestId, status, length: 0 }, header, 0);
+    this.send(header, undefined, cost);
+  }
+
+  private replyError(requestId: number, err: unknown, cost = 0): void {
+    const status = statusForError(err);
+    if (status === Status.IO_ERROR || status === Status.DISK_FAILED) this.log.warn({ err, requestId }, 'request failed');
+    else if (this.trace) this.log.debug({ requestId, status, err: errorMessage(err) }, 'request refused');
+    const message = encodeErrorMessage(errorMessage(err));
+    const header = Buffer.allocUnsafe(REPLY_HEADER_SIZE);
+    encodeReplyHeader({ requestId, status, length: message.length }, header, 0);
+    this.send(header, message, cost);
+  }
+
+  /**
+   * Writes one reply (header, then an optional payload, corked into one
+   * writev) and completes its request, releasing its `cost` in bytes.
+   */
+  private send(first: Buffer, second: Buffer | undefined, cost: number): void {
+    this.inflight--;
+    this.inflightBytes -= cost;
+    if (!this.closed) {
+      let ok: boolean;
+      if (second === undefined) {
+        ok = this.socket.write(first);
+      } else {
+        this.socket.cork();
+        this.socket.write(first);
+        ok = this.socket.write(second);
+        this.socket.uncork();
+      }
+      if (!ok) this.writeBlocked = true;
+    }
+    if (!this.pumping) this.pump();
+  }
+}

@@ -1,0 +1,287 @@
+import { crc32 } from 'node:zlib';
+import { CorruptMetadataError } from '../shared/errors.js';
+
+// The self-describing on-disk format of a storage-node disk, as pure codecs
+// (no I/O). Everything a node or a manager needs to know about a disk is read
+// back from the disk itself:
+//
+//   [0, 4 KiB)                superblock: disk UUID, format version, geometry
+//   [4 KiB, tableEnd)         chunk table: per chunk two record slots (A, B)
+//   [dataOffset, ...)         chunk data, chunk i at dataOffset + i * chunkSize
+//
+// Crash safety of the chunk table: a record update writes the slot that does
+// NOT hold the newest valid record, with a higher sequence number and a CRC.
+// A kill (or power loss) mid-write tears at most that slot; on open the newest
+// slot whose CRC checks wins, so a torn update falls back to the previous
+// state. Numbers are big-endian, like the data protocol.
+
+export const SUPERBLOCK_SIZE = 4096;
+export const FORMAT_VERSION = 1;
+/** "VSKYDISK": tells our disks apart from foreign data. */
+export const SUPERBLOCK_MAGIC = Buffer.from('VSKYDISK', 'ascii');
+/** Bytes of the superblock covered by its CRC (the CRC sits right after them). */
+const SB_CRC_AT = 124;
+/** 'VSKC': start of a valid chunk record slot. */
+export const RECORD_MAGIC = 0x56534b43;
+/** Fixed part of a record slot; the written-region bitmap follows it. */
+const RECORD_FIXED = 144;
+export const MAX_VOLUME_NAME_BYTES = 64;
+/** Record slots are whole sectors so one slot never shares a sector with another. */
+const SECTOR = 512;
+/** Chunk data starts on this boundary (keeps O_DIRECT and device alignment simple). */
+export const DATA_ALIGN = 1024 * 1024;
+
+const TWO_32 = 0x1_0000_0000;
+
+export interface Superblock {
+  diskId: string;
+  formatVersion: number;
+  chunkSize: number;
+  chunkCount: number;
+  /** Bits in each chunk's written-region bitmap (region size = chunkSize / regionBits). */
+  regionBits: number;
+  /** Bytes per record slot (two slots per chunk). */
+  recordSize: number;
+  tableOffset: number;
+  dataOffset: number;
+  /** Size of the file/device when it was formatted. */
+  diskSize: number;
+  createdMs: number;
+}
+
+export const ChunkState = { FREE: 0, OWNED: 1 } as const;
+
+/** What a chunk record says about one chunk. */
+export interface ChunkRecordData {
+  state: number;
+  volumeId: number;
+  segment: number;
+  slot: number;
+  segmentCount: number;
+  replicas: number;
+  volumeSize: number;
+  volumeName: string;
+  generation: number;
+  epoch: number;
+  /** regionBits / 8 bytes; bit r set = region r has been written (else it reads as zeros). */
+  bitmap: Uint8Array;
+}
+
+export interface Layout {
+  chunkCount: number;
+  recordSize: number;
+  tableOffset: number;
+  dataOffset: number;
+}
+
+export function recordSizeFor(regionBits: number): number {
+  return alignUp(RECORD_FIXED + regionBits / 8, SECTOR);
+}
+
+/** Geometry of a disk of `diskSize` bytes: as many chunks as fit after the table. */
+export function computeLayout(diskSize: number, chunkSize: number, regionBits: number): Layout {
+  if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0 || chunkSize % regionBits !== 0 || chunkSize % 4096 !== 0) {
+    throw new CorruptMetadataError(`chunk size ${chunkSize} must be a positive multiple of 4096 and of ${regionBits}`, { chunkSize });
+  }
+  const recordSize = recordSizeFor(regionBits);
+  const tableOffset = SUPERBLOCK_SIZE;
+  const dataOffsetFor = (n: number) => alignUp(tableOffset + n * 2 * recordSize, DATA_ALIGN);
+  let chunkCount = Math.max(0, Math.floor((diskSize - DATA_ALIGN) / chunkSize));
+  while (chunkCount > 0 && dataOffsetFor(chunkCount) + chunkCount * chunkSize > diskSize) chunkCount--;
+  return { chunkCount, recordSize, tableOffset, dataOffset: dataOffsetFor(chunkCount) };
+}
+
+export function encodeSuperblock(sb: Superblock): Buffer {
+  const buf = Buffer.alloc(SUPERBLOCK_SIZE);
+  SUPERBLOCK_MAGIC.copy(buf, 0);
+  buf.writeUInt32BE(sb.formatVersion, 8);
+  buf.writeUInt32BE(SB_CRC_AT, 12);
+  uuidToBytes(sb.diskId).copy(buf, 16);
+  writeU64(buf, 32, sb.chunkSize);
+  buf.writeUInt32BE(sb.chunkCount, 40);
+  buf.writeUInt32BE(sb.regionBits, 44);
+  buf.writeUInt32BE(sb.recordSize, 48);
+  writeU64(buf, 56, sb.tableOffset);
+  writeU64(buf, 64, sb.dataOffset);
+  writeU64(buf, 72, sb.diskSize);
+  writeU64(buf, 80, sb.createdMs);
+  buf.writeUInt32BE(crc32(buf.subarray(0, SB_CRC_AT)), SB_CRC_AT);
+  return buf;
+}
+
+/** True when `buf` is all zeros (a never-formatted disk, or a never-written record slot). */
+export function isBlank(buf: Uint8Array): boolean {
+  for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+/** Decodes and validates a superblock; throws CorruptMetadataError. */
+export function decodeSuperblock(buf: Buffer): Superblock {
+  if (buf.length < SUPERBLOCK_SIZE) throw new CorruptMetadataError('superblock: short read');
+  if (!buf.subarray(0, 8).equals(SUPERBLOCK_MAGIC)) {
+    throw new CorruptMetadataError('not a VastSky disk: no superblock magic (refusing to touch foreign data; zero its first 4 KiB to format it)');
+  }
+  const stored = buf.readUInt32BE(SB_CRC_AT);
+  if (crc32(buf.subarray(0, SB_CRC_AT)) !== stored) throw new CorruptMetadataError('superblock: checksum mismatch');
+  const formatVersion = buf.readUInt32BE(8);
+  if (formatVersion !== FORMAT_VERSION) {
+    throw new CorruptMetadataError(`superblock: unsupported format version ${formatVersion} (this node reads ${FORMAT_VERSION})`, { formatVersion });
+  }
+  const sb: Superblock = {
+    diskId: bytesToUuid(buf.subarray(16, 32)),
+    formatVersion,
+    chunkSize: readU64(buf, 32),
+    chunkCount: buf.readUInt32BE(40),
+    regionBits: buf.readUInt32BE(44),
+    recordSize: buf.readUInt32BE(48),
+    tableOffset: readU64(buf, 56),
+    dataOffset: readU64(buf, 64),
+    diskSize: readU64(buf, 72),
+    createdMs: readU64(buf, 80),
+  };
+  // Geometry must be self-consistent, or we would read and write the wrong places.
+  if (sb.regionBits === 0 || sb.regionBits % 8 !== 0) throw new CorruptMetadataError('superblock: invalid region bitmap size', { ...sb });
+  const layout = computeLayout(sb.diskSize, sb.chunkSize, sb.regionBits);
+  if (sb.recordSize !== layout.recordSize
+      || sb.tableOffset !== layout.tableOffset || sb.chunkCount !== layout.chunkCount
+      || sb.dataOffset !== alignUp(sb.tableOffset + sb.chunkCount * 2 * sb.recordSize, DATA_ALIGN)) {
+    throw new CorruptMetadataError('superblock: inconsistent geometry', { ...sb });
+  }
+  return sb;
+}
+
+export function emptyRecord(regionBits: number): ChunkRecordData {
+  return {
+    state: ChunkState.FREE, volumeId: 0, segment: 0, slot: 0, segmentCount: 0, replicas: 0,
+    volumeSize: 0, volumeName: '', generation: 0, epoch: 0, bitmap: new Uint8Array(regionBits / 8),
+  };
+}
+
+/** Encodes a record slot. `diskId` ties the record to its disk; `chunkIndex` to its place. */
+export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: number, diskId: Buffer, recordSize: number): Buffer {
+  const buf = Buffer.alloc(recordSize);
+  const name = Buffer.from(rec.volumeName, 'utf8');
+  if (name.length > MAX_VOLUME_NAME_BYTES) throw new CorruptMetadataError(`volume name longer than ${MAX_VOLUME_NAME_BYTES} bytes`);
+  if (RECORD_FIXED + rec.bitmap.length > recordSize) throw new CorruptMetadataError('bitmap does not fit the record slot');
+  buf.writeUInt32BE(RECORD_MAGIC, 0);
+  writeU64(buf, 8, seq);
+  diskId.copy(buf, 16);
+  buf.writeUInt32BE(chunkIndex, 32);
+  buf[36] = rec.state;
+  buf[37] = rec.slot;
+  buf[38] = name.length;
+  buf.writeUInt32BE(rec.volumeId, 40);
+  buf.writeUInt32BE(rec.segment, 44);
+  buf.writeUInt32BE(rec.segmentCount, 48);
+  buf.writeUInt32BE(rec.replicas, 52);
+  writeU64(buf, 56, rec.volumeSize);
+  buf.writeUInt32BE(rec.generation, 64);
+  buf.writeUInt32BE(rec.epoch, 68);
+  buf.writeUInt32BE(rec.bitmap.length * 8, 72);
+  name.copy(buf, 80);
+  buf.set(rec.bitmap, RECORD_FIXED);
+  buf.writeUInt32BE(crc32(buf.subarray(8)), 4);
+  return buf;
+}
+
+export interface DecodedRecord {
+  seq: number;
+  record: ChunkRecordData;
+}
+
+/**
+ * Decodes one record slot. Returns undefined for a blank (never written) slot;
+ * throws CorruptMetadataError for a torn or foreign one.
+ */
+export function decodeRecord(buf: Buffer, chunkIndex: number, diskId: Buffer, regionBits: number): DecodedRecord | undefined {
+  if (isBlank(buf)) return undefined;
+  if (buf.length < RECORD_FIXED + regionBits / 8 || buf.readUInt32BE(0) !== RECORD_MAGIC) {
+    throw new CorruptMetadataError('chunk record: bad magic', { chunkIndex });
+  }
+  if (crc32(buf.subarray(8)) !== buf.readUInt32BE(4)) throw new CorruptMetadataError('chunk record: checksum mismatch', { chunkIndex });
+  if (!buf.subarray(16, 32).equals(diskId) || buf.readUInt32BE(32) !== chunkIndex) {
+    throw new CorruptMetadataError('chunk record: belongs to another disk or chunk', { chunkIndex });
+  }
+  if (buf.readUInt32BE(72) !== regionBits) throw new CorruptMetadataError('chunk record: region bitmap size mismatch', { chunkIndex });
+  const nameLength = buf[38]!;
+  const state = buf[36]!;
+  if (nameLength > MAX_VOLUME_NAME_BYTES || (state !== ChunkState.FREE && state !== ChunkState.OWNED)) {
+    throw new CorruptMetadataError('chunk record: invalid field', { chunkIndex });
+  }
+  return {
+    seq: readU64(buf, 8),
+    record: {
+      state,
+      slot: buf[37]!,
+      volumeId: buf.readUInt32BE(40),
+      segment: buf.readUInt32BE(44),
+      segmentCount: buf.readUInt32BE(48),
+      replicas: buf.readUInt32BE(52),
+      volumeSize: readU64(buf, 56),
+      generation: buf.readUInt32BE(64),
+      epoch: buf.readUInt32BE(68),
+      volumeName: buf.toString('utf8', 80, 80 + nameLength),
+      bitmap: new Uint8Array(buf.subarray(RECORD_FIXED, RECORD_FIXED + regionBits / 8)),
+    },
+  };
+}
+
+export interface PickedRecord {
+  record: ChunkRecordData;
+  seq: number;
+  /** Slot (0 = A, 1 = B) holding the winning record; -1 when neither is valid. */
+  newestSlot: number;
+  /** Slots that hold bytes but failed validation (torn writes, corruption). */
+  invalidSlots: number;
+}
+
+/** The current state of a chunk from its two slots: the newest valid one wins. */
+export function pickNewest(slotA: Buffer, slotB: Buffer, chunkIndex: number, diskId: Buffer, regionBits: number): PickedRecord {
+  let best: DecodedRecord | undefined;
+  let newestSlot = -1;
+  let invalidSlots = 0;
+  const slots = [slotA, slotB];
+  for (let i = 0; i < 2; i++) {
+    let decoded: DecodedRecord | undefined;
+    try {
+      decoded = decodeRecord(slots[i]!, chunkIndex, diskId, regionBits);
+    } catch (err) {
+      if (!(err instanceof CorruptMetadataError)) throw err;
+      invalidSlots++;
+    }
+    if (decoded && (best === undefined || decoded.seq > best.seq)) {
+      best = decoded;
+      newestSlot = i;
+    }
+  }
+  if (best === undefined) return { record: emptyRecord(regionBits), seq: 0, newestSlot: -1, invalidSlots };
+  // A free chunk never carries written regions: the next owner must read zeros.
+  if (best.record.state === ChunkState.FREE) best.record.bitmap.fill(0);
+  return { record: best.record, seq: best.seq, newestSlot, invalidSlots };
+}
+
+export function uuidToBytes(uuid: string): Buffer {
+  const hex = uuid.replace(/-/g, '');
+  if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new CorruptMetadataError(`invalid UUID "${uuid}"`);
+  return Buffer.from(hex, 'hex');
+}
+
+export function bytesToUuid(bytes: Uint8Array): string {
+  const h = Buffer.from(bytes).toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
+}
+
+function alignUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+function writeU64(buf: Buffer, at: number, v: number): void {
+  buf.writeUInt32BE(Math.floor(v / TWO_32), at);
+  buf.writeUInt32BE(v % TWO_32, at + 4);
+}
+
+function readU64(buf: Buffer, at: number): number {
+  const v = buf.readUInt32BE(at) * TWO_32 + buf.readUInt32BE(at + 4);
+  if (!Number.isSafeInteger(v)) throw new CorruptMetadataError('u64 field beyond 2^53', { at });
+  return v;
+}

@@ -1,0 +1,295 @@
+import fs from 'node:fs';
+import { mkdir, readFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { REGION_BITS_PER_CHUNK } from '../shared/constants.js';
+import { CorruptMetadataError, InvalidArgumentError, IoError, NotFoundError } from '../shared/errors.js';
+import { moduleLogger, type Logger } from '../shared/logger.js';
+import { Chunk, type ChunkDisk, type Done } from './chunk.js';
+import {
+  FORMAT_VERSION, SUPERBLOCK_SIZE, computeLayout, decodeSuperblock, encodeRecord, encodeSuperblock, isBlank,
+  pickNewest, uuidToBytes, type Superblock,
+} from './disk-format.js';
+import { DiskFailedError, ioError } from './errors.js';
+
+// One disk (a file created sparse, or a block device): formats or opens it,
+// holds its chunk table in memory, and does every I/O on it through the fs
+// callback APIs on one fd (no FileHandle promises on the hot path). Record
+// writes go to the A/B slot that does not hold the newest valid record, one at
+// a time per chunk (two in flight could tear both copies), coalescing requests
+// that arrive meanwhile into the next write.
+
+export interface OpenDiskOptions {
+  /** Create a sparse file of this many bytes when the path does not exist. */
+  size?: number;
+  /** Chunk size used when the disk must be formatted. */
+  chunkSize: number;
+}
+
+export type DiskState = 'active' | 'closing' | 'closed';
+
+export class Disk implements ChunkDisk {
+  readonly path: string;
+  readonly sb: Superblock;
+  readonly id: string;
+  readonly chunks: Chunk[] = [];
+  state: DiskState = 'active';
+  /** I/O errors seen since open (reported as state "failed"). */
+  ioErrors = 0;
+  private readonly idBytes: Buffer;
+  private fd: number;
+  private faulty = false;
+  private readonly log: Logger;
+  private ioInflight = 0;
+  private ioDrainWaiters: (() => void)[] = [];
+  private syncRunning = false;
+  private syncQueued: Done[] = [];
+
+  private constructor(path: string, fd: number, sb: Superblock) {
+    this.path = path;
+    this.fd = fd;
+    this.sb = sb;
+    this.id = sb.diskId;
+    this.idBytes = uuidToBytes(sb.diskId);
+    this.log = moduleLogger('disk', { disk: sb.diskId, path });
+  }
+
+  /** Opens a disk, creating (sparse) and formatting it when new. Throws CorruptMetadataError on damaged metadata. */
+  static async open(path: string, opts: OpenDiskOptions): Promise<Disk> {
+    if (!fs.existsSync(path)) {
+      if (!opts.size) throw new NotFoundError(`disk ${path} does not exist (give a size to create it)`, { path });
+      await mkdir(dirname(path), { recursive: true });
+      const fd = await p<number>((cb) => fs.open(path, 'wx', 0o600, cb));
+      try {
+        await p<void>((cb) => fs.ftruncate(fd, opts.size, cb));
+      } finally {
+        await p<void>((cb) => fs.close(fd, cb));
+      }
+    }
+    const fd = await p<number>((cb) => fs.open(path, 'r+', cb));
+    try {
+      const size = await deviceSize(fd);
+      const head = Buffer.alloc(SUPERBLOCK_SIZE);
+      await readFully(fd, head, 0);
+      const sb = isBlank(head) ? await format(fd, size, opts.chunkSize) : decodeSuperblock(head);
+      if (size < sb.dataOffset + sb.chunkCount * sb.chunkSize) {
+        throw new CorruptMetadataError(`disk ${path} is ${size} bytes but its superblock describes ${sb.dataOffset + sb.chunkCount * sb.chunkSize}`, { path });
+      }
+      const disk = new Disk(path, fd, sb);
+      await disk.loadTable();
+      return disk;
+    } catch (err) {
+      fs.close(fd, () => {});
+      throw err;
+    }
+  }
+
+  private async loadTable(): Promise<void> {
+    const { chunkCount, recordSize, tableOffset, dataOffset, chunkSize, regionBits } = this.sb;
+    const table = Buffer.alloc(chunkCount * 2 * recordSize);
+    if (table.length > 0) await readFully(this.fd, table, tableOffset);
+    let invalid = 0;
+    for (let i = 0; i < chunkCount; i++) {
+      const at = i * 2 * recordSize;
+      const picked = pickNewest(table.subarray(at, at + recordSize), table.subarray(at + recordSize, at + 2 * recordSize),
+        i, this.idBytes, regionBits);
+      invalid += picked.invalidSlots;
+      this.chunks.push(new Chunk(this, i, dataOffset + i * chunkSize, chunkSize, regionBits, picked.record, picked.seq, picked.newestSlot));
+    }
+    // One torn slot per chunk is the expected trace of a crash mid-update; the older slot was used.
+    if (invalid > 0) this.log.warn({ invalidSlots: invalid }, 'chunk table: ignored torn or invalid record slots');
+  }
+
+  get faultInjected(): boolean {
+    return this.faulty;
+  }
+
+  /** Fault injection (chaos tests): while on, every I/O fails with IO_ERROR. */
+  setFaulty(on: boolean): void {
+    this.faulty = on;
+    this.log.warn({ faulty: on }, 'disk fault injection');
+  }
+
+  usedChunks(): number {
+    let n = 0;
+    for (const c of this.chunks) if (c.owned) n++;
+    return n;
+  }
+
+  read(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void {
+    const failure = this.refuse();
+    if (failure) return process.nextTick(cb, failure);
+    this.ioInflight++;
+    this.readPart(buf, bufOffset, length, position, cb);
+  }
+
+  private readPart(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void {
+    fs.read(this.fd, buf, bufOffset, length, position, (err, n) => {
+      if (err === null && n > 0 && n < length) return this.readPart(buf, bufOffset + n, length - n, position + n, cb);
+      this.ioDone();
+      if (err) return cb(this.failed(err, 'read', position));
+      if (n < length) return cb(this.failed(Object.assign(new Error('unexpected end of disk'), { code: 'EIO' }), 'read', position));
+      cb(null);
+    });
+  }
+
+  write(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void {
+    const failure = this.refuse();
+    if (failure) return process.nextTick(cb, failure);
+    this.ioInflight++;
+    this.writePart(buf, bufOffset, length, position, cb);
+  }
+
+  private writePart(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void {
+    fs.write(this.fd, buf, bufOffset, length, position, (err, n) => {
+      if (err === null && n < length) return this.writePart(buf, bufOffset + n, length - n, position + n, cb);
+      this.ioDone();
+      if (err) return cb(this.failed(err, 'write', position));
+      cb(null);
+    });
+  }
+
+  sync(cb: Done): void {
+    const failure = this.refuse();
+    if (failure) return process.nextTick(cb, failure);
+    // Group commit: callers that arrive while a sync runs share the next one
+    // (the running one may have started before their writes completed).
+    this.syncQueued.push(cb);
+    if (!this.syncRunning) this.startSync();
+  }
+
+  private startSync(): void {
+    const waiters = this.syncQueued;
+    this.syncQueued = [];
+    this.syncRunning = true;
+    this.ioInflight++;
+    fs.fdatasync(this.fd, (err) => {
+      this.syncRunning = false;
+      if (this.syncQueued.length > 0) this.startSync();
+      this.ioDone();
+      const result = err ? this.failed(err, 'fdatasync', 0) : null;
+      for (const w of waiters) w(result);
+    });
+  }
+
+  persistRecord(chunk: Chunk, cb: Done): void {
+    if (chunk.persisting) {
+      (chunk.persistQueued ??= []).push(cb);
+      return;
+    }
+    this.writeRecord(chunk, [cb]);
+  }
+
+  private writeRecord(chunk: Chunk, waiters: Done[]): void {
+    const { recordSize, tableOffset } = this.sb;
+    const seq = chunk.seq + 1;
+    const slot = chunk.newestSlot === 0 ? 1 : 0;
+    let buf: Buffer;
+    try {
+      buf = encodeRecord(chunk.rec, seq, chunk.index, this.idBytes, recordSize);
+    } catch (err) {
+      for (const w of waiters) process.nextTick(w, err as Error);
+      return;
+    }
+    chunk.persisting = true;
+    this.write(buf, 0, recordSize, tableOffset + (chunk.index * 2 + slot) * recordSize, (err) => {
+      // On failure the slot may be torn: newestSlot stays, so the next attempt rewrites the same slot.
+      if (err === null) {
+        chunk.seq = seq;
+        chunk.newestSlot = slot;
+      }
+      chunk.persisting = false;
+      const next = chunk.persistQueued;
+      chunk.persistQueued = undefined;
+      if (next !== undefined) this.writeRecord(chunk, next);
+      for (const w of waiters) w(err);
+    });
+  }
+
+  /** Waits for in-flight I/O, syncs and closes the fd. Further I/O fails with DISK_FAILED. */
+  async close(): Promise<void> {
+    if (this.state === 'closed') return;
+    this.state = 'closing';
+    // Loop: a completion may chain more I/O (queued record writes, the next group sync).
+    while (this.ioInflight > 0) await new Promise<void>((resolve) => this.ioDrainWaiters.push(resolve));
+    const fd = this.fd;
+    this.fd = -1;
+    this.state = 'closed';
+    await p<void>((cb) => fs.fdatasync(fd, cb)).catch((err: unknown) => this.log.warn({ err }, 'fdatasync at close failed'));
+    await p<void>((cb) => fs.close(fd, cb));
+  }
+
+  private refuse(): Error | undefined {
+    if (this.faulty) return new IoError(`disk ${this.id} fails all I/O (fault injection)`, { disk: this.id });
+    if (this.fd < 0) return new DiskFailedError(`disk ${this.id} is closed`, { disk: this.id });
+    return undefined;
+  }
+
+  private ioDone(): void {
+    if (--this.ioInflight === 0 && this.ioDrainWaiters.length > 0) {
+      const waiters = this.ioDrainWaiters;
+      this.ioDrainWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  private failed(err: NodeJS.ErrnoException, what: string, position: number): IoError {
+    this.ioErrors++;
+    this.log.error({ err, position }, `disk ${what} failed`);
+    return ioError(err, `disk ${this.id} ${what} at ${position}`, { disk: this.id, position });
+  }
+}
+
+/** Formats a blank disk: zero the chunk table, make it durable, then write the superblock. */
+async function format(fd: number, size: number, chunkSize: number): Promise<Superblock> {
+  const layout = computeLayout(size, chunkSize, REGION_BITS_PER_CHUNK);
+  if (layout.chunkCount === 0) {
+    throw new InvalidArgumentError(`disk of ${size} bytes is too small for one chunk of ${chunkSize} bytes`, { size, chunkSize });
+  }
+  const sb: Superblock = {
+    diskId: randomUUID(), formatVersion: FORMAT_VERSION, chunkSize, chunkCount: layout.chunkCount,
+    regionBits: REGION_BITS_PER_CHUNK, recordSize: layout.recordSize, tableOffset: layout.tableOffset,
+    dataOffset: layout.dataOffset, diskSize: size, createdMs: Date.now(),
+  };
+  // A device may hold old bytes where the table goes: clear them first, so no
+  // stale record can ever be taken for ours (records also carry the disk UUID).
+  const zeros = Buffer.alloc(Math.min(layout.dataOffset - layout.tableOffset, 1024 * 1024));
+  for (let at = layout.tableOffset; at < layout.dataOffset; at += zeros.length) {
+    await writeFully(fd, zeros.subarray(0, Math.min(zeros.length, layout.dataOffset - at)), at);
+  }
+  await p<void>((cb) => fs.fdatasync(fd, cb));
+  await writeFully(fd, encodeSuperblock(sb), 0);
+  await p<void>((cb) => fs.fdatasync(fd, cb));
+  moduleLogger('disk', { disk: sb.diskId }).info({ size, chunkSize, chunkCount: sb.chunkCount }, 'formatted disk');
+  return sb;
+}
+
+/** Size of a regular file, or of a block device (from sysfs: fstat reports 0 for devices). */
+async function deviceSize(fd: number): Promise<number> {
+  const st = await p<fs.Stats>((cb) => fs.fstat(fd, cb));
+  if (st.isFile()) return st.size;
+  if (!st.isBlockDevice()) throw new InvalidArgumentError('a disk must be a regular file or a block device');
+  const major = Math.floor(st.rdev / 256) & 0xfff;
+  const minor = (st.rdev & 0xff) | (Math.floor(st.rdev / 4096) & 0xfff00);
+  const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
+  return sectors * 512;
+}
+
+async function readFully(fd: number, buf: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const n = await p<number>((cb) => fs.read(fd, buf, done, buf.length - done, position + done, cb));
+    if (n === 0) throw new CorruptMetadataError('disk is shorter than its metadata says', { position });
+    done += n;
+  }
+}
+
+async function writeFully(fd: number, buf: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) done += await p<number>((cb) => fs.write(fd, buf, done, buf.length - done, position + done, cb));
+}
+
+/** Promisifies one fs callback call. */
+function p<T>(fn: (cb: (err: NodeJS.ErrnoException | null, v?: T) => void) => void): Promise<T> {
+  return new Promise((resolve, reject) => fn((err, v) => (err ? reject(err) : resolve(v as T))));
+}

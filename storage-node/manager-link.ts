@@ -1,0 +1,95 @@
+import { NotFoundError, errorMessage } from '../shared/errors.js';
+import { call, managerClient, type ManagerClient } from '../shared/grpc.js';
+import { moduleLogger } from '../shared/logger.js';
+import type { HeartbeatReply__Output } from '../proto/generated/vsky/manager/HeartbeatReply.js';
+import type { HeartbeatRequest } from '../proto/generated/vsky/manager/HeartbeatRequest.js';
+import { nodeInfo, diskInfo, type NodeContext } from './control-service.js';
+
+// The node's side of cluster membership: register with the manager (retrying
+// with backoff while it is unreachable), then heartbeat every interval with
+// the state of every disk. A heartbeat answered with known=false (the manager
+// lost us, e.g. a fresh database) sends us back to registration. The manager
+// being down never stops the node: the data path does not need it.
+
+const MIN_BACKOFF_MS = 200;
+const MAX_BACKOFF_MS = 5000;
+
+export interface ManagerLinkOptions {
+  address: string;
+  intervalMs: number;
+  /** Deadline of each RegisterServer/Heartbeat call. */
+  timeoutMs: number;
+}
+
+export class ManagerLink {
+  private readonly ctx: NodeContext;
+  private readonly opts: ManagerLinkOptions;
+  private readonly client: ManagerClient;
+  private stopped = false;
+  private timer: NodeJS.Timeout | undefined;
+  private wake: (() => void) | undefined;
+  private running: Promise<void> | undefined;
+  private failing = false;
+  private readonly log = moduleLogger('manager-link');
+  registered = false;
+
+  constructor(ctx: NodeContext, opts: ManagerLinkOptions) {
+    this.ctx = ctx;
+    this.opts = opts;
+    this.client = managerClient(opts.address);
+  }
+
+  start(): void {
+    this.running ??= this.run();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.wake?.();
+    // A call in flight is not awaited (a hung manager must not delay shutdown);
+    // the loop sees `stopped` when it returns and ends.
+    this.client.close();
+  }
+
+  private async run(): Promise<void> {
+    let backoff = MIN_BACKOFF_MS;
+    while (!this.stopped) {
+      try {
+        if (!this.registered) {
+          const info = nodeInfo(this.ctx);
+          await call(this.client, this.client.RegisterServer, info, this.opts.timeoutMs);
+          this.registered = true;
+          this.log.info({ manager: this.opts.address, serverId: info.serverId, disks: info.disks?.length }, 'registered with manager');
+        } else {
+          const reply = await call<HeartbeatRequest, HeartbeatReply__Output>(this.client, this.client.Heartbeat,
+            { serverId: this.ctx.state.serverId, disks: this.ctx.store.diskList().map(diskInfo) }, this.opts.timeoutMs);
+          if (!reply.known) {
+            this.log.warn({ manager: this.opts.address }, 'manager does not know this node: registering again');
+            this.registered = false;
+            continue;
+          }
+        }
+        if (this.failing) this.log.info({ manager: this.opts.address }, 'manager reachable again');
+        this.failing = false;
+        backoff = MIN_BACKOFF_MS;
+        await this.sleep(this.opts.intervalMs);
+      } catch (err) {
+        if (err instanceof NotFoundError) this.registered = false;
+        if (!this.failing) this.log.warn({ manager: this.opts.address, err: errorMessage(err) }, 'manager unreachable: retrying');
+        this.failing = true;
+        await this.sleep(this.registered ? Math.min(backoff, this.opts.intervalMs) : backoff);
+        backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
+      }
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.wake = resolve;
+      this.timer = setTimeout(resolve, ms);
+      this.timer.unref();
+    });
+  }
+}
