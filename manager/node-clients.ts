@@ -47,6 +47,8 @@ export const PEER_TIMEOUTS = {
   list: 30_000,
   attach: 30_000,
   detach: 30_000,
+  /** --force: the head may be hung or gone; do not wait long for it. */
+  detachForce: 3_000,
 };
 
 export class GrpcPeerClients implements PeerClients {
@@ -64,7 +66,7 @@ export class GrpcPeerClients implements PeerClients {
 
   readonly head: HeadApi = {
     attach: (a, req) => call(this.headClient(a), this.headClient(a).Attach, req, PEER_TIMEOUTS.attach),
-    detach: async (a, req) => { await call(this.headClient(a), this.headClient(a).Detach, req, PEER_TIMEOUTS.detach); },
+    detach: async (a, req) => { await call(this.headClient(a), this.headClient(a).Detach, req, req.force ? PEER_TIMEOUTS.detachForce : PEER_TIMEOUTS.detach); },
   };
 
   private nodeClient(address: string): StorageNodeClient {

@@ -1,0 +1,75 @@
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DaemonProcess } from '../../deploy/daemon-process.js';
+import type { LocalCluster } from '../../deploy/local-cluster.js';
+import { MiB } from '../../shared/constants.js';
+import { call } from '../../shared/grpc.js';
+import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
+import { freePort } from '../harness/ports.js';
+import { run, tryRun } from '../harness/tools.js';
+import { vsky } from '../harness/vsky.js';
+
+// Rule 3, one writer: a head that hangs (SIGSTOP) while holding a volume is
+// force-detached; a second head attaches with a higher epoch and fences every
+// replica node. When the first head wakes up its writes are refused by the
+// nodes' epoch check and the data stays what the new holder wrote.
+
+describe('epoch fencing refuses a stale writer', () => {
+  let c: LocalCluster;
+  let head2: DaemonProcess;
+
+  beforeAll(async () => {
+    c = await startTestCluster();
+    const dir = join(c.opts.dir, 'head2');
+    mkdirSync(dir, { recursive: true });
+    head2 = new DaemonProcess('head2', [
+      'head-agent', '--data-dir', dir, '--name', 'head2', '--host', '127.0.0.1',
+      '--grpc-port', String(await freePort()), '--nbd-port', String(await freePort()),
+      '--heartbeat-interval', '300', '--manager', c.managerAddress,
+    ], join(c.opts.dir, 'logs', 'head2.log'));
+    await head2.start();
+  });
+  afterAll(async () => {
+    c?.head.resume();
+    await head2?.stop();
+    await destroyTestCluster(c);
+  });
+
+  it('a second head cannot attach a volume held by another', async () => {
+    const m = c.managerAddress;
+    expect((await vsky(['volume', 'create', 'f', '--size', '32M'], m)).exitCode).toBe(0);
+    const a = await vsky(['volume', 'attach', 'f', '--head', 'head1'], m);
+    expect(a.exitCode).toBe(0);
+    const b = await vsky(['volume', 'attach', 'f', '--head', 'head2'], m);
+    expect(b.exitCode).not.toBe(0);
+    expect(String(b.stderr)).toMatch(/attached to head head1/);
+  });
+
+  it('the hung holder is fenced off once another head takes the volume', async () => {
+    const m = c.managerAddress;
+    const client = c.client();
+    const uri1 = (await call(client, 'ShowVolume', { name: 'f' })).info!.nbdUri;
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0xaa 0 1M', uri1]);
+
+    c.head.pause(); // head1 hangs with the volume attached
+    const plain = await vsky(['volume', 'detach', 'f'], m);
+    expect(plain.exitCode).not.toBe(0);
+    expect(String(plain.stderr)).toMatch(/--force/);
+    expect((await vsky(['volume', 'detach', 'f', '--force'], m)).exitCode).toBe(0);
+    const epoch1 = (await call(client, 'ShowVolume', { name: 'f' })).info!.epoch;
+    const attach2 = await vsky(['volume', 'attach', 'f', '--head', 'head2'], m);
+    expect(attach2.exitCode).toBe(0);
+    const uri2 = String(attach2.stdout).trim();
+    expect((await call(client, 'ShowVolume', { name: 'f' })).info!.epoch).toBeGreaterThan(epoch1);
+    client.close();
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0xbb 0 1M', '-c', 'flush', uri2]);
+
+    c.head.resume(); // head1 wakes up still believing it holds the volume
+    const stale = await tryRun('qemu-io', ['-f', 'raw', '-c', 'write -P 0xcc 0 1M', '-c', 'flush', uri1]);
+    expect(`${stale.stdout}${stale.stderr}`).toMatch(/error|failed/i);
+    const check = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0xbb 0 1M', uri2]);
+    expect(String(check.stdout)).not.toMatch(/verification failed/);
+    expect(c.head.running).toBe(true); // refused, not crashed
+  });
+});
