@@ -3,7 +3,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DaemonProcess } from '../../deploy/daemon-process.js';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
-import { MiB } from '../../shared/constants.js';
+import { NodeConnection } from '../../head-agent/node-connection.js';
+import { Replica } from '../../head-agent/replica.js';
+import { StaleEpochError } from '../../shared/errors.js';
 import { call } from '../../shared/grpc.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { freePort } from '../harness/ports.js';
@@ -71,5 +73,23 @@ describe('epoch fencing refuses a stale writer', () => {
     const check = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0xbb 0 1M', uri2]);
     expect(String(check.stdout)).not.toMatch(/verification failed/);
     expect(c.head.running).toBe(true); // refused, not crashed
+
+    // Whatever head1 did on waking (the forced detach may still reach it), a
+    // writer holding the old epoch is refused by every replica node.
+    const client2 = c.client();
+    const map = (await call(client2, 'ShowVolume', { name: 'f' })).map!;
+    client2.close();
+    for (const r of map.segments[0]!.replicas) {
+      const conn = new NodeConnection(r.dataAddress);
+      try {
+        const replica = new Replica(conn, { volumeId: map.volumeId, volumeName: 'f', segment: 0, slot: r.slot, state: 'in_sync', serverId: r.serverId, diskId: r.diskId });
+        await expect(replica.write(epoch1, 0, Buffer.alloc(4096, 0xdd), true)).rejects.toBeInstanceOf(StaleEpochError);
+        const back = Buffer.alloc(4096);
+        await replica.read(0, back);
+        expect(back.equals(Buffer.alloc(4096, 0xbb))).toBe(true);
+      } finally {
+        await conn.close();
+      }
+    }
   });
 });

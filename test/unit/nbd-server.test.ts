@@ -527,6 +527,51 @@ describe('NBD server limits and shutdown', () => {
     const after = await run('nbdinfo', ['--no-content', `nbd://${s.address}/only`]);
     expect(after.exitCode).not.toBe(0);
   });
+
+  it('close() answers a request still in flight before closing the connection', async () => {
+    const reg = new MapRegistry();
+    const dev = new MemoryDevice('slow', MiB);
+    reg.add(dev);
+    const s = await startNbdServer({ host: '127.0.0.1', port: 0, registry: reg }, { closeGraceMs: 2000 });
+    const c = await RawClient.connect(s.address);
+    await c.greet();
+    await c.go('slow');
+    let release!: () => void;
+    dev.gate = new Promise((r) => { release = r; });
+    c.request(NbdCmd.WRITE, 9, 0, 5, NBD_CMD_FLAG_FUA, Buffer.from('hello'));
+    await waitFor(() => dev.calls === 1);
+    let closed = false;
+    const closing = s.close().then(() => { closed = true; });
+    await new Promise((r) => setTimeout(r, 150));
+    expect(closed).toBe(false);
+    release();
+    expect(await c.reply()).toMatchObject({ handle: 9, error: 0 });
+    await closing;
+    await c.closedPromise;
+    expect(dev.data.subarray(0, 5).toString()).toBe('hello');
+  });
+
+  it('close() does not hang on a device that never answers', async () => {
+    const reg = new MapRegistry();
+    const dev = new MemoryDevice('stuck', MiB);
+    dev.gate = new Promise(() => {});
+    reg.add(dev);
+    const s = await startNbdServer({ host: '127.0.0.1', port: 0, registry: reg }, { closeGraceMs: 100 });
+    const c = await RawClient.connect(s.address);
+    await c.greet();
+    await c.go('stuck');
+    c.request(NbdCmd.READ, 1, 0, 512);
+    await waitFor(() => dev.calls === 1);
+    const t0 = Date.now();
+    await s.close();
+    expect(Date.now() - t0).toBeLessThan(2000);
+    await c.closedPromise;
+  });
+
+  it('fails to start with a clear error when the port is taken', async () => {
+    const port = Number(server.address.split(':')[1]);
+    await expect(startNbdServer({ host: '127.0.0.1', port, registry })).rejects.toThrow(/cannot listen for NBD on 127.0.0.1:\d+: .*EADDRINUSE/);
+  });
 });
 
 async function waitFor(cond: () => boolean, timeoutMs = 5000): Promise<void> {
