@@ -2,11 +2,12 @@ import { describe, expect, it } from 'vitest';
 import {
   CLIENT_FLAGS_SPEC, OPTION_REPLY_SPEC, OPTION_SPEC, REQUEST_SPEC, decodeExportName, decodeInfoRequest, decodeString,
   encodeExportNameReply, encodeGreeting, encodeInfoBlockSize, encodeInfoExport, encodeInfoRequest, encodeInfoString,
-  encodeOption, encodeOptionError, encodeOptionReply, encodeRequest, encodeServerEntry, handleText, parseSimpleReply,
-  writeSimpleReply, type RequestHeader,
+  encodeOption, encodeOptionError, encodeOptionReply, encodeRequest, encodeServerEntry, encodeStructuredError, handleText,
+  parseSimpleReply, parseStructuredReplyHeader, writeOffsetDataPrefix, writeSimpleReply, writeStructuredReplyHeader,
+  type RequestHeader,
 } from '../../head-agent/nbd/codec.js';
 import {
-  MAX_BLOCK_SIZE, MAX_OPTION_PAYLOAD, NbdCmd, NbdError, NbdInfo, NbdOpt, NbdRep,
+  MAX_BLOCK_SIZE, MAX_OPTION_PAYLOAD, NBD_REPLY_FLAG_DONE, NbdCmd, NbdError, NbdInfo, NbdOpt, NbdRep, NbdReplyType,
 } from '../../head-agent/nbd/constants.js';
 import { nbdErrorFor } from '../../head-agent/nbd/error-map.js';
 import {
@@ -108,6 +109,37 @@ describe('NBD request codec', () => {
     expect(parseSimpleReply(slab, 8)).toEqual({ error: 28, handleHi: 0x01020304, handleLo: 0xa0b0c0d0 });
     expect(handleText(0x01020304, 0xa0b0c0d0)).toBe('01020304a0b0c0d0');
     expect(() => parseSimpleReply(Buffer.alloc(16))).toThrow(ProtocolError);
+  });
+});
+
+describe('NBD structured reply codec', () => {
+  it('writes an OFFSET_DATA prefix (header + 64-bit offset) in place', () => {
+    const buf = Buffer.alloc(30, 0xee);
+    writeOffsetDataPrefix(buf, 1, 0xaabbccdd, 7, 2 ** 40 + 3, 4096);
+    expect(buf[0]).toBe(0xee);
+    expect(buf[29]).toBe(0xee);
+    expect(parseStructuredReplyHeader(buf, 1)).toEqual({
+      flags: NBD_REPLY_FLAG_DONE, type: NbdReplyType.OFFSET_DATA, handleHi: 0xaabbccdd, handleLo: 7, length: 8 + 4096,
+    });
+    expect(Number(buf.readBigUInt64BE(21))).toBe(2 ** 40 + 3);
+  });
+
+  it('encodes a final ERROR chunk with error and message', () => {
+    const chunk = encodeStructuredError(1, 2, NbdError.EIO, 'replica 3 failed');
+    const h = parseStructuredReplyHeader(chunk);
+    expect(h).toEqual({ flags: NBD_REPLY_FLAG_DONE, type: NbdReplyType.ERROR, handleHi: 1, handleLo: 2, length: 6 + 16 });
+    expect(chunk.length).toBe(20 + h.length);
+    expect(chunk.readUInt32BE(20)).toBe(NbdError.EIO);
+    expect(chunk.readUInt16BE(24)).toBe(16);
+    expect(chunk.subarray(26).toString()).toBe('replica 3 failed');
+    expect(() => parseStructuredReplyHeader(Buffer.alloc(20))).toThrow(ProtocolError);
+  });
+
+  it('writes a NONE chunk header', () => {
+    const buf = Buffer.alloc(20);
+    writeStructuredReplyHeader(buf, 0, NBD_REPLY_FLAG_DONE, NbdReplyType.NONE, 0, 9, 0);
+    expect(buf.readUInt32BE(0)).toBe(0x668e33ef);
+    expect(parseStructuredReplyHeader(buf)).toMatchObject({ type: 0, flags: 1, handleLo: 9, length: 0 });
   });
 });
 

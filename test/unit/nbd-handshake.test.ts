@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import type { BlockDevice, ExportRegistry } from '../../head-agent/block-device.js';
 import { OPTION_REPLY_SPEC, encodeInfoRequest, type OptionHeader } from '../../head-agent/nbd/codec.js';
 import {
-  EXPORT_TRANSMISSION_FLAGS, MAX_OPTIONS_PER_CONNECTION, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NbdInfo, NbdOpt, NbdRep,
+  EXPORT_TRANSMISSION_FLAGS, MAX_OPTIONS_PER_CONNECTION, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_SEND_DF,
+  NbdInfo, NbdOpt, NbdRep,
 } from '../../head-agent/nbd/constants.js';
 import { Handshake, type HandshakeStep } from '../../head-agent/nbd/handshake.js';
 
@@ -99,9 +100,21 @@ describe('NBD handshake state machine', () => {
     expect(replies(hs.option(...opt(NbdOpt.LIST, Buffer.from('x'))))[0]!.type).toBe(NbdRep.ERR_INVALID);
   });
 
+  it('NBD_OPT_STRUCTURED_REPLY is acked and adds SEND_DF to the transmission flags', () => {
+    const plain = started().option(...opt(NbdOpt.GO, encodeInfoRequest('a', [])));
+    expect(plain).toMatchObject({ kind: 'transmit', structured: false });
+    expect(replies(plain)[0]!.data.readUInt16BE(10)).toBe(EXPORT_TRANSMISSION_FLAGS);
+    const hs = started();
+    expect(replies(hs.option(...opt(NbdOpt.STRUCTURED_REPLY, Buffer.from('x'))))[0]!.type).toBe(NbdRep.ERR_INVALID);
+    expect(replies(hs.option(...opt(NbdOpt.STRUCTURED_REPLY)))[0]!.type).toBe(NbdRep.ACK);
+    const go = hs.option(...opt(NbdOpt.GO, encodeInfoRequest('a', [])));
+    expect(go).toMatchObject({ kind: 'transmit', structured: true });
+    expect(replies(go)[0]!.data.readUInt16BE(10)).toBe(EXPORT_TRANSMISSION_FLAGS | NBD_FLAG_SEND_DF);
+  });
+
   it('NBD_OPT_ABORT acks and closes cleanly; unsupported options get ERR_UNSUP', () => {
     const hs = started();
-    for (const o of [NbdOpt.STRUCTURED_REPLY, NbdOpt.STARTTLS, NbdOpt.SET_META_CONTEXT, NbdOpt.EXTENDED_HEADERS, 0xffffffff]) {
+    for (const o of [NbdOpt.STARTTLS, NbdOpt.SET_META_CONTEXT, NbdOpt.EXTENDED_HEADERS, 0xffffffff]) {
       expect(replies(hs.option(...opt(o)))[0]!.type).toBe(NbdRep.ERR_UNSUP);
     }
     const step = hs.option(...opt(NbdOpt.ABORT));

@@ -12,14 +12,15 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlockDevice, ExportRegistry } from '../../head-agent/block-device.js';
 import {
-  OPTION_REPLY_SPEC, encodeInfoRequest, encodeOption, encodeRequest, parseSimpleReply, type OptionReplyHeader,
+  OPTION_REPLY_SPEC, encodeInfoRequest, encodeOption, encodeRequest, parseSimpleReply, parseStructuredReplyHeader,
+  type OptionReplyHeader, type StructuredReplyHeader,
 } from '../../head-agent/nbd/codec.js';
 import {
-  NBD_CMD_FLAG_FUA, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NbdCmd, NbdError, NbdInfo, NbdOpt, NbdRep,
+  NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FUA, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_SEND_DF,
+  NBD_REPLY_FLAG_DONE, NbdCmd, NbdError, NbdInfo, NbdOpt, NbdRep, NbdReplyType,
 } from '../../head-agent/nbd/constants.js';
 import { startNbdServer, type NbdServerHandle } from '../../head-agent/nbd/server.js';
 import { InvalidArgumentError, IoError } from '../../shared/errors.js';
-import { FrameDecoder } from '../../shared/frame-decoder.js';
 import { setRootLogger } from '../../shared/logger.js';
 import { pino } from 'pino';
 
@@ -184,6 +185,11 @@ class RawClient {
     return { error: r.error, handle: r.handleLo, data };
   }
 
+  async structuredReply(): Promise<{ header: StructuredReplyHeader; payload: Buffer }> {
+    const header = parseStructuredReplyHeader(await this.read(20));
+    return { header, payload: await this.read(header.length) };
+  }
+
   destroy(): void { this.socket.destroy(); }
 }
 
@@ -230,13 +236,13 @@ describe('NBD server with real clients', () => {
   it('nbdinfo reports size, flags and block sizes', async () => {
     const info = await nbdinfoJson(['--no-content', uri('vol1')]);
     expect(info.protocol).toBe('newstyle-fixed');
-    expect(info.structured).toBe(false);
+    expect(info.structured).toBe(true);
     const e = info.exports[0]!;
     expect(e['export-name']).toBe('vol1');
     expect(e['export-size']).toBe(SIZE);
     expect(e).toMatchObject({
       is_read_only: false, is_rotational: false, can_flush: true, can_fua: true, can_trim: true,
-      can_zero: true, can_multi_conn: true, can_df: false, can_fast_zero: false,
+      can_zero: true, can_multi_conn: true, can_df: true, can_fast_zero: false,
       block_size_minimum: 1, block_size_preferred: 4096, block_size_maximum: 32 * MiB,
     });
   });
@@ -342,6 +348,43 @@ describe('NBD server with a raw client', () => {
     await c.closedPromise;
   });
 
+  it('with structured replies: READ data in one OFFSET_DATA chunk, errors as ERROR chunks with a message', async () => {
+    const c = await RawClient.connect(server.address);
+    await c.greet();
+    c.write(encodeOption(NbdOpt.STRUCTURED_REPLY));
+    expect((await c.optionReply()).header.type).toBe(NbdRep.ACK);
+    const { size, flags } = await c.go('vol1');
+    expect(flags & NBD_FLAG_SEND_DF).toBe(NBD_FLAG_SEND_DF);
+    disk.data.write('structured', 3 * MiB);
+    c.request(NbdCmd.READ, 1, 3 * MiB, 10, NBD_CMD_FLAG_DF);
+    const data = await c.structuredReply();
+    expect(data.header).toMatchObject({ handleLo: 1, flags: NBD_REPLY_FLAG_DONE, type: NbdReplyType.OFFSET_DATA, length: 18 });
+    expect(Number(data.payload.readBigUInt64BE(0))).toBe(3 * MiB);
+    expect(data.payload.subarray(8).toString()).toBe('structured');
+    c.request(NbdCmd.READ, 2, 0, 0);
+    expect((await c.structuredReply()).header).toMatchObject({ handleLo: 2, flags: NBD_REPLY_FLAG_DONE, type: NbdReplyType.NONE, length: 0 });
+    c.request(NbdCmd.WRITE, 3, size - 2, 4, 0, Buffer.from('wxyz'));
+    const past = await c.structuredReply();
+    expect(past.header).toMatchObject({ handleLo: 3, flags: NBD_REPLY_FLAG_DONE, type: NbdReplyType.ERROR });
+    expect(past.payload.readUInt32BE(0)).toBe(NbdError.ENOSPC);
+    expect(past.payload.subarray(6, 6 + past.payload.readUInt16BE(4)).toString()).toMatch(/past the end of the export/);
+    disk.failReadsAt = 5 * MiB;
+    try {
+      c.request(NbdCmd.READ, 4, 5 * MiB, 4096);
+      const eio = await c.structuredReply();
+      expect(eio.header.type).toBe(NbdReplyType.ERROR);
+      expect(eio.payload.readUInt32BE(0)).toBe(NbdError.EIO);
+      expect(eio.payload.subarray(6).toString()).toMatch(/no replica could read vol1/);
+    } finally {
+      disk.failReadsAt = undefined;
+    }
+    // Successful non-READ commands keep simple replies (the spec allows it).
+    c.request(NbdCmd.FLUSH, 5, 0, 0);
+    expect(await c.reply()).toMatchObject({ handle: 5, error: 0 });
+    c.request(NbdCmd.DISC, 6, 0, 0);
+    await c.closedPromise;
+  });
+
   it('garbage bytes close only that connection while nbdinfo works concurrently', async () => {
     const before = server.connectionCount();
     const junk = await RawClient.connect(server.address);
@@ -357,6 +400,28 @@ describe('NBD server with a raw client', () => {
     await busy.closedPromise;
     expect((await info).exports[0]!['export-size']).toBe(SIZE);
     await waitFor(() => server.connectionCount() === before);
+  });
+
+  it('survives random bytes at every phase from many connections at once', async () => {
+    const before = server.connectionCount();
+    const clients = await Promise.all(Array.from({ length: 24 }, async (_, i) => {
+      const c = await RawClient.connect(server.address);
+      if (i % 3 >= 1) await c.greet();
+      if (i % 3 === 2) await c.go(i % 2 ? 'vol1' : 'vol2');
+      // Keep a valid magic now and then so headers get past the first check.
+      for (let k = 0; k < 8; k++) {
+        const junk = randomBytes(1 + ((i * 37 + k * 101) % 200));
+        if (k % 2 === 0 && junk.length >= 8) junk.writeUInt32BE(k % 4 === 0 ? 0x25609513 : 0x49484156, 0);
+        c.write(junk);
+      }
+      c.socket.end();
+      return c;
+    }));
+    await Promise.all(clients.map((c) => Promise.race([c.closedPromise, new Promise((r) => setTimeout(r, 3000))])));
+    clients.forEach((c) => c.destroy());
+    await waitFor(() => server.connectionCount() === before);
+    const ok = await nbdinfoJson(['--no-content', uri('vol1')]);
+    expect(ok.exports[0]!['export-size']).toBe(SIZE);
   });
 
   it('a WRITE longer than 32 MiB closes the connection before its data is read', async () => {
@@ -378,7 +443,9 @@ describe('NBD server with a raw client', () => {
     expect(bad.data.toString()).toMatch(/name length 256/);
     c.write(encodeOption(12345, Buffer.alloc(10)));
     expect((await c.optionReply()).header.type).toBe(NbdRep.ERR_UNSUP);
-    c.write(encodeOption(NbdOpt.STRUCTURED_REPLY));
+    c.write(encodeOption(NbdOpt.STRUCTURED_REPLY, Buffer.from('x')));
+    expect((await c.optionReply()).header.type).toBe(NbdRep.ERR_INVALID);
+    c.write(encodeOption(NbdOpt.SET_META_CONTEXT, Buffer.alloc(8)));
     expect((await c.optionReply()).header.type).toBe(NbdRep.ERR_UNSUP);
     c.write(encodeOption(NbdOpt.LIST, Buffer.from('x')));
     expect((await c.optionReply()).header.type).toBe(NbdRep.ERR_INVALID);
@@ -486,6 +553,25 @@ describe('NBD server with a raw client', () => {
     c.destroy();
   });
 
+  it('stops reading requests while the client does not read its replies', async () => {
+    const c = await RawClient.connect(server.address);
+    await c.greet();
+    await c.go('vol1');
+    c.socket.pause(); // the client stops reading
+    const calls0 = disk.calls;
+    const n = 64;
+    for (let i = 0; i < n; i++) c.request(NbdCmd.READ, i, (i % 16) * MiB, MiB);
+    await waitFor(() => disk.calls - calls0 >= 8);
+    await new Promise((r) => setTimeout(r, 300));
+    // Kernel socket buffers absorb a few MiB of replies; the rest must wait.
+    const served = disk.calls - calls0;
+    expect(served).toBeLessThan(n / 2);
+    c.socket.resume();
+    for (let i = 0; i < n; i++) expect((await c.reply(MiB)).error).toBe(0);
+    expect(disk.calls - calls0).toBe(n);
+    c.destroy();
+  });
+
   it('NBD_CMD_DISC answers in-flight requests before closing, and connectionCount tracks exports', async () => {
     const c = await RawClient.connect(server.address);
     await c.greet();
@@ -502,6 +588,23 @@ describe('NBD server with a raw client', () => {
       vol2.delayAt.clear();
     }
     expect(vol2.data.subarray(8192, 8196).toString()).toBe('disc');
+    await waitFor(() => server.connectionCount('vol2') === 0);
+  });
+
+  it('a client that half-closes its side still gets replies to requests in flight', async () => {
+    const c = await RawClient.connect(server.address);
+    await c.greet();
+    await c.go('vol2');
+    const vol2 = registry.lookup('vol2') as MemoryDevice;
+    vol2.delayAt.set(16384, 200);
+    try {
+      c.request(NbdCmd.WRITE, 80, 16384, 4, 0, Buffer.from('half'));
+      c.socket.end();
+      expect(await c.reply()).toMatchObject({ handle: 80, error: 0 });
+      await c.closedPromise;
+    } finally {
+      vol2.delayAt.clear();
+    }
     await waitFor(() => server.connectionCount('vol2') === 0);
   });
 });

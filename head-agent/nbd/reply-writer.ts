@@ -1,0 +1,89 @@
+// Writes transmission-phase replies to one socket: simple replies, or
+// structured reply chunks once the client negotiated them (then a READ is
+// always answered with one final OFFSET_DATA chunk, and every error with a
+// final ERROR chunk carrying a message for the user). Fixed-size headers are
+// written in place into slabs; READ data follows its header between cork()
+// and uncork(), never copied together with it.
+
+import type { Socket } from 'node:net';
+import {
+  encodeStructuredError, writeOffsetDataPrefix, writeSimpleReply, writeStructuredReplyHeader, type RequestHeader,
+} from './codec.js';
+import {
+  NBD_REPLY_FLAG_DONE, NbdCmd, NbdError, NbdReplyType, OFFSET_DATA_PREFIX_SIZE, SIMPLE_REPLY_HEADER_SIZE,
+  STRUCTURED_REPLY_HEADER_SIZE,
+} from './constants.js';
+
+/** A slab is never reused: writes still queued in the socket reference its bytes. */
+const SLAB_SIZE = 8192;
+
+const ERROR_TEXT: Record<number, string> = {
+  [NbdError.EPERM]: 'operation not permitted',
+  [NbdError.EIO]: 'input/output error',
+  [NbdError.EINVAL]: 'invalid argument',
+  [NbdError.ENOSPC]: 'no space left on device',
+  [NbdError.ESHUTDOWN]: 'server is shutting down',
+};
+
+export class ReplyWriter {
+  private readonly socket: Socket;
+  private readonly structured: boolean;
+  private slab = Buffer.allocUnsafe(SLAB_SIZE);
+  private slabUsed = 0;
+
+  constructor(socket: Socket, structured: boolean) {
+    this.socket = socket;
+    this.structured = structured;
+  }
+
+  /**
+   * Sends the reply to `h`: `data` for a successful READ, `message` to
+   * explain an error (structured replies only). Returns false when the
+   * socket's write buffer is full: stop reading until 'drain'.
+   */
+  send(h: RequestHeader, error: number, data: Buffer | undefined, message?: string): boolean {
+    if (error !== NbdError.OK) {
+      if (!this.structured) return this.socket.write(this.simpleHeader(h, error));
+      return this.socket.write(encodeStructuredError(h.handleHi, h.handleLo, error, message ?? ERROR_TEXT[error] ?? `error ${error}`));
+    }
+    if (h.type !== NbdCmd.READ) return this.socket.write(this.simpleHeader(h, NbdError.OK));
+    const length = data?.length ?? 0;
+    if (length === 0) {
+      if (!this.structured) return this.socket.write(this.simpleHeader(h, NbdError.OK));
+      // A READ must get a structured reply; with no data that is a lone NONE chunk.
+      const none = this.take(STRUCTURED_REPLY_HEADER_SIZE);
+      writeStructuredReplyHeader(none, 0, NBD_REPLY_FLAG_DONE, NbdReplyType.NONE, h.handleHi, h.handleLo, 0);
+      return this.socket.write(none);
+    }
+    let header: Buffer;
+    if (this.structured) {
+      header = this.take(OFFSET_DATA_PREFIX_SIZE);
+      writeOffsetDataPrefix(header, 0, h.handleHi, h.handleLo, h.offset, length);
+    } else {
+      header = this.simpleHeader(h, NbdError.OK);
+    }
+    // Header and data leave in one segment, without copying them together.
+    const s = this.socket;
+    s.cork();
+    s.write(header);
+    const ok = s.write(data!);
+    s.uncork();
+    return ok;
+  }
+
+  private simpleHeader(h: RequestHeader, error: number): Buffer {
+    const header = this.take(SIMPLE_REPLY_HEADER_SIZE);
+    writeSimpleReply(header, 0, error, h.handleHi, h.handleLo);
+    return header;
+  }
+
+  private take(size: number): Buffer {
+    if (this.slabUsed + size > this.slab.length) {
+      this.slab = Buffer.allocUnsafe(SLAB_SIZE);
+      this.slabUsed = 0;
+    }
+    const buf = this.slab.subarray(this.slabUsed, this.slabUsed + size);
+    this.slabUsed += size;
+    return buf;
+  }
+}
