@@ -65,6 +65,10 @@ export class Attachments {
       }
       const head = this.registry.head(volume.attachedHead);
       const vlog = log.child({ volumeId: volume.id, volume: name, headId: volume.attachedHead });
+      if (head && head.state !== 'active' && !force) {
+        throw new ConflictError(`head ${head.name} holding ${name} is ${head.state} (no heartbeat): it cannot flush and release the volume; ` +
+          'use --force to forget the attachment (the next attach gets a higher epoch, which fences the old head)');
+      }
       if (head) {
         try {
           await this.peers.head.detach(head.controlAddress, { name, force });

@@ -58,7 +58,7 @@ describe('a 3-replica volume with real NBD clients', () => {
   });
 
   it('qemu-io writes with FUA and flush are read back', async () => {
-    const r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x3c -F 1M 512k', '-c', 'flush', '-c', 'read -P 0x3c 1M 512k', uri]);
+    const r = await run('qemu-io', ['-f', 'raw', '-c', 'write -f -P 0x3c 1M 512k', '-c', 'flush', '-c', 'read -P 0x3c 1M 512k', uri]);
     expect(String(r.stdout)).not.toMatch(/verification failed|error/i);
     await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x00 1M 512k`, uri]); // restore zeros...
     // ...then put the original bytes back so later checks compare against src.
