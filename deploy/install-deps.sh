@@ -16,7 +16,8 @@ DEBS=(
   libiscsi-bin                  # iscsi-inq, iscsi-ls, iscsi-test-cu
   tgt                           # C iSCSI target: the benchmark/conformance peer
   python3                       # xmlrpc.client
-  procps util-linux             # ps, losetup
+  fuse3 e2fsprogs               # nbdfuse + mkfs.ext4: a kernel filesystem on a volume
+  procps util-linux mount       # ps, losetup, mount
 )
 missing=()
 for p in "${DEBS[@]}"; do
