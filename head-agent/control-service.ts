@@ -1,0 +1,71 @@
+import { InvalidArgumentError } from '../shared/errors.js';
+import { bindServer, grpc, loadProtos, unary } from '../shared/grpc.js';
+import { moduleLogger } from '../shared/logger.js';
+import type { AttachVolumeReply } from '../proto/generated/vsky/head/AttachVolumeReply.js';
+import type { AttachVolumeRequest__Output } from '../proto/generated/vsky/head/AttachVolumeRequest.js';
+import type { AttachedList } from '../proto/generated/vsky/head/AttachedList.js';
+import type { DetachVolumeRequest__Output } from '../proto/generated/vsky/head/DetachVolumeRequest.js';
+import type { Empty } from '../proto/generated/vsky/common/Empty.js';
+import type { HeadAgentHandlers } from '../proto/generated/vsky/head/HeadAgent.js';
+import type { VolumeRegistry } from './volume-registry.js';
+
+// The head agent's gRPC control service (proto/head_agent.proto), called by
+// the manager: Attach builds and fences a volume, then answers with the NBD
+// URI it is exported under; Detach flushes and drops it; ListAttached reports.
+
+export interface ControlServiceOptions {
+  registry: VolumeRegistry;
+  /** HOST:PORT the NBD server listens on (for nbd:// URIs). */
+  nbdAddress: string;
+  /** NBD clients connected to an export now, when the NBD server can tell. */
+  connectionCount?: (exportName: string) => number;
+}
+
+export function nbdUri(nbdAddress: string, name: string): string {
+  return `nbd://${nbdAddress}/${encodeURIComponent(name)}`;
+}
+
+export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHandlers {
+  const { registry, nbdAddress } = opts;
+  return {
+    Attach: unary(async (req: AttachVolumeRequest__Output): Promise<AttachVolumeReply> => {
+      if (req.map === null || req.map === undefined) throw new InvalidArgumentError('Attach: the request carries no volume map');
+      const volume = await registry.attach(req.map, req.epoch);
+      return { nbdUri: nbdUri(nbdAddress, volume.name) };
+    }),
+    Detach: unary(async (req: DetachVolumeRequest__Output): Promise<Empty> => {
+      if (!req.name) throw new InvalidArgumentError('Detach: a volume name is required');
+      await registry.detach(req.name, req.force);
+      return {};
+    }),
+    ListAttached: unary(async (): Promise<AttachedList> => ({
+      volumes: registry.list().map((v) => ({
+        name: v.name, volumeId: v.volumeId, epoch: v.epoch, nbdUri: nbdUri(nbdAddress, v.name), size: v.size,
+        connections: opts.connectionCount?.(v.name) ?? 0,
+      })),
+    })),
+  };
+}
+
+export interface ControlServer {
+  /** HOST:PORT bound. */
+  address: string;
+  close(): Promise<void>;
+}
+
+/** Serves the control service on host:port (0 picks a port). */
+export async function startControlServer(host: string, port: number, opts: ControlServiceOptions): Promise<ControlServer> {
+  const server = new grpc.Server();
+  server.addService(loadProtos().head.vsky.head.HeadAgent.service, createControlHandlers(opts));
+  const bound = await bindServer(server, `${host}:${port}`);
+  const address = `${host}:${bound}`;
+  moduleLogger('head-control').debug({ address }, 'control service listening');
+  return {
+    address,
+    close: () => new Promise<void>((resolve) => {
+      const force = setTimeout(() => { server.forceShutdown(); resolve(); }, 2000);
+      force.unref();
+      server.tryShutdown(() => { clearTimeout(force); resolve(); });
+    }),
+  };
+}

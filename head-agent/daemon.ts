@@ -1,0 +1,80 @@
+import { moduleLogger } from '../shared/logger.js';
+import { startControlServer, type ControlServer } from './control-service.js';
+import { ManagerLink, loadHeadId } from './manager-link.js';
+import { startNbdServer, type NbdServerHandle } from './nbd/server.js';
+import { NodePool } from './node-pool.js';
+import { VolumeRegistry } from './volume-registry.js';
+
+// `vsky head-agent`: the volume registry and its I/O engine, the NBD export,
+// the gRPC control service the manager calls, and the link that registers and
+// heartbeats with the manager. Start order: engine, NBD (its address goes into
+// every nbd:// URI), control, then the manager link. Stop in reverse; attached
+// volumes are flushed on the way out.
+
+export interface HeadAgentOptions {
+  /** Holds the stable head id file. */
+  dataDir: string;
+  name: string;
+  /** Bind address for gRPC and NBD, e.g. 127.0.0.1. */
+  host: string;
+  /** 0 = pick. */
+  grpcPort: number;
+  /** 0 = pick. */
+  nbdPort: number;
+  /** Omitted = standalone (attach only through the control service directly). */
+  managerAddress?: string;
+  heartbeatIntervalMs: number;
+}
+
+export interface HeadAgentHandle {
+  headId: string;
+  controlAddress: string;
+  nbdAddress: string;
+  registry: VolumeRegistry;
+  close(): Promise<void>;
+}
+
+export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentHandle> {
+  const log = moduleLogger('head-agent', { name: opts.name });
+  const headId = await loadHeadId(opts.dataDir);
+  const pool = new NodePool();
+  const registry = new VolumeRegistry({ pool });
+  let nbd: NbdServerHandle | undefined;
+  let control: ControlServer | undefined;
+  try {
+    nbd = await startNbdServer({ host: opts.host, port: opts.nbdPort, registry });
+    const nbdServer = nbd;
+    control = await startControlServer(opts.host, opts.grpcPort, {
+      registry, nbdAddress: nbd.address, connectionCount: (name) => nbdServer.connectionCount(name),
+    });
+  } catch (err) {
+    await control?.close();
+    await nbd?.close();
+    await pool.close();
+    throw err;
+  }
+  const link = opts.managerAddress !== undefined
+    ? new ManagerLink({
+      managerAddress: opts.managerAddress, headId, name: opts.name,
+      controlAddress: control.address, nbdAddress: nbd.address, heartbeatIntervalMs: opts.heartbeatIntervalMs,
+    })
+    : undefined;
+  link?.start();
+  const controlAddress = control.address;
+  const nbdAddress = nbd.address;
+  log.info({ controlAddress, nbdAddress, headId }, 'ready');
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      await link?.stop();
+      await control!.close();
+      await nbd!.close();
+      await registry.close();
+      await pool.close();
+      log.info('head agent stopped');
+    })();
+    return closing;
+  };
+  return { headId, controlAddress, nbdAddress, registry, close };
+}

@@ -1,0 +1,250 @@
+import { MAX_DATA_PAYLOAD } from '../shared/constants.js';
+import { InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../shared/errors.js';
+import type { BlockDevice } from './block-device.js';
+import type { Mirror } from './mirror.js';
+import { FlushGroup, type Replica } from './replica.js';
+
+// A volume: a linear run of segments of `chunkSize` bytes, each a mirror.
+// Requests are bounds-checked, then split at segment boundaries and at the
+// protocol's payload limit. A read allocates ONE destination buffer and every
+// piece fills its own slice of it; a write hands each piece a subarray view of
+// the caller's buffer (no copies). Every mutating request carries the lease
+// epoch this head holds for the volume.
+
+export interface LinearVolumeOptions {
+  name: string;
+  volumeId: number;
+  size: number;
+  chunkSize: number;
+  epoch: number;
+  generation: number;
+  segments: Mirror[];
+  /** Largest piece sent to one replica (tests lower it). */
+  maxPiece?: number;
+}
+
+export class LinearVolume implements BlockDevice {
+  readonly name: string;
+  readonly volumeId: number;
+  readonly size: number;
+  readonly chunkSize: number;
+  private _epoch: number;
+  private _generation: number;
+  private segments: Mirror[];
+  private flushGroups: FlushGroup[];
+  private readonly maxPiece: number;
+  private detached = false;
+
+  constructor(opts: LinearVolumeOptions) {
+    const expected = Math.ceil(opts.size / opts.chunkSize);
+    if (opts.segments.length !== expected) {
+      throw new InvalidArgumentError(`volume ${opts.name}: ${opts.segments.length} segments given, ${expected} needed for ${opts.size} bytes`);
+    }
+    this.name = opts.name;
+    this.volumeId = opts.volumeId;
+    this.size = opts.size;
+    this.chunkSize = opts.chunkSize;
+    this._epoch = opts.epoch;
+    this._generation = opts.generation;
+    this.segments = opts.segments;
+    this.flushGroups = buildFlushGroups(opts.segments);
+    this.maxPiece = Math.min(opts.maxPiece ?? MAX_DATA_PAYLOAD, MAX_DATA_PAYLOAD);
+  }
+
+  get epoch(): number {
+    return this._epoch;
+  }
+
+  get generation(): number {
+    return this._generation;
+  }
+
+  get segmentCount(): number {
+    return this.segments.length;
+  }
+
+  segment(index: number): Mirror {
+    const m = this.segments[index];
+    if (m === undefined) throw new InvalidArgumentError(`volume ${this.name} has no segment ${index}`);
+    return m;
+  }
+
+  /** Every replica of every segment. */
+  replicas(): Replica[] {
+    return this.segments.flatMap((m) => [...m.replicas]);
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    const bad = this.check(offset, length);
+    if (bad !== undefined) return Promise.reject(bad);
+    const dest = Buffer.allocUnsafe(length);
+    if (length === 0) return Promise.resolve(dest);
+    const cs = this.chunkSize;
+    const seg = Math.floor(offset / cs);
+    const segOff = offset - seg * cs;
+    // Fast path: one piece (the common case), no array, no extra promise.
+    if (segOff + length <= cs && length <= this.maxPiece) return this.segments[seg]!.read(segOff, dest);
+    const pieces: Promise<unknown>[] = [];
+    for (let pos = 0; pos < length;) {
+      const at = offset + pos;
+      const s = Math.floor(at / cs);
+      const so = at - s * cs;
+      const n = Math.min(length - pos, cs - so, this.maxPiece);
+      pieces.push(this.segments[s]!.read(so, dest.subarray(pos, pos + n)));
+      pos += n;
+    }
+    return Promise.all(pieces).then(() => dest);
+  }
+
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    const length = data.length;
+    const bad = this.check(offset, length);
+    if (bad !== undefined) return Promise.reject(bad);
+    if (length === 0) return Promise.resolve();
+    const cs = this.chunkSize;
+    const epoch = this._epoch;
+    const seg = Math.floor(offset / cs);
+    const segOff = offset - seg * cs;
+    if (segOff + length <= cs && length <= this.maxPiece) return this.segments[seg]!.write(epoch, segOff, data, fua);
+    const pieces: Promise<void>[] = [];
+    for (let pos = 0; pos < length;) {
+      const at = offset + pos;
+      const s = Math.floor(at / cs);
+      const so = at - s * cs;
+      const n = Math.min(length - pos, cs - so, this.maxPiece);
+      pieces.push(this.segments[s]!.write(epoch, so, data.subarray(pos, pos + n), fua));
+      pos += n;
+    }
+    return allVoid(pieces);
+  }
+
+  writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.forEachPiece(offset, length, (m, epoch, so, n) => m.writeZeroes(epoch, so, n, fua));
+  }
+
+  discard(offset: number, length: number): Promise<void> {
+    return this.forEachPiece(offset, length, (m, epoch, so, n) => m.discard(epoch, so, n));
+  }
+
+  /**
+   * FLUSH to every node holding a writable replica of the volume that took a
+   * non-FUA write since its last flush: one request per node (the node
+   * fdatasyncs every disk holding a chunk of the volume), not per chunk.
+   * Resolves when all have flushed; a failure fails the flush and keeps that
+   * node marked for the next one.
+   */
+  async flush(): Promise<void> {
+    if (this.detached) throw this.detachedError();
+    const epoch = this._epoch;
+    const groups: FlushGroup[] = [];
+    const pending: Promise<void>[] = [];
+    for (const g of this.flushGroups) {
+      if (!g.dirty || !g.replica.writable) continue;
+      g.dirty = false;
+      groups.push(g);
+      pending.push(g.replica.flush(epoch));
+    }
+    if (pending.length === 0) return;
+    const results = await Promise.allSettled(pending);
+    const failures: { group: FlushGroup; error: unknown }[] = [];
+    results.forEach((r, i) => {
+      if (r.status === 'rejected') failures.push({ group: groups[i]!, error: r.reason });
+    });
+    if (failures.length === 0) return;
+    for (const f of failures) f.group.dirty = true;
+    const fenced = failures.find((f) => f.error instanceof StaleEpochError);
+    if (fenced !== undefined) throw fenced.error;
+    const parts = failures.map((f) => `${f.group.replica.describe()}: ${errorMessage(f.error)}`);
+    throw new IoError(`flush of volume ${this.name} failed on ${failures.length} node(s): ${parts.join('; ')}`, {
+      volume: this.name, nodes: failures.map((f) => f.group.replica.address),
+    }, { cause: failures[0]!.error });
+  }
+
+  /**
+   * Takes a newer map and lease epoch (the manager re-attached with a higher
+   * epoch after the replica nodes were fenced with it). In-flight requests
+   * finish on the old mirrors.
+   */
+  reconfigure(segments: Mirror[], epoch: number, generation: number): void {
+    if (segments.length !== this.segments.length) {
+      throw new InvalidArgumentError(`volume ${this.name}: reconfigure with ${segments.length} segments, have ${this.segments.length}`);
+    }
+    this.segments = segments;
+    this.flushGroups = buildFlushGroups(segments);
+    this._epoch = epoch;
+    this._generation = generation;
+  }
+
+  /** After detach every request fails (exports may still hold the object). */
+  markDetached(): void {
+    this.detached = true;
+  }
+
+  get isDetached(): boolean {
+    return this.detached;
+  }
+
+  private forEachPiece(
+    offset: number, length: number, fn: (m: Mirror, epoch: number, segOff: number, n: number) => Promise<void>,
+  ): Promise<void> {
+    const bad = this.check(offset, length);
+    if (bad !== undefined) return Promise.reject(bad);
+    if (length === 0) return Promise.resolve();
+    const cs = this.chunkSize;
+    const epoch = this._epoch;
+    const pieces: Promise<void>[] = [];
+    for (let pos = 0; pos < length;) {
+      const at = offset + pos;
+      const s = Math.floor(at / cs);
+      const so = at - s * cs;
+      const n = Math.min(length - pos, cs - so, this.maxPiece);
+      pieces.push(fn(this.segments[s]!, epoch, so, n));
+      pos += n;
+    }
+    return pieces.length === 1 ? pieces[0]! : allVoid(pieces);
+  }
+
+  private check(offset: number, length: number): Error | undefined {
+    if (this.detached) return this.detachedError();
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      return new InvalidArgumentError(`volume ${this.name}: invalid offset ${offset} or length ${length}`, { volume: this.name, offset, length });
+    }
+    if (offset + length > this.size) {
+      return new InvalidArgumentError(
+        `volume ${this.name}: request out of range (offset ${offset} + length ${length} > size ${this.size})`,
+        { volume: this.name, offset, length, size: this.size },
+      );
+    }
+    return undefined;
+  }
+
+  private detachedError(): IoError {
+    return new IoError(`volume ${this.name} is detached from this head`, { volume: this.name });
+  }
+}
+
+function allVoid(pieces: Promise<void>[]): Promise<void> {
+  return Promise.all(pieces).then(noop);
+}
+
+function noop(): void {}
+
+/** One flush group per storage node holding a replica (by data address). */
+function buildFlushGroups(segments: readonly Mirror[]): FlushGroup[] {
+  const byNode = new Map<string, FlushGroup>();
+  const groups: FlushGroup[] = [];
+  for (const m of segments) {
+    for (const r of m.replicas) {
+      let g = byNode.get(r.address);
+      if (g === undefined) {
+        g = new FlushGroup(r);
+        byNode.set(r.address, g);
+        groups.push(g);
+      } else if (!g.replica.writable && r.writable) {
+        g.replica = r;
+      }
+      r.flushGroup = g;
+    }
+  }
+  return groups;
+}

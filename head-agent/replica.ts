@@ -1,0 +1,158 @@
+import { InvalidArgumentError, IoError, StaleEpochError, type VskyError } from '../shared/errors.js';
+import { Flag, Opcode, Status, opcodeName, statusName } from '../shared/data-protocol/frame.js';
+import type { NodeConnection, RequestCallback, RequestTarget } from './node-connection.js';
+
+// One replica of one segment: a chunk on a storage node, addressed on the wire
+// by (volume id, segment index, replica slot). It speaks through the node's
+// pooled connection and owns the mapping from reply status to typed error.
+// The callback forms (submit*) are the hot path; the promise forms serve the
+// control path and tests.
+
+/** Mirrors ReplicaLocation.state in common.proto. */
+export type ReplicaState = 'in_sync' | 'stale' | 'resyncing';
+
+export const REPLICA_STATES: readonly ReplicaState[] = ['in_sync', 'stale', 'resyncing'];
+
+export interface ReplicaInfo {
+  volumeId: number;
+  volumeName: string;
+  segment: number;
+  slot: number;
+  state: ReplicaState;
+  serverId: string;
+  diskId: string;
+}
+
+/**
+ * One storage node holding replicas of a volume: `dirty` is set when a non-FUA
+ * write to any of them completes and cleared by the volume's flush, which
+ * sends one FLUSH (the node syncs every disk holding a chunk of the volume)
+ * addressed through `replica` (preferably a writable one).
+ */
+export class FlushGroup {
+  dirty = true;
+  constructor(public replica: Replica) {}
+}
+
+export class Replica implements RequestTarget {
+  readonly conn: NodeConnection;
+  readonly volumeId: number;
+  readonly volumeName: string;
+  readonly segment: number;
+  readonly slot: number;
+  readonly serverId: string;
+  readonly diskId: string;
+  state: ReplicaState;
+  /** The disk's flush group; assigned by the volume (undefined until then). */
+  flushGroup: FlushGroup | undefined;
+  /** Reads served by this replica (stats, tests). */
+  reads = 0;
+
+  constructor(conn: NodeConnection, info: ReplicaInfo) {
+    this.conn = conn;
+    this.volumeId = info.volumeId;
+    this.volumeName = info.volumeName;
+    this.segment = info.segment;
+    this.slot = info.slot;
+    this.state = info.state;
+    this.serverId = info.serverId;
+    this.diskId = info.diskId;
+  }
+
+  get address(): string {
+    return this.conn.address;
+  }
+
+  get readable(): boolean {
+    return this.state === 'in_sync';
+  }
+
+  /** In-sync and resyncing replicas take every write (DESIGN: data path). */
+  get writable(): boolean {
+    return this.state !== 'stale';
+  }
+
+  /** "replica 1 of segment 3 of volume vm1 on 127.0.0.1:7710" */
+  describe(): string {
+    return `replica ${this.slot} of segment ${this.segment} of volume ${this.volumeName} on ${this.conn.address}`;
+  }
+
+  replyError(opcode: number, status: number, message: string): VskyError {
+    const context = {
+      volume: this.volumeName, segment: this.segment, slot: this.slot, node: this.conn.address,
+      op: opcodeName(opcode), status: statusName(status),
+    };
+    const what = `${opcodeName(opcode)} on ${this.describe()} failed with ${statusName(status)}${message ? `: ${message}` : ''}`;
+    switch (status) {
+      case Status.STALE_EPOCH:
+        return new StaleEpochError(`${what} (a newer lease holder has fenced this head off)`, context);
+      case Status.OUT_OF_RANGE:
+      case Status.BAD_REQUEST:
+      case Status.TOO_LARGE:
+        return new InvalidArgumentError(what, context);
+      default:
+        return new IoError(what, context);
+    }
+  }
+
+  // Hot path: callback forms. The caller calls noteWritten() when a mutating
+  // request completes.
+
+  submitRead(offset: number, dest: Buffer, cb: RequestCallback): void {
+    this.conn.submit(this, Opcode.READ, 0, 0, offset, dest.length, dest, 0, cb);
+  }
+
+  submitWrite(epoch: number, offset: number, data: Buffer, fua: boolean, cb: RequestCallback): void {
+    this.conn.submit(this, Opcode.WRITE, fua ? Flag.FUA : 0, epoch, offset, data.length, data, 0, cb);
+  }
+
+  submitWriteZeroes(epoch: number, offset: number, length: number, fua: boolean, cb: RequestCallback): void {
+    this.conn.submit(this, Opcode.WRITE_ZEROES, fua ? Flag.FUA : 0, epoch, offset, length, undefined, 0, cb);
+  }
+
+  submitDiscard(epoch: number, offset: number, length: number, cb: RequestCallback): void {
+    this.conn.submit(this, Opcode.DISCARD, 0, epoch, offset, length, undefined, 0, cb);
+  }
+
+  /**
+   * A mutating request to this replica completed (successfully or not). Marked
+   * on completion, not on submission: a write that completes after a flush
+   * cleared the flag must still be covered by the next flush.
+   */
+  noteWritten(fua: boolean): void {
+    // A FUA write is durable on reply; anything else may sit in the disk's cache.
+    if (!fua && this.flushGroup !== undefined) this.flushGroup.dirty = true;
+  }
+
+  // Control path: promise forms.
+
+  read(offset: number, dest: Buffer): Promise<void> {
+    return this.conn.request(this, Opcode.READ, 0, 0, offset, dest.length, dest);
+  }
+
+  write(epoch: number, offset: number, data: Buffer, fua: boolean): Promise<void> {
+    return this.mutation(this.conn.request(this, Opcode.WRITE, fua ? Flag.FUA : 0, epoch, offset, data.length, data), fua);
+  }
+
+  writeZeroes(epoch: number, offset: number, length: number, fua: boolean): Promise<void> {
+    return this.mutation(this.conn.request(this, Opcode.WRITE_ZEROES, fua ? Flag.FUA : 0, epoch, offset, length, undefined), fua);
+  }
+
+  discard(epoch: number, offset: number, length: number): Promise<void> {
+    return this.mutation(this.conn.request(this, Opcode.DISCARD, 0, epoch, offset, length, undefined), false);
+  }
+
+  /** The node fdatasyncs every disk holding a chunk of this volume. */
+  flush(epoch: number): Promise<void> {
+    return this.conn.request(this, Opcode.FLUSH, 0, epoch, 0, 0, undefined);
+  }
+
+  /** Raises the volume's epoch on the node, for all its chunks there (persisted before the reply). */
+  fence(epoch: number, generation: number): Promise<void> {
+    return this.conn.request(this, Opcode.FENCE, 0, epoch, 0, 0, undefined, generation);
+  }
+
+  private mutation(p: Promise<void>, fua: boolean): Promise<void> {
+    return p.finally(() => this.noteWritten(fua));
+  }
+}
