@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
@@ -69,4 +70,42 @@ describe('vsky admin commands against a running cluster', () => {
     expect(status.serversActive).toBe(3);
     expect(status.usedBytes).toBe(0);
   });
+
+  it('adds and removes a disk, and refuses to remove a server that holds chunks', async () => {
+    const m = c.managerAddress;
+    const path = join(c.opts.dir, 'node1', 'extra.img');
+    const added = await vskyJson<{ diskId: string; chunkCount: number; serverName: string }>(['disk', 'add', 'node1', path, '--size', '128M'], m);
+    expect(added).toMatchObject({ serverName: 'node1', chunkCount: 128 / 16 - 1 });
+    expect(await vskyJson<unknown[]>(['disk', 'list', '--server', 'node1'], m)).toHaveLength(3);
+    expect((await vsky(['disk', 'remove', added.diskId], m)).exitCode).toBe(0);
+    const after = await vskyJson<{ diskId: string; state: string }[]>(['disk', 'list'], m);
+    expect(after.find((d) => d.diskId === added.diskId)?.state ?? 'removed').toBe('removed');
+
+    expect((await vsky(['volume', 'create', 'pin', '--size', '16M'], m)).exitCode).toBe(0);
+    const refuse = await vsky(['server', 'remove', 'node2'], m);
+    expect(refuse.exitCode).not.toBe(0);
+    expect(String(refuse.stderr)).toMatch(/pin/);
+    expect((await vsky(['volume', 'delete', 'pin'], m)).exitCode).toBe(0);
+  });
+
+  it('marks a silent server failed and active again when it heartbeats', async () => {
+    const m = c.managerAddress;
+    const state = async (): Promise<string | undefined> =>
+      (await vskyJson<{ name: string; state: string }[]>(['server', 'list'], m)).find((s) => s.name === 'node3')?.state;
+    c.nodes[2]!.pause();
+    try {
+      await waitFor(async () => (await state()) === 'failed', 10_000);
+    } finally {
+      c.nodes[2]!.resume();
+    }
+    await waitFor(async () => (await state()) === 'active', 10_000);
+  });
 });
+
+async function waitFor(cond: () => Promise<boolean>, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
