@@ -140,7 +140,7 @@ export class LocalCluster {
       const { volumes } = await call(m, 'ListVolumes', {});
       const existing = volumes.find((v) => v.name === name);
       if (!existing) await call(m, 'CreateVolume', { name, size, replicas, spreadLabel: '' }, 120_000);
-      else if (existing.attachedHead) await call(m, 'DetachVolume', { name, force: true }, 30_000);
+      // Attaching to the head that already holds it re-pushes the map (new epoch).
       const r = await call(m, 'AttachVolume', { name, head: '' }, 30_000);
       return r.nbdUri;
     } finally {

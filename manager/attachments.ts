@@ -27,8 +27,9 @@ export class Attachments {
   async attach(name: string, headRef: string): Promise<VolumeRecord> {
     const head = this.registry.resolveHead(headRef);
     return this.volumes.exclusive(name, async ({ volume, map }) => {
-      if (volume.attachedHead) {
-        if (volume.attachedHead === head.id) return volume; // idempotent
+      // Attaching again to the holder re-pushes the map under a new epoch: the
+      // head may have restarted and lost it (a live head takes it in place).
+      if (volume.attachedHead && volume.attachedHead !== head.id) {
         const holder = this.registry.head(volume.attachedHead);
         throw new ConflictError(`volume ${name} is attached to head ${holder?.name ?? volume.attachedHead}; detach it first (vsky volume detach ${name})`);
       }
@@ -47,6 +48,11 @@ export class Attachments {
         vlog.warn({ epoch, err: errorMessage(err) }, 'head refused or failed the attach; the volume stays detached');
         // The head may have half set it up (or succeeded with a lost reply): best effort to drop it.
         this.peers.head.detach(head.controlAddress, { name, force: true }).catch(() => undefined);
+        if (volume.attachedHead) { // a failed re-attach: the head no longer serves it
+          volume.attachedHead = '';
+          volume.nbdUri = '';
+          await this.volumes.saveVolume(volume);
+        }
         throw err;
       }
       volume.attachedHead = head.id;
@@ -55,6 +61,21 @@ export class Attachments {
       vlog.info({ epoch, nbdUri, head: head.name }, 'volume attached');
       return volume;
     });
+  }
+
+  /**
+   * A head that registers again (it restarted) gets back every volume the
+   * metadata says it holds, each under a new epoch. Failures are logged and
+   * leave the volume recorded as detached, as any failed attach does.
+   */
+  async reattachAll(headId: string, names: string[]): Promise<void> {
+    for (const name of names) {
+      try {
+        await this.attach(name, headId);
+      } catch (err) {
+        log.warn({ headId, volume: name, err: errorMessage(err) }, 're-attach after head restart failed; the volume is now detached');
+      }
+    }
   }
 
   async detach(name: string, force: boolean): Promise<void> {

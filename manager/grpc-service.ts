@@ -35,7 +35,10 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
 
     RegisterHead: unary(async (req) => {
       const h = await registry.registerHead(req);
-      return headView(h, core.attachedTo(h.id));
+      const held = core.attachedTo(h.id);
+      // Reply first (the head is serving by now), then give it its volumes back.
+      if (held.length > 0) setTimeout(() => void core.attachments.reattachAll(h.id, held), 100);
+      return headView(h, held);
     }),
     HeadHeartbeat: unary(async (req) => {
       if (!req.headId) throw new InvalidArgumentError('HeadHeartbeat needs a head_id');

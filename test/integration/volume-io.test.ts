@@ -6,7 +6,7 @@ import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { readEveryReplica } from '../harness/replicas.js';
-import { randomFile, run, sameContent } from '../harness/tools.js';
+import { randomFile, run, sameContent, tryRun } from '../harness/tools.js';
 import { vsky } from '../harness/vsky.js';
 
 // A 3-replica volume of 4 segments behind real NBD clients: nbdcopy in and
@@ -87,6 +87,19 @@ describe('a 3-replica volume with real NBD clients', () => {
       await c.manager.start();
     }
     await c.waitRegistered();
+    const r = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x77 8M 4M', uri]);
+    expect(String(r.stdout)).not.toMatch(/verification failed/);
+  });
+
+  it('a restarted head agent gets its volume back from the manager by itself', async () => {
+    await c.head.restart();
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const r = await tryRun('nbdinfo', ['--size', uri]);
+      if (r.exitCode === 0) break;
+      if (Date.now() > deadline) throw new Error(`volume not re-exported after head restart: ${String(r.stderr)}`);
+      await new Promise((res) => setTimeout(res, 200));
+    }
     const r = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x77 8M 4M', uri]);
     expect(String(r.stdout)).not.toMatch(/verification failed/);
   });

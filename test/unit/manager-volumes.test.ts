@@ -141,7 +141,7 @@ describe('delete, attach, detach', () => {
     return env;
   }
 
-  it('attach grants a new epoch, is idempotent on the same head, refuses another head', async () => {
+  it('attach grants a new epoch, re-pushes to the same head under a newer one, refuses another head', async () => {
     const { core: c, peers } = await withHeads(2);
     await create(c, 'v');
     await expect(c.attachments.attach('v', '')).rejects.toThrow(/2 head agents are registered.*--head/);
@@ -150,13 +150,15 @@ describe('delete, attach, detach', () => {
     const got = peers.heads.get('10.1.0.1:7720')!.attached.get('v')!;
     expect(got.epoch).toBe(1);
     expect(got.req.map!.segments).toHaveLength(3);
-    expect((await c.attachments.attach('v', 'head-0')).epoch).toBe(1);
+    // Attaching again to the holder (it may have restarted) re-pushes under a new epoch.
+    expect((await c.attachments.attach('v', 'head-0')).epoch).toBe(2);
+    expect(peers.heads.get('10.1.0.1:7720')!.attached.get('v')!.epoch).toBe(2);
     await expect(c.attachments.attach('v', 'hv1')).rejects.toThrow(/volume v is attached to head hv0; detach it first/);
     await expect(c.volumes.delete('v')).rejects.toThrow(/attached to head hv0; detach it first/);
     await c.attachments.detach('v', false);
     const b = await c.attachments.attach('v', 'hv1');
-    expect(b.epoch).toBe(2);
-    expect(peers.heads.get('10.1.0.2:7720')!.attached.get('v')!.epoch).toBe(2);
+    expect(b.epoch).toBe(3);
+    expect(peers.heads.get('10.1.0.2:7720')!.attached.get('v')!.epoch).toBe(3);
   });
 
   it('a failed head attach leaves the volume detached but the epoch spent', async () => {
