@@ -1,7 +1,7 @@
 import { MAX_DATA_PAYLOAD } from '../shared/constants.js';
 import { InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../shared/errors.js';
 import type { BlockDevice } from './block-device.js';
-import type { Mirror } from './mirror.js';
+import { MutationTracker, type Mirror } from './mirror.js';
 import { FlushGroup, type Replica } from './replica.js';
 
 // A volume: a linear run of segments of `chunkSize` bytes, each a mirror.
@@ -19,6 +19,8 @@ export interface LinearVolumeOptions {
   epoch: number;
   generation: number;
   segments: Mirror[];
+  /** The tracker the segments' mirrors were built with. */
+  tracker: MutationTracker;
   /** Largest piece sent to one replica (tests lower it). */
   maxPiece?: number;
 }
@@ -28,6 +30,8 @@ export class LinearVolume implements BlockDevice {
   readonly volumeId: number;
   readonly size: number;
   readonly chunkSize: number;
+  /** Mutations in flight (shared with the mirrors). */
+  readonly tracker: MutationTracker;
   private _epoch: number;
   private _generation: number;
   private segments: Mirror[];
@@ -47,6 +51,7 @@ export class LinearVolume implements BlockDevice {
     this._epoch = opts.epoch;
     this._generation = opts.generation;
     this.segments = opts.segments;
+    this.tracker = opts.tracker;
     this.flushGroups = buildFlushGroups(opts.segments);
     this.maxPiece = Math.min(opts.maxPiece ?? MAX_DATA_PAYLOAD, MAX_DATA_PAYLOAD);
   }
@@ -77,7 +82,23 @@ export class LinearVolume implements BlockDevice {
   read(offset: number, length: number): Promise<Buffer> {
     const bad = this.check(offset, length);
     if (bad !== undefined) return Promise.reject(bad);
-    const dest = Buffer.allocUnsafe(length);
+    return this.readPieces(offset, Buffer.allocUnsafe(length));
+  }
+
+  /**
+   * Reads dest.length bytes at `offset` into a caller-owned buffer; resolves
+   * with `dest`. Not in BlockDevice: an export that recycles its reply buffers
+   * can use it to avoid a fresh 64 KiB allocation per read (buffers that live
+   * across ticks are promoted and drive V8 into frequent mark-compacts).
+   */
+  readInto(offset: number, dest: Buffer): Promise<Buffer> {
+    const bad = this.check(offset, dest.length);
+    if (bad !== undefined) return Promise.reject(bad);
+    return this.readPieces(offset, dest);
+  }
+
+  private readPieces(offset: number, dest: Buffer): Promise<Buffer> {
+    const length = dest.length;
     if (length === 0) return Promise.resolve(dest);
     const cs = this.chunkSize;
     const seg = Math.floor(offset / cs);
@@ -93,7 +114,7 @@ export class LinearVolume implements BlockDevice {
       pieces.push(this.segments[s]!.read(so, dest.subarray(pos, pos + n)));
       pos += n;
     }
-    return Promise.all(pieces).then(() => dest);
+    return settleAll(pieces).then(() => dest);
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
@@ -115,7 +136,7 @@ export class LinearVolume implements BlockDevice {
       pieces.push(this.segments[s]!.write(epoch, so, data.subarray(pos, pos + n), fua));
       pos += n;
     }
-    return allVoid(pieces);
+    return settleAll(pieces);
   }
 
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
@@ -135,6 +156,27 @@ export class LinearVolume implements BlockDevice {
    */
   async flush(): Promise<void> {
     if (this.detached) throw this.detachedError();
+    await this.flushNodes();
+  }
+
+  /**
+   * Detach: refuse new requests, wait for the mutations in flight to settle,
+   * then (unless `force`) flush every node. If that flush fails the volume
+   * reopens and the error is thrown (the caller may retry, or force).
+   */
+  async close(force: boolean): Promise<void> {
+    this.detached = true;
+    if (force) return;
+    await this.tracker.idle();
+    try {
+      await this.flushNodes();
+    } catch (err) {
+      this.detached = false;
+      throw err;
+    }
+  }
+
+  private async flushNodes(): Promise<void> {
     const epoch = this._epoch;
     const groups: FlushGroup[] = [];
     const pending: Promise<void>[] = [];
@@ -175,11 +217,6 @@ export class LinearVolume implements BlockDevice {
     this._generation = generation;
   }
 
-  /** After detach every request fails (exports may still hold the object). */
-  markDetached(): void {
-    this.detached = true;
-  }
-
   get isDetached(): boolean {
     return this.detached;
   }
@@ -201,7 +238,7 @@ export class LinearVolume implements BlockDevice {
       pieces.push(fn(this.segments[s]!, epoch, so, n));
       pos += n;
     }
-    return pieces.length === 1 ? pieces[0]! : allVoid(pieces);
+    return pieces.length === 1 ? pieces[0]! : settleAll(pieces);
   }
 
   private check(offset: number, length: number): Error | undefined {
@@ -223,11 +260,16 @@ export class LinearVolume implements BlockDevice {
   }
 }
 
-function allVoid(pieces: Promise<void>[]): Promise<void> {
-  return Promise.all(pieces).then(noop);
+/**
+ * Resolves when every piece succeeded; rejects with the first failure, but
+ * only once every piece has settled: no piece may still be writing into the
+ * caller's buffer, or onto a replica, after the request was answered (a client
+ * retrying a failed write must not race its own earlier pieces).
+ */
+async function settleAll(pieces: Promise<unknown>[]): Promise<void> {
+  const results = await Promise.allSettled(pieces);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
 }
-
-function noop(): void {}
 
 /** One flush group per storage node holding a replica (by data address). */
 function buildFlushGroups(segments: readonly Mirror[]): FlushGroup[] {

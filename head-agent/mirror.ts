@@ -1,5 +1,5 @@
 import { InvalidArgumentError, IoError, StaleEpochError, TransportError, errorMessage } from '../shared/errors.js';
-import type { RequestCallback, RequestTarget } from './node-connection.js';
+import type { RequestCallback, RequestTarget } from './data-request.js';
 import type { Replica } from './replica.js';
 
 // A segment of a volume: a mirror over its K replicas.
@@ -48,6 +48,38 @@ export function mutationFailureError(mirror: Mirror, failures: readonly ReplicaF
   );
 }
 
+/**
+ * Mutations in flight on a volume (shared by its mirrors): detach waits for
+ * them to settle before the final flush, so no acknowledged write is left
+ * out of it.
+ */
+export class MutationTracker {
+  private active = 0;
+  private waiters: (() => void)[] = [];
+
+  get inFlight(): number {
+    return this.active;
+  }
+
+  begin(): void {
+    this.active++;
+  }
+
+  end(): void {
+    if (--this.active === 0 && this.waiters.length > 0) {
+      const waiters = this.waiters;
+      this.waiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** Resolves once nothing is in flight. */
+  idle(): Promise<void> {
+    if (this.active === 0) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+}
+
 /** Read failures worth retrying on another replica (anything but a bad request). */
 function retriable(err: Error): boolean {
   return !(err instanceof InvalidArgumentError);
@@ -77,8 +109,12 @@ class MutationOp implements RequestCallback {
     replica.noteWritten(this.fua);
     if (err !== undefined) (this.failures ??= []).push({ replica, error: err });
     if (--this.remaining !== 0) return;
-    if (this.failures === undefined) this.resolve();
-    else this.mirror.settleFailedMutation(this.failures, this);
+    if (this.failures === undefined) {
+      this.mirror.tracker.end();
+      this.resolve();
+    } else {
+      this.mirror.settleFailedMutation(this.failures, this);
+    }
   }
 }
 
@@ -121,10 +157,14 @@ export class Mirror {
   readonly volumeName: string;
   readonly index: number;
   readonly replicas: readonly Replica[];
+  readonly tracker: MutationTracker;
   private readonly failureHandler: ReplicaFailureHandler;
   private rr = 0;
 
-  constructor(volumeName: string, index: number, replicas: readonly Replica[], failureHandler: ReplicaFailureHandler = rejectOnReplicaFailure) {
+  constructor(
+    volumeName: string, index: number, replicas: readonly Replica[],
+    failureHandler: ReplicaFailureHandler = rejectOnReplicaFailure, tracker: MutationTracker = new MutationTracker(),
+  ) {
     if (replicas.length === 0 || replicas.length > 31) {
       throw new InvalidArgumentError(`segment ${index} of volume ${volumeName} has ${replicas.length} replicas (1..31 supported)`);
     }
@@ -132,6 +172,7 @@ export class Mirror {
     this.index = index;
     this.replicas = replicas;
     this.failureHandler = failureHandler;
+    this.tracker = tracker;
   }
 
   /** Reads dest.length bytes at `offset` within the segment into `dest`; resolves with dest. */
@@ -204,6 +245,7 @@ export class Mirror {
   settleFailedMutation(failures: readonly ReplicaFailure[], op: { resolve(): void; reject(err: Error): void }): void {
     const fenced = failures.find((f) => f.error instanceof StaleEpochError);
     if (fenced !== undefined) {
+      this.tracker.end();
       op.reject(new StaleEpochError(
         `write to volume ${this.volumeName} refused: this head's lease epoch is stale (${errorMessage(fenced.error)})`,
         { volume: this.volumeName, segment: this.index, slot: fenced.replica.slot, node: fenced.replica.address },
@@ -212,12 +254,19 @@ export class Mirror {
     }
     const writable = this.replicas.filter((r) => r.writable).length;
     if (failures.length === writable && failures.every((f) => f.error instanceof InvalidArgumentError)) {
+      this.tracker.end();
       op.reject(failures[0]!.error);
       return;
     }
     this.failureHandler.mutationFailed(this, failures, writable - failures.length).then(
-      () => op.resolve(),
-      (err: unknown) => op.reject(err instanceof Error ? err : new IoError(String(err))),
+      () => {
+        this.tracker.end();
+        op.resolve();
+      },
+      (err: unknown) => {
+        this.tracker.end();
+        op.reject(err instanceof Error ? err : new IoError(String(err)));
+      },
     );
   }
 
@@ -234,7 +283,9 @@ export class Mirror {
   private startMutation(fua: boolean): MutationOp | undefined {
     let count = 0;
     for (const r of this.replicas) if (r.writable) count++;
-    return count === 0 ? undefined : new MutationOp(this, fua, count);
+    if (count === 0) return undefined;
+    this.tracker.begin();
+    return new MutationOp(this, fua, count);
   }
 
   private noWritableReplica(): Promise<void> {

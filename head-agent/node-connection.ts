@@ -1,21 +1,25 @@
 import * as net from 'node:net';
 import { DATA_REQUEST_TIMEOUT_MS, MAX_INFLIGHT_PER_CONNECTION } from '../shared/constants.js';
 import { ProtocolError, TransportError, VskyError, errorMessage } from '../shared/errors.js';
-import { FrameDecoder } from '../shared/frame-decoder.js';
-import { encodeRequestHeader, replyFrameSpec } from '../shared/data-protocol/codec.js';
-import {
-  Opcode, REQUEST_HEADER_SIZE, Status, opcodeName, type ReplyHeader, type RequestHeader,
-} from '../shared/data-protocol/frame.js';
+import { encodeRequestHeader } from '../shared/data-protocol/codec.js';
+import { Opcode, Status, opcodeName, type ReplyHeader } from '../shared/data-protocol/frame.js';
 import { parseHostPort } from '../shared/units.js';
 import { isTraced, moduleLogger, type Logger } from '../shared/logger.js';
+import {
+  PendingPool, PromiseCallback, RequestQueue, callDone, type PendingRequest, type RequestCallback, type RequestTarget,
+} from './data-request.js';
+import { ReplyReader } from './reply-reader.js';
+
+export type { RequestCallback, RequestTarget } from './data-request.js';
 
 // One pipelined TCP connection from this head to one storage node's data port,
 // shared by every volume with a chunk on that node. Requests are matched to
 // replies by request id (the node may answer out of order). The hot path is
-// allocation-light: pending-request objects (each with its own 40-byte header
-// buffer) are recycled, header and payload go out between cork()/uncork(), and
-// a READ reply that spans socket chunks is assembled straight into the
-// caller's destination buffer by the decoder's allocator.
+// allocation-light: pending-request entries (each with its own 40-byte header
+// buffer) are recycled, header and payload go out corked (a burst of requests
+// in one writev), replies are read into one reused buffer, and a READ reply
+// that spans socket reads is assembled straight into the caller's destination
+// (reply-reader.ts).
 //
 // Failure model (longhorn dataconn style): any transport error, protocol error,
 // close or stalled request fails the whole connection, and with it every
@@ -24,23 +28,6 @@ import { isTraced, moduleLogger, type Logger } from '../shared/logger.js';
 // a mirror can retry a read elsewhere without waiting.
 
 const TRACE = 'head-connection';
-
-/** Who a request is for: the chunk address, and how to turn a reply status into an error. */
-export interface RequestTarget {
-  readonly volumeId: number;
-  readonly segment: number;
-  readonly slot: number;
-  /** Builds the typed error for a non-OK reply (called once per failed request). */
-  replyError(opcode: number, status: number, message: string): Error;
-}
-
-/**
- * Completion of a submitted request. Preallocated per I/O by the caller (no
- * closure per request). Called exactly once, never synchronously from submit().
- */
-export interface RequestCallback {
-  requestDone(target: RequestTarget, err: Error | undefined): void;
-}
 
 export interface NodeConnectionOptions {
   /** A request unanswered this long fails the connection. */
@@ -68,47 +55,10 @@ const DEFAULTS = {
 
 /** The stall timer ticks this many times per request timeout. */
 const TICKS_PER_TIMEOUT = 4;
-const MAX_POOLED = 1024;
+/** One socket read fetches up to this much (several pipelined replies at once). */
+const RECEIVE_BUFFER_SIZE = 512 * 1024;
 
 type State = 'idle' | 'connecting' | 'open' | 'backoff' | 'closed';
-
-class Pending implements RequestHeader {
-  opcode = 0;
-  flags = 0;
-  slot = 0;
-  requestId = 0;
-  volumeId = 0;
-  segment = 0;
-  epoch = 0;
-  offset = 0;
-  length = 0;
-  generation = 0;
-  /** WRITE: the payload; READ: the destination (exactly `length` bytes). */
-  data: Buffer | undefined = undefined;
-  target: RequestTarget | undefined = undefined;
-  callback: RequestCallback | undefined = undefined;
-  sentTick = 0;
-  readonly header = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
-}
-
-/** Adapts the callback API to a promise for control-path requests (fence, flush). */
-class PromiseCallback implements RequestCallback {
-  resolve!: () => void;
-  reject!: (err: Error) => void;
-  readonly promise = new Promise<void>((resolve, reject) => {
-    this.resolve = resolve;
-    this.reject = reject;
-  });
-
-  requestDone(_target: RequestTarget, err: Error | undefined): void {
-    if (err === undefined) this.resolve();
-    else this.reject(err);
-  }
-}
-
-function callDone(cb: RequestCallback, target: RequestTarget, err: Error): void {
-  cb.requestDone(target, err);
-}
 
 export class NodeConnection {
   readonly address: string;
@@ -120,14 +70,16 @@ export class NodeConnection {
 
   private state: State = 'idle';
   private socket: net.Socket | undefined;
-  private decoder: FrameDecoder<ReplyHeader> | undefined;
+  private reader: ReplyReader | undefined;
+  /** Reused for every socket read (see reply-reader.ts). */
+  private receiveBuffer: Buffer | undefined;
   /** Sent, awaiting reply, in send order (Map keeps insertion order: first = oldest). */
-  private readonly inflight = new Map<number, Pending>();
-  /** Waiting to be sent: a deque (array + head index). */
-  private queue: Pending[] = [];
-  private queueHead = 0;
-  private readonly free: Pending[] = [];
+  private readonly inflight = new Map<number, PendingRequest>();
+  private readonly queue = new RequestQueue();
+  private readonly pool = new PendingPool();
   private nextRequestId = 1;
+  /** The socket corked until the next tick (see corkUntilTick). */
+  private corked: net.Socket | undefined;
   /** socket.write() returned false: wait for 'drain'. */
   private blocked = false;
   private timer: NodeJS.Timeout | undefined;
@@ -153,12 +105,13 @@ export class NodeConnection {
 
   /** Requests sent or queued and not yet answered: the load measure reads balance on. */
   get outstanding(): number {
-    return this.inflight.size + this.queue.length - this.queueHead;
+    return this.inflight.size + this.queue.size;
   }
 
   /** False while in back-off after a failure (requests now would fail fast). */
   get available(): boolean {
-    return this.state !== 'closed' && !(this.state === 'backoff' && Date.now() < this.retryAt);
+    if (this.state === 'backoff') return Date.now() >= this.retryAt;
+    return this.state !== 'closed';
   }
 
   get connected(): boolean {
@@ -186,7 +139,7 @@ export class NodeConnection {
         return;
       }
     }
-    const p = this.free.pop() ?? new Pending();
+    const p = this.pool.take();
     p.opcode = opcode;
     p.flags = flags;
     p.slot = target.slot;
@@ -199,15 +152,14 @@ export class NodeConnection {
     p.data = data;
     p.target = target;
     p.callback = callback;
-    if (this.state === 'open' && !this.blocked && this.inflight.size < this.opts.maxInflight && this.queueHead === this.queue.length) {
+    if (this.state === 'open' && !this.blocked && this.inflight.size < this.opts.maxInflight && this.queue.size === 0) {
       const socket = this.socket!;
-      socket.cork();
+      this.corkUntilTick(socket);
       this.send(socket, p);
-      socket.uncork();
       return;
     }
-    if (this.queue.length - this.queueHead >= this.opts.maxQueued) {
-      this.release(p);
+    if (this.queue.size >= this.opts.maxQueued) {
+      this.pool.release(p);
       const err = new TransportError(`too many requests queued for storage node ${this.address} (${this.opts.maxQueued})`, { node: this.address });
       process.nextTick(callDone, callback, target, err);
       return;
@@ -260,14 +212,15 @@ export class NodeConnection {
     this.state = 'connecting';
     this.blocked = false;
     this.connectTick = this.tick;
-    this.decoder = new FrameDecoder(replyFrameSpec, this.allocate);
+    this.reader = new ReplyReader(this.allocate, this.complete);
+    this.receiveBuffer ??= Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
     const socket = net.connect({
       host: this.host, port: this.port, noDelay: true, keepAlive: true, writableHighWaterMark: this.opts.writeHighWaterMark,
+      onread: { buffer: this.receiveBuffer, callback: this.onRead },
     } as net.NetConnectOpts);
     this.socket = socket;
     socket.setNoDelay(true);
     socket.on('connect', this.onConnect);
-    socket.on('data', this.onData);
     socket.on('drain', this.onDrain);
     socket.on('error', this.onError);
     socket.on('close', this.onClose);
@@ -287,25 +240,34 @@ export class NodeConnection {
   private pump(): void {
     const socket = this.socket;
     if (socket === undefined || this.state !== 'open') return;
-    if (this.queueHead === this.queue.length) return;
-    socket.cork();
-    while (!this.blocked && this.queueHead < this.queue.length && this.inflight.size < this.opts.maxInflight) {
-      const p = this.queue[this.queueHead]!;
-      this.queue[this.queueHead++] = undefined as unknown as Pending;
-      this.send(socket, p);
-    }
-    socket.uncork();
-    if (this.queueHead === this.queue.length) {
-      this.queue.length = 0;
-      this.queueHead = 0;
-    } else if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
-      this.queue = this.queue.slice(this.queueHead);
-      this.queueHead = 0;
+    if (this.queue.size === 0) return;
+    this.corkUntilTick(socket);
+    while (!this.blocked && this.queue.size > 0 && this.inflight.size < this.opts.maxInflight) {
+      this.send(socket, this.queue.shift());
     }
   }
 
-  /** Writes one request (caller corks). */
-  private send(socket: net.Socket, p: Pending): void {
+  /**
+   * Corks the socket until the current tick's work (this callback and the
+   * promise continuations it triggers, which submit the next requests) is
+   * done: every request of a burst then leaves in one writev syscall instead
+   * of one syscall each.
+   */
+  private corkUntilTick(socket: net.Socket): void {
+    if (this.corked !== undefined) return;
+    socket.cork();
+    this.corked = socket;
+    process.nextTick(this.uncork);
+  }
+
+  private readonly uncork = (): void => {
+    const socket = this.corked;
+    this.corked = undefined;
+    if (socket !== undefined && !socket.destroyed) socket.uncork();
+  };
+
+  /** Writes one request (the socket is corked). */
+  private send(socket: net.Socket, p: PendingRequest): void {
     let id = this.nextRequestId;
     while (this.inflight.has(id)) id = (id + 1) >>> 0;
     this.nextRequestId = (id + 1) >>> 0;
@@ -336,23 +298,23 @@ export class NodeConnection {
     return p !== undefined && p.opcode === Opcode.READ && p.length === length ? p.data : undefined;
   };
 
-  private readonly onData = (chunk: Buffer): void => {
-    const decoder = this.decoder!;
-    decoder.push(chunk);
+  /** net's onread callback: one socket read, in the reused receive buffer. */
+  private readonly onRead = (nread: number, buf: Uint8Array): boolean => {
+    const reader = this.reader;
+    if (reader === undefined) return false;
     try {
-      for (let frame = decoder.next(); frame !== undefined; frame = decoder.next()) {
-        this.complete(frame.header, frame.payload);
-        // A completion may have failed this connection (protocol error).
-        if (this.decoder !== decoder) return;
-      }
+      reader.feed((buf as Buffer).subarray(0, nread));
     } catch (err) {
       this.fail(err instanceof VskyError ? err : new ProtocolError(`storage node ${this.address}: ${errorMessage(err)}`));
-      return;
+      return false;
     }
+    if (this.reader !== reader) return false;
     this.pump();
+    return true;
   };
 
-  private complete(h: ReplyHeader, payload: Buffer | undefined): void {
+  /** One reply: match it to its request, check it, complete the request. Throws ProtocolError. */
+  private readonly complete = (h: ReplyHeader, payload: Buffer | undefined): void => {
     const p = this.inflight.get(h.requestId);
     if (p === undefined) {
       throw new ProtocolError(`storage node ${this.address} replied to unknown request id ${h.requestId}`, { requestId: h.requestId });
@@ -377,17 +339,10 @@ export class NodeConnection {
     this.inflight.delete(h.requestId);
     const cb = p.callback!;
     const target = p.target!;
-    this.release(p);
+    this.pool.release(p);
     if (this.traced) this.log.debug({ id: h.requestId, status: h.status }, 'reply');
     cb.requestDone(target, err);
-  }
-
-  private release(p: Pending): void {
-    p.data = undefined;
-    p.target = undefined;
-    p.callback = undefined;
-    if (this.free.length < MAX_POOLED) this.free.push(p);
-  }
+  };
 
   private readonly onError = (err: Error): void => {
     this.fail(new TransportError(`connection to storage node ${this.address} failed: ${err.message}`, { node: this.address }, { cause: err }));
@@ -395,7 +350,7 @@ export class NodeConnection {
 
   private readonly onClose = (): void => {
     if (this.state === 'closed' || this.socket === undefined) return;
-    if (this.inflight.size === 0 && this.queueHead === this.queue.length && this.state === 'open') {
+    if (this.inflight.size === 0 && this.queue.size === 0 && this.state === 'open') {
       // Idle close (node restarted, idle timeout): reconnect on the next request without back-off.
       this.teardown(undefined, 'idle');
       return;
@@ -422,29 +377,26 @@ export class NodeConnection {
     this.state = next;
     const socket = this.socket;
     this.socket = undefined;
-    this.decoder = undefined;
+    this.reader?.stop();
+    this.reader = undefined;
+    this.corked = undefined;
     this.blocked = false;
     this.stopTimer();
     if (socket !== undefined) {
       socket.removeListener('connect', this.onConnect);
-      socket.removeListener('data', this.onData);
       socket.removeListener('drain', this.onDrain);
       socket.removeListener('close', this.onClose);
       socket.removeListener('error', this.onError);
       socket.on('error', ignore);
       socket.destroy();
     }
-    const failed: Pending[] = [];
-    for (const p of this.inflight.values()) failed.push(p);
+    const failed = [...this.inflight.values(), ...this.queue.takeAll()];
     this.inflight.clear();
-    for (let i = this.queueHead; i < this.queue.length; i++) failed.push(this.queue[i]!);
-    this.queue = [];
-    this.queueHead = 0;
     const reason = err ?? new TransportError(`connection to storage node ${this.address} closed`, { node: this.address });
     for (const p of failed) {
       const cb = p.callback!;
       const target = p.target!;
-      this.release(p);
+      this.pool.release(p);
       cb.requestDone(target, reason);
     }
   }
@@ -469,7 +421,7 @@ export class NodeConnection {
       return;
     }
     if (this.inflight.size === 0) return;
-    const oldest = this.inflight.values().next().value as Pending;
+    const oldest = this.inflight.values().next().value as PendingRequest;
     if (this.tick - oldest.sentTick >= limit) {
       this.fail(new TransportError(
         `storage node ${this.address} did not answer ${opcodeName(oldest.opcode)} request ${oldest.requestId} within ${this.opts.requestTimeoutMs} ms`,

@@ -1,6 +1,7 @@
 import { InvalidArgumentError, IoError, StaleEpochError, type VskyError } from '../shared/errors.js';
 import { Flag, Opcode, Status, opcodeName, statusName } from '../shared/data-protocol/frame.js';
-import type { NodeConnection, RequestCallback, RequestTarget } from './node-connection.js';
+import type { RequestCallback, RequestTarget } from './data-request.js';
+import type { NodeConnection } from './node-connection.js';
 
 // One replica of one segment: a chunk on a storage node, addressed on the wire
 // by (volume id, segment index, replica slot). It speaks through the node's

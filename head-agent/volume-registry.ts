@@ -6,7 +6,7 @@ import { parseHostPort } from '../shared/units.js';
 import type { VolumeMap__Output } from '../proto/generated/vsky/common/VolumeMap.js';
 import type { ExportRegistry } from './block-device.js';
 import { LinearVolume } from './linear-volume.js';
-import { Mirror, rejectOnReplicaFailure, type ReplicaFailureHandler } from './mirror.js';
+import { Mirror, MutationTracker, rejectOnReplicaFailure, type ReplicaFailureHandler } from './mirror.js';
 import type { NodePool } from './node-pool.js';
 import { REPLICA_STATES, Replica, type ReplicaState } from './replica.js';
 
@@ -103,7 +103,8 @@ export class VolumeRegistry implements ExportRegistry {
         throw new ConflictError(`volume ${map.name} changed size or chunk size while attached; detach and attach again`, { volume: map.name });
       }
     }
-    const segments = this.buildSegments(map);
+    const tracker = existing?.tracker ?? new MutationTracker();
+    const segments = this.buildSegments(map, tracker);
     await this.fence(map, segments, epoch);
     if (existing !== undefined) {
       existing.reconfigure(segments, epoch, map.generation);
@@ -112,7 +113,7 @@ export class VolumeRegistry implements ExportRegistry {
     }
     const volume = new LinearVolume({
       name: map.name, volumeId: map.volumeId, size: map.size, chunkSize: map.chunkSize,
-      epoch, generation: map.generation, segments, maxPiece: this.maxPiece,
+      epoch, generation: map.generation, segments, tracker, maxPiece: this.maxPiece,
     });
     this.volumes.set(map.name, volume);
     this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, segments: segments.length }, 'volume attached');
@@ -122,20 +123,19 @@ export class VolumeRegistry implements ExportRegistry {
   private async doDetach(name: string, force: boolean): Promise<void> {
     const volume = this.volumes.get(name);
     if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
-    if (!force) await volume.flush();
-    volume.markDetached();
+    await volume.close(force);
     this.volumes.delete(name);
     this.log.info({ volume: name, force }, 'volume detached');
   }
 
-  private buildSegments(map: VolumeMap): Mirror[] {
+  private buildSegments(map: VolumeMap, tracker: MutationTracker): Mirror[] {
     const bySegment = [...map.segments].sort((a, b) => a.index - b.index);
     return bySegment.map((seg) => {
       const replicas = [...seg.replicas].sort((a, b) => a.slot - b.slot).map((loc) => new Replica(this.pool.get(loc.dataAddress), {
         volumeId: map.volumeId, volumeName: map.name, segment: seg.index, slot: loc.slot,
         state: replicaState(loc.state), serverId: loc.serverId, diskId: loc.diskId,
       }));
-      return new Mirror(map.name, seg.index, replicas, this.failureHandler);
+      return new Mirror(map.name, seg.index, replicas, this.failureHandler, tracker);
     });
   }
 

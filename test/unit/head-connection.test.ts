@@ -2,8 +2,10 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { afterEach, describe, expect, it } from 'vitest';
 import { NodeConnection, type RequestTarget } from '../../head-agent/node-connection.js';
 import { Replica } from '../../head-agent/replica.js';
+import { NodePool } from '../../head-agent/node-pool.js';
+import { VolumeRegistry } from '../../head-agent/volume-registry.js';
 import { encodeReplyHeader, requestFrameSpec } from '../../shared/data-protocol/codec.js';
-import { Opcode, REPLY_HEADER_SIZE, Status, type RequestHeader } from '../../shared/data-protocol/frame.js';
+import { Flag, Opcode, REPLY_HEADER_SIZE, Status, type RequestHeader } from '../../shared/data-protocol/frame.js';
 import { InvalidArgumentError, IoError, StaleEpochError, TransportError } from '../../shared/errors.js';
 import { FrameDecoder } from '../../shared/frame-decoder.js';
 
@@ -161,6 +163,34 @@ describe('NodeConnection', () => {
     expect(backing.subarray(4096 + data.length).every((b) => b === 0)).toBe(true);
   });
 
+  it('reassembles replies split anywhere across socket reads, mid-header included', async () => {
+    const { node, conn } = await setup({ swallow: () => true });
+    const t = target();
+    const sizes = [5, 40, 1, 3000, 17, 0, 64, 2];
+    const dests = sizes.map((n) => Buffer.alloc(n));
+    const pending = sizes.map((n, i) => (n === 0
+      ? conn.request(t, Opcode.WRITE, 0, 1, 0, 0, Buffer.alloc(0))
+      : conn.request(t, Opcode.READ, 0, 0, i, n, dests[i]!)));
+    while (node.seen.length < sizes.length) await new Promise((r) => setTimeout(r, 5));
+    // All replies in reverse order, as one byte stream.
+    const parts: Buffer[] = [];
+    for (let i = sizes.length - 1; i >= 0; i--) {
+      const body = sizes[i] === 0 ? Buffer.alloc(0) : pattern(sizes[i]!, i + 1);
+      parts.push(encodeReplyHeader({ requestId: node.seen[i]!.requestId, status: 0, length: body.length }, Buffer.alloc(REPLY_HEADER_SIZE)), body);
+    }
+    const stream = Buffer.concat(parts);
+    const sock = [...node.sockets][0]!;
+    // Pieces of 1..23 bytes, each its own socket read on the head (a pause between them).
+    for (let at = 0, k = 0; at < stream.length; k++) {
+      const n = Math.min(stream.length - at, 1 + ((k * 7) % 23));
+      sock.write(stream.subarray(at, at + n));
+      at += n;
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    await Promise.all(pending);
+    dests.forEach((d, i) => expect(d.equals(sizes[i] === 0 ? Buffer.alloc(0) : pattern(sizes[i]!, i + 1))).toBe(true));
+  });
+
   it('encodes every header field of the request', async () => {
     const { node, conn } = await setup();
     await conn.request(target(9, 4, 2), Opcode.FENCE, 0, 77, 0, 0, undefined, 12);
@@ -272,5 +302,53 @@ describe('NodeConnection', () => {
     await conn.close();
     await expect(p).rejects.toBeInstanceOf(TransportError);
     await expect(conn.request(target(), Opcode.PING, 0, 0, 0, 0, undefined)).rejects.toThrow(/closed/);
+  });
+});
+
+describe('volume over scripted nodes: what goes on the wire', () => {
+  it('fences each node once, sends FUA through, and FLUSHes each node only when it has unflushed writes', async () => {
+    const fakes = [new FakeNode(), new FakeNode(), new FakeNode()];
+    nodes.push(...fakes);
+    const addrs = await Promise.all(fakes.map((f) => f.listen()));
+    const pool = new NodePool();
+    const reg = new VolumeRegistry({ pool });
+    const segments = [0, 1].map((index) => ({
+      index,
+      replicas: addrs.map((dataAddress, slot) => ({ slot, serverId: `s${slot}`, dataAddress, diskId: `d${slot}`, chunkIndex: index, state: 'in_sync' })),
+    }));
+    try {
+      const vol = await reg.attach({ volumeId: 3, name: 'w', size: 2 * CHUNK, chunkSize: CHUNK, replicas: 3, generation: 9, segments }, 7);
+      const ops = (f: FakeNode, op: number) => f.seen.filter((h) => h.opcode === op);
+      for (const f of fakes) expect(ops(f, Opcode.FENCE).map((h) => [h.epoch, h.generation])).toEqual([[7, 9]]);
+      // The attach's FENCE leaves every node "dirty" (conservative): the first flush reaches all.
+      await vol.flush();
+      for (const f of fakes) expect(ops(f, Opcode.FLUSH)).toHaveLength(1);
+      await vol.flush();
+      for (const f of fakes) expect(ops(f, Opcode.FLUSH)).toHaveLength(1);
+      // FUA writes: FUA on every replica, nothing left to flush.
+      await vol.write(CHUNK - 100, Buffer.alloc(200, 1), true);
+      for (const f of fakes) {
+        const w = ops(f, Opcode.WRITE);
+        expect(w.map((h) => [h.segment, h.offset, h.length, h.flags & Flag.FUA, h.epoch])).toEqual([[0, CHUNK - 100, 100, 1, 7], [1, 0, 100, 1, 7]]);
+      }
+      await vol.flush();
+      for (const f of fakes) expect(ops(f, Opcode.FLUSH)).toHaveLength(1);
+      // A plain write: the next flush reaches every node holding a replica, once.
+      await vol.write(10, Buffer.alloc(10, 2), false);
+      await vol.flush();
+      for (const f of fakes) expect(ops(f, Opcode.FLUSH)).toHaveLength(2);
+      await vol.writeZeroes(0, 4096, false);
+      await vol.discard(8192, 4096);
+      await vol.flush();
+      for (const f of fakes) {
+        expect(ops(f, Opcode.FLUSH)).toHaveLength(3);
+        expect(ops(f, Opcode.WRITE_ZEROES).map((h) => [h.offset, h.length, h.epoch])).toEqual([[0, 4096, 7]]);
+        expect(ops(f, Opcode.DISCARD).map((h) => [h.offset, h.length, h.epoch])).toEqual([[8192, 4096, 7]]);
+      }
+      expect(pool.size).toBe(3);
+      expect(fakes.map((f) => f.connections)).toEqual([1, 1, 1]);
+    } finally {
+      await pool.close();
+    }
   });
 });

@@ -13,7 +13,7 @@ import { MiB } from '../../shared/constants.js';
 import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
 import type { AttachVolumeReply__Output } from '../../proto/generated/vsky/head/AttachVolumeReply.js';
 import type { AttachedList__Output } from '../../proto/generated/vsky/head/AttachedList.js';
-import type { VolumeMap } from '../../proto/generated/vsky/common/VolumeMap.js';
+import type { VolumeMap } from '../../head-agent/volume-registry.js';
 
 // The head-agent daemon: its stable id, the gRPC control service (Attach
 // answers with the nbd:// URI, fenced nodes, ListAttached, Detach), a real NBD
@@ -99,9 +99,14 @@ describe('head-agent daemon', () => {
     expect(data.subarray(MiB - 1, MiB)[0]).not.toBe(0x6b);
   });
 
-  it('detach flushes and unregisters', async () => {
+  it('detach waits for writes in flight, flushes and unregisters', async () => {
     const vol = head!.registry.lookup('vol-d')!;
-    await call(client, client.Detach, { name: 'vol-d', force: false });
+    let settled = 0;
+    const writes = Array.from({ length: 8 }, (_, i) => vol.write(i * 65536, Buffer.alloc(65536, i), false).then(() => { settled++; }));
+    await head!.registry.detach('vol-d');
+    // Detach waited for the writes in flight (then flushed them).
+    expect(settled).toBe(8);
+    await Promise.all(writes);
     expect(head!.registry.lookup('vol-d')).toBeUndefined();
     await expect(vol.write(0, Buffer.alloc(1), false)).rejects.toThrow(/detached/);
     const list = await call<object, AttachedList__Output>(client, client.ListAttached, {});
@@ -124,7 +129,11 @@ describe('head-agent daemon', () => {
       managerAddress: `127.0.0.1:${port}`, heartbeatIntervalMs: 50,
     });
     try {
-      await new Promise((r) => setTimeout(r, 400)); // manager down: the head keeps going
+      // Manager down: the head keeps going, attaches and serves I/O.
+      const vol = await h.registry.attach(map, 5);
+      await vol.write(4096, Buffer.alloc(4096, 0x42), true);
+      expect((await vol.read(4096, 4096)).every((b) => b === 0x42)).toBe(true);
+      await new Promise((r) => setTimeout(r, 300));
       const server = new grpc.Server();
       const notImplemented = (_c: unknown, cb: grpc.sendUnaryData<unknown>) => cb({ code: grpc.status.UNIMPLEMENTED });
       const impl: Record<string, unknown> = {};

@@ -6,6 +6,8 @@ import { startStorageNode, type StorageNodeHandle } from '../../storage-node/dae
 import { NodePool } from '../../head-agent/node-pool.js';
 import { VolumeRegistry, type VolumeMap } from '../../head-agent/volume-registry.js';
 import type { LinearVolume } from '../../head-agent/linear-volume.js';
+import { Mirror, type ReplicaFailure, type ReplicaFailureHandler } from '../../head-agent/mirror.js';
+import { Replica } from '../../head-agent/replica.js';
 import { call, storageNodeClient } from '../../shared/grpc.js';
 import { InvalidArgumentError, IoError, StaleEpochError } from '../../shared/errors.js';
 import { MiB } from '../../shared/constants.js';
@@ -166,6 +168,13 @@ describe('head I/O engine over real storage nodes', () => {
     }
     const whole = await volA.read(0, SIZE);
     expect(whole.equals(model)).toBe(true);
+    // readInto: a caller-owned slice, filled across a boundary, nothing outside it touched.
+    const backing = Buffer.alloc(300_000, 0xcc);
+    const view = backing.subarray(100, 200_100);
+    expect(await volA.readInto(CHUNK - 100_000, view)).toBe(view);
+    expect(view.equals(model.subarray(CHUNK - 100_000, CHUNK + 100_000))).toBe(true);
+    expect(backing[99]).toBe(0xcc);
+    expect(backing[200_100]).toBe(0xcc);
   });
 
   it('write-zeroes and discard across a boundary read back as zeros', async () => {
@@ -211,6 +220,48 @@ describe('head I/O engine over real storage nodes', () => {
     await Promise.all(Array.from({ length: 300 }, (_, i) => volA.read(CHUNK + ((i * 8192) % CHUNK), 8192)));
     const qd = countByNode();
     for (const n of qd.values()) expect(n).toBeGreaterThan(50);
+  });
+
+  it('retries a read that fails on one replica (node error) on another', async () => {
+    const seg = volA.segment(0);
+    const good = seg.replicas.filter((r) => r.slot !== 0);
+    const src = seg.replicas.find((r) => r.slot === 0)!;
+    // Same node, but an address the node holds no chunk for: every read there gets NO_CHUNK.
+    const bad = new Replica(src.conn, { volumeId: VOLUME_ID, volumeName: 'vol-a', segment: 99, slot: 0, state: 'in_sync', serverId: '', diskId: '' });
+    const mirror = new Mirror('vol-a', 0, [bad, ...good]);
+    for (let i = 0; i < 12; i++) {
+      const got = await mirror.read(i * 4096, Buffer.alloc(4096));
+      expect(got.equals(model.subarray(i * 4096, (i + 1) * 4096))).toBe(true);
+    }
+    expect(bad.reads).toBe(0);
+    // Only bad replicas: the read fails with IoError naming each.
+    const alone = new Mirror('vol-a', 0, [bad]);
+    await expect(alone.read(0, Buffer.alloc(16))).rejects.toThrow(/failed on every in-sync replica.*NO_CHUNK/);
+  });
+
+  it('a write failing on one replica is decided by the ReplicaFailureHandler seam', async () => {
+    const seg = volA.segment(0);
+    const src = seg.replicas.find((r) => r.slot === 0)!;
+    const bad = new Replica(src.conn, { volumeId: VOLUME_ID, volumeName: 'vol-a', segment: 99, slot: 0, state: 'in_sync', serverId: '', diskId: '' });
+    const good = seg.replicas.filter((r) => r.slot !== 0);
+    const seen: { failures: readonly ReplicaFailure[]; succeeded: number }[] = [];
+    const degrade: ReplicaFailureHandler = {
+      async mutationFailed(_m, failures, succeeded) {
+        seen.push({ failures, succeeded });
+      },
+    };
+    const data = fill(4096, 555);
+    await new Mirror('vol-a', 0, [bad, ...good], degrade).write(volA.epoch, 8192, data, false);
+    expect(seen).toHaveLength(1);
+    expect(seen[0]!.succeeded).toBe(2);
+    expect(seen[0]!.failures.map((f) => f.replica)).toEqual([bad]);
+    expect((await readReplicaDirect(volA, 1, 8192, 4096)).equals(data)).toBe(true);
+    // Slot 0 missed that write (a later issue marks it stale first): repair it through the volume.
+    await volA.write(8192, data, false);
+    data.copy(model, 8192);
+    // The default handler fails the write, naming the replica.
+    await expect(new Mirror('vol-a', 0, [bad, ...good]).write(volA.epoch, 8192, data, false))
+      .rejects.toThrow(/failed on 1 replica\(s\): replica 0 of segment 99/);
   });
 
   it('keeps one pooled connection per node across volumes', () => {
