@@ -25,6 +25,12 @@ async function runDaemon(name: string, level: string | undefined, start: (log: L
     process.stderr.write(`vsky ${name}: ${errorMessage(err)}\n`);
     process.exit(1);
   }
+  if (!log.isLevelEnabled('info')) {
+    // Launchers wait for the ready line (with the bound addresses); it must
+    // not depend on the log level.
+    const fields = Object.fromEntries(Object.entries(handle as object).filter(([, v]) => typeof v === 'string'));
+    process.stdout.write(`${JSON.stringify({ level: 30, time: new Date().toISOString(), component: name, msg: 'ready', ...fields })}\n`);
+  }
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;

@@ -47,12 +47,12 @@ async function measure(target: Target): Promise<Map<string, FioResult>> {
 }
 
 function fmt(job: string, r: FioResult): string {
-  if (job.includes('QD1')) return `p50 ${r.p50us.toFixed(0)} us, p99 ${r.p99us.toFixed(0)} us`;
+  if (job.endsWith('QD1')) return `p50 ${r.p50us.toFixed(0)} us, p99 ${r.p99us.toFixed(0)} us`;
   return job.startsWith('64K') ? `${r.mibps.toFixed(0)} MiB/s` : `${r.iops.toFixed(0)} IOPS`;
 }
 
 function ratio(job: string, ours: FioResult, peer: FioResult): string {
-  if (job.includes('QD1')) return `${(peer.p50us / ours.p50us).toFixed(2)}x`;
+  if (job.endsWith('QD1')) return `${(peer.p50us / ours.p50us).toFixed(2)}x`;
   return job.startsWith('64K') ? `${(ours.mibps / peer.mibps).toFixed(2)}x` : `${(ours.iops / peer.iops).toFixed(2)}x`;
 }
 
@@ -97,6 +97,7 @@ async function main(): Promise<void> {
     await cluster.stop();
     rmSync(dir, { recursive: true, force: true });
   }
+  process.env.VSKY_LOG_LEVEL = 'warn'; // the scale bench's manager logs every load
   try {
     const { runManagerScaleBench } = await import('./manager-scale.js');
     console.log('\nmanager scale:', JSON.stringify(await runManagerScaleBench(), null, 2));
