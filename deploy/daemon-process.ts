@@ -34,6 +34,8 @@ export class DaemonProcess {
   readonly logPath: string;
   /** Extra environment for the next start (e.g. crash points); change it between restarts. */
   env: NodeJS.ProcessEnv;
+  /** Extra node flags for the next start, e.g. ['--cpu-prof']. */
+  nodeArgs: string[] = [];
   private child: ChildProcess | undefined;
   private log: WriteStream | undefined;
   private exited: Promise<number | null> = Promise.resolve(null);
@@ -52,7 +54,7 @@ export class DaemonProcess {
   /** Spawns the daemon and resolves once it logged "ready" (rejects if it exits or times out first). */
   start(timeoutMs = 20_000): Promise<ReadyInfo> {
     this.log = createWriteStream(this.logPath, { flags: 'a' });
-    const child = spawn(process.execPath, [vskyEntry(), ...this.args], {
+    const child = spawn(process.execPath, [...this.nodeArgs, vskyEntry(), ...this.args], {
       env: { ...process.env, ...this.env }, stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.child = child;

@@ -31,6 +31,8 @@ export interface LocalClusterOptions {
   logLevel?: string;
   /** Extra environment per daemon name ("manager", "node1", "head"), e.g. fault injection. */
   env?: Record<string, NodeJS.ProcessEnv>;
+  /** Extra node flags per daemon name, e.g. { head: ['--cpu-prof'] } for profiling. */
+  nodeArgs?: Record<string, string[]>;
 }
 
 export const LOCAL_CLUSTER_DEFAULTS: Omit<LocalClusterOptions, 'dir'> = {
@@ -63,6 +65,7 @@ export class LocalCluster {
     ], join(logs, 'manager.log'), opts.env?.manager);
     this.nodes = Array.from({ length: opts.servers }, (_, i) => this.nodeProcess(i, logs));
     this.head = new DaemonProcess('head', [], join(logs, 'head.log'), opts.env?.head);
+    for (const d of [this.manager, this.head, ...this.nodes]) d.nodeArgs = opts.nodeArgs?.[d.name] ?? [];
   }
 
   private logArgs(): string[] {

@@ -8,6 +8,7 @@
 import type { Socket } from 'node:net';
 import type { BlockDevice } from '../block-device.js';
 import { FrameDecoder } from '../../shared/frame-decoder.js';
+import { BufferPool, COMMON_IO_SIZES } from '../../shared/buffer-pool.js';
 import { errorMessage } from '../../shared/errors.js';
 import { isTraced, type Logger } from '../../shared/logger.js';
 import { REQUEST_SPEC, handleText, type RequestHeader } from './codec.js';
@@ -17,6 +18,9 @@ import {
 } from './constants.js';
 import { nbdErrorFor } from './error-map.js';
 import { ReplyWriter } from './reply-writer.js';
+
+/** I/O buffers shared by every NBD connection of this process. */
+const ioBuffers = new BufferPool(COMMON_IO_SIZES);
 
 export interface NbdConnectionOptions {
   socket: Socket;
@@ -57,7 +61,9 @@ export class NbdConnection {
   private readonly trace: boolean;
   private readonly maxInFlight: number;
   private readonly maxInFlightBytes: number;
-  private readonly decoder = new FrameDecoder(REQUEST_SPEC);
+  // Spanning WRITE payloads are assembled in pooled buffers, recycled once the engine is done with them.
+  private readonly decoder = new FrameDecoder(REQUEST_SPEC, (_h, length) => ioBuffers.acquire(length));
+  private readonly recycle = (buf: Buffer): void => ioBuffers.release(buf);
   private readonly replies: ReplyWriter;
   private readonly allowedFlags: Record<number, number>;
   private state: State = 'open';
@@ -271,11 +277,19 @@ export class NbdConnection {
     const dev = this.device;
     switch (h.type) {
       case NbdCmd.READ:
-        return h.length === 0 ? Buffer.alloc(0) : dev.read(h.offset, h.length);
+        if (h.length === 0) return Buffer.alloc(0);
+        // Pooled destination, recycled when the socket has taken the reply.
+        return dev.readInto ? dev.readInto(h.offset, ioBuffers.acquire(h.length)) : dev.read(h.offset, h.length);
       case NbdCmd.WRITE:
         // `payload` is a view into the socket chunk when the data arrived in
         // one piece: it goes to the engine without a copy.
-        if (h.length > 0) await dev.write(h.offset, payload!, fua);
+        if (h.length > 0) {
+          try {
+            await dev.write(h.offset, payload!, fua);
+          } finally {
+            ioBuffers.release(payload!); // no-op for views into socket chunks
+          }
+        }
         return undefined;
       case NbdCmd.FLUSH:
         await dev.flush();
@@ -297,7 +311,7 @@ export class NbdConnection {
 
   private reply(h: RequestHeader, error: number, data: Buffer | undefined, message: string | undefined): void {
     if (this.dropReplies || !this.socket.writable) return;
-    const ok = this.replies.send(h, error, data, message);
+    const ok = this.replies.send(h, error, data, message, data === undefined ? undefined : this.recycle);
     if (!ok && !this.writeBlocked) {
       this.writeBlocked = true;
       this.updateReading();

@@ -41,7 +41,7 @@ export class ReplyWriter {
    * explain an error (structured replies only). Returns false when the
    * socket's write buffer is full: stop reading until 'drain'.
    */
-  send(h: RequestHeader, error: number, data: Buffer | undefined, message?: string): boolean {
+  send(h: RequestHeader, error: number, data: Buffer | undefined, message?: string, written?: (data: Buffer) => void): boolean {
     if (error !== NbdError.OK) {
       if (!this.structured) return this.socket.write(this.simpleHeader(h, error));
       return this.socket.write(encodeStructuredError(h.handleHi, h.handleLo, error, message ?? ERROR_TEXT[error] ?? `error ${error}`));
@@ -66,7 +66,8 @@ export class ReplyWriter {
     const s = this.socket;
     s.cork();
     s.write(header);
-    const ok = s.write(data!);
+    // `written` recycles the data buffer once the socket no longer needs it.
+    const ok = written === undefined ? s.write(data!) : s.write(data!, () => written(data!));
     s.uncork();
     return ok;
   }

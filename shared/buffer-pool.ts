@@ -1,0 +1,40 @@
+// A bounded pool of I/O buffers of a few fixed sizes. The data path's
+// buffers live across ticks (until a socket or the disk is done with them);
+// allocating a fresh 64 KiB ArrayBuffer each time drives V8 into frequent
+// mark-compacts (measured: 11-13% of the head agent's CPU under QD16).
+// Buffers of other sizes are simply allocated. acquire() never blocks; the
+// pool keeps at most `maxPerSize` free buffers per size, so its memory is bounded.
+
+export class BufferPool {
+  private readonly free = new Map<number, Buffer[]>();
+  private readonly owned = new WeakSet<ArrayBuffer>();
+  private readonly maxPerSize: number;
+  private readonly sizes: Set<number>;
+
+  constructor(sizes: number[], maxPerSize = 64) {
+    this.sizes = new Set(sizes);
+    this.maxPerSize = maxPerSize;
+    for (const s of sizes) this.free.set(s, []);
+  }
+
+  /** A buffer of exactly `length` bytes (contents undefined). */
+  acquire(length: number): Buffer {
+    const list = this.free.get(length);
+    const pooled = list?.pop();
+    if (pooled !== undefined) return pooled;
+    if (!this.sizes.has(length)) return Buffer.allocUnsafe(length);
+    const buf = Buffer.allocUnsafeSlow(length);
+    this.owned.add(buf.buffer as ArrayBuffer);
+    return buf;
+  }
+
+  /** Gives a buffer back; views and foreign buffers are ignored. Never touch it afterwards. */
+  release(buf: Buffer): void {
+    if (!this.owned.has(buf.buffer as ArrayBuffer) || buf.byteOffset !== 0) return;
+    const list = this.free.get(buf.length);
+    if (list !== undefined && list.length < this.maxPerSize) list.push(buf);
+  }
+}
+
+/** Sizes that block clients use most (4 KiB to 1 MiB, powers of two). */
+export const COMMON_IO_SIZES = [4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048576];
