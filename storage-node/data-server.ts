@@ -3,12 +3,19 @@ import { MAX_DATA_PAYLOAD, MAX_INFLIGHT_PER_CONNECTION } from '../shared/constan
 import { encodeErrorMessage, encodeReplyHeader, requestFrameSpec } from '../shared/data-protocol/codec.js';
 import { Flag, Opcode, REPLY_HEADER_SIZE, Status, opcodeName, type RequestHeader } from '../shared/data-protocol/frame.js';
 import { InvalidArgumentError, StaleEpochError, errorMessage } from '../shared/errors.js';
+import { BufferPool, COMMON_IO_SIZES } from '../shared/buffer-pool.js';
 import { FrameDecoder } from '../shared/frame-decoder.js';
 import { isTraced, moduleLogger, type Logger } from '../shared/logger.js';
 import type { Chunk, Done } from './chunk.js';
 import { readChunk, writeChunk, zeroChunk } from './chunk-io.js';
 import type { ChunkStore, VolumeEntry } from './chunk-store.js';
 import { NoChunkError, OutOfRangeError, TooLargeError, statusForError } from './errors.js';
+
+// Read replies (header + data) and assembled write payloads live until the
+// socket or the disk is done with them; recycling them keeps V8's GC quiet.
+const replyBuffers = new BufferPool(COMMON_IO_SIZES.map((n) => n + REPLY_HEADER_SIZE));
+const payloadBuffers = new BufferPool(COMMON_IO_SIZES);
+const recycleReply = (buf: Buffer): void => replyBuffers.release(buf);
 
 // The data protocol server (docs/data-protocol.md): one FrameDecoder per TCP
 // connection, requests dispatched as soon as they parse, replies written as
@@ -72,7 +79,8 @@ class Connection {
   private readonly socket: net.Socket;
   private readonly store: ChunkStore;
   private readonly maxInflight: number;
-  private readonly decoder = new FrameDecoder(requestFrameSpec);
+  // WRITE payloads that span socket chunks are assembled in pooled buffers.
+  private readonly decoder = new FrameDecoder(requestFrameSpec, (_h, length) => payloadBuffers.acquire(length));
   private readonly log: Logger;
   private readonly trace: boolean;
   private inflight = 0;
@@ -176,7 +184,7 @@ class Connection {
     if (h.length > MAX_DATA_PAYLOAD) throw new TooLargeError(`read of ${h.length} bytes exceeds the limit of ${MAX_DATA_PAYLOAD}`);
     const chunk = this.target(h);
     // One buffer: reply header then the data, read straight into place.
-    const buf = Buffer.allocUnsafe(REPLY_HEADER_SIZE + h.length);
+    const buf = replyBuffers.acquire(REPLY_HEADER_SIZE + h.length);
     const requestId = h.requestId;
     chunk.beginIo(false);
     readChunk(chunk, h.offset, h.length, buf, REPLY_HEADER_SIZE, (err) => {
@@ -184,7 +192,7 @@ class Connection {
       const length = buf.length - REPLY_HEADER_SIZE;
       if (err !== null) return this.replyError(requestId, err, length);
       encodeReplyHeader({ requestId, status: Status.OK, length }, buf, 0);
-      this.send(buf, undefined, length);
+      this.send(buf, undefined, length, recycleReply);
     });
   }
 
@@ -197,6 +205,7 @@ class Connection {
     chunk.beginIo(true);
     const done: Done = (err) => {
       chunk.endIo(true);
+      if (payload !== undefined) payloadBuffers.release(payload); // no-op for views into socket chunks
       if (err !== null) this.replyError(requestId, err, length);
       else this.replyStatus(requestId, Status.OK, length);
     };
@@ -253,13 +262,14 @@ class Connection {
    * Writes one reply (header, then an optional payload, corked into one
    * writev) and completes its request, releasing its `cost` in bytes.
    */
-  private send(first: Buffer, second: Buffer | undefined, cost: number): void {
+  /** `written` (optional) recycles `first` once the socket no longer needs it. */
+  private send(first: Buffer, second: Buffer | undefined, cost: number, written?: (buf: Buffer) => void): void {
     this.inflight--;
     this.inflightBytes -= cost;
     if (!this.closed) {
       let ok: boolean;
       if (second === undefined) {
-        ok = this.socket.write(first);
+        ok = written === undefined ? this.socket.write(first) : this.socket.write(first, () => written(first));
       } else {
         this.socket.cork();
         this.socket.write(first);
