@@ -88,6 +88,7 @@ class Connection {
   private writeBlocked = false;
   private pumping = false;
   private closed = false;
+  private corked = false;
 
   constructor(id: number, socket: net.Socket, store: ChunkStore, maxInflight: number, log: Logger, onClose: () => void) {
     this.socket = socket;
@@ -262,11 +263,31 @@ class Connection {
    * Writes one reply (header, then an optional payload, corked into one
    * writev) and completes its request, releasing its `cost` in bytes.
    */
+  /**
+   * Replies completed in one event-loop turn leave in one writev: the socket
+   * is corked at the first reply and uncorked in setImmediate, after the poll
+   * phase has run every completed disk callback (nextTick would fire after
+   * each callback and batch nothing). One syscall per 16-byte write reply
+   * cost the node ~12% CPU.
+   */
+  private corkForTick(): void {
+    if (this.corked) return;
+    this.corked = true;
+    this.socket.cork();
+    setImmediate(this.uncorkTick);
+  }
+
+  private readonly uncorkTick = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
+
   /** `written` (optional) recycles `first` once the socket no longer needs it. */
   private send(first: Buffer, second: Buffer | undefined, cost: number, written?: (buf: Buffer) => void): void {
     this.inflight--;
     this.inflightBytes -= cost;
     if (!this.closed) {
+      this.corkForTick();
       let ok: boolean;
       if (second === undefined) {
         ok = written === undefined ? this.socket.write(first) : this.socket.write(first, () => written(first));
