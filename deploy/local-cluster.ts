@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { call, managerClient, type ManagerClient } from '../shared/grpc.js';
 import {
   DEFAULT_CHUNK_SIZE, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS, DEFAULT_MANAGER_ADDRESS,
-  DEFAULT_NBD_PORT, DEFAULT_HEAD_GRPC_PORT, DEFAULT_NODE_DATA_PORT, DEFAULT_NODE_GRPC_PORT, GiB, LOCAL_NODE_HOST_BASE,
+  DEFAULT_NBD_PORT, DEFAULT_ISCSI_PORT, DEFAULT_HEAD_GRPC_PORT, DEFAULT_NODE_DATA_PORT, DEFAULT_NODE_GRPC_PORT, GiB, LOCAL_NODE_HOST_BASE,
 } from '../shared/constants.js';
 import { TimeoutError } from '../shared/errors.js';
 import { DaemonProcess } from './daemon-process.js';
@@ -22,6 +22,7 @@ export interface LocalClusterOptions {
   headHost: string;
   headGrpcPort: number;
   nbdPort: number;
+  iscsiPort: number;
   nodeDataPort: number;
   nodeGrpcPort: number;
   heartbeatIntervalMs: number;
@@ -38,7 +39,7 @@ export interface LocalClusterOptions {
 export const LOCAL_CLUSTER_DEFAULTS: Omit<LocalClusterOptions, 'dir'> = {
   servers: 3, disksPerServer: 2, diskSize: 2 * GiB, chunkSize: DEFAULT_CHUNK_SIZE,
   managerListen: DEFAULT_MANAGER_ADDRESS, headHost: '127.0.0.1', headGrpcPort: DEFAULT_HEAD_GRPC_PORT,
-  nbdPort: DEFAULT_NBD_PORT, nodeDataPort: DEFAULT_NODE_DATA_PORT, nodeGrpcPort: DEFAULT_NODE_GRPC_PORT,
+  nbdPort: DEFAULT_NBD_PORT, iscsiPort: DEFAULT_ISCSI_PORT, nodeDataPort: DEFAULT_NODE_DATA_PORT, nodeGrpcPort: DEFAULT_NODE_GRPC_PORT,
   heartbeatIntervalMs: DEFAULT_HEARTBEAT_INTERVAL_MS, heartbeatTimeoutMs: DEFAULT_HEARTBEAT_TIMEOUT_MS,
 };
 
@@ -103,7 +104,7 @@ export class LocalCluster {
     for (const node of this.nodes) node.args.push('--manager', this.managerAddress);
     await Promise.all(this.nodes.map((n) => n.start()));
     this.head.args.push('head-agent', '--data-dir', join(this.opts.dir, 'head'), '--name', 'head1',
-      '--host', this.opts.headHost, '--grpc-port', String(this.opts.headGrpcPort), '--nbd-port', String(this.opts.nbdPort),
+      '--host', this.opts.headHost, '--grpc-port', String(this.opts.headGrpcPort), '--nbd-port', String(this.opts.nbdPort), '--iscsi-port', String(this.opts.iscsiPort),
       '--heartbeat-interval', String(this.opts.heartbeatIntervalMs), '--manager', this.managerAddress, ...this.logArgs());
     await this.head.start();
     await this.waitRegistered();
@@ -138,6 +139,11 @@ export class LocalCluster {
 
   /** Creates the volume unless it exists, (re)attaches it to the head, returns its NBD URI. */
   async ensureVolume(name: string, size: number, replicas: number): Promise<string> {
+    return (await this.ensureVolumeUrls(name, size, replicas)).nbd;
+  }
+
+  /** As ensureVolume, with the iSCSI URL too ('' when the head has no portal). */
+  async ensureVolumeUrls(name: string, size: number, replicas: number): Promise<{ nbd: string; iscsi: string }> {
     const m = this.client();
     try {
       const { volumes } = await call(m, 'ListVolumes', {});
@@ -145,7 +151,7 @@ export class LocalCluster {
       if (!existing) await call(m, 'CreateVolume', { name, size, replicas, spreadLabel: '' }, 120_000);
       // Attaching to the head that already holds it re-pushes the map (new epoch).
       const r = await call(m, 'AttachVolume', { name, head: '' }, 30_000);
-      return r.nbdUri;
+      return { nbd: r.nbdUri, iscsi: r.iscsiUrl };
     } finally {
       m.close();
     }

@@ -8,6 +8,7 @@ import type { DetachVolumeRequest__Output } from '../proto/generated/vsky/head/D
 import type { Empty } from '../proto/generated/vsky/common/Empty.js';
 import type { HeadAgentHandlers } from '../proto/generated/vsky/head/HeadAgent.js';
 import type { VolumeRegistry } from './volume-registry.js';
+import { accessFromProto, iscsiUrl, targetIqn, type IscsiExports } from './iscsi-exports.js';
 
 // The head agent's gRPC control service (proto/head_agent.proto), called by
 // the manager: Attach builds and fences a volume, then answers with the NBD
@@ -19,6 +20,8 @@ export interface ControlServiceOptions {
   nbdAddress: string;
   /** NBD clients connected to an export now, when the NBD server can tell. */
   connectionCount?: (exportName: string) => number;
+  /** The iSCSI portal and its exports, when the head serves iSCSI. */
+  iscsi?: { exports: IscsiExports; address: string; sessionCount: (iqn: string) => number };
 }
 
 export function nbdUri(nbdAddress: string, name: string): string {
@@ -31,10 +34,14 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
     Attach: unary(async (req: AttachVolumeRequest__Output): Promise<AttachVolumeReply> => {
       if (req.map === null || req.map === undefined) throw new InvalidArgumentError('Attach: the request carries no volume map');
       const volume = await registry.attach(req.map, req.epoch);
-      return { nbdUri: nbdUri(nbdAddress, volume.name) };
+      const iscsi = opts.iscsi;
+      if (iscsi === undefined) return { nbdUri: nbdUri(nbdAddress, volume.name), iscsiUrl: '' };
+      iscsi.exports.expose(volume, volume.volumeId, accessFromProto(req.iscsi));
+      return { nbdUri: nbdUri(nbdAddress, volume.name), iscsiUrl: iscsiUrl(iscsi.address, volume.name) };
     }),
     Detach: unary(async (req: DetachVolumeRequest__Output): Promise<Empty> => {
       if (!req.name) throw new InvalidArgumentError('Detach: a volume name is required');
+      opts.iscsi?.exports.remove(req.name); // no new logins; then flush and drop
       await registry.detach(req.name, req.force);
       return {};
     }),
@@ -42,6 +49,8 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
       volumes: registry.list().map((v) => ({
         name: v.name, volumeId: v.volumeId, epoch: v.epoch, nbdUri: nbdUri(nbdAddress, v.name), size: v.size,
         connections: opts.connectionCount?.(v.name) ?? 0,
+        iscsiUrl: opts.iscsi ? iscsiUrl(opts.iscsi.address, v.name) : '',
+        iscsiSessions: opts.iscsi?.sessionCount(targetIqn(v.name)) ?? 0,
       })),
     })),
   };

@@ -4,6 +4,8 @@ import { ManagerLink, loadHeadId } from './manager-link.js';
 import { startNbdServer, type NbdServerHandle } from './nbd/server.js';
 import { NodePool } from './node-pool.js';
 import { VolumeRegistry } from './volume-registry.js';
+import { IscsiExports } from './iscsi-exports.js';
+import { startIscsiServer, type IscsiServerHandle } from './iscsi/server.js';
 
 // `vsky head-agent`: the volume registry and its I/O engine, the NBD export,
 // the gRPC control service the manager calls, and the link that registers and
@@ -21,6 +23,8 @@ export interface HeadAgentOptions {
   grpcPort: number;
   /** 0 = pick. */
   nbdPort: number;
+  /** iSCSI portal port; 0 = pick; undefined = no iSCSI. */
+  iscsiPort?: number;
   /** Omitted = standalone (attach only through the control service directly). */
   managerAddress?: string;
   heartbeatIntervalMs: number;
@@ -30,6 +34,8 @@ export interface HeadAgentHandle {
   headId: string;
   controlAddress: string;
   nbdAddress: string;
+  /** '' when the head serves no iSCSI. */
+  iscsiAddress: string;
   registry: VolumeRegistry;
   close(): Promise<void>;
 }
@@ -40,15 +46,21 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
   const pool = new NodePool();
   const registry = new VolumeRegistry({ pool });
   let nbd: NbdServerHandle | undefined;
+  let iscsi: IscsiServerHandle | undefined;
   let control: ControlServer | undefined;
   try {
     nbd = await startNbdServer({ host: opts.host, port: opts.nbdPort, registry });
     const nbdServer = nbd;
+    const exports = new IscsiExports();
+    if (opts.iscsiPort !== undefined) iscsi = await startIscsiServer({ host: opts.host, port: opts.iscsiPort, registry: exports });
+    const iscsiServer = iscsi;
     control = await startControlServer(opts.host, opts.grpcPort, {
       registry, nbdAddress: nbd.address, connectionCount: (name) => nbdServer.connectionCount(name),
+      iscsi: iscsiServer && { exports, address: iscsiServer.address, sessionCount: (iqn) => iscsiServer.sessionCount(iqn) },
     });
   } catch (err) {
     await control?.close();
+    await iscsi?.close();
     await nbd?.close();
     await pool.close();
     throw err;
@@ -56,19 +68,21 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
   const link = opts.managerAddress !== undefined
     ? new ManagerLink({
       managerAddress: opts.managerAddress, headId, name: opts.name,
-      controlAddress: control.address, nbdAddress: nbd.address, heartbeatIntervalMs: opts.heartbeatIntervalMs,
+      controlAddress: control.address, nbdAddress: nbd.address, iscsiAddress: iscsi?.address ?? '', heartbeatIntervalMs: opts.heartbeatIntervalMs,
     })
     : undefined;
   link?.start();
   const controlAddress = control.address;
   const nbdAddress = nbd.address;
-  log.info({ controlAddress, nbdAddress, headId }, 'ready');
+  const iscsiAddress = iscsi?.address ?? '';
+  log.info({ controlAddress, nbdAddress, iscsiAddress, headId }, 'ready');
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
       await link?.stop();
       await control!.close();
+      await iscsi?.close();
       await nbd!.close();
       await registry.close();
       await pool.close();
@@ -76,5 +90,5 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     })();
     return closing;
   };
-  return { headId, controlAddress, nbdAddress, registry, close };
+  return { headId, controlAddress, nbdAddress, iscsiAddress, registry, close };
 }

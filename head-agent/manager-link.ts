@@ -40,6 +40,8 @@ export interface ManagerLinkOptions {
   name: string;
   controlAddress: string;
   nbdAddress: string;
+  /** HOST:PORT of the iSCSI portal, or empty. */
+  iscsiAddress?: string;
   heartbeatIntervalMs: number;
   /** Register retry back-off bounds. */
   retryInitialMs?: number;
@@ -87,7 +89,7 @@ export class ManagerLink {
       if (!this.registered) {
         await call(this.client, this.client.RegisterHead, {
           headId: this.opts.headId, name: this.opts.name,
-          controlAddress: this.opts.controlAddress, nbdAddress: this.opts.nbdAddress,
+          controlAddress: this.opts.controlAddress, nbdAddress: this.opts.nbdAddress, iscsiAddress: this.opts.iscsiAddress ?? '',
         }, timeout);
         this.registered = true;
         this.retryMs = this.opts.retryInitialMs ?? 200;

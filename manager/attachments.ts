@@ -1,8 +1,8 @@
-import { ConflictError, NotFoundError, TimeoutError, TransportError, errorMessage } from '../shared/errors.js';
+import { ConflictError, InvalidArgumentError, NotFoundError, TimeoutError, TransportError, errorMessage } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { PeerClients } from './node-clients.js';
 import type { Registry } from './registry.js';
-import type { VolumeRecord } from './types.js';
+import type { IscsiAccessRecord, VolumeRecord } from './types.js';
 import { volumeMapView } from './views.js';
 import type { Volumes } from './volumes.js';
 
@@ -41,9 +41,11 @@ export class Attachments {
       volume.epoch = epoch;
       await this.volumes.saveVolume(volume);
       let nbdUri: string;
+      let iscsiUrl: string;
       try {
-        const reply = await this.peers.head.attach(head.controlAddress, { map: volumeMapView(volume, map, this.registry), epoch });
+        const reply = await this.peers.head.attach(head.controlAddress, { map: volumeMapView(volume, map, this.registry), epoch, iscsi: volume.access });
         nbdUri = reply.nbdUri;
+        iscsiUrl = reply.iscsiUrl;
       } catch (err) {
         vlog.warn({ epoch, err: errorMessage(err) }, 'head refused or failed the attach; the volume stays detached');
         // The head may have half set it up (or succeeded with a lost reply): best effort to drop it.
@@ -57,10 +59,26 @@ export class Attachments {
       }
       volume.attachedHead = head.id;
       volume.nbdUri = nbdUri;
+      volume.iscsiUrl = iscsiUrl;
       await this.volumes.saveVolume(volume);
       vlog.info({ epoch, nbdUri, head: head.name }, 'volume attached');
       return volume;
     });
+  }
+
+  /**
+   * Sets who may reach the volume over iSCSI. A volume attached now gets the
+   * rules at once (re-attach under a new epoch); otherwise at its next attach.
+   */
+  async setAccess(name: string, access: IscsiAccessInput): Promise<VolumeRecord> {
+    const rules = validateAccess(access);
+    const holder = await this.volumes.exclusive(name, async ({ volume }) => {
+      volume.access = rules;
+      await this.volumes.saveVolume(volume);
+      log.info({ volumeId: volume.id, volume: name, initiators: rules.initiators, chap: Boolean(rules.chapUser), mutual: Boolean(rules.mutualUser) }, 'iSCSI access rules set');
+      return volume.attachedHead;
+    });
+    return holder ? this.attach(name, holder) : this.volumes.entry(name).volume;
   }
 
   /**
@@ -113,4 +131,33 @@ export class Attachments {
       vlog.info({ force, epoch: volume.epoch }, 'volume detached');
     });
   }
+}
+
+export interface IscsiAccessInput {
+  initiators?: string[];
+  chapUser?: string;
+  chapSecret?: string;
+  mutualUser?: string;
+  mutualSecret?: string;
+}
+
+const IQN_RE = /^(iqn\.\d{4}-\d{2}\.[^\s,]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$/;
+
+/** Checks the rules the way initiators will: RFC 7143 names, CHAP secrets of 12 to 255 bytes. */
+function validateAccess(a: IscsiAccessInput): IscsiAccessRecord {
+  const initiators = [...new Set(a.initiators ?? [])];
+  for (const i of initiators) {
+    if (!IQN_RE.test(i)) throw new InvalidArgumentError(`"${i}" is not an iSCSI initiator name: use iqn.YYYY-MM.reversed.domain:id, eui.<16 hex> or naa.<hex>`);
+  }
+  const pair = (user = '', secret = '', what: string): void => {
+    if (Boolean(user) !== Boolean(secret)) throw new InvalidArgumentError(`${what} needs both a user and a secret`);
+    if (secret && (secret.length < 12 || secret.length > 255)) {
+      throw new InvalidArgumentError(`${what} secret must be 12 to 255 characters (initiators refuse shorter ones)`);
+    }
+  };
+  pair(a.chapUser, a.chapSecret, 'CHAP');
+  pair(a.mutualUser, a.mutualSecret, 'mutual CHAP');
+  if (a.mutualUser && !a.chapUser) throw new InvalidArgumentError('mutual CHAP needs one-way CHAP too (--chap-user/--chap-secret)');
+  if (a.mutualSecret && a.mutualSecret === a.chapSecret) throw new InvalidArgumentError('the mutual CHAP secret must differ from the initiator\'s secret (RFC 7143 12.1.3)');
+  return { initiators, chapUser: a.chapUser ?? '', chapSecret: a.chapSecret ?? '', mutualUser: a.mutualUser ?? '', mutualSecret: a.mutualSecret ?? '' };
 }

@@ -60,8 +60,9 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     }),
     AttachVolume: unary(async (req) => {
       const v = await attachments.attach(req.name, req.head);
-      return { info: volumeView(v, registry), nbdUri: v.nbdUri };
+      return { info: volumeView(v, registry), nbdUri: v.nbdUri, iscsiUrl: v.iscsiUrl ?? '' };
     }),
+    SetVolumeAccess: unary(async (req) => volumeView(await attachments.setAccess(req.name, req.access ?? {}), registry)),
     DetachVolume: unary(async (req) => {
       await attachments.detach(req.name, req.force);
       return {};

@@ -57,8 +57,20 @@ export interface VolumeRecord {
   /** Head id holding the attachment, '' when not attached. */
   attachedHead: string;
   nbdUri: string;
+  /** iscsi://HOST:PORT/IQN/0 while attached to a head with an iSCSI portal (absent in older records). */
+  iscsiUrl?: string;
+  /** iSCSI access rules handed to the head at attach (absent: any initiator, no CHAP). */
+  access?: IscsiAccessRecord;
   spreadLabel: string;
   createdMs: number;
+}
+
+export interface IscsiAccessRecord {
+  initiators: string[];
+  chapUser: string;
+  chapSecret: string;
+  mutualUser: string;
+  mutualSecret: string;
 }
 
 /**

@@ -38,7 +38,9 @@ export function volumeView(v: VolumeRecord, registry: Registry): VolumeInfo {
     volumeId: v.id, name: v.name, size: v.size, replicas: v.replicas, chunkSize: v.chunkSize,
     segmentCount: v.segmentCount, state: v.attachedHead ? 'attached' : 'available', generation: v.generation,
     epoch: v.epoch, attachedHead: v.attachedHead ? (registry.head(v.attachedHead)?.name ?? v.attachedHead) : '',
-    nbdUri: v.nbdUri, createdMs: v.createdMs,
+    nbdUri: v.nbdUri, createdMs: v.createdMs, iscsiUrl: v.iscsiUrl ?? '',
+    iscsiInitiators: v.access?.initiators ?? [], iscsiChap: Boolean(v.access?.chapUser),
+    iscsiMutualChap: Boolean(v.access?.mutualUser),
   };
 }
 

@@ -7,6 +7,7 @@ export const GiB = 1024 * MiB;
 export const DEFAULT_MANAGER_ADDRESS = '127.0.0.1:7700';
 export const DEFAULT_HEAD_GRPC_PORT = 7720;
 export const DEFAULT_NBD_PORT = 10809;
+export const DEFAULT_ISCSI_PORT = 3260;
 export const DEFAULT_NODE_DATA_PORT = 7710;
 export const DEFAULT_NODE_GRPC_PORT = 7711;
 /** Local cluster: storage node i listens on 127.0.0.(NODE_HOST_BASE + i), standing in for separate hosts. */

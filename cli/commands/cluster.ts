@@ -31,6 +31,7 @@ export function registerClusterCommands(program: Command): void {
     .option('--volume <name:size[:replicas]>', 'volume to create and attach', volumeArg, { name: 'demo', size: 2 * 1024 ** 3, replicas: DEFAULT_REPLICAS })
     .option('--manager <host:port>', 'manager listen address', hostPortArg, d.managerListen)
     .option('--nbd-port <port>', 'NBD port of the head agent', intArg, d.nbdPort)
+    .option('--iscsi-port <port>', 'iSCSI portal port of the head agent', intArg, d.iscsiPort)
     .option('--log-level <level>', 'daemon log level', 'info')
     .action(async (o) => {
       const dir = resolve(o.dir as string);
@@ -41,10 +42,10 @@ export function registerClusterCommands(program: Command): void {
       try {
         c = await LocalCluster.start({
           ...d, dir, servers: o.servers, disksPerServer: o.disksPerServer, diskSize: o.diskSize, chunkSize: o.chunkSize,
-          managerListen: o.manager, nbdPort: o.nbdPort, logLevel: o.logLevel,
+          managerListen: o.manager, nbdPort: o.nbdPort, iscsiPort: o.iscsiPort, logLevel: o.logLevel,
         });
       } catch (err) {
-        process.stderr.write(`vsky cluster up: ${errorMessage(err)}\n  hint: is another cluster already running (ports ${o.manager}, ${o.nbdPort})? Stop it, or pick others with --manager and --nbd-port.\n`);
+        process.stderr.write(`vsky cluster up: ${errorMessage(err)}\n  hint: is another cluster already running (ports ${o.manager}, ${o.nbdPort}, ${o.iscsiPort})? Stop it, or pick others with --manager, --nbd-port and --iscsi-port.\n`);
         process.exit(1);
       }
       let stopping = false;
@@ -57,11 +58,12 @@ export function registerClusterCommands(program: Command): void {
       process.on('SIGINT', shutdown);
       process.on('SIGTERM', shutdown);
       try {
-        const uri = await c.ensureVolume(vol.name, vol.size, vol.replicas);
+        const urls = await c.ensureVolumeUrls(vol.name, vol.size, vol.replicas);
+        const uri = urls.nbd;
         const mgr = o.manager === d.managerListen ? '' : ` --manager ${c.managerAddress}`;
         out.write(`\nCluster ready: manager ${c.managerAddress}, ${o.servers} storage nodes, 1 head agent. Logs in ${dir}/logs.\n`);
-        out.write(`Volume ${vol.name}: ${formatSize(vol.size)}, ${vol.replicas} replicas, served over NBD at\n${uri}\n\n`);
-        out.write(`Try:\n  nbdinfo ${uri}\n  qemu-img info ${uri}\n  node dist/cli/vsky.js status${mgr}\n  node dist/cli/vsky.js volume show ${vol.name}${mgr}\n  node dist/cli/vsky.js server list${mgr}\n  node dist/cli/vsky.js disk list${mgr}\n\nPress Ctrl-C to stop.\n`);
+        out.write(`Volume ${vol.name}: ${formatSize(vol.size)}, ${vol.replicas} replicas, served over NBD at\n${uri}\n${urls.iscsi ? `and over iSCSI at\n${urls.iscsi}\n` : ''}\n`);
+        out.write(`Try:\n  nbdinfo ${uri}\n  qemu-img info ${uri}\n${urls.iscsi ? `  iscsi-inq ${urls.iscsi}\n` : ''}  node dist/cli/vsky.js status${mgr}\n  node dist/cli/vsky.js volume show ${vol.name}${mgr}\n  node dist/cli/vsky.js server list${mgr}\n  node dist/cli/vsky.js disk list${mgr}\n\nPress Ctrl-C to stop.\n`);
       } catch (err) {
         process.stderr.write(`vsky cluster up: ${errorMessage(err)}\n`);
         shutdown();

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { initDaemonLogger, type Logger } from '../../shared/logger.js';
 import {
   DEFAULT_CHUNK_SIZE, DEFAULT_HEAD_GRPC_PORT, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS,
-  DEFAULT_MANAGER_ADDRESS, DEFAULT_NBD_PORT, DEFAULT_NODE_DATA_PORT, DEFAULT_NODE_GRPC_PORT,
+  DEFAULT_ISCSI_PORT, DEFAULT_MANAGER_ADDRESS, DEFAULT_NBD_PORT, DEFAULT_NODE_DATA_PORT, DEFAULT_NODE_GRPC_PORT,
 } from '../../shared/constants.js';
 import { collect, hostPortArg, intArg, labelArg, sizeArg } from '../options.js';
 import { parseSize } from '../../shared/units.js';
@@ -99,6 +99,8 @@ export function registerDaemonCommands(program: Command): void {
     .option('--host <host>', 'address to listen on (NBD and gRPC)', '127.0.0.1')
     .option('--grpc-port <port>', 'control gRPC port (0: pick one)', intArg, DEFAULT_HEAD_GRPC_PORT)
     .option('--nbd-port <port>', 'NBD port (0: pick one)', intArg, DEFAULT_NBD_PORT)
+    .option('--iscsi-port <port>', 'iSCSI portal port (0: pick one)', intArg, DEFAULT_ISCSI_PORT)
+    .option('--no-iscsi', 'serve NBD only')
     .option('--manager <host:port>', 'manager to register with', hostPortArg)
     .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
     .option('--log-level <level>', 'pino log level')
@@ -106,6 +108,7 @@ export function registerDaemonCommands(program: Command): void {
       const { startHeadAgent } = await import('../../head-agent/daemon.js');
       await runDaemon('head-agent', o.logLevel, () => startHeadAgent({
         dataDir: o.dataDir, name: o.name, host: o.host, grpcPort: o.grpcPort, nbdPort: o.nbdPort,
+        iscsiPort: o.iscsi === false ? undefined : o.iscsiPort,
         managerAddress: o.manager, heartbeatIntervalMs: o.heartbeatInterval,
       }));
     });

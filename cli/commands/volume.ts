@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { adminCommand, call, withManager } from '../admin.js';
 import { emit, printTable } from '../output.js';
-import { positiveIntArg, sizeArg } from '../options.js';
+import { collect, positiveIntArg, sizeArg } from '../options.js';
 import { formatSize } from '../../shared/units.js';
 import { DEFAULT_REPLICAS } from '../../shared/constants.js';
 
@@ -48,7 +48,25 @@ export function registerVolumeCommands(program: Command): void {
     .option('--head <head>', 'head id or name (default: the only head)')
     .action((name: string, o) => withManager(o, async (m) => {
       const r = await call(m, 'AttachVolume', { name, head: o.head ?? '' }, 60_000);
-      emit(o, r, () => process.stdout.write(`${r.nbdUri}\n`));
+      // First line: the NBD URI; second: the iSCSI URL when the head has a portal.
+      emit(o, r, () => process.stdout.write(`${r.nbdUri}\n${r.iscsiUrl ? `${r.iscsiUrl}\n` : ''}`));
+    }));
+
+  adminCommand(volume, 'access', 'set who may log in to the volume over iSCSI (initiator ACL, CHAP)')
+    .argument('<name>', 'volume name')
+    .option('--initiator <iqn>', 'allow this initiator name (repeatable); none given: any initiator', collect, [])
+    .option('--chap-user <user>', 'one-way CHAP: user the initiator must log in as')
+    .option('--chap-secret <secret>', 'one-way CHAP secret (12-255 characters); or set VSKY_CHAP_SECRET')
+    .option('--mutual-user <user>', 'mutual CHAP: name the target answers with')
+    .option('--mutual-secret <secret>', 'mutual CHAP secret; or set VSKY_MUTUAL_SECRET')
+    .action((name: string, o) => withManager(o, async (m) => {
+      const access = {
+        initiators: o.initiator as string[],
+        chapUser: o.chapUser ?? '', chapSecret: o.chapSecret ?? (o.chapUser ? process.env.VSKY_CHAP_SECRET ?? '' : ''),
+        mutualUser: o.mutualUser ?? '', mutualSecret: o.mutualSecret ?? (o.mutualUser ? process.env.VSKY_MUTUAL_SECRET ?? '' : ''),
+      };
+      const v = await call(m, 'SetVolumeAccess', { name, access }, 60_000);
+      emit(o, v, () => process.stdout.write(`volume ${name}: iSCSI initiators ${v.iscsiInitiators.length ? v.iscsiInitiators.join(', ') : 'any'}, CHAP ${v.iscsiMutualChap ? 'mutual' : v.iscsiChap ? 'one-way' : 'off'}${v.attachedHead ? ' (applied now)' : ' (applied at the next attach)'}\n`));
     }));
 
   adminCommand(volume, 'detach', 'detach a volume from its head agent (flushes first)')

@@ -42,6 +42,14 @@ export interface ScsiResult {
   dataIn?: Buffer;
   /** Fixed-format sense data (SPC-4 4.5.3) when status is CHECK CONDITION. */
   sense?: Buffer;
+  /**
+   * Commands with Data-Out: the bytes of Data-Out the CDB called for (its
+   * SCSI transfer length or parameter list length), which may differ from
+   * expectedLength. The transport reports the difference as the residual
+   * (overflow when this is larger, underflow when smaller, RFC 7143
+   * 11.4.5). Undefined for commands without Data-Out.
+   */
+  dataOutLength?: number;
 }
 
 /** One logical unit (a volume). */

@@ -61,7 +61,7 @@ async function main(): Promise<void> {
   const nbdkit = await startNbdkit(dir);
   const cluster = await LocalCluster.start({
     ...LOCAL_CLUSTER_DEFAULTS, dir, diskSize: 2 * SIZE, chunkSize: 64 * MiB,
-    managerListen: `127.0.0.1:${await freePort()}`, headGrpcPort: await freePort(), nbdPort: await freePort(),
+    managerListen: `127.0.0.1:${await freePort()}`, headGrpcPort: await freePort(), nbdPort: await freePort(), iscsiPort: await freePort(),
     nodeDataPort: await freePort(nodeHost(0)), nodeGrpcPort: await freePort(nodeHost(0)), logLevel: 'warn',
   });
   try {

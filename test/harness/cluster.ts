@@ -22,6 +22,7 @@ export async function startTestCluster(overrides: Partial<LocalClusterOptions> =
     managerListen: `127.0.0.1:${await freePort()}`,
     headGrpcPort: await freePort(),
     nbdPort: await freePort(),
+    iscsiPort: await freePort(),
     nodeDataPort: await freePort(nodeHost(0)),
     nodeGrpcPort: await freePort(nodeHost(0)),
     heartbeatIntervalMs: 300,

@@ -55,7 +55,7 @@ describe('vsky admin commands against a running cluster', () => {
     }
     const attach = await vsky(['volume', 'attach', 'life'], m);
     expect(attach.exitCode).toBe(0);
-    const uri = String(attach.stdout).trim();
+    const uri = String(attach.stdout).split('\n')[0]!;
     expect(uri).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/life$/);
     const size = await run('nbdinfo', ['--size', uri]);
     expect(Number(String(size.stdout).trim())).toBe(40 * MiB);

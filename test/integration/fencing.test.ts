@@ -27,7 +27,7 @@ describe('epoch fencing refuses a stale writer', () => {
     mkdirSync(dir, { recursive: true });
     head2 = new DaemonProcess('head2', [
       'head-agent', '--data-dir', dir, '--name', 'head2', '--host', '127.0.0.1',
-      '--grpc-port', String(await freePort()), '--nbd-port', String(await freePort()),
+      '--grpc-port', String(await freePort()), '--nbd-port', String(await freePort()), '--no-iscsi',
       '--heartbeat-interval', '300', '--manager', c.managerAddress,
     ], join(c.opts.dir, 'logs', 'head2.log'));
     await head2.start();
@@ -67,7 +67,7 @@ describe('epoch fencing refuses a stale writer', () => {
     const epoch1 = (await call(client, 'ShowVolume', { name: 'f' })).info!.epoch;
     const attach2 = await vsky(['volume', 'attach', 'f', '--head', 'head2'], m);
     expect(attach2.exitCode).toBe(0);
-    const uri2 = String(attach2.stdout).trim();
+    const uri2 = String(attach2.stdout).split('\n')[0]!;
     expect((await call(client, 'ShowVolume', { name: 'f' })).info!.epoch).toBeGreaterThan(epoch1);
     client.close();
     await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0xbb 0 1M', '-c', 'flush', uri2]);

@@ -67,7 +67,7 @@ describe('manager killed -9 in the middle of a volume create', () => {
     // The name is free again and the new volume reads as zeros (rule 7).
     const again = await vsky(['volume', 'create', 'doomed', '--size', '96M'], m);
     expect(again.exitCode).toBe(0);
-    const uri = String((await vsky(['volume', 'attach', 'doomed'], m)).stdout).trim();
+    const uri = String((await vsky(['volume', 'attach', 'doomed'], m)).stdout).split('\n')[0]!;
     const r = await run('qemu-io', ['-f', 'raw', '-c', `read -P 0 0 ${96 * MiB}`, uri]);
     expect(String(r.stdout)).not.toMatch(/verification failed/);
   });

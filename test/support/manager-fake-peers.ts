@@ -119,7 +119,7 @@ export class FakePeers implements PeerClients {
       if (!h || h.down) throw new TransportError(`cannot reach head ${a}`);
       if (h.fail) throw new ConflictError('injected attach failure');
       h.attached.set(req.map!.name!, { epoch: req.epoch!, req });
-      return { nbdUri: `nbd://${a}/${req.map!.name}` };
+      return { nbdUri: `nbd://${a}/${req.map!.name}`, iscsiUrl: '' };
     },
     detach: async (a, req) => {
       const h = this.heads.get(a);
