@@ -1,5 +1,4 @@
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LocalCluster, LOCAL_CLUSTER_DEFAULTS, nodeHost } from '../../deploy/local-cluster.js';
@@ -7,6 +6,7 @@ import { MiB } from '../../shared/constants.js';
 import { freePort } from '../harness/ports.js';
 import { STANDARD_JOBS, fillDevice, runFio, type FioResult } from './fio.js';
 import { peakRss } from './rss.js';
+import { startNbdkit } from '../conformance/peers.js';
 
 // `npm run bench`: our 1- and 3-replica volumes beside nbdkit's file plugin on
 // a local file, in one run, with one client (fio's nbd engine), printed as
@@ -21,16 +21,6 @@ interface Target { name: string; uri: string }
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
-}
-
-async function startNbdkit(dir: string): Promise<{ uri: string; stop: () => void }> {
-  const file = join(dir, 'nbdkit.img');
-  writeFileSync(file, '');
-  truncateSync(file, SIZE);
-  const port = await freePort();
-  const child = spawn('nbdkit', ['--exit-with-parent', '-f', '-i', '127.0.0.1', '-p', String(port), 'file', `file=${file}`], { stdio: 'ignore' });
-  await new Promise((r) => setTimeout(r, 500));
-  return { uri: `nbd://127.0.0.1:${port}/`, stop: () => child.kill('SIGTERM') };
 }
 
 async function measure(target: Target): Promise<Map<string, FioResult>> {
@@ -58,7 +48,7 @@ function ratio(job: string, ours: FioResult, peer: FioResult): string {
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'vsky-bench-'));
-  const nbdkit = await startNbdkit(dir);
+  const nbdkit = await startNbdkit(dir, SIZE);
   const cluster = await LocalCluster.start({
     ...LOCAL_CLUSTER_DEFAULTS, dir, diskSize: 2 * SIZE, chunkSize: 64 * MiB,
     managerListen: `127.0.0.1:${await freePort()}`, headGrpcPort: await freePort(), nbdPort: await freePort(), iscsiPort: await freePort(),
@@ -93,7 +83,7 @@ async function main(): Promise<void> {
     const mib = (b: number): string => `${(b / MiB).toFixed(0)} MiB`;
     console.log(`\npeak RSS during the 3-replica runs: head agent ${mib(rss.get(cluster.head.pid!) ?? 0)}, storage nodes ${cluster.nodes.map((n) => mib(rss.get(n.pid!) ?? 0)).join(', ')}`);
   } finally {
-    nbdkit.stop();
+    await nbdkit.stop();
     await cluster.stop();
     rmSync(dir, { recursive: true, force: true });
   }
