@@ -155,7 +155,7 @@ export async function compareAndWrite(ctx: UnitContext, cmd: ScsiCommand): Promi
   checkWritable(ctx);
   if (req.blocks === 0) return { status: ScsiStatus.GOOD, dataOutLength: 0 };
   const data = cmd.dataOut!;
-  const release = () => {};
+  const release = await lockRange(ctx, cmd.signal, req.lba, req.blocks);
   try {
     const current = await readBlocks(ctx, cmd.signal, req.lba, req.blocks);
     const expected = data.subarray(0, half);

@@ -56,7 +56,7 @@ async function main(): Promise<void> {
   });
   try {
     const targets: Target[] = [
-      { name: 'nbdkit file', uri: nbdkit.uri },
+      { name: 'nbdkit file', uri: nbdkit.url },
       { name: 'vsky 1 replica', uri: await cluster.ensureVolume('bench1', SIZE, 1) },
       { name: 'vsky 3 replicas', uri: await cluster.ensureVolume('bench3', SIZE, 3) },
     ];
