@@ -151,6 +151,29 @@ export async function zeroChunk(chunk: Chunk, offset: number, length: number, fu
 }
 
 /** Writes zeros over chunk bytes [from, to) from the shared zero buffer (no copies). */
+/**
+ * Overwrites every written region of a chunk with zeros and syncs, so that
+ * its bytes on disk are zeros before anyone else can own it (rule 7). The
+ * bitmap alone makes unwritten regions read as zeros, but after a power loss
+ * a next owner's record could reach the disk before its data: then only
+ * zeros, never the previous owner's bytes, can show through.
+ */
+export async function scrubChunk(chunk: Chunk): Promise<void> {
+  const rs = chunk.regionSize;
+  const bits = chunk.rec.bitmap.length * 8;
+  const ranges: [number, number][] = [];
+  for (let r = 0; r < bits; r++) {
+    if (!testBit(chunk.rec.bitmap, r)) continue;
+    const from = r * rs;
+    const last = ranges[ranges.length - 1];
+    if (last !== undefined && last[1] === from) last[1] = Math.min(from + rs, chunk.size);
+    else ranges.push([from, Math.min(from + rs, chunk.size)]);
+  }
+  // One range at a time: zeroFill already has up to (range / zero buffer) writes in flight.
+  for (const [from, to] of ranges) await zeroFill(chunk, from, to);
+  if (ranges.length > 0) await chunk.sync();
+}
+
 function zeroFill(chunk: Chunk, from: number, to: number): Promise<void> {
   const jobs: Promise<void>[] = [];
   for (let at = from; at < to; at += ZEROS.length) {

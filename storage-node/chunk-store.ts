@@ -1,3 +1,4 @@
+import { scrubChunk } from './chunk-io.js';
 import { ConflictError, InvalidArgumentError, NotFoundError, StaleEpochError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { Chunk } from './chunk.js';
@@ -173,6 +174,7 @@ export class ChunkStore {
     try {
       this.unindex(chunk); // new requests get NO_CHUNK from here on
       await chunk.drained(); // no late write may land after the next owner arrives
+      await scrubChunk(chunk);
       chunk.rec = emptyRecord(chunk.rec.bitmap.length * 8);
       await chunk.persist();
       await chunk.sync();

@@ -193,3 +193,27 @@ describe('thin chunks and faults', () => {
     await store.close();
   });
 });
+
+describe('freeing a chunk scrubs it on disk (rule 7, power loss)', () => {
+  it('leaves zeros in the file where the previous owner wrote, before the chunk is free', async () => {
+    const path = nextPath();
+    const store = new ChunkStore();
+    const disk = await store.openDisk(path, { size: SIZE, chunkSize: CHUNK });
+    await store.allocate(disk.id, 2, identity(7));
+    const chunk = store.lookup(7, 0, 0)!;
+    const secret = randomBytes(3 * MiB + 123);
+    await write(chunk, 5000, secret, true);
+    const fh = await open(path, 'r');
+    const raw = Buffer.alloc(CHUNK);
+    await fh.read(raw, 0, CHUNK, chunk.dataOffset);
+    expect(raw.subarray(5000, 5000 + secret.length).equals(secret)).toBe(true); // really on disk
+    await store.free(disk.id, 2, 7);
+    await fh.read(raw, 0, CHUNK, chunk.dataOffset);
+    await fh.close();
+    // Whatever a next owner's record claims after a crash, only zeros can show through.
+    expect(raw.equals(Buffer.alloc(CHUNK))).toBe(true);
+    await store.allocate(disk.id, 2, identity(8));
+    expect((await read(store.lookup(8, 0, 0)!, 0, CHUNK)).equals(Buffer.alloc(CHUNK))).toBe(true);
+    await store.close();
+  });
+});
