@@ -107,11 +107,9 @@ class BlockUnit implements LogicalUnit {
     const blockSize = opts.blockSize ?? 512;
     if (blockSize !== 512 && blockSize !== 4096) throw new RangeError(`block size ${String(blockSize)} is not 512 or 4096`);
     if (device.size < blockSize) throw new RangeError(`device ${device.name} (${device.size} bytes) holds no ${blockSize}-byte block`);
-    const blockShift = Math.log2(blockSize);
     this.ctx = {
       device,
       blockSize,
-      blockShift,
       // A trailing partial block is not addressable.
       numBlocks: Math.floor(device.size / blockSize),
       lbppbe: Math.log2(PHYSICAL_BLOCK_BYTES / blockSize),

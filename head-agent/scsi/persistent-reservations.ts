@@ -289,9 +289,6 @@ export class PersistentReservations {
     return uas;
   }
 
-  /** A nexus went away: registrations persist (SPC-4: they survive I_T nexus loss). */
-  nexusLost(_nexus: string): void {}
-
   // --- PERSISTENT RESERVE IN data (SPC-4 6.15) ------------------------------
 
   /** READ KEYS: PRGENERATION, ADDITIONAL LENGTH, then each registered key. */

@@ -46,8 +46,6 @@ export interface UnitIdentity {
 export interface UnitContext {
   readonly device: BlockDevice;
   readonly blockSize: number;
-  /** log2(blockSize). */
-  readonly blockShift: number;
   readonly numBlocks: number;
   /** LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT. */
   readonly lbppbe: number;
@@ -59,9 +57,4 @@ export interface UnitContext {
   /** The I_T nexus holding an SPC-2 RESERVE(6) reservation, if any. */
   legacyHolder: string | undefined;
   readonly log: Logger;
-}
-
-/** Blocks that fit in `bytes` (rounded down). */
-export function blocksIn(ctx: UnitContext, bytes: number): number {
-  return Math.floor(bytes / ctx.blockSize);
 }
