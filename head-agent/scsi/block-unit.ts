@@ -179,14 +179,17 @@ class BlockUnit implements LogicalUnit {
 
   /**
    * LUN RESET / TARGET RESET (SAM-5 6.3): the transport aborts the tasks;
-   * here the SPC-2 reservation is released, mode parameters return to their
-   * defaults, and every nexus gets a reset unit attention. Persistent
-   * reservations survive.
+   * here the SPC-2 reservation is released and every nexus gets a reset unit
+   * attention (29h/00h for both: libiscsi-based initiators, QEMU among them,
+   * retry exactly that one). Persistent reservations survive. Mode
+   * parameters deliberately survive too: SAM-5 would restore the defaults,
+   * but an initiator that turned WCE off does not re-read the caching page
+   * after a reset and would keep skipping SYNCHRONIZE CACHE while its writes
+   * silently became write-back again.
    */
   reset(_kind: 'lun' | 'target'): void {
     const ctx = this.ctx;
     ctx.legacyHolder = undefined;
-    Object.assign(ctx.mode, defaultModeState());
     ctx.ua.establishAll(Asc.POWER_ON_RESET);
   }
 

@@ -10,9 +10,15 @@ export type Release = () => void;
 interface Entry {
   start: number;
   end: number; // exclusive
-  /** Resolves when this entry releases (or gives up waiting). */
-  done: Promise<void>;
-  resolveDone: () => void;
+  /** Resolves when this entry releases (or gives up waiting); made only once a later request overlaps it. */
+  done: Promise<void> | undefined;
+  resolveDone: (() => void) | undefined;
+  released: boolean;
+}
+
+function doneOf(e: Entry): Promise<void> {
+  e.done ??= new Promise<void>((resolve) => { e.resolveDone = resolve; });
+  return e.done;
 }
 
 export class RangeLock {
@@ -38,19 +44,16 @@ export class RangeLock {
     const end = start + count;
     const waits: Promise<void>[] = [];
     for (const e of this.entries) {
-      if (e.start < end && start < e.end) waits.push(e.done);
+      if (e.start < end && start < e.end) waits.push(doneOf(e));
     }
-    let resolveDone!: () => void;
-    const done = new Promise<void>((resolve) => { resolveDone = resolve; });
-    const entry: Entry = { start, end, done, resolveDone };
+    const entry: Entry = { start, end, done: undefined, resolveDone: undefined, released: false };
     this.entries.push(entry);
-    let released = false;
     const release: Release = () => {
-      if (released) return;
-      released = true;
+      if (entry.released) return;
+      entry.released = true;
       const i = this.entries.indexOf(entry);
       if (i >= 0) this.entries.splice(i, 1);
-      entry.resolveDone();
+      entry.resolveDone?.();
     };
     if (waits.length === 0) return Promise.resolve(release);
     const granted = Promise.all(waits).then(() => release);
@@ -64,7 +67,7 @@ export class RangeLock {
       void granted.then((r) => {
         signal.removeEventListener('abort', onAbort);
         // Aborted while waiting: release() already ran and undefined was sent.
-        if (!released) resolve(r);
+        if (!entry.released) resolve(r);
       });
     });
   }
