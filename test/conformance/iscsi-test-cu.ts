@@ -12,26 +12,20 @@ import { startTgt } from './peers.js';
 // local file. Prints both summaries and writes every test's result per target
 // to docs/iscsi-conformance-results.txt (a table of what differs).
 
-interface Summary { total: number; ran: number; passed: number; failed: number; inactive: number; results: Map<string, string> }
+interface Summary { total: number; ran: number; passed: number; failed: number; inactive: number; failures: Map<string, string> }
 
+/** CUnit's normal mode prints only failures: "Suite S, Test T had failures:" then "  1. file:line - message". */
 function parse(out: string): Summary {
-  const results = new Map<string, string>();
-  let current = '';
-  for (const line of out.split('\n')) {
-    const t = /^\s*Test: (\S+) \.\.\.(.*)$/.exec(line);
-    if (t) {
-      current = t[1]!;
-      const rest = t[2]!.trim();
-      if (rest) results.set(current, rest.startsWith('passed') ? 'passed' : rest.startsWith('FAILED') ? 'FAILED' : rest);
-      continue;
-    }
-    if (current && /^\s*(passed|FAILED|\[SKIPPED\]|SKIPPED)/.test(line) && !results.has(current)) {
-      results.set(current, line.trim().startsWith('passed') ? 'passed' : line.trim().startsWith('FAILED') ? 'FAILED' : 'skipped');
-    }
+  const failures = new Map<string, string>();
+  const re = /^Suite (\S+), Test (\S+) had failures:\n\s+\d+\. (.*)$/gm;
+  for (let m = re.exec(out); m !== null; m = re.exec(out)) {
+    const name = `${m[1]}.${m[2]}`;
+    const why = m[3]!.split('    [')[0]!.replace(/CU_FAIL\((.*)\)\s*$/, '$1').replace(/"\s*"/g, '').trim();
+    failures.set(name, failures.has(name) ? `${failures.get(name)} (and in another family)` : why);
   }
-  const m = /^\s*tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(out);
-  const [total, ran, passed, failed, inactive] = m ? m.slice(1).map(Number) : [0, 0, 0, 0, 0];
-  return { total: total!, ran: ran!, passed: passed!, failed: failed!, inactive: inactive!, results };
+  const t = /^\s*tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(out);
+  const [total, ran, passed, failed, inactive] = t ? t.slice(1).map(Number) : [0, 0, 0, 0, 0];
+  return { total: total!, ran: ran!, passed: passed!, failed: failed!, inactive: inactive!, failures };
 }
 
 async function runSuite(url: string, timeoutMs: number): Promise<{ summary: Summary; raw: string }> {
@@ -62,9 +56,10 @@ async function main(): Promise<void> {
       `${name.padEnd(6)} total ${s.total}  ran ${s.ran}  passed ${s.passed}  failed ${s.failed}  inactive/skipped ${s.inactive}`;
     console.log(`\niscsi-test-cu -d (libiscsi conformance suite), same run:\n${line('tgt', peer.summary)}\n${line('vsky', us.summary)}`);
     const differ: string[] = [];
-    for (const [test, res] of us.summary.results) {
-      const theirs = peer.summary.results.get(test) ?? '-';
-      if (res !== 'passed' || theirs !== 'passed') differ.push(`${test.padEnd(60)} vsky ${res.padEnd(8)} tgt ${theirs}`);
+    for (const test of new Set([...us.summary.failures.keys(), ...peer.summary.failures.keys()])) {
+      const ours = us.summary.failures.get(test);
+      const theirs = peer.summary.failures.get(test);
+      differ.push(`${test}\n  vsky: ${ours ?? 'passed'}\n  tgt:  ${theirs ?? 'passed'}`);
     }
     const out = join(process.cwd(), 'docs', 'iscsi-conformance-results.txt');
     writeFileSync(out, `# iscsi-test-cu -d: tests not passed by vsky or tgt (${new Date().toISOString()})\n${line('tgt', peer.summary)}\n${line('vsky', us.summary)}\n\n${differ.join('\n')}\n`);
