@@ -32,6 +32,8 @@ export interface LocalClusterOptions {
   logLevel?: string;
   /** Extra environment per daemon name ("manager", "node1", "head"), e.g. fault injection. */
   env?: Record<string, NodeJS.ProcessEnv>;
+  /** Extra `vsky manager` flags, e.g. ['--resync-mibps', '8']. */
+  managerArgs?: string[];
   /** Extra node flags per daemon name, e.g. { head: ['--cpu-prof'] } for profiling. */
   nodeArgs?: Record<string, string[]>;
 }
@@ -62,7 +64,7 @@ export class LocalCluster {
     this.manager = new DaemonProcess('manager', [
       'manager', '--data-dir', join(opts.dir, 'manager'), '--listen', opts.managerListen,
       '--chunk-size', String(opts.chunkSize), '--heartbeat-timeout', String(opts.heartbeatTimeoutMs),
-      ...this.logArgs(),
+      ...this.logArgs(), ...(opts.managerArgs ?? []),
     ], join(logs, 'manager.log'), opts.env?.manager);
     this.nodes = Array.from({ length: opts.servers }, (_, i) => this.nodeProcess(i, logs));
     this.head = new DaemonProcess('head', [], join(logs, 'head.log'), opts.env?.head);
