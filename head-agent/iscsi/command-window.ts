@@ -71,8 +71,9 @@ export class CommandWindow {
 
   /**
    * RFC 7143 11.5.1 (ABORT TASK, case b): a CmdSN inside the window that was
-   * never received is considered received, so the window moves past it. A
-   * queued request with that CmdSN is dropped. Returns false outside the window.
+   * never received is considered received, so the window moves past it (the
+   * caller checked that no request with it is queued). Returns false outside
+   * the window.
    */
   consume(cmdSN: number): boolean {
     const sn = cmdSN >>> 0;

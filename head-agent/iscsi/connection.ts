@@ -4,7 +4,8 @@
 // CmdSN window and the data budget bound everything else. Liveness: a
 // connection must finish login in time, and in full feature phase an
 // initiator that falls silent gets a NOP-In ping and is dropped if it does
-// not answer. Any malformed input closes this connection only, with a log
+// not answer; a session whose target is removed, or whose ACL stops naming
+// its initiator, is closed. Any malformed input closes this connection only, with a log
 // line naming the remote address and the reason.
 
 import { randomBytes } from 'node:crypto';
@@ -97,7 +98,8 @@ export class IscsiConnection implements ConnectionControl {
     this.env = env;
     this.log = env.log;
     this.trace = isTraced('iscsi');
-    this.decoder = new FrameDecoder(this.spec);
+    this.decoder = new FrameDecoder(this.spec, (h, length) => (
+      this.state === 'ffp' ? this.session?.placeDataOut(h, length, this.spec.headerDigest ? 4 : 0) : undefined));
     this.writer = new PduWriter(socket, this.spec, this.loginNumbers, randomBytes(4).readUInt32BE(0));
     this.login = new LoginStateMachine({
       registry: env.registry, portalGroupTag: env.portalGroupTag, offer: env.offer, random: randomBytes,
@@ -190,7 +192,15 @@ export class IscsiConnection implements ConnectionControl {
         return;
       }
       if (frame === undefined) break;
-      this.frame(frame.header, frame.payload);
+      try {
+        this.frame(frame.header, frame.payload);
+      } catch (err) {
+        // A bug, not bad input (bad input is handled where it is parsed):
+        // this connection goes, the process stays.
+        this.log.error({ err: errorMessage(err), stack: err instanceof Error ? err.stack : undefined }, 'unexpected error handling a PDU');
+        this.fail('internal error');
+        return;
+      }
     }
     this.updateReading();
   }
@@ -313,6 +323,11 @@ export class IscsiConnection implements ConnectionControl {
 
   private checkAlive(intervalMs: number, timeoutMs: number): void {
     if (this.state !== 'ffp') return;
+    const revoked = this.session?.accessRevoked();
+    if (revoked !== undefined) {
+      void this.close(revoked);
+      return;
+    }
     const now = Date.now();
     if (this.ping !== undefined) {
       if (now - this.ping.sentAt > timeoutMs) this.fail(`initiator did not answer a NOP-In ping within ${timeoutMs} ms`);

@@ -3,7 +3,7 @@
 // multi-byte field on the wire is big-endian, except the CRC32C digests,
 // which are sent least significant byte first.
 
-import { MiB } from '../../shared/constants.js';
+import { MAX_DATA_PAYLOAD, MiB } from '../../shared/constants.js';
 
 // --- Basic Header Segment layout (RFC 7143 11.2.1) ---------------------------
 
@@ -172,11 +172,6 @@ export const RejectReason = {
   WAITING_FOR_LOGOUT: 0x0c,
 } as const;
 
-// --- Async message events (RFC 7143 11.9.1) -----------------------------------------
-
-/** The target asks the initiator to log out (Parameter3 = seconds to do so). */
-export const ASYNC_EVENT_REQUEST_LOGOUT = 1;
-
 // --- What this target offers in login negotiation ---------------------------------
 
 /**
@@ -204,8 +199,10 @@ export const OUR_DEFAULT_TIME2RETAIN = 0;
 export const CMDSN_WINDOW = 128;
 /** Immediate SCSI commands (outside the window) in flight at once before Reject. */
 export const MAX_IMMEDIATE_COMMANDS = 16;
-/** Largest Expected Data Transfer Length of one command (the engine's largest request). */
-export const MAX_TRANSFER_BYTES = 32 * MiB;
+/** Largest Expected Data Transfer Length of one command: the engine's largest request (what the unit advertises in VPD B0h). */
+export const MAX_TRANSFER_BYTES = MAX_DATA_PAYLOAD;
+/** Task management requests of one session waiting for their tasks at once; more are rejected. */
+export const MAX_PENDING_TMF = 16;
 /**
  * Command data (Data-Out being collected + Data-In being produced) one
  * connection holds at once; R2Ts and reads wait for room beyond it.
@@ -215,8 +212,6 @@ export const MAX_DATA_BYTES_IN_FLIGHT = 128 * MiB;
 export const MAX_TEXT_BYTES = 64 * 1024;
 /** Login request PDUs on one connection before we give up on it. */
 export const MAX_LOGIN_PDUS = 32;
-/** Text request exchanges in flight per session (one: RFC 7143 allows one outstanding). */
-export const MAX_TEXT_PDUS_PER_EXCHANGE = 64;
 
 /** A connection not in full feature phase after this long is closed. */
 export const LOGIN_TIMEOUT_MS = 15_000;

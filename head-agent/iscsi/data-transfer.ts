@@ -8,8 +8,9 @@
 // our R2Ts (at most MaxOutstandingR2T at once, each at most MaxBurstLength).
 // We negotiate DataPDUInOrder=Yes and DataSequenceInOrder=Yes, so every
 // sequence must arrive at increasing offsets with no overlap; anything else
-// is a protocol error. Data is copied once, into one buffer per command,
-// which is what the SCSI layer receives.
+// ends the command with CHECK CONDITION (task-set.ts). Data is copied once, into one buffer per command,
+// which is what the SCSI layer receives; a Data-Out payload that spans socket
+// chunks is even assembled in place there (placement()), not copied at all.
 
 import { RESERVED_TAG } from './constants.js';
 
@@ -39,6 +40,11 @@ export class DataBudget {
     }
     this.waiters.push({ bytes, grant });
     return false;
+  }
+
+  /** True when `bytes` would be granted at once. */
+  hasRoomFor(bytes: number): boolean {
+    return this.waiters.length === 0 && this.fits(bytes);
   }
 
   /** Reserves even beyond the limit (data that is already arriving and bounded elsewhere). */
@@ -90,6 +96,19 @@ interface Sequence {
   dataSN: number;
 }
 
+/**
+ * Slack around a command's data in its buffer, so a whole Data-Out payload
+ * can be assembled in place: a header digest just before the data (4), the
+ * pad and data digest just after it (3 + 4).
+ */
+export const HEAD_SLACK = 4;
+const TAIL_SLACK = 8;
+
+/** A command buffer for `expected` bytes, with the slack for in-place assembly. */
+export function allocateCommandBuffer(expected: number): Buffer {
+  return Buffer.allocUnsafe(HEAD_SLACK + expected + TAIL_SLACK);
+}
+
 export interface CollectorLimits {
   maxBurst: number;
   maxOutstandingR2T: number;
@@ -99,6 +118,8 @@ export class WriteCollector {
   readonly expected: number;
   /** The command's data, once attached; undefined while waiting for budget. */
   private buffer: Buffer | undefined;
+  /** `buffer` with the slack around it. */
+  private raw: Buffer | undefined;
   /** Unsolicited bytes that arrived before the buffer (copied in on attach). */
   private staging: Buffer | undefined;
   private received = 0;
@@ -106,15 +127,21 @@ export class WriteCollector {
   private readonly r2ts = new Map<number, Sequence>();
   private nextR2TOffset: number;
   private r2tSN = 0;
+  private draining = false;
   private readonly limits: CollectorLimits;
 
   /**
    * `immediate`: the command PDU's data segment. `unsolicitedLength`: how
    * many bytes in all (immediate included) may come without an R2T; Data-Out
    * without R2T is expected when it exceeds the immediate data and the
-   * command's F bit was clear.
+   * command's F bit was clear. `attachNow`: the budget is already granted;
+   * attach at once, to `raw` when given (the immediate data may already sit
+   * in it, assembled in place).
    */
-  constructor(expected: number, immediate: Buffer | undefined, unsolicitedLength: number, moreUnsolicited: boolean, limits: CollectorLimits) {
+  constructor(
+    expected: number, immediate: Buffer | undefined, unsolicitedLength: number, moreUnsolicited: boolean, limits: CollectorLimits,
+    attachNow?: { raw: Buffer | undefined },
+  ) {
     this.expected = expected;
     this.limits = limits;
     const immediateLength = immediate?.length ?? 0;
@@ -122,6 +149,7 @@ export class WriteCollector {
       this.unsolicited = { offset: 0, length: unsolicitedLength, next: immediateLength, dataSN: 0 };
     }
     this.nextR2TOffset = immediateLength;
+    if (attachNow !== undefined) this.attach(attachNow.raw);
     if (immediate !== undefined && immediateLength > 0) this.store(0, immediate);
   }
 
@@ -138,35 +166,37 @@ export class WriteCollector {
     return this.buffer!;
   }
 
-  /** R2Ts still owed data. */
-  get outstandingR2Ts(): number {
-    return this.r2ts.size;
-  }
-
   /** True while unsolicited Data-Out may still arrive. */
   get unsolicitedOpen(): boolean {
     return this.unsolicited !== undefined;
   }
 
-  /** Gives the collector its buffer (exactly `expected` bytes), once budget allows. */
-  attach(buffer: Buffer): void {
+  /** Draining (see drain()) and nothing more is owed: the initiator is done sending. */
+  get drained(): boolean {
+    return this.draining && this.unsolicited === undefined && this.r2ts.size === 0;
+  }
+
+  /** Gives the collector its buffer once budget allows: `raw` from allocateCommandBuffer(), or a new one. */
+  attach(raw?: Buffer): void {
+    this.raw = raw !== undefined && raw.length === HEAD_SLACK + this.expected + TAIL_SLACK ? raw : allocateCommandBuffer(this.expected);
+    const buffer = this.raw.subarray(HEAD_SLACK, HEAD_SLACK + this.expected);
     this.buffer = buffer;
     if (this.staging !== undefined) {
-      this.staging.copy(buffer, 0, 0, this.receivedBefore());
+      // Staged data is the unsolicited prefix: [0, received).
+      this.staging.copy(buffer, 0, 0, this.received);
       this.staging = undefined;
     }
   }
 
-  /** Bytes staged before attach: everything received so far sits at [0, received). */
-  private receivedBefore(): number {
-    return this.received;
-  }
-
   /**
-   * One Data-Out PDU. Returns undefined when accepted, else why it is a
-   * protocol violation (the caller rejects it and closes the connection).
+   * One Data-Out PDU. Returns undefined when accepted, else why it breaks
+   * the sequence rules (the caller ends the command with CHECK CONDITION).
    */
   dataOut(ttt: number, dataSN: number, offset: number, data: Buffer | undefined, final: boolean): string | undefined {
+    if (this.draining) {
+      this.swallow(ttt, final);
+      return undefined;
+    }
     const length = data?.length ?? 0;
     let seq: Sequence | undefined;
     if (ttt === RESERVED_TAG) {
@@ -180,7 +210,6 @@ export class WriteCollector {
     if (offset !== seq.next) return `Data-Out at offset ${offset}, expected ${seq.next} (DataPDUInOrder=Yes)`;
     const end = seq.offset + seq.length;
     if (offset + length > end) return `Data-Out of ${length} bytes at ${offset} runs past the sequence end ${end}`;
-    if (ttt !== RESERVED_TAG && this.buffer === undefined) return 'solicited Data-Out before its R2T';
     if (length > 0) this.store(offset, data!);
     seq.next += length;
     seq.dataSN++;
@@ -216,19 +245,52 @@ export class WriteCollector {
     return out;
   }
 
-  /** Target transfer tags still owed data (an aborted task waits for them). */
-  pendingTags(): number[] {
-    return [...this.r2ts.keys()];
+  /**
+   * The command will not run with this data (aborted, or a data sequence
+   * error): no more R2Ts; Data-Out already owed (the unsolicited burst, our
+   * outstanding R2Ts) is taken and dropped until each sequence's F bit.
+   */
+  drain(): void {
+    this.draining = true;
+    this.nextR2TOffset = this.expected;
+    this.buffer = undefined;
+    this.raw = undefined;
+    this.staging = undefined;
   }
 
-  /** Stops asking for data: no more R2Ts; those outstanding may still complete. */
-  stop(): void {
-    this.nextR2TOffset = this.expected;
-    this.unsolicited = undefined;
+  private swallow(ttt: number, final: boolean): void {
+    if (!final) return;
+    if (ttt === RESERVED_TAG) this.unsolicited = undefined;
+    else this.r2ts.delete(ttt);
+  }
+
+  /**
+   * Where a Data-Out payload of `length` data bytes at `offset` may be
+   * assembled in place: a view of the buffer starting `headerDigest` bytes
+   * before the data, or undefined when the PDU would not be accepted as is,
+   * or its pad and digest would land on data already received (another
+   * sequence's). The caller restores the `headerDigest` bytes it overwrote.
+   */
+  placement(ttt: number, dataSN: number, offset: number, length: number, trailer: number, headerDigest: number): Buffer | undefined {
+    if (this.draining || this.raw === undefined) return undefined;
+    const seq = ttt === RESERVED_TAG ? this.unsolicited : this.r2ts.get(ttt);
+    if (seq === undefined || seq.dataSN !== dataSN || seq.next !== offset) return undefined;
+    const end = offset + length;
+    const seqEnd = seq.offset + seq.length;
+    if (end > seqEnd) return undefined;
+    if (trailer > 0 && end === seqEnd && end < this.expected) {
+      for (const other of this.r2ts.values()) if (other.offset === end && other.next > other.offset) return undefined;
+    }
+    return this.raw.subarray(HEAD_SLACK + offset - headerDigest);
   }
 
   private store(offset: number, data: Buffer): void {
     if (this.buffer !== undefined) {
+      // Assembled in place already (placement()): nothing to copy.
+      if (data.buffer === this.buffer.buffer && data.byteOffset === this.buffer.byteOffset + offset) {
+        this.received += data.length;
+        return;
+      }
       data.copy(this.buffer, offset);
     } else {
       // Only unsolicited data can arrive before attach, and it starts at 0

@@ -7,6 +7,7 @@
 // names itself and the target; the registry says whether it may log in.
 
 import { errorMessage, ProtocolError } from '../../shared/errors.js';
+import { mayAccess, sameIscsiName } from './access.js';
 import type { IscsiTarget, IscsiTargetRegistry } from './target-registry.js';
 import {
   checkInitiatorChallenge, decodeBinary, encodeBinary, makeChallenge, offersMd5, parseChapIdentifier,
@@ -199,8 +200,8 @@ export class LoginStateMachine {
     const targetName = get('TargetName');
     const alias = get('InitiatorAlias');
     if (this.negotiator !== undefined) {
-      if ((name !== undefined && name !== this.initiatorName) || (type !== undefined && type !== this.sessionType) ||
-        (targetName !== undefined && this.target !== undefined && targetName !== this.target.iqn)) {
+      if ((name !== undefined && !sameIscsiName(name, this.initiatorName)) || (type !== undefined && type !== this.sessionType) ||
+        (targetName !== undefined && this.target !== undefined && !sameIscsiName(targetName, this.target.iqn))) {
         throw new LoginFailure(LoginStatus.INITIATOR_ERROR, 'InitiatorName, SessionType or TargetName changed during login');
       }
       return;
@@ -217,8 +218,7 @@ export class LoginStateMachine {
       if (targetName === undefined || targetName.length === 0) throw new LoginFailure(LoginStatus.MISSING_PARAMETER, 'normal session without TargetName');
       const target = this.env.registry.lookup(targetName);
       if (target === undefined) throw new LoginFailure(LoginStatus.TARGET_NOT_FOUND, `no target ${targetName.slice(0, 256)}`);
-      const allowed = target.access.initiators;
-      if (allowed.length > 0 && !allowed.includes(name)) {
+      if (!mayAccess(target, name)) {
         throw new LoginFailure(LoginStatus.AUTHORIZATION_FAILURE, `initiator ${name} is not allowed to access ${target.iqn}`);
       }
       this.target = target;
@@ -245,7 +245,8 @@ export class LoginStateMachine {
       }
       out.push(['AuthMethod', choice]);
       this.auth = choice === 'CHAP' ? 'chap-algorithm' : 'done';
-      return out;
+      // Some initiators offer CHAP_A in the same request: answer it at once.
+      if (get('CHAP_A') === undefined) return out;
     }
     const algorithm = get('CHAP_A');
     if (algorithm !== undefined) {

@@ -7,6 +7,10 @@
 // MaxBurstLength, with the status in the last one when it can ride there
 // (RFC 7143 11.7.4: GOOD with no sense), else in a SCSI Response.
 //
+// Every PDU written in one tick leaves in one batch: the socket is corked at
+// the first write and uncorked on process.nextTick, so the status PDUs of
+// many commands finishing together cost one writev, not one syscall each.
+//
 // The writer owns the connection's StatSN: every PDU that carries status
 // takes the next one; R2T, Data-In without status and our own NOP-In pings
 // only show it.
@@ -19,7 +23,7 @@ import {
 import { crc32c, writeDigest } from './crc32c.js';
 import { encodeBhs, pad4, type Bhs, type PduSpec } from './pdu.js';
 import {
-  writeAsyncMessage, writeDataIn, writeLoginResponse, writeLogoutResponse, writeNopIn, writeR2T, writeReject,
+  writeDataIn, writeLoginResponse, writeLogoutResponse, writeNopIn, writeR2T, writeReject,
   writeScsiResponse, writeTextResponse, writeTmfResponse, type SeqNumbers,
 } from './target-pdus.js';
 
@@ -53,6 +57,11 @@ export class PduWriter {
   private readonly sn: { statSN: number; expCmdSN: number; maxCmdSN: number } = { statSN: 0, expCmdSN: 0, maxCmdSN: 0 };
   /** Set when a write returned false; cleared by the connection on 'drain'. */
   blocked = false;
+  private corked = false;
+  private readonly flush = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   constructor(socket: Socket, spec: PduSpec, window: WindowNumbers, initialStatSN: number) {
     this.socket = socket;
@@ -106,18 +115,13 @@ export class PduWriter {
     return this.single((b, o, sn) => writeReject(b, o, { reason, dataLength: BHS_SIZE }, sn), true, header);
   }
 
-  asyncMessage(f: { event: number; parameter3?: number }): boolean {
-    return this.single((b, o, sn) => writeAsyncMessage(b, o, f, sn), true, undefined);
-  }
-
   /**
    * A command's Data-In (if any) and status. `data` is already cut to the
    * expected length; `maxSegment` is the initiator's MaxRecvDataSegmentLength.
    */
   commandResult(st: CommandStatus, data: Buffer | undefined, maxSegment: number, maxBurst: number): boolean {
-    const s = this.socket;
-    if (!s.writable) return false;
-    s.cork();
+    if (!this.socket.writable) return false;
+    this.batch();
     let ok = true;
     let dataSN = 0;
     const statusInData = st.sense === undefined && (st.status === ScsiStatus.GOOD || st.status === ScsiStatus.CONDITION_MET);
@@ -153,19 +157,22 @@ export class PduWriter {
         residual: st.residual, dataLength: segment?.length ?? 0,
       }, sn), true, segment);
     }
-    s.uncork();
     return this.note(ok);
   }
 
   private single(fill: (buf: Buffer, off: number, sn: SeqNumbers) => void, advance: boolean, data: Buffer | undefined): boolean {
     // A closing connection drops what it can no longer deliver.
     if (!this.socket.writable) return false;
-    if (data === undefined || data.length === 0) return this.note(this.emit(fill, advance, undefined));
-    const s = this.socket;
-    s.cork();
-    const ok = this.emit(fill, advance, data);
-    s.uncork();
-    return this.note(ok);
+    this.batch();
+    return this.note(this.emit(fill, advance, data));
+  }
+
+  /** Corks the socket until the end of this tick (see the header comment). */
+  private batch(): void {
+    if (this.corked) return;
+    this.corked = true;
+    this.socket.cork();
+    process.nextTick(this.flush);
   }
 
   /** Header (+ digest), then data, pad and data digest. Returns the last write's result. */

@@ -4,6 +4,8 @@
 // session), and task management finds the other sessions of a target (LUN
 // RESET aborts their tasks too).
 
+import { sameIscsiName } from './access.js';
+
 export interface SessionHandle {
   readonly tsih: number;
   /** ISID as 12 hex digits. */
@@ -19,6 +21,10 @@ export interface SessionHandle {
    * Resolves once they have all settled.
    */
   abortTasks(lun: number | undefined, reason: string): Promise<void>;
+}
+
+function sameTarget(a: string | undefined, b: string | undefined): boolean {
+  return a === undefined || b === undefined ? a === b : sameIscsiName(a, b);
 }
 
 export class SessionTable {
@@ -50,7 +56,7 @@ export class SessionTable {
   /** The session a new login with this (initiator, ISID, target) reinstates, if any. */
   findForReinstatement(initiatorName: string, isid: string, targetIqn: string | undefined): SessionHandle | undefined {
     for (const s of this.byTsih.values()) {
-      if (s.initiatorName === initiatorName && s.isid === isid && s.targetIqn === targetIqn) return s;
+      if (sameIscsiName(s.initiatorName, initiatorName) && s.isid === isid && sameTarget(s.targetIqn, targetIqn)) return s;
     }
     return undefined;
   }

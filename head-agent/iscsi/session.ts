@@ -5,9 +5,12 @@
 // opcodes rejected. A discovery session accepts only Text, NOP and Logout.
 
 import { errorMessage } from '../../shared/errors.js';
+import { mayAccess } from './access.js';
 import type { Logger } from '../../shared/logger.js';
 import { CommandWindow } from './command-window.js';
-import { CLOSE_GRACE_MS, LogoutReason, LogoutResponse, Opcode, RESERVED_TAG, RejectReason, opcodeName } from './constants.js';
+import {
+  CLOSE_GRACE_MS, LogoutReason, LogoutResponse, MAX_PENDING_TMF, Opcode, RESERVED_TAG, RejectReason, TmfResponse, opcodeName,
+} from './constants.js';
 import { DataBudget } from './data-transfer.js';
 import type { LoginResult } from './login.js';
 import type { Bhs } from './pdu.js';
@@ -60,6 +63,7 @@ export class FullFeatureSession implements SessionHandle {
   private readonly tasks: TaskSet | undefined;
   private readonly text: TextExchange;
   private loggingOut = false;
+  private pendingTmf = 0;
 
   constructor(opts: SessionOptions) {
     this.opts = opts;
@@ -89,6 +93,24 @@ export class FullFeatureSession implements SessionHandle {
     });
   }
 
+  /**
+   * Why this session may no longer stay, or undefined: its target was
+   * removed or replaced in the registry, or its ACL no longer names the
+   * initiator (access rules changed while logged in).
+   */
+  accessRevoked(): string | undefined {
+    const target = this.opts.login.target;
+    if (target === undefined) return undefined;
+    if (this.opts.registry.lookup(target.iqn) !== target) return 'its target was removed';
+    if (!mayAccess(target, this.initiatorName)) return 'the target\'s ACL no longer names this initiator';
+    return undefined;
+  }
+
+  /** FrameDecoder allocator: where a spanning Data-Out payload may be assembled in place. */
+  placeDataOut(bhs: Bhs, payloadLength: number, headerDigest: number): Buffer | undefined {
+    return this.tasks?.placeDataOut(bhs, payloadLength, headerDigest);
+  }
+
   /** Tasks in flight (SCSI commands not yet answered). */
   get activeTasks(): number {
     return this.tasks?.size ?? 0;
@@ -100,6 +122,11 @@ export class FullFeatureSession implements SessionHandle {
       case Opcode.SCSI_COMMAND:
         if (this.tasks === undefined) return this.reject(bhs, RejectReason.PROTOCOL_ERROR);
         if (this.loggingOut) return this.reject(bhs, RejectReason.WAITING_FOR_LOGOUT);
+        // Once its volume is detached (or re-attached as a new unit), no command may reach the old unit.
+        if (this.opts.registry.lookup(this.opts.login.target!.iqn) !== this.opts.login.target) {
+          void this.close('its target was removed');
+          return;
+        }
         return this.tasks.command(bhs, ahs, data);
       case Opcode.DATA_OUT:
         if (this.tasks === undefined) return this.reject(bhs, RejectReason.PROTOCOL_ERROR);
@@ -163,17 +190,25 @@ export class FullFeatureSession implements SessionHandle {
   private taskManagement(bhs: Bhs, release: () => void): void {
     const tasks = this.tasks!;
     const fn = bhs.flags & 0x7f;
+    if (this.pendingTmf >= MAX_PENDING_TMF) {
+      release();
+      this.writer.tmfResponse(bhs.itt, TmfResponse.FUNCTION_REJECTED);
+      return;
+    }
+    this.pendingTmf++;
     this.log.info({ fn: tmfName(fn), itt: bhs.itt, ref: bhs.w5 }, 'task management request');
     void performTmf({
       log: this.log, tasks, window: this.window, target: this.opts.login.target!, sessions: this.opts.sessions, self: this,
     }, bhs).then((response) => {
       this.log.info({ fn: tmfName(fn), itt: bhs.itt, response }, 'task management done');
-      release();
-      this.writer.tmfResponse(bhs.itt, response);
+      return response;
     }, (err: unknown) => {
       this.log.error({ err: errorMessage(err) }, 'task management failed');
+      return TmfResponse.FUNCTION_REJECTED;
+    }).then((response) => {
+      this.pendingTmf--;
       release();
-      this.writer.tmfResponse(bhs.itt, 255);
+      this.writer.tmfResponse(bhs.itt, response);
     });
   }
 

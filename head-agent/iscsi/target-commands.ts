@@ -20,6 +20,7 @@ export const Asc = {
   LOGICAL_UNIT_NOT_SUPPORTED: [0x25, 0x00],
   INTERNAL_TARGET_FAILURE: [0x44, 0x00],
   INVALID_COMMAND_OPERATION_CODE: [0x20, 0x00],
+  DATA_PHASE_ERROR: [0x4b, 0x00],
 } as const;
 
 const OP_INQUIRY = 0x12;
@@ -92,4 +93,9 @@ export function internalFailure(): ScsiResult {
 /** A command whose Expected Data Transfer Length we cannot take. */
 export function transferTooLong(): ScsiResult {
   return checkCondition(SenseKey.ILLEGAL_REQUEST, Asc.INVALID_FIELD_IN_CDB);
+}
+
+/** Data-Out that broke the sequence rules (DataSN, offset, F bit): the command did not run. */
+export function dataPhaseError(): ScsiResult {
+  return checkCondition(SenseKey.ABORTED_COMMAND, Asc.DATA_PHASE_ERROR);
 }

@@ -112,14 +112,3 @@ export function writeReject(buf: Buffer, off: number, f: { reason: number; dataL
     w6: sn.statSN, w7: sn.expCmdSN, w8: sn.maxCmdSN,
   });
 }
-
-/** Asynchronous Message (11.9): event in byte 36, Parameter3 in bytes 42..43. */
-export function writeAsyncMessage(buf: Buffer, off: number, f: {
-  event: number; parameter1?: number; parameter2?: number; parameter3?: number;
-}, sn: SeqNumbers): void {
-  writeBhs(buf, off, {
-    opcode: Opcode.ASYNC_MESSAGE, flags: FINAL_BIT, itt: RESERVED_TAG,
-    w6: sn.statSN, w7: sn.expCmdSN, w8: sn.maxCmdSN, w9: ((f.event << 24) | (f.parameter1 ?? 0)) >>> 0,
-    w10: (((f.parameter2 ?? 0) << 16) | (f.parameter3 ?? 0)) >>> 0,
-  });
-}

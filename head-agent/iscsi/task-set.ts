@@ -15,15 +15,15 @@ import { errorMessage } from '../../shared/errors.js';
 import { ScsiStatus, type ScsiResult } from '../scsi/types.js';
 import type { CommandWindow } from './command-window.js';
 import {
-  ABORT_DATA_WAIT_MS, AHS_EXTENDED_CDB, CMD_READ_BIT, CMD_WRITE_BIT, FINAL_BIT, MAX_IMMEDIATE_COMMANDS, MAX_TRANSFER_BYTES,
-  RESERVED_TAG, RESP_OVERFLOW_BIT, RESP_UNDERFLOW_BIT, RejectReason,
+  ABORT_DATA_WAIT_MS, CMD_WRITE_BIT, FINAL_BIT, MAX_IMMEDIATE_COMMANDS, MAX_TRANSFER_BYTES, Opcode, RESERVED_TAG, RejectReason,
 } from './constants.js';
-import { WriteCollector, type DataBudget } from './data-transfer.js';
+import { allocateCommandBuffer, HEAD_SLACK, WriteCollector, type DataBudget } from './data-transfer.js';
 import type { OperationalParams } from './negotiation.js';
 import { decodeLun, type Bhs } from './pdu.js';
 import type { PduWriter } from './pdu-writer.js';
-import { internalFailure, isTargetCommand, missingLun, reportLuns, transferTooLong } from './target-commands.js';
+import { dataPhaseError, internalFailure, isTargetCommand, missingLun, reportLuns, transferTooLong } from './target-commands.js';
 import type { IscsiTarget } from './target-registry.js';
+import { commandDescriptorBlock, residuals, Task, type AbortMode } from './task.js';
 
 export interface TaskContext {
   readonly log: Logger;
@@ -43,55 +43,15 @@ export interface TaskContext {
   taskSettled(): void;
 }
 
-type AbortMode = 'silent' | 'task-aborted';
-
-export class Task {
-  readonly itt: number;
-  readonly lun: number;
-  readonly lunHigh: number;
-  readonly cmdSN: number;
-  readonly immediate: boolean;
-  readonly cdb: Buffer;
-  readonly expectedLength: number;
-  readonly read: boolean;
-  readonly write: boolean;
-  readonly controller = new AbortController();
-  readonly settled: Promise<void>;
-  collector: WriteCollector | undefined;
-  dataOut: Buffer | undefined;
-  /** A result decided before execution (the command cannot be run). */
-  preResult: ScsiResult | undefined;
-  reserved = 0;
-  grant: (() => void) | undefined;
-  delivered = false;
-  /** The CmdSN this ordered task used is given back to the window (once). */
-  slotReleased = false;
-  dataReady = false;
-  started = false;
-  done = false;
-  aborted: AbortMode | undefined;
-  abortTimer: NodeJS.Timeout | undefined;
-  resolveSettled!: () => void;
-
-  constructor(bhs: Bhs, lun: number, cdb: Buffer) {
-    this.itt = bhs.itt;
-    this.lun = lun;
-    this.lunHigh = bhs.w2;
-    this.cmdSN = bhs.w6;
-    this.immediate = bhs.immediate;
-    this.cdb = cdb;
-    this.expectedLength = bhs.w5;
-    this.read = (bhs.flags & CMD_READ_BIT) !== 0;
-    this.write = (bhs.flags & CMD_WRITE_BIT) !== 0;
-    this.settled = new Promise((r) => { this.resolveSettled = r; });
-  }
-}
-
 export class TaskSet {
   private readonly ctx: TaskContext;
   private readonly tasks = new Map<number, Task>();
   private immediateCount = 0;
   private nextTtt = 1;
+  /** A command buffer placeCommand() handed out, for the command being decoded. */
+  private prepared: { itt: number; raw: Buffer } | undefined;
+  /** Bytes an in-place Data-Out's header digest overwrote, to put back (placeDataOut). */
+  private overwritten: { itt: number; view: Buffer; saved: number } | undefined;
 
   constructor(ctx: TaskContext) {
     this.ctx = ctx;
@@ -115,6 +75,9 @@ export class TaskSet {
 
   command(bhs: Bhs, ahs: Buffer | undefined, data: Buffer | undefined): void {
     const { ctx } = this;
+    // The buffer placeCommand() assembled this command's immediate data in, if any.
+    const prepared = this.prepared?.itt === bhs.itt ? this.prepared.raw : undefined;
+    this.prepared = undefined;
     const p = ctx.params;
     const write = (bhs.flags & CMD_WRITE_BIT) !== 0;
     const final = (bhs.flags & FINAL_BIT) !== 0;
@@ -142,7 +105,7 @@ export class TaskSet {
     this.tasks.set(task.itt, task);
     if (task.immediate) this.immediateCount++;
     if (ctx.trace) ctx.log.debug({ itt: task.itt, cmdSN: task.cmdSN, op: cdb[0], edtl, lun }, 'SCSI command');
-    this.startData(task, data, final);
+    this.startData(task, data, final, prepared);
     if (task.immediate) {
       task.delivered = true;
       this.maybeStart(task);
@@ -151,10 +114,12 @@ export class TaskSet {
     }
   }
 
-  private startData(task: Task, immediate: Buffer | undefined, final: boolean): void {
+  private startData(task: Task, immediate: Buffer | undefined, final: boolean, prepared: Buffer | undefined): void {
     const { ctx } = this;
     const edtl = task.expectedLength;
     if (!task.write || edtl === 0) {
+      // A read above the largest transfer would make the unit allocate it all.
+      if (edtl > MAX_TRANSFER_BYTES) task.preResult = transferTooLong();
       task.dataReady = true;
       return;
     }
@@ -162,10 +127,10 @@ export class TaskSet {
     const unsolicited = Math.min(edtl, p.firstBurstLength);
     if (edtl > MAX_TRANSFER_BYTES) {
       // Swallow whatever unsolicited data comes, then answer without running.
-      // (The collector never gets a buffer, so it never sends an R2T.)
       task.preResult = transferTooLong();
-      task.collector = new WriteCollector(edtl, immediate, unsolicited, !final, { maxBurst: p.maxBurstLength, maxOutstandingR2T: 1 });
-      task.dataReady = !task.collector.unsolicitedOpen;
+      task.collector = new WriteCollector(edtl, undefined, unsolicited, !final, { maxBurst: p.maxBurstLength, maxOutstandingR2T: 1 });
+      task.collector.drain();
+      task.dataReady = task.collector.drained;
       return;
     }
     if (immediate !== undefined && immediate.length === edtl) {
@@ -176,48 +141,113 @@ export class TaskSet {
       task.dataReady = true;
       return;
     }
-    const collector = new WriteCollector(edtl, immediate, unsolicited, !final, {
-      maxBurst: p.maxBurstLength, maxOutstandingR2T: p.maxOutstandingR2T,
-    });
-    task.collector = collector;
-    const attach = (): void => {
+    const limits = { maxBurst: p.maxBurstLength, maxOutstandingR2T: p.maxOutstandingR2T };
+    let collector: WriteCollector | undefined;
+    const grant = (): void => {
       task.grant = undefined;
       task.reserved = edtl;
-      collector.attach(Buffer.allocUnsafe(edtl));
+      collector!.attach();
       this.afterData(task);
     };
+    let granted: boolean;
     if (edtl <= p.firstBurstLength) {
       // Unsolicited data is on its way whatever our budget says; the window bounds it.
       ctx.budget.force(edtl);
-      attach();
-    } else if (ctx.budget.reserve(edtl, attach)) {
-      attach();
+      granted = true;
     } else {
-      task.grant = attach;
+      granted = ctx.budget.reserve(edtl, grant);
     }
+    if (granted) task.reserved = edtl;
+    else task.grant = grant;
+    collector = new WriteCollector(edtl, immediate, unsolicited, !final, limits, granted ? { raw: prepared } : undefined);
+    task.collector = collector;
+    if (granted) this.afterData(task);
   }
 
   // --- Data-Out ----------------------------------------------------------------
 
+  /**
+   * The FrameDecoder's allocator for a PDU whose payload spans socket
+   * chunks: a Data-Out that fits its task's buffer is assembled right there
+   * (see WriteCollector.placement). `headerDigest` is 4 when on: those bytes
+   * land just before the data and are put back by dataOut().
+   */
+  placeDataOut(bhs: Bhs, payloadLength: number, headerDigest: number): Buffer | undefined {
+    if (bhs.opcode === Opcode.SCSI_COMMAND) return this.placeCommand(bhs, headerDigest);
+    if (bhs.opcode !== Opcode.DATA_OUT || bhs.ahsLength !== 0) return undefined;
+    const task = this.tasks.get(bhs.itt);
+    if (task === undefined || task.aborted !== undefined || task.preResult !== undefined) return undefined;
+    const trailer = payloadLength - headerDigest - bhs.dataLength;
+    const target = task.collector?.placement(bhs.w5, bhs.w9, bhs.w10, bhs.dataLength, trailer, headerDigest);
+    if (target !== undefined && headerDigest > 0) this.overwritten = { itt: bhs.itt, view: target, saved: target.readUInt32BE(0) };
+    return target;
+  }
+
+  /**
+   * A write whose immediate data spans socket chunks and that will need more
+   * data: its command buffer is allocated now, so the immediate data lands
+   * in it directly (the header digest, if any, falls in the head slack).
+   * Only when the budget has room, so this never holds more than it may.
+   */
+  private placeCommand(bhs: Bhs, headerDigest: number): Buffer | undefined {
+    const edtl = bhs.w5;
+    if ((bhs.flags & CMD_WRITE_BIT) === 0 || bhs.ahsLength !== 0 || bhs.dataLength === 0 || edtl <= bhs.dataLength) return undefined;
+    if (edtl > MAX_TRANSFER_BYTES || this.tasks.has(bhs.itt) || !this.ctx.budget.hasRoomFor(edtl)) return undefined;
+    const raw = allocateCommandBuffer(edtl);
+    this.prepared = { itt: bhs.itt, raw };
+    return raw.subarray(HEAD_SLACK - headerDigest);
+  }
+
   dataOut(bhs: Bhs, data: Buffer | undefined): void {
+    const placed = this.overwritten;
+    if (placed !== undefined) {
+      // The header digest of an in-place payload overwrote the 4 bytes before its data.
+      this.overwritten = undefined;
+      if (placed.itt === bhs.itt) placed.view.writeUInt32BE(placed.saved, 0);
+    }
     const task = this.tasks.get(bhs.itt);
     const collector = task?.collector;
     if (task === undefined || collector === undefined) return this.ctx.reject(bhs, RejectReason.INVALID_PDU_FIELD);
-    const error = collector.dataOut(bhs.w5, bhs.w9, bhs.w10, data, (bhs.flags & FINAL_BIT) !== 0);
+    const final = (bhs.flags & FINAL_BIT) !== 0;
+    const error = collector.dataOut(bhs.w5, bhs.w9, bhs.w10, data, final);
     if (task.aborted !== undefined) {
       // An aborted task only waits for the Data-Out it already asked for.
       this.maybeFinishAborted(task);
       return;
     }
-    if (error !== undefined) return this.ctx.violation(error, bhs, RejectReason.PROTOCOL_ERROR);
+    if (error !== undefined) {
+      // The framing is intact, only this task's data is wrong: the task ends
+      // with CHECK CONDITION, the connection goes on (RFC 7143 7.1.2 lets
+      // ERL 0 terminate the task instead of the connection).
+      this.ctx.log.warn({ itt: task.itt, reason: error }, 'Data-Out sequence error; ending the command with CHECK CONDITION');
+      task.preResult = dataPhaseError();
+      collector.drain();
+      collector.dataOut(bhs.w5, bhs.w9, bhs.w10, undefined, final);
+      this.armDataWait(task);
+    }
     this.afterData(task);
+  }
+
+  /** A task that will not run still takes the Data-Out owed to it, but not forever. */
+  private armDataWait(task: Task): void {
+    if (task.collector === undefined || task.collector.drained || task.abortTimer !== undefined) return;
+    task.abortTimer = setTimeout(() => {
+      task.abortTimer = undefined;
+      if (task.aborted !== undefined) {
+        if (!task.started) this.finish(task);
+      } else {
+        task.dataReady = true;
+        this.maybeStart(task);
+      }
+    }, ABORT_DATA_WAIT_MS);
+    task.abortTimer.unref();
   }
 
   /** After data arrived or the buffer was attached: complete, or ask for more. */
   private afterData(task: Task): void {
     const collector = task.collector!;
     if (task.preResult !== undefined) {
-      task.dataReady = !collector.unsolicitedOpen;
+      task.dataReady = collector.drained;
       this.maybeStart(task);
       return;
     }
@@ -277,6 +307,7 @@ export class TaskSet {
     this.finish(task);
   }
 
+  /** Waits for room for the read's data; an abort ends the wait (execute() then answers TASK ABORTED). */
   private reserveRead(task: Task): Promise<void> {
     return new Promise((resolve) => {
       const grant = (): void => {
@@ -284,8 +315,12 @@ export class TaskSet {
         task.reserved = task.expectedLength;
         resolve();
       };
-      if (this.ctx.budget.reserve(task.expectedLength, grant)) grant();
-      else task.grant = grant;
+      if (this.ctx.budget.reserve(task.expectedLength, grant)) {
+        grant();
+        return;
+      }
+      task.grant = grant;
+      task.controller.signal.addEventListener('abort', () => resolve(), { once: true });
     });
   }
 
@@ -301,25 +336,14 @@ export class TaskSet {
     });
   }
 
-  /** Sends the result, cut to the expected length, with residuals (RFC 7143 11.4.5). */
+  /**
+   * Sends the result, cut to the expected length, with residuals (RFC 7143
+   * 11.4.5): of the Data-In for reads, of the Data-Out the CDB called for
+   * (ScsiResult.dataOutLength) for writes.
+   */
   private respond(task: Task, result: ScsiResult): void {
     const { ctx } = this;
-    let data = result.dataIn;
-    let residualFlags = 0;
-    let residual = 0;
-    const edtl = task.expectedLength;
-    const actual = data?.length ?? 0;
-    if (task.read || actual > 0) {
-      const allowed = task.read ? edtl : 0;
-      if (actual > allowed) {
-        residualFlags = RESP_OVERFLOW_BIT;
-        residual = actual - allowed;
-        data = allowed === 0 ? undefined : data!.subarray(0, allowed);
-      } else if (actual < allowed) {
-        residualFlags = RESP_UNDERFLOW_BIT;
-        residual = allowed - actual;
-      }
-    }
+    const { data, residualFlags, residual } = residuals(task, result);
     // The window grows before the status goes out, so the response itself advertises it.
     this.releaseSlot(task);
     ctx.writer.commandResult(
@@ -357,15 +381,16 @@ export class TaskSet {
     if (task.done || task.aborted !== undefined) return task.settled;
     task.aborted = mode;
     task.controller.abort();
-    task.collector?.stop();
+    task.collector?.drain();
     if (task.grant !== undefined) {
       this.ctx.budget.cancel(task.grant);
       task.grant = undefined;
     }
-    if ((task.collector?.outstandingR2Ts ?? 0) > 0) {
-      task.abortTimer = setTimeout(() => { if (!task.started) this.finish(task); }, ABORT_DATA_WAIT_MS);
-      task.abortTimer.unref();
+    if (task.abortTimer !== undefined) {
+      clearTimeout(task.abortTimer);
+      task.abortTimer = undefined;
     }
+    this.armDataWait(task);
     this.maybeFinishAborted(task);
     return task.settled;
   }
@@ -374,7 +399,6 @@ export class TaskSet {
   abortAll(): Promise<void> {
     const all = [...this.tasks.values()];
     for (const t of all) {
-      if (t.collector !== undefined) t.collector.stop();
       void this.abort(t, 'silent');
       if (!t.started) this.finish(t);
     }
@@ -383,30 +407,7 @@ export class TaskSet {
 
   private maybeFinishAborted(task: Task): void {
     if (task.done || task.started) return;
-    if ((task.collector?.outstandingR2Ts ?? 0) > 0) return;
+    if (task.collector !== undefined && !task.collector.drained) return;
     this.finish(task);
   }
-}
-
-/** The CDB: 16 bytes in the BHS, plus an Extended CDB AHS for longer ones (RFC 7143 11.2.2.3). */
-function commandDescriptorBlock(bhs: Bhs, ahs: Buffer | undefined): Buffer | undefined {
-  const base = Buffer.allocUnsafe(16);
-  base.writeUInt32BE(bhs.w8, 0);
-  base.writeUInt32BE(bhs.w9, 4);
-  base.writeUInt32BE(bhs.w10, 8);
-  base.writeUInt32BE(bhs.w11, 12);
-  if (ahs === undefined) return base;
-  for (let at = 0; at + 3 <= ahs.length;) {
-    const length = ahs.readUInt16BE(at);
-    const type = ahs[at + 2]!;
-    const end = at + 3 + length;
-    if (end > ahs.length) return undefined;
-    if (type === AHS_EXTENDED_CDB) {
-      if (length < 2) return undefined;
-      // AHSLength counts the reserved byte plus the CDB bytes beyond 16.
-      return Buffer.concat([base, ahs.subarray(at + 4, end)]);
-    }
-    at = end + ((4 - (end & 3)) & 3);
-  }
-  return base;
 }

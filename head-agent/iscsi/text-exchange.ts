@@ -7,6 +7,7 @@
 // Text Request carrying the Target Transfer Tag of the previous one.
 
 import { ProtocolError } from '../../shared/errors.js';
+import { mayAccess } from './access.js';
 import { CONTINUE_BIT, FINAL_BIT, RESERVED_TAG } from './constants.js';
 import { parseNumber, type OperationalParams } from './negotiation.js';
 import type { IscsiTarget, IscsiTargetRegistry } from './target-registry.js';
@@ -27,11 +28,6 @@ export interface TextReply {
   flags: number;
   ttt: number;
   text: Buffer;
-}
-
-/** True when `initiator` may log in to `target` (its ACL is empty or names it). */
-export function mayAccess(target: IscsiTarget, initiator: string): boolean {
-  return target.access.initiators.length === 0 || target.access.initiators.includes(initiator);
 }
 
 export class TextExchange {
