@@ -5,6 +5,7 @@ import { registerDiskCommands } from './commands/disk.js';
 import { registerVolumeCommands } from './commands/volume.js';
 import { registerStatusCommand } from './commands/status.js';
 import { registerClusterCommands } from './commands/cluster.js';
+import { registerResyncCommands } from './commands/resync.js';
 
 export function buildProgram(): Command {
   const program = new Command('vsky')
@@ -17,6 +18,7 @@ export function buildProgram(): Command {
   registerServerCommands(program);
   registerDiskCommands(program);
   registerVolumeCommands(program);
+  registerResyncCommands(program);
   registerStatusCommand(program);
   return program;
 }

@@ -6,13 +6,17 @@ import type { AttachVolumeRequest__Output } from '../proto/generated/vsky/head/A
 import type { AttachedList } from '../proto/generated/vsky/head/AttachedList.js';
 import type { DetachVolumeRequest__Output } from '../proto/generated/vsky/head/DetachVolumeRequest.js';
 import type { Empty } from '../proto/generated/vsky/common/Empty.js';
+import type { ResyncTask__Output } from '../proto/generated/vsky/common/ResyncTask.js';
 import type { HeadAgentHandlers } from '../proto/generated/vsky/head/HeadAgent.js';
 import type { VolumeRegistry } from './volume-registry.js';
 import { accessFromProto, iscsiUrl, targetIqn, type IscsiExports } from './iscsi-exports.js';
+import type { ResyncService } from './resync-runner.js';
 
 // The head agent's gRPC control service (proto/head_agent.proto), called by
 // the manager: Attach builds and fences a volume, then answers with the NBD
-// URI it is exported under; Detach flushes and drops it; ListAttached reports.
+// URI it is exported under; Detach flushes and drops it; ListAttached reports;
+// UpdateMap applies new replica states in place; StartResync copies a segment
+// to a resyncing replica in the background.
 
 export interface ControlServiceOptions {
   registry: VolumeRegistry;
@@ -22,6 +26,8 @@ export interface ControlServiceOptions {
   connectionCount?: (exportName: string) => number;
   /** The iSCSI portal and its exports, when the head serves iSCSI. */
   iscsi?: { exports: IscsiExports; address: string; sessionCount: (iqn: string) => number };
+  /** Runs StartResync tasks. */
+  resync?: ResyncService;
 }
 
 export function nbdUri(nbdAddress: string, name: string): string {
@@ -43,6 +49,16 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
       if (!req.name) throw new InvalidArgumentError('Detach: a volume name is required');
       opts.iscsi?.exports.remove(req.name); // no new logins; then flush and drop
       await registry.detach(req.name, req.force);
+      return {};
+    }),
+    UpdateMap: unary(async (req: AttachVolumeRequest__Output): Promise<Empty> => {
+      if (req.map === null || req.map === undefined) throw new InvalidArgumentError('UpdateMap: the request carries no volume map');
+      await registry.updateMap(req.map, req.epoch);
+      return {};
+    }),
+    StartResync: unary(async (task: ResyncTask__Output): Promise<Empty> => {
+      if (opts.resync === undefined) throw new InvalidArgumentError('StartResync: this head agent runs no resyncs');
+      opts.resync.start(task);
       return {};
     }),
     ListAttached: unary(async (): Promise<AttachedList> => ({

@@ -1,8 +1,11 @@
 import { moduleLogger } from '../shared/logger.js';
+import { NodeControlClients } from './chunk-regions.js';
 import { startControlServer, type ControlServer } from './control-service.js';
 import { ManagerLink, loadHeadId } from './manager-link.js';
 import { startNbdServer, type NbdServerHandle } from './nbd/server.js';
 import { NodePool } from './node-pool.js';
+import { ReportingFailureHandler } from './replica-failures.js';
+import { ResyncService } from './resync-runner.js';
 import { VolumeRegistry } from './volume-registry.js';
 import { IscsiExports } from './iscsi-exports.js';
 import { startIscsiServer, type IscsiServerHandle } from './iscsi/server.js';
@@ -11,7 +14,9 @@ import { startIscsiServer, type IscsiServerHandle } from './iscsi/server.js';
 // the gRPC control service the manager calls, and the link that registers and
 // heartbeats with the manager. Start order: engine, NBD (its address goes into
 // every nbd:// URI), control, then the manager link. Stop in reverse; attached
-// volumes are flushed on the way out.
+// volumes are flushed on the way out. With a manager, a write that fails on
+// some replicas is acknowledged once the manager recorded them stale
+// (replica-failures.ts, through the link's client); standalone, it fails.
 
 export interface HeadAgentOptions {
   /** Holds the stable head id file. */
@@ -28,6 +33,8 @@ export interface HeadAgentOptions {
   /** Omitted = standalone (attach only through the control service directly). */
   managerAddress?: string;
   heartbeatIntervalMs: number;
+  /** How long a write waits for the manager to record a failed replica stale before it fails (default 10000). */
+  staleReportTimeoutMs?: number;
 }
 
 export interface HeadAgentHandle {
@@ -44,7 +51,17 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
   const log = moduleLogger('head-agent', { name: opts.name });
   const headId = await loadHeadId(opts.dataDir);
   const pool = new NodePool();
-  const registry = new VolumeRegistry({ pool });
+  const nodeClients = new NodeControlClients();
+  let link: ManagerLink | undefined;
+  let registry: VolumeRegistry;
+  const failureHandler = opts.managerAddress === undefined ? undefined : new ReportingFailureHandler({
+    headId, manager: () => link?.managerClient, staleReportTimeoutMs: opts.staleReportTimeoutMs,
+    onMap: (map, epoch) => {
+      registry.updateMap(map, epoch).catch((err: unknown) => log.debug({ volume: map.name, err: String(err) }, 'map from the failure report not applied'));
+    },
+  });
+  registry = new VolumeRegistry({ pool, failureHandler, nodeClients });
+  const resync = new ResyncService({ volumes: registry, clients: nodeClients, defaultManager: () => link?.managerClient });
   let nbd: NbdServerHandle | undefined;
   let iscsi: IscsiServerHandle | undefined;
   let control: ControlServer | undefined;
@@ -57,15 +74,18 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     control = await startControlServer(opts.host, opts.grpcPort, {
       registry, nbdAddress: nbd.address, connectionCount: (name) => nbdServer.connectionCount(name),
       iscsi: iscsiServer && { exports, address: iscsiServer.address, sessionCount: (iqn) => iscsiServer.sessionCount(iqn) },
+      resync,
     });
   } catch (err) {
     await control?.close();
     await iscsi?.close();
     await nbd?.close();
+    await registry.close();
     await pool.close();
+    nodeClients.close();
     throw err;
   }
-  const link = opts.managerAddress !== undefined
+  link = opts.managerAddress !== undefined
     ? new ManagerLink({
       managerAddress: opts.managerAddress, headId, name: opts.name,
       controlAddress: control.address, nbdAddress: nbd.address, iscsiAddress: iscsi?.address ?? '', heartbeatIntervalMs: opts.heartbeatIntervalMs,
@@ -80,12 +100,14 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
-      await link?.stop();
       await control!.close();
+      await resync.close();
       await iscsi?.close();
       await nbd!.close();
       await registry.close();
+      await link?.stop();
       await pool.close();
+      nodeClients.close();
       log.info('head agent stopped');
     })();
     return closing;

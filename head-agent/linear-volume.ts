@@ -3,13 +3,15 @@ import { InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '..
 import type { BlockDevice } from './block-device.js';
 import { MutationTracker, type Mirror } from './mirror.js';
 import { FlushGroup, type Replica } from './replica.js';
+import { WriteIntent } from './write-intent.js';
 
 // A volume: a linear run of segments of `chunkSize` bytes, each a mirror.
 // Requests are bounds-checked, then split at segment boundaries and at the
 // protocol's payload limit. A read allocates ONE destination buffer and every
 // piece fills its own slice of it; a write hands each piece a subarray view of
 // the caller's buffer (no copies). Every mutating request carries the lease
-// epoch this head holds for the volume.
+// epoch this head holds for the volume. The volume owns the write-intent
+// state of its segments (it outlives a re-attach with a newer epoch).
 
 export interface LinearVolumeOptions {
   name: string;
@@ -23,6 +25,8 @@ export interface LinearVolumeOptions {
   tracker: MutationTracker;
   /** Largest piece sent to one replica (tests lower it). */
   maxPiece?: number;
+  /** Write-intent granularity in bytes (write-intent.ts); 0 turns write-intent off. */
+  intentGroupBytes?: number;
 }
 
 export class LinearVolume implements BlockDevice {
@@ -38,6 +42,8 @@ export class LinearVolume implements BlockDevice {
   private flushGroups: FlushGroup[];
   private readonly maxPiece: number;
   private detached = false;
+  /** Undefined when write-intent is off. */
+  readonly intent: WriteIntent | undefined;
 
   constructor(opts: LinearVolumeOptions) {
     const expected = Math.ceil(opts.size / opts.chunkSize);
@@ -54,6 +60,16 @@ export class LinearVolume implements BlockDevice {
     this.tracker = opts.tracker;
     this.flushGroups = buildFlushGroups(opts.segments);
     this.maxPiece = Math.min(opts.maxPiece ?? MAX_DATA_PAYLOAD, MAX_DATA_PAYLOAD);
+    this.intent = opts.intentGroupBytes === 0 ? undefined : new WriteIntent(opts.name, opts.chunkSize, expected, opts.intentGroupBytes);
+    this.wire(opts.segments);
+  }
+
+  /** Gives the mirrors the volume's epoch and their write-intent state. */
+  private wire(segments: readonly Mirror[]): void {
+    segments.forEach((m, i) => {
+      m.epoch = this._epoch;
+      m.intent = this.intent?.segments[i];
+    });
   }
 
   get epoch(): number {
@@ -72,6 +88,11 @@ export class LinearVolume implements BlockDevice {
     const m = this.segments[index];
     if (m === undefined) throw new InvalidArgumentError(`volume ${this.name} has no segment ${index}`);
     return m;
+  }
+
+  /** The current mirrors (a re-attach with a newer epoch replaces them). */
+  mirrors(): readonly Mirror[] {
+    return this.segments;
   }
 
   /** Every replica of every segment. */
@@ -174,6 +195,28 @@ export class LinearVolume implements BlockDevice {
       this.detached = false;
       throw err;
     }
+    // Clean detach: everything written is flushed and nothing is in flight, so
+    // no region needs reconciling (best effort: a bit left set only costs a copy).
+    await this.intent?.clearAll(this.segments, this._epoch).catch(() => undefined);
+  }
+
+  /**
+   * Write-intent sweep (the registry calls it every ~2 s): clears the dirty
+   * groups that saw no write since the last completed flush. Resolves with
+   * the number cleared.
+   */
+  sweepIntent(): Promise<number> {
+    const intent = this.intent;
+    if (intent === undefined || this.detached) return Promise.resolve(0);
+    return intent.sweep(() => this.segments, () => this._epoch, () => this.tracker.barrier(), () => {
+      if (this.detached) return Promise.reject(this.detachedError());
+      return this.flushNodes();
+    });
+  }
+
+  /** After a map update changed replicas in place: flush groups follow the new replica set. */
+  replicasChanged(): void {
+    this.flushGroups = buildFlushGroups(this.segments);
   }
 
   private async flushNodes(): Promise<void> {
@@ -181,10 +224,11 @@ export class LinearVolume implements BlockDevice {
     const groups: FlushGroup[] = [];
     const pending: Promise<void>[] = [];
     for (const g of this.flushGroups) {
-      if (!g.dirty || !g.replica.writable) continue;
+      const via = g.replica;
+      if (!g.dirty || via === undefined) continue;
       g.dirty = false;
       groups.push(g);
-      pending.push(g.replica.flush(epoch));
+      pending.push(via.flush(epoch));
     }
     if (pending.length === 0) return;
     const results = await Promise.allSettled(pending);
@@ -196,10 +240,33 @@ export class LinearVolume implements BlockDevice {
     for (const f of failures) f.group.dirty = true;
     const fenced = failures.find((f) => f.error instanceof StaleEpochError);
     if (fenced !== undefined) throw fenced.error;
-    const parts = failures.map((f) => `${f.group.replica.describe()}: ${errorMessage(f.error)}`);
+    if (await this.degradeFlush(failures)) return;
+    const parts = failures.map((f) => `node ${f.group.members[0]!.address}: ${errorMessage(f.error)}`);
     throw new IoError(`flush of volume ${this.name} failed on ${failures.length} node(s): ${parts.join('; ')}`, {
-      volume: this.name, nodes: failures.map((f) => f.group.replica.address),
+      volume: this.name, nodes: failures.map((f) => f.group.members[0]!.address),
     }, { cause: failures[0]!.error });
+  }
+
+  /**
+   * A node failed the flush: writes acknowledged since the last flush may be
+   * lost there, so its replicas are handled like replicas that failed a write
+   * (each mirror's failure handler: recorded stale through the manager before
+   * the flush is acknowledged). True when every one was; false fails the flush.
+   */
+  private async degradeFlush(failures: readonly { group: FlushGroup; error: unknown }[]): Promise<boolean> {
+    const failedNodes = new Set(failures.map((f) => f.group.members[0]!.address));
+    const decisions: Promise<void>[] = [];
+    for (const f of failures) {
+      const error = f.error instanceof Error ? f.error : new IoError(String(f.error));
+      for (const r of f.group.members) {
+        const m = this.segments[r.segment];
+        if (!r.writable || m === undefined || !m.replicas.includes(r)) continue;
+        const survivors = m.replicas.filter((x) => x.writable && !failedNodes.has(x.address)).length;
+        decisions.push(m.failureHandler.mutationFailed(m, [{ replica: r, error }], survivors));
+      }
+    }
+    const results = await Promise.allSettled(decisions);
+    return results.every((r) => r.status === 'fulfilled');
   }
 
   /**
@@ -215,6 +282,12 @@ export class LinearVolume implements BlockDevice {
     this.flushGroups = buildFlushGroups(segments);
     this._epoch = epoch;
     this._generation = generation;
+    this.wire(segments);
+  }
+
+  /** A map update with a newer generation (same epoch). */
+  noteGeneration(generation: number): void {
+    if (generation > this._generation) this._generation = generation;
   }
 
   get isDetached(): boolean {
@@ -279,12 +352,11 @@ function buildFlushGroups(segments: readonly Mirror[]): FlushGroup[] {
     for (const r of m.replicas) {
       let g = byNode.get(r.address);
       if (g === undefined) {
-        g = new FlushGroup(r);
+        g = new FlushGroup();
         byNode.set(r.address, g);
         groups.push(g);
-      } else if (!g.replica.writable && r.writable) {
-        g.replica = r;
       }
+      g.members.push(r);
       r.flushGroup = g;
     }
   }

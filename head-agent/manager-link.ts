@@ -65,6 +65,11 @@ export class ManagerLink {
     this.retryMs = opts.retryInitialMs ?? 200;
   }
 
+  /** The manager's client (the replica-failure handler reports through it). */
+  get managerClient(): ManagerClient {
+    return this.client;
+  }
+
   /** True once the manager accepted our registration (and has not forgotten us since). */
   get isRegistered(): boolean {
     return this.registered;

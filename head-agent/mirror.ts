@@ -1,6 +1,12 @@
-import { InvalidArgumentError, IoError, StaleEpochError, TransportError, errorMessage } from '../shared/errors.js';
+import { ConflictError, InvalidArgumentError, IoError, StaleEpochError, TransportError, errorMessage } from '../shared/errors.js';
 import type { RequestCallback, RequestTarget } from './data-request.js';
+import {
+  mutationFailureError, rejectOnReplicaFailure, type ReplicaFailure, type ReplicaFailureHandler,
+} from './failure-handler.js';
+import { MutationTracker } from './mutation-tracker.js';
+import { RegionLocks } from './region-locks.js';
 import type { Replica } from './replica.js';
+import type { SegmentIntent } from './write-intent.js';
 
 // A segment of a volume: a mirror over its K replicas.
 //  - Mutations (write, write-zeroes, discard) fan out to every writable
@@ -10,75 +16,19 @@ import type { Replica } from './replica.js';
 //    (I/O error, transport error) is retried on another replica.
 // Each I/O is one small object that is its own completion callback, so the
 // hot path creates no closure per replica request.
+//
+// A mutation takes the gated (async) path only when it must wait for
+// something first: a write-intent MARK of a region not yet marked dirty
+// (write-intent.ts), or the region locks of a resync in progress
+// (region-locks.ts). Otherwise it is submitted synchronously, as before.
 
-export interface ReplicaFailure {
-  readonly replica: Replica;
-  readonly error: Error;
-}
+export { MutationTracker, mutationFailureError, rejectOnReplicaFailure };
+export type { ReplicaFailure, ReplicaFailureHandler };
 
-/**
- * Decides what a mutation that failed on some replicas becomes. This is the
- * seam for degraded writes: a later handler marks the failed replicas stale
- * durably (through the manager) and then resolves, so the write is
- * acknowledged on the survivors (DESIGN rule 2: stale-marking comes BEFORE the
- * acknowledgement). The default rejects. Never consulted for StaleEpochError
- * (this head was fenced off: nothing may be acknowledged).
- */
-export interface ReplicaFailureHandler {
-  mutationFailed(mirror: Mirror, failures: readonly ReplicaFailure[], succeeded: number): Promise<void>;
-}
-
-/** The default of this issue: any replica failure fails the write. */
-export const rejectOnReplicaFailure: ReplicaFailureHandler = {
-  mutationFailed(mirror, failures) {
-    return Promise.reject(mutationFailureError(mirror, failures));
-  },
-};
-
-/** IoError naming every replica that failed (the first error is the cause). */
-export function mutationFailureError(mirror: Mirror, failures: readonly ReplicaFailure[]): IoError {
-  const parts = failures.map((f) => `${f.replica.describe()}: ${errorMessage(f.error)}`);
-  return new IoError(
-    `write to segment ${mirror.index} of volume ${mirror.volumeName} failed on ${failures.length} replica(s): ${parts.join('; ')}`,
-    {
-      volume: mirror.volumeName, segment: mirror.index,
-      replicas: failures.map((f) => ({ slot: f.replica.slot, node: f.replica.address, error: errorMessage(f.error) })),
-    },
-    { cause: failures[0]?.error },
-  );
-}
-
-/**
- * Mutations in flight on a volume (shared by its mirrors): detach waits for
- * them to settle before the final flush, so no acknowledged write is left
- * out of it.
- */
-export class MutationTracker {
-  private active = 0;
-  private waiters: (() => void)[] = [];
-
-  get inFlight(): number {
-    return this.active;
-  }
-
-  begin(): void {
-    this.active++;
-  }
-
-  end(): void {
-    if (--this.active === 0 && this.waiters.length > 0) {
-      const waiters = this.waiters;
-      this.waiters = [];
-      for (const w of waiters) w();
-    }
-  }
-
-  /** Resolves once nothing is in flight. */
-  idle(): Promise<void> {
-    if (this.active === 0) return Promise.resolve();
-    return new Promise((resolve) => this.waiters.push(resolve));
-  }
-}
+/** What a gated mutation sends once its regions are marked and locked. */
+const WRITE = 0;
+const WRITE_ZEROES = 1;
+const DISCARD = 2;
 
 /** Read failures worth retrying on another replica (anything but a bad request). */
 function retriable(err: Error): boolean {
@@ -88,20 +38,38 @@ function retriable(err: Error): boolean {
 class MutationOp implements RequestCallback {
   private readonly mirror: Mirror;
   private readonly fua: boolean;
+  /** Tracker phase (MutationTracker.begin). */
+  readonly phase: number;
+  /** Replicas the mutation was sent to. */
+  readonly sent: number;
+  /** Suspect replicas were skipped: acknowledge only once they are recorded stale. */
+  readonly skippedSuspects: boolean;
   private remaining: number;
+  /** Replica failures, including those that failed before sending (write-intent MARK). */
   private failures: ReplicaFailure[] | undefined;
+  private readonly preFailed: number;
   resolve!: () => void;
   reject!: (err: Error) => void;
   readonly promise: Promise<void>;
 
-  constructor(mirror: Mirror, fua: boolean, count: number) {
+  constructor(mirror: Mirror, fua: boolean, count: number, phase: number, skipped: boolean, preFailures: ReplicaFailure[] | undefined) {
     this.mirror = mirror;
     this.fua = fua;
     this.remaining = count;
+    this.sent = count;
+    this.phase = phase;
+    this.skippedSuspects = skipped;
+    this.failures = preFailures?.slice();
+    this.preFailed = preFailures?.length ?? 0;
     this.promise = new Promise<void>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
     });
+  }
+
+  /** Replicas that acknowledged (valid once every request answered). */
+  get succeeded(): number {
+    return this.sent - ((this.failures?.length ?? 0) - this.preFailed);
   }
 
   requestDone(target: RequestTarget, err: Error | undefined): void {
@@ -109,17 +77,21 @@ class MutationOp implements RequestCallback {
     replica.noteWritten(this.fua);
     if (err !== undefined) (this.failures ??= []).push({ replica, error: err });
     if (--this.remaining !== 0) return;
-    if (this.failures === undefined) {
-      this.mirror.tracker.end();
-      this.resolve();
-    } else {
+    if (this.failures !== undefined) {
       this.mirror.settleFailedMutation(this.failures, this);
+    } else if (this.skippedSuspects) {
+      this.mirror.settle(this, this.mirror.confirmSuspects());
+    } else {
+      this.mirror.tracker.end(this.phase);
+      this.resolve();
     }
   }
 }
 
 class ReadOp implements RequestCallback {
   private readonly mirror: Mirror;
+  /** The mirror's replica list when the read began (a map update replaces the list, not this). */
+  readonly replicas: readonly Replica[];
   readonly offset: number;
   readonly dest: Buffer;
   /** Bit i set: replicas[i] was tried. */
@@ -131,6 +103,7 @@ class ReadOp implements RequestCallback {
 
   constructor(mirror: Mirror, offset: number, dest: Buffer) {
     this.mirror = mirror;
+    this.replicas = mirror.replicas;
     this.offset = offset;
     this.dest = dest;
     this.promise = new Promise<Buffer>((resolve, reject) => {
@@ -143,6 +116,7 @@ class ReadOp implements RequestCallback {
     const replica = target as Replica;
     if (err === undefined) {
       replica.reads++;
+      if (this.failures !== undefined) this.mirror.readRecovered(this.failures);
       this.resolve(this.dest);
       return;
     }
@@ -156,9 +130,16 @@ class ReadOp implements RequestCallback {
 export class Mirror {
   readonly volumeName: string;
   readonly index: number;
-  readonly replicas: readonly Replica[];
+  /** Replaced as a whole by a map update (applyReplicas); in-flight requests keep theirs. */
+  replicas: readonly Replica[];
   readonly tracker: MutationTracker;
-  private readonly failureHandler: ReplicaFailureHandler;
+  readonly failureHandler: ReplicaFailureHandler;
+  /** The volume's lease epoch (set by the volume): what failure reports carry. */
+  epoch = 0;
+  /** Write-intent state of this segment (set by the volume), if write-intent is on. */
+  intent: SegmentIntent | undefined;
+  /** Region locks, only while a resync of this segment runs. */
+  locks: RegionLocks | undefined;
   private rr = 0;
 
   constructor(
@@ -187,22 +168,28 @@ export class Mirror {
   }
 
   write(epoch: number, offset: number, data: Buffer, fua: boolean): Promise<void> {
-    const op = this.startMutation(fua);
-    if (op === undefined) return this.noWritableReplica();
+    if (this.gated(offset, data.length)) return this.gatedMutation(WRITE, epoch, offset, data.length, data, fua);
+    const phase = this.tracker.begin();
+    const op = this.startMutation(fua, phase, undefined);
+    if (op === undefined) return this.noWritableReplica(phase);
     for (const r of this.replicas) if (r.writable) r.submitWrite(epoch, offset, data, fua, op);
     return op.promise;
   }
 
   writeZeroes(epoch: number, offset: number, length: number, fua: boolean): Promise<void> {
-    const op = this.startMutation(fua);
-    if (op === undefined) return this.noWritableReplica();
+    if (this.gated(offset, length)) return this.gatedMutation(WRITE_ZEROES, epoch, offset, length, undefined, fua);
+    const phase = this.tracker.begin();
+    const op = this.startMutation(fua, phase, undefined);
+    if (op === undefined) return this.noWritableReplica(phase);
     for (const r of this.replicas) if (r.writable) r.submitWriteZeroes(epoch, offset, length, fua, op);
     return op.promise;
   }
 
   discard(epoch: number, offset: number, length: number): Promise<void> {
-    const op = this.startMutation(false);
-    if (op === undefined) return this.noWritableReplica();
+    if (this.gated(offset, length)) return this.gatedMutation(DISCARD, epoch, offset, length, undefined, false);
+    const phase = this.tracker.begin();
+    const op = this.startMutation(false, phase, undefined);
+    if (op === undefined) return this.noWritableReplica(phase);
     for (const r of this.replicas) if (r.writable) r.submitDiscard(epoch, offset, length, op);
     return op.promise;
   }
@@ -213,9 +200,9 @@ export class Mirror {
    * the fewest outstanding requests on that node, ties round-robin.
    */
   submitRead(op: ReadOp): boolean {
-    const replicas = this.replicas;
+    const replicas = op.replicas;
     const n = replicas.length;
-    const start = this.rr;
+    const start = this.rr < n ? this.rr : 0;
     this.rr = start + 1 === n ? 0 : start + 1;
     let best = -1;
     let bestLoad = Infinity;
@@ -242,32 +229,53 @@ export class Mirror {
   }
 
   /** Called by a MutationOp once every replica answered and some failed. */
-  settleFailedMutation(failures: readonly ReplicaFailure[], op: { resolve(): void; reject(err: Error): void }): void {
+  settleFailedMutation(failures: readonly ReplicaFailure[], op: MutationOp): void {
     const fenced = failures.find((f) => f.error instanceof StaleEpochError);
     if (fenced !== undefined) {
-      this.tracker.end();
+      this.tracker.end(op.phase);
       op.reject(new StaleEpochError(
         `write to volume ${this.volumeName} refused: this head's lease epoch is stale (${errorMessage(fenced.error)})`,
         { volume: this.volumeName, segment: this.index, slot: fenced.replica.slot, node: fenced.replica.address },
       ));
       return;
     }
-    const writable = this.replicas.filter((r) => r.writable).length;
-    if (failures.length === writable && failures.every((f) => f.error instanceof InvalidArgumentError)) {
-      this.tracker.end();
+    if (op.succeeded === 0 && failures.every((f) => f.error instanceof InvalidArgumentError)) {
+      this.tracker.end(op.phase);
       op.reject(failures[0]!.error);
       return;
     }
-    this.failureHandler.mutationFailed(this, failures, writable - failures.length).then(
+    let decided = this.failureHandler.mutationFailed(this, failures, op.succeeded);
+    if (op.skippedSuspects) decided = decided.then(() => this.confirmSuspects());
+    this.settle(op, decided);
+  }
+
+  /** Resolves the op once `decided` resolves, rejects it if `decided` rejects. */
+  settle(op: MutationOp, decided: Promise<void>): void {
+    decided.then(
       () => {
-        this.tracker.end();
+        this.tracker.end(op.phase);
         op.resolve();
       },
       (err: unknown) => {
-        this.tracker.end();
+        this.tracker.end(op.phase);
         op.reject(err instanceof Error ? err : new IoError(String(err)));
       },
     );
+  }
+
+  /** Resolves once every suspect replica of this mirror is durably out of sync. */
+  confirmSuspects(): Promise<void> {
+    const h = this.failureHandler;
+    if (h.suspectsSkipped !== undefined) return h.suspectsSkipped(this);
+    return Promise.reject(new IoError(`segment ${this.index} of volume ${this.volumeName}: a failed replica cannot be recorded stale`, {
+      volume: this.volumeName, segment: this.index,
+    }));
+  }
+
+  /** A read failed on some replicas and succeeded on another: the handler may report them. */
+  readRecovered(failures: readonly ReplicaFailure[]): void {
+    const reportable = failures.filter((f) => retriable(f.error));
+    if (reportable.length > 0) this.failureHandler.readFailed?.(this, reportable);
   }
 
   readFailureError(failures: readonly ReplicaFailure[], last: Error): Error {
@@ -280,17 +288,118 @@ export class Mirror {
     );
   }
 
-  private startMutation(fua: boolean): MutationOp | undefined {
-    let count = 0;
-    for (const r of this.replicas) if (r.writable) count++;
-    if (count === 0) return undefined;
-    this.tracker.begin();
-    return new MutationOp(this, fua, count);
+  /**
+   * Takes the new replica list of a map update. Requests already sent
+   * complete against the replicas they were sent to; reads in progress keep
+   * retrying within the list they started with.
+   */
+  applyReplicas(replicas: readonly Replica[]): void {
+    if (replicas.length === 0 || replicas.length > 31) {
+      throw new InvalidArgumentError(`segment ${this.index} of volume ${this.volumeName} has ${replicas.length} replicas (1..31 supported)`);
+    }
+    this.replicas = replicas;
   }
 
-  private noWritableReplica(): Promise<void> {
-    return Promise.reject(new IoError(`segment ${this.index} of volume ${this.volumeName} has no writable replica`, {
+  /**
+   * Installs (or joins) the region-lock table of a resync of this segment.
+   * Mutations begun before it are not holding locks: the caller waits for
+   * them with tracker.barrier() before copying.
+   */
+  beginResync(regionSize: number, regionCount: number): RegionLocks {
+    let locks = this.locks;
+    if (locks === undefined) {
+      locks = new RegionLocks(regionSize, regionCount);
+      this.locks = locks;
+    } else if (locks.regionSize !== regionSize) {
+      throw new ConflictError(`segment ${this.index} of volume ${this.volumeName}: a resync with region size ${locks.regionSize} is running`, {
+        volume: this.volumeName, segment: this.index,
+      });
+    }
+    locks.users++;
+    return locks;
+  }
+
+  endResync(locks: RegionLocks): void {
+    if (--locks.users === 0 && this.locks === locks) this.locks = undefined;
+  }
+
+  /** The mutation must wait (write-intent MARK or resync locks) before it is sent. */
+  private gated(offset: number, length: number): boolean {
+    return this.locks !== undefined || (this.intent !== undefined && !this.intent.covered(offset, length));
+  }
+
+  /**
+   * The slow path of a mutation: mark its regions dirty on every writable
+   * replica, take the resync region locks (if any), then send. The final
+   * checks and the send happen in one synchronous run, so a write-intent
+   * sweep cannot clear the regions, nor a resync start, in between.
+   */
+  private async gatedMutation(
+    kind: number, epoch: number, offset: number, length: number, data: Buffer | undefined, fua: boolean,
+  ): Promise<void> {
+    const phase = this.tracker.begin();
+    let held: RegionLocks | undefined;
+    let excluded: ReplicaFailure[] | undefined;
+    let op: MutationOp | undefined;
+    try {
+      for (;;) {
+        const intent = this.intent;
+        if (intent !== undefined && !intent.covered(offset, length)) {
+          const failed = await intent.mark(this, epoch, offset, length);
+          for (const f of failed) if (excluded?.some((e) => e.replica === f.replica) !== true) (excluded ??= []).push(f);
+          continue;
+        }
+        if (held !== this.locks) {
+          held?.releaseShared(offset, length);
+          held = this.locks;
+          if (held !== undefined && !held.tryShared(offset, length)) {
+            await held.acquireShared(offset, length);
+            continue;
+          }
+        }
+        break;
+      }
+      op = this.startMutation(fua, phase, excluded);
+      if (op === undefined) {
+        if (excluded !== undefined) throw mutationFailureError(this, excluded);
+        throw this.noWritableError();
+      }
+      for (const r of this.replicas) {
+        if (!r.writable || (excluded !== undefined && excluded.some((e) => e.replica === r))) continue;
+        if (kind === WRITE) r.submitWrite(epoch, offset, data!, fua, op);
+        else if (kind === WRITE_ZEROES) r.submitWriteZeroes(epoch, offset, length, fua, op);
+        else r.submitDiscard(epoch, offset, length, op);
+      }
+      await op.promise;
+    } finally {
+      if (op === undefined) this.tracker.end(phase);
+      held?.releaseShared(offset, length);
+    }
+  }
+
+  /** The op for a mutation sent to every writable replica not `excluded`; undefined when there is none. */
+  private startMutation(fua: boolean, phase: number, excluded: ReplicaFailure[] | undefined): MutationOp | undefined {
+    let count = 0;
+    let skipped = false;
+    for (const r of this.replicas) {
+      if (r.writable) {
+        if (excluded === undefined || !excluded.some((e) => e.replica === r)) count++;
+      } else if (r.suspect) {
+        skipped = true;
+      }
+    }
+    if (count === 0) return undefined;
+    return new MutationOp(this, fua, count, phase, skipped, excluded);
+  }
+
+  private noWritableError(): IoError {
+    return new IoError(`segment ${this.index} of volume ${this.volumeName} has no writable replica`, {
       volume: this.volumeName, segment: this.index,
-    }));
+    });
+  }
+
+  private noWritableReplica(phase: number): Promise<void> {
+    this.tracker.end(phase);
+    return Promise.reject(this.noWritableError());
   }
 }

@@ -22,17 +22,35 @@ export interface ReplicaInfo {
   state: ReplicaState;
   serverId: string;
   diskId: string;
+  /** Chunk index on the disk (identifies the chunk in map updates); 0 when unknown. */
+  chunkIndex?: number;
+  /** HOST:PORT of the node's gRPC control service (GetChunkRegions); '' when the map does not say. */
+  controlAddress?: string;
+}
+
+/** Where a replica lives, as a map tells it (ReplicaLocation). */
+export interface ReplicaPlace {
+  slot: number;
+  dataAddress: string;
+  diskId: string;
+  chunkIndex: number;
 }
 
 /**
  * One storage node holding replicas of a volume: `dirty` is set when a non-FUA
  * write to any of them completes and cleared by the volume's flush, which
  * sends one FLUSH (the node syncs every disk holding a chunk of the volume)
- * addressed through `replica` (preferably a writable one).
+ * addressed through one of its writable `members`.
  */
 export class FlushGroup {
   dirty = true;
-  constructor(public replica: Replica) {}
+  readonly members: Replica[] = [];
+
+  /** The replica to address the FLUSH through: a writable one (states change), if any. */
+  get replica(): Replica | undefined {
+    for (const r of this.members) if (r.writable) return r;
+    return undefined;
+  }
 }
 
 export class Replica implements RequestTarget {
@@ -43,7 +61,23 @@ export class Replica implements RequestTarget {
   readonly slot: number;
   readonly serverId: string;
   readonly diskId: string;
+  readonly chunkIndex: number;
+  readonly controlAddress: string;
+  /** The manager's view, as this head applies it (see VolumeRegistry.updateMap). */
   state: ReplicaState;
+  /**
+   * This head saw the replica fail and has not yet heard the manager record
+   * it as out of sync: it is neither read nor written, and writes that skip
+   * it wait for that record (replica-failures.ts). Cleared when the manager
+   * confirms (state becomes 'stale') or its map says otherwise.
+   */
+  suspect = false;
+  /**
+   * This head knows the replica missed writes (it was stale here): a map may
+   * make it resyncing (written, not read), but it becomes readable only after
+   * a resync run by this head finished (maps can arrive out of order).
+   */
+  mustResync: boolean;
   /** The disk's flush group; assigned by the volume (undefined until then). */
   flushGroup: FlushGroup | undefined;
   /** Reads served by this replica (stats, tests). */
@@ -56,8 +90,24 @@ export class Replica implements RequestTarget {
     this.segment = info.segment;
     this.slot = info.slot;
     this.state = info.state;
+    this.mustResync = info.state === 'stale';
     this.serverId = info.serverId;
     this.diskId = info.diskId;
+    this.chunkIndex = info.chunkIndex ?? 0;
+    this.controlAddress = info.controlAddress ?? '';
+  }
+
+  /** Recorded stale (by the manager's answer or its map): neither read nor written. */
+  markStale(): void {
+    this.state = 'stale';
+    this.suspect = false;
+    this.mustResync = true;
+  }
+
+  /** Same chunk as `place` (a map update keeps this replica object, with its in-flight requests). */
+  isAt(place: ReplicaPlace): boolean {
+    return place.slot === this.slot && place.dataAddress === this.conn.address && place.diskId === this.diskId
+      && place.chunkIndex === this.chunkIndex;
   }
 
   get address(): string {
@@ -65,12 +115,12 @@ export class Replica implements RequestTarget {
   }
 
   get readable(): boolean {
-    return this.state === 'in_sync';
+    return this.state === 'in_sync' && !this.suspect;
   }
 
   /** In-sync and resyncing replicas take every write (DESIGN: data path). */
   get writable(): boolean {
-    return this.state !== 'stale';
+    return this.state !== 'stale' && !this.suspect;
   }
 
   /** "replica 1 of segment 3 of volume vm1 on 127.0.0.1:7710" */
@@ -151,6 +201,16 @@ export class Replica implements RequestTarget {
   /** Raises the volume's epoch on the node, for all its chunks there (persisted before the reply). */
   fence(epoch: number, generation: number): Promise<void> {
     return this.conn.request(this, Opcode.FENCE, 0, epoch, 0, 0, undefined, generation);
+  }
+
+  /** Sets the write-intent bits of the regions covering the range (persisted before the reply). */
+  markDirty(epoch: number, offset: number, length: number): Promise<void> {
+    return this.conn.request(this, Opcode.MARK_DIRTY, 0, epoch, offset, length, undefined);
+  }
+
+  /** Clears the write-intent bits of the regions covering the range. */
+  clearDirty(epoch: number, offset: number, length: number): Promise<void> {
+    return this.conn.request(this, Opcode.CLEAR_DIRTY, 0, epoch, offset, length, undefined);
   }
 
   private mutation(p: Promise<void>, fua: boolean): Promise<void> {

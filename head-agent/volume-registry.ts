@@ -5,17 +5,22 @@ import { moduleLogger, type Logger } from '../shared/logger.js';
 import { parseHostPort } from '../shared/units.js';
 import type { VolumeMap__Output } from '../proto/generated/vsky/common/VolumeMap.js';
 import type { ExportRegistry } from './block-device.js';
+import { NodeControlClients } from './chunk-regions.js';
 import { LinearVolume } from './linear-volume.js';
 import { Mirror, MutationTracker, rejectOnReplicaFailure, type ReplicaFailureHandler } from './mirror.js';
 import type { NodePool } from './node-pool.js';
+import { reconcileVolume } from './reconcile.js';
 import { REPLICA_STATES, Replica, type ReplicaState } from './replica.js';
 
 // The volumes attached to this head, by name: what the NBD (and later iSCSI)
 // exports look up. attach() assembles the I/O engine from the manager's map,
 // fences every replica node with the lease epoch (and the map's generation)
 // BEFORE the volume is registered, so no write can go out under an epoch the
-// nodes have not accepted. detach() flushes (unless forced) and unregisters;
-// node connections stay pooled for other volumes.
+// nodes have not accepted, then reconciles the regions a previous holder left
+// dirty (reconcile.ts), so reads may be balanced over the replicas.
+// updateMap() applies the manager's new replica states in place. detach()
+// flushes (unless forced) and unregisters; node connections stay pooled for
+// other volumes. A timer sweeps the volumes' write-intent bits.
 
 /** VolumeMap as the manager sends it (decoded by proto-loader with defaults). */
 export type VolumeMap = VolumeMap__Output;
@@ -26,7 +31,15 @@ export interface VolumeRegistryOptions {
   failureHandler?: ReplicaFailureHandler;
   /** Largest piece sent to one replica (tests lower it). */
   maxPiece?: number;
+  /** Write-intent granularity in bytes (write-intent.ts); 0 turns write-intent off. */
+  intentGroupBytes?: number;
+  /** How often the write-intent bits of quiet regions are cleared (default 2000 ms). */
+  intentSweepMs?: number;
+  /** Storage-node control clients (GetChunkRegions), shared with resync; created if omitted. */
+  nodeClients?: NodeControlClients;
 }
+
+export const DEFAULT_INTENT_SWEEP_MS = 2000;
 
 export interface AttachedInfo {
   name: string;
@@ -40,16 +53,33 @@ export class VolumeRegistry implements ExportRegistry {
   private readonly pool: NodePool;
   private readonly failureHandler: ReplicaFailureHandler;
   private readonly maxPiece: number | undefined;
+  private readonly intentGroupBytes: number | undefined;
+  readonly nodeClients: NodeControlClients;
+  private readonly ownsClients: boolean;
   private readonly volumes = new Map<string, LinearVolume>();
   private readonly log: Logger;
-  /** Attach/detach run one at a time (they are rare; this keeps them simple). */
+  /** Attach/detach/update run one at a time (they are rare; this keeps them simple). */
   private serial: Promise<unknown> = Promise.resolve();
+  private readonly sweeper: NodeJS.Timeout;
 
   constructor(opts: VolumeRegistryOptions) {
     this.pool = opts.pool;
     this.failureHandler = opts.failureHandler ?? rejectOnReplicaFailure;
     this.maxPiece = opts.maxPiece;
+    this.intentGroupBytes = opts.intentGroupBytes;
+    this.ownsClients = opts.nodeClients === undefined;
+    this.nodeClients = opts.nodeClients ?? new NodeControlClients();
     this.log = moduleLogger('head-registry');
+    this.sweeper = setInterval(() => this.sweep(), opts.intentSweepMs ?? DEFAULT_INTENT_SWEEP_MS);
+    this.sweeper.unref();
+  }
+
+  /** One write-intent sweep of every volume (the timer's work; tests call it directly). */
+  sweep(): Promise<number> {
+    return Promise.all(this.list().map((v) => v.sweepIntent().catch((err: unknown) => {
+      this.log.debug({ volume: v.name, err: errorMessage(err) }, 'write-intent sweep failed');
+      return 0;
+    }))).then((counts) => counts.reduce((a, b) => a + b, 0));
   }
 
   lookup(name: string): LinearVolume | undefined {
@@ -73,6 +103,19 @@ export class VolumeRegistry implements ExportRegistry {
     return this.exclusive(() => this.doAttach(map, epoch));
   }
 
+  /**
+   * Applies a new map of an attached volume under the same lease epoch:
+   * replica states and locations change in place (requests already sent
+   * complete where they went). Resyncing replicas take writes, not reads;
+   * stale ones get nothing; removed ones are dropped; new ones are fenced
+   * first. A replica this head saw fail, or knows stale, is never made
+   * readable by a map (it may predate our report): an "in_sync" for it is
+   * taken as "write to it, do not read it" until this head resynced it.
+   */
+  updateMap(map: VolumeMap, epoch: number): Promise<void> {
+    return this.exclusive(() => this.doUpdateMap(map, epoch));
+  }
+
   /** Flushes (unless `force`) and unregisters. NotFoundError if not attached. */
   detach(name: string, force = false): Promise<void> {
     return this.exclusive(() => this.doDetach(name, force));
@@ -80,6 +123,22 @@ export class VolumeRegistry implements ExportRegistry {
 
   /** Detaches everything (flushing, best effort): daemon shutdown. */
   async close(): Promise<void> {
+    clearInterval(this.sweeper);
+    try {
+      await this.detachAll();
+    } finally {
+      if (this.ownsClients) this.nodeClients.close();
+    }
+  }
+
+  /** Drops everything at once, without flushing or detaching (tests: a head that died). */
+  abandon(): void {
+    clearInterval(this.sweeper);
+    this.volumes.clear();
+    if (this.ownsClients) this.nodeClients.close();
+  }
+
+  private async detachAll(): Promise<void> {
     for (const name of [...this.volumes.keys()]) {
       await this.detach(name, false).catch((err: unknown) => {
         this.log.warn({ volume: name, err: errorMessage(err) }, 'flush on shutdown failed; detaching anyway');
@@ -105,7 +164,12 @@ export class VolumeRegistry implements ExportRegistry {
     }
     const tracker = existing?.tracker ?? new MutationTracker();
     const segments = this.buildSegments(map, tracker);
+    for (const m of segments) m.epoch = epoch; // failure reports carry it (the volume sets it too)
     await this.fence(map, segments, epoch);
+    if (existing === undefined) {
+      // Before any read can be balanced over the replicas (rule 4).
+      await reconcileVolume(map.chunkSize, segments, { clients: this.nodeClients, epoch, log: this.log });
+    }
     if (existing !== undefined) {
       existing.reconfigure(segments, epoch, map.generation);
       this.log.info({ volume: map.name, epoch, generation: map.generation }, 'volume re-attached with a newer epoch');
@@ -113,7 +177,7 @@ export class VolumeRegistry implements ExportRegistry {
     }
     const volume = new LinearVolume({
       name: map.name, volumeId: map.volumeId, size: map.size, chunkSize: map.chunkSize,
-      epoch, generation: map.generation, segments, tracker, maxPiece: this.maxPiece,
+      epoch, generation: map.generation, segments, tracker, maxPiece: this.maxPiece, intentGroupBytes: this.intentGroupBytes,
     });
     this.volumes.set(map.name, volume);
     this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, segments: segments.length }, 'volume attached');
@@ -128,13 +192,78 @@ export class VolumeRegistry implements ExportRegistry {
     this.log.info({ volume: name, force }, 'volume detached');
   }
 
+  private async doUpdateMap(map: VolumeMap, epoch: number): Promise<void> {
+    validateMap(map, epoch);
+    const volume = this.volumes.get(map.name);
+    if (volume === undefined) throw new NotFoundError(`volume ${map.name} is not attached to this head`, { volume: map.name });
+    if (volume.volumeId !== map.volumeId || volume.size !== map.size || volume.chunkSize !== map.chunkSize) {
+      throw new ConflictError(`UpdateMap for ${map.name} does not match the attached volume (id, size or chunk size differ); detach and attach again`, { volume: map.name });
+    }
+    if (epoch < volume.epoch) {
+      throw new StaleEpochError(`volume ${map.name} is attached here with epoch ${volume.epoch}; refusing a map for older epoch ${epoch}`, { volume: map.name });
+    }
+    if (epoch > volume.epoch) {
+      throw new ConflictError(`volume ${map.name} is attached here with epoch ${volume.epoch}; a map for epoch ${epoch} needs Attach (fencing)`, { volume: map.name });
+    }
+    const plans: { mirror: Mirror; replicas: Replica[]; fresh: Replica[] }[] = [];
+    for (const seg of map.segments) {
+      const mirror = volume.segment(seg.index);
+      const replicas: Replica[] = [];
+      const fresh: Replica[] = [];
+      for (const loc of [...seg.replicas].sort((a, b) => a.slot - b.slot)) {
+        const kept = mirror.replicas.find((r) => r.isAt(loc));
+        if (kept !== undefined) {
+          replicas.push(kept);
+        } else {
+          const r = this.newReplica(map, seg.index, loc);
+          replicas.push(r);
+          fresh.push(r);
+        }
+      }
+      plans.push({ mirror, replicas, fresh });
+    }
+    // New replicas (spares) take writes only once their node has our epoch.
+    const unfenced = new Set<Replica>();
+    const fresh = plans.flatMap((p) => p.fresh);
+    const byNode = new Map<string, Replica>();
+    for (const r of fresh) if (!byNode.has(r.address)) byNode.set(r.address, r);
+    const fenceErrors: string[] = [];
+    await Promise.all([...byNode.values()].map((r) => r.fence(epoch, map.generation).catch((err: unknown) => {
+      for (const f of fresh) if (f.address === r.address) unfenced.add(f);
+      fenceErrors.push(`${r.describe()}: ${errorMessage(err)}`);
+    })));
+    // Apply synchronously: every mirror sees the new states in the same tick.
+    for (const { mirror, replicas } of plans) {
+      const wasWritable = new Set(mirror.replicas.filter((r) => r.writable));
+      for (const r of replicas) {
+        const loc = map.segments.find((s) => s.index === mirror.index)!.replicas.find((l) => r.isAt(l))!;
+        applyState(r, replicaState(loc.state), unfenced.has(r));
+      }
+      mirror.applyReplicas(replicas);
+      // A replica that starts taking writes has none of the write-intent marks: re-mark on the next writes.
+      if (replicas.some((r) => r.writable && !wasWritable.has(r))) mirror.intent?.forget();
+    }
+    volume.replicasChanged();
+    volume.noteGeneration(map.generation);
+    for (const { mirror } of plans) this.failureHandler.mapApplied?.(mirror);
+    this.log.info({ volume: map.name, epoch, generation: map.generation }, 'volume map updated');
+    if (fenceErrors.length > 0) {
+      throw new IoError(`volume ${map.name}: map applied, but new replica(s) could not be fenced and take no I/O: ${fenceErrors.join('; ')}`, { volume: map.name });
+    }
+  }
+
+  private newReplica(map: VolumeMap, segment: number, loc: VolumeMap['segments'][number]['replicas'][number]): Replica {
+    return new Replica(this.pool.get(loc.dataAddress), {
+      volumeId: map.volumeId, volumeName: map.name, segment, slot: loc.slot,
+      state: replicaState(loc.state), serverId: loc.serverId, diskId: loc.diskId,
+      chunkIndex: loc.chunkIndex, controlAddress: loc.controlAddress ?? '',
+    });
+  }
+
   private buildSegments(map: VolumeMap, tracker: MutationTracker): Mirror[] {
     const bySegment = [...map.segments].sort((a, b) => a.index - b.index);
     return bySegment.map((seg) => {
-      const replicas = [...seg.replicas].sort((a, b) => a.slot - b.slot).map((loc) => new Replica(this.pool.get(loc.dataAddress), {
-        volumeId: map.volumeId, volumeName: map.name, segment: seg.index, slot: loc.slot,
-        state: replicaState(loc.state), serverId: loc.serverId, diskId: loc.diskId,
-      }));
+      const replicas = [...seg.replicas].sort((a, b) => a.slot - b.slot).map((loc) => this.newReplica(map, seg.index, loc));
       return new Mirror(map.name, seg.index, replicas, this.failureHandler, tracker);
     });
   }
@@ -155,18 +284,34 @@ export class VolumeRegistry implements ExportRegistry {
     const list = [...targets.values()];
     const results = await Promise.allSettled(list.map((r) => r.fence(epoch, map.generation)));
     const failures: string[] = [];
+    const unfenced = new Map<string, Error>();
     let newer: unknown;
     results.forEach((res, i) => {
       if (res.status === 'fulfilled') return;
       if (res.reason instanceof StaleEpochError) newer ??= res.reason;
       failures.push(`${list[i]!.describe()}: ${errorMessage(res.reason)}`);
+      unfenced.set(list[i]!.address, res.reason instanceof Error ? res.reason : new IoError(String(res.reason)));
     });
     if (failures.length === 0) return;
     if (newer !== undefined) {
       throw new StaleEpochError(`cannot attach volume ${map.name} with epoch ${epoch}: a replica node has seen a newer epoch (${errorMessage(newer)})`, { volume: map.name, epoch });
     }
-    // TODO(stale-marking issue): a replica that cannot be fenced is marked
-    // stale (DESIGN: leases) and the attach goes on with the others.
+    // DESIGN (leases): a replica that cannot be fenced is marked stale and the
+    // attach goes on with the others. It becomes suspect (never read or
+    // written); writes skip it and are acknowledged once the manager recorded
+    // it stale (replica-failures.ts). Needs a handler that reports, and an
+    // in-sync fenced replica in every segment.
+    const handler = this.failureHandler;
+    const degradable = handler.replicaUnreachable !== undefined
+      && segments.every((m) => m.replicas.some((r) => r.readable && !unfenced.has(r.address)));
+    if (degradable) {
+      const taken = segments.every((m) => m.replicas.every((r) => !r.writable || !unfenced.has(r.address)
+        || handler.replicaUnreachable!(m, r, unfenced.get(r.address)!)));
+      if (taken) {
+        this.log.warn({ volume: map.name, epoch, nodes: [...unfenced.keys()] }, 'attaching without replica node(s) that could not be fenced');
+        return;
+      }
+    }
     throw new IoError(`cannot attach volume ${map.name}: ${failures.length} replica node(s) could not be fenced with epoch ${epoch}: ${failures.join('; ')}`, {
       volume: map.name, epoch,
     });
@@ -177,6 +322,25 @@ export class VolumeRegistry implements ExportRegistry {
     this.serial = run.catch(() => undefined);
     return run;
   }
+}
+
+/**
+ * The state a map gives a replica this head already uses. Never makes one
+ * this head saw fail (suspect) or knows missed writes (mustResync) readable:
+ * the map may predate our report, or a stale mark. Resyncing or stale from the
+ * manager settles a suspect replica (the manager has it out of sync).
+ */
+function applyState(r: Replica, next: ReplicaState, unfenced: boolean): void {
+  if (unfenced || next === 'stale') {
+    r.markStale();
+    return;
+  }
+  if (next === 'in_sync' && (r.suspect || r.mustResync)) {
+    if (!r.suspect) r.state = 'resyncing'; // written, never read: safe whichever map is newer
+    return;
+  }
+  r.state = next;
+  r.suspect = false;
 }
 
 function replicaState(state: string): ReplicaState {

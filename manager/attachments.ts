@@ -17,7 +17,18 @@ import type { Volumes } from './volumes.js';
 
 const log = moduleLogger('manager.attach');
 
+/** Who hears of attach and detach (manager/core.ts wires the map pusher and the resyncs). */
+export interface AttachListener {
+  /** The version of the volume's map being sent to the head now (manager/map-pusher.ts). */
+  mapVersion(volumeId: number): number;
+  /** A head accepted the volume with the map as of `mapVersion`. */
+  attached(volumeId: number, mapVersion: number): void;
+  detached(volumeId: number): void;
+}
+
 export class Attachments {
+  listener?: AttachListener;
+
   constructor(
     private readonly volumes: Volumes,
     private readonly registry: Registry,
@@ -42,6 +53,7 @@ export class Attachments {
       await this.volumes.saveVolume(volume);
       let nbdUri: string;
       let iscsiUrl: string;
+      const mapVersion = this.listener?.mapVersion(volume.id) ?? 0;
       try {
         const reply = await this.peers.head.attach(head.controlAddress, { map: volumeMapView(volume, map, this.registry), epoch, iscsi: volume.access });
         nbdUri = reply.nbdUri;
@@ -54,6 +66,7 @@ export class Attachments {
           volume.attachedHead = '';
           volume.nbdUri = '';
           await this.volumes.saveVolume(volume);
+          this.listener?.detached(volume.id);
         }
         throw err;
       }
@@ -62,6 +75,7 @@ export class Attachments {
       volume.iscsiUrl = iscsiUrl;
       await this.volumes.saveVolume(volume);
       vlog.info({ epoch, nbdUri, head: head.name }, 'volume attached');
+      this.listener?.attached(volume.id, mapVersion);
       return volume;
     });
   }
@@ -129,6 +143,7 @@ export class Attachments {
       volume.nbdUri = '';
       await this.volumes.saveVolume(volume);
       vlog.info({ force, epoch: volume.epoch }, 'volume detached');
+      this.listener?.detached(volume.id);
     });
   }
 }

@@ -2,11 +2,16 @@ import { InvalidArgumentError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import { Attachments } from './attachments.js';
 import { Decommission } from './decommission.js';
+import { Failures } from './failures.js';
 import { ChunkFreer, GarbageCollector } from './gc.js';
+import { MapPusher } from './map-pusher.js';
 import type { PeerClients } from './node-clients.js';
 import { PlacementModel } from './placement.js';
 import { Registry } from './registry.js';
+import { DEFAULT_SCHEDULER_LIMITS, type SchedulerLimits } from './resync-scheduler.js';
+import { DEFAULT_RESYNC_OPTIONS, Resyncs } from './resyncs.js';
 import { ManagerStore } from './store.js';
+import { holderEpoch } from './types.js';
 import { Volumes } from './volumes.js';
 
 // The manager without its network face: the store loaded into memory and the
@@ -21,6 +26,12 @@ export interface CoreOptions {
   heartbeatTimeoutMs: number;
   now?: () => number;
   allocateParallelism?: number;
+  /** Bandwidth cap handed to resync executors, MiB/s per resync (default 0: unthrottled). */
+  resyncMibps?: number;
+  /** A running resync without progress for this long is dispatched again (default 15 s). */
+  resyncProgressTimeoutMs?: number;
+  /** Scheduler limits: per-disk resyncs (default 1), global cap (default 64), sources per resync (default 2). */
+  resyncLimits?: Partial<SchedulerLimits>;
 }
 
 export interface StatusData {
@@ -44,6 +55,9 @@ export class ManagerCore {
     readonly decommission: Decommission,
     readonly freer: ChunkFreer,
     readonly gc: GarbageCollector,
+    readonly pusher: MapPusher,
+    readonly failures: Failures,
+    readonly resyncs: Resyncs,
     readonly chunkSize: number,
   ) {}
 
@@ -76,11 +90,53 @@ export class ManagerCore {
           return n;
         },
       });
-      const core = new ManagerCore(store, model, registry, volumes, new Attachments(volumes, registry, peers),
-        new Decommission(store, registry, volumes, peers), freer, gc, opts.chunkSize);
+      const limits = { ...DEFAULT_SCHEDULER_LIMITS, ...opts.resyncLimits };
+      if (!(limits.perDisk >= 1 && limits.maxRunning >= 1 && limits.maxSources >= 1)) {
+        throw new InvalidArgumentError(`invalid resync limits ${JSON.stringify(limits)}: each must be at least 1`);
+      }
+      const pusher = new MapPusher(volumes, registry, peers);
+      const failures = new Failures(store, registry, volumes, pusher);
+      const resyncs = new Resyncs(store, model, registry, volumes, peers, freer, pusher, {
+        throttleMibps: opts.resyncMibps ?? DEFAULT_RESYNC_OPTIONS.throttleMibps,
+        progressTimeoutMs: opts.resyncProgressTimeoutMs ?? DEFAULT_RESYNC_OPTIONS.progressTimeoutMs,
+        limits,
+      });
+      resyncs.load(snap);
+      const attachments = new Attachments(volumes, registry, peers);
+      // Who tells whom (every hook only records or wakes; the work runs in resync passes):
+      registry.hooks = {
+        disksLost: (ids, reason, batch) => failures.disksLost(ids, reason, batch),
+        changed: (reason) => {
+          resyncs.planner.retryNow();
+          resyncs.wake(reason);
+        },
+      };
+      failures.onStale = (reason) => resyncs.wake(reason);
+      // A replaced chunk is freed only once the volume's holder has a map
+      // without it: a head cut off from us (not from storage) may still use it.
+      freer.hold = (r) => {
+        const e = volumes.byVolumeId(r.volumeId);
+        const head = e?.volume.attachedHead ? registry.head(e.volume.attachedHead) : undefined;
+        return !!e && head?.state === 'active' && holderEpoch(e.volume) !== undefined && !pusher.headIsCurrent(r.volumeId);
+      };
+      pusher.onAcked = (id) => {
+        resyncs.freeHeld(id);
+        resyncs.wake('a head has the new map');
+      };
+      attachments.listener = {
+        mapVersion: (id) => pusher.current(id),
+        attached: (id, version) => {
+          pusher.confirmed(id, version);
+          resyncs.wake('volume attached');
+        },
+        detached: () => resyncs.wake('volume detached'),
+      };
+      volumes.hooks = { deleting: (id, batch) => resyncs.volumeDeleting(id, batch), deleted: (id) => resyncs.volumeDeleted(id) };
+      const core = new ManagerCore(store, model, registry, volumes, attachments,
+        new Decommission(store, registry, volumes, peers), freer, gc, pusher, failures, resyncs, opts.chunkSize);
       log.info({
         dataDir: opts.dataDir, servers: snap.servers.length, disks: snap.disks.length, heads: snap.heads.length,
-        volumes: snap.volumes.length, pendingRolledBack: snap.pending.length, toFree: freer.size,
+        volumes: snap.volumes.length, pendingRolledBack: snap.pending.length, toFree: freer.size, resyncs: snap.resyncs.length,
         loadMs: loadedMs, ms: Date.now() - started,
       }, 'metadata loaded');
       return core;
@@ -117,7 +173,26 @@ export class ManagerCore {
     return this.volumes.list().filter((v) => v.attachedHead === headId).map((v) => v.name).sort();
   }
 
+  /** Starts failure handling and resync (the daemon, once it listens at `managerAddress`, where executors report). */
+  start(managerAddress: string): void {
+    this.resyncs.start(managerAddress);
+  }
+
+  /** Resolves once no resync pass, map push or failure follow-up is pending (tests). */
+  async settle(): Promise<void> {
+    for (let i = 0; i < 50; i++) {
+      await new Promise((r) => setImmediate(r));
+      await this.resyncs.idle();
+      await this.pusher.idle();
+      await new Promise((r) => setImmediate(r));
+      if (this.failures.isIdle() && this.resyncs.isIdle() && this.pusher.isIdle()) return;
+    }
+  }
+
   async close(): Promise<void> {
+    this.resyncs.stop();
+    await this.resyncs.idle();
+    await this.pusher.idle();
     await this.store.close();
   }
 }

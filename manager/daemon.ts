@@ -5,8 +5,10 @@ import { parseHostPort } from '../shared/units.js';
 import { ManagerCore } from './core.js';
 import { managerHandlers } from './grpc-service.js';
 import { GrpcPeerClients, type PeerClients } from './node-clients.js';
+import type { SchedulerLimits } from './resync-scheduler.js';
 
 // The manager process: load metadata, serve the gRPC API, watch heartbeats,
+// handle failures and run resyncs (manager/resyncs.ts, checked every second),
 // collect garbage (at start, on request, and every gcIntervalMs if set).
 
 const log = moduleLogger('manager');
@@ -17,6 +19,11 @@ export interface ManagerOptions {
   chunkSize: number;            // cluster chunk size (bytes)
   heartbeatTimeoutMs: number;   // server/head considered failed after this
   gcIntervalMs?: number;        // periodic GC, 0/undefined = only at start + on request
+  /** HOST:PORT resync executors report progress to (default: the bound listen address). */
+  advertiseAddress?: string;
+  resyncMibps?: number;         // bandwidth cap per resync handed to executors, 0 = unthrottled
+  resyncProgressTimeoutMs?: number; // a running resync without progress this long is dispatched again
+  resyncLimits?: Partial<SchedulerLimits>; // per-disk resyncs (1), global cap (64), sources per resync (2)
 }
 
 export interface ManagerHandle { address: string; close(): Promise<void>; }
@@ -32,6 +39,7 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   const peers = deps.peers ?? new GrpcPeerClients();
   const core = await ManagerCore.open({
     dataDir: opts.dataDir, chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, now: deps.now,
+    resyncMibps: opts.resyncMibps, resyncProgressTimeoutMs: opts.resyncProgressTimeoutMs, resyncLimits: opts.resyncLimits,
   }, peers);
 
   const server = new grpc.Server({ 'grpc.max_send_message_length': 64 * 1024 * 1024 });
@@ -58,7 +66,12 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
     timers.push(t);
   };
   every(Math.max(50, Math.min(1000, Math.floor(opts.heartbeatTimeoutMs / 4))), 'heartbeat check', () => core.registry.checkTimeouts());
+  every(1000, 'resync check', async () => core.resyncs.tick());
   if (opts.gcIntervalMs && opts.gcIntervalMs > 0) every(opts.gcIntervalMs, 'periodic GC', () => core.gc.run('periodic'));
+  // A wildcard listen address cannot be reached by executors on other hosts: say so.
+  const advertise = opts.advertiseAddress ?? address;
+  if (/^(0\.0\.0\.0|\[?::\]?):/.test(advertise)) log.warn({ advertise }, 'resync executors are told to report to a wildcard address; set advertiseAddress to one they can reach');
+  core.start(advertise);
   core.gc.run('startup').catch((err: unknown) => log.error({ err: errorMessage(err) }, 'startup GC failed'));
 
   log.info({ address, dataDir: opts.dataDir, chunkSize: opts.chunkSize }, 'ready');

@@ -7,8 +7,9 @@ import type { Volumes } from './volumes.js';
 
 // Taking disks and servers out of the cluster. Refused while chunks live on
 // them (naming the volumes and the fix) unless forced; a forced removal marks
-// the replicas there stale in the same batch, so they are never read again
-// even if the disk comes back (resync will rebuild them elsewhere).
+// the replicas there stale in the same batch (the registry's disksLost hook,
+// manager/failures.ts), so they are never read again even if the disk comes
+// back, and resync rebuilds them elsewhere.
 
 const log = moduleLogger('manager.decommission');
 
@@ -29,9 +30,8 @@ export class Decommission {
     const lost = this.refuseIfUsed(`disk ${d.id} (${d.path} on ${server?.name ?? d.serverId})`, [d.id], force);
     const batch = this.store.batch();
     this.registry.setDiskState(d, 'removed', force && lost > 0 ? `removed by an admin with --force (${lost} chunks in use)` : 'removed by an admin', batch);
-    const stale = force ? this.volumes.markStaleOnDisks(new Set([d.id]), batch) : 0;
     await this.store.write(batch);
-    log.info({ diskId: d.id, serverId: d.serverId, force, staleReplicas: stale }, 'disk removed');
+    log.info({ diskId: d.id, serverId: d.serverId, force, replicasLost: lost }, 'disk removed');
     if (server?.state === 'active') {
       // The node stops serving it; best effort, the manager's decision stands.
       this.peers.node.removeDisk(server.controlAddress, { diskId: d.id, force }).catch((err: unknown) => {
@@ -47,9 +47,8 @@ export class Decommission {
     const lost = this.refuseIfUsed(`server ${s.name}`, disks.map((d) => d.id), force);
     const batch = this.store.batch();
     this.registry.setServerState(s, 'removed', force && lost > 0 ? `removed by an admin with --force (${lost} chunks in use)` : 'removed by an admin', batch);
-    const stale = force ? this.volumes.markStaleOnDisks(new Set(disks.map((d) => d.id)), batch) : 0;
     await this.store.write(batch);
-    log.info({ serverId: s.id, name: s.name, force, staleReplicas: stale }, 'server removed');
+    log.info({ serverId: s.id, name: s.name, force, replicasLost: lost }, 'server removed');
   }
 
   /** Throws unless nothing lives on the disks or `force`; returns the chunks in use. */

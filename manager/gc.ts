@@ -39,6 +39,11 @@ const MAX_CONFLICTS = 5;
 const keyOf = (diskId: string, index: number) => `${diskId}/${index}`;
 
 export class ChunkFreer {
+  /**
+   * Entries not to free yet (manager/core.ts: a replaced replica of a volume
+   * whose head has not confirmed a map without it; that head may still use it).
+   */
+  hold?: (r: ToFreeRecord) => boolean;
   private readonly entries = new Map<string, ToFreeRecord>();
   private readonly inFlight = new Set<string>();
   private readonly conflicts = new Map<string, number>();
@@ -90,6 +95,10 @@ export class ChunkFreer {
     for (const r of records ?? this.list()) {
       const key = keyOf(r.diskId, r.chunkIndex);
       if (!this.entries.has(key) || this.inFlight.has(key)) continue;
+      if (this.hold?.(r)) {
+        skipped++;
+        continue;
+      }
       const server = this.registry.serverOfDisk(r.diskId);
       if (!server || server.state !== 'active') {
         skipped++;

@@ -2,13 +2,16 @@ import { InvalidArgumentError } from '../shared/errors.js';
 import { unary } from '../shared/grpc.js';
 import type { ManagerHandlers } from '../proto/generated/vsky/manager/Manager.js';
 import type { ManagerCore } from './core.js';
+import { resyncListView, volumeHealth } from './resync-views.js';
+import type { VolumeRecord } from './types.js';
 import { diskView, headView, serverView, volumeMapView, volumeView } from './views.js';
 
 // proto/manager.proto rpcs -> the manager's parts. Handlers only translate:
 // validation and decisions live in registry/volumes/attachments/decommission.
 
 export function managerHandlers(core: ManagerCore): ManagerHandlers {
-  const { registry, volumes, attachments, decommission, gc, model } = core;
+  const { registry, volumes, attachments, decommission, gc, model, failures, resyncs } = core;
+  const info = (v: VolumeRecord) => volumeView(v, registry, volumeHealth(resyncs, volumes, v.id));
   return {
     RegisterServer: unary(async (req) => serverView(await registry.registerServer(req), registry)),
     Heartbeat: unary(async (req) => {
@@ -46,29 +49,41 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     }),
     ListHeads: unary(async () => ({ heads: registry.listHeads().map((h) => headView(h, core.attachedTo(h.id))) })),
 
-    CreateVolume: unary(async (req) => volumeView(await volumes.create({
+    CreateVolume: unary(async (req) => info(await volumes.create({
       name: req.name, size: req.size, replicas: req.replicas, spreadLabel: req.spreadLabel,
-    }), registry)),
+    }))),
     DeleteVolume: unary(async (req) => {
       await volumes.delete(req.name);
       return {};
     }),
-    ListVolumes: unary(async () => ({ volumes: volumes.list().map((v) => volumeView(v, registry)) })),
+    ListVolumes: unary(async () => ({ volumes: volumes.list().map(info) })),
     ShowVolume: unary(async (req) => {
       const { volume, map } = volumes.entry(req.name);
-      return { info: volumeView(volume, registry), map: volumeMapView(volume, map, registry) };
+      return { info: info(volume), map: volumeMapView(volume, map, registry) };
     }),
     AttachVolume: unary(async (req) => {
       const v = await attachments.attach(req.name, req.head);
-      return { info: volumeView(v, registry), nbdUri: v.nbdUri, iscsiUrl: v.iscsiUrl ?? '' };
+      return { info: info(v), nbdUri: v.nbdUri, iscsiUrl: v.iscsiUrl ?? '' };
     }),
-    SetVolumeAccess: unary(async (req) => volumeView(await attachments.setAccess(req.name, req.access ?? {}), registry)),
+    SetVolumeAccess: unary(async (req) => info(await attachments.setAccess(req.name, req.access ?? {}))),
     DetachVolume: unary(async (req) => {
       await attachments.detach(req.name, req.force);
       return {};
     }),
 
-    Status: unary(async () => ({ ...core.status(), volumeList: volumes.list().map((v) => volumeView(v, registry)) })),
+    ReportReplicaFailure: unary(async (req) => ({ map: await failures.reportReplicaFailure(req) })),
+    FailDisk: unary(async (req) => {
+      await failures.failDisk(req.diskId, req.reason);
+      return {};
+    }),
+    FailServer: unary(async (req) => {
+      await failures.failServer(req.server, req.reason);
+      return {};
+    }),
+    ReportResyncProgress: unary(async (req) => resyncs.progress(req)),
+    ListResyncs: unary(async () => resyncListView(resyncs, volumes, registry)),
+
+    Status: unary(async () => ({ ...core.status(), volumeList: volumes.list().map(info) })),
     CollectGarbage: unary(async () => gc.run('requested')),
   };
 }

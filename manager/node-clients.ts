@@ -1,12 +1,15 @@
 import {
   call, headAgentClient, storageNodeClient, type HeadAgentClient, type StorageNodeClient,
 } from '../shared/grpc.js';
+import type { ResyncTask } from '../proto/generated/vsky/common/ResyncTask.js';
 import type { AttachVolumeReply__Output } from '../proto/generated/vsky/head/AttachVolumeReply.js';
 import type { AttachVolumeRequest } from '../proto/generated/vsky/head/AttachVolumeRequest.js';
 import type { DetachVolumeRequest } from '../proto/generated/vsky/head/DetachVolumeRequest.js';
 import type { AddDiskRequest } from '../proto/generated/vsky/storage/AddDiskRequest.js';
 import type { AllocateChunkRequest } from '../proto/generated/vsky/storage/AllocateChunkRequest.js';
 import type { ChunkList__Output } from '../proto/generated/vsky/storage/ChunkList.js';
+import type { ChunkRef } from '../proto/generated/vsky/storage/ChunkRef.js';
+import type { ChunkRegions__Output } from '../proto/generated/vsky/storage/ChunkRegions.js';
 import type { DiskInfo__Output } from '../proto/generated/vsky/storage/DiskInfo.js';
 import type { FreeChunkRequest } from '../proto/generated/vsky/storage/FreeChunkRequest.js';
 import type { ListChunksRequest } from '../proto/generated/vsky/storage/ListChunksRequest.js';
@@ -26,11 +29,19 @@ export interface StorageNodeApi {
   allocateChunk(address: string, req: AllocateChunkRequest): Promise<void>;
   freeChunk(address: string, req: FreeChunkRequest): Promise<void>;
   listChunks(address: string, req: ListChunksRequest): Promise<ChunkList__Output>;
+  /** Written-region and write-intent bitmaps of one chunk (resync sizing). */
+  getChunkRegions(address: string, req: ChunkRef): Promise<ChunkRegions__Output>;
+  /** Starts a peer-to-peer resync into a chunk of this node (detached volumes); returns once accepted. */
+  copyChunk(address: string, task: ResyncTask): Promise<void>;
 }
 
 export interface HeadApi {
   attach(address: string, req: AttachVolumeRequest): Promise<AttachVolumeReply__Output>;
   detach(address: string, req: DetachVolumeRequest): Promise<void>;
+  /** New replica states/locations of an attached volume, same epoch. */
+  updateMap(address: string, req: AttachVolumeRequest): Promise<void>;
+  /** Starts a resync of an attached volume on its head; returns once accepted. */
+  startResync(address: string, task: ResyncTask): Promise<void>;
 }
 
 export interface PeerClients {
@@ -40,6 +51,9 @@ export interface PeerClients {
 }
 
 /** Deadlines per call kind (ms). Attach is long: the head connects to and fences every replica. */
+/** Peers may be restarting: wait for their channel (within the deadline) rather than fail on a stale backoff. */
+const PEER_CALL = { waitForReady: true };
+
 export const PEER_TIMEOUTS = {
   info: 5_000,
   disk: 60_000,
@@ -49,6 +63,8 @@ export const PEER_TIMEOUTS = {
   detach: 30_000,
   /** --force: the head may be hung or gone; do not wait long for it. */
   detachForce: 3_000,
+  /** UpdateMap, StartResync, CopyChunk: the peer only takes note (the copy runs in the background). */
+  resync: 5_000,
 };
 
 export class GrpcPeerClients implements PeerClients {
@@ -56,17 +72,21 @@ export class GrpcPeerClients implements PeerClients {
   private readonly heads = new Map<string, HeadAgentClient>();
 
   readonly node: StorageNodeApi = {
-    getInfo: (a) => call(this.nodeClient(a), this.nodeClient(a).GetInfo, {}, PEER_TIMEOUTS.info),
-    addDisk: (a, req) => call(this.nodeClient(a), this.nodeClient(a).AddDisk, req, PEER_TIMEOUTS.disk),
-    removeDisk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).RemoveDisk, req, PEER_TIMEOUTS.disk); },
-    allocateChunk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).AllocateChunk, req, PEER_TIMEOUTS.chunk); },
-    freeChunk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).FreeChunk, req, PEER_TIMEOUTS.chunk); },
-    listChunks: (a, req) => call(this.nodeClient(a), this.nodeClient(a).ListChunks, req, PEER_TIMEOUTS.list),
+    getInfo: (a) => call(this.nodeClient(a), this.nodeClient(a).GetInfo, {}, PEER_TIMEOUTS.info, PEER_CALL),
+    addDisk: (a, req) => call(this.nodeClient(a), this.nodeClient(a).AddDisk, req, PEER_TIMEOUTS.disk, PEER_CALL),
+    removeDisk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).RemoveDisk, req, PEER_TIMEOUTS.disk, PEER_CALL); },
+    allocateChunk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).AllocateChunk, req, PEER_TIMEOUTS.chunk, PEER_CALL); },
+    freeChunk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).FreeChunk, req, PEER_TIMEOUTS.chunk, PEER_CALL); },
+    listChunks: (a, req) => call(this.nodeClient(a), this.nodeClient(a).ListChunks, req, PEER_TIMEOUTS.list, PEER_CALL),
+    getChunkRegions: (a, req) => call(this.nodeClient(a), 'GetChunkRegions', req, PEER_TIMEOUTS.info, PEER_CALL),
+    copyChunk: async (a, task) => { await call(this.nodeClient(a), 'CopyChunk', task, PEER_TIMEOUTS.resync, PEER_CALL); },
   };
 
   readonly head: HeadApi = {
-    attach: (a, req) => call(this.headClient(a), this.headClient(a).Attach, req, PEER_TIMEOUTS.attach),
-    detach: async (a, req) => { await call(this.headClient(a), this.headClient(a).Detach, req, req.force ? PEER_TIMEOUTS.detachForce : PEER_TIMEOUTS.detach); },
+    attach: (a, req) => call(this.headClient(a), this.headClient(a).Attach, req, PEER_TIMEOUTS.attach, PEER_CALL),
+    detach: async (a, req) => { await call(this.headClient(a), this.headClient(a).Detach, req, req.force ? PEER_TIMEOUTS.detachForce : PEER_TIMEOUTS.detach, PEER_CALL); },
+    updateMap: async (a, req) => { await call(this.headClient(a), 'UpdateMap', req, PEER_TIMEOUTS.resync, PEER_CALL); },
+    startResync: async (a, task) => { await call(this.headClient(a), 'StartResync', task, PEER_TIMEOUTS.resync, PEER_CALL); },
   };
 
   private nodeClient(address: string): StorageNodeClient {

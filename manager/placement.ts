@@ -9,7 +9,11 @@ import { Heap } from './heap.js';
 //  - the K replicas of a segment go to K distinct servers, and to K distinct
 //    values of the spread label (e.g. rack) while the labels allow;
 //  - each replica goes to the eligible disk with the most free chunks (as
-//    VastSky did), least recently picked first on ties, so disks fill evenly;
+//    VastSky did), so disks fill evenly; ties go to a random disk (a seeded
+//    generator, so runs repeat). Not "least recently picked": that turns the
+//    disks into a fixed rotation, every chunk of a disk then shares its
+//    segment with the same two or three disks, and a lost disk can only be
+//    rebuilt from those few (rule 8 wants its copies spread over many);
 //  - a placement that cannot finish changes nothing.
 // Owner 0 means free; volume ids start at 1.
 
@@ -28,8 +32,8 @@ interface ModelDisk {
   /** Every index below `cursor` is owned: allocation searches from here. */
   cursor: number;
   eligible: boolean;
-  /** Placement sequence of the last pick: ties go to the least recent. */
-  lastPick: number;
+  /** Random key redrawn at each pick: ties on free space go to the lowest. */
+  tie: number;
   order: number;
 }
 
@@ -75,6 +79,25 @@ export interface PlacementResult {
   disksUsed: number;
 }
 
+/** One replacement replica to place (manager/spares.ts). */
+export interface SpareRequest {
+  volumeId: number;
+  /** Servers holding another replica of the segment (any state): never used. */
+  excludeServers: ReadonlySet<string>;
+  /** The replaced replica's server: used only when no other server fits. */
+  avoidServer?: string;
+  /** Server label whose values the segment's replicas should differ in ('' = none). */
+  spreadLabel?: string;
+}
+
+export interface SparePick {
+  serverId: string;
+  diskId: string;
+  chunkIndex: number;
+  /** How far the rules held: 'spread' (new server and label value), 'server' (label reused), 'avoided' (the replaced replica's server). */
+  fit: 'spread' | 'server' | 'avoided';
+}
+
 export interface ModelTotals {
   disks: number;
   eligibleDisks: number;
@@ -87,7 +110,7 @@ export interface ModelTotals {
 export class PlacementModel {
   private readonly servers = new Map<string, ModelServer>();
   private readonly disks = new Map<string, ModelDisk>();
-  private pickSeq = 0;
+  private readonly random = seededRandom(0x9e3779b9);
   private diskOrder = 0;
 
   setServer(id: string, labels: Readonly<Record<string, string>>, eligible: boolean): void {
@@ -106,7 +129,7 @@ export class PlacementModel {
     const d = this.disks.get(id);
     if (!d) {
       this.disks.set(id, {
-        id, serverId, chunkCount, owner: new Uint32Array(chunkCount), used: 0, cursor: 0, eligible, lastPick: 0, order: this.diskOrder++,
+        id, serverId, chunkCount, owner: new Uint32Array(chunkCount), used: 0, cursor: 0, eligible, tie: this.random(), order: this.diskOrder++,
       });
       return true;
     }
@@ -277,9 +300,9 @@ export class PlacementModel {
             continue;
           }
           if (!pick) throw this.capacityError(req, serverFree, `segment ${seg} found only ${slot} servers with free chunks`);
-          if (!savedPick.has(pick)) savedPick.set(pick, pick.lastPick);
+          if (!savedPick.has(pick)) savedPick.set(pick, pick.tie);
           const index = allocIndex(pick, volumeId);
-          pick.lastPick = ++this.pickSeq;
+          pick.tie = this.random();
           picks.push({ disk: pick, index });
           chunks.push({ segment: seg, slot, serverId: pick.serverId, diskId: pick.id, chunkIndex: index });
           usedServers.add(pick.serverId);
@@ -293,7 +316,7 @@ export class PlacementModel {
         disk.used--;
         if (index < disk.cursor) disk.cursor = index;
       }
-      for (const [disk, seq] of savedPick) disk.lastPick = seq;
+      for (const [disk, tie] of savedPick) disk.tie = tie;
       throw err;
     }
     const servers = new Set(chunks.map((c) => c.serverId));
@@ -307,6 +330,65 @@ export class PlacementModel {
       serversUsed: servers.size,
       disksUsed: disks.size,
     };
+  }
+
+  /**
+   * Chooses and reserves one spare chunk per request, in order: an eligible
+   * disk on a server outside `excludeServers`, on a spread-label value the
+   * segment's other replicas do not use when the labels allow, and off the
+   * replaced replica's server unless nothing else fits. Among those, the disk
+   * with the least resync work ahead (`resyncLoad`: the caller's count of
+   * resyncs that will read from or write to it; each pick here adds one),
+   * then the most free chunks. Rebuild time is set by the busiest disk, so a
+   * disk with much free space (a new one) must not receive every spare of a
+   * failure; free space still decides among equally loaded disks. One heap
+   * serves the whole batch (a server failure asks for thousands). Undefined
+   * where no disk fits; the other requests are still served.
+   */
+  placeSpares(reqs: readonly SpareRequest[], resyncLoad: Map<string, number> = new Map()): Array<SparePick | undefined> {
+    const loadOf = (d: ModelDisk) => resyncLoad.get(d.id) ?? 0;
+    const heap = new Heap(
+      [...this.disks.values()].filter((d) => d.used < d.chunkCount && this.isEligible(d)),
+      (a, b) => (loadOf(a) !== loadOf(b) ? loadOf(a) < loadOf(b) : placeBefore(a, b)),
+    );
+    const labelOf = (serverId: string, label: string): string => this.servers.get(serverId)?.labels[label] ?? '';
+    return reqs.map((req) => {
+      const label = req.spreadLabel ?? '';
+      const usedValues = new Set<string>();
+      if (label) for (const s of req.excludeServers) usedValues.add(labelOf(s, label));
+      let best: ModelDisk | undefined;
+      let fit: SparePick['fit'] = 'spread';
+      let sameLabel: ModelDisk | undefined;
+      let avoided: ModelDisk | undefined;
+      const stash: ModelDisk[] = [];
+      // Popped in preference order, so the first disk meeting each relaxed rule is the best one for it.
+      while (heap.size > 0) {
+        const d = heap.pop();
+        stash.push(d);
+        if (req.excludeServers.has(d.serverId)) continue;
+        if (d.serverId === req.avoidServer) {
+          avoided ??= d;
+          continue;
+        }
+        if (label && usedValues.has(labelOf(d.serverId, label))) {
+          sameLabel ??= d;
+          continue;
+        }
+        best = d;
+        break;
+      }
+      if (!best && sameLabel) [best, fit] = [sameLabel, 'server'];
+      if (!best && avoided) [best, fit] = [avoided, 'avoided'];
+      let pick: SparePick | undefined;
+      if (best) {
+        const index = allocIndex(best, req.volumeId);
+        best.tie = this.random();
+        resyncLoad.set(best.id, loadOf(best) + 1);
+        pick = { serverId: best.serverId, diskId: best.id, chunkIndex: index, fit };
+      }
+      for (const d of stash) if (d.used < d.chunkCount) heap.push(d);
+      return pick;
+    });
   }
 
   private sum(serverFree: Map<string, number>): number {
@@ -346,13 +428,25 @@ export class PlacementModel {
   }
 }
 
-/** Heap order: most free chunks first, then least recently picked, then oldest disk. */
+/** Heap order: most free chunks first, then the random tie key, then oldest disk. */
 function placeBefore(a: ModelDisk, b: ModelDisk): boolean {
   const fa = a.chunkCount - a.used;
   const fb = b.chunkCount - b.used;
   if (fa !== fb) return fa > fb;
-  if (a.lastPick !== b.lastPick) return a.lastPick < b.lastPick;
+  if (a.tie !== b.tie) return a.tie < b.tie;
   return a.order < b.order;
+}
+
+/** mulberry32: a small, fast, seeded generator of numbers in [0, 1). */
+function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }
 
 /** Lowest free index from the disk's cursor (every index below it is owned). */

@@ -14,6 +14,12 @@ import type { DiskRecord, DiskState, HeadRecord, ServerRecord, ServerState } fro
 // state change is logged with its reason and persisted in one batch; plain
 // heartbeats only touch memory. The placement model is kept in step: only
 // active disks on active servers receive new chunks.
+//
+// A disk or server that fails (or is removed) tells `hooks.disksLost` inside
+// the batch that records the change, so the replicas there are marked stale
+// in that same batch (manager/failures.ts). One an admin failed (FailDisk,
+// FailServer) stays failed whatever its node says, until an admin adds it
+// back (AddDisk, AddServer).
 
 const log = moduleLogger('manager.registry');
 
@@ -21,6 +27,14 @@ export interface RegistryOptions {
   chunkSize: number;
   heartbeatTimeoutMs: number;
   now?: () => number;
+}
+
+/** What the rest of the manager hears from the registry (manager/core.ts wires it). */
+export interface RegistryHooks {
+  /** Called synchronously with the batch recording the change: the replicas on these disks are gone. */
+  disksLost(diskIds: ReadonlySet<string>, reason: string, batch: StoreBatch): void;
+  /** A server, disk or head changed state (spares or executors may have appeared or gone). */
+  changed(reason: string): void;
 }
 
 export interface RegisterHeadInput {
@@ -35,6 +49,7 @@ export class Registry {
   private readonly disks = new Map<string, DiskRecord>();
   private readonly heads = new Map<string, HeadRecord>();
   readonly now: () => number;
+  hooks?: RegistryHooks;
 
   constructor(
     private readonly store: ManagerStore,
@@ -116,6 +131,7 @@ export class Registry {
       throw new ConflictError(`server ${s.name} (${s.id}) was removed from the cluster; add it back with vsky server add ${info.controlAddress}`);
     }
     const name = info.name || info.serverId;
+    if (readd && s?.adminFailed) s.adminFailed = false;
     if (!s) {
       s = {
         id: info.serverId, name, dataAddress: info.dataAddress, controlAddress: info.controlAddress,
@@ -129,7 +145,8 @@ export class Registry {
         name, dataAddress: info.dataAddress, controlAddress: info.controlAddress, nodeLabels: { ...info.labels },
         adminLabels: { ...s.adminLabels, ...adminLabels }, lastHeartbeatMs: now,
       });
-      if (s.state !== 'active') this.setServerState(s, 'active', readd ? 're-added by an admin' : 'registered again', batch);
+      if (s.adminFailed) log.warn({ serverId: s.id, name }, 'server failed by an admin registered again; it stays failed until vsky server add');
+      else if (s.state !== 'active') this.setServerState(s, 'active', readd ? 're-added by an admin' : 'registered again', batch);
       log.info({ serverId: s.id, name, labels: this.labelsOf(s) }, 'server re-registered');
     }
     batch.putServer(s);
@@ -146,7 +163,7 @@ export class Registry {
     if (s.state === 'removed') return true; // known, but an admin took it out: ignored
     s.lastHeartbeatMs = this.now();
     const batch = this.store.batch();
-    if (s.state === 'failed') {
+    if (s.state === 'failed' && !s.adminFailed) {
       this.setServerState(s, 'active', 'heartbeat received again', batch);
       batch.putServer(s);
     }
@@ -190,7 +207,10 @@ export class Registry {
     }
     const batch = this.store.batch();
     const existing = this.disks.get(info.diskId);
-    if (existing?.state === 'removed') this.setDiskState(existing, 'active', 're-added by an admin', batch);
+    if (existing?.state === 'removed' || existing?.adminFailed) {
+      existing.adminFailed = false;
+      this.setDiskState(existing, 'active', 're-added by an admin', batch);
+    }
     this.applyDiskReport(s, [info], batch, false);
     const d = this.disks.get(info.diskId)!;
     batch.putDisk(d);
@@ -223,6 +243,7 @@ export class Registry {
       h.state = 'active';
       log.info({ headId: h.id, name: h.name }, 'head active again: heartbeat received');
       await this.store.write(this.store.batch().putHead(h));
+      this.hooks?.changed('head active');
     }
     return true;
   }
@@ -238,36 +259,72 @@ export class Registry {
         batch.putServer(s);
       }
     }
+    let headsFailed = 0;
     for (const h of this.heads.values()) {
       if (h.state === 'active' && now - h.lastHeartbeatMs > limit) {
         h.state = 'failed';
-        log.warn({ headId: h.id, name: h.name, silentMs: now - h.lastHeartbeatMs }, 'head failed: no heartbeat');
+        headsFailed++;
+        log.warn({ headId: h.id, name: h.name, silentMs: now - h.lastHeartbeatMs }, `head ${h.name} failed: no heartbeat for ${now - h.lastHeartbeatMs} ms`);
         batch.putHead(h);
       }
     }
     if (batch.length > 0) await this.store.write(batch);
+    if (headsFailed > 0) this.hooks?.changed('head failed');
+  }
+
+  /** FailServer: an admin or a health checker says the server is gone; it stays failed until vsky server add. */
+  async failServer(ref: string, reason: string): Promise<ServerRecord> {
+    const s = this.resolveServer(ref);
+    if (s.state === 'removed') throw new ConflictError(`server ${s.name} was removed from the cluster; nothing to fail`);
+    const batch = this.store.batch();
+    s.adminFailed = true;
+    batch.putServer(s);
+    this.setServerState(s, 'failed', `failed by an admin: ${reason || 'no reason given'}`, batch);
+    await this.store.write(batch);
+    return s;
+  }
+
+  /** FailDisk: the disk is gone; it stays failed until vsky disk add. */
+  async failDisk(diskId: string, reason: string): Promise<DiskRecord> {
+    if (!diskId) throw new InvalidArgumentError('no disk id given: see vsky disk list');
+    const d = this.disks.get(diskId);
+    if (!d) throw new NotFoundError(`no disk "${diskId}": see vsky disk list`, { diskId });
+    if (d.state === 'removed') throw new ConflictError(`disk ${d.id} was removed from the cluster; nothing to fail`);
+    const batch = this.store.batch();
+    d.adminFailed = true;
+    batch.putDisk(d);
+    this.setDiskState(d, 'failed', `failed by an admin: ${reason || 'no reason given'}`, batch);
+    await this.store.write(batch);
+    return d;
   }
 
   setServerState(s: ServerRecord, state: ServerState, reason: string, batch: StoreBatch): void {
     if (s.state === state) return;
     const line = { serverId: s.id, name: s.name, from: s.state, to: state, reason };
-    if (state === 'active') log.info(line, 'server state change');
-    else log.warn(line, 'server state change');
+    if (state === 'active') log.info(line, `server ${s.name} ${state}: ${reason}`);
+    else log.warn(line, `server ${s.name} ${state}: ${reason}`);
     s.state = state;
     s.stateReason = reason;
     batch.putServer(s);
     this.syncServer(s);
+    if (state !== 'active') {
+      const disks = new Set(this.disksOf(s.id).map((d) => d.id));
+      if (disks.size > 0) this.hooks?.disksLost(disks, `server ${s.name} ${state}: ${reason}`, batch);
+    }
+    this.hooks?.changed(`server ${s.name} ${state}`);
   }
 
   setDiskState(d: DiskRecord, state: DiskState, reason: string, batch: StoreBatch): void {
     if (d.state === state) return;
     const line = { diskId: d.id, serverId: d.serverId, path: d.path, from: d.state, to: state, reason };
-    if (state === 'active') log.info(line, 'disk state change');
-    else log.warn(line, 'disk state change');
+    if (state === 'active') log.info(line, `disk ${d.id} ${state}: ${reason}`);
+    else log.warn(line, `disk ${d.id} ${state}: ${reason}`);
     d.state = state;
     d.stateReason = reason;
     batch.putDisk(d);
     this.syncDisk(d);
+    if (state !== 'active') this.hooks?.disksLost(new Set([d.id]), `disk ${d.id} (${d.path}) ${state}: ${reason}`, batch);
+    this.hooks?.changed(`disk ${d.id} ${state}`);
   }
 
   /** Folds a node's disk list into the records; with `complete`, known disks it omits are failed. */
@@ -290,6 +347,7 @@ export class Registry {
         this.disks.set(d.id, d);
         batch.putDisk(d);
         log.info({ diskId: d.id, serverId: s.id, path: d.path, chunkCount: d.chunkCount }, 'disk recorded');
+        this.hooks?.changed('disk added');
       } else if (d.state === 'removed') {
         continue; // only AddDisk brings a removed disk back
       }
@@ -302,7 +360,7 @@ export class Registry {
       }
       if (sizeProblem) this.setDiskState(d, 'failed', sizeProblem, batch);
       else if (info.state === 'failed') this.setDiskState(d, 'failed', 'its node reports it failed', batch);
-      else if (d.state === 'failed') this.setDiskState(d, 'active', 'its node reports it active', batch);
+      else if (d.state === 'failed' && !d.adminFailed) this.setDiskState(d, 'active', 'its node reports it active', batch);
       if (JSON.stringify(d) !== before) batch.putDisk(d);
       this.syncDisk(d);
     }

@@ -5,7 +5,7 @@ import { CorruptMetadataError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import {
   chunkMapProblem, type ChunkMapRecord, type DiskRecord, type HeadRecord, type PendingCreateRecord,
-  type ServerRecord, type ToFreeRecord, type VolumeRecord,
+  type ResyncRecord, type ServerRecord, type ToFreeRecord, type VolumeRecord,
 } from './types.js';
 
 // Cluster metadata in LevelDB. Key layout (JSON values):
@@ -19,6 +19,8 @@ import {
 //   chunks/<id, 10 digits>   ChunkMapRecord (the volume's chunk ownership; written with it)
 //   pending/<id, 10 digits>  PendingCreateRecord (a create between its two batches)
 //   tofree/<disk id>/<index> ToFreeRecord (a chunk to free on its node)
+//   meta/next_resync_id      next resync number ("r<n>" ids are never reused)
+//   resync/<resync id>       ResyncRecord (a replica being rebuilt; see manager/resyncs.ts)
 //
 // Every change is one atomic batch, and batches are written one after
 // another in the order they were issued: the async LevelDB binding could
@@ -35,6 +37,8 @@ export interface StoreSnapshot {
   volumes: Array<{ volume: VolumeRecord; map: ChunkMapRecord }>;
   pending: PendingCreateRecord[];
   toFree: ToFreeRecord[];
+  nextResyncId: number;
+  resyncs: ResyncRecord[];
 }
 
 type Op = { type: 'put'; key: string; value: unknown } | { type: 'del'; key: string };
@@ -43,6 +47,7 @@ const pad = (id: number) => String(id).padStart(10, '0');
 export const keys = {
   format: 'meta/format',
   nextVolumeId: 'meta/next_volume_id',
+  nextResyncId: 'meta/next_resync_id',
   server: (id: string) => `server/${id}`,
   disk: (id: string) => `disk/${id}`,
   head: (id: string) => `head/${id}`,
@@ -50,6 +55,7 @@ export const keys = {
   chunks: (id: number) => `chunks/${pad(id)}`,
   pending: (id: number) => `pending/${pad(id)}`,
   toFree: (diskId: string, index: number) => `tofree/${diskId}/${pad(index)}`,
+  resync: (id: string) => `resync/${id}`,
 };
 
 /** A typed list of changes that `ManagerStore.write` applies atomically. */
@@ -72,6 +78,9 @@ export class StoreBatch {
   putToFree(r: ToFreeRecord): this { return this.put(keys.toFree(r.diskId, r.chunkIndex), r); }
   delToFree(diskId: string, index: number): this { return this.del(keys.toFree(diskId, index)); }
   putNextVolumeId(n: number): this { return this.put(keys.nextVolumeId, n); }
+  putResync(r: ResyncRecord): this { return this.put(keys.resync(r.id), r); }
+  delResync(id: string): this { return this.del(keys.resync(id)); }
+  putNextResyncId(n: number): this { return this.put(keys.nextResyncId, n); }
 
   private put(key: string, value: unknown): this {
     // Copy now: the caller's record may change before the batch is written.
@@ -122,7 +131,9 @@ export class ManagerStore {
   /** Reads the whole database (metadata is small; the manager keeps it in memory). */
   async load(): Promise<StoreSnapshot> {
     await this.tail;
-    const snap: StoreSnapshot = { nextVolumeId: 1, servers: [], disks: [], heads: [], volumes: [], pending: [], toFree: [] };
+    const snap: StoreSnapshot = {
+      nextVolumeId: 1, servers: [], disks: [], heads: [], volumes: [], pending: [], toFree: [], nextResyncId: 1, resyncs: [],
+    };
     const volumes = new Map<number, VolumeRecord>();
     const maps = new Map<number, ChunkMapRecord>();
     const it = this.db.iterator();
@@ -135,6 +146,7 @@ export class ManagerStore {
           switch (kind) {
             case 'meta':
               if (key === keys.nextVolumeId) snap.nextVolumeId = value as number;
+              else if (key === keys.nextResyncId) snap.nextResyncId = value as number;
               break;
             case 'server': snap.servers.push(value as ServerRecord); break;
             case 'disk': snap.disks.push(value as DiskRecord); break;
@@ -143,6 +155,7 @@ export class ManagerStore {
             case 'chunks': maps.set((value as ChunkMapRecord).volumeId, value as ChunkMapRecord); break;
             case 'pending': snap.pending.push(value as PendingCreateRecord); break;
             case 'tofree': snap.toFree.push(value as ToFreeRecord); break;
+            case 'resync': snap.resyncs.push(value as ResyncRecord); break;
             default:
               log.warn({ key }, 'ignoring unknown key in the manager database');
           }

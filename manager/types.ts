@@ -5,7 +5,7 @@
 export type ServerState = 'active' | 'failed' | 'removed';
 export type DiskState = 'active' | 'failed' | 'removed';
 export type HeadState = 'active' | 'failed';
-export type ReplicaState = 'in_sync' | 'stale';
+export type ReplicaState = 'in_sync' | 'stale' | 'resyncing';
 
 export interface ServerRecord {
   id: string;
@@ -18,6 +18,8 @@ export interface ServerRecord {
   adminLabels: Record<string, string>;
   state: ServerState;
   stateReason: string;
+  /** Failed by an admin (FailServer): heartbeats do not revive it; AddServer does. */
+  adminFailed?: boolean;
   registeredMs: number;
   /** Last heartbeat seen; persisted only when the state changes. */
   lastHeartbeatMs: number;
@@ -32,6 +34,8 @@ export interface DiskRecord {
   state: DiskState;
   stateReason: string;
   addedMs: number;
+  /** Failed by an admin (FailDisk): a node reporting it active does not revive it; AddDisk does. */
+  adminFailed?: boolean;
 }
 
 export interface HeadRecord {
@@ -63,6 +67,18 @@ export interface VolumeRecord {
   access?: IscsiAccessRecord;
   spreadLabel: string;
   createdMs: number;
+  /**
+   * The epoch last granted to storage-node resync copies (detached path): equal
+   * to `epoch` while no attach came after it, so the copies of one volume share
+   * it; an attached head whose epoch was superseded this way no longer holds
+   * the lease (see `holderEpoch`).
+   */
+  resyncEpoch?: number;
+}
+
+/** The lease epoch the attached head holds, or undefined when no head holds the lease. */
+export function holderEpoch(v: VolumeRecord): number | undefined {
+  return v.attachedHead && (v.resyncEpoch ?? 0) < v.epoch ? v.epoch : undefined;
 }
 
 export interface IscsiAccessRecord {
@@ -85,8 +101,56 @@ export interface ChunkMapRecord {
   segmentCount: number;
   disks: string[];
   locs: number[];
-  /** Replica positions (segment * replicas + slot) known to be stale. */
+  /** Replica positions (segment * replicas + slot) known to be stale: never read, never written. */
   stale?: number[];
+  /** Replica positions being rebuilt: written, not read, until their resync finishes. */
+  resyncing?: number[];
+}
+
+export type ResyncState = 'queued' | 'running';
+
+/** A chunk on a disk. */
+export interface ChunkLocation {
+  diskId: string;
+  chunkIndex: number;
+}
+
+/**
+ * One replica being rebuilt (manager/resyncs.ts). The map points the slot at
+ * `target` (state resyncing) from the batch that creates this record until the
+ * batch that deletes it and marks the replica in sync.
+ */
+export interface ResyncRecord {
+  /** "r<n>", never reused (meta/next_resync_id). */
+  id: string;
+  volumeId: number;
+  segment: number;
+  slot: number;
+  target: ChunkLocation;
+  /** The replica this one replaces (put on the to-free list in the creating batch). */
+  old: ChunkLocation;
+  state: ResyncState;
+  /** Regions below this index are copied into `target`. */
+  regionsDone: number;
+  regionsTotal: number;
+  bytesCopied: number;
+  createdMs: number;
+  /**
+   * Dispatches so far: the executor's task id is `${id}.${attempt}`; a report
+   * naming an older attempt is answered cancel. A re-dispatch of the same
+   * attempt (manager restart, progress timeout) keeps the id, so executors dedupe.
+   */
+  attempt: number;
+  /** 'head:<head id>' or 'node:<server id>' while running; '' when queued. */
+  executor: string;
+  /** Source disk ids of the running attempt. */
+  sources: string[];
+  startedMs: number;
+  /** Lease epoch the running attempt copies under. */
+  epoch: number;
+  lastError: string;
+  /** Failed attempts on the current target (a new spare after a few). */
+  failures: number;
 }
 
 /** A create between its first and last metadata batch (see manager/volumes.ts). */
@@ -111,7 +175,7 @@ export interface ReplicaRef {
   slot: number;
   diskId: string;
   chunkIndex: number;
-  stale: boolean;
+  state: ReplicaState;
 }
 
 export function buildChunkMap(
@@ -138,6 +202,7 @@ export function buildChunkMap(
 /** Calls fn for every replica of the map, segment-major. */
 export function forEachReplica(map: ChunkMapRecord, fn: (ref: ReplicaRef) => void): void {
   const stale = map.stale && map.stale.length > 0 ? new Set(map.stale) : undefined;
+  const resyncing = map.resyncing && map.resyncing.length > 0 ? new Set(map.resyncing) : undefined;
   const total = map.segmentCount * map.replicas;
   for (let r = 0; r < total; r++) {
     fn({
@@ -145,7 +210,7 @@ export function forEachReplica(map: ChunkMapRecord, fn: (ref: ReplicaRef) => voi
       slot: r % map.replicas,
       diskId: map.disks[map.locs[2 * r]!]!,
       chunkIndex: map.locs[2 * r + 1]!,
-      stale: stale?.has(r) ?? false,
+      state: stale?.has(r) ? 'stale' : resyncing?.has(r) ? 'resyncing' : 'in_sync',
     });
   }
 }

@@ -32,9 +32,18 @@ export function headView(h: HeadRecord, attached: string[]): HeadInfo {
   };
 }
 
+/** How far a volume is from full redundancy (manager/resyncs.ts `health`). */
+export interface VolumeHealth {
+  degraded: boolean;
+  resyncs: number;
+  /** 0..1 over the volume's queued and running resyncs. */
+  progress: number;
+}
+
 /** `attached_head` carries the head's name (what an admin types), or its id if the head is unknown. */
-export function volumeView(v: VolumeRecord, registry: Registry): VolumeInfo {
+export function volumeView(v: VolumeRecord, registry: Registry, health?: VolumeHealth): VolumeInfo {
   return {
+    degraded: health?.degraded ?? false, resyncs: health?.resyncs ?? 0, resyncProgress: health?.progress ?? 0,
     volumeId: v.id, name: v.name, size: v.size, replicas: v.replicas, chunkSize: v.chunkSize,
     segmentCount: v.segmentCount, state: v.attachedHead ? 'attached' : 'available', generation: v.generation,
     epoch: v.epoch, attachedHead: v.attachedHead ? (registry.head(v.attachedHead)?.name ?? v.attachedHead) : '',
@@ -54,7 +63,7 @@ export function volumeMapView(v: VolumeRecord, map: ChunkMapRecord, registry: Re
     const server = serverOf.get(r.diskId);
     segments[r.segment]!.replicas!.push({
       slot: r.slot, serverId: server?.id ?? '', dataAddress: server?.dataAddress ?? '', diskId: r.diskId,
-      chunkIndex: r.chunkIndex, state: r.stale ? 'stale' : 'in_sync',
+      chunkIndex: r.chunkIndex, state: r.state, controlAddress: server?.controlAddress ?? '',
     });
   });
   return {

@@ -56,7 +56,14 @@ export function validateVolumeName(name: string): void {
   }
 }
 
+/** Lets the resync book drop a deleted volume's records in the delete batch. */
+export interface VolumeHooks {
+  deleting(volumeId: number, batch: StoreBatch): void;
+  deleted(volumeId: number): void;
+}
+
 export class Volumes {
+  hooks?: VolumeHooks;
   private readonly byId = new Map<number, VolumeEntry>();
   private readonly byName = new Map<string, number>();
   /** Creates in progress in this process, by volume id. */
@@ -122,6 +129,16 @@ export class Volumes {
 
   byVolumeId(id: number): VolumeEntry | undefined {
     return this.byId.get(id);
+  }
+
+  /** Every committed volume with its map. */
+  entries(): IterableIterator<VolumeEntry> {
+    return this.byId.values();
+  }
+
+  /** An attach, detach or delete of the volume is in progress. */
+  isBusy(id: number): boolean {
+    return this.busy.has(id);
   }
 
   /** Runs fn with the volume marked busy; a second operation meanwhile gets a ConflictError. */
@@ -262,9 +279,11 @@ export class Volumes {
       const records = toFreeRecords(volume.id, map, 'volume deleted');
       const batch = this.store.batch().delVolume(volume.id);
       this.freer.stage(batch, records);
+      this.hooks?.deleting(volume.id, batch);
       await this.store.write(batch);
       this.byId.delete(volume.id);
       this.byName.delete(name);
+      this.hooks?.deleted(volume.id);
       this.freer.track(records);
       const res = await this.freer.free(records);
       log.info({ volumeId: volume.id, volume: name, chunksFreed: res.freed, chunksLeft: res.left },
@@ -291,27 +310,6 @@ export class Volumes {
       }
     }
     return { volumes: [...names].sort(), otherChunks, chunks };
-  }
-
-  /** Marks every replica on these disks stale (their disks are gone); adds the maps to the batch. */
-  markStaleOnDisks(diskIds: Set<string>, batch: StoreBatch): number {
-    let marked = 0;
-    for (const { volume, map } of this.byId.values()) {
-      if (!map.disks.some((d) => diskIds.has(d))) continue;
-      const stale = new Set(map.stale ?? []);
-      const before = stale.size;
-      let r = 0;
-      forEachReplica(map, (ref) => {
-        if (diskIds.has(ref.diskId)) stale.add(r);
-        r++;
-      });
-      if (stale.size === before) continue;
-      marked += stale.size - before;
-      map.stale = [...stale].sort((a, b) => a - b);
-      batch.putChunkMap(map);
-      log.warn({ volumeId: volume.id, volume: volume.name, staleReplicas: stale.size - before }, 'replicas marked stale: their disk was removed');
-    }
-    return marked;
   }
 
   private async abortCreate(pending: PendingCreateRecord, reason: string, taken = new Set<number>()): Promise<void> {

@@ -75,12 +75,22 @@ type UnaryKeys<C> = { [K in keyof C]: C[K] extends (...a: never[]) => grpc.Clien
  * Calls a unary method with a deadline; rejects with a typed VskyError.
  * Prefer the method-name form, which is fully typed: call(client, 'ListVolumes', {}).
  */
-export function call<C extends grpc.Client, K extends UnaryKeys<C>>(client: C, method: K, req: ReqOf<C[K]>, timeoutMs?: number): Promise<ResOf<C[K]>>;
-export function call<Req, Res>(client: grpc.Client, method: UnaryMethod<Req, Res>, req: Req, timeoutMs?: number): Promise<Res>;
-export function call(client: grpc.Client, method: string | UnaryMethod<unknown, unknown>, req: unknown, timeoutMs = 10_000): Promise<unknown> {
+export interface CallOptions {
+  /**
+   * Wait (until the deadline) for the channel to connect instead of failing at
+   * once while it is in reconnect backoff: daemons calling peers that may be
+   * restarting want this; people at a CLI want a fast "cannot reach".
+   */
+  waitForReady?: boolean;
+}
+export function call<C extends grpc.Client, K extends UnaryKeys<C>>(client: C, method: K, req: ReqOf<C[K]>, timeoutMs?: number, opts?: CallOptions): Promise<ResOf<C[K]>>;
+export function call<Req, Res>(client: grpc.Client, method: UnaryMethod<Req, Res>, req: Req, timeoutMs?: number, opts?: CallOptions): Promise<Res>;
+export function call(client: grpc.Client, method: string | UnaryMethod<unknown, unknown>, req: unknown, timeoutMs = 10_000, opts: CallOptions = {}): Promise<unknown> {
   const fn = (typeof method === 'string' ? (client as unknown as Record<string, UnaryMethod<unknown, unknown>>)[method] : method)!;
   return new Promise((resolve, reject) => {
-    fn.call(client, req, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => {
+    const meta = new grpc.Metadata();
+    if (opts.waitForReady) meta.setOptions({ waitForReady: true });
+    fn.call(client, req, meta, { deadline: Date.now() + timeoutMs }, (err, res) => {
       if (err) reject(fromGrpcError(err));
       else resolve(res);
     });

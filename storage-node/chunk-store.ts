@@ -47,7 +47,14 @@ export function chunkKey(segment: number, slot: number): number {
 export class ChunkStore {
   private readonly log = moduleLogger('chunk-store');
   private readonly disks = new Map<string, Disk>();
+  private readonly stateListeners = new Set<(disk: Disk) => void>();
   readonly volumes = new Map<number, VolumeEntry>();
+
+  /** Calls `fn` whenever a served disk's reported state changes (failed, fault injection); returns an unsubscribe. */
+  onDiskStateChange(fn: (disk: Disk) => void): () => void {
+    this.stateListeners.add(fn);
+    return () => this.stateListeners.delete(fn);
+  }
 
   /** Opens (creating/formatting if new) and serves a disk; re-adding the same path is a no-op. */
   async openDisk(path: string, opts: OpenDiskOptions): Promise<Disk> {
@@ -59,6 +66,9 @@ export class ChunkStore {
       throw new ConflictError(`disk ${path} is disk ${disk.id}, already served from ${twin.path}`, { path, diskId: disk.id });
     }
     this.disks.set(disk.id, disk);
+    disk.onStateChange = (d) => {
+      for (const fn of this.stateListeners) fn(d);
+    };
     for (const chunk of disk.chunks) if (chunk.owned) this.index(chunk);
     this.log.info({ disk: disk.id, path, chunks: disk.sb.chunkCount, used: disk.usedChunks() }, 'serving disk');
     return disk;
@@ -77,6 +87,18 @@ export class ChunkStore {
   /** The chunk serving (volume, segment, slot), or undefined. */
   lookup(volumeId: number, segment: number, slot: number): Chunk | undefined {
     return this.volumes.get(volumeId)?.chunks.get(chunkKey(segment, slot));
+  }
+
+  /**
+   * Epoch check of a mutating request (DESIGN rule 3): an epoch lower than the
+   * highest seen for the volume is refused, changing nothing. Returns the
+   * volume entry for ensureEpoch().
+   */
+  admit(volumeId: number, epoch: number): VolumeEntry {
+    const vol = this.volumes.get(volumeId);
+    if (!vol) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
+    if (epoch < vol.epoch) throw new StaleEpochError(`epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
+    return vol;
   }
 
   /**

@@ -36,6 +36,11 @@ export class Chunk {
   /** Regions whose first write (zero-fill + bit + record) is under way: region -> settles when done. */
   initializing: Map<number, Promise<void>> | undefined;
 
+  /** MARK_DIRTY record writes in flight (write-intent.ts). */
+  markPersists = 0;
+  /** A MARK_DIRTY record write failed: dirty bits set in memory may not be on disk. */
+  dirtyUnsure = false;
+
   /** Data-protocol requests in flight on this chunk, and how many of them mutate it. */
   inflight = 0;
   mutating = 0;

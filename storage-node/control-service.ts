@@ -9,8 +9,10 @@ import type { NodeInfo } from '../proto/generated/vsky/storage/NodeInfo.js';
 import type { ChunkRecord } from '../proto/generated/vsky/storage/ChunkRecord.js';
 import type { ChunkStore } from './chunk-store.js';
 import type { Disk } from './disk.js';
+import { NoChunkError } from './errors.js';
 import type { NodeState } from './node-state.js';
 import { countSet } from './region-map.js';
+import type { ResyncJobs } from './resync-jobs.js';
 
 // The storage node's gRPC control service (proto/storage_node.proto). Each
 // handler validates its request and delegates to the ChunkStore; typed errors
@@ -20,6 +22,8 @@ import { countSet } from './region-map.js';
 export interface NodeContext {
   readonly store: ChunkStore;
   readonly state: NodeState;
+  /** Peer-to-peer resync copies running on this node (CopyChunk). */
+  readonly resyncs: ResyncJobs;
   readonly name: string;
   readonly labels: Record<string, string>;
   /** Chunk size for formatting new disks when a request does not say. */
@@ -35,7 +39,7 @@ export function diskInfo(disk: Disk): DiskInfo {
     chunkSize: disk.sb.chunkSize,
     chunkCount: disk.sb.chunkCount,
     usedChunks: disk.usedChunks(),
-    state: disk.faultInjected || disk.ioErrors > 0 ? 'failed' : 'active',
+    state: disk.reportedState,
     size: disk.sb.diskSize,
   };
 }
@@ -108,6 +112,31 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
         writtenRegions: countSet(c.rec.bitmap),
       }));
       return { chunks };
+    }),
+
+    GetChunkRegions: unary(async (req) => {
+      const chunk = ctx.store.lookup(req.volumeId, req.segment, req.slot);
+      if (!chunk) {
+        throw new NoChunkError(`no chunk for volume ${req.volumeId} segment ${req.segment} slot ${req.slot} on this node`,
+          { volumeId: req.volumeId, segment: req.segment, slot: req.slot });
+      }
+      // Copies, not views: the data path keeps changing the maps while the reply is serialised.
+      return { regionSize: chunk.regionSize, written: Buffer.from(chunk.rec.bitmap), dirty: Buffer.from(chunk.rec.dirty) };
+    }),
+
+    CopyChunk: unary(async (req) => {
+      ctx.resyncs.start(req);
+      return {};
+    }),
+
+    SetDiskFault: unary(async (req) => {
+      const disk = ctx.store.disk(req.diskId);
+      // Loud on purpose (disk.ts logs too): fault injection left on looks exactly like a dead disk.
+      log.warn({ disk: disk.id, path: disk.path, faulty: req.faulty }, req.faulty
+        ? 'SetDiskFault: FAULT INJECTION ON, every I/O on this disk now fails'
+        : 'SetDiskFault: fault injection off');
+      disk.setFaulty(req.faulty);
+      return {};
     }),
   };
 }

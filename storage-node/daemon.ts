@@ -7,6 +7,7 @@ import { addDisk, createControlService, type NodeContext } from './control-servi
 import { DataServer } from './data-server.js';
 import { ManagerLink } from './manager-link.js';
 import { NodeState } from './node-state.js';
+import { ResyncJobs } from './resync-jobs.js';
 
 // A storage node: its disks (remembered in the data directory and
 // self-describing on disk), the data-protocol server, the gRPC control
@@ -54,8 +55,9 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
   const log = moduleLogger('storage-node', { name: opts.name });
   const state = await NodeState.load(opts.dataDir);
   const store = new ChunkStore();
+  const resyncs = new ResyncJobs(store);
   const ctx: NodeContext = {
-    store, state, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, dataAddress: '', controlAddress: '',
+    store, state, resyncs, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, dataAddress: '', controlAddress: '',
   };
   const dataServer = new DataServer(store, { maxInflight: opts.maxInflightPerConnection });
   const grpcServer = new grpc.Server();
@@ -63,6 +65,7 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
 
   const close = async (): Promise<void> => {
     link?.stop();
+    await resyncs.close();
     await dataServer.close();
     await shutdownGrpc(grpcServer);
     await store.close();

@@ -2,7 +2,7 @@ import net from 'node:net';
 import { MAX_DATA_PAYLOAD, MAX_INFLIGHT_PER_CONNECTION } from '../shared/constants.js';
 import { encodeErrorMessage, encodeReplyHeader, requestFrameSpec } from '../shared/data-protocol/codec.js';
 import { Flag, Opcode, REPLY_HEADER_SIZE, Status, opcodeName, type RequestHeader } from '../shared/data-protocol/frame.js';
-import { InvalidArgumentError, StaleEpochError, errorMessage } from '../shared/errors.js';
+import { InvalidArgumentError, errorMessage } from '../shared/errors.js';
 import { BufferPool, COMMON_IO_SIZES } from '../shared/buffer-pool.js';
 import { FrameDecoder } from '../shared/frame-decoder.js';
 import { isTraced, moduleLogger, type Logger } from '../shared/logger.js';
@@ -10,6 +10,7 @@ import type { Chunk, Done } from './chunk.js';
 import { readChunk, writeChunk, zeroChunk } from './chunk-io.js';
 import type { ChunkStore, VolumeEntry } from './chunk-store.js';
 import { NoChunkError, OutOfRangeError, TooLargeError, statusForError } from './errors.js';
+import { clearDirty, markDirty } from './write-intent.js';
 
 // Read replies (header + data) and assembled write payloads live until the
 // socket or the disk is done with them; recycling them keeps V8's GC quiet.
@@ -162,6 +163,8 @@ class Connection {
         case Opcode.FLUSH: return this.settle(h.requestId, undefined, this.store.flush(h.volumeId));
         case Opcode.FENCE: return this.settle(h.requestId, undefined, this.store.fence(h.volumeId, h.epoch, h.generation));
         case Opcode.PING: return this.replyStatus(h.requestId, Status.OK);
+        case Opcode.MARK_DIRTY:
+        case Opcode.CLEAR_DIRTY: return this.writeIntent(h);
         default: throw new InvalidArgumentError(`unknown opcode ${h.opcode}`);
       }
     } catch (err) {
@@ -224,13 +227,26 @@ class Connection {
     this.settle(h.requestId, chunk, work);
   }
 
+  /**
+   * MARK_DIRTY (bits on disk before the reply) and CLEAR_DIRTY (bits cleared
+   * in memory before the reply, persisted lazily): see write-intent.ts. Both
+   * are mutating requests, epoch-checked like WRITE, and FENCE waits for them.
+   */
+  private writeIntent(h: RequestHeader): void {
+    const chunk = this.target(h);
+    const vol = this.admit(h);
+    chunk.beginIo(true);
+    const { offset, length } = h;
+    const change = h.opcode === Opcode.MARK_DIRTY
+      ? () => markDirty(chunk, offset, length)
+      : () => { void clearDirty(chunk, offset, length); };
+    const raising = this.store.ensureEpoch(vol, h.epoch);
+    this.settle(h.requestId, chunk, raising === undefined ? Promise.resolve().then(change) : raising.then(change));
+  }
+
   /** Epoch check of a mutating request (DESIGN rule 3): lower than seen is refused, changing nothing. */
   private admit(h: RequestHeader): VolumeEntry {
-    const vol = this.store.volumes.get(h.volumeId)!;
-    if (h.epoch < vol.epoch) {
-      throw new StaleEpochError(`epoch ${h.epoch} is below volume ${h.volumeId}'s epoch ${vol.epoch}`);
-    }
-    return vol;
+    return this.store.admit(h.volumeId, h.epoch);
   }
 
   private settle(requestId: number, chunk: Chunk | undefined, work: Promise<void>): void {

@@ -7,6 +7,7 @@ import { CorruptMetadataError } from '../shared/errors.js';
 //
 //   [0, 4 KiB)                superblock: disk UUID, format version, geometry
 //   [4 KiB, tableEnd)         chunk table: per chunk two record slots (A, B)
+//                             (fixed fields, written-region bitmap, dirty bitmap)
 //   [dataOffset, ...)         chunk data, chunk i at dataOffset + i * chunkSize
 //
 // Crash safety of the chunk table: a record update writes the slot that does
@@ -14,16 +15,20 @@ import { CorruptMetadataError } from '../shared/errors.js';
 // A kill (or power loss) mid-write tears at most that slot; on open the newest
 // slot whose CRC checks wins, so a torn update falls back to the previous
 // state. Numbers are big-endian, like the data protocol.
+//
+// Format versions: 1 had only the written-region bitmap; 2 adds the
+// write-intent (dirty) bitmap right after it (DESIGN rule 4). No version-1
+// disk was ever deployed, so version 1 is refused rather than converted.
 
 export const SUPERBLOCK_SIZE = 4096;
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
 /** "VSKYDISK": tells our disks apart from foreign data. */
 export const SUPERBLOCK_MAGIC = Buffer.from('VSKYDISK', 'ascii');
 /** Bytes of the superblock covered by its CRC (the CRC sits right after them). */
 const SB_CRC_AT = 124;
 /** 'VSKC': start of a valid chunk record slot. */
 export const RECORD_MAGIC = 0x56534b43;
-/** Fixed part of a record slot; the written-region bitmap follows it. */
+/** Fixed part of a record slot; the written-region bitmap then the dirty bitmap follow it. */
 const RECORD_FIXED = 144;
 export const MAX_VOLUME_NAME_BYTES = 64;
 /** Record slots are whole sectors so one slot never shares a sector with another. */
@@ -65,6 +70,12 @@ export interface ChunkRecordData {
   epoch: number;
   /** regionBits / 8 bytes; bit r set = region r has been written (else it reads as zeros). */
   bitmap: Uint8Array;
+  /**
+   * regionBits / 8 bytes, the write-intent bitmap: bit r set = a holder may
+   * have had a write in flight in region r (MARK_DIRTY), so the replicas may
+   * differ there until the next holder reconciles it (CLEAR_DIRTY).
+   */
+  dirty: Uint8Array;
 }
 
 export interface Layout {
@@ -75,7 +86,7 @@ export interface Layout {
 }
 
 export function recordSizeFor(regionBits: number): number {
-  return alignUp(RECORD_FIXED + regionBits / 8, SECTOR);
+  return alignUp(RECORD_FIXED + 2 * (regionBits / 8), SECTOR);
 }
 
 /** Geometry of a disk of `diskSize` bytes: as many chunks as fit after the table. */
@@ -154,6 +165,7 @@ export function emptyRecord(regionBits: number): ChunkRecordData {
   return {
     state: ChunkState.FREE, volumeId: 0, segment: 0, slot: 0, segmentCount: 0, replicas: 0,
     volumeSize: 0, volumeName: '', generation: 0, epoch: 0, bitmap: new Uint8Array(regionBits / 8),
+    dirty: new Uint8Array(regionBits / 8),
   };
 }
 
@@ -162,7 +174,8 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   const buf = Buffer.alloc(recordSize);
   const name = Buffer.from(rec.volumeName, 'utf8');
   if (name.length > MAX_VOLUME_NAME_BYTES) throw new CorruptMetadataError(`volume name longer than ${MAX_VOLUME_NAME_BYTES} bytes`);
-  if (RECORD_FIXED + rec.bitmap.length > recordSize) throw new CorruptMetadataError('bitmap does not fit the record slot');
+  if (rec.dirty.length !== rec.bitmap.length) throw new CorruptMetadataError('dirty and written bitmaps differ in size');
+  if (RECORD_FIXED + 2 * rec.bitmap.length > recordSize) throw new CorruptMetadataError('bitmaps do not fit the record slot');
   buf.writeUInt32BE(RECORD_MAGIC, 0);
   writeU64(buf, 8, seq);
   diskId.copy(buf, 16);
@@ -180,6 +193,7 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   buf.writeUInt32BE(rec.bitmap.length * 8, 72);
   name.copy(buf, 80);
   buf.set(rec.bitmap, RECORD_FIXED);
+  buf.set(rec.dirty, RECORD_FIXED + rec.bitmap.length);
   buf.writeUInt32BE(crc32(buf.subarray(8)), 4);
   return buf;
 }
@@ -195,7 +209,8 @@ export interface DecodedRecord {
  */
 export function decodeRecord(buf: Buffer, chunkIndex: number, diskId: Buffer, regionBits: number): DecodedRecord | undefined {
   if (isBlank(buf)) return undefined;
-  if (buf.length < RECORD_FIXED + regionBits / 8 || buf.readUInt32BE(0) !== RECORD_MAGIC) {
+  const mapBytes = regionBits / 8;
+  if (buf.length < RECORD_FIXED + 2 * mapBytes || buf.readUInt32BE(0) !== RECORD_MAGIC) {
     throw new CorruptMetadataError('chunk record: bad magic', { chunkIndex });
   }
   if (crc32(buf.subarray(8)) !== buf.readUInt32BE(4)) throw new CorruptMetadataError('chunk record: checksum mismatch', { chunkIndex });
@@ -221,7 +236,8 @@ export function decodeRecord(buf: Buffer, chunkIndex: number, diskId: Buffer, re
       generation: buf.readUInt32BE(64),
       epoch: buf.readUInt32BE(68),
       volumeName: buf.toString('utf8', 80, 80 + nameLength),
-      bitmap: new Uint8Array(buf.subarray(RECORD_FIXED, RECORD_FIXED + regionBits / 8)),
+      bitmap: new Uint8Array(buf.subarray(RECORD_FIXED, RECORD_FIXED + mapBytes)),
+      dirty: new Uint8Array(buf.subarray(RECORD_FIXED + mapBytes, RECORD_FIXED + 2 * mapBytes)),
     },
   };
 }
@@ -255,8 +271,11 @@ export function pickNewest(slotA: Buffer, slotB: Buffer, chunkIndex: number, dis
     }
   }
   if (best === undefined) return { record: emptyRecord(regionBits), seq: 0, newestSlot: -1, invalidSlots };
-  // A free chunk never carries written regions: the next owner must read zeros.
-  if (best.record.state === ChunkState.FREE) best.record.bitmap.fill(0);
+  // A free chunk never carries written or dirty regions: the next owner must read zeros.
+  if (best.record.state === ChunkState.FREE) {
+    best.record.bitmap.fill(0);
+    best.record.dirty.fill(0);
+  }
   return { record: best.record, seq: best.seq, newestSlot, invalidSlots };
 }
 

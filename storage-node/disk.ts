@@ -18,6 +18,17 @@ import { DiskFailedError, ioError } from './errors.js';
 // writes go to the A/B slot that does not hold the newest valid record, one at
 // a time per chunk (two in flight could tear both copies), coalescing requests
 // that arrive meanwhile into the next write.
+//
+// Disk failure: an errno from the OS on a read, write or fdatasync is counted;
+// DISK_FAIL_THRESHOLD of them mark the disk failed for good (until the node
+// restarts or the disk is re-added): every later I/O is refused with
+// DISK_FAILED and heartbeats report state "failed", so the manager replaces its
+// chunks. A single error does not (a one-off media error on one sector should
+// fail that request, not a whole disk). Fault injection (setFaulty) is a
+// separate, reversible switch for chaos tests.
+
+/** OS I/O errors on one disk before it is declared failed. */
+export const DISK_FAIL_THRESHOLD = 3;
 
 export interface OpenDiskOptions {
   /** Create a sparse file of this many bytes when the path does not exist. */
@@ -34,8 +45,12 @@ export class Disk implements ChunkDisk {
   readonly id: string;
   readonly chunks: Chunk[] = [];
   state: DiskState = 'active';
-  /** I/O errors seen since open (reported as state "failed"). */
+  /** OS I/O errors seen since open. */
   ioErrors = 0;
+  /** Why the disk was declared failed (DISK_FAIL_THRESHOLD errors), or undefined while healthy. */
+  failure: string | undefined;
+  /** Called when the disk's reported state changes (failed, fault injection on/off). */
+  onStateChange: ((disk: Disk) => void) | undefined;
   private readonly idBytes: Buffer;
   private fd: number;
   private faulty = false;
@@ -104,10 +119,19 @@ export class Disk implements ChunkDisk {
     return this.faulty;
   }
 
+  /** "failed" while fault injection is on or after DISK_FAIL_THRESHOLD OS errors, else "active". */
+  get reportedState(): 'active' | 'failed' {
+    return this.faulty || this.failure !== undefined ? 'failed' : 'active';
+  }
+
   /** Fault injection (chaos tests): while on, every I/O fails with IO_ERROR. */
   setFaulty(on: boolean): void {
+    if (this.faulty === on) return;
     this.faulty = on;
-    this.log.warn({ faulty: on }, 'disk fault injection');
+    // Loud on purpose: a disk left faulty by accident looks exactly like a dead one.
+    if (on) this.log.warn({ faulty: on }, 'FAULT INJECTION ON: this disk now fails every I/O (turn it off with SetDiskFault faulty=false)');
+    else this.log.warn({ faulty: on }, 'fault injection off: disk serves I/O again');
+    this.onStateChange?.(this);
   }
 
   usedChunks(): number {
@@ -222,6 +246,7 @@ export class Disk implements ChunkDisk {
   private refuse(): Error | undefined {
     if (this.faulty) return new IoError(`disk ${this.id} fails all I/O (fault injection)`, { disk: this.id });
     if (this.fd < 0) return new DiskFailedError(`disk ${this.id} is closed`, { disk: this.id });
+    if (this.failure !== undefined) return new DiskFailedError(`disk ${this.id} has failed (${this.failure})`, { disk: this.id });
     return undefined;
   }
 
@@ -235,7 +260,12 @@ export class Disk implements ChunkDisk {
 
   private failed(err: NodeJS.ErrnoException, what: string, position: number): IoError {
     this.ioErrors++;
-    this.log.error({ err, position }, `disk ${what} failed`);
+    this.log.error({ err, position, ioErrors: this.ioErrors }, `disk ${what} failed`);
+    if (this.failure === undefined && this.ioErrors >= DISK_FAIL_THRESHOLD && this.state === 'active') {
+      this.failure = `${this.ioErrors} I/O errors, last: ${what} at ${position}: ${err.code ?? ''} ${err.message}`.trim();
+      this.log.error({ ioErrors: this.ioErrors, path: this.path }, 'DISK FAILED: refusing all further I/O on it; its chunks must be rebuilt elsewhere');
+      this.onStateChange?.(this);
+    }
     return ioError(err, `disk ${this.id} ${what} at ${position}`, { disk: this.id, position });
   }
 }

@@ -9,7 +9,9 @@ import { nodeInfo, diskInfo, type NodeContext } from './control-service.js';
 // with backoff while it is unreachable), then heartbeat every interval with
 // the state of every disk. A heartbeat answered with known=false (the manager
 // lost us, e.g. a fresh database) sends us back to registration. The manager
-// being down never stops the node: the data path does not need it.
+// being down never stops the node: the data path does not need it. A disk
+// whose reported state changes (failed, fault injection) triggers a heartbeat
+// at once, so the manager starts replacing its chunks without waiting a beat.
 
 const MIN_BACKOFF_MS = 200;
 const MAX_BACKOFF_MS = 5000;
@@ -30,6 +32,7 @@ export class ManagerLink {
   private wake: (() => void) | undefined;
   private running: Promise<void> | undefined;
   private failing = false;
+  private unsubscribe: (() => void) | undefined;
   private readonly log = moduleLogger('manager-link');
   registered = false;
 
@@ -40,11 +43,16 @@ export class ManagerLink {
   }
 
   start(): void {
+    this.unsubscribe ??= this.ctx.store.onDiskStateChange((disk) => {
+      this.log.info({ disk: disk.id, state: disk.reportedState }, 'disk state changed: heartbeat now');
+      this.wake?.();
+    });
     this.running ??= this.run();
   }
 
   stop(): void {
     this.stopped = true;
+    this.unsubscribe?.();
     if (this.timer) clearTimeout(this.timer);
     this.wake?.();
     // A call in flight is not awaited (a hung manager must not delay shutdown);
@@ -87,8 +95,12 @@ export class ManagerLink {
   private sleep(ms: number): Promise<void> {
     if (this.stopped) return Promise.resolve();
     return new Promise((resolve) => {
-      this.wake = resolve;
-      this.timer = setTimeout(resolve, ms);
+      this.wake = () => {
+        if (this.timer) clearTimeout(this.timer);
+        this.wake = undefined;
+        resolve();
+      };
+      this.timer = setTimeout(this.wake, ms);
       this.timer.unref();
     });
   }

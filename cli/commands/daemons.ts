@@ -4,7 +4,7 @@ import {
   DEFAULT_CHUNK_SIZE, DEFAULT_HEAD_GRPC_PORT, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS,
   DEFAULT_ISCSI_PORT, DEFAULT_MANAGER_ADDRESS, DEFAULT_NBD_PORT, DEFAULT_NODE_DATA_PORT, DEFAULT_NODE_GRPC_PORT,
 } from '../../shared/constants.js';
-import { collect, hostPortArg, intArg, labelArg, sizeArg } from '../options.js';
+import { collect, hostPortArg, intArg, labelArg, positiveIntArg, sizeArg } from '../options.js';
 import { parseSize } from '../../shared/units.js';
 import { errorMessage } from '../../shared/errors.js';
 
@@ -61,12 +61,17 @@ export function registerDaemonCommands(program: Command): void {
     .option('--chunk-size <size>', 'cluster chunk (segment) size', sizeArg, DEFAULT_CHUNK_SIZE)
     .option('--heartbeat-timeout <ms>', 'mark a server or head failed after this silence', intArg, DEFAULT_HEARTBEAT_TIMEOUT_MS)
     .option('--gc-interval <ms>', 'run garbage collection this often (0: at start and on request)', intArg, 60_000)
+    .option('--resync-mibps <n>', 'bandwidth cap of each resync in MiB/s, so foreground I/O keeps its speed (0: none)', intArg, 0)
+    .option('--resync-per-disk <n>', 'resyncs a physical disk takes part in at once, as source or target', positiveIntArg, 1)
+    .option('--resync-max <n>', 'resyncs running at once in the whole cluster', positiveIntArg, 64)
+    .option('--advertise <host:port>', 'address resync executors report to (default: the listen address)', hostPortArg)
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startManager } = await import('../../manager/daemon.js');
       await runDaemon('manager', o.logLevel, () => startManager({
         dataDir: o.dataDir, listen: o.listen, chunkSize: o.chunkSize,
-        heartbeatTimeoutMs: o.heartbeatTimeout, gcIntervalMs: o.gcInterval,
+        heartbeatTimeoutMs: o.heartbeatTimeout, gcIntervalMs: o.gcInterval, advertiseAddress: o.advertise,
+        resyncMibps: o.resyncMibps, resyncLimits: { perDisk: o.resyncPerDisk, maxRunning: o.resyncMax },
       }));
     });
 

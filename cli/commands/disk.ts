@@ -25,6 +25,14 @@ export function registerDiskCommands(program: Command): void {
       emit(o, d, () => process.stdout.write(`added disk ${d.diskId} on ${d.serverName}: ${d.chunkCount} chunks of ${formatSize(d.chunkSize)}\n`));
     }));
 
+  adminCommand(disk, 'fail', 'report a disk as gone (for hardware health checkers): its replicas are rebuilt elsewhere')
+    .argument('<disk-id>', 'disk id (see `vsky disk list`)')
+    .option('--reason <text>', 'why, for the log', 'reported by an administrator')
+    .action((id: string, o) => withManager(o, async (m) => {
+      await call(m, 'FailDisk', { diskId: id, reason: o.reason });
+      emit(o, { failed: id }, () => process.stdout.write(`disk ${id} marked failed; watch the rebuild with \`vsky resync watch\`\n`));
+    }));
+
   adminCommand(disk, 'remove', 'remove a disk that holds no chunks')
     .argument('<disk-id>', 'disk id (see `vsky disk list`)')
     .option('--force', 'remove even if it still holds chunks (their replicas are lost)')

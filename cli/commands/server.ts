@@ -21,6 +21,14 @@ export function registerServerCommands(program: Command): void {
       emit(o, s, () => process.stdout.write(`added server ${s.name} (${s.serverId}) with ${s.diskCount} disk(s)\n`));
     }));
 
+  adminCommand(server, 'fail', 'report a server as gone (for hardware health checkers): its replicas are rebuilt elsewhere')
+    .argument('<server>', 'server id or name')
+    .option('--reason <text>', 'why, for the log', 'reported by an administrator')
+    .action((name: string, o) => withManager(o, async (m) => {
+      await call(m, 'FailServer', { server: name, reason: o.reason });
+      emit(o, { failed: name }, () => process.stdout.write(`server ${name} marked failed; watch the rebuild with \`vsky resync watch\`\n`));
+    }));
+
   adminCommand(server, 'remove', 'remove a storage server that holds no chunks')
     .argument('<server>', 'server id or name')
     .option('--force', 'remove even if it still holds chunks (their replicas are lost)')

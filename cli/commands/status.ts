@@ -11,10 +11,11 @@ export function registerStatusCommand(program: Command): void {
         const out = process.stdout;
         out.write(`servers: ${s.serversActive}/${s.servers} active   disks: ${s.disksActive}/${s.disks} active   heads: ${s.heads}\n`);
         out.write(`capacity: ${formatSize(s.capacityBytes)}   allocated: ${formatSize(s.usedBytes)} (${s.capacityBytes ? ((100 * s.usedBytes) / s.capacityBytes).toFixed(1) : '0.0'}%)\n`);
-        out.write(`volumes: ${s.volumes}\n`);
+        const degraded = s.volumeList.filter((v) => v.degraded);
+        out.write(`volumes: ${s.volumes}${degraded.length ? `   DEGRADED: ${degraded.map((v) => `${v.name} (${v.resyncs} resync(s), ${(100 * v.resyncProgress).toFixed(0)}%)`).join(', ')}` : '   all fully redundant'}\n`);
         if (s.volumeList.length > 0) {
-          printTable(s.volumeList.map((v) => ({ ...v, size: formatSize(v.size) })),
-            { name: 'VOLUME', size: 'SIZE', replicas: 'K', state: 'STATE', attachedHead: 'HEAD', nbdUri: 'NBD' });
+          printTable(s.volumeList.map((v) => ({ ...v, size: formatSize(v.size), health: v.degraded ? `degraded ${(100 * v.resyncProgress).toFixed(0)}%` : 'ok' })),
+            { name: 'VOLUME', size: 'SIZE', replicas: 'K', health: 'HEALTH', state: 'STATE', attachedHead: 'HEAD', nbdUri: 'NBD' });
         }
       });
     }));

@@ -29,6 +29,14 @@ export const Opcode = {
   FENCE: 6,
   /** No-op round trip, for liveness checks. */
   PING: 7,
+  /**
+   * Write-intent: set the dirty bits of the regions covering [offset, offset+length)
+   * (persisted before the reply). Sent before the first write into a clean region,
+   * so a crashed holder's in-flight regions can be reconciled (rule 4).
+   */
+  MARK_DIRTY: 8,
+  /** Clear the dirty bits of regions covering the range (after a flush with nothing in flight there). */
+  CLEAR_DIRTY: 9,
 } as const;
 export type Opcode = (typeof Opcode)[keyof typeof Opcode];
 

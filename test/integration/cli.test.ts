@@ -14,6 +14,7 @@ const COMMANDS = [
   ['server', 'list'], ['server', 'add'], ['server', 'remove'],
   ['disk', 'list'], ['disk', 'add'], ['disk', 'remove'],
   ['volume', 'create'], ['volume', 'delete'], ['volume', 'list'], ['volume', 'show'], ['volume', 'attach'], ['volume', 'detach'],
+  ['volume', 'access'], ['disk', 'fail'], ['server', 'fail'], ['resync', 'list'], ['resync', 'watch'],
 ];
 
 describe('vsky --help', () => {

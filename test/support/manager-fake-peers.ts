@@ -1,6 +1,8 @@
 import { ConflictError, InvalidArgumentError, NotFoundError, TransportError } from '../../shared/errors.js';
 import type { ChunkIdentity__Output } from '../../proto/generated/vsky/common/ChunkIdentity.js';
+import type { ResyncTask } from '../../proto/generated/vsky/common/ResyncTask.js';
 import type { AttachVolumeRequest } from '../../proto/generated/vsky/head/AttachVolumeRequest.js';
+import type { ChunkRegions__Output } from '../../proto/generated/vsky/storage/ChunkRegions.js';
 import type { DiskInfo__Output } from '../../proto/generated/vsky/storage/DiskInfo.js';
 import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
 import type { HeadApi, PeerClients, StorageNodeApi } from '../../manager/node-clients.js';
@@ -22,6 +24,12 @@ export class FakeNode {
   failAllocate?: (diskId: string, chunkIndex: number) => boolean;
   /** When set, AllocateChunk records the chunk, then waits for this before replying. */
   allocateGate?: Promise<void>;
+  /** CopyChunk fails (as a node that refuses the task would). */
+  failCopy = false;
+  /** Every CopyChunk task accepted, in order. */
+  copies: ResyncTask[] = [];
+  /** GetChunkRegions answers, by "volumeId/segment/slot" (default: nothing written). */
+  regions = new Map<string, ChunkRegions__Output>();
   calls: string[] = [];
 
   constructor(readonly info: Omit<NodeInfo__Output, 'disks'>) {}
@@ -43,9 +51,24 @@ export class FakeNode {
   }
 }
 
+export interface FakeHead {
+  down: boolean;
+  attached: Map<string, { epoch: number; req: AttachVolumeRequest }>;
+  /** Attach fails. */
+  fail?: boolean;
+  /** UpdateMap fails. */
+  failUpdateMap?: boolean;
+  /** StartResync fails. */
+  failStartResync?: boolean;
+  /** Every UpdateMap received, in order. */
+  updates: AttachVolumeRequest[];
+  /** Every StartResync task accepted, in order. */
+  resyncs: ResyncTask[];
+}
+
 export class FakePeers implements PeerClients {
   readonly nodes = new Map<string, FakeNode>();
-  readonly heads = new Map<string, { down: boolean; attached: Map<string, { epoch: number; req: AttachVolumeRequest }>; fail?: boolean }>();
+  readonly heads = new Map<string, FakeHead>();
   /** Artificial delay per call (ms). */
   delayMs = 0;
 
@@ -56,9 +79,22 @@ export class FakePeers implements PeerClients {
     return n;
   }
 
-  addHead(address: string) {
-    const h = { down: false, attached: new Map() };
+  addHead(address: string): FakeHead {
+    const h: FakeHead = { down: false, attached: new Map(), updates: [], resyncs: [] };
     this.heads.set(address, h);
+    return h;
+  }
+
+  private readonly copyLog: ResyncTask[] = [];
+
+  /** Every CopyChunk task accepted by any node, in the order they came. */
+  copies(): ResyncTask[] {
+    return this.copyLog.slice();
+  }
+
+  private headAt(address: string): FakeHead {
+    const h = this.heads.get(address);
+    if (!h || h.down) throw new TransportError(`cannot reach head ${address}`);
     return h;
   }
 
@@ -111,20 +147,42 @@ export class FakePeers implements PeerClients {
       }
       return { chunks };
     },
+    getChunkRegions: async (a, req) => {
+      const n = await this.reach(a, 'GetChunkRegions');
+      return n.regions.get(`${req.volumeId}/${req.segment}/${req.slot}`) ?? { regionSize: 0, written: Buffer.alloc(0), dirty: Buffer.alloc(0) };
+    },
+    copyChunk: async (a, task) => {
+      const n = await this.reach(a, 'CopyChunk');
+      if (n.failCopy) throw new ConflictError('injected copy failure');
+      n.copies.push(structuredClone(task));
+      this.copyLog.push(structuredClone(task));
+    },
   };
 
   readonly head: HeadApi = {
     attach: async (a, req) => {
-      const h = this.heads.get(a);
-      if (!h || h.down) throw new TransportError(`cannot reach head ${a}`);
+      const h = this.headAt(a);
       if (h.fail) throw new ConflictError('injected attach failure');
       h.attached.set(req.map!.name!, { epoch: req.epoch!, req });
       return { nbdUri: `nbd://${a}/${req.map!.name}`, iscsiUrl: '' };
     },
     detach: async (a, req) => {
-      const h = this.heads.get(a);
-      if (!h || h.down) throw new TransportError(`cannot reach head ${a}`);
+      const h = this.headAt(a);
       if (!h.attached.delete(req.name!)) throw new NotFoundError(`${req.name} is not attached`);
+    },
+    updateMap: async (a, req) => {
+      const h = this.headAt(a);
+      if (h.failUpdateMap) throw new ConflictError('injected UpdateMap failure');
+      const held = h.attached.get(req.map!.name!);
+      if (!held) throw new NotFoundError(`${req.map!.name} is not attached`);
+      if (req.epoch !== held.epoch) throw new ConflictError(`UpdateMap epoch ${req.epoch} differs from the attach epoch ${held.epoch}`);
+      h.updates.push(structuredClone(req));
+      held.req = structuredClone(req);
+    },
+    startResync: async (a, task) => {
+      const h = this.headAt(a);
+      if (h.failStartResync) throw new ConflictError('injected StartResync failure');
+      h.resyncs.push(structuredClone(task));
     },
   };
 

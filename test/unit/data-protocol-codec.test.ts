@@ -4,7 +4,7 @@ import {
   decodeReplyHeader, decodeRequestHeader, encodeErrorMessage, encodeReplyHeader, encodeRequestHeader, replyFrameSpec, requestFrameSpec,
 } from '../../shared/data-protocol/codec.js';
 import {
-  MAX_ERROR_MESSAGE, Opcode, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE, Status, type RequestHeader,
+  MAX_ERROR_MESSAGE, Opcode, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE, Status, opcodeName, type RequestHeader,
 } from '../../shared/data-protocol/frame.js';
 import { ProtocolError } from '../../shared/errors.js';
 import { FrameDecoder, type FrameSpec } from '../../shared/frame-decoder.js';
@@ -62,6 +62,16 @@ describe('data protocol headers', () => {
     const h = req({ opcode: Opcode.WRITE, flags: 1, slot: 1, requestId: 42, volumeId: 7, segment: 2, epoch: 3, offset: 8192, length: 4096 });
     expect(encodeReq(h).toString('hex')).toBe(
       '56534b51020101000000002a000000070000000200000003' + '0000000000002000' + '00001000' + '00000000');
+  });
+
+  it('matches the MARK_DIRTY example in docs/data-protocol.md; write-intent requests carry no payload', () => {
+    expect([Opcode.MARK_DIRTY, Opcode.CLEAR_DIRTY, opcodeName(8), opcodeName(9)]).toEqual([8, 9, 'MARK_DIRTY', 'CLEAR_DIRTY']);
+    const h = req({ opcode: Opcode.MARK_DIRTY, slot: 1, requestId: 17, volumeId: 7, segment: 2, epoch: 4, offset: 1024 * 1024, length: 65536 });
+    expect(encodeReq(h).toString('hex')).toBe(
+      '56534b51080001000000001100000007000000020000000' + '4' + '0000000000100000' + '00010000' + '00000000');
+    // A length far above the payload limit is fine: nothing follows the header.
+    const big = req({ opcode: Opcode.CLEAR_DIRTY, length: 0xffff_ffff });
+    expect(requestFrameSpec.payloadLength(decodeRequestHeader(encodeReq(big)))).toBe(0);
   });
 
   it('truncates error messages', () => {

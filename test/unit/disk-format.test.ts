@@ -24,9 +24,13 @@ function owned(over: Partial<ChunkRecordData> = {}): ChunkRecordData {
   const bitmap = new Uint8Array(BITS / 8);
   bitmap[0] = 0b1010_0001;
   bitmap[511] = 0x80;
+  const dirty = new Uint8Array(BITS / 8);
+  dirty[0] = 0b0000_0001;
+  dirty[300] = 0x42;
+  dirty[511] = 0x01;
   return {
     ...emptyRecord(BITS), state: ChunkState.OWNED, volumeId: 0xfeed_beef, segment: 123_456, slot: 2, segmentCount: 200_000,
-    replicas: 3, volumeSize: 2 ** 50 + 7, volumeName: 'vm-disk-ü-ß', generation: 41, epoch: 0xffff_fff0, bitmap, ...over,
+    replicas: 3, volumeSize: 2 ** 50 + 7, volumeName: 'vm-disk-ü-ß', generation: 41, epoch: 0xffff_fff0, bitmap, dirty, ...over,
   };
 }
 
@@ -41,7 +45,8 @@ describe('disk layout', () => {
       const more = l.chunkCount + 1;
       expect(Math.ceil((l.tableOffset + more * 2 * l.recordSize) / DATA_ALIGN) * DATA_ALIGN + more * chunk!).toBeGreaterThan(size!);
     }
-    expect(computeLayout(64 * MiB, 8 * MiB, BITS)).toMatchObject({ chunkCount: 7, recordSize: 1024, tableOffset: 4096, dataOffset: MiB });
+    // 144 fixed bytes + 512 written-bitmap bytes + 512 dirty-bitmap bytes, in whole sectors.
+    expect(computeLayout(64 * MiB, 8 * MiB, BITS)).toMatchObject({ chunkCount: 7, recordSize: 1536, tableOffset: 4096, dataOffset: MiB });
   });
 });
 
@@ -62,11 +67,14 @@ describe('superblock codec', () => {
     }
   });
 
-  it('refuses foreign data and unknown versions', () => {
+  it('refuses foreign data and unknown versions (including version 1, which had no dirty bitmap)', () => {
     const foreign = Buffer.alloc(SUPERBLOCK_SIZE, 0x5a);
+    expect(FORMAT_VERSION).toBe(2);
     expect(() => decodeSuperblock(foreign)).toThrow(/not a VastSky disk/);
-    const v2 = encodeSuperblock({ ...superblock(), formatVersion: 2 });
-    expect(() => decodeSuperblock(v2)).toThrow(/version 2/);
+    for (const version of [1, 3]) {
+      const other = encodeSuperblock({ ...superblock(), formatVersion: version });
+      expect(() => decodeSuperblock(other)).toThrow(new RegExp(`version ${version}`));
+    }
   });
 });
 
@@ -74,19 +82,28 @@ describe('chunk record codec', () => {
   const sb = superblock();
   const id = uuidToBytes(sb.diskId);
 
-  it('round-trips every field, the utf8 name and the bitmap', () => {
+  it('round-trips every field, the utf8 name, the written and the dirty bitmaps', () => {
     const rec = owned();
     const buf = encodeRecord(rec, 2 ** 40 + 3, 5, id, sb.recordSize);
-    expect(buf.length).toBe(1024);
+    expect(buf.length).toBe(1536);
     const out = decodeRecord(buf, 5, id, BITS)!;
     expect(out.seq).toBe(2 ** 40 + 3);
     expect(out.record).toEqual(rec);
+    // The two bitmaps are distinct bytes on disk, not one aliasing the other.
+    expect(Buffer.from(out.record.dirty).equals(Buffer.from(out.record.bitmap))).toBe(false);
+    expect(out.record.dirty[300]).toBe(0x42);
+    expect(out.record.bitmap[300]).toBe(0);
+  });
+
+  it('refuses bitmaps of mismatched sizes', () => {
+    expect(() => encodeRecord(owned({ dirty: new Uint8Array(BITS / 16) }), 1, 0, id, sb.recordSize)).toThrow(CorruptMetadataError);
   });
 
   it('treats a blank slot as never written and detects corruption', () => {
-    expect(decodeRecord(Buffer.alloc(1024), 0, id, BITS)).toBeUndefined();
+    expect(decodeRecord(Buffer.alloc(1536), 0, id, BITS)).toBeUndefined();
     const buf = encodeRecord(owned(), 1, 5, id, sb.recordSize);
-    for (const at of [8, 40, 100, 200, 600, 1023]) {
+    // Fixed part, written bitmap (144..655), dirty bitmap (656..1167) and the padding are all checksummed.
+    for (const at of [8, 40, 100, 200, 600, 700, 1100, 1167, 1535]) {
       const copy = Buffer.from(buf);
       copy[at]! ^= 0x01;
       expect(() => decodeRecord(copy, 5, id, BITS), `byte ${at}`).toThrow(CorruptMetadataError);
@@ -123,20 +140,26 @@ describe('A/B record slots', () => {
     const torn = Buffer.concat([b.subarray(0, 512), stale.subarray(512)]);
     expect(torn.equals(b)).toBe(false);
     expect(pickNewest(a, torn, 3, id, BITS)).toMatchObject({ seq: 7, newestSlot: 0, invalidSlots: 1, record: { epoch: 4, generation: 1 } });
-    const garbage = Buffer.alloc(1024, 0xa5);
+    // Torn in the last sector only (the dirty bitmap's tail): also detected.
+    const dirtier = encodeRecord(owned({ epoch: 5, dirty: new Uint8Array(BITS / 8).fill(0xff) }), 8, 3, id, sb.recordSize);
+    const tornTail = Buffer.concat([dirtier.subarray(0, 1024), b.subarray(1024)]);
+    expect(tornTail.equals(dirtier)).toBe(false);
+    expect(pickNewest(a, tornTail, 3, id, BITS)).toMatchObject({ seq: 7, newestSlot: 0, invalidSlots: 1 });
+    const garbage = Buffer.alloc(1536, 0xa5);
     const picked = pickNewest(garbage, b, 3, id, BITS);
     expect(picked).toMatchObject({ seq: 8, newestSlot: 1, invalidSlots: 1 });
     expect(picked.record).toEqual(newer);
   });
 
-  it('reads a never-written or unrecoverable chunk as free, and a free record without written regions', () => {
-    const blank = Buffer.alloc(1024);
+  it('reads a never-written or unrecoverable chunk as free, and a free record without written or dirty regions', () => {
+    const blank = Buffer.alloc(1536);
     expect(pickNewest(blank, blank, 0, id, BITS)).toMatchObject({ seq: 0, newestSlot: -1, record: { state: ChunkState.FREE } });
-    const torn = Buffer.alloc(1024, 0x33);
+    const torn = Buffer.alloc(1536, 0x33);
     expect(pickNewest(torn, blank, 0, id, BITS)).toMatchObject({ seq: 0, newestSlot: -1, invalidSlots: 1 });
     const freed = encodeRecord({ ...owned(), state: ChunkState.FREE }, 3, 0, id, sb.recordSize);
     const p = pickNewest(freed, blank, 0, id, BITS);
     expect(p.record.state).toBe(ChunkState.FREE);
     expect(p.record.bitmap.every((b) => b === 0)).toBe(true);
+    expect(p.record.dirty.every((b) => b === 0)).toBe(true);
   });
 });

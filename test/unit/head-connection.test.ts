@@ -314,7 +314,7 @@ describe('volume over scripted nodes: what goes on the wire', () => {
     const reg = new VolumeRegistry({ pool });
     const segments = [0, 1].map((index) => ({
       index,
-      replicas: addrs.map((dataAddress, slot) => ({ slot, serverId: `s${slot}`, dataAddress, diskId: `d${slot}`, chunkIndex: index, state: 'in_sync' })),
+      replicas: addrs.map((dataAddress, slot) => ({ slot, serverId: `s${slot}`, dataAddress, diskId: `d${slot}`, chunkIndex: index, state: 'in_sync', controlAddress: '' })),
     }));
     try {
       const vol = await reg.attach({ volumeId: 3, name: 'w', size: 2 * CHUNK, chunkSize: CHUNK, replicas: 3, generation: 9, segments }, 7);

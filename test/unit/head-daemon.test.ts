@@ -47,7 +47,7 @@ beforeAll(async () => {
       identity: { volumeId: 5, volumeName: 'vol-d', volumeSize: CHUNK, segment: 0, slot, segmentCount: 1, replicas: 2, generation: 3, epoch: 0 },
     });
     c.close();
-    replicas.push({ slot, serverId: info.serverId, dataAddress: nodes[slot]!.dataAddress, diskId, chunkIndex: 0, state: 'in_sync' });
+    replicas.push({ slot, serverId: info.serverId, dataAddress: nodes[slot]!.dataAddress, diskId, chunkIndex: 0, state: 'in_sync', controlAddress: nodes[slot]!.controlAddress });
   }
   map = { volumeId: 5, name: 'vol-d', size: CHUNK, chunkSize: CHUNK, replicas: 2, generation: 3, segments: [{ index: 0, replicas }] };
 });

@@ -79,7 +79,7 @@ async function allocate(): Promise<VolumeMap> {
         client.close();
       }
       replicas.push({
-        slot, serverId: infos[n]!.serverId, dataAddress: node.dataAddress, diskId: disk.diskId, chunkIndex: seg, state: 'in_sync',
+        slot, serverId: infos[n]!.serverId, dataAddress: node.dataAddress, controlAddress: node.controlAddress, diskId: disk.diskId, chunkIndex: seg, state: 'in_sync',
       });
     }
     segments.push({ index: seg, replicas });

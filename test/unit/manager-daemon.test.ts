@@ -27,22 +27,33 @@ async function serve(add: (s: InstanceType<typeof grpc.Server>) => void): Promis
   return `127.0.0.1:${port}`;
 }
 
+/** A gRPC storage node backed by the fake at the address it gets. */
+async function serveNode(): Promise<string> {
+  const node = fakes.node;
+  let address = '';
+  address = await serve((s) => s.addService(loadProtos().storage.vsky.storage.StorageNode.service, {
+    GetInfo: unary(() => node.getInfo(address)),
+    AddDisk: unary((req) => node.addDisk(address, req)),
+    RemoveDisk: unary(async (req) => { await node.removeDisk(address, req); return {}; }),
+    AllocateChunk: unary(async (req) => { await node.allocateChunk(address, req); return {}; }),
+    FreeChunk: unary(async (req) => { await node.freeChunk(address, req); return {}; }),
+    ListChunks: unary((req) => node.listChunks(address, req)),
+    GetChunkRegions: unary((req) => node.getChunkRegions(address, req)),
+    CopyChunk: unary(async (req) => { await node.copyChunk(address, req); return {}; }),
+  }));
+  return address;
+}
+
 beforeAll(async () => {
   const protos = loadProtos();
-  const node = fakes.node;
   const head = fakes.head;
-  nodeAddress = await serve((s) => s.addService(protos.storage.vsky.storage.StorageNode.service, {
-    GetInfo: unary(() => node.getInfo(nodeAddress)),
-    AddDisk: unary((req) => node.addDisk(nodeAddress, req)),
-    RemoveDisk: unary(async (req) => { await node.removeDisk(nodeAddress, req); return {}; }),
-    AllocateChunk: unary(async (req) => { await node.allocateChunk(nodeAddress, req); return {}; }),
-    FreeChunk: unary(async (req) => { await node.freeChunk(nodeAddress, req); return {}; }),
-    ListChunks: unary((req) => node.listChunks(nodeAddress, req)),
-  }));
+  nodeAddress = await serveNode();
   headAddress = await serve((s) => s.addService(protos.head.vsky.head.HeadAgent.service, {
     Attach: unary((req) => head.attach(headAddress, req)),
     Detach: unary(async (req) => { await head.detach(headAddress, req); return {}; }),
     ListAttached: unary(async () => ({ volumes: [] })),
+    UpdateMap: unary(async (req) => { await head.updateMap(headAddress, req); return {}; }),
+    StartResync: unary(async (req) => { await head.startResync(headAddress, req); return {}; }),
   }));
   const n = new FakeNode({ serverId: 'node-a', name: 'a', dataAddress: '127.0.0.1:7710', controlAddress: nodeAddress, labels: { rack: 'r1' } });
   fakes.nodes.set(nodeAddress, n);
@@ -113,6 +124,51 @@ describe('manager daemon', () => {
     } finally {
       c.close();
       await mgr.close();
+    }
+  });
+
+  it('serves failures and resync over gRPC: FailDisk, ReportReplicaFailure, ListResyncs, ReportResyncProgress', async () => {
+    const dir2 = mkdtempSync(join(tmpdir(), 'vsky-mgr-daemon-rs-'));
+    const nodes = [nodeAddress, await serveNode(), await serveNode()];
+    nodes.slice(1).forEach((a, i) => fakes.nodes.set(a, new FakeNode({ serverId: `node-${i + 2}`, name: `n${i + 2}`, dataAddress: '127.0.0.1:7710', controlAddress: a, labels: {} })));
+    const mgr = await startManager({ dataDir: dir2, listen: '127.0.0.1:0', chunkSize: CHUNK, heartbeatTimeoutMs: 60_000 });
+    const c = managerClient(mgr.address);
+    try {
+      for (const [i, a] of nodes.entries()) {
+        await rpc(c, 'AddServer', { controlAddress: a, labels: {} });
+        await rpc(c, 'AddDisk', { server: a === nodeAddress ? 'a' : `n${i + 1}`, path: `/r${i}`, size: 8 * CHUNK });
+      }
+      await rpc(c, 'CreateVolume', { name: 'rv', size: 2 * CHUNK, replicas: 2 });
+      await rpc(c, 'RegisterHead', { headId: 'h1', name: 'hv', controlAddress: headAddress, nbdAddress: '' });
+      await expect(rpc(c, 'ReportReplicaFailure', { headId: 'h1', volume: 'rv', segment: 0, slot: 0, epoch: 1, reason: 'x' }))
+        .rejects.toBeInstanceOf(errors.StaleEpochError);
+      await expect(rpc(c, 'FailDisk', { diskId: 'nope', reason: '' })).rejects.toBeInstanceOf(errors.NotFoundError);
+      await expect(rpc(c, 'FailServer', { server: 'nope', reason: '' })).rejects.toBeInstanceOf(errors.NotFoundError);
+      const detail = await rpc<object, { map: { segments: Array<{ replicas: Array<{ diskId: string; controlAddress: string }> }> } }>(c, 'ShowVolume', { name: 'rv' });
+      const victim = detail.map.segments[0]!.replicas[0]!;
+      expect(nodes).toContain(victim.controlAddress);
+      await rpc(c, 'FailDisk', { diskId: victim.diskId, reason: 'smart' });
+      type List = { resyncs: Array<{ resyncId: string; state: string; executor: string; goodCopies: number; targetDisk: string }>; bytesTotal: number };
+      let list: List = { resyncs: [], bytesTotal: 0 };
+      for (let i = 0; i < 100 && !list.resyncs.some((r) => r.state === 'running'); i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        list = await rpc<object, List>(c, 'ListResyncs', {});
+      }
+      const running = list.resyncs.find((r) => r.state === 'running')!;
+      expect(running).toMatchObject({ executor: expect.stringMatching(/^node:/), goodCopies: 1 });
+      expect(running.targetDisk).not.toBe(victim.diskId);
+      const vols = await rpc<object, { volumes: Array<{ degraded: boolean; resyncs: number }> }>(c, 'ListVolumes', {});
+      expect(vols.volumes[0]).toMatchObject({ degraded: true, resyncs: list.resyncs.length });
+      const task = fakes.copies().at(-1)!;
+      expect(task.managerAddress).toBe(mgr.address);
+      expect(await rpc(c, 'ReportResyncProgress', { resyncId: 'r77.1', regionsDone: 1, regionsTotal: 2, bytesCopied: 0, finished: false, error: '' })).toEqual({ cancel: true });
+      expect(await rpc(c, 'ReportResyncProgress', { resyncId: task.resyncId, regionsDone: 4096, regionsTotal: 4096, bytesCopied: CHUNK, finished: true, error: '' })).toEqual({ cancel: false });
+      const after = await rpc<object, { map: { generation: number; segments: Array<{ replicas: Array<{ state: string }> }> } }>(c, 'ShowVolume', { name: 'rv' });
+      expect(after.map.generation).toBe(2);
+    } finally {
+      c.close();
+      await mgr.close();
+      rmSync(dir2, { recursive: true, force: true });
     }
   });
 });

@@ -10,9 +10,11 @@ import { setRootLogger } from '../../shared/logger.js';
 import type { Chunk } from '../../storage-node/chunk.js';
 import { readChunk, writeChunk, zeroChunk } from '../../storage-node/chunk-io.js';
 import { ChunkStore, type ChunkIdentity } from '../../storage-node/chunk-store.js';
-import { Disk } from '../../storage-node/disk.js';
+import { DISK_FAIL_THRESHOLD, Disk } from '../../storage-node/disk.js';
 import { computeLayout } from '../../storage-node/disk-format.js';
-import { statusForError } from '../../storage-node/errors.js';
+import { DiskFailedError, statusForError } from '../../storage-node/errors.js';
+import { countSet, testBit } from '../../storage-node/region-map.js';
+import { clearDirty, markDirty } from '../../storage-node/write-intent.js';
 
 setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));
 
@@ -190,6 +192,94 @@ describe('thin chunks and faults', () => {
     await expect(store.flush(50)).rejects.toBeInstanceOf(IoError);
     disk.setFaulty(false);
     expect((await read(chunk, 0, 6)).toString()).toBe('before');
+    await store.close();
+  });
+});
+
+describe('write-intent (dirty) bitmap', () => {
+  it('coalesces the record writes of concurrent marks; every mark is durable once acknowledged', async () => {
+    const store = new ChunkStore();
+    const disk = await store.openDisk(nextPath(), { size: SIZE, chunkSize: CHUNK });
+    await store.allocate(disk.id, 1, identity(60));
+    const chunk = store.lookup(60, 0, 0)!;
+    const seqBefore = chunk.seq;
+    const marks = Array.from({ length: 200 }, (_, i) => ({ off: i * 11 * REGION + 3, len: 1 + (i % 3) * REGION }));
+    await Promise.all(marks.map((m) => markDirty(chunk, m.off, m.len)));
+    expect(chunk.seq - seqBefore).toBeLessThan(20);
+    // Marking an already durable region again writes nothing.
+    const seqAfter = chunk.seq;
+    await markDirty(chunk, 3, 1);
+    expect(chunk.seq).toBe(seqAfter);
+    await store.close();
+    const again = new ChunkStore();
+    await again.openDisk(disk.path, { chunkSize: CHUNK });
+    const c2 = again.lookup(60, 0, 0)!;
+    for (const m of marks) {
+      for (let r = Math.floor(m.off / REGION); r * REGION < m.off + m.len; r++) expect(testBit(c2.rec.dirty, r), `region ${r}`).toBe(true);
+    }
+    expect(testBit(c2.rec.dirty, 1)).toBe(false);
+    expect(countSet(c2.rec.bitmap)).toBe(0);
+    // Clearing: memory at once, the record follows.
+    await clearDirty(c2, 0, CHUNK);
+    expect(countSet(c2.rec.dirty)).toBe(0);
+    await again.close();
+  });
+
+  it('a mark whose record write failed is not acknowledged by a later mark of the same region without a record write', async () => {
+    const store = new ChunkStore();
+    const disk = await store.openDisk(nextPath(), { size: SIZE, chunkSize: CHUNK });
+    await store.allocate(disk.id, 0, identity(61));
+    const chunk = store.lookup(61, 0, 0)!;
+    disk.setFaulty(true);
+    await expect(markDirty(chunk, 5 * REGION, 1)).rejects.toBeInstanceOf(IoError);
+    disk.setFaulty(false);
+    // The bit is set in memory already; this mark must still put it on disk.
+    const seq = chunk.seq;
+    await markDirty(chunk, 5 * REGION, 1);
+    expect(chunk.seq).toBeGreaterThan(seq);
+    await store.close();
+    const again = new ChunkStore();
+    await again.openDisk(disk.path, { chunkSize: CHUNK });
+    expect(testBit(again.lookup(61, 0, 0)!.rec.dirty, 5)).toBe(true);
+    await again.close();
+  });
+});
+
+describe('real disk errors', () => {
+  it(`marks a disk failed after ${DISK_FAIL_THRESHOLD} OS errors, refuses its I/O, and other disks keep serving`, async () => {
+    const store = new ChunkStore();
+    const bad = await store.openDisk(nextPath(), { size: SIZE, chunkSize: CHUNK });
+    const good = await store.openDisk(nextPath(), { size: SIZE, chunkSize: CHUNK });
+    const changes: string[] = [];
+    store.onDiskStateChange((d) => changes.push(`${d.id}:${d.reportedState}`));
+    await store.allocate(bad.id, 3, identity(70));
+    await store.allocate(good.id, 3, identity(71));
+    const chunk = store.lookup(70, 0, 0)!;
+    const other = store.lookup(71, 0, 0)!;
+    await write(chunk, 0, Buffer.from('head'), true);
+    await write(chunk, 2 * MiB, Buffer.from('tail'), true);
+    await write(other, 2 * MiB, Buffer.from('fine'), true);
+    // The device loses its end (a real short read from the OS, not the fault switch).
+    await truncate(bad.path, chunk.dataOffset + MiB);
+    for (let i = 1; i < DISK_FAIL_THRESHOLD; i++) {
+      const err = await read(chunk, 2 * MiB, 4).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(IoError);
+      expect(statusForError(err)).toBe(Status.IO_ERROR);
+      expect(bad.reportedState).toBe('active'); // one bad sector is not a dead disk
+    }
+    expect((await read(chunk, 0, 4)).toString()).toBe('head');
+    await expect(read(chunk, 2 * MiB, 4)).rejects.toBeInstanceOf(IoError);
+    expect(bad.reportedState).toBe('failed');
+    expect(bad.failure).toMatch(/unexpected end of disk/);
+    expect(changes).toEqual([`${bad.id}:failed`]);
+    // From now on every I/O on it is refused, even where the device still answers.
+    const refused = await read(chunk, 0, 4).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(DiskFailedError);
+    expect(statusForError(refused)).toBe(Status.DISK_FAILED);
+    await expect(write(chunk, 0, Buffer.from('x'))).rejects.toBeInstanceOf(DiskFailedError);
+    expect(good.reportedState).toBe('active');
+    expect((await read(other, 2 * MiB, 4)).toString()).toBe('fine');
+    await write(other, 0, Buffer.from('still'));
     await store.close();
   });
 });

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bindServer, grpc, loadProtos } from '../../shared/grpc.js';
+import { bindServer, call, grpc, loadProtos, storageNodeClient } from '../../shared/grpc.js';
 import { setRootLogger } from '../../shared/logger.js';
 import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
 import type { HeartbeatRequest__Output } from '../../proto/generated/vsky/manager/HeartbeatRequest.js';
@@ -39,6 +39,13 @@ class FakeManager {
 
   stop(): void {
     this.server?.forceShutdown();
+  }
+
+  async restart(port: number): Promise<void> {
+    this.stop();
+    this.registered.length = 0;
+    this.heartbeats.length = 0;
+    await this.start(port);
   }
 }
 
@@ -94,5 +101,31 @@ describe('manager link', () => {
     manager.known = false; // e.g. the manager lost its database
     await until('re-registration', () => manager.registered.length >= 2);
     expect(manager.registered[1]!.serverId).toBe(node.serverId);
+  });
+
+  it('reports a faulty disk as "failed" in the very next heartbeat, sent at once, and "active" again when fixed', async () => {
+    await node?.close();
+    const port = await freePort();
+    await manager.restart(port);
+    node = await startStorageNode({
+      dataDir: join(dir, 'node2'), name: 'n2', host: '127.0.0.1', dataPort: 0, grpcPort: 0,
+      managerAddress: `127.0.0.1:${port}`, disks: [{ path: join(dir, 'd2.img'), size: 16 * MiB }], chunkSize: 4 * MiB,
+      labels: {}, heartbeatIntervalMs: 30_000, heartbeatTimeoutMs: 1000, // no periodic heartbeat during this test
+    });
+    await until('registration', () => manager.registered.some((r) => r.serverId === node!.serverId));
+    const diskId = manager.registered.find((r) => r.serverId === node!.serverId)!.disks[0]!.diskId;
+    const client = storageNodeClient(node.controlAddress);
+    try {
+      const before = manager.heartbeats.length;
+      await call(client, 'SetDiskFault', { diskId, faulty: true });
+      await until('a heartbeat after the fault', () => manager.heartbeats.length > before, 2000);
+      expect(manager.heartbeats[before]!.disks.map((d) => [d.diskId, d.state])).toEqual([[diskId, 'failed']]);
+      const after = manager.heartbeats.length;
+      await call(client, 'SetDiskFault', { diskId, faulty: false });
+      await until('a heartbeat after the repair', () => manager.heartbeats.length > after, 2000);
+      expect(manager.heartbeats[after]!.disks[0]!.state).toBe('active');
+    } finally {
+      client.close();
+    }
   });
 });

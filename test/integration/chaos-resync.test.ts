@@ -1,0 +1,139 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { LocalCluster } from '../../deploy/local-cluster.js';
+import { MiB } from '../../shared/constants.js';
+import { call, storageNodeClient } from '../../shared/grpc.js';
+import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
+import { readEveryReplica } from '../harness/replicas.js';
+import { VerifyingWriter } from '../harness/verifier.js';
+import { vsky } from '../harness/vsky.js';
+
+// Chaos with a verifying writer (rules 1, 2, 8): storage nodes are killed
+// -9, hung with SIGSTOP, or their disk made to fail, while writes run. After
+// each: no acknowledged write is lost, no read returns data older than
+// acknowledged, the volume returns to full redundancy by itself, and every
+// replica holds the same bytes. The write stall is printed; target: writes
+// resume within 3 s of a storage node's death.
+
+const SIZE = 32 * MiB;
+const BLOCKS = SIZE / 4096;
+
+interface VolumeRow { name: string; degraded: boolean; resyncs: number }
+
+async function waitRedundant(c: LocalCluster, name: string, ms = 90_000): Promise<number> {
+  const start = Date.now();
+  for (;;) {
+    const r = await vsky(['volume', 'list', '--json'], c.managerAddress);
+    if (r.exitCode === 0) {
+      const v = (JSON.parse(String(r.stdout)) as VolumeRow[]).find((x) => x.name === name);
+      if (v && !v.degraded && v.resyncs === 0) return Date.now() - start;
+    }
+    if (Date.now() - start > ms) throw new Error(`${name} not fully redundant after ${ms} ms: ${String(r.stdout)}`);
+    await new Promise((res) => setTimeout(res, 300));
+  }
+}
+
+async function expectReplicasEqual(c: LocalCluster, name: string): Promise<void> {
+  const { copies } = await readEveryReplica(c, name);
+  const bySeg = new Map<number, Buffer[]>();
+  for (const copy of copies) bySeg.set(copy.segment, [...(bySeg.get(copy.segment) ?? []), copy.data]);
+  for (const [seg, datas] of bySeg) {
+    expect(datas.length, `segment ${seg} replicas`).toBe(3);
+    for (const d of datas.slice(1)) expect(d.equals(datas[0]!), `segment ${seg}: replicas differ`).toBe(true);
+  }
+}
+
+/** The storage node (index into c.nodes) holding segment 0, slot 0 of a volume. */
+async function nodeOfFirstReplica(c: LocalCluster, name: string): Promise<number> {
+  const m = c.client();
+  const map = (await call(m, 'ShowVolume', { name }).finally(() => m.close())).map!;
+  const addr = map.segments[0]!.replicas[0]!.dataAddress;
+  return c.nodes.findIndex((n) => n.ready.dataAddress === addr);
+}
+
+async function runFault(c: LocalCluster, name: string, fault: (w: VerifyingWriter) => Promise<void>): Promise<VerifyingWriter> {
+  const uri = await c.ensureVolume(name, SIZE, 3);
+  const w = new VerifyingWriter({ uri, blocks: BLOCKS, queueDepth: 8 });
+  w.start();
+  await new Promise((r) => setTimeout(r, 1000));
+  w.resetStall();
+  await fault(w);
+  const acked = w.stats.writesAcked;
+  const redundantAfter = await waitRedundant(c, name);
+  await new Promise((r) => setTimeout(r, 500));
+  await w.stop();
+  expect(w.stats.writesAcked).toBeGreaterThan(acked); // writes went on during the rebuild
+  console.log(`${name}: write stall ${w.stats.maxStallMs} ms; full redundancy ${redundantAfter} ms after the fault was handled; ` +
+    `${w.stats.writesAcked} writes acknowledged, ${w.stats.writeErrors} failed, ${w.stats.readsChecked} reads checked`);
+  expect(w.stats.violations).toEqual([]);
+  expect(await w.verifyAll()).toEqual([]);
+  w.close();
+  await expectReplicasEqual(c, name);
+  return w;
+}
+
+describe('chaos: storage node failures under a verifying writer', () => {
+  let c: LocalCluster;
+  beforeAll(async () => {
+    // Four servers: a lost replica needs a server holding no other copy of its segment.
+    c = await startTestCluster({ servers: 4, heartbeatTimeoutMs: 2000 });
+  });
+  afterAll(() => destroyTestCluster(c));
+
+  it('kill -9 of a storage node: writes resume within 3 s and the volume rebuilds itself', async () => {
+    let killed = -1;
+    const w = await runFault(c, 'k9', async () => {
+      killed = await nodeOfFirstReplica(c, 'k9');
+      await c.nodes[killed]!.kill9();
+    });
+    expect(w.stats.maxStallMs).toBeLessThan(3000);
+    // Bring the server back (its old replicas are garbage now) so the next
+    // scenarios have a spare server for K=3 again.
+    await c.nodes[killed]!.start();
+    await c.waitRegistered();
+  }, 120_000);
+
+  it('a hung storage node (SIGSTOP, later SIGCONT) is replaced without losing writes', async () => {
+    let hung = -1;
+    await runFault(c, 'hang', async () => {
+      hung = await nodeOfFirstReplica(c, 'hang');
+      c.nodes[hung]!.pause();
+      await new Promise((r) => setTimeout(r, 4000));
+      c.nodes[hung]!.resume();
+    });
+  }, 120_000);
+
+  it('a disk that fails its I/O (fault injection) is replaced without losing writes', async () => {
+    await runFault(c, 'diskfault', async () => {
+      const m = c.client();
+      const map = (await call(m, 'ShowVolume', { name: 'diskfault' }).finally(() => m.close())).map!;
+      const r = map.segments[0]!.replicas[0]!;
+      const node = c.nodes.find((n) => n.ready.dataAddress === r.dataAddress)!;
+      const client = storageNodeClient(String(node.ready.controlAddress));
+      await call(client, 'SetDiskFault', { diskId: r.diskId, faulty: true }).finally(() => client.close());
+    });
+  }, 120_000);
+});
+
+describe('chaos: manager killed -9 during a resync', () => {
+  let c: LocalCluster;
+  beforeAll(async () => {
+    c = await startTestCluster({ servers: 4, heartbeatTimeoutMs: 2000, managerArgs: ['--resync-mibps', '8'] });
+  });
+  afterAll(() => destroyTestCluster(c));
+
+  it('the resync resumes and completes after the manager restarts', async () => {
+    await runFault(c, 'mgr', async () => {
+      const i = await nodeOfFirstReplica(c, 'mgr');
+      await c.nodes[i]!.kill9();
+      // Wait until a resync is running, then kill the manager under it.
+      for (let t = 0; t < 100; t++) {
+        const r = await vsky(['resync', 'list', '--json'], c.managerAddress);
+        if (r.exitCode === 0 && (JSON.parse(String(r.stdout)) as { resyncs: { state: string }[] }).resyncs.some((x) => x.state === 'running')) break;
+        await new Promise((res) => setTimeout(res, 100));
+      }
+      await c.manager.kill9();
+      await new Promise((r) => setTimeout(r, 500));
+      await c.manager.start();
+    });
+  }, 120_000);
+});
