@@ -53,14 +53,13 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
   const pool = new NodePool();
   const nodeClients = new NodeControlClients();
   let link: ManagerLink | undefined;
-  let registry: VolumeRegistry;
+  // The map a failure report is answered with is not applied here: the manager
+  // pushes every change with UpdateMap, in order; applying the reply too could
+  // put an older map over a newer push.
   const failureHandler = opts.managerAddress === undefined ? undefined : new ReportingFailureHandler({
     headId, manager: () => link?.managerClient, staleReportTimeoutMs: opts.staleReportTimeoutMs,
-    onMap: (map, epoch) => {
-      registry.updateMap(map, epoch).catch((err: unknown) => log.debug({ volume: map.name, err: String(err) }, 'map from the failure report not applied'));
-    },
   });
-  registry = new VolumeRegistry({ pool, failureHandler, nodeClients });
+  const registry = new VolumeRegistry({ pool, failureHandler, nodeClients });
   const resync = new ResyncService({ volumes: registry, clients: nodeClients, defaultManager: () => link?.managerClient });
   let nbd: NbdServerHandle | undefined;
   let iscsi: IscsiServerHandle | undefined;

@@ -225,10 +225,21 @@ export class LinearVolume implements BlockDevice {
     const pending: Promise<void>[] = [];
     for (const g of this.flushGroups) {
       const via = g.replica;
-      if (!g.dirty || via === undefined) continue;
-      g.dirty = false;
-      groups.push(g);
-      pending.push(via.flush(epoch));
+      if (via === undefined) continue;
+      if (g.dirty) {
+        g.dirty = false;
+        const p = via.flush(epoch);
+        g.inflight = p;
+        const done = (): void => { if (g.inflight === p) g.inflight = undefined; };
+        p.then(done, done);
+        groups.push(g);
+        pending.push(p);
+      } else if (g.inflight !== undefined) {
+        // Clean because a concurrent flush (another client's, or the write-intent sweep's)
+        // took it: that FLUSH covers our writes only once it completes.
+        groups.push(g);
+        pending.push(g.inflight);
+      }
     }
     if (pending.length === 0) return;
     const results = await Promise.allSettled(pending);

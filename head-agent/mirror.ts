@@ -21,6 +21,10 @@ import type { SegmentIntent } from './write-intent.js';
 // something first: a write-intent MARK of a region not yet marked dirty
 // (write-intent.ts), or the region locks of a resync in progress
 // (region-locks.ts). Otherwise it is submitted synchronously, as before.
+// A mutation that failed on some replicas, or skipped suspect ones (replicas
+// this head saw fail), is acknowledged only when the ReplicaFailureHandler
+// (failure-handler.ts) says so: for the reporting handler, once the manager
+// recorded them stale (rule 2).
 
 export { MutationTracker, mutationFailureError, rejectOnReplicaFailure };
 export type { ReplicaFailure, ReplicaFailureHandler };

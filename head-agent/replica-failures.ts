@@ -1,7 +1,6 @@
 import { IoError, StaleEpochError, TimeoutError, TransportError, errorMessage } from '../shared/errors.js';
 import { call, type ManagerClient } from '../shared/grpc.js';
 import { moduleLogger, type Logger } from '../shared/logger.js';
-import type { VolumeMap__Output } from '../proto/generated/vsky/common/VolumeMap.js';
 import { mutationFailureError, type FailingMirror, type ReplicaFailure, type ReplicaFailureHandler } from './failure-handler.js';
 import type { Replica } from './replica.js';
 
@@ -27,8 +26,6 @@ export interface ReportingFailureHandlerOptions {
   retryMaxMs?: number;
   /** Deadline of one ReportReplicaFailure call. */
   callTimeoutMs?: number;
-  /** Applies the volume map the manager answers with (same epoch). */
-  onMap?: (map: VolumeMap__Output, epoch: number) => void;
 }
 
 export const DEFAULT_STALE_REPORT_TIMEOUT_MS = 10_000;
@@ -170,7 +167,9 @@ export class ReportingFailureHandler implements ReplicaFailureHandler {
       const remaining = rep.deadline - Date.now();
       if (client !== undefined && remaining > 0) {
         try {
-          const reply = await call(client, 'ReportReplicaFailure', {
+          // The reply carries the new map; it is not applied here: the manager pushes
+          // every change with UpdateMap, in order (the reply could overtake a newer push).
+          await call(client, 'ReportReplicaFailure', {
             headId: this.opts.headId, volume: replica.volumeName, segment: replica.segment, slot: replica.slot,
             epoch: rep.epoch, reason: rep.reason,
           }, Math.max(1, Math.min(this.opts.callTimeoutMs ?? 3000, remaining)));
@@ -179,7 +178,6 @@ export class ReportingFailureHandler implements ReplicaFailureHandler {
           this.confirmed++;
           this.log.warn({ volume: replica.volumeName, segment: replica.segment, slot: replica.slot }, 'the manager recorded the replica stale');
           this.finish(rep, undefined);
-          if (reply.map !== null && reply.map !== undefined && this.opts.onMap !== undefined) this.opts.onMap(reply.map, rep.epoch);
           return;
         } catch (err) {
           if (rep.settled) return;

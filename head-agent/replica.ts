@@ -45,6 +45,8 @@ export interface ReplicaPlace {
 export class FlushGroup {
   dirty = true;
   readonly members: Replica[] = [];
+  /** The FLUSH in flight: a flush finding the group clean still waits for it (it may carry our writes). */
+  inflight: Promise<void> | undefined;
 
   /** The replica to address the FLUSH through: a writable one (states change), if any. */
   get replica(): Replica | undefined {

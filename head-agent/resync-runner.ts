@@ -106,6 +106,11 @@ class ResyncRun {
 
   private async run(): Promise<void> {
     let locks: RegionLocks | undefined;
+    // Foreground writes take the slower locked path while the table is installed: drop it before reporting.
+    const unlock = (): void => {
+      if (locks !== undefined) this.mirror.endResync(locks);
+      locks = undefined;
+    };
     try {
       const first = await this.writtenRegions();
       locks = this.mirror.beginResync(first.regionSize, first.regionCount);
@@ -114,6 +119,7 @@ class ResyncRun {
       const { written, regionSize, regionCount } = await this.writtenRegions();
       this.status.regionsTotal = regionCount;
       await this.copyAll(written, regionSize, regionCount, locks);
+      unlock();
       this.checkStop();
       await this.target.flush(this.volume.epoch);
       this.target.mustResync = false; // the manager's next map may make it readable
@@ -121,14 +127,13 @@ class ResyncRun {
       this.log.info({ ...this.status }, 'resync finished');
       await this.report(true, '', 5);
     } catch (err) {
+      unlock();
       if (this.cancelled) {
         this.log.info('resync cancelled by the manager');
         return;
       }
       this.log.warn({ err: errorMessage(err), ...this.status }, 'resync failed');
       await this.report(false, errorMessage(err), 3);
-    } finally {
-      if (locks !== undefined) this.mirror.endResync(locks);
     }
   }
 

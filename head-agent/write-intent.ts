@@ -13,7 +13,8 @@ import type { Replica } from './replica.js';
 // durable metadata write on every node, so a sequential writer pays one MARK
 // round trip per group, not per 64 KiB region; a crash reconciles whole groups
 // (more copying, never less safety: the node sets the bit of every region the
-// range covers).
+// range covers). A writer entering a group at its start (a sequential stream)
+// marks the next few groups in the same request, so it does not stall at each.
 //
 // Bits are cleared lazily by sweep(), every ~2 s: a group is cleared only if
 // no write was sent into it since the sweep began, every write sent before
@@ -25,6 +26,9 @@ import type { Replica } from './replica.js';
 
 /** Default write-intent granularity. */
 export const DEFAULT_INTENT_GROUP_BYTES = 4 * MiB;
+
+/** Groups marked ahead of a sequential writer (see mark()). */
+const MARK_AHEAD = 3;
 
 /** What write-intent needs of a mirror (mirror.ts imports this file). */
 export interface IntentMirror {
@@ -127,6 +131,16 @@ export class SegmentIntent {
       if (!waits.includes(p)) waits.push(p);
     }
     if (waits.length === 0) return [];
+    // A write entering a group at its start looks like a sequential stream: mark the next few
+    // groups in the same requests (no extra round trip), so the stream does not stall at each.
+    if (offset - first * this.groupSize < length) {
+      const batch = this.batch;
+      for (let g = last + 1; g <= last + MARK_AHEAD && g < this.groupCount && batch !== undefined; g++) {
+        if (this.dirty[g] !== 0 || this.marking[g] !== undefined || batch.epoch !== epoch || batch.mirror !== mirror) continue;
+        batch.groups.push(g);
+        this.marking[g] = batch.promise;
+      }
+    }
     const results = await Promise.all(waits);
     if (results.length === 1) return results[0]!;
     const out: IntentFailure[] = [];
@@ -136,14 +150,16 @@ export class SegmentIntent {
 
   /** One batch per tick: the groups of every write of the tick go out together. */
   private openBatch(mirror: IntentMirror, epoch: number): MarkBatch {
-    if (this.batch !== undefined) return this.batch;
+    const open = this.batch;
+    // (A re-attach with a newer epoch gives new mirrors: their marks go in a batch of their own.)
+    if (open !== undefined && open.epoch === epoch && open.mirror === mirror) return open;
     let resolve!: (f: IntentFailure[]) => void;
     let reject!: (e: Error) => void;
     const promise = new Promise<IntentFailure[]>((res, rej) => { resolve = res; reject = rej; });
     const batch: MarkBatch = { mirror, epoch, groups: [], promise, resolve, reject };
     this.batch = batch;
     process.nextTick(() => {
-      this.batch = undefined;
+      if (this.batch === batch) this.batch = undefined;
       void this.sendMarks(batch);
     });
     return batch;

@@ -24,6 +24,8 @@ interface FakeOptions {
   status?: (h: RequestHeader) => number;
   /** Never reply to requests matching this. */
   swallow?: (h: RequestHeader) => boolean;
+  /** Delay the reply to a request by this many ms (0: next turn). */
+  delayMs?: (h: RequestHeader) => number;
 }
 
 class FakeNode {
@@ -86,7 +88,9 @@ class FakeNode {
     const head = encodeReplyHeader({ requestId: h.requestId, status, length: body?.length ?? 0 }, Buffer.alloc(REPLY_HEADER_SIZE));
     const parts = body ? [head, body] : [head];
     // Reply on a later turn, so a window of requests is really outstanding at once.
-    setImmediate(() => this.reply(s, parts));
+    const delay = this.opts.delayMs?.(h) ?? 0;
+    if (delay > 0) setTimeout(() => this.reply(s, parts), delay);
+    else setImmediate(() => this.reply(s, parts));
   }
 
   private reply(s: Socket, parts: Buffer[]): void {
@@ -348,6 +352,29 @@ describe('volume over scripted nodes: what goes on the wire', () => {
       expect(pool.size).toBe(3);
       expect(fakes.map((f) => f.connections)).toEqual([1, 1, 1]);
     } finally {
+      await pool.close();
+    }
+  });
+
+  it('a flush that finds a node clean because another flush is in flight waits for that FLUSH', async () => {
+    const fakes = [new FakeNode({ delayMs: (h) => (h.opcode === Opcode.FLUSH ? 150 : 0) }), new FakeNode(), new FakeNode()];
+    nodes.push(...fakes);
+    const addrs = await Promise.all(fakes.map((f) => f.listen()));
+    const pool = new NodePool();
+    const reg = new VolumeRegistry({ pool });
+    const segments = [{ index: 0, replicas: addrs.map((dataAddress, slot) => ({ slot, serverId: `s${slot}`, dataAddress, diskId: `d${slot}`, chunkIndex: 0, state: 'in_sync', controlAddress: '' })) }];
+    try {
+      const vol = await reg.attach({ volumeId: 4, name: 'f', size: CHUNK, chunkSize: CHUNK, replicas: 3, generation: 1, segments }, 1);
+      await vol.write(0, Buffer.alloc(4096, 1), false);
+      const t0 = Date.now();
+      const first = vol.flush();
+      const second = vol.flush(); // every node looks clean now: it must still wait for node 0's FLUSH
+      await second;
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(140);
+      await first;
+      expect(fakes[0]!.seen.filter((h) => h.opcode === Opcode.FLUSH)).toHaveLength(1);
+    } finally {
+      reg.abandon();
       await pool.close();
     }
   });

@@ -136,21 +136,30 @@ afterAll(async () => {
 });
 
 describe('write-intent (head side)', () => {
-  it('a write is acknowledged only after its group is marked dirty on every replica; one MARK per group and tick', async () => {
+  it('a write is acknowledged only after its group is marked dirty on every replica; one MARK per run of groups and tick; sequential writers mark ahead', async () => {
     const reg = newRegistry();
     const vol = await reg.attach(await allocate(31, 'vol-w', 0), 1);
     for (let slot = 0; slot < 3; slot++) expect(await dirtyRuns(31, 0, slot)).toEqual([]);
-    await vol.write(3 * GROUP + 100, fill(5000, 1), false);
+    await vol.write(3 * GROUP + 30_000, fill(5000, 1), false);
     for (let slot = 0; slot < 3; slot++) expect(await dirtyRuns(31, 0, slot)).toEqual([groupRun(3)]);
     // Sixteen writes into one clean group, and four contiguous groups, in one tick: one MARK per replica each time.
     const intent = vol.intent!.segments[0]!;
     let marks = intent.marks;
-    await Promise.all(Array.from({ length: 16 }, (_, i) => vol.write(10 * GROUP + i * 4096, fill(4096, i), false)));
+    await Promise.all(Array.from({ length: 16 }, (_, i) => vol.write(10 * GROUP + 8192 + i * 2048, fill(2048, i), false)));
     expect(intent.marks - marks).toBe(3);
     marks = intent.marks;
-    await Promise.all([20, 21, 22, 23].map((g) => vol.write(g * GROUP, fill(4096, g), false)));
+    await Promise.all([20, 21, 22, 23].map((g) => vol.write(g * GROUP + 8192, fill(4096, g), false)));
     expect(intent.marks - marks).toBe(3);
-    for (let slot = 0; slot < 3; slot++) expect(await dirtyRuns(31, 0, slot)).toEqual([groupRun(3), groupRun(10), groupRun(20, 4)]);
+    // A write entering a group at its start (a sequential stream) marks the next three with it, in the same request.
+    marks = intent.marks;
+    await vol.write(40 * GROUP, fill(4096, 40), false);
+    expect(intent.marks - marks).toBe(3);
+    for (let slot = 0; slot < 3; slot++) {
+      expect(await dirtyRuns(31, 0, slot)).toEqual([groupRun(3), groupRun(10), groupRun(20, 4), groupRun(40, 4)]);
+    }
+    marks = intent.marks;
+    await vol.write(41 * GROUP, fill(GROUP * 3, 41), false);
+    expect(intent.marks).toBe(marks);
     // Writes into marked groups send no MARK at all.
     marks = intent.marks;
     await Promise.all(Array.from({ length: 32 }, (_, i) => vol.write(10 * GROUP + (i % 16) * 4096, fill(4096, i), true)));
@@ -162,9 +171,9 @@ describe('write-intent (head side)', () => {
   it('the sweep clears quiet groups after a flush, never one written since it began; a clean detach clears everything', async () => {
     const reg = newRegistry();
     const vol = await reg.attach(await allocate(32, 'vol-x', 2), 1);
-    await vol.write(0, fill(4096, 1), false);
-    await vol.write(5 * GROUP, fill(4096, 2), false);
-    await vol.write(CHUNK + 7 * GROUP, fill(4096, 3), false);
+    await vol.write(8192, fill(4096, 1), false);
+    await vol.write(5 * GROUP + 8192, fill(4096, 2), false);
+    await vol.write(CHUNK + 7 * GROUP + 8192, fill(4096, 3), false);
     expect(vol.intent!.dirtyCount).toBe(3);
     // A sweep begins; a write into group 5 goes out while it runs: group 5 must stay dirty.
     const sweeping = reg.sweep();
@@ -179,7 +188,7 @@ describe('write-intent (head side)', () => {
     expect(await reg.sweep()).toBe(1);
     for (let slot = 0; slot < 3; slot++) expect(await dirtyRuns(32, 0, slot)).toEqual([]);
     // Writing again marks again; detach (flush) leaves nothing to reconcile.
-    await vol.write(9 * GROUP, fill(4096, 5), false);
+    await vol.write(9 * GROUP + 8192, fill(4096, 5), false);
     expect(await dirtyRuns(32, 0, 1)).toEqual([groupRun(9)]);
     await reg.detach('vol-x');
     for (let slot = 0; slot < 3; slot++) expect(await dirtyRuns(32, 0, slot)).toEqual([]);
@@ -190,7 +199,7 @@ describe('write-intent (head side)', () => {
     const map = await allocate(34, 'vol-z', 6);
     const staleMap = { ...map, segments: map.segments.map((s) => ({ ...s, replicas: s.replicas.map((r) => (r.slot === 2 ? { ...r, state: 'stale' } : r)) })) };
     const vol = await reg.attach(staleMap, 1);
-    await vol.write(GROUP, fill(4096, 1), false);
+    await vol.write(GROUP + 16_384, fill(4096, 1), false);
     expect(await dirtyRuns(34, 0, 0)).toEqual([groupRun(1)]);
     expect(await dirtyRuns(34, 0, 2)).toEqual([]);
     const resyncing = { ...map, segments: map.segments.map((s) => ({ ...s, replicas: s.replicas.map((r) => (r.slot === 2 ? { ...r, state: 'resyncing' } : r)) })) };
@@ -201,7 +210,7 @@ describe('write-intent (head side)', () => {
     expect(intent.marks - marks).toBe(3);
     for (let slot = 0; slot < 3; slot++) expect(await dirtyRuns(34, 0, slot)).toEqual([groupRun(1)]);
     // Marks left from before the update (group 1 was re-marked; group 3 only on the old replicas) are swept too.
-    await vol.write(3 * GROUP, fill(4096, 3), false);
+    await vol.write(3 * GROUP + 8192, fill(4096, 3), false);
     await reg.updateMap(staleMap, 1); // slot 2 stale again: no new writable replica, nothing forgotten
     await reg.updateMap(resyncing, 1);
     await reg.sweep();
@@ -219,8 +228,8 @@ describe('write-intent (head side)', () => {
     expect(vol1.intent!.dirtyCount).toBe(0);
     // Writes in flight when the head dies: the head marks groups 4 (segment 0) and 2 (segment 1) dirty and
     // sends the writes, which land on some replicas only (written here replica by replica, as a crash would leave them).
-    await vol1.write(4 * GROUP, fill(4096, 1), false);
-    await vol1.write(CHUNK + 2 * GROUP, fill(4096, 2), false);
+    await vol1.write(4 * GROUP + 8192, fill(4096, 1), false);
+    await vol1.write(CHUNK + 2 * GROUP + 8192, fill(4096, 2), false);
     await direct(vol1, 0, 1).write(1, 4 * GROUP + 1000, fill(20_000, 3), false);
     await direct(vol1, 0, 2).write(1, 4 * GROUP + 30_000, fill(2000, 4), false);
     await direct(vol1, 1, 0).write(1, 2 * GROUP + 5000, fill(3000, 5), false);
