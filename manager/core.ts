@@ -32,6 +32,8 @@ export interface CoreOptions {
   resyncProgressTimeoutMs?: number;
   /** Scheduler limits: per-disk resyncs (default 1), global cap (default 64), sources per resync (default 2). */
   resyncLimits?: Partial<SchedulerLimits>;
+  /** Hot-spare mode: replacements for failed replicas only on these disks (default: anywhere in the pool). */
+  spareDisks?: string[];
 }
 
 export interface StatusData {
@@ -100,6 +102,7 @@ export class ManagerCore {
         throttleMibps: opts.resyncMibps ?? DEFAULT_RESYNC_OPTIONS.throttleMibps,
         progressTimeoutMs: opts.resyncProgressTimeoutMs ?? DEFAULT_RESYNC_OPTIONS.progressTimeoutMs,
         limits,
+        spareDisks: opts.spareDisks,
       });
       resyncs.load(snap);
       const attachments = new Attachments(volumes, registry, peers);

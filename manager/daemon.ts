@@ -24,6 +24,12 @@ export interface ManagerOptions {
   resyncMibps?: number;         // bandwidth cap per resync handed to executors, 0 = unthrottled
   resyncProgressTimeoutMs?: number; // a running resync without progress this long is dispatched again
   resyncLimits?: Partial<SchedulerLimits>; // per-disk resyncs (1), global cap (64), sources per resync (2)
+  /**
+   * Hot-spare mode (benchmarks, RAID-1-style comparisons): replacements for
+   * failed replicas go only to these disks; new volumes are placed as usual.
+   * Undefined/empty (the default): spares come from the whole pool.
+   */
+  spareDisks?: string[];
 }
 
 export interface ManagerHandle { address: string; close(): Promise<void>; }
@@ -40,6 +46,7 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   const core = await ManagerCore.open({
     dataDir: opts.dataDir, chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, now: deps.now,
     resyncMibps: opts.resyncMibps, resyncProgressTimeoutMs: opts.resyncProgressTimeoutMs, resyncLimits: opts.resyncLimits,
+    spareDisks: opts.spareDisks,
   }, peers);
 
   const server = new grpc.Server({ 'grpc.max_send_message_length': 64 * 1024 * 1024 });

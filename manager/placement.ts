@@ -343,12 +343,14 @@ export class PlacementModel {
    * disk with much free space (a new one) must not receive every spare of a
    * failure; free space still decides among equally loaded disks. One heap
    * serves the whole batch (a server failure asks for thousands). Undefined
-   * where no disk fits; the other requests are still served.
+   * where no disk fits; the other requests are still served. `onlyDisks`
+   * (hot-spare mode) limits the candidates to those disks, same rules.
    */
-  placeSpares(reqs: readonly SpareRequest[], resyncLoad: Map<string, number> = new Map()): Array<SparePick | undefined> {
+  placeSpares(reqs: readonly SpareRequest[], resyncLoad: Map<string, number> = new Map(),
+    onlyDisks?: ReadonlySet<string>): Array<SparePick | undefined> {
     const loadOf = (d: ModelDisk) => resyncLoad.get(d.id) ?? 0;
     const heap = new Heap(
-      [...this.disks.values()].filter((d) => d.used < d.chunkCount && this.isEligible(d)),
+      [...this.disks.values()].filter((d) => d.used < d.chunkCount && this.isEligible(d) && (onlyDisks === undefined || onlyDisks.has(d.id))),
       (a, b) => (loadOf(a) !== loadOf(b) ? loadOf(a) < loadOf(b) : placeBefore(a, b)),
     );
     const labelOf = (serverId: string, label: string): string => this.servers.get(serverId)?.labels[label] ?? '';

@@ -55,6 +55,8 @@ export interface ResyncOptions {
   /** A running resync without progress for this long is dispatched again. */
   progressTimeoutMs: number;
   limits: SchedulerLimits;
+  /** Hot-spare mode: replacements for failed replicas only on these disks (manager/spares.ts). */
+  spareDisks?: readonly string[];
 }
 
 export const DEFAULT_RESYNC_OPTIONS: ResyncOptions = { throttleMibps: 0, progressTimeoutMs: 15_000, limits: DEFAULT_SCHEDULER_LIMITS };
@@ -108,7 +110,7 @@ export class Resyncs {
     private readonly pusher: MapPusher,
     private readonly opts: ResyncOptions = DEFAULT_RESYNC_OPTIONS,
   ) {
-    this.planner = new SparePlanner(store, model, registry, volumes, peers, freer, this.book, pusher);
+    this.planner = new SparePlanner(store, model, registry, volumes, peers, freer, this.book, pusher, opts.spareDisks);
     this.planner.track = (work) => this.track(work);
   }
 

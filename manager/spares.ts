@@ -24,6 +24,13 @@ import type { VolumeEntry, Volumes } from './volumes.js';
 //    retries), so nothing committed references it any more.
 // Then the holder head gets the new map (its writes must reach the spare
 // before the copy starts; manager/resyncs.ts waits for that).
+//
+// Hot-spare mode (`vsky manager --spare-disk ID`, for benchmarks and
+// RAID-1-style comparisons): spares are taken only from the listed disks,
+// under the same rules (never a server holding another replica of the
+// segment). With one spare disk and one resync per disk, the rebuild is one
+// copy at a time onto that disk: what a RAID-1 hot spare does, and what the
+// default (spares anywhere, many copies at once) is measured against.
 
 const log = moduleLogger('manager.spares');
 
@@ -54,7 +61,16 @@ export class SparePlanner {
     private readonly freer: ChunkFreer,
     private readonly book: ResyncBook,
     private readonly pusher: MapPusher,
-  ) {}
+    spareDisks?: readonly string[],
+  ) {
+    if (spareDisks !== undefined && spareDisks.length > 0) {
+      this.onlyDisks = new Set(spareDisks);
+      log.warn({ spareDisks }, 'hot-spare mode: failed replicas are rebuilt only onto the listed spare disks (--spare-disk)');
+    }
+  }
+
+  /** Hot-spare mode: the only disks spares may be taken from (undefined: the whole pool). */
+  readonly onlyDisks: ReadonlySet<string> | undefined;
 
   /** Something changed (a server came back, a disk was added): retry every replica now. */
   retryNow(): void {
@@ -66,15 +82,17 @@ export class SparePlanner {
     const items = this.collect();
     if (items.length === 0) return 0;
     const reqs: SpareRequest[] = items.map((it) => this.request(it));
-    const picks = this.model.placeSpares(reqs, this.resyncLoad(items));
+    const picks = this.model.placeSpares(reqs, this.resyncLoad(items), this.onlyDisks);
     const planned: Array<{ it: Item; to: ChunkLocation & { serverId: string; fit: string } }> = [];
     items.forEach((it, i) => {
       const pick = picks[i];
       const name = `${it.entry.volume.name} seg ${it.segment} slot ${it.slot}`;
       if (!pick) {
         this.backoff(it);
+        const where = this.onlyDisks ? `none of the spare disks (${[...this.onlyDisks].join(', ')}) is active with a free chunk on a server without a replica of the segment`
+          : 'no active disk with a free chunk on a server without a replica of the segment';
         log.warn({ volumeId: it.entry.volume.id, segment: it.segment, slot: it.slot, excluded: [...reqs[i]!.excludeServers] },
-          `no spare for ${name}: no active disk with a free chunk on a server without a replica of the segment; retried when servers or disks change`);
+          `no spare for ${name}: ${where}; retried when servers or disks change`);
         return;
       }
       planned.push({ it, to: pick });

@@ -44,11 +44,21 @@ export function chunkKey(segment: number, slot: number): number {
   return segment * 256 + slot;
 }
 
+export interface ChunkStoreOptions {
+  /** Data I/O bandwidth cap of every disk served, MiB/s (0 or undefined: none); see Disk.setThrottle. */
+  diskThrottleMibps?: number;
+}
+
 export class ChunkStore {
   private readonly log = moduleLogger('chunk-store');
   private readonly disks = new Map<string, Disk>();
   private readonly stateListeners = new Set<(disk: Disk) => void>();
   readonly volumes = new Map<number, VolumeEntry>();
+  private readonly diskThrottleMibps: number;
+
+  constructor(opts: ChunkStoreOptions = {}) {
+    this.diskThrottleMibps = opts.diskThrottleMibps ?? 0;
+  }
 
   /** Calls `fn` whenever a served disk's reported state changes (failed, fault injection); returns an unsubscribe. */
   onDiskStateChange(fn: (disk: Disk) => void): () => void {
@@ -59,7 +69,7 @@ export class ChunkStore {
   /** Opens (creating/formatting if new) and serves a disk; re-adding the same path is a no-op. */
   async openDisk(path: string, opts: OpenDiskOptions): Promise<Disk> {
     for (const d of this.disks.values()) if (d.path === path) return d;
-    const disk = await Disk.open(path, opts);
+    const disk = await Disk.open(path, { throttleMibps: this.diskThrottleMibps, ...opts });
     const twin = this.disks.get(disk.id);
     if (twin) {
       await disk.close();
@@ -70,7 +80,7 @@ export class ChunkStore {
       for (const fn of this.stateListeners) fn(d);
     };
     for (const chunk of disk.chunks) if (chunk.owned) this.index(chunk);
-    this.log.info({ disk: disk.id, path, chunks: disk.sb.chunkCount, used: disk.usedChunks() }, 'serving disk');
+    this.log.info({ disk: disk.id, path, chunks: disk.sb.chunkCount, used: disk.usedChunks(), throttleMibps: disk.throttleMibps || undefined }, 'serving disk');
     return disk;
   }
 

@@ -38,6 +38,11 @@ export interface StorageNodeOptions {
   heartbeatTimeoutMs?: number;
   /** Requests in flight per data connection before it stops being read (default MAX_INFLIGHT_PER_CONNECTION). */
   maxInflightPerConnection?: number;
+  /**
+   * Data I/O bandwidth cap of each disk in MiB/s, reads and writes together (default 0: none).
+   * For benchmarks: file-backed disks on one fast device stand in for spindles of this speed.
+   */
+  diskThrottleMibps?: number;
 }
 
 export interface StorageNodeHandle {
@@ -52,9 +57,14 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
   if (!Number.isInteger(opts.heartbeatIntervalMs) || opts.heartbeatIntervalMs <= 0) {
     throw new InvalidArgumentError(`storage node: invalid heartbeat interval ${opts.heartbeatIntervalMs}`);
   }
+  const throttle = opts.diskThrottleMibps ?? 0;
+  if (!Number.isFinite(throttle) || throttle < 0) {
+    throw new InvalidArgumentError(`storage node: invalid disk throttle ${throttle} MiB/s (0 turns it off)`);
+  }
   const log = moduleLogger('storage-node', { name: opts.name });
   const state = await NodeState.load(opts.dataDir);
-  const store = new ChunkStore();
+  const store = new ChunkStore({ diskThrottleMibps: throttle });
+  if (throttle > 0) log.warn({ diskThrottleMibps: throttle }, `every disk's data I/O is capped at ${throttle} MiB/s (--disk-throttle-mibps)`);
   const resyncs = new ResyncJobs(store);
   const ctx: NodeContext = {
     store, state, resyncs, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, dataAddress: '', controlAddress: '',

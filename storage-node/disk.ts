@@ -11,6 +11,7 @@ import {
   pickNewest, uuidToBytes, type Superblock,
 } from './disk-format.js';
 import { DiskFailedError, ioError } from './errors.js';
+import { TokenBucket } from './token-bucket.js';
 
 // One disk (a file created sparse, or a block device): formats or opens it,
 // holds its chunk table in memory, and does every I/O on it through the fs
@@ -26,6 +27,13 @@ import { DiskFailedError, ioError } from './errors.js';
 // chunks. A single error does not (a one-off media error on one sector should
 // fail that request, not a whole disk). Fault injection (setFaulty) is a
 // separate, reversible switch for chaos tests.
+//
+// Bandwidth throttle (setThrottle, `vsky storage-node --disk-throttle-mibps`):
+// every data read and write (chunk data, resync copies, zero-fills, scrubs)
+// first takes its bytes from one token bucket per disk, reads and writes
+// alike, so a file on a fast SSD can stand in for a spindle of N MiB/s in
+// benchmarks. Chunk-record (metadata) writes and fdatasync are not counted.
+// Off (the default), the only cost is one branch per I/O.
 
 /** OS I/O errors on one disk before it is declared failed. */
 export const DISK_FAIL_THRESHOLD = 3;
@@ -35,7 +43,12 @@ export interface OpenDiskOptions {
   size?: number;
   /** Chunk size used when the disk must be formatted. */
   chunkSize: number;
+  /** Data I/O bandwidth cap in MiB/s, reads and writes together (0 or undefined: none). */
+  throttleMibps?: number;
 }
+
+/** Burst a throttled disk allows after a pause: this fraction of a second of its rate (at least 64 KiB). */
+const THROTTLE_BURST_S = 1 / 32;
 
 export type DiskState = 'active' | 'closing' | 'closed';
 
@@ -59,6 +72,9 @@ export class Disk implements ChunkDisk {
   private ioDrainWaiters: (() => void)[] = [];
   private syncRunning = false;
   private syncQueued: Done[] = [];
+  /** Token bucket of data I/O when throttled (setThrottle), else undefined. */
+  private bucket: TokenBucket | undefined;
+  private throttle = 0;
 
   private constructor(path: string, fd: number, sb: Superblock) {
     this.path = path;
@@ -92,6 +108,7 @@ export class Disk implements ChunkDisk {
       }
       const disk = new Disk(path, fd, sb);
       await disk.loadTable();
+      disk.setThrottle(opts.throttleMibps ?? 0);
       return disk;
     } catch (err) {
       fs.close(fd, () => {});
@@ -134,6 +151,23 @@ export class Disk implements ChunkDisk {
     this.onStateChange?.(this);
   }
 
+  /** Data I/O bandwidth cap in MiB/s (0: none). */
+  get throttleMibps(): number {
+    return this.throttle;
+  }
+
+  /** Caps data reads and writes together at `mibps` MiB/s (0 or less: no cap). I/O already waiting keeps its turn. */
+  setThrottle(mibps: number): void {
+    if (!Number.isFinite(mibps) || mibps <= 0) {
+      this.throttle = 0;
+      this.bucket = undefined;
+      return;
+    }
+    const bytesPerSecond = mibps * 1024 * 1024;
+    this.throttle = mibps;
+    this.bucket = new TokenBucket(bytesPerSecond, Math.max(64 * 1024, Math.round(bytesPerSecond * THROTTLE_BURST_S)));
+  }
+
   usedChunks(): number {
     let n = 0;
     for (const c of this.chunks) if (c.owned) n++;
@@ -144,7 +178,19 @@ export class Disk implements ChunkDisk {
     const failure = this.refuse();
     if (failure) return process.nextTick(cb, failure);
     this.ioInflight++;
+    if (this.bucket !== undefined) return this.afterTokens(this.bucket, length, cb, () => this.readPart(buf, bufOffset, length, position, cb));
     this.readPart(buf, bufOffset, length, position, cb);
+  }
+
+  /** Throttled I/O: runs `go` once the bucket has `length` bytes for it (already counted in flight). */
+  private afterTokens(bucket: TokenBucket, length: number, cb: Done, go: () => void): void {
+    void bucket.take(length).then(() => {
+      // The disk may have failed or been fault-injected while this waited.
+      const failure = this.refuse();
+      if (failure === undefined) return go();
+      this.ioDone();
+      cb(failure);
+    });
   }
 
   private readPart(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void {
@@ -157,11 +203,21 @@ export class Disk implements ChunkDisk {
     });
   }
 
+  /** Writes chunk data (throttled when a throttle is set). */
   write(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void {
     const failure = this.refuse();
     if (failure) return process.nextTick(cb, failure);
     this.ioInflight++;
+    if (this.bucket !== undefined) return this.afterTokens(this.bucket, length, cb, () => this.writePart(buf, bufOffset, length, position, cb));
     this.writePart(buf, bufOffset, length, position, cb);
+  }
+
+  /** Writes metadata (chunk records): never throttled. */
+  private writeMeta(buf: Buffer, length: number, position: number, cb: Done): void {
+    const failure = this.refuse();
+    if (failure) return process.nextTick(cb, failure);
+    this.ioInflight++;
+    this.writePart(buf, 0, length, position, cb);
   }
 
   private writePart(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void {
@@ -216,7 +272,7 @@ export class Disk implements ChunkDisk {
       return;
     }
     chunk.persisting = true;
-    this.write(buf, 0, recordSize, tableOffset + (chunk.index * 2 + slot) * recordSize, (err) => {
+    this.writeMeta(buf, recordSize, tableOffset + (chunk.index * 2 + slot) * recordSize, (err) => {
       // On failure the slot may be torn: newestSlot stays, so the next attempt rewrites the same slot.
       if (err === null) {
         chunk.seq = seq;

@@ -1,4 +1,5 @@
-// A token bucket in bytes, for throttling resync copies (ResyncTask.throttle_mibps).
+// A token bucket in bytes, for throttling resync copies (ResyncTask.throttle_mibps)
+// and the data I/O of a disk (Disk.setThrottle, --disk-throttle-mibps).
 // take(n) spends n tokens at once and, when that leaves the bucket in debt,
 // waits until the refill has paid the debt back: concurrent takers queue
 // naturally (each sees the debt of those before it), and a request larger

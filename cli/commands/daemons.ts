@@ -1,4 +1,4 @@
-import type { Command } from 'commander';
+import { InvalidArgumentError as CommanderInvalid, type Command } from 'commander';
 import { initDaemonLogger, type Logger } from '../../shared/logger.js';
 import {
   DEFAULT_CHUNK_SIZE, DEFAULT_HEAD_GRPC_PORT, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS,
@@ -47,6 +47,13 @@ async function runDaemon(name: string, level: string | undefined, start: (log: L
   process.on('SIGTERM', () => stop('SIGTERM'));
 }
 
+/** Repeatable --spare-disk: a disk id (see `vsky disk list`), no blanks or commas. */
+function spareDiskArg(value: string, previous: string[] = []): string[] {
+  const id = value.trim();
+  if (!/^[A-Za-z0-9_.:-]+$/.test(id)) throw new CommanderInvalid(`"${value}" is not a disk id (see \`vsky disk list\`)`);
+  return previous.includes(id) ? previous : [...previous, id];
+}
+
 function parseDisk(spec: string): { path: string; size?: number } {
   const i = spec.lastIndexOf(':');
   if (i > 0 && /^\d/.test(spec.slice(i + 1))) return { path: spec.slice(0, i), size: parseSize(spec.slice(i + 1)) };
@@ -65,6 +72,10 @@ export function registerDaemonCommands(program: Command): void {
     .option('--resync-per-disk <n>', 'resyncs a physical disk takes part in at once, as source or target', positiveIntArg, 1)
     .option('--resync-max <n>', 'resyncs running at once in the whole cluster', positiveIntArg, 64)
     .option('--advertise <host:port>', 'address resync executors report to (default: the listen address)', hostPortArg)
+    .option('--spare-disk <disk-id>', 'hot-spare mode (benchmarking/compat, as a RAID-1 hot spare): replacements for '
+      + 'failed replicas go only to these disks, never to a server holding another replica of the segment '
+      + '(repeatable; new volumes are placed as usual). Default: spares anywhere in the pool, rebuilt by many disks at once',
+    spareDiskArg)
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startManager } = await import('../../manager/daemon.js');
@@ -72,6 +83,7 @@ export function registerDaemonCommands(program: Command): void {
         dataDir: o.dataDir, listen: o.listen, chunkSize: o.chunkSize,
         heartbeatTimeoutMs: o.heartbeatTimeout, gcIntervalMs: o.gcInterval, advertiseAddress: o.advertise,
         resyncMibps: o.resyncMibps, resyncLimits: { perDisk: o.resyncPerDisk, maxRunning: o.resyncMax },
+        spareDisks: o.spareDisk as string[] | undefined,
       }));
     });
 
@@ -87,13 +99,15 @@ export function registerDaemonCommands(program: Command): void {
     .option('--chunk-size <size>', 'chunk size used to format new disks', sizeArg, DEFAULT_CHUNK_SIZE)
     .option('--label <key=value>', 'failure-domain label, e.g. rack=r1 (repeatable)', labelArg, {})
     .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
+    .option('--disk-throttle-mibps <n>', 'cap each disk\'s data reads and writes together at n MiB/s, e.g. to make '
+      + 'file-backed disks stand in for spindles in benchmarks (0: none)', intArg, 0)
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startStorageNode } = await import('../../storage-node/daemon.js');
       await runDaemon('storage-node', o.logLevel, () => startStorageNode({
         dataDir: o.dataDir, name: o.name, host: o.host, dataPort: o.dataPort, grpcPort: o.grpcPort,
         managerAddress: o.manager, disks: (o.disk as string[]).map(parseDisk), chunkSize: o.chunkSize,
-        labels: o.label, heartbeatIntervalMs: o.heartbeatInterval,
+        labels: o.label, heartbeatIntervalMs: o.heartbeatInterval, diskThrottleMibps: o.diskThrottleMibps,
       }));
     });
 
@@ -106,6 +120,7 @@ export function registerDaemonCommands(program: Command): void {
     .option('--nbd-port <port>', 'NBD port (0: pick one)', intArg, DEFAULT_NBD_PORT)
     .option('--iscsi-port <port>', 'iSCSI portal port (0: pick one)', intArg, DEFAULT_ISCSI_PORT)
     .option('--no-iscsi', 'serve NBD only')
+    .option('--stale-report-timeout <ms>', 'how long a write waits for the manager to record a failed replica as stale before it fails', intArg, 10_000)
     .option('--manager <host:port>', 'manager to register with', hostPortArg)
     .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
     .option('--log-level <level>', 'pino log level')
@@ -113,7 +128,7 @@ export function registerDaemonCommands(program: Command): void {
       const { startHeadAgent } = await import('../../head-agent/daemon.js');
       await runDaemon('head-agent', o.logLevel, () => startHeadAgent({
         dataDir: o.dataDir, name: o.name, host: o.host, grpcPort: o.grpcPort, nbdPort: o.nbdPort,
-        iscsiPort: o.iscsi === false ? undefined : o.iscsiPort,
+        iscsiPort: o.iscsi === false ? undefined : o.iscsiPort, staleReportTimeoutMs: o.staleReportTimeout,
         managerAddress: o.manager, heartbeatIntervalMs: o.heartbeatInterval,
       }));
     });
