@@ -1,6 +1,7 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DaemonProcess } from '../../deploy/daemon-process.js';
 import { LOCAL_CLUSTER_DEFAULTS, LocalCluster, nodeHost, type LocalClusterOptions } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
 import { freePort } from './ports.js';
@@ -37,4 +38,17 @@ export async function destroyTestCluster(cluster: LocalCluster | undefined): Pro
   if (!cluster) return;
   await cluster.stop();
   if (process.env.VSKY_KEEP_TEST_DIRS !== '1') rmSync(cluster.opts.dir, { recursive: true, force: true });
+}
+
+/** A second head agent ("another hypervisor") registered with the cluster's manager; NBD only. */
+export async function startExtraHead(c: LocalCluster, name: string): Promise<DaemonProcess> {
+  const dir = join(c.opts.dir, name);
+  mkdirSync(dir, { recursive: true });
+  const head = new DaemonProcess(name, [
+    'head-agent', '--data-dir', dir, '--name', name, '--host', '127.0.0.1',
+    '--grpc-port', String(await freePort()), '--nbd-port', String(await freePort()), '--no-iscsi',
+    '--heartbeat-interval', '300', '--manager', c.managerAddress,
+  ], join(c.opts.dir, 'logs', `${name}.log`));
+  await head.start();
+  return head;
 }

@@ -1,11 +1,8 @@
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DaemonProcess } from '../../deploy/daemon-process.js';
+import type { DaemonProcess } from '../../deploy/daemon-process.js';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
-import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
-import { freePort } from '../harness/ports.js';
+import { destroyTestCluster, startExtraHead, startTestCluster } from '../harness/cluster.js';
 import { VerifyingWriter } from '../harness/verifier.js';
 import { vsky } from '../harness/vsky.js';
 
@@ -20,14 +17,7 @@ describe('chaos: kill -9 the head agent and re-attach the volume elsewhere', () 
   let head2: DaemonProcess;
   beforeAll(async () => {
     c = await startTestCluster();
-    const dir = join(c.opts.dir, 'head2');
-    mkdirSync(dir, { recursive: true });
-    head2 = new DaemonProcess('head2', [
-      'head-agent', '--data-dir', dir, '--name', 'head2', '--host', '127.0.0.1',
-      '--grpc-port', String(await freePort()), '--nbd-port', String(await freePort()), '--no-iscsi',
-      '--heartbeat-interval', '300', '--manager', c.managerAddress,
-    ], join(c.opts.dir, 'logs', 'head2.log'));
-    await head2.start();
+    head2 = await startExtraHead(c, 'head2');
   });
   afterAll(async () => {
     await head2?.stop();
