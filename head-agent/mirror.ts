@@ -1,5 +1,5 @@
 import { ConflictError, InvalidArgumentError, IoError, StaleEpochError, TransportError, errorMessage } from '../shared/errors.js';
-import type { RequestCallback, RequestTarget } from './data-request.js';
+import type { RequestCallback, RequestTarget } from '../shared/data-protocol/data-request.js';
 import {
   mutationFailureError, rejectOnReplicaFailure, type ReplicaFailure, type ReplicaFailureHandler,
 } from './failure-handler.js';

@@ -1,5 +1,5 @@
 import { IoError } from '../shared/errors.js';
-import { NodeConnection, type NodeConnectionOptions } from './node-connection.js';
+import { NodeConnection, type NodeConnectionOptions } from '../shared/data-protocol/node-connection.js';
 
 // One data-protocol connection per storage node address, shared by every
 // attached volume (a node holding chunks of ten volumes still sees one

@@ -1,7 +1,8 @@
-import { InvalidArgumentError, IoError, StaleEpochError, type VskyError } from '../shared/errors.js';
-import { Flag, Opcode, Status, opcodeName, statusName } from '../shared/data-protocol/frame.js';
-import type { RequestCallback, RequestTarget } from './data-request.js';
-import type { NodeConnection } from './node-connection.js';
+import type { VskyError } from '../shared/errors.js';
+import { errorForStatus } from '../shared/data-protocol/chunk-target.js';
+import { Flag, Opcode } from '../shared/data-protocol/frame.js';
+import type { RequestCallback, RequestTarget } from '../shared/data-protocol/data-request.js';
+import type { NodeConnection } from '../shared/data-protocol/node-connection.js';
 
 // One replica of one segment: a chunk on a storage node, addressed on the wire
 // by (volume id, segment index, replica slot). It speaks through the node's
@@ -131,21 +132,8 @@ export class Replica implements RequestTarget {
   }
 
   replyError(opcode: number, status: number, message: string): VskyError {
-    const context = {
-      volume: this.volumeName, segment: this.segment, slot: this.slot, node: this.conn.address,
-      op: opcodeName(opcode), status: statusName(status),
-    };
-    const what = `${opcodeName(opcode)} on ${this.describe()} failed with ${statusName(status)}${message ? `: ${message}` : ''}`;
-    switch (status) {
-      case Status.STALE_EPOCH:
-        return new StaleEpochError(`${what} (a newer lease holder has fenced this head off)`, context);
-      case Status.OUT_OF_RANGE:
-      case Status.BAD_REQUEST:
-      case Status.TOO_LARGE:
-        return new InvalidArgumentError(what, context);
-      default:
-        return new IoError(what, context);
-    }
+    return errorForStatus(opcode, status, message, this.describe(),
+      { volume: this.volumeName, segment: this.segment, slot: this.slot, node: this.conn.address });
   }
 
   // Hot path: callback forms. The caller calls noteWritten() when a mutating

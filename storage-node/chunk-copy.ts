@@ -2,9 +2,8 @@ import { IoError, VskyError, errorMessage } from '../shared/errors.js';
 import { moduleLogger, type Logger } from '../shared/logger.js';
 import type { ReplicaLocation__Output } from '../proto/generated/vsky/common/ReplicaLocation.js';
 import type { ResyncProgress } from '../proto/generated/vsky/manager/ResyncProgress.js';
-// Layering debt (known): the data-protocol client lives in head-agent/ until it moves to shared/.
-import { NodeConnection } from '../head-agent/node-connection.js';
-import { Replica } from '../head-agent/replica.js';
+import { ChunkTarget } from '../shared/data-protocol/chunk-target.js';
+import { NodeConnection } from '../shared/data-protocol/node-connection.js';
 import type { Chunk } from './chunk.js';
 import { writeChunk, zeroChunk } from './chunk-io.js';
 import type { ChunkStore } from './chunk-store.js';
@@ -77,7 +76,7 @@ export class ChunkCopy {
   private readonly abort = new AbortController();
   private readonly reporter: ProgressReporter;
   private readonly bucket: TokenBucket;
-  private readonly sources: Replica[];
+  private readonly sources: ChunkTarget[];
   private readonly connections: NodeConnection[] = [];
   private readonly regions: number;
   private runs: Run[] = [];
@@ -110,10 +109,7 @@ export class ChunkCopy {
         byAddress.set(src.dataAddress, conn);
         this.connections.push(conn);
       }
-      return new Replica(conn, {
-        volumeId: task.volumeId, volumeName: task.volumeName, segment: task.segment, slot: src.slot,
-        state: 'in_sync', serverId: src.serverId, diskId: src.diskId,
-      });
+      return new ChunkTarget(conn, task.volumeId, task.segment, src.slot);
     });
   }
 

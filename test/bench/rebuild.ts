@@ -8,7 +8,7 @@ import { GiB, MiB } from '../../shared/constants.js';
 import { call, type ManagerClient } from '../../shared/grpc.js';
 import { freePort } from '../harness/ports.js';
 // Layering debt (known, as in storage-node/chunk-copy.ts): the data-protocol client lives in head-agent/.
-import { NodeConnection } from '../../head-agent/node-connection.js';
+import { NodeConnection } from '../../shared/data-protocol/node-connection.js';
 import { Replica } from '../../head-agent/replica.js';
 import { vskyJson } from '../harness/vsky.js';
 import { fillDevice } from './fio.js';

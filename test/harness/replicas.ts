@@ -1,4 +1,4 @@
-import { NodeConnection } from '../../head-agent/node-connection.js';
+import { NodeConnection } from '../../shared/data-protocol/node-connection.js';
 import { Replica } from '../../head-agent/replica.js';
 import { call } from '../../shared/grpc.js';
 import type { LocalCluster } from '../../deploy/local-cluster.js';

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DaemonProcess } from '../../deploy/daemon-process.js';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
-import { NodeConnection } from '../../head-agent/node-connection.js';
+import { NodeConnection } from '../../shared/data-protocol/node-connection.js';
 import { Replica } from '../../head-agent/replica.js';
 import { StaleEpochError } from '../../shared/errors.js';
 import { call } from '../../shared/grpc.js';

@@ -1,6 +1,6 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { NodeConnection, type RequestTarget } from '../../head-agent/node-connection.js';
+import { NodeConnection, type RequestTarget } from '../../shared/data-protocol/node-connection.js';
 import { Replica } from '../../head-agent/replica.js';
 import { NodePool } from '../../head-agent/node-pool.js';
 import { VolumeRegistry } from '../../head-agent/volume-registry.js';

@@ -1,4 +1,4 @@
-import { REQUEST_HEADER_SIZE, type RequestHeader } from '../shared/data-protocol/frame.js';
+import { REQUEST_HEADER_SIZE, type RequestHeader } from './frame.js';
 
 // The request objects of the data-protocol client: what a caller addresses
 // (a RequestTarget, in practice a Replica), how it learns the outcome (a

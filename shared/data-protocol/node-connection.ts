@@ -1,10 +1,10 @@
 import * as net from 'node:net';
-import { DATA_REQUEST_TIMEOUT_MS, MAX_INFLIGHT_PER_CONNECTION } from '../shared/constants.js';
-import { ProtocolError, TransportError, VskyError, errorMessage } from '../shared/errors.js';
-import { encodeRequestHeader } from '../shared/data-protocol/codec.js';
-import { Opcode, Status, opcodeName, type ReplyHeader } from '../shared/data-protocol/frame.js';
-import { parseHostPort } from '../shared/units.js';
-import { isTraced, moduleLogger, type Logger } from '../shared/logger.js';
+import { DATA_REQUEST_TIMEOUT_MS, MAX_INFLIGHT_PER_CONNECTION } from '../constants.js';
+import { ProtocolError, TransportError, VskyError, errorMessage } from '../errors.js';
+import { encodeRequestHeader } from './codec.js';
+import { Opcode, Status, opcodeName, type ReplyHeader } from './frame.js';
+import { parseHostPort } from '../units.js';
+import { isTraced, moduleLogger, type Logger } from '../logger.js';
 import {
   PendingPool, PromiseCallback, RequestQueue, callDone, type PendingRequest, type RequestCallback, type RequestTarget,
 } from './data-request.js';

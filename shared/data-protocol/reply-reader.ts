@@ -1,6 +1,6 @@
-import { FrameDecoder, type PayloadAllocator } from '../shared/frame-decoder.js';
-import { replyFrameSpec } from '../shared/data-protocol/codec.js';
-import { REPLY_HEADER_SIZE, type ReplyHeader } from '../shared/data-protocol/frame.js';
+import { FrameDecoder, type PayloadAllocator } from '../frame-decoder.js';
+import { replyFrameSpec } from './codec.js';
+import { REPLY_HEADER_SIZE, type ReplyHeader } from './frame.js';
 
 // The receive side of a data connection. Socket reads land in ONE reused
 // receive buffer (net's `onread`: no allocation per read), and are decoded
