@@ -33,29 +33,95 @@ export function replicaLocation(map: ChunkMapRecord, r: number): ChunkLocation {
 
 /** Points a replica at another chunk (adding the disk to the map's table if new). */
 export function setReplicaLocation(map: ChunkMapRecord, r: number, loc: ChunkLocation): void {
-  let ref = map.disks.indexOf(loc.diskId);
+  map.locs[2 * r] = diskRef(map, loc.diskId);
+  map.locs[2 * r + 1] = loc.chunkIndex;
+}
+
+function diskRef(map: ChunkMapRecord, diskId: string): number {
+  let ref = map.disks.indexOf(diskId);
   if (ref < 0) {
     ref = map.disks.length;
-    map.disks.push(loc.diskId);
+    map.disks.push(diskId);
   }
-  map.locs[2 * r] = ref;
-  map.locs[2 * r + 1] = loc.chunkIndex;
+  return ref;
+}
+
+/** The slot number the node holding replica r addresses its chunk by (types.ts `ids`). */
+export function identitySlot(map: ChunkMapRecord, r: number): number {
+  const ids = map.ids;
+  if (ids) for (let i = 0; i < ids.length; i += 2) if (ids[i] === r) return ids[i + 1]!;
+  return r % map.replicas;
+}
+
+export function setIdentitySlot(map: ChunkMapRecord, r: number, idSlot: number): void {
+  const rest: number[] = [];
+  const ids = map.ids ?? [];
+  for (let i = 0; i < ids.length; i += 2) if (ids[i] !== r) rest.push(ids[i]!, ids[i + 1]!);
+  if (idSlot !== r % map.replicas) rest.push(r, idSlot);
+  if (rest.length > 0) map.ids = rest;
+  else delete map.ids;
+}
+
+export interface MoveTarget extends ChunkLocation {
+  idSlot: number;
+}
+
+/** The chunk replica r is being drained to, if any (types.ts `moves`). */
+export function moveOf(map: ChunkMapRecord, r: number): MoveTarget | undefined {
+  const q = map.moves;
+  if (q) for (let i = 0; i < q.length; i += 4) if (q[i] === r) return { diskId: map.disks[q[i + 1]!]!, chunkIndex: q[i + 2]!, idSlot: q[i + 3]! };
+  return undefined;
+}
+
+export function setMove(map: ChunkMapRecord, r: number, to: MoveTarget): void {
+  clearMove(map, r);
+  (map.moves ??= []).push(r, diskRef(map, to.diskId), to.chunkIndex, to.idSlot);
+}
+
+export function clearMove(map: ChunkMapRecord, r: number): void {
+  const rest: number[] = [];
+  const q = map.moves ?? [];
+  for (let i = 0; i < q.length; i += 4) if (q[i] !== r) rest.push(q[i]!, q[i + 1]!, q[i + 2]!, q[i + 3]!);
+  if (rest.length > 0) map.moves = rest;
+  else delete map.moves;
 }
 
 export interface SegmentReplica extends ChunkLocation {
   slot: number;
   r: number;
+  idSlot: number;
   state: ReplicaState;
+  /** A drain target of replica r (state resyncing), listed after the replicas. */
+  move: boolean;
 }
 
-/** Every replica of one segment. */
+/** Every replica of one segment, then its drain targets. */
 export function segmentReplicas(map: ChunkMapRecord, segment: number): SegmentReplica[] {
   const out: SegmentReplica[] = [];
   for (let slot = 0; slot < map.replicas; slot++) {
     const r = positionOf(map, segment, slot);
-    out.push({ slot, r, state: replicaState(map, r), ...replicaLocation(map, r) });
+    out.push({ slot, r, idSlot: identitySlot(map, r), state: replicaState(map, r), move: false, ...replicaLocation(map, r) });
+  }
+  if (map.moves) {
+    for (let slot = 0; slot < map.replicas; slot++) {
+      const r = positionOf(map, segment, slot);
+      const m = moveOf(map, r);
+      if (m) out.push({ slot, r, state: 'resyncing', move: true, ...m });
+    }
   }
   return out;
+}
+
+/**
+ * The lowest slot number no chunk of the segment is addressed by: neither a
+ * replica nor a drain target, nor a replaced chunk still waiting to be freed
+ * (`taken`). A slot is one byte on the wire.
+ */
+export function freeIdentitySlot(map: ChunkMapRecord, segment: number, taken: Iterable<number> = []): number | undefined {
+  const used = new Set<number>(taken);
+  for (const x of segmentReplicas(map, segment)) used.add(x.idSlot);
+  for (let id = 0; id <= 255; id++) if (!used.has(id)) return id;
+  return undefined;
 }
 
 /** Positions of replicas that are not in sync (stale or resyncing), ascending. */

@@ -97,7 +97,7 @@ export class ManagerCore {
         throw new InvalidArgumentError(`invalid resync limits ${JSON.stringify(limits)}: each must be at least 1`);
       }
       const pusher = new MapPusher(volumes, registry, peers);
-      const failures = new Failures(store, registry, volumes, pusher);
+      const failures = new Failures(store, registry, volumes, pusher, freer);
       const resyncs = new Resyncs(store, model, registry, volumes, peers, freer, pusher, {
         throttleMibps: opts.resyncMibps ?? DEFAULT_RESYNC_OPTIONS.throttleMibps,
         progressTimeoutMs: opts.resyncProgressTimeoutMs ?? DEFAULT_RESYNC_OPTIONS.progressTimeoutMs,
@@ -111,6 +111,7 @@ export class ManagerCore {
         disksLost: (ids, reason, batch) => failures.disksLost(ids, reason, batch),
         changed: (reason) => {
           resyncs.planner.retryNow();
+          resyncs.drains.retryNow();
           resyncs.wake(reason);
         },
       };

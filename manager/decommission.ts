@@ -1,15 +1,21 @@
-import { ConflictError, InvalidArgumentError, NotFoundError, errorMessage } from '../shared/errors.js';
+import { InvalidArgumentError, NotFoundError, errorMessage } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { PeerClients } from './node-clients.js';
 import type { Registry } from './registry.js';
 import type { ManagerStore } from './store.js';
+import type { DiskRecord, ServerRecord } from './types.js';
 import type { Volumes } from './volumes.js';
 
-// Taking disks and servers out of the cluster. Refused while chunks live on
-// them (naming the volumes and the fix) unless forced; a forced removal marks
-// the replicas there stale in the same batch (the registry's disksLost hook,
-// manager/failures.ts), so they are never read again even if the disk comes
-// back, and resync rebuilds them elsewhere.
+// Taking disks and servers out of the cluster.
+//  - Nothing lives there: removed at once.
+//  - Otherwise, by default, drained: the disks take no new chunks and every
+//    replica on them is copied elsewhere with full redundancy throughout
+//    (manager/drains.ts), then they are removed. The call returns once the
+//    drain is recorded; ListDisks/ListServers show it going on.
+//  - With force: removed at once; the replicas there are marked stale in the
+//    same batch (the registry's disksLost hook, manager/failures.ts), so they
+//    are never read again even if the disk comes back, and resync rebuilds
+//    them elsewhere (with one copy fewer meanwhile).
 
 const log = moduleLogger('manager.decommission');
 
@@ -21,51 +27,52 @@ export class Decommission {
     private readonly peers: PeerClients,
   ) {}
 
-  async removeDisk(diskId: string, force: boolean): Promise<void> {
+  async removeDisk(diskId: string, force: boolean): Promise<DiskRecord> {
     if (!diskId) throw new InvalidArgumentError('no disk id given: see vsky disk list');
     const d = this.registry.disk(diskId);
     if (!d) throw new NotFoundError(`no disk "${diskId}": see vsky disk list`, { diskId });
-    if (d.state === 'removed') return;
+    if (d.state === 'removed') return d;
     const server = this.registry.server(d.serverId);
-    const lost = this.refuseIfUsed(`disk ${d.id} (${d.path} on ${server?.name ?? d.serverId})`, [d.id], force);
+    const what = `disk ${d.id} (${d.path} on ${server?.name ?? d.serverId})`;
+    const used = this.volumes.usersOfDisks([d.id]);
     const batch = this.store.batch();
-    this.registry.setDiskState(d, 'removed', force && lost > 0 ? `removed by an admin with --force (${lost} chunks in use)` : 'removed by an admin', batch);
+    if (used.chunks > 0 && !force) {
+      this.registry.setDraining(d, true, `removed by an admin: ${used.chunks} chunk(s) are moved elsewhere first`, batch);
+      await this.store.write(batch);
+      return d;
+    }
+    delete d.draining;
+    this.registry.setDiskState(d, 'removed', force && used.chunks > 0 ? `removed by an admin with --force (${used.chunks} chunks in use)` : 'removed by an admin', batch);
     await this.store.write(batch);
-    log.info({ diskId: d.id, serverId: d.serverId, force, replicasLost: lost }, 'disk removed');
+    log.info({ diskId: d.id, serverId: d.serverId, force, replicasLost: used.chunks }, 'disk removed');
     if (server?.state === 'active') {
       // The node stops serving it; best effort, the manager's decision stands.
       this.peers.node.removeDisk(server.controlAddress, { diskId: d.id, force }).catch((err: unknown) => {
         log.warn({ diskId: d.id, err: errorMessage(err) }, 'the node did not release the removed disk');
       });
     }
+    return d;
   }
 
-  async removeServer(ref: string, force: boolean): Promise<void> {
+  async removeServer(ref: string, force: boolean): Promise<ServerRecord> {
     const s = this.registry.resolveServer(ref);
-    if (s.state === 'removed') return;
+    if (s.state === 'removed') return s;
     const disks = this.registry.disksOf(s.id).filter((d) => d.state !== 'removed');
-    const lost = this.refuseIfUsed(`server ${s.name}`, disks.map((d) => d.id), force);
+    const used = this.volumes.usersOfDisks(disks.map((d) => d.id));
     const batch = this.store.batch();
-    this.registry.setServerState(s, 'removed', force && lost > 0 ? `removed by an admin with --force (${lost} chunks in use)` : 'removed by an admin', batch);
-    await this.store.write(batch);
-    log.info({ serverId: s.id, name: s.name, force, replicasLost: lost }, 'server removed');
-  }
-
-  /** Throws unless nothing lives on the disks or `force`; returns the chunks in use. */
-  private refuseIfUsed(what: string, diskIds: string[], force: boolean): number {
-    const { volumes, otherChunks, chunks } = this.volumes.usersOfDisks(diskIds);
-    if (chunks === 0) return 0;
-    if (force) {
-      log.warn({ what, volumes, chunks }, 'forced removal: replicas there are lost until resync');
-      return chunks;
+    if (used.chunks > 0 && !force) {
+      s.draining = true;
+      batch.putServer(s);
+      for (const d of disks) this.registry.setDraining(d, true, `server ${s.name} removed by an admin: its chunks are moved elsewhere first`, batch);
+      await this.store.write(batch);
+      log.info({ serverId: s.id, name: s.name, disks: disks.length, chunks: used.chunks }, `server ${s.name} draining: ${used.chunks} chunk(s) are moved elsewhere, then it is removed`);
+      return s;
     }
-    const parts: string[] = [];
-    if (volumes.length > 0) parts.push(`replicas of volume${volumes.length > 1 ? 's' : ''} ${volumes.join(', ')}`);
-    if (otherChunks > 0) parts.push(`${otherChunks} chunks waiting to be freed (run vsky gc)`);
-    throw new ConflictError(
-      `${what} holds ${parts.join(' and ')}: delete those volumes first (vsky volume delete NAME), ` +
-      'or remove it with --force (those replicas are then lost until resync)',
-      { volumes, otherChunks, chunks },
-    );
+    delete s.draining;
+    for (const d of disks) delete d.draining;
+    this.registry.setServerState(s, 'removed', force && used.chunks > 0 ? `removed by an admin with --force (${used.chunks} chunks in use)` : 'removed by an admin', batch);
+    await this.store.write(batch);
+    log.info({ serverId: s.id, name: s.name, force, replicasLost: used.chunks }, 'server removed');
+    return s;
   }
 }

@@ -1,13 +1,14 @@
 import { ConflictError, InvalidArgumentError, StaleEpochError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { VolumeMap } from '../proto/generated/vsky/common/VolumeMap.js';
-import { positionOf, replicaState, segmentReplicas, setReplicaState } from './chunk-map.js';
+import { clearMove, segmentReplicas, setReplicaState, type SegmentReplica } from './chunk-map.js';
+import type { ChunkFreer } from './gc.js';
 import type { MapPusher } from './map-pusher.js';
 import type { Registry } from './registry.js';
 import type { ManagerStore, StoreBatch } from './store.js';
-import { forEachReplica, holderEpoch } from './types.js';
+import { forEachReplica, holderEpoch, type ToFreeRecord } from './types.js';
 import { volumeMapView } from './views.js';
-import type { Volumes } from './volumes.js';
+import type { VolumeEntry, Volumes } from './volumes.js';
 
 // Failures: replicas that can no longer be trusted become stale.
 //
@@ -19,7 +20,9 @@ import type { Volumes } from './volumes.js';
 //  - a head failed a write on a replica (ReportReplicaFailure): that replica
 //    is marked stale durably before the reply, because the head acknowledges
 //    the write only after it (rule 2: a replica that missed an acknowledged
-//    write is never read).
+//    write is never read). A drain target that failed a write is dropped from
+//    the map in the same way (it would have become a replica); the drain
+//    plans another.
 // Either way the resyncs are woken to plan a replacement (manager/spares.ts).
 
 const log = moduleLogger('manager.failures');
@@ -44,6 +47,7 @@ export class Failures {
     private readonly registry: Registry,
     private readonly volumes: Volumes,
     private readonly pusher: MapPusher,
+    private readonly freer: ChunkFreer,
   ) {}
 
   /** The registry's disksLost hook: marks every replica on the disks stale, in the caller's batch. */
@@ -52,13 +56,12 @@ export class Failures {
     for (const { volume, map } of this.volumes.entries()) {
       if (!map.disks.some((d) => diskIds.has(d))) continue;
       const marked: string[] = [];
-      let r = 0;
+      // Drain targets on the disks are dropped by the next drain pass (manager/drains.ts).
       forEachReplica(map, (ref) => {
-        if (diskIds.has(ref.diskId) && ref.state !== 'stale') {
-          setReplicaState(map, r, 'stale');
+        if (diskIds.has(ref.diskId) && ref.state !== 'stale' && !ref.move) {
+          setReplicaState(map, ref.r, 'stale');
           marked.push(`${ref.segment}/${ref.slot}${ref.state === 'resyncing' ? ' (was resyncing)' : ''}`);
         }
-        r++;
       });
       if (marked.length === 0) continue;
       batch.putChunkMap(map);
@@ -77,7 +80,8 @@ export class Failures {
    * with the volume's map once the stale mark is durable.
    */
   async reportReplicaFailure(req: ReplicaFailureInput): Promise<VolumeMap> {
-    const { volume, map } = this.volumes.entry(req.volume);
+    const entry = this.volumes.entry(req.volume);
+    const { volume, map } = entry;
     const holder = holderEpoch(volume);
     if (!req.headId || volume.attachedHead !== req.headId || holder === undefined || req.epoch !== holder) {
       const who = volume.attachedHead ? (this.registry.head(volume.attachedHead)?.name ?? volume.attachedHead) : 'no head';
@@ -89,34 +93,53 @@ export class Failures {
     if (!Number.isInteger(req.segment) || req.segment < 0 || req.segment >= volume.segmentCount) {
       throw new InvalidArgumentError(`volume ${volume.name} has segments 0..${volume.segmentCount - 1}, not ${req.segment}`);
     }
-    if (!Number.isInteger(req.slot) || req.slot < 0 || req.slot >= volume.replicas) {
-      throw new InvalidArgumentError(`volume ${volume.name} has replica slots 0..${volume.replicas - 1}, not ${req.slot}`);
+    const found = segmentReplicas(map, req.segment).find((x) => x.idSlot === req.slot);
+    if (!found) throw new InvalidArgumentError(`segment ${req.segment} of volume ${volume.name} has no replica with slot ${req.slot}`);
+    const head = this.registry.head(req.headId)?.name ?? req.headId;
+    const changed = found.move ? await this.dropMove(entry, found, head, req.reason) : await this.markStale(entry, found, head, req);
+    if (changed) {
+      this.pusher.changed(volume.id);
+      this.onStale?.('replica failure reported');
     }
-    const r = positionOf(map, req.segment, req.slot);
-    const state = replicaState(map, r);
+    return volumeMapView(volume, map, this.registry);
+  }
+
+  private async markStale(entry: VolumeEntry, x: SegmentReplica, head: string, req: ReplicaFailureInput): Promise<boolean> {
+    const { volume, map } = entry;
     const batch = this.store.batch();
-    if (state !== 'stale') {
-      const others = segmentReplicas(map, req.segment).filter((x) => x.slot !== req.slot && x.state === 'in_sync');
-      if (state === 'in_sync' && others.length === 0) {
+    if (x.state !== 'stale') {
+      const others = segmentReplicas(map, req.segment).filter((o) => !o.move && o.r !== x.r && o.state === 'in_sync');
+      if (x.state === 'in_sync' && others.length === 0) {
         // Nothing else holds the segment's data: marking this one stale would
         // leave nothing to read. The write reached no good copy and must fail.
         throw new ConflictError(`replica ${req.slot} of segment ${req.segment} of ${volume.name} is its last in-sync copy; ` +
           'it cannot be marked stale: fail the write instead', { volume: volume.name, segment: req.segment, slot: req.slot });
       }
-      setReplicaState(map, r, 'stale');
+      setReplicaState(map, x.r, 'stale');
       batch.putChunkMap(map);
-      const head = this.registry.head(req.headId)?.name ?? req.headId;
-      log.warn({ volumeId: volume.id, volume: volume.name, segment: req.segment, slot: req.slot, was: state, head, epoch: req.epoch },
-        `replica seg ${req.segment} slot ${req.slot} of ${volume.name} stale: reported by head ${head}: ${req.reason || 'no reason given'}`);
+      log.warn({ volumeId: volume.id, volume: volume.name, segment: req.segment, slot: x.slot, idSlot: x.idSlot, was: x.state, head, epoch: req.epoch },
+        `replica seg ${req.segment} slot ${x.slot} of ${volume.name} stale: reported by head ${head}: ${req.reason || 'no reason given'}`);
     }
     // Written even when empty: it also waits for earlier batches (a disk
     // failure may have marked this replica stale in memory a moment ago).
     await this.store.write(batch);
-    if (state !== 'stale') {
-      this.pusher.changed(volume.id);
-      this.onStale?.('replica failure reported');
-    }
-    return volumeMapView(volume, map, this.registry);
+    return x.state !== 'stale';
+  }
+
+  /** A drain target missed a write: out of the map (and onto the to-free list) before the head acknowledges it. */
+  private async dropMove(entry: VolumeEntry, x: SegmentReplica, head: string, reason: string): Promise<boolean> {
+    const { volume, map } = entry;
+    clearMove(map, x.r);
+    const segment = Math.floor(x.r / map.replicas);
+    const toFree: ToFreeRecord[] = [{ diskId: x.diskId, chunkIndex: x.chunkIndex, volumeId: volume.id, segment, idSlot: x.idSlot,
+      reason: `drain target of seg ${segment} slot ${x.slot} failed a write`, sinceMs: this.registry.now() }];
+    const batch = this.store.batch().putChunkMap(map);
+    this.freer.stage(batch, toFree);
+    await this.store.write(batch);
+    this.freer.track(toFree);
+    log.warn({ volumeId: volume.id, volume: volume.name, segment, slot: x.slot, target: `${x.diskId}#${x.chunkIndex}`, head },
+      `drain target of ${volume.name} seg ${segment} slot ${x.slot} dropped: reported by head ${head}: ${reason || 'no reason given'}; the drain picks another`);
+    return true;
   }
 
   /** No follow-up (map pushes, wake) is waiting to run. */

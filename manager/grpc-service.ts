@@ -21,19 +21,21 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     AddServer: unary(async (req) => serverView(await registry.addServer(req.controlAddress, req.labels), registry)),
     ListServers: unary(async () => ({ servers: registry.listServers().map((s) => serverView(s, registry)) })),
     RemoveServer: unary(async (req) => {
-      await decommission.removeServer(req.server, req.force);
-      return {};
+      const s = await decommission.removeServer(req.server, req.force);
+      resyncs.wake('server removal');
+      return serverView(s, registry);
     }),
 
     AddDisk: unary(async (req) => diskView(await registry.addDisk(req.server, req.path, req.size), registry, model)),
     ListDisks: unary(async (req) => {
       const serverId = req.server ? registry.resolveServer(req.server).id : '';
       const disks = registry.listDisks().filter((d) => !serverId || d.serverId === serverId);
-      return { disks: disks.map((d) => diskView(d, registry, model)) };
+      return { disks: disks.map((d) => diskView(d, registry, model, resyncs.drains.noteFor(d.id))) };
     }),
     RemoveDisk: unary(async (req) => {
-      await decommission.removeDisk(req.diskId, req.force);
-      return {};
+      const d = await decommission.removeDisk(req.diskId, req.force);
+      resyncs.wake('disk removal');
+      return diskView(d, registry, model, resyncs.drains.noteFor(d.id));
     }),
 
     RegisterHead: unary(async (req) => {

@@ -211,6 +211,7 @@ export class Registry {
       existing.adminFailed = false;
       this.setDiskState(existing, 'active', 're-added by an admin', batch);
     }
+    if (existing?.draining) this.setDraining(existing, false, 'AddDisk: the drain is cancelled', batch);
     this.applyDiskReport(s, [info], batch, false);
     const d = this.disks.get(info.diskId)!;
     batch.putDisk(d);
@@ -314,6 +315,22 @@ export class Registry {
     this.hooks?.changed(`server ${s.name} ${state}`);
   }
 
+  /** Starts or stops draining a disk (manager/drains.ts): a draining disk takes no new chunks. */
+  setDraining(d: DiskRecord, draining: boolean, reason: string, batch: StoreBatch): void {
+    if (Boolean(d.draining) === draining) return;
+    if (draining) d.draining = true;
+    else delete d.draining;
+    const s = this.server(d.serverId);
+    if (!draining && s?.draining) {
+      delete s.draining; // a disk of it stays: the server is no longer being removed
+      batch.putServer(s);
+    }
+    batch.putDisk(d);
+    this.syncDisk(d);
+    log.info({ diskId: d.id, serverId: d.serverId, path: d.path, draining, reason }, `disk ${d.id} ${draining ? 'draining' : 'no longer draining'}: ${reason}`);
+    this.hooks?.changed(`disk ${d.id} ${draining ? 'draining' : 'no longer draining'}`);
+  }
+
   setDiskState(d: DiskRecord, state: DiskState, reason: string, batch: StoreBatch): void {
     if (d.state === state) return;
     const line = { diskId: d.id, serverId: d.serverId, path: d.path, from: d.state, to: state, reason };
@@ -377,7 +394,7 @@ export class Registry {
   }
 
   private syncDisk(d: DiskRecord): void {
-    const eligible = d.state === 'active' && d.chunkSize === this.opts.chunkSize;
+    const eligible = d.state === 'active' && !d.draining && d.chunkSize === this.opts.chunkSize;
     if (!this.model.setDisk(d.id, d.serverId, d.chunkCount, eligible)) {
       log.warn({ diskId: d.id, chunkCount: d.chunkCount }, 'disk record shrank below chunks in use');
     }

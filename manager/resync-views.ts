@@ -33,7 +33,7 @@ export function resyncListView(resyncs: Resyncs, volumes: Volumes, registry: Reg
       resyncId: r.id, volume: entry.volume.name, segment: r.segment, slot: r.slot, state: r.state, executor,
       sourceDisks: r.sources.join(','), targetDisk: r.target.diskId, regionsDone: r.regionsDone, regionsTotal: r.regionsTotal,
       bytesCopied: r.bytesCopied, rateMibps: Math.round(rate * 10) / 10, startedMs: r.startedMs,
-      goodCopies: segmentReplicas(entry.map, r.segment).filter((x) => x.state === 'in_sync').length,
+      goodCopies: segmentReplicas(entry.map, r.segment).filter((x) => x.state === 'in_sync').length, kind: r.kind ?? 'rebuild',
     });
   }
   return { resyncs: rows, bytesTotal, bytesCopied };

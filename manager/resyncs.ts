@@ -3,7 +3,7 @@ import { moduleLogger } from '../shared/logger.js';
 import { formatSize } from '../shared/units.js';
 import type { ReplicaLocation } from '../proto/generated/vsky/common/ReplicaLocation.js';
 import type { ResyncTask } from '../proto/generated/vsky/common/ResyncTask.js';
-import { positionOf, replicaLocation, replicaState, segmentReplicas, setReplicaState } from './chunk-map.js';
+import { clearMove, identitySlot, moveOf, positionOf, replicaLocation, replicaState, segmentReplicas, setIdentitySlot, setReplicaLocation, setReplicaState } from './chunk-map.js';
 import type { ChunkFreer } from './gc.js';
 import type { MapPusher } from './map-pusher.js';
 import { mapLimit, type PeerClients } from './node-clients.js';
@@ -11,9 +11,10 @@ import type { PlacementModel } from './placement.js';
 import type { Registry } from './registry.js';
 import { ResyncBook } from './resync-book.js';
 import { DEFAULT_SCHEDULER_LIMITS, scheduleResyncs, type QueuedResync, type RunningResync, type SchedulerLimits } from './resync-scheduler.js';
+import { DrainPlanner } from './drains.js';
 import { SparePlanner } from './spares.js';
 import type { ManagerStore, StoreBatch, StoreSnapshot } from './store.js';
-import { holderEpoch, type ChunkLocation, type HeadRecord, type ResyncRecord } from './types.js';
+import { holderEpoch, type ChunkLocation, type ChunkMapRecord, type HeadRecord, type ResyncRecord, type ToFreeRecord } from './types.js';
 import type { VolumeEntry, Volumes } from './volumes.js';
 
 // Resyncs: rebuilding replicas that a spare replaced (manager/spares.ts).
@@ -92,6 +93,7 @@ export interface ResyncProgressInput {
 export class Resyncs {
   readonly book = new ResyncBook();
   readonly planner: SparePlanner;
+  readonly drains: DrainPlanner;
   private readonly runtime = new Map<string, Runtime>();
   private managerAddress = '';
   private started = false;
@@ -112,6 +114,11 @@ export class Resyncs {
   ) {
     this.planner = new SparePlanner(store, model, registry, volumes, peers, freer, this.book, pusher, opts.spareDisks);
     this.planner.track = (work) => this.track(work);
+    this.drains = new DrainPlanner(store, model, registry, volumes, peers, freer, this.book, pusher, {
+      dropMove: (rec, entry, why) => this.dropMove(rec, entry, why),
+      track: (work) => this.track(work),
+      forget: (rec) => this.runtime.delete(rec.id),
+    });
   }
 
   load(snap: StoreSnapshot): void {
@@ -172,7 +179,7 @@ export class Resyncs {
   /** The periodic check (daemon timer): stalls, retries, heads to update. */
   tick(): void {
     this.pusher.pushStale();
-    if (this.book.size > 0 || this.hasStale()) this.wake('tick');
+    if (this.book.size > 0 || this.hasStale() || this.registry.listDisks().some((d) => d.draining)) this.wake('tick');
   }
 
   /** ReportResyncProgress from an executor. */
@@ -258,6 +265,7 @@ export class Resyncs {
   private async pass(): Promise<void> {
     // Wait for batches issued before the wake (a failure's stale marks).
     await this.store.write(this.store.batch());
+    await this.drains.plan();
     await this.planner.plan();
     await this.review();
     await this.dispatchReady();
@@ -294,8 +302,8 @@ export class Resyncs {
   /** Why a running resync must stop (undefined: it may go on). */
   private runningProblem(rec: ResyncRecord, entry: VolumeEntry): string | undefined {
     const { volume, map } = entry;
-    const r = positionOf(map, rec.segment, rec.slot);
-    if (replicaState(map, r) !== 'resyncing') return 'its target is no longer a resyncing replica';
+    const wrongTarget = targetProblem(rec, map);
+    if (wrongTarget) return wrongTarget;
     const good = new Map(segmentReplicas(map, rec.segment).filter((x) => x.state === 'in_sync').map((x) => [x.diskId, x]));
     for (const d of rec.sources) {
       if (!good.has(d)) return `source ${d} is no longer in sync`;
@@ -325,7 +333,7 @@ export class Resyncs {
       const entry = this.volumes.byVolumeId(rec.volumeId);
       if (!entry || rt.notBefore > now || this.volumes.isBusy(rec.volumeId)) continue;
       const { map } = entry;
-      if (replicaState(map, positionOf(map, rec.segment, rec.slot)) !== 'resyncing' || !this.usable(rec.target.diskId)) continue;
+      if (targetProblem(rec, map) || !this.usable(rec.target.diskId)) continue;
       if (this.executorFor(entry).kind === 'head' && !this.pusher.headIsCurrent(rec.volumeId)) continue; // UpdateMap first
       const sources = segmentReplicas(map, rec.segment).filter((x) => x.state === 'in_sync' && this.usable(x.diskId)).map((x) => x.diskId);
       if (sources.length === 0 && !rt.noSourceLogged) {
@@ -380,8 +388,11 @@ export class Resyncs {
     await this.store.write(batch);
     const task: ResyncTask = {
       resyncId: `${rec.id}.${rec.attempt}`, volumeId: volume.id, volumeName: volume.name, segment: rec.segment, chunkSize: volume.chunkSize,
-      target: this.location(map, positionOf(map, rec.segment, rec.slot), 'resyncing'),
-      sources: sources.map((d) => this.location(map, segmentReplicas(map, rec.segment).find((x) => x.diskId === d)!.r, 'in_sync')),
+      target: this.location(rec.target, targetIdSlot(rec, map), 'resyncing'),
+      sources: sources.map((d) => {
+        const x = segmentReplicas(map, rec.segment).find((y) => y.diskId === d && !y.move)!;
+        return this.location(x, x.idSlot, 'in_sync');
+      }),
       epoch, generation: volume.generation, startRegion: rec.regionsDone, throttleMibps: this.opts.throttleMibps, managerAddress: this.managerAddress,
     };
     const line = `resync ${task.resyncId} ${same ? 're-sent' : 'started'}: sources [${sources.join(', ')}] -> target ${rec.target.diskId}#${rec.target.chunkIndex} (executor ${who})`;
@@ -410,9 +421,17 @@ export class Resyncs {
     const batch = this.store.batch();
     const { map } = entry;
     let retarget = false;
+    const r = positionOf(map, rec.segment, rec.slot);
+    const move = moveOf(map, r);
+    if (rec.failures >= MAX_TARGET_FAILURES && move) {
+      // A drain target that keeps failing: dropped; the next drain pass picks another.
+      await this.dropMove(rec, entry, `${rec.failures} failed copies onto it (${error})`);
+      this.wake('drain target dropped');
+      return;
+    }
     if (rec.failures >= MAX_TARGET_FAILURES) {
       // Sources change at every retry; a target that keeps failing is replaced.
-      retarget = setReplicaState(map, positionOf(map, rec.segment, rec.slot), 'stale');
+      retarget = setReplicaState(map, r, 'stale');
       if (retarget) batch.putChunkMap(map);
       rt.notBefore = 0;
     }
@@ -429,25 +448,63 @@ export class Resyncs {
     const { volume, map } = entry;
     const r = positionOf(map, rec.segment, rec.slot);
     const problem = this.runningProblem(rec, entry);
-    const at = replicaLocation(map, r);
-    if (problem || at.diskId !== rec.target.diskId || at.chunkIndex !== rec.target.chunkIndex) {
-      await this.requeue(rec, `finished copy refused: ${problem ?? 'the slot points elsewhere'}`);
+    if (problem) {
+      await this.requeue(rec, `finished copy refused: ${problem}`);
       this.wake('resync refused');
       return false;
     }
-    setReplicaState(map, r, 'in_sync');
+    const batch = this.store.batch();
+    const move = moveOf(map, r);
+    const toFree: ToFreeRecord[] = [];
+    if (move) {
+      // The drain's copy becomes the replica; the drained chunk is freed once the holder has the new map.
+      toFree.push({ ...replicaLocation(map, r), volumeId: volume.id, segment: rec.segment, idSlot: identitySlot(map, r),
+        reason: `drained by resync ${rec.id}`, sinceMs: this.registry.now() });
+      setReplicaLocation(map, r, rec.target);
+      setIdentitySlot(map, r, move.idSlot);
+      clearMove(map, r);
+      this.freer.stage(batch, toFree);
+    } else {
+      setReplicaState(map, r, 'in_sync');
+    }
     volume.generation += 1;
-    await this.store.write(this.store.batch().putChunkMap(map).putVolume(volume).delResync(rec.id));
+    await this.store.write(batch.putChunkMap(map).putVolume(volume).delResync(rec.id));
+    this.freer.track(toFree);
     this.book.remove(rec);
     this.runtime.delete(rec.id);
     const now = this.registry.now();
     const secs = ((now - rec.startedMs) / 1000).toFixed(1);
     log.info({ resync: rec.id, volumeId: volume.id, volume: volume.name, segment: rec.segment, slot: rec.slot, generation: volume.generation,
-      bytes: rec.bytesCopied, sinceFailureS: Math.round((now - rec.createdMs) / 100) / 10 },
-    `resync ${rec.id} done in ${secs} s (${formatSize(rec.bytesCopied)}): ${volume.name} seg ${rec.segment} slot ${rec.slot} in sync, generation ${volume.generation}`);
+      bytes: rec.bytesCopied, sinceFailureS: Math.round((now - rec.createdMs) / 100) / 10, drained: move ? toFree[0] : undefined },
+    `${move ? 'drain copy' : 'resync'} ${rec.id} done in ${secs} s (${formatSize(rec.bytesCopied)}): ${volume.name} seg ${rec.segment} slot ${rec.slot} ` +
+      `${move ? `now on ${rec.target.diskId}#${rec.target.chunkIndex}` : 'in sync'}, generation ${volume.generation}`);
     this.pusher.changed(volume.id);
+    if (toFree.length > 0) this.track(this.freer.free(toFree));
     this.wake('resync done');
     return true;
+  }
+
+  /** Ends a drain copy whose target is not wanted any more: the target leaves the map and is freed, the record goes. */
+  async dropMove(rec: ResyncRecord, entry: VolumeEntry, why: string): Promise<void> {
+    const { volume, map } = entry;
+    const r = positionOf(map, rec.segment, rec.slot);
+    const move = moveOf(map, r);
+    const batch = this.store.batch().delResync(rec.id);
+    const toFree: ToFreeRecord[] = [{ ...rec.target, volumeId: volume.id, segment: rec.segment, idSlot: move?.idSlot ?? targetIdSlot(rec, map),
+      reason: `drain copy ${rec.id} dropped`, sinceMs: this.registry.now() }];
+    if (move && sameChunk(move, rec.target)) {
+      clearMove(map, r);
+      batch.putChunkMap(map);
+    }
+    this.freer.stage(batch, toFree);
+    await this.store.write(batch);
+    this.freer.track(toFree);
+    this.book.remove(rec);
+    this.runtime.delete(rec.id);
+    log.warn({ resync: rec.id, volume: volume.name, segment: rec.segment, slot: rec.slot, target: rec.target },
+      `drain copy ${rec.id} of ${volume.name} seg ${rec.segment} slot ${rec.slot} dropped: ${why}; the drain picks another target`);
+    this.pusher.changed(volume.id);
+    this.track(this.freer.free(toFree));
   }
 
   /**
@@ -465,7 +522,7 @@ export class Resyncs {
       const server = src && this.registry.serverOfDisk(src.diskId);
       if (!src || !server) return;
       try {
-        const regions = await this.peers.node.getChunkRegions(server.controlAddress, { volumeId: rec.volumeId, segment: rec.segment, slot: src.slot });
+        const regions = await this.peers.node.getChunkRegions(server.controlAddress, { volumeId: rec.volumeId, segment: rec.segment, slot: src.idSlot });
         let bits = 0;
         for (const byte of regions.written) for (let b = byte; b; b &= b - 1) bits++;
         if (regions.regionSize > 0) this.rt(rec).bytesExpected = bits * regions.regionSize;
@@ -480,11 +537,10 @@ export class Resyncs {
     this.background.add(p);
   }
 
-  private location(map: VolumeEntry['map'], r: number, state: string): ReplicaLocation {
-    const loc: ChunkLocation = replicaLocation(map, r);
+  private location(loc: ChunkLocation, idSlot: number, state: string): ReplicaLocation {
     const server = this.registry.serverOfDisk(loc.diskId);
     return {
-      slot: r % map.replicas, serverId: server?.id ?? '', dataAddress: server?.dataAddress ?? '', controlAddress: server?.controlAddress ?? '',
+      slot: idSlot, serverId: server?.id ?? '', dataAddress: server?.dataAddress ?? '', controlAddress: server?.controlAddress ?? '',
       diskId: loc.diskId, chunkIndex: loc.chunkIndex, state,
     };
   }
@@ -506,4 +562,29 @@ export class Resyncs {
     }
     return rt;
   }
+}
+
+const sameChunk = (a: ChunkLocation, b: ChunkLocation): boolean => a.diskId === b.diskId && a.chunkIndex === b.chunkIndex;
+
+/**
+ * Why the map no longer writes to the record's target (undefined: it does).
+ * A rebuild's target is its slot's resyncing chunk; a drain's is the slot's
+ * drain target, and the drained replica must still be in sync (if it went
+ * stale, the drain pass turns the copy into a rebuild of the slot).
+ */
+export function targetProblem(rec: ResyncRecord, map: ChunkMapRecord): string | undefined {
+  const r = positionOf(map, rec.segment, rec.slot);
+  const move = moveOf(map, r);
+  if (move) {
+    if (!sameChunk(move, rec.target)) return 'its drain target changed';
+    return replicaState(map, r) === 'in_sync' ? undefined : 'the drained replica is no longer in sync';
+  }
+  if (replicaState(map, r) !== 'resyncing') return 'its target is no longer a resyncing replica';
+  return sameChunk(replicaLocation(map, r), rec.target) ? undefined : 'the slot points elsewhere';
+}
+
+/** The slot number the target's node knows it by. */
+function targetIdSlot(rec: ResyncRecord, map: ChunkMapRecord): number {
+  const r = positionOf(map, rec.segment, rec.slot);
+  return moveOf(map, r)?.idSlot ?? identitySlot(map, r);
 }

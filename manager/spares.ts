@@ -1,14 +1,14 @@
 import { VskyError, errorMessage } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { ChunkFreer } from './gc.js';
-import { replicaLocation, segmentReplicas, setReplicaLocation, setReplicaState } from './chunk-map.js';
+import { identitySlot, moveOf, replicaLocation, segmentReplicas, setReplicaLocation, setReplicaState } from './chunk-map.js';
 import type { MapPusher } from './map-pusher.js';
 import { mapLimit, type PeerClients } from './node-clients.js';
 import type { PlacementModel, SpareRequest } from './placement.js';
 import type { Registry } from './registry.js';
 import type { ResyncBook } from './resync-book.js';
 import type { ManagerStore } from './store.js';
-import type { ChunkLocation, ResyncRecord, ToFreeRecord } from './types.js';
+import type { ChunkLocation, ResyncRecord, ToFreeRecord, VolumeRecord } from './types.js';
 import type { VolumeEntry, Volumes } from './volumes.js';
 
 // Replacements for stale replicas. For every stale replica (a new failure,
@@ -112,7 +112,8 @@ export class SparePlanner {
         log.warn({ diskId: to.diskId, chunkIndex: to.chunkIndex, err: errorMessage(res.reason) }, `spare for ${name} could not be allocated; retried later`);
         return;
       }
-      const spare: ToFreeRecord = { ...to, volumeId: it.entry.volume.id, reason: 'spare not used', sinceMs: now };
+      const idSlot = identitySlot(it.entry.map, it.r);
+      const spare: ToFreeRecord = { diskId: to.diskId, chunkIndex: to.chunkIndex, volumeId: it.entry.volume.id, segment: it.segment, idSlot, reason: 'spare not used', sinceMs: now };
       if (!this.stillWanted(it, to)) {
         // The slot changed while the node allocated (volume deleted, failure
         // during planning): the spare is garbage, freed like any other.
@@ -126,7 +127,7 @@ export class SparePlanner {
       let record = it.record;
       if (record) {
         // The target of a resync failed: the copy starts over on the new spare.
-        toFree.push({ ...it.from, volumeId: it.entry.volume.id, reason: `resync ${record.id} target replaced`, sinceMs: now });
+        toFree.push({ ...it.from, volumeId: it.entry.volume.id, segment: it.segment, idSlot, reason: `resync ${record.id} target replaced`, sinceMs: now });
         Object.assign(record, {
           target: { diskId: to.diskId, chunkIndex: to.chunkIndex }, state: 'queued', regionsDone: 0, regionsTotal: 0,
           executor: '', sources: [], failures: 0,
@@ -137,7 +138,7 @@ export class SparePlanner {
           target: { diskId: to.diskId, chunkIndex: to.chunkIndex }, old: it.from, state: 'queued', regionsDone: 0, regionsTotal: 0,
           bytesCopied: 0, createdMs: now, attempt: 0, executor: '', sources: [], startedMs: 0, epoch: 0, lastError: '', failures: 0,
         };
-        toFree.push({ ...it.from, volumeId: it.entry.volume.id, reason: `replaced by resync ${record.id}`, sinceMs: now });
+        toFree.push({ ...it.from, volumeId: it.entry.volume.id, segment: it.segment, idSlot, reason: `replaced by resync ${record.id}`, sinceMs: now });
       }
       batch.putResync(record).putChunkMap(map);
       committed.push({ it, to, record });
@@ -171,6 +172,7 @@ export class SparePlanner {
         const segment = Math.floor(r / map.replicas);
         const slot = r % map.replicas;
         if ((this.notBefore.get(`${volume.id}/${r}`) ?? 0) > now) continue;
+        if (moveOf(map, r)) continue; // a drain was copying it: manager/drains.ts turns that copy into the rebuild
         items.push({ entry, segment, slot, r, from: replicaLocation(map, r), record: this.book.forSlot(volume.id, segment, slot) });
       }
     }
@@ -210,15 +212,7 @@ export class SparePlanner {
   }
 
   private async allocate(it: Item, to: ChunkLocation & { serverId: string }): Promise<void> {
-    const server = this.registry.server(to.serverId)!;
-    const v = it.entry.volume;
-    await this.peers.node.allocateChunk(server.controlAddress, {
-      diskId: to.diskId, chunkIndex: to.chunkIndex,
-      identity: {
-        volumeId: v.id, volumeName: v.name, volumeSize: v.size, segment: it.segment, slot: it.slot,
-        segmentCount: v.segmentCount, replicas: v.replicas, generation: v.generation, epoch: v.epoch,
-      },
-    });
+    await allocateReplicaChunk(this.peers, this.registry, it.entry.volume, it.segment, identitySlot(it.entry.map, it.r), to);
   }
 
   private stillWanted(it: Item, to: ChunkLocation): boolean {
@@ -228,10 +222,23 @@ export class SparePlanner {
     if (!it.entry.map.stale?.includes(it.r)) return false;
     if (it.record && this.book.forSlot(it.entry.volume.id, it.segment, it.slot) !== it.record) return false;
     const d = this.registry.disk(to.diskId);
-    return d?.state === 'active' && this.registry.serverOfDisk(to.diskId)?.state === 'active';
+    return d?.state === 'active' && !d.draining && this.registry.serverOfDisk(to.diskId)?.state === 'active';
   }
 
   private backoff(it: Item): void {
     this.notBefore.set(`${it.entry.volume.id}/${it.r}`, this.registry.now() + RETRY_MS);
   }
+}
+
+/** Claims a chunk on its node for a replica of (volume, segment) under identity slot `idSlot` (current generation and epoch). */
+export async function allocateReplicaChunk(peers: PeerClients, registry: Registry, v: VolumeRecord, segment: number, idSlot: number,
+  to: ChunkLocation & { serverId: string }): Promise<void> {
+  const server = registry.server(to.serverId)!;
+  await peers.node.allocateChunk(server.controlAddress, {
+    diskId: to.diskId, chunkIndex: to.chunkIndex,
+    identity: {
+      volumeId: v.id, volumeName: v.name, volumeSize: v.size, segment, slot: idSlot,
+      segmentCount: v.segmentCount, replicas: v.replicas, generation: v.generation, epoch: v.epoch,
+    },
+  });
 }

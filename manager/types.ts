@@ -23,6 +23,8 @@ export interface ServerRecord {
   registeredMs: number;
   /** Last heartbeat seen; persisted only when the state changes. */
   lastHeartbeatMs: number;
+  /** A graceful RemoveServer drains its disks; the server is removed when the last one is. */
+  draining?: boolean;
 }
 
 export interface DiskRecord {
@@ -36,6 +38,12 @@ export interface DiskRecord {
   addedMs: number;
   /** Failed by an admin (FailDisk): a node reporting it active does not revive it; AddDisk does. */
   adminFailed?: boolean;
+  /**
+   * Being drained by a graceful RemoveDisk/RemoveServer (manager/drains.ts):
+   * takes no new chunks; its replicas are copied elsewhere, each kept in sync
+   * until its copy is, then the disk becomes removed. AddDisk cancels it.
+   */
+  draining?: boolean;
 }
 
 export interface HeadRecord {
@@ -105,6 +113,21 @@ export interface ChunkMapRecord {
   stale?: number[];
   /** Replica positions being rebuilt: written, not read, until their resync finishes. */
   resyncing?: number[];
+  /**
+   * Chunk identity slots that differ from the position's slot, as pairs
+   * [r, idSlot]. A node addresses a chunk by (volume, segment, identity
+   * slot); a drain copies a replica onto a chunk allocated under a slot number
+   * no chunk of the segment uses (it may sit on the same node as the old one),
+   * and the position keeps that identity afterwards.
+   */
+  ids?: number[];
+  /**
+   * Drains in progress, as quads [r, diskRef, chunkIndex, idSlot]: the chunk
+   * replica r is being copied to (manager/drains.ts). Written like a
+   * resyncing replica, never read; replica r itself stays in sync, so the
+   * segment keeps full redundancy throughout. At most one per position.
+   */
+  moves?: number[];
 }
 
 export type ResyncState = 'queued' | 'running';
@@ -123,6 +146,8 @@ export interface ChunkLocation {
 export interface ResyncRecord {
   /** "r<n>", never reused (meta/next_resync_id). */
   id: string;
+  /** rebuild (absent in older records): the slot's resyncing replica; drain: the slot's drain target (ChunkMapRecord.moves). */
+  kind?: 'rebuild' | 'drain';
   volumeId: number;
   segment: number;
   slot: number;
@@ -165,17 +190,26 @@ export interface ToFreeRecord {
   diskId: string;
   chunkIndex: number;
   volumeId: number;
+  /** Its identity, when known (a replaced replica): a new chunk of the segment must not reuse it while this one exists. */
+  segment?: number;
+  idSlot?: number;
   reason: string;
   sinceMs: number;
 }
 
 /** One replica's location, unpacked. */
 export interface ReplicaRef {
+  /** Position (segment * replicas + slot). */
+  r: number;
   segment: number;
   slot: number;
+  /** The slot number its node addresses the chunk by. */
+  idSlot: number;
   diskId: string;
   chunkIndex: number;
   state: ReplicaState;
+  /** The target of a drain of replica `r` (state resyncing), not the replica itself. */
+  move: boolean;
 }
 
 export function buildChunkMap(
@@ -199,20 +233,43 @@ export function buildChunkMap(
   return { volumeId, replicas, segmentCount, disks, locs };
 }
 
-/** Calls fn for every replica of the map, segment-major. */
+/**
+ * Calls fn for every replica of the map, segment-major; a segment's drain
+ * targets (`move: true`) come after its replicas.
+ */
 export function forEachReplica(map: ChunkMapRecord, fn: (ref: ReplicaRef) => void): void {
   const stale = map.stale && map.stale.length > 0 ? new Set(map.stale) : undefined;
   const resyncing = map.resyncing && map.resyncing.length > 0 ? new Set(map.resyncing) : undefined;
+  const ids = pairsOf(map.ids, 2);
+  const moves = pairsOf(map.moves, 4);
   const total = map.segmentCount * map.replicas;
   for (let r = 0; r < total; r++) {
+    const segment = Math.floor(r / map.replicas);
+    const slot = r % map.replicas;
     fn({
-      segment: Math.floor(r / map.replicas),
-      slot: r % map.replicas,
+      r, segment, slot, idSlot: ids?.get(r) ?? slot,
       diskId: map.disks[map.locs[2 * r]!]!,
       chunkIndex: map.locs[2 * r + 1]!,
       state: stale?.has(r) ? 'stale' : resyncing?.has(r) ? 'resyncing' : 'in_sync',
+      move: false,
     });
+    if (moves && slot === map.replicas - 1) {
+      for (let p = r - slot; p <= r; p++) {
+        const at = moves.get(p);
+        if (at === undefined) continue;
+        const q = map.moves!;
+        fn({ r: p, segment, slot: p % map.replicas, idSlot: q[at + 3]!, diskId: map.disks[q[at + 1]!]!, chunkIndex: q[at + 2]!, state: 'resyncing', move: true });
+      }
+    }
   }
+}
+
+/** Position -> its value (width 2: the identity slot) or its offset in the list (width 4), or undefined when the list is empty. */
+function pairsOf(list: number[] | undefined, width: 2 | 4): Map<number, number> | undefined {
+  if (!list || list.length === 0) return undefined;
+  const out = new Map<number, number>();
+  for (let i = 0; i + width <= list.length; i += width) out.set(list[i]!, width === 2 ? list[i + 1]! : i);
+  return out;
 }
 
 /** Checks that a map loaded from disk is whole; returns a reason or undefined. */
@@ -222,6 +279,19 @@ export function chunkMapProblem(map: ChunkMapRecord): string | undefined {
   for (let i = 0; i < map.locs.length; i += 2) {
     const ref = map.locs[i]!;
     if (!(ref >= 0 && ref < map.disks.length) || !(map.locs[i + 1]! >= 0)) return `replica ${i / 2} has no location`;
+  }
+  const position = (r: number | undefined) => Number.isInteger(r) && r! >= 0 && r! < total;
+  const idSlot = (x: number | undefined) => Number.isInteger(x) && x! >= 0 && x! <= 255;
+  if (map.ids !== undefined) {
+    if (!Array.isArray(map.ids) || map.ids.length % 2 !== 0) return 'identity slots are not pairs';
+    for (let i = 0; i < map.ids.length; i += 2) if (!position(map.ids[i]) || !idSlot(map.ids[i + 1])) return `identity slot entry ${i / 2} is invalid`;
+  }
+  if (map.moves !== undefined) {
+    if (!Array.isArray(map.moves) || map.moves.length % 4 !== 0) return 'drain targets are not quads';
+    for (let i = 0; i < map.moves.length; i += 4) {
+      const ref = map.moves[i + 1]!;
+      if (!position(map.moves[i]) || !(ref >= 0 && ref < map.disks.length) || !(map.moves[i + 2]! >= 0) || !idSlot(map.moves[i + 3])) return `drain target ${i / 4} is invalid`;
+    }
   }
   return undefined;
 }

@@ -15,13 +15,16 @@ export function serverView(s: ServerRecord, registry: Registry): ServerInfo {
     serverId: s.id, name: s.name, dataAddress: s.dataAddress, controlAddress: s.controlAddress,
     labels: registry.labelsOf(s), state: s.state, lastHeartbeatMs: s.lastHeartbeatMs,
     diskCount: registry.disksOf(s.id).filter((d) => d.state !== 'removed').length,
+    draining: Boolean(s.draining && s.state !== 'removed'),
   };
 }
 
-export function diskView(d: DiskRecord, registry: Registry, model: PlacementModel): DiskRow {
+/** `drainNote`: why a draining disk waits (manager/drains.ts), if it does. */
+export function diskView(d: DiskRecord, registry: Registry, model: PlacementModel, drainNote = ''): DiskRow {
   return {
     diskId: d.id, serverId: d.serverId, serverName: registry.server(d.serverId)?.name ?? '', path: d.path,
     chunkSize: d.chunkSize, chunkCount: d.chunkCount, usedChunks: model.diskUsage(d.id)?.used ?? 0, state: d.state,
+    draining: Boolean(d.draining && d.state !== 'removed'), drainNote, stateReason: d.stateReason,
   };
 }
 
@@ -59,10 +62,10 @@ export function volumeMapView(v: VolumeRecord, map: ChunkMapRecord, registry: Re
   const serverOf = new Map<string, ServerRecord | undefined>();
   for (const diskId of map.disks) serverOf.set(diskId, registry.serverOfDisk(diskId));
   forEachReplica(map, (r) => {
-    if (r.slot === 0) segments.push({ index: r.segment, replicas: [] });
+    if (r.slot === 0 && !r.move) segments.push({ index: r.segment, replicas: [] });
     const server = serverOf.get(r.diskId);
     segments[r.segment]!.replicas!.push({
-      slot: r.slot, serverId: server?.id ?? '', dataAddress: server?.dataAddress ?? '', diskId: r.diskId,
+      slot: r.idSlot, serverId: server?.id ?? '', dataAddress: server?.dataAddress ?? '', diskId: r.diskId,
       chunkIndex: r.chunkIndex, state: r.state, controlAddress: server?.controlAddress ?? '',
     });
   });

@@ -1,19 +1,21 @@
 import type { Command } from 'commander';
 import { adminCommand, call, withManager } from '../admin.js';
 import { emit, printTable } from '../output.js';
-import { sizeArg } from '../options.js';
+import { intArg, sizeArg } from '../options.js';
+import { waitForDrain } from '../drain-progress.js';
 import { formatSize } from '../../shared/units.js';
 
 export function registerDiskCommands(program: Command): void {
   const disk = program.command('disk').description('physical disks: list, add, remove');
 
-  adminCommand(disk, 'list', 'list disks with their usage')
+  adminCommand(disk, 'list', 'list disks with their usage (and drains in progress)')
     .option('--server <server>', 'only disks of this server (id or name)')
     .action((o) => withManager(o, async (m) => {
       const { disks } = await call(m, 'ListDisks', { server: o.server ?? '' });
       emit(o, disks, () => printTable(disks.map((d) => ({
         ...d, capacity: formatSize(d.chunkSize * d.chunkCount), used: `${d.usedChunks}/${d.chunkCount}`,
-      })), { diskId: 'ID', serverName: 'SERVER', path: 'PATH', state: 'STATE', capacity: 'CAPACITY', used: 'CHUNKS USED' }));
+        state: d.draining ? `${d.state},draining` : d.state,
+      })), { diskId: 'ID', serverName: 'SERVER', path: 'PATH', state: 'STATE', capacity: 'CAPACITY', used: 'CHUNKS USED', drainNote: 'NOTE' }));
     }));
 
   adminCommand(disk, 'add', 'add a disk (file or block device) to a storage server')
@@ -33,11 +35,15 @@ export function registerDiskCommands(program: Command): void {
       emit(o, { failed: id }, () => process.stdout.write(`disk ${id} marked failed; watch the rebuild with \`vsky resync watch\`\n`));
     }));
 
-  adminCommand(disk, 'remove', 'remove a disk that holds no chunks')
+  adminCommand(disk, 'remove', 'remove a disk: its replicas are first copied elsewhere (drain), keeping full redundancy')
     .argument('<disk-id>', 'disk id (see `vsky disk list`)')
-    .option('--force', 'remove even if it still holds chunks (their replicas are lost)')
+    .option('--no-wait', 'return once the drain has started (watch it with `vsky disk list`)')
+    .option('--interval <ms>', 'progress refresh period while waiting', intArg, 1000)
+    .option('--force', 'remove at once even if it holds chunks: its replicas are lost and rebuilt elsewhere (less redundancy meanwhile)')
     .action((id: string, o) => withManager(o, async (m) => {
-      await call(m, 'RemoveDisk', { diskId: id, force: Boolean(o.force) });
-      emit(o, { removed: id }, () => process.stdout.write(`removed disk ${id}\n`));
+      let d = await call(m, 'RemoveDisk', { diskId: id, force: Boolean(o.force) });
+      if (d.draining && !o.json) process.stdout.write(`draining disk ${id}: ${d.usedChunks} chunk(s) are copied elsewhere first; \`vsky disk add ${d.serverName} ${d.path}\` cancels\n`);
+      if (d.draining && o.wait) [d] = await waitForDrain(m, { diskIds: [id], label: `disk ${id}`, intervalMs: o.interval, quiet: Boolean(o.json) });
+      emit(o, d, () => process.stdout.write(d.state === 'removed' ? `removed disk ${id}\n` : `disk ${id} is draining; it is removed once empty (see \`vsky disk list\`)\n`));
     }));
 }

@@ -32,7 +32,7 @@ export function registerResyncCommands(program: Command): void {
   adminCommand(resync, 'list', 'list queued and running resyncs').action((o) => withManager(o, async (m) => {
     const list = await fetchResyncs(m);
     emit(o, list, () => {
-      printTable(rows(list), { volume: 'VOLUME', where: 'SEGMENT', state: 'STATE', goodCopies: 'GOOD', executor: 'BY', sourceDisks: 'FROM', targetDisk: 'TO', progress: 'DONE', copied: 'COPIED', rate: 'RATE' });
+      printTable(rows(list), { volume: 'VOLUME', where: 'SEGMENT', kind: 'KIND', state: 'STATE', goodCopies: 'GOOD', executor: 'BY', sourceDisks: 'FROM', targetDisk: 'TO', progress: 'DONE', copied: 'COPIED', rate: 'RATE' });
       process.stdout.write(`total: ${formatSize(list.bytesCopied)} of ${formatSize(list.bytesTotal)} copied (${pct(list.bytesCopied, list.bytesTotal)})\n`);
     });
   }));

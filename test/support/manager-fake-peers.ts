@@ -111,7 +111,7 @@ export class FakePeers implements PeerClients {
     addDisk: async (a, req) => {
       const n = await this.reach(a, 'AddDisk');
       const id = `disk-${req.path}`;
-      const existing = n.disks.get(id);
+      const existing = [...n.disks.values()].find((d) => d.info.path === req.path);
       if (existing) return existing.info;
       const chunkSize = Number(req.chunkSize);
       return n.addDisk(id, Math.floor(Number(req.size) / chunkSize), chunkSize, req.path);

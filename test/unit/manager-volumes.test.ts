@@ -212,11 +212,11 @@ describe('servers, disks, GC', () => {
     expect(v.id).toBe(1);
   });
 
-  it('refuses to remove a disk that holds chunks, naming the volumes; --force marks replicas stale', async () => {
+  it('drains a disk that holds chunks instead of removing it (manager-drain.test.ts); --force removes at once and marks replicas stale', async () => {
     const { core: c } = await setup();
     await create(c, 'alpha', 2 * CHUNK, 4);
-    await expect(c.decommission.removeDisk('d2', false)).rejects.toThrow(/replicas of volume alpha.*--force/);
-    await expect(c.decommission.removeServer('srv2', false)).rejects.toBeInstanceOf(errors.ConflictError);
+    expect(await c.decommission.removeDisk('d2', false)).toMatchObject({ state: 'active', draining: true });
+    expect(await c.decommission.removeServer('srv2', false)).toMatchObject({ state: 'active', draining: true });
     expect(c.registry.disk('d2')!.state).toBe('active');
     await c.decommission.removeDisk('d2', true);
     expect(c.registry.disk('d2')!.state).toBe('removed');
