@@ -72,7 +72,7 @@ describe('vsky admin commands against a running cluster', () => {
     expect(status.usedBytes).toBe(0);
   });
 
-  it('adds and removes a disk, and refuses to remove a server that holds chunks', async () => {
+  it('adds and removes a disk; removing a server that holds chunks drains it, waits saying why, and disk add cancels', async () => {
     const m = c.managerAddress;
     const path = join(c.opts.dir, 'node1', 'extra.img');
     const added = await vskyJson<{ diskId: string; chunkCount: number; serverName: string }>(['disk', 'add', 'node1', path, '--size', '128M'], m);
@@ -83,9 +83,18 @@ describe('vsky admin commands against a running cluster', () => {
     expect(after.find((d) => d.diskId === added.diskId)?.state ?? 'removed').toBe('removed');
 
     expect((await vsky(['volume', 'create', 'pin', '--size', '16M'], m)).exitCode).toBe(0);
-    const refuse = await vsky(['server', 'remove', 'node2'], m);
-    expect(refuse.exitCode).not.toBe(0);
-    expect(String(refuse.stderr)).toMatch(/pin/);
+    // Three servers, three replicas: no other server can take node2's replicas, so the drain waits and says why.
+    const drain = await vskyJson<{ name: string; state: string; draining: boolean }>(['server', 'remove', 'node2', '--no-wait'], m);
+    expect(drain).toMatchObject({ name: 'node2', state: 'active', draining: true });
+    type Row = { diskId: string; serverName: string; path: string; state: string; draining: boolean; drainNote: string };
+    const node2 = async () => (await vskyJson<Row[]>(['disk', 'list', '--server', 'node2'], m)).filter((d) => d.state !== 'removed');
+    await waitFor(async () => (await node2()).some((d) => /add a server or disk/.test(d.drainNote)), 10_000);
+    const table = await vsky(['disk', 'list'], m);
+    expect(String(table.stdout)).toMatch(/active,draining/);
+    // Adding the disks again cancels the drain.
+    for (const d of await node2()) expect((await vsky(['disk', 'add', 'node2', d.path], m)).exitCode).toBe(0);
+    expect((await node2()).every((d) => !d.draining)).toBe(true);
+    expect((await vskyJson<{ name: string; draining: boolean }[]>(['server', 'list'], m)).find((s) => s.name === 'node2')!.draining).toBe(false);
     expect((await vsky(['volume', 'delete', 'pin'], m)).exitCode).toBe(0);
   });
 
