@@ -1,4 +1,4 @@
-import type { ChunkLocation, ChunkMapRecord, ReplicaState } from './types.js';
+import type { ChunkLocation, ChunkMapRecord, ReplicaState, ResyncRecord } from './types.js';
 
 // Reading and changing one replica of a compact chunk map (types.ts
 // ChunkMapRecord). A replica is addressed by its position
@@ -140,4 +140,29 @@ function insertSorted(list: number[], x: number): number[] {
   while (i > 0 && out[i - 1]! > x) i--;
   out.splice(i, 0, x);
   return out;
+}
+
+export const sameChunk = (a: ChunkLocation, b: ChunkLocation): boolean => a.diskId === b.diskId && a.chunkIndex === b.chunkIndex;
+
+/**
+ * Why the map no longer writes to a resync record's target (undefined: it
+ * does). A rebuild's target is its slot's resyncing chunk; a drain's is the
+ * slot's drain target, and the drained replica must still be in sync (if it
+ * went stale, the drain pass turns the copy into a rebuild of the slot).
+ */
+export function targetProblem(rec: ResyncRecord, map: ChunkMapRecord): string | undefined {
+  const r = positionOf(map, rec.segment, rec.slot);
+  const move = moveOf(map, r);
+  if (move) {
+    if (!sameChunk(move, rec.target)) return 'its drain target changed';
+    return replicaState(map, r) === 'in_sync' ? undefined : 'the drained replica is no longer in sync';
+  }
+  if (replicaState(map, r) !== 'resyncing') return 'its target is no longer a resyncing replica';
+  return sameChunk(replicaLocation(map, r), rec.target) ? undefined : 'the slot points elsewhere';
+}
+
+/** The slot number a resync target's node knows it by. */
+export function targetIdSlot(rec: ResyncRecord, map: ChunkMapRecord): number {
+  const r = positionOf(map, rec.segment, rec.slot);
+  return moveOf(map, r)?.idSlot ?? identitySlot(map, r);
 }

@@ -33,7 +33,6 @@ export class Decommission {
     if (!d) throw new NotFoundError(`no disk "${diskId}": see vsky disk list`, { diskId });
     if (d.state === 'removed') return d;
     const server = this.registry.server(d.serverId);
-    const what = `disk ${d.id} (${d.path} on ${server?.name ?? d.serverId})`;
     const used = this.volumes.usersOfDisks([d.id]);
     const batch = this.store.batch();
     if (used.chunks > 0 && !force) {

@@ -1,7 +1,7 @@
 import { VskyError, errorMessage } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import {
-  clearMove, freeIdentitySlot, identitySlot, moveOf, positionOf, replicaLocation, replicaState, segmentReplicas,
+  clearMove, freeIdentitySlot, identitySlot, moveOf, positionOf, replicaLocation, replicaState, sameChunk, segmentReplicas,
   setIdentitySlot, setMove, setReplicaLocation, setReplicaState, type MoveTarget,
 } from './chunk-map.js';
 import type { ChunkFreer } from './gc.js';
@@ -335,5 +335,3 @@ export class DrainPlanner {
     return this.registry.disk(diskId)?.state === 'active' && this.registry.serverOfDisk(diskId)?.state === 'active';
   }
 }
-
-const sameChunk = (a: ChunkLocation, b: ChunkLocation): boolean => a.diskId === b.diskId && a.chunkIndex === b.chunkIndex;
