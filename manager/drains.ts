@@ -4,16 +4,13 @@ import {
   clearMove, freeIdentitySlot, identitySlot, moveOf, positionOf, replicaLocation, replicaState, sameChunk, segmentReplicas,
   setIdentitySlot, setMove, setReplicaLocation, setReplicaState, type MoveTarget,
 } from './chunk-map.js';
-import type { ChunkFreer } from './gc.js';
-import type { MapPusher } from './map-pusher.js';
-import { mapLimit, type PeerClients } from './node-clients.js';
+import { mapLimit } from './node-clients.js';
 import type { PlacementModel, SparePick, SpareRequest } from './placement.js';
-import type { Registry } from './registry.js';
-import type { ResyncBook } from './resync-book.js';
-import { allocateReplicaChunk } from './spares.js';
-import type { ManagerStore, StoreBatch } from './store.js';
-import { forEachReplica, type ChunkLocation, type DiskRecord, type ResyncRecord, type ToFreeRecord } from './types.js';
-import type { VolumeEntry, Volumes } from './volumes.js';
+import { allocateReplicaChunk, type ReplicaItem } from './spares.js';
+import type { ResyncContext } from './resync-context.js';
+import type { StoreBatch } from './store.js';
+import { forEachReplica, type DiskRecord, type ResyncRecord, type ToFreeRecord } from './types.js';
+import type { VolumeEntry } from './volumes.js';
 
 // Graceful removal: draining a disk (RemoveDisk without force) or a server
 // (RemoveServer: all its disks) with full redundancy throughout.
@@ -49,23 +46,10 @@ const MAX_PLANNED_MOVES = 256;
 /** How long a replica that found no target waits before the next try. */
 const RETRY_MS = 10_000;
 
-interface Item {
-  entry: VolumeEntry;
-  segment: number;
-  slot: number;
-  r: number;
-  from: ChunkLocation;
+interface Item extends ReplicaItem {
+  /** The identity slot the target is claimed under. */
   idSlot: number;
   disk: DiskRecord;
-}
-
-export interface DrainHooks {
-  /** Ends a drain copy that must not go on (resyncs.ts dropMove). */
-  dropMove(rec: ResyncRecord, entry: VolumeEntry, why: string): Promise<void>;
-  /** Background work (frees, node calls) whoever waits for quiet should wait for. */
-  track(work: Promise<unknown>): void;
-  /** A record is gone: drop what is kept in memory for it. */
-  forget(rec: ResyncRecord): void;
 }
 
 export class DrainPlanner {
@@ -74,15 +58,10 @@ export class DrainPlanner {
   private readonly notes = new Map<string, string>();
 
   constructor(
-    private readonly store: ManagerStore,
+    private readonly ctx: ResyncContext,
     private readonly model: PlacementModel,
-    private readonly registry: Registry,
-    private readonly volumes: Volumes,
-    private readonly peers: PeerClients,
-    private readonly freer: ChunkFreer,
-    private readonly book: ResyncBook,
-    private readonly pusher: MapPusher,
-    private readonly hooks: DrainHooks,
+    /** Ends a drain copy that must not go on (resync-outcomes.ts). */
+    private readonly dropMove: (rec: ResyncRecord, entry: VolumeEntry, why: string) => Promise<void>,
   ) {}
 
   /** Why a draining disk waits, or ''. */
@@ -97,7 +76,7 @@ export class DrainPlanner {
   /** One drain pass: mend drain copies hit by failures, plan new ones, remove disks that are empty. */
   async plan(): Promise<void> {
     await this.mend();
-    const draining = this.registry.listDisks().filter((d) => d.draining && d.state !== 'removed');
+    const draining = this.ctx.registry.listDisks().filter((d) => d.draining && d.state !== 'removed');
     if (draining.length === 0) {
       this.notes.clear();
       return;
@@ -113,10 +92,10 @@ export class DrainPlanner {
    * failed, manager/failures.ts) are deleted.
    */
   private async mend(): Promise<void> {
-    for (const entry of this.volumes.entries()) {
+    for (const entry of this.ctx.volumes.entries()) {
       const { map } = entry;
       const convert: number[] = [];
-      for (const rec of this.book.ofVolume(entry.volume.id)) {
+      for (const rec of this.ctx.book.ofVolume(entry.volume.id)) {
         const r = positionOf(map, rec.segment, rec.slot);
         const move = moveOf(map, r);
         if (!move) {
@@ -124,8 +103,8 @@ export class DrainPlanner {
           continue;
         }
         if (replicaState(map, r) === 'stale') convert.push(r);
-        else if (!this.usable(move.diskId)) await this.hooks.dropMove(rec, entry, `target disk ${move.diskId} is not usable`);
-        else if (rec.state === 'queued' && !this.registry.disk(replicaLocation(map, r).diskId)?.draining) await this.hooks.dropMove(rec, entry, 'the drain was cancelled');
+        else if (!this.ctx.usable(move.diskId)) await this.dropMove(rec, entry, `target disk ${move.diskId} is not usable`);
+        else if (rec.state === 'queued' && !this.ctx.registry.disk(replicaLocation(map, r).diskId)?.draining) await this.dropMove(rec, entry, 'the drain was cancelled');
       }
       if (convert.length > 0) await this.convert(entry, convert);
     }
@@ -134,14 +113,14 @@ export class DrainPlanner {
   /** The drained replicas went stale: each slot now points at its drain target, resyncing; the stale chunks are freed. */
   private async convert(entry: VolumeEntry, positions: number[]): Promise<void> {
     const { volume, map } = entry;
-    const batch = this.store.batch();
+    const batch = this.ctx.store.batch();
     const toFree: ToFreeRecord[] = [];
     for (const r of positions) {
       const move = moveOf(map, r)!;
       const segment = Math.floor(r / map.replicas);
-      const rec = this.book.forSlot(volume.id, segment, r % map.replicas);
+      const rec = this.ctx.book.forSlot(volume.id, segment, r % map.replicas);
       toFree.push({ ...replicaLocation(map, r), volumeId: volume.id, segment, idSlot: identitySlot(map, r),
-        reason: `stale while drained; its drain target ${move.diskId}#${move.chunkIndex} rebuilds the slot`, sinceMs: this.registry.now() });
+        reason: `stale while drained; its drain target ${move.diskId}#${move.chunkIndex} rebuilds the slot`, sinceMs: this.ctx.registry.now() });
       setReplicaLocation(map, r, move);
       setIdentitySlot(map, r, move.idSlot);
       clearMove(map, r);
@@ -153,17 +132,17 @@ export class DrainPlanner {
       log.warn({ volume: volume.name, segment, slot: r % map.replicas, target: move, resync: rec?.id },
         `${volume.name} seg ${segment} slot ${r % map.replicas} went stale while drained: its drain copy ${rec?.id ?? ''} now rebuilds it`);
     }
-    this.freer.stage(batch, toFree);
-    await this.store.write(batch.putChunkMap(map));
-    this.freer.track(toFree);
-    this.pusher.changed(volume.id);
+    this.ctx.freer.stage(batch, toFree);
+    await this.ctx.store.write(batch.putChunkMap(map));
+    this.ctx.freer.track(toFree);
+    this.ctx.pusher.changed(volume.id);
   }
 
   private async startMoves(draining: DiskRecord[]): Promise<void> {
     const items = this.collect(draining);
     if (items.length === 0) return;
     const load = new Map<string, number>();
-    for (const rec of this.book.all()) load.set(rec.target.diskId, (load.get(rec.target.diskId) ?? 0) + 1);
+    for (const rec of this.ctx.book.all()) load.set(rec.target.diskId, (load.get(rec.target.diskId) ?? 0) + 1);
     const picks = this.model.placeSpares(items.map((it) => this.request(it)), load);
     const planned: Array<{ it: Item; to: SparePick }> = [];
     const stuck = new Map<string, number>();
@@ -171,19 +150,19 @@ export class DrainPlanner {
       const to = picks[i];
       if (to) planned.push({ it, to });
       else {
-        this.notBefore.set(`${it.entry.volume.id}/${it.r}`, this.registry.now() + RETRY_MS);
+        this.notBefore.set(`${it.entry.volume.id}/${it.r}`, this.ctx.registry.now() + RETRY_MS);
         stuck.set(it.disk.id, (stuck.get(it.disk.id) ?? 0) + 1);
       }
     });
     for (const d of draining) this.noteStuck(d, stuck.get(d.id) ?? 0);
-    const results = await mapLimit(planned, 16, ({ it, to }) => allocateReplicaChunk(this.peers, this.registry, it.entry.volume, it.segment, it.idSlot, to));
-    const batch = this.store.batch();
+    const results = await mapLimit(planned, 16, ({ it, to }) => allocateReplicaChunk(this.ctx.peers, this.ctx.registry, it.entry.volume, it.segment, it.idSlot, to));
+    const batch = this.ctx.store.batch();
     const toFree: ToFreeRecord[] = [];
     const made: Array<{ it: Item; rec: ResyncRecord; to: SparePick }> = [];
     results.forEach((res, i) => {
       const { it, to } = planned[i]!;
       if (res.status === 'rejected') {
-        this.notBefore.set(`${it.entry.volume.id}/${it.r}`, this.registry.now() + RETRY_MS);
+        this.notBefore.set(`${it.entry.volume.id}/${it.r}`, this.ctx.registry.now() + RETRY_MS);
         if (res.reason instanceof VskyError && res.reason.code === 'ECONFLICT') this.model.markForeign(to.diskId, to.chunkIndex, it.entry.volume.id);
         else this.model.release(to.diskId, to.chunkIndex, it.entry.volume.id);
         log.warn({ diskId: to.diskId, chunkIndex: to.chunkIndex, err: errorMessage(res.reason) }, 'drain target could not be allocated; retried later');
@@ -191,40 +170,40 @@ export class DrainPlanner {
       }
       const target: MoveTarget = { diskId: to.diskId, chunkIndex: to.chunkIndex, idSlot: it.idSlot };
       if (!this.stillWanted(it)) {
-        toFree.push({ ...target, volumeId: it.entry.volume.id, segment: it.segment, reason: 'drain target not used', sinceMs: this.registry.now() });
+        toFree.push({ ...target, volumeId: it.entry.volume.id, segment: it.segment, reason: 'drain target not used', sinceMs: this.ctx.registry.now() });
         return;
       }
       setMove(it.entry.map, it.r, target);
       made.push({ it, to, rec: this.record(it, target, batch) });
     });
     for (const id of new Set(made.map((m) => m.it.entry))) batch.putChunkMap(id.map);
-    this.freer.stage(batch, toFree);
-    await this.store.write(batch);
-    this.freer.track(toFree);
+    this.ctx.freer.stage(batch, toFree);
+    await this.ctx.store.write(batch);
+    this.ctx.freer.track(toFree);
     for (const { it, rec, to } of made) {
-      this.book.add(rec);
+      this.ctx.book.add(rec);
       log.info({ resync: rec.id, volume: it.entry.volume.name, segment: it.segment, slot: it.slot, from: it.from, to: { diskId: to.diskId, chunkIndex: to.chunkIndex, idSlot: it.idSlot }, fit: to.fit },
-        `drain of disk ${it.disk.id}: ${it.entry.volume.name} seg ${it.segment} slot ${it.slot} will be copied to disk ${to.diskId} on ${this.registry.server(to.serverId)?.name ?? to.serverId}`);
+        `drain of disk ${it.disk.id}: ${it.entry.volume.name} seg ${it.segment} slot ${it.slot} will be copied to disk ${to.diskId} on ${this.ctx.registry.server(to.serverId)?.name ?? to.serverId}`);
     }
-    for (const entry of new Set(made.map((m) => m.it.entry))) this.pusher.changed(entry.volume.id);
-    if (toFree.length > 0) this.hooks.track(this.freer.free(toFree));
+    for (const entry of new Set(made.map((m) => m.it.entry))) this.ctx.pusher.changed(entry.volume.id);
+    if (toFree.length > 0) this.ctx.track(this.ctx.freer.free(toFree));
   }
 
   /** In-sync replicas on draining disks with no copy planned yet, up to the cap. */
   private collect(draining: DiskRecord[]): Item[] {
     const byId = new Map(draining.map((d) => [d.id, d]));
-    let room = MAX_PLANNED_MOVES - this.book.all().filter((r) => r.kind === 'drain').length;
+    let room = MAX_PLANNED_MOVES - this.ctx.book.all().filter((r) => r.kind === 'drain').length;
     const items: Item[] = [];
     if (room <= 0) return items;
     const taken = this.takenIdSlots();
-    const now = this.registry.now();
-    for (const entry of this.volumes.entries()) {
+    const now = this.ctx.registry.now();
+    for (const entry of this.ctx.volumes.entries()) {
       const { volume, map } = entry;
-      if (!map.disks.some((d) => byId.has(d)) || this.volumes.isBusy(volume.id)) continue;
+      if (!map.disks.some((d) => byId.has(d)) || this.ctx.volumes.isBusy(volume.id)) continue;
       forEachReplica(map, (x) => {
         const disk = byId.get(x.diskId);
         if (!disk || x.move || x.state !== 'in_sync' || room <= 0) return;
-        if (moveOf(map, x.r) || this.book.forSlot(volume.id, x.segment, x.slot)) return;
+        if (moveOf(map, x.r) || this.ctx.book.forSlot(volume.id, x.segment, x.slot)) return;
         if ((this.notBefore.get(`${volume.id}/${x.r}`) ?? 0) > now) return;
         const idSlot = freeIdentitySlot(map, x.segment, [...(taken.get(`${volume.id}/${x.segment}`) ?? [])]);
         if (idSlot === undefined) return;
@@ -238,7 +217,7 @@ export class DrainPlanner {
   /** Identity slots of replaced chunks not yet freed, per volume/segment: a new chunk there must not take them. */
   private takenIdSlots(): Map<string, Set<number>> {
     const out = new Map<string, Set<number>>();
-    for (const t of this.freer.list()) {
+    for (const t of this.ctx.freer.list()) {
       if (t.segment === undefined || t.idSlot === undefined) continue;
       const key = `${t.volumeId}/${t.segment}`;
       let set = out.get(key);
@@ -252,7 +231,7 @@ export class DrainPlanner {
     const exclude = new Set<string>();
     for (const x of segmentReplicas(it.entry.map, it.segment)) {
       if (x.r === it.r && !x.move) continue;
-      const s = this.registry.serverOfDisk(x.diskId);
+      const s = this.ctx.registry.serverOfDisk(x.diskId);
       if (s) exclude.add(s.id);
     }
     return { volumeId: it.entry.volume.id, excludeServers: exclude, spreadLabel: it.entry.volume.spreadLabel, avoidServer: it.disk.serverId };
@@ -260,9 +239,9 @@ export class DrainPlanner {
 
   private record(it: Item, target: MoveTarget, batch: StoreBatch): ResyncRecord {
     const rec: ResyncRecord = {
-      id: this.book.allocateId(batch), kind: 'drain', volumeId: it.entry.volume.id, segment: it.segment, slot: it.slot,
+      id: this.ctx.book.allocateId(batch), kind: 'drain', volumeId: it.entry.volume.id, segment: it.segment, slot: it.slot,
       target: { diskId: target.diskId, chunkIndex: target.chunkIndex }, old: it.from, state: 'queued', regionsDone: 0, regionsTotal: 0,
-      bytesCopied: 0, createdMs: this.registry.now(), attempt: 0, executor: '', sources: [], startedMs: 0, epoch: 0, lastError: '', failures: 0,
+      bytesCopied: 0, createdMs: this.ctx.registry.now(), attempt: 0, executor: '', sources: [], startedMs: 0, epoch: 0, lastError: '', failures: 0,
     };
     batch.putResync(rec);
     return rec;
@@ -270,9 +249,9 @@ export class DrainPlanner {
 
   private stillWanted(it: Item): boolean {
     const { map } = it.entry;
-    if (this.volumes.byVolumeId(it.entry.volume.id) !== it.entry) return false;
+    if (this.ctx.volumes.byVolumeId(it.entry.volume.id) !== it.entry) return false;
     if (!sameChunk(replicaLocation(map, it.r), it.from) || replicaState(map, it.r) !== 'in_sync') return false;
-    return !moveOf(map, it.r) && !this.book.forSlot(it.entry.volume.id, it.segment, it.slot) && Boolean(this.registry.disk(it.from.diskId)?.draining);
+    return !moveOf(map, it.r) && !this.ctx.book.forSlot(it.entry.volume.id, it.segment, it.slot) && Boolean(this.ctx.registry.disk(it.from.diskId)?.draining);
   }
 
   private noteStuck(d: DiskRecord, stuck: number): void {
@@ -290,48 +269,45 @@ export class DrainPlanner {
   private async removeDrained(draining: DiskRecord[]): Promise<void> {
     const referenced = new Set<string>();
     const ids = new Set(draining.map((d) => d.id));
-    for (const { map } of this.volumes.entries()) {
+    for (const { map } of this.ctx.volumes.entries()) {
       if (!map.disks.some((d) => ids.has(d))) continue;
       forEachReplica(map, (x) => { if (ids.has(x.diskId)) referenced.add(x.diskId); });
     }
-    for (const rec of this.book.all()) if (ids.has(rec.target.diskId)) referenced.add(rec.target.diskId);
-    const waiting = new Set(this.freer.list().map((t) => t.diskId));
+    for (const rec of this.ctx.book.all()) if (ids.has(rec.target.diskId)) referenced.add(rec.target.diskId);
+    const waiting = new Set(this.ctx.freer.list().map((t) => t.diskId));
     const done = draining.filter((d) => !referenced.has(d.id) && (d.state !== 'active' || !waiting.has(d.id)));
     if (done.length === 0) return;
-    const batch = this.store.batch();
+    const batch = this.ctx.store.batch();
     const servers = new Set<string>();
     for (const d of done) {
       delete d.draining;
-      this.registry.setDiskState(d, 'removed', 'drained: every replica was copied elsewhere first', batch);
+      this.ctx.registry.setDiskState(d, 'removed', 'drained: every replica was copied elsewhere first', batch);
       this.notes.delete(d.id);
       servers.add(d.serverId);
     }
     for (const id of servers) {
-      const s = this.registry.server(id);
-      if (s?.draining && this.registry.disksOf(id).every((d) => d.state === 'removed')) {
+      const s = this.ctx.registry.server(id);
+      if (s?.draining && this.ctx.registry.disksOf(id).every((d) => d.state === 'removed')) {
         delete s.draining;
-        this.registry.setServerState(s, 'removed', 'drained: every replica was copied elsewhere first', batch);
+        this.ctx.registry.setServerState(s, 'removed', 'drained: every replica was copied elsewhere first', batch);
       }
     }
-    await this.store.write(batch);
+    await this.ctx.store.write(batch);
     for (const d of done) {
       log.info({ diskId: d.id, serverId: d.serverId }, `disk ${d.id} drained and removed`);
-      const server = this.registry.server(d.serverId);
+      const server = this.ctx.registry.server(d.serverId);
       if (server?.state !== 'active') continue;
-      this.hooks.track(this.peers.node.removeDisk(server.controlAddress, { diskId: d.id, force: false }).catch((err: unknown) => {
+      this.ctx.track(this.ctx.peers.node.removeDisk(server.controlAddress, { diskId: d.id, force: false }).catch((err: unknown) => {
         log.warn({ diskId: d.id, err: errorMessage(err) }, 'the node did not release the drained disk');
       }));
     }
   }
 
   private async deleteRecord(rec: ResyncRecord, why: string): Promise<void> {
-    await this.store.write(this.store.batch().delResync(rec.id));
-    this.book.remove(rec);
-    this.hooks.forget(rec);
+    await this.ctx.store.write(this.ctx.store.batch().delResync(rec.id));
+    this.ctx.book.remove(rec);
+    this.ctx.forget(rec);
     log.info({ resync: rec.id, volumeId: rec.volumeId, segment: rec.segment, slot: rec.slot }, `drain copy ${rec.id} ended: ${why}`);
   }
 
-  private usable(diskId: string): boolean {
-    return this.registry.disk(diskId)?.state === 'active' && this.registry.serverOfDisk(diskId)?.state === 'active';
-  }
 }

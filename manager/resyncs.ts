@@ -70,13 +70,8 @@ export class Resyncs implements ResyncContext {
   ) {
     this.dispatcher = new ResyncDispatcher(this);
     this.outcomes = new ResyncOutcomes(this, this.dispatcher);
-    this.planner = new SparePlanner(store, model, registry, volumes, peers, freer, this.book, pusher, opts.spareDisks);
-    this.planner.track = (work) => this.track(work);
-    this.drains = new DrainPlanner(store, model, registry, volumes, peers, freer, this.book, pusher, {
-      dropMove: (rec, entry, why) => this.outcomes.dropMove(rec, entry, why),
-      track: (work) => this.track(work),
-      forget: (rec) => this.forget(rec),
-    });
+    this.planner = new SparePlanner(this, model, opts.spareDisks);
+    this.drains = new DrainPlanner(this, model, (rec, entry, why) => this.outcomes.dropMove(rec, entry, why));
   }
 
   load(snap: StoreSnapshot): void {

@@ -1,15 +1,12 @@
 import { VskyError, errorMessage } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
-import type { ChunkFreer } from './gc.js';
 import { identitySlot, moveOf, replicaLocation, segmentReplicas, setReplicaLocation, setReplicaState } from './chunk-map.js';
-import type { MapPusher } from './map-pusher.js';
 import { mapLimit, type PeerClients } from './node-clients.js';
 import type { PlacementModel, SpareRequest } from './placement.js';
 import type { Registry } from './registry.js';
-import type { ResyncBook } from './resync-book.js';
-import type { ManagerStore } from './store.js';
+import type { ResyncContext } from './resync-context.js';
 import type { ChunkLocation, ResyncRecord, ToFreeRecord, VolumeRecord } from './types.js';
-import type { VolumeEntry, Volumes } from './volumes.js';
+import type { VolumeEntry } from './volumes.js';
 
 // Replacements for stale replicas. For every stale replica (a new failure,
 // or the target of a resync that failed in turn) a spare chunk is taken from
@@ -37,30 +34,26 @@ const log = moduleLogger('manager.spares');
 /** How long a replica that found no spare (or whose allocation failed) waits before the next try. */
 const RETRY_MS = 10_000;
 
-interface Item {
+/** A replica (position r of a volume's map) some planner finds a new chunk for. */
+export interface ReplicaItem {
   entry: VolumeEntry;
   segment: number;
   slot: number;
   r: number;
-  /** Where the slot points now (the stale replica). */
+  /** Where the slot points now. */
   from: ChunkLocation;
+}
+
+interface Item extends ReplicaItem {
   record?: ResyncRecord;
 }
 
 export class SparePlanner {
   private readonly notBefore = new Map<string, number>();
-  /** Hands background work (freeing replaced chunks) to whoever waits for quiet (manager/resyncs.ts). */
-  track: (work: Promise<unknown>) => void = () => undefined;
 
   constructor(
-    private readonly store: ManagerStore,
+    private readonly ctx: ResyncContext,
     private readonly model: PlacementModel,
-    private readonly registry: Registry,
-    private readonly volumes: Volumes,
-    private readonly peers: PeerClients,
-    private readonly freer: ChunkFreer,
-    private readonly book: ResyncBook,
-    private readonly pusher: MapPusher,
     spareDisks?: readonly string[],
   ) {
     if (spareDisks !== undefined && spareDisks.length > 0) {
@@ -98,10 +91,10 @@ export class SparePlanner {
       planned.push({ it, to: pick });
     });
     const results = await mapLimit(planned, 16, ({ it, to }) => this.allocate(it, to));
-    const batch = this.store.batch();
+    const batch = this.ctx.store.batch();
     const toFree: ToFreeRecord[] = [];
     const committed: Array<{ it: Item; to: ChunkLocation & { serverId: string; fit: string }; record: ResyncRecord }> = [];
-    const now = this.registry.now();
+    const now = this.ctx.registry.now();
     results.forEach((res, i) => {
       const { it, to } = planned[i]!;
       const name = `${it.entry.volume.name} seg ${it.segment} slot ${it.slot}`;
@@ -134,7 +127,7 @@ export class SparePlanner {
         });
       } else {
         record = {
-          id: this.book.allocateId(batch), volumeId: it.entry.volume.id, segment: it.segment, slot: it.slot,
+          id: this.ctx.book.allocateId(batch), volumeId: it.entry.volume.id, segment: it.segment, slot: it.slot,
           target: { diskId: to.diskId, chunkIndex: to.chunkIndex }, old: it.from, state: 'queued', regionsDone: 0, regionsTotal: 0,
           bytesCopied: 0, createdMs: now, attempt: 0, executor: '', sources: [], startedMs: 0, epoch: 0, lastError: '', failures: 0,
         };
@@ -143,20 +136,20 @@ export class SparePlanner {
       batch.putResync(record).putChunkMap(map);
       committed.push({ it, to, record });
     });
-    this.freer.stage(batch, toFree);
-    await this.store.write(batch);
-    this.freer.track(toFree);
+    this.ctx.freer.stage(batch, toFree);
+    await this.ctx.store.write(batch);
+    this.ctx.freer.track(toFree);
     for (const { it, to, record } of committed) {
-      if (!it.record) this.book.add(record);
-      const server = this.registry.server(to.serverId);
+      if (!it.record) this.ctx.book.add(record);
+      const server = this.ctx.registry.server(to.serverId);
       const label = it.entry.volume.spreadLabel;
-      const where = `disk ${to.diskId} on server ${server?.name ?? to.serverId}${label ? ` (${label} ${server ? this.registry.labelsOf(server)[label] ?? '-' : '-'})` : ''}`;
+      const where = `disk ${to.diskId} on server ${server?.name ?? to.serverId}${label ? ` (${label} ${server ? this.ctx.registry.labelsOf(server)[label] ?? '-' : '-'})` : ''}`;
       log.info({ volumeId: it.entry.volume.id, segment: it.segment, slot: it.slot, resync: record.id, fit: to.fit, chunkIndex: to.chunkIndex, replaced: it.from },
         `spare for ${it.entry.volume.name} seg ${it.segment} slot ${it.slot}: ${where}${it.record ? ' (new target: the previous one failed)' : ''}`);
     }
-    for (const id of new Set(committed.map((c) => c.it.entry.volume.id))) this.pusher.changed(id);
+    for (const id of new Set(committed.map((c) => c.it.entry.volume.id))) this.ctx.pusher.changed(id);
     if (toFree.length > 0) {
-      this.track(this.freer.free(toFree).catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'freeing replaced chunks failed; GC retries')));
+      this.ctx.track(this.ctx.freer.free(toFree).catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'freeing replaced chunks failed; GC retries')));
     }
     return committed.length;
   }
@@ -164,8 +157,8 @@ export class SparePlanner {
   /** Stale replicas not waiting out a retry delay. */
   private collect(): Item[] {
     const items: Item[] = [];
-    const now = this.registry.now();
-    for (const entry of this.volumes.entries()) {
+    const now = this.ctx.registry.now();
+    for (const entry of this.ctx.volumes.entries()) {
       const { volume, map } = entry;
       if (!map.stale || map.stale.length === 0) continue;
       for (const r of map.stale) {
@@ -173,7 +166,7 @@ export class SparePlanner {
         const slot = r % map.replicas;
         if ((this.notBefore.get(`${volume.id}/${r}`) ?? 0) > now) continue;
         if (moveOf(map, r)) continue; // a drain was copying it: manager/drains.ts turns that copy into the rebuild
-        items.push({ entry, segment, slot, r, from: replicaLocation(map, r), record: this.book.forSlot(volume.id, segment, slot) });
+        items.push({ entry, segment, slot, r, from: replicaLocation(map, r), record: this.ctx.book.forSlot(volume.id, segment, slot) });
       }
     }
     return items;
@@ -183,12 +176,12 @@ export class SparePlanner {
     const exclude = new Set<string>();
     for (const x of segmentReplicas(it.entry.map, it.segment)) {
       if (x.slot === it.slot) continue;
-      const s = this.registry.serverOfDisk(x.diskId);
+      const s = this.ctx.registry.serverOfDisk(x.diskId);
       if (s) exclude.add(s.id);
     }
     return {
       volumeId: it.entry.volume.id, excludeServers: exclude, spreadLabel: it.entry.volume.spreadLabel,
-      avoidServer: this.registry.serverOfDisk(it.from.diskId)?.id,
+      avoidServer: this.ctx.registry.serverOfDisk(it.from.diskId)?.id,
     };
   }
 
@@ -202,31 +195,31 @@ export class SparePlanner {
       for (const x of good) add(x.diskId, 1 / good.length);
     };
     const replanned = new Set(items.map((it) => it.record));
-    for (const rec of this.book.all()) {
+    for (const rec of this.ctx.book.all()) {
       if (replanned.has(rec)) continue;
       add(rec.target.diskId, 1);
-      reads(this.volumes.byVolumeId(rec.volumeId), rec.segment);
+      reads(this.ctx.volumes.byVolumeId(rec.volumeId), rec.segment);
     }
     for (const it of items) reads(it.entry, it.segment);
     return load;
   }
 
   private async allocate(it: Item, to: ChunkLocation & { serverId: string }): Promise<void> {
-    await allocateReplicaChunk(this.peers, this.registry, it.entry.volume, it.segment, identitySlot(it.entry.map, it.r), to);
+    await allocateReplicaChunk(this.ctx.peers, this.ctx.registry, it.entry.volume, it.segment, identitySlot(it.entry.map, it.r), to);
   }
 
   private stillWanted(it: Item, to: ChunkLocation): boolean {
-    if (this.volumes.byVolumeId(it.entry.volume.id) !== it.entry) return false;
+    if (this.ctx.volumes.byVolumeId(it.entry.volume.id) !== it.entry) return false;
     const now = replicaLocation(it.entry.map, it.r);
     if (now.diskId !== it.from.diskId || now.chunkIndex !== it.from.chunkIndex) return false;
     if (!it.entry.map.stale?.includes(it.r)) return false;
-    if (it.record && this.book.forSlot(it.entry.volume.id, it.segment, it.slot) !== it.record) return false;
-    const d = this.registry.disk(to.diskId);
-    return d?.state === 'active' && !d.draining && this.registry.serverOfDisk(to.diskId)?.state === 'active';
+    if (it.record && this.ctx.book.forSlot(it.entry.volume.id, it.segment, it.slot) !== it.record) return false;
+    const d = this.ctx.registry.disk(to.diskId);
+    return d?.state === 'active' && !d.draining && this.ctx.registry.serverOfDisk(to.diskId)?.state === 'active';
   }
 
   private backoff(it: Item): void {
-    this.notBefore.set(`${it.entry.volume.id}/${it.r}`, this.registry.now() + RETRY_MS);
+    this.notBefore.set(`${it.entry.volume.id}/${it.r}`, this.ctx.registry.now() + RETRY_MS);
   }
 }
 
