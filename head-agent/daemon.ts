@@ -35,6 +35,18 @@ export interface HeadAgentOptions {
   heartbeatIntervalMs: number;
   /** How long a write waits for the manager to record a failed replica stale before it fails (default 10000). */
   staleReportTimeoutMs?: number;
+  /**
+   * A storage node silent this long (no reply, PING probe unanswered) while
+   * requests to it are outstanding is taken as hung: its replicas are dropped
+   * and reported stale, so writes resume (default DATA_TIMEOUT_MS, 2000).
+   */
+  dataTimeoutMs?: number;
+  /**
+   * One data request unanswered this long fails its node's connection even
+   * while the node answers others; long because FLUSH, FENCE and FUA writes
+   * fdatasync (default FLUSH_TIMEOUT_MS, 30000).
+   */
+  flushTimeoutMs?: number;
 }
 
 export interface HeadAgentHandle {
@@ -50,7 +62,7 @@ export interface HeadAgentHandle {
 export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentHandle> {
   const log = moduleLogger('head-agent', { name: opts.name });
   const headId = await loadHeadId(opts.dataDir);
-  const pool = new NodePool();
+  const pool = new NodePool({ dataTimeoutMs: opts.dataTimeoutMs, flushTimeoutMs: opts.flushTimeoutMs });
   const nodeClients = new NodeControlClients();
   let link: ManagerLink | undefined;
   // The map a failure report is answered with is not applied here: the manager

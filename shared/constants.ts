@@ -24,8 +24,18 @@ export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 5000;
 export const MAX_DATA_PAYLOAD = 32 * MiB;
 /** Requests a head keeps in flight per storage-node connection before queueing. */
 export const MAX_INFLIGHT_PER_CONNECTION = 256;
-/** A data-protocol request with no reply after this long fails its connection. */
-export const DATA_REQUEST_TIMEOUT_MS = 10_000;
+/**
+ * Data-protocol liveness bound (head side): a storage node that sends nothing for this
+ * long while requests to it are outstanding, and does not answer a PING probe either,
+ * is taken as hung and its connection fails (its replicas are then reported stale).
+ */
+export const DATA_TIMEOUT_MS = 2_000;
+/**
+ * The longest one data-protocol request may stay unanswered while its node otherwise
+ * answers (a FLUSH or FENCE fdatasyncs; a FUA write too, and requests queue behind them
+ * on a busy disk). Also the bound for a single request stuck on a node that is alive.
+ */
+export const FLUSH_TIMEOUT_MS = 30_000;
 
 /** Chunk-table written-region bitmap: bits per chunk (region size = chunk size / bits). */
 export const REGION_BITS_PER_CHUNK = 4096;

@@ -1,8 +1,9 @@
 import { InvalidArgumentError as CommanderInvalid, type Command } from 'commander';
 import { initDaemonLogger, type Logger } from '../../shared/logger.js';
 import {
-  DEFAULT_CHUNK_SIZE, DEFAULT_HEAD_GRPC_PORT, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS,
+  DATA_TIMEOUT_MS, DEFAULT_CHUNK_SIZE, DEFAULT_HEAD_GRPC_PORT, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS,
   DEFAULT_ISCSI_PORT, DEFAULT_MANAGER_ADDRESS, DEFAULT_NBD_PORT, DEFAULT_NODE_DATA_PORT, DEFAULT_NODE_GRPC_PORT,
+  FLUSH_TIMEOUT_MS,
 } from '../../shared/constants.js';
 import { collect, hostPortArg, intArg, labelArg, positiveIntArg, sizeArg } from '../options.js';
 import { parseSize } from '../../shared/units.js';
@@ -120,7 +121,13 @@ export function registerDaemonCommands(program: Command): void {
     .option('--nbd-port <port>', 'NBD port (0: pick one)', intArg, DEFAULT_NBD_PORT)
     .option('--iscsi-port <port>', 'iSCSI portal port (0: pick one)', intArg, DEFAULT_ISCSI_PORT)
     .option('--no-iscsi', 'serve NBD only')
-    .option('--stale-report-timeout <ms>', 'how long a write waits for the manager to record a failed replica as stale before it fails', intArg, 10_000)
+    .option('--stale-report-timeout <ms>', 'milliseconds a write waits for the manager to record a failed replica as stale '
+      + 'before it fails with EIO (it is never acknowledged before)', intArg, 10_000)
+    .option('--data-timeout <ms>', 'milliseconds a storage node may send nothing (no reply, no answer to a PING probe) while '
+      + 'requests to it are outstanding before it is taken as hung: its replicas are dropped and reported stale, and writes '
+      + 'resume. A busy node keeps replying and is not dropped', positiveIntArg, DATA_TIMEOUT_MS)
+    .option('--flush-timeout <ms>', 'milliseconds one data request may stay unanswered while its storage node answers '
+      + 'others (FLUSH, FENCE and FUA writes fdatasync, which can take seconds on a busy disk)', positiveIntArg, FLUSH_TIMEOUT_MS)
     .option('--manager <host:port>', 'manager to register with', hostPortArg)
     .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
     .option('--log-level <level>', 'pino log level')
@@ -129,6 +136,7 @@ export function registerDaemonCommands(program: Command): void {
       await runDaemon('head-agent', o.logLevel, () => startHeadAgent({
         dataDir: o.dataDir, name: o.name, host: o.host, grpcPort: o.grpcPort, nbdPort: o.nbdPort,
         iscsiPort: o.iscsi === false ? undefined : o.iscsiPort, staleReportTimeoutMs: o.staleReportTimeout,
+        dataTimeoutMs: o.dataTimeout, flushTimeoutMs: o.flushTimeout,
         managerAddress: o.manager, heartbeatIntervalMs: o.heartbeatInterval,
       }));
     });

@@ -39,7 +39,7 @@ export class PendingRequest implements RequestHeader {
   data: Buffer | undefined = undefined;
   target: RequestTarget | undefined = undefined;
   callback: RequestCallback | undefined = undefined;
-  /** Stall-timer tick at which it was sent. */
+  /** Stall-timer tick at which it was sent (the per-request bound counts from it). */
   sentTick = 0;
   /** Reused for every request this entry carries: by the time it is recycled its bytes were sent. */
   readonly header = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);

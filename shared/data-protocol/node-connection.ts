@@ -1,5 +1,5 @@
 import * as net from 'node:net';
-import { DATA_REQUEST_TIMEOUT_MS, MAX_INFLIGHT_PER_CONNECTION } from '../constants.js';
+import { DATA_TIMEOUT_MS, FLUSH_TIMEOUT_MS, MAX_INFLIGHT_PER_CONNECTION } from '../constants.js';
 import { ProtocolError, TransportError, VskyError, errorMessage } from '../errors.js';
 import { encodeRequestHeader } from './codec.js';
 import { Opcode, Status, opcodeName, type ReplyHeader } from './frame.js';
@@ -22,17 +22,52 @@ export type { RequestCallback, RequestTarget } from './data-request.js';
 // (reply-reader.ts).
 //
 // Failure model (longhorn dataconn style): any transport error, protocol error,
-// close or stalled request fails the whole connection, and with it every
-// pending and queued request at once, with TransportError. The next request
-// after a back-off reconnects; requests during the back-off fail fast so that
-// a mirror can retry a read elsewhere without waiting.
+// close or stall fails the whole connection, and with it every pending and
+// queued request at once, with TransportError. The next request after a
+// back-off reconnects; requests during the back-off fail fast so that a mirror
+// can retry a read elsewhere without waiting.
+//
+// Stalls: "hung" is told from "busy" by progress, not by request age. A busy
+// node keeps sending replies; a hung one (SIGSTOPped, frozen VM, dead link)
+// sends nothing. So:
+//  - liveness (dataTimeoutMs, default 2 s): while requests are outstanding,
+//    every byte received is progress. After dataTimeoutMs/4 of silence the
+//    head sends a PING probe (at most one in flight; the node answers PING
+//    from its event loop, whatever its disks are doing), so a node whose
+//    outstanding requests are all slow (a long FLUSH, FUA writes, writes
+//    queued behind a sync) still shows it is alive. The connection fails once
+//    nothing at all came for dataTimeoutMs and the probe was unanswered for at
+//    least dataTimeoutMs/2. The clock starts when the first request of a busy
+//    period is written to the socket, never while requests wait in the queue
+//    below (back-pressure), and one slot of the in-flight window is kept for
+//    the probe so the node always has room to read it. Before failing, the
+//    check is repeated after the poll phase (setImmediate), so replies that
+//    arrived while this process itself was stalled (GC, CPU starvation) count.
+//  - per request (flushTimeoutMs, default 30 s): one request unanswered this
+//    long fails the connection even if the node answers everything else (a
+//    stuck disk on a live node). It is long because a FLUSH, a FENCE or a FUA
+//    write fdatasyncs, which on a busy real disk can take seconds, and other
+//    requests can queue behind them.
 
 const TRACE = 'head-connection';
 
 export interface NodeConnectionOptions {
-  /** A request unanswered this long fails the connection. */
-  requestTimeoutMs?: number;
-  /** Requests sent and awaiting a reply; beyond this they wait in the queue. */
+  /**
+   * Liveness bound: with requests outstanding, this long without a byte from
+   * the node (and a PING probe unanswered) fails the connection. Also the
+   * connect timeout. Default DATA_TIMEOUT_MS (2 s).
+   */
+  dataTimeoutMs?: number;
+  /**
+   * One request unanswered this long fails the connection, even while the
+   * node answers others (FLUSH/FENCE/FUA writes fdatasync). Default
+   * FLUSH_TIMEOUT_MS (30 s).
+   */
+  flushTimeoutMs?: number;
+  /**
+   * Requests sent and awaiting a reply, the liveness probe included (one slot
+   * is kept for it when this is above 1); beyond this they wait in the queue.
+   */
   maxInflight?: number;
   /** Requests waiting to be sent; beyond this submit() fails the request. */
   maxQueued?: number;
@@ -43,7 +78,8 @@ export interface NodeConnectionOptions {
 }
 
 const DEFAULTS = {
-  requestTimeoutMs: DATA_REQUEST_TIMEOUT_MS,
+  dataTimeoutMs: DATA_TIMEOUT_MS,
+  flushTimeoutMs: FLUSH_TIMEOUT_MS,
   maxInflight: MAX_INFLIGHT_PER_CONNECTION,
   maxQueued: 16 * MAX_INFLIGHT_PER_CONNECTION,
   backoffInitialMs: 100,
@@ -53,12 +89,20 @@ const DEFAULTS = {
   writeHighWaterMark: 4 * 1024 * 1024,
 };
 
-/** The stall timer ticks this many times per request timeout. */
-const TICKS_PER_TIMEOUT = 4;
+/** The stall timer ticks this many times per data timeout. */
+const TICKS_PER_TIMEOUT = 8;
 /** One socket read fetches up to this much (several pipelined replies at once). */
 const RECEIVE_BUFFER_SIZE = 512 * 1024;
 
 type State = 'idle' | 'connecting' | 'open' | 'backoff' | 'closed';
+
+/** What the liveness probe (a PING) is addressed to: nothing (the node looks at no field of a PING). */
+const PROBE_TARGET: RequestTarget = {
+  volumeId: 0,
+  segment: 0,
+  slot: 0,
+  replyError: (_opcode, status, message) => new ProtocolError(`PING refused with status ${status}: ${message}`),
+};
 
 export class NodeConnection {
   readonly address: string;
@@ -84,8 +128,24 @@ export class NodeConnection {
   private blocked = false;
   private timer: NodeJS.Timeout | undefined;
   private tick = 0;
-  private connectTick = 0;
   private readonly tickMs: number;
+  /** Stall-timer ticks after which one unanswered request fails the connection. */
+  private readonly requestLimitTicks: number;
+  /** Regular requests in flight at most: maxInflight less the probe's slot. */
+  private readonly window: number;
+  /** performance.now() of the connect attempt. */
+  private connectStartedAt = 0;
+  /** performance.now() of the last bytes received (or of the connect). */
+  private lastHeardAt = 0;
+  /** performance.now() when the first regular request of the current busy period was sent. */
+  private busySince = 0;
+  /** A liveness probe (PING) is in flight (it is in `inflight`). */
+  private probing = false;
+  private probeSentAt = 0;
+  /** A stall was seen on a tick; confirmStall runs after the poll phase. */
+  private stallCheck = false;
+  /** Liveness probes sent so far (tests and stats). */
+  probesSent = 0;
   private backoffMs: number;
   private retryAt = 0;
   private lastError: Error | undefined;
@@ -97,7 +157,10 @@ export class NodeConnection {
     this.host = host;
     this.port = port;
     this.opts = { ...DEFAULTS, ...stripUndefined(opts) };
-    this.tickMs = Math.max(5, Math.ceil(this.opts.requestTimeoutMs / TICKS_PER_TIMEOUT));
+    this.tickMs = Math.max(5, Math.ceil(Math.min(this.opts.dataTimeoutMs, this.opts.flushTimeoutMs) / TICKS_PER_TIMEOUT));
+    // Sent somewhere within a tick: one more tick guarantees the full bound.
+    this.requestLimitTicks = Math.ceil(this.opts.flushTimeoutMs / this.tickMs) + 1;
+    this.window = Math.max(1, this.opts.maxInflight - 1);
     this.backoffMs = this.opts.backoffInitialMs;
     this.log = moduleLogger(TRACE, { node: address });
     this.traced = isTraced(TRACE);
@@ -105,7 +168,12 @@ export class NodeConnection {
 
   /** Requests sent or queued and not yet answered: the load measure reads balance on. */
   get outstanding(): number {
-    return this.inflight.size + this.queue.size;
+    return this.regularInflight + this.queue.size;
+  }
+
+  /** Requests in flight, not counting the liveness probe. */
+  private get regularInflight(): number {
+    return this.inflight.size - (this.probing ? 1 : 0);
   }
 
   /** False while in back-off after a failure (requests now would fail fast). */
@@ -152,10 +220,10 @@ export class NodeConnection {
     p.data = data;
     p.target = target;
     p.callback = callback;
-    if (this.state === 'open' && !this.blocked && this.inflight.size < this.opts.maxInflight && this.queue.size === 0) {
+    if (this.state === 'open' && !this.blocked && this.regularInflight < this.window && this.queue.size === 0) {
       const socket = this.socket!;
       this.corkUntilTick(socket);
-      this.send(socket, p);
+      this.sendRegular(socket, p);
       return;
     }
     if (this.queue.size >= this.opts.maxQueued) {
@@ -211,7 +279,7 @@ export class NodeConnection {
   private connect(): void {
     this.state = 'connecting';
     this.blocked = false;
-    this.connectTick = this.tick;
+    this.connectStartedAt = performance.now();
     this.reader = new ReplyReader(this.allocate, this.complete);
     this.receiveBuffer ??= Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
     const socket = net.connect({
@@ -230,6 +298,7 @@ export class NodeConnection {
   private readonly onConnect = (): void => {
     this.state = 'open';
     this.connects++;
+    this.lastHeardAt = performance.now();
     if (this.lastError !== undefined) this.log.info({ after: errorMessage(this.lastError) }, 'reconnected to storage node');
     this.lastError = undefined;
     this.backoffMs = this.opts.backoffInitialMs;
@@ -242,8 +311,8 @@ export class NodeConnection {
     if (socket === undefined || this.state !== 'open') return;
     if (this.queue.size === 0) return;
     this.corkUntilTick(socket);
-    while (!this.blocked && this.queue.size > 0 && this.inflight.size < this.opts.maxInflight) {
-      this.send(socket, this.queue.shift());
+    while (!this.blocked && this.queue.size > 0 && this.regularInflight < this.window) {
+      this.sendRegular(socket, this.queue.shift());
     }
   }
 
@@ -265,6 +334,12 @@ export class NodeConnection {
     this.corked = undefined;
     if (socket !== undefined && !socket.destroyed) socket.uncork();
   };
+
+  /** Writes one caller's request (the socket is corked); the first of a busy period starts the liveness clock. */
+  private sendRegular(socket: net.Socket, p: PendingRequest): void {
+    if (this.regularInflight === 0) this.busySince = performance.now();
+    this.send(socket, p);
+  }
 
   /** Writes one request (the socket is corked). */
   private send(socket: net.Socket, p: PendingRequest): void {
@@ -302,6 +377,7 @@ export class NodeConnection {
   private readonly onRead = (nread: number, buf: Uint8Array): boolean => {
     const reader = this.reader;
     if (reader === undefined) return false;
+    this.lastHeardAt = performance.now();
     try {
       reader.feed((buf as Buffer).subarray(0, nread));
     } catch (err) {
@@ -350,7 +426,7 @@ export class NodeConnection {
 
   private readonly onClose = (): void => {
     if (this.state === 'closed' || this.socket === undefined) return;
-    if (this.inflight.size === 0 && this.queue.size === 0 && this.state === 'open') {
+    if (this.regularInflight === 0 && this.queue.size === 0 && this.state === 'open') {
       // Idle close (node restarted, idle timeout): reconnect on the next request without back-off.
       this.teardown(undefined, 'idle');
       return;
@@ -381,6 +457,7 @@ export class NodeConnection {
     this.reader = undefined;
     this.corked = undefined;
     this.blocked = false;
+    this.stallCheck = false;
     this.stopTimer();
     if (socket !== undefined) {
       socket.removeListener('connect', this.onConnect);
@@ -412,22 +489,101 @@ export class NodeConnection {
     this.timer = undefined;
   }
 
-  /** One timer per connection: fails it when the oldest request (or the connect) is stalled. */
+  /**
+   * One timer per connection: fails a connect that takes too long, a request
+   * unanswered for flushTimeoutMs, and a node silent for dataTimeoutMs while
+   * requests are outstanding (probing it with a PING first).
+   */
   private readonly onTick = (): void => {
     this.tick++;
-    const limit = TICKS_PER_TIMEOUT + 1;
-    if (this.state === 'connecting' && this.tick - this.connectTick >= limit) {
-      this.fail(new TransportError(`connecting to storage node ${this.address} timed out after ${this.opts.requestTimeoutMs} ms`, { node: this.address }));
+    const now = performance.now();
+    if (this.state === 'connecting') {
+      if (now - this.connectStartedAt >= this.opts.dataTimeoutMs) {
+        this.fail(new TransportError(`connecting to storage node ${this.address} timed out after ${this.opts.dataTimeoutMs} ms`, { node: this.address }));
+      }
       return;
     }
-    if (this.inflight.size === 0) return;
+    if (this.state !== 'open' || this.inflight.size === 0) return;
     const oldest = this.inflight.values().next().value as PendingRequest;
-    if (this.tick - oldest.sentTick >= limit) {
+    if (this.tick - oldest.sentTick >= this.requestLimitTicks) {
       this.fail(new TransportError(
-        `storage node ${this.address} did not answer ${opcodeName(oldest.opcode)} request ${oldest.requestId} within ${this.opts.requestTimeoutMs} ms`,
+        `storage node ${this.address} did not answer ${opcodeName(oldest.opcode)} request ${oldest.requestId} within ${this.opts.flushTimeoutMs} ms`,
         { node: this.address, requestId: oldest.requestId },
       ));
+      return;
     }
+    if (this.regularInflight === 0) return; // only a probe: nothing waits on this node
+    const silentMs = this.silentMs(now);
+    if (silentMs < this.opts.dataTimeoutMs / 4) return;
+    if (!this.probing) {
+      this.sendProbe(now);
+      return;
+    }
+    if (this.stalled(now) && !this.stallCheck) {
+      // Replies that came while this process was not running sit in the socket:
+      // the poll phase reads them before setImmediate callbacks run.
+      this.stallCheck = true;
+      setImmediate(this.confirmStall);
+    }
+  };
+
+  /** Nothing heard for dataTimeoutMs while a regular request waits, and the probe had time to come back. */
+  private stalled(now: number): boolean {
+    return this.state === 'open' && this.regularInflight > 0 && this.probing
+      && this.silentMs(now) >= this.opts.dataTimeoutMs && now - this.probeSentAt >= this.opts.dataTimeoutMs / 2;
+  }
+
+  /** How long the node has sent nothing while regular requests were waiting for it. */
+  private silentMs(now: number): number {
+    return now - Math.max(this.lastHeardAt, this.busySince);
+  }
+
+  private readonly confirmStall = (): void => {
+    this.stallCheck = false;
+    const now = performance.now();
+    if (!this.stalled(now)) return;
+    const oldest = this.firstRegular();
+    this.fail(new TransportError(
+      `storage node ${this.address} sent nothing for ${Math.round(this.silentMs(now))} ms with ${this.regularInflight} request(s) outstanding`
+      + (oldest === undefined ? '' : ` (oldest: ${opcodeName(oldest.opcode)} request ${oldest.requestId})`)
+      + ` and did not answer a PING within ${Math.round(now - this.probeSentAt)} ms: taken as hung (data timeout ${this.opts.dataTimeoutMs} ms)`,
+      { node: this.address, silentMs: Math.round(this.silentMs(now)) },
+    ));
+  };
+
+  private firstRegular(): PendingRequest | undefined {
+    for (const p of this.inflight.values()) if (p.callback !== this.probeDone) return p;
+    return undefined;
+  }
+
+  /** Sends a PING outside the caller window: any reply (any byte) shows the node is alive. */
+  private sendProbe(now: number): void {
+    const socket = this.socket!;
+    const p = this.pool.take();
+    p.opcode = Opcode.PING;
+    p.flags = 0;
+    p.slot = 0;
+    p.volumeId = 0;
+    p.segment = 0;
+    p.epoch = 0;
+    p.offset = 0;
+    p.length = 0;
+    p.generation = 0;
+    p.data = undefined;
+    p.target = PROBE_TARGET;
+    p.callback = this.probeDone;
+    this.probing = true;
+    this.probeSentAt = now;
+    this.probesSent++;
+    this.corkUntilTick(socket);
+    this.send(socket, p);
+  }
+
+  /** The probe's completion: answered, or failed with the connection. */
+  private readonly probeDone: RequestCallback = {
+    requestDone: () => {
+      this.probing = false;
+    },
   };
 }
 

@@ -25,6 +25,18 @@ describe('vsky --help', () => {
       expect(String(r.stdout), cmd.join(' ')).toMatch(/^Usage: vsky/);
     }
   });
+
+  it('head-agent documents its data-path timeouts with units and defaults, and refuses bad ones', async () => {
+    const out = String((await vsky(['head-agent', '--help'])).stdout).replace(/\s+/g, ' ');
+    expect(out).toMatch(/--data-timeout <ms> milliseconds a storage node may send nothing .*\(default: 2000\)/);
+    expect(out).toMatch(/--flush-timeout <ms> milliseconds one data request may stay unanswered .*\(default: 30000\)/);
+    expect(out).toMatch(/--stale-report-timeout <ms> milliseconds a write waits .*\(default: 10000\)/);
+    for (const bad of [['--data-timeout', '0'], ['--flush-timeout', '2s']]) {
+      const r = await vsky(['head-agent', '--data-dir', '/nonexistent/vsky-cli-test', ...bad]);
+      expect(r.exitCode, bad.join(' ')).not.toBe(0);
+      expect(String(r.stderr), bad.join(' ')).toMatch(new RegExp(`${bad[0]}`));
+    }
+  });
 });
 
 describe('vsky admin commands against a running cluster', () => {

@@ -26,6 +26,14 @@ interface FakeOptions {
   swallow?: (h: RequestHeader) => boolean;
   /** Delay the reply to a request by this many ms (0: next turn). */
   delayMs?: (h: RequestHeader) => number;
+  /** Answer one request at a time, in order, each this many ms after the previous reply (a slow but steady node). */
+  serialMs?: number;
+  /**
+   * When the reply is due, stall this whole process (head included) for this
+   * many ms in a check-phase callback, then write the reply: the head's next
+   * timer tick then runs before it could read the reply.
+   */
+  stallBeforeReplyMs?: (h: RequestHeader) => number;
 }
 
 class FakeNode {
@@ -37,6 +45,8 @@ class FakeNode {
   maxOutstanding = 0;
   connections = 0;
   private held: Buffer[][] = [];
+  private serial: (() => void)[] = [];
+  private serialBusy = false;
 
   constructor(readonly opts: FakeOptions = {}) {
     this.server = createServer((s) => this.onSocket(s));
@@ -87,10 +97,31 @@ class FakeNode {
     else if (h.opcode === Opcode.WRITE) payload!.copy(this.chunk(h), h.offset);
     const head = encodeReplyHeader({ requestId: h.requestId, status, length: body?.length ?? 0 }, Buffer.alloc(REPLY_HEADER_SIZE));
     const parts = body ? [head, body] : [head];
+    const stallMs = this.opts.stallBeforeReplyMs?.(h) ?? 0;
+    const reply = stallMs === 0 ? () => this.reply(s, parts) : () => setImmediate(() => {
+      const until = Date.now() + stallMs;
+      while (Date.now() < until) { /* a stalled event loop */ }
+      this.reply(s, parts);
+    });
+    if (this.opts.serialMs !== undefined) {
+      this.serial.push(reply);
+      this.nextSerial();
+      return;
+    }
     // Reply on a later turn, so a window of requests is really outstanding at once.
     const delay = this.opts.delayMs?.(h) ?? 0;
-    if (delay > 0) setTimeout(() => this.reply(s, parts), delay);
-    else setImmediate(() => this.reply(s, parts));
+    if (delay > 0) setTimeout(reply, delay);
+    else setImmediate(reply);
+  }
+
+  private nextSerial(): void {
+    if (this.serialBusy || this.serial.length === 0) return;
+    this.serialBusy = true;
+    setTimeout(() => {
+      this.serialBusy = false;
+      this.serial.shift()!();
+      this.nextSerial();
+    }, this.opts.serialMs);
   }
 
   private reply(s: Socket, parts: Buffer[]): void {
@@ -228,8 +259,8 @@ describe('NodeConnection', () => {
     expect(node.maxOutstanding).toBeGreaterThan(1);
   });
 
-  it('fails every pending request at once when one stalls', async () => {
-    const { conn } = await setup({ swallow: (h) => h.offset === 0 }, { requestTimeoutMs: 200 });
+  it('fails every pending request at once when one stays unanswered for the flush timeout while others are answered', async () => {
+    const { conn } = await setup({ swallow: (h) => h.offset === 0 }, { flushTimeoutMs: 200 });
     const t = target();
     const started = Date.now();
     const stalled = conn.request(t, Opcode.READ, 0, 0, 0, 16, Buffer.alloc(16));
@@ -245,6 +276,95 @@ describe('NodeConnection', () => {
     expect((results[0] as PromiseRejectedResult).reason.message).toMatch(/did not answer READ/);
     expect(elapsed).toBeGreaterThanOrEqual(190);
     expect(elapsed).toBeLessThan(1500);
+  });
+
+  it('a silent (hung) node fails the connection after the data timeout, having been probed with a PING', async () => {
+    // A SIGSTOPped node: the kernel keeps the connection, nothing is ever answered.
+    const { node, conn } = await setup({ swallow: () => true }, { dataTimeoutMs: 400 });
+    const t = target();
+    const started = Date.now();
+    const results = await Promise.allSettled([
+      conn.request(t, Opcode.WRITE, 0, 1, 0, 4096, Buffer.alloc(4096)),
+      conn.request(t, Opcode.READ, 0, 0, 0, 4096, Buffer.alloc(4096)),
+      conn.request(t, Opcode.MARK_DIRTY, 0, 1, 0, 4096, undefined),
+    ]);
+    const elapsed = Date.now() - started;
+    for (const r of results) {
+      expect(r.status).toBe('rejected');
+      expect((r as PromiseRejectedResult).reason).toBeInstanceOf(TransportError);
+      expect((r as PromiseRejectedResult).reason.message).toMatch(/sent nothing for \d+ ms with 3 request\(s\) outstanding .*did not answer a PING.*taken as hung/);
+    }
+    expect(elapsed).toBeGreaterThanOrEqual(390);
+    expect(elapsed).toBeLessThan(1200); // about the data timeout, far below the flush timeout
+    expect(node.seen.filter((h) => h.opcode === Opcode.PING)).toHaveLength(1);
+    expect(conn.probesSent).toBe(1);
+  });
+
+  it('a FLUSH, FENCE or FUA write slower than the data timeout is not timed out while the node answers the probe', async () => {
+    const slow = (h: RequestHeader): boolean => h.opcode === Opcode.FLUSH || h.opcode === Opcode.FENCE || (h.flags & Flag.FUA) !== 0;
+    const { node, conn } = await setup({ delayMs: (h) => (slow(h) ? 1500 : 0) }, { dataTimeoutMs: 300 });
+    const t = target();
+    const started = Date.now();
+    await Promise.all([
+      conn.request(t, Opcode.FLUSH, 0, 1, 0, 0, undefined),
+      conn.request(t, Opcode.FENCE, 0, 2, 0, 0, undefined, 3),
+      conn.request(t, Opcode.WRITE, Flag.FUA, 2, 0, 4096, Buffer.alloc(4096)),
+    ]);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1450); // 5x the data timeout
+    expect(conn.probesSent).toBeGreaterThan(3); // kept alive by answered probes
+    expect(node.seen.filter((h) => h.opcode === Opcode.PING).length).toBe(conn.probesSent);
+    expect(node.connections).toBe(1);
+    // The connection is still fine.
+    await conn.request(t, Opcode.WRITE, 0, 2, 0, 4096, Buffer.alloc(4096));
+  });
+
+  it('a hung node with only a FLUSH outstanding is still detected after about the data timeout', async () => {
+    const { conn } = await setup({ swallow: () => true }, { dataTimeoutMs: 300, flushTimeoutMs: 30_000 });
+    const started = Date.now();
+    await expect(conn.request(target(), Opcode.FLUSH, 0, 1, 0, 0, undefined)).rejects.toThrow(/taken as hung/);
+    const elapsed = Date.now() - started;
+    expect(elapsed).toBeGreaterThanOrEqual(290);
+    expect(elapsed).toBeLessThan(1000);
+  });
+
+  it('a node that replies slowly but steadily is not timed out, even when every request waits far longer than the data timeout', async () => {
+    // One reply every 100 ms, in order, PINGs queued like the rest: each request
+    // waits up to ~2.5 s, but the node is never silent for the 300 ms data timeout.
+    const { node, conn } = await setup({ serialMs: 100 }, { dataTimeoutMs: 300 });
+    const t = target();
+    await conn.request(t, Opcode.PING, 0, 0, 0, 0, undefined);
+    const started = Date.now();
+    await Promise.all(Array.from({ length: 24 }, (_, i) => conn.request(t, Opcode.WRITE, 0, 1, i * 4096, 4096, pattern(4096, i))));
+    expect(Date.now() - started).toBeGreaterThanOrEqual(2000);
+    expect(node.connections).toBe(1);
+  });
+
+  it('counts the data timeout from when a request is sent, not while it waits in the queue', async () => {
+    // Window of one request (maxInflight 2 keeps a slot for the probe): 12 writes
+    // answered 150 ms each after they are sent; the last one waits ~1.8 s from submit().
+    const { node, conn } = await setup({ delayMs: () => 150 }, { dataTimeoutMs: 300, maxInflight: 2 });
+    const t = target();
+    await conn.request(t, Opcode.PING, 0, 0, 0, 0, undefined);
+    const started = Date.now();
+    await Promise.all(Array.from({ length: 12 }, (_, i) => conn.request(t, Opcode.WRITE, 0, 1, i * 4096, 4096, pattern(4096, i))));
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1700);
+    expect(node.maxOutstanding).toBeLessThanOrEqual(2);
+    expect(node.connections).toBe(1);
+  });
+
+  it('replies that arrived while the head process itself was stalled count as progress', async () => {
+    // This whole process (head included) stalls for 4x the data timeout, then the
+    // node's FLUSH reply lands in the socket just before the head's overdue timer
+    // tick runs. PINGs are swallowed, so only the re-check after the poll phase
+    // (which reads the reply) saves the connection.
+    const { node, conn } = await setup({
+      swallow: (h) => h.opcode === Opcode.PING,
+      delayMs: (h) => (h.opcode === Opcode.FLUSH ? 200 : 0),
+      stallBeforeReplyMs: (h) => (h.opcode === Opcode.FLUSH ? 1200 : 0),
+    }, { dataTimeoutMs: 300 });
+    await conn.request(target(), Opcode.FLUSH, 0, 1, 0, 0, undefined);
+    expect(conn.probesSent).toBe(1);
+    expect(node.connections).toBe(1);
   });
 
   it('fails pending requests with TransportError on reset, then reconnects after back-off', async () => {

@@ -52,7 +52,7 @@ function fill(len: number, seed: number): Buffer {
 }
 
 function newRegistry(): VolumeRegistry {
-  const pool = new NodePool({ requestTimeoutMs: 3000, backoffInitialMs: 50 });
+  const pool = new NodePool({ dataTimeoutMs: 3000, backoffInitialMs: 50 });
   pools.push(pool);
   return new VolumeRegistry({ pool, maxPiece: MAX_PIECE });
 }

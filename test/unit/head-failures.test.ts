@@ -43,10 +43,14 @@ function fill(len: number, seed: number): Buffer {
   return b;
 }
 
-/** A TCP proxy in front of a storage node that can be cut (connections reset and refused) and restored. */
+/**
+ * A TCP proxy in front of a storage node that can be cut (connections reset and refused),
+ * frozen (connections stay open, nothing goes through either way: a SIGSTOPped node) and restored.
+ */
 class CutProxy {
   private readonly sockets = new Set<net.Socket>();
   cut = false;
+  frozen = false;
   /** Bytes forwarded from the head since the last restore(). */
   forwarded = 0;
   constructor(private readonly server: net.Server, readonly address: string) {}
@@ -62,10 +66,13 @@ class CutProxy {
       const upstream = net.connect(Number(port), host!);
       self!.sockets.add(client).add(upstream);
       client.on('data', (d: Buffer) => {
+        if (self!.frozen) return;
         self!.forwarded += d.length;
         upstream.write(d);
       });
-      upstream.pipe(client);
+      upstream.on('data', (d: Buffer) => {
+        if (!self!.frozen) client.write(d);
+      });
       const drop = (): void => {
         client.destroy();
         upstream.destroy();
@@ -86,7 +93,17 @@ class CutProxy {
     this.sockets.clear();
   }
 
+  /** Nothing goes through any more, connections stay open (the streams are cut mid-frame: restore() resets them). */
+  freeze(): void {
+    this.frozen = true;
+  }
+
   restore(): void {
+    if (this.frozen) {
+      for (const s of this.sockets) s.destroy();
+      this.sockets.clear();
+    }
+    this.frozen = false;
     this.cut = false;
     this.forwarded = 0;
   }
@@ -162,7 +179,7 @@ async function allocate(volumeId: number, name: string): Promise<VolumeMap> {
 
 /** A registry whose failure handler reports to the fake manager. */
 function newRegistry(staleReportTimeoutMs = 10_000): { registry: VolumeRegistry; handler: ReportingFailureHandler } {
-  const pool = new NodePool({ requestTimeoutMs: 1000, backoffInitialMs: 20, backoffMaxMs: 100 });
+  const pool = new NodePool({ dataTimeoutMs: 1000, backoffInitialMs: 20, backoffMaxMs: 100 });
   pools.push(pool);
   const client = managerClient(manager.address);
   clients.push(client);
@@ -280,6 +297,43 @@ describe('replica failures (head side)', () => {
       expect(buf.equals(model), `slot ${s}`).toBe(true);
     }
     expect(manager.reports).toHaveLength(1);
+  });
+
+  it('a hung node (connection open, nothing answered): its writes time out after about the data timeout and are acknowledged only once it is recorded stale', async () => {
+    manager.mode = 'ok';
+    manager.delayMs = 100;
+    proxy.restore();
+    const { registry, handler } = newRegistry(); // data timeout 1000 ms
+    const vol = await registry.attach(await allocate(11, 'vol-p'), 1);
+    for (let i = 0; i < 8; i++) await vol.write(i * 65536, fill(65536, i), false);
+    const before = manager.reports.length;
+    proxy.freeze();
+    const frozeAt = Date.now();
+    const acks: { off: number; n: number; at: number }[] = [];
+    let n = 100;
+    const writer = async (w: number): Promise<void> => {
+      for (let i = 0; i < 10; i++) {
+        const off = (w * 16 + i) * 4096;
+        const k = ++n;
+        await vol.write(off, fill(4096, k), i % 3 === 0);
+        acks.push({ off, n: k, at: Date.now() });
+      }
+    };
+    await Promise.all([0, 1, 2, 3].map(writer));
+    expect(manager.reports.length).toBe(before + 1);
+    const rep = manager.reports.at(-1)!;
+    expect(rep.req).toMatchObject({ volume: 'vol-p', segment: 0, slot: 2, epoch: 1 });
+    expect(rep.req.reason).toMatch(/sent nothing .* taken as hung/);
+    // The stall: about the data timeout (plus the report), nowhere near the flush timeout.
+    const firstAck = Math.min(...acks.map((a) => a.at));
+    expect(rep.at - frozeAt).toBeGreaterThanOrEqual(950);
+    expect(firstAck - frozeAt).toBeLessThan(2500);
+    // Rule 2: no write sent after the freeze was acknowledged before the stale record.
+    for (const a of acks) expect(a.at).toBeGreaterThanOrEqual(rep.answeredAt);
+    expect(slot(vol, 2).state).toBe('stale');
+    expect(handler.pending).toBe(0);
+    for (const a of acks) expect((await vol.read(a.off, 4096)).equals(fill(4096, a.n))).toBe(true);
+    proxy.restore();
   });
 
   it('manager unreachable: writes fail after the bound (never acknowledged) while reads go on; they succeed once it answers', async () => {
@@ -421,7 +475,7 @@ describe('replica failures (head side)', () => {
 
     // No manager client: the pre-existing behaviour (the write fails naming the replica).
     proxy.restore();
-    const pool = new NodePool({ requestTimeoutMs: 1000, backoffInitialMs: 20 });
+    const pool = new NodePool({ dataTimeoutMs: 1000, backoffInitialMs: 20 });
     pools.push(pool);
     const standalone = new VolumeRegistry({
       pool, failureHandler: new ReportingFailureHandler({ headId: HEAD_ID, manager: () => undefined }), intentSweepMs: 3_600_000,

@@ -161,7 +161,7 @@ beforeAll(async () => {
     client.close();
   }
   manager = await startFakeManager();
-  pool = new NodePool({ requestTimeoutMs: 3000, backoffInitialMs: 20 });
+  pool = new NodePool({ dataTimeoutMs: 3000, backoffInitialMs: 20 });
   registry = new VolumeRegistry({ pool, intentSweepMs: 500 });
   resync = new ResyncService({ volumes: registry, clients: registry.nodeClients, progressIntervalMs: 200 });
   control = await startControlServer('127.0.0.1', 0, { registry, nbdAddress: '127.0.0.1:10809', resync });

@@ -41,7 +41,7 @@ function fill(len: number, seed: number): Buffer {
 }
 
 function newRegistry(): VolumeRegistry {
-  const pool = new NodePool({ requestTimeoutMs: 3000, backoffInitialMs: 20 });
+  const pool = new NodePool({ dataTimeoutMs: 3000, backoffInitialMs: 20 });
   pools.push(pool);
   const r = new VolumeRegistry({ pool, intentGroupBytes: GROUP, intentSweepMs: 3_600_000 });
   registries.push(r);
