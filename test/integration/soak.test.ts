@@ -8,11 +8,38 @@ import { vsky } from '../harness/vsky.js';
 // Soak (not in CI): `VSKY_SOAK_SECONDS=600 npm run soak` repeats random
 // faults - kill -9 and restart of a storage node, SIGSTOP/SIGCONT of one,
 // kill -9 of the manager, kill -9 of the head agent (the manager gives the
-// volume back when it restarts) - under a verifying writer, waiting for full
-// redundancy after each, then checks every acknowledged write.
+// volume back when it restarts), a graceful drain of a disk (sometimes with
+// the manager killed -9 in the middle) and its return - under a verifying
+// writer, waiting for full redundancy after each, then checks every
+// acknowledged write.
 
 const SECONDS = Number(process.env.VSKY_SOAK_SECONDS ?? 0);
 const SIZE = 32 * MiB;
+
+interface DiskRow { diskId: string; serverName: string; path: string; state: string; draining: boolean; usedChunks: number }
+
+async function diskRows(c: LocalCluster): Promise<DiskRow[]> {
+  const r = await vsky(['disk', 'list', '--json'], c.managerAddress);
+  return r.exitCode === 0 ? JSON.parse(String(r.stdout)) as DiskRow[] : [];
+}
+
+/** Drains a disk holding chunks (killing the manager mid-drain half the time), waits until it is removed, then adds it back. */
+async function drainOne(c: LocalCluster): Promise<void> {
+  const used = (await diskRows(c)).filter((d) => d.state === 'active' && !d.draining && d.usedChunks > 0);
+  const d = used[Math.floor(Math.random() * used.length)]!;
+  expect((await vsky(['disk', 'remove', d.diskId, '--no-wait'], c.managerAddress)).exitCode).toBe(0);
+  if (Math.random() < 0.5) {
+    await new Promise((r) => setTimeout(r, 300 + Math.random() * 700));
+    await c.manager.kill9();
+    await c.manager.start();
+  }
+  const deadline = Date.now() + 120_000;
+  while ((await diskRows(c)).find((x) => x.diskId === d.diskId)?.state !== 'removed') {
+    if (Date.now() > deadline) throw new Error(`disk ${d.diskId} not drained after 120 s`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  expect((await vsky(['disk', 'add', d.serverName, d.path], c.managerAddress)).exitCode).toBe(0);
+}
 
 async function redundant(c: LocalCluster, name: string): Promise<boolean> {
   const r = await vsky(['volume', 'list', '--json'], c.managerAddress);
@@ -36,7 +63,7 @@ describe.skipIf(SECONDS <= 0)('soak: random faults under a verifying writer', ()
     const faults: Record<string, number> = {};
     let worstStall = 0;
     while (Date.now() < end) {
-      const kind = ['node-kill', 'node-hang', 'manager-kill', 'head-kill'][Math.floor(Math.random() * 4)]!;
+      const kind = ['node-kill', 'node-hang', 'manager-kill', 'head-kill', 'drain'][Math.floor(Math.random() * 5)]!;
       faults[kind] = (faults[kind] ?? 0) + 1;
       w.resetStall();
       const node = c.nodes[Math.floor(Math.random() * c.nodes.length)]!;
@@ -52,6 +79,8 @@ describe.skipIf(SECONDS <= 0)('soak: random faults under a verifying writer', ()
         await c.manager.kill9();
         await new Promise((r) => setTimeout(r, 1000));
         await c.manager.start();
+      } else if (kind === 'drain') {
+        await drainOne(c);
       } else {
         await c.head.kill9();
         await c.head.start();
