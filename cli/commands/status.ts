@@ -4,15 +4,20 @@ import { emit, printTable } from '../output.js';
 import { formatSize } from '../../shared/units.js';
 
 export function registerStatusCommand(program: Command): void {
-  adminCommand(program, 'status', 'cluster summary: servers, disks, capacity, volumes')
+  adminCommand(program, 'status', 'cluster summary: servers, disks, capacity, volumes, degraded volumes and drains')
     .action((o) => withManager(o, async (m) => {
       const s = await call(m, 'Status', {});
-      emit(o, s, () => {
+      const draining = (await call(m, 'ListDisks', { server: '' })).disks.filter((d) => d.draining)
+        .map((d) => ({ diskId: d.diskId, serverName: d.serverName, chunksLeft: d.usedChunks, note: d.drainNote }));
+      emit(o, { ...s, drainingDisks: draining }, () => {
         const out = process.stdout;
         out.write(`servers: ${s.serversActive}/${s.servers} active   disks: ${s.disksActive}/${s.disks} active   heads: ${s.heads}\n`);
         out.write(`capacity: ${formatSize(s.capacityBytes)}   allocated: ${formatSize(s.usedBytes)} (${s.capacityBytes ? ((100 * s.usedBytes) / s.capacityBytes).toFixed(1) : '0.0'}%)\n`);
         const degraded = s.volumeList.filter((v) => v.degraded);
         out.write(`volumes: ${s.volumes}${degraded.length ? `   DEGRADED: ${degraded.map((v) => `${v.name} (${v.resyncs} resync(s), ${(100 * v.resyncProgress).toFixed(0)}%)`).join(', ')}` : '   all fully redundant'}\n`);
+        for (const d of draining) {
+          out.write(`draining: disk ${d.diskId} on ${d.serverName}, ${d.chunksLeft} chunk(s) left${d.note ? ` - waiting: ${d.note}` : ''}\n`);
+        }
         if (s.volumeList.length > 0) {
           printTable(s.volumeList.map((v) => ({ ...v, size: formatSize(v.size), health: v.degraded ? `degraded ${(100 * v.resyncProgress).toFixed(0)}%` : 'ok' })),
             { name: 'VOLUME', size: 'SIZE', replicas: 'K', health: 'HEALTH', state: 'STATE', attachedHead: 'HEAD', nbdUri: 'NBD' });

@@ -1,6 +1,7 @@
 import { NodeConnection } from '../../shared/data-protocol/node-connection.js';
 import { Replica } from '../../head-agent/replica.js';
 import { call } from '../../shared/grpc.js';
+import { expect } from 'vitest';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 
 // Reads every replica of a volume directly from its storage node over the
@@ -33,4 +34,15 @@ export async function readEveryReplica(c: LocalCluster, volume: string): Promise
     await Promise.all([...conns.values()].map((x) => x.close()));
   }
   return { chunkSize: map.chunkSize, copies };
+}
+
+/** Every segment has `replicas` copies holding the same bytes (read from each node on its own). */
+export async function expectReplicasEqual(c: LocalCluster, volume: string, replicas = 3): Promise<void> {
+  const { copies } = await readEveryReplica(c, volume);
+  const bySeg = new Map<number, Buffer[]>();
+  for (const copy of copies) bySeg.set(copy.segment, [...(bySeg.get(copy.segment) ?? []), copy.data]);
+  for (const [seg, datas] of bySeg) {
+    expect(datas.length, `segment ${seg} replicas`).toBe(replicas);
+    for (const d of datas.slice(1)) expect(d.equals(datas[0]!), `segment ${seg}: replicas differ`).toBe(true);
+  }
 }

@@ -3,7 +3,7 @@ import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { DATA_TIMEOUT_MS, MiB } from '../../shared/constants.js';
 import { call, storageNodeClient } from '../../shared/grpc.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
-import { readEveryReplica } from '../harness/replicas.js';
+import { expectReplicasEqual } from '../harness/replicas.js';
 import { VerifyingWriter } from '../harness/verifier.js';
 import { vsky } from '../harness/vsky.js';
 
@@ -31,16 +31,6 @@ async function waitRedundant(c: LocalCluster, name: string, ms = 90_000): Promis
     }
     if (Date.now() - start > ms) throw new Error(`${name} not fully redundant after ${ms} ms: ${String(r.stdout)}`);
     await new Promise((res) => setTimeout(res, 300));
-  }
-}
-
-async function expectReplicasEqual(c: LocalCluster, name: string): Promise<void> {
-  const { copies } = await readEveryReplica(c, name);
-  const bySeg = new Map<number, Buffer[]>();
-  for (const copy of copies) bySeg.set(copy.segment, [...(bySeg.get(copy.segment) ?? []), copy.data]);
-  for (const [seg, datas] of bySeg) {
-    expect(datas.length, `segment ${seg} replicas`).toBe(3);
-    for (const d of datas.slice(1)) expect(d.equals(datas[0]!), `segment ${seg}: replicas differ`).toBe(true);
   }
 }
 

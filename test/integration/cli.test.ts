@@ -103,6 +103,10 @@ describe('vsky admin commands against a running cluster', () => {
     await waitFor(async () => (await node2()).some((d) => /add a server or disk/.test(d.drainNote)), 10_000);
     const table = await vsky(['disk', 'list'], m);
     expect(String(table.stdout)).toMatch(/active,draining/);
+    expect(String((await vsky(['status'], m)).stdout)).toMatch(/draining: disk \S+ on node2, 1 chunk\(s\) left - waiting: .*add a server or disk/);
+    const st = await vskyJson<{ drainingDisks: { serverName: string; chunksLeft: number }[] }>(['status'], m);
+    expect(st.drainingDisks.length).toBeGreaterThan(0);
+    expect(st.drainingDisks.every((d) => d.serverName === 'node2')).toBe(true);
     // Adding the disks again cancels the drain.
     for (const d of await node2()) expect((await vsky(['disk', 'add', 'node2', d.path], m)).exitCode).toBe(0);
     expect((await node2()).every((d) => !d.draining)).toBe(true);

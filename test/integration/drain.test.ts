@@ -3,7 +3,7 @@ import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
 import { call } from '../../shared/grpc.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
-import { readEveryReplica } from '../harness/replicas.js';
+import { expectReplicasEqual } from '../harness/replicas.js';
 import { VerifyingWriter } from '../harness/verifier.js';
 import { vsky } from '../harness/vsky.js';
 
@@ -40,16 +40,6 @@ function sampleRedundancy(c: LocalCluster, name: string): { stop: () => Promise<
     }
   })();
   return { stop: async () => { running = false; await loop; return { minInSync, maxReplicas, samples }; } };
-}
-
-async function expectReplicasEqual(c: LocalCluster, name: string): Promise<void> {
-  const { copies } = await readEveryReplica(c, name);
-  const bySeg = new Map<number, Buffer[]>();
-  for (const copy of copies) bySeg.set(copy.segment, [...(bySeg.get(copy.segment) ?? []), copy.data]);
-  for (const [seg, datas] of bySeg) {
-    expect(datas.length, `segment ${seg} replicas`).toBe(3);
-    for (const d of datas.slice(1)) expect(d.equals(datas[0]!), `segment ${seg}: replicas differ`).toBe(true);
-  }
 }
 
 async function disks(c: LocalCluster): Promise<Array<{ diskId: string; serverName: string; state: string; usedChunks: number }>> {
