@@ -92,10 +92,13 @@ export class DrainPlanner {
    * failed, manager/failures.ts) are deleted.
    */
   private async mend(): Promise<void> {
-    for (const entry of this.ctx.volumes.entries()) {
+    const withDrains = new Set(this.ctx.book.all().filter((r) => r.kind === 'drain').map((r) => r.volumeId));
+    for (const volumeId of withDrains) {
+      const entry = this.ctx.volumes.byVolumeId(volumeId);
+      if (!entry) continue;
       const { map } = entry;
       const convert: number[] = [];
-      for (const rec of this.ctx.book.ofVolume(entry.volume.id)) {
+      for (const rec of this.ctx.book.ofVolume(volumeId)) {
         const r = positionOf(map, rec.segment, rec.slot);
         const move = moveOf(map, r);
         if (!move) {
