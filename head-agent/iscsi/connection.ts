@@ -13,6 +13,7 @@ import type { Socket } from 'node:net';
 import { errorMessage } from '../../shared/errors.js';
 import { FrameDecoder } from '../../shared/frame-decoder.js';
 import { isTraced, type Logger } from '../../shared/logger.js';
+import { ReadGate, addSocketHandlers, removeSocketHandlers, type SocketHandlers } from '../client-socket.js';
 import { CommandWindow } from './command-window.js';
 import { LoginStatus, Opcode, RejectReason, opcodeName } from './constants.js';
 import { LoginStateMachine, loginFlags, parseLoginFlags, type LoginStep } from './login.js';
@@ -61,7 +62,7 @@ export class IscsiConnection implements ConnectionControl {
   private state: State = 'login';
   private session: FullFeatureSession | undefined;
   private cid = 0;
-  private readingPaused = false;
+  private readonly reading: ReadGate;
   private lastHeard = Date.now();
   private ping: { ttt: number; sentAt: number } | undefined;
   private nextPingTtt = 1;
@@ -92,9 +93,13 @@ export class IscsiConnection implements ConnectionControl {
   private readonly onClose = (): void => {
     this.teardown();
   };
+  private readonly handlers: SocketHandlers = {
+    data: this.onData, drain: this.onDrain, end: this.onEnd, error: this.onError, close: this.onClose,
+  };
 
   constructor(socket: Socket, env: ConnectionEnvironment) {
     this.socket = socket;
+    this.reading = new ReadGate(socket);
     this.env = env;
     this.log = env.log;
     this.trace = isTraced('iscsi');
@@ -115,11 +120,7 @@ export class IscsiConnection implements ConnectionControl {
 
   start(): void {
     const s = this.socket;
-    s.on('data', this.onData);
-    s.on('drain', this.onDrain);
-    s.on('end', this.onEnd);
-    s.on('error', this.onError);
-    s.on('close', this.onClose);
+    addSocketHandlers(s, this.handlers);
     this.loginTimer = setTimeout(() => {
       this.fail(`login did not complete within ${this.env.tuning.loginTimeoutMs} ms`);
     }, this.env.tuning.loginTimeoutMs);
@@ -206,14 +207,7 @@ export class IscsiConnection implements ConnectionControl {
   }
 
   private updateReading(): void {
-    const want = (this.state === 'login' || this.state === 'ffp') && !this.writer.blocked;
-    if (want && this.readingPaused) {
-      this.readingPaused = false;
-      this.socket.resume();
-    } else if (!want && !this.readingPaused) {
-      this.readingPaused = true;
-      this.socket.pause();
-    }
+    this.reading.set((this.state === 'login' || this.state === 'ffp') && !this.writer.blocked);
   }
 
   private malformed(err: unknown): void {
@@ -374,13 +368,7 @@ export class IscsiConnection implements ConnectionControl {
     clearInterval(this.ticker);
     this.idleWaiter = undefined;
     const s = this.socket;
-    s.off('data', this.onData);
-    s.off('drain', this.onDrain);
-    s.off('end', this.onEnd);
-    s.off('error', this.onError);
-    s.off('close', this.onClose);
-    // A late EPIPE/ECONNRESET must not become an unhandled 'error' (it would take the daemon down).
-    s.on('error', ignoreError);
+    removeSocketHandlers(s, this.handlers);
     if (!s.destroyed) s.destroy();
     const session = this.session;
     if (session === undefined) {
@@ -392,8 +380,6 @@ export class IscsiConnection implements ConnectionControl {
     }).then(() => this.resolveClosed());
   }
 }
-
-function ignoreError(): void {}
 
 /** Resolves with `p`, or after `ms` (calling `onLate`), whichever comes first. */
 function withTimeout(p: Promise<void>, ms: number, onLate: () => void): Promise<void> {

@@ -16,6 +16,7 @@
 // only show it.
 
 import type { Socket } from 'node:net';
+import { HeaderSlab } from '../header-slab.js';
 import { ScsiStatus } from '../scsi/types.js';
 import {
   BHS_SIZE, DATA_IN_STATUS_BIT, DIGEST_SIZE, FINAL_BIT, RESERVED_TAG, RESPONSE_COMPLETED,
@@ -27,7 +28,7 @@ import {
   writeScsiResponse, writeTextResponse, writeTmfResponse, type SeqNumbers,
 } from './target-pdus.js';
 
-/** A slab is never reused: writes still queued in the socket reference its bytes. */
+/** Header slab size (header-slab.ts). */
 const SLAB_SIZE = 16 * 1024;
 const ZERO_PAD = Buffer.alloc(4);
 
@@ -52,8 +53,7 @@ export class PduWriter {
   private readonly spec: PduSpec;
   private window: WindowNumbers;
   private statSN: number;
-  private slab = Buffer.allocUnsafe(SLAB_SIZE);
-  private slabUsed = 0;
+  private readonly headers = new HeaderSlab(SLAB_SIZE);
   private readonly sn: { statSN: number; expCmdSN: number; maxCmdSN: number } = { statSN: 0, expCmdSN: 0, maxCmdSN: 0 };
   /** Set when a write returned false; cleared by the connection on 'drain'. */
   blocked = false;
@@ -178,7 +178,7 @@ export class PduWriter {
   /** Header (+ digest), then data, pad and data digest. Returns the last write's result. */
   private emit(fill: (buf: Buffer, off: number, sn: SeqNumbers) => void, advance: boolean, data: Buffer | undefined): boolean {
     const hd = this.spec.headerDigest ? DIGEST_SIZE : 0;
-    const header = this.take(BHS_SIZE + hd);
+    const header = this.headers.take(BHS_SIZE + hd);
     const sn = this.sn;
     sn.statSN = this.statSN;
     sn.expCmdSN = this.window.expCmdSN;
@@ -193,7 +193,7 @@ export class PduWriter {
     const pad = pad4(data.length);
     if (pad > 0) ok = s.write(ZERO_PAD.subarray(0, pad));
     if (this.spec.dataDigest) {
-      const digest = this.take(DIGEST_SIZE);
+      const digest = this.headers.take(DIGEST_SIZE);
       let crc = crc32c(data);
       if (pad > 0) crc = crc32c(ZERO_PAD, crc, 0, pad);
       writeDigest(digest, 0, crc);
@@ -205,15 +205,5 @@ export class PduWriter {
   private note(ok: boolean): boolean {
     if (!ok) this.blocked = true;
     return ok;
-  }
-
-  private take(size: number): Buffer {
-    if (this.slabUsed + size > this.slab.length) {
-      this.slab = Buffer.allocUnsafe(SLAB_SIZE);
-      this.slabUsed = 0;
-    }
-    const buf = this.slab.subarray(this.slabUsed, this.slabUsed + size);
-    this.slabUsed += size;
-    return buf;
   }
 }

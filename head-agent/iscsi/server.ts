@@ -6,9 +6,9 @@
 // sends can take the server down. Connections, logins in progress and
 // sessions are bounded.
 
-import { createServer, type Server, type Socket } from 'node:net';
-import { errorMessage, VskyError } from '../../shared/errors.js';
+import { VskyError } from '../../shared/errors.js';
 import { moduleLogger } from '../../shared/logger.js';
+import { TcpServer } from '../tcp-server.js';
 import { IscsiConnection, type ConnectionTuning } from './connection.js';
 import {
   CLOSE_GRACE_MS, CMDSN_WINDOW, LOGIN_TIMEOUT_MS, MAX_CONNECTIONS, MAX_DATA_BYTES_IN_FLIGHT, MAX_LOGINS_IN_PROGRESS,
@@ -59,85 +59,25 @@ export async function startIscsiServer(opts: IscsiServerOptions, tuning: Partial
   if (!Number.isInteger(portalGroupTag) || portalGroupTag < 0 || portalGroupTag > 0xffff) {
     throw new VskyError('EINVAL', `portal group tag ${portalGroupTag} must be an integer in 0..65535`);
   }
-  const log = moduleLogger('iscsi');
   const sessions = new SessionTable();
-  const connections = new Set<IscsiConnection>();
-  let nextId = 1;
-  let closing = false;
-
-  // allowHalfOpen: an initiator that shuts down its sending side still gets
-  // the answers to commands in flight.
-  const server: Server = createServer({ noDelay: true, allowHalfOpen: true });
-
-  server.on('connection', (socket: Socket) => {
-    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    socket.on('error', () => {});
-    if (closing) {
-      socket.destroy();
-      return;
-    }
-    if (connections.size >= limits.maxConnections) {
-      log.warn({ remote, limit: limits.maxConnections }, 'too many iSCSI connections; refusing this one');
-      socket.destroy();
-      return;
-    }
-    let logins = 0;
-    for (const c of connections) if (!c.loggedIn) logins++;
-    if (logins >= limits.maxLoginsInProgress) {
-      log.warn({ remote, limit: limits.maxLoginsInProgress }, 'too many iSCSI logins in progress; refusing this connection');
-      socket.destroy();
-      return;
-    }
-    socket.setNoDelay(true);
-    // Notices an initiator host that vanished without closing.
-    socket.setKeepAlive(true, 30_000);
-    const connection = new IscsiConnection(socket, {
-      registry: opts.registry, sessions, portalGroupTag, offer: limits.offer, tuning: limits,
-      log: log.child({ conn: nextId++, remote }),
-    });
-    connections.add(connection);
-    void connection.closed.then(() => connections.delete(connection));
-    connection.start();
+  const server = await TcpServer.start<IscsiConnection>({
+    host: opts.host, port: opts.port, protocol: 'iSCSI', title: 'iSCSI target', work: 'commands', log: moduleLogger('iscsi'),
+    maxConnections: limits.maxConnections, closeGraceMs: limits.closeGraceMs, details: { portalGroupTag },
+    refuse(connections) {
+      let logins = 0;
+      for (const c of connections) if (!c.loggedIn) logins++;
+      if (logins < limits.maxLoginsInProgress) return undefined;
+      return { message: 'too many iSCSI logins in progress; refusing this connection', limit: limits.maxLoginsInProgress };
+    },
+    accept: (socket, log) => new IscsiConnection(socket, {
+      registry: opts.registry, sessions, portalGroupTag, offer: limits.offer, tuning: limits, log,
+    }),
   });
-
-  server.on('error', (err) => log.error({ err: errorMessage(err) }, 'iSCSI listener error'));
-
-  await new Promise<void>((resolve, reject) => {
-    const onError = (err: Error): void => {
-      reject(new VskyError('ELISTEN', `cannot listen for iSCSI on ${opts.host}:${opts.port}: ${err.message}`, { host: opts.host, port: opts.port }, { cause: err }));
-    };
-    server.once('error', onError);
-    server.listen(opts.port, opts.host, () => {
-      server.off('error', onError);
-      resolve();
-    });
-  });
-
-  const bound = server.address();
-  const address = typeof bound === 'object' && bound !== null
-    ? `${bound.address.includes(':') ? `[${bound.address}]` : bound.address}:${bound.port}`
-    : String(bound);
-  log.info({ address, portalGroupTag }, 'iSCSI target listening');
-
-  let closed: Promise<void> | undefined;
   return {
-    address,
+    address: server.address,
     sessionCount(iqn?: string): number {
       return sessions.count(iqn);
     },
-    close(): Promise<void> {
-      closed ??= (async () => {
-        closing = true;
-        const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
-        await Promise.all([...connections].map((c) => c.shutdown(limits.closeGraceMs)));
-        await new Promise((resolve) => setImmediate(resolve)); // let connections remove themselves
-        // server.close() calls back once every socket is gone; an abandoned
-        // connection (stuck unit) must not hold shutdown up.
-        if (connections.size === 0) await stopped;
-        else log.warn({ connections: connections.size }, 'iSCSI server closed with commands still in flight');
-        log.info({ address }, 'iSCSI target closed');
-      })();
-      return closed;
-    },
+    close: () => server.close(),
   };
 }

@@ -11,6 +11,7 @@ import { FrameDecoder } from '../../shared/frame-decoder.js';
 import { BufferPool, COMMON_IO_SIZES } from '../../shared/buffer-pool.js';
 import { errorMessage } from '../../shared/errors.js';
 import { isTraced, type Logger } from '../../shared/logger.js';
+import { ReadGate, addSocketHandlers, removeSocketHandlers, type SocketHandlers } from '../client-socket.js';
 import { REQUEST_SPEC, handleText, type RequestHeader } from './codec.js';
 import {
   CLOSE_GRACE_MS, MAX_BLOCK_SIZE, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FUA,
@@ -69,7 +70,7 @@ export class NbdConnection {
   private state: State = 'open';
   private inFlight = 0;
   private inFlightBytes = 0;
-  private readingPaused = false;
+  private readonly reading: ReadGate;
   private writeBlocked = false;
   /** Set when replies can no longer reach the client (socket gone or hard disconnect). */
   private dropReplies = false;
@@ -101,9 +102,13 @@ export class NbdConnection {
     this.dropReplies = true;
     this.drain();
   };
+  private readonly handlers: SocketHandlers = {
+    data: this.onData, drain: this.onDrain, end: this.onEnd, error: this.onError, close: this.onClose,
+  };
 
   constructor(opts: NbdConnectionOptions) {
     this.socket = opts.socket;
+    this.reading = new ReadGate(opts.socket);
     this.device = opts.device;
     this.log = opts.log;
     this.trace = isTraced('nbd');
@@ -121,14 +126,10 @@ export class NbdConnection {
   /** Starts serving. `leftover` holds bytes that arrived with the end of the handshake. */
   start(leftover?: Buffer): void {
     const s = this.socket;
-    s.on('data', this.onData);
-    s.on('drain', this.onDrain);
-    s.on('end', this.onEnd);
-    s.on('error', this.onError);
-    s.on('close', this.onClose);
+    addSocketHandlers(s, this.handlers);
     this.writeBlocked = s.writableNeedDrain;
     // Negotiation may have paused the socket for write back-pressure.
-    this.readingPaused = s.isPaused();
+    this.reading.sync();
     if (s.destroyed) {
       this.onClose();
       return;
@@ -186,14 +187,7 @@ export class NbdConnection {
 
   /** Pauses the socket above the in-flight bounds or while writes back up; resumes below. */
   private updateReading(): void {
-    const want = this.state === 'open' && this.canTakeMore();
-    if (want && this.readingPaused) {
-      this.readingPaused = false;
-      this.socket.resume();
-    } else if (!want && !this.readingPaused) {
-      this.readingPaused = true;
-      this.socket.pause();
-    }
+    this.reading.set(this.state === 'open' && this.canTakeMore());
   }
 
   private protocolViolation(err: unknown): void {
@@ -336,14 +330,7 @@ export class NbdConnection {
     this.state = 'done';
     if (this.graceTimer !== undefined) clearTimeout(this.graceTimer);
     const s = this.socket;
-    s.off('data', this.onData);
-    s.off('drain', this.onDrain);
-    s.off('end', this.onEnd);
-    s.off('error', this.onError);
-    s.off('close', this.onClose);
-    // A late EPIPE/ECONNRESET on a closing socket must not become an
-    // unhandled 'error' event (which would take the whole daemon down).
-    s.on('error', ignoreError);
+    removeSocketHandlers(s, this.handlers);
     if (s.destroyed) {
       this.resolveClosed();
       return;
@@ -354,8 +341,6 @@ export class NbdConnection {
     setTimeout(() => s.destroy(), CLOSE_GRACE_MS).unref();
   }
 }
-
-function ignoreError(): void {}
 
 /**
  * Runs `fn` over [offset, offset + length) in pieces of at most

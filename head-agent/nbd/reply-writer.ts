@@ -6,6 +6,7 @@
 // and uncork(), never copied together with it.
 
 import type { Socket } from 'node:net';
+import { HeaderSlab } from '../header-slab.js';
 import {
   encodeStructuredError, writeOffsetDataPrefix, writeSimpleReply, writeStructuredReplyHeader, type RequestHeader,
 } from './codec.js';
@@ -14,7 +15,7 @@ import {
   STRUCTURED_REPLY_HEADER_SIZE,
 } from './constants.js';
 
-/** A slab is never reused: writes still queued in the socket reference its bytes. */
+/** Header slab size (header-slab.ts). */
 const SLAB_SIZE = 8192;
 
 const ERROR_TEXT: Record<number, string> = {
@@ -28,8 +29,7 @@ const ERROR_TEXT: Record<number, string> = {
 export class ReplyWriter {
   private readonly socket: Socket;
   private readonly structured: boolean;
-  private slab = Buffer.allocUnsafe(SLAB_SIZE);
-  private slabUsed = 0;
+  private readonly headers = new HeaderSlab(SLAB_SIZE);
 
   constructor(socket: Socket, structured: boolean) {
     this.socket = socket;
@@ -51,13 +51,13 @@ export class ReplyWriter {
     if (length === 0) {
       if (!this.structured) return this.socket.write(this.simpleHeader(h, NbdError.OK));
       // A READ must get a structured reply; with no data that is a lone NONE chunk.
-      const none = this.take(STRUCTURED_REPLY_HEADER_SIZE);
+      const none = this.headers.take(STRUCTURED_REPLY_HEADER_SIZE);
       writeStructuredReplyHeader(none, 0, NBD_REPLY_FLAG_DONE, NbdReplyType.NONE, h.handleHi, h.handleLo, 0);
       return this.socket.write(none);
     }
     let header: Buffer;
     if (this.structured) {
-      header = this.take(OFFSET_DATA_PREFIX_SIZE);
+      header = this.headers.take(OFFSET_DATA_PREFIX_SIZE);
       writeOffsetDataPrefix(header, 0, h.handleHi, h.handleLo, h.offset, length);
     } else {
       header = this.simpleHeader(h, NbdError.OK);
@@ -73,18 +73,8 @@ export class ReplyWriter {
   }
 
   private simpleHeader(h: RequestHeader, error: number): Buffer {
-    const header = this.take(SIMPLE_REPLY_HEADER_SIZE);
+    const header = this.headers.take(SIMPLE_REPLY_HEADER_SIZE);
     writeSimpleReply(header, 0, error, h.handleHi, h.handleLo);
     return header;
-  }
-
-  private take(size: number): Buffer {
-    if (this.slabUsed + size > this.slab.length) {
-      this.slab = Buffer.allocUnsafe(SLAB_SIZE);
-      this.slabUsed = 0;
-    }
-    const buf = this.slab.subarray(this.slabUsed, this.slabUsed + size);
-    this.slabUsed += size;
-    return buf;
   }
 }

@@ -3,10 +3,10 @@
 // at once, to the same or different exports. Bad input closes that client's
 // connection only; nothing a client sends can take the server down.
 
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { ExportRegistry } from '../block-device.js';
-import { errorMessage, VskyError } from '../../shared/errors.js';
 import { moduleLogger, type Logger } from '../../shared/logger.js';
+import { TcpServer, type ServedConnection } from '../tcp-server.js';
 import { NbdConnection } from './connection.js';
 import { CLOSE_GRACE_MS, HANDSHAKE_TIMEOUT_MS, MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS } from './constants.js';
 import { negotiate } from './negotiation.js';
@@ -46,132 +46,82 @@ const DEFAULT_TUNING: NbdServerTuning = {
   closeGraceMs: CLOSE_GRACE_MS,
 };
 
-interface Session {
-  socket: Socket;
-  log: Logger;
+/** One client, from accept through negotiation to the end of transmission. */
+class NbdSession implements ServedConnection {
+  readonly closed: Promise<void>;
   /** Set once the client is in transmission. */
-  exportName?: string;
-  connection?: NbdConnection;
-  /** Resolves when the session is over and removed. */
-  done: Promise<void>;
-}
+  exportName: string | undefined;
+  private connection: NbdConnection | undefined;
+  /** The server is closing: a negotiation that ends now must not start transmission. */
+  private stopping = false;
+  private finished!: () => void;
 
-export async function startNbdServer(opts: NbdServerOptions, tuning: Partial<NbdServerTuning> = {}): Promise<NbdServerHandle> {
-  const limits = { ...DEFAULT_TUNING, ...tuning };
-  const log = moduleLogger('nbd');
-  const sessions = new Set<Session>();
-  let nextId = 1;
-  let closing = false;
+  constructor(
+    private readonly socket: Socket,
+    private readonly log: Logger,
+    private readonly registry: ExportRegistry,
+    private readonly limits: NbdServerTuning,
+  ) {
+    this.closed = new Promise((r) => { this.finished = r; });
+  }
 
-  // allowHalfOpen: a client that shuts down its sending side still gets the
-  // replies to requests in flight; each phase closes our side itself.
-  const server: Server = createServer({ noDelay: true, allowHalfOpen: true });
+  start(): void {
+    void this.serve().finally(this.finished);
+  }
 
-  server.on('connection', (socket) => {
-    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    if (closing) {
-      socket.destroy();
-      return;
-    }
-    if (sessions.size >= limits.maxConnections) {
-      log.warn({ remote, limit: limits.maxConnections }, 'too many NBD connections; refusing this one');
-      socket.on('error', () => {});
-      socket.destroy();
-      return;
-    }
-    socket.setNoDelay(true);
-    // Notices a client host that vanished without closing (not a loopback concern, a remote one).
-    socket.setKeepAlive(true, 30_000);
-    const sessionLog = log.child({ conn: nextId++, remote });
-    let finished!: () => void;
-    const session: Session = { socket, log: sessionLog, done: new Promise((r) => { finished = r; }) };
-    sessions.add(session);
-    void serve(session).finally(() => {
-      sessions.delete(session);
-      finished();
-    });
-  });
+  shutdown(graceMs: number): Promise<void> {
+    this.stopping = true;
+    if (this.connection !== undefined) return this.connection.shutdown(graceMs);
+    this.socket.destroy();
+    return this.closed;
+  }
 
-  async function serve(session: Session): Promise<void> {
-    const { socket } = session;
+  private async serve(): Promise<void> {
+    const { socket, limits } = this;
     const timer = setTimeout(() => {
-      session.log.warn({ timeoutMs: limits.handshakeTimeoutMs }, 'NBD negotiation timed out; closing the connection');
+      this.log.warn({ timeoutMs: limits.handshakeTimeoutMs }, 'NBD negotiation timed out; closing the connection');
       socket.destroy();
     }, limits.handshakeTimeoutMs);
     timer.unref();
     let result;
     try {
-      result = await negotiate(socket, opts.registry, session.log);
+      result = await negotiate(socket, this.registry, this.log);
     } finally {
       clearTimeout(timer);
     }
     if (result.kind === 'closed') return;
-    if (closing) {
+    if (this.stopping) {
       socket.destroy();
       return;
     }
     const connection = new NbdConnection({
-      socket, device: result.device, structured: result.structured, log: session.log.child({ export: result.exportName }),
+      socket, device: result.device, structured: result.structured, log: this.log.child({ export: result.exportName }),
       maxInFlight: limits.maxInFlight, maxInFlightBytes: limits.maxInFlightBytes,
     });
-    session.exportName = result.exportName;
-    session.connection = connection;
-    session.log.info({ export: result.exportName, size: result.device.size, structured: result.structured }, 'NBD client attached');
+    this.exportName = result.exportName;
+    this.connection = connection;
+    this.log.info({ export: result.exportName, size: result.device.size, structured: result.structured }, 'NBD client attached');
     connection.start(result.leftover);
     await connection.closed;
-    session.log.info({ export: result.exportName }, 'NBD client detached');
+    this.log.info({ export: result.exportName }, 'NBD client detached');
   }
+}
 
-  server.on('error', (err) => log.error({ err: errorMessage(err) }, 'NBD listener error'));
-
-  await new Promise<void>((resolve, reject) => {
-    const onError = (err: Error): void => {
-      reject(new VskyError('ELISTEN', `cannot listen for NBD on ${opts.host}:${opts.port}: ${err.message}`, { host: opts.host, port: opts.port }, { cause: err }));
-    };
-    server.once('error', onError);
-    server.listen(opts.port, opts.host, () => {
-      server.off('error', onError);
-      resolve();
-    });
+export async function startNbdServer(opts: NbdServerOptions, tuning: Partial<NbdServerTuning> = {}): Promise<NbdServerHandle> {
+  const limits = { ...DEFAULT_TUNING, ...tuning };
+  const server = await TcpServer.start<NbdSession>({
+    host: opts.host, port: opts.port, protocol: 'NBD', title: 'NBD server', work: 'requests', log: moduleLogger('nbd'),
+    maxConnections: limits.maxConnections, closeGraceMs: limits.closeGraceMs,
+    accept: (socket, log) => new NbdSession(socket, log, opts.registry, limits),
   });
-
-  const bound = server.address();
-  const address = typeof bound === 'object' && bound !== null
-    ? `${bound.address.includes(':') ? `[${bound.address}]` : bound.address}:${bound.port}`
-    : String(bound);
-  log.info({ address }, 'NBD server listening');
-
-  let closed: Promise<void> | undefined;
   return {
-    address,
+    address: server.address,
     connectionCount(exportName?: string): number {
-      if (exportName === undefined) return sessions.size;
+      if (exportName === undefined) return server.connections.size;
       let n = 0;
-      for (const s of sessions) if (s.exportName === exportName) n++;
+      for (const s of server.connections) if (s.exportName === exportName) n++;
       return n;
     },
-    close(): Promise<void> {
-      closed ??= (async () => {
-        closing = true;
-        const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
-        const pending: Promise<void>[] = [];
-        for (const s of sessions) {
-          if (s.connection !== undefined) {
-            pending.push(s.connection.shutdown(limits.closeGraceMs));
-          } else {
-            s.socket.destroy();
-            pending.push(s.done);
-          }
-        }
-        await Promise.all(pending);
-        await new Promise((resolve) => setImmediate(resolve)); // let sessions remove themselves
-        // server.close() calls back once every socket is gone; an abandoned
-        // connection (stuck device) must not hold shutdown up.
-        if (sessions.size === 0) await stopped;
-        else log.warn({ connections: sessions.size }, 'NBD server closed with requests still in flight');
-        log.info({ address }, 'NBD server closed');
-      })();
-      return closed;
-    },
+    close: () => server.close(),
   };
 }

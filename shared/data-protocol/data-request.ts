@@ -43,6 +43,25 @@ export class PendingRequest implements RequestHeader {
   sentTick = 0;
   /** Reused for every request this entry carries: by the time it is recycled its bytes were sent. */
   readonly header = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
+
+  /** Fills the entry for one request to `target`'s chunk (requestId and sentTick are set when it is sent). */
+  fill(
+    target: RequestTarget, opcode: number, flags: number, epoch: number, offset: number, length: number,
+    data: Buffer | undefined, generation: number, callback: RequestCallback,
+  ): void {
+    this.opcode = opcode;
+    this.flags = flags;
+    this.slot = target.slot;
+    this.volumeId = target.volumeId;
+    this.segment = target.segment;
+    this.epoch = epoch;
+    this.offset = offset;
+    this.length = length;
+    this.generation = generation;
+    this.data = data;
+    this.target = target;
+    this.callback = callback;
+  }
 }
 
 const MAX_POOLED = 1024;

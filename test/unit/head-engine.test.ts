@@ -1,55 +1,30 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startStorageNode, type StorageNodeHandle } from '../../storage-node/daemon.js';
 import { NodePool } from '../../head-agent/node-pool.js';
 import { VolumeRegistry, type VolumeMap } from '../../head-agent/volume-registry.js';
 import type { LinearVolume } from '../../head-agent/linear-volume.js';
 import { Mirror, type ReplicaFailure, type ReplicaFailureHandler } from '../../head-agent/mirror.js';
 import { Replica } from '../../head-agent/replica.js';
-import { call, storageNodeClient } from '../../shared/grpc.js';
 import { InvalidArgumentError, IoError, StaleEpochError } from '../../shared/errors.js';
 import { MiB } from '../../shared/constants.js';
-import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
+import { fill, rng } from '../support/seeded-bytes.js';
+import { allocateVolume, startNodeTrio, type NodeTrio } from '../support/storage-node-trio.js';
 
 // The I/O engine against three REAL storage nodes started in-process
 // (standalone, small sparse disk files): a 3-replica, 3-segment volume, an
 // in-memory model of its content, and every replica read back directly.
 
 const CHUNK = 4 * MiB;
-const SIZE = 3 * CHUNK - 64 * 1024; // last segment partial
-const SEGMENTS = 3;
+const SIZE = 3 * CHUNK - 64 * 1024; // 3 segments, the last one partial
 const VOLUME_ID = 41;
 /** Small pieces so that requests are also split at the payload limit. */
 const MAX_PIECE = 256 * 1024;
 
-let dir: string;
-let nodes: StorageNodeHandle[] = [];
-let infos: NodeInfo__Output[] = [];
+let trio: NodeTrio;
 let map: VolumeMap;
 const pools: NodePool[] = [];
 const model = Buffer.alloc(SIZE);
 let regA: VolumeRegistry;
 let volA: LinearVolume;
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 0x1_0000_0000;
-  };
-}
-
-function fill(len: number, seed: number): Buffer {
-  const b = Buffer.allocUnsafe(len);
-  let x = seed | 1;
-  for (let i = 0; i < len; i++) {
-    x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 function newRegistry(): VolumeRegistry {
   const pool = new NodePool({ dataTimeoutMs: 3000, backoffInitialMs: 50 });
@@ -57,61 +32,17 @@ function newRegistry(): VolumeRegistry {
   return new VolumeRegistry({ pool, maxPiece: MAX_PIECE });
 }
 
-async function allocate(): Promise<VolumeMap> {
-  const segments: VolumeMap['segments'] = [];
-  for (let seg = 0; seg < SEGMENTS; seg++) {
-    const replicas = [];
-    for (let slot = 0; slot < 3; slot++) {
-      // Rotate so each node holds different slots of different segments.
-      const n = (seg + slot) % 3;
-      const node = nodes[n]!;
-      const disk = infos[n]!.disks[0]!;
-      const client = storageNodeClient(node.controlAddress);
-      try {
-        await call(client, client.AllocateChunk, {
-          diskId: disk.diskId, chunkIndex: seg,
-          identity: {
-            volumeId: VOLUME_ID, volumeName: 'vol-a', volumeSize: SIZE, segment: seg, slot,
-            segmentCount: SEGMENTS, replicas: 3, generation: 1, epoch: 0,
-          },
-        });
-      } finally {
-        client.close();
-      }
-      replicas.push({
-        slot, serverId: infos[n]!.serverId, dataAddress: node.dataAddress, controlAddress: node.controlAddress, diskId: disk.diskId, chunkIndex: seg, state: 'in_sync',
-      });
-    }
-    segments.push({ index: seg, replicas });
-  }
-  return { volumeId: VOLUME_ID, name: 'vol-a', size: SIZE, chunkSize: CHUNK, replicas: 3, generation: 1, segments };
-}
-
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'vsky-head-engine-'));
-  for (let i = 0; i < 3; i++) {
-    nodes.push(await startStorageNode({
-      dataDir: join(dir, `node${i}`), name: `node${i}`, host: '127.0.0.1', dataPort: 0, grpcPort: 0,
-      disks: [{ path: join(dir, `node${i}.disk`), size: 64 * MiB }], chunkSize: CHUNK, labels: {}, heartbeatIntervalMs: 1000,
-    }));
-  }
-  infos = await Promise.all(nodes.map(async (n) => {
-    const client = storageNodeClient(n.controlAddress);
-    try {
-      return await call<object, NodeInfo__Output>(client, client.GetInfo, {});
-    } finally {
-      client.close();
-    }
-  }));
-  map = await allocate();
+  trio = await startNodeTrio('vsky-head-engine-', CHUNK);
+  // Rotated so each node holds different slots of different segments.
+  map = await allocateVolume(trio, { volumeId: VOLUME_ID, name: 'vol-a', size: SIZE, chunkSize: CHUNK, rotate: true });
   regA = newRegistry();
   volA = await regA.attach(map, 1);
 });
 
 afterAll(async () => {
   await Promise.all(pools.map((p) => p.close()));
-  await Promise.all(nodes.map((n) => n.close().catch(() => undefined)));
-  rmSync(dir, { recursive: true, force: true });
+  await trio.close();
 });
 
 /** Reads `len` bytes at volume offset `off` from one specific replica slot of each segment. */
@@ -298,7 +229,7 @@ describe('head I/O engine over real storage nodes', () => {
   });
 
   it('a stopped node: reads still succeed from the others, writes fail naming the replica', async () => {
-    const dead = nodes[1]!;
+    const dead = trio.nodes[1]!;
     await dead.close();
     for (let i = 0; i < 12; i++) {
       const off = (i * 997_001) % (SIZE - 100_000);

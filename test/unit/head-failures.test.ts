@@ -1,21 +1,17 @@
-import { mkdtempSync, rmSync } from 'node:fs';
 import * as net from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startStorageNode, type StorageNodeHandle } from '../../storage-node/daemon.js';
 import { NodePool } from '../../head-agent/node-pool.js';
 import { VolumeRegistry, type VolumeMap } from '../../head-agent/volume-registry.js';
 import type { LinearVolume } from '../../head-agent/linear-volume.js';
 import { Mirror } from '../../head-agent/mirror.js';
 import { Replica } from '../../head-agent/replica.js';
 import { ReportingFailureHandler } from '../../head-agent/replica-failures.js';
-import { bindServer, call, grpc, loadProtos, managerClient, storageNodeClient, toGrpcError, type ManagerClient } from '../../shared/grpc.js';
+import { grpc, managerClient, toGrpcError, type ManagerClient } from '../../shared/grpc.js';
 import { IoError, StaleEpochError, TransportError } from '../../shared/errors.js';
 import { MiB } from '../../shared/constants.js';
-import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
 import type { ReplicaFailureReport__Output } from '../../proto/generated/vsky/manager/ReplicaFailureReport.js';
-import type { ManagerHandlers } from '../../proto/generated/vsky/manager/Manager.js';
+import { fill } from '../support/seeded-bytes.js';
+import { allocateVolume, startManagerStub, startNodeTrio, type ManagerStub, type NodeTrio } from '../support/storage-node-trio.js';
 
 // Degraded writes (DESIGN rule 2) against three REAL storage nodes, the third
 // one behind a TCP proxy the test can cut, and a fake manager (a gRPC server
@@ -24,24 +20,12 @@ import type { ManagerHandlers } from '../../proto/generated/vsky/manager/Manager
 const CHUNK = 4 * MiB;
 const HEAD_ID = '11111111-2222-3333-4444-555555555555';
 
-let dir: string;
-const nodes: StorageNodeHandle[] = [];
-const infos: NodeInfo__Output[] = [];
+let trio: NodeTrio;
 let proxy: CutProxy;
 let manager: FakeManager;
 const pools: NodePool[] = [];
 const registries: VolumeRegistry[] = [];
 const clients: ManagerClient[] = [];
-
-function fill(len: number, seed: number): Buffer {
-  const b = Buffer.allocUnsafe(len);
-  let x = seed | 1;
-  for (let i = 0; i < len; i++) {
-    x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 /**
  * A TCP proxy in front of a storage node that can be cut (connections reset and refused),
@@ -121,15 +105,17 @@ class FakeManager {
   mode: ManagerMode = 'ok';
   delayMs = 0;
   readonly reports: { req: ReplicaFailureReport__Output; at: number; answeredAt: number }[] = [];
-  constructor(private readonly server: grpc.Server, readonly address: string) {}
+  private stub: ManagerStub | undefined;
+
+  get address(): string {
+    return this.stub!.address;
+  }
 
   static async start(): Promise<FakeManager> {
-    const server = new grpc.Server();
-    let self: FakeManager | undefined;
-    const handlers: Partial<ManagerHandlers> = {
+    const m = new FakeManager();
+    m.stub = await startManagerStub({
       ReportReplicaFailure: (callObj, cb) => {
         const at = Date.now();
-        const m = self!;
         if (m.mode === 'down') {
           cb({ code: grpc.status.UNAVAILABLE, details: 'manager is down (test)' });
           return;
@@ -143,38 +129,18 @@ class FakeManager {
           cb(null, {});
         }, m.delayMs);
       },
-    };
-    server.addService(loadProtos().manager.vsky.manager.Manager.service, handlers as ManagerHandlers);
-    const port = await bindServer(server, '127.0.0.1:0');
-    self = new FakeManager(server, `127.0.0.1:${port}`);
-    return self;
+    });
+    return m;
   }
 
   close(): void {
-    this.server.forceShutdown();
+    this.stub?.close();
   }
 }
 
-async function allocate(volumeId: number, name: string): Promise<VolumeMap> {
-  const replicas = [];
-  for (let slot = 0; slot < 3; slot++) {
-    const node = nodes[slot]!;
-    const disk = infos[slot]!.disks[0]!;
-    const client = storageNodeClient(node.controlAddress);
-    try {
-      await call(client, 'AllocateChunk', {
-        diskId: disk.diskId, chunkIndex: volumeId,
-        identity: { volumeId, volumeName: name, volumeSize: CHUNK, segment: 0, slot, segmentCount: 1, replicas: 3, generation: 1, epoch: 0 },
-      });
-    } finally {
-      client.close();
-    }
-    replicas.push({
-      slot, serverId: infos[slot]!.serverId, dataAddress: slot === 2 ? proxy.address : node.dataAddress, controlAddress: node.controlAddress,
-      diskId: disk.diskId, chunkIndex: volumeId, state: 'in_sync',
-    });
-  }
-  return { volumeId, name, size: CHUNK, chunkSize: CHUNK, replicas: 3, generation: 1, segments: [{ index: 0, replicas }] };
+/** A one-chunk volume in chunk `volumeId` of each node, slot s on node s; slot 2 is reached through the proxy. */
+function allocate(volumeId: number, name: string): Promise<VolumeMap> {
+  return allocateVolume(trio, { volumeId, name, size: CHUNK, chunkSize: CHUNK, chunkBase: volumeId, dataAddresses: { 2: proxy.address } });
 }
 
 /** A registry whose failure handler reports to the fake manager. */
@@ -192,17 +158,8 @@ function newRegistry(staleReportTimeoutMs = 10_000): { registry: VolumeRegistry;
 }
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'vsky-head-failures-'));
-  for (let i = 0; i < 3; i++) {
-    nodes.push(await startStorageNode({
-      dataDir: join(dir, `node${i}`), name: `node${i}`, host: '127.0.0.1', dataPort: 0, grpcPort: 0,
-      disks: [{ path: join(dir, `node${i}.disk`), size: 64 * MiB }], chunkSize: CHUNK, labels: {}, heartbeatIntervalMs: 1000,
-    }));
-    const client = storageNodeClient(nodes[i]!.controlAddress);
-    infos.push(await call(client, 'GetInfo', {}));
-    client.close();
-  }
-  proxy = await CutProxy.start(nodes[2]!.dataAddress);
+  trio = await startNodeTrio('vsky-head-failures-', CHUNK);
+  proxy = await CutProxy.start(trio.nodes[2]!.dataAddress);
   manager = await FakeManager.start();
 });
 
@@ -212,8 +169,7 @@ afterAll(async () => {
   await Promise.all(pools.map((p) => p.close()));
   manager.close();
   await proxy.close();
-  await Promise.all(nodes.map((n) => n.close().catch(() => undefined)));
-  rmSync(dir, { recursive: true, force: true });
+  await trio.close();
 });
 
 function slot(vol: LinearVolume, s: number): Replica {

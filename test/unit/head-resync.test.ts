@@ -1,8 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startStorageNode, type StorageNodeHandle } from '../../storage-node/daemon.js';
 import { NodePool } from '../../head-agent/node-pool.js';
 import { VolumeRegistry, type VolumeMap } from '../../head-agent/volume-registry.js';
 import type { LinearVolume } from '../../head-agent/linear-volume.js';
@@ -10,16 +6,13 @@ import { ResyncService } from '../../head-agent/resync-runner.js';
 import { startControlServer, type ControlServer } from '../../head-agent/control-service.js';
 import { testBit } from '../../head-agent/chunk-regions.js';
 import type { Replica } from '../../head-agent/replica.js';
-import {
-  bindServer, call, grpc, headAgentClient, loadProtos, storageNodeClient, type HeadAgentClient,
-} from '../../shared/grpc.js';
+import { call, headAgentClient, storageNodeClient, type HeadAgentClient } from '../../shared/grpc.js';
 import { ConflictError, NotFoundError, StaleEpochError } from '../../shared/errors.js';
 import { MiB } from '../../shared/constants.js';
-import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
-import type { ManagerHandlers } from '../../proto/generated/vsky/manager/Manager.js';
 import type { ResyncProgress__Output } from '../../proto/generated/vsky/manager/ResyncProgress.js';
 import type { ResyncTask } from '../../proto/generated/vsky/common/ResyncTask.js';
-import type { ReplicaLocation__Output } from '../../proto/generated/vsky/common/ReplicaLocation.js';
+import { fill, rng } from '../support/seeded-bytes.js';
+import { allocateVolume, startManagerStub, startNodeTrio, type ManagerStub, type NodeTrio } from '../support/storage-node-trio.js';
 
 // UpdateMap and StartResync through the head's real gRPC control service,
 // three REAL storage nodes, and a fake manager taking ReportResyncProgress.
@@ -31,75 +24,32 @@ const SEGMENTS = 2;
 const SIZE = SEGMENTS * CHUNK;
 const VOLUME_ID = 21;
 
-let dir: string;
-const nodes: StorageNodeHandle[] = [];
-const infos: NodeInfo__Output[] = [];
+let trio: NodeTrio;
 let pool: NodePool;
 let registry: VolumeRegistry;
 let resync: ResyncService;
 let control: ControlServer;
 let head: HeadAgentClient;
-let manager: { address: string; progress: { req: ResyncProgress__Output; at: number }[]; close(): void };
+let manager: ManagerStub & { progress: { req: ResyncProgress__Output; at: number }[] };
 let map: VolumeMap;
 let vol: LinearVolume;
 const model = Buffer.alloc(SIZE);
 
-function fill(len: number, seed: number): Buffer {
-  const b = Buffer.allocUnsafe(len);
-  let x = seed | 1;
-  for (let i = 0; i < len; i++) {
-    x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 0x1_0000_0000;
-  };
-}
-
+/** A manager stand-in taking ReportResyncProgress: it records each report, and cancels resync ids starting with "cancel-". */
 async function startFakeManager(): Promise<typeof manager> {
-  const server = new grpc.Server();
   const progress: { req: ResyncProgress__Output; at: number }[] = [];
-  const handlers: Partial<ManagerHandlers> = {
+  const stub = await startManagerStub({
     ReportResyncProgress: (callObj, cb) => {
       progress.push({ req: callObj.request, at: Date.now() });
       cb(null, { cancel: callObj.request.resyncId.startsWith('cancel-') });
     },
-  };
-  server.addService(loadProtos().manager.vsky.manager.Manager.service, handlers as ManagerHandlers);
-  const port = await bindServer(server, '127.0.0.1:0');
-  return { address: `127.0.0.1:${port}`, progress, close: () => server.forceShutdown() };
+  });
+  return { address: stub.address, progress, close: () => stub.close() };
 }
 
-async function allocate(volumeId: number, name: string, chunkBase: number): Promise<VolumeMap> {
-  const segments: VolumeMap['segments'] = [];
-  for (let seg = 0; seg < SEGMENTS; seg++) {
-    const replicas: ReplicaLocation__Output[] = [];
-    for (let slot = 0; slot < 3; slot++) {
-      const node = nodes[slot]!;
-      const disk = infos[slot]!.disks[0]!;
-      const client = storageNodeClient(node.controlAddress);
-      try {
-        await call(client, 'AllocateChunk', {
-          diskId: disk.diskId, chunkIndex: chunkBase + seg,
-          identity: { volumeId, volumeName: name, volumeSize: SIZE, segment: seg, slot, segmentCount: SEGMENTS, replicas: 3, generation: 1, epoch: 0 },
-        });
-      } finally {
-        client.close();
-      }
-      replicas.push({
-        slot, serverId: infos[slot]!.serverId, dataAddress: node.dataAddress, controlAddress: node.controlAddress,
-        diskId: disk.diskId, chunkIndex: chunkBase + seg, state: slot === 2 ? 'stale' : 'in_sync',
-      });
-    }
-    segments.push({ index: seg, replicas });
-  }
-  return { volumeId, name, size: SIZE, chunkSize: CHUNK, replicas: 3, generation: 1, segments };
+/** Both segments on the trio, slot s on node s; slot 2 starts stale. */
+function allocate(volumeId: number, name: string, chunkBase: number): Promise<VolumeMap> {
+  return allocateVolume(trio, { volumeId, name, size: SIZE, chunkSize: CHUNK, chunkBase, states: { 2: 'stale' } });
 }
 
 function withStates(m: VolumeMap, states: Record<number, string>, segs = [0, 1]): VolumeMap {
@@ -122,7 +72,7 @@ async function readDirect(v: LinearVolume, seg: number, slot: number): Promise<B
 }
 
 async function written(seg: number, slot: number): Promise<Uint8Array> {
-  const client = storageNodeClient(nodes[slot]!.controlAddress);
+  const client = storageNodeClient(trio.nodes[slot]!.controlAddress);
   try {
     const r = await call(client, 'GetChunkRegions', { volumeId: VOLUME_ID, segment: seg, slot });
     return new Uint8Array(r.written);
@@ -150,16 +100,7 @@ async function until(cond: () => boolean, ms: number): Promise<void> {
 }
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'vsky-head-resync-'));
-  for (let i = 0; i < 3; i++) {
-    nodes.push(await startStorageNode({
-      dataDir: join(dir, `node${i}`), name: `node${i}`, host: '127.0.0.1', dataPort: 0, grpcPort: 0,
-      disks: [{ path: join(dir, `node${i}.disk`), size: 64 * MiB }], chunkSize: CHUNK, labels: {}, heartbeatIntervalMs: 1000,
-    }));
-    const client = storageNodeClient(nodes[i]!.controlAddress);
-    infos.push(await call(client, 'GetInfo', {}));
-    client.close();
-  }
+  trio = await startNodeTrio('vsky-head-resync-', CHUNK);
   manager = await startFakeManager();
   pool = new NodePool({ dataTimeoutMs: 3000, backoffInitialMs: 20 });
   registry = new VolumeRegistry({ pool, intentSweepMs: 500 });
@@ -177,8 +118,7 @@ afterAll(async () => {
   await registry.close();
   await pool.close();
   manager.close();
-  await Promise.all(nodes.map((n) => n.close().catch(() => undefined)));
-  rmSync(dir, { recursive: true, force: true });
+  await trio.close();
 });
 
 describe('UpdateMap and StartResync (head side)', () => {

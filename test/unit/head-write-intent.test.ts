@@ -1,8 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startStorageNode, type StorageNodeHandle } from '../../storage-node/daemon.js';
 import { NodePool } from '../../head-agent/node-pool.js';
 import { VolumeRegistry, type VolumeMap } from '../../head-agent/volume-registry.js';
 import type { LinearVolume } from '../../head-agent/linear-volume.js';
@@ -11,8 +7,8 @@ import { Replica } from '../../head-agent/replica.js';
 import { call, storageNodeClient } from '../../shared/grpc.js';
 import { MiB } from '../../shared/constants.js';
 import { StaleEpochError } from '../../shared/errors.js';
-import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
-import type { ReplicaLocation__Output } from '../../proto/generated/vsky/common/ReplicaLocation.js';
+import { fill } from '../support/seeded-bytes.js';
+import { allocateVolume, startNodeTrio, type NodeTrio } from '../support/storage-node-trio.js';
 
 // Write-intent and crash reconciliation (DESIGN rule 4) against three REAL
 // storage nodes. Chunks of 4 MiB (region 1 KiB on the nodes); the head marks
@@ -24,21 +20,9 @@ const SIZE = SEGMENTS * CHUNK;
 const GROUP = 64 * 1024;
 const REGION = 1024;
 
-let dir: string;
-const nodes: StorageNodeHandle[] = [];
-const infos: NodeInfo__Output[] = [];
+let trio: NodeTrio;
 const pools: NodePool[] = [];
 const registries: VolumeRegistry[] = [];
-
-function fill(len: number, seed: number): Buffer {
-  const b = Buffer.allocUnsafe(len);
-  let x = seed | 1;
-  for (let i = 0; i < len; i++) {
-    x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 function newRegistry(): VolumeRegistry {
   const pool = new NodePool({ dataTimeoutMs: 3000, backoffInitialMs: 20 });
@@ -48,35 +32,14 @@ function newRegistry(): VolumeRegistry {
   return r;
 }
 
-async function allocate(volumeId: number, name: string, chunkBase: number): Promise<VolumeMap> {
-  const segments: VolumeMap['segments'] = [];
-  for (let seg = 0; seg < SEGMENTS; seg++) {
-    const replicas: ReplicaLocation__Output[] = [];
-    for (let slot = 0; slot < 3; slot++) {
-      const node = nodes[slot]!;
-      const disk = infos[slot]!.disks[0]!;
-      const client = storageNodeClient(node.controlAddress);
-      try {
-        await call(client, 'AllocateChunk', {
-          diskId: disk.diskId, chunkIndex: chunkBase + seg,
-          identity: { volumeId, volumeName: name, volumeSize: SIZE, segment: seg, slot, segmentCount: SEGMENTS, replicas: 3, generation: 1, epoch: 0 },
-        });
-      } finally {
-        client.close();
-      }
-      replicas.push({
-        slot, serverId: infos[slot]!.serverId, dataAddress: node.dataAddress, controlAddress: node.controlAddress,
-        diskId: disk.diskId, chunkIndex: chunkBase + seg, state: 'in_sync',
-      });
-    }
-    segments.push({ index: seg, replicas });
-  }
-  return { volumeId, name, size: SIZE, chunkSize: CHUNK, replicas: 3, generation: 1, segments };
+/** Both segments on the trio, slot s on node s, all in sync. */
+function allocate(volumeId: number, name: string, chunkBase: number): Promise<VolumeMap> {
+  return allocateVolume(trio, { volumeId, name, size: SIZE, chunkSize: CHUNK, chunkBase });
 }
 
 /** The dirty bitmap of one replica, straight from its node. */
 async function dirtyMap(volumeId: number, seg: number, slot: number): Promise<Uint8Array> {
-  const client = storageNodeClient(nodes[slot]!.controlAddress);
+  const client = storageNodeClient(trio.nodes[slot]!.controlAddress);
   try {
     const r = await call(client, 'GetChunkRegions', { volumeId, segment: seg, slot });
     expect(Number(r.regionSize)).toBe(REGION);
@@ -116,23 +79,13 @@ async function readSlot(vol: LinearVolume, seg: number, slot: number, off: numbe
 }
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'vsky-head-intent-'));
-  for (let i = 0; i < 3; i++) {
-    nodes.push(await startStorageNode({
-      dataDir: join(dir, `node${i}`), name: `node${i}`, host: '127.0.0.1', dataPort: 0, grpcPort: 0,
-      disks: [{ path: join(dir, `node${i}.disk`), size: 64 * MiB }], chunkSize: CHUNK, labels: {}, heartbeatIntervalMs: 1000,
-    }));
-    const client = storageNodeClient(nodes[i]!.controlAddress);
-    infos.push(await call(client, 'GetInfo', {}));
-    client.close();
-  }
+  trio = await startNodeTrio('vsky-head-intent-', CHUNK);
 });
 
 afterAll(async () => {
   for (const r of registries) r.abandon();
   await Promise.all(pools.map((p) => p.close()));
-  await Promise.all(nodes.map((n) => n.close().catch(() => undefined)));
-  rmSync(dir, { recursive: true, force: true });
+  await trio.close();
 });
 
 describe('write-intent (head side)', () => {

@@ -1,13 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, rename, rm, mkdir } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encodeRequestHeader, replyFrameSpec } from '../../shared/data-protocol/codec.js';
-import { Flag, Opcode, REQUEST_HEADER_SIZE, Status, statusName, type RequestHeader } from '../../shared/data-protocol/frame.js';
-import { FrameDecoder } from '../../shared/frame-decoder.js';
+import { Flag, Opcode, Status } from '../../shared/data-protocol/frame.js';
 import { call, storageNodeClient, type StorageNodeClient } from '../../shared/grpc.js';
 import { setRootLogger } from '../../shared/logger.js';
 import { ConflictError, InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
@@ -17,6 +14,7 @@ import type { DiskInfo__Output } from '../../proto/generated/vsky/storage/DiskIn
 import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
 import { startStorageNode, type StorageNodeHandle, type StorageNodeOptions } from '../../storage-node/daemon.js';
 import { computeLayout } from '../../storage-node/disk-format.js';
+import { RawDataClient, expectStatus } from '../support/raw-data-client.js';
 
 setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));
 
@@ -26,68 +24,12 @@ const REGION = CHUNK / 4096; // 2 KiB
 const DISK_SIZE = 64 * MiB;
 const DATA_OFFSET = computeLayout(DISK_SIZE, CHUNK, 4096).dataOffset;
 
-// ---- a tiny raw data-protocol client: pipelined, replies matched by id ----
-
-interface Reply { status: number; payload: Buffer }
-
-class RawClient {
-  readonly socket: net.Socket;
-  private readonly decoder = new FrameDecoder(replyFrameSpec);
-  private readonly pending = new Map<number, (r: Reply) => void>();
-  private nextId = 1;
-  closed: Promise<void>;
-  order: number[] = [];
-
-  private constructor(socket: net.Socket) {
-    this.socket = socket;
-    this.closed = new Promise((resolve) => socket.on('close', () => resolve()));
-    socket.on('error', () => {});
-    socket.on('data', (chunk: Buffer) => {
-      this.decoder.push(chunk);
-      for (let f = this.decoder.next(); f; f = this.decoder.next()) {
-        this.order.push(f.header.requestId);
-        const cb = this.pending.get(f.header.requestId);
-        this.pending.delete(f.header.requestId);
-        cb?.({ status: f.header.status, payload: f.payload ?? Buffer.alloc(0) });
-      }
-    });
-  }
-
-  static connect(address: string): Promise<RawClient> {
-    const [host, port] = address.split(':');
-    return new Promise((resolve, reject) => {
-      const s = net.connect(Number(port), host!, () => resolve(new RawClient(s)));
-      s.once('error', reject);
-    });
-  }
-
-  send(h: Partial<RequestHeader>, payload?: Buffer): Promise<Reply> {
-    const requestId = this.nextId++;
-    const header: RequestHeader = {
-      opcode: Opcode.PING, flags: 0, slot: 0, volumeId: 0, segment: 0, epoch: 0, offset: 0, length: payload?.length ?? 0,
-      generation: 0, ...h, requestId,
-    };
-    const p = new Promise<Reply>((resolve) => this.pending.set(requestId, resolve));
-    this.socket.write(encodeRequestHeader(header, Buffer.alloc(REQUEST_HEADER_SIZE)));
-    if (payload && payload.length > 0) this.socket.write(payload);
-    return p;
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
-
-function expectStatus(r: Reply, status: number): void {
-  expect(statusName(r.status), r.payload.toString('utf8')).toBe(statusName(status));
-}
-
-// ---- fixtures ----
+// ---- fixtures (requests go over a raw data-protocol client: test/support/raw-data-client.ts) ----
 
 let root: string;
 let node: StorageNodeHandle;
 let grpcClient: StorageNodeClient;
-let conn: RawClient;
+let conn: RawDataClient;
 let diskA: string;
 let diskB: string;
 
@@ -117,7 +59,7 @@ async function connectNode(h: StorageNodeHandle): Promise<void> {
   conn?.close();
   node = h;
   grpcClient = storageNodeClient(h.controlAddress);
-  conn = await RawClient.connect(h.dataAddress);
+  conn = await RawDataClient.connect(h.dataAddress);
 }
 
 /** Disk ids in the order the disks were given. */
@@ -203,7 +145,7 @@ describe('storage node data path', () => {
   it('keeps serving a client that stops reading for a while (back-pressure), then catches up', async () => {
     const data = randomBytes(64 * 1024);
     expectStatus(await write(1, 0, 2 * MiB, data), Status.OK);
-    const slow = await RawClient.connect(node.dataAddress);
+    const slow = await RawDataClient.connect(node.dataAddress);
     slow.socket.pause();
     const replies = Array.from({ length: 400 }, () => slow.send({ opcode: Opcode.READ, volumeId: 1, segment: 0, offset: 2 * MiB, length: data.length }));
     await new Promise((r) => setTimeout(r, 300));
@@ -315,8 +257,8 @@ describe('storage node data path', () => {
   });
 
   it('closes only the connection that sends garbage', async () => {
-    const bad = await RawClient.connect(node.dataAddress);
-    const other = await RawClient.connect(node.dataAddress);
+    const bad = await RawDataClient.connect(node.dataAddress);
+    const other = await RawDataClient.connect(node.dataAddress);
     bad.socket.write(Buffer.alloc(100, 0x42));
     await bad.closed;
     expectStatus(await other.send({ opcode: Opcode.PING }), Status.OK);

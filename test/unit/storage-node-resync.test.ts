@@ -5,9 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encodeRequestHeader, replyFrameSpec } from '../../shared/data-protocol/codec.js';
-import { Opcode, REQUEST_HEADER_SIZE, Status, statusName, type RequestHeader } from '../../shared/data-protocol/frame.js';
-import { FrameDecoder } from '../../shared/frame-decoder.js';
+import { Opcode, Status } from '../../shared/data-protocol/frame.js';
 import { InvalidArgumentError, NotFoundError, StaleEpochError } from '../../shared/errors.js';
 import { bindServer, call, grpc, loadProtos, storageNodeClient, type StorageNodeClient } from '../../shared/grpc.js';
 import { setRootLogger } from '../../shared/logger.js';
@@ -18,6 +16,7 @@ import type { ResyncProgress__Output } from '../../proto/generated/vsky/manager/
 import { startStorageNode, type StorageNodeHandle } from '../../storage-node/daemon.js';
 import { Disk } from '../../storage-node/disk.js';
 import { countSet, testBit } from '../../storage-node/region-map.js';
+import { RawDataClient, expectStatus } from '../support/raw-data-client.js';
 
 setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));
 
@@ -27,56 +26,8 @@ const REGIONS = 4096;
 const REGION = CHUNK / REGIONS; // 2 KiB
 const DISK_SIZE = 64 * MiB;
 
-// ---- a raw data-protocol client (MARK_DIRTY / CLEAR_DIRTY have no client method yet) ----
-
-interface Reply { status: number; payload: Buffer }
-
-class RawClient {
-  private readonly decoder = new FrameDecoder(replyFrameSpec);
-  private readonly pending = new Map<number, (r: Reply) => void>();
-  private nextId = 1;
-
-  private constructor(readonly socket: net.Socket) {
-    socket.setNoDelay(true); // header and payload go in two writes: no Nagle wait between them
-    socket.on('error', () => {});
-    socket.on('data', (chunk: Buffer) => {
-      this.decoder.push(chunk);
-      for (let f = this.decoder.next(); f; f = this.decoder.next()) {
-        const cb = this.pending.get(f.header.requestId);
-        this.pending.delete(f.header.requestId);
-        cb?.({ status: f.header.status, payload: Buffer.from(f.payload ?? Buffer.alloc(0)) });
-      }
-    });
-  }
-
-  static connect(address: string): Promise<RawClient> {
-    const [host, port] = address.split(':');
-    return new Promise((resolve, reject) => {
-      const s = net.connect(Number(port), host!, () => resolve(new RawClient(s)));
-      s.once('error', reject);
-    });
-  }
-
-  send(h: Partial<RequestHeader>, payload?: Buffer): Promise<Reply> {
-    const requestId = this.nextId++;
-    const header: RequestHeader = {
-      opcode: Opcode.PING, flags: 0, slot: 0, volumeId: 0, segment: 0, epoch: 0, offset: 0, length: payload?.length ?? 0,
-      generation: 0, ...h, requestId,
-    };
-    const p = new Promise<Reply>((resolve) => this.pending.set(requestId, resolve));
-    this.socket.write(encodeRequestHeader(header, Buffer.alloc(REQUEST_HEADER_SIZE)));
-    if (payload && payload.length > 0) this.socket.write(payload);
-    return p;
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
-
-function expectStatus(r: Reply, status: number): void {
-  expect(statusName(r.status), r.payload.toString('utf8')).toBe(statusName(status));
-}
+// Requests go over a raw data-protocol client (MARK_DIRTY / CLEAR_DIRTY have
+// no client method yet): test/support/raw-data-client.ts.
 
 // ---- a manager stand-in for ReportResyncProgress ----
 
@@ -157,7 +108,7 @@ class CountingProxy {
 interface TestNode {
   handle: StorageNodeHandle;
   rpc: StorageNodeClient;
-  data: RawClient;
+  data: RawDataClient;
   diskId: string;
   diskPath: string;
   dataDir: string;
@@ -179,7 +130,7 @@ async function startNode(name: string, dataDir?: string, diskPath?: string): Pro
   });
   const rpc = storageNodeClient(handle.controlAddress);
   const info = await call(rpc, 'GetInfo', {});
-  return { handle, rpc, data: await RawClient.connect(handle.dataAddress), diskId: info.disks[0]!.diskId, diskPath: path, dataDir: dir };
+  return { handle, rpc, data: await RawDataClient.connect(handle.dataAddress), diskId: info.disks[0]!.diskId, diskPath: path, dataDir: dir };
 }
 
 async function stopNode(n: TestNode): Promise<void> {
