@@ -93,7 +93,8 @@ export class ResyncDispatcher {
     const running: RunningResync[] = [];
     for (const rec of this.ctx.book.all()) {
       if (rec.state === 'running') {
-        running.push({ id: rec.id, disks: [rec.target.diskId, ...rec.sources] });
+        const expected = this.ctx.rt(rec).bytesExpected;
+        running.push({ id: rec.id, disks: [rec.target.diskId, ...rec.sources], bytesLeft: expected === undefined ? undefined : Math.max(0, expected - rec.bytesCopied) });
         continue;
       }
       const rt = this.ctx.rt(rec);

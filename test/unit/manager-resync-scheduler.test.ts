@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
-  overloadedDisks, scheduleResyncs, type QueuedResync, type RunningResync, type SchedulerLimits,
+  overloadedDisks, planSources, scheduleResyncs, type QueuedResync, type RunningResync, type SchedulerLimits,
 } from '../../manager/resync-scheduler.js';
 
 // The pure resync scheduler (manager/resync-scheduler.ts): per-disk limits,
@@ -119,7 +119,7 @@ describe('resync scheduler', () => {
     expect(new Set(used).size).toBe(3);
   });
 
-  it('leaves no startable resync waiting (maximal), on random queues', () => {
+  it('leaves no resync waiting whose target and planned source are both free (maximal), on random queues', () => {
     for (let seed = 10; seed < 30; seed++) {
       const rand = rng(seed);
       const queue = randomQueue(rand, 120, 60);
@@ -134,14 +134,12 @@ describe('resync scheduler', () => {
         }
       }
       const started = new Set(start.map((s) => s.id));
-      // A disk left with two or more copies to receive is not made to send while another candidate exists.
-      const receive = new Map<string, number>();
-      for (const r of queue) if (!started.has(r.id)) receive.set(r.target, (receive.get(r.target) ?? 0) + 1);
+      // A resync waits only if its target or the source planned for it is taken.
+      const { source } = planSources(queue, running);
       for (const r of queue) {
         if (started.has(r.id)) continue;
-        const all = r.sources.filter((s) => s !== r.target);
-        const spare = all.filter((s) => (receive.get(s) ?? 0) < 2);
-        const startable = !used.has(r.target) && (spare.length > 0 ? spare : all).some((s) => !used.has(s));
+        const planned = source.get(r.id);
+        const startable = planned !== undefined && !used.has(r.target) && !used.has(planned);
         expect(startable, `${r.id} could start`).toBe(false);
       }
     }
@@ -171,9 +169,52 @@ describe('resync scheduler', () => {
   });
 
   it('prefers resyncs on the most loaded disks when sizes are known', () => {
-    // Both want s; the big copy onto the disk with more work goes first.
-    const queued = [q('small', 't1', ['s'], 2, 0, 1), q('big', 't2', ['s'], 2, 0, 100), q('more-for-t2', 't2', ['w'], 2, 0, 50)];
-    const { start } = scheduleResyncs(queued, [], LIMITS);
-    expect(start[0]).toEqual({ id: 'big', sources: ['s'] });
+    // Both want s; the big copy onto the disk with more work goes first (t2's
+    // other copy waits for u, so only one of them can run).
+    const queued = [q('small', 't1', ['s'], 2, 0, 1), q('big', 't2', ['s'], 2, 0, 100), q('more-for-t2', 't2', ['u'], 2, 0, 50)];
+    const { start } = scheduleResyncs(queued, [{ id: 'x', disks: ['u'], bytesLeft: 10 }], LIMITS);
+    expect(start).toEqual([{ id: 'big', sources: ['s'] }]);
+  });
+
+  it('starts the largest copy first among equally endangered ones on equally loaded disks (longest first)', () => {
+    // t1 and t2 must each receive 100 bytes; both copies read s: the larger goes first.
+    const queued = [q('a', 't1', ['s'], 2, 0, 50), q('b', 't2', ['s'], 2, 0, 100), q('a2', 't1', ['u'], 2, 0, 50)];
+    const { start } = scheduleResyncs(queued, [{ id: 'x', disks: ['u'], bytesLeft: 10 }], LIMITS);
+    expect(start).toEqual([{ id: 'b', sources: ['s'] }]);
+    // Priority still dominates: a more endangered small copy goes before it.
+    const urgent = scheduleResyncs([...queued, q('c', 't3', ['s'], 1, 0, 1)], [{ id: 'x', disks: ['u'], bytesLeft: 10 }], LIMITS);
+    expect(urgent.start).toEqual([{ id: 'c', sources: ['s'] }]);
+  });
+
+  it('plans sources so that no disk has more work ahead than it must (receiving) when the candidates allow', () => {
+    // x is a candidate of three copies, each with another candidate; y must itself receive a big copy.
+    const queued = [
+      q('a', 't1', ['x', 'y'], 2, 0, 100), q('b', 't2', ['x', 'z'], 2, 0, 100), q('c', 't3', ['x', 'w'], 2, 0, 100),
+      q('d', 'y', ['p'], 2, 0, 100),
+    ];
+    const plan = planSources(queued);
+    expect(plan.horizon).toBeCloseTo(1);
+    for (const d of ['x', 'y', 'z', 'w', 'p']) expect(plan.work.get(d) ?? 0).toBeLessThanOrEqual(1 + 1e-9);
+    expect(plan.source.get('a')).toBe('x');
+    // A chain: x's copy moves to y only if y hands its own on to v.
+    const chain = [q('e', 't1', ['x', 'y'], 2, 0, 100), q('f', 't2', ['x'], 2, 0, 100), q('g', 't3', ['y', 'v'], 2, 0, 100)];
+    const planned = planSources(chain).source;
+    expect(new Set([planned.get('e'), planned.get('f'), planned.get('g')])).toEqual(new Set(['x', 'y', 'v']));
+    // What is left of a running resync counts as work ahead of its disks.
+    const withRunning = planSources([q('h', 't', ['m', 'n'], 2, 0, 100)], [{ id: 'r', disks: ['m'], bytesLeft: 300 }]);
+    expect(withRunning.source.get('h')).toBe('n');
+    expect(withRunning.work.get('m')).toBeCloseTo(1);
+  });
+
+  it('reads from the planned source: waits for a disk that is busy briefly, plans around one busy for long', () => {
+    // x is busy for 10 more bytes, y must itself receive 50 (from p, busy too): a (100 bytes) is planned on x and waits for it.
+    const shortly: RunningResync[] = [{ id: 'r', disks: ['x'], bytesLeft: 10 }, { id: 'r2', disks: ['p'], bytesLeft: 10 }];
+    const queued = [q('a', 't', ['x', 'y'], 2, 0, 100), q('to-y', 'y', ['p'], 2, 0, 50)];
+    expect(planSources(queued, shortly).source.get('a')).toBe('x');
+    expect(scheduleResyncs(queued, shortly, LIMITS).start).toEqual([]);
+    // x busy for 1,000 more bytes: a is planned on y and starts now.
+    const long: RunningResync[] = [{ id: 'r', disks: ['x'], bytesLeft: 1000 }, { id: 'r2', disks: ['p'], bytesLeft: 10 }];
+    expect(planSources(queued, long).source.get('a')).toBe('y');
+    expect(scheduleResyncs(queued, long, LIMITS).start).toEqual([{ id: 'a', sources: ['y'] }]);
   });
 });
