@@ -5,12 +5,37 @@ import {
   DEFAULT_CHUNK_SIZE, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS, DEFAULT_MANAGER_ADDRESS,
   DEFAULT_NBD_PORT, DEFAULT_ISCSI_PORT, DEFAULT_HEAD_GRPC_PORT, DEFAULT_NODE_DATA_PORT, DEFAULT_NODE_GRPC_PORT, GiB, LOCAL_NODE_HOST_BASE,
 } from '../shared/constants.js';
-import { TimeoutError } from '../shared/errors.js';
+import { InvalidArgumentError, TimeoutError } from '../shared/errors.js';
 import { DaemonProcess } from './daemon-process.js';
 
 // A whole cluster on one machine: a manager, N storage nodes (each on its own
 // loopback address 127.0.0.(11+i), standing in for separate hosts, with M
-// sparse file-backed disks) and one head agent, each a real process.
+// sparse file-backed disks) and one or more head agents ("hypervisors"), each a
+// real process. Head 1 listens on headHost (127.0.0.1); head i > 1 on its own
+// loopback address 127.0.0.(HEAD_HOST_BASE+i) with the same ports, unless
+// headAddresses says otherwise.
+
+/** Head i > 1 listens on 127.0.0.(HEAD_HOST_BASE + i): 127.0.0.102, .103, ... clear of the nodes' 127.0.0.11+. */
+export const HEAD_HOST_BASE = 100;
+
+/** Where one head agent listens. */
+export interface HeadAddress {
+  host: string;
+  grpcPort: number;
+  nbdPort: number;
+  iscsiPort: number;
+}
+
+/** Where a started head agent serves, as it reported in its "ready" line. */
+export interface HeadEndpoints {
+  name: string;
+  /** host:port of its control gRPC service. */
+  grpc: string;
+  /** host:port of its NBD server. */
+  nbd: string;
+  /** host:port of its iSCSI portal ('' when it has none). */
+  iscsi: string;
+}
 
 export interface LocalClusterOptions {
   dir: string;
@@ -27,10 +52,17 @@ export interface LocalClusterOptions {
   nodeGrpcPort: number;
   heartbeatIntervalMs: number;
   heartbeatTimeoutMs: number;
+  /** Head agents head1..headN (default 1). */
+  heads?: number;
+  /**
+   * Addresses of head 2..N: entry i is head i+2 (default: 127.0.0.(HEAD_HOST_BASE + n)
+   * for head n, with head 1's ports). Head 1 always uses headHost and the ports above.
+   */
+  headAddresses?: HeadAddress[];
   /** Labels of server i (default: each server its own rack). */
   labels?: (i: number) => Record<string, string>;
   logLevel?: string;
-  /** Extra environment per daemon name ("manager", "node1", "head"), e.g. fault injection. */
+  /** Extra environment per daemon name ("manager", "node1", "head" for head 1, "head2", ...), e.g. fault injection. */
   env?: Record<string, NodeJS.ProcessEnv>;
   /** Extra `vsky manager` flags, e.g. ['--resync-mibps', '8']. */
   managerArgs?: string[];
@@ -49,14 +81,31 @@ export function nodeHost(i: number): string {
   return `127.0.0.${LOCAL_NODE_HOST_BASE + i}`;
 }
 
+/** Default loopback address of head n (1-based) for n > 1. */
+export function headHost(n: number): string {
+  return `127.0.0.${HEAD_HOST_BASE + n}`;
+}
+
+/** Where head n (1-based) of a cluster with these options listens. */
+export function headAddress(opts: LocalClusterOptions, n: number): HeadAddress {
+  if (n === 1) return { host: opts.headHost, grpcPort: opts.headGrpcPort, nbdPort: opts.nbdPort, iscsiPort: opts.iscsiPort };
+  return opts.headAddresses?.[n - 2] ?? { host: headHost(n), grpcPort: opts.headGrpcPort, nbdPort: opts.nbdPort, iscsiPort: opts.iscsiPort };
+}
+
 export class LocalCluster {
   readonly opts: LocalClusterOptions;
   readonly manager: DaemonProcess;
   readonly nodes: DaemonProcess[];
+  /** head1..headN; heads[i] registers as `head${i + 1}`. */
+  readonly heads: DaemonProcess[];
+  /** The first head (heads[0], registered as "head1"): where ensureVolume attaches. */
   readonly head: DaemonProcess;
   managerAddress: string;
 
   private constructor(opts: LocalClusterOptions) {
+    const heads = opts.heads ?? 1;
+    if (!Number.isInteger(heads) || heads < 1) throw new InvalidArgumentError(`heads must be a positive integer, got ${heads}`);
+    if (heads > 255 - HEAD_HOST_BASE) throw new InvalidArgumentError(`at most ${255 - HEAD_HOST_BASE} heads on loopback, got ${heads}`);
     this.opts = opts;
     const logs = join(opts.dir, 'logs');
     mkdirSync(logs, { recursive: true });
@@ -67,8 +116,33 @@ export class LocalCluster {
       ...this.logArgs(), ...(opts.managerArgs ?? []),
     ], join(logs, 'manager.log'), opts.env?.manager);
     this.nodes = Array.from({ length: opts.servers }, (_, i) => this.nodeProcess(i, logs));
-    this.head = new DaemonProcess('head', [], join(logs, 'head.log'), opts.env?.head);
-    for (const d of [this.manager, this.head, ...this.nodes]) d.nodeArgs = opts.nodeArgs?.[d.name] ?? [];
+    // Head 1 keeps the daemon name, data dir and log of the single-head cluster ("head").
+    this.heads = Array.from({ length: heads }, (_, i) => {
+      const name = i === 0 ? 'head' : `head${i + 1}`;
+      return new DaemonProcess(name, [], join(logs, `${name}.log`), opts.env?.[name]);
+    });
+    this.head = this.heads[0]!;
+    for (const d of [this.manager, ...this.heads, ...this.nodes]) d.nodeArgs = opts.nodeArgs?.[d.name] ?? [];
+  }
+
+  /** Registered head names, head1..headN. */
+  get headNames(): string[] {
+    return this.heads.map((_, i) => `head${i + 1}`);
+  }
+
+  /** Where each head serves (from its "ready" line once started; else where it was told to listen). */
+  get headEndpoints(): HeadEndpoints[] {
+    return this.heads.map((h, i) => {
+      const a = headAddress(this.opts, i + 1);
+      const r = h.ready;
+      const str = (v: unknown, fallback: string): string => (typeof v === 'string' ? v : fallback);
+      return {
+        name: `head${i + 1}`,
+        grpc: str(r.controlAddress, `${a.host}:${a.grpcPort}`),
+        nbd: str(r.nbdAddress, `${a.host}:${a.nbdPort}`),
+        iscsi: str(r.iscsiAddress, `${a.host}:${a.iscsiPort}`),
+      };
+    });
   }
 
   private logArgs(): string[] {
@@ -105,10 +179,16 @@ export class LocalCluster {
     this.managerAddress = String(ready.address ?? this.opts.managerListen);
     for (const node of this.nodes) node.args.push('--manager', this.managerAddress);
     await Promise.all(this.nodes.map((n) => n.start()));
-    this.head.args.push('head-agent', '--data-dir', join(this.opts.dir, 'head'), '--name', 'head1',
-      '--host', this.opts.headHost, '--grpc-port', String(this.opts.headGrpcPort), '--nbd-port', String(this.opts.nbdPort), '--iscsi-port', String(this.opts.iscsiPort),
-      '--heartbeat-interval', String(this.opts.heartbeatIntervalMs), '--manager', this.managerAddress, ...this.logArgs());
-    await this.head.start();
+    this.heads.forEach((head, i) => {
+      const a = headAddress(this.opts, i + 1);
+      head.args.push('head-agent', '--data-dir', join(this.opts.dir, i === 0 ? 'head' : `head${i + 1}`), '--name', `head${i + 1}`,
+        '--host', a.host, '--grpc-port', String(a.grpcPort), '--nbd-port', String(a.nbdPort), '--iscsi-port', String(a.iscsiPort),
+        '--heartbeat-interval', String(this.opts.heartbeatIntervalMs), '--manager', this.managerAddress, ...this.logArgs());
+    });
+    // allSettled: a head that failed to start must not leave its siblings' starts unawaited.
+    const started = await Promise.allSettled(this.heads.map((h) => h.start()));
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
     await this.waitRegistered();
   }
 
@@ -116,7 +196,7 @@ export class LocalCluster {
     return managerClient(this.managerAddress);
   }
 
-  /** Polls until every server, its disks and the head are registered and active. */
+  /** Polls until every server, its disks and every head (head1..headN) are registered and active. */
   async waitRegistered(timeoutMs = 20_000): Promise<void> {
     const m = this.client();
     const deadline = Date.now() + timeoutMs;
@@ -127,10 +207,12 @@ export class LocalCluster {
         ]);
         const activeServers = servers.servers.filter((s) => s.state === 'active').length;
         const activeDisks = disks.disks.filter((d) => d.state === 'active').length;
-        const activeHeads = heads.heads.filter((h) => h.state === 'active').length;
-        if (activeServers >= this.nodes.length && activeDisks >= this.nodes.length * this.opts.disksPerServer && activeHeads >= 1) return;
+        const activeHeads = new Set(heads.heads.filter((h) => h.state === 'active').map((h) => h.name));
+        const missingHeads = this.headNames.filter((n) => !activeHeads.has(n));
+        if (activeServers >= this.nodes.length && activeDisks >= this.nodes.length * this.opts.disksPerServer && missingHeads.length === 0) return;
         if (Date.now() > deadline) {
-          throw new TimeoutError(`cluster not registered after ${timeoutMs} ms: ${activeServers} servers, ${activeDisks} disks, ${activeHeads} heads active`);
+          throw new TimeoutError(`cluster not registered after ${timeoutMs} ms: ${activeServers} servers, ${activeDisks} disks, `
+            + `${this.heads.length - missingHeads.length}/${this.heads.length} heads active${missingHeads.length ? ` (waiting for ${missingHeads.join(', ')})` : ''}`);
         }
         await new Promise((r) => setTimeout(r, 100));
       }
@@ -139,29 +221,30 @@ export class LocalCluster {
     }
   }
 
-  /** Creates the volume unless it exists, (re)attaches it to the head, returns its NBD URI. */
-  async ensureVolume(name: string, size: number, replicas: number): Promise<string> {
-    return (await this.ensureVolumeUrls(name, size, replicas)).nbd;
+  /** Creates the volume unless it exists, (re)attaches it to head1 (or `head`), returns its NBD URI. */
+  async ensureVolume(name: string, size: number, replicas: number, head = 'head1'): Promise<string> {
+    return (await this.ensureVolumeUrls(name, size, replicas, head)).nbd;
   }
 
   /** As ensureVolume, with the iSCSI URL too ('' when the head has no portal). */
-  async ensureVolumeUrls(name: string, size: number, replicas: number): Promise<{ nbd: string; iscsi: string }> {
+  async ensureVolumeUrls(name: string, size: number, replicas: number, head = 'head1'): Promise<{ nbd: string; iscsi: string }> {
     const m = this.client();
     try {
       const { volumes } = await call(m, 'ListVolumes', {});
       const existing = volumes.find((v) => v.name === name);
       if (!existing) await call(m, 'CreateVolume', { name, size, replicas, spreadLabel: '' }, 120_000);
       // Attaching to the head that already holds it re-pushes the map (new epoch).
-      const r = await call(m, 'AttachVolume', { name, head: '' }, 30_000);
+      // Named, not '': the manager only picks a head by itself when exactly one is registered.
+      const r = await call(m, 'AttachVolume', { name, head }, 30_000);
       return { nbd: r.nbdUri, iscsi: r.iscsiUrl };
     } finally {
       m.close();
     }
   }
 
-  /** Stops the head, the nodes, then the manager. */
+  /** Stops the heads, the nodes, then the manager. */
   async stop(): Promise<void> {
-    await this.head.stop();
+    await Promise.all(this.heads.map((h) => h.stop()));
     await Promise.all(this.nodes.map((n) => n.stop()));
     await this.manager.stop();
   }

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { InvalidArgumentError as CommanderInvalid, type Command } from 'commander';
-import { LOCAL_CLUSTER_DEFAULTS, LocalCluster } from '../../deploy/local-cluster.js';
+import { HEAD_HOST_BASE, LOCAL_CLUSTER_DEFAULTS, LocalCluster, headHost } from '../../deploy/local-cluster.js';
 import { DEFAULT_REPLICAS, MAX_REPLICAS } from '../../shared/constants.js';
 import { errorMessage } from '../../shared/errors.js';
 import { formatSize, parseSize } from '../../shared/units.js';
@@ -22,30 +22,33 @@ export function registerClusterCommands(program: Command): void {
   const cluster = program.command('cluster').description('a whole cluster on this machine, for trying VastSky and for tests');
   const d = LOCAL_CLUSTER_DEFAULTS;
   cluster.command('up')
-    .description('start a manager, storage nodes with file-backed disks and a head agent on loopback, and serve a demo volume over NBD')
+    .description('start a manager, storage nodes with file-backed disks and head agents on loopback, and serve a demo volume over NBD')
     .option('--dir <dir>', 'where the cluster keeps its data and logs', '.vsky')
     .option('--servers <n>', 'storage servers (each on its own 127.0.0.x address)', positiveIntArg, d.servers)
     .option('--disks-per-server <m>', 'sparse disk files per server', positiveIntArg, d.disksPerServer)
     .option('--disk-size <size>', 'size of each disk file', sizeArg, d.diskSize)
     .option('--chunk-size <size>', 'chunk (segment) size', sizeArg, d.chunkSize)
+    .option('--heads <n>', `head agents head1..headN (head1 on 127.0.0.1, head n > 1 on 127.0.0.${HEAD_HOST_BASE}+n, same ports)`, positiveIntArg, 1)
     .option('--volume <name:size[:replicas]>', 'volume to create and attach', volumeArg, { name: 'demo', size: 2 * 1024 ** 3, replicas: DEFAULT_REPLICAS })
     .option('--manager <host:port>', 'manager listen address', hostPortArg, d.managerListen)
-    .option('--nbd-port <port>', 'NBD port of the head agent', intArg, d.nbdPort)
-    .option('--iscsi-port <port>', 'iSCSI portal port of the head agent', intArg, d.iscsiPort)
+    .option('--nbd-port <port>', 'NBD port of the head agents', intArg, d.nbdPort)
+    .option('--iscsi-port <port>', 'iSCSI portal port of the head agents', intArg, d.iscsiPort)
     .option('--log-level <level>', 'daemon log level', 'info')
     .action(async (o) => {
       const dir = resolve(o.dir as string);
       const vol = o.volume as VolumeSpec;
       const out = process.stdout;
-      out.write(`Starting a local cluster in ${dir}: ${o.servers} storage servers x ${o.disksPerServer} disks of ${formatSize(o.diskSize)}, chunk ${formatSize(o.chunkSize)}\n`);
+      const heads = o.heads as number;
+      out.write(`Starting a local cluster in ${dir}: ${o.servers} storage servers x ${o.disksPerServer} disks of ${formatSize(o.diskSize)}, chunk ${formatSize(o.chunkSize)}, ${heads} head agent${heads > 1 ? 's' : ''}\n`);
       let c: LocalCluster;
       try {
         c = await LocalCluster.start({
           ...d, dir, servers: o.servers, disksPerServer: o.disksPerServer, diskSize: o.diskSize, chunkSize: o.chunkSize,
-          managerListen: o.manager, nbdPort: o.nbdPort, iscsiPort: o.iscsiPort, logLevel: o.logLevel,
+          managerListen: o.manager, nbdPort: o.nbdPort, iscsiPort: o.iscsiPort, logLevel: o.logLevel, heads,
         });
       } catch (err) {
-        process.stderr.write(`vsky cluster up: ${errorMessage(err)}\n  hint: is another cluster already running (ports ${o.manager}, ${o.nbdPort}, ${o.iscsiPort})? Stop it, or pick others with --manager, --nbd-port and --iscsi-port.\n`);
+        const hosts = heads > 1 ? ` on 127.0.0.1 and ${headHost(2)}${heads > 2 ? `..${headHost(heads)}` : ''}` : '';
+        process.stderr.write(`vsky cluster up: ${errorMessage(err)}\n  hint: is another cluster already running (ports ${o.manager}, ${o.nbdPort}, ${o.iscsiPort}${hosts})? Stop it, or pick others with --manager, --nbd-port and --iscsi-port.\n`);
         process.exit(1);
       }
       let stopping = false;
@@ -61,8 +64,9 @@ export function registerClusterCommands(program: Command): void {
         const urls = await c.ensureVolumeUrls(vol.name, vol.size, vol.replicas);
         const uri = urls.nbd;
         const mgr = o.manager === d.managerListen ? '' : ` --manager ${c.managerAddress}`;
-        out.write(`\nCluster ready: manager ${c.managerAddress}, ${o.servers} storage nodes, 1 head agent. Logs in ${dir}/logs.\n`);
-        out.write(`Volume ${vol.name}: ${formatSize(vol.size)}, ${vol.replicas} replicas, served over NBD at\n${uri}\n${urls.iscsi ? `and over iSCSI at\n${urls.iscsi}\n` : ''}\n`);
+        out.write(`\nCluster ready: manager ${c.managerAddress}, ${o.servers} storage nodes, ${heads} head agent${heads > 1 ? 's' : ''}. Logs in ${dir}/logs.\n`);
+        for (const h of c.headEndpoints) out.write(`  ${h.name}: NBD ${h.nbd}, iSCSI ${h.iscsi || '(none)'}, control gRPC ${h.grpc}\n`);
+        out.write(`Volume ${vol.name}: ${formatSize(vol.size)}, ${vol.replicas} replicas, attached to head1, served over NBD at\n${uri}\n${urls.iscsi ? `and over iSCSI at\n${urls.iscsi}\n` : ''}\n`);
         out.write(`Try:\n  nbdinfo ${uri}\n  qemu-img info ${uri}\n${urls.iscsi ? `  iscsi-inq ${urls.iscsi}\n` : ''}  node dist/cli/vsky.js status${mgr}\n  node dist/cli/vsky.js volume show ${vol.name}${mgr}\n  node dist/cli/vsky.js server list${mgr}\n  node dist/cli/vsky.js disk list${mgr}\n\nPress Ctrl-C to stop.\n`);
       } catch (err) {
         process.stderr.write(`vsky cluster up: ${errorMessage(err)}\n`);

@@ -2,13 +2,25 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DaemonProcess } from '../../deploy/daemon-process.js';
-import { LOCAL_CLUSTER_DEFAULTS, LocalCluster, nodeHost, type LocalClusterOptions } from '../../deploy/local-cluster.js';
+import { LOCAL_CLUSTER_DEFAULTS, LocalCluster, headHost, nodeHost, type HeadAddress, type LocalClusterOptions } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
 import { freePort } from './ports.js';
 
 // Test clusters: the same launcher as `vsky cluster up` (real processes on
 // loopback, real LevelDB, real disk files), on ports free at the time and in a
 // temp dir removed afterwards (kept when VSKY_KEEP_TEST_DIRS=1, for debugging).
+// `heads: N` starts head1..headN, head n > 1 on its own loopback address
+// (headHost(n)) with ports free there.
+
+/** Addresses for heads 2..n, each on its own loopback address with its own free ports. */
+async function extraHeadAddresses(heads: number): Promise<HeadAddress[]> {
+  const out: HeadAddress[] = [];
+  for (let n = 2; n <= heads; n++) {
+    const host = headHost(n);
+    out.push({ host, grpcPort: await freePort(host), nbdPort: await freePort(host), iscsiPort: await freePort(host) });
+  }
+  return out;
+}
 
 export async function startTestCluster(overrides: Partial<LocalClusterOptions> = {}): Promise<LocalCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'vsky-test-'));
@@ -31,6 +43,7 @@ export async function startTestCluster(overrides: Partial<LocalClusterOptions> =
     logLevel: 'info',
     ...overrides,
   };
+  if ((opts.heads ?? 1) > 1 && !overrides.headAddresses) opts.headAddresses = await extraHeadAddresses(opts.heads!);
   return LocalCluster.start(opts);
 }
 
@@ -40,8 +53,13 @@ export async function destroyTestCluster(cluster: LocalCluster | undefined): Pro
   if (process.env.VSKY_KEEP_TEST_DIRS !== '1') rmSync(cluster.opts.dir, { recursive: true, force: true });
 }
 
-/** A second head agent ("another hypervisor") registered with the cluster's manager; NBD only. */
+/**
+ * A second head agent ("another hypervisor") registered with the cluster's manager; NBD only.
+ * Started and stopped by the caller, not the cluster. Do not reuse a name of the cluster's
+ * own heads (head1..headN with `heads: N`): names must be unique for `--head NAME`.
+ */
 export async function startExtraHead(c: LocalCluster, name: string): Promise<DaemonProcess> {
+  if (c.headNames.includes(name)) throw new Error(`startExtraHead: the cluster already runs a head named ${name} (heads: ${c.headNames.join(', ')})`);
   const dir = join(c.opts.dir, name);
   mkdirSync(dir, { recursive: true });
   const head = new DaemonProcess(name, [
