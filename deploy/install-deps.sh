@@ -10,6 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 DEBS=(
   qemu-utils qemu-block-extra   # qemu-img, qemu-io (nbd:// and iscsi://)
+  qemu-system-x86               # qemu-system-x86_64 (TCG, no KVM needed): live-migration tests, guest disk on NBD
   libnbd-bin                    # nbdinfo, nbdcopy, nbdfuse
   nbdkit                        # C NBD server: the benchmark peer
   fio                           # fio's nbd engine
