@@ -5,6 +5,7 @@ import type { AttachVolumeReply } from '../proto/generated/vsky/head/AttachVolum
 import type { AttachVolumeRequest__Output } from '../proto/generated/vsky/head/AttachVolumeRequest.js';
 import type { AttachedList } from '../proto/generated/vsky/head/AttachedList.js';
 import type { DetachVolumeRequest__Output } from '../proto/generated/vsky/head/DetachVolumeRequest.js';
+import type { ReleaseLeaseRequest__Output } from '../proto/generated/vsky/head/ReleaseLeaseRequest.js';
 import type { Empty } from '../proto/generated/vsky/common/Empty.js';
 import type { ResyncTask__Output } from '../proto/generated/vsky/common/ResyncTask.js';
 import type { HeadAgentHandlers } from '../proto/generated/vsky/head/HeadAgent.js';
@@ -16,7 +17,8 @@ import type { ResyncService } from './resync-runner.js';
 // the manager: Attach builds and fences a volume, then answers with the NBD
 // URI it is exported under; Detach flushes and drops it; ListAttached reports;
 // UpdateMap applies new replica states in place; StartResync copies a segment
-// to a resyncing replica in the background.
+// to a resyncing replica in the background; ReleaseLease drains, flushes and
+// gives up a volume's write lease (a live migration's other head wants it).
 
 export interface ControlServiceOptions {
   registry: VolumeRegistry;
@@ -39,7 +41,7 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
   return {
     Attach: unary(async (req: AttachVolumeRequest__Output): Promise<AttachVolumeReply> => {
       if (req.map === null || req.map === undefined) throw new InvalidArgumentError('Attach: the request carries no volume map');
-      const volume = await registry.attach(req.map, req.epoch);
+      const volume = await registry.attach(req.map, req.epoch, { standby: req.standby, reconcile: req.reconcile });
       const iscsi = opts.iscsi;
       if (iscsi === undefined) return { nbdUri: nbdUri(nbdAddress, volume.name), iscsiUrl: '' };
       iscsi.exports.expose(volume, volume.volumeId, accessFromProto(req.iscsi));
@@ -56,6 +58,11 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
       await registry.updateMap(req.map, req.epoch);
       return {};
     }),
+    ReleaseLease: unary(async (req: ReleaseLeaseRequest__Output): Promise<Empty> => {
+      if (!req.name) throw new InvalidArgumentError('ReleaseLease: a volume name is required');
+      await registry.release(req.name, req.epoch);
+      return {};
+    }),
     StartResync: unary(async (task: ResyncTask__Output): Promise<Empty> => {
       if (opts.resync === undefined) throw new InvalidArgumentError('StartResync: this head agent runs no resyncs');
       opts.resync.start(task);
@@ -67,6 +74,7 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
         connections: opts.connectionCount?.(v.name) ?? 0,
         iscsiUrl: opts.iscsi ? iscsiUrl(opts.iscsi.address, v.name) : '',
         iscsiSessions: opts.iscsi?.sessionCount(targetIqn(v.name)) ?? 0,
+        lease: v.lease,
       })),
     })),
   };

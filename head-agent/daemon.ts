@@ -1,6 +1,7 @@
 import { moduleLogger } from '../shared/logger.js';
 import { NodeControlClients } from './chunk-regions.js';
 import { startControlServer, type ControlServer } from './control-service.js';
+import { leaseRequester } from './lease-requester.js';
 import { ManagerLink, loadHeadId } from './manager-link.js';
 import { startNbdServer, type NbdServerHandle } from './nbd/server.js';
 import { NodePool } from './node-pool.js';
@@ -71,7 +72,10 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
   const failureHandler = opts.managerAddress === undefined ? undefined : new ReportingFailureHandler({
     headId, manager: () => link?.managerClient, staleReportTimeoutMs: opts.staleReportTimeoutMs,
   });
-  const registry = new VolumeRegistry({ pool, failureHandler, nodeClients });
+  const registry = new VolumeRegistry({
+    pool, failureHandler, nodeClients,
+    leaseRequester: opts.managerAddress === undefined ? undefined : leaseRequester({ headId, manager: () => link?.managerClient }),
+  });
   const resync = new ResyncService({ volumes: registry, clients: nodeClients, defaultManager: () => link?.managerClient });
   let nbd: NbdServerHandle | undefined;
   let iscsi: IscsiServerHandle | undefined;
@@ -100,6 +104,8 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     ? new ManagerLink({
       managerAddress: opts.managerAddress, headId, name: opts.name,
       controlAddress: control.address, nbdAddress: nbd.address, iscsiAddress: iscsi?.address ?? '', heartbeatIntervalMs: opts.heartbeatIntervalMs,
+      leases: () => registry.heldLeases(),
+      onRevoked: (revoked) => registry.revoke(revoked),
     })
     : undefined;
   link?.start();

@@ -12,6 +12,14 @@ import { WriteIntent } from './write-intent.js';
 // the caller's buffer (no copies). Every mutating request carries the lease
 // epoch this head holds for the volume. The volume owns the write-intent
 // state of its segments (it outlives a re-attach with a newer epoch).
+//
+// Lease (docs/leases.md): a volume is 'held' here (I/O goes to storage under
+// the epoch), a 'standby' (attached for a live migration; its first read or
+// write asks the manager for the lease, which moves it here with a new epoch
+// after the holder drained and flushed), or 'fenced' (a replica answered
+// "stale epoch", or the manager revoked the lease: terminal, every request
+// fails until the volume is attached again). Only 'held' is on the hot path:
+// one field compare.
 
 export interface LinearVolumeOptions {
   name: string;
@@ -27,7 +35,14 @@ export interface LinearVolumeOptions {
   maxPiece?: number;
   /** Write-intent granularity in bytes (write-intent.ts); 0 turns write-intent off. */
   intentGroupBytes?: number;
+  /** Start as a standby (default: held). */
+  standby?: boolean;
 }
+
+export type LeaseState = 'held' | 'standby' | 'fenced';
+
+/** Asks the manager for the write lease of a standby volume; resolves once this head holds it. */
+export type LeaseRequester = (volume: LinearVolume) => Promise<void>;
 
 export class LinearVolume implements BlockDevice {
   readonly name: string;
@@ -42,6 +57,14 @@ export class LinearVolume implements BlockDevice {
   private flushGroups: FlushGroup[];
   private readonly maxPiece: number;
   private detached = false;
+  private _lease: LeaseState;
+  private fencedBy: Error | undefined;
+  /** A lease request in progress (I/O on a standby waits for it). */
+  private acquiring: Promise<void> | undefined;
+  /** How a standby asks for the lease (the registry sets it); without it a standby's I/O fails. */
+  leaseRequester: LeaseRequester | undefined;
+  /** Called once when the volume becomes fenced. */
+  onFenced: ((volume: LinearVolume, err: Error) => void) | undefined;
   /** Undefined when write-intent is off. */
   readonly intent: WriteIntent | undefined;
 
@@ -61,15 +84,75 @@ export class LinearVolume implements BlockDevice {
     this.flushGroups = buildFlushGroups(opts.segments);
     this.maxPiece = Math.min(opts.maxPiece ?? MAX_DATA_PAYLOAD, MAX_DATA_PAYLOAD);
     this.intent = opts.intentGroupBytes === 0 ? undefined : new WriteIntent(opts.name, opts.chunkSize, expected, opts.intentGroupBytes);
+    this._lease = opts.standby === true ? 'standby' : 'held';
     this.wire(opts.segments);
   }
 
-  /** Gives the mirrors the volume's epoch and their write-intent state. */
+  /** Gives the mirrors the volume's epoch, their write-intent state and the fence hook. */
   private wire(segments: readonly Mirror[]): void {
+    const fenced = (err: Error): void => this.fence(err);
     segments.forEach((m, i) => {
       m.epoch = this._epoch;
       m.intent = this.intent?.segments[i];
+      m.onFenced = fenced;
     });
+  }
+
+  get lease(): LeaseState {
+    return this._lease;
+  }
+
+  /**
+   * This head lost the lease for good (a replica refused our epoch, or the
+   * manager says another head took over): every request fails from now on,
+   * so no client is told a write succeeded. Re-attaching clears it.
+   */
+  fence(err: Error): void {
+    if (this._lease === 'fenced') return;
+    this._lease = 'fenced';
+    this.fencedBy = err;
+    this.onFenced?.(this, err);
+  }
+
+  /**
+   * Gives up the lease (a standby head asked for it): new requests wait for
+   * the lease to come back, the mutations in flight finish, every node is
+   * flushed and the write-intent bits cleared (nothing is half-written, so
+   * the next holder has nothing to reconcile). Then the volume is a standby.
+   */
+  async release(): Promise<void> {
+    if (this._lease !== 'held') return;
+    this._lease = 'standby';
+    try {
+      await this.tracker.idle();
+      await this.flushNodes();
+    } catch (err) {
+      if (this._lease === 'standby') this._lease = 'held'; // not released: keep serving under our epoch
+      throw err;
+    }
+    await this.intent?.clearAll(this.segments, this._epoch).catch(() => undefined);
+  }
+
+  /** Runs `fn` once this head holds the lease (the slow path of every request on a standby). */
+  private afterLease<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.detached) return Promise.reject(this.detachedError());
+    if (this._lease === 'fenced') return Promise.reject(this.fencedError());
+    if (this.acquiring === undefined) {
+      const requester = this.leaseRequester;
+      if (requester === undefined) {
+        return Promise.reject(new StaleEpochError(`volume ${this.name} is a standby on this head and cannot ask for the lease`, { volume: this.name }));
+      }
+      const p: Promise<void> = requester(this).finally(() => {
+        if (this.acquiring === p) this.acquiring = undefined;
+      });
+      this.acquiring = p;
+    }
+    return this.acquiring.then(fn);
+  }
+
+  private fencedError(): StaleEpochError {
+    return new StaleEpochError(`volume ${this.name} is fenced on this head: another head holds its lease now (${errorMessage(this.fencedBy)}); `
+      + 'attach it here again to use it', { volume: this.name });
   }
 
   get epoch(): number {
@@ -101,6 +184,7 @@ export class LinearVolume implements BlockDevice {
   }
 
   read(offset: number, length: number): Promise<Buffer> {
+    if (this._lease !== 'held') return this.afterLease(() => this.read(offset, length));
     const bad = this.check(offset, length);
     if (bad !== undefined) return Promise.reject(bad);
     return this.readPieces(offset, Buffer.allocUnsafe(length));
@@ -113,6 +197,7 @@ export class LinearVolume implements BlockDevice {
    * across ticks are promoted and drive V8 into frequent mark-compacts).
    */
   readInto(offset: number, dest: Buffer): Promise<Buffer> {
+    if (this._lease !== 'held') return this.afterLease(() => this.readInto(offset, dest));
     const bad = this.check(offset, dest.length);
     if (bad !== undefined) return Promise.reject(bad);
     return this.readPieces(offset, dest);
@@ -139,6 +224,7 @@ export class LinearVolume implements BlockDevice {
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    if (this._lease !== 'held') return this.afterLease(() => this.write(offset, data, fua));
     const length = data.length;
     const bad = this.check(offset, length);
     if (bad !== undefined) return Promise.reject(bad);
@@ -161,10 +247,12 @@ export class LinearVolume implements BlockDevice {
   }
 
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    if (this._lease !== 'held') return this.afterLease(() => this.writeZeroes(offset, length, fua));
     return this.forEachPiece(offset, length, (m, epoch, so, n) => m.writeZeroes(epoch, so, n, fua));
   }
 
   discard(offset: number, length: number): Promise<void> {
+    if (this._lease !== 'held') return this.afterLease(() => this.discard(offset, length));
     return this.forEachPiece(offset, length, (m, epoch, so, n) => m.discard(epoch, so, n));
   }
 
@@ -177,6 +265,9 @@ export class LinearVolume implements BlockDevice {
    */
   async flush(): Promise<void> {
     if (this.detached) throw this.detachedError();
+    if (this._lease === 'fenced') throw this.fencedError();
+    // A standby has nothing to flush: the release flushed every write this head made.
+    if (this._lease === 'standby') return;
     await this.flushNodes();
   }
 
@@ -207,7 +298,8 @@ export class LinearVolume implements BlockDevice {
    */
   sweepIntent(): Promise<number> {
     const intent = this.intent;
-    if (intent === undefined || this.detached) return Promise.resolve(0);
+    // Only the holder clears bits: a standby's epoch may still be current, and its clears would erase the holder's marks.
+    if (intent === undefined || this.detached || this._lease !== 'held') return Promise.resolve(0);
     return intent.sweep(() => this.segments, () => this._epoch, () => this.tracker.barrier(), () => {
       if (this.detached) return Promise.reject(this.detachedError());
       return this.flushNodes();
@@ -250,7 +342,10 @@ export class LinearVolume implements BlockDevice {
     if (failures.length === 0) return;
     for (const f of failures) f.group.dirty = true;
     const fenced = failures.find((f) => f.error instanceof StaleEpochError);
-    if (fenced !== undefined) throw fenced.error;
+    if (fenced !== undefined) {
+      this.fence(fenced.error as Error);
+      throw fenced.error;
+    }
     if (await this.degradeFlush(failures)) return;
     const parts = failures.map((f) => `node ${f.group.members[0]!.address}: ${errorMessage(f.error)}`);
     throw new IoError(`flush of volume ${this.name} failed on ${failures.length} node(s): ${parts.join('; ')}`, {
@@ -285,7 +380,7 @@ export class LinearVolume implements BlockDevice {
    * epoch after the replica nodes were fenced with it). In-flight requests
    * finish on the old mirrors.
    */
-  reconfigure(segments: Mirror[], epoch: number, generation: number): void {
+  reconfigure(segments: Mirror[], epoch: number, generation: number, lease: 'held' | 'standby' = 'held'): void {
     if (segments.length !== this.segments.length) {
       throw new InvalidArgumentError(`volume ${this.name}: reconfigure with ${segments.length} segments, have ${this.segments.length}`);
     }
@@ -293,6 +388,8 @@ export class LinearVolume implements BlockDevice {
     this.flushGroups = buildFlushGroups(segments);
     this._epoch = epoch;
     this._generation = generation;
+    this._lease = lease;
+    this.fencedBy = undefined;
     this.wire(segments);
   }
 

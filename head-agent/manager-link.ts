@@ -7,9 +7,15 @@ import { moduleLogger, type Logger } from '../shared/logger.js';
 import type { HeadHeartbeatRequest } from '../proto/generated/vsky/manager/HeadHeartbeatRequest.js';
 import type { HeartbeatReply__Output } from '../proto/generated/vsky/manager/HeartbeatReply.js';
 
+/** A write lease a head claims in its heartbeat (proto LeaseClaim). */
+export interface LeaseClaim { volume: string; epoch: number }
+
 // The head's link to the manager: RegisterHead at start, retried with back-off
 // while the manager is down (never fatal), then HeadHeartbeat every interval;
 // a heartbeat answered "unknown" (the manager lost its state) registers again.
+// Each heartbeat names the write leases this head holds, which renews them;
+// the reply names those the manager gave to another head meanwhile, and the
+// head fences itself off them at once (storage would refuse its writes anyway).
 // Nothing on the I/O path depends on this link: attached volumes keep serving
 // while the manager is stopped or restarting.
 
@@ -43,6 +49,10 @@ export interface ManagerLinkOptions {
   /** HOST:PORT of the iSCSI portal, or empty. */
   iscsiAddress?: string;
   heartbeatIntervalMs: number;
+  /** The write leases this head holds (each heartbeat renews them). */
+  leases?: () => LeaseClaim[];
+  /** The manager says these leases are no longer ours (taken over, detached): fence them at once. */
+  onRevoked?: (revoked: LeaseClaim[]) => void;
   /** Register retry back-off bounds. */
   retryInitialMs?: number;
   retryMaxMs?: number;
@@ -101,7 +111,9 @@ export class ManagerLink {
         this.log.info({ headId: this.opts.headId }, this.warned ? 'registered with the manager (it is back)' : 'registered with the manager');
         this.warned = false;
       } else {
-        const reply = await call<HeadHeartbeatRequest, HeartbeatReply__Output>(this.client, this.client.HeadHeartbeat, { headId: this.opts.headId }, timeout);
+        const leases = this.opts.leases?.() ?? [];
+        const reply = await call<HeadHeartbeatRequest, HeartbeatReply__Output>(this.client, this.client.HeadHeartbeat, { headId: this.opts.headId, leases }, timeout);
+        if (reply.revoked.length > 0) this.opts.onRevoked?.(reply.revoked);
         if (!reply.known) {
           this.log.warn('the manager does not know this head any more; registering again');
           this.registered = false;

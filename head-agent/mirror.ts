@@ -144,6 +144,8 @@ export class Mirror {
   intent: SegmentIntent | undefined;
   /** Region locks, only while a resync of this segment runs. */
   locks: RegionLocks | undefined;
+  /** A replica refused our epoch: this head is fenced off the volume (set by the volume). */
+  onFenced: ((err: Error) => void) | undefined;
   private rr = 0;
 
   constructor(
@@ -236,11 +238,14 @@ export class Mirror {
   settleFailedMutation(failures: readonly ReplicaFailure[], op: MutationOp): void {
     const fenced = failures.find((f) => f.error instanceof StaleEpochError);
     if (fenced !== undefined) {
+      // Terminal for this writer: never a failed replica to drop and carry on without.
       this.tracker.end(op.phase);
-      op.reject(new StaleEpochError(
+      const err = new StaleEpochError(
         `write to volume ${this.volumeName} refused: this head's lease epoch is stale (${errorMessage(fenced.error)})`,
         { volume: this.volumeName, segment: this.index, slot: fenced.replica.slot, node: fenced.replica.address },
-      ));
+      );
+      this.onFenced?.(err);
+      op.reject(err);
       return;
     }
     if (op.succeeded === 0 && failures.every((f) => f.error instanceof InvalidArgumentError)) {
@@ -262,6 +267,7 @@ export class Mirror {
       },
       (err: unknown) => {
         this.tracker.end(op.phase);
+        if (err instanceof StaleEpochError) this.onFenced?.(err); // the manager refused our report: our lease is gone
         op.reject(err instanceof Error ? err : new IoError(String(err)));
       },
     );
@@ -375,6 +381,9 @@ export class Mirror {
         else r.submitDiscard(epoch, offset, length, op);
       }
       await op.promise;
+    } catch (err) {
+      if (err instanceof StaleEpochError) this.onFenced?.(err); // a MARK refused our epoch
+      throw err;
     } finally {
       if (op === undefined) this.tracker.end(phase);
       held?.releaseShared(offset, length);

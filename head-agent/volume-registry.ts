@@ -6,8 +6,9 @@ import { parseHostPort } from '../shared/units.js';
 import type { VolumeMap__Output } from '../proto/generated/vsky/common/VolumeMap.js';
 import type { ExportRegistry } from './block-device.js';
 import { NodeControlClients } from './chunk-regions.js';
-import { LinearVolume } from './linear-volume.js';
+import { LinearVolume, type LeaseRequester, type LeaseState } from './linear-volume.js';
 import { Mirror, MutationTracker, rejectOnReplicaFailure, type ReplicaFailureHandler } from './mirror.js';
+import type { LeaseClaim } from './manager-link.js';
 import type { NodePool } from './node-pool.js';
 import { reconcileVolume } from './reconcile.js';
 import { REPLICA_STATES, Replica, type ReplicaState } from './replica.js';
@@ -37,6 +38,16 @@ export interface VolumeRegistryOptions {
   intentSweepMs?: number;
   /** Storage-node control clients (GetChunkRegions), shared with resync; created if omitted. */
   nodeClients?: NodeControlClients;
+  /** How a standby volume asks the manager for the write lease (head-agent/lease-requester.ts). */
+  leaseRequester?: LeaseRequester;
+}
+
+/** How Attach takes a volume (proto AttachVolumeRequest's standby and reconcile). */
+export interface AttachMode {
+  /** Export the volume without the lease: no fencing, no I/O to storage until granted. */
+  standby?: boolean;
+  /** The previous holder did not release cleanly: reconcile its write-intent regions even if attached here. */
+  reconcile?: boolean;
 }
 
 export const DEFAULT_INTENT_SWEEP_MS = 2000;
@@ -47,6 +58,7 @@ export interface AttachedInfo {
   epoch: number;
   generation: number;
   size: number;
+  lease: LeaseState;
 }
 
 export class VolumeRegistry implements ExportRegistry {
@@ -61,8 +73,10 @@ export class VolumeRegistry implements ExportRegistry {
   /** Attach/detach/update run one at a time (they are rare; this keeps them simple). */
   private serial: Promise<unknown> = Promise.resolve();
   private readonly sweeper: NodeJS.Timeout;
+  private readonly leaseRequester: LeaseRequester | undefined;
 
   constructor(opts: VolumeRegistryOptions) {
+    this.leaseRequester = opts.leaseRequester;
     this.pool = opts.pool;
     this.failureHandler = opts.failureHandler ?? rejectOnReplicaFailure;
     this.maxPiece = opts.maxPiece;
@@ -91,16 +105,37 @@ export class VolumeRegistry implements ExportRegistry {
   }
 
   info(): AttachedInfo[] {
-    return this.list().map((v) => ({ name: v.name, volumeId: v.volumeId, epoch: v.epoch, generation: v.generation, size: v.size }));
+    return this.list().map((v) => ({ name: v.name, volumeId: v.volumeId, epoch: v.epoch, generation: v.generation, size: v.size, lease: v.lease }));
   }
 
   /**
    * Attaches `map` under lease `epoch`. Idempotent for the same epoch; a higher
    * epoch for an attached volume re-fences and takes the new map in place.
    * Fails (nothing registered) if any replica node cannot be fenced.
+   * A standby attach fences nothing and leaves a volume held here as it is
+   * (the lease moves only through release and a later grant).
    */
-  attach(map: VolumeMap, epoch: number): Promise<LinearVolume> {
-    return this.exclusive(() => this.doAttach(map, epoch));
+  attach(map: VolumeMap, epoch: number, mode: AttachMode = {}): Promise<LinearVolume> {
+    return this.exclusive(() => (mode.standby === true ? this.doAttachStandby(map, epoch) : this.doAttach(map, epoch, mode.reconcile === true)));
+  }
+
+  /**
+   * Gives up the write lease of a volume held here (ReleaseLease): drains,
+   * flushes, becomes a standby. A manager that believes we hold an older
+   * epoch than we do is refused; a volume already a standby (or fenced)
+   * releases trivially. NotFoundError if not attached.
+   */
+  release(name: string, epoch: number): Promise<void> {
+    return this.exclusive(async () => {
+      const volume = this.volumes.get(name);
+      if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
+      if (epoch < volume.epoch && volume.lease === 'held') {
+        throw new StaleEpochError(`volume ${name} is held here with epoch ${volume.epoch}; a release for older epoch ${epoch} is refused`, { volume: name });
+      }
+      const started = Date.now();
+      await volume.release();
+      this.log.info({ volume: name, epoch: volume.epoch, ms: Date.now() - started }, 'write lease released: in-flight writes flushed; now a standby');
+    });
   }
 
   /**
@@ -114,6 +149,23 @@ export class VolumeRegistry implements ExportRegistry {
    */
   updateMap(map: VolumeMap, epoch: number): Promise<void> {
     return this.exclusive(() => this.doUpdateMap(map, epoch));
+  }
+
+  /** The write leases held here, for the heartbeat that renews them. */
+  heldLeases(): LeaseClaim[] {
+    return this.list().filter((v) => v.lease === 'held').map((v) => ({ volume: v.name, epoch: v.epoch }));
+  }
+
+  /**
+   * The manager gave these leases to another head (or detached the volume
+   * from us): fence each volume still held here under an older epoch.
+   */
+  revoke(revoked: readonly LeaseClaim[]): void {
+    for (const r of revoked) {
+      const v = this.volumes.get(r.volume);
+      if (v === undefined || v.lease !== 'held' || v.epoch >= r.epoch) continue;
+      v.fence(new StaleEpochError(`the manager revoked our lease (epoch ${v.epoch}; the volume is at epoch ${r.epoch} elsewhere)`, { volume: v.name }));
+    }
   }
 
   /** Flushes (unless `force`) and unregisters. NotFoundError if not attached. */
@@ -147,40 +199,68 @@ export class VolumeRegistry implements ExportRegistry {
     }
   }
 
-  private async doAttach(map: VolumeMap, epoch: number): Promise<LinearVolume> {
+  private async doAttach(map: VolumeMap, epoch: number, reconcile: boolean): Promise<LinearVolume> {
     validateMap(map, epoch);
-    const existing = this.volumes.get(map.name);
+    const existing = this.existing(map);
     if (existing !== undefined) {
-      if (existing.volumeId !== map.volumeId) {
-        throw new ConflictError(`a different volume named ${map.name} (id ${existing.volumeId}) is attached to this head; detach it first`, { volume: map.name });
-      }
       if (epoch < existing.epoch) {
         throw new StaleEpochError(`volume ${map.name} is attached here with epoch ${existing.epoch}; refusing older epoch ${epoch}`, { volume: map.name });
       }
-      if (epoch === existing.epoch) return existing;
-      if (existing.size !== map.size || existing.chunkSize !== map.chunkSize) {
-        throw new ConflictError(`volume ${map.name} changed size or chunk size while attached; detach and attach again`, { volume: map.name });
-      }
+      if (epoch === existing.epoch && existing.lease === 'held') return existing;
     }
     const tracker = existing?.tracker ?? new MutationTracker();
     const segments = this.buildSegments(map, tracker);
     for (const m of segments) m.epoch = epoch; // failure reports carry it (the volume sets it too)
     await this.fence(map, segments, epoch);
-    if (existing === undefined) {
+    if (existing === undefined || reconcile) {
       // Before any read can be balanced over the replicas (rule 4).
       await reconcileVolume(map.chunkSize, segments, { clients: this.nodeClients, epoch, log: this.log });
     }
     if (existing !== undefined) {
+      const was = existing.lease;
       existing.reconfigure(segments, epoch, map.generation);
-      this.log.info({ volume: map.name, epoch, generation: map.generation }, 'volume re-attached with a newer epoch');
+      this.log.info({ volume: map.name, epoch, generation: map.generation, was, reconciled: reconcile },
+        was === 'held' ? 'volume re-attached with a newer epoch' : 'write lease granted: replica nodes fenced with the new epoch');
       return existing;
     }
+    const volume = this.register(map, epoch, segments, tracker, false);
+    this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, segments: segments.length }, 'volume attached');
+    return volume;
+  }
+
+  /** Live migration's destination: exported, no lease; its first I/O asks for it. */
+  private async doAttachStandby(map: VolumeMap, epoch: number): Promise<LinearVolume> {
+    validateMap(map, epoch);
+    const existing = this.existing(map);
+    if (existing !== undefined) return existing; // held or standby here already: the lease moves only by grant
+    const tracker = new MutationTracker();
+    const volume = this.register(map, epoch, this.buildSegments(map, tracker), tracker, true);
+    this.log.info({ volume: map.name, volumeId: map.volumeId, holderEpoch: epoch }, 'volume attached as a standby (live migration): the lease follows its first I/O');
+    return volume;
+  }
+
+  /** The attached volume `map` names, checked to be the same volume; undefined if none. */
+  private existing(map: VolumeMap): LinearVolume | undefined {
+    const existing = this.volumes.get(map.name);
+    if (existing === undefined) return undefined;
+    if (existing.volumeId !== map.volumeId) {
+      throw new ConflictError(`a different volume named ${map.name} (id ${existing.volumeId}) is attached to this head; detach it first`, { volume: map.name });
+    }
+    if (existing.size !== map.size || existing.chunkSize !== map.chunkSize) {
+      throw new ConflictError(`volume ${map.name} changed size or chunk size while attached; detach and attach again`, { volume: map.name });
+    }
+    return existing;
+  }
+
+  private register(map: VolumeMap, epoch: number, segments: Mirror[], tracker: MutationTracker, standby: boolean): LinearVolume {
     const volume = new LinearVolume({
-      name: map.name, volumeId: map.volumeId, size: map.size, chunkSize: map.chunkSize,
+      name: map.name, volumeId: map.volumeId, size: map.size, chunkSize: map.chunkSize, standby,
       epoch, generation: map.generation, segments, tracker, maxPiece: this.maxPiece, intentGroupBytes: this.intentGroupBytes,
     });
+    volume.leaseRequester = this.leaseRequester;
+    volume.onFenced = (v, err) => this.log.error({ volume: v.name, epoch: v.epoch, err: errorMessage(err) },
+      'volume fenced: another head holds its lease now; every request on this head fails until it is attached here again');
     this.volumes.set(map.name, volume);
-    this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, segments: segments.length }, 'volume attached');
     return volume;
   }
 
@@ -354,7 +434,7 @@ export function validateMap(map: VolumeMap, epoch: number): void {
     throw new InvalidArgumentError(`invalid volume map${map?.name ? ` for ${map.name}` : ''}: ${msg}`, { volume: map?.name });
   };
   if (map === null || map === undefined) bad('missing');
-  if (!Number.isInteger(epoch) || epoch < 1 || epoch > 0xffff_ffff) bad(`lease epoch ${epoch} must be 1..2^32-1`);
+  if (!Number.isSafeInteger(epoch) || epoch < 1) bad(`lease epoch ${epoch} must be 1..2^53-1`);
   if (typeof map.name !== 'string' || map.name.length === 0 || Buffer.byteLength(map.name) > 4096) bad('name must be 1..4096 bytes');
   if (!Number.isInteger(map.volumeId) || map.volumeId < 1 || map.volumeId > 0xffff_ffff) bad(`volume id ${map.volumeId} must be 1..2^32-1`);
   if (!Number.isSafeInteger(map.size) || map.size <= 0) bad(`size ${map.size}`);

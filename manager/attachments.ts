@@ -1,19 +1,28 @@
 import { ConflictError, InvalidArgumentError, NotFoundError, TimeoutError, TransportError, errorMessage } from '../shared/errors.js';
+import { nextCounter } from '../shared/counters.js';
 import { moduleLogger } from '../shared/logger.js';
+import type { AttachVolumeReply__Output } from '../proto/generated/vsky/head/AttachVolumeReply.js';
 import type { PeerClients } from './node-clients.js';
 import type { Registry } from './registry.js';
-import type { IscsiAccessRecord, VolumeRecord } from './types.js';
+import type { HeadRecord, IscsiAccessRecord, VolumeRecord } from './types.js';
 import { volumeMapView } from './views.js';
-import type { Volumes } from './volumes.js';
+import type { VolumeEntry, Volumes } from './volumes.js';
 
-// Attach and detach: which head holds a volume, under which lease epoch.
+// Attach and detach: which heads have a volume, which one holds its write
+// lease, under which epoch.
 //
-// Attach grants a new epoch and persists it *before* the head hears of it, so
-// an epoch is never handed out twice even if the manager dies right after:
-// the head pushes the epoch to every replica node, which then refuse writes
-// from any earlier holder (rule 3). Only after the head accepted is the
-// attachment itself recorded; if the head fails, the volume stays detached
-// (with the higher epoch, which is harmless).
+// Every grant of the lease (attach, re-attach, hand-off, take-over) issues a
+// new epoch and persists it *before* the head hears of it, so an epoch is
+// never handed out twice even if the manager dies right after; the head
+// fences every replica node with it before it answers, after which the nodes
+// refuse writes from any earlier holder (rule 3). Only after the head
+// accepted is the holder recorded; if the head fails, the volume ends up
+// detached (with the higher epoch, which is harmless).
+//
+// A second head may be attached as a standby for a live migration
+// (migrate): it exports the volume without the lease. Moving the lease
+// between the two is manager/leases.ts; taking a volume over from a holder
+// whose lease expired (or with force) is attach().
 
 const log = moduleLogger('manager.attach');
 
@@ -26,6 +35,20 @@ export interface AttachListener {
   detached(volumeId: number): void;
 }
 
+export interface AttachOptions {
+  /** Attach as the standby of a live migration, next to the holder. */
+  migrate?: boolean;
+  /** Take the volume over although its holder's lease is still renewed (admins; logged). */
+  force?: boolean;
+}
+
+export interface GrantOptions {
+  /** The previous holder did not release cleanly: the new one reconciles its write-intent regions. */
+  reconcile?: boolean;
+  /** The standby head afterwards ('' none). */
+  standby: string;
+}
+
 export class Attachments {
   listener?: AttachListener;
 
@@ -35,47 +58,96 @@ export class Attachments {
     private readonly peers: PeerClients,
   ) {}
 
-  async attach(name: string, headRef: string): Promise<VolumeRecord> {
+  async attach(name: string, headRef: string, opts: AttachOptions = {}): Promise<VolumeRecord> {
     const head = this.registry.resolveHead(headRef);
-    return this.volumes.exclusive(name, async ({ volume, map }) => {
+    if (opts.migrate === true) return this.attachStandby(name, head);
+    return this.volumes.exclusive(name, async (entry) => {
+      const { volume } = entry;
+      const holder = volume.attachedHead;
       // Attaching again to the holder re-pushes the map under a new epoch: the
       // head may have restarted and lost it (a live head takes it in place).
-      if (volume.attachedHead && volume.attachedHead !== head.id) {
-        const holder = this.registry.head(volume.attachedHead);
-        throw new ConflictError(`volume ${name} is attached to head ${holder?.name ?? volume.attachedHead}; detach it first (vsky volume detach ${name})`);
+      if (!holder || holder === head.id) return this.grantLocked(entry, head, { standby: volume.standbyHead ?? '' });
+      if (volume.standbyHead === head.id) {
+        throw new ConflictError(`head ${head.name} is the standby of ${name}: the lease moves to it with its first I/O, or now with vsky volume handoff ${name} --to ${head.name}`);
       }
-      if (head.state !== 'active') {
-        throw new ConflictError(`head ${head.name} is ${head.state} (no heartbeat); check vsky head-agent there or attach to another head`);
+      const left = this.registry.leaseLeftMs(holder);
+      const holderName = this.registry.head(holder)?.name ?? holder;
+      if (left > 0 && opts.force !== true) {
+        throw new ConflictError(`volume ${name} is held by head ${holderName}, whose lease was renewed ${((this.registry.leaseTtlMs - left) / 1000).toFixed(1)} s ago: `
+          + `a take-over is allowed in ${(left / 1000).toFixed(1)} s (lease TTL ${this.registry.leaseTtlMs / 1000} s). To move it now: `
+          + `vsky volume attach ${name} --head ${head.name} --migrate (live migration), vsky volume detach ${name}, or --force if ${holderName} is surely dead`,
+        { volume: name, holder: holderName, leaseLeftMs: left });
       }
-      const vlog = log.child({ volumeId: volume.id, volume: name, headId: head.id });
-      const epoch = volume.epoch + 1;
-      volume.epoch = epoch;
+      const dropped = [holder, volume.standbyHead ?? ''].filter((h) => h !== '');
+      log.warn({ volume: name, from: holderName, to: head.name, leaseLeftMs: left, forced: left > 0 },
+        left > 0 ? 'FORCED take-over: the holder\'s lease was still renewed (--force)' : 'take-over: the holder\'s lease expired');
+      await this.grantLocked(entry, head, { reconcile: true, standby: '' });
+      for (const h of dropped) this.dropHead(h, name);
+      return volume;
+    });
+  }
+
+  /**
+   * Grants the lease to `head` under a new epoch, the volume being held by
+   * the caller (volumes.exclusive). On failure the volume is left detached.
+   */
+  async grantLocked(entry: VolumeEntry, head: HeadRecord, opts: GrantOptions): Promise<VolumeRecord> {
+    const { volume, map } = entry;
+    if (head.state !== 'active') {
+      throw new ConflictError(`head ${head.name} is ${head.state} (no heartbeat); check vsky head-agent there or attach to another head`);
+    }
+    const vlog = log.child({ volumeId: volume.id, volume: volume.name, headId: head.id });
+    const epoch = nextCounter(volume.epoch, `volume ${volume.name}'s lease epoch`);
+    volume.epoch = epoch;
+    await this.volumes.saveVolume(volume);
+    const mapVersion = this.listener?.mapVersion(volume.id) ?? 0;
+    let reply: AttachVolumeReply__Output;
+    try {
+      reply = await this.peers.head.attach(head.controlAddress, {
+        map: volumeMapView(volume, map, this.registry), epoch, iscsi: volume.access, reconcile: opts.reconcile === true,
+      });
+    } catch (err) {
+      vlog.warn({ epoch, err: errorMessage(err) }, 'head refused or failed the attach; the volume is detached');
+      // The head may have half set it up (or succeeded with a lost reply): best effort to drop it.
+      this.dropHead(head.id, volume.name);
+      if (volume.attachedHead || volume.standbyHead) {
+        clearAttachment(volume);
+        await this.volumes.saveVolume(volume);
+        this.listener?.detached(volume.id);
+      }
+      throw err;
+    }
+    volume.attachedHead = head.id;
+    volume.nbdUri = reply.nbdUri;
+    volume.iscsiUrl = reply.iscsiUrl;
+    if (!opts.standby) clearStandby(volume);
+    else volume.standbyHead = opts.standby;
+    await this.volumes.saveVolume(volume);
+    vlog.info({ epoch, nbdUri: reply.nbdUri, head: head.name, standby: opts.standby || undefined }, 'volume attached: write lease granted');
+    this.listener?.attached(volume.id, mapVersion);
+    return volume;
+  }
+
+  /** Live migration: `head` exports the volume next to the holder, without the lease. */
+  private attachStandby(name: string, head: HeadRecord): Promise<VolumeRecord> {
+    return this.volumes.exclusive(name, async ({ volume, map }) => {
+      const holder = volume.attachedHead ? (this.registry.head(volume.attachedHead)?.name ?? volume.attachedHead) : '';
+      if (!holder) throw new ConflictError(`volume ${name} is not attached: attach it to the migration's source first (vsky volume attach ${name} --head SOURCE)`);
+      if (volume.attachedHead === head.id) throw new InvalidArgumentError(`head ${head.name} already holds ${name}: --migrate attaches the migration's destination, another head`);
+      if (volume.standbyHead && volume.standbyHead !== head.id) {
+        const other = this.registry.head(volume.standbyHead)?.name ?? volume.standbyHead;
+        throw new ConflictError(`volume ${name} is already attached to ${holder} and ${other} (a migration is in progress): `
+          + `one migration at a time; detach one first (vsky volume detach ${name} --head ${other})`);
+      }
+      if (head.state !== 'active') throw new ConflictError(`head ${head.name} is ${head.state} (no heartbeat); check vsky head-agent there`);
+      const reply = await this.peers.head.attach(head.controlAddress, {
+        map: volumeMapView(volume, map, this.registry), epoch: volume.epoch, iscsi: volume.access, standby: true,
+      });
+      volume.standbyHead = head.id;
+      volume.standbyNbdUri = reply.nbdUri;
+      volume.standbyIscsiUrl = reply.iscsiUrl;
       await this.volumes.saveVolume(volume);
-      let nbdUri: string;
-      let iscsiUrl: string;
-      const mapVersion = this.listener?.mapVersion(volume.id) ?? 0;
-      try {
-        const reply = await this.peers.head.attach(head.controlAddress, { map: volumeMapView(volume, map, this.registry), epoch, iscsi: volume.access });
-        nbdUri = reply.nbdUri;
-        iscsiUrl = reply.iscsiUrl;
-      } catch (err) {
-        vlog.warn({ epoch, err: errorMessage(err) }, 'head refused or failed the attach; the volume stays detached');
-        // The head may have half set it up (or succeeded with a lost reply): best effort to drop it.
-        this.peers.head.detach(head.controlAddress, { name, force: true }).catch(() => undefined);
-        if (volume.attachedHead) { // a failed re-attach: the head no longer serves it
-          volume.attachedHead = '';
-          volume.nbdUri = '';
-          await this.volumes.saveVolume(volume);
-          this.listener?.detached(volume.id);
-        }
-        throw err;
-      }
-      volume.attachedHead = head.id;
-      volume.nbdUri = nbdUri;
-      volume.iscsiUrl = iscsiUrl;
-      await this.volumes.saveVolume(volume);
-      vlog.info({ epoch, nbdUri, head: head.name }, 'volume attached');
-      this.listener?.attached(volume.id, mapVersion);
+      log.info({ volumeId: volume.id, volume: name, holder, standby: head.name, epoch: volume.epoch }, 'volume attached as a standby (live migration)');
       return volume;
     });
   }
@@ -97,55 +169,99 @@ export class Attachments {
 
   /**
    * A head that registers again (it restarted) gets back every volume the
-   * metadata says it holds, each under a new epoch. Failures are logged and
-   * leave the volume recorded as detached, as any failed attach does.
+   * metadata says it holds, each under a new epoch, and those it was the
+   * standby of, as a standby. Failures are logged; a failed grant leaves the
+   * volume detached, as any failed attach does.
    */
-  async reattachAll(headId: string, names: string[]): Promise<void> {
-    for (const name of names) {
-      try {
-        await this.attach(name, headId);
-      } catch (err) {
-        log.warn({ headId, volume: name, err: errorMessage(err) }, 're-attach after head restart failed; the volume is now detached');
+  async reattachAll(headId: string, names: string[], standbyOf: string[] = []): Promise<void> {
+    for (const [list, migrate] of [[names, false], [standbyOf, true]] as const) {
+      for (const name of list) {
+        try {
+          await this.attach(name, headId, { migrate });
+        } catch (err) {
+          log.warn({ headId, volume: name, err: errorMessage(err), standby: migrate }, 're-attach after head restart failed');
+        }
       }
     }
   }
 
+  /** Detaches the volume from every head (the standby first). */
   async detach(name: string, force: boolean): Promise<void> {
     await this.volumes.exclusive(name, async ({ volume }) => {
-      if (!volume.attachedHead) {
+      if (!volume.attachedHead && !volume.standbyHead) {
         log.info({ volumeId: volume.id, volume: name }, 'detach of a volume that is not attached: nothing to do');
         return;
       }
-      const head = this.registry.head(volume.attachedHead);
-      const vlog = log.child({ volumeId: volume.id, volume: name, headId: volume.attachedHead });
-      if (head && head.state !== 'active' && !force) {
-        throw new ConflictError(`head ${head.name} holding ${name} is ${head.state} (no heartbeat): it cannot flush and release the volume; ` +
-          'use --force to forget the attachment (the next attach gets a higher epoch, which fences the old head)');
-      }
-      if (head) {
-        try {
-          await this.peers.head.detach(head.controlAddress, { name, force });
-        } catch (err) {
-          const unreachable = err instanceof TransportError || err instanceof TimeoutError;
-          if (err instanceof NotFoundError) {
-            vlog.info('head no longer has the volume attached');
-          } else if (!force) {
-            throw unreachable
-              ? new TransportError(`cannot reach head ${head.name} at ${head.controlAddress} to detach ${name}: ${errorMessage(err)}; ` +
-                'use --force to forget the attachment (the next attach gets a higher epoch, which fences the old head)')
-              : err;
-          } else {
-            vlog.warn({ err: errorMessage(err) }, 'head did not detach; forgetting the attachment anyway (--force)');
-          }
-        }
-      }
-      volume.attachedHead = '';
-      volume.nbdUri = '';
+      if (volume.standbyHead) await this.detachStandbyLocked(volume, force);
+      if (volume.attachedHead) await this.detachFrom(volume, volume.attachedHead, force);
+      clearAttachment(volume);
       await this.volumes.saveVolume(volume);
-      vlog.info({ force, epoch: volume.epoch }, 'volume detached');
+      log.info({ volumeId: volume.id, volume: name, force, epoch: volume.epoch }, 'volume detached');
       this.listener?.detached(volume.id);
     });
   }
+
+  /** Detaches the standby head only (a migration that was called off, or its source after the hand-off). */
+  async detachStandby(name: string, force: boolean): Promise<void> {
+    await this.volumes.exclusive(name, (e) => this.detachStandbyLocked(e.volume, force));
+  }
+
+  private async detachStandbyLocked(volume: VolumeRecord, force: boolean): Promise<void> {
+    const standby = volume.standbyHead;
+    if (!standby) return;
+    await this.detachFrom(volume, standby, force);
+    clearStandby(volume);
+    await this.volumes.saveVolume(volume);
+    log.info({ volumeId: volume.id, volume: volume.name, head: this.registry.head(standby)?.name ?? standby }, 'standby head detached');
+  }
+
+  /** Asks a head to flush and drop the volume; without force, an unreachable or failed head is an error. */
+  private async detachFrom(volume: VolumeRecord, headId: string, force: boolean): Promise<void> {
+    const name = volume.name;
+    const head = this.registry.head(headId);
+    if (!head) return;
+    const vlog = log.child({ volumeId: volume.id, volume: name, headId });
+    if (head.state !== 'active' && !force) {
+      throw new ConflictError(`head ${head.name} holding ${name} is ${head.state} (no heartbeat): it cannot flush and release the volume; `
+        + 'use --force to forget the attachment (the next attach gets a higher epoch, which fences the old head)');
+    }
+    try {
+      await this.peers.head.detach(head.controlAddress, { name, force });
+    } catch (err) {
+      const unreachable = err instanceof TransportError || err instanceof TimeoutError;
+      if (err instanceof NotFoundError) {
+        vlog.info('head no longer has the volume attached');
+      } else if (!force) {
+        throw unreachable
+          ? new TransportError(`cannot reach head ${head.name} at ${head.controlAddress} to detach ${name}: ${errorMessage(err)}; `
+            + 'use --force to forget the attachment (the next attach gets a higher epoch, which fences the old head)')
+          : err;
+      } else {
+        vlog.warn({ err: errorMessage(err) }, 'head did not detach; forgetting the attachment anyway (--force)');
+      }
+    }
+  }
+
+  /** Best effort, not awaited: a head that lost the volume (taken over, failed grant) drops it without flushing. */
+  dropHead(headId: string, name: string): void {
+    const head = this.registry.head(headId);
+    if (!head) return;
+    this.peers.head.detach(head.controlAddress, { name, force: true }).catch((err: unknown) => {
+      log.debug({ volume: name, head: head.name, err: errorMessage(err) }, 'forced drop of the volume on a head that lost it did not reach it');
+    });
+  }
+}
+
+function clearStandby(v: VolumeRecord): void {
+  delete v.standbyHead;
+  delete v.standbyNbdUri;
+  delete v.standbyIscsiUrl;
+}
+
+function clearAttachment(v: VolumeRecord): void {
+  v.attachedHead = '';
+  v.nbdUri = '';
+  clearStandby(v);
 }
 
 export interface IscsiAccessInput {

@@ -7,6 +7,7 @@ import { ChunkFreer, GarbageCollector } from './gc.js';
 import { MapPusher } from './map-pusher.js';
 import type { PeerClients } from './node-clients.js';
 import { PlacementModel } from './placement.js';
+import { Leases, type LeaseOptions } from './leases.js';
 import { Registry } from './registry.js';
 import { DEFAULT_SCHEDULER_LIMITS, type SchedulerLimits } from './resync-scheduler.js';
 import { DEFAULT_RESYNC_OPTIONS, Resyncs } from './resyncs.js';
@@ -24,6 +25,10 @@ export interface CoreOptions {
   dataDir: string;
   chunkSize: number;
   heartbeatTimeoutMs: number;
+  /** Write leases expire this long after the holder's last heartbeat (default DEFAULT_LEASE_TTL_MS). */
+  leaseTtlMs?: number;
+  /** Hand-off timings (tests shorten them). */
+  leases?: LeaseOptions;
   now?: () => number;
   allocateParallelism?: number;
   /** Bandwidth cap handed to resync executors, MiB/s per resync (default 0: unthrottled). */
@@ -54,6 +59,7 @@ export class ManagerCore {
     readonly registry: Registry,
     readonly volumes: Volumes,
     readonly attachments: Attachments,
+    readonly leases: Leases,
     readonly decommission: Decommission,
     readonly freer: ChunkFreer,
     readonly gc: GarbageCollector,
@@ -74,7 +80,10 @@ export class ManagerCore {
       const snap = await store.load();
       const loadedMs = Date.now() - started;
       const model = new PlacementModel();
-      const registry = new Registry(store, model, peers, { chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, now: opts.now });
+      if (opts.leaseTtlMs !== undefined && !(opts.leaseTtlMs > 0)) throw new InvalidArgumentError(`invalid lease TTL ${opts.leaseTtlMs} ms`);
+      const registry = new Registry(store, model, peers, {
+        chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, leaseTtlMs: opts.leaseTtlMs, now: opts.now,
+      });
       registry.load(snap);
       const freer = new ChunkFreer(store, model, registry, peers);
       const volumes = new Volumes(store, model, registry, peers, freer, { chunkSize: opts.chunkSize, allocateParallelism: opts.allocateParallelism });
@@ -136,7 +145,8 @@ export class ManagerCore {
         detached: () => resyncs.wake('volume detached'),
       };
       volumes.hooks = { deleting: (id, batch) => resyncs.volumeDeleting(id, batch), deleted: (id) => resyncs.volumeDeleted(id) };
-      const core = new ManagerCore(store, model, registry, volumes, attachments,
+      const leases = new Leases(volumes, registry, peers, attachments, opts.leases);
+      const core = new ManagerCore(store, model, registry, volumes, attachments, leases,
         new Decommission(store, registry, volumes, peers), freer, gc, pusher, failures, resyncs, opts.chunkSize);
       log.info({
         dataDir: opts.dataDir, servers: snap.servers.length, disks: snap.disks.length, heads: snap.heads.length,
@@ -172,9 +182,14 @@ export class ManagerCore {
     };
   }
 
-  /** Names of the volumes attached to a head. */
+  /** Names of the volumes a head holds (is the lease holder of). */
   attachedTo(headId: string): string[] {
     return this.volumes.list().filter((v) => v.attachedHead === headId).map((v) => v.name).sort();
+  }
+
+  /** Names of the volumes a head is the live-migration standby of. */
+  standbyOf(headId: string): string[] {
+    return this.volumes.list().filter((v) => v.standbyHead === headId).map((v) => v.name).sort();
   }
 
   /** Starts failure handling and resync (the daemon, once it listens at `managerAddress`, where executors report). */

@@ -18,6 +18,7 @@ export interface ManagerOptions {
   listen: string;               // HOST:PORT for gRPC, port 0 = pick
   chunkSize: number;            // cluster chunk size (bytes)
   heartbeatTimeoutMs: number;   // server/head considered failed after this
+  leaseTtlMs?: number;          // a holder's write leases expire this long after its last heartbeat
   gcIntervalMs?: number;        // periodic GC, 0/undefined = only at start + on request
   /** HOST:PORT resync executors report progress to (default: the bound listen address). */
   advertiseAddress?: string;
@@ -44,7 +45,7 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   const { host } = parseHostPort(opts.listen, 'listen address');
   const peers = deps.peers ?? new GrpcPeerClients();
   const core = await ManagerCore.open({
-    dataDir: opts.dataDir, chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, now: deps.now,
+    dataDir: opts.dataDir, chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, leaseTtlMs: opts.leaseTtlMs, now: deps.now,
     resyncMibps: opts.resyncMibps, resyncProgressTimeoutMs: opts.resyncProgressTimeoutMs, resyncLimits: opts.resyncLimits,
     spareDisks: opts.spareDisks,
   }, peers);

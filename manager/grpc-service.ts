@@ -2,6 +2,7 @@ import { InvalidArgumentError } from '../shared/errors.js';
 import { unary } from '../shared/grpc.js';
 import type { ManagerHandlers } from '../proto/generated/vsky/manager/Manager.js';
 import type { ManagerCore } from './core.js';
+import type { LeaseMove } from './leases.js';
 import { resyncListView, volumeHealth } from './resync-views.js';
 import type { VolumeRecord } from './types.js';
 import { diskView, headView, serverView, volumeMapView, volumeView } from './views.js';
@@ -10,8 +11,9 @@ import { diskView, headView, serverView, volumeMapView, volumeView } from './vie
 // validation and decisions live in registry/volumes/attachments/decommission.
 
 export function managerHandlers(core: ManagerCore): ManagerHandlers {
-  const { registry, volumes, attachments, decommission, gc, model, failures, resyncs } = core;
-  const info = (v: VolumeRecord) => volumeView(v, registry, volumeHealth(resyncs, volumes, v.id));
+  const { registry, volumes, attachments, leases, decommission, gc, model, failures, resyncs } = core;
+  const info = (v: VolumeRecord) => volumeView(v, registry, volumeHealth(resyncs, volumes, v.id), leases.state(v));
+  const moved = (m: LeaseMove) => ({ info: info(m.volume), epoch: m.epoch, clean: m.clean, waitMs: m.waitMs });
   return {
     RegisterServer: unary(async (req) => serverView(await registry.registerServer(req), registry)),
     Heartbeat: unary(async (req) => {
@@ -41,13 +43,15 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     RegisterHead: unary(async (req) => {
       const h = await registry.registerHead(req);
       const held = core.attachedTo(h.id);
+      const standby = core.standbyOf(h.id);
       // Reply first (the head is serving by now), then give it its volumes back.
-      if (held.length > 0) setTimeout(() => void core.attachments.reattachAll(h.id, held), 100);
+      if (held.length + standby.length > 0) setTimeout(() => void core.attachments.reattachAll(h.id, held, standby), 100);
       return headView(h, held);
     }),
     HeadHeartbeat: unary(async (req) => {
       if (!req.headId) throw new InvalidArgumentError('HeadHeartbeat needs a head_id');
-      return { known: await registry.headHeartbeat(req.headId) };
+      const known = await registry.headHeartbeat(req.headId);
+      return { known, revoked: known ? leases.renew(req.headId, req.leases) : [] };
     }),
     ListHeads: unary(async () => ({ heads: registry.listHeads().map((h) => headView(h, core.attachedTo(h.id))) })),
 
@@ -64,12 +68,17 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
       return { info: info(volume), map: volumeMapView(volume, map, registry) };
     }),
     AttachVolume: unary(async (req) => {
-      const v = await attachments.attach(req.name, req.head);
-      return { info: info(v), nbdUri: v.nbdUri, iscsiUrl: v.iscsiUrl ?? '' };
+      const v = await attachments.attach(req.name, req.head, { migrate: req.migrate, force: req.force });
+      return req.migrate
+        ? { info: info(v), nbdUri: v.standbyNbdUri ?? '', iscsiUrl: v.standbyIscsiUrl ?? '' }
+        : { info: info(v), nbdUri: v.nbdUri, iscsiUrl: v.iscsiUrl ?? '' };
     }),
+    AcquireLease: unary(async (req) => moved(await leases.acquire(req.name, req.headId, req.requestId))),
+    HandoffVolume: unary(async (req) => moved(await leases.handoff(req.name, req.to))),
     SetVolumeAccess: unary(async (req) => info(await attachments.setAccess(req.name, req.access ?? {}))),
     DetachVolume: unary(async (req) => {
-      await attachments.detach(req.name, req.force);
+      if (req.head) await leases.detachHead(req.name, req.head, req.force);
+      else await attachments.detach(req.name, req.force);
       return {};
     }),
 

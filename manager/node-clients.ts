@@ -5,6 +5,7 @@ import type { ResyncTask } from '../proto/generated/vsky/common/ResyncTask.js';
 import type { AttachVolumeReply__Output } from '../proto/generated/vsky/head/AttachVolumeReply.js';
 import type { AttachVolumeRequest } from '../proto/generated/vsky/head/AttachVolumeRequest.js';
 import type { DetachVolumeRequest } from '../proto/generated/vsky/head/DetachVolumeRequest.js';
+import type { ReleaseLeaseRequest } from '../proto/generated/vsky/head/ReleaseLeaseRequest.js';
 import type { AddDiskRequest } from '../proto/generated/vsky/storage/AddDiskRequest.js';
 import type { AllocateChunkRequest } from '../proto/generated/vsky/storage/AllocateChunkRequest.js';
 import type { ChunkList__Output } from '../proto/generated/vsky/storage/ChunkList.js';
@@ -42,6 +43,8 @@ export interface HeadApi {
   updateMap(address: string, req: AttachVolumeRequest): Promise<void>;
   /** Starts a resync of an attached volume on its head; returns once accepted. */
   startResync(address: string, task: ResyncTask): Promise<void>;
+  /** Drain, flush and give up the write lease (a hand-off); bounded by `timeoutMs`. */
+  releaseLease(address: string, req: ReleaseLeaseRequest, timeoutMs: number): Promise<void>;
 }
 
 export interface PeerClients {
@@ -87,6 +90,8 @@ export class GrpcPeerClients implements PeerClients {
     detach: async (a, req) => { await call(this.headClient(a), this.headClient(a).Detach, req, req.force ? PEER_TIMEOUTS.detachForce : PEER_TIMEOUTS.detach, PEER_CALL); },
     updateMap: async (a, req) => { await call(this.headClient(a), 'UpdateMap', req, PEER_TIMEOUTS.resync, PEER_CALL); },
     startResync: async (a, task) => { await call(this.headClient(a), 'StartResync', task, PEER_TIMEOUTS.resync, PEER_CALL); },
+    // Not waitForReady: a holder that is gone must fail fast, so the hand-off goes on to wait for its lease to expire.
+    releaseLease: async (a, req, timeoutMs) => { await call(this.headClient(a), 'ReleaseLease', req, timeoutMs); },
   };
 
   private nodeClient(address: string): StorageNodeClient {

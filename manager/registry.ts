@@ -1,4 +1,5 @@
 import { ConflictError, InvalidArgumentError, NotFoundError, errorMessage } from '../shared/errors.js';
+import { DEFAULT_LEASE_TTL_MS } from '../shared/constants.js';
 import { moduleLogger } from '../shared/logger.js';
 import { formatSize, parseHostPort } from '../shared/units.js';
 import type { DiskInfo__Output } from '../proto/generated/vsky/storage/DiskInfo.js';
@@ -26,6 +27,8 @@ const log = moduleLogger('manager.registry');
 export interface RegistryOptions {
   chunkSize: number;
   heartbeatTimeoutMs: number;
+  /** A head's write leases expire this long after its last heartbeat (default DEFAULT_LEASE_TTL_MS). */
+  leaseTtlMs?: number;
   now?: () => number;
 }
 
@@ -247,6 +250,23 @@ export class Registry {
       this.hooks?.changed('head active');
     }
     return true;
+  }
+
+  /** The lease TTL: a holder silent this long may be taken over. */
+  get leaseTtlMs(): number {
+    return this.opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
+  }
+
+  /**
+   * Milliseconds until the write leases of a head expire (<= 0: expired; a
+   * take-over may proceed). Leases are renewed by the head's heartbeats and
+   * judged on this manager's clock alone (no clocks of two hosts are
+   * compared); a manager restart gives every head a full TTL again.
+   */
+  leaseLeftMs(headId: string): number {
+    const h = this.heads.get(headId);
+    if (!h) return 0;
+    return h.lastHeartbeatMs + this.leaseTtlMs - this.now();
   }
 
   /** Marks servers and heads failed whose heartbeats stopped. */

@@ -36,7 +36,10 @@ export class ResyncDispatcher {
     const { volume } = entry;
     const head = volume.attachedHead ? this.ctx.registry.head(volume.attachedHead) : undefined;
     const epoch = holderEpoch(volume);
-    return head && head.state === 'active' && epoch !== undefined ? { kind: 'head', head, epoch } : { kind: 'node' };
+    if (!head || epoch === undefined) return { kind: 'node' };
+    // A node copy takes a new epoch, which fences the holder: only once its lease expired
+    // (a holder cut off from us keeps serving until then; its copy is retried meanwhile).
+    return head.state === 'active' || this.ctx.registry.leaseLeftMs(head.id) > 0 ? { kind: 'head', head, epoch } : { kind: 'node' };
   }
 
   async review(): Promise<void> {

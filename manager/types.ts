@@ -66,9 +66,16 @@ export interface VolumeRecord {
   generation: number;
   /** Highest lease epoch granted; only increases. */
   epoch: number;
-  /** Head id holding the attachment, '' when not attached. */
+  /** Head id holding the attachment and the write lease, '' when not attached. */
   attachedHead: string;
   nbdUri: string;
+  /**
+   * A second head attached for a live migration (absent/'' none): it exports
+   * the volume and does no I/O until the lease moves to it (manager/leases.ts).
+   */
+  standbyHead?: string;
+  standbyNbdUri?: string;
+  standbyIscsiUrl?: string;
   /** iscsi://HOST:PORT/IQN/0 while attached to a head with an iSCSI portal (absent in older records). */
   iscsiUrl?: string;
   /** iSCSI access rules handed to the head at attach (absent: any initiator, no CHAP). */

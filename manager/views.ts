@@ -44,12 +44,15 @@ export interface VolumeHealth {
 }
 
 /** `attached_head` carries the head's name (what an admin types), or its id if the head is unknown. */
-export function volumeView(v: VolumeRecord, registry: Registry, health?: VolumeHealth): VolumeInfo {
+export function volumeView(v: VolumeRecord, registry: Registry, health?: VolumeHealth, lease?: { lease: string; renewedAgoMs: number }): VolumeInfo {
+  const headName = (id: string | undefined): string => (id ? (registry.head(id)?.name ?? id) : '');
   return {
+    standbyHead: headName(v.standbyHead), standbyNbdUri: v.standbyNbdUri ?? '', standbyIscsiUrl: v.standbyIscsiUrl ?? '',
+    lease: lease?.lease ?? (v.attachedHead ? 'held' : 'free'), leaseRenewedMsAgo: lease?.renewedAgoMs ?? 0,
     degraded: health?.degraded ?? false, resyncs: health?.resyncs ?? 0, resyncProgress: health?.progress ?? 0,
     volumeId: v.id, name: v.name, size: v.size, replicas: v.replicas, chunkSize: v.chunkSize,
     segmentCount: v.segmentCount, state: v.attachedHead ? 'attached' : 'available', generation: v.generation,
-    epoch: v.epoch, attachedHead: v.attachedHead ? (registry.head(v.attachedHead)?.name ?? v.attachedHead) : '',
+    epoch: v.epoch, attachedHead: headName(v.attachedHead),
     nbdUri: v.nbdUri, createdMs: v.createdMs, iscsiUrl: v.iscsiUrl ?? '',
     iscsiInitiators: v.access?.initiators ?? [], iscsiChap: Boolean(v.access?.chapUser),
     iscsiMutualChap: Boolean(v.access?.mutualUser),

@@ -120,6 +120,12 @@ export class Volumes {
     return [...this.byId.values()].map((e) => e.volume);
   }
 
+  /** The committed volume named `name`, or undefined. */
+  find(name: string): VolumeEntry | undefined {
+    const id = this.byName.get(name);
+    return id === undefined ? undefined : this.byId.get(id);
+  }
+
   entry(name: string): VolumeEntry {
     if (!name) throw new InvalidArgumentError('no volume name given: see vsky volume list');
     const id = this.byName.get(name);

@@ -19,6 +19,12 @@ export const MAX_REPLICAS = 9;
 
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1000;
 export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 5000;
+/**
+ * A volume's write lease expires this long after its holder's last heartbeat;
+ * only then may another head take the volume over without --force. Heads
+ * heartbeat every second, so a holder must miss 8 in a row.
+ */
+export const DEFAULT_LEASE_TTL_MS = 8000;
 
 /** Largest single data-protocol payload; bigger requests are split by the head. */
 export const MAX_DATA_PAYLOAD = 32 * MiB;

@@ -1,7 +1,7 @@
 import { InvalidArgumentError as CommanderInvalid, type Command } from 'commander';
 import { initDaemonLogger, type Logger } from '../../shared/logger.js';
 import {
-  DATA_TIMEOUT_MS, DEFAULT_CHUNK_SIZE, DEFAULT_HEAD_GRPC_PORT, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS,
+  DATA_TIMEOUT_MS, DEFAULT_CHUNK_SIZE, DEFAULT_HEAD_GRPC_PORT, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS, DEFAULT_LEASE_TTL_MS,
   DEFAULT_ISCSI_PORT, DEFAULT_MANAGER_ADDRESS, DEFAULT_NBD_PORT, DEFAULT_NODE_DATA_PORT, DEFAULT_NODE_GRPC_PORT,
   FLUSH_TIMEOUT_MS,
 } from '../../shared/constants.js';
@@ -68,6 +68,8 @@ export function registerDaemonCommands(program: Command): void {
     .option('--listen <host:port>', 'gRPC listen address', hostPortArg, DEFAULT_MANAGER_ADDRESS)
     .option('--chunk-size <size>', 'cluster chunk (segment) size', sizeArg, DEFAULT_CHUNK_SIZE)
     .option('--heartbeat-timeout <ms>', 'mark a server or head failed after this silence', intArg, DEFAULT_HEARTBEAT_TIMEOUT_MS)
+    .option('--lease-ttl <ms>', 'a volume\'s write lease expires this long after its holder\'s last heartbeat; only then may '
+      + 'another head take it over without --force', positiveIntArg, DEFAULT_LEASE_TTL_MS)
     .option('--gc-interval <ms>', 'run garbage collection this often (0: at start and on request)', intArg, 60_000)
     .option('--resync-mibps <n>', 'bandwidth cap of each resync in MiB/s, so foreground I/O keeps its speed (0: none)', intArg, 0)
     .option('--resync-per-disk <n>', 'resyncs a physical disk takes part in at once, as source or target', positiveIntArg, 1)
@@ -82,7 +84,7 @@ export function registerDaemonCommands(program: Command): void {
       const { startManager } = await import('../../manager/daemon.js');
       await runDaemon('manager', o.logLevel, () => startManager({
         dataDir: o.dataDir, listen: o.listen, chunkSize: o.chunkSize,
-        heartbeatTimeoutMs: o.heartbeatTimeout, gcIntervalMs: o.gcInterval, advertiseAddress: o.advertise,
+        heartbeatTimeoutMs: o.heartbeatTimeout, leaseTtlMs: o.leaseTtl, gcIntervalMs: o.gcInterval, advertiseAddress: o.advertise,
         resyncMibps: o.resyncMibps, resyncLimits: { perDisk: o.resyncPerDisk, maxRunning: o.resyncMax },
         spareDisks: o.spareDisk as string[] | undefined,
       }));

@@ -28,7 +28,7 @@ export function registerVolumeCommands(program: Command): void {
   adminCommand(volume, 'list', 'list volumes').action((o) => withManager(o, async (m) => {
     const { volumes } = await call(m, 'ListVolumes', {});
     emit(o, volumes, () => printTable(volumes.map((v) => ({ ...v, size: formatSize(v.size) })),
-      { name: 'NAME', volumeId: 'ID', size: 'SIZE', replicas: 'K', segmentCount: 'SEGMENTS', state: 'STATE', generation: 'GEN', epoch: 'EPOCH', attachedHead: 'HEAD' }));
+      { name: 'NAME', volumeId: 'ID', size: 'SIZE', replicas: 'K', segmentCount: 'SEGMENTS', state: 'STATE', generation: 'GEN', epoch: 'EPOCH', attachedHead: 'HEAD', standbyHead: 'STANDBY', lease: 'LEASE' }));
   }));
 
   adminCommand(volume, 'show', 'show a volume and where each replica lives')
@@ -38,16 +38,25 @@ export function registerVolumeCommands(program: Command): void {
       emit(o, d, () => {
         const v = d.info!;
         process.stdout.write(`volume ${v.name} (id ${v.volumeId}): ${formatSize(v.size)}, ${v.replicas} replicas, state ${v.state}, generation ${v.generation}, epoch ${v.epoch}${v.attachedHead ? `, attached to ${v.attachedHead} at ${v.nbdUri}` : ''}\n`);
+        if (v.attachedHead) {
+          process.stdout.write(`write lease: ${v.lease} by ${v.attachedHead} (renewed ${(v.leaseRenewedMsAgo / 1000).toFixed(1)} s ago)`
+            + `${v.standbyHead ? `; standby (live migration) ${v.standbyHead} at ${v.standbyNbdUri}` : ''}\n`);
+        }
         const rows = (d.map?.segments ?? []).flatMap((s) => s.replicas.map((r) => ({ segment: s.index, ...r })));
         printTable(rows, { segment: 'SEGMENT', slot: 'SLOT', serverId: 'SERVER', dataAddress: 'DATA', diskId: 'DISK', chunkIndex: 'CHUNK', state: 'STATE' });
       });
     }));
 
-  adminCommand(volume, 'attach', 'attach a volume to a head agent and print its NBD URI')
+  adminCommand(volume, 'attach', 'attach a volume to a head agent (it gets the write lease) and print its NBD URI and iSCSI URL')
     .argument('<name>', 'volume name')
     .option('--head <head>', 'head id or name (default: the only head)')
+    .option('--migrate', 'live migration: attach to this head as well, as a standby next to the holder; '
+      + 'the write lease follows the first I/O on it (or vsky volume handoff)')
+    .option('--force', 'take the volume over although its holder\'s lease is still renewed (only if the holder is surely dead; logged)')
+    .addHelpText('after', '\nA volume held by a head whose heartbeats stopped for the lease TTL (vsky manager --lease-ttl) is taken over\n'
+      + 'by attaching it elsewhere; the old holder is fenced by the new epoch. Before that, attach says how long to wait.')
     .action((name: string, o) => withManager(o, async (m) => {
-      const r = await call(m, 'AttachVolume', { name, head: o.head ?? '' }, 60_000);
+      const r = await call(m, 'AttachVolume', { name, head: o.head ?? '', migrate: Boolean(o.migrate), force: Boolean(o.force) }, 60_000);
       // First line: the NBD URI; second: the iSCSI URL when the head has a portal.
       emit(o, r, () => process.stdout.write(`${r.nbdUri}\n${r.iscsiUrl ? `${r.iscsiUrl}\n` : ''}`));
     }));
@@ -69,11 +78,22 @@ export function registerVolumeCommands(program: Command): void {
       emit(o, v, () => process.stdout.write(`volume ${name}: iSCSI initiators ${v.iscsiInitiators.length ? v.iscsiInitiators.join(', ') : 'any'}, CHAP ${v.iscsiMutualChap ? 'mutual' : v.iscsiChap ? 'one-way' : 'off'}${v.attachedHead ? ' (applied now)' : ' (applied at the next attach)'}\n`));
     }));
 
-  adminCommand(volume, 'detach', 'detach a volume from its head agent (flushes first)')
+  adminCommand(volume, 'handoff', 'move a volume\'s write lease to its standby head now (live migration switch-over)')
     .argument('<name>', 'volume name')
+    .requiredOption('--to <head>', 'the standby head (attached with --migrate)')
+    .action((name: string, o) => withManager(o, async (m) => {
+      const r = await call(m, 'HandoffVolume', { name, to: o.to }, 60_000);
+      emit(o, r, () => process.stdout.write(`volume ${name}: write lease now held by ${r.info?.attachedHead} with epoch ${r.epoch} `
+        + `(${r.clean ? 'handed off' : 'taken over after the holder\'s lease expired'} in ${r.waitMs} ms)\n`));
+    }));
+
+  adminCommand(volume, 'detach', 'detach a volume from its head agents (flushes first)')
+    .argument('<name>', 'volume name')
+    .option('--head <head>', 'detach from this head only (a live migration\'s source or destination); '
+      + 'the source hands the write lease to the other head first')
     .option('--force', 'forget the attachment even if the head cannot be reached')
     .action((name: string, o) => withManager(o, async (m) => {
-      await call(m, 'DetachVolume', { name, force: Boolean(o.force) }, 60_000);
-      emit(o, { detached: name }, () => process.stdout.write(`detached volume ${name}\n`));
+      await call(m, 'DetachVolume', { name, force: Boolean(o.force), head: o.head ?? '' }, 60_000);
+      emit(o, { detached: name, head: o.head ?? '' }, () => process.stdout.write(`detached volume ${name}${o.head ? ` from ${o.head}` : ''}\n`));
     }));
 }

@@ -1,4 +1,4 @@
-import { ConflictError, InvalidArgumentError, NotFoundError, TransportError } from '../../shared/errors.js';
+import { ConflictError, InvalidArgumentError, IoError, NotFoundError, TimeoutError, TransportError } from '../../shared/errors.js';
 import type { ChunkIdentity__Output } from '../../proto/generated/vsky/common/ChunkIdentity.js';
 import type { ResyncTask } from '../../proto/generated/vsky/common/ResyncTask.js';
 import type { AttachVolumeRequest } from '../../proto/generated/vsky/head/AttachVolumeRequest.js';
@@ -64,6 +64,10 @@ export interface FakeHead {
   updates: AttachVolumeRequest[];
   /** Every StartResync task accepted, in order. */
   resyncs: ResyncTask[];
+  /** Every ReleaseLease received (volume names), in order. */
+  releases: string[];
+  /** ReleaseLease: answers (default), never answers (times out: a hung or partitioned holder), or fails. */
+  releaseMode?: 'ok' | 'hang' | 'fail';
 }
 
 export class FakePeers implements PeerClients {
@@ -80,7 +84,7 @@ export class FakePeers implements PeerClients {
   }
 
   addHead(address: string): FakeHead {
-    const h: FakeHead = { down: false, attached: new Map(), updates: [], resyncs: [] };
+    const h: FakeHead = { down: false, attached: new Map(), updates: [], resyncs: [], releases: [] };
     this.heads.set(address, h);
     return h;
   }
@@ -163,7 +167,7 @@ export class FakePeers implements PeerClients {
     attach: async (a, req) => {
       const h = this.headAt(a);
       if (h.fail) throw new ConflictError('injected attach failure');
-      h.attached.set(req.map!.name!, { epoch: req.epoch!, req });
+      h.attached.set(req.map!.name!, { epoch: req.epoch as number, req });
       return { nbdUri: `nbd://${a}/${req.map!.name}`, iscsiUrl: '' };
     },
     detach: async (a, req) => {
@@ -183,6 +187,16 @@ export class FakePeers implements PeerClients {
       const h = this.headAt(a);
       if (h.failStartResync) throw new ConflictError('injected StartResync failure');
       h.resyncs.push(structuredClone(task));
+    },
+    releaseLease: async (a, req, timeoutMs) => {
+      const h = this.headAt(a);
+      h.releases.push(req.name!);
+      if (h.releaseMode === 'hang') {
+        await new Promise((r) => setTimeout(r, timeoutMs));
+        throw new TimeoutError(`ReleaseLease to ${a} timed out`);
+      }
+      if (h.releaseMode === 'fail') throw new IoError('injected flush failure during release');
+      if (!h.attached.has(req.name!)) throw new NotFoundError(`${req.name} is not attached`);
     },
   };
 

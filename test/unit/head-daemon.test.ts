@@ -79,7 +79,7 @@ describe('head-agent daemon', () => {
     const vol = head.registry.lookup('vol-d')!;
     expect(vol.epoch).toBe(4);
     const list = await call<object, AttachedList__Output>(client, client.ListAttached, {});
-    expect(list.volumes).toEqual([{ name: 'vol-d', volumeId: 5, epoch: 4, nbdUri: reply.nbdUri, size: CHUNK, connections: 0, iscsiUrl: '', iscsiSessions: 0 }]);
+    expect(list.volumes).toEqual([{ name: 'vol-d', volumeId: 5, epoch: 4, nbdUri: reply.nbdUri, size: CHUNK, connections: 0, iscsiUrl: '', iscsiSessions: 0, lease: 'held' }]);
     // Bad input: a clear typed error, nothing attached.
     await expect(call(client, client.Attach, { epoch: 4 })).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(call(client, client.Attach, { map: { ...map, name: 'x', size: 3 * CHUNK }, epoch: 4 })).rejects.toThrow(/segments/);

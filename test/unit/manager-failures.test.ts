@@ -399,6 +399,15 @@ describe('resync execution', () => {
     expect(peers.copies()).toHaveLength(0);
     await silence(c, ['h1']);
     expect(c.registry.head('h1')!.state).toBe('failed');
+    // Failed, but its lease (TTL 8 s) still runs: a node copy would fence a holder that may
+    // only be cut off from us, so the resync stays with the head (leases: expiry allows a take-over).
+    expect(c.registry.leaseLeftMs('h1')).toBeGreaterThan(0);
+    expect(peers.copies()).toHaveLength(0);
+    expect(c.volumes.entry('vm1').volume.epoch).toBe(1);
+    await silence(c, ['h1'], 3_000);
+    expect(c.registry.leaseLeftMs('h1')).toBeLessThanOrEqual(0);
+    c.resyncs.tick();
+    await c.settle();
     const [nodeTask] = peers.copies();
     expect(nodeTask).toMatchObject({ epoch: 2, segment: 1, target: headTask.target });
     expect(c.volumes.entry('vm1').volume).toMatchObject({ epoch: 2, resyncEpoch: 2, attachedHead: 'h1' });

@@ -153,7 +153,9 @@ describe('delete, attach, detach', () => {
     // Attaching again to the holder (it may have restarted) re-pushes under a new epoch.
     expect((await c.attachments.attach('v', 'head-0')).epoch).toBe(2);
     expect(peers.heads.get('10.1.0.1:7720')!.attached.get('v')!.epoch).toBe(2);
-    await expect(c.attachments.attach('v', 'hv1')).rejects.toThrow(/volume v is attached to head hv0; detach it first/);
+    // Another head: refused while the holder's lease is renewed, saying how long until a take-over is allowed.
+    await expect(c.attachments.attach('v', 'hv1')).rejects.toThrow(/volume v is held by head hv0, whose lease was renewed .* take-over is allowed in 8\.0 s/);
+    expect(c.volumes.entry('v').volume).toMatchObject({ epoch: 2, attachedHead: 'head-0' });
     await expect(c.volumes.delete('v')).rejects.toThrow(/attached to head hv0; detach it first/);
     await c.attachments.detach('v', false);
     const b = await c.attachments.attach('v', 'hv1');
