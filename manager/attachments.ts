@@ -117,11 +117,17 @@ export class Attachments {
       }
       throw err;
     }
+    const previous = { head: volume.attachedHead, nbdUri: volume.nbdUri, iscsiUrl: volume.iscsiUrl };
     volume.attachedHead = head.id;
     volume.nbdUri = reply.nbdUri;
     volume.iscsiUrl = reply.iscsiUrl;
-    if (!opts.standby) clearStandby(volume);
-    else volume.standbyHead = opts.standby;
+    if (!opts.standby) {
+      clearStandby(volume);
+    } else if (opts.standby === previous.head && previous.head !== head.id) { // a hand-off: the old holder stays as the standby
+      volume.standbyHead = previous.head;
+      volume.standbyNbdUri = previous.nbdUri;
+      volume.standbyIscsiUrl = previous.iscsiUrl;
+    }
     await this.volumes.saveVolume(volume);
     vlog.info({ epoch, nbdUri: reply.nbdUri, head: head.name, standby: opts.standby || undefined }, 'volume attached: write lease granted');
     this.listener?.attached(volume.id, mapVersion);
