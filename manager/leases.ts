@@ -96,7 +96,7 @@ export class Leases {
   }
 
   /** A standby head's first I/O asks for the lease (AcquireLease). Idempotent per request id. */
-  acquire(name: string, headId: string, requestId: string): Promise<LeaseMove> {
+  async acquire(name: string, headId: string, requestId: string): Promise<LeaseMove> {
     if (!headId) throw new InvalidArgumentError('AcquireLease needs the asking head\'s id');
     const head = this.registry.head(headId);
     if (!head) throw new NotFoundError(`head ${headId} is not registered; it registers again by itself within a heartbeat`);
@@ -113,7 +113,7 @@ export class Leases {
   }
 
   /** An orchestrator moves the lease to the standby now (HandoffVolume). */
-  handoff(name: string, toRef: string): Promise<LeaseMove> {
+  async handoff(name: string, toRef: string): Promise<LeaseMove> {
     const to = this.registry.resolveHead(toRef);
     const v = this.volumes.entry(name).volume;
     if (v.attachedHead === to.id) throw new InvalidArgumentError(`head ${to.name} already holds ${name}: hand it off to the other head`);
