@@ -70,6 +70,17 @@ export class StaleGenerationError extends VskyError {
   }
 }
 
+/**
+ * A 64-bit counter (lease epoch, volume generation) would pass 2^53-1, the
+ * largest value kept exactly in a JS number: refused, never wrapped
+ * (shared/counters.ts).
+ */
+export class CounterExhaustedError extends VskyError {
+  constructor(message: string, context: ErrorContext = {}) {
+    super('ECOUNTER_EXHAUSTED', message, context);
+  }
+}
+
 /** A disk or replica failed an I/O. */
 export class IoError extends VskyError {
   constructor(message: string, context: ErrorContext = {}, options?: { cause?: unknown }) {

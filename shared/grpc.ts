@@ -7,7 +7,7 @@ import type { ProtoGrpcType as ManagerProto } from '../proto/generated/manager.j
 import type { ProtoGrpcType as StorageProto } from '../proto/generated/storage_node.js';
 import type { ProtoGrpcType as HeadProto } from '../proto/generated/head_agent.js';
 import {
-  AlreadyExistsError, CapacityError, ConflictError, InvalidArgumentError, NotFoundError,
+  AlreadyExistsError, CapacityError, ConflictError, CounterExhaustedError, InvalidArgumentError, NotFoundError,
   StaleEpochError, StaleGenerationError, TimeoutError, TransportError, VskyError,
 } from './errors.js';
 
@@ -104,6 +104,7 @@ const CODE_TO_STATUS: Record<string, grpc.status> = {
   EEXIST: grpc.status.ALREADY_EXISTS,
   ECONFLICT: grpc.status.FAILED_PRECONDITION,
   ENOSPC: grpc.status.RESOURCE_EXHAUSTED,
+  ECOUNTER_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
   ESTALE_EPOCH: grpc.status.FAILED_PRECONDITION,
   ESTALE_GENERATION: grpc.status.ABORTED,
   ETIMEDOUT: grpc.status.DEADLINE_EXCEEDED,
@@ -123,7 +124,7 @@ export function toGrpcError(err: unknown): Partial<grpc.StatusObject> {
 const CODE_TO_CLASS: Record<string, new (m: string) => VskyError> = {
   EINVAL: InvalidArgumentError, ENOTFOUND: NotFoundError, EEXIST: AlreadyExistsError,
   ECONFLICT: ConflictError, ENOSPC: CapacityError, ESTALE_EPOCH: StaleEpochError,
-  ESTALE_GENERATION: StaleGenerationError, ETIMEDOUT: TimeoutError,
+  ESTALE_GENERATION: StaleGenerationError, ETIMEDOUT: TimeoutError, ECOUNTER_EXHAUSTED: CounterExhaustedError,
 };
 
 export function fromGrpcError(err: grpc.ServiceError): VskyError {
