@@ -1,4 +1,5 @@
 import { scrubChunk } from './chunk-io.js';
+import { isCounter } from '../shared/counters.js';
 import { ConflictError, InvalidArgumentError, NotFoundError, StaleEpochError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { Chunk } from './chunk.js';
@@ -298,7 +299,8 @@ function validateIdentity(id: ChunkIdentity): void {
   if (!u32(id.volumeId) || id.volumeId === 0) throw bad('volume id must be 1..2^32-1');
   if (!u32(id.segment)) throw bad('segment must be a u32');
   if (!Number.isInteger(id.slot) || id.slot < 0 || id.slot > 255) throw bad('slot must be 0..255');
-  if (!u32(id.segmentCount) || !u32(id.replicas) || !u32(id.generation) || !u32(id.epoch)) throw bad('counts, generation and epoch must be u32');
+  if (!u32(id.segmentCount) || !u32(id.replicas)) throw bad('segment count and replicas must be u32');
+  if (!isCounter(id.generation) || !isCounter(id.epoch)) throw bad('generation and epoch must be 0..2^53-1');
   if (!Number.isSafeInteger(id.volumeSize) || id.volumeSize < 0) throw bad('volume size must be a non-negative integer');
   if (Buffer.byteLength(id.volumeName, 'utf8') > MAX_VOLUME_NAME_BYTES) throw bad(`volume name longer than ${MAX_VOLUME_NAME_BYTES} bytes`);
 }

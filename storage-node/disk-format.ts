@@ -1,4 +1,5 @@
 import { crc32 } from 'node:zlib';
+import { isCounter } from '../shared/counters.js';
 import { CorruptMetadataError } from '../shared/errors.js';
 
 // The self-describing on-disk format of a storage-node disk, as pure codecs
@@ -16,20 +17,51 @@ import { CorruptMetadataError } from '../shared/errors.js';
 // slot whose CRC checks wins, so a torn update falls back to the previous
 // state. Numbers are big-endian, like the data protocol.
 //
-// Format versions: 1 had only the written-region bitmap; 2 adds the
-// write-intent (dirty) bitmap right after it (DESIGN rule 4). No version-1
-// disk was ever deployed, so version 1 is refused rather than converted.
+// Chunk record slot, format version 3 (all big-endian):
+//   0   u32 magic 'VSKD'        4  u32 CRC-32 of bytes [8, slot end)
+//   8   u64 sequence            16 disk UUID (16 bytes)
+//   32  u32 chunk index         36 u8 state  37 u8 slot  38 u8 name length  39 u8 reserved (0)
+//   40  u32 volume id           44 u32 segment   48 u32 segment count   52 u32 replicas
+//   56  u64 volume size
+//   64  u64 volume generation   (0..2^53-1; above: the slot is corrupt)
+//   72  u64 lease epoch         (0..2^53-1; above: the slot is corrupt)
+//   80  u32 region bits         84 reserved (12 bytes, 0)
+//   96  volume name (UTF-8, 64 bytes)
+//   160 written-region bitmap (regionBits / 8 bytes), then the dirty bitmap (same size)
+// then zero padding to a whole number of sectors.
+//
+// Format versions: 1 had only the written-region bitmap; 2 added the
+// write-intent (dirty) bitmap right after it (DESIGN rule 4); 3 widens the
+// generation and the epoch from u32 to u64 (they never wrap: shared/counters.ts),
+// which grows the fixed part of a record from 144 to 160 bytes (magic 'VSKD';
+// a version-2 record has the magic 'VSKC', u32 generation at 64, u32 epoch at
+// 68, region bits at 72, name at 80, bitmaps at 144). No version-1 disk was
+// ever deployed, so version 1 is refused rather than converted. A version-2
+// disk is upgraded in place when it is opened (storage-node/disk.ts): its
+// record slots (1536 bytes for 4096 regions) have room for the wider record,
+// so the geometry does not change; every record is rewritten as version 3 by
+// an ordinary A/B update, made durable, and only then does the superblock say
+// 3. A crash midway leaves a version-2 superblock over a mix of records, which
+// decodeRecord reads either way (by their magic), and the next open finishes
+// the job. A version-2 disk whose slots are too small for version-3 records
+// (never made by this code: its region bits are always 4096) is refused.
 
 export const SUPERBLOCK_SIZE = 4096;
-export const FORMAT_VERSION = 2;
+export const FORMAT_VERSION = 3;
+/** Oldest format version a node still opens: upgraded in place to FORMAT_VERSION (storage-node/disk.ts). */
+export const OLDEST_UPGRADABLE_FORMAT_VERSION = 2;
 /** "VSKYDISK": tells our disks apart from foreign data. */
 export const SUPERBLOCK_MAGIC = Buffer.from('VSKYDISK', 'ascii');
 /** Bytes of the superblock covered by its CRC (the CRC sits right after them). */
 const SB_CRC_AT = 124;
-/** 'VSKC': start of a valid chunk record slot. */
-export const RECORD_MAGIC = 0x56534b43;
+/** 'VSKD': start of a valid (format version 3) chunk record slot. */
+export const RECORD_MAGIC = 0x56534b44;
+/** 'VSKC': start of a format version 2 chunk record slot (u32 generation and epoch). */
+export const RECORD_MAGIC_V2 = 0x56534b43;
 /** Fixed part of a record slot; the written-region bitmap then the dirty bitmap follow it. */
-const RECORD_FIXED = 144;
+const RECORD_FIXED = 160;
+/** Fixed part of a version-2 record slot. */
+const RECORD_FIXED_V2 = 144;
 export const MAX_VOLUME_NAME_BYTES = 64;
 /** Record slots are whole sectors so one slot never shares a sector with another. */
 const SECTOR = 512;
@@ -85,16 +117,17 @@ export interface Layout {
   dataOffset: number;
 }
 
-export function recordSizeFor(regionBits: number): number {
-  return alignUp(RECORD_FIXED + 2 * (regionBits / 8), SECTOR);
+/** Bytes per record slot of a disk of `formatVersion` (default: the current one). */
+export function recordSizeFor(regionBits: number, formatVersion = FORMAT_VERSION): number {
+  return alignUp((formatVersion >= 3 ? RECORD_FIXED : RECORD_FIXED_V2) + 2 * (regionBits / 8), SECTOR);
 }
 
 /** Geometry of a disk of `diskSize` bytes: as many chunks as fit after the table. */
-export function computeLayout(diskSize: number, chunkSize: number, regionBits: number): Layout {
+export function computeLayout(diskSize: number, chunkSize: number, regionBits: number, formatVersion = FORMAT_VERSION): Layout {
   if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0 || chunkSize % regionBits !== 0 || chunkSize % 4096 !== 0) {
     throw new CorruptMetadataError(`chunk size ${chunkSize} must be a positive multiple of 4096 and of ${regionBits}`, { chunkSize });
   }
-  const recordSize = recordSizeFor(regionBits);
+  const recordSize = recordSizeFor(regionBits, formatVersion);
   const tableOffset = SUPERBLOCK_SIZE;
   const dataOffsetFor = (n: number) => alignUp(tableOffset + n * 2 * recordSize, DATA_ALIGN);
   let chunkCount = Math.max(0, Math.floor((diskSize - DATA_ALIGN) / chunkSize));
@@ -135,8 +168,10 @@ export function decodeSuperblock(buf: Buffer): Superblock {
   const stored = buf.readUInt32BE(SB_CRC_AT);
   if (crc32(buf.subarray(0, SB_CRC_AT)) !== stored) throw new CorruptMetadataError('superblock: checksum mismatch');
   const formatVersion = buf.readUInt32BE(8);
-  if (formatVersion !== FORMAT_VERSION) {
-    throw new CorruptMetadataError(`superblock: unsupported format version ${formatVersion} (this node reads ${FORMAT_VERSION})`, { formatVersion });
+  if (formatVersion < OLDEST_UPGRADABLE_FORMAT_VERSION || formatVersion > FORMAT_VERSION) {
+    throw new CorruptMetadataError(
+      `superblock: unsupported format version ${formatVersion} (this node reads ${FORMAT_VERSION} and upgrades ${OLDEST_UPGRADABLE_FORMAT_VERSION} in place)`,
+      { formatVersion });
   }
   const sb: Superblock = {
     diskId: bytesToUuid(buf.subarray(16, 32)),
@@ -152,11 +187,18 @@ export function decodeSuperblock(buf: Buffer): Superblock {
   };
   // Geometry must be self-consistent, or we would read and write the wrong places.
   if (sb.regionBits === 0 || sb.regionBits % 8 !== 0) throw new CorruptMetadataError('superblock: invalid region bitmap size', { ...sb });
-  const layout = computeLayout(sb.diskSize, sb.chunkSize, sb.regionBits);
+  const layout = computeLayout(sb.diskSize, sb.chunkSize, sb.regionBits, formatVersion);
   if (sb.recordSize !== layout.recordSize
       || sb.tableOffset !== layout.tableOffset || sb.chunkCount !== layout.chunkCount
       || sb.dataOffset !== alignUp(sb.tableOffset + sb.chunkCount * 2 * sb.recordSize, DATA_ALIGN)) {
     throw new CorruptMetadataError('superblock: inconsistent geometry', { ...sb });
+  }
+  if (formatVersion < FORMAT_VERSION && recordSizeFor(sb.regionBits) !== sb.recordSize) {
+    throw new CorruptMetadataError(
+      `superblock: format version ${formatVersion} disk whose ${sb.recordSize}-byte record slots cannot hold version-${FORMAT_VERSION} records `
+      + `(${recordSizeFor(sb.regionBits)} bytes for ${sb.regionBits} regions), so it cannot be upgraded in place: `
+      + 'copy its chunks off with a node of the previous release (vsky disk remove), then zero its first 4 KiB to reformat it',
+      { formatVersion, regionBits: sb.regionBits, recordSize: sb.recordSize });
   }
   return sb;
 }
@@ -176,6 +218,10 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   if (name.length > MAX_VOLUME_NAME_BYTES) throw new CorruptMetadataError(`volume name longer than ${MAX_VOLUME_NAME_BYTES} bytes`);
   if (rec.dirty.length !== rec.bitmap.length) throw new CorruptMetadataError('dirty and written bitmaps differ in size');
   if (RECORD_FIXED + 2 * rec.bitmap.length > recordSize) throw new CorruptMetadataError('bitmaps do not fit the record slot');
+  // Never write what would not read back exactly (a value above 2^53-1 makes the slot corrupt).
+  if (!isCounter(rec.generation) || !isCounter(rec.epoch)) {
+    throw new CorruptMetadataError(`generation ${rec.generation} and epoch ${rec.epoch} must be 0..2^53-1`, { chunkIndex });
+  }
   buf.writeUInt32BE(RECORD_MAGIC, 0);
   writeU64(buf, 8, seq);
   diskId.copy(buf, 16);
@@ -188,10 +234,10 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   buf.writeUInt32BE(rec.segmentCount, 48);
   buf.writeUInt32BE(rec.replicas, 52);
   writeU64(buf, 56, rec.volumeSize);
-  buf.writeUInt32BE(rec.generation, 64);
-  buf.writeUInt32BE(rec.epoch, 68);
-  buf.writeUInt32BE(rec.bitmap.length * 8, 72);
-  name.copy(buf, 80);
+  writeU64(buf, 64, rec.generation);
+  writeU64(buf, 72, rec.epoch);
+  buf.writeUInt32BE(rec.bitmap.length * 8, 80);
+  name.copy(buf, 96);
   buf.set(rec.bitmap, RECORD_FIXED);
   buf.set(rec.dirty, RECORD_FIXED + rec.bitmap.length);
   buf.writeUInt32BE(crc32(buf.subarray(8)), 4);
@@ -201,30 +247,39 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
 export interface DecodedRecord {
   seq: number;
   record: ChunkRecordData;
+  /** Format version of the slot's layout: FORMAT_VERSION, or 2 for a slot not yet upgraded. */
+  formatVersion: number;
 }
 
 /**
- * Decodes one record slot. Returns undefined for a blank (never written) slot;
- * throws CorruptMetadataError for a torn or foreign one.
+ * Decodes one record slot, of either layout (version 3, or version 2 on a
+ * disk not yet fully upgraded: told apart by the magic). Returns undefined for
+ * a blank (never written) slot; throws CorruptMetadataError for a torn or
+ * foreign one, or one whose generation or epoch is above 2^53-1.
  */
 export function decodeRecord(buf: Buffer, chunkIndex: number, diskId: Buffer, regionBits: number): DecodedRecord | undefined {
   if (isBlank(buf)) return undefined;
   const mapBytes = regionBits / 8;
-  if (buf.length < RECORD_FIXED + 2 * mapBytes || buf.readUInt32BE(0) !== RECORD_MAGIC) {
+  const magic = buf.length >= 4 ? buf.readUInt32BE(0) : 0;
+  const v3 = magic === RECORD_MAGIC;
+  const fixed = v3 ? RECORD_FIXED : RECORD_FIXED_V2;
+  if ((!v3 && magic !== RECORD_MAGIC_V2) || buf.length < fixed + 2 * mapBytes) {
     throw new CorruptMetadataError('chunk record: bad magic', { chunkIndex });
   }
   if (crc32(buf.subarray(8)) !== buf.readUInt32BE(4)) throw new CorruptMetadataError('chunk record: checksum mismatch', { chunkIndex });
   if (!buf.subarray(16, 32).equals(diskId) || buf.readUInt32BE(32) !== chunkIndex) {
     throw new CorruptMetadataError('chunk record: belongs to another disk or chunk', { chunkIndex });
   }
-  if (buf.readUInt32BE(72) !== regionBits) throw new CorruptMetadataError('chunk record: region bitmap size mismatch', { chunkIndex });
+  if (buf.readUInt32BE(v3 ? 80 : 72) !== regionBits) throw new CorruptMetadataError('chunk record: region bitmap size mismatch', { chunkIndex });
   const nameLength = buf[38]!;
   const state = buf[36]!;
   if (nameLength > MAX_VOLUME_NAME_BYTES || (state !== ChunkState.FREE && state !== ChunkState.OWNED)) {
     throw new CorruptMetadataError('chunk record: invalid field', { chunkIndex });
   }
+  const nameAt = v3 ? 96 : 80;
   return {
     seq: readU64(buf, 8),
+    formatVersion: v3 ? FORMAT_VERSION : 2,
     record: {
       state,
       slot: buf[37]!,
@@ -233,11 +288,11 @@ export function decodeRecord(buf: Buffer, chunkIndex: number, diskId: Buffer, re
       segmentCount: buf.readUInt32BE(48),
       replicas: buf.readUInt32BE(52),
       volumeSize: readU64(buf, 56),
-      generation: buf.readUInt32BE(64),
-      epoch: buf.readUInt32BE(68),
-      volumeName: buf.toString('utf8', 80, 80 + nameLength),
-      bitmap: new Uint8Array(buf.subarray(RECORD_FIXED, RECORD_FIXED + mapBytes)),
-      dirty: new Uint8Array(buf.subarray(RECORD_FIXED + mapBytes, RECORD_FIXED + 2 * mapBytes)),
+      generation: v3 ? readCounter(buf, 64, 'generation', chunkIndex) : buf.readUInt32BE(64),
+      epoch: v3 ? readCounter(buf, 72, 'epoch', chunkIndex) : buf.readUInt32BE(68),
+      volumeName: buf.toString('utf8', nameAt, nameAt + nameLength),
+      bitmap: new Uint8Array(buf.subarray(fixed, fixed + mapBytes)),
+      dirty: new Uint8Array(buf.subarray(fixed + mapBytes, fixed + 2 * mapBytes)),
     },
   };
 }
@@ -249,6 +304,8 @@ export interface PickedRecord {
   newestSlot: number;
   /** Slots that hold bytes but failed validation (torn writes, corruption). */
   invalidSlots: number;
+  /** Format version of the winning record's layout (2: to be upgraded); 0 when neither slot is valid. */
+  formatVersion: number;
 }
 
 /** The current state of a chunk from its two slots: the newest valid one wins. */
@@ -270,13 +327,13 @@ export function pickNewest(slotA: Buffer, slotB: Buffer, chunkIndex: number, dis
       newestSlot = i;
     }
   }
-  if (best === undefined) return { record: emptyRecord(regionBits), seq: 0, newestSlot: -1, invalidSlots };
+  if (best === undefined) return { record: emptyRecord(regionBits), seq: 0, newestSlot: -1, invalidSlots, formatVersion: 0 };
   // A free chunk never carries written or dirty regions: the next owner must read zeros.
   if (best.record.state === ChunkState.FREE) {
     best.record.bitmap.fill(0);
     best.record.dirty.fill(0);
   }
-  return { record: best.record, seq: best.seq, newestSlot, invalidSlots };
+  return { record: best.record, seq: best.seq, newestSlot, invalidSlots, formatVersion: best.formatVersion };
 }
 
 export function uuidToBytes(uuid: string): Buffer {
@@ -303,4 +360,11 @@ function readU64(buf: Buffer, at: number): number {
   const v = buf.readUInt32BE(at) * TWO_32 + buf.readUInt32BE(at + 4);
   if (!Number.isSafeInteger(v)) throw new CorruptMetadataError('u64 field beyond 2^53', { at });
   return v;
+}
+
+/** A u64 generation or epoch: above 2^53-1 the record is corrupt (never truncated). */
+function readCounter(buf: Buffer, at: number, what: string, chunkIndex: number): number {
+  const hi = buf.readUInt32BE(at);
+  if (hi > 0x1f_ffff) throw new CorruptMetadataError(`chunk record: ${what} beyond 2^53-1`, { chunkIndex, hi });
+  return hi * TWO_32 + buf.readUInt32BE(at + 4);
 }

@@ -37,6 +37,8 @@ import { TokenBucket } from './token-bucket.js';
 
 /** OS I/O errors on one disk before it is declared failed. */
 export const DISK_FAIL_THRESHOLD = 3;
+/** Record rewrites in flight at once while upgrading a disk's format. */
+const UPGRADE_BATCH = 256;
 
 export interface OpenDiskOptions {
   /** Create a sparse file of this many bytes when the path does not exist. */
@@ -85,7 +87,10 @@ export class Disk implements ChunkDisk {
     this.log = moduleLogger('disk', { disk: sb.diskId, path });
   }
 
-  /** Opens a disk, creating (sparse) and formatting it when new. Throws CorruptMetadataError on damaged metadata. */
+  /**
+   * Opens a disk, creating (sparse) and formatting it when new, upgrading an
+   * older format (version 2) in place. Throws CorruptMetadataError on damaged metadata.
+   */
   static async open(path: string, opts: OpenDiskOptions): Promise<Disk> {
     if (!fs.existsSync(path)) {
       if (!opts.size) throw new NotFoundError(`disk ${path} does not exist (give a size to create it)`, { path });
@@ -107,7 +112,8 @@ export class Disk implements ChunkDisk {
         throw new CorruptMetadataError(`disk ${path} is ${size} bytes but its superblock describes ${sb.dataOffset + sb.chunkCount * sb.chunkSize}`, { path });
       }
       const disk = new Disk(path, fd, sb);
-      await disk.loadTable();
+      const older = await disk.loadTable();
+      if (sb.formatVersion < FORMAT_VERSION) await disk.upgrade(older);
       disk.setThrottle(opts.throttleMibps ?? 0);
       return disk;
     } catch (err) {
@@ -116,20 +122,45 @@ export class Disk implements ChunkDisk {
     }
   }
 
-  private async loadTable(): Promise<void> {
+  /** Reads the chunk table; returns the chunks whose newest record has an older format's layout. */
+  private async loadTable(): Promise<Chunk[]> {
     const { chunkCount, recordSize, tableOffset, dataOffset, chunkSize, regionBits } = this.sb;
     const table = Buffer.alloc(chunkCount * 2 * recordSize);
     if (table.length > 0) await readFully(this.fd, table, tableOffset);
     let invalid = 0;
+    const older: Chunk[] = [];
     for (let i = 0; i < chunkCount; i++) {
       const at = i * 2 * recordSize;
       const picked = pickNewest(table.subarray(at, at + recordSize), table.subarray(at + recordSize, at + 2 * recordSize),
         i, this.idBytes, regionBits);
       invalid += picked.invalidSlots;
-      this.chunks.push(new Chunk(this, i, dataOffset + i * chunkSize, chunkSize, regionBits, picked.record, picked.seq, picked.newestSlot));
+      const chunk = new Chunk(this, i, dataOffset + i * chunkSize, chunkSize, regionBits, picked.record, picked.seq, picked.newestSlot);
+      this.chunks.push(chunk);
+      if (picked.newestSlot >= 0 && picked.formatVersion < FORMAT_VERSION) older.push(chunk);
     }
     // One torn slot per chunk is the expected trace of a crash mid-update; the older slot was used.
     if (invalid > 0) this.log.warn({ invalidSlots: invalid }, 'chunk table: ignored torn or invalid record slots');
+    return older;
+  }
+
+  /**
+   * Upgrades an older-format disk in place (disk-format.ts): rewrites the
+   * records of `older` in the current layout, each by an ordinary A/B update
+   * (the previous record stays in the other slot until then), makes them
+   * durable, then writes the superblock with the current version. A crash
+   * anywhere leaves a disk that opens as before and finishes the upgrade.
+   */
+  private async upgrade(older: Chunk[]): Promise<void> {
+    const from = this.sb.formatVersion;
+    for (let i = 0; i < older.length; i += UPGRADE_BATCH) {
+      await Promise.all(older.slice(i, i + UPGRADE_BATCH).map((c) => c.persist()));
+    }
+    await p<void>((cb) => fs.fdatasync(this.fd, cb));
+    const sb: Superblock = { ...this.sb, formatVersion: FORMAT_VERSION };
+    await writeFully(this.fd, encodeSuperblock(sb), 0);
+    await p<void>((cb) => fs.fdatasync(this.fd, cb));
+    this.sb.formatVersion = FORMAT_VERSION;
+    this.log.info({ from, to: FORMAT_VERSION, records: older.length }, 'upgraded disk format in place');
   }
 
   get faultInjected(): boolean {

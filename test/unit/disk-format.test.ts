@@ -1,10 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { crc32 } from 'node:zlib';
 import { CorruptMetadataError } from '../../shared/errors.js';
 import {
-  ChunkState, DATA_ALIGN, FORMAT_VERSION, SUPERBLOCK_SIZE, computeLayout, decodeRecord, decodeSuperblock, emptyRecord,
-  encodeRecord, encodeSuperblock, pickNewest, uuidToBytes, type ChunkRecordData, type Superblock,
+  ChunkState, DATA_ALIGN, FORMAT_VERSION, RECORD_MAGIC, SUPERBLOCK_SIZE, computeLayout, decodeRecord, decodeSuperblock, emptyRecord,
+  encodeRecord, encodeSuperblock, pickNewest, recordSizeFor, uuidToBytes, type ChunkRecordData, type Superblock,
 } from '../../storage-node/disk-format.js';
+import { encodeV2Record } from '../support/disk-format-v2.js';
 
 const MiB = 1024 * 1024;
 const BITS = 4096;
@@ -45,8 +47,10 @@ describe('disk layout', () => {
       const more = l.chunkCount + 1;
       expect(Math.ceil((l.tableOffset + more * 2 * l.recordSize) / DATA_ALIGN) * DATA_ALIGN + more * chunk!).toBeGreaterThan(size!);
     }
-    // 144 fixed bytes + 512 written-bitmap bytes + 512 dirty-bitmap bytes, in whole sectors.
+    // 160 fixed bytes + 512 written-bitmap bytes + 512 dirty-bitmap bytes, in whole sectors:
+    // the same 1536 bytes as version 2 (144 fixed bytes), so a version-2 disk keeps its geometry.
     expect(computeLayout(64 * MiB, 8 * MiB, BITS)).toMatchObject({ chunkCount: 7, recordSize: 1536, tableOffset: 4096, dataOffset: MiB });
+    expect(computeLayout(64 * MiB, 8 * MiB, BITS, 2)).toEqual(computeLayout(64 * MiB, 8 * MiB, BITS));
   });
 });
 
@@ -69,12 +73,27 @@ describe('superblock codec', () => {
 
   it('refuses foreign data and unknown versions (including version 1, which had no dirty bitmap)', () => {
     const foreign = Buffer.alloc(SUPERBLOCK_SIZE, 0x5a);
-    expect(FORMAT_VERSION).toBe(2);
+    expect(FORMAT_VERSION).toBe(3);
     expect(() => decodeSuperblock(foreign)).toThrow(/not a VastSky disk/);
-    for (const version of [1, 3]) {
+    for (const version of [0, 1, 4]) {
       const other = encodeSuperblock({ ...superblock(), formatVersion: version });
       expect(() => decodeSuperblock(other)).toThrow(new RegExp(`version ${version}`));
     }
+  });
+
+  it('reads a version-2 superblock (to be upgraded in place), unless its record slots are too small for version 3', () => {
+    const v2 = { ...superblock(), formatVersion: 2 };
+    expect(decodeSuperblock(encodeSuperblock(v2))).toEqual(v2);
+    // 1472 regions: 144 + 2 * 184 = 512 bytes fit one sector in version 2, version 3 needs 528 (two sectors).
+    const bits = 1472;
+    const chunkSize = 4096 * 23; // a multiple of 4096 and of 1472
+    expect([recordSizeFor(bits, 2), recordSizeFor(bits)]).toEqual([512, 1024]);
+    const layout = computeLayout(64 * MiB, chunkSize, bits, 2);
+    const cramped: Superblock = {
+      ...v2, regionBits: bits, chunkSize, chunkCount: layout.chunkCount, recordSize: layout.recordSize,
+      tableOffset: layout.tableOffset, dataOffset: layout.dataOffset,
+    };
+    expect(() => decodeSuperblock(encodeSuperblock(cramped))).toThrow(/cannot be upgraded in place/);
   });
 });
 
@@ -102,8 +121,8 @@ describe('chunk record codec', () => {
   it('treats a blank slot as never written and detects corruption', () => {
     expect(decodeRecord(Buffer.alloc(1536), 0, id, BITS)).toBeUndefined();
     const buf = encodeRecord(owned(), 1, 5, id, sb.recordSize);
-    // Fixed part, written bitmap (144..655), dirty bitmap (656..1167) and the padding are all checksummed.
-    for (const at of [8, 40, 100, 200, 600, 700, 1100, 1167, 1535]) {
+    // Fixed part, written bitmap (160..671), dirty bitmap (672..1183) and the padding are all checksummed.
+    for (const at of [8, 40, 68, 76, 100, 200, 600, 700, 1100, 1183, 1535]) {
       const copy = Buffer.from(buf);
       copy[at]! ^= 0x01;
       expect(() => decodeRecord(copy, 5, id, BITS), `byte ${at}`).toThrow(CorruptMetadataError);
@@ -111,6 +130,55 @@ describe('chunk record codec', () => {
     // A record is bound to its disk and its place in the table.
     expect(() => decodeRecord(buf, 6, id, BITS)).toThrow(/another disk or chunk/);
     expect(() => decodeRecord(buf, 5, uuidToBytes(randomUUID()), BITS)).toThrow(/another disk or chunk/);
+  });
+
+  it('keeps generation and epoch as u64: above 2^32 and up to 2^53-1, exactly', () => {
+    const E = 2 ** 32;
+    for (const [generation, epoch] of [[E, E + 1], [E + 7, E + 5], [2 ** 40 + 3, 2 ** 52 + 9], [Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER - 1]]) {
+      const rec = owned({ generation, epoch });
+      const buf = encodeRecord(rec, 9, 5, id, sb.recordSize);
+      expect(buf.readUInt32BE(0)).toBe(RECORD_MAGIC);
+      expect(buf.readBigUInt64BE(64)).toBe(BigInt(generation!));
+      expect(buf.readBigUInt64BE(72)).toBe(BigInt(epoch!));
+      const out = decodeRecord(buf, 5, id, BITS)!;
+      expect(out).toMatchObject({ seq: 9, formatVersion: FORMAT_VERSION });
+      expect(out.record).toEqual(rec);
+    }
+  });
+
+  it('a stored generation or epoch above 2^53-1 makes the slot corrupt (never truncated); none is ever written', () => {
+    for (const at of [64, 72]) {
+      const buf = encodeRecord(owned(), 9, 5, id, sb.recordSize);
+      buf.writeUInt32BE(0x20_0000, at); // high word: the value is 2^53 + low word
+      buf.writeUInt32BE(crc32(buf.subarray(8)), 4); // a well-formed slot otherwise
+      expect(() => decodeRecord(buf, 5, id, BITS)).toThrow(at === 64 ? /generation beyond 2\^53-1/ : /epoch beyond 2\^53-1/);
+      // As one slot of two, it is skipped like a torn one: the other slot wins.
+      const older = encodeRecord(owned({ epoch: 3 }), 8, 5, id, sb.recordSize);
+      expect(pickNewest(older, buf, 5, id, BITS)).toMatchObject({ seq: 8, newestSlot: 0, invalidSlots: 1, record: { epoch: 3 } });
+    }
+    for (const bad of [2 ** 53, 2 ** 64, -1, 1.5, Number.NaN]) {
+      expect(() => encodeRecord(owned({ epoch: bad }), 1, 0, id, sb.recordSize)).toThrow(CorruptMetadataError);
+      expect(() => encodeRecord(owned({ generation: bad }), 1, 0, id, sb.recordSize)).toThrow(CorruptMetadataError);
+    }
+  });
+
+  it('reads version-2 records (u32 generation and epoch), told apart by their magic', () => {
+    const rec = owned({ generation: 41, epoch: 0xffff_fff0 });
+    const v2 = encodeV2Record(rec, 2 ** 33 + 1, 5, id, sb.recordSize);
+    const out = decodeRecord(v2, 5, id, BITS)!;
+    expect(out).toMatchObject({ seq: 2 ** 33 + 1, formatVersion: 2 });
+    expect(out.record).toEqual(rec);
+    // Bound to its disk and place, checksummed, like a version-3 record.
+    expect(() => decodeRecord(v2, 6, id, BITS)).toThrow(/another disk or chunk/);
+    const flipped = Buffer.from(v2);
+    flipped[700]! ^= 0x10;
+    expect(() => decodeRecord(flipped, 5, id, BITS)).toThrow(/checksum/);
+    // Mixed slots (an upgrade under way): the higher sequence wins, whatever its layout.
+    const v3 = encodeRecord(owned({ generation: 2 ** 32 + 1, epoch: 2 ** 32 + 2 }), 2 ** 33 + 2, 5, id, sb.recordSize);
+    expect(pickNewest(v2, v3, 5, id, BITS)).toMatchObject({ newestSlot: 1, formatVersion: 3, record: { epoch: 2 ** 32 + 2 } });
+    const v2newer = encodeV2Record(rec, 2 ** 33 + 3, 5, id, sb.recordSize);
+    expect(pickNewest(v2newer, v3, 5, id, BITS)).toMatchObject({ newestSlot: 0, formatVersion: 2, record: { epoch: 0xffff_fff0 } });
+    expect(pickNewest(Buffer.alloc(1536), Buffer.alloc(1536), 5, id, BITS).formatVersion).toBe(0);
   });
 
   it('refuses names longer than 64 bytes', () => {

@@ -1,20 +1,24 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtemp, open, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Status } from '../../shared/data-protocol/frame.js';
-import { CorruptMetadataError, IoError, StaleEpochError } from '../../shared/errors.js';
+import { CorruptMetadataError, InvalidArgumentError, IoError, StaleEpochError } from '../../shared/errors.js';
 import { setRootLogger } from '../../shared/logger.js';
 import type { Chunk } from '../../storage-node/chunk.js';
 import { readChunk, writeChunk, zeroChunk } from '../../storage-node/chunk-io.js';
 import { ChunkStore, type ChunkIdentity } from '../../storage-node/chunk-store.js';
 import { DISK_FAIL_THRESHOLD, Disk } from '../../storage-node/disk.js';
-import { computeLayout } from '../../storage-node/disk-format.js';
+import {
+  ChunkState, FORMAT_VERSION, RECORD_MAGIC, RECORD_MAGIC_V2, computeLayout, decodeSuperblock, emptyRecord, encodeRecord, encodeSuperblock,
+  uuidToBytes, type ChunkRecordData, type Superblock,
+} from '../../storage-node/disk-format.js';
 import { DiskFailedError, statusForError } from '../../storage-node/errors.js';
 import { countSet, testBit } from '../../storage-node/region-map.js';
 import { clearDirty, markDirty } from '../../storage-node/write-intent.js';
+import { encodeV2Record } from '../support/disk-format-v2.js';
 
 setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));
 
@@ -48,6 +52,17 @@ async function patch(path: string, position: number, bytes: Buffer): Promise<voi
 
 /** File position of a chunk's record slot (0 = A, 1 = B). */
 const slotAt = (chunk: number, slot: number) => layout.tableOffset + (chunk * 2 + slot) * layout.recordSize;
+
+async function readAt(path: string, position: number, length: number): Promise<Buffer> {
+  const fh = await open(path, 'r');
+  try {
+    const buf = Buffer.alloc(length);
+    await fh.read(buf, 0, length, position);
+    return buf;
+  } finally {
+    await fh.close();
+  }
+}
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'vsky-disk-'));
@@ -153,6 +168,148 @@ describe('crash safety of chunk records', () => {
     expect(again.volumes.get(30)!.epoch).toBe(9);
     expect(again.listChunks().map((c) => c.rec.epoch)).toEqual([9, 9]);
     await again.close();
+  });
+});
+
+describe('64-bit epochs and generations on disk', () => {
+  const E = 2 ** 32;
+
+  it('records them above 2^32 exactly: fenced at 2^32+5, epochs 2^32+4 and 5 are stale, also after a reopen', async () => {
+    const store = new ChunkStore();
+    const disk = await store.openDisk(nextPath(), { size: SIZE, chunkSize: CHUNK });
+    await store.allocate(disk.id, 0, { ...identity(31, 0, E + 1), generation: E + 2 });
+    await store.allocate(disk.id, 1, identity(31, 1, 3)); // takes the volume's epoch here, 2^32+1
+    expect(store.lookup(31, 1, 0)!.rec.epoch).toBe(E + 1);
+    expect(() => store.admit(31, 1)).toThrow(StaleEpochError); // 2^32+1 cut to 32 bits would be 1
+    await store.fence(31, E + 5, E + 9);
+    for (const stale of [E + 4, 5, 1]) expect(() => store.admit(31, stale), `epoch ${stale}`).toThrow(StaleEpochError);
+    await expect(store.fence(31, 5, 0)).rejects.toBeInstanceOf(StaleEpochError);
+    const newest = store.lookup(31, 0, 0)!.newestSlot;
+    await store.close();
+
+    // In the file: u64 generation at 64, u64 epoch at 72 of the newest record slot.
+    const slot = await readAt(disk.path, slotAt(0, newest), layout.recordSize);
+    expect(slot.readUInt32BE(0)).toBe(RECORD_MAGIC);
+    expect([slot.readBigUInt64BE(64), slot.readBigUInt64BE(72)]).toEqual([BigInt(E + 9), BigInt(E + 5)]);
+
+    const again = new ChunkStore();
+    await again.openDisk(disk.path, { chunkSize: CHUNK });
+    expect(again.volumes.get(31)!.epoch).toBe(E + 5);
+    expect(again.listChunks().map((c) => [c.rec.epoch, c.rec.generation])).toEqual([[E + 5, E + 9], [E + 5, E + 9]]);
+    for (const stale of [E + 4, 5]) expect(() => again.admit(31, stale)).toThrow(StaleEpochError);
+    // Up to 2^53-1, durably.
+    await again.ensureEpoch(again.admit(31, E + 5), Number.MAX_SAFE_INTEGER);
+    await again.close();
+    const third = new ChunkStore();
+    await third.openDisk(disk.path, { chunkSize: CHUNK });
+    expect(third.volumes.get(31)!.epoch).toBe(Number.MAX_SAFE_INTEGER);
+    expect(() => third.admit(31, Number.MAX_SAFE_INTEGER - 1)).toThrow(StaleEpochError);
+    // Nothing above 2^53-1 is ever accepted for a record.
+    await expect(third.allocate(disk.id, 2, identity(32, 0, 2 ** 53))).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(third.allocate(disk.id, 2, { ...identity(32, 0), generation: -1 })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await third.close();
+  });
+});
+
+describe('format version 2 disks (u32 epochs) are upgraded in place on open', () => {
+  const v2layout = computeLayout(SIZE, CHUNK, 4096, 2);
+
+  function record(over: Partial<ChunkRecordData>): ChunkRecordData {
+    return {
+      ...emptyRecord(4096), state: ChunkState.OWNED, volumeName: 'old-vm', volumeSize: 2 * CHUNK, segmentCount: 2, replicas: 1, ...over,
+    };
+  }
+
+  /** A disk file as the release before version 3 left it: v2 superblock, the given slots, data. */
+  async function writeV2Disk(
+    path: string, slots: { chunk: number; slot: number; seq: number; rec: ChunkRecordData; v3?: boolean; garbage?: boolean }[],
+    data: { chunk: number; offset: number; bytes: Buffer }[] = [],
+  ): Promise<void> {
+    expect(v2layout).toEqual(layout); // same geometry in both versions (4096 regions)
+    const sb: Superblock = {
+      diskId: randomUUID(), formatVersion: 2, chunkSize: CHUNK, chunkCount: v2layout.chunkCount, regionBits: 4096,
+      recordSize: v2layout.recordSize, tableOffset: v2layout.tableOffset, dataOffset: v2layout.dataOffset, diskSize: SIZE, createdMs: 1,
+    };
+    await writeFile(path, Buffer.alloc(0));
+    await truncate(path, SIZE);
+    await patch(path, 0, encodeSuperblock(sb));
+    const id = uuidToBytes(sb.diskId);
+    for (const s of slots) {
+      const bytes = s.garbage ? randomBytes(v2layout.recordSize)
+        : (s.v3 ? encodeRecord : encodeV2Record)(s.rec, s.seq, s.chunk, id, v2layout.recordSize);
+      await patch(path, slotAt(s.chunk, s.slot), bytes);
+    }
+    for (const d of data) await patch(path, v2layout.dataOffset + d.chunk * CHUNK + d.offset, d.bytes);
+  }
+
+  const magicAt = async (path: string, chunk: number, slot: number) => (await readAt(path, slotAt(chunk, slot), 4)).readUInt32BE(0);
+  const versionOnDisk = async (path: string) => decodeSuperblock(await readAt(path, 0, 4096)).formatVersion;
+
+  it('rewrites every record as version 3 by A/B updates, then the superblock; data, epochs, bitmaps kept', async () => {
+    const path = nextPath();
+    const written = new Uint8Array(512);
+    written[0] = 0b1; // region 0 of chunk 0 holds data
+    const dirty = new Uint8Array(512);
+    dirty[0] = 0b1000; // region 3 of chunk 1 is dirty
+    const chunk0 = record({ volumeId: 40, segment: 0, generation: 7, epoch: 0xffff_fff0, bitmap: written });
+    const chunk1 = record({ volumeId: 40, segment: 1, generation: 7, epoch: 0xffff_fff0, dirty });
+    const freed = { ...emptyRecord(4096) };
+    const hello = Buffer.from('written by a version-2 node');
+    await writeV2Disk(path, [
+      { chunk: 0, slot: 0, seq: 5, rec: chunk0 },
+      { chunk: 1, slot: 0, seq: 3, rec: chunk1 },
+      { chunk: 1, slot: 1, seq: 2, rec: record({ volumeId: 40, segment: 1, generation: 6, epoch: 1 }) },
+      { chunk: 2, slot: 1, seq: 4, rec: freed },
+    ], [{ chunk: 0, offset: 0, bytes: hello }]);
+    expect(await versionOnDisk(path)).toBe(2);
+
+    const store = new ChunkStore();
+    const disk = await store.openDisk(path, { chunkSize: CHUNK });
+    expect(disk.sb.formatVersion).toBe(FORMAT_VERSION);
+    expect(await versionOnDisk(path)).toBe(FORMAT_VERSION);
+    // Each record went to the slot NOT holding the newest one (seq + 1); the previous record is still there.
+    expect(disk.chunks.slice(0, 4).map((c) => [c.newestSlot, c.seq])).toEqual([[1, 6], [1, 4], [0, 5], [-1, 0]]);
+    expect([await magicAt(path, 0, 1), await magicAt(path, 0, 0)]).toEqual([RECORD_MAGIC, RECORD_MAGIC_V2]);
+    expect([await magicAt(path, 1, 1), await magicAt(path, 1, 0)]).toEqual([RECORD_MAGIC, RECORD_MAGIC_V2]);
+    expect([await magicAt(path, 2, 0), await magicAt(path, 2, 1)]).toEqual([RECORD_MAGIC, RECORD_MAGIC_V2]);
+    expect((await readAt(path, slotAt(3, 0), 2 * layout.recordSize)).every((b) => b === 0)).toBe(true); // never used: untouched
+    expect(disk.chunks[0]!.rec).toEqual(chunk0);
+    expect(disk.chunks[1]!.rec).toEqual(chunk1);
+    expect(disk.chunks[2]!.owned).toBe(false);
+    expect(store.volumes.get(40)!.epoch).toBe(0xffff_fff0);
+    expect((await read(store.lookup(40, 0, 0)!, 0, hello.length)).equals(hello)).toBe(true);
+    expect(testBit(store.lookup(40, 1, 0)!.rec.dirty, 3)).toBe(true);
+
+    // From now on epochs pass 2^32.
+    await store.fence(40, 2 ** 32 + 1, 2 ** 32);
+    await store.close();
+    const again = new ChunkStore();
+    const reopened = await again.openDisk(path, { chunkSize: CHUNK });
+    expect(reopened.chunks.slice(0, 2).map((c) => c.seq)).toEqual([7, 5]); // nothing rewritten on a version-3 open
+    expect(again.listChunks().map((c) => [c.rec.epoch, c.rec.generation])).toEqual([[2 ** 32 + 1, 2 ** 32], [2 ** 32 + 1, 2 ** 32]]);
+    expect(() => again.admit(40, 1)).toThrow(StaleEpochError);
+    expect(() => again.admit(40, 0xffff_fff0)).toThrow(StaleEpochError);
+    expect((await read(again.lookup(40, 0, 0)!, 0, hello.length)).equals(hello)).toBe(true);
+    await again.close();
+  });
+
+  it('finishes an upgrade a crash interrupted (some records already version 3, one torn)', async () => {
+    const path = nextPath();
+    const rec0 = record({ volumeId: 41, segment: 0, generation: 2, epoch: 9 });
+    const rec1 = record({ volumeId: 41, segment: 1, generation: 2, epoch: 9 });
+    await writeV2Disk(path, [
+      { chunk: 0, slot: 0, seq: 5, rec: rec0 },
+      { chunk: 0, slot: 1, seq: 6, rec: rec0, v3: true }, // rewritten before the crash
+      { chunk: 1, slot: 0, seq: 3, rec: rec1 },
+      { chunk: 1, slot: 1, seq: 4, rec: rec1, garbage: true }, // torn by the crash
+    ]);
+    const store = new ChunkStore();
+    const disk = await store.openDisk(path, { chunkSize: CHUNK });
+    expect(await versionOnDisk(path)).toBe(FORMAT_VERSION);
+    expect(disk.chunks.slice(0, 2).map((c) => [c.newestSlot, c.seq])).toEqual([[1, 6], [1, 4]]);
+    expect([await magicAt(path, 0, 1), await magicAt(path, 1, 1)]).toEqual([RECORD_MAGIC, RECORD_MAGIC]);
+    expect(store.listChunks().map((c) => c.rec)).toEqual([rec0, rec1]);
+    await store.close();
   });
 });
 
