@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { MAX_DATA_PAYLOAD, MAX_INFLIGHT_PER_CONNECTION } from '../shared/constants.js';
-import { encodeErrorMessage, encodeReplyHeader, requestFrameSpec } from '../shared/data-protocol/codec.js';
+import { checkRequestCounters, encodeErrorMessage, encodeReplyHeader, requestFrameSpec } from '../shared/data-protocol/codec.js';
 import { Flag, Opcode, REPLY_HEADER_SIZE, Status, opcodeName, type RequestHeader } from '../shared/data-protocol/frame.js';
 import { InvalidArgumentError, errorMessage } from '../shared/errors.js';
 import { BufferPool, COMMON_IO_SIZES } from '../shared/buffer-pool.js';
@@ -155,6 +155,7 @@ class Connection {
     if (this.trace) this.log.debug({ op: opcodeName(h.opcode), id: h.requestId, vol: h.volumeId, seg: h.segment, slot: h.slot, off: h.offset, len: h.length }, 'request');
     try {
       if ((h.flags & ~KNOWN_FLAGS) !== 0) throw new InvalidArgumentError(`unknown flags 0x${h.flags.toString(16)}`);
+      checkRequestCounters(h); // an epoch or generation above 2^53-1: BAD_REQUEST, never truncated
       switch (h.opcode) {
         case Opcode.READ: return this.read(h);
         case Opcode.WRITE: return this.write(h, payload);

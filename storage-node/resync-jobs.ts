@@ -1,3 +1,4 @@
+import { isCounter } from '../shared/counters.js';
 import { InvalidArgumentError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { ResyncTask__Output } from '../proto/generated/vsky/common/ResyncTask.js';
@@ -53,6 +54,10 @@ export class ResyncJobs {
     if (target.diskId !== '' && (target.diskId !== chunk.disk.id || target.chunkIndex !== chunk.index)) {
       throw new NoChunkError(`CopyChunk: volume ${task.volumeId} segment ${task.segment} slot ${target.slot} is chunk ${chunk.index} of disk ${chunk.disk.id} here, not chunk ${target.chunkIndex} of disk ${target.diskId}`,
         { resync: task.resyncId });
+    }
+    if (!isCounter(task.epoch) || !isCounter(task.generation)) {
+      // uint64 on the wire: a value above 2^53-1 arrives as an inexact number; refuse it, never round it.
+      throw new InvalidArgumentError(`CopyChunk: epoch ${task.epoch} and generation ${task.generation} must be 0..2^53-1`, { resync: task.resyncId });
     }
     if (task.sources.length === 0) throw new InvalidArgumentError('CopyChunk: at least one source is required', { resync: task.resyncId });
     for (const src of task.sources) {

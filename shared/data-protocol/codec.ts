@@ -1,5 +1,6 @@
 import { MAX_DATA_PAYLOAD } from '../constants.js';
-import { ProtocolError } from '../errors.js';
+import { MAX_COUNTER } from '../counters.js';
+import { InvalidArgumentError, ProtocolError } from '../errors.js';
 import type { FrameSpec } from '../frame-decoder.js';
 import {
   MAX_ERROR_MESSAGE, Opcode, REPLY_HEADER_SIZE, REPLY_MAGIC, REQUEST_HEADER_SIZE, REQUEST_MAGIC,
@@ -8,10 +9,19 @@ import {
 
 // Pure encoders/decoders for the data protocol's headers. Encoders write into
 // a caller-owned buffer (reused per connection); decoders validate everything
-// a peer controls and throw ProtocolError on nonsense.
+// a peer controls and throw ProtocolError on nonsense that breaks the stream.
+// u64 fields go as two u32 halves read into a number (hi * 2^32 + lo): no
+// BigInt, nothing allocated per request beyond the decoded header.
 
 const TWO_32 = 0x1_0000_0000;
+/** High word of the largest u64 a JS number holds exactly (2^53-1 = 0x1fffff_ffffffff). */
+const MAX_SAFE_HI = 0x1f_ffff;
 
+/**
+ * Encodes a request header. `epoch`, `generation` and `offset` are
+ * integers in 0..2^53-1; a larger one (tests) is written as the u64 nearest
+ * to it, never cut to its low bits, and the node refuses it.
+ */
 export function encodeRequestHeader(h: RequestHeader, buf: Buffer, at = 0): Buffer {
   buf.writeUInt32BE(REQUEST_MAGIC, at);
   buf[at + 4] = h.opcode;
@@ -21,14 +31,20 @@ export function encodeRequestHeader(h: RequestHeader, buf: Buffer, at = 0): Buff
   buf.writeUInt32BE(h.requestId >>> 0, at + 8);
   buf.writeUInt32BE(h.volumeId >>> 0, at + 12);
   buf.writeUInt32BE(h.segment >>> 0, at + 16);
-  buf.writeUInt32BE(h.epoch >>> 0, at + 20);
-  buf.writeUInt32BE(Math.floor(h.offset / TWO_32), at + 24);
-  buf.writeUInt32BE(h.offset % TWO_32, at + 28);
-  buf.writeUInt32BE(h.length >>> 0, at + 32);
-  buf.writeUInt32BE(h.generation >>> 0, at + 36);
+  buf.writeUInt32BE(h.length >>> 0, at + 20);
+  writeU64(buf, at + 24, h.offset);
+  writeU64(buf, at + 32, h.epoch);
+  writeU64(buf, at + 40, h.generation);
   return buf;
 }
 
+/**
+ * Decodes a request header; throws ProtocolError on a frame that cannot be
+ * trusted to delimit the stream (bad magic, reserved byte, offset >= 2^53, a
+ * WRITE above the payload limit). `epoch` and `generation` decode as
+ * hi * 2^32 + lo: a value above 2^53-1 stays above it (never truncated to a
+ * small one), and checkRequestCounters refuses it as a bad request.
+ */
 export function decodeRequestHeader(buf: Buffer, at = 0): RequestHeader {
   const magic = buf.readUInt32BE(at);
   if (magic !== REQUEST_MAGIC) {
@@ -36,9 +52,9 @@ export function decodeRequestHeader(buf: Buffer, at = 0): RequestHeader {
   }
   if (buf[at + 7] !== 0) throw new ProtocolError('data protocol: reserved byte must be 0');
   const hi = buf.readUInt32BE(at + 24);
-  if (hi >= 0x20_0000) throw new ProtocolError('data protocol: offset beyond 2^53', { hi });
+  if (hi > MAX_SAFE_HI) throw new ProtocolError('data protocol: offset beyond 2^53', { hi });
   const opcode = buf[at + 4]!;
-  const length = buf.readUInt32BE(at + 32);
+  const length = buf.readUInt32BE(at + 20);
   if (opcode === Opcode.WRITE && length > MAX_DATA_PAYLOAD) {
     throw new ProtocolError(`data protocol: write of ${length} bytes exceeds the limit of ${MAX_DATA_PAYLOAD}`, { length });
   }
@@ -49,11 +65,29 @@ export function decodeRequestHeader(buf: Buffer, at = 0): RequestHeader {
     requestId: buf.readUInt32BE(at + 8),
     volumeId: buf.readUInt32BE(at + 12),
     segment: buf.readUInt32BE(at + 16),
-    epoch: buf.readUInt32BE(at + 20),
+    epoch: buf.readUInt32BE(at + 32) * TWO_32 + buf.readUInt32BE(at + 36),
     offset: hi * TWO_32 + buf.readUInt32BE(at + 28),
     length,
-    generation: buf.readUInt32BE(at + 36),
+    generation: buf.readUInt32BE(at + 40) * TWO_32 + buf.readUInt32BE(at + 44),
   };
+}
+
+/**
+ * Refuses (InvalidArgumentError: BAD_REQUEST, for this request only) a
+ * decoded header whose epoch or generation is above 2^53-1. The frame itself
+ * is well formed, so the connection goes on.
+ */
+export function checkRequestCounters(h: RequestHeader): void {
+  if (h.epoch > MAX_COUNTER || h.generation > MAX_COUNTER) {
+    const what = h.epoch > MAX_COUNTER ? 'epoch' : 'generation';
+    throw new InvalidArgumentError(`${what} beyond 2^53-1: epochs and generations are 0..2^53-1`, { volumeId: h.volumeId });
+  }
+}
+
+/** Writes 0 <= v < 2^64 (exact up to 2^53-1) as a big-endian u64: two u32 halves, no BigInt. Negative: RangeError. */
+function writeU64(buf: Buffer, at: number, v: number): void {
+  buf.writeUInt32BE(Math.floor(v / TWO_32), at);
+  buf.writeUInt32BE(v >>> 0, at + 4);
 }
 
 export function encodeReplyHeader(h: ReplyHeader, buf: Buffer, at = 0): Buffer {

@@ -4,7 +4,7 @@ import { REQUEST_HEADER_SIZE, type RequestHeader } from './frame.js';
 // (a RequestTarget, in practice a Replica), how it learns the outcome (a
 // RequestCallback, in practice the mirror's per-I/O object), and the pending
 // entry a NodeConnection keeps per request. Pending entries are recycled, each
-// with its own 40-byte header buffer, so a request allocates nothing here.
+// with its own REQUEST_HEADER_SIZE (48-byte) header buffer, so a request allocates nothing here.
 
 /** Who a request is for: the chunk address, and how to turn a reply status into an error. */
 export interface RequestTarget {

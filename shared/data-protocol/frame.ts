@@ -2,19 +2,24 @@
 // TCP connection per pair, pipelined (many requests in flight, replies matched
 // by request id, not by order). See docs/data-protocol.md.
 //
-// Request header (40 bytes, big-endian):
-//   0  u32 magic 'VSKQ'       4  u8 opcode     5  u8 flags     6  u8 replica slot   7  u8 reserved (0)
-//   8  u32 request id         12 u32 volume id  16 u32 segment index
-//   20 u32 lease epoch        24 u64 offset within the chunk (< 2^53)
-//   32 u32 length             36 u32 generation (FENCE only; 0 otherwise)
+// Request header (48 bytes, big-endian; every u64 on an 8-byte boundary):
+//   0  u32 magic 'VSK2'       4  u8 opcode     5  u8 flags     6  u8 replica slot   7  u8 reserved (0)
+//   8  u32 request id         12 u32 volume id
+//   16 u32 segment index      20 u32 length
+//   24 u64 offset within the chunk (< 2^53)
+//   32 u64 lease epoch        (0..2^53-1; above: BAD_REQUEST)
+//   40 u64 generation         (FENCE only; 0 otherwise; 0..2^53-1; above: BAD_REQUEST)
 //   WRITE is followed by `length` payload bytes; no other request carries a payload.
+//   Epochs and generations never wrap (shared/counters.ts). The 40-byte layout
+//   before it (u32 epoch and generation) had the magic 'VSKQ': a peer of that
+//   layout is refused at its first frame (bad magic), never misread.
 // Reply header (16 bytes, big-endian):
 //   0  u32 magic 'VSKR'       4  u32 request id  8  u32 status   12 u32 payload length
 //   A READ reply with status OK carries the data; an error reply carries a UTF-8 message.
 
-export const REQUEST_MAGIC = 0x56534b51; // 'VSKQ'
+export const REQUEST_MAGIC = 0x56534b32; // 'VSK2' (the 40-byte header of 32-bit epochs was 'VSKQ')
 export const REPLY_MAGIC = 0x56534b52; // 'VSKR'
-export const REQUEST_HEADER_SIZE = 40;
+export const REQUEST_HEADER_SIZE = 48;
 export const REPLY_HEADER_SIZE = 16;
 /** Error messages in replies are truncated to this many bytes. */
 export const MAX_ERROR_MESSAGE = 1024;
@@ -52,7 +57,7 @@ export const Flag = {
 
 export const Status = {
   OK: 0,
-  /** Malformed or nonsensical request (unknown opcode, bad flags, payload on a non-write). */
+  /** Malformed or nonsensical request (unknown opcode, bad flags, an epoch or generation above 2^53-1, payload on a non-write). */
   BAD_REQUEST: 1,
   /** This node holds no chunk for (volume, segment, slot). */
   NO_CHUNK: 2,
@@ -81,9 +86,11 @@ export interface RequestHeader {
   requestId: number;
   volumeId: number;
   segment: number;
+  /** Lease epoch, 0..2^53-1 (u64 on the wire; a decoded value above 2^53-1 is refused, see checkRequestCounters). */
   epoch: number;
   offset: number;
   length: number;
+  /** Volume generation (FENCE), 0..2^53-1 like the epoch. */
   generation: number;
 }
 

@@ -16,7 +16,7 @@ export type { NodeConnectionOptions } from './node-connection-options.js';
 // One pipelined TCP connection from this head to one storage node's data port,
 // shared by every volume with a chunk on that node. Requests are matched to
 // replies by request id (the node may answer out of order). The hot path is
-// allocation-light: pending-request entries (each with its own 40-byte header
+// allocation-light: pending-request entries (each with its own 48-byte header
 // buffer) are recycled (request-window.ts), header and payload go out corked
 // (a burst of requests in one writev: request-writer.ts), replies are read
 // into one reused buffer, and a READ reply that spans socket reads is

@@ -3,6 +3,7 @@ import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
+import { Opcode, REQUEST_HEADER_SIZE, REQUEST_MAGIC } from '../../shared/data-protocol/frame.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { run, tryRun } from '../harness/tools.js';
 import { vsky } from '../harness/vsky.js';
@@ -55,8 +56,8 @@ describe('bad input is refused and the daemons keep serving', () => {
     const [host, port] = addr.split(':');
     expect(await peerClosesAfter(host!, Number(port), randomBytes(4096))).toBe(true);
     // A header with a valid magic but an absurd payload length is refused before allocation.
-    const hdr = Buffer.alloc(40);
-    hdr.writeUInt32BE(0x56534b51, 0); hdr[4] = 2; hdr.writeUInt32BE(0xffffffff, 32);
+    const hdr = Buffer.alloc(REQUEST_HEADER_SIZE);
+    hdr.writeUInt32BE(REQUEST_MAGIC, 0); hdr[4] = Opcode.WRITE; hdr.writeUInt32BE(0xffffffff, 20); // length
     expect(await peerClosesAfter(host!, Number(port), hdr)).toBe(true);
     await stillServing();
   });

@@ -48,13 +48,30 @@ export class RawDataClient {
 
   /** Sends one request (PING with every field 0 unless `h` says otherwise); resolves with its reply. */
   send(h: Partial<RequestHeader>, payload?: Buffer): Promise<Reply> {
+    return this.sendHeader(h, payload, () => {});
+  }
+
+  /**
+   * Sends `h` with the u64 at byte `at` of its header replaced by hi:lo (values
+   * no number holds exactly, e.g. an epoch above 2^53-1); resolves with its reply.
+   */
+  sendPatched(h: Partial<RequestHeader>, at: number, hi: number, lo: number, payload?: Buffer): Promise<Reply> {
+    return this.sendHeader(h, payload, (header) => {
+      header.writeUInt32BE(hi, at);
+      header.writeUInt32BE(lo, at + 4);
+    });
+  }
+
+  private sendHeader(h: Partial<RequestHeader>, payload: Buffer | undefined, patch: (header: Buffer) => void): Promise<Reply> {
     const requestId = this.nextId++;
     const header: RequestHeader = {
       opcode: Opcode.PING, flags: 0, slot: 0, volumeId: 0, segment: 0, epoch: 0, offset: 0, length: payload?.length ?? 0,
       generation: 0, ...h, requestId,
     };
+    const bytes = encodeRequestHeader(header, Buffer.alloc(REQUEST_HEADER_SIZE));
+    patch(bytes);
     const p = new Promise<Reply>((resolve) => this.pending.set(requestId, resolve));
-    this.socket.write(encodeRequestHeader(header, Buffer.alloc(REQUEST_HEADER_SIZE)));
+    this.socket.write(bytes);
     if (payload && payload.length > 0) this.socket.write(payload);
     return p;
   }

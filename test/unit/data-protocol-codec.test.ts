@@ -1,12 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { MAX_DATA_PAYLOAD } from '../../shared/constants.js';
 import {
-  decodeReplyHeader, decodeRequestHeader, encodeErrorMessage, encodeReplyHeader, encodeRequestHeader, replyFrameSpec, requestFrameSpec,
+  checkRequestCounters, decodeReplyHeader, decodeRequestHeader, encodeErrorMessage, encodeReplyHeader, encodeRequestHeader, replyFrameSpec,
+  requestFrameSpec,
 } from '../../shared/data-protocol/codec.js';
 import {
   MAX_ERROR_MESSAGE, Opcode, REPLY_HEADER_SIZE, REQUEST_HEADER_SIZE, Status, opcodeName, type RequestHeader,
 } from '../../shared/data-protocol/frame.js';
-import { ProtocolError } from '../../shared/errors.js';
+import { InvalidArgumentError, ProtocolError } from '../../shared/errors.js';
 import { FrameDecoder, type FrameSpec } from '../../shared/frame-decoder.js';
 
 function req(over: Partial<RequestHeader> = {}): RequestHeader {
@@ -26,13 +27,55 @@ describe('data protocol headers', () => {
     const cases = [
       req(),
       req({ opcode: Opcode.WRITE, flags: 1, slot: 255, requestId: 0xffff_ffff, volumeId: 0xffff_ffff, segment: 0xffff_ffff,
-        epoch: 0xffff_ffff, offset: Number.MAX_SAFE_INTEGER, length: 0xffff_ffff, generation: 0xffff_ffff }),
+        epoch: Number.MAX_SAFE_INTEGER, offset: Number.MAX_SAFE_INTEGER, length: 0xffff_ffff, generation: Number.MAX_SAFE_INTEGER }),
       req({ opcode: Opcode.FENCE, offset: 2 ** 32 + 5, generation: 9 }),
+      // Epochs and generations are u64: values that would collide if cut to 32 bits stay apart.
+      req({ opcode: Opcode.WRITE, epoch: 2 ** 32, generation: 2 ** 32 + 1 }),
+      req({ opcode: Opcode.FENCE, epoch: 2 ** 32 + 5, generation: 2 ** 40 + 3 }),
+      req({ opcode: Opcode.MARK_DIRTY, epoch: 0xffff_ffff, generation: 0xffff_ffff }),
+      req({ opcode: Opcode.FENCE, epoch: Number.MAX_SAFE_INTEGER - 1, generation: 2 ** 52 + 1 }),
     ];
     for (const h of cases) {
       // WRITE length above the limit is refused by the decoder, so keep it legal there.
       const legal = h.opcode === Opcode.WRITE ? { ...h, length: MAX_DATA_PAYLOAD } : h;
-      expect(decodeRequestHeader(encodeReq(legal))).toEqual(legal);
+      const back = decodeRequestHeader(encodeReq(legal));
+      expect(back).toEqual(legal);
+      expect(() => checkRequestCounters(back)).not.toThrow();
+    }
+  });
+
+  it('puts the u64 epoch at 32 and the u64 generation at 40, high word first', () => {
+    const buf = encodeReq(req({ opcode: Opcode.FENCE, epoch: 2 ** 32 + 5, generation: Number.MAX_SAFE_INTEGER }));
+    expect(buf.length).toBe(48);
+    expect(buf.subarray(32, 40).toString('hex')).toBe('0000000100000005');
+    expect(buf.subarray(40, 48).toString('hex')).toBe('001fffffffffffff');
+    expect(buf.readBigUInt64BE(32)).toBe(2n ** 32n + 5n);
+    expect(buf.readBigUInt64BE(40)).toBe(2n ** 53n - 1n);
+  });
+
+  it('refuses an epoch or generation above 2^53-1 as a bad request, never truncating it', () => {
+    for (const field of [32, 40]) {
+      for (const [hi, lo] of [[0x20_0000, 0], [0x20_0000, 1], [0xffff_ffff, 0xffff_ffff], [0x8000_0000, 1]] as const) {
+        const buf = encodeReq(req({ opcode: Opcode.WRITE, epoch: 7, length: 0 }));
+        buf.writeUInt32BE(hi, field);
+        buf.writeUInt32BE(lo, field + 4);
+        // The frame is well formed (the stream goes on): decoding succeeds...
+        const h = decodeRequestHeader(buf);
+        const value = field === 32 ? h.epoch : h.generation;
+        // ...into a number above 2^53-1, never the low bits (lo) or a rounded-down safe value...
+        expect(value).toBeGreaterThan(Number.MAX_SAFE_INTEGER);
+        expect(value).not.toBe(lo);
+        // ...which is refused as BAD_REQUEST (InvalidArgumentError maps to it).
+        expect(() => checkRequestCounters(h)).toThrow(InvalidArgumentError);
+        expect(() => checkRequestCounters(h)).toThrow(field === 32 ? /epoch beyond 2\^53-1/ : /generation beyond 2\^53-1/);
+      }
+      // The largest valid value, high word 0x1fffff: exact.
+      const max = encodeReq(req({ opcode: Opcode.FENCE }));
+      max.writeUInt32BE(0x1f_ffff, field);
+      max.writeUInt32BE(0xffff_ffff, field + 4);
+      const h = decodeRequestHeader(max);
+      expect(field === 32 ? h.epoch : h.generation).toBe(Number.MAX_SAFE_INTEGER);
+      expect(() => checkRequestCounters(h)).not.toThrow();
     }
   });
 
@@ -42,10 +85,13 @@ describe('data protocol headers', () => {
     expect(decodeReplyHeader(buf, 3)).toEqual({ requestId: 0xdead_beef, status: Status.STALE_EPOCH, length: 77 });
   });
 
-  it('rejects bad magic, a non-zero reserved byte and offsets >= 2^53', () => {
+  it('rejects bad magic (the 40-byte layout\'s VSKQ too), a non-zero reserved byte and offsets >= 2^53', () => {
     const bad = encodeReq(req());
     bad[0] = 0x00;
     expect(() => decodeRequestHeader(bad)).toThrow(ProtocolError);
+    const legacy = encodeReq(req());
+    legacy.writeUInt32BE(0x56534b51, 0); // 'VSKQ': a peer still speaking the 32-bit-epoch layout
+    expect(() => decodeRequestHeader(legacy)).toThrow(/bad request magic 0x56534b51/);
     const reserved = encodeReq(req());
     reserved[7] = 1;
     expect(() => decodeRequestHeader(reserved)).toThrow(ProtocolError);
@@ -61,14 +107,17 @@ describe('data protocol headers', () => {
   it('matches the example in docs/data-protocol.md', () => {
     const h = req({ opcode: Opcode.WRITE, flags: 1, slot: 1, requestId: 42, volumeId: 7, segment: 2, epoch: 3, offset: 8192, length: 4096 });
     expect(encodeReq(h).toString('hex')).toBe(
-      '56534b51020101000000002a000000070000000200000003' + '0000000000002000' + '00001000' + '00000000');
+      '56534b32020101000000002a00000007' + '0000000200001000' + '0000000000002000' + '0000000000000003' + '0000000000000000');
+    const fence = req({ opcode: Opcode.FENCE, requestId: 18, volumeId: 7, segment: 0, epoch: 2 ** 32 + 1, offset: 0, length: 0, generation: 2 ** 32 + 3 });
+    expect(encodeReq(fence).toString('hex')).toBe(
+      '56534b32060000000000001200000007' + '0000000000000000' + '0000000000000000' + '0000000100000001' + '0000000100000003');
   });
 
   it('matches the MARK_DIRTY example in docs/data-protocol.md; write-intent requests carry no payload', () => {
     expect([Opcode.MARK_DIRTY, Opcode.CLEAR_DIRTY, opcodeName(8), opcodeName(9)]).toEqual([8, 9, 'MARK_DIRTY', 'CLEAR_DIRTY']);
     const h = req({ opcode: Opcode.MARK_DIRTY, slot: 1, requestId: 17, volumeId: 7, segment: 2, epoch: 4, offset: 1024 * 1024, length: 65536 });
     expect(encodeReq(h).toString('hex')).toBe(
-      '56534b51080001000000001100000007000000020000000' + '4' + '0000000000100000' + '00010000' + '00000000');
+      '56534b3208000100000000110000000' + '7' + '0000000200010000' + '0000000000100000' + '0000000000000004' + '0000000000000000');
     // A length far above the payload limit is fine: nothing follows the header.
     const big = req({ opcode: Opcode.CLEAR_DIRTY, length: 0xffff_ffff });
     expect(requestFrameSpec.payloadLength(decodeRequestHeader(encodeReq(big)))).toBe(0);
@@ -150,7 +199,7 @@ describe('FrameDecoder over the request stream', () => {
     expect(allocations).toBe(0);
     // The real request spec refuses a WRITE above the protocol limit from its header alone.
     const big = encodeReq(req({ opcode: Opcode.WRITE, length: 1 }));
-    big.writeUInt32BE(MAX_DATA_PAYLOAD + 1, 32);
+    big.writeUInt32BE(MAX_DATA_PAYLOAD + 1, 20);
     const dec2 = new FrameDecoder(requestFrameSpec, () => { allocations++; return undefined; });
     dec2.push(big);
     expect(() => dec2.next()).toThrow(/exceeds the limit/);

@@ -288,6 +288,51 @@ describe('storage node data path', () => {
     expectStatus(await write(2, 0, 0, Buffer.from('v2'), 1, 0, 1), Status.OK);
   });
 
+  it('epochs and generations are 64-bit: above 2^32 never taken for a small one, above 2^53-1 a bad request', async () => {
+    const [a] = await diskIds();
+    const E = 2 ** 32;
+    await rpc.allocate(a, 6, identity(8, 0, 0, 2));
+    const before = randomBytes(4096);
+    expectStatus(await write(8, 0, 0, before, 2), Status.OK);
+    // Fenced at 2^32+1, whose low 32 bits are 1: epochs 1, 2 and 2^32 are all below it.
+    expectStatus(await conn.send({ opcode: Opcode.FENCE, volumeId: 8, epoch: E + 1, generation: E + 7 }), Status.OK);
+    for (const stale of [1, 2, E - 1, E]) {
+      expectStatus(await write(8, 0, 0, Buffer.alloc(4096, 0x33), stale), Status.STALE_EPOCH);
+      expectStatus(await conn.send({ opcode: Opcode.WRITE_ZEROES, volumeId: 8, epoch: stale, offset: 0, length: 4096 }), Status.STALE_EPOCH);
+      expectStatus(await conn.send({ opcode: Opcode.MARK_DIRTY, volumeId: 8, epoch: stale, offset: 0, length: 4096 }), Status.STALE_EPOCH);
+      expectStatus(await conn.send({ opcode: Opcode.FENCE, volumeId: 8, epoch: stale }), Status.STALE_EPOCH);
+    }
+    expect((await read(8, 0, 0, 4096)).payload.equals(before)).toBe(true);
+    // The holder's epoch is accepted, a higher one raises it (fenced at 2^32+5, 2^32+4 and 5 are stale).
+    const after = randomBytes(4096);
+    expectStatus(await write(8, 0, 0, after, E + 1), Status.OK);
+    expectStatus(await write(8, 0, 4096, after, E + 5), Status.OK);
+    expectStatus(await write(8, 0, 0, before, E + 4), Status.STALE_EPOCH);
+    expectStatus(await write(8, 0, 0, before, 5), Status.STALE_EPOCH);
+    // gRPC (uint64) reports both exactly.
+    const listed = async () => (await rpc.list()).chunks.filter((c) => c.identity!.volumeId === 8).map((c) => [c.identity!.epoch, c.identity!.generation]);
+    expect(await listed()).toEqual([[E + 5, E + 7]]);
+
+    // Above 2^53-1 on the wire: BAD_REQUEST for that request only; nothing changes and the connection goes on.
+    const tooBig = await conn.sendPatched({ opcode: Opcode.WRITE, volumeId: 8, offset: 0 }, 32, 0x20_0000, 0, Buffer.alloc(4096, 0x44));
+    expectStatus(tooBig, Status.BAD_REQUEST);
+    expect(tooBig.payload.toString()).toMatch(/epoch beyond 2\^53-1/);
+    expectStatus(await conn.sendPatched({ opcode: Opcode.FENCE, volumeId: 8 }, 32, 0xffff_ffff, 0xffff_ffff), Status.BAD_REQUEST);
+    expectStatus(await conn.sendPatched({ opcode: Opcode.FENCE, volumeId: 8, epoch: E + 6 }, 40, 0x20_0000, 7), Status.BAD_REQUEST);
+    expect((await read(8, 0, 0, 4096)).payload.equals(after)).toBe(true);
+    expect(await listed()).toEqual([[E + 5, E + 7]]);
+
+    // Up to 2^53-1 exactly.
+    const MAX = Number.MAX_SAFE_INTEGER;
+    expectStatus(await conn.send({ opcode: Opcode.FENCE, volumeId: 8, epoch: MAX, generation: MAX }), Status.OK);
+    expectStatus(await write(8, 0, 0, before, MAX - 1), Status.STALE_EPOCH);
+    expectStatus(await write(8, 0, 0, before, MAX), Status.OK);
+    expect(await listed()).toEqual([[MAX, MAX]]);
+    // A uint64 above 2^53-1 over gRPC arrives inexact: refused, not rounded.
+    await expect(rpc.allocate(a, 5, { ...identity(9, 0), epoch: '18446744073709551615' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(rpc.allocate(a, 5, { ...identity(9, 0), generation: String(2n ** 53n) })).rejects.toBeInstanceOf(InvalidArgumentError);
+  });
+
   it('control plane refuses conflicting or invalid chunk operations', async () => {
     const [a, b] = await diskIds();
     await expect(rpc.allocate(a, 0, identity(9, 0))).rejects.toBeInstanceOf(ConflictError);
@@ -314,6 +359,8 @@ describe('storage node data path', () => {
     expectStatus(await write(1, 1, 0, Buffer.alloc(16), 6), Status.STALE_EPOCH);
     expect((await read(1, 1, 0, 4096)).payload.equals(before)).toBe(true);
     expect((await read(4, 0, REGION + 500, 11)).payload.toString()).toBe('fresh bytes');
+    // The u64 epoch came back exactly from the chunk record.
+    expectStatus(await write(8, 0, 0, Buffer.alloc(16), Number.MAX_SAFE_INTEGER - 1), Status.STALE_EPOCH);
   });
 
   it('a disk moved to another node is recovered via AddDisk', async () => {
