@@ -15,7 +15,10 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
   const info = (v: VolumeRecord) => volumeView(v, registry, volumeHealth(resyncs, volumes, v.id), leases.state(v));
   const moved = (m: LeaseMove) => ({ info: info(m.volume), epoch: m.epoch, clean: m.clean, waitMs: m.waitMs });
   return {
-    RegisterServer: unary(async (req) => serverView(await registry.registerServer(req), registry)),
+    RegisterServer: unary(async (req) => {
+      const s = await registry.registerServer(req);
+      return { ...serverView(s, registry), volumeEpochs: volumes.epochsOnServer(s.id, (d) => registry.serverOfDisk(d)?.id) };
+    }),
     Heartbeat: unary(async (req) => {
       if (!req.serverId) throw new InvalidArgumentError('Heartbeat needs a server_id');
       return { known: await registry.heartbeat(req.serverId, req.disks) };

@@ -120,6 +120,19 @@ export class Volumes {
     return [...this.byId.values()].map((e) => e.volume);
   }
 
+  /**
+   * The lease epoch of every volume with a chunk on this server (the node
+   * raises its minimum epochs to these at registration: it may have missed
+   * fences while it was down).
+   */
+  epochsOnServer(serverId: string, serverOfDisk: (diskId: string) => string | undefined): { volumeId: number; epoch: number }[] {
+    const out: { volumeId: number; epoch: number }[] = [];
+    for (const { volume, map } of this.byId.values()) {
+      if (map.disks.some((d) => serverOfDisk(d) === serverId)) out.push({ volumeId: volume.id, epoch: volume.epoch });
+    }
+    return out;
+  }
+
   /** The committed volume named `name`, or undefined. */
   find(name: string): VolumeEntry | undefined {
     const id = this.byName.get(name);

@@ -1,6 +1,6 @@
 import { scrubChunk } from './chunk-io.js';
 import { isCounter } from '../shared/counters.js';
-import { ConflictError, InvalidArgumentError, NotFoundError, StaleEpochError } from '../shared/errors.js';
+import { ConflictError, InvalidArgumentError, IoError, NotFoundError, StaleEpochError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { Chunk } from './chunk.js';
 import { ChunkState, MAX_VOLUME_NAME_BYTES, emptyRecord } from './disk-format.js';
@@ -56,6 +56,13 @@ export class ChunkStore {
   private readonly stateListeners = new Set<(disk: Disk) => void>();
   readonly volumes = new Map<number, VolumeEntry>();
   private readonly diskThrottleMibps: number;
+  /**
+   * False from the start of a node that has a manager until the manager's
+   * current epochs were applied (refreshEpochs): a node that was down may have
+   * missed fences, so it takes no mutation before (a higher epoch in a request
+   * may raise the minimum, but does not prove the node is current).
+   */
+  private epochsCurrent = true;
 
   constructor(opts: ChunkStoreOptions = {}) {
     this.diskThrottleMibps = opts.diskThrottleMibps ?? 0;
@@ -106,6 +113,9 @@ export class ChunkStore {
    * volume entry for ensureEpoch().
    */
   admit(volumeId: number, epoch: number): VolumeEntry {
+    if (!this.epochsCurrent) {
+      throw new IoError('this storage node restarted and has not refreshed its volumes\' lease epochs from the manager yet; it takes writes once it has', { volumeId, epoch });
+    }
     const vol = this.volumes.get(volumeId);
     if (!vol) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
     if (epoch < vol.epoch) throw new StaleEpochError(`epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
@@ -133,6 +143,29 @@ export class ChunkStore {
     vol.raising = raising;
     vol.raisingTo = target;
     return raising;
+  }
+
+  /** Mutations wait for refreshEpochs (a node with a manager calls this before it serves). */
+  awaitEpochRefresh(): void {
+    this.epochsCurrent = false;
+  }
+
+  /**
+   * Raises each volume's minimum epoch to the manager's current one (durably),
+   * then admits mutations again. Returns how many volumes were behind.
+   */
+  async refreshEpochs(epochs: readonly { volumeId: number; epoch: number }[]): Promise<number> {
+    const raising: Promise<void>[] = [];
+    for (const { volumeId, epoch } of epochs) {
+      const vol = this.volumes.get(volumeId);
+      if (vol === undefined || epoch <= vol.epoch) continue;
+      this.log.info({ volumeId, from: vol.epoch, to: epoch }, 'lease epoch raised to the manager\'s (fences missed while this node was down)');
+      const p = this.ensureEpoch(vol, epoch);
+      if (p !== undefined) raising.push(p);
+    }
+    await Promise.all(raising);
+    this.epochsCurrent = true;
+    return raising.length;
   }
 
   /** FENCE: raise the volume's epoch (and generation) on every chunk here, durably. */

@@ -64,6 +64,7 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
   const log = moduleLogger('storage-node', { name: opts.name });
   const state = await NodeState.load(opts.dataDir);
   const store = new ChunkStore({ diskThrottleMibps: throttle });
+  if (opts.managerAddress) store.awaitEpochRefresh(); // no writes before the manager's epochs are applied
   if (throttle > 0) log.warn({ diskThrottleMibps: throttle }, `every disk's data I/O is capped at ${throttle} MiB/s (--disk-throttle-mibps)`);
   const resyncs = new ResyncJobs(store);
   const ctx: NodeContext = {

@@ -12,6 +12,9 @@ import { nodeInfo, diskInfo, type NodeContext } from './control-service.js';
 // being down never stops the node: the data path does not need it. A disk
 // whose reported state changes (failed, fault injection) triggers a heartbeat
 // at once, so the manager starts replacing its chunks without waiting a beat.
+// Registration also brings every volume's current lease epoch: the node raises
+// its minimum epochs to them (it may have missed fences while it was down) and
+// takes writes only from then on (ChunkStore.refreshEpochs).
 
 const MIN_BACKOFF_MS = 200;
 const MAX_BACKOFF_MS = 5000;
@@ -66,9 +69,10 @@ export class ManagerLink {
       try {
         if (!this.registered) {
           const info = nodeInfo(this.ctx);
-          await call(this.client, this.client.RegisterServer, info, this.opts.timeoutMs);
+          const reply = await call(this.client, 'RegisterServer', info, this.opts.timeoutMs);
+          const behind = await this.ctx.store.refreshEpochs(reply.volumeEpochs);
           this.registered = true;
-          this.log.info({ manager: this.opts.address, serverId: info.serverId, disks: info.disks?.length }, 'registered with manager');
+          this.log.info({ manager: this.opts.address, serverId: info.serverId, disks: info.disks?.length, epochsRaised: behind }, 'registered with manager');
         } else {
           const reply = await call<HeartbeatRequest, HeartbeatReply__Output>(this.client, this.client.Heartbeat,
             { serverId: this.ctx.state.serverId, disks: this.ctx.store.diskList().map(diskInfo) }, this.opts.timeoutMs);

@@ -215,6 +215,15 @@ describe('take-over and renewal', () => {
     expect(c.leases.renew('head-1', [{ volume: 'gone', epoch: 3 }])).toEqual([{ volume: 'gone', epoch: MAX_COUNTER }]);
   });
 
+  it('a storage node registering gets the current epoch of every volume it holds chunks of', async () => {
+    const { c } = await setup();
+    await c.attachments.attach('v', 'hv0');
+    const serverOf = (d: string) => c.registry.serverOfDisk(d)?.id;
+    const holding = c.registry.listServers().filter((s) => c.volumes.epochsOnServer(s.id, serverOf).length > 0);
+    expect(holding).toHaveLength(3); // 3 replicas on 3 of the 4 servers
+    for (const s of holding) expect(c.volumes.epochsOnServer(s.id, serverOf)).toEqual([{ volumeId: vol(c).id, epoch: 2 }]);
+  });
+
   it('epochs never wrap: a grant at 2^53-1 is refused and changes nothing', async () => {
     const { c, peers } = await setup();
     vol(c).epoch = MAX_COUNTER - 1;

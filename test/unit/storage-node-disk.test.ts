@@ -464,3 +464,28 @@ describe('freeing a chunk scrubs it on disk (rule 7, power loss)', () => {
     await store.close();
   });
 });
+
+describe('a restarted node refreshes its lease epochs before it takes writes', () => {
+  it('takes no mutation until the manager\'s epochs are applied; then a missed fence is in force, durably', async () => {
+    const path = nextPath();
+    let store = new ChunkStore();
+    const disk = await store.openDisk(path, { size: SIZE, chunkSize: CHUNK });
+    await store.allocate(disk.id, 0, identity(31, 0, 4));
+    await store.close();
+    // Restart with a manager: the volume went to epoch 9 elsewhere while this node was down.
+    store = new ChunkStore();
+    await store.openDisk(path, { chunkSize: CHUNK });
+    store.awaitEpochRefresh();
+    expect(() => store.admit(31, 9)).toThrow(IoError);
+    expect(() => store.admit(31, 9)).toThrow(/has not refreshed its volumes' lease epochs/);
+    expect(store.volumes.get(31)!.epoch).toBe(4); // premise: the node still has the old epoch
+    expect(await store.refreshEpochs([{ volumeId: 31, epoch: 9 }, { volumeId: 999, epoch: 3 }])).toBe(1);
+    expect(() => store.admit(31, 8)).toThrow(StaleEpochError); // the holder of epoch 4..8 is fenced here too
+    expect(store.admit(31, 9).epoch).toBe(9);
+    await store.close();
+    store = new ChunkStore();
+    await store.openDisk(path, { chunkSize: CHUNK });
+    expect(() => store.admit(31, 8)).toThrow(StaleEpochError); // durable
+    await store.close();
+  });
+});
