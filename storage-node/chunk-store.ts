@@ -155,6 +155,12 @@ export class ChunkStore {
    * then admits mutations again. Returns how many volumes were behind.
    */
   async refreshEpochs(epochs: readonly { volumeId: number; epoch: number }[]): Promise<number> {
+    // uint64 over gRPC: a value above 2^53-1 arrives inexact. Refuse the lot before raising
+    // anything (an epoch in memory that can never be written would refuse every write).
+    const bad = epochs.find((e) => !isCounter(e.epoch));
+    if (bad !== undefined) {
+      throw new InvalidArgumentError(`manager sent lease epoch ${bad.epoch} for volume ${bad.volumeId}: epochs are 0..2^53-1`, { volumeId: bad.volumeId });
+    }
     const raising: Promise<void>[] = [];
     for (const { volumeId, epoch } of epochs) {
       const vol = this.volumes.get(volumeId);

@@ -204,6 +204,9 @@ describe('64-bit epochs and generations on disk', () => {
     await third.openDisk(disk.path, { chunkSize: CHUNK });
     expect(third.volumes.get(31)!.epoch).toBe(Number.MAX_SAFE_INTEGER);
     expect(() => third.admit(31, Number.MAX_SAFE_INTEGER - 1)).toThrow(StaleEpochError);
+    // The manager's epochs at registration (uint64): one above 2^53-1 changes nothing and is refused.
+    await expect(third.refreshEpochs([{ volumeId: 31, epoch: 2 ** 64 }])).rejects.toBeInstanceOf(InvalidArgumentError);
+    expect(third.volumes.get(31)!.epoch).toBe(Number.MAX_SAFE_INTEGER);
     // Nothing above 2^53-1 is ever accepted for a record.
     await expect(third.allocate(disk.id, 2, identity(32, 0, 2 ** 53))).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(third.allocate(disk.id, 2, { ...identity(32, 0), generation: -1 })).rejects.toBeInstanceOf(InvalidArgumentError);
