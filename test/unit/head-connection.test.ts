@@ -312,7 +312,10 @@ describe('NodeConnection', () => {
     ]);
     expect(Date.now() - started).toBeGreaterThanOrEqual(1450); // 5x the data timeout
     expect(conn.probesSent).toBeGreaterThan(3); // kept alive by answered probes
-    expect(node.seen.filter((h) => h.opcode === Opcode.PING).length).toBe(conn.probesSent);
+    // Every probe reached the node, but the last one may still be on its way when the requests complete (seen under load).
+    const pings = node.seen.filter((h) => h.opcode === Opcode.PING).length;
+    expect(pings).toBeLessThanOrEqual(conn.probesSent);
+    expect(pings).toBeGreaterThanOrEqual(conn.probesSent - 1);
     expect(node.connections).toBe(1);
     // The connection is still fine.
     await conn.request(t, Opcode.WRITE, 0, 2, 0, 4096, Buffer.alloc(4096));
