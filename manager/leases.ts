@@ -134,7 +134,9 @@ export class Leases {
       throw new ConflictError(`volume ${name} is not attached to head ${head.name} (held by ${holder}${v.standbyHead ? `, standby ${this.registry.head(v.standbyHead)?.name ?? v.standbyHead}` : ''}); nothing changed`);
     }
     if (!v.standbyHead) return this.attachments.detach(name, force);
-    await this.move(name, this.registry.head(v.standbyHead) ?? this.registry.resolveHead(v.standbyHead));
+    const standby = this.registry.head(v.standbyHead);
+    if (!standby) throw new ConflictError(`volume ${name}'s standby head ${v.standbyHead} is not registered: detach it first (vsky volume detach ${name} --head ${v.standbyHead})`);
+    await this.move(name, standby);
     await this.attachments.detachStandby(name, force);
   }
 
