@@ -17,7 +17,10 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
   return {
     RegisterServer: unary(async (req) => {
       const s = await registry.registerServer(req);
-      return { ...serverView(s, registry), volumeEpochs: volumes.epochsOnServer(s.id, (d) => registry.serverOfDisk(d)?.id) };
+      return {
+        ...serverView(s, registry), clusterId: core.store.clusterId,
+        volumeEpochs: volumes.epochsOnServer(s.id, (d) => registry.serverOfDisk(d)?.id),
+      };
     }),
     Heartbeat: unary(async (req) => {
       if (!req.serverId) throw new InvalidArgumentError('Heartbeat needs a server_id');

@@ -127,6 +127,13 @@ export class Registry {
     if (!info.serverId) throw new InvalidArgumentError('RegisterServer needs a server_id (the node keeps a UUID in its data directory)');
     parseHostPort(info.dataAddress, 'data address');
     parseHostPort(info.controlAddress, 'control address');
+    const foreign = info.disks.filter((d) => d.clusterId && d.clusterId !== this.store.clusterId);
+    if (foreign.length > 0) {
+      throw new ConflictError(`server ${info.name || info.serverId} has ${foreign.length} disk(s) of another cluster (${foreign.map((d) => `${d.path}: cluster ${d.clusterId}`).join(', ')}; `
+        + `this cluster is ${this.store.clusterId}): it is not adopted, and nothing on it is freed or overwritten. If this manager's database `
+        + 'was lost, restore its data directory (rebuilding it from the storage nodes is not built yet); otherwise remove those disks from the node',
+      { serverId: info.serverId });
+    }
     const now = this.now();
     const batch = this.store.batch();
     let s = this.servers.get(info.serverId);
@@ -143,6 +150,7 @@ export class Registry {
       };
       this.servers.set(s.id, s);
       log.info({ serverId: s.id, name, dataAddress: s.dataAddress, labels: this.labelsOf(s) }, 'server registered');
+      batch.event('server.added', `server:${name}`, readd ? 'added by an admin' : 'registered', { serverId: s.id, dataAddress: s.dataAddress, controlAddress: s.controlAddress });
     } else {
       Object.assign(s, {
         name, dataAddress: info.dataAddress, controlAddress: info.controlAddress, nodeLabels: { ...info.labels },
@@ -204,6 +212,10 @@ export class Registry {
     }
     if (s.state !== 'active') throw new ConflictError(`server ${s.name} is ${s.state}; bring it back (or vsky server add) before adding disks`);
     const info = await this.peers.node.addDisk(s.controlAddress, { path, size, chunkSize: this.opts.chunkSize });
+    if (info.clusterId && info.clusterId !== this.store.clusterId) {
+      throw new ConflictError(`disk ${path} on ${s.name} belongs to cluster ${info.clusterId}, not this one (${this.store.clusterId}): not adopted; `
+        + 'remove it from the node, or zero its first 4 KiB to reuse it (its data is lost)', { path });
+    }
     if (!info.diskId) throw new InvalidArgumentError(`server ${s.name} returned no disk id for ${path}`);
     if (info.chunkSize !== this.opts.chunkSize) {
       throw new ConflictError(`disk ${path} on ${s.name} is formatted with ${formatSize(info.chunkSize)} chunks but the cluster uses ${formatSize(this.opts.chunkSize)}; use another disk or reformat it`);
@@ -232,11 +244,21 @@ export class Registry {
     const h: HeadRecord = {
       id: req.headId, name: req.name || req.headId, controlAddress: req.controlAddress, nbdAddress: req.nbdAddress,
       state: 'active', registeredMs: prev?.registeredMs ?? now, lastHeartbeatMs: now,
+      ...(prev?.intId !== undefined ? { intId: prev.intId } : {}),
     };
     this.heads.set(h.id, h);
-    await this.store.write(this.store.batch().putHead(h));
+    await this.store.write(this.store.batch().putHead(h).event('head.up', `head:${h.name}`, !prev ? 'registered' : prev.state === 'failed' ? 'registered again after it failed' : 'registered again (restarted)', { headId: h.id, controlAddress: h.controlAddress, again: !!prev }));
     log.info({ headId: h.id, name: h.name, controlAddress: h.controlAddress, again: !!prev }, 'head registered');
     return h;
+  }
+
+  /** Forgets a head (XML-RPC deleteHeadServer; the caller checks it holds nothing). A head that registers again is new. */
+  async removeHead(headId: string): Promise<void> {
+    const h = this.heads.get(headId);
+    if (!h) return;
+    this.heads.delete(headId);
+    await this.store.write(this.store.batch().delHead(headId));
+    log.info({ headId, name: h.name }, 'head removed');
   }
 
   async headHeartbeat(headId: string): Promise<boolean> {
@@ -246,7 +268,7 @@ export class Registry {
     if (h.state === 'failed') {
       h.state = 'active';
       log.info({ headId: h.id, name: h.name }, 'head active again: heartbeat received');
-      await this.store.write(this.store.batch().putHead(h));
+      await this.store.write(this.store.batch().putHead(h).event('head.up', `head:${h.name}`, 'heartbeat received again', { headId: h.id }));
       this.hooks?.changed('head active');
     }
     return true;
@@ -287,6 +309,7 @@ export class Registry {
         headsFailed++;
         log.warn({ headId: h.id, name: h.name, silentMs: now - h.lastHeartbeatMs }, `head ${h.name} failed: no heartbeat for ${now - h.lastHeartbeatMs} ms`);
         batch.putHead(h);
+        batch.event('head.failed', `head:${h.name}`, `no heartbeat for ${now - h.lastHeartbeatMs} ms (timeout ${limit} ms)`, { headId: h.id, silentMs: now - h.lastHeartbeatMs });
       }
     }
     if (batch.length > 0) await this.store.write(batch);
@@ -327,6 +350,7 @@ export class Registry {
     s.state = state;
     s.stateReason = reason;
     batch.putServer(s);
+    batch.event(state === 'active' ? 'server.up' : `server.${state}`, `server:${s.name}`, reason, { serverId: s.id, from: line.from });
     this.syncServer(s);
     if (state !== 'active') {
       const disks = new Set(this.disksOf(s.id).map((d) => d.id));
@@ -346,6 +370,7 @@ export class Registry {
       batch.putServer(s);
     }
     batch.putDisk(d);
+    batch.event(draining ? 'drain.started' : 'drain.cancelled', `disk:${d.id}`, reason, { server: s?.name ?? d.serverId, path: d.path });
     this.syncDisk(d);
     log.info({ diskId: d.id, serverId: d.serverId, path: d.path, draining, reason }, `disk ${d.id} ${draining ? 'draining' : 'no longer draining'}: ${reason}`);
     this.hooks?.changed(`disk ${d.id} ${draining ? 'draining' : 'no longer draining'}`);
@@ -359,6 +384,7 @@ export class Registry {
     d.state = state;
     d.stateReason = reason;
     batch.putDisk(d);
+    batch.event(state === 'active' ? 'disk.up' : `disk.${state}`, `disk:${d.id}`, reason, { server: this.servers.get(d.serverId)?.name ?? d.serverId, path: d.path, from: line.from });
     this.syncDisk(d);
     if (state !== 'active') this.hooks?.disksLost(new Set([d.id]), `disk ${d.id} (${d.path}) ${state}: ${reason}`, batch);
     this.hooks?.changed(`disk ${d.id} ${state}`);
@@ -384,6 +410,7 @@ export class Registry {
         this.disks.set(d.id, d);
         batch.putDisk(d);
         log.info({ diskId: d.id, serverId: s.id, path: d.path, chunkCount: d.chunkCount }, 'disk recorded');
+        batch.event('disk.added', `disk:${d.id}`, `reported by server ${s.name}`, { server: s.name, path: d.path, chunks: d.chunkCount, chunkSize: d.chunkSize });
         this.hooks?.changed('disk added');
       } else if (d.state === 'removed') {
         continue; // only AddDisk brings a removed disk back

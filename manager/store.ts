@@ -1,11 +1,12 @@
+import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { CorruptMetadataError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import {
-  chunkMapProblem, type ChunkMapRecord, type DiskRecord, type HeadRecord, type PendingCreateRecord,
-  type ResyncRecord, type ServerRecord, type ToFreeRecord, type VolumeRecord,
+  chunkMapProblem, type ChunkMapRecord, type DiskRecord, type EventDetails, type EventKind, type EventRecord, type HeadRecord,
+  type PendingCreateRecord, type ResyncRecord, type ServerRecord, type ToFreeRecord, type VolumeRecord,
 } from './types.js';
 
 // Cluster metadata in LevelDB. Key layout (JSON values):
@@ -21,6 +22,9 @@ import {
 //   tofree/<disk id>/<index> ToFreeRecord (a chunk to free on its node)
 //   meta/next_resync_id      next resync number ("r<n>" ids are never reused)
 //   resync/<resync id>       ResyncRecord (a replica being rebuilt; see manager/resyncs.ts)
+//   meta/next_int/<space>    next VastSky-style integer id of a space (hsvr, ssvr, pdsk, lvol; manager/xmlrpc/ids.ts)
+//   event/<seq, 20 digits>   EventRecord (the append-only event log, manager/events.ts; not
+//                            part of the snapshot: the event log reads it itself)
 //
 // Every change is one atomic batch, and batches are written one after
 // another in the order they were issued: the async LevelDB binding could
@@ -43,11 +47,28 @@ export interface StoreSnapshot {
 
 type Op = { type: 'put'; key: string; value: unknown } | { type: 'del'; key: string };
 
+/** An event riding in a batch, numbered when the batch is issued (manager/events.ts). */
+export interface BatchEvent {
+  kind: EventKind; target: string; reason: string; details: EventDetails; timeMs?: number;
+  /** The record it became (set by the event sink when the batch is issued). */
+  stamped?: EventRecord;
+}
+
+/** Numbers the events of a batch as it is issued, and hears when they are durable (manager/events.ts). */
+export interface EventSink {
+  stamp(batch: StoreBatch, events: BatchEvent[]): EventRecord[];
+  committed(records: EventRecord[]): void;
+}
+
+/** Event keys sort by sequence number and lie in [EVENT_KEYS.gte, EVENT_KEYS.lt). */
+export const EVENT_KEYS = { gte: 'event/', lt: 'event0' } as const;
+
 const pad = (id: number) => String(id).padStart(10, '0');
 export const keys = {
   format: 'meta/format',
   nextVolumeId: 'meta/next_volume_id',
   nextResyncId: 'meta/next_resync_id',
+  clusterId: 'meta/cluster_id',
   server: (id: string) => `server/${id}`,
   disk: (id: string) => `disk/${id}`,
   head: (id: string) => `head/${id}`,
@@ -56,14 +77,24 @@ export const keys = {
   pending: (id: number) => `pending/${pad(id)}`,
   toFree: (diskId: string, index: number) => `tofree/${diskId}/${pad(index)}`,
   resync: (id: string) => `resync/${id}`,
+  nextIntId: (space: string) => `meta/next_int/${space}`,
+  event: (seq: number) => `event/${String(seq).padStart(20, '0')}`,
 };
 
 /** A typed list of changes that `ManagerStore.write` applies atomically. */
 export class StoreBatch {
   readonly ops: Op[] = [];
+  /** Event log entries that commit with this batch (numbered by `ManagerStore.write`). */
+  readonly events: BatchEvent[] = [];
 
   get length(): number {
-    return this.ops.length;
+    return this.ops.length + this.events.length;
+  }
+
+  /** Records an event in the event log atomically with this batch's changes. */
+  event(kind: EventKind, target: string, reason: string, details: EventDetails = {}): this {
+    this.events.push({ kind, target, reason, details: { ...details } });
+    return this;
   }
 
   putServer(r: ServerRecord): this { return this.put(keys.server(r.id), r); }
@@ -81,6 +112,9 @@ export class StoreBatch {
   putResync(r: ResyncRecord): this { return this.put(keys.resync(r.id), r); }
   delResync(id: string): this { return this.del(keys.resync(id)); }
   putNextResyncId(n: number): this { return this.put(keys.nextResyncId, n); }
+  putNextIntId(space: string, n: number): this { return this.put(keys.nextIntId(space), n); }
+  delHead(id: string): this { return this.del(keys.head(id)); }
+  putEvent(r: EventRecord): this { return this.put(keys.event(r.seq), r); }
 
   private put(key: string, value: unknown): this {
     // Copy now: the caller's record may change before the batch is written.
@@ -96,6 +130,11 @@ export class StoreBatch {
 
 export class ManagerStore {
   private tail: Promise<void> = Promise.resolve();
+  /** Numbers the events batches carry (manager/events.ts); without one they are dropped. */
+  eventSink?: EventSink;
+
+  /** This cluster's id (a UUID made with the database): every disk of the cluster carries it. */
+  clusterId = '';
 
   private constructor(readonly db: Level<string, unknown>, readonly path: string) {}
 
@@ -113,6 +152,13 @@ export class ManagerStore {
       await db.close();
       throw new CorruptMetadataError(`manager database ${path} has format ${String(format)}, this manager reads format ${FORMAT}`, { path });
     }
+    const clusterId = await db.get(keys.clusterId);
+    if (typeof clusterId === 'string') {
+      store.clusterId = clusterId;
+    } else {
+      store.clusterId = randomUUID();
+      await db.put(keys.clusterId, store.clusterId);
+    }
     return store;
   }
 
@@ -122,8 +168,21 @@ export class ManagerStore {
 
   /** Applies the batch atomically, after every batch issued before it. */
   write(batch: StoreBatch): Promise<void> {
+    // Events are numbered here, in the order batches are issued (= the order
+    // they commit), so a reader following the log never skips one.
+    const events = batch.events.length > 0 ? batch.events.splice(0) : [];
+    const stamped = events.length > 0 && this.eventSink ? this.eventSink.stamp(batch, events) : [];
     const ops = batch.ops;
-    const run = this.tail.then(() => (ops.length > 0 ? this.db.batch(ops) : undefined));
+    const run = this.tail.then(() => (ops.length > 0 ? this.db.batch(ops) : undefined)).then(() => {
+      if (stamped.length > 0) this.eventSink?.committed(stamped);
+    });
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Deletes the event log entries below `seq`, after every batch issued before (retention). */
+  trimEvents(seq: number): Promise<void> {
+    const run = this.tail.then(() => this.db.clear({ gte: EVENT_KEYS.gte, lt: keys.event(seq) }));
     this.tail = run.catch(() => undefined);
     return run;
   }
@@ -156,10 +215,12 @@ export class ManagerStore {
             case 'pending': snap.pending.push(value as PendingCreateRecord); break;
             case 'tofree': snap.toFree.push(value as ToFreeRecord); break;
             case 'resync': snap.resyncs.push(value as ResyncRecord); break;
+            case 'event': break; // the event log (large) is read by manager/events.ts: skipped below
             default:
               log.warn({ key }, 'ignoring unknown key in the manager database');
           }
         }
+        if (entries[entries.length - 1]![0].startsWith(EVENT_KEYS.gte)) it.seek(EVENT_KEYS.lt);
       }
     } finally {
       await it.close();

@@ -78,6 +78,7 @@ export class ChunkStore {
   async openDisk(path: string, opts: OpenDiskOptions): Promise<Disk> {
     for (const d of this.disks.values()) if (d.path === path) return d;
     const disk = await Disk.open(path, { throttleMibps: this.diskThrottleMibps, ...opts });
+    if (this.clusterId && !disk.sb.clusterId) await disk.joinCluster(this.clusterId); // added after registration
     const twin = this.disks.get(disk.id);
     if (twin) {
       await disk.close();
@@ -143,6 +144,19 @@ export class ChunkStore {
     vol.raising = raising;
     vol.raisingTo = target;
     return raising;
+  }
+
+  /** The cluster's id once the manager told us (joinCluster); new disks are stamped with it. */
+  clusterId = '';
+
+  /**
+   * Stamps every disk with the cluster's id (the manager's, at registration);
+   * a disk already stamped with another id is refused (ConflictError).
+   */
+  async joinCluster(clusterId: string): Promise<void> {
+    if (!clusterId) return;
+    this.clusterId = clusterId;
+    for (const d of this.disks.values()) await d.joinCluster(clusterId);
   }
 
   /** Mutations wait for refreshEpochs (a node with a manager calls this before it serves). */

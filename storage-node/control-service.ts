@@ -41,6 +41,7 @@ export function diskInfo(disk: Disk): DiskInfo {
     usedChunks: disk.usedChunks(),
     state: disk.reportedState,
     size: disk.sb.diskSize,
+    clusterId: disk.sb.clusterId,
   };
 }
 

@@ -84,6 +84,13 @@ export interface Superblock {
   /** Size of the file/device when it was formatted. */
   diskSize: number;
   createdMs: number;
+  /**
+   * The cluster this disk belongs to (the manager's cluster id, stamped at
+   * the node's first registration), '' while it belongs to none: a manager
+   * never adopts a disk of another cluster. Bytes 88..104 of the superblock,
+   * all zero for none (so disks formatted before it existed read as none).
+   */
+  clusterId: string;
 }
 
 export const ChunkState = { FREE: 0, OWNED: 1 } as const;
@@ -149,6 +156,7 @@ export function encodeSuperblock(sb: Superblock): Buffer {
   writeU64(buf, 64, sb.dataOffset);
   writeU64(buf, 72, sb.diskSize);
   writeU64(buf, 80, sb.createdMs);
+  if (sb.clusterId) uuidToBytes(sb.clusterId).copy(buf, 88);
   buf.writeUInt32BE(crc32(buf.subarray(0, SB_CRC_AT)), SB_CRC_AT);
   return buf;
 }
@@ -184,6 +192,7 @@ export function decodeSuperblock(buf: Buffer): Superblock {
     dataOffset: readU64(buf, 64),
     diskSize: readU64(buf, 72),
     createdMs: readU64(buf, 80),
+    clusterId: isBlank(buf.subarray(88, 104)) ? '' : bytesToUuid(buf.subarray(88, 104)),
   };
   // Geometry must be self-consistent, or we would read and write the wrong places.
   if (sb.regionBits === 0 || sb.regionBits % 8 !== 0) throw new CorruptMetadataError('superblock: invalid region bitmap size', { ...sb });

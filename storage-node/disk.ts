@@ -3,7 +3,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { REGION_BITS_PER_CHUNK } from '../shared/constants.js';
-import { CorruptMetadataError, InvalidArgumentError, IoError, NotFoundError } from '../shared/errors.js';
+import { ConflictError, CorruptMetadataError, InvalidArgumentError, IoError, NotFoundError } from '../shared/errors.js';
 import { moduleLogger, type Logger } from '../shared/logger.js';
 import { Chunk, type ChunkDisk, type Done } from './chunk.js';
 import {
@@ -161,6 +161,24 @@ export class Disk implements ChunkDisk {
     await p<void>((cb) => fs.fdatasync(this.fd, cb));
     this.sb.formatVersion = FORMAT_VERSION;
     this.log.info({ from, to: FORMAT_VERSION, records: older.length }, 'upgraded disk format in place');
+  }
+
+  /**
+   * Stamps the disk with its cluster's id (durably, in the superblock), once:
+   * a disk of another cluster is refused (ConflictError), the same id again
+   * is a no-op.
+   */
+  async joinCluster(clusterId: string): Promise<void> {
+    if (this.sb.clusterId === clusterId) return;
+    if (this.sb.clusterId !== '') {
+      throw new ConflictError(`disk ${this.id} (${this.path}) belongs to cluster ${this.sb.clusterId}, not ${clusterId}: `
+        + 'it holds another cluster\'s data; remove it from this node, or zero its first 4 KiB to reuse it (its data is lost)', { diskId: this.id });
+    }
+    const sb: Superblock = { ...this.sb, clusterId };
+    await writeFully(this.fd, encodeSuperblock(sb), 0);
+    await p<void>((cb) => fs.fdatasync(this.fd, cb));
+    this.sb.clusterId = clusterId;
+    this.log.info({ clusterId }, 'disk joined the cluster');
   }
 
   get faultInjected(): boolean {
@@ -366,7 +384,7 @@ async function format(fd: number, size: number, chunkSize: number): Promise<Supe
   const sb: Superblock = {
     diskId: randomUUID(), formatVersion: FORMAT_VERSION, chunkSize, chunkCount: layout.chunkCount,
     regionBits: REGION_BITS_PER_CHUNK, recordSize: layout.recordSize, tableOffset: layout.tableOffset,
-    dataOffset: layout.dataOffset, diskSize: size, createdMs: Date.now(),
+    dataOffset: layout.dataOffset, diskSize: size, createdMs: Date.now(), clusterId: '',
   };
   // A device may hold old bytes where the table goes: clear them first, so no
   // stale record can ever be taken for ours (records also carry the disk UUID).

@@ -1,4 +1,4 @@
-import { NotFoundError, errorMessage } from '../shared/errors.js';
+import { ConflictError, NotFoundError, errorMessage } from '../shared/errors.js';
 import { call, managerClient, type ManagerClient } from '../shared/grpc.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { HeartbeatReply__Output } from '../proto/generated/vsky/manager/HeartbeatReply.js';
@@ -34,7 +34,7 @@ export class ManagerLink {
   private timer: NodeJS.Timeout | undefined;
   private wake: (() => void) | undefined;
   private running: Promise<void> | undefined;
-  private failing = false;
+  private failing: false | 'unreachable' | 'refused' = false;
   private unsubscribe: (() => void) | undefined;
   private readonly log = moduleLogger('manager-link');
   registered = false;
@@ -70,6 +70,7 @@ export class ManagerLink {
         if (!this.registered) {
           const info = nodeInfo(this.ctx);
           const reply = await call(this.client, 'RegisterServer', info, this.opts.timeoutMs);
+          await this.ctx.store.joinCluster(reply.clusterId);
           const behind = await this.ctx.store.refreshEpochs(reply.volumeEpochs);
           this.registered = true;
           this.log.info({ manager: this.opts.address, serverId: info.serverId, disks: info.disks?.length, epochsRaised: behind }, 'registered with manager');
@@ -88,8 +89,13 @@ export class ManagerLink {
         await this.sleep(this.opts.intervalMs);
       } catch (err) {
         if (err instanceof NotFoundError) this.registered = false;
-        if (!this.failing) this.log.warn({ manager: this.opts.address, err: errorMessage(err) }, 'manager unreachable: retrying');
-        this.failing = true;
+        // Said once per kind of trouble: the manager unreachable, or answering no (e.g. our disks belong to another cluster).
+        const trouble = err instanceof ConflictError ? 'refused' : 'unreachable';
+        if (this.failing !== trouble) {
+          if (trouble === 'refused') this.log.error({ manager: this.opts.address, err: errorMessage(err) }, 'the manager refused this node: retrying');
+          else this.log.warn({ manager: this.opts.address, err: errorMessage(err) }, 'manager unreachable: retrying');
+        }
+        this.failing = trouble;
         await this.sleep(this.registered ? Math.min(backoff, this.opts.intervalMs) : backoff);
         backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
       }

@@ -35,7 +35,7 @@ export class FakeNode {
   constructor(readonly info: Omit<NodeInfo__Output, 'disks'>) {}
 
   addDisk(id: string, chunkCount: number, chunkSize: number, path = `/dev/${id}`): DiskInfo__Output {
-    const info: DiskInfo__Output = { diskId: id, path, chunkSize, chunkCount, usedChunks: 0, state: 'active', size: chunkCount * chunkSize };
+    const info: DiskInfo__Output = { diskId: id, path, chunkSize, chunkCount, usedChunks: 0, state: 'active', size: chunkCount * chunkSize, clusterId: '' };
     this.disks.set(id, { info, chunks: new Map() });
     return info;
   }

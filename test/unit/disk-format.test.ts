@@ -18,7 +18,7 @@ function superblock(): Superblock {
   return {
     diskId: randomUUID(), formatVersion: FORMAT_VERSION, chunkSize, chunkCount: layout.chunkCount, regionBits: BITS,
     recordSize: layout.recordSize, tableOffset: layout.tableOffset, dataOffset: layout.dataOffset, diskSize: size,
-    createdMs: Date.now(),
+    createdMs: Date.now(), clusterId: '',
   };
 }
 
@@ -229,5 +229,16 @@ describe('A/B record slots', () => {
     expect(p.record.state).toBe(ChunkState.FREE);
     expect(p.record.bitmap.every((b) => b === 0)).toBe(true);
     expect(p.record.dirty.every((b) => b === 0)).toBe(true);
+  });
+});
+
+describe('superblock cluster id', () => {
+  it('round-trips, and a disk formatted without one reads as none', () => {
+    const sb = superblock();
+    expect(decodeSuperblock(encodeSuperblock(sb)).clusterId).toBe('');
+    const id = randomUUID();
+    const withId = decodeSuperblock(encodeSuperblock({ ...sb, clusterId: id }));
+    expect(withId.clusterId).toBe(id);
+    expect(withId).toEqual({ ...sb, clusterId: id });
   });
 });

@@ -236,3 +236,28 @@ describe('take-over and renewal', () => {
     expect(vol(c)).toMatchObject({ epoch: MAX_COUNTER, attachedHead: 'head-0' });
   });
 });
+
+describe('cluster identity', () => {
+  it('a node with a disk of another cluster is refused at registration, nothing adopted; its own id is in the reply', async () => {
+    const { c, peers } = await setup();
+    expect(c.store.clusterId).toMatch(/^[0-9a-f-]{36}$/);
+    const stranger = peers.addNode('srv9');
+    stranger.addDisk('d9', 20, CHUNK).clusterId = '11111111-2222-3333-4444-555555555555';
+    const servers = c.registry.listServers().length;
+    await expect(c.registry.registerServer(stranger.nodeInfo())).rejects.toThrow(/disk\(s\) of another cluster.*not adopted, and nothing on it is freed/);
+    expect(c.registry.listServers()).toHaveLength(servers);
+    expect(c.registry.listDisks().some((d) => d.id === 'd9')).toBe(false);
+    // Its own cluster's id (or none yet) is fine.
+    stranger.disks.get('d9')!.info.clusterId = c.store.clusterId;
+    await c.registry.registerServer(stranger.nodeInfo());
+    expect(c.registry.listServers()).toHaveLength(servers + 1);
+  });
+
+  it('the cluster id survives a manager restart', async () => {
+    const { c, peers } = await setup();
+    const id = c.store.clusterId;
+    await c.close();
+    core = await ManagerCore.open({ dataDir: dir, chunkSize: CHUNK, heartbeatTimeoutMs: 5_000, now: () => now }, peers);
+    expect(core.store.clusterId).toBe(id);
+  });
+});

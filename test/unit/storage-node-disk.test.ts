@@ -231,7 +231,7 @@ describe('format version 2 disks (u32 epochs) are upgraded in place on open', ()
     expect(v2layout).toEqual(layout); // same geometry in both versions (4096 regions)
     const sb: Superblock = {
       diskId: randomUUID(), formatVersion: 2, chunkSize: CHUNK, chunkCount: v2layout.chunkCount, regionBits: 4096,
-      recordSize: v2layout.recordSize, tableOffset: v2layout.tableOffset, dataOffset: v2layout.dataOffset, diskSize: SIZE, createdMs: 1,
+      recordSize: v2layout.recordSize, tableOffset: v2layout.tableOffset, dataOffset: v2layout.dataOffset, diskSize: SIZE, createdMs: 1, clusterId: '',
     };
     await writeFile(path, Buffer.alloc(0));
     await truncate(path, SIZE);
@@ -489,6 +489,33 @@ describe('a restarted node refreshes its lease epochs before it takes writes', (
     store = new ChunkStore();
     await store.openDisk(path, { chunkSize: CHUNK });
     expect(() => store.admit(31, 8)).toThrow(StaleEpochError); // durable
+    await store.close();
+  });
+});
+
+describe('cluster identity on every disk', () => {
+  it('a disk joins one cluster, durably; another cluster\'s id is refused and changes nothing', async () => {
+    const path = nextPath();
+    let store = new ChunkStore();
+    const disk = await store.openDisk(path, { size: SIZE, chunkSize: CHUNK });
+    expect(disk.sb.clusterId).toBe('');
+    const cluster = randomUUID();
+    await store.joinCluster(cluster);
+    await store.joinCluster(cluster); // same id again: no-op
+    await store.close();
+    store = new ChunkStore();
+    const reopened = await store.openDisk(path, { chunkSize: CHUNK });
+    expect(reopened.sb.clusterId).toBe(cluster);
+    await expect(store.joinCluster(randomUUID())).rejects.toThrow(/belongs to cluster .* not /);
+    await store.close();
+    store = new ChunkStore();
+    expect((await store.openDisk(path, { chunkSize: CHUNK })).sb.clusterId).toBe(cluster);
+    // A disk added after the node registered is stamped at once.
+    const added = await store.openDisk(nextPath(), { size: SIZE, chunkSize: CHUNK });
+    expect(added.sb.clusterId).toBe('');
+    store.clusterId = cluster;
+    const later = await store.openDisk(nextPath(), { size: SIZE, chunkSize: CHUNK });
+    expect(later.sb.clusterId).toBe(cluster);
     await store.close();
   });
 });
