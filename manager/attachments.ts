@@ -2,6 +2,7 @@ import { ConflictError, InvalidArgumentError, NotFoundError, TimeoutError, Trans
 import { nextCounter } from '../shared/counters.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { AttachVolumeReply__Output } from '../proto/generated/vsky/head/AttachVolumeReply.js';
+import type { EventLog } from './events.js';
 import type { PeerClients } from './node-clients.js';
 import type { Registry } from './registry.js';
 import type { HeadRecord, IscsiAccessRecord, VolumeRecord } from './types.js';
@@ -51,6 +52,7 @@ export interface GrantOptions {
 
 export class Attachments {
   listener?: AttachListener;
+  events?: EventLog;
 
   constructor(
     private readonly volumes: Volumes,
@@ -82,6 +84,7 @@ export class Attachments {
       log.warn({ volume: name, from: holderName, to: head.name, leaseLeftMs: left, forced: left > 0 },
         left > 0 ? 'FORCED take-over: the holder\'s lease was still renewed (--force)' : 'take-over: the holder\'s lease expired');
       await this.grantLocked(entry, head, { reconcile: true, standby: '' });
+      void this.events?.record('lease.takeover', `volume:${name}`, left > 0 ? `FORCED take-over by ${head.name}: ${holderName}'s lease was still renewed (--force)` : `take-over by ${head.name}: ${holderName}'s lease expired`, { from: holderName, to: head.name, epoch: volume.epoch, forced: left > 0, leaseLeftMs: Math.max(0, left) });
       for (const h of dropped) this.dropHead(h, name);
       return volume;
     });
@@ -108,6 +111,7 @@ export class Attachments {
       });
     } catch (err) {
       vlog.warn({ epoch, err: errorMessage(err) }, 'head refused or failed the attach; the volume is detached');
+      void this.events?.record('volume.attach_failed', `volume:${volume.name}`, `head ${head.name} refused or failed the attach: ${errorMessage(err)}; the volume is detached`, { head: head.name, epoch });
       // The head may have half set it up (or succeeded with a lost reply): best effort to drop it.
       this.dropHead(head.id, volume.name);
       if (volume.attachedHead || volume.standbyHead) {
@@ -130,6 +134,7 @@ export class Attachments {
     }
     await this.volumes.saveVolume(volume);
     vlog.info({ epoch, nbdUri: reply.nbdUri, head: head.name, standby: opts.standby || undefined }, 'volume attached: write lease granted');
+    void this.events?.record('volume.attached', `volume:${volume.name}`, `write lease granted to head ${head.name}`, { head: head.name, epoch, previousHead: previous.head ? (this.registry.head(previous.head)?.name ?? previous.head) : '', standby: volume.standbyHead ? (this.registry.head(volume.standbyHead)?.name ?? volume.standbyHead) : '', reconcile: opts.reconcile === true, nbdUri: reply.nbdUri });
     this.listener?.attached(volume.id, mapVersion);
     return volume;
   }
@@ -154,6 +159,7 @@ export class Attachments {
       volume.standbyIscsiUrl = reply.iscsiUrl;
       await this.volumes.saveVolume(volume);
       log.info({ volumeId: volume.id, volume: name, holder, standby: head.name, epoch: volume.epoch }, 'volume attached as a standby (live migration)');
+      void this.events?.record('volume.standby_attached', `volume:${name}`, `live migration: head ${head.name} attached as a standby next to ${holder}`, { head: head.name, holder, epoch: volume.epoch });
       return volume;
     });
   }
@@ -200,6 +206,7 @@ export class Attachments {
       }
       if (volume.standbyHead) await this.detachStandbyLocked(volume, force);
       if (volume.attachedHead) await this.detachFrom(volume, volume.attachedHead, force);
+      void this.events?.record('volume.detached', `volume:${name}`, force ? 'detached (--force)' : 'detached', { head: this.registry.head(volume.attachedHead)?.name ?? volume.attachedHead, force, epoch: volume.epoch });
       clearAttachment(volume);
       await this.volumes.saveVolume(volume);
       log.info({ volumeId: volume.id, volume: name, force, epoch: volume.epoch }, 'volume detached');
@@ -219,6 +226,7 @@ export class Attachments {
     clearStandby(volume);
     await this.volumes.saveVolume(volume);
     log.info({ volumeId: volume.id, volume: volume.name, head: this.registry.head(standby)?.name ?? standby }, 'standby head detached');
+    void this.events?.record('volume.standby_detached', `volume:${volume.name}`, `standby head ${this.registry.head(standby)?.name ?? standby} detached${force ? ' (--force)' : ''}`, { head: this.registry.head(standby)?.name ?? standby, force, epoch: volume.epoch });
   }
 
   /** Asks a head to flush and drop the volume; without force, an unreachable or failed head is an error. */

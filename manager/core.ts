@@ -2,6 +2,7 @@ import { InvalidArgumentError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import { Attachments } from './attachments.js';
 import { Decommission } from './decommission.js';
+import { EventLog } from './events.js';
 import { Failures } from './failures.js';
 import { ChunkFreer, GarbageCollector } from './gc.js';
 import { MapPusher } from './map-pusher.js';
@@ -39,6 +40,8 @@ export interface CoreOptions {
   resyncLimits?: Partial<SchedulerLimits>;
   /** Hot-spare mode: replacements for failed replicas only on these disks (default: anywhere in the pool). */
   spareDisks?: string[];
+  /** Events the event log keeps (default 100,000; manager/events.ts). */
+  eventRetention?: number;
 }
 
 export interface StatusData {
@@ -67,6 +70,8 @@ export class ManagerCore {
     readonly failures: Failures,
     readonly resyncs: Resyncs,
     readonly chunkSize: number,
+    /** The append-only event log (manager/events.ts): every state change, with time, target and reason. */
+    readonly events: EventLog,
   ) {}
 
   static async open(opts: CoreOptions, peers: PeerClients): Promise<ManagerCore> {
@@ -79,6 +84,8 @@ export class ManagerCore {
     try {
       const snap = await store.load();
       const loadedMs = Date.now() - started;
+      // Before anything writes: batches carrying events need it to number them.
+      const events = await EventLog.open(store, { retention: opts.eventRetention, now: opts.now });
       const model = new PlacementModel();
       if (opts.leaseTtlMs !== undefined && !(opts.leaseTtlMs > 0)) throw new InvalidArgumentError(`invalid lease TTL ${opts.leaseTtlMs} ms`);
       const registry = new Registry(store, model, peers, {
@@ -146,11 +153,14 @@ export class ManagerCore {
       };
       volumes.hooks = { deleting: (id, batch) => resyncs.volumeDeleting(id, batch), deleted: (id) => resyncs.volumeDeleted(id) };
       const leases = new Leases(volumes, registry, peers, attachments, opts.leases);
+      attachments.events = events;
+      leases.events = events;
+      gc.events = events;
       const core = new ManagerCore(store, model, registry, volumes, attachments, leases,
-        new Decommission(store, registry, volumes, peers), freer, gc, pusher, failures, resyncs, opts.chunkSize);
+        new Decommission(store, registry, volumes, peers), freer, gc, pusher, failures, resyncs, opts.chunkSize, events);
       log.info({
         dataDir: opts.dataDir, servers: snap.servers.length, disks: snap.disks.length, heads: snap.heads.length,
-        volumes: snap.volumes.length, pendingRolledBack: snap.pending.length, toFree: freer.size, resyncs: snap.resyncs.length,
+        volumes: snap.volumes.length, pendingRolledBack: snap.pending.length, toFree: freer.size, resyncs: snap.resyncs.length, latestEventSeq: events.latestSeq,
         loadMs: loadedMs, ms: Date.now() - started,
       }, 'metadata loaded');
       return core;

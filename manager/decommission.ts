@@ -62,6 +62,7 @@ export class Decommission {
     if (used.chunks > 0 && !force) {
       s.draining = true;
       batch.putServer(s);
+      batch.event('drain.started', `server:${s.name}`, `removed by an admin: ${used.chunks} chunk(s) on ${disks.length} disk(s) are moved elsewhere first`, { serverId: s.id, chunks: used.chunks, disks: disks.length });
       for (const d of disks) this.registry.setDraining(d, true, `server ${s.name} removed by an admin: its chunks are moved elsewhere first`, batch);
       await this.store.write(batch);
       log.info({ serverId: s.id, name: s.name, disks: disks.length, chunks: used.chunks }, `server ${s.name} draining: ${used.chunks} chunk(s) are moved elsewhere, then it is removed`);

@@ -132,6 +132,8 @@ export class DrainPlanner {
         rec.kind = 'rebuild';
         batch.putResync(rec);
       }
+      batch.event('drain.converted', `volume:${volume.name}`, `seg ${segment} slot ${r % map.replicas} went stale while drained: its drain copy now rebuilds it`,
+        { segment, slot: r % map.replicas, resync: rec?.id ?? '', disk: move.diskId, chunk: move.chunkIndex });
       log.warn({ volume: volume.name, segment, slot: r % map.replicas, target: move, resync: rec?.id },
         `${volume.name} seg ${segment} slot ${r % map.replicas} went stale while drained: its drain copy ${rec?.id ?? ''} now rebuilds it`);
     }
@@ -178,6 +180,8 @@ export class DrainPlanner {
       }
       setMove(it.entry.map, it.r, target);
       made.push({ it, to, rec: this.record(it, target, batch) });
+      batch.event('drain.target_placed', `volume:${it.entry.volume.name}`, `drain of disk ${it.disk.id}: seg ${it.segment} slot ${it.slot} will be copied to disk ${to.diskId}`,
+        { segment: it.segment, slot: it.slot, resync: made.at(-1)!.rec.id, from: `${it.from.diskId}#${it.from.chunkIndex}`, disk: to.diskId, chunk: to.chunkIndex, server: this.ctx.registry.server(to.serverId)?.name ?? to.serverId });
     });
     for (const id of new Set(made.map((m) => m.it.entry))) batch.putChunkMap(id.map);
     this.ctx.freer.stage(batch, toFree);
@@ -284,6 +288,7 @@ export class DrainPlanner {
     const servers = new Set<string>();
     for (const d of done) {
       delete d.draining;
+      batch.event('drain.finished', `disk:${d.id}`, 'every replica was copied elsewhere; the disk is removed', { server: this.ctx.registry.server(d.serverId)?.name ?? d.serverId, path: d.path });
       this.ctx.registry.setDiskState(d, 'removed', 'drained: every replica was copied elsewhere first', batch);
       this.notes.delete(d.id);
       servers.add(d.serverId);
@@ -292,6 +297,7 @@ export class DrainPlanner {
       const s = this.ctx.registry.server(id);
       if (s?.draining && this.ctx.registry.disksOf(id).every((d) => d.state === 'removed')) {
         delete s.draining;
+        batch.event('drain.finished', `server:${s.name}`, 'its last disk is drained; the server is removed', { serverId: s.id });
         this.ctx.registry.setServerState(s, 'removed', 'drained: every replica was copied elsewhere first', batch);
       }
     }

@@ -65,6 +65,7 @@ export class Failures {
       });
       if (marked.length === 0) continue;
       batch.putChunkMap(map);
+      batch.event('replica.stale', `volume:${volume.name}`, reason, { replicas: marked.length, segmentSlots: marked.slice(0, 16).join(' '), disks: [...diskIds].join(' ') });
       total += marked.length;
       this.toPush.add(volume.id);
       log.warn({ volumeId: volume.id, volume: volume.name, replicas: marked.length, segmentSlots: marked.slice(0, 16) },
@@ -117,6 +118,8 @@ export class Failures {
       }
       setReplicaState(map, x.r, 'stale');
       batch.putChunkMap(map);
+      batch.event('replica.stale', `volume:${volume.name}`, `reported by head ${head}: ${req.reason || 'no reason given'}`,
+        { segment: req.segment, slot: x.slot, idSlot: x.idSlot, was: x.state, head, epoch: req.epoch, disk: x.diskId, chunk: x.chunkIndex });
       log.warn({ volumeId: volume.id, volume: volume.name, segment: req.segment, slot: x.slot, idSlot: x.idSlot, was: x.state, head, epoch: req.epoch },
         `replica seg ${req.segment} slot ${x.slot} of ${volume.name} stale: reported by head ${head}: ${req.reason || 'no reason given'}`);
     }
@@ -134,6 +137,8 @@ export class Failures {
     const toFree: ToFreeRecord[] = [{ diskId: x.diskId, chunkIndex: x.chunkIndex, volumeId: volume.id, segment, idSlot: x.idSlot,
       reason: `drain target of seg ${segment} slot ${x.slot} failed a write`, sinceMs: this.registry.now() }];
     const batch = this.store.batch().putChunkMap(map);
+    batch.event('drain.target_dropped', `volume:${volume.name}`, `reported failing a write by head ${head}: ${reason || 'no reason given'}; the drain picks another`,
+      { segment, slot: x.slot, disk: x.diskId, chunk: x.chunkIndex, head });
     this.freer.stage(batch, toFree);
     await this.store.write(batch);
     this.freer.track(toFree);

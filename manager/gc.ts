@@ -1,5 +1,6 @@
 import { VskyError, errorMessage } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
+import type { EventLog } from './events.js';
 import { mapLimit, type PeerClients } from './node-clients.js';
 import { FOREIGN_OWNER, type PlacementModel } from './placement.js';
 import type { Registry } from './registry.js';
@@ -37,6 +38,12 @@ function classify(err: unknown): 'retry' | 'conflict' | 'done' {
 const MAX_CONFLICTS = 5;
 
 const keyOf = (diskId: string, index: number) => `${diskId}/${index}`;
+
+/** The distinct values, comma-separated, the first few only ("a, b, c (+4 more)"). */
+function summarize(values: string[], max = 4): string {
+  const distinct = [...new Set(values)];
+  return distinct.slice(0, max).join(', ') + (distinct.length > max ? ` (+${distinct.length - max} more)` : '');
+}
 
 export class ChunkFreer {
   /**
@@ -134,6 +141,9 @@ export class ChunkFreer {
       if (done.length > 0) {
         const batch = this.store.batch();
         for (const r of done) batch.delToFree(r.diskId, r.chunkIndex);
+        const ok = results.filter((r) => r.status === 'fulfilled').length;
+        batch.event('gc.freed', 'cluster', `${ok} chunk(s) freed on their nodes${done.length > ok ? `, ${done.length - ok} dropped from the to-free list (refused by their node)` : ''}: ${summarize(done.map((r) => r.reason))}`,
+          { chunks: ok, dropped: done.length - ok, disks: summarize(done.map((r) => r.diskId)), volumeIds: summarize(done.map((r) => String(r.volumeId))) });
         await this.store.write(batch);
         for (const r of done) {
           this.entries.delete(keyOf(r.diskId, r.chunkIndex));
@@ -165,6 +175,8 @@ export interface GcReportData {
 
 export class GarbageCollector {
   private chain: Promise<unknown> = Promise.resolve();
+  /** Where chunks freed by a pass are recorded (manager/core.ts wires it). */
+  events?: EventLog;
 
   constructor(
     private readonly freer: ChunkFreer,
@@ -187,6 +199,10 @@ export class GarbageCollector {
     const listed = await this.freer.free();
     const orphans = await this.freeOrphans();
     const report = { chunksFreed: listed.freed + orphans.freed, pendingRolledBack };
+    if (orphans.freed > 0) {
+      void this.events?.record('gc.freed', 'cluster', `GC (${reason}) freed ${orphans.freed} chunk(s) no volume references (left by interrupted creates or deletes)`,
+        { chunks: orphans.freed, orphans: true });
+    }
     log.info({
       reason, ...report, toFreeFreed: listed.freed, orphansFreed: orphans.freed, toFreeLeft: listed.left,
       unreachable: orphans.unreachable, ms: Date.now() - started,

@@ -2,6 +2,7 @@ import { InvalidArgumentError } from '../shared/errors.js';
 import { unary } from '../shared/grpc.js';
 import type { ManagerHandlers } from '../proto/generated/vsky/manager/Manager.js';
 import type { ManagerCore } from './core.js';
+import { eventView } from './events.js';
 import type { LeaseMove } from './leases.js';
 import { resyncListView, volumeHealth } from './resync-views.js';
 import type { VolumeRecord } from './types.js';
@@ -102,5 +103,10 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
 
     Status: unary(async () => ({ ...core.status(), volumeList: volumes.list().map(info) })),
     CollectGarbage: unary(async () => gc.run('requested')),
+    ListEvents: unary(async (req) => {
+      const latestSeq = core.events.latestSeq; // before the read: every matching event up to it is in the answer (unless limited)
+      const events = await core.events.list({ afterSeq: req.afterSeq > 0 ? req.afterSeq : undefined, limit: req.limit, target: req.target, kind: req.kind });
+      return { events: events.map(eventView), latestSeq };
+    }),
   };
 }

@@ -2,6 +2,7 @@ import { ConflictError, InvalidArgumentError, NotFoundError, TimeoutError, Trans
 import { MAX_COUNTER } from '../shared/counters.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { Attachments } from './attachments.js';
+import type { EventLog } from './events.js';
 import type { PeerClients } from './node-clients.js';
 import type { Registry } from './registry.js';
 import { holderEpoch, type HeadRecord, type VolumeRecord } from './types.js';
@@ -57,6 +58,7 @@ const MAX_REMEMBERED = 1024;
 export class Leases {
   private readonly moving = new Map<number, Promise<unknown>>();
   private readonly outcomes = new Map<string, Promise<LeaseMove>>();
+  events?: EventLog;
 
   constructor(
     private readonly volumes: Volumes,
@@ -179,6 +181,7 @@ export class Leases {
     if (!clean && from) this.attachments.dropHead(from.id, name);
     log.info({ volume: name, from: from?.name, to: to.name, epoch: volume.epoch, clean, ms: Date.now() - started },
       clean ? 'write lease handed off' : 'write lease taken over after the holder\'s lease expired');
+    void this.events?.record(clean ? 'lease.handoff' : 'lease.takeover', `volume:${name}`, clean ? `write lease handed off from ${from?.name} to ${to.name}` : `write lease taken over by ${to.name}: the holder ${from?.name ?? '(none)'} did not release it and its lease expired`, { from: from?.name ?? '', to: to.name, epoch: volume.epoch, clean, waitMs: Date.now() - started });
     return done(volume, clean);
   }
 
@@ -217,6 +220,7 @@ export class Leases {
   /** The grant to the new holder failed after a clean release: the old holder takes the lease back (new epoch). */
   private async rollBack(e: Parameters<Attachments['grantLocked']>[0], from: HeadRecord, cause: unknown): Promise<void> {
     log.warn({ volume: e.volume.name, to: from.name, err: errorMessage(cause) }, 'hand-off failed at the destination: giving the lease back to the source');
+    void this.events?.record('lease.handoff_failed', `volume:${e.volume.name}`, `hand-off failed at the destination: ${errorMessage(cause)}; the lease goes back to ${from.name}`, { to: from.name, epoch: e.volume.epoch });
     try {
       await this.attachments.grantLocked(e, from, { standby: '' });
     } catch (err) {

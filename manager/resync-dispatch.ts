@@ -142,6 +142,8 @@ export class ResyncDispatcher {
         volume.epoch += 1;
         volume.resyncEpoch = volume.epoch;
         batch.putVolume(volume);
+        batch.event('lease.resync_epoch', `volume:${volume.name}`, `epoch granted to storage-node resync copies${volume.attachedHead ? ' (its head is gone: this fences it)' : ''}`,
+          { epoch: volume.epoch, fencedHead: this.ctx.registry.head(volume.attachedHead)?.name ?? volume.attachedHead });
         log.info({ volumeId: volume.id, volume: volume.name, epoch: volume.epoch, fencedHead: volume.attachedHead || undefined },
           `lease epoch ${volume.epoch} of ${volume.name} granted to storage-node resync copies${volume.attachedHead ? ' (its head is gone: this fences it)' : ''}`);
       }
@@ -156,6 +158,12 @@ export class ResyncDispatcher {
     rt.redispatch = false;
     rt.lastProgressMs = this.ctx.registry.now();
     batch.putResync(rec);
+    if (!same) {
+      batch.event('resync.started', `volume:${volume.name}`, `${rec.kind === 'drain' ? 'drain copy' : 'rebuild'} of seg ${rec.segment} slot ${rec.slot} by ${who}`, {
+        resync: rec.id, attempt: rec.attempt, kind: rec.kind ?? 'rebuild', segment: rec.segment, slot: rec.slot, executor: who, epoch,
+        sources: sources.join(' '), target: `${rec.target.diskId}#${rec.target.chunkIndex}`, startRegion: rec.regionsDone,
+      });
+    }
     await this.ctx.store.write(batch);
     const task: ResyncTask = {
       resyncId: `${rec.id}.${rec.attempt}`, volumeId: volume.id, volumeName: volume.name, segment: rec.segment, chunkSize: volume.chunkSize,
@@ -181,7 +189,10 @@ export class ResyncDispatcher {
 
   async requeue(rec: ResyncRecord, why: string, quiet = false): Promise<void> {
     if (!quiet) log.warn({ resync: rec.id, executor: rec.executor }, `resync ${rec.id}.${rec.attempt} stopped: ${why}; queued again`);
+    const executor = rec.executor;
     Object.assign(rec, { state: 'queued', executor: '', sources: [], lastError: why });
-    await this.ctx.store.write(this.ctx.store.batch().putResync(rec));
+    const volume = this.ctx.volumes.byVolumeId(rec.volumeId)?.volume.name ?? String(rec.volumeId);
+    await this.ctx.store.write(this.ctx.store.batch().putResync(rec).event('resync.requeued', `volume:${volume}`, why,
+      { resync: rec.id, attempt: rec.attempt, kind: rec.kind ?? 'rebuild', segment: rec.segment, slot: rec.slot, executor }));
   }
 }

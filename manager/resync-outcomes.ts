@@ -46,6 +46,8 @@ export class ResyncOutcomes {
       rt.notBefore = 0;
     }
     log.warn({ resync: rec.id, executor: rec.executor, failures: rec.failures, retarget }, `resync ${rec.id}.${rec.attempt} failed: ${error}${retarget ? `; ${rec.failures} failures onto target ${rec.target.diskId}: a new spare replaces it` : '; retried with a new choice of sources'}`);
+    batch.event('resync.failed', `volume:${entry.volume.name}`, `${error}${retarget ? `; ${rec.failures} failures onto target ${rec.target.diskId}: a new spare replaces it` : '; retried with a new choice of sources'}`,
+      { resync: rec.id, attempt: rec.attempt, kind: rec.kind ?? 'rebuild', segment: rec.segment, slot: rec.slot, executor: rec.executor, failures: rec.failures, retarget });
     Object.assign(rec, { state: 'queued', executor: '', sources: [], lastError: error });
     batch.putResync(rec);
     await this.ctx.store.write(batch);
@@ -78,6 +80,10 @@ export class ResyncOutcomes {
       setReplicaState(map, r, 'in_sync');
     }
     volume.generation += 1;
+    batch.event('resync.finished', `volume:${volume.name}`, move ? `drain copy done: seg ${rec.segment} slot ${rec.slot} now on ${rec.target.diskId}` : `rebuild done: seg ${rec.segment} slot ${rec.slot} in sync`, {
+      resync: rec.id, attempt: rec.attempt, kind: move ? 'drain' : 'rebuild', segment: rec.segment, slot: rec.slot, generation: volume.generation,
+      bytes: rec.bytesCopied, ms: this.ctx.registry.now() - rec.startedMs, target: `${rec.target.diskId}#${rec.target.chunkIndex}`, executor: rec.executor,
+    });
     await this.ctx.store.write(batch.putChunkMap(map).putVolume(volume).delResync(rec.id));
     this.ctx.freer.track(toFree);
     this.ctx.book.remove(rec);
@@ -99,7 +105,8 @@ export class ResyncOutcomes {
     const { volume, map } = entry;
     const r = positionOf(map, rec.segment, rec.slot);
     const move = moveOf(map, r);
-    const batch = this.ctx.store.batch().delResync(rec.id);
+    const batch = this.ctx.store.batch().delResync(rec.id).event('drain.target_dropped', `volume:${volume.name}`, `drain copy ${rec.id} dropped: ${why}; the drain picks another target`,
+      { resync: rec.id, segment: rec.segment, slot: rec.slot, disk: rec.target.diskId, chunk: rec.target.chunkIndex });
     const toFree: ToFreeRecord[] = [{ ...rec.target, volumeId: volume.id, segment: rec.segment, idSlot: move?.idSlot ?? targetIdSlot(rec, map),
       reason: `drain copy ${rec.id} dropped`, sinceMs: this.ctx.registry.now() }];
     if (move && sameChunk(move, rec.target)) {

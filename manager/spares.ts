@@ -134,6 +134,8 @@ export class SparePlanner {
         toFree.push({ ...it.from, volumeId: it.entry.volume.id, segment: it.segment, idSlot, reason: `replaced by resync ${record.id}`, sinceMs: now });
       }
       batch.putResync(record).putChunkMap(map);
+      batch.event('spare.placed', `volume:${it.entry.volume.name}`, `replaces stale ${it.from.diskId}#${it.from.chunkIndex}${it.record ? ` (resync ${record.id}'s previous target failed)` : ''}`,
+        { segment: it.segment, slot: it.slot, resync: record.id, disk: to.diskId, chunk: to.chunkIndex, server: this.ctx.registry.server(to.serverId)?.name ?? to.serverId, retarget: !!it.record });
       committed.push({ it, to, record });
     });
     this.ctx.freer.stage(batch, toFree);

@@ -249,7 +249,8 @@ export class Volumes {
       }
       // Step 3: commit.
       try {
-        await this.store.write(this.store.batch().putVolume(volume).putChunkMap(map).delPending(id));
+        await this.store.write(this.store.batch().putVolume(volume).putChunkMap(map).delPending(id).event('volume.created', `volume:${name}`, 'created',
+          { volumeId: id, size, replicas, segments: segmentCount, spreadLabel: plan.spreadLabel, generation: volume.generation }));
       } catch (err) {
         vlog.error({ err: errorMessage(err) }, 'commit batch failed; rolling the create back');
         await this.abortCreate(pending, 'commit failed');
@@ -274,6 +275,7 @@ export class Volumes {
     const records: ToFreeRecord[] = [];
     for (const p of stale) {
       batch.delPending(p.volume.id);
+      batch.event('volume.create_failed', `volume:${p.volume.name}`, 'interrupted create rolled back (the manager stopped during it); its chunks are freed', { volumeId: p.volume.id, chunks: p.map.segmentCount * p.map.replicas });
       records.push(...toFreeRecords(p.volume.id, p.map, 'interrupted create rolled back'));
       log.warn({ volumeId: p.volume.id, volume: p.volume.name, chunks: p.map.segmentCount * p.map.replicas },
         'rolling back an interrupted create (manager restart or failed rollback)');
@@ -297,6 +299,7 @@ export class Volumes {
       }
       const records = toFreeRecords(volume.id, map, 'volume deleted');
       const batch = this.store.batch().delVolume(volume.id);
+      batch.event('volume.deleted', `volume:${name}`, 'deleted', { volumeId: volume.id, chunks: records.length, epoch: volume.epoch, generation: volume.generation });
       this.freer.stage(batch, records);
       this.hooks?.deleting(volume.id, batch);
       await this.store.write(batch);
@@ -343,7 +346,7 @@ export class Volumes {
       this.model.markForeign(r.diskId, r.chunkIndex, id);
       log.warn({ diskId: r.diskId, chunkIndex: r.chunkIndex }, 'node holds this chunk for a volume the manager does not know; kept out of placement until GC sees it free');
     }
-    const batch = this.store.batch().delPending(id);
+    const batch = this.store.batch().delPending(id).event('volume.create_failed', `volume:${pending.volume.name}`, `${reason}; nothing was created, its chunks are freed`, { volumeId: id, chunks: records.length });
     this.freer.stage(batch, records);
     try {
       await this.store.write(batch);

@@ -141,7 +141,9 @@ describe('manager store', () => {
     const commit = writes.filter((w) => w.keys.includes('volume/0000000001'));
     expect(commit).toHaveLength(1);
     expect(commit[0]!.kind).toBe('batch');
-    expect(commit[0]!.keys.sort()).toEqual(['chunks/0000000001', 'pending/0000000001', 'volume/0000000001']);
+    // The volume.created event (manager/events.ts) commits in the same batch.
+    expect(commit[0]!.keys.filter((k) => !k.startsWith('event/')).sort()).toEqual(['chunks/0000000001', 'pending/0000000001', 'volume/0000000001']);
+    expect(commit[0]!.keys.filter((k) => k.startsWith('event/'))).toHaveLength(1);
     expect(writes.filter((w) => w.keys.includes('chunks/0000000001'))).toHaveLength(1);
     await core.close();
 
