@@ -9,10 +9,12 @@ import { destroyTestCluster, startExtraHead, startTestCluster } from '../harness
 import { run, tryRun } from '../harness/tools.js';
 import { vsky } from '../harness/vsky.js';
 
-// Rule 3, one writer: a head that hangs (SIGSTOP) while holding a volume is
-// force-detached; a second head attaches with a higher epoch and fences every
-// replica node. When the first head wakes up its writes are refused by the
-// nodes' epoch check and the data stays what the new holder wrote.
+// Rule 3, one writer: a second head cannot take a volume whose holder still
+// renews its write lease (docs/leases.md). A head that hangs (SIGSTOP) while
+// holding a volume is force-detached; a second head attaches with a higher
+// epoch and fences every replica node. When the first head wakes up its writes
+// are refused (the nodes' epoch check, or the lease revoked in its heartbeat
+// reply) and the data stays what the new holder wrote.
 
 describe('epoch fencing refuses a stale writer', () => {
   let c: LocalCluster;
@@ -33,9 +35,18 @@ describe('epoch fencing refuses a stale writer', () => {
     expect((await vsky(['volume', 'create', 'f', '--size', '32M'], m)).exitCode).toBe(0);
     const a = await vsky(['volume', 'attach', 'f', '--head', 'head1'], m);
     expect(a.exitCode).toBe(0);
+    const client = c.client();
+    const before = (await call(client, 'ShowVolume', { name: 'f' })).info!;
     const b = await vsky(['volume', 'attach', 'f', '--head', 'head2'], m);
     expect(b.exitCode).not.toBe(0);
-    expect(String(b.stderr)).toMatch(/attached to head head1/);
+    // head1 renews its lease with every heartbeat: the refusal names it and says how long until a take-over is allowed.
+    const msg = /volume f is held by head head1, whose lease was renewed ([\d.]+) s ago: a take-over is allowed in ([\d.]+) s/.exec(String(b.stderr));
+    expect(msg, String(b.stderr)).not.toBeNull();
+    expect(Number(msg![2])).toBeGreaterThan(0);
+    expect(Number(msg![1]) + Number(msg![2])).toBeCloseTo(8, 0); // the default lease TTL
+    const after = (await call(client, 'ShowVolume', { name: 'f' })).info!;
+    client.close();
+    expect({ epoch: after.epoch, head: after.attachedHead, standby: after.standbyHead }).toEqual({ epoch: before.epoch, head: 'head1', standby: '' });
   });
 
   it('the hung holder is fenced off once another head takes the volume', async () => {
