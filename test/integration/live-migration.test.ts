@@ -7,17 +7,20 @@ import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { NbdClient } from '../harness/nbd-client.js';
 import { freePort } from '../harness/ports.js';
 import { QemuVm, findQemu } from '../harness/qemu.js';
+import { leaseView } from '../harness/leases.js';
+import { vsky } from '../harness/vsky.js';
 
 // Live migration of a real QEMU VM (qemu-system-x86_64 under TCG, no guest OS)
-// whose virtio-blk disk is a VastSky volume over NBD: the source VM writes
-// patterns with QEMU's block layer (HMP qemu-io), migrates to a destination
-// QEMU started with -incoming, which reads them back and writes its own; those
-// are then checked through a separate NBD connection to the export.
-//
-// The cluster runs two heads (two "hypervisors"). The destination should open
-// the volume on head2 (the lease following the writer); until that exists the
-// destination opens head1's export too (NBD serves several connections): see
-// destinationExport().
+// whose virtio-blk disk is a VastSky volume over NBD, between two heads (two
+// "hypervisors"), the way docs/leases.md tells an integration to do it: the
+// source VM on head1 writes patterns with QEMU's block layer (HMP qemu-io);
+// the volume is attached to head2 as well with `vsky volume attach --migrate`
+// (a standby: exported, no storage I/O); a destination QEMU started with
+// -incoming opens head2's export and the VM migrates to it. The write lease
+// follows the first I/O on head2; the destination reads the source's data and
+// writes its own, checked through a separate NBD connection to head2's export
+// (the holder by then). Then `vsky volume detach --head head1` leaves the
+// volume attached to head2 only.
 
 const qemu = findQemu();
 // CI installs qemu-system-x86 (deploy/install-deps.sh): there a missing QEMU fails the test instead.
@@ -43,22 +46,12 @@ const DEST_WRITES = [
 
 const hex = (b: number): string => `0x${b.toString(16).padStart(2, '0')}`;
 
-/**
- * The NBD export the destination QEMU opens.
- * TODO(lease): destination on head2 via AttachVolume {migrate: true}: once `vsky volume attach
- * NAME --head head2 --migrate` exists, attach the volume to head2 here for the migration
- * (head1 keeps serving the source until the lease follows the writer) and return head2's
- * nbdUri; the NBD read-back below then checks the data on the export the destination used.
- */
-async function destinationExport(_c: LocalCluster, _volume: string, sourceUri: string): Promise<string> {
-  return sourceUri;
-}
-
 describe.skipIf(skip)('live migration of a QEMU VM whose disk is a volume', () => {
   let c: LocalCluster;
   let dir: string;
   let sourceUri: string;
   let destUri: string;
+  let epochBefore: number;
   let src: QemuVm | undefined;
   let dst: QemuVm | undefined;
 
@@ -89,8 +82,17 @@ describe.skipIf(skip)('live migration of a QEMU VM whose disk is a volume', () =
     for (const w of SOURCE_WRITES) await src.qemuIoOk(`read -P ${hex(w.pattern)} ${w.offset} ${w.length}`);
   });
 
-  it('migrates live to a destination QEMU', async () => {
-    destUri = await destinationExport(c, VOLUME, sourceUri);
+  it('attaches the volume to head2 as the migration\'s standby (vsky volume attach --migrate)', async () => {
+    const r = await vsky(['volume', 'attach', VOLUME, '--head', 'head2', '--migrate'], c.managerAddress);
+    expect(r.exitCode, String(r.stderr)).toBe(0);
+    destUri = String(r.stdout).split('\n')[0]!;
+    expect(new URL(destUri).host).toBe(c.headEndpoints[1]!.nbd);
+    const v = await leaseView(c, VOLUME);
+    expect(v).toMatchObject({ holder: 'head1', standby: 'head2', nbdUri: sourceUri, standbyNbdUri: destUri });
+    epochBefore = v.epoch;
+  });
+
+  it('migrates live to a destination QEMU on head2', async () => {
     const port = await freePort();
     dst = await QemuVm.start({ name: 'dst', dir, nbdUri: destUri, incomingPort: port });
     expect((await dst.status()).status).toBe('inmigrate');
@@ -101,7 +103,7 @@ describe.skipIf(skip)('live migration of a QEMU VM whose disk is a volume', () =
     expect((await src!.status()).status).toBe('postmigrate');
   });
 
-  it('the destination reads what the source wrote', async () => {
+  it('the destination reads what the source wrote (through head2, which takes the lease)', async () => {
     for (const w of SOURCE_WRITES) {
       const out = await dst!.qemuIoOk(`read -P ${hex(w.pattern)} ${w.offset} ${w.length}`);
       expect(out).toContain(`read ${w.length}/${w.length} bytes at offset ${w.offset}`);
@@ -109,22 +111,48 @@ describe.skipIf(skip)('live migration of a QEMU VM whose disk is a volume', () =
     }
     // The check can fail: a wrong pattern is reported.
     expect(await dst!.qemuIo(`read -P 0x00 0 ${64 * K}`)).toContain('Pattern verification failed');
+    // The destination's reads went to head2: the lease followed them there (new epoch); head1 is the standby now.
+    const v = await leaseView(c, VOLUME);
+    expect(v).toMatchObject({ holder: 'head2', standby: 'head1', nbdUri: destUri, standbyNbdUri: sourceUri });
+    expect(v.epoch).toBeGreaterThan(epochBefore);
   });
 
-  it("the destination's writes reach the volume (read back over a separate NBD connection)", async () => {
+  it("the destination's writes reach the volume (read back over a separate NBD connection to head2)", async () => {
     for (const w of DEST_WRITES) await dst!.qemuIoOk(`write -P ${hex(w.pattern)} ${w.offset} ${w.length}`);
     await dst!.qemuIoOk('flush');
-    const nbd = await NbdClient.connect(destUri);
-    try {
-      expect(nbd.size).toBe(SIZE);
-      for (const w of [...SOURCE_WRITES, ...DEST_WRITES]) {
-        const got = await nbd.read(w.offset, w.length);
-        expect(got.equals(Buffer.alloc(w.length, w.pattern)), `${hex(w.pattern)} at ${w.offset}`).toBe(true);
-      }
-      // Untouched space between the writes is still zero.
-      expect((await nbd.read(64 * K, 64 * K)).equals(Buffer.alloc(64 * K))).toBe(true);
-    } finally {
-      nbd.close();
-    }
+    expect((await leaseView(c, VOLUME)).holder).toBe('head2');
+    await expectVolumeOn(destUri, [...SOURCE_WRITES, ...DEST_WRITES]);
+  });
+
+  it('vsky volume detach --head head1 leaves the volume attached to head2 only', async () => {
+    const epoch = (await leaseView(c, VOLUME)).epoch;
+    await src!.stop(); // the source QEMU quits after a migration (libvirt does it), then its head lets go
+    src = undefined;
+    const r = await vsky(['volume', 'detach', VOLUME, '--head', 'head1'], c.managerAddress);
+    expect(r.exitCode, String(r.stderr)).toBe(0);
+    const v = await leaseView(c, VOLUME);
+    expect(v).toEqual({ epoch, holder: 'head2', standby: '', nbdUri: destUri, standbyNbdUri: '' });
+    await expect(NbdClient.connect(sourceUri), 'head1 no longer exports the volume').rejects.toThrow(/closed during the handshake/);
+    // The VM keeps running on head2, its disk usable, the lease where it was.
+    await dst!.qemuIoOk(`write -P 0x42 ${8 * MiB} ${64 * K}`);
+    await dst!.qemuIoOk('flush');
+    await expectVolumeOn(destUri, [...SOURCE_WRITES, ...DEST_WRITES, { pattern: 0x42, offset: 8 * MiB, length: 64 * K }]);
+    expect(await leaseView(c, VOLUME)).toEqual(v);
   });
 });
+
+/** Reads `writes` back over a fresh NBD connection to `uri`, and zeros between two of them. */
+async function expectVolumeOn(uri: string, writes: { pattern: number; offset: number; length: number }[]): Promise<void> {
+  const nbd = await NbdClient.connect(uri);
+  try {
+    expect(nbd.size).toBe(SIZE);
+    for (const w of writes) {
+      const got = await nbd.read(w.offset, w.length);
+      expect(got.equals(Buffer.alloc(w.length, w.pattern)), `${hex(w.pattern)} at ${w.offset}`).toBe(true);
+    }
+    // Untouched space between the writes is still zero.
+    expect((await nbd.read(64 * K, 64 * K)).equals(Buffer.alloc(64 * K))).toBe(true);
+  } finally {
+    nbd.close();
+  }
+}
