@@ -6,6 +6,7 @@ import { registerVolumeCommands } from './commands/volume.js';
 import { registerStatusCommand } from './commands/status.js';
 import { registerClusterCommands } from './commands/cluster.js';
 import { registerResyncCommands } from './commands/resync.js';
+import { registerEventsCommand } from './commands/events.js';
 
 export function buildProgram(): Command {
   const program = new Command('vsky')
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
   registerVolumeCommands(program);
   registerResyncCommands(program);
   registerStatusCommand(program);
+  registerEventsCommand(program);
   return program;
 }
 
