@@ -59,8 +59,8 @@ export class LinearVolume implements BlockDevice {
   private detached = false;
   private _lease: LeaseState;
   private fencedBy: Error | undefined;
-  /** A lease request in progress (I/O on a standby waits for it). */
-  private acquiring: Promise<void> | undefined;
+  /** A lease request in progress: I/O on a standby waits for the grant (or the request's end). */
+  private acquiring: LeaseWait | undefined;
   /** How a standby asks for the lease (the registry sets it); without it a standby's I/O fails. */
   leaseRequester: LeaseRequester | undefined;
   /** Called once when the volume becomes fenced. */
@@ -133,21 +133,38 @@ export class LinearVolume implements BlockDevice {
     await this.intent?.clearAll(this.segments, this._epoch).catch(() => undefined);
   }
 
-  /** Runs `fn` once this head holds the lease (the slow path of every request on a standby). */
+  /**
+   * Runs `fn` once this head holds the lease (the slow path of every request
+   * on a standby). The waiting requests go on at the grant itself (the Attach
+   * that fenced the nodes with our new epoch), in the same tick, so they are
+   * in flight before any later release can be asked of us, which then waits
+   * for them: under I/O on both heads every move lets the waiting requests
+   * through. If the request ends without a grant here (moved on already), they
+   * re-check and ask again; if it fails, they fail with its error.
+   */
   private afterLease<T>(fn: () => Promise<T>): Promise<T> {
     if (this.detached) return Promise.reject(this.detachedError());
     if (this._lease === 'fenced') return Promise.reject(this.fencedError());
-    if (this.acquiring === undefined) {
+    let wait = this.acquiring;
+    if (wait === undefined) {
       const requester = this.leaseRequester;
       if (requester === undefined) {
         return Promise.reject(new StaleEpochError(`volume ${this.name} is a standby on this head and cannot ask for the lease`, { volume: this.name }));
       }
-      const p: Promise<void> = requester(this).finally(() => {
-        if (this.acquiring === p) this.acquiring = undefined;
-      });
-      this.acquiring = p;
+      const w = new LeaseWait();
+      this.acquiring = w;
+      wait = w;
+      requester(this).then(() => this.endWait(w), (err: unknown) => this.endWait(w, err));
     }
-    return this.acquiring.then(fn);
+    return wait.promise.then(fn);
+  }
+
+  /** Lets the requests waiting on `w` go on (or fail with `err`), if it is still the current wait. */
+  private endWait(w: LeaseWait, err?: unknown): void {
+    if (this.acquiring !== w) return;
+    this.acquiring = undefined;
+    if (err === undefined) w.resolve();
+    else w.reject(err instanceof Error ? err : new IoError(String(err)));
   }
 
   private fencedError(): StaleEpochError {
@@ -391,6 +408,7 @@ export class LinearVolume implements BlockDevice {
     this._lease = lease;
     this.fencedBy = undefined;
     this.wire(segments);
+    if (lease === 'held' && this.acquiring !== undefined) this.endWait(this.acquiring); // the grant: waiting requests go now
   }
 
   /** A map update with a newer generation (same epoch). */
@@ -439,6 +457,16 @@ export class LinearVolume implements BlockDevice {
   private detachedError(): IoError {
     return new IoError(`volume ${this.name} is detached from this head`, { volume: this.name });
   }
+}
+
+/** Requests on a standby waiting for the lease. */
+class LeaseWait {
+  resolve!: () => void;
+  reject!: (err: Error) => void;
+  readonly promise = new Promise<void>((resolve, reject) => {
+    this.resolve = resolve;
+    this.reject = reject;
+  });
 }
 
 /**

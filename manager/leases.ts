@@ -187,30 +187,54 @@ export class Leases {
 
   /**
    * Asks the holder to drain, flush and release. True when it did; false
-   * when it cannot (gone, or it no longer has the volume) and its lease has
-   * expired, so a take-over is safe (with storage refusing its epoch).
+   * when it cannot (gone, hung, or it no longer has the volume) and its lease
+   * has expired, so a take-over is safe (storage refuses its epoch). A hung
+   * holder keeps its connections open, so its answer is not waited for past
+   * its lease's expiry: whichever comes first decides.
    */
   private async release(v: VolumeRecord, from: HeadRecord, started: number): Promise<boolean> {
     const releaseTimeout = this.opts.releaseTimeoutMs ?? 5_000;
-    try {
-      await this.peers.head.releaseLease(from.controlAddress, { name: v.name, epoch: v.epoch }, releaseTimeout);
-      return true;
-    } catch (err) {
-      if (err instanceof NotFoundError) {
-        log.warn({ volume: v.name, holder: from.name }, 'the holder no longer has the volume (it restarted?): taking over without waiting');
-        return false;
-      }
-      if (!(err instanceof TimeoutError || err instanceof TransportError)) {
-        throw new ConflictError(`head ${from.name} could not release ${v.name}: ${errorMessage(err)}; it keeps the lease (retry, or detach it)`, { volume: v.name });
-      }
-      log.warn({ volume: v.name, holder: from.name, err: errorMessage(err) }, 'the holder did not answer the hand-off: waiting for its lease to expire');
-    }
     const deadline = started + (this.opts.moveTimeoutMs ?? this.registry.leaseTtlMs + 10_000);
+    const answer = this.peers.head.releaseLease(from.controlAddress, { name: v.name, epoch: v.epoch }, releaseTimeout)
+      .then(() => undefined, (err: unknown) => err ?? new Error('release failed'));
+    let gaveUp = false;
+    const expiry = this.expired(from, () => gaveUp, Number.POSITIVE_INFINITY).then(() => 'expired' as const);
+    const first = await Promise.race([answer, expiry]);
+    if (first === 'expired') {
+      log.warn({ volume: v.name, holder: from.name }, 'the holder did not answer the hand-off before its lease expired: taking over');
+      return false;
+    }
+    if (first === undefined) {
+      gaveUp = true;
+      return true;
+    }
+    const err = first;
+    if (err instanceof NotFoundError) {
+      gaveUp = true;
+      log.warn({ volume: v.name, holder: from.name }, 'the holder no longer has the volume (it restarted?): taking over without waiting');
+      return false;
+    }
+    if (!(err instanceof TimeoutError || err instanceof TransportError)) {
+      gaveUp = true;
+      throw new ConflictError(`head ${from.name} could not release ${v.name}: ${errorMessage(err)}; it keeps the lease (retry, or detach it)`, { volume: v.name });
+    }
+    log.warn({ volume: v.name, holder: from.name, err: errorMessage(err) }, 'the holder did not answer the hand-off: waiting for its lease to expire');
+    try {
+      await this.expired(from, () => gaveUp, deadline);
+    } finally {
+      gaveUp = true;
+    }
+    return false;
+  }
+
+  /** Resolves once the head's lease expired; throws TimeoutError at `deadline`; stops quietly when `stop()` says so. */
+  private async expired(from: HeadRecord, stop: () => boolean, deadline: number): Promise<void> {
     for (;;) {
+      if (stop()) return new Promise<void>(() => undefined); // the other side of the race won: never settles
       const left = this.registry.leaseLeftMs(from.id);
-      if (left <= 0) return false;
+      if (left <= 0) return;
       if (Date.now() >= deadline) {
-        throw new TimeoutError(`head ${from.name} holds ${v.name}, did not answer the hand-off and keeps renewing its lease (${(left / 1000).toFixed(1)} s left); `
+        throw new TimeoutError(`head ${from.name} did not answer the hand-off and keeps renewing its lease (${(left / 1000).toFixed(1)} s left); `
           + 'it may be cut off from this manager but not from us: retry, or detach it (vsky volume detach --head)');
       }
       await new Promise((r) => setTimeout(r, Math.min(left + 1, this.opts.pollMs ?? 100)));
