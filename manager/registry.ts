@@ -257,7 +257,7 @@ export class Registry {
     const h = this.heads.get(headId);
     if (!h) return;
     this.heads.delete(headId);
-    await this.store.write(this.store.batch().delHead(headId));
+    await this.store.write(this.store.batch().delHead(headId).event('head.removed', `head:${h.name}`, 'forgotten (it holds nothing); if it registers again it is a new head', { headId }));
     log.info({ headId, name: h.name }, 'head removed');
   }
 
