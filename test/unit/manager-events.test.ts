@@ -159,6 +159,20 @@ describe('the event log', () => {
     expect(seqs(await log.list({ limit: 2 }))).toEqual([200, 201]);
   });
 
+  it('the metadata snapshot skips the event log, however long it is', async () => {
+    const { c } = await setup();
+    await create(c, 'vm1');
+    const batch = c.store.batch();
+    for (let i = 0; i < 9000; i++) batch.event('gc.freed', 'cluster', `pass ${i}`);
+    await c.store.write(batch);
+    await c.registry.registerHead({ headId: 'h2', name: 'head2', controlAddress: '10.9.0.2:7720', nbdAddress: '' });
+    const snap = await c.store.load();
+    expect(snap.servers).toHaveLength(4);
+    expect(snap.heads.map((h) => h.name).sort()).toEqual(['head1', 'head2']);
+    expect(snap.volumes.map((v) => v.volume.name)).toEqual(['vm1']);
+    expect(c.events.latestSeq).toBeGreaterThan(9000);
+  });
+
   it('a server failure, a reported stale replica and an attach leave their events, with epochs, committed with the change', async () => {
     const { c, peers } = await setup({ start: true });
     const v = await create(c, 'vm1', 2);
