@@ -10,6 +10,7 @@ import type { PeerClients } from './node-clients.js';
 import { PlacementModel } from './placement.js';
 import { Leases, type LeaseOptions } from './leases.js';
 import { Registry } from './registry.js';
+import { SegmentNotes } from './segment-notes.js';
 import { DEFAULT_SCHEDULER_LIMITS, type SchedulerLimits } from './resync-scheduler.js';
 import { DEFAULT_RESYNC_OPTIONS, Resyncs } from './resyncs.js';
 import { ManagerStore } from './store.js';
@@ -132,6 +133,9 @@ export class ManagerCore {
         },
       };
       failures.onStale = (reason) => resyncs.wake(reason);
+      const notes = new SegmentNotes(volumes, registry, peers);
+      failures.notes = notes;
+      pusher.onChanged = (id) => notes.changed(id);
       // A replaced chunk is freed only once the volume's holder has a map
       // without it: a head cut off from us (not from storage) may still use it.
       freer.hold = (r) => {

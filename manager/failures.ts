@@ -4,6 +4,7 @@ import type { VolumeMap } from '../proto/generated/vsky/common/VolumeMap.js';
 import { clearMove, segmentReplicas, setReplicaState, type SegmentReplica } from './chunk-map.js';
 import type { ChunkFreer } from './gc.js';
 import type { MapPusher } from './map-pusher.js';
+import type { SegmentNotes } from './segment-notes.js';
 import type { Registry } from './registry.js';
 import type { ManagerStore, StoreBatch } from './store.js';
 import { forEachReplica, holderEpoch, type ToFreeRecord } from './types.js';
@@ -41,6 +42,8 @@ export class Failures {
   private flushScheduled = false;
   /** Called once stale marks are durable (manager/resyncs.ts wake). */
   onStale?: (reason: string) => void;
+  /** Stale marks on storage too (manager/segment-notes.ts): a head's report is answered once one is durable there. */
+  notes?: SegmentNotes;
 
   constructor(
     private readonly store: ManagerStore,
@@ -98,6 +101,8 @@ export class Failures {
     if (!found) throw new InvalidArgumentError(`segment ${req.segment} of volume ${volume.name} has no replica with slot ${req.slot}`);
     const head = this.registry.head(req.headId)?.name ?? req.headId;
     const changed = found.move ? await this.dropMove(entry, found, head, req.reason) : await this.markStale(entry, found, head, req);
+    // The write that missed the replica is acknowledged after this reply: the mark must survive the loss of our database too.
+    await this.notes?.noteNow(entry, req.segment);
     if (changed) {
       this.pusher.changed(volume.id);
       this.onStale?.('replica failure reported');

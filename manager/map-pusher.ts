@@ -47,8 +47,12 @@ export class MapPusher {
     return (this.acked.get(volumeId) ?? 0) >= this.current(volumeId);
   }
 
+  /** Every map change, after it is durable (manager/core.ts: the segment notes on storage). */
+  onChanged?: (volumeId: number) => void;
+
   /** The map changed: tell the holder (best effort; retried by `pushStale`). */
   changed(volumeId: number): void {
+    this.onChanged?.(volumeId);
     this.version.set(volumeId, this.current(volumeId) + 1);
     void this.push(volumeId);
   }

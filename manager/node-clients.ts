@@ -6,6 +6,7 @@ import type { AttachVolumeReply__Output } from '../proto/generated/vsky/head/Att
 import type { AttachVolumeRequest } from '../proto/generated/vsky/head/AttachVolumeRequest.js';
 import type { DetachVolumeRequest } from '../proto/generated/vsky/head/DetachVolumeRequest.js';
 import type { ReleaseLeaseRequest } from '../proto/generated/vsky/head/ReleaseLeaseRequest.js';
+import type { SegmentNote } from '../proto/generated/vsky/storage/SegmentNote.js';
 import type { AddDiskRequest } from '../proto/generated/vsky/storage/AddDiskRequest.js';
 import type { AllocateChunkRequest } from '../proto/generated/vsky/storage/AllocateChunkRequest.js';
 import type { ChunkList__Output } from '../proto/generated/vsky/storage/ChunkList.js';
@@ -34,6 +35,8 @@ export interface StorageNodeApi {
   getChunkRegions(address: string, req: ChunkRef): Promise<ChunkRegions__Output>;
   /** Starts a peer-to-peer resync into a chunk of this node (detached volumes); returns once accepted. */
   copyChunk(address: string, task: ResyncTask): Promise<void>;
+  /** The manager's note on a segment (which replicas are stale), durable on the node when this resolves. */
+  noteSegment(address: string, req: SegmentNote, timeoutMs: number): Promise<void>;
 }
 
 export interface HeadApi {
@@ -83,6 +86,7 @@ export class GrpcPeerClients implements PeerClients {
     listChunks: (a, req) => call(this.nodeClient(a), this.nodeClient(a).ListChunks, req, PEER_TIMEOUTS.list, PEER_CALL),
     getChunkRegions: (a, req) => call(this.nodeClient(a), 'GetChunkRegions', req, PEER_TIMEOUTS.info, PEER_CALL),
     copyChunk: async (a, task) => { await call(this.nodeClient(a), 'CopyChunk', task, PEER_TIMEOUTS.resync, PEER_CALL); },
+    noteSegment: async (a, req, timeoutMs) => { await call(this.nodeClient(a), 'NoteSegment', req, timeoutMs); },
   };
 
   readonly head: HeadApi = {

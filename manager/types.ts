@@ -25,6 +25,8 @@ export interface ServerRecord {
   lastHeartbeatMs: number;
   /** A graceful RemoveServer drains its disks; the server is removed when the last one is. */
   draining?: boolean;
+  /** VastSky-style integer id (ssvrid), stable once given (manager/xmlrpc/ids.ts). */
+  intId?: number;
 }
 
 export interface DiskRecord {
@@ -44,6 +46,10 @@ export interface DiskRecord {
    * until its copy is, then the disk becomes removed. AddDisk cancels it.
    */
   draining?: boolean;
+  /** VastSky-style integer id (pdskid), stable once given (manager/xmlrpc/ids.ts). */
+  intId?: number;
+  /** Disk-extent ids of its chunks, as pairs [first id, count] in chunk order (lvol id space; manager/xmlrpc/ids.ts). */
+  dextIds?: number[];
 }
 
 export interface HeadRecord {
@@ -54,6 +60,8 @@ export interface HeadRecord {
   state: HeadState;
   registeredMs: number;
   lastHeartbeatMs: number;
+  /** VastSky-style integer id (hsvrid), stable once given (manager/xmlrpc/ids.ts). */
+  intId?: number;
 }
 
 export interface VolumeRecord {
@@ -89,6 +97,17 @@ export interface VolumeRecord {
    * the lease (see `holderEpoch`).
    */
   resyncEpoch?: number;
+  /**
+   * Version of the last segment note sent to the storage nodes (manager/segment-notes.ts):
+   * only grows, persisted before any node hears of it (absent: 0).
+   */
+  mapVersion?: number;
+  /**
+   * VastSky-style lvolid (manager/xmlrpc/ids.ts), stable once given: the first
+   * of a block of segmentCount + 3 lvol ids (the volume, its SNAPSHOT-ORIGIN
+   * and LINEAR nodes, then one MIRROR per segment).
+   */
+  intId?: number;
 }
 
 /** The lease epoch the attached head holds, or undefined when no head holds the lease. */

@@ -108,11 +108,17 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
         identity: {
           volumeId: c.rec.volumeId, volumeName: c.rec.volumeName, volumeSize: c.rec.volumeSize,
           segment: c.rec.segment, slot: c.rec.slot, segmentCount: c.rec.segmentCount, replicas: c.rec.replicas,
-          generation: c.rec.generation, epoch: c.rec.epoch,
+          generation: c.rec.generation, epoch: c.rec.epoch, staleSlots: c.rec.staleSlots, mapVersion: c.rec.mapVersion,
         },
         writtenRegions: countSet(c.rec.bitmap),
       }));
       return { chunks };
+    }),
+
+    NoteSegment: unary(async (req) => {
+      const n = await ctx.store.noteSegment(req.volumeId, req.segment, req.staleSlots, req.mapVersion, req.epoch);
+      log.debug({ volumeId: req.volumeId, segment: req.segment, staleSlots: req.staleSlots, mapVersion: req.mapVersion, chunks: n }, 'segment note recorded');
+      return {};
     }),
 
     GetChunkRegions: unary(async (req) => {

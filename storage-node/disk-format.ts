@@ -25,7 +25,7 @@ import { CorruptMetadataError } from '../shared/errors.js';
 //   56  u64 volume size
 //   64  u64 volume generation   (0..2^53-1; above: the slot is corrupt)
 //   72  u64 lease epoch         (0..2^53-1; above: the slot is corrupt)
-//   80  u32 region bits         84 reserved (12 bytes, 0)
+//   80  u32 region bits         84 u32 stale slots   88 u64 map version (the manager's note on the segment)
 //   96  volume name (UTF-8, 64 bytes)
 //   160 written-region bitmap (regionBits / 8 bytes), then the dirty bitmap (same size)
 // then zero padding to a whole number of sectors.
@@ -107,6 +107,13 @@ export interface ChunkRecordData {
   volumeName: string;
   generation: number;
   epoch: number;
+  /**
+   * The manager's last note on this chunk's segment (rebuilding the manager
+   * from storage reads it): bit i set = the replica with identity slot i is
+   * stale; `mapVersion` orders the notes (0: none yet; the highest wins).
+   */
+  staleSlots: number;
+  mapVersion: number;
   /** regionBits / 8 bytes; bit r set = region r has been written (else it reads as zeros). */
   bitmap: Uint8Array;
   /**
@@ -215,7 +222,7 @@ export function decodeSuperblock(buf: Buffer): Superblock {
 export function emptyRecord(regionBits: number): ChunkRecordData {
   return {
     state: ChunkState.FREE, volumeId: 0, segment: 0, slot: 0, segmentCount: 0, replicas: 0,
-    volumeSize: 0, volumeName: '', generation: 0, epoch: 0, bitmap: new Uint8Array(regionBits / 8),
+    volumeSize: 0, volumeName: '', generation: 0, epoch: 0, staleSlots: 0, mapVersion: 0, bitmap: new Uint8Array(regionBits / 8),
     dirty: new Uint8Array(regionBits / 8),
   };
 }
@@ -228,8 +235,8 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   if (rec.dirty.length !== rec.bitmap.length) throw new CorruptMetadataError('dirty and written bitmaps differ in size');
   if (RECORD_FIXED + 2 * rec.bitmap.length > recordSize) throw new CorruptMetadataError('bitmaps do not fit the record slot');
   // Never write what would not read back exactly (a value above 2^53-1 makes the slot corrupt).
-  if (!isCounter(rec.generation) || !isCounter(rec.epoch)) {
-    throw new CorruptMetadataError(`generation ${rec.generation} and epoch ${rec.epoch} must be 0..2^53-1`, { chunkIndex });
+  if (!isCounter(rec.generation) || !isCounter(rec.epoch) || !isCounter(rec.mapVersion)) {
+    throw new CorruptMetadataError(`generation ${rec.generation}, epoch ${rec.epoch} and map version ${rec.mapVersion} must be 0..2^53-1`, { chunkIndex });
   }
   buf.writeUInt32BE(RECORD_MAGIC, 0);
   writeU64(buf, 8, seq);
@@ -246,6 +253,8 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   writeU64(buf, 64, rec.generation);
   writeU64(buf, 72, rec.epoch);
   buf.writeUInt32BE(rec.bitmap.length * 8, 80);
+  buf.writeUInt32BE(rec.staleSlots >>> 0, 84);
+  writeU64(buf, 88, rec.mapVersion);
   name.copy(buf, 96);
   buf.set(rec.bitmap, RECORD_FIXED);
   buf.set(rec.dirty, RECORD_FIXED + rec.bitmap.length);
@@ -299,6 +308,8 @@ export function decodeRecord(buf: Buffer, chunkIndex: number, diskId: Buffer, re
       volumeSize: readU64(buf, 56),
       generation: v3 ? readCounter(buf, 64, 'generation', chunkIndex) : buf.readUInt32BE(64),
       epoch: v3 ? readCounter(buf, 72, 'epoch', chunkIndex) : buf.readUInt32BE(68),
+      staleSlots: v3 ? buf.readUInt32BE(84) : 0,
+      mapVersion: v3 ? readCounter(buf, 88, 'map version', chunkIndex) : 0,
       volumeName: buf.toString('utf8', nameAt, nameAt + nameLength),
       bitmap: new Uint8Array(buf.subarray(fixed, fixed + mapBytes)),
       dirty: new Uint8Array(buf.subarray(fixed + mapBytes, fixed + 2 * mapBytes)),

@@ -1,6 +1,7 @@
 import { ConflictError, InvalidArgumentError, IoError, NotFoundError, TimeoutError, TransportError } from '../../shared/errors.js';
 import type { ChunkIdentity__Output } from '../../proto/generated/vsky/common/ChunkIdentity.js';
 import type { ResyncTask } from '../../proto/generated/vsky/common/ResyncTask.js';
+import type { SegmentNote } from '../../proto/generated/vsky/storage/SegmentNote.js';
 import type { AttachVolumeRequest } from '../../proto/generated/vsky/head/AttachVolumeRequest.js';
 import type { ChunkRegions__Output } from '../../proto/generated/vsky/storage/ChunkRegions.js';
 import type { DiskInfo__Output } from '../../proto/generated/vsky/storage/DiskInfo.js';
@@ -31,6 +32,10 @@ export class FakeNode {
   /** GetChunkRegions answers, by "volumeId/segment/slot" (default: nothing written). */
   regions = new Map<string, ChunkRegions__Output>();
   calls: string[] = [];
+  /** Every NoteSegment recorded, in order. */
+  notes: SegmentNote[] = [];
+  /** NoteSegment fails (a node that cannot record the manager's note). */
+  failNote = false;
 
   constructor(readonly info: Omit<NodeInfo__Output, 'disks'>) {}
 
@@ -160,6 +165,11 @@ export class FakePeers implements PeerClients {
       if (n.failCopy) throw new ConflictError('injected copy failure');
       n.copies.push(structuredClone(task));
       this.copyLog.push(structuredClone(task));
+    },
+    noteSegment: async (a, req) => {
+      const n = await this.reach(a, 'NoteSegment');
+      if (n.failNote) throw new IoError('injected note failure');
+      n.notes.push(structuredClone(req));
     },
   };
 

@@ -519,3 +519,22 @@ describe('cluster identity on every disk', () => {
     await store.close();
   });
 });
+
+describe('segment notes (the manager\'s word on stale replicas, for a rebuild from storage)', () => {
+  it('are kept durably with every chunk of the segment; an older note or a lower epoch changes nothing', async () => {
+    const path = nextPath();
+    let store = new ChunkStore();
+    const disk = await store.openDisk(path, { size: SIZE, chunkSize: CHUNK });
+    await store.allocate(disk.id, 0, identity(41, 0, 5));
+    await store.allocate(disk.id, 1, identity(41, 1, 5));
+    expect(await store.noteSegment(41, 0, 0b100, 7, 5)).toBe(1);
+    expect(await store.noteSegment(41, 0, 0b001, 6, 5)).toBe(0); // older
+    await expect(store.noteSegment(41, 0, 0b010, 8, 4)).rejects.toBeInstanceOf(StaleEpochError);
+    await store.close();
+    store = new ChunkStore();
+    await store.openDisk(path, { chunkSize: CHUNK });
+    const recs = store.listChunks().map((c) => [c.rec.segment, c.rec.staleSlots, c.rec.mapVersion]).sort();
+    expect(recs).toEqual([[0, 0b100, 7], [1, 0, 0]]);
+    await store.close();
+  });
+});
