@@ -64,6 +64,8 @@ export interface LocalClusterOptions {
   logLevel?: string;
   /** Extra environment per daemon name ("manager", "node1", "head" for head 1, "head2", ...), e.g. fault injection. */
   env?: Record<string, NodeJS.ProcessEnv>;
+  /** HOST:PORT of the manager's VastSky XML-RPC API (docs/xmlrpc.md); undefined: not served. */
+  xmlrpcListen?: string;
   /** Extra `vsky manager` flags, e.g. ['--resync-mibps', '8']. */
   managerArgs?: string[];
   /** Extra node flags per daemon name, e.g. { head: ['--cpu-prof'] } for profiling. */
@@ -113,6 +115,7 @@ export class LocalCluster {
     this.manager = new DaemonProcess('manager', [
       'manager', '--data-dir', join(opts.dir, 'manager'), '--listen', opts.managerListen,
       '--chunk-size', String(opts.chunkSize), '--heartbeat-timeout', String(opts.heartbeatTimeoutMs),
+      ...(opts.xmlrpcListen ? ['--xmlrpc-listen', opts.xmlrpcListen] : ['--no-xmlrpc']),
       ...this.logArgs(), ...(opts.managerArgs ?? []),
     ], join(logs, 'manager.log'), opts.env?.manager);
     this.nodes = Array.from({ length: opts.servers }, (_, i) => this.nodeProcess(i, logs));
@@ -128,6 +131,12 @@ export class LocalCluster {
   /** Registered head names, head1..headN. */
   get headNames(): string[] {
     return this.heads.map((_, i) => `head${i + 1}`);
+  }
+
+  /** The manager's XML-RPC URL (http(s)://HOST:PORT/RPC2) once started; '' when not served. */
+  get xmlrpcUrl(): string {
+    const u = this.manager.ready.xmlrpcUrl;
+    return typeof u === 'string' ? u : '';
   }
 
   /** Where each head serves (from its "ready" line once started; else where it was told to listen). */

@@ -1,5 +1,5 @@
 import { InvalidArgumentError } from '../shared/errors.js';
-import { bindServer, grpc, loadProtos, unary } from '../shared/grpc.js';
+import { addStandardServices, bindServer, grpc, loadProtos, unary } from '../shared/grpc.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { AttachVolumeReply } from '../proto/generated/vsky/head/AttachVolumeReply.js';
 import type { AttachVolumeRequest__Output } from '../proto/generated/vsky/head/AttachVolumeRequest.js';
@@ -90,6 +90,7 @@ export interface ControlServer {
 export async function startControlServer(host: string, port: number, opts: ControlServiceOptions): Promise<ControlServer> {
   const server = new grpc.Server();
   server.addService(loadProtos().head.vsky.head.HeadAgent.service, createControlHandlers(opts));
+  addStandardServices(server, 'head_agent.proto', 'vsky.head.HeadAgent');
   const bound = await bindServer(server, `${host}:${port}`);
   const address = `${host}:${bound}`;
   moduleLogger('head-control').debug({ address }, 'control service listening');

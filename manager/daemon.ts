@@ -1,11 +1,12 @@
 import { errorMessage } from '../shared/errors.js';
-import { bindServer, grpc, loadProtos } from '../shared/grpc.js';
+import { addStandardServices, bindServer, grpc, loadProtos } from '../shared/grpc.js';
 import { moduleLogger } from '../shared/logger.js';
 import { parseHostPort } from '../shared/units.js';
 import { ManagerCore } from './core.js';
 import { managerHandlers } from './grpc-service.js';
 import { GrpcPeerClients, type PeerClients } from './node-clients.js';
 import type { SchedulerLimits } from './resync-scheduler.js';
+import { IntIds, startXmlRpc, type XmlRpcServerHandle, type XmlRpcServerOptions } from './xmlrpc/index.js';
 
 // The manager process: load metadata, serve the gRPC API, watch heartbeats,
 // handle failures and run resyncs (manager/resyncs.ts, checked every second),
@@ -31,9 +32,11 @@ export interface ManagerOptions {
    * Undefined/empty (the default): spares come from the whole pool.
    */
   spareDisks?: string[];
+  /** VastSky 3.0's XML-RPC API (manager/xmlrpc/, docs/xmlrpc.md); undefined: not served. */
+  xmlrpc?: XmlRpcServerOptions;
 }
 
-export interface ManagerHandle { address: string; close(): Promise<void>; }
+export interface ManagerHandle { address: string; xmlrpcUrl?: string; close(): Promise<void>; }
 
 /** Test seams: fake peers instead of gRPC clients, a fake clock. */
 export interface ManagerDeps {
@@ -52,6 +55,7 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
 
   const server = new grpc.Server({ 'grpc.max_send_message_length': 64 * 1024 * 1024 });
   server.addService(loadProtos().manager.vsky.manager.Manager.service, managerHandlers(core));
+  addStandardServices(server, 'manager.proto', 'vsky.manager.Manager');
   let port: number;
   try {
     port = await bindServer(server, opts.listen);
@@ -61,6 +65,18 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
     throw err;
   }
   const address = `${host}:${port}`;
+  // VastSky-style integer ids (given to records without one now and every few seconds), then XML-RPC.
+  let ids: IntIds;
+  let xmlrpc: XmlRpcServerHandle | undefined;
+  try {
+    ids = await IntIds.open(core);
+    if (opts.xmlrpc) xmlrpc = await startXmlRpc(core, ids, opts.xmlrpc);
+  } catch (err) {
+    server.forceShutdown();
+    peers.close();
+    await core.close();
+    throw err;
+  }
 
   const timers: NodeJS.Timeout[] = [];
   const every = (ms: number, what: string, fn: () => Promise<unknown>) => {
@@ -75,6 +91,7 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   };
   every(Math.max(50, Math.min(1000, Math.floor(opts.heartbeatTimeoutMs / 4))), 'heartbeat check', () => core.registry.checkTimeouts());
   every(1000, 'resync check', async () => core.resyncs.tick());
+  every(5000, 'integer ids', () => ids.sync());
   if (opts.gcIntervalMs && opts.gcIntervalMs > 0) every(opts.gcIntervalMs, 'periodic GC', () => core.gc.run('periodic'));
   // A wildcard listen address cannot be reached by executors on other hosts: say so.
   const advertise = opts.advertiseAddress ?? address;
@@ -82,14 +99,16 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   core.start(advertise);
   core.gc.run('startup').catch((err: unknown) => log.error({ err: errorMessage(err) }, 'startup GC failed'));
 
-  log.info({ address, dataDir: opts.dataDir, chunkSize: opts.chunkSize }, 'ready');
+  log.info({ address, xmlrpcUrl: xmlrpc?.url, dataDir: opts.dataDir, chunkSize: opts.chunkSize }, 'ready');
 
   let closing: Promise<void> | undefined;
   return {
     address,
+    xmlrpcUrl: xmlrpc?.url ?? '',
     close: () => {
       closing ??= (async () => {
         for (const t of timers) clearInterval(t);
+        await xmlrpc?.close();
         await new Promise<void>((resolve) => {
           const force = setTimeout(() => { server.forceShutdown(); resolve(); }, 2000);
           server.tryShutdown(() => { clearTimeout(force); resolve(); });

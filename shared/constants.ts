@@ -10,6 +10,9 @@ export const DEFAULT_NBD_PORT = 10809;
 export const DEFAULT_ISCSI_PORT = 3260;
 export const DEFAULT_NODE_DATA_PORT = 7710;
 export const DEFAULT_NODE_GRPC_PORT = 7711;
+/** VastSky 3.0's XML-RPC port (its storage manager's 8881); the manager serves it on loopback unless told otherwise. */
+export const DEFAULT_XMLRPC_PORT = 8881;
+export const DEFAULT_XMLRPC_ADDRESS = `127.0.0.1:${DEFAULT_XMLRPC_PORT}`;
 /** Local cluster: storage node i listens on 127.0.0.(NODE_HOST_BASE + i), standing in for separate hosts. */
 export const LOCAL_NODE_HOST_BASE = 11;
 

@@ -3,6 +3,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import type { ProtoGrpcType as ManagerProto } from '../proto/generated/manager.js';
 import type { ProtoGrpcType as StorageProto } from '../proto/generated/storage_node.js';
 import type { ProtoGrpcType as HeadProto } from '../proto/generated/head_agent.js';
@@ -146,6 +148,19 @@ export function unary<Req, Res>(fn: (req: Req) => Promise<Res>): grpc.handleUnar
       (err: unknown) => callback(toGrpcError(err)),
     );
   };
+}
+
+/**
+ * Server reflection (grpcurl and other tools work without our .proto files)
+ * and the standard grpc.health.v1 health service (SERVING for '' and the
+ * daemon's service), on every daemon's gRPC server.
+ */
+export function addStandardServices(server: grpc.Server, protoFile: 'manager.proto' | 'storage_node.proto' | 'head_agent.proto', serviceName: string): HealthImplementation {
+  const def = protoLoader.loadSync([join(PROTO_DIR, protoFile), healthProtoPath], { ...LOAD_OPTIONS, keepCase: true });
+  new ReflectionService(def as unknown as ConstructorParameters<typeof ReflectionService>[0]).addToServer(server);
+  const health = new HealthImplementation({ '': 'SERVING', [serviceName]: 'SERVING' });
+  health.addToServer(server);
+  return health;
 }
 
 /** Binds a server on HOST:PORT (port 0 picks one); resolves with the bound port. */

@@ -1,6 +1,6 @@
 import { DEFAULT_HEARTBEAT_TIMEOUT_MS } from '../shared/constants.js';
 import { InvalidArgumentError, errorMessage } from '../shared/errors.js';
-import { bindServer, grpc, loadProtos } from '../shared/grpc.js';
+import { addStandardServices, bindServer, grpc, loadProtos } from '../shared/grpc.js';
 import { moduleLogger } from '../shared/logger.js';
 import { ChunkStore } from './chunk-store.js';
 import { addDisk, createControlService, type NodeContext } from './control-service.js';
@@ -96,6 +96,7 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
 
     ctx.dataAddress = await dataServer.listen(opts.host, opts.dataPort);
     grpcServer.addService(loadProtos().storage.vsky.storage.StorageNode.service, createControlService(ctx));
+    addStandardServices(grpcServer, 'storage_node.proto', 'vsky.storage.StorageNode');
     const grpcPort = await bindServer(grpcServer, `${opts.host}:${opts.grpcPort}`);
     ctx.controlAddress = `${opts.host}:${grpcPort}`;
 

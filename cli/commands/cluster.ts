@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { InvalidArgumentError as CommanderInvalid, type Command } from 'commander';
 import { HEAD_HOST_BASE, LOCAL_CLUSTER_DEFAULTS, LocalCluster, headHost } from '../../deploy/local-cluster.js';
-import { DEFAULT_REPLICAS, MAX_REPLICAS } from '../../shared/constants.js';
+import { DEFAULT_REPLICAS, DEFAULT_XMLRPC_ADDRESS, MAX_REPLICAS } from '../../shared/constants.js';
 import { errorMessage } from '../../shared/errors.js';
 import { formatSize, parseSize } from '../../shared/units.js';
 import { hostPortArg, intArg, positiveIntArg, sizeArg } from '../options.js';
@@ -33,6 +33,8 @@ export function registerClusterCommands(program: Command): void {
     .option('--manager <host:port>', 'manager listen address', hostPortArg, d.managerListen)
     .option('--nbd-port <port>', 'NBD port of the head agents', intArg, d.nbdPort)
     .option('--iscsi-port <port>', 'iSCSI portal port of the head agents', intArg, d.iscsiPort)
+    .option('--xmlrpc <host:port>', 'address of the manager\'s VastSky XML-RPC API (docs/xmlrpc.md)', hostPortArg, DEFAULT_XMLRPC_ADDRESS)
+    .option('--no-xmlrpc', 'do not serve the XML-RPC API')
     .option('--log-level <level>', 'daemon log level', 'info')
     .action(async (o) => {
       const dir = resolve(o.dir as string);
@@ -45,6 +47,7 @@ export function registerClusterCommands(program: Command): void {
         c = await LocalCluster.start({
           ...d, dir, servers: o.servers, disksPerServer: o.disksPerServer, diskSize: o.diskSize, chunkSize: o.chunkSize,
           managerListen: o.manager, nbdPort: o.nbdPort, iscsiPort: o.iscsiPort, logLevel: o.logLevel, heads,
+          xmlrpcListen: o.xmlrpc === false ? undefined : o.xmlrpc,
         });
       } catch (err) {
         const hosts = heads > 1 ? ` on 127.0.0.1 and ${headHost(2)}${heads > 2 ? `..${headHost(heads)}` : ''}` : '';
@@ -65,6 +68,7 @@ export function registerClusterCommands(program: Command): void {
         const uri = urls.nbd;
         const mgr = o.manager === d.managerListen ? '' : ` --manager ${c.managerAddress}`;
         out.write(`\nCluster ready: manager ${c.managerAddress}, ${o.servers} storage nodes, ${heads} head agent${heads > 1 ? 's' : ''}. Logs in ${dir}/logs.\n`);
+        if (c.xmlrpcUrl) out.write(`  XML-RPC (VastSky 3.0 API): ${c.xmlrpcUrl}\n`);
         for (const h of c.headEndpoints) out.write(`  ${h.name}: NBD ${h.nbd}, iSCSI ${h.iscsi || '(none)'}, control gRPC ${h.grpc}\n`);
         out.write(`Volume ${vol.name}: ${formatSize(vol.size)}, ${vol.replicas} replicas, attached to head1, served over NBD at\n${uri}\n${urls.iscsi ? `and over iSCSI at\n${urls.iscsi}\n` : ''}\n`);
         out.write(`Try:\n  nbdinfo ${uri}\n  qemu-img info ${uri}\n${urls.iscsi ? `  iscsi-inq ${urls.iscsi}\n` : ''}  node dist/cli/vsky.js status${mgr}\n  node dist/cli/vsky.js volume show ${vol.name}${mgr}\n  node dist/cli/vsky.js server list${mgr}\n  node dist/cli/vsky.js disk list${mgr}\n\nPress Ctrl-C to stop.\n`);

@@ -3,7 +3,7 @@ import { initDaemonLogger, type Logger } from '../../shared/logger.js';
 import {
   DATA_TIMEOUT_MS, DEFAULT_CHUNK_SIZE, DEFAULT_HEAD_GRPC_PORT, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS, DEFAULT_LEASE_TTL_MS,
   DEFAULT_ISCSI_PORT, DEFAULT_MANAGER_ADDRESS, DEFAULT_NBD_PORT, DEFAULT_NODE_DATA_PORT, DEFAULT_NODE_GRPC_PORT,
-  FLUSH_TIMEOUT_MS,
+  DEFAULT_XMLRPC_ADDRESS, FLUSH_TIMEOUT_MS,
 } from '../../shared/constants.js';
 import { collect, hostPortArg, intArg, labelArg, positiveIntArg, sizeArg } from '../options.js';
 import { parseSize } from '../../shared/units.js';
@@ -79,14 +79,23 @@ export function registerDaemonCommands(program: Command): void {
       + 'failed replicas go only to these disks, never to a server holding another replica of the segment '
       + '(repeatable; new volumes are placed as usual). Default: spares anywhere in the pool, rebuilt by many disks at once',
     spareDiskArg)
+    .option('--xmlrpc-listen <host:port>', 'address of the VastSky 3.0 XML-RPC API (docs/xmlrpc.md); 0.0.0.0:8881 serves VastSky '
+      + 'clients on other hosts (plain HTTP, as VastSky: a trusted management network, or add TLS and a token)', hostPortArg, DEFAULT_XMLRPC_ADDRESS)
+    .option('--no-xmlrpc', 'do not serve the XML-RPC API')
+    .option('--xmlrpc-tls-cert <file>', 'serve XML-RPC over HTTPS with this PEM certificate (with --xmlrpc-tls-key)')
+    .option('--xmlrpc-tls-key <file>', 'PEM private key of --xmlrpc-tls-cert')
+    .option('--xmlrpc-token <token>', 'require this access token as the HTTP basic-auth password of every XML-RPC call '
+      + '(default: $VSKY_XMLRPC_TOKEN; none: no authentication, as VastSky)')
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startManager } = await import('../../manager/daemon.js');
+      const token = (o.xmlrpcToken as string | undefined) ?? process.env.VSKY_XMLRPC_TOKEN;
       await runDaemon('manager', o.logLevel, () => startManager({
         dataDir: o.dataDir, listen: o.listen, chunkSize: o.chunkSize,
         heartbeatTimeoutMs: o.heartbeatTimeout, leaseTtlMs: o.leaseTtl, gcIntervalMs: o.gcInterval, advertiseAddress: o.advertise,
         resyncMibps: o.resyncMibps, resyncLimits: { perDisk: o.resyncPerDisk, maxRunning: o.resyncMax },
         spareDisks: o.spareDisk as string[] | undefined,
+        xmlrpc: o.xmlrpc === false ? undefined : { listen: o.xmlrpcListen, tlsCert: o.xmlrpcTlsCert, tlsKey: o.xmlrpcTlsKey, token: token || undefined },
       }));
     });
 

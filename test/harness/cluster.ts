@@ -41,6 +41,7 @@ export async function startTestCluster(overrides: Partial<LocalClusterOptions> =
     heartbeatIntervalMs: 300,
     heartbeatTimeoutMs: 3000,
     logLevel: 'info',
+    xmlrpcListen: `127.0.0.1:${await freePort()}`,
     ...overrides,
   };
   if ((opts.heads ?? 1) > 1 && !overrides.headAddresses) opts.headAddresses = await extraHeadAddresses(opts.heads!);

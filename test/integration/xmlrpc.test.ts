@@ -1,0 +1,180 @@
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { LocalCluster } from '../../deploy/local-cluster.js';
+import { GiB } from '../../shared/constants.js';
+import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
+import { run } from '../harness/tools.js';
+import { grpcHealth, grpcReflectionServices, httpPost, seededFuzzBodies } from './xmlrpc/helpers.js';
+
+// VastSky 3.0's XML-RPC API on a real local cluster, driven by Python 3's
+// stdlib xmlrpc.client the way VastSky's own tools and its XCP driver call it
+// (test/integration/xmlrpc/vastsky_client.py), plus bad input and a seeded
+// fuzz against the manager process. docs/xmlrpc.md.
+
+const SCRIPT = join(import.meta.dirname, 'xmlrpc', 'vastsky_client.py');
+
+type Json = any; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+async function py(args: string[]): Promise<Json> {
+  const r = await run('python3', [SCRIPT, ...args], 120_000);
+  const lines = String(r.stdout).trim().split('\n');
+  return JSON.parse(lines[lines.length - 1]!);
+}
+
+describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
+  let c: LocalCluster;
+  let url: string;
+  const xr = async (method: string, struct: Record<string, unknown> = {}, ver = true): Promise<Json> => {
+    const r = await py(['call', url, method, JSON.stringify(ver ? { ...struct, ver: 5 } : struct)]);
+    if (r.fault) throw new Error(`${method}: fault ${r.fault[0]} ${r.fault[1]}`);
+    return r.ok;
+  };
+  const state = async () => ({
+    volumes: (await xr('listLogicalVolumes')).map((v: Json) => [v.lvolid, v.lvolname, v.hsvrid]),
+    servers: (await xr('listStorageServers')).map((s: Json) => [s.ssvrid, s.priority]),
+    disks: (await xr('listPhysicalDisks')).map((d: Json) => [d.pdskid, d.priority]),
+  });
+
+  beforeAll(async () => {
+    c = await startTestCluster({ heads: 2, diskSize: 2 * GiB });
+    url = c.xmlrpcUrl;
+    expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/RPC2$/);
+  });
+  afterAll(() => destroyTestCluster(c));
+
+  it('runs a VastSky client workflow: list, create in GB, show the tree, list, attach, NBD I/O, detach, delete', async () => {
+    const out = await py(['workflow', url]);
+    expect(out).toMatchObject({ servers: 3, disks: 6, heads: 2 });
+    // 1 GB, redundancy 3 by default, 16 MiB chunks: 64 mirrors of 3 extents on distinct servers.
+    expect(out.show).toMatchObject({ redundancy: 3, mirrors: 64, bytes: GiB, distinct_servers: true, capacity: 1, statuses: [1] });
+    expect(out.show.keys).toEqual(['capacity', 'components', 'labels', 'lvolid', 'lvolspec', 'lvoltype', 'mirror_status']);
+    expect(out.show.ids).toEqual([out.lvolid, out.lvolid + 1, out.lvolid + 2]);
+    expect(out.show.labels).toEqual(['xcp-3b8f7d0e-1c2a-4e5f-9a6b-7c8d9e0f1a2b', `lvol-${out.lvolid.toString(16).padStart(8, '0')}`]);
+    expect(out.before_attach).toEqual([0, 0, 0, 1, 3, false]);
+    expect(out.attach).toBe(0);
+    expect(out.after_attach).toEqual([out.hsvrid, 1, 0]);
+    expect(out.nbd_uri).toMatch(/^nbd:\/\//);
+    expect(out.write).toBe(true);
+    expect(out.read).toBe(true);
+    expect(out.statuses_attached).toEqual([2]);
+    expect([out.detach, out.after_detach, out.detach_again, out.delete, out.list_deleted]).toEqual([0, [0, 0, 0], 0, 0, 2]);
+  });
+
+  it('answers every documented error case with its fault code', async () => {
+    const busy = await xr('createLogicalVolume', { lvolname: 'busy1', capacity: 1 });
+    const free = await xr('createLogicalVolume', { lvolname: 'free1', capacity: 1, redundancy: 2 });
+    const heads = await xr('listHeadServers');
+    const head1 = heads.find((h: Json) => h.name === 'head1');
+    expect(await xr('attachLogicalVolume', { lvolid: busy, hsvrid: head1.hsvrid })).toBe(0);
+    const server = (await xr('listStorageServers'))[0];
+    const disk = (await xr('listPhysicalDisks', { ssvrid: server.ssvrid }))[0];
+    const before = await state();
+    const results: Json[] = await py(['errors', url, JSON.stringify({
+      busy_lvolid: busy, busy_name: 'busy1', free_lvolid: free, hsvrid: head1.hsvrid, ssvrid: server.ssvrid,
+      pdskid: disk.pdskid, pdsk_path: disk.local_path, head_ips: head1.ip_data, server_ips: server.ip_data,
+    })]);
+    expect(results.filter((r) => r.want !== r.got)).toEqual([]);
+    expect(results.length).toBeGreaterThan(80);
+    expect(await state()).toEqual(before);
+    expect(await xr('detachLogicalVolume', { lvolid: busy })).toBe(0);
+    expect((await py(['call', url, 'shutdownAll', '{"ver": 5}'])).fault[0]).toBe(95);
+  });
+
+  it('has our own methods in the same style: live hand-off between two heads, iSCSI access rules', async () => {
+    const lvolid = await xr('createLogicalVolume', { lvolname: 'mig1', capacity: 1, redundancy: 2 });
+    const heads = await xr('listHeadServers');
+    const [h1, h2] = ['head1', 'head2'].map((n) => heads.find((h: Json) => h.name === n).hsvrid as number);
+    expect(await xr('attachLogicalVolume', { lvolid, hsvrid: h1 })).toBe(0);
+    expect(await xr('attachLogicalVolumeStandby', { lvolid, hsvrid: h2 })).toBe(0);
+    let e = (await xr('listLogicalVolumes', { lvolid }))[0];
+    expect([e.hsvrid, e.standby_hsvrid, e.lease]).toEqual([h1, h2, 'held']);
+    const epoch = e.epoch;
+    const moved = await xr('handoffLogicalVolume', { lvolid, hsvrid: h2 });
+    expect(moved).toMatchObject({ clean: true, epoch: epoch + 1 });
+    expect(await xr('detachLogicalVolumeFromHead', { lvolid, hsvrid: h1 })).toBe(0);
+    e = (await xr('listLogicalVolumes', { lvolid }))[0];
+    expect([e.hsvrid, e.standby_hsvrid]).toEqual([h2, 0]);
+    const rules = { initiators: ['iqn.2026-01.test:host1'], chap_user: 'vmuser', chap_secret: 'secret-12345678' };
+    expect(await xr('setAccessRules', { lvolid, ...rules })).toBe(0);
+    expect(await xr('getAccessRules', { lvolid })).toEqual({ initiators: rules.initiators, chap_user: 'vmuser', mutual_user: '' });
+    expect(await xr('detachLogicalVolume', { lvolid })).toBe(0);
+    expect(await xr('deleteLogicalVolume', { lvolid })).toBe(0);
+  });
+
+  it('marks a disk extent stale (notifyFailure target 4), fails and deletes a disk and a server; ids survive a manager restart', async () => {
+    const lvolid = await xr('createLogicalVolume', { lvolname: 'fail1', capacity: 1 });
+    const hsvrid = (await xr('listHeadServers')).find((h: Json) => h.name === 'head1').hsvrid;
+    expect(await xr('attachLogicalVolume', { lvolid, hsvrid })).toBe(0);
+    const tree = await xr('showLogicalVolume', { lvolid });
+    const dext = tree.components[0].components[0].components[0].components[0];
+    expect(await xr('notifyFailure', { target: 4, targetid: dext.lvolid })).toBe(0);
+    const after = await xr('showLogicalVolume', { lvolid });
+    expect([3, 4]).toContain(after.components[0].components[0].components[0].components.find((d: Json) => d.lvolspec.slot === dext.lvolspec.slot).mirror_status);
+    expect((await xr('listLogicalVolumes', { lvolid }))[0].fault).toBe(true);
+    expect(await xr('detachLogicalVolume', { lvolid })).toBe(0);
+    expect(await xr('deleteLogicalVolume', { lvolid })).toBe(0);
+
+    const disks = await xr('listPhysicalDisks');
+    const victim = disks[disks.length - 1];
+    expect(await xr('notifyFailure', { target: 3, targetid: victim.pdskid })).toBe(0);
+    expect((await xr('listPhysicalDisks')).find((d: Json) => d.pdskid === victim.pdskid).priority).toBe(5);
+    expect(await xr('deletePhysicalDisk', { pdskid: victim.pdskid })).toBe(0);
+    expect((await xr('listPhysicalDisks')).map((d: Json) => d.pdskid)).not.toContain(victim.pdskid);
+
+    const before = await state();
+    const heads = await xr('listHeadServers');
+    await c.manager.restart();
+    c.managerAddress = String(c.manager.ready.address);
+    expect(await state()).toEqual(before);
+    expect((await xr('listHeadServers')).map((h: Json) => [h.hsvrid, h.name])).toEqual(heads.map((h: Json) => [h.hsvrid, h.name]));
+  });
+
+  it('refuses bad input with a fault or an HTTP error, changes nothing and keeps serving', async () => {
+    const before = await state();
+    const call = (body: string) => httpPost(url, body);
+    const fault = async (body: string) => (await call(body)).body.match(/<name>faultCode<\/name><value><int>(\d+)</)?.[1];
+    expect(await fault('<methodCall><methodName>createLogicalVolume</methodName><params><param><value><struct>')).toBe('1');
+    expect(await fault('not xml at all')).toBe('1');
+    expect(await fault('<?xml version="1.0"?><methodCall><methodName>deleteLogicalVolume</methodName><params><param><value><struct><member><name>lvolname</name><value><string>busy1</string></value></member></struct></value></param></params></methodCall>')).toBe('71');
+    expect(await fault('<methodCall><methodName>listLogicalVolumes</methodName><params><param><value><struct><member><name>ver</name><value><int>5x</int></value></member></struct></value></param></params></methodCall>')).toBe('1');
+    expect(await fault('<methodCall><methodName>listLogicalVolumes</methodName><params><param><value><struct><member><name>ver</name><value><int>5</int></value></member><member><name>lvolid</name><value><base64>AAAA</base64></value></member></struct></value></param></params></methodCall>')).toBe('2');
+    const big = await httpPost(url, { size: 100 * 1024 * 1024 });
+    expect(big.status).toBe(413);
+    const chunked = await httpPost(url, { size: 8 * 1024 * 1024, chunked: true });
+    expect(chunked.status).toBe(413);
+    expect((await httpPost(url, '<x/>', { method: 'GET' })).status).toBe(501);
+    expect((await httpPost(url.replace('/RPC2', '/xmlrpc'), '<x/>')).status).toBe(404);
+    expect((await httpPost(url.replace('/RPC2', '/'), '<methodCall><methodName>listEvents</methodName><params><param><value><struct><member><name>ver</name><value><int>5</int></value></member></struct></value></param></params></methodCall>')).status).toBe(200);
+    expect(await state()).toEqual(before);
+    expect(c.manager.running).toBe(true);
+  });
+
+  it('survives a seeded fuzz of XML-RPC bodies and keeps serving', async () => {
+    const before = await state();
+    const started = Date.now();
+    let answered = 0;
+    for (const body of seededFuzzBodies(0x5eed, 400)) {
+      const r = await httpPost(url, body);
+      expect([200, 400, 413]).toContain(r.status);
+      if (r.status === 200) expect(r.body).toMatch(/<methodResponse>/);
+      answered++;
+    }
+    expect(answered).toBe(400);
+    expect(Date.now() - started).toBeLessThan(30_000);
+    expect(c.manager.running).toBe(true);
+    expect(await state()).toEqual(before);
+  });
+
+  it('serves gRPC reflection and health on every daemon', async () => {
+    const daemons = [
+      [c.managerAddress, 'vsky.manager.Manager'],
+      [String(c.nodes[0]!.ready.controlAddress), 'vsky.storage.StorageNode'],
+      [c.headEndpoints[0]!.grpc, 'vsky.head.HeadAgent'],
+    ] as const;
+    for (const [address, service] of daemons) {
+      expect(await grpcHealth(address, service)).toBe('SERVING');
+      expect(await grpcHealth(address, '')).toBe('SERVING');
+      expect(await grpcReflectionServices(address)).toEqual(expect.arrayContaining([service, 'grpc.health.v1.Health']));
+    }
+  });
+});
