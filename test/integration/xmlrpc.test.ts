@@ -4,7 +4,7 @@ import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { GiB } from '../../shared/constants.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { run } from '../harness/tools.js';
-import { grpcHealth, grpcReflectionServices, httpPost, seededFuzzBodies } from './xmlrpc/helpers.js';
+import { PythonClient, grpcHealth, grpcReflectionServices, httpPost, seededFuzzBodies } from './xmlrpc/helpers.js';
 
 // VastSky 3.0's XML-RPC API on a real local cluster, driven by Python 3's
 // stdlib xmlrpc.client the way VastSky's own tools and its XCP driver call it
@@ -24,10 +24,17 @@ async function py(args: string[]): Promise<Json> {
 describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
   let c: LocalCluster;
   let url: string;
-  const xr = async (method: string, struct: Record<string, unknown> = {}, ver = true): Promise<Json> => {
-    const r = await py(['call', url, method, JSON.stringify(ver ? { ...struct, ver: 5 } : struct)]);
-    if (r.fault) throw new Error(`${method}: fault ${r.fault[0]} ${r.fault[1]}`);
+  let client: PythonClient;
+  /** One call by Python's xmlrpc.client, with ver; a fault throws. */
+  const xr = async (method: string, struct: Record<string, unknown> = {}): Promise<Json> => {
+    const r = await client.call(method, { ...struct, ver: 5 });
+    if (!('ok' in r)) throw new Error(`${method}: ${JSON.stringify(r)}`);
     return r.ok;
+  };
+  /** The fault code of a call (with ver), or 0. */
+  const faultCode = async (method: string, struct: Record<string, unknown> = {}): Promise<number> => {
+    const r = await client.call(method, { ...struct, ver: 5 });
+    return r.fault ? r.fault[0] : 0;
   };
   const state = async () => ({
     volumes: (await xr('listLogicalVolumes')).map((v: Json) => [v.lvolid, v.lvolname, v.hsvrid]),
@@ -39,8 +46,12 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     c = await startTestCluster({ heads: 2, diskSize: 2 * GiB });
     url = c.xmlrpcUrl;
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/RPC2$/);
+    client = new PythonClient(SCRIPT, url);
   });
-  afterAll(() => destroyTestCluster(c));
+  afterAll(async () => {
+    client?.close();
+    await destroyTestCluster(c);
+  });
 
   it('runs a VastSky client workflow: list, create in GB, show the tree, list, attach, NBD I/O, detach, delete', async () => {
     const out = await py(['workflow', url]);
@@ -77,7 +88,7 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     expect(results.length).toBeGreaterThan(80);
     expect(await state()).toEqual(before);
     expect(await xr('detachLogicalVolume', { lvolid: busy })).toBe(0);
-    expect((await py(['call', url, 'shutdownAll', '{"ver": 5}'])).fault[0]).toBe(95);
+    expect(await faultCode('shutdownAll')).toBe(95);
   });
 
   it('has our own methods in the same style: live hand-off between two heads, iSCSI access rules', async () => {
@@ -97,11 +108,15 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     const rules = { initiators: ['iqn.2026-01.test:host1'], chap_user: 'vmuser', chap_secret: 'secret-12345678' };
     expect(await xr('setAccessRules', { lvolid, ...rules })).toBe(0);
     expect(await xr('getAccessRules', { lvolid })).toEqual({ initiators: rules.initiators, chap_user: 'vmuser', mutual_user: '' });
+    const events = await xr('listEvents', { target: 'volume:mig1' });
+    expect(events.map((e: Json) => e.kind)).toEqual(expect.arrayContaining(['volume.created', 'volume.attached', 'volume.standby_attached', 'lease.handoff']));
+    expect(events.every((e: Json) => e.target === 4 && e.targetid === lvolid && e.target_name === 'volume:mig1')).toBe(true);
+    expect(events.map((e: Json) => e.eventid)).toEqual([...events.map((e: Json) => e.eventid)].sort((a, b) => a - b));
     expect(await xr('detachLogicalVolume', { lvolid })).toBe(0);
     expect(await xr('deleteLogicalVolume', { lvolid })).toBe(0);
   });
 
-  it('marks a disk extent stale (notifyFailure target 4), fails and deletes a disk and a server; ids survive a manager restart', async () => {
+  it('marks a disk extent stale (notifyFailure target 4), fails and deletes a disk and a server, registers the server again; ids survive a manager restart', async () => {
     const lvolid = await xr('createLogicalVolume', { lvolname: 'fail1', capacity: 1 });
     const hsvrid = (await xr('listHeadServers')).find((h: Json) => h.name === 'head1').hsvrid;
     expect(await xr('attachLogicalVolume', { lvolid, hsvrid })).toBe(0);
@@ -120,6 +135,16 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     expect((await xr('listPhysicalDisks')).find((d: Json) => d.pdskid === victim.pdskid).priority).toBe(5);
     expect(await xr('deletePhysicalDisk', { pdskid: victim.pdskid })).toBe(0);
     expect((await xr('listPhysicalDisks')).map((d: Json) => d.pdskid)).not.toContain(victim.pdskid);
+
+    const server = (await xr('listStorageServers')).find((s: Json) => s.name === 'node3');
+    expect(await xr('notifyFailure', { target: 2, targetid: server.ssvrid })).toBe(0);
+    expect((await xr('listStorageServers', { ssvrid: server.ssvrid }))[0].priority).toBe(4);
+    expect(await xr('deleteStorageServer', { ssvrid: server.ssvrid })).toBe(0);
+    expect((await xr('listStorageServers')).map((s: Json) => s.ssvrid)).not.toContain(server.ssvrid);
+    expect(await faultCode('deleteStorageServer', { ssvrid: server.ssvrid })).toBe(2);
+    // Registering it again adds it back with its old ssvrid (its deleted disks stay out).
+    expect(await xr('registerStorageServer', { ip_data: server.ip_data })).toBe(server.ssvrid);
+    expect((await xr('listStorageServers', { ssvrid: server.ssvrid }))[0].priority).toBe(1);
 
     const before = await state();
     const heads = await xr('listHeadServers');

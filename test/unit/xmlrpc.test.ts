@@ -12,6 +12,8 @@ import { ERRNO, XmlRpcFaultError, mapErrors, toFault } from '../../manager/xmlrp
 import { eventCode, eventStatus } from '../../manager/xmlrpc/methods-events.js';
 import { checkLvolname } from '../../manager/xmlrpc/methods-volumes.js';
 import { callStruct, idValue, truthy } from '../../manager/xmlrpc/params.js';
+import { handleBody } from '../../manager/xmlrpc/dispatch.js';
+import type { XmlRpcContext } from '../../manager/xmlrpc/context.js';
 import { startXmlRpcServer } from '../../manager/xmlrpc/server.js';
 import { MIRROR_STATUS, ctime, hasFault, lvolLabel, mirrorStatus, volumeTree } from '../../manager/xmlrpc/tree.js';
 import { httpPost } from '../integration/xmlrpc/helpers.js';
@@ -185,6 +187,21 @@ describe('XML-RPC transport', () => {
         req.end('<a/>');
       });
       expect(body).toBe('200 hello');
+    } finally {
+      await s.close();
+    }
+    // Python's xmlrpc.client over HTTPS with the token in the URL (basic auth), against the real dispatcher.
+    const real = await startXmlRpcServer({ listen: '127.0.0.1:0', tlsCert: cert, tlsKey: key, token: 't0ken' }, (b) => handleBody({} as XmlRpcContext, b));
+    try {
+      const u = new URL(real.url);
+      const script = 'import ssl, sys, xmlrpc.client\n'
+        + 'ctx = ssl._create_unverified_context()\n'
+        + 'print(len(xmlrpc.client.ServerProxy(sys.argv[1], context=ctx).system.listMethods()))\n'
+        + 'try:\n    xmlrpc.client.ServerProxy(sys.argv[2], context=ctx).system.listMethods()\nexcept xmlrpc.client.ProtocolError as e:\n    print(e.errcode)\n';
+      const r = await execa('python3', ['-c', script, `https://vsky:t0ken@${u.host}/RPC2`, `https://vsky:wrong@${u.host}/RPC2`]);
+      const [count, refused] = r.stdout.trim().split('\n');
+      expect(Number(count)).toBeGreaterThan(20);
+      expect(refused).toBe('401');
       await expect(startXmlRpcServer({ listen: '127.0.0.1:0', tlsCert: cert }, async () => '')).rejects.toThrow(/both/);
     } finally {
       await s.close();

@@ -1,4 +1,6 @@
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createRequire } from 'node:module';
+import { createInterface } from 'node:readline';
 import { request } from 'node:http';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -7,6 +9,41 @@ import { protoPath as healthProtoPath } from 'grpc-health-check';
 // Raw HTTP and gRPC clients for test/integration/xmlrpc.test.ts: bodies no
 // well-behaved XML-RPC library would send, a seeded generator of bad and
 // random bodies, and the standard gRPC health and reflection clients.
+
+/** A long-lived `vastsky_client.py serve URL`: Python's xmlrpc.client, one process for many calls. */
+export class PythonClient {
+  private readonly child: ChildProcessWithoutNullStreams;
+  private readonly waiting: Array<{ resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }> = [];
+  private stderr = '';
+
+  constructor(script: string, url: string) {
+    this.child = spawn('python3', [script, 'serve', url]);
+    this.child.stderr.on('data', (d: Buffer) => { this.stderr += d.toString(); });
+    createInterface({ input: this.child.stdout }).on('line', (line) => {
+      const w = this.waiting.shift();
+      if (!w) return;
+      clearTimeout(w.timer);
+      try { w.resolve(JSON.parse(line)); } catch (err) { w.reject(err as Error); }
+    });
+    this.child.on('exit', (code) => {
+      for (const w of this.waiting.splice(0)) { clearTimeout(w.timer); w.reject(new Error(`python exited (${code}): ${this.stderr}`)); }
+    });
+  }
+
+  /** {ok: value} | {fault: [code, string]} | {http: [status, message]} */
+  call(method: string, struct: unknown, timeoutMs = 60_000): Promise<any> { // eslint-disable-line @typescript-eslint/no-explicit-any
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`python call ${method} timed out`)), timeoutMs);
+      this.waiting.push({ resolve, reject, timer });
+      this.child.stdin.write(`${JSON.stringify({ method, struct })}\n`);
+    });
+  }
+
+  close(): void {
+    this.child.stdin.end();
+    this.child.kill();
+  }
+}
 
 export interface HttpReply { status: number; body: string }
 

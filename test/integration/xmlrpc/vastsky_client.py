@@ -8,6 +8,7 @@ pdsk_list.py print it. The last line of every command is a JSON summary that
 test/integration/xmlrpc.test.ts checks.
 
   vastsky_client.py call URL METHOD JSON-STRUCT     one call (no 'ver' added)
+  vastsky_client.py serve URL                       calls read as JSON lines {"method", "struct"} from stdin, one answer line each
   vastsky_client.py workflow URL                    VASSR.py-style volume life cycle with I/O
   vastsky_client.py errors URL                      every documented error case
 """
@@ -270,20 +271,32 @@ def errors(url, ctx):
     print(json.dumps(results))
 
 
-def call(url, method, struct_json):
+def answer(url, method, struct):
     try:
-        value = send_request(url, method, json.loads(struct_json))
-        print(json.dumps({'ok': value}))
+        return {'ok': send_request(url, method, struct)}
     except xmlrpc.client.Fault as inst:
-        print(json.dumps({'fault': [inst.faultCode, inst.faultString]}))
+        return {'fault': [inst.faultCode, inst.faultString]}
     except xmlrpc.client.ProtocolError as inst:
-        print(json.dumps({'http': [inst.errcode, inst.errmsg]}))
+        return {'http': [inst.errcode, inst.errmsg]}
+
+
+def call(url, method, struct_json):
+    print(json.dumps(answer(url, method, json.loads(struct_json))))
+
+
+def serve(url):
+    """One Python process for many calls (each still a new ServerProxy, as send_request does)."""
+    for line in sys.stdin:
+        req = json.loads(line)
+        print(json.dumps(answer(url, req['method'], req['struct'])), flush=True)
 
 
 def main():
     cmd, url = sys.argv[1], sys.argv[2]
     if cmd == 'call':
         call(url, sys.argv[3], sys.argv[4])
+    elif cmd == 'serve':
+        serve(url)
     elif cmd == 'workflow':
         workflow(url)
     elif cmd == 'errors':
