@@ -16,7 +16,8 @@ DEBS=(
   fio                           # fio's nbd engine
   libiscsi-bin                  # iscsi-inq, iscsi-ls, iscsi-test-cu
   tgt                           # C iSCSI target: the benchmark/conformance peer
-  python3                       # xmlrpc.client
+  python3                       # xmlrpc.client: the VastSky XML-RPC tests
+  openssl                       # a self-signed certificate for the XML-RPC HTTPS test
   fuse3 e2fsprogs               # nbdfuse + mkfs.ext4: a kernel filesystem on a volume
   procps util-linux mount       # ps, losetup, mount
 )

@@ -70,8 +70,13 @@ export class IntIds {
     return this.core.registry.listServers().find((s) => s.intId === ssvrid && s.state !== 'removed');
   }
 
+  /** A disk of a removed server is gone with it (VastSky's deleteStorageServer deletes its disks). */
   disk(pdskid: number): DiskRecord | undefined {
-    return this.core.registry.listDisks().find((d) => d.intId === pdskid && d.state !== 'removed');
+    return this.core.registry.listDisks().find((d) => d.intId === pdskid && this.diskLive(d));
+  }
+
+  diskLive(d: DiskRecord): boolean {
+    return d.state !== 'removed' && this.core.registry.server(d.serverId)?.state !== 'removed';
   }
 
   head(hsvrid: number): HeadRecord | undefined {
@@ -97,7 +102,7 @@ export class IntIds {
   /** The disk and chunk of a disk extent id, if it is one. */
   dext(dextid: number): { disk: DiskRecord; chunkIndex: number } | undefined {
     for (const disk of this.core.registry.listDisks()) {
-      if (disk.state === 'removed') continue;
+      if (!this.diskLive(disk)) continue;
       const blocks = disk.dextIds ?? [];
       let first = 0;
       for (let i = 0; i + 1 < blocks.length; i += 2) {

@@ -38,7 +38,7 @@ function diskSpace(ctx: XmlRpcContext, d: DiskRecord): { capacity: number; avail
   return { capacity: d.chunkCount * d.chunkSize, available: free * d.chunkSize };
 }
 
-const liveDisks = (ctx: XmlRpcContext) => ctx.core.registry.listDisks().filter((d) => d.state !== 'removed' && d.intId !== undefined);
+const liveDisks = (ctx: XmlRpcContext) => ctx.core.registry.listDisks().filter((d) => ctx.ids.diskLive(d) && d.intId !== undefined);
 const liveServers = (ctx: XmlRpcContext) => ctx.core.registry.listServers().filter((s) => s.state !== 'removed' && s.intId !== undefined);
 
 function pick<T extends { intId?: number }>(all: T[], data: XStruct, key: string, what: string): T[] {

@@ -137,14 +137,24 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     expect((await xr('listPhysicalDisks')).map((d: Json) => d.pdskid)).not.toContain(victim.pdskid);
 
     const server = (await xr('listStorageServers')).find((s: Json) => s.name === 'node3');
+    const node3Disks = (await xr('listPhysicalDisks', { ssvrid: server.ssvrid })).map((d: Json) => d.pdskid);
     expect(await xr('notifyFailure', { target: 2, targetid: server.ssvrid })).toBe(0);
     expect((await xr('listStorageServers', { ssvrid: server.ssvrid }))[0].priority).toBe(4);
     expect(await xr('deleteStorageServer', { ssvrid: server.ssvrid })).toBe(0);
     expect((await xr('listStorageServers')).map((s: Json) => s.ssvrid)).not.toContain(server.ssvrid);
+    expect((await xr('listPhysicalDisks')).filter((d: Json) => node3Disks.includes(d.pdskid))).toEqual([]);
     expect(await faultCode('deleteStorageServer', { ssvrid: server.ssvrid })).toBe(2);
     // Registering it again adds it back with its old ssvrid (its deleted disks stay out).
     expect(await xr('registerStorageServer', { ip_data: server.ip_data })).toBe(server.ssvrid);
     expect((await xr('listStorageServers', { ssvrid: server.ssvrid }))[0].priority).toBe(1);
+    // ssvr_reporter's registerPhysicalDisk: capacity as a string of 512-byte sectors; the node creates the file.
+    const path = join(c.opts.dir, 'node3', 'disk9.img');
+    // Its disks come back with it (they were out while it was deleted), then the new one.
+    const pdskid = await xr('registerPhysicalDisk', { ssvrid: server.ssvrid, local_path: path, capacity: String((2 * GiB) / 512), srp_name: '' });
+    const node3 = await xr('listPhysicalDisks', { ssvrid: server.ssvrid });
+    expect(node3.find((d: Json) => d.pdskid === pdskid)).toMatchObject({ local_path: path, capacity: 1, priority: 1 });
+    expect(node3.map((d: Json) => d.pdskid)).toEqual(node3Disks.filter((id: number) => id !== victim.pdskid).concat(pdskid));
+    expect(await faultCode('registerPhysicalDisk', { ssvrid: server.ssvrid, local_path: path, capacity: String(GiB / 512) })).toBe(17);
 
     const before = await state();
     const heads = await xr('listHeadServers');
