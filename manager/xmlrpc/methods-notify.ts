@@ -2,7 +2,7 @@ import { GiB } from '../../shared/constants.js';
 import { moduleLogger } from '../../shared/logger.js';
 import { forEachReplica, holderEpoch, type DiskRecord, type VolumeRecord } from '../types.js';
 import type { Method, XmlRpcContext } from './context.js';
-import { errnoFault, internalFault, mapErrors } from './faults.js';
+import { XmlRpcFaultError, errnoFault, internalFault, mapErrors } from './faults.js';
 import { idValue, isInt, mand } from './params.js';
 
 // Failure reports (notifyFailure, notifyBadBlocks) and shutdownAll. A disk or
@@ -103,10 +103,17 @@ const notifyBadBlocks: Method = async (ctx, data) => {
   if (d.state === 'failed') return 0;
   const chunks = chunksUnder(d, blocks);
   let marked = 0;
+  const kept: string[] = [];
   for (const r of replicasOn(ctx, d.id, (i) => chunks.has(i))) {
-    if (await failReplica(ctx, r, `notifyBadBlocks over XML-RPC: blocks ${blocks.join(',')} of disk ${d.path}`)) marked++;
+    try {
+      if (await failReplica(ctx, r, `notifyBadBlocks over XML-RPC: blocks ${blocks.join(',')} of disk ${d.path}`)) marked++;
+    } catch (err) {
+      // The last in-sync copy of its segment stays (a stale mark would leave nothing to read); the others go on.
+      if (!(err instanceof XmlRpcFaultError)) throw err;
+      kept.push(`${r.volume.name}/${r.segment}`);
+    }
   }
-  log.warn({ diskId: d.id, path: d.path, blocks, chunks: chunks.size, replicasMarkedStale: marked }, 'notifyBadBlocks');
+  log.warn({ diskId: d.id, path: d.path, blocks, chunks: chunks.size, replicasMarkedStale: marked, lastCopiesKept: kept }, 'notifyBadBlocks');
   return 0;
 };
 

@@ -116,7 +116,7 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     expect(await xr('deleteLogicalVolume', { lvolid })).toBe(0);
   });
 
-  it('marks a disk extent stale (notifyFailure target 4), fails and deletes a disk and a server, registers the server again; ids survive a manager restart', async () => {
+  it('marks a disk extent and bad blocks stale, detaches a failed head's volumes, fails and deletes a disk and a server, registers them again; ids survive a manager restart', async () => {
     const lvolid = await xr('createLogicalVolume', { lvolname: 'fail1', capacity: 1 });
     const hsvrid = (await xr('listHeadServers')).find((h: Json) => h.name === 'head1').hsvrid;
     expect(await xr('attachLogicalVolume', { lvolid, hsvrid })).toBe(0);
@@ -126,7 +126,14 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     const after = await xr('showLogicalVolume', { lvolid });
     expect([3, 4]).toContain(after.components[0].components[0].components[0].components.find((d: Json) => d.lvolspec.slot === dext.lvolspec.slot).mirror_status);
     expect((await xr('listLogicalVolumes', { lvolid }))[0].fault).toBe(true);
-    expect(await xr('detachLogicalVolume', { lvolid })).toBe(0);
+    // Bad blocks under another segment's extent: that replica goes stale too.
+    const other = tree.components[0].components[0].components[1].components[1];
+    expect(await xr('notifyBadBlocks', { pdskid: other.lvolspec.pdskid, blocks: [other.lvolspec.offset] })).toBe(0);
+    const segment1 = (await xr('showLogicalVolume', { lvolid })).components[0].components[0].components[1].components;
+    expect([3, 4]).toContain(segment1.find((d: Json) => d.lvolspec.slot === other.lvolspec.slot).mirror_status);
+    // A head server reported gone: its volumes are detached (VastSky drops its attach rows).
+    expect(await xr('notifyFailure', { target: 1, targetid: hsvrid })).toBe(0);
+    expect((await xr('listLogicalVolumes', { lvolid }))[0].hsvrid).toBe(0);
     expect(await xr('deleteLogicalVolume', { lvolid })).toBe(0);
 
     const disks = await xr('listPhysicalDisks');
