@@ -116,7 +116,7 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     expect(await xr('deleteLogicalVolume', { lvolid })).toBe(0);
   });
 
-  it('marks a disk extent and bad blocks stale, detaches a failed head's volumes, fails and deletes a disk and a server, registers them again; ids survive a manager restart', async () => {
+  it('marks a disk extent and bad blocks stale, detaches the volumes of a failed head, fails and deletes a disk and a server, registers them again; ids survive a manager restart', async () => {
     const lvolid = await xr('createLogicalVolume', { lvolname: 'fail1', capacity: 1 });
     const hsvrid = (await xr('listHeadServers')).find((h: Json) => h.name === 'head1').hsvrid;
     expect(await xr('attachLogicalVolume', { lvolid, hsvrid })).toBe(0);
