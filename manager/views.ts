@@ -15,7 +15,7 @@ export function serverView(s: ServerRecord, registry: Registry): ServerInfo {
     serverId: s.id, name: s.name, dataAddress: s.dataAddress, controlAddress: s.controlAddress,
     labels: registry.labelsOf(s), state: s.state, lastHeartbeatMs: s.lastHeartbeatMs,
     diskCount: registry.disksOf(s.id).filter((d) => d.state !== 'removed').length,
-    draining: Boolean(s.draining && s.state !== 'removed'),
+    draining: Boolean(s.draining && s.state !== 'removed'), ssvrid: s.intId ?? 0,
   };
 }
 
@@ -24,14 +24,14 @@ export function diskView(d: DiskRecord, registry: Registry, model: PlacementMode
   return {
     diskId: d.id, serverId: d.serverId, serverName: registry.server(d.serverId)?.name ?? '', path: d.path,
     chunkSize: d.chunkSize, chunkCount: d.chunkCount, usedChunks: model.diskUsage(d.id)?.used ?? 0, state: d.state,
-    draining: Boolean(d.draining && d.state !== 'removed'), drainNote, stateReason: d.stateReason,
+    draining: Boolean(d.draining && d.state !== 'removed'), drainNote, stateReason: d.stateReason, pdskid: d.intId ?? 0,
   };
 }
 
 export function headView(h: HeadRecord, attached: string[]): HeadInfo {
   return {
     headId: h.id, name: h.name, controlAddress: h.controlAddress, nbdAddress: h.nbdAddress,
-    state: h.state, lastHeartbeatMs: h.lastHeartbeatMs, attached,
+    state: h.state, lastHeartbeatMs: h.lastHeartbeatMs, attached, hsvrid: h.intId ?? 0,
   };
 }
 
@@ -55,7 +55,7 @@ export function volumeView(v: VolumeRecord, registry: Registry, health?: VolumeH
     epoch: v.epoch, attachedHead: headName(v.attachedHead),
     nbdUri: v.nbdUri, createdMs: v.createdMs, iscsiUrl: v.iscsiUrl ?? '',
     iscsiInitiators: v.access?.initiators ?? [], iscsiChap: Boolean(v.access?.chapUser),
-    iscsiMutualChap: Boolean(v.access?.mutualUser),
+    iscsiMutualChap: Boolean(v.access?.mutualUser), lvolid: v.intId ?? 0,
   };
 }
 

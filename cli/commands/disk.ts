@@ -15,7 +15,7 @@ export function registerDiskCommands(program: Command): void {
       emit(o, disks, () => printTable(disks.map((d) => ({
         ...d, capacity: formatSize(d.chunkSize * d.chunkCount), used: `${d.usedChunks}/${d.chunkCount}`,
         state: d.draining ? `${d.state},draining` : d.state,
-      })), { diskId: 'ID', serverName: 'SERVER', path: 'PATH', state: 'STATE', capacity: 'CAPACITY', used: 'CHUNKS USED', drainNote: 'NOTE' }));
+      })), { diskId: 'ID', serverName: 'SERVER', path: 'PATH', state: 'STATE', capacity: 'CAPACITY', used: 'CHUNKS USED', pdskid: 'PDSKID', drainNote: 'NOTE' }));
     }));
 
   adminCommand(disk, 'add', 'add a disk (file or block device) to a storage server')

@@ -11,7 +11,7 @@ export function registerServerCommands(program: Command): void {
     const { servers } = await call(m, 'ListServers', {});
     emit(o, servers, () => printTable(servers.map((s) => ({
       ...s, state: s.draining ? `${s.state},draining` : s.state, lastSeen: s.lastHeartbeatMs ? `${Math.round((Date.now() - s.lastHeartbeatMs) / 1000)}s ago` : '-',
-    })), { name: 'NAME', serverId: 'ID', state: 'STATE', dataAddress: 'DATA', controlAddress: 'CONTROL', diskCount: 'DISKS', labels: 'LABELS', lastSeen: 'HEARTBEAT' }));
+    })), { name: 'NAME', serverId: 'ID', state: 'STATE', dataAddress: 'DATA', controlAddress: 'CONTROL', diskCount: 'DISKS', labels: 'LABELS', lastSeen: 'HEARTBEAT', ssvrid: 'SSVRID' }));
   }));
 
   adminCommand(server, 'add', 'register a running storage node by its control address')

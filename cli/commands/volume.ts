@@ -28,7 +28,7 @@ export function registerVolumeCommands(program: Command): void {
   adminCommand(volume, 'list', 'list volumes').action((o) => withManager(o, async (m) => {
     const { volumes } = await call(m, 'ListVolumes', {});
     emit(o, volumes, () => printTable(volumes.map((v) => ({ ...v, size: formatSize(v.size) })),
-      { name: 'NAME', volumeId: 'ID', size: 'SIZE', replicas: 'K', segmentCount: 'SEGMENTS', state: 'STATE', generation: 'GEN', epoch: 'EPOCH', attachedHead: 'HEAD', standbyHead: 'STANDBY', lease: 'LEASE' }));
+      { name: 'NAME', volumeId: 'ID', size: 'SIZE', replicas: 'K', segmentCount: 'SEGMENTS', state: 'STATE', generation: 'GEN', epoch: 'EPOCH', attachedHead: 'HEAD', standbyHead: 'STANDBY', lease: 'LEASE', lvolid: 'LVOLID' }));
   }));
 
   adminCommand(volume, 'show', 'show a volume and where each replica lives')

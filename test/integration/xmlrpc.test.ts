@@ -4,6 +4,7 @@ import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { GiB } from '../../shared/constants.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { run } from '../harness/tools.js';
+import { vskyJson } from '../harness/vsky.js';
 import { PythonClient, grpcHealth, grpcReflectionServices, httpPost, seededFuzzBodies } from './xmlrpc/helpers.js';
 
 // VastSky 3.0's XML-RPC API on a real local cluster, driven by Python 3's
@@ -77,6 +78,9 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     const heads = await xr('listHeadServers');
     const head1 = heads.find((h: Json) => h.name === 'head1');
     expect(await xr('attachLogicalVolume', { lvolid: busy, hsvrid: head1.hsvrid })).toBe(0);
+    // vsky ... list --json shows the same ids.
+    const listed = await vskyJson<{ name: string; lvolid: number }[]>(['volume', 'list'], c.managerAddress);
+    expect(listed.filter((v) => v.name === 'busy1' || v.name === 'free1').map((v) => v.lvolid).sort((a, b) => a - b)).toEqual([busy, free]);
     const server = (await xr('listStorageServers'))[0];
     const disk = (await xr('listPhysicalDisks', { ssvrid: server.ssvrid }))[0];
     const before = await state();
