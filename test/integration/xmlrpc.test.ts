@@ -95,7 +95,7 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     expect(await faultCode('shutdownAll')).toBe(95);
   });
 
-  it('has our own methods in the same style: live hand-off between two heads, iSCSI access rules', async () => {
+  it('has our own methods in the same style: live hand-off between two heads, take-over, iSCSI access rules, events', async () => {
     const lvolid = await xr('createLogicalVolume', { lvolname: 'mig1', capacity: 1, redundancy: 2 });
     const heads = await xr('listHeadServers');
     const [h1, h2] = ['head1', 'head2'].map((n) => heads.find((h: Json) => h.name === n).hsvrid as number);
@@ -109,6 +109,11 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     expect(await xr('detachLogicalVolumeFromHead', { lvolid, hsvrid: h1 })).toBe(0);
     e = (await xr('listLogicalVolumes', { lvolid }))[0];
     expect([e.hsvrid, e.standby_hsvrid]).toEqual([h2, 0]);
+    // Take-over: refused while the holder renews its lease, done with force (the old holder is fenced).
+    expect(await faultCode('takeoverLogicalVolume', { lvolid, hsvrid: h1 })).toBe(16);
+    expect(await xr('takeoverLogicalVolume', { lvolid, hsvrid: h1, force: true })).toBe(0);
+    e = (await xr('listLogicalVolumes', { lvolid }))[0];
+    expect([e.hsvrid, e.epoch]).toEqual([h1, epoch + 2]);
     const rules = { initiators: ['iqn.2026-01.test:host1'], chap_user: 'vmuser', chap_secret: 'secret-12345678' };
     expect(await xr('setAccessRules', { lvolid, ...rules })).toBe(0);
     expect(await xr('getAccessRules', { lvolid })).toEqual({ initiators: rules.initiators, chap_user: 'vmuser', mutual_user: '' });
