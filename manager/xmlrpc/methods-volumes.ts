@@ -81,7 +81,7 @@ function listEntry(ctx: XmlRpcContext, v: VolumeRecord): XStruct {
   const lease = ctx.core.leases.state(v);
   return {
     hsvrid: hsvridOf(ctx, v.attachedHead), lvolid: v.intId ?? 0, lvolname: v.name, redundancy: v.replicas,
-    capacity: gb(v.size), associated_to: [], associated_from: [], fault: hasFault(v, entry.map),
+    capacity: gb(v.size), associated_to: [], associated_from: [], fault: hasFault(entry.map),
     bind_status: v.attachedHead ? 1 : 0, bind_event: bindEvent(ctx, v), ctime: ctime(v.createdMs),
     // ours (docs/xmlrpc.md):
     size_bytes: v.size, nbd_uri: v.nbdUri, iscsi_url: v.iscsiUrl ?? '', lease: lease.lease, epoch: v.epoch,

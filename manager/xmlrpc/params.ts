@@ -81,7 +81,7 @@ export function lookupVolume(ids: IntIds, byName: (n: string) => VolumeRecord | 
   throw errnoFault('EINVAL', `give ${idKey} (int) or ${nameKey} (string)`);
 }
 
-/** A head, storage server or disk by its integer id member; `missing` is the fault when the key is absent. */
+/** A head, storage server or disk by its integer id member (undefined: not a usable id, or none has it). */
 export function lookupById<T extends HeadRecord | ServerRecord | DiskRecord>(
   data: XStruct, key: string, find: (id: number) => T | undefined,
 ): T | undefined {

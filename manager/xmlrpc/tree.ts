@@ -83,8 +83,8 @@ export function volumeTree(v: VolumeRecord, map: ChunkMapRecord, look: TreeLooku
 }
 
 /** listLogicalVolumes' `fault`: any disk extent neither INSYNC nor ALLOCATED. */
-export function hasFault(v: VolumeRecord, map: ChunkMapRecord): boolean {
+export function hasFault(map: ChunkMapRecord): boolean {
   let fault = false;
   forEachReplica(map, (r) => { if (r.move || r.state !== 'in_sync') fault = true; });
-  return fault && v.segmentCount > 0;
+  return fault;
 }

@@ -122,7 +122,7 @@ describe('showLogicalVolume tree', () => {
     expect(m9).toMatchObject({ lvoltype: 2, capacity: 0, lvolspec: { segment: 9, offset_bytes: 9 * chunk, size_bytes: chunk } });
     expect(m9.components.map((d: any) => [d.lvolid, d.lvolspec.pdskid, d.lvolspec.ssvrid, d.lvolspec.offset, d.mirror_status])) // eslint-disable-line @typescript-eslint/no-explicit-any
       .toEqual([[1009, 1, 11, 2, 1], [2009, 2, 12, 2, 1], [3009, 3, 13, 2, 1]]);
-    expect(hasFault(volume, map)).toBe(false);
+    expect(hasFault(map)).toBe(false);
   });
 
   it('shows replica states as mirror_status and the volume as faulty', () => {
@@ -132,7 +132,7 @@ describe('showLogicalVolume tree', () => {
     expect(mirrorStatus('in_sync', true, false)).toBe(MIRROR_STATUS.SPARE);
     expect(mirrorStatus('stale', false, false)).toBe(MIRROR_STATUS.FAULTY);
     const map = { ...buildChunkMap(4, 3, 10, placed), stale: [4] };
-    expect(hasFault(volume, map)).toBe(true);
+    expect(hasFault(map)).toBe(true);
     expect(lvolLabel(0x94e)).toBe('lvol-0000094e');
     expect(ctime(0)).toBe('1970-01-01T00:00:00');
   });
