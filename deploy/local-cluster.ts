@@ -66,6 +66,12 @@ export interface LocalClusterOptions {
   env?: Record<string, NodeJS.ProcessEnv>;
   /** HOST:PORT of the manager's VastSky XML-RPC API (docs/xmlrpc.md); undefined: not served. */
   xmlrpcListen?: string;
+  /**
+   * The manager's database is lost but the nodes' disks are there: start the
+   * manager with --rebuild-from-storage (`vsky cluster up` decides this when
+   * DIR/manager/db is missing and DIR/node1 exists).
+   */
+  rebuildFromStorage?: boolean;
   /** Extra `vsky manager` flags, e.g. ['--resync-mibps', '8']. */
   managerArgs?: string[];
   /** Extra node flags per daemon name, e.g. { head: ['--cpu-prof'] } for profiling. */
@@ -184,10 +190,18 @@ export class LocalCluster {
   }
 
   private async startAll(): Promise<void> {
-    const ready = await this.manager.start();
-    this.managerAddress = String(ready.address ?? this.opts.managerListen);
-    for (const node of this.nodes) node.args.push('--manager', this.managerAddress);
-    await Promise.all(this.nodes.map((n) => n.start()));
+    if (this.opts.rebuildFromStorage) {
+      // The manager is ready only once the nodes registered and it rebuilt its database from them.
+      this.manager.args.push('--rebuild-from-storage', '--rebuild-servers', String(this.nodes.length));
+      for (const node of this.nodes) node.args.push('--manager', this.opts.managerListen);
+      const [ready] = await Promise.all([this.manager.start(60_000), ...this.nodes.map((n) => n.start())]);
+      this.managerAddress = String(ready.address ?? this.opts.managerListen);
+    } else {
+      const ready = await this.manager.start();
+      this.managerAddress = String(ready.address ?? this.opts.managerListen);
+      for (const node of this.nodes) node.args.push('--manager', this.managerAddress);
+      await Promise.all(this.nodes.map((n) => n.start()));
+    }
     this.heads.forEach((head, i) => {
       const a = headAddress(this.opts, i + 1);
       head.args.push('head-agent', '--data-dir', join(this.opts.dir, i === 0 ? 'head' : `head${i + 1}`), '--name', `head${i + 1}`,

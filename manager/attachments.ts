@@ -66,6 +66,11 @@ export class Attachments {
     return this.volumes.exclusive(name, async (entry) => {
       const { volume } = entry;
       const holder = volume.attachedHead;
+      const claimWait = this.registry.claimWaitMs(volume);
+      if (!holder && claimWait > 0 && opts.force !== true) {
+        throw new ConflictError(`volume ${name} was rebuilt from storage and a head may still hold it: heads have ${(claimWait / 1000).toFixed(1)} s left `
+          + 'to claim it (their heartbeats do) before it can be attached elsewhere; retry then, or --force if no head holds it', { volume: name, claimWaitMs: claimWait });
+      }
       // Attaching again to the holder re-pushes the map under a new epoch: the
       // head may have restarted and lost it (a live head takes it in place).
       if (!holder || holder === head.id) return this.grantLocked(entry, head, { standby: volume.standbyHead ?? '' });
@@ -125,6 +130,7 @@ export class Attachments {
     volume.attachedHead = head.id;
     volume.nbdUri = reply.nbdUri;
     volume.iscsiUrl = reply.iscsiUrl;
+    delete volume.claimPending;
     if (!opts.standby) {
       clearStandby(volume);
     } else if (opts.standby === previous.head && previous.head !== head.id) { // a hand-off: the old holder stays as the standby

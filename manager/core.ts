@@ -97,6 +97,12 @@ export class ManagerCore {
       const volumes = new Volumes(store, model, registry, peers, freer, { chunkSize: opts.chunkSize, allocateParallelism: opts.allocateParallelism });
       volumes.load(snap);
       freer.load(snap.toFree);
+      // Left for an admin by a rebuild from storage: never placed, never freed by GC (foreign).
+      for (const a of snap.setAside) {
+        if (model.ownerOf(a.diskId, a.chunkIndex) !== 0) continue;
+        model.claim(a.diskId, a.chunkIndex, a.volumeId);
+        model.markForeign(a.diskId, a.chunkIndex, a.volumeId);
+      }
       // Creates interrupted by the previous process become to-free entries
       // before anyone can talk to us; the nodes are asked by the first GC pass.
       let rolledAtStart = await volumes.rollbackStalePending();

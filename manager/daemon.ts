@@ -4,6 +4,7 @@ import { moduleLogger } from '../shared/logger.js';
 import { parseHostPort } from '../shared/units.js';
 import { ManagerCore } from './core.js';
 import { managerHandlers } from './grpc-service.js';
+import { rebuildFromStorage } from './rebuild/index.js';
 import { GrpcPeerClients, type PeerClients } from './node-clients.js';
 import type { SchedulerLimits } from './resync-scheduler.js';
 import { IntIds, startXmlRpc, type XmlRpcServerHandle, type XmlRpcServerOptions } from './xmlrpc/index.js';
@@ -19,6 +20,8 @@ export interface ManagerOptions {
   listen: string;               // HOST:PORT for gRPC, port 0 = pick
   chunkSize: number;            // cluster chunk size (bytes)
   heartbeatTimeoutMs: number;   // server/head considered failed after this
+  /** Rebuild an empty database from the storage nodes first (manager/rebuild/). */
+  rebuildFromStorage?: { waitMs: number; expectServers?: number };
   leaseTtlMs?: number;          // a holder's write leases expire this long after its last heartbeat
   gcIntervalMs?: number;        // periodic GC, 0/undefined = only at start + on request
   /** HOST:PORT resync executors report progress to (default: the bound listen address). */
@@ -47,6 +50,9 @@ export interface ManagerDeps {
 export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {}): Promise<ManagerHandle> {
   const { host } = parseHostPort(opts.listen, 'listen address');
   const peers = deps.peers ?? new GrpcPeerClients();
+  if (opts.rebuildFromStorage) {
+    await rebuildFromStorage({ dataDir: opts.dataDir, chunkSize: opts.chunkSize, listen: opts.listen, ...opts.rebuildFromStorage }, peers);
+  }
   const core = await ManagerCore.open({
     dataDir: opts.dataDir, chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, leaseTtlMs: opts.leaseTtlMs, now: deps.now,
     resyncMibps: opts.resyncMibps, resyncProgressTimeoutMs: opts.resyncProgressTimeoutMs, resyncLimits: opts.resyncLimits,

@@ -90,11 +90,31 @@ export class Leases {
         continue;
       }
       const v = e.volume;
+      if (!v.attachedHead && !v.standbyHead && c.epoch === v.epoch && c.epoch > 0) this.adopt(e, headId);
       const stillOurs = v.attachedHead === headId && holderEpoch(v) !== undefined;
       if (!stillOurs && c.epoch < v.epoch) revoked.push({ volume: v.name, epoch: v.epoch });
     }
     if (revoked.length > 0) log.warn({ headId, revoked }, 'a head claims leases it no longer holds: revoked (it fences itself off them)');
     return revoked;
+  }
+
+  /**
+   * A head holds a volume our records say nobody holds, under its newest
+   * epoch (a manager rebuilt from storage: the epoch came from the nodes,
+   * which the holder fenced): it is the holder; record it (in the background,
+   * once; a failure is retried by the next heartbeat).
+   */
+  private adopt(e: { volume: VolumeRecord }, headId: string): void {
+    const head = this.registry.head(headId);
+    if (!head || this.volumes.isBusy(e.volume.id)) return;
+    this.volumes.exclusive(e.volume.name, async ({ volume }) => {
+      if (volume.attachedHead || volume.standbyHead) return;
+      volume.attachedHead = head.id;
+      volume.nbdUri = head.nbdAddress ? `nbd://${head.nbdAddress}/${encodeURIComponent(volume.name)}` : '';
+      delete volume.claimPending;
+      await this.volumes.saveVolume(volume);
+      log.warn({ volume: volume.name, head: head.name, epoch: volume.epoch }, 'a head holds this volume at its newest epoch: recorded as its holder (the manager\'s records had none)');
+    }).catch((err: unknown) => log.warn({ volume: e.volume.name, head: head.name, err: errorMessage(err) }, 'could not record the holder a head claims; retried'));
   }
 
   /** A standby head's first I/O asks for the lease (AcquireLease). Idempotent per request id. */

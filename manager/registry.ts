@@ -67,6 +67,7 @@ export class Registry {
   load(snap: StoreSnapshot): void {
     // Everyone gets a full timeout after a manager restart before being called failed.
     const start = this.now();
+    this.loadedMs = start;
     for (const s of snap.servers) this.servers.set(s.id, { ...s, lastHeartbeatMs: start });
     for (const h of snap.heads) this.heads.set(h.id, { ...h, lastHeartbeatMs: start });
     for (const s of this.servers.values()) this.syncServer(s);
@@ -131,7 +132,7 @@ export class Registry {
     if (foreign.length > 0) {
       throw new ConflictError(`server ${info.name || info.serverId} has ${foreign.length} disk(s) of another cluster (${foreign.map((d) => `${d.path}: cluster ${d.clusterId}`).join(', ')}; `
         + `this cluster is ${this.store.clusterId}): it is not adopted, and nothing on it is freed or overwritten. If this manager's database `
-        + 'was lost, restore its data directory (rebuilding it from the storage nodes is not built yet); otherwise remove those disks from the node',
+        + 'was lost, start the manager on an empty data directory with --rebuild-from-storage; otherwise remove those disks from the node',
       { serverId: info.serverId });
     }
     const now = this.now();
@@ -272,6 +273,19 @@ export class Registry {
       this.hooks?.changed('head active');
     }
     return true;
+  }
+
+  /** When this manager loaded its metadata. */
+  loadedMs = 0;
+
+  /**
+   * A volume rebuilt from storage whose holder (if any) has not claimed it:
+   * for one lease TTL after the manager started, a head may still hold it
+   * (its heartbeat's lease claim adopts it), so nothing may take it over or
+   * fence it yet. Milliseconds left of that wait (<= 0: none).
+   */
+  claimWaitMs(v: { claimPending?: boolean }): number {
+    return v.claimPending ? this.loadedMs + this.leaseTtlMs - this.now() : 0;
   }
 
   /** The lease TTL: a holder silent this long may be taken over. */

@@ -137,6 +137,7 @@ export class ResyncDispatcher {
     } else {
       const server = this.ctx.registry.serverOfDisk(rec.target.diskId);
       if (!server || server.state !== 'active') return;
+      if (this.ctx.registry.claimWaitMs(volume) > 0) return; // a head may still hold it: its copy would fence it
       if (volume.resyncEpoch !== volume.epoch) {
         // Granted like an attach, and durable before any node hears of it.
         volume.epoch += 1;

@@ -1,6 +1,6 @@
 import { VskyError, errorMessage } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
-import { identitySlot, moveOf, replicaLocation, segmentReplicas, setReplicaLocation, setReplicaState } from './chunk-map.js';
+import { freeIdentitySlot, identitySlot, moveOf, replicaLocation, segmentReplicas, setIdentitySlot, setReplicaLocation, setReplicaState } from './chunk-map.js';
 import { mapLimit, type PeerClients } from './node-clients.js';
 import type { PlacementModel, SpareRequest } from './placement.js';
 import type { Registry } from './registry.js';
@@ -76,7 +76,7 @@ export class SparePlanner {
     if (items.length === 0) return 0;
     const reqs: SpareRequest[] = items.map((it) => this.request(it));
     const picks = this.model.placeSpares(reqs, this.resyncLoad(items), this.onlyDisks);
-    const planned: Array<{ it: Item; to: ChunkLocation & { serverId: string; fit: string } }> = [];
+    const planned: Array<{ it: Item; to: ChunkLocation & { serverId: string; fit: string }; idSlot: number }> = [];
     items.forEach((it, i) => {
       const pick = picks[i];
       const name = `${it.entry.volume.name} seg ${it.segment} slot ${it.slot}`;
@@ -88,15 +88,17 @@ export class SparePlanner {
           `no spare for ${name}: ${where}; retried when servers or disks change`);
         return;
       }
-      planned.push({ it, to: pick });
+      const idSlot = this.spareIdSlot(it, pick);
+      if (idSlot === undefined) return;
+      planned.push({ it, to: pick, idSlot });
     });
-    const results = await mapLimit(planned, 16, ({ it, to }) => this.allocate(it, to));
+    const results = await mapLimit(planned, 16, ({ it, to, idSlot }) => allocateReplicaChunk(this.ctx.peers, this.ctx.registry, it.entry.volume, it.segment, idSlot, to));
     const batch = this.ctx.store.batch();
     const toFree: ToFreeRecord[] = [];
     const committed: Array<{ it: Item; to: ChunkLocation & { serverId: string; fit: string }; record: ResyncRecord }> = [];
     const now = this.ctx.registry.now();
     results.forEach((res, i) => {
-      const { it, to } = planned[i]!;
+      const { it, to, idSlot: spareSlot } = planned[i]!;
       const name = `${it.entry.volume.name} seg ${it.segment} slot ${it.slot}`;
       if (res.status === 'rejected') {
         this.backoff(it);
@@ -105,8 +107,8 @@ export class SparePlanner {
         log.warn({ diskId: to.diskId, chunkIndex: to.chunkIndex, err: errorMessage(res.reason) }, `spare for ${name} could not be allocated; retried later`);
         return;
       }
-      const idSlot = identitySlot(it.entry.map, it.r);
-      const spare: ToFreeRecord = { diskId: to.diskId, chunkIndex: to.chunkIndex, volumeId: it.entry.volume.id, segment: it.segment, idSlot, reason: 'spare not used', sinceMs: now };
+      const idSlot = identitySlot(it.entry.map, it.r); // the replaced chunk's
+      const spare: ToFreeRecord = { diskId: to.diskId, chunkIndex: to.chunkIndex, volumeId: it.entry.volume.id, segment: it.segment, idSlot: spareSlot, reason: 'spare not used', sinceMs: now };
       if (!this.stillWanted(it, to)) {
         // The slot changed while the node allocated (volume deleted, failure
         // during planning): the spare is garbage, freed like any other.
@@ -116,6 +118,7 @@ export class SparePlanner {
       }
       const { map } = it.entry;
       setReplicaLocation(map, it.r, to);
+      if (spareSlot !== idSlot) setIdentitySlot(map, it.r, spareSlot);
       setReplicaState(map, it.r, 'resyncing');
       let record = it.record;
       if (record) {
@@ -206,8 +209,22 @@ export class SparePlanner {
     return load;
   }
 
-  private async allocate(it: Item, to: ChunkLocation & { serverId: string }): Promise<void> {
-    await allocateReplicaChunk(this.ctx.peers, this.ctx.registry, it.entry.volume, it.segment, identitySlot(it.entry.map, it.r), to);
+  /**
+   * The identity slot a spare is claimed under: the replica's own, unless the
+   * spare's server still holds the replaced chunk (a disk failed on a server
+   * whose sibling disk takes the spare: the node addresses chunks by volume,
+   * segment and identity slot, and refuses a second one): then a slot no
+   * chunk of the segment uses, as a drain does. Undefined: none left.
+   */
+  private spareIdSlot(it: Item, to: { serverId: string }): number | undefined {
+    const own = identitySlot(it.entry.map, it.r);
+    const pending = this.ctx.freer.list()
+      .filter((t) => t.volumeId === it.entry.volume.id && t.segment === it.segment && t.idSlot !== undefined && this.ctx.registry.serverOfDisk(t.diskId)?.id === to.serverId)
+      .map((t) => t.idSlot!);
+    const sameNode = this.ctx.registry.serverOfDisk(it.from.diskId)?.id === to.serverId;
+    if (!sameNode && !pending.includes(own)) return own;
+    return freeIdentitySlot(it.entry.map, it.segment, this.ctx.freer.list()
+      .filter((t) => t.volumeId === it.entry.volume.id && t.segment === it.segment && t.idSlot !== undefined).map((t) => t.idSlot!));
   }
 
   private stillWanted(it: Item, to: ChunkLocation): boolean {

@@ -33,6 +33,9 @@ import {
 const FORMAT = 1;
 const log = moduleLogger('manager.store');
 
+/** A chunk left for an admin by a rebuild from storage (its volume could not be rebuilt safely). */
+export interface SetAsideRecord { diskId: string; chunkIndex: number; volumeId: number; reason: string }
+
 export interface StoreSnapshot {
   nextVolumeId: number;
   servers: ServerRecord[];
@@ -41,6 +44,8 @@ export interface StoreSnapshot {
   volumes: Array<{ volume: VolumeRecord; map: ChunkMapRecord }>;
   pending: PendingCreateRecord[];
   toFree: ToFreeRecord[];
+  /** Chunks a rebuild from storage left for an admin (kept out of GC and placement). */
+  setAside: SetAsideRecord[];
   nextResyncId: number;
   resyncs: ResyncRecord[];
 }
@@ -76,6 +81,7 @@ export const keys = {
   chunks: (id: number) => `chunks/${pad(id)}`,
   pending: (id: number) => `pending/${pad(id)}`,
   toFree: (diskId: string, index: number) => `tofree/${diskId}/${pad(index)}`,
+  aside: (diskId: string, index: number) => `aside/${diskId}/${pad(index)}`,
   resync: (id: string) => `resync/${id}`,
   nextIntId: (space: string) => `meta/next_int/${space}`,
   event: (seq: number) => `event/${String(seq).padStart(20, '0')}`,
@@ -108,6 +114,8 @@ export class StoreBatch {
   delPending(id: number): this { return this.del(keys.pending(id)); }
   putToFree(r: ToFreeRecord): this { return this.put(keys.toFree(r.diskId, r.chunkIndex), r); }
   delToFree(diskId: string, index: number): this { return this.del(keys.toFree(diskId, index)); }
+  /** A chunk a rebuild from storage left for an admin: never freed nor placed (manager/rebuild/apply.ts). */
+  putSetAside(r: SetAsideRecord): this { return this.put(keys.aside(r.diskId, r.chunkIndex), r); }
   putNextVolumeId(n: number): this { return this.put(keys.nextVolumeId, n); }
   putResync(r: ResyncRecord): this { return this.put(keys.resync(r.id), r); }
   delResync(id: string): this { return this.del(keys.resync(id)); }
@@ -162,6 +170,12 @@ export class ManagerStore {
     return store;
   }
 
+  /** A rebuild from storage takes the cluster id its disks carry (manager/rebuild/apply.ts). */
+  async adoptClusterId(id: string): Promise<void> {
+    await this.db.put(keys.clusterId, id);
+    this.clusterId = id;
+  }
+
   batch(): StoreBatch {
     return new StoreBatch();
   }
@@ -191,7 +205,7 @@ export class ManagerStore {
   async load(): Promise<StoreSnapshot> {
     await this.tail;
     const snap: StoreSnapshot = {
-      nextVolumeId: 1, servers: [], disks: [], heads: [], volumes: [], pending: [], toFree: [], nextResyncId: 1, resyncs: [],
+      nextVolumeId: 1, servers: [], disks: [], heads: [], volumes: [], pending: [], toFree: [], setAside: [], nextResyncId: 1, resyncs: [],
     };
     const volumes = new Map<number, VolumeRecord>();
     const maps = new Map<number, ChunkMapRecord>();
@@ -214,6 +228,7 @@ export class ManagerStore {
             case 'chunks': maps.set((value as ChunkMapRecord).volumeId, value as ChunkMapRecord); break;
             case 'pending': snap.pending.push(value as PendingCreateRecord); break;
             case 'tofree': snap.toFree.push(value as ToFreeRecord); break;
+            case 'aside': snap.setAside.push(value as SetAsideRecord); break;
             case 'resync': snap.resyncs.push(value as ResyncRecord); break;
             case 'event': break; // the event log (large) is read by manager/events.ts: skipped below
             default:

@@ -103,6 +103,12 @@ export interface VolumeRecord {
    */
   mapVersion?: number;
   /**
+   * Rebuilt from storage, and no head has claimed its lease yet: a head may
+   * still hold it, so for one lease TTL after the manager started nobody
+   * takes it over or fences it (Registry.claimWaitMs); cleared by the claim.
+   */
+  claimPending?: boolean;
+  /**
    * VastSky-style lvolid (manager/xmlrpc/ids.ts), stable once given: the first
    * of a block of segmentCount + 3 lvol ids (the volume, its SNAPSHOT-ORIGIN
    * and LINEAR nodes, then one MIRROR per segment).

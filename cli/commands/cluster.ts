@@ -1,4 +1,5 @@
-import { resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { InvalidArgumentError as CommanderInvalid, type Command } from 'commander';
 import { HEAD_HOST_BASE, LOCAL_CLUSTER_DEFAULTS, LocalCluster, headHost } from '../../deploy/local-cluster.js';
 import { DEFAULT_REPLICAS, DEFAULT_XMLRPC_ADDRESS, MAX_REPLICAS } from '../../shared/constants.js';
@@ -44,8 +45,11 @@ export function registerClusterCommands(program: Command): void {
       out.write(`Starting a local cluster in ${dir}: ${o.servers} storage servers x ${o.disksPerServer} disks of ${formatSize(o.diskSize)}, chunk ${formatSize(o.chunkSize)}, ${heads} head agent${heads > 1 ? 's' : ''}\n`);
       let c: LocalCluster;
       try {
+        // The manager's database is gone but the nodes' disks are here: rebuild it from them.
+        const rebuildFromStorage = !existsSync(join(dir, 'manager', 'db')) && existsSync(join(dir, 'node1'));
+        if (rebuildFromStorage) out.write(`The manager's database in ${join(dir, 'manager')} is missing but the storage nodes hold data: rebuilding it from them (--rebuild-from-storage)\n`);
         c = await LocalCluster.start({
-          ...d, dir, servers: o.servers, disksPerServer: o.disksPerServer, diskSize: o.diskSize, chunkSize: o.chunkSize,
+          ...d, dir, servers: o.servers, disksPerServer: o.disksPerServer, diskSize: o.diskSize, chunkSize: o.chunkSize, rebuildFromStorage,
           managerListen: o.manager, nbdPort: o.nbdPort, iscsiPort: o.iscsiPort, logLevel: o.logLevel, heads,
           xmlrpcListen: o.xmlrpc === false ? undefined : o.xmlrpc,
         });

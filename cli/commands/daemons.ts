@@ -68,6 +68,10 @@ export function registerDaemonCommands(program: Command): void {
     .option('--listen <host:port>', 'gRPC listen address', hostPortArg, DEFAULT_MANAGER_ADDRESS)
     .option('--chunk-size <size>', 'cluster chunk (segment) size', sizeArg, DEFAULT_CHUNK_SIZE)
     .option('--heartbeat-timeout <ms>', 'mark a server or head failed after this silence', intArg, DEFAULT_HEARTBEAT_TIMEOUT_MS)
+    .option('--rebuild-from-storage', 'the database is lost: rebuild it from the storage nodes (they register as usual), '
+      + 'then start; only into an empty data directory')
+    .option('--rebuild-wait <ms>', 'with --rebuild-from-storage: wait this long for storage nodes to register at most', positiveIntArg, 15_000)
+    .option('--rebuild-servers <n>', 'with --rebuild-from-storage: go on once this many storage nodes registered', positiveIntArg)
     .option('--lease-ttl <ms>', 'a volume\'s write lease expires this long after its holder\'s last heartbeat; only then may '
       + 'another head take it over without --force', positiveIntArg, DEFAULT_LEASE_TTL_MS)
     .option('--gc-interval <ms>', 'run garbage collection this often (0: at start and on request)', intArg, 60_000)
@@ -92,7 +96,8 @@ export function registerDaemonCommands(program: Command): void {
       const token = (o.xmlrpcToken as string | undefined) ?? process.env.VSKY_XMLRPC_TOKEN;
       await runDaemon('manager', o.logLevel, () => startManager({
         dataDir: o.dataDir, listen: o.listen, chunkSize: o.chunkSize,
-        heartbeatTimeoutMs: o.heartbeatTimeout, leaseTtlMs: o.leaseTtl, gcIntervalMs: o.gcInterval, advertiseAddress: o.advertise,
+        heartbeatTimeoutMs: o.heartbeatTimeout, leaseTtlMs: o.leaseTtl,
+        rebuildFromStorage: o.rebuildFromStorage ? { waitMs: o.rebuildWait, expectServers: o.rebuildServers } : undefined, gcIntervalMs: o.gcInterval, advertiseAddress: o.advertise,
         resyncMibps: o.resyncMibps, resyncLimits: { perDisk: o.resyncPerDisk, maxRunning: o.resyncMax },
         spareDisks: o.spareDisk as string[] | undefined,
         xmlrpc: o.xmlrpc === false ? undefined : { listen: o.xmlrpcListen, tlsCert: o.xmlrpcTlsCert, tlsKey: o.xmlrpcTlsKey, token: token || undefined },

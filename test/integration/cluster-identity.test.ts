@@ -34,7 +34,7 @@ describe('a manager never adopts disks of another cluster', () => {
       await c.manager.stop();
       rmSync(join(c.opts.dir, 'manager'), { recursive: true, force: true }); // "the manager host was reinstalled"
       await c.manager.start();
-      const refusal = /disk\(s\) of another cluster.*not adopted, and nothing on it is freed or overwritten.*"msg":"the manager refused this node/;
+      const refusal = /disk\(s\) of another cluster.*not adopted, and nothing on it is freed or overwritten.*--rebuild-from-storage.*"msg":"the manager refused this node/;
       const nodeLog = () => readFileSync(join(c.opts.dir, 'logs', 'node1.log'), 'utf8');
       for (let i = 0; i < 100 && !refusal.test(nodeLog()); i++) await new Promise((r) => setTimeout(r, 100));
       expect(nodeLog()).toMatch(refusal);
