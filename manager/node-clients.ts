@@ -7,6 +7,7 @@ import type { AttachVolumeRequest } from '../proto/generated/vsky/head/AttachVol
 import type { DetachVolumeRequest } from '../proto/generated/vsky/head/DetachVolumeRequest.js';
 import type { ReleaseLeaseRequest } from '../proto/generated/vsky/head/ReleaseLeaseRequest.js';
 import type { SegmentNote } from '../proto/generated/vsky/storage/SegmentNote.js';
+import type { SetVolumeStateRequest } from '../proto/generated/vsky/storage/SetVolumeStateRequest.js';
 import type { AddDiskRequest } from '../proto/generated/vsky/storage/AddDiskRequest.js';
 import type { AllocateChunkRequest } from '../proto/generated/vsky/storage/AllocateChunkRequest.js';
 import type { ChunkList__Output } from '../proto/generated/vsky/storage/ChunkList.js';
@@ -37,6 +38,8 @@ export interface StorageNodeApi {
   copyChunk(address: string, task: ResyncTask): Promise<void>;
   /** The manager's note on a segment (which replicas are stale), durable on the node when this resolves. */
   noteSegment(address: string, req: SegmentNote, timeoutMs: number): Promise<void>;
+  /** Storage jobs: the epoch-checked generation compare-and-set over the volume's chunks there (durable when it resolves); returns the chunks set. */
+  setVolumeState?(address: string, req: SetVolumeStateRequest): Promise<number>;
 }
 
 export interface HeadApi {
@@ -87,6 +90,7 @@ export class GrpcPeerClients implements PeerClients {
     getChunkRegions: (a, req) => call(this.nodeClient(a), 'GetChunkRegions', req, PEER_TIMEOUTS.info, PEER_CALL),
     copyChunk: async (a, task) => { await call(this.nodeClient(a), 'CopyChunk', task, PEER_TIMEOUTS.resync, PEER_CALL); },
     noteSegment: async (a, req, timeoutMs) => { await call(this.nodeClient(a), 'NoteSegment', req, timeoutMs); },
+    setVolumeState: async (a, req) => (await call(this.nodeClient(a), 'SetVolumeState', req, PEER_TIMEOUTS.disk, PEER_CALL)).chunks,
   };
 
   readonly head: HeadApi = {

@@ -1,9 +1,9 @@
 import { scrubChunk } from './chunk-io.js';
 import { isCounter } from '../shared/counters.js';
-import { ConflictError, InvalidArgumentError, IoError, NotFoundError, StaleEpochError } from '../shared/errors.js';
+import { ConflictError, InvalidArgumentError, IoError, NotFoundError, StaleEpochError, StaleGenerationError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { Chunk } from './chunk.js';
-import { ChunkState, MAX_VOLUME_NAME_BYTES, emptyRecord } from './disk-format.js';
+import { ChunkState, JOB_KINDS, JOB_OUTCOMES, Legality, MAX_JOB_ID_BYTES, MAX_VOLUME_NAME_BYTES, emptyRecord, type JobStamp } from './disk-format.js';
 import { Disk, type OpenDiskOptions } from './disk.js';
 import { NoChunkError } from './errors.js';
 
@@ -230,6 +230,58 @@ export class ChunkStore {
     await Promise.all(chunks.map((c) => c.persist()));
     await Promise.all(distinctDisks(chunks).map((c) => c.sync()));
     if (epoch > vol.durableEpoch) vol.durableEpoch = epoch;
+  }
+
+  /**
+   * SetVolumeState (storage jobs, manager/jobs/): an epoch-checked
+   * compare-and-set over every chunk of the volume on this node. When every
+   * chunk's generation is `expectedGeneration` and `epoch` is not below the
+   * volume's minimum, sets {generation, legality, job record} on all of them
+   * (and raises the epoch to `epoch`), durably (persisted and fdatasynced)
+   * before it resolves. A stale epoch (StaleEpochError) or another generation
+   * on any chunk (StaleGenerationError) changes nothing. A retry of a CAS that
+   * already applied (every chunk holds exactly the target state) succeeds
+   * without a change. Returns the chunks set.
+   */
+  async setVolumeState(volumeId: number, epoch: number, expectedGeneration: number, target: { generation: number; legality: number } & JobStamp): Promise<number> {
+    if (!isCounter(epoch) || !isCounter(expectedGeneration) || !isCounter(target.generation)
+        || (target.legality !== Legality.LEGAL && target.legality !== Legality.DIRTY)
+        || !JOB_KINDS.includes(target.jobKind) || !JOB_OUTCOMES.includes(target.jobOutcome)
+        || Buffer.byteLength(target.jobId, 'utf8') > MAX_JOB_ID_BYTES) {
+      throw new InvalidArgumentError(`SetVolumeState: invalid epoch ${epoch}, generation ${expectedGeneration} -> ${target.generation}, legality ${target.legality}, `
+        + `job ${target.jobId} (at most ${MAX_JOB_ID_BYTES} bytes) kind "${target.jobKind}" outcome "${target.jobOutcome}"`, { volumeId });
+    }
+    if (!this.epochsCurrent) {
+      throw new IoError('this storage node restarted and has not refreshed its volumes\' lease epochs from the manager yet', { volumeId, epoch });
+    }
+    const vol = this.volumes.get(volumeId);
+    if (!vol) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
+    if (epoch < vol.epoch) throw new StaleEpochError(`SetVolumeState at epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
+    const chunks = [...vol.chunks.values()];
+    const applied = (c: Chunk) => c.rec.generation === target.generation && c.rec.legality === target.legality
+      && c.rec.jobId === target.jobId && c.rec.jobKind === target.jobKind && c.rec.jobOutcome === target.jobOutcome;
+    if (!chunks.every(applied)) {
+      const other = chunks.find((c) => c.rec.generation !== expectedGeneration);
+      if (other !== undefined) {
+        throw new StaleGenerationError(`volume ${volumeId} is at generation ${other.rec.generation} on this node (segment ${other.rec.segment} slot ${other.rec.slot}), `
+          + `not the expected ${expectedGeneration}; nothing changed`, { volumeId, expected: expectedGeneration, actual: other.rec.generation });
+      }
+    }
+    vol.epoch = epoch;
+    for (const c of chunks) {
+      if (c.rec.epoch < epoch) c.rec.epoch = epoch;
+      c.rec.generation = target.generation;
+      c.rec.legality = target.legality;
+      c.rec.jobId = target.jobId;
+      c.rec.jobKind = target.jobKind;
+      c.rec.jobOutcome = target.jobOutcome;
+    }
+    // Writes admitted under an older epoch land before the new state is acknowledged (like FENCE).
+    await Promise.all(chunks.map((c) => c.drained(true)));
+    await Promise.all(chunks.map((c) => c.persist()));
+    await Promise.all(distinctDisks(chunks).map((c) => c.sync()));
+    if (epoch > vol.durableEpoch) vol.durableEpoch = epoch;
+    return chunks.length;
   }
 
   /** FLUSH: fdatasync every disk holding a chunk of the volume (data and records). */

@@ -9,6 +9,7 @@ import type { NodeInfo } from '../proto/generated/vsky/storage/NodeInfo.js';
 import type { ChunkRecord } from '../proto/generated/vsky/storage/ChunkRecord.js';
 import type { ChunkStore } from './chunk-store.js';
 import type { Disk } from './disk.js';
+import { Legality, type JobKindName, type JobOutcomeName } from './disk-format.js';
 import { NoChunkError } from './errors.js';
 import type { NodeState } from './node-state.js';
 import { countSet } from './region-map.js';
@@ -109,6 +110,7 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
           volumeId: c.rec.volumeId, volumeName: c.rec.volumeName, volumeSize: c.rec.volumeSize,
           segment: c.rec.segment, slot: c.rec.slot, segmentCount: c.rec.segmentCount, replicas: c.rec.replicas,
           generation: c.rec.generation, epoch: c.rec.epoch, staleSlots: c.rec.staleSlots, mapVersion: c.rec.mapVersion,
+          legality: legalityName(c.rec.legality), jobId: c.rec.jobId, jobKind: c.rec.jobKind, jobOutcome: c.rec.jobOutcome,
         },
         writtenRegions: countSet(c.rec.bitmap),
       }));
@@ -119,6 +121,16 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
       const n = await ctx.store.noteSegment(req.volumeId, req.segment, req.staleSlots, req.mapVersion, req.epoch);
       log.debug({ volumeId: req.volumeId, segment: req.segment, staleSlots: req.staleSlots, mapVersion: req.mapVersion, chunks: n }, 'segment note recorded');
       return {};
+    }),
+
+    SetVolumeState: unary(async (req) => {
+      if (req.legality !== 'LEGAL' && req.legality !== 'DIRTY') throw new InvalidArgumentError(`SetVolumeState: legality must be LEGAL or DIRTY, not "${req.legality}"`);
+      const chunks = await ctx.store.setVolumeState(req.volumeId, req.epoch, req.expectedGeneration, {
+        generation: req.generation, legality: req.legality === 'DIRTY' ? Legality.DIRTY : Legality.LEGAL,
+        jobId: req.jobId, jobKind: req.jobKind as JobKindName, jobOutcome: req.jobOutcome as JobOutcomeName,
+      });
+      log.info({ volumeId: req.volumeId, epoch: req.epoch, from: req.expectedGeneration, to: req.generation, legality: req.legality, job: req.jobId, kind: req.jobKind, outcome: req.jobOutcome, chunks }, 'volume state set');
+      return { chunks };
     }),
 
     GetChunkRegions: unary(async (req) => {
@@ -146,4 +158,8 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
       return {};
     }),
   };
+}
+
+function legalityName(l: number): string {
+  return l === Legality.DIRTY ? 'DIRTY' : 'LEGAL';
 }

@@ -27,7 +27,9 @@ import { CorruptMetadataError } from '../shared/errors.js';
 //   72  u64 lease epoch         (0..2^53-1; above: the slot is corrupt)
 //   80  u32 region bits         84 u32 stale slots   88 u64 map version (the manager's note on the segment)
 //   96  volume name (UTF-8, 64 bytes)
-//   160 written-region bitmap (regionBits / 8 bytes), then the dirty bitmap (same size)
+//   160 u8 legality (0 LEGAL, 1 DIRTY)   161 u8 last job's kind   162 u8 last job's outcome   163 u8 job id length
+//   164 u32 reserved (0)   168 last job's id (UTF-8, 48 bytes)   216 u64 reserved (0)
+//   224 written-region bitmap (regionBits / 8 bytes), then the dirty bitmap (same size)
 // then zero padding to a whole number of sectors.
 //
 // Format versions: 1 had only the written-region bitmap; 2 added the
@@ -41,7 +43,9 @@ import { CorruptMetadataError } from '../shared/errors.js';
 // record slots (1536 bytes for 4096 regions) have room for the wider record,
 // so the geometry does not change; every record is rewritten as version 3 by
 // an ordinary A/B update, made durable, and only then does the superblock say
-// 3. A crash midway leaves a version-2 superblock over a mix of records, which
+// 3. Version 3 (still unreleased) also carries the storage-job fields (legality
+// and the last job's record, manager/jobs/): its fixed part is 224 bytes, which
+// still fits the 1536-byte slots of 4096 regions. A crash midway leaves a version-2 superblock over a mix of records, which
 // decodeRecord reads either way (by their magic), and the next open finishes
 // the job. A version-2 disk whose slots are too small for version-3 records
 // (never made by this code: its region bits are always 4096) is refused.
@@ -59,10 +63,28 @@ export const RECORD_MAGIC = 0x56534b44;
 /** 'VSKC': start of a format version 2 chunk record slot (u32 generation and epoch). */
 export const RECORD_MAGIC_V2 = 0x56534b43;
 /** Fixed part of a record slot; the written-region bitmap then the dirty bitmap follow it. */
-const RECORD_FIXED = 160;
+const RECORD_FIXED = 224;
 /** Fixed part of a version-2 record slot. */
 const RECORD_FIXED_V2 = 144;
 export const MAX_VOLUME_NAME_BYTES = 64;
+/** Longest storage-job id a chunk record keeps (UTF-8 bytes). */
+export const MAX_JOB_ID_BYTES = 48;
+
+/** Whether a volume's chunks hold what their generation says (oVirt's legality): DIRTY while a job changes them. */
+export const Legality = { LEGAL: 0, DIRTY: 1 } as const;
+/** Kinds of the last storage job recorded on a chunk (0: none). */
+export const JOB_KINDS = ['', 'wipe', 'resize', 'fence'] as const;
+/** Outcomes of the last storage job recorded on a chunk (0: none). */
+export const JOB_OUTCOMES = ['', 'running', 'succeeded', 'failed', 'fenced'] as const;
+export type JobKindName = (typeof JOB_KINDS)[number];
+export type JobOutcomeName = (typeof JOB_OUTCOMES)[number];
+
+/** The last storage job that changed a chunk (all '' when none). */
+export interface JobStamp {
+  jobId: string;
+  jobKind: JobKindName;
+  jobOutcome: JobOutcomeName;
+}
 /** Record slots are whole sectors so one slot never shares a sector with another. */
 const SECTOR = 512;
 /** Chunk data starts on this boundary (keeps O_DIRECT and device alignment simple). */
@@ -114,6 +136,12 @@ export interface ChunkRecordData {
    */
   staleSlots: number;
   mapVersion: number;
+  /** Legality.LEGAL, or Legality.DIRTY while a storage job changes the volume (left so by an interrupted or aborted one). */
+  legality: number;
+  /** The last storage job's record (manager/jobs/). */
+  jobId: string;
+  jobKind: JobKindName;
+  jobOutcome: JobOutcomeName;
   /** regionBits / 8 bytes; bit r set = region r has been written (else it reads as zeros). */
   bitmap: Uint8Array;
   /**
@@ -222,7 +250,8 @@ export function decodeSuperblock(buf: Buffer): Superblock {
 export function emptyRecord(regionBits: number): ChunkRecordData {
   return {
     state: ChunkState.FREE, volumeId: 0, segment: 0, slot: 0, segmentCount: 0, replicas: 0,
-    volumeSize: 0, volumeName: '', generation: 0, epoch: 0, staleSlots: 0, mapVersion: 0, bitmap: new Uint8Array(regionBits / 8),
+    volumeSize: 0, volumeName: '', generation: 0, epoch: 0, staleSlots: 0, mapVersion: 0,
+    legality: Legality.LEGAL, jobId: '', jobKind: '', jobOutcome: '', bitmap: new Uint8Array(regionBits / 8),
     dirty: new Uint8Array(regionBits / 8),
   };
 }
@@ -232,6 +261,12 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   const buf = Buffer.alloc(recordSize);
   const name = Buffer.from(rec.volumeName, 'utf8');
   if (name.length > MAX_VOLUME_NAME_BYTES) throw new CorruptMetadataError(`volume name longer than ${MAX_VOLUME_NAME_BYTES} bytes`);
+  const jobId = Buffer.from(rec.jobId, 'utf8');
+  const kind = JOB_KINDS.indexOf(rec.jobKind);
+  const outcome = JOB_OUTCOMES.indexOf(rec.jobOutcome);
+  if (jobId.length > MAX_JOB_ID_BYTES || kind < 0 || outcome < 0 || (rec.legality !== Legality.LEGAL && rec.legality !== Legality.DIRTY)) {
+    throw new CorruptMetadataError(`invalid job record (id ${rec.jobId}, kind ${rec.jobKind}, outcome ${rec.jobOutcome}, legality ${rec.legality})`, { chunkIndex });
+  }
   if (rec.dirty.length !== rec.bitmap.length) throw new CorruptMetadataError('dirty and written bitmaps differ in size');
   if (RECORD_FIXED + 2 * rec.bitmap.length > recordSize) throw new CorruptMetadataError('bitmaps do not fit the record slot');
   // Never write what would not read back exactly (a value above 2^53-1 makes the slot corrupt).
@@ -256,6 +291,11 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   buf.writeUInt32BE(rec.staleSlots >>> 0, 84);
   writeU64(buf, 88, rec.mapVersion);
   name.copy(buf, 96);
+  buf[160] = rec.legality;
+  buf[161] = kind;
+  buf[162] = outcome;
+  buf[163] = jobId.length;
+  jobId.copy(buf, 168);
   buf.set(rec.bitmap, RECORD_FIXED);
   buf.set(rec.dirty, RECORD_FIXED + rec.bitmap.length);
   buf.writeUInt32BE(crc32(buf.subarray(8)), 4);
@@ -295,6 +335,13 @@ export function decodeRecord(buf: Buffer, chunkIndex: number, diskId: Buffer, re
     throw new CorruptMetadataError('chunk record: invalid field', { chunkIndex });
   }
   const nameAt = v3 ? 96 : 80;
+  const legality = v3 ? buf[160]! : Legality.LEGAL;
+  const jobKind = v3 ? JOB_KINDS[buf[161]!] : '';
+  const jobOutcome = v3 ? JOB_OUTCOMES[buf[162]!] : '';
+  const jobIdLength = v3 ? buf[163]! : 0;
+  if (legality > Legality.DIRTY || jobKind === undefined || jobOutcome === undefined || jobIdLength > MAX_JOB_ID_BYTES) {
+    throw new CorruptMetadataError('chunk record: invalid job field', { chunkIndex });
+  }
   return {
     seq: readU64(buf, 8),
     formatVersion: v3 ? FORMAT_VERSION : 2,
@@ -311,6 +358,10 @@ export function decodeRecord(buf: Buffer, chunkIndex: number, diskId: Buffer, re
       staleSlots: v3 ? buf.readUInt32BE(84) : 0,
       mapVersion: v3 ? readCounter(buf, 88, 'map version', chunkIndex) : 0,
       volumeName: buf.toString('utf8', nameAt, nameAt + nameLength),
+      legality,
+      jobId: buf.toString('utf8', 168, 168 + jobIdLength),
+      jobKind,
+      jobOutcome,
       bitmap: new Uint8Array(buf.subarray(fixed, fixed + mapBytes)),
       dirty: new Uint8Array(buf.subarray(fixed + mapBytes, fixed + 2 * mapBytes)),
     },

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { crc32 } from 'node:zlib';
 import { CorruptMetadataError } from '../../shared/errors.js';
 import {
-  ChunkState, DATA_ALIGN, FORMAT_VERSION, RECORD_MAGIC, SUPERBLOCK_SIZE, computeLayout, decodeRecord, decodeSuperblock, emptyRecord,
+  ChunkState, DATA_ALIGN, FORMAT_VERSION, Legality, MAX_JOB_ID_BYTES, RECORD_MAGIC, SUPERBLOCK_SIZE, computeLayout, decodeRecord, decodeSuperblock, emptyRecord,
   encodeRecord, encodeSuperblock, pickNewest, recordSizeFor, uuidToBytes, type ChunkRecordData, type Superblock,
 } from '../../storage-node/disk-format.js';
 import { encodeV2Record } from '../support/disk-format-v2.js';
@@ -32,7 +32,8 @@ function owned(over: Partial<ChunkRecordData> = {}): ChunkRecordData {
   dirty[511] = 0x01;
   return {
     ...emptyRecord(BITS), state: ChunkState.OWNED, volumeId: 0xfeed_beef, segment: 123_456, slot: 2, segmentCount: 200_000,
-    replicas: 3, volumeSize: 2 ** 50 + 7, volumeName: 'vm-disk-ü-ß', generation: 41, epoch: 0xffff_fff0, bitmap, dirty, ...over,
+    replicas: 3, volumeSize: 2 ** 50 + 7, volumeName: 'vm-disk-ü-ß', generation: 41, epoch: 0xffff_fff0, bitmap, dirty,
+    legality: Legality.DIRTY, jobId: 'job-ü-0123456789abcdef0123456789abcdef01', jobKind: 'wipe', jobOutcome: 'running', ...over,
   };
 }
 
@@ -47,7 +48,7 @@ describe('disk layout', () => {
       const more = l.chunkCount + 1;
       expect(Math.ceil((l.tableOffset + more * 2 * l.recordSize) / DATA_ALIGN) * DATA_ALIGN + more * chunk!).toBeGreaterThan(size!);
     }
-    // 160 fixed bytes + 512 written-bitmap bytes + 512 dirty-bitmap bytes, in whole sectors:
+    // 224 fixed bytes + 512 written-bitmap bytes + 512 dirty-bitmap bytes, in whole sectors:
     // the same 1536 bytes as version 2 (144 fixed bytes), so a version-2 disk keeps its geometry.
     expect(computeLayout(64 * MiB, 8 * MiB, BITS)).toMatchObject({ chunkCount: 7, recordSize: 1536, tableOffset: 4096, dataOffset: MiB });
     expect(computeLayout(64 * MiB, 8 * MiB, BITS, 2)).toEqual(computeLayout(64 * MiB, 8 * MiB, BITS));
@@ -114,6 +115,20 @@ describe('chunk record codec', () => {
     expect(out.record.bitmap[300]).toBe(0);
   });
 
+  it('keeps legality and the last job record (id, kind, outcome); refuses what would not read back', () => {
+    for (const over of [{ legality: Legality.LEGAL, jobId: '', jobKind: '', jobOutcome: '' }, { jobKind: 'resize', jobOutcome: 'fenced' }] as const) {
+      const rec = owned(over);
+      expect(decodeRecord(encodeRecord(rec, 3, 5, id, sb.recordSize), 5, id, BITS)!.record).toEqual(rec);
+    }
+    expect(() => encodeRecord(owned({ jobId: 'x'.repeat(MAX_JOB_ID_BYTES + 1) }), 1, 0, id, sb.recordSize)).toThrow(CorruptMetadataError);
+    expect(() => encodeRecord(owned({ legality: 7 }), 1, 0, id, sb.recordSize)).toThrow(CorruptMetadataError);
+    expect(() => encodeRecord(owned({ jobKind: 'bogus' as never }), 1, 0, id, sb.recordSize)).toThrow(CorruptMetadataError);
+    const buf = encodeRecord(owned(), 1, 5, id, sb.recordSize);
+    buf[162] = 99; // an unknown outcome (CRC made to match): corrupt, never guessed
+    buf.writeUInt32BE(crc32(buf.subarray(8)), 4);
+    expect(() => decodeRecord(buf, 5, id, BITS)).toThrow(/job field/);
+  });
+
   it('refuses bitmaps of mismatched sizes', () => {
     expect(() => encodeRecord(owned({ dirty: new Uint8Array(BITS / 16) }), 1, 0, id, sb.recordSize)).toThrow(CorruptMetadataError);
   });
@@ -121,8 +136,8 @@ describe('chunk record codec', () => {
   it('treats a blank slot as never written and detects corruption', () => {
     expect(decodeRecord(Buffer.alloc(1536), 0, id, BITS)).toBeUndefined();
     const buf = encodeRecord(owned(), 1, 5, id, sb.recordSize);
-    // Fixed part, written bitmap (160..671), dirty bitmap (672..1183) and the padding are all checksummed.
-    for (const at of [8, 40, 68, 76, 100, 200, 600, 700, 1100, 1183, 1535]) {
+    // Fixed part (job fields at 160..215 included), written bitmap (224..735), dirty bitmap (736..1247) and the padding are all checksummed.
+    for (const at of [8, 40, 68, 76, 100, 161, 170, 200, 600, 700, 1100, 1247, 1535]) {
       const copy = Buffer.from(buf);
       copy[at]! ^= 0x01;
       expect(() => decodeRecord(copy, 5, id, BITS), `byte ${at}`).toThrow(CorruptMetadataError);
@@ -163,7 +178,7 @@ describe('chunk record codec', () => {
   });
 
   it('reads version-2 records (u32 generation and epoch), told apart by their magic', () => {
-    const rec = owned({ generation: 41, epoch: 0xffff_fff0 });
+    const rec = owned({ generation: 41, epoch: 0xffff_fff0, legality: Legality.LEGAL, jobId: '', jobKind: '', jobOutcome: '' }); // v2 has no job fields
     const v2 = encodeV2Record(rec, 2 ** 33 + 1, 5, id, sb.recordSize);
     const out = decodeRecord(v2, 5, id, BITS)!;
     expect(out).toMatchObject({ seq: 2 ** 33 + 1, formatVersion: 2 });
