@@ -31,7 +31,7 @@ function identity(volumeId: number, segment: number, generation = 1, epoch = 1):
   return { volumeId, volumeName: `vol-${volumeId}`, volumeSize: 2 * CHUNK, segment, slot: 0, segmentCount: 2, replicas: 1, generation, epoch };
 }
 
-const set = (req: Partial<SetVolumeStateRequest>) => call<object, { chunks: number }>(client, 'SetVolumeState', {
+const set = (req: Partial<SetVolumeStateRequest>) => call(client, 'SetVolumeState', {
   volumeId: 1, epoch: 1, expectedGeneration: 1, generation: 1, legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '', ...req,
 });
 const list = async () => (await call<object, ChunkList__Output>(client, client.ListChunks, { diskId: '' })).chunks
