@@ -53,6 +53,8 @@ export interface GrantOptions {
 export class Attachments {
   listener?: AttachListener;
   events?: EventLog;
+  /** Why the volume may not be attached now ('' it may): a storage job runs on it (manager/jobs/). */
+  jobGuard?: (name: string) => string;
 
   constructor(
     private readonly volumes: Volumes,
@@ -62,6 +64,8 @@ export class Attachments {
 
   async attach(name: string, headRef: string, opts: AttachOptions = {}): Promise<VolumeRecord> {
     const head = this.registry.resolveHead(headRef);
+    const job = this.jobGuard?.(name);
+    if (job) throw new ConflictError(job);
     if (opts.migrate === true) return this.attachStandby(name, head);
     return this.volumes.exclusive(name, async (entry) => {
       const { volume } = entry;

@@ -15,6 +15,7 @@ import { DEFAULT_SCHEDULER_LIMITS, type SchedulerLimits } from './resync-schedul
 import { DEFAULT_RESYNC_OPTIONS, Resyncs } from './resyncs.js';
 import { ManagerStore } from './store.js';
 import { holderEpoch } from './types.js';
+import { Jobs } from './jobs/runner.js';
 import { Volumes } from './volumes.js';
 
 // The manager without its network face: the store loaded into memory and the
@@ -168,6 +169,10 @@ export class ManagerCore {
       gc.events = events;
       const core = new ManagerCore(store, model, registry, volumes, attachments, leases,
         new Decommission(store, registry, volumes, peers), freer, gc, pusher, failures, resyncs, opts.chunkSize, events);
+      // Storage jobs (manager/jobs/): attach is refused while one runs on the volume.
+      core.jobs = new Jobs(store, model, registry, volumes, peers, freer, { chunkSize: opts.chunkSize, now: opts.now });
+      attachments.jobGuard = (name) => core.jobs.blocking(name);
+      await core.jobs.load();
       log.info({
         dataDir: opts.dataDir, servers: snap.servers.length, disks: snap.disks.length, heads: snap.heads.length,
         volumes: snap.volumes.length, pendingRolledBack: snap.pending.length, toFree: freer.size, resyncs: snap.resyncs.length, latestEventSeq: events.latestSeq,
@@ -228,7 +233,11 @@ export class ManagerCore {
     }
   }
 
+  /** Storage jobs: wipe, resize (manager/jobs/runner.ts). */
+  jobs!: Jobs;
+
   async close(): Promise<void> {
+    await this.jobs.stop();
     this.resyncs.stop();
     await this.resyncs.idle();
     await this.pusher.idle();

@@ -3,6 +3,7 @@ import { unary } from '../shared/grpc.js';
 import type { ManagerHandlers } from '../proto/generated/vsky/manager/Manager.js';
 import type { ManagerCore } from './core.js';
 import { eventView } from './events.js';
+import { jobView } from './jobs/records.js';
 import type { LeaseMove } from './leases.js';
 import { resyncListView, volumeHealth } from './resync-views.js';
 import type { VolumeRecord } from './types.js';
@@ -103,6 +104,17 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
 
     Status: unary(async () => ({ ...core.status(), volumeList: volumes.list().map(info) })),
     CollectGarbage: unary(async () => gc.run('requested')),
+    SubmitJob: unary(async (req) => jobView(await core.jobs.submit({
+      jobId: req.jobId, kind: req.kind, volume: req.volume, expectedGeneration: req.expectedGeneration, args: req.args,
+    }))),
+    GetJob: unary(async (req) => jobView(core.jobs.get(req.jobId))),
+    ListJobs: unary(async (req) => ({ jobs: core.jobs.list(req.volume).map(jobView) })),
+    AbortJob: unary(async (req) => jobView(await core.jobs.abort(req.jobId))),
+    ReconVolume: unary(async (req) => {
+      const { volume } = volumes.entry(req.name);
+      const last = core.jobs.list(volume.name).filter((j) => j.volumeId === volume.id).at(-1);
+      return core.jobs.recon.investigate(req.name, last ? { id: last.id, expectedGeneration: last.expectedGeneration } : undefined);
+    }),
     ListEvents: unary(async (req) => {
       const latestSeq = core.events.latestSeq; // before the read: every matching event up to it is in the answer (unless limited)
       const events = await core.events.list({ afterSeq: req.afterSeq > 0 ? req.afterSeq : undefined, limit: req.limit, target: req.target, kind: req.kind });

@@ -123,6 +123,8 @@ export class StoreBatch {
   putNextIntId(space: string, n: number): this { return this.put(keys.nextIntId(space), n); }
   delHead(id: string): this { return this.del(keys.head(id)); }
   putEvent(r: EventRecord): this { return this.put(keys.event(r.seq), r); }
+  /** A storage job's record, job/<id> (manager/jobs/records.ts). */
+  putJob(r: { id: string }): this { return this.put(`job/${r.id}`, r); }
 
   private put(key: string, value: unknown): this {
     // Copy now: the caller's record may change before the batch is written.
@@ -231,6 +233,7 @@ export class ManagerStore {
             case 'aside': snap.setAside.push(value as SetAsideRecord); break;
             case 'resync': snap.resyncs.push(value as ResyncRecord); break;
             case 'event': break; // the event log (large) is read by manager/events.ts: skipped below
+            case 'job': break; // storage jobs are read by manager/jobs/records.ts
             default:
               log.warn({ key }, 'ignoring unknown key in the manager database');
           }

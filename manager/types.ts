@@ -343,6 +343,7 @@ export const EVENT_KINDS = [
   'volume.attached', 'volume.attach_failed', 'volume.standby_attached', 'volume.detached', 'volume.standby_detached',
   'lease.handoff', 'lease.handoff_failed', 'lease.takeover', 'lease.resync_epoch',
   'gc.freed',
+  'job.succeeded', 'job.failed', 'job.aborted', 'job.fenced',
 ] as const;
 
 export type EventKind = (typeof EVENT_KINDS)[number];
