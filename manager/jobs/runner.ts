@@ -410,8 +410,32 @@ export class Jobs {
     }
     if (report.verdict === 'fenced') return this.end(j, 'fenced', report.explanation, e.volume);
     if (report.verdict === 'other') return this.end(j, 'failed', report.explanation);
+    if (report.verdict === 'roll_forward' && j.kind === 'wipe') return this.rollForward(j, report);
     // interrupted or never started: fence it.
     await this.fence(j, report);
+  }
+
+  /**
+   * A wipe whose last CAS reached only some nodes: every replica was zeroed
+   * and flushed before it, so the rest are committed too (g -> g+1, under a
+   * new epoch). A resize is fenced instead: its new chunk map was not
+   * committed by the manager.
+   */
+  private async rollForward(j: JobRecord, report: ReconReport): Promise<void> {
+    await this.volumes.exclusive(j.volume, async (e) => {
+      const { volume } = e;
+      const g = j.expectedGeneration;
+      volume.epoch = nextCounter(volume.epoch, `volume ${volume.name}'s lease epoch`);
+      await this.volumes.saveVolume(volume);
+      for (const n of report.nodes) {
+        if (n.chunks === 0) continue;
+        await this.peers.node.setVolumeState!(n.controlAddress, {
+          volumeId: volume.id, epoch: volume.epoch, expectedGeneration: g, generation: g + 1, legality: 'LEGAL', jobId: j.id, jobKind: j.kind, jobOutcome: 'succeeded',
+        });
+      }
+      volume.generation = Math.max(volume.generation, g + 1);
+      await this.end(j, 'succeeded', '', volume);
+    });
   }
 
   /**

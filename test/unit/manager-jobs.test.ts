@@ -200,6 +200,26 @@ describe('storage jobs: interruption, reconnaissance, fence', () => {
     expect(c.volumes.entry('v').volume.generation).toBe(3);
   });
 
+  it('a wipe whose last CAS reached only some nodes is rolled forward (the data work was all done)', async () => {
+    const { core: c, peers } = await setup();
+    const v = await c.volumes.create({ name: 'v', size: CHUNK, replicas: 3, spreadLabel: '' });
+    const real = (peers.node as StorageNodeApi).setVolumeState!;
+    let cut = '';
+    (peers.node as StorageNodeApi).setVolumeState = async (a, req) => {
+      if (req.jobOutcome === 'succeeded' && (cut === '' || cut === a)) { cut = a; throw new errors.TransportError('cut off'); }
+      return real(a, req);
+    };
+    await wipe(c, 'v', 'job-f');
+    await c.jobs.idle();
+    (peers.node as StorageNodeApi).setVolumeState = real;
+    const report = await c.jobs.recon.investigate('v', c.jobs.get('job-f'));
+    expect(report.verdict).toBe('roll_forward');
+    await c.jobs.settle(c.jobs.get('job-f'), report);
+    expect(c.jobs.get('job-f').state).toBe('succeeded');
+    for (const ch of chunksOf(peers, v.id)) expect(ch).toMatchObject({ generation: 2, legality: 'LEGAL', jobOutcome: 'succeeded' });
+    expect(c.volumes.entry('v').volume.generation).toBe(2);
+  });
+
   it('a job running when the manager stopped is decided at the next start: fenced (DIRTY stays DIRTY)', async () => {
     const s = await setup();
     const v = await s.core.volumes.create({ name: 'v', size: CHUNK, replicas: 3, spreadLabel: '' });
