@@ -7,6 +7,7 @@ import { registerStatusCommand } from './commands/status.js';
 import { registerClusterCommands } from './commands/cluster.js';
 import { registerResyncCommands } from './commands/resync.js';
 import { registerEventsCommand } from './commands/events.js';
+import { registerJobCommands } from './commands/job.js';
 
 export function buildProgram(): Command {
   const program = new Command('vsky')
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
   registerResyncCommands(program);
   registerStatusCommand(program);
   registerEventsCommand(program);
+  registerJobCommands(program); // after the volume commands: adds volume wipe|resize|recon
   return program;
 }
 
