@@ -243,11 +243,13 @@ export class ChunkStore {
    * already applied (every chunk holds exactly the target state) succeeds
    * without a change. Returns the chunks set.
    */
-  async setVolumeState(volumeId: number, epoch: number, expectedGeneration: number, target: { generation: number; legality: number } & JobStamp): Promise<number> {
+  async setVolumeState(volumeId: number, epoch: number, expectedGeneration: number, target: { generation: number; legality: number; volumeSize?: number; segmentCount?: number } & JobStamp): Promise<number> {
     if (!isCounter(epoch) || !isCounter(expectedGeneration) || !isCounter(target.generation)
         || (target.legality !== Legality.LEGAL && target.legality !== Legality.DIRTY)
         || !JOB_KINDS.includes(target.jobKind) || !JOB_OUTCOMES.includes(target.jobOutcome)
-        || Buffer.byteLength(target.jobId, 'utf8') > MAX_JOB_ID_BYTES) {
+        || Buffer.byteLength(target.jobId, 'utf8') > MAX_JOB_ID_BYTES
+        || !(target.volumeSize === undefined || (Number.isSafeInteger(target.volumeSize) && target.volumeSize >= 0))
+        || !(target.segmentCount === undefined || (Number.isInteger(target.segmentCount) && target.segmentCount >= 0 && target.segmentCount <= 0xffff_ffff))) {
       throw new InvalidArgumentError(`SetVolumeState: invalid epoch ${epoch}, generation ${expectedGeneration} -> ${target.generation}, legality ${target.legality}, `
         + `job ${target.jobId} (at most ${MAX_JOB_ID_BYTES} bytes) kind "${target.jobKind}" outcome "${target.jobOutcome}"`, { volumeId });
     }
@@ -259,6 +261,7 @@ export class ChunkStore {
     if (epoch < vol.epoch) throw new StaleEpochError(`SetVolumeState at epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
     const chunks = [...vol.chunks.values()];
     const applied = (c: Chunk) => c.rec.generation === target.generation && c.rec.legality === target.legality
+      && (!target.volumeSize || c.rec.volumeSize === target.volumeSize) && (!target.segmentCount || c.rec.segmentCount === target.segmentCount)
       && c.rec.jobId === target.jobId && c.rec.jobKind === target.jobKind && c.rec.jobOutcome === target.jobOutcome;
     if (!chunks.every(applied)) {
       const other = chunks.find((c) => c.rec.generation !== expectedGeneration);
@@ -275,6 +278,8 @@ export class ChunkStore {
       c.rec.jobId = target.jobId;
       c.rec.jobKind = target.jobKind;
       c.rec.jobOutcome = target.jobOutcome;
+      if (target.volumeSize) c.rec.volumeSize = target.volumeSize;
+      if (target.segmentCount) c.rec.segmentCount = target.segmentCount;
     }
     // Writes admitted under an older epoch land before the new state is acknowledged (like FENCE).
     await Promise.all(chunks.map((c) => c.drained(true)));

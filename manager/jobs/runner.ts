@@ -224,7 +224,7 @@ export class Jobs {
   }
 
   /** The CAS on every node of the volume (in parallel); the first refusal is thrown. */
-  private async cas(map: ChunkMapRecord, req: { epoch: number; expectedGeneration: number; generation: number; legality: 'LEGAL' | 'DIRTY'; jobId: string; jobKind: string; jobOutcome: string }, volumeId: number): Promise<void> {
+  private async cas(map: ChunkMapRecord, req: { epoch: number; expectedGeneration: number; generation: number; legality: 'LEGAL' | 'DIRTY'; jobId: string; jobKind: string; jobOutcome: string; volumeSize?: number; segmentCount?: number }, volumeId: number): Promise<void> {
     const set = this.peers.node.setVolumeState;
     if (!set) throw new VskyError('EINTERNAL', 'the storage-node client has no SetVolumeState');
     const results = await mapLimit([...this.nodesOf(map).keys()], 16, (a) => set(a, { volumeId, ...req }));
@@ -283,7 +283,9 @@ export class Jobs {
     crashPoint('manager.job.worked');
     this.checkAbort(j);
     // Done: g+1, LEGAL, the job's record, in one CAS per node, conditional on the epoch.
-    await this.cas(next.map ?? e.map, { epoch: j.epoch, expectedGeneration: g, generation: g + 1, legality: 'LEGAL', ...stamp, jobOutcome: 'succeeded' }, volume.id);
+    // A resize's CAS also gives every chunk's identity the new size and segment count (a rebuild from storage reads them).
+    const shape = j.kind === 'resize' ? { volumeSize: next.volume.size, segmentCount: next.volume.segmentCount } : {};
+    await this.cas(next.map ?? e.map, { epoch: j.epoch, expectedGeneration: g, generation: g + 1, legality: 'LEGAL', ...stamp, jobOutcome: 'succeeded', ...shape }, volume.id);
     crashPoint('manager.job.committed');
     next.volume.generation = g + 1;
     j.done = j.total;

@@ -41,6 +41,7 @@ function installCas(peers: Peers): { calls: number; epochs: Map<string, number> 
     if (!applied && chunks.some((c) => c.generation !== Number(req.expectedGeneration))) throw new errors.StaleGenerationError('generation mismatch');
     log.epochs.set(key, Number(req.epoch));
     for (const c of chunks) Object.assign(c, { generation: Number(req.generation), legality: req.legality, jobId: req.jobId, jobKind: req.jobKind, jobOutcome: req.jobOutcome, epoch: Number(req.epoch) });
+    for (const c of chunks) if (req.volumeSize) Object.assign(c, { volumeSize: Number(req.volumeSize), segmentCount: req.segmentCount });
     return chunks.length;
   };
   return log;
@@ -260,6 +261,8 @@ describe('storage jobs: resize', () => {
     const chunks = chunksOf(peers, v.id);
     expect(chunks).toHaveLength(15);
     expect(chunks.every((ch) => ch.generation === 2 && ch.jobOutcome === 'succeeded')).toBe(true);
+    // Old and new chunks alike carry the new shape (a rebuild from storage reads it).
+    expect(chunks.every((ch) => ch.volumeSize === 5 * CHUNK && ch.segmentCount === 5)).toBe(true);
   });
 
   it('a smaller size and unknown ids are clear errors that change nothing', async () => {

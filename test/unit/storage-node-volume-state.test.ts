@@ -92,9 +92,16 @@ describe('SetVolumeState', () => {
     await expect(set({ ...dirty, jobId: 'job-0002' })).rejects.toBeInstanceOf(StaleGenerationError);
   });
 
+  it('a resize\'s CAS sets the new size and segment count on every chunk\'s identity', async () => {
+    const grow = { epoch: 5, expectedGeneration: 2, generation: 3, legality: 'LEGAL', jobId: 'grow', jobKind: 'resize', jobOutcome: 'succeeded', volumeSize: 9 * CHUNK, segmentCount: 9 };
+    expect((await set(grow)).chunks).toBe(2);
+    expect((await set(grow)).chunks).toBe(2); // retry: applied, accepted
+    for (const id of await list()) expect(id).toMatchObject({ generation: 3, volumeSize: 9 * CHUNK, segmentCount: 9, jobKind: 'resize' });
+  });
+
   it('refuses a bad legality, kind or a job id longer than a record keeps', async () => {
-    await expect(set({ epoch: 5, expectedGeneration: 2, generation: 2, legality: 'MAYBE' })).rejects.toBeInstanceOf(InvalidArgumentError);
-    await expect(set({ epoch: 5, expectedGeneration: 2, generation: 2, jobKind: 'shred' })).rejects.toBeInstanceOf(InvalidArgumentError);
-    await expect(set({ epoch: 5, expectedGeneration: 2, generation: 2, jobId: 'x'.repeat(49) })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(set({ epoch: 5, expectedGeneration: 3, generation: 3, legality: 'MAYBE' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(set({ epoch: 5, expectedGeneration: 3, generation: 3, jobKind: 'shred' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(set({ epoch: 5, expectedGeneration: 3, generation: 3, jobId: 'x'.repeat(49) })).rejects.toBeInstanceOf(InvalidArgumentError);
   });
 });
