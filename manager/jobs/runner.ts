@@ -232,24 +232,21 @@ export class Jobs {
     if (failed) throw failed.reason;
   }
 
+  /** Jobs whose DIRTY compare-and-set was sent (a failure from there on leaves the volume DIRTY at g). */
+  private readonly dirtied = new Set<string>();
+
   private async run(j: JobRecord): Promise<void> {
-    let entry: VolumeEntry;
-    try {
-      entry = this.volumes.entry(j.volume);
-    } catch (err) {
-      return this.end(j, 'failed', errorMessage(err));
-    }
     if (j.state === 'aborting') return this.end(j, 'aborted', 'aborted before it started; nothing was touched');
     try {
       await this.volumes.exclusive(j.volume, (e) => this.work(j, e));
     } catch (err) {
       if (isFinal(j.state) || err instanceof Stopped || this.stopping) return;
-      if (err instanceof Aborted) return this.end(j, 'aborted', `aborted: volume ${j.volume} stays DIRTY at generation ${j.expectedGeneration}`);
-      const touched = j.epoch > 0 && j.startedMs > 0 && j.state === 'running' && (j as { dirty?: boolean }).dirty === true;
-      return this.end(j, (j.state as string) === 'aborting' ? 'aborted' : 'failed', touched
-        ? `${errorMessage(err)} (volume ${j.volume} stays DIRTY at generation ${j.expectedGeneration})` : errorMessage(err));
+      const dirty = this.dirtied.has(j.id) ? ` (volume ${j.volume} stays DIRTY at generation ${j.expectedGeneration})` : '';
+      if (err instanceof Aborted || (j.state as string) === 'aborting') return this.end(j, 'aborted', `aborted${dirty}`);
+      return this.end(j, 'failed', `${errorMessage(err)}${dirty}`);
+    } finally {
+      this.dirtied.delete(j.id);
     }
-    void entry;
   }
 
   /** The job's structure, the volume held (volumes.exclusive): lease, CAS g + DIRTY, work, CAS g+1 + LEGAL. */
@@ -273,8 +270,8 @@ export class Jobs {
     await this.store.write(this.store.batch().putVolume(volume).putJob(j));
     const stamp = { jobId: j.id, jobKind: j.kind };
     // CAS generation == g and mark DIRTY, on every node, under the job's epoch.
+    this.dirtied.add(j.id);
     await this.cas(e.map, { epoch: j.epoch, expectedGeneration: g, generation: g, legality: 'DIRTY', ...stamp, jobOutcome: 'running' }, volume.id);
-    (j as { dirty?: boolean }).dirty = true;
     crashPoint('manager.job.dirty');
     this.checkAbort(j);
     let next: { volume: VolumeRecord; map?: ChunkMapRecord } = { volume: { ...volume, generation: g + 1 } };
@@ -455,9 +452,10 @@ export class Jobs {
       const set = this.peers.node.setVolumeState!;
       for (const n of report.nodes) {
         if (n.chunks === 0) continue;
-        // A node already fenced by this job (a retry) holds g+2 with the fenced record: the same CAS is accepted again.
+        // Against what reconnaissance saw there: g (interrupted, not started), g+1 (a resize's partial
+        // commit) or g+2 (already fenced by this job: the same CAS is accepted again).
         await set(n.controlAddress, {
-          volumeId: volume.id, epoch: volume.epoch, expectedGeneration: n.generation === g + 2 ? g + 2 : g, generation: g + 2, legality,
+          volumeId: volume.id, epoch: volume.epoch, expectedGeneration: n.generation >= g && n.generation <= g + 2 ? n.generation : g, generation: g + 2, legality,
           jobId: j.id, jobKind: 'fence', jobOutcome: 'fenced',
         });
       }
