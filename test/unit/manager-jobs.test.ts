@@ -9,6 +9,7 @@ process.env.VSKY_LOG_LEVEL ??= 'silent';
 const { ManagerCore } = await import('../../manager/core.js');
 const { FakePeers } = await import('../support/manager-fake-peers.js');
 const errors = await import('../../shared/errors.js');
+const { judge } = await import('../../manager/jobs/recon.js');
 
 // Storage jobs (manager/jobs/) against fake storage nodes that keep the
 // SetVolumeState contract (the real one: test/unit/storage-node-volume-state.test.ts)
@@ -276,5 +277,26 @@ describe('storage jobs: resize', () => {
     expect(c.jobs.list()).toHaveLength(0);
     expect(cas.calls).toBe(0);
     expect(c.volumes.entry('v').volume).toMatchObject({ size: 2 * CHUNK, generation: 1 });
+  });
+});
+
+describe('reconnaissance verdicts (judge, pure)', () => {
+  const node = (o: Partial<Parameters<typeof judge>[2][number]>) => ({
+    server: 's', controlAddress: 'a', chunks: 2, generation: 4, legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '', epoch: 9, mixed: false, error: '', ...o,
+  });
+  it('tells every outcome of job J from g=4 apart, and refuses to guess', () => {
+    const ok = node({ generation: 5, jobId: 'J', jobKind: 'wipe', jobOutcome: 'succeeded' });
+    const dirty = node({ legality: 'DIRTY', jobId: 'J', jobKind: 'wipe', jobOutcome: 'running' });
+    expect(judge('J', 4, [ok, ok]).verdict).toBe('succeeded');
+    expect(judge('J', 4, [ok, dirty]).verdict).toBe('roll_forward');
+    expect(judge('J', 4, [dirty, dirty]).verdict).toBe('interrupted');
+    expect(judge('J', 4, [node({}), dirty]).verdict).toBe('interrupted');
+    expect(judge('J', 4, [node({}), node({ chunks: 0, generation: 0 })]).verdict).toBe('not_started');
+    expect(judge('J', 4, [node({ generation: 6, jobId: 'J', jobKind: 'fence', jobOutcome: 'fenced', legality: 'DIRTY' })]).verdict).toBe('fenced');
+    // Another job's success, a node that cannot be read, mixed chunks, a later generation: never guessed.
+    expect(judge('J', 4, [node({ generation: 5, jobId: 'K', jobOutcome: 'succeeded' })]).verdict).toBe('other');
+    expect(judge('J', 4, [ok, node({ error: 'unreachable' })])).toMatchObject({ verdict: 'other', explanation: expect.stringMatching(/unreachable/) });
+    expect(judge('J', 4, [node({ mixed: true })]).verdict).toBe('other');
+    expect(judge('J', 4, [node({ generation: 9 })]).verdict).toBe('other');
   });
 });
