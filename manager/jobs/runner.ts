@@ -256,6 +256,10 @@ export class Jobs {
       const head = this.registry.head(volume.attachedHead || volume.standbyHead || '')?.name ?? volume.attachedHead;
       throw new ConflictError(`volume ${volume.name} is attached to head ${head}: ${j.kind} jobs run on detached volumes for now; detach it first (vsky volume detach ${volume.name})`);
     }
+    const claimWait = this.registry.claimWaitMs(volume);
+    if (claimWait > 0) {
+      throw new ConflictError(`volume ${volume.name} was rebuilt from storage and a head may still hold it: a job may take its lease in ${(claimWait / 1000).toFixed(1)} s; nothing was touched`);
+    }
     const g = j.expectedGeneration;
     if (volume.generation !== g) {
       throw new StaleGenerationError(`generation mismatch: volume ${volume.name} is at generation ${volume.generation}, the job expected ${g}; nothing was touched`, { expected: g, actual: volume.generation });
