@@ -34,6 +34,20 @@ describe('storage jobs (real processes)', () => {
     rmSync(work, { recursive: true, force: true });
   });
 
+  /** The identities of a volume's chunks, read from every storage node's gRPC (not through the manager). */
+  const chunksOnNodes = async (volume: string) => {
+    const out = [];
+    for (const n of c.nodes) {
+      const client = storageNodeClient(String(n.ready.controlAddress));
+      try {
+        const { chunks } = await call(client, 'ListChunks', { diskId: '' });
+        out.push(...chunks.filter((x) => x.identity?.volumeName === volume).map((x) => x.identity!));
+      } finally {
+        client.close();
+      }
+    }
+    return out;
+  };
   const attach = async (name: string) => String((await vsky(['volume', 'attach', name, '--head', 'head1'], c.managerAddress)).stdout).split('\n')[0]!;
   const detach = async (name: string) => expect((await vsky(['volume', 'detach', name], c.managerAddress)).exitCode).toBe(0);
   const waitJob = async (id: string) => vskyJson<Job>(['job', 'watch', id], c.managerAddress).catch(async () => vskyJson<Job>(['job', 'show', id], c.managerAddress));
@@ -86,6 +100,10 @@ describe('storage jobs (real processes)', () => {
     expect(String(ended.stderr)).toMatch(/already ended \(succeeded\)/);
     await vskyJson(['volume', 'resize', 'wv', '--size', '64M', '--job-id', 'grow-1'], c.managerAddress);
     expect(await waitJob('grow-1')).toMatchObject({ state: 'succeeded', expectedGeneration: 2 });
+    // Every chunk, old and new, carries the new shape on its node (a rebuild from storage reads it).
+    const ids = await chunksOnNodes('wv');
+    expect(ids).toHaveLength(4 * 3);
+    for (const id of ids) expect(id).toMatchObject({ volumeSize: 64 * MiB, segmentCount: 4, generation: 3, legality: 'LEGAL', jobId: 'grow-1', jobKind: 'resize' });
     const uri = await attach('wv');
     const r = await run('nbdinfo', ['--size', uri]);
     expect(Number(String(r.stdout).trim())).toBe(64 * MiB);
@@ -102,20 +120,9 @@ describe('storage jobs (real processes)', () => {
     await vskyJson(['volume', 'wipe', 'wv', '--job-id', 'wipe-crash'], c.managerAddress).catch(() => undefined);
     await c.manager.waitExit();
     // The premise, read from the nodes themselves (the manager is dead): DIRTY at g (3), the job's record running.
-    let seen = 0;
-    for (const n of c.nodes) {
-      const client = storageNodeClient(String(n.ready.controlAddress));
-      try {
-        const { chunks } = await call(client, 'ListChunks', { diskId: '' });
-        for (const ch of chunks.filter((x) => x.identity?.volumeName === 'wv')) {
-          seen++;
-          expect(ch.identity).toMatchObject({ generation: 3, legality: 'DIRTY', jobId: 'wipe-crash', jobKind: 'wipe', jobOutcome: 'running' });
-        }
-      } finally {
-        client.close();
-      }
-    }
-    expect(seen).toBe(4 * 3);
+    const ids = await chunksOnNodes('wv');
+    expect(ids).toHaveLength(4 * 3);
+    for (const id of ids) expect(id).toMatchObject({ generation: 3, legality: 'DIRTY', jobId: 'wipe-crash', jobKind: 'wipe', jobOutcome: 'running' });
     c.manager.env = {};
     await c.manager.start();
     await c.waitRegistered();
