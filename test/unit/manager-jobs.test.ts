@@ -273,6 +273,9 @@ describe('storage jobs: resize', () => {
       .rejects.toThrow(/smaller than its .*volumes only grow; nothing changed/);
     await expect(c.jobs.submit({ jobId: 'k', kind: 'shrink', volume: 'v', expectedGeneration: 0, args: {} })).rejects.toThrow(/unknown job kind/);
     await expect(c.jobs.submit({ jobId: 'k', kind: 'wipe', volume: 'nope', expectedGeneration: 0, args: {} })).rejects.toBeInstanceOf(errors.NotFoundError);
+    await expect(c.jobs.submit({ jobId: 'bad id!', kind: 'wipe', volume: 'v', expectedGeneration: 0, args: {} })).rejects.toThrow(/invalid job id/);
+    await expect(c.jobs.submit({ jobId: 'x'.repeat(49), kind: 'wipe', volume: 'v', expectedGeneration: 0, args: {} })).rejects.toThrow(/1-48 characters/);
+    await expect(c.jobs.submit({ jobId: 'sz', kind: 'resize', volume: 'v', expectedGeneration: 0, args: { size: 'lots' } })).rejects.toThrow(/invalid size/);
     expect(() => c.jobs.get('small')).toThrow(errors.NotFoundError);
     expect(c.jobs.list()).toHaveLength(0);
     expect(cas.calls).toBe(0);
