@@ -5,6 +5,7 @@ import type { Method, XmlRpcContext } from './context.js';
 import { internalFault, pythonFault, toFault, unsupportedMethodFault, XmlRpcFaultError } from './faults.js';
 import { eventMethods } from './methods-events.js';
 import { notifyMethods } from './methods-notify.js';
+import { jobMethods } from './methods-jobs.js';
 import { ourMethods } from './methods-ours.js';
 import { serverMethods } from './methods-servers.js';
 import { volumeMethods } from './methods-volumes.js';
@@ -19,7 +20,7 @@ import { callStruct } from './params.js';
 const log = moduleLogger('manager.xmlrpc');
 
 export const METHODS: Readonly<Record<string, Method>> = {
-  ...volumeMethods, ...serverMethods, ...notifyMethods, ...eventMethods, ...ourMethods,
+  ...volumeMethods, ...serverMethods, ...notifyMethods, ...eventMethods, ...ourMethods, ...jobMethods,
 };
 
 const INTROSPECTION: Record<string, (params: XValue[]) => XValue> = {

@@ -125,6 +125,32 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     expect(await xr('deleteLogicalVolume', { lvolid })).toBe(0);
   });
 
+  it('runs storage jobs in the same style: submit (idempotent on jobid), get, list, abort; a wrong generation fails the job untouched', async () => {
+    const lvolid = await xr('createLogicalVolume', { lvolname: 'jobs1', capacity: 1, redundancy: 2 });
+    const gen = (await xr('listLogicalVolumes', { lvolid }))[0].generation ?? undefined;
+    const ended = async (jobid: string): Promise<Json> => {
+      let j = await xr('getJob', { jobid });
+      for (let i = 0; i < 100 && !['succeeded', 'failed', 'fenced', 'aborted'].includes(j.state); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        j = await xr('getJob', { jobid });
+      }
+      return j;
+    };
+    // A wrong expected generation: the job fails before touching anything.
+    await xr('submitJob', { jobid: 'x1', kind: 'wipe', lvolid, generation: 999 });
+    expect(await ended('x1')).toMatchObject({ state: 'failed', error: expect.stringMatching(/generation/) });
+    expect(await faultCode('submitJob', { jobid: 'x2', kind: 'shred', lvolid })).toBe(22);
+    expect(await faultCode('getJob', { jobid: 'nope' })).toBe(2);
+    const job = await xr('submitJob', { jobid: 'wipe-1', kind: 'wipe', lvolid });
+    expect(job).toMatchObject({ jobid: 'wipe-1', kind: 'wipe', lvolname: 'jobs1' });
+    expect((await ended('wipe-1')).state).toBe('succeeded');
+    expect((await xr('submitJob', { jobid: 'wipe-1', kind: 'wipe', lvolid })).state).toBe('succeeded'); // the same request again: the same job
+    expect((await xr('listJobs', { lvolid })).map((j: Json) => j.jobid)).toContain('wipe-1');
+    expect(await faultCode('abortJob', { jobid: 'wipe-1' })).toBe(16); // ended: EBUSY
+    if (gen !== undefined) expect((await xr('listLogicalVolumes', { lvolid }))[0].generation).toBe(gen + 1);
+    expect(await xr('deleteLogicalVolume', { lvolid })).toBe(0);
+  });
+
   it('marks a disk extent and bad blocks stale, detaches the volumes of a failed head, fails and deletes a disk and a server, registers them again; ids survive a manager restart', async () => {
     const lvolid = await xr('createLogicalVolume', { lvolname: 'fail1', capacity: 1 });
     const hsvrid = (await xr('listHeadServers')).find((h: Json) => h.name === 'head1').hsvrid;
