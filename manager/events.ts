@@ -154,19 +154,7 @@ export class EventLog {
       return out;
     }
     // Older than memory: read the disk (in pages, so a narrow filter does not load everything at once).
-    const it = this.store.db.values({ gt: keys.event(Math.floor(afterSeq)), lt: EVENT_KEYS.lt });
-    try {
-      for (;;) {
-        const page = (await it.nextv(1024)) as EventRecord[];
-        if (page.length === 0) break;
-        for (const e of page) {
-          if (match(e)) out.push(e);
-          if (out.length >= limit) return out;
-        }
-      }
-    } finally {
-      await it.close();
-    }
+    await collectPages(this.store.db.values({ gt: keys.event(Math.floor(afterSeq)), lt: EVENT_KEYS.lt }), match, limit, out);
     return out;
   }
 
@@ -176,20 +164,7 @@ export class EventLog {
     for (let i = ring.length - 1; i >= 0 && out.length < limit; i--) if (match(ring[i]!)) out.push(ring[i]!);
     const oldestInRing = ring[0]?.seq ?? this.committedSeq + 1;
     if (out.length < limit && oldestInRing > this.firstSeq) {
-      const it = this.store.db.values({ gte: EVENT_KEYS.gte, lt: keys.event(oldestInRing), reverse: true });
-      try {
-        for (;;) {
-          const page = (await it.nextv(1024)) as EventRecord[];
-          if (page.length === 0) break;
-          for (const e of page) {
-            if (match(e)) out.push(e);
-            if (out.length >= limit) break;
-          }
-          if (out.length >= limit) break;
-        }
-      } finally {
-        await it.close();
-      }
+      await collectPages(this.store.db.values({ gte: EVENT_KEYS.gte, lt: keys.event(oldestInRing), reverse: true }), match, limit, out);
     }
     return out.reverse();
   }
@@ -292,4 +267,22 @@ function cleanDetails(d: EventDetails): EventDetails {
     if (typeof v === 'string' || typeof v === 'boolean' || (typeof v === 'number' && Number.isFinite(v))) out[k] = v;
   }
   return out;
+}
+
+/** Reads events off the disk in pages of 1024 (a narrow filter never loads everything at once) until `out` holds `limit`. */
+async function collectPages(
+  it: { nextv(n: number): Promise<unknown[]>; close(): Promise<void> }, match: (e: EventRecord) => boolean, limit: number, out: EventRecord[],
+): Promise<void> {
+  try {
+    while (out.length < limit) {
+      const page = (await it.nextv(1024)) as EventRecord[];
+      if (page.length === 0) return;
+      for (const e of page) {
+        if (match(e)) out.push(e);
+        if (out.length >= limit) return;
+      }
+    }
+  } finally {
+    await it.close();
+  }
 }

@@ -1,3 +1,4 @@
+import { seededRandom } from '../shared/seeded-random.js';
 import { MAX_REPLICAS } from '../shared/constants.js';
 import { CapacityError, CorruptMetadataError, InvalidArgumentError } from '../shared/errors.js';
 import { formatSize } from '../shared/units.js';
@@ -439,17 +440,6 @@ function placeBefore(a: ModelDisk, b: ModelDisk): boolean {
   return a.order < b.order;
 }
 
-/** mulberry32: a small, fast, seeded generator of numbers in [0, 1). */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Lowest free index from the disk's cursor (every index below it is owned). */
 function allocIndex(d: ModelDisk, volumeId: number): number {

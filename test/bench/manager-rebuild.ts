@@ -1,3 +1,4 @@
+import { seededRandom } from '../../shared/seeded-random.js';
 import { pathToFileURL } from 'node:url';
 import type { ChunkIdentity__Output } from '../../proto/generated/vsky/common/ChunkIdentity.js';
 import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
@@ -30,22 +31,11 @@ const CLUSTER = 'bench-cluster';
 const LIMIT_MS = 10_000;
 const TARGET_MS = 2_000;
 
-/** mulberry32: the same input on every run. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Expected { volumes: number; chunks: number; staleReplicas: number; rolledBack: number; toFree: number; lostReplicas: number; drainsDone: number }
 
 export function synthesize(): { input: RebuildInput; expected: Expected } {
-  const random = seeded(0x5eed);
+  const random = seededRandom(0x5eed);
   const model = new PlacementModel();
   const tables = new Map<string, NodeTable>();
   const serverOfDisk = new Map<string, string>();

@@ -1,3 +1,4 @@
+import { seededRandom } from '../../../shared/seeded-random.js';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
@@ -82,17 +83,6 @@ export function httpPost(url: string, body: string | { size: number; chunked?: b
   });
 }
 
-/** mulberry32: a small seeded PRNG. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const READ_ONLY = ['listLogicalVolumes', 'showLogicalVolume', 'listHeadServers', 'listStorageServers', 'listPhysicalDisks', 'listEvents', 'getAccessRules', 'system.listMethods'];
 const MUTATING = ['createLogicalVolume', 'deleteLogicalVolume', 'attachLogicalVolume', 'detachLogicalVolume', 'notifyFailure', 'notifyBadBlocks',
@@ -106,7 +96,7 @@ const KEYS = ['ver', 'lvolid', 'lvolname', 'capacity', 'redundancy', 'hsvrid', '
  * deep nesting and plain garbage. The same seed gives the same bodies.
  */
 export function* seededFuzzBodies(seed: number, count: number): Generator<string> {
-  const rnd = prng(seed);
+  const rnd = seededRandom(seed);
   const int = (n: number) => Math.floor(rnd() * n);
   const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
   const text = (n: number) => Array.from({ length: int(n) }, () => pick(['a', 'Z', '0', '-', '&amp;', '&lt;', '&#x41;', '&bogus;', ']]>', '\u00e9', '\u{1F600}', ' ', '<', '\u0001'])).join('');
