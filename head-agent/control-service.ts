@@ -9,9 +9,9 @@ import type { ReleaseLeaseRequest__Output } from '../proto/generated/vsky/head/R
 import type { Empty } from '../proto/generated/vsky/common/Empty.js';
 import type { ResyncTask__Output } from '../proto/generated/vsky/common/ResyncTask.js';
 import type { HeadAgentHandlers } from '../proto/generated/vsky/head/HeadAgent.js';
-import type { VolumeRegistry } from './volume-registry.js';
-import { accessFromProto, iscsiUrl, targetIqn, type IscsiExports } from './iscsi-exports.js';
-import type { ResyncService } from './resync-runner.js';
+import type { Attachments } from './attachments.js';
+import { accessFromProto, iscsiUrl, targetIqn, type IscsiExports } from './frontend/iscsi-exports.js';
+import type { ResyncService } from './resync/resync-service.js';
 
 // The head agent's gRPC control service (proto/head_agent.proto), called by
 // the manager: Attach builds and fences a volume, then answers with the NBD
@@ -21,7 +21,7 @@ import type { ResyncService } from './resync-runner.js';
 // gives up a volume's write lease (a live migration's other head wants it).
 
 export interface ControlServiceOptions {
-  registry: VolumeRegistry;
+  attachments: Attachments;
   /** HOST:PORT the NBD server listens on (for nbd:// URIs). */
   nbdAddress: string;
   /** NBD clients connected to an export now, when the NBD server can tell. */
@@ -37,11 +37,11 @@ export function nbdUri(nbdAddress: string, name: string): string {
 }
 
 export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHandlers {
-  const { registry, nbdAddress } = opts;
+  const { attachments, nbdAddress } = opts;
   return {
     Attach: unary(async (req: AttachVolumeRequest__Output): Promise<AttachVolumeReply> => {
       if (req.map === null || req.map === undefined) throw new InvalidArgumentError('Attach: the request carries no volume map');
-      const volume = await registry.attach(req.map, req.epoch, { standby: req.standby, reconcile: req.reconcile });
+      const volume = await attachments.attach(req.map, req.epoch, { standby: req.standby, reconcile: req.reconcile });
       const iscsi = opts.iscsi;
       if (iscsi === undefined) return { nbdUri: nbdUri(nbdAddress, volume.name), iscsiUrl: '' };
       iscsi.exports.expose(volume, volume.volumeId, accessFromProto(req.iscsi));
@@ -50,17 +50,17 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
     Detach: unary(async (req: DetachVolumeRequest__Output): Promise<Empty> => {
       if (!req.name) throw new InvalidArgumentError('Detach: a volume name is required');
       opts.iscsi?.exports.remove(req.name); // no new logins; then flush and drop
-      await registry.detach(req.name, req.force);
+      await attachments.detach(req.name, req.force);
       return {};
     }),
     UpdateMap: unary(async (req: AttachVolumeRequest__Output): Promise<Empty> => {
       if (req.map === null || req.map === undefined) throw new InvalidArgumentError('UpdateMap: the request carries no volume map');
-      await registry.updateMap(req.map, req.epoch);
+      await attachments.updateMap(req.map, req.epoch);
       return {};
     }),
     ReleaseLease: unary(async (req: ReleaseLeaseRequest__Output): Promise<Empty> => {
       if (!req.name) throw new InvalidArgumentError('ReleaseLease: a volume name is required');
-      await registry.release(req.name, req.epoch);
+      await attachments.release(req.name, req.epoch);
       return {};
     }),
     StartResync: unary(async (task: ResyncTask__Output): Promise<Empty> => {
@@ -69,7 +69,7 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
       return {};
     }),
     ListAttached: unary(async (): Promise<AttachedList> => ({
-      volumes: registry.list().map((v) => ({
+      volumes: attachments.list().map((v) => ({
         name: v.name, volumeId: v.volumeId, epoch: v.epoch, nbdUri: nbdUri(nbdAddress, v.name), size: v.size,
         connections: opts.connectionCount?.(v.name) ?? 0,
         iscsiUrl: opts.iscsi ? iscsiUrl(opts.iscsi.address, v.name) : '',

@@ -1,17 +1,17 @@
 import { moduleLogger } from '../shared/logger.js';
-import { NodeControlClients } from './chunk-regions.js';
+import { NodeControlClients } from './engine/chunk-regions.js';
 import { startControlServer, type ControlServer } from './control-service.js';
 import { leaseRequester } from './lease-requester.js';
 import { ManagerLink, loadHeadId } from './manager-link.js';
-import { startNbdServer, type NbdServerHandle } from './nbd/server.js';
-import { NodePool } from './node-pool.js';
-import { ReportingFailureHandler } from './replica-failures.js';
-import { ResyncService } from './resync-runner.js';
-import { VolumeRegistry } from './volume-registry.js';
-import { IscsiExports } from './iscsi-exports.js';
-import { startIscsiServer, type IscsiServerHandle } from './iscsi/server.js';
+import { startNbdServer, type NbdServerHandle } from './frontend/nbd/server.js';
+import { NodePool } from './engine/node-pool.js';
+import { ReportingFailureHandler } from './engine/replica-failures.js';
+import { ResyncService } from './resync/resync-service.js';
+import { Attachments } from './attachments.js';
+import { IscsiExports } from './frontend/iscsi-exports.js';
+import { startIscsiServer, type IscsiServerHandle } from './frontend/iscsi/server.js';
 
-// `vsky head-agent`: the volume registry and its I/O engine, the NBD export,
+// `vsky head-agent`: the attached volumes and their I/O engine, the NBD export,
 // the gRPC control service the manager calls, and the link that registers and
 // heartbeats with the manager. Start order: engine, NBD (its address goes into
 // every nbd:// URI), control, then the manager link. Stop in reverse; attached
@@ -56,7 +56,7 @@ export interface HeadAgentHandle {
   nbdAddress: string;
   /** '' when the head serves no iSCSI. */
   iscsiAddress: string;
-  registry: VolumeRegistry;
+  attachments: Attachments;
   close(): Promise<void>;
 }
 
@@ -72,22 +72,22 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
   const failureHandler = opts.managerAddress === undefined ? undefined : new ReportingFailureHandler({
     headId, manager: () => link?.managerClient, staleReportTimeoutMs: opts.staleReportTimeoutMs,
   });
-  const registry = new VolumeRegistry({
+  const attachments = new Attachments({
     pool, failureHandler, nodeClients,
     leaseRequester: opts.managerAddress === undefined ? undefined : leaseRequester({ headId, manager: () => link?.managerClient }),
   });
-  const resync = new ResyncService({ volumes: registry, clients: nodeClients, defaultManager: () => link?.managerClient });
+  const resync = new ResyncService({ volumes: attachments, clients: nodeClients, defaultManager: () => link?.managerClient });
   let nbd: NbdServerHandle | undefined;
   let iscsi: IscsiServerHandle | undefined;
   let control: ControlServer | undefined;
   try {
-    nbd = await startNbdServer({ host: opts.host, port: opts.nbdPort, registry });
+    nbd = await startNbdServer({ host: opts.host, port: opts.nbdPort, registry: attachments });
     const nbdServer = nbd;
     const exports = new IscsiExports();
     if (opts.iscsiPort !== undefined) iscsi = await startIscsiServer({ host: opts.host, port: opts.iscsiPort, registry: exports });
     const iscsiServer = iscsi;
     control = await startControlServer(opts.host, opts.grpcPort, {
-      registry, nbdAddress: nbd.address, connectionCount: (name) => nbdServer.connectionCount(name),
+      attachments, nbdAddress: nbd.address, connectionCount: (name) => nbdServer.connectionCount(name),
       iscsi: iscsiServer && { exports, address: iscsiServer.address, sessionCount: (iqn) => iscsiServer.sessionCount(iqn) },
       resync,
     });
@@ -95,7 +95,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     await control?.close();
     await iscsi?.close();
     await nbd?.close();
-    await registry.close();
+    await attachments.close();
     await pool.close();
     nodeClients.close();
     throw err;
@@ -104,8 +104,8 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     ? new ManagerLink({
       managerAddress: opts.managerAddress, headId, name: opts.name,
       controlAddress: control.address, nbdAddress: nbd.address, iscsiAddress: iscsi?.address ?? '', heartbeatIntervalMs: opts.heartbeatIntervalMs,
-      leases: () => registry.heldLeases(),
-      onRevoked: (revoked) => registry.revoke(revoked),
+      leases: () => attachments.heldLeases(),
+      onRevoked: (revoked) => attachments.revoke(revoked),
     })
     : undefined;
   link?.start();
@@ -121,7 +121,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
       await resync.close();
       await iscsi?.close();
       await nbd!.close();
-      await registry.close();
+      await attachments.close();
       await link?.stop();
       await pool.close();
       nodeClients.close();
@@ -129,5 +129,5 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     })();
     return closing;
   };
-  return { headId, controlAddress, nbdAddress, iscsiAddress, registry, close };
+  return { headId, controlAddress, nbdAddress, iscsiAddress, attachments, close };
 }

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { IoError, StaleEpochError, TimeoutError, TransportError, errorMessage } from '../shared/errors.js';
 import { call, type ManagerClient } from '../shared/grpc.js';
 import { moduleLogger } from '../shared/logger.js';
-import type { LeaseRequester, LinearVolume } from './linear-volume.js';
+import type { LeaseRequester, LinearVolume } from './engine/linear-volume.js';
 
 // How a standby volume gets the write lease: the first read or write on it
 // asks the manager (AcquireLease). The manager asks the holder to drain, flush

@@ -6,11 +6,11 @@ import { ManagerCore } from './core.js';
 import { managerHandlers } from './grpc-service.js';
 import { rebuildFromStorage } from './rebuild/index.js';
 import { GrpcPeerClients, type PeerClients } from './node-clients.js';
-import type { SchedulerLimits } from './resync-scheduler.js';
+import type { SchedulerLimits } from './resync/scheduler.js';
 import { IntIds, startXmlRpc, type XmlRpcServerHandle, type XmlRpcServerOptions } from './xmlrpc/index.js';
 
 // The manager process: load metadata, serve the gRPC API, watch heartbeats,
-// handle failures and run resyncs (manager/resyncs.ts, checked every second),
+// handle failures and run resyncs (manager/resync/resyncs.ts, checked every second),
 // collect garbage (at start, on request, and every gcIntervalMs if set).
 
 const log = moduleLogger('manager');

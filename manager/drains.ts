@@ -6,8 +6,8 @@ import {
 } from './chunk-map.js';
 import { mapLimit } from './node-clients.js';
 import type { PlacementModel, SparePick, SpareRequest } from './placement.js';
-import { allocateReplicaChunk, type ReplicaItem } from './spares.js';
-import type { ResyncContext } from './resync-context.js';
+import { allocateReplicaChunk, type ReplicaItem } from './resync/spares.js';
+import type { ResyncContext } from './resync/context.js';
 import type { StoreBatch } from './store.js';
 import { forEachReplica, type DiskRecord, type ResyncRecord, type ToFreeRecord } from './types.js';
 import type { VolumeEntry } from './volumes.js';
@@ -27,7 +27,7 @@ import type { VolumeEntry } from './volumes.js';
 //     (`moves`: written by the head like a resyncing replica, never read) and
 //     queues a resync record for it. The replica itself stays in sync and
 //     readable: the segment never has fewer good copies than it should.
-// The resync machinery (manager/resyncs.ts) schedules and runs the copy like
+// The resync machinery (manager/resync/resyncs.ts) schedules and runs the copy like
 // a rebuild (at lower priority: the segment has all its good copies) and, in
 // the batch that finishes it, points the slot at the target and frees the
 // old chunk. Once nothing references a draining disk (no replica, no chunk

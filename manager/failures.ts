@@ -24,7 +24,7 @@ import type { VolumeEntry, Volumes } from './volumes.js';
 //    write is never read). A drain target that failed a write is dropped from
 //    the map in the same way (it would have become a replica); the drain
 //    plans another.
-// Either way the resyncs are woken to plan a replacement (manager/spares.ts).
+// Either way the resyncs are woken to plan a replacement (manager/resync/spares.ts).
 
 const log = moduleLogger('manager.failures');
 
@@ -40,7 +40,7 @@ export interface ReplicaFailureInput {
 export class Failures {
   private readonly toPush = new Set<number>();
   private flushScheduled = false;
-  /** Called once stale marks are durable (manager/resyncs.ts wake). */
+  /** Called once stale marks are durable (manager/resync/resyncs.ts wake). */
   onStale?: (reason: string) => void;
   /** Stale marks on storage too (manager/segment-notes.ts): a head's report is answered once one is durable there. */
   notes?: SegmentNotes;

@@ -80,7 +80,7 @@ export interface PlacementResult {
   disksUsed: number;
 }
 
-/** One replacement replica to place (manager/spares.ts). */
+/** One replacement replica to place (manager/resync/spares.ts). */
 export interface SpareRequest {
   volumeId: number;
   /** Servers holding another replica of the segment (any state): never used. */

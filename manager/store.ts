@@ -21,7 +21,7 @@ import {
 //   pending/<id, 10 digits>  PendingCreateRecord (a create between its two batches)
 //   tofree/<disk id>/<index> ToFreeRecord (a chunk to free on its node)
 //   meta/next_resync_id      next resync number ("r<n>" ids are never reused)
-//   resync/<resync id>       ResyncRecord (a replica being rebuilt; see manager/resyncs.ts)
+//   resync/<resync id>       ResyncRecord (a replica being rebuilt; see manager/resync/resyncs.ts)
 //   meta/next_int/<space>    next VastSky-style integer id of a space (hsvr, ssvr, pdsk, lvol; manager/xmlrpc/ids.ts)
 //   event/<seq, 20 digits>   EventRecord (the append-only event log, manager/events.ts; not
 //                            part of the snapshot: the event log reads it itself)

@@ -171,7 +171,7 @@ export interface ChunkLocation {
 }
 
 /**
- * One replica being rebuilt (manager/resyncs.ts). The map points the slot at
+ * One replica being rebuilt (manager/resync/resyncs.ts). The map points the slot at
  * `target` (state resyncing) from the batch that creates this record until the
  * batch that deletes it and marks the replica in sync.
  */

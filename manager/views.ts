@@ -35,7 +35,7 @@ export function headView(h: HeadRecord, attached: string[]): HeadInfo {
   };
 }
 
-/** How far a volume is from full redundancy (manager/resyncs.ts `health`). */
+/** How far a volume is from full redundancy (manager/resync/resyncs.ts `health`). */
 export interface VolumeHealth {
   degraded: boolean;
   resyncs: number;

@@ -13,7 +13,7 @@ import { Legality, type JobKindName, type JobOutcomeName } from './disk-format.j
 import { NoChunkError } from './errors.js';
 import type { NodeState } from './node-state.js';
 import { countSet } from './region-map.js';
-import type { ResyncJobs } from './resync-jobs.js';
+import type { ResyncJobs } from './copy/resync-jobs.js';
 
 // The storage node's gRPC control service (proto/storage_node.proto). Each
 // handler validates its request and delegates to the ChunkStore; typed errors

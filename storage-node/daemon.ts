@@ -7,7 +7,7 @@ import { addDisk, createControlService, type NodeContext } from './control-servi
 import { DataServer } from './data-server.js';
 import { ManagerLink } from './manager-link.js';
 import { NodeState } from './node-state.js';
-import { ResyncJobs } from './resync-jobs.js';
+import { ResyncJobs } from './copy/resync-jobs.js';
 
 // A storage node: its disks (remembered in the data directory and
 // self-describing on disk), the data-protocol server, the gRPC control

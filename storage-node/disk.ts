@@ -11,7 +11,7 @@ import {
   pickNewest, uuidToBytes, type Superblock,
 } from './disk-format.js';
 import { DiskFailedError, ioError } from './errors.js';
-import { TokenBucket } from './token-bucket.js';
+import { TokenBucket } from './copy/token-bucket.js';
 
 // One disk (a file created sparse, or a block device): formats or opens it,
 // holds its chunk table in memory, and does every I/O on it through the fs

@@ -1,6 +1,6 @@
-import { ChunkTarget } from '../../shared/data-protocol/chunk-target.js';
+import { ChunkTarget } from '../../shared/data-protocol/client/chunk-target.js';
 import { Opcode } from '../../shared/data-protocol/frame.js';
-import { NodeConnection } from '../../shared/data-protocol/node-connection.js';
+import { NodeConnection } from '../../shared/data-protocol/client/node-connection.js';
 
 // How the manager, as a job's worker, reaches chunk data: the data protocol
 // (our real client, shared/data-protocol/NodeConnection), one connection per

@@ -48,7 +48,7 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //        (it missed a finished resync or job). Choice: chunks the note calls
 //        stale do not count for that highest generation: a storage node that
 //        runs a resync copy fences its own node with the current generation
-//        (storage-node/chunk-copy.ts), so a resync TARGET (noted stale) can
+//        (storage-node/copy/chunk-copy.ts), so a resync TARGET (noted stale) can
 //        carry a higher generation than the good copies; counting it would
 //        leave the segment with no good copy and the volume could be thrown
 //        away. So the generation rule never takes a segment's last good
@@ -76,7 +76,7 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //     (unique over the placeholder disk, which is as large as needed), under
 //     the position's own identity slot unless a chunk of the segment uses it
 //     (then the lowest unused one, in map.ids). The resync machinery treats
-//     it like a replica on a failed disk: manager/spares.ts collects every
+//     it like a replica on a failed disk: manager/resync/spares.ts collects every
 //     stale replica whatever its disk's state, excludes the servers of the
 //     segment's other replicas (the placeholder server holds none), places
 //     a spare under the replica's identity slot and puts the placeholder

@@ -7,9 +7,9 @@ import { LocalCluster, LOCAL_CLUSTER_DEFAULTS, nodeHost } from '../../deploy/loc
 import { GiB, MiB } from '../../shared/constants.js';
 import { call, type ManagerClient } from '../../shared/grpc.js';
 import { freePort } from '../harness/ports.js';
-// Layering debt (known, as in storage-node/chunk-copy.ts): the data-protocol client lives in head-agent/.
-import { NodeConnection } from '../../shared/data-protocol/node-connection.js';
-import { Replica } from '../../head-agent/replica.js';
+// Layering debt (known, as in storage-node/copy/chunk-copy.ts): the data-protocol client lives in head-agent/.
+import { NodeConnection } from '../../shared/data-protocol/client/node-connection.js';
+import { Replica } from '../../head-agent/engine/replica.js';
 import { vskyJson } from '../harness/vsky.js';
 import { fillDevice } from './fio.js';
 

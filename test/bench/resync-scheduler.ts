@@ -4,10 +4,10 @@ import { GiB, MiB } from '../../shared/constants.js';
 import { PlacementModel, type SpareRequest } from '../../manager/placement.js';
 import {
   DEFAULT_SCHEDULER_LIMITS, overloadedDisks, scheduleResyncs, type QueuedResync, type RunningResync, type SchedulerLimits,
-} from '../../manager/resync-scheduler.js';
+} from '../../manager/resync/scheduler.js';
 
 // Rebuild simulation over the manager's real placement (manager/placement.ts:
-// volumes and spares) and real scheduler (manager/resync-scheduler.ts), in
+// volumes and spares) and real scheduler (manager/resync/scheduler.ts), in
 // discrete time. 10,000 disks on 1,000 servers in 10 racks, K=3 volumes
 // filling every disk to about 1,000 chunks; one disk fails and is rebuilt,
 // then one whole server fails and is rebuilt. Every disk reads or writes at

@@ -1,5 +1,5 @@
-import { NodeConnection } from '../../shared/data-protocol/node-connection.js';
-import { Replica } from '../../head-agent/replica.js';
+import { NodeConnection } from '../../shared/data-protocol/client/node-connection.js';
+import { Replica } from '../../head-agent/engine/replica.js';
 import { call } from '../../shared/grpc.js';
 import { expect } from 'vitest';
 import type { LocalCluster } from '../../deploy/local-cluster.js';

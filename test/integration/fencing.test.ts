@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DaemonProcess } from '../../deploy/daemon-process.js';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
-import { NodeConnection } from '../../shared/data-protocol/node-connection.js';
-import { Replica } from '../../head-agent/replica.js';
+import { NodeConnection } from '../../shared/data-protocol/client/node-connection.js';
+import { Replica } from '../../head-agent/engine/replica.js';
 import { StaleEpochError } from '../../shared/errors.js';
 import { call } from '../../shared/grpc.js';
 import { destroyTestCluster, startExtraHead, startTestCluster } from '../harness/cluster.js';

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startStorageNode, type StorageNodeHandle } from '../../storage-node/daemon.js';
-import type { VolumeMap } from '../../head-agent/volume-registry.js';
+import type { VolumeMap } from '../../head-agent/attachments.js';
 import { bindServer, call, grpc, loadProtos, storageNodeClient } from '../../shared/grpc.js';
 import { MiB } from '../../shared/constants.js';
 import type { ReplicaLocation__Output } from '../../proto/generated/vsky/common/ReplicaLocation.js';

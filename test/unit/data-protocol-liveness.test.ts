@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Liveness } from '../../shared/data-protocol/liveness.js';
+import { Liveness } from '../../shared/data-protocol/client/liveness.js';
 
 // The stall decisions of a data connection, fed times directly: no timers,
 // no sockets. Times are performance.now()-like milliseconds.

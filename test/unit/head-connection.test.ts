@@ -1,9 +1,9 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { NodeConnection, type RequestTarget } from '../../shared/data-protocol/node-connection.js';
-import { Replica } from '../../head-agent/replica.js';
-import { NodePool } from '../../head-agent/node-pool.js';
-import { VolumeRegistry } from '../../head-agent/volume-registry.js';
+import { NodeConnection, type RequestTarget } from '../../shared/data-protocol/client/node-connection.js';
+import { Replica } from '../../head-agent/engine/replica.js';
+import { NodePool } from '../../head-agent/engine/node-pool.js';
+import { Attachments } from '../../head-agent/attachments.js';
 import { encodeReplyHeader, requestFrameSpec } from '../../shared/data-protocol/codec.js';
 import { Flag, Opcode, REPLY_HEADER_SIZE, Status, type RequestHeader } from '../../shared/data-protocol/frame.js';
 import { InvalidArgumentError, IoError, StaleEpochError, TransportError } from '../../shared/errors.js';
@@ -438,7 +438,7 @@ describe('volume over scripted nodes: what goes on the wire', () => {
     nodes.push(...fakes);
     const addrs = await Promise.all(fakes.map((f) => f.listen()));
     const pool = new NodePool();
-    const reg = new VolumeRegistry({ pool });
+    const reg = new Attachments({ pool });
     const segments = [0, 1].map((index) => ({
       index,
       replicas: addrs.map((dataAddress, slot) => ({ slot, serverId: `s${slot}`, dataAddress, diskId: `d${slot}`, chunkIndex: index, state: 'in_sync', controlAddress: '' })),
@@ -484,7 +484,7 @@ describe('volume over scripted nodes: what goes on the wire', () => {
     nodes.push(...fakes);
     const addrs = await Promise.all(fakes.map((f) => f.listen()));
     const pool = new NodePool();
-    const reg = new VolumeRegistry({ pool });
+    const reg = new Attachments({ pool });
     const segments = [{ index: 0, replicas: addrs.map((dataAddress, slot) => ({ slot, serverId: `s${slot}`, dataAddress, diskId: `d${slot}`, chunkIndex: 0, state: 'in_sync', controlAddress: '' })) }];
     try {
       const vol = await reg.attach({ volumeId: 4, name: 'f', size: CHUNK, chunkSize: CHUNK, replicas: 3, generation: 1, segments }, 1);

@@ -13,7 +13,7 @@ import { MiB } from '../../shared/constants.js';
 import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
 import type { AttachVolumeReply__Output } from '../../proto/generated/vsky/head/AttachVolumeReply.js';
 import type { AttachedList__Output } from '../../proto/generated/vsky/head/AttachedList.js';
-import type { VolumeMap } from '../../head-agent/volume-registry.js';
+import type { VolumeMap } from '../../head-agent/attachments.js';
 
 // The head-agent daemon: its stable id, the gRPC control service (Attach
 // answers with the nbd:// URI, fenced nodes, ListAttached, Detach), a real NBD
@@ -76,7 +76,7 @@ describe('head-agent daemon', () => {
     client = headAgentClient(head.controlAddress);
     const reply = await call<object, AttachVolumeReply__Output>(client, client.Attach, { map, epoch: 4 });
     expect(reply.nbdUri).toBe(`nbd://${head.nbdAddress}/vol-d`);
-    const vol = head.registry.lookup('vol-d')!;
+    const vol = head.attachments.lookup('vol-d')!;
     expect(vol.epoch).toBe(4);
     const list = await call<object, AttachedList__Output>(client, client.ListAttached, {});
     expect(list.volumes).toEqual([{ name: 'vol-d', volumeId: 5, epoch: 4, nbdUri: reply.nbdUri, size: CHUNK, connections: 0, iscsiUrl: '', iscsiSessions: 0, lease: 'held' }]);
@@ -84,11 +84,11 @@ describe('head-agent daemon', () => {
     await expect(call(client, client.Attach, { epoch: 4 })).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(call(client, client.Attach, { map: { ...map, name: 'x', size: 3 * CHUNK }, epoch: 4 })).rejects.toThrow(/segments/);
     await expect(call(client, client.Detach, { name: 'nope' })).rejects.toBeInstanceOf(NotFoundError);
-    expect(head.registry.list().map((v) => v.name)).toEqual(['vol-d']);
+    expect(head.attachments.list().map((v) => v.name)).toEqual(['vol-d']);
   });
 
   it('serves what the engine wrote to a real NBD client', async () => {
-    const vol = head!.registry.lookup('vol-d')!;
+    const vol = head!.attachments.lookup('vol-d')!;
     await vol.write(1 * MiB, Buffer.alloc(64 * 1024, 0x6b), false);
     await vol.flush();
     const out = join(dir, 'nbd-read.bin');
@@ -100,14 +100,14 @@ describe('head-agent daemon', () => {
   });
 
   it('detach waits for writes in flight, flushes and unregisters', async () => {
-    const vol = head!.registry.lookup('vol-d')!;
+    const vol = head!.attachments.lookup('vol-d')!;
     let settled = 0;
     const writes = Array.from({ length: 8 }, (_, i) => vol.write(i * 65536, Buffer.alloc(65536, i), false).then(() => { settled++; }));
-    await head!.registry.detach('vol-d');
+    await head!.attachments.detach('vol-d');
     // Detach waited for the writes in flight (then flushed them).
     expect(settled).toBe(8);
     await Promise.all(writes);
-    expect(head!.registry.lookup('vol-d')).toBeUndefined();
+    expect(head!.attachments.lookup('vol-d')).toBeUndefined();
     await expect(vol.write(0, Buffer.alloc(1), false)).rejects.toThrow(/detached/);
     const list = await call<object, AttachedList__Output>(client, client.ListAttached, {});
     expect(list.volumes).toEqual([]);
@@ -130,7 +130,7 @@ describe('head-agent daemon', () => {
     });
     try {
       // Manager down: the head keeps going, attaches and serves I/O.
-      const vol = await h.registry.attach(map, 5);
+      const vol = await h.attachments.attach(map, 5);
       await vol.write(4096, Buffer.alloc(4096, 0x42), true);
       expect((await vol.read(4096, 4096)).every((b) => b === 0x42)).toBe(true);
       await new Promise((r) => setTimeout(r, 300));

@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NodePool } from '../../head-agent/node-pool.js';
-import { VolumeRegistry, type VolumeMap } from '../../head-agent/volume-registry.js';
-import type { LinearVolume } from '../../head-agent/linear-volume.js';
-import { Mirror, type ReplicaFailure, type ReplicaFailureHandler } from '../../head-agent/mirror.js';
-import { Replica } from '../../head-agent/replica.js';
+import { NodePool } from '../../head-agent/engine/node-pool.js';
+import { Attachments, type VolumeMap } from '../../head-agent/attachments.js';
+import type { LinearVolume } from '../../head-agent/engine/linear-volume.js';
+import { Mirror, type ReplicaFailure, type ReplicaFailureHandler } from '../../head-agent/engine/mirror.js';
+import { Replica } from '../../head-agent/engine/replica.js';
 import { InvalidArgumentError, IoError, StaleEpochError } from '../../shared/errors.js';
 import { MiB } from '../../shared/constants.js';
 import { fill, rng } from '../support/seeded-bytes.js';
@@ -23,13 +23,13 @@ let trio: NodeTrio;
 let map: VolumeMap;
 const pools: NodePool[] = [];
 const model = Buffer.alloc(SIZE);
-let regA: VolumeRegistry;
+let regA: Attachments;
 let volA: LinearVolume;
 
-function newRegistry(): VolumeRegistry {
+function newRegistry(): Attachments {
   const pool = new NodePool({ dataTimeoutMs: 3000, backoffInitialMs: 50 });
   pools.push(pool);
-  return new VolumeRegistry({ pool, maxPiece: MAX_PIECE });
+  return new Attachments({ pool, maxPiece: MAX_PIECE });
 }
 
 beforeAll(async () => {

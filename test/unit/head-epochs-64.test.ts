@@ -1,7 +1,7 @@
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NodePool } from '../../head-agent/node-pool.js';
-import { VolumeRegistry, type VolumeMap } from '../../head-agent/volume-registry.js';
+import { NodePool } from '../../head-agent/engine/node-pool.js';
+import { Attachments, type VolumeMap } from '../../head-agent/attachments.js';
 import { InvalidArgumentError, StaleEpochError } from '../../shared/errors.js';
 import { MiB } from '../../shared/constants.js';
 import { setRootLogger } from '../../shared/logger.js';
@@ -23,10 +23,10 @@ let trio: NodeTrio;
 let map: VolumeMap;
 const pools: NodePool[] = [];
 
-function newRegistry(): VolumeRegistry {
+function newRegistry(): Attachments {
   const pool = new NodePool({ dataTimeoutMs: 3000, backoffInitialMs: 50 });
   pools.push(pool);
-  return new VolumeRegistry({ pool, maxPiece: 256 * 1024 });
+  return new Attachments({ pool, maxPiece: 256 * 1024 });
 }
 
 beforeAll(async () => {

@@ -1,11 +1,11 @@
 import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NodePool } from '../../head-agent/node-pool.js';
-import { VolumeRegistry, type VolumeMap } from '../../head-agent/volume-registry.js';
-import type { LinearVolume } from '../../head-agent/linear-volume.js';
-import { Mirror } from '../../head-agent/mirror.js';
-import { Replica } from '../../head-agent/replica.js';
-import { ReportingFailureHandler } from '../../head-agent/replica-failures.js';
+import { NodePool } from '../../head-agent/engine/node-pool.js';
+import { Attachments, type VolumeMap } from '../../head-agent/attachments.js';
+import type { LinearVolume } from '../../head-agent/engine/linear-volume.js';
+import { Mirror } from '../../head-agent/engine/mirror.js';
+import { Replica } from '../../head-agent/engine/replica.js';
+import { ReportingFailureHandler } from '../../head-agent/engine/replica-failures.js';
 import { grpc, managerClient, toGrpcError, type ManagerClient } from '../../shared/grpc.js';
 import { IoError, StaleEpochError, TransportError } from '../../shared/errors.js';
 import { MiB } from '../../shared/constants.js';
@@ -24,7 +24,7 @@ let trio: NodeTrio;
 let proxy: CutProxy;
 let manager: FakeManager;
 const pools: NodePool[] = [];
-const registries: VolumeRegistry[] = [];
+const registries: Attachments[] = [];
 const clients: ManagerClient[] = [];
 
 /**
@@ -144,7 +144,7 @@ function allocate(volumeId: number, name: string): Promise<VolumeMap> {
 }
 
 /** A registry whose failure handler reports to the fake manager. */
-function newRegistry(staleReportTimeoutMs = 10_000): { registry: VolumeRegistry; handler: ReportingFailureHandler } {
+function newRegistry(staleReportTimeoutMs = 10_000): { registry: Attachments; handler: ReportingFailureHandler } {
   const pool = new NodePool({ dataTimeoutMs: 1000, backoffInitialMs: 20, backoffMaxMs: 100 });
   pools.push(pool);
   const client = managerClient(manager.address);
@@ -152,7 +152,7 @@ function newRegistry(staleReportTimeoutMs = 10_000): { registry: VolumeRegistry;
   const handler = new ReportingFailureHandler({
     headId: HEAD_ID, manager: () => client, staleReportTimeoutMs, retryInitialMs: 20, retryMaxMs: 100, callTimeoutMs: 500,
   });
-  const registry = new VolumeRegistry({ pool, failureHandler: handler, intentSweepMs: 3_600_000 });
+  const registry = new Attachments({ pool, failureHandler: handler, intentSweepMs: 3_600_000 });
   registries.push(registry);
   return { registry, handler };
 }
@@ -435,7 +435,7 @@ describe('replica failures (head side)', () => {
     proxy.restore();
     const pool = new NodePool({ dataTimeoutMs: 1000, backoffInitialMs: 20 });
     pools.push(pool);
-    const standalone = new VolumeRegistry({
+    const standalone = new Attachments({
       pool, failureHandler: new ReportingFailureHandler({ headId: HEAD_ID, manager: () => undefined }), intentSweepMs: 3_600_000,
     });
     registries.push(standalone);

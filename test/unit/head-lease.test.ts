@@ -1,13 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { LinearVolume } from '../../head-agent/linear-volume.js';
-import { NodePool } from '../../head-agent/node-pool.js';
-import { VolumeRegistry, type VolumeMap } from '../../head-agent/volume-registry.js';
+import type { LinearVolume } from '../../head-agent/engine/linear-volume.js';
+import { NodePool } from '../../head-agent/engine/node-pool.js';
+import { Attachments, type VolumeMap } from '../../head-agent/attachments.js';
 import { MiB } from '../../shared/constants.js';
 import { IoError, StaleEpochError } from '../../shared/errors.js';
 import { fill } from '../support/seeded-bytes.js';
 import { allocateVolume, startNodeTrio, type NodeTrio } from '../support/storage-node-trio.js';
 
-// The head's side of the write lease (head-agent/linear-volume.ts): a standby
+// The head's side of the write lease (head-agent/engine/linear-volume.ts): a standby
 // does no storage I/O until it holds the lease; a release drains and flushes
 // before it answers; a STALE_EPOCH reply or a revocation fences the volume for
 // good. Three real storage nodes in-process; the manager's part of a hand-off
@@ -22,10 +22,10 @@ let trio: NodeTrio;
 let map: VolumeMap;
 const pools: NodePool[] = [];
 
-function registry(requester?: (v: LinearVolume) => Promise<void>): VolumeRegistry {
+function registry(requester?: (v: LinearVolume) => Promise<void>): Attachments {
   const pool = new NodePool({ dataTimeoutMs: 3000, backoffInitialMs: 50 });
   pools.push(pool);
-  return new VolumeRegistry({ pool, leaseRequester: requester });
+  return new Attachments({ pool, leaseRequester: requester });
 }
 
 beforeAll(async () => {
@@ -39,7 +39,7 @@ afterAll(async () => {
 
 describe('head write lease', () => {
   let epoch = 0;
-  const regs: { a?: VolumeRegistry; b?: VolumeRegistry } = {};
+  const regs: { a?: Attachments; b?: Attachments } = {};
   /** The manager's move, in-process: release the holder, grant the asker a new epoch (fencing every node). */
   const move = (to: 'a' | 'b') => async (): Promise<void> => {
     const from = to === 'a' ? regs.b! : regs.a!;

@@ -1,11 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NodePool } from '../../head-agent/node-pool.js';
-import { VolumeRegistry, type VolumeMap } from '../../head-agent/volume-registry.js';
-import type { LinearVolume } from '../../head-agent/linear-volume.js';
-import { ResyncService } from '../../head-agent/resync-runner.js';
+import { NodePool } from '../../head-agent/engine/node-pool.js';
+import { Attachments, type VolumeMap } from '../../head-agent/attachments.js';
+import type { LinearVolume } from '../../head-agent/engine/linear-volume.js';
+import { ResyncService } from '../../head-agent/resync/resync-service.js';
 import { startControlServer, type ControlServer } from '../../head-agent/control-service.js';
-import { testBit } from '../../head-agent/chunk-regions.js';
-import type { Replica } from '../../head-agent/replica.js';
+import { testBit } from '../../head-agent/engine/chunk-regions.js';
+import type { Replica } from '../../head-agent/engine/replica.js';
 import { call, headAgentClient, storageNodeClient, type HeadAgentClient } from '../../shared/grpc.js';
 import { ConflictError, NotFoundError, StaleEpochError } from '../../shared/errors.js';
 import { MiB } from '../../shared/constants.js';
@@ -26,7 +26,7 @@ const VOLUME_ID = 21;
 
 let trio: NodeTrio;
 let pool: NodePool;
-let registry: VolumeRegistry;
+let registry: Attachments;
 let resync: ResyncService;
 let control: ControlServer;
 let head: HeadAgentClient;
@@ -103,9 +103,9 @@ beforeAll(async () => {
   trio = await startNodeTrio('vsky-head-resync-', CHUNK);
   manager = await startFakeManager();
   pool = new NodePool({ dataTimeoutMs: 3000, backoffInitialMs: 20 });
-  registry = new VolumeRegistry({ pool, intentSweepMs: 500 });
+  registry = new Attachments({ pool, intentSweepMs: 500 });
   resync = new ResyncService({ volumes: registry, clients: registry.nodeClients, progressIntervalMs: 200 });
-  control = await startControlServer('127.0.0.1', 0, { registry, nbdAddress: '127.0.0.1:10809', resync });
+  control = await startControlServer('127.0.0.1', 0, { attachments: registry, nbdAddress: '127.0.0.1:10809', resync });
   head = headAgentClient(control.address);
   map = await allocate(VOLUME_ID, 'vol-r', 0);
   vol = await registry.attach(map, 4);

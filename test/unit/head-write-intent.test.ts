@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NodePool } from '../../head-agent/node-pool.js';
-import { VolumeRegistry, type VolumeMap } from '../../head-agent/volume-registry.js';
-import type { LinearVolume } from '../../head-agent/linear-volume.js';
-import { testBit } from '../../head-agent/chunk-regions.js';
-import { Replica } from '../../head-agent/replica.js';
+import { NodePool } from '../../head-agent/engine/node-pool.js';
+import { Attachments, type VolumeMap } from '../../head-agent/attachments.js';
+import type { LinearVolume } from '../../head-agent/engine/linear-volume.js';
+import { testBit } from '../../head-agent/engine/chunk-regions.js';
+import { Replica } from '../../head-agent/engine/replica.js';
 import { call, storageNodeClient } from '../../shared/grpc.js';
 import { MiB } from '../../shared/constants.js';
 import { StaleEpochError } from '../../shared/errors.js';
@@ -22,12 +22,12 @@ const REGION = 1024;
 
 let trio: NodeTrio;
 const pools: NodePool[] = [];
-const registries: VolumeRegistry[] = [];
+const registries: Attachments[] = [];
 
-function newRegistry(): VolumeRegistry {
+function newRegistry(): Attachments {
   const pool = new NodePool({ dataTimeoutMs: 3000, backoffInitialMs: 20 });
   pools.push(pool);
-  const r = new VolumeRegistry({ pool, intentGroupBytes: GROUP, intentSweepMs: 3_600_000 });
+  const r = new Attachments({ pool, intentGroupBytes: GROUP, intentSweepMs: 3_600_000 });
   registries.push(r);
   return r;
 }

@@ -6,7 +6,7 @@ import { ProtocolError } from '../../shared/errors.js';
 import {
   checkInitiatorChallenge, chapResponse, decodeBinary, encodeBinary, makeChallenge, offersMd5, parseChapIdentifier,
   TARGET_CHALLENGE_BYTES, verifyChapResponse,
-} from '../../head-agent/iscsi/chap.js';
+} from '../../head-agent/frontend/iscsi/chap.js';
 
 describe('iSCSI CHAP', () => {
   it('computes MD5(id || secret || challenge)', () => {

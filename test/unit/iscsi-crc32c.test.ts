@@ -4,7 +4,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { crc32c, readDigest, writeDigest } from '../../head-agent/iscsi/crc32c.js';
+import { crc32c, readDigest, writeDigest } from '../../head-agent/frontend/iscsi/crc32c.js';
 
 /** The plain bitwise definition, for cross-checking the sliced tables. */
 function reference(data: Uint8Array): number {

@@ -2,9 +2,9 @@
 // the data byte budget, without sockets.
 
 import { describe, expect, it } from 'vitest';
-import { CommandWindow, snLess } from '../../head-agent/iscsi/command-window.js';
-import { RESERVED_TAG } from '../../head-agent/iscsi/constants.js';
-import { DataBudget, WriteCollector } from '../../head-agent/iscsi/data-transfer.js';
+import { CommandWindow, snLess } from '../../head-agent/frontend/iscsi/command-window.js';
+import { RESERVED_TAG } from '../../head-agent/frontend/iscsi/constants.js';
+import { DataBudget, WriteCollector } from '../../head-agent/frontend/iscsi/data-transfer.js';
 
 describe('iSCSI command window', () => {
   it('delivers in CmdSN order, queues ahead of a gap, ignores outside the window and duplicates', () => {

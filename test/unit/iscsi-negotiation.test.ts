@@ -2,12 +2,12 @@
 // machine (stages, transitions, identification, CHAP), without sockets.
 
 import { describe, expect, it } from 'vitest';
-import { chapResponse, decodeBinary, encodeBinary } from '../../head-agent/iscsi/chap.js';
-import { LoginStatus, Stage } from '../../head-agent/iscsi/constants.js';
-import { LoginStateMachine, type LoginRequest, type LoginStep } from '../../head-agent/iscsi/login.js';
-import { DEFAULT_TARGET_OFFER, Negotiator, parseNumber, selectFromList } from '../../head-agent/iscsi/negotiation.js';
-import type { IscsiTarget, IscsiTargetRegistry } from '../../head-agent/iscsi/target-registry.js';
-import { encodeTextKeys, type KeyPair } from '../../head-agent/iscsi/text-keys.js';
+import { chapResponse, decodeBinary, encodeBinary } from '../../head-agent/frontend/iscsi/chap.js';
+import { LoginStatus, Stage } from '../../head-agent/frontend/iscsi/constants.js';
+import { LoginStateMachine, type LoginRequest, type LoginStep } from '../../head-agent/frontend/iscsi/login.js';
+import { DEFAULT_TARGET_OFFER, Negotiator, parseNumber, selectFromList } from '../../head-agent/frontend/iscsi/negotiation.js';
+import type { IscsiTarget, IscsiTargetRegistry } from '../../head-agent/frontend/iscsi/target-registry.js';
+import { encodeTextKeys, type KeyPair } from '../../head-agent/frontend/iscsi/text-keys.js';
 
 function answers(pairs: KeyPair[], discovery = false): { map: Map<string, string>; n: Negotiator } {
   const n = new Negotiator(DEFAULT_TARGET_OFFER, discovery);

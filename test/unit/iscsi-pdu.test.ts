@@ -6,13 +6,13 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { ProtocolError } from '../../shared/errors.js';
 import { FrameDecoder, type Frame } from '../../shared/frame-decoder.js';
-import { Opcode, RESERVED_TAG } from '../../head-agent/iscsi/constants.js';
-import { dataOut, loginRequest, nopOut, scsiCommand, taskManagementRequest } from '../../head-agent/iscsi/initiator-pdus.js';
+import { Opcode, RESERVED_TAG } from '../../head-agent/frontend/iscsi/constants.js';
+import { dataOut, loginRequest, nopOut, scsiCommand, taskManagementRequest } from '../../head-agent/frontend/iscsi/initiator-pdus.js';
 import {
   checkDigests, decodeLun, encodeBhs, encodeLunHigh, encodePdu, isidText, pad4, PduError, PduSpec, splitPayload, tsihOf,
   writeBhs, type Bhs, type BhsFields,
-} from '../../head-agent/iscsi/pdu.js';
-import { writeDataIn, writeR2T, writeScsiResponse } from '../../head-agent/iscsi/target-pdus.js';
+} from '../../head-agent/frontend/iscsi/pdu.js';
+import { writeDataIn, writeR2T, writeScsiResponse } from '../../head-agent/frontend/iscsi/target-pdus.js';
 
 function decodeAll(spec: PduSpec, stream: Buffer, cuts: number[]): Frame<Bhs>[] {
   const d = new FrameDecoder(spec);

@@ -14,20 +14,20 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setRootLogger } from '../../shared/logger.js';
 import { FrameDecoder } from '../../shared/frame-decoder.js';
-import type { BlockDevice } from '../../head-agent/block-device.js';
-import { createBlockUnit } from '../../head-agent/scsi/block-unit.js';
-import { ScsiStatus, type LogicalUnit, type ScsiCommand, type ScsiResult } from '../../head-agent/scsi/types.js';
-import type { IscsiTarget, IscsiTargetRegistry } from '../../head-agent/iscsi/target-registry.js';
-import { startIscsiServer, type IscsiServerHandle } from '../../head-agent/iscsi/server.js';
+import type { BlockDevice } from '../../head-agent/engine/block-device.js';
+import { createBlockUnit } from '../../head-agent/frontend/scsi/block-unit.js';
+import { ScsiStatus, type LogicalUnit, type ScsiCommand, type ScsiResult } from '../../head-agent/frontend/scsi/types.js';
+import type { IscsiTarget, IscsiTargetRegistry } from '../../head-agent/frontend/iscsi/target-registry.js';
+import { startIscsiServer, type IscsiServerHandle } from '../../head-agent/frontend/iscsi/server.js';
 import {
   CMD_READ_BIT, FINAL_BIT, LoginStatus, Opcode, RESERVED_TAG, RejectReason, Stage, TmfFunction, TmfResponse,
-} from '../../head-agent/iscsi/constants.js';
-import { chapResponse, decodeBinary, encodeBinary } from '../../head-agent/iscsi/chap.js';
+} from '../../head-agent/frontend/iscsi/constants.js';
+import { chapResponse, decodeBinary, encodeBinary } from '../../head-agent/frontend/iscsi/chap.js';
 import {
   dataOut, loginRequest, logoutRequest, nopOut, scsiCommand, taskManagementRequest, textRequest,
-} from '../../head-agent/iscsi/initiator-pdus.js';
-import { encodePdu, PduSpec, splitPayload, type Bhs, type BhsFields } from '../../head-agent/iscsi/pdu.js';
-import { encodeTextKeys, parseTextKeys, type KeyPair } from '../../head-agent/iscsi/text-keys.js';
+} from '../../head-agent/frontend/iscsi/initiator-pdus.js';
+import { encodePdu, PduSpec, splitPayload, type Bhs, type BhsFields } from '../../head-agent/frontend/iscsi/pdu.js';
+import { encodeTextKeys, parseTextKeys, type KeyPair } from '../../head-agent/frontend/iscsi/text-keys.js';
 
 
 const MiB = 1024 * 1024;

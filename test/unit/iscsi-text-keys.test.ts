@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { ProtocolError } from '../../shared/errors.js';
 import {
   duplicateKey, encodeTextKeys, MAX_KEY_LENGTH, MAX_KEYS, MAX_VALUE_LENGTH, parseTextKeys, splitText, TextAccumulator,
-} from '../../head-agent/iscsi/text-keys.js';
+} from '../../head-agent/frontend/iscsi/text-keys.js';
 
 const t = (s: string): Buffer => Buffer.from(s, 'utf8');
 

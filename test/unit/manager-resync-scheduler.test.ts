@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import {
   overloadedDisks, planSources, scheduleResyncs, type QueuedResync, type RunningResync, type SchedulerLimits,
-} from '../../manager/resync-scheduler.js';
+} from '../../manager/resync/scheduler.js';
 
-// The pure resync scheduler (manager/resync-scheduler.ts): per-disk limits,
+// The pure resync scheduler (manager/resync/scheduler.ts): per-disk limits,
 // priorities, parallelism, source choice.
 
 const LIMITS: SchedulerLimits = { perDisk: 1, maxRunning: 1000, maxSources: 1 };

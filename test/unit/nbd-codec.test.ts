@@ -5,11 +5,11 @@ import {
   encodeOption, encodeOptionError, encodeOptionReply, encodeRequest, encodeServerEntry, encodeStructuredError, handleText,
   parseSimpleReply, parseStructuredReplyHeader, writeOffsetDataPrefix, writeSimpleReply, writeStructuredReplyHeader,
   type RequestHeader,
-} from '../../head-agent/nbd/codec.js';
+} from '../../head-agent/frontend/nbd/codec.js';
 import {
   MAX_BLOCK_SIZE, MAX_OPTION_PAYLOAD, NBD_REPLY_FLAG_DONE, NbdCmd, NbdError, NbdInfo, NbdOpt, NbdRep, NbdReplyType,
-} from '../../head-agent/nbd/constants.js';
-import { nbdErrorFor } from '../../head-agent/nbd/error-map.js';
+} from '../../head-agent/frontend/nbd/constants.js';
+import { nbdErrorFor } from '../../head-agent/frontend/nbd/error-map.js';
 import {
   CapacityError, InvalidArgumentError, IoError, ProtocolError, StaleEpochError, TransportError,
 } from '../../shared/errors.js';

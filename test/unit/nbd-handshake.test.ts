@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import type { BlockDevice, ExportRegistry } from '../../head-agent/block-device.js';
-import { OPTION_REPLY_SPEC, encodeInfoRequest, type OptionHeader } from '../../head-agent/nbd/codec.js';
+import type { BlockDevice, ExportRegistry } from '../../head-agent/engine/block-device.js';
+import { OPTION_REPLY_SPEC, encodeInfoRequest, type OptionHeader } from '../../head-agent/frontend/nbd/codec.js';
 import {
   EXPORT_TRANSMISSION_FLAGS, MAX_OPTIONS_PER_CONNECTION, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_SEND_DF,
   NbdInfo, NbdOpt, NbdRep,
-} from '../../head-agent/nbd/constants.js';
-import { Handshake, type HandshakeStep } from '../../head-agent/nbd/handshake.js';
+} from '../../head-agent/frontend/nbd/constants.js';
+import { Handshake, type HandshakeStep } from '../../head-agent/frontend/nbd/handshake.js';
 
 const device = (name: string, size: number): BlockDevice => ({
   name, size,

@@ -10,16 +10,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { BlockDevice, ExportRegistry } from '../../head-agent/block-device.js';
+import type { BlockDevice, ExportRegistry } from '../../head-agent/engine/block-device.js';
 import {
   OPTION_REPLY_SPEC, encodeInfoRequest, encodeOption, encodeRequest, parseSimpleReply, parseStructuredReplyHeader,
   type OptionReplyHeader, type StructuredReplyHeader,
-} from '../../head-agent/nbd/codec.js';
+} from '../../head-agent/frontend/nbd/codec.js';
 import {
   NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FUA, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_SEND_DF,
   NBD_REPLY_FLAG_DONE, NbdCmd, NbdError, NbdInfo, NbdOpt, NbdRep, NbdReplyType,
-} from '../../head-agent/nbd/constants.js';
-import { startNbdServer, type NbdServerHandle } from '../../head-agent/nbd/server.js';
+} from '../../head-agent/frontend/nbd/constants.js';
+import { startNbdServer, type NbdServerHandle } from '../../head-agent/frontend/nbd/server.js';
 import { InvalidArgumentError, IoError } from '../../shared/errors.js';
 import { setRootLogger } from '../../shared/logger.js';
 import { pino } from 'pino';

@@ -4,10 +4,10 @@
 // from the device, and aborts.
 
 import { describe, expect, it } from 'vitest';
-import type { BlockDevice } from '../../head-agent/block-device.js';
+import type { BlockDevice } from '../../head-agent/engine/block-device.js';
 import { InvalidArgumentError, IoError, StaleEpochError } from '../../shared/errors.js';
-import { createBlockUnit } from '../../head-agent/scsi/block-unit.js';
-import { ScsiStatus, type LogicalUnit, type ScsiResult } from '../../head-agent/scsi/types.js';
+import { createBlockUnit } from '../../head-agent/frontend/scsi/block-unit.js';
+import { ScsiStatus, type LogicalUnit, type ScsiResult } from '../../head-agent/frontend/scsi/types.js';
 
 // --- test double and helpers ----------------------------------------------
 

@@ -5,18 +5,18 @@
 import { describe, expect, it } from 'vitest';
 import {
   Asc, SenseError, SenseKey, StatusError, fixedSense, invalidFieldInCdb,
-} from '../../head-agent/scsi/sense.js';
+} from '../../head-agent/frontend/scsi/sense.js';
 import {
   cdbLengthOf, decodeCompareAndWrite, decodeInquiry, decodeRw, decodeRw6, decodeVerify, decodeWriteSame,
-} from '../../head-agent/scsi/cdb.js';
-import { RangeLock } from '../../head-agent/scsi/range-lock.js';
+} from '../../head-agent/frontend/scsi/cdb.js';
+import { RangeLock } from '../../head-agent/frontend/scsi/range-lock.js';
 import {
   PersistentReservations, PrOutAction, PrType, iscsiTransportId, parseProutParams, type ProutParams,
-} from '../../head-agent/scsi/persistent-reservations.js';
-import { defaultModeState, modeSelect, modeSense } from '../../head-agent/scsi/mode-pages.js';
-import { standardInquiry, unitIdentity, vpdPage } from '../../head-agent/scsi/inquiry.js';
-import { COMMANDS, findCommand, lookupCdb, reportSupportedOpcodes } from '../../head-agent/scsi/opcodes.js';
-import { ScsiStatus } from '../../head-agent/scsi/types.js';
+} from '../../head-agent/frontend/scsi/persistent-reservations.js';
+import { defaultModeState, modeSelect, modeSense } from '../../head-agent/frontend/scsi/mode-pages.js';
+import { standardInquiry, unitIdentity, vpdPage } from '../../head-agent/frontend/scsi/inquiry.js';
+import { COMMANDS, findCommand, lookupCdb, reportSupportedOpcodes } from '../../head-agent/frontend/scsi/opcodes.js';
+import { ScsiStatus } from '../../head-agent/frontend/scsi/types.js';
 
 function cdb(...bytes: number[]): Buffer {
   return Buffer.from(bytes);

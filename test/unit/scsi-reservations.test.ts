@@ -4,9 +4,9 @@
 // resets and nexus loss release.
 
 import { describe, expect, it } from 'vitest';
-import type { BlockDevice } from '../../head-agent/block-device.js';
-import { createBlockUnit } from '../../head-agent/scsi/block-unit.js';
-import { ScsiStatus, type LogicalUnit, type ScsiResult } from '../../head-agent/scsi/types.js';
+import type { BlockDevice } from '../../head-agent/engine/block-device.js';
+import { createBlockUnit } from '../../head-agent/frontend/scsi/block-unit.js';
+import { ScsiStatus, type LogicalUnit, type ScsiResult } from '../../head-agent/frontend/scsi/types.js';
 
 class MemDevice implements BlockDevice {
   readonly name = 'mem';

@@ -1,0 +1,500 @@
+import { MAX_DATA_PAYLOAD } from '../../shared/constants.js';
+import { InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
+import type { BlockDevice } from './block-device.js';
+import { MutationTracker, type Mirror } from './mirror.js';
+import { FlushGroup, type Replica } from './replica.js';
+import { WriteIntent } from './write-intent.js';
+
+// A volume: a linear run of segments of `chunkSize` bytes, each a mirror.
+// Requests are bounds-checked, then split at segment boundaries and at the
+// protocol's payload limit. A read allocates ONE destination buffer and every
+// piece fills its own slice of it; a write hands each piece a subarray view of
+// the caller's buffer (no copies). Every mutating request carries the lease
+// epoch this head holds for the volume. The volume owns the write-intent
+// state of its segments (it outlives a re-attach with a newer epoch).
+//
+// Lease (docs/leases.md): a volume is 'held' here (I/O goes to storage under
+// the epoch), a 'standby' (attached for a live migration; its first read or
+// write asks the manager for the lease, which moves it here with a new epoch
+// after the holder drained and flushed), or 'fenced' (a replica answered
+// "stale epoch", or the manager revoked the lease: terminal, every request
+// fails until the volume is attached again). Only 'held' is on the hot path:
+// one field compare.
+
+export interface LinearVolumeOptions {
+  name: string;
+  volumeId: number;
+  size: number;
+  chunkSize: number;
+  epoch: number;
+  generation: number;
+  segments: Mirror[];
+  /** The tracker the segments' mirrors were built with. */
+  tracker: MutationTracker;
+  /** Largest piece sent to one replica (tests lower it). */
+  maxPiece?: number;
+  /** Write-intent granularity in bytes (write-intent.ts); 0 turns write-intent off. */
+  intentGroupBytes?: number;
+  /** Start as a standby (default: held). */
+  standby?: boolean;
+}
+
+export type LeaseState = 'held' | 'standby' | 'fenced';
+
+/** Asks the manager for the write lease of a standby volume; resolves once this head holds it. */
+export type LeaseRequester = (volume: LinearVolume) => Promise<void>;
+
+export class LinearVolume implements BlockDevice {
+  readonly name: string;
+  readonly volumeId: number;
+  readonly size: number;
+  readonly chunkSize: number;
+  /** Mutations in flight (shared with the mirrors). */
+  readonly tracker: MutationTracker;
+  private _epoch: number;
+  private _generation: number;
+  private segments: Mirror[];
+  private flushGroups: FlushGroup[];
+  private readonly maxPiece: number;
+  private detached = false;
+  private _lease: LeaseState;
+  private fencedBy: Error | undefined;
+  /** A lease request in progress: I/O on a standby waits for the grant (or the request's end). */
+  private acquiring: LeaseWait | undefined;
+  /** How a standby asks for the lease (the attachments set it); without it a standby's I/O fails. */
+  leaseRequester: LeaseRequester | undefined;
+  /** Called once when the volume becomes fenced. */
+  onFenced: ((volume: LinearVolume, err: Error) => void) | undefined;
+  /** Undefined when write-intent is off. */
+  readonly intent: WriteIntent | undefined;
+
+  constructor(opts: LinearVolumeOptions) {
+    const expected = Math.ceil(opts.size / opts.chunkSize);
+    if (opts.segments.length !== expected) {
+      throw new InvalidArgumentError(`volume ${opts.name}: ${opts.segments.length} segments given, ${expected} needed for ${opts.size} bytes`);
+    }
+    this.name = opts.name;
+    this.volumeId = opts.volumeId;
+    this.size = opts.size;
+    this.chunkSize = opts.chunkSize;
+    this._epoch = opts.epoch;
+    this._generation = opts.generation;
+    this.segments = opts.segments;
+    this.tracker = opts.tracker;
+    this.flushGroups = buildFlushGroups(opts.segments);
+    this.maxPiece = Math.min(opts.maxPiece ?? MAX_DATA_PAYLOAD, MAX_DATA_PAYLOAD);
+    this.intent = opts.intentGroupBytes === 0 ? undefined : new WriteIntent(opts.name, opts.chunkSize, expected, opts.intentGroupBytes);
+    this._lease = opts.standby === true ? 'standby' : 'held';
+    this.wire(opts.segments);
+  }
+
+  /** Gives the mirrors the volume's epoch, their write-intent state and the fence hook. */
+  private wire(segments: readonly Mirror[]): void {
+    const fenced = (err: Error): void => this.fence(err);
+    segments.forEach((m, i) => {
+      m.epoch = this._epoch;
+      m.intent = this.intent?.segments[i];
+      m.onFenced = fenced;
+    });
+  }
+
+  get lease(): LeaseState {
+    return this._lease;
+  }
+
+  /**
+   * This head lost the lease for good (a replica refused our epoch, or the
+   * manager says another head took over): every request fails from now on,
+   * so no client is told a write succeeded. Re-attaching clears it.
+   */
+  fence(err: Error): void {
+    if (this._lease === 'fenced') return;
+    this._lease = 'fenced';
+    this.fencedBy = err;
+    this.onFenced?.(this, err);
+  }
+
+  /**
+   * Gives up the lease (a standby head asked for it): new requests wait for
+   * the lease to come back, the mutations in flight finish, every node is
+   * flushed and the write-intent bits cleared (nothing is half-written, so
+   * the next holder has nothing to reconcile). Then the volume is a standby.
+   */
+  async release(): Promise<void> {
+    if (this._lease !== 'held') return;
+    this._lease = 'standby';
+    try {
+      await this.tracker.idle();
+      await this.flushNodes();
+    } catch (err) {
+      if (this._lease === 'standby') this._lease = 'held'; // not released: keep serving under our epoch
+      throw err;
+    }
+    await this.intent?.clearAll(this.segments, this._epoch).catch(() => undefined);
+  }
+
+  /**
+   * Runs `fn` once this head holds the lease (the slow path of every request
+   * on a standby). The waiting requests go on at the grant itself (the Attach
+   * that fenced the nodes with our new epoch), in the same tick, so they are
+   * in flight before any later release can be asked of us, which then waits
+   * for them: under I/O on both heads every move lets the waiting requests
+   * through. If the request ends without a grant here (moved on already), they
+   * re-check and ask again; if it fails, they fail with its error.
+   */
+  private afterLease<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.detached) return Promise.reject(this.detachedError());
+    if (this._lease === 'fenced') return Promise.reject(this.fencedError());
+    let wait = this.acquiring;
+    if (wait === undefined) {
+      const requester = this.leaseRequester;
+      if (requester === undefined) {
+        return Promise.reject(new StaleEpochError(`volume ${this.name} is a standby on this head and cannot ask for the lease`, { volume: this.name }));
+      }
+      const w = new LeaseWait();
+      this.acquiring = w;
+      wait = w;
+      requester(this).then(() => this.endWait(w), (err: unknown) => this.endWait(w, err));
+    }
+    return wait.promise.then(fn);
+  }
+
+  /** Lets the requests waiting on `w` go on (or fail with `err`), if it is still the current wait. */
+  private endWait(w: LeaseWait, err?: unknown): void {
+    if (this.acquiring !== w) return;
+    this.acquiring = undefined;
+    if (err === undefined) w.resolve();
+    else w.reject(err instanceof Error ? err : new IoError(String(err)));
+  }
+
+  private fencedError(): StaleEpochError {
+    return new StaleEpochError(`volume ${this.name} is fenced on this head: another head holds its lease now (${errorMessage(this.fencedBy)}); `
+      + 'attach it here again to use it', { volume: this.name });
+  }
+
+  get epoch(): number {
+    return this._epoch;
+  }
+
+  get generation(): number {
+    return this._generation;
+  }
+
+  get segmentCount(): number {
+    return this.segments.length;
+  }
+
+  segment(index: number): Mirror {
+    const m = this.segments[index];
+    if (m === undefined) throw new InvalidArgumentError(`volume ${this.name} has no segment ${index}`);
+    return m;
+  }
+
+  /** The current mirrors (a re-attach with a newer epoch replaces them). */
+  mirrors(): readonly Mirror[] {
+    return this.segments;
+  }
+
+  /** Every replica of every segment. */
+  replicas(): Replica[] {
+    return this.segments.flatMap((m) => [...m.replicas]);
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    if (this._lease !== 'held') return this.afterLease(() => this.read(offset, length));
+    const bad = this.check(offset, length);
+    if (bad !== undefined) return Promise.reject(bad);
+    return this.readPieces(offset, Buffer.allocUnsafe(length));
+  }
+
+  /**
+   * Reads dest.length bytes at `offset` into a caller-owned buffer; resolves
+   * with `dest`. Not in BlockDevice: an export that recycles its reply buffers
+   * can use it to avoid a fresh 64 KiB allocation per read (buffers that live
+   * across ticks are promoted and drive V8 into frequent mark-compacts).
+   */
+  readInto(offset: number, dest: Buffer): Promise<Buffer> {
+    if (this._lease !== 'held') return this.afterLease(() => this.readInto(offset, dest));
+    const bad = this.check(offset, dest.length);
+    if (bad !== undefined) return Promise.reject(bad);
+    return this.readPieces(offset, dest);
+  }
+
+  private readPieces(offset: number, dest: Buffer): Promise<Buffer> {
+    const length = dest.length;
+    if (length === 0) return Promise.resolve(dest);
+    const cs = this.chunkSize;
+    const seg = Math.floor(offset / cs);
+    const segOff = offset - seg * cs;
+    // Fast path: one piece (the common case), no array, no extra promise.
+    if (segOff + length <= cs && length <= this.maxPiece) return this.segments[seg]!.read(segOff, dest);
+    const pieces: Promise<unknown>[] = [];
+    for (let pos = 0; pos < length;) {
+      const at = offset + pos;
+      const s = Math.floor(at / cs);
+      const so = at - s * cs;
+      const n = Math.min(length - pos, cs - so, this.maxPiece);
+      pieces.push(this.segments[s]!.read(so, dest.subarray(pos, pos + n)));
+      pos += n;
+    }
+    return settleAll(pieces).then(() => dest);
+  }
+
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    if (this._lease !== 'held') return this.afterLease(() => this.write(offset, data, fua));
+    const length = data.length;
+    const bad = this.check(offset, length);
+    if (bad !== undefined) return Promise.reject(bad);
+    if (length === 0) return Promise.resolve();
+    const cs = this.chunkSize;
+    const epoch = this._epoch;
+    const seg = Math.floor(offset / cs);
+    const segOff = offset - seg * cs;
+    if (segOff + length <= cs && length <= this.maxPiece) return this.segments[seg]!.write(epoch, segOff, data, fua);
+    const pieces: Promise<void>[] = [];
+    for (let pos = 0; pos < length;) {
+      const at = offset + pos;
+      const s = Math.floor(at / cs);
+      const so = at - s * cs;
+      const n = Math.min(length - pos, cs - so, this.maxPiece);
+      pieces.push(this.segments[s]!.write(epoch, so, data.subarray(pos, pos + n), fua));
+      pos += n;
+    }
+    return settleAll(pieces);
+  }
+
+  writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    if (this._lease !== 'held') return this.afterLease(() => this.writeZeroes(offset, length, fua));
+    return this.forEachPiece(offset, length, (m, epoch, so, n) => m.writeZeroes(epoch, so, n, fua));
+  }
+
+  discard(offset: number, length: number): Promise<void> {
+    if (this._lease !== 'held') return this.afterLease(() => this.discard(offset, length));
+    return this.forEachPiece(offset, length, (m, epoch, so, n) => m.discard(epoch, so, n));
+  }
+
+  /**
+   * FLUSH to every node holding a writable replica of the volume that took a
+   * non-FUA write since its last flush: one request per node (the node
+   * fdatasyncs every disk holding a chunk of the volume), not per chunk.
+   * Resolves when all have flushed; a failure fails the flush and keeps that
+   * node marked for the next one.
+   */
+  async flush(): Promise<void> {
+    if (this.detached) throw this.detachedError();
+    if (this._lease === 'fenced') throw this.fencedError();
+    // A standby has nothing to flush: the release flushed every write this head made.
+    if (this._lease === 'standby') return;
+    await this.flushNodes();
+  }
+
+  /**
+   * Detach: refuse new requests, wait for the mutations in flight to settle,
+   * then (unless `force`) flush every node. If that flush fails the volume
+   * reopens and the error is thrown (the caller may retry, or force).
+   */
+  async close(force: boolean): Promise<void> {
+    this.detached = true;
+    if (force) return;
+    await this.tracker.idle();
+    try {
+      await this.flushNodes();
+    } catch (err) {
+      this.detached = false;
+      throw err;
+    }
+    // Clean detach: everything written is flushed and nothing is in flight, so
+    // no region needs reconciling (best effort: a bit left set only costs a copy).
+    await this.intent?.clearAll(this.segments, this._epoch).catch(() => undefined);
+  }
+
+  /**
+   * Write-intent sweep (the attachments call it every ~2 s): clears the dirty
+   * groups that saw no write since the last completed flush. Resolves with
+   * the number cleared.
+   */
+  sweepIntent(): Promise<number> {
+    const intent = this.intent;
+    // Only the holder clears bits: a standby's epoch may still be current, and its clears would erase the holder's marks.
+    if (intent === undefined || this.detached || this._lease !== 'held') return Promise.resolve(0);
+    return intent.sweep(() => this.segments, () => this._epoch, () => this.tracker.barrier(), () => {
+      if (this.detached) return Promise.reject(this.detachedError());
+      return this.flushNodes();
+    });
+  }
+
+  /** After a map update changed replicas in place: flush groups follow the new replica set. */
+  replicasChanged(): void {
+    this.flushGroups = buildFlushGroups(this.segments);
+  }
+
+  private async flushNodes(): Promise<void> {
+    const epoch = this._epoch;
+    const groups: FlushGroup[] = [];
+    const pending: Promise<void>[] = [];
+    for (const g of this.flushGroups) {
+      const via = g.replica;
+      if (via === undefined) continue;
+      if (g.dirty) {
+        g.dirty = false;
+        const p = via.flush(epoch);
+        g.inflight = p;
+        const done = (): void => { if (g.inflight === p) g.inflight = undefined; };
+        p.then(done, done);
+        groups.push(g);
+        pending.push(p);
+      } else if (g.inflight !== undefined) {
+        // Clean because a concurrent flush (another client's, or the write-intent sweep's)
+        // took it: that FLUSH covers our writes only once it completes.
+        groups.push(g);
+        pending.push(g.inflight);
+      }
+    }
+    if (pending.length === 0) return;
+    const results = await Promise.allSettled(pending);
+    const failures: { group: FlushGroup; error: unknown }[] = [];
+    results.forEach((r, i) => {
+      if (r.status === 'rejected') failures.push({ group: groups[i]!, error: r.reason });
+    });
+    if (failures.length === 0) return;
+    for (const f of failures) f.group.dirty = true;
+    const fenced = failures.find((f) => f.error instanceof StaleEpochError);
+    if (fenced !== undefined) {
+      this.fence(fenced.error as Error);
+      throw fenced.error;
+    }
+    if (await this.degradeFlush(failures)) return;
+    const parts = failures.map((f) => `node ${f.group.members[0]!.address}: ${errorMessage(f.error)}`);
+    throw new IoError(`flush of volume ${this.name} failed on ${failures.length} node(s): ${parts.join('; ')}`, {
+      volume: this.name, nodes: failures.map((f) => f.group.members[0]!.address),
+    }, { cause: failures[0]!.error });
+  }
+
+  /**
+   * A node failed the flush: writes acknowledged since the last flush may be
+   * lost there, so its replicas are handled like replicas that failed a write
+   * (each mirror's failure handler: recorded stale through the manager before
+   * the flush is acknowledged). True when every one was; false fails the flush.
+   */
+  private async degradeFlush(failures: readonly { group: FlushGroup; error: unknown }[]): Promise<boolean> {
+    const failedNodes = new Set(failures.map((f) => f.group.members[0]!.address));
+    const decisions: Promise<void>[] = [];
+    for (const f of failures) {
+      const error = f.error instanceof Error ? f.error : new IoError(String(f.error));
+      for (const r of f.group.members) {
+        const m = this.segments[r.segment];
+        if (!r.writable || m === undefined || !m.replicas.includes(r)) continue;
+        const survivors = m.replicas.filter((x) => x.writable && !failedNodes.has(x.address)).length;
+        decisions.push(m.failureHandler.mutationFailed(m, [{ replica: r, error }], survivors));
+      }
+    }
+    const results = await Promise.allSettled(decisions);
+    return results.every((r) => r.status === 'fulfilled');
+  }
+
+  /**
+   * Takes a newer map and lease epoch (the manager re-attached with a higher
+   * epoch after the replica nodes were fenced with it). In-flight requests
+   * finish on the old mirrors.
+   */
+  reconfigure(segments: Mirror[], epoch: number, generation: number, lease: 'held' | 'standby' = 'held'): void {
+    if (segments.length !== this.segments.length) {
+      throw new InvalidArgumentError(`volume ${this.name}: reconfigure with ${segments.length} segments, have ${this.segments.length}`);
+    }
+    this.segments = segments;
+    this.flushGroups = buildFlushGroups(segments);
+    this._epoch = epoch;
+    this._generation = generation;
+    this._lease = lease;
+    this.fencedBy = undefined;
+    this.wire(segments);
+    if (lease === 'held' && this.acquiring !== undefined) this.endWait(this.acquiring); // the grant: waiting requests go now
+  }
+
+  /** A map update with a newer generation (same epoch). */
+  noteGeneration(generation: number): void {
+    if (generation > this._generation) this._generation = generation;
+  }
+
+  get isDetached(): boolean {
+    return this.detached;
+  }
+
+  private forEachPiece(
+    offset: number, length: number, fn: (m: Mirror, epoch: number, segOff: number, n: number) => Promise<void>,
+  ): Promise<void> {
+    const bad = this.check(offset, length);
+    if (bad !== undefined) return Promise.reject(bad);
+    if (length === 0) return Promise.resolve();
+    const cs = this.chunkSize;
+    const epoch = this._epoch;
+    const pieces: Promise<void>[] = [];
+    for (let pos = 0; pos < length;) {
+      const at = offset + pos;
+      const s = Math.floor(at / cs);
+      const so = at - s * cs;
+      const n = Math.min(length - pos, cs - so, this.maxPiece);
+      pieces.push(fn(this.segments[s]!, epoch, so, n));
+      pos += n;
+    }
+    return pieces.length === 1 ? pieces[0]! : settleAll(pieces);
+  }
+
+  private check(offset: number, length: number): Error | undefined {
+    if (this.detached) return this.detachedError();
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      return new InvalidArgumentError(`volume ${this.name}: invalid offset ${offset} or length ${length}`, { volume: this.name, offset, length });
+    }
+    if (offset + length > this.size) {
+      return new InvalidArgumentError(
+        `volume ${this.name}: request out of range (offset ${offset} + length ${length} > size ${this.size})`,
+        { volume: this.name, offset, length, size: this.size },
+      );
+    }
+    return undefined;
+  }
+
+  private detachedError(): IoError {
+    return new IoError(`volume ${this.name} is detached from this head`, { volume: this.name });
+  }
+}
+
+/** Requests on a standby waiting for the lease. */
+class LeaseWait {
+  resolve!: () => void;
+  reject!: (err: Error) => void;
+  readonly promise = new Promise<void>((resolve, reject) => {
+    this.resolve = resolve;
+    this.reject = reject;
+  });
+}
+
+/**
+ * Resolves when every piece succeeded; rejects with the first failure, but
+ * only once every piece has settled: no piece may still be writing into the
+ * caller's buffer, or onto a replica, after the request was answered (a client
+ * retrying a failed write must not race its own earlier pieces).
+ */
+async function settleAll(pieces: Promise<unknown>[]): Promise<void> {
+  const results = await Promise.allSettled(pieces);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
+/** One flush group per storage node holding a replica (by data address). */
+function buildFlushGroups(segments: readonly Mirror[]): FlushGroup[] {
+  const byNode = new Map<string, FlushGroup>();
+  const groups: FlushGroup[] = [];
+  for (const m of segments) {
+    for (const r of m.replicas) {
+      let g = byNode.get(r.address);
+      if (g === undefined) {
+        g = new FlushGroup();
+        byNode.set(r.address, g);
+        groups.push(g);
+      }
+      g.members.push(r);
+      r.flushGroup = g;
+    }
+  }
+  return groups;
+}

@@ -1,0 +1,418 @@
+import { ConflictError, InvalidArgumentError, IoError, StaleEpochError, TransportError, errorMessage } from '../../shared/errors.js';
+import type { RequestCallback, RequestTarget } from '../../shared/data-protocol/client/data-request.js';
+import {
+  mutationFailureError, rejectOnReplicaFailure, type ReplicaFailure, type ReplicaFailureHandler,
+} from './failure-handler.js';
+import { MutationTracker } from './mutation-tracker.js';
+import { RegionLocks } from './region-locks.js';
+import type { Replica } from './replica.js';
+import type { SegmentIntent } from './write-intent.js';
+
+// A segment of a volume: a mirror over its K replicas.
+//  - Mutations (write, write-zeroes, discard) fan out to every writable
+//    (in-sync or resyncing) replica and resolve when all have answered.
+//  - Reads go to one in-sync replica: the one whose node has the fewest
+//    outstanding requests, ties broken round-robin; a read that fails there
+//    (I/O error, transport error) is retried on another replica.
+// Each I/O is one small object that is its own completion callback, so the
+// hot path creates no closure per replica request.
+//
+// A mutation takes the gated (async) path only when it must wait for
+// something first: a write-intent MARK of a region not yet marked dirty
+// (write-intent.ts), or the region locks of a resync in progress
+// (region-locks.ts). Otherwise it is submitted synchronously, as before.
+// A mutation that failed on some replicas, or skipped suspect ones (replicas
+// this head saw fail), is acknowledged only when the ReplicaFailureHandler
+// (failure-handler.ts) says so: for the reporting handler, once the manager
+// recorded them stale (rule 2).
+
+export { MutationTracker, mutationFailureError, rejectOnReplicaFailure };
+export type { ReplicaFailure, ReplicaFailureHandler };
+
+/** What a gated mutation sends once its regions are marked and locked. */
+const WRITE = 0;
+const WRITE_ZEROES = 1;
+const DISCARD = 2;
+
+/** Read failures worth retrying on another replica (anything but a bad request). */
+function retriable(err: Error): boolean {
+  return !(err instanceof InvalidArgumentError);
+}
+
+class MutationOp implements RequestCallback {
+  private readonly mirror: Mirror;
+  private readonly fua: boolean;
+  /** Tracker phase (MutationTracker.begin). */
+  readonly phase: number;
+  /** Replicas the mutation was sent to. */
+  readonly sent: number;
+  /** Suspect replicas were skipped: acknowledge only once they are recorded stale. */
+  readonly skippedSuspects: boolean;
+  private remaining: number;
+  /** Replica failures, including those that failed before sending (write-intent MARK). */
+  private failures: ReplicaFailure[] | undefined;
+  private readonly preFailed: number;
+  resolve!: () => void;
+  reject!: (err: Error) => void;
+  readonly promise: Promise<void>;
+
+  constructor(mirror: Mirror, fua: boolean, count: number, phase: number, skipped: boolean, preFailures: ReplicaFailure[] | undefined) {
+    this.mirror = mirror;
+    this.fua = fua;
+    this.remaining = count;
+    this.sent = count;
+    this.phase = phase;
+    this.skippedSuspects = skipped;
+    this.failures = preFailures?.slice();
+    this.preFailed = preFailures?.length ?? 0;
+    this.promise = new Promise<void>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+  }
+
+  /** Replicas that acknowledged (valid once every request answered). */
+  get succeeded(): number {
+    return this.sent - ((this.failures?.length ?? 0) - this.preFailed);
+  }
+
+  requestDone(target: RequestTarget, err: Error | undefined): void {
+    const replica = target as Replica;
+    replica.noteWritten(this.fua);
+    if (err !== undefined) (this.failures ??= []).push({ replica, error: err });
+    if (--this.remaining !== 0) return;
+    if (this.failures !== undefined) {
+      this.mirror.settleFailedMutation(this.failures, this);
+    } else if (this.skippedSuspects) {
+      this.mirror.settle(this, this.mirror.confirmSuspects());
+    } else {
+      this.mirror.tracker.end(this.phase);
+      this.resolve();
+    }
+  }
+}
+
+class ReadOp implements RequestCallback {
+  private readonly mirror: Mirror;
+  /** The mirror's replica list when the read began (a map update replaces the list, not this). */
+  readonly replicas: readonly Replica[];
+  readonly offset: number;
+  readonly dest: Buffer;
+  /** Bit i set: replicas[i] was tried. */
+  tried = 0;
+  private failures: ReplicaFailure[] | undefined;
+  resolve!: (data: Buffer) => void;
+  reject!: (err: Error) => void;
+  readonly promise: Promise<Buffer>;
+
+  constructor(mirror: Mirror, offset: number, dest: Buffer) {
+    this.mirror = mirror;
+    this.replicas = mirror.replicas;
+    this.offset = offset;
+    this.dest = dest;
+    this.promise = new Promise<Buffer>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+  }
+
+  requestDone(target: RequestTarget, err: Error | undefined): void {
+    const replica = target as Replica;
+    if (err === undefined) {
+      replica.reads++;
+      if (this.failures !== undefined) this.mirror.readRecovered(this.failures);
+      this.resolve(this.dest);
+      return;
+    }
+    (this.failures ??= []).push({ replica, error: err });
+    if (!retriable(err) || !this.mirror.submitRead(this)) {
+      this.reject(this.mirror.readFailureError(this.failures, err));
+    }
+  }
+}
+
+export class Mirror {
+  readonly volumeName: string;
+  readonly index: number;
+  /** Replaced as a whole by a map update (applyReplicas); in-flight requests keep theirs. */
+  replicas: readonly Replica[];
+  readonly tracker: MutationTracker;
+  readonly failureHandler: ReplicaFailureHandler;
+  /** The volume's lease epoch (set by the volume): what failure reports carry. */
+  epoch = 0;
+  /** Write-intent state of this segment (set by the volume), if write-intent is on. */
+  intent: SegmentIntent | undefined;
+  /** Region locks, only while a resync of this segment runs. */
+  locks: RegionLocks | undefined;
+  /** A replica refused our epoch: this head is fenced off the volume (set by the volume). */
+  onFenced: ((err: Error) => void) | undefined;
+  private rr = 0;
+
+  constructor(
+    volumeName: string, index: number, replicas: readonly Replica[],
+    failureHandler: ReplicaFailureHandler = rejectOnReplicaFailure, tracker: MutationTracker = new MutationTracker(),
+  ) {
+    if (replicas.length === 0 || replicas.length > 31) {
+      throw new InvalidArgumentError(`segment ${index} of volume ${volumeName} has ${replicas.length} replicas (1..31 supported)`);
+    }
+    this.volumeName = volumeName;
+    this.index = index;
+    this.replicas = replicas;
+    this.failureHandler = failureHandler;
+    this.tracker = tracker;
+  }
+
+  /** Reads dest.length bytes at `offset` within the segment into `dest`; resolves with dest. */
+  read(offset: number, dest: Buffer): Promise<Buffer> {
+    const op = new ReadOp(this, offset, dest);
+    if (!this.submitRead(op)) {
+      op.reject(new IoError(`segment ${this.index} of volume ${this.volumeName} has no in-sync replica to read from`, {
+        volume: this.volumeName, segment: this.index,
+      }));
+    }
+    return op.promise;
+  }
+
+  write(epoch: number, offset: number, data: Buffer, fua: boolean): Promise<void> {
+    if (this.gated(offset, data.length)) return this.gatedMutation(WRITE, epoch, offset, data.length, data, fua);
+    const phase = this.tracker.begin();
+    const op = this.startMutation(fua, phase, undefined);
+    if (op === undefined) return this.noWritableReplica(phase);
+    for (const r of this.replicas) if (r.writable) r.submitWrite(epoch, offset, data, fua, op);
+    return op.promise;
+  }
+
+  writeZeroes(epoch: number, offset: number, length: number, fua: boolean): Promise<void> {
+    if (this.gated(offset, length)) return this.gatedMutation(WRITE_ZEROES, epoch, offset, length, undefined, fua);
+    const phase = this.tracker.begin();
+    const op = this.startMutation(fua, phase, undefined);
+    if (op === undefined) return this.noWritableReplica(phase);
+    for (const r of this.replicas) if (r.writable) r.submitWriteZeroes(epoch, offset, length, fua, op);
+    return op.promise;
+  }
+
+  discard(epoch: number, offset: number, length: number): Promise<void> {
+    if (this.gated(offset, length)) return this.gatedMutation(DISCARD, epoch, offset, length, undefined, false);
+    const phase = this.tracker.begin();
+    const op = this.startMutation(false, phase, undefined);
+    if (op === undefined) return this.noWritableReplica(phase);
+    for (const r of this.replicas) if (r.writable) r.submitDiscard(epoch, offset, length, op);
+    return op.promise;
+  }
+
+  /**
+   * Picks the next replica for a read and submits it; false when every
+   * readable replica was tried. Prefers replicas whose node is reachable, then
+   * the fewest outstanding requests on that node, ties round-robin.
+   */
+  submitRead(op: ReadOp): boolean {
+    const replicas = op.replicas;
+    const n = replicas.length;
+    const start = this.rr < n ? this.rr : 0;
+    this.rr = start + 1 === n ? 0 : start + 1;
+    let best = -1;
+    let bestLoad = Infinity;
+    let fallback = -1;
+    for (let k = 0; k < n; k++) {
+      const i = start + k < n ? start + k : start + k - n;
+      const r = replicas[i]!;
+      if (!r.readable || (op.tried & (1 << i)) !== 0) continue;
+      if (!r.conn.available) {
+        if (fallback < 0) fallback = i;
+        continue;
+      }
+      const load = r.conn.outstanding;
+      if (load < bestLoad) {
+        best = i;
+        bestLoad = load;
+      }
+    }
+    if (best < 0) best = fallback;
+    if (best < 0) return false;
+    op.tried |= 1 << best;
+    replicas[best]!.submitRead(op.offset, op.dest, op);
+    return true;
+  }
+
+  /** Called by a MutationOp once every replica answered and some failed. */
+  settleFailedMutation(failures: readonly ReplicaFailure[], op: MutationOp): void {
+    const fenced = failures.find((f) => f.error instanceof StaleEpochError);
+    if (fenced !== undefined) {
+      // Terminal for this writer: never a failed replica to drop and carry on without.
+      this.tracker.end(op.phase);
+      const err = new StaleEpochError(
+        `write to volume ${this.volumeName} refused: this head's lease epoch is stale (${errorMessage(fenced.error)})`,
+        { volume: this.volumeName, segment: this.index, slot: fenced.replica.slot, node: fenced.replica.address },
+      );
+      this.onFenced?.(err);
+      op.reject(err);
+      return;
+    }
+    if (op.succeeded === 0 && failures.every((f) => f.error instanceof InvalidArgumentError)) {
+      this.tracker.end(op.phase);
+      op.reject(failures[0]!.error);
+      return;
+    }
+    let decided = this.failureHandler.mutationFailed(this, failures, op.succeeded);
+    if (op.skippedSuspects) decided = decided.then(() => this.confirmSuspects());
+    this.settle(op, decided);
+  }
+
+  /** Resolves the op once `decided` resolves, rejects it if `decided` rejects. */
+  settle(op: MutationOp, decided: Promise<void>): void {
+    decided.then(
+      () => {
+        this.tracker.end(op.phase);
+        op.resolve();
+      },
+      (err: unknown) => {
+        this.tracker.end(op.phase);
+        if (err instanceof StaleEpochError) this.onFenced?.(err); // the manager refused our report: our lease is gone
+        op.reject(err instanceof Error ? err : new IoError(String(err)));
+      },
+    );
+  }
+
+  /** Resolves once every suspect replica of this mirror is durably out of sync. */
+  confirmSuspects(): Promise<void> {
+    const h = this.failureHandler;
+    if (h.suspectsSkipped !== undefined) return h.suspectsSkipped(this);
+    return Promise.reject(new IoError(`segment ${this.index} of volume ${this.volumeName}: a failed replica cannot be recorded stale`, {
+      volume: this.volumeName, segment: this.index,
+    }));
+  }
+
+  /** A read failed on some replicas and succeeded on another: the handler may report them. */
+  readRecovered(failures: readonly ReplicaFailure[]): void {
+    const reportable = failures.filter((f) => retriable(f.error));
+    if (reportable.length > 0) this.failureHandler.readFailed?.(this, reportable);
+  }
+
+  readFailureError(failures: readonly ReplicaFailure[], last: Error): Error {
+    if (!retriable(last)) return last;
+    const parts = failures.map((f) => `${f.replica.describe()}: ${errorMessage(f.error)}`);
+    return new IoError(
+      `read from segment ${this.index} of volume ${this.volumeName} failed on every in-sync replica: ${parts.join('; ')}`,
+      { volume: this.volumeName, segment: this.index, transport: failures.every((f) => f.error instanceof TransportError) },
+      { cause: last },
+    );
+  }
+
+  /**
+   * Takes the new replica list of a map update. Requests already sent
+   * complete against the replicas they were sent to; reads in progress keep
+   * retrying within the list they started with.
+   */
+  applyReplicas(replicas: readonly Replica[]): void {
+    if (replicas.length === 0 || replicas.length > 31) {
+      throw new InvalidArgumentError(`segment ${this.index} of volume ${this.volumeName} has ${replicas.length} replicas (1..31 supported)`);
+    }
+    this.replicas = replicas;
+  }
+
+  /**
+   * Installs (or joins) the region-lock table of a resync of this segment.
+   * Mutations begun before it are not holding locks: the caller waits for
+   * them with tracker.barrier() before copying.
+   */
+  beginResync(regionSize: number, regionCount: number): RegionLocks {
+    let locks = this.locks;
+    if (locks === undefined) {
+      locks = new RegionLocks(regionSize, regionCount);
+      this.locks = locks;
+    } else if (locks.regionSize !== regionSize) {
+      throw new ConflictError(`segment ${this.index} of volume ${this.volumeName}: a resync with region size ${locks.regionSize} is running`, {
+        volume: this.volumeName, segment: this.index,
+      });
+    }
+    locks.users++;
+    return locks;
+  }
+
+  endResync(locks: RegionLocks): void {
+    if (--locks.users === 0 && this.locks === locks) this.locks = undefined;
+  }
+
+  /** The mutation must wait (write-intent MARK or resync locks) before it is sent. */
+  private gated(offset: number, length: number): boolean {
+    return this.locks !== undefined || (this.intent !== undefined && !this.intent.covered(offset, length));
+  }
+
+  /**
+   * The slow path of a mutation: mark its regions dirty on every writable
+   * replica, take the resync region locks (if any), then send. The final
+   * checks and the send happen in one synchronous run, so a write-intent
+   * sweep cannot clear the regions, nor a resync start, in between.
+   */
+  private async gatedMutation(
+    kind: number, epoch: number, offset: number, length: number, data: Buffer | undefined, fua: boolean,
+  ): Promise<void> {
+    const phase = this.tracker.begin();
+    let held: RegionLocks | undefined;
+    let excluded: ReplicaFailure[] | undefined;
+    let op: MutationOp | undefined;
+    try {
+      for (;;) {
+        const intent = this.intent;
+        if (intent !== undefined && !intent.covered(offset, length)) {
+          const failed = await intent.mark(this, epoch, offset, length);
+          for (const f of failed) if (excluded?.some((e) => e.replica === f.replica) !== true) (excluded ??= []).push(f);
+          continue;
+        }
+        if (held !== this.locks) {
+          held?.releaseShared(offset, length);
+          held = this.locks;
+          if (held !== undefined && !held.tryShared(offset, length)) {
+            await held.acquireShared(offset, length);
+            continue;
+          }
+        }
+        break;
+      }
+      op = this.startMutation(fua, phase, excluded);
+      if (op === undefined) {
+        if (excluded !== undefined) throw mutationFailureError(this, excluded);
+        throw this.noWritableError();
+      }
+      for (const r of this.replicas) {
+        if (!r.writable || (excluded !== undefined && excluded.some((e) => e.replica === r))) continue;
+        if (kind === WRITE) r.submitWrite(epoch, offset, data!, fua, op);
+        else if (kind === WRITE_ZEROES) r.submitWriteZeroes(epoch, offset, length, fua, op);
+        else r.submitDiscard(epoch, offset, length, op);
+      }
+      await op.promise;
+    } catch (err) {
+      if (err instanceof StaleEpochError) this.onFenced?.(err); // a MARK refused our epoch
+      throw err;
+    } finally {
+      if (op === undefined) this.tracker.end(phase);
+      held?.releaseShared(offset, length);
+    }
+  }
+
+  /** The op for a mutation sent to every writable replica not `excluded`; undefined when there is none. */
+  private startMutation(fua: boolean, phase: number, excluded: ReplicaFailure[] | undefined): MutationOp | undefined {
+    let count = 0;
+    let skipped = false;
+    for (const r of this.replicas) {
+      if (r.writable) {
+        if (excluded === undefined || !excluded.some((e) => e.replica === r)) count++;
+      } else if (r.suspect) {
+        skipped = true;
+      }
+    }
+    if (count === 0) return undefined;
+    return new MutationOp(this, fua, count, phase, skipped, excluded);
+  }
+
+  private noWritableError(): IoError {
+    return new IoError(`segment ${this.index} of volume ${this.volumeName} has no writable replica`, {
+      volume: this.volumeName, segment: this.index,
+    });
+  }
+
+  private noWritableReplica(phase: number): Promise<void> {
+    this.tracker.end(phase);
+    return Promise.reject(this.noWritableError());
+  }
+}

@@ -1,0 +1,413 @@
+// The SCSI tasks of one session: a SCSI Command PDU becomes a task; its
+// write data is collected (immediate, unsolicited, then solicited by R2T,
+// see data-transfer.ts); once the command window has delivered it in CmdSN
+// order and its data is complete, it runs on the logical unit (the seam in
+// scsi/types.ts), and its ScsiResult goes back as Data-In and status.
+//
+// Bounds: ordered tasks by the CmdSN window, immediate ones by a count;
+// data bytes by the connection's DataBudget (R2Ts and reads wait for room).
+// Aborts (task management, session end) reach the unit through the task's
+// AbortSignal; an aborted task sends no response unless another session
+// aborted it (then TASK ABORTED status, as with TAS=1).
+
+import type { Logger } from '../../../shared/logger.js';
+import { errorMessage } from '../../../shared/errors.js';
+import { ScsiStatus, type ScsiResult } from '../scsi/types.js';
+import type { CommandWindow } from './command-window.js';
+import {
+  ABORT_DATA_WAIT_MS, CMD_WRITE_BIT, FINAL_BIT, MAX_IMMEDIATE_COMMANDS, MAX_TRANSFER_BYTES, Opcode, RESERVED_TAG, RejectReason,
+} from './constants.js';
+import { allocateCommandBuffer, HEAD_SLACK, WriteCollector, type DataBudget } from './data-transfer.js';
+import type { OperationalParams } from './negotiation.js';
+import { decodeLun, type Bhs } from './pdu.js';
+import type { PduWriter } from './pdu-writer.js';
+import { dataPhaseError, internalFailure, isTargetCommand, missingLun, reportLuns, transferTooLong } from './target-commands.js';
+import type { IscsiTarget } from './target-registry.js';
+import { commandDescriptorBlock, residuals, Task, type AbortMode } from './task.js';
+
+export interface TaskContext {
+  readonly log: Logger;
+  readonly trace: boolean;
+  readonly writer: PduWriter;
+  readonly window: CommandWindow;
+  readonly budget: DataBudget;
+  readonly params: OperationalParams;
+  readonly target: IscsiTarget;
+  /** The I_T nexus handed to the unit (initiator port name). */
+  readonly nexus: string;
+  /** Rejects one PDU; the connection goes on. */
+  reject(bhs: Bhs, reason: number): void;
+  /** A protocol violation: Reject, then close the connection. */
+  violation(reason: string, bhs: Bhs, rejectReason: number): void;
+  /** A task ended (the connection may be waiting for that). */
+  taskSettled(): void;
+}
+
+export class TaskSet {
+  private readonly ctx: TaskContext;
+  private readonly tasks = new Map<number, Task>();
+  private immediateCount = 0;
+  private nextTtt = 1;
+  /** A command buffer placeCommand() handed out, for the command being decoded. */
+  private prepared: { itt: number; raw: Buffer } | undefined;
+  /** Bytes an in-place Data-Out's header digest overwrote, to put back (placeDataOut). */
+  private overwritten: { itt: number; view: Buffer; saved: number } | undefined;
+
+  constructor(ctx: TaskContext) {
+    this.ctx = ctx;
+  }
+
+  get size(): number {
+    return this.tasks.size;
+  }
+
+  find(itt: number): Task | undefined {
+    return this.tasks.get(itt);
+  }
+
+  /** Tasks on `lun`, or all when undefined. */
+  list(lun?: number): Task[] {
+    const all = [...this.tasks.values()];
+    return lun === undefined ? all : all.filter((t) => t.lun === lun);
+  }
+
+  // --- SCSI Command -----------------------------------------------------------
+
+  command(bhs: Bhs, ahs: Buffer | undefined, data: Buffer | undefined): void {
+    const { ctx } = this;
+    // The buffer placeCommand() assembled this command's immediate data in, if any.
+    const prepared = this.prepared?.itt === bhs.itt ? this.prepared.raw : undefined;
+    this.prepared = undefined;
+    const p = ctx.params;
+    const write = (bhs.flags & CMD_WRITE_BIT) !== 0;
+    const final = (bhs.flags & FINAL_BIT) !== 0;
+    const edtl = bhs.w5;
+    const immediateLength = data?.length ?? 0;
+    if (bhs.itt === RESERVED_TAG) return ctx.reject(bhs, RejectReason.INVALID_PDU_FIELD);
+    if (this.tasks.has(bhs.itt)) return ctx.reject(bhs, RejectReason.TASK_IN_PROGRESS);
+    if (immediateLength > 0 && (!write || !p.immediateData || immediateLength > p.firstBurstLength || immediateLength > edtl)) {
+      return ctx.violation(`SCSI command with ${immediateLength} bytes of immediate data not allowed here`, bhs, RejectReason.PROTOCOL_ERROR);
+    }
+    if (!final && (!write || p.initialR2T || immediateLength >= Math.min(edtl, p.firstBurstLength))) {
+      return ctx.violation('SCSI command announces unsolicited Data-Out that is not allowed', bhs, RejectReason.PROTOCOL_ERROR);
+    }
+    if (bhs.immediate) {
+      if (this.immediateCount >= MAX_IMMEDIATE_COMMANDS) return ctx.reject(bhs, RejectReason.IMMEDIATE_COMMAND_REJECT);
+    } else if (!ctx.window.inWindow(bhs.w6)) {
+      // RFC 7143 3.2.2.1: outside the window (or a duplicate): silently ignored.
+      if (ctx.trace) ctx.log.debug({ cmdSN: bhs.w6, exp: ctx.window.expCmdSN, max: ctx.window.maxCmdSN }, 'SCSI command outside the CmdSN window ignored');
+      return;
+    }
+    const cdb = commandDescriptorBlock(bhs, ahs);
+    if (cdb === undefined) return ctx.violation('malformed extended CDB AHS', bhs, RejectReason.PROTOCOL_ERROR);
+    const lun = decodeLun(bhs.w2, bhs.w3) ?? 0xffff;
+    const task = new Task(bhs, lun, cdb);
+    this.tasks.set(task.itt, task);
+    if (task.immediate) this.immediateCount++;
+    if (ctx.trace) ctx.log.debug({ itt: task.itt, cmdSN: task.cmdSN, op: cdb[0], edtl, lun }, 'SCSI command');
+    this.startData(task, data, final, prepared);
+    if (task.immediate) {
+      task.delivered = true;
+      this.maybeStart(task);
+    } else {
+      ctx.window.submit(task.cmdSN, () => this.delivered(task));
+    }
+  }
+
+  private startData(task: Task, immediate: Buffer | undefined, final: boolean, prepared: Buffer | undefined): void {
+    const { ctx } = this;
+    const edtl = task.expectedLength;
+    if (!task.write || edtl === 0) {
+      // A read above the largest transfer would make the unit allocate it all.
+      if (edtl > MAX_TRANSFER_BYTES) task.preResult = transferTooLong();
+      task.dataReady = true;
+      return;
+    }
+    const p = ctx.params;
+    const unsolicited = Math.min(edtl, p.firstBurstLength);
+    if (edtl > MAX_TRANSFER_BYTES) {
+      // Swallow whatever unsolicited data comes, then answer without running.
+      task.preResult = transferTooLong();
+      task.collector = new WriteCollector(edtl, undefined, unsolicited, !final, { maxBurst: p.maxBurstLength, maxOutstandingR2T: 1 });
+      task.collector.drain();
+      task.dataReady = task.collector.drained;
+      return;
+    }
+    if (immediate !== undefined && immediate.length === edtl) {
+      // The whole write came inside the command PDU: hand the view on, no copy.
+      ctx.budget.force(edtl);
+      task.reserved = edtl;
+      task.dataOut = immediate;
+      task.dataReady = true;
+      return;
+    }
+    const limits = { maxBurst: p.maxBurstLength, maxOutstandingR2T: p.maxOutstandingR2T };
+    let collector: WriteCollector | undefined;
+    const grant = (): void => {
+      task.grant = undefined;
+      task.reserved = edtl;
+      collector!.attach();
+      this.afterData(task);
+    };
+    let granted: boolean;
+    if (edtl <= p.firstBurstLength) {
+      // Unsolicited data is on its way whatever our budget says; the window bounds it.
+      ctx.budget.force(edtl);
+      granted = true;
+    } else {
+      granted = ctx.budget.reserve(edtl, grant);
+    }
+    if (granted) task.reserved = edtl;
+    else task.grant = grant;
+    collector = new WriteCollector(edtl, immediate, unsolicited, !final, limits, granted ? { raw: prepared } : undefined);
+    task.collector = collector;
+    if (granted) this.afterData(task);
+  }
+
+  // --- Data-Out ----------------------------------------------------------------
+
+  /**
+   * The FrameDecoder's allocator for a PDU whose payload spans socket
+   * chunks: a Data-Out that fits its task's buffer is assembled right there
+   * (see WriteCollector.placement). `headerDigest` is 4 when on: those bytes
+   * land just before the data and are put back by dataOut().
+   */
+  placeDataOut(bhs: Bhs, payloadLength: number, headerDigest: number): Buffer | undefined {
+    if (bhs.opcode === Opcode.SCSI_COMMAND) return this.placeCommand(bhs, headerDigest);
+    if (bhs.opcode !== Opcode.DATA_OUT || bhs.ahsLength !== 0) return undefined;
+    const task = this.tasks.get(bhs.itt);
+    if (task === undefined || task.aborted !== undefined || task.preResult !== undefined) return undefined;
+    const trailer = payloadLength - headerDigest - bhs.dataLength;
+    const target = task.collector?.placement(bhs.w5, bhs.w9, bhs.w10, bhs.dataLength, trailer, headerDigest);
+    if (target !== undefined && headerDigest > 0) this.overwritten = { itt: bhs.itt, view: target, saved: target.readUInt32BE(0) };
+    return target;
+  }
+
+  /**
+   * A write whose immediate data spans socket chunks and that will need more
+   * data: its command buffer is allocated now, so the immediate data lands
+   * in it directly (the header digest, if any, falls in the head slack).
+   * Only when the budget has room, so this never holds more than it may.
+   */
+  private placeCommand(bhs: Bhs, headerDigest: number): Buffer | undefined {
+    const edtl = bhs.w5;
+    if ((bhs.flags & CMD_WRITE_BIT) === 0 || bhs.ahsLength !== 0 || bhs.dataLength === 0 || edtl <= bhs.dataLength) return undefined;
+    if (edtl > MAX_TRANSFER_BYTES || this.tasks.has(bhs.itt) || !this.ctx.budget.hasRoomFor(edtl)) return undefined;
+    const raw = allocateCommandBuffer(edtl);
+    this.prepared = { itt: bhs.itt, raw };
+    return raw.subarray(HEAD_SLACK - headerDigest);
+  }
+
+  dataOut(bhs: Bhs, data: Buffer | undefined): void {
+    const placed = this.overwritten;
+    if (placed !== undefined) {
+      // The header digest of an in-place payload overwrote the 4 bytes before its data.
+      this.overwritten = undefined;
+      if (placed.itt === bhs.itt) placed.view.writeUInt32BE(placed.saved, 0);
+    }
+    const task = this.tasks.get(bhs.itt);
+    const collector = task?.collector;
+    if (task === undefined || collector === undefined) return this.ctx.reject(bhs, RejectReason.INVALID_PDU_FIELD);
+    const final = (bhs.flags & FINAL_BIT) !== 0;
+    const error = collector.dataOut(bhs.w5, bhs.w9, bhs.w10, data, final);
+    if (task.aborted !== undefined) {
+      // An aborted task only waits for the Data-Out it already asked for.
+      this.maybeFinishAborted(task);
+      return;
+    }
+    if (error !== undefined) {
+      // The framing is intact, only this task's data is wrong: the task ends
+      // with CHECK CONDITION, the connection goes on (RFC 7143 7.1.2 lets
+      // ERL 0 terminate the task instead of the connection).
+      this.ctx.log.warn({ itt: task.itt, reason: error }, 'Data-Out sequence error; ending the command with CHECK CONDITION');
+      task.preResult = dataPhaseError();
+      collector.drain();
+      collector.dataOut(bhs.w5, bhs.w9, bhs.w10, undefined, final);
+      this.armDataWait(task);
+    }
+    this.afterData(task);
+  }
+
+  /** A task that will not run still takes the Data-Out owed to it, but not forever. */
+  private armDataWait(task: Task): void {
+    if (task.collector === undefined || task.collector.drained || task.abortTimer !== undefined) return;
+    task.abortTimer = setTimeout(() => {
+      task.abortTimer = undefined;
+      if (task.aborted !== undefined) {
+        if (!task.started) this.finish(task);
+      } else {
+        task.dataReady = true;
+        this.maybeStart(task);
+      }
+    }, ABORT_DATA_WAIT_MS);
+    task.abortTimer.unref();
+  }
+
+  /** After data arrived or the buffer was attached: complete, or ask for more. */
+  private afterData(task: Task): void {
+    const collector = task.collector!;
+    if (task.preResult !== undefined) {
+      task.dataReady = collector.drained;
+      this.maybeStart(task);
+      return;
+    }
+    if (collector.complete && collector.attached) {
+      task.dataOut = collector.data;
+      task.dataReady = true;
+      this.maybeStart(task);
+      return;
+    }
+    const { ctx } = this;
+    for (const r of collector.nextR2Ts(() => this.allocateTtt())) {
+      if (ctx.trace) ctx.log.debug({ itt: task.itt, ...r }, 'R2T');
+      ctx.writer.r2t({ lunHigh: task.lunHigh, itt: task.itt, ttt: r.ttt, r2tSN: r.r2tSN, offset: r.offset, length: r.length });
+    }
+  }
+
+  private allocateTtt(): number {
+    const t = this.nextTtt;
+    this.nextTtt = this.nextTtt >= 0xfffffffe ? 1 : this.nextTtt + 1;
+    return t;
+  }
+
+  // --- Execution ------------------------------------------------------------------
+
+  private delivered(task: Task): void {
+    task.delivered = true;
+    // Ended (aborted) before its turn: its CmdSN is used up now.
+    if (task.done) this.releaseSlot(task);
+    else this.maybeStart(task);
+  }
+
+  /** Gives an ordered task's CmdSN back to the window once it was delivered (MaxCmdSN + 1). */
+  private releaseSlot(task: Task): void {
+    if (task.immediate || !task.delivered || task.slotReleased) return;
+    task.slotReleased = true;
+    this.ctx.window.release();
+  }
+
+  private maybeStart(task: Task): void {
+    if (task.aborted !== undefined) return this.maybeFinishAborted(task);
+    if (!task.delivered || !task.dataReady || task.started) return;
+    task.started = true;
+    void this.run(task);
+  }
+
+  private async run(task: Task): Promise<void> {
+    const { ctx } = this;
+    let result: ScsiResult;
+    try {
+      if (task.read && task.expectedLength > 0 && task.reserved === 0) await this.reserveRead(task);
+      result = task.preResult ?? await this.execute(task);
+    } catch (err) {
+      ctx.log.warn({ itt: task.itt, op: task.cdb[0], lun: task.lun, err: errorMessage(err) }, 'logical unit failed a command');
+      result = internalFailure();
+    }
+    if (task.aborted === undefined) this.respond(task, result);
+    this.finish(task);
+  }
+
+  /** Waits for room for the read's data; an abort ends the wait (execute() then answers TASK ABORTED). */
+  private reserveRead(task: Task): Promise<void> {
+    return new Promise((resolve) => {
+      const grant = (): void => {
+        task.grant = undefined;
+        task.reserved = task.expectedLength;
+        resolve();
+      };
+      if (this.ctx.budget.reserve(task.expectedLength, grant)) {
+        grant();
+        return;
+      }
+      task.grant = grant;
+      task.controller.signal.addEventListener('abort', () => resolve(), { once: true });
+    });
+  }
+
+  private async execute(task: Task): Promise<ScsiResult> {
+    const { ctx } = this;
+    if (task.aborted !== undefined) return { status: ScsiStatus.TASK_ABORTED };
+    if (isTargetCommand(task.cdb)) return reportLuns(task.cdb, ctx.target.luns.keys());
+    const unit = ctx.target.luns.get(task.lun);
+    if (unit === undefined) return missingLun(task.cdb);
+    return unit.execute({
+      lun: task.lun, cdb: task.cdb, nexus: ctx.nexus, dataOut: task.dataOut, expectedLength: task.expectedLength,
+      taskTag: task.itt, signal: task.controller.signal,
+    });
+  }
+
+  /**
+   * Sends the result, cut to the expected length, with residuals (RFC 7143
+   * 11.4.5): of the Data-In for reads, of the Data-Out the CDB called for
+   * (ScsiResult.dataOutLength) for writes.
+   */
+  private respond(task: Task, result: ScsiResult): void {
+    const { ctx } = this;
+    const { data, residualFlags, residual } = residuals(task, result);
+    // The window grows before the status goes out, so the response itself advertises it.
+    this.releaseSlot(task);
+    ctx.writer.commandResult(
+      { itt: task.itt, status: result.status, sense: result.sense, residualFlags, residual },
+      data, ctx.params.initiatorMaxRecvDataSegment, ctx.params.maxBurstLength);
+  }
+
+  private finish(task: Task): void {
+    if (task.done) return;
+    task.done = true;
+    const { ctx } = this;
+    if (task.abortTimer !== undefined) clearTimeout(task.abortTimer);
+    if (task.grant !== undefined) ctx.budget.cancel(task.grant);
+    if (task.reserved > 0) ctx.budget.release(task.reserved);
+    task.reserved = 0;
+    this.tasks.delete(task.itt);
+    if (task.immediate) this.immediateCount--;
+    this.releaseSlot(task);
+    if (task.aborted === 'task-aborted') {
+      // Aborted on behalf of another session: this initiator still gets a status.
+      ctx.writer.commandResult({ itt: task.itt, status: ScsiStatus.TASK_ABORTED, sense: undefined, residualFlags: 0, residual: 0 }, undefined, 1, 1);
+    }
+    task.resolveSettled();
+    ctx.taskSettled();
+  }
+
+  // --- Aborts -----------------------------------------------------------------------
+
+  /**
+   * Aborts a task: the unit sees the signal; no response is sent (`silent`)
+   * or TASK ABORTED (`task-aborted`). Resolves once the task has settled:
+   * the unit returned, and Data-Out owed to our R2Ts arrived (bounded).
+   */
+  abort(task: Task, mode: AbortMode): Promise<void> {
+    if (task.done || task.aborted !== undefined) return task.settled;
+    task.aborted = mode;
+    task.controller.abort();
+    task.collector?.drain();
+    if (task.grant !== undefined) {
+      this.ctx.budget.cancel(task.grant);
+      task.grant = undefined;
+    }
+    if (task.abortTimer !== undefined) {
+      clearTimeout(task.abortTimer);
+      task.abortTimer = undefined;
+    }
+    this.armDataWait(task);
+    this.maybeFinishAborted(task);
+    return task.settled;
+  }
+
+  /** Aborts every task without waiting for Data-Out (the connection is gone). */
+  abortAll(): Promise<void> {
+    const all = [...this.tasks.values()];
+    for (const t of all) {
+      void this.abort(t, 'silent');
+      if (!t.started) this.finish(t);
+    }
+    return Promise.all(all.map((t) => t.settled)).then(() => undefined);
+  }
+
+  private maybeFinishAborted(task: Task): void {
+    if (task.done || task.started) return;
+    if (task.collector !== undefined && !task.collector.drained) return;
+    this.finish(task);
+  }
+}

@@ -1,0 +1,356 @@
+// One NBD client connection in the transmission phase. Requests are
+// pipelined: each is started as soon as it is decoded and replied to when it
+// finishes, in any order, matched by the client's handle. Reading stops while
+// too many requests (or bytes) are in flight, or while the socket's write
+// buffer is full, and resumes when that clears. A protocol violation (bad
+// magic, oversized WRITE) closes this connection only.
+
+import type { Socket } from 'node:net';
+import type { BlockDevice } from '../../engine/block-device.js';
+import { FrameDecoder } from '../../../shared/frame-decoder.js';
+import { BufferPool, COMMON_IO_SIZES } from '../../../shared/buffer-pool.js';
+import { errorMessage } from '../../../shared/errors.js';
+import { isTraced, type Logger } from '../../../shared/logger.js';
+import { ReadGate, addSocketHandlers, removeSocketHandlers, type SocketHandlers } from '../client-socket.js';
+import { REQUEST_SPEC, handleText, type RequestHeader } from './codec.js';
+import {
+  CLOSE_GRACE_MS, MAX_BLOCK_SIZE, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_NO_HOLE, NbdCmd, NbdError, commandName,
+} from './constants.js';
+import { nbdErrorFor } from './error-map.js';
+import { ReplyWriter } from './reply-writer.js';
+
+/** I/O buffers shared by every NBD connection of this process. */
+const ioBuffers = new BufferPool(COMMON_IO_SIZES);
+
+export interface NbdConnectionOptions {
+  socket: Socket;
+  device: BlockDevice;
+  log: Logger;
+  /** The client negotiated NBD_OPT_STRUCTURED_REPLY. */
+  structured?: boolean;
+  maxInFlight?: number;
+  maxInFlightBytes?: number;
+}
+
+/** Command flags each command accepts (spec: FUA is valid on every command; DF on READ once structured). */
+function allowedFlags(structured: boolean): Record<number, number> {
+  return {
+    [NbdCmd.READ]: NBD_CMD_FLAG_FUA | (structured ? NBD_CMD_FLAG_DF : 0),
+    [NbdCmd.WRITE]: NBD_CMD_FLAG_FUA,
+    [NbdCmd.DISC]: NBD_CMD_FLAG_FUA,
+    [NbdCmd.FLUSH]: NBD_CMD_FLAG_FUA,
+    [NbdCmd.TRIM]: NBD_CMD_FLAG_FUA,
+    [NbdCmd.WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE,
+  };
+}
+
+/** Why a request was refused before reaching the device. */
+interface Rejection {
+  error: number;
+  message: string;
+}
+
+type State = 'open' | 'draining' | 'done';
+
+export class NbdConnection {
+  /** Resolves once the socket is closed and no request is in flight. Never rejects. */
+  readonly closed: Promise<void>;
+  private readonly socket: Socket;
+  private readonly device: BlockDevice;
+  private readonly log: Logger;
+  private readonly trace: boolean;
+  private readonly maxInFlight: number;
+  private readonly maxInFlightBytes: number;
+  // Spanning WRITE payloads are assembled in pooled buffers, recycled once the engine is done with them.
+  private readonly decoder = new FrameDecoder(REQUEST_SPEC, (_h, length) => ioBuffers.acquire(length));
+  private readonly recycle = (buf: Buffer): void => ioBuffers.release(buf);
+  private readonly replies: ReplyWriter;
+  private readonly allowedFlags: Record<number, number>;
+  private state: State = 'open';
+  private inFlight = 0;
+  private inFlightBytes = 0;
+  private readonly reading: ReadGate;
+  private writeBlocked = false;
+  /** Set when replies can no longer reach the client (socket gone or hard disconnect). */
+  private dropReplies = false;
+  private resolveClosed!: () => void;
+  private graceTimer: NodeJS.Timeout | undefined;
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.state !== 'open') return;
+    this.decoder.push(chunk);
+    this.pump();
+  };
+  private readonly onDrain = (): void => {
+    this.writeBlocked = false;
+    this.pump();
+  };
+  private readonly onEnd = (): void => {
+    // The client shut down its sending side (after NBD_CMD_DISC, or instead
+    // of it). The server socket allows half-open connections, so requests
+    // still in flight are answered before our side closes too.
+    if (!this.decoder.idle) this.log.warn({ buffered: this.decoder.bufferedBytes }, 'client closed the connection in the middle of a request');
+    this.drain();
+  };
+  private readonly onError = (err: Error): void => {
+    this.log.info({ err: errorMessage(err) }, 'NBD connection socket error');
+    this.dropReplies = true;
+    this.drain();
+  };
+  private readonly onClose = (): void => {
+    this.dropReplies = true;
+    this.drain();
+  };
+  private readonly handlers: SocketHandlers = {
+    data: this.onData, drain: this.onDrain, end: this.onEnd, error: this.onError, close: this.onClose,
+  };
+
+  constructor(opts: NbdConnectionOptions) {
+    this.socket = opts.socket;
+    this.reading = new ReadGate(opts.socket);
+    this.device = opts.device;
+    this.log = opts.log;
+    this.trace = isTraced('nbd');
+    this.maxInFlight = opts.maxInFlight ?? MAX_INFLIGHT_REQUESTS;
+    this.maxInFlightBytes = opts.maxInFlightBytes ?? MAX_INFLIGHT_BYTES;
+    this.replies = new ReplyWriter(opts.socket, opts.structured ?? false);
+    this.allowedFlags = allowedFlags(opts.structured ?? false);
+    this.closed = new Promise((resolve) => { this.resolveClosed = resolve; });
+  }
+
+  get requestsInFlight(): number {
+    return this.inFlight;
+  }
+
+  /** Starts serving. `leftover` holds bytes that arrived with the end of the handshake. */
+  start(leftover?: Buffer): void {
+    const s = this.socket;
+    addSocketHandlers(s, this.handlers);
+    this.writeBlocked = s.writableNeedDrain;
+    // Negotiation may have paused the socket for write back-pressure.
+    this.reading.sync();
+    if (s.destroyed) {
+      this.onClose();
+      return;
+    }
+    if (leftover !== undefined && leftover.length > 0) this.decoder.push(leftover);
+    this.pump();
+  }
+
+  /**
+   * Server shutdown: stop taking requests, give in-flight ones `graceMs` to
+   * finish and be answered, then close the socket. Resolves when closed, or
+   * after twice `graceMs` if the device never settles a request (its
+   * completion is then dropped), so a stuck engine cannot hang shutdown.
+   */
+  shutdown(graceMs = CLOSE_GRACE_MS): Promise<void> {
+    if (this.state === 'open') {
+      this.graceTimer = setTimeout(() => {
+        this.dropReplies = true;
+        this.socket.destroy();
+      }, graceMs);
+      this.graceTimer.unref();
+      this.drain();
+    }
+    let abandon: NodeJS.Timeout | undefined;
+    const giveUp = new Promise<void>((resolve) => {
+      abandon = setTimeout(() => {
+        this.log.warn({ inFlight: this.inFlight }, 'NBD requests still in flight at shutdown; abandoning them');
+        resolve();
+      }, 2 * graceMs);
+      abandon.unref();
+    });
+    return Promise.race([this.closed.then(() => clearTimeout(abandon)), giveUp]);
+  }
+
+  // --- Reading --------------------------------------------------------------
+
+  private pump(): void {
+    while (this.state === 'open' && this.canTakeMore()) {
+      let frame;
+      try {
+        frame = this.decoder.next();
+      } catch (err) {
+        this.protocolViolation(err);
+        return;
+      }
+      if (frame === undefined) break;
+      this.dispatch(frame.header, frame.payload);
+    }
+    this.updateReading();
+  }
+
+  private canTakeMore(): boolean {
+    return !this.writeBlocked && this.inFlight < this.maxInFlight && this.inFlightBytes < this.maxInFlightBytes;
+  }
+
+  /** Pauses the socket above the in-flight bounds or while writes back up; resumes below. */
+  private updateReading(): void {
+    this.reading.set(this.state === 'open' && this.canTakeMore());
+  }
+
+  private protocolViolation(err: unknown): void {
+    this.log.warn({ err: errorMessage(err) }, 'NBD protocol violation; closing this connection');
+    this.dropReplies = true;
+    this.socket.destroy();
+    this.drain();
+  }
+
+  // --- Requests -------------------------------------------------------------
+
+  private dispatch(h: RequestHeader, payload: Buffer | undefined): void {
+    if (h.type === NbdCmd.DISC) {
+      // Spec: answer everything outstanding, then close; DISC itself has no reply.
+      if (this.trace) this.log.debug('NBD_CMD_DISC');
+      this.drain();
+      return;
+    }
+    const bytes = h.type === NbdCmd.READ || h.type === NbdCmd.WRITE ? h.length : 0;
+    this.inFlight++;
+    this.inFlightBytes += bytes;
+    void this.run(h, payload, bytes);
+  }
+
+  private async run(h: RequestHeader, payload: Buffer | undefined, bytes: number): Promise<void> {
+    let error: number = NbdError.OK;
+    let message: string | undefined;
+    let data: Buffer | undefined;
+    try {
+      const rejection = this.validate(h);
+      if (rejection !== undefined) {
+        ({ error, message } = rejection);
+      } else {
+        data = await this.perform(h, payload);
+        if (data !== undefined && data.length !== h.length) {
+          this.log.error({ offset: h.offset, length: h.length, got: data.length }, 'BlockDevice.read returned the wrong number of bytes');
+          data = undefined;
+          error = NbdError.EIO;
+        }
+      }
+    } catch (err) {
+      error = nbdErrorFor(err);
+      message = errorMessage(err);
+      this.log.warn({ cmd: commandName(h.type), offset: h.offset, length: h.length, nbdError: error, err: message }, 'NBD request failed');
+    }
+    if (this.trace) {
+      this.log.debug({ cmd: commandName(h.type), handle: handleText(h.handleHi, h.handleLo), offset: h.offset, length: h.length, error }, 'NBD request done');
+    }
+    this.inFlight--;
+    this.inFlightBytes -= bytes;
+    this.reply(h, error, error === NbdError.OK ? data : undefined, message);
+    if (this.state === 'open') this.pump();
+    else this.drain();
+  }
+
+  /** Why a request must not reach the device, or undefined when it may. */
+  private validate(h: RequestHeader): Rejection | undefined {
+    const allowed = this.allowedFlags[h.type];
+    // Unknown commands (CACHE, BLOCK_STATUS, ...) and flags: spec says EINVAL.
+    if (allowed === undefined) return { error: NbdError.EINVAL, message: `command ${commandName(h.type)} is not supported` };
+    if ((h.flags & ~allowed) !== 0) {
+      return { error: NbdError.EINVAL, message: `flags 0x${h.flags.toString(16)} are not valid on ${commandName(h.type)}` };
+    }
+    if (h.type === NbdCmd.FLUSH) return undefined;
+    if (h.type === NbdCmd.READ && h.length > MAX_BLOCK_SIZE) {
+      return { error: NbdError.EINVAL, message: `read of ${h.length} bytes exceeds the maximum block size of ${MAX_BLOCK_SIZE}` };
+    }
+    if (h.offset + h.length > this.device.size) {
+      // Spec: ENOSPC for a write past the end, EINVAL for a read or trim.
+      const write = h.type === NbdCmd.WRITE || h.type === NbdCmd.WRITE_ZEROES;
+      return {
+        error: write ? NbdError.ENOSPC : NbdError.EINVAL,
+        message: `${commandName(h.type)} of ${h.length} bytes at offset ${h.offset} goes past the end of the export (${this.device.size} bytes)`,
+      };
+    }
+    return undefined;
+  }
+
+  private async perform(h: RequestHeader, payload: Buffer | undefined): Promise<Buffer | undefined> {
+    const fua = (h.flags & NBD_CMD_FLAG_FUA) !== 0;
+    const dev = this.device;
+    switch (h.type) {
+      case NbdCmd.READ:
+        if (h.length === 0) return Buffer.alloc(0);
+        // Pooled destination, recycled when the socket has taken the reply.
+        return dev.readInto ? dev.readInto(h.offset, ioBuffers.acquire(h.length)) : dev.read(h.offset, h.length);
+      case NbdCmd.WRITE:
+        // `payload` is a view into the socket chunk when the data arrived in
+        // one piece: it goes to the engine without a copy.
+        if (h.length > 0) {
+          try {
+            await dev.write(h.offset, payload!, fua);
+          } finally {
+            ioBuffers.release(payload!); // no-op for views into socket chunks
+          }
+        }
+        return undefined;
+      case NbdCmd.FLUSH:
+        await dev.flush();
+        return undefined;
+      case NbdCmd.TRIM:
+        await inPieces(h.offset, h.length, (o, n) => dev.discard(o, n));
+        if (fua && h.length > 0) await dev.flush();
+        return undefined;
+      case NbdCmd.WRITE_ZEROES:
+        // NO_HOLE needs nothing: writeZeroes always leaves the range allocated.
+        await inPieces(h.offset, h.length, (o, n) => dev.writeZeroes(o, n, fua));
+        return undefined;
+      default:
+        throw new Error(`unreachable: command ${h.type} passed validation`);
+    }
+  }
+
+  // --- Replies --------------------------------------------------------------
+
+  private reply(h: RequestHeader, error: number, data: Buffer | undefined, message: string | undefined): void {
+    if (this.dropReplies || !this.socket.writable) return;
+    const ok = this.replies.send(h, error, data, message, data === undefined ? undefined : this.recycle);
+    if (!ok && !this.writeBlocked) {
+      this.writeBlocked = true;
+      this.updateReading();
+    }
+  }
+
+  // --- Closing --------------------------------------------------------------
+
+  /** Stops reading; once nothing is in flight, closes the socket and tears down. */
+  private drain(): void {
+    if (this.state === 'done') return;
+    if (this.state === 'open') {
+      this.state = 'draining';
+      this.updateReading();
+    }
+    if (this.inFlight > 0) return;
+    this.teardown();
+  }
+
+  /** The one place that removes every listener this connection added. */
+  private teardown(): void {
+    this.state = 'done';
+    if (this.graceTimer !== undefined) clearTimeout(this.graceTimer);
+    const s = this.socket;
+    removeSocketHandlers(s, this.handlers);
+    if (s.destroyed) {
+      this.resolveClosed();
+      return;
+    }
+    s.once('close', () => this.resolveClosed());
+    // Flush the last replies, then close; destroy anyway if the peer stops reading.
+    s.end(() => s.destroy());
+    setTimeout(() => s.destroy(), CLOSE_GRACE_MS).unref();
+  }
+}
+
+/**
+ * Runs `fn` over [offset, offset + length) in pieces of at most
+ * MAX_BLOCK_SIZE, one after another. TRIM and WRITE_ZEROES may name the whole
+ * export in one request; pieces keep each engine call bounded.
+ */
+async function inPieces(offset: number, length: number, fn: (offset: number, length: number) => Promise<void>): Promise<void> {
+  for (let done = 0; done < length;) {
+    const n = Math.min(MAX_BLOCK_SIZE, length - done);
+    await fn(offset + done, n);
+    done += n;
+  }
+}
