@@ -6,7 +6,7 @@ import { ManagerCore } from './core.js';
 import { managerHandlers } from './grpc-service.js';
 import { rebuildFromStorage } from './rebuild/index.js';
 import { GrpcPeerClients, type PeerClients } from './node-clients.js';
-import type { SchedulerLimits } from './resync/scheduler.js';
+import type { SchedulerLimits } from './resync/index.js';
 import { IntIds, startXmlRpc, type XmlRpcServerHandle, type XmlRpcServerOptions } from './xmlrpc/index.js';
 
 // The manager process: load metadata, serve the gRPC API, watch heartbeats,

@@ -6,8 +6,7 @@ import {
 } from './chunk-map.js';
 import { mapLimit } from './node-clients.js';
 import type { PlacementModel, SparePick, SpareRequest } from './placement.js';
-import { allocateReplicaChunk, type ReplicaItem } from './resync/spares.js';
-import type { ResyncContext } from './resync/context.js';
+import { allocateReplicaChunk, type ReplicaItem, type ResyncContext } from './resync/index.js';
 import type { StoreBatch } from './store.js';
 import { forEachReplica, type DiskRecord, type ResyncRecord, type ToFreeRecord } from './types.js';
 import type { VolumeEntry } from './volumes.js';

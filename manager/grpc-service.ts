@@ -5,7 +5,7 @@ import type { ManagerCore } from './core.js';
 import { eventView } from './events.js';
 import { jobView } from './jobs/records.js';
 import type { LeaseMove } from './leases.js';
-import { resyncListView, volumeHealth } from './resync/views.js';
+import { resyncListView, volumeHealth } from './resync/index.js';
 import type { VolumeRecord } from './types.js';
 import { diskView, headView, serverView, volumeMapView, volumeView } from './views.js';
 

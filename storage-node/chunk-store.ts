@@ -5,7 +5,7 @@ import { moduleLogger } from '../shared/logger.js';
 import type { Chunk } from './chunk.js';
 import { ChunkState, JOB_KINDS, JOB_OUTCOMES, Legality, MAX_JOB_ID_BYTES, MAX_VOLUME_NAME_BYTES, emptyRecord, type JobStamp } from './disk-format.js';
 import { Disk, type OpenDiskOptions } from './disk.js';
-import { NoChunkError } from './errors.js';
+import { NoChunkError } from '../shared/data-protocol/status.js';
 
 // All disks of a node, and the index the data path uses to find a chunk:
 // volumeId -> (segment * 256 + slot) -> Chunk, numeric keys only (no string

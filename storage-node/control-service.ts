@@ -10,7 +10,7 @@ import type { ChunkRecord } from '../proto/generated/vsky/storage/ChunkRecord.js
 import type { ChunkStore } from './chunk-store.js';
 import type { Disk } from './disk.js';
 import { Legality, type JobKindName, type JobOutcomeName } from './disk-format.js';
-import { NoChunkError } from './errors.js';
+import { NoChunkError } from '../shared/data-protocol/status.js';
 import type { NodeState } from './node-state.js';
 import { countSet } from './region-map.js';
 import type { ResyncJobs } from './copy/resync-jobs.js';

@@ -4,7 +4,8 @@ import { addStandardServices, bindServer, grpc, loadProtos } from '../shared/grp
 import { moduleLogger } from '../shared/logger.js';
 import { ChunkStore } from './chunk-store.js';
 import { addDisk, createControlService, type NodeContext } from './control-service.js';
-import { DataServer } from './data-server.js';
+import { DataServer } from '../shared/data-protocol/server/data-server.js';
+import { StoreChunkService } from './chunk-service.js';
 import { ManagerLink } from './manager-link.js';
 import { NodeState } from './node-state.js';
 import { ResyncJobs } from './copy/resync-jobs.js';
@@ -70,7 +71,7 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
   const ctx: NodeContext = {
     store, state, resyncs, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, dataAddress: '', controlAddress: '',
   };
-  const dataServer = new DataServer(store, { maxInflight: opts.maxInflightPerConnection });
+  const dataServer = new DataServer(new StoreChunkService(store), { maxInflight: opts.maxInflightPerConnection });
   const grpcServer = new grpc.Server();
   let link: ManagerLink | undefined;
 

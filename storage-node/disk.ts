@@ -10,7 +10,8 @@ import {
   FORMAT_VERSION, SUPERBLOCK_SIZE, computeLayout, decodeSuperblock, encodeRecord, encodeSuperblock, isBlank,
   pickNewest, uuidToBytes, type Superblock,
 } from './disk-format.js';
-import { DiskFailedError, ioError } from './errors.js';
+import { DiskFailedError } from '../shared/data-protocol/status.js';
+import { ioError } from './errors.js';
 import { TokenBucket } from './copy/token-bucket.js';
 
 // One disk (a file created sparse, or a block device): formats or opens it,

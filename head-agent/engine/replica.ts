@@ -1,5 +1,5 @@
 import type { VskyError } from '../../shared/errors.js';
-import { errorForStatus } from '../../shared/data-protocol/client/chunk-target.js';
+import { errorForStatus } from '../../shared/data-protocol/status.js';
 import { Flag, Opcode } from '../../shared/data-protocol/frame.js';
 import type { RequestCallback, RequestTarget } from '../../shared/data-protocol/client/data-request.js';
 import type { NodeConnection } from '../../shared/data-protocol/client/node-connection.js';

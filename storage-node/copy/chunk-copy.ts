@@ -8,7 +8,7 @@ import type { Chunk } from '../chunk.js';
 import { writeChunk, zeroChunk } from '../chunk-io.js';
 import type { ChunkStore } from '../chunk-store.js';
 import { fetchSourceMaps, isAllZero, planRuns, type Run } from './copy-plan.js';
-import { NoChunkError } from '../errors.js';
+import { NoChunkError } from '../../shared/data-protocol/status.js';
 import { ProgressReporter } from './progress-reporter.js';
 import { TokenBucket } from './token-bucket.js';
 import { mergeDirty } from '../write-intent.js';

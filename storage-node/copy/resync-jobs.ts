@@ -5,7 +5,7 @@ import type { ResyncTask__Output } from '../../proto/generated/vsky/common/Resyn
 import { ChunkCopy, type CopyOptions, type CopyTask } from './chunk-copy.js';
 import type { Chunk } from '../chunk.js';
 import type { ChunkStore } from '../chunk-store.js';
-import { NoChunkError } from '../errors.js';
+import { NoChunkError } from '../../shared/data-protocol/status.js';
 
 // The resync copies running on this node (CopyChunk): validates a task,
 // starts it in the background, and dedupes by resync id (the manager may

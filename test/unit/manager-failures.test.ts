@@ -11,7 +11,7 @@ const { ManagerCore } = await import('../../manager/core.js');
 const { FakePeers } = await import('../support/manager-fake-peers.js');
 const { volumeMapView } = await import('../../manager/views.js');
 const { keys } = await import('../../manager/store.js');
-const { resyncListView, volumeHealth } = await import('../../manager/resync/views.js');
+const { resyncListView, volumeHealth } = await import('../../manager/resync/index.js');
 const errors = await import('../../shared/errors.js');
 
 type Core = Awaited<ReturnType<typeof ManagerCore.open>>;

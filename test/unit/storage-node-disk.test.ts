@@ -15,7 +15,7 @@ import {
   ChunkState, FORMAT_VERSION, RECORD_MAGIC, RECORD_MAGIC_V2, computeLayout, decodeSuperblock, emptyRecord, encodeRecord, encodeSuperblock,
   uuidToBytes, type ChunkRecordData, type Superblock,
 } from '../../storage-node/disk-format.js';
-import { DiskFailedError, statusForError } from '../../storage-node/errors.js';
+import { DiskFailedError, statusForError } from '../../shared/data-protocol/status.js';
 import { countSet, testBit } from '../../storage-node/region-map.js';
 import { clearDirty, markDirty } from '../../storage-node/write-intent.js';
 import { encodeV2Record } from '../support/disk-format-v2.js';

@@ -1,27 +1,12 @@
-import { InvalidArgumentError, IoError, StaleEpochError, type VskyError } from '../../errors.js';
+import type { VskyError } from '../../errors.js';
 import type { RequestTarget } from './data-request.js';
-import { Opcode, Status, opcodeName, statusName } from '../frame.js';
+import { Opcode } from '../frame.js';
+import { errorForStatus } from '../status.js';
 import type { NodeConnection } from './node-connection.js';
 
-// The one map from a data-protocol reply status to a typed error, and the
-// simplest addressable chunk for control-path clients (the storage node's
-// peer-to-peer copy, tests). The head's Replica adds its own state on top.
-
-/** The typed error for a non-OK reply; `what` names the request and its chunk. */
-export function errorForStatus(opcode: number, status: number, message: string, what: string, context: Record<string, unknown>): VskyError {
-  const text = `${opcodeName(opcode)} on ${what} failed with ${statusName(status)}${message ? `: ${message}` : ''}`;
-  const ctx = { ...context, op: opcodeName(opcode), status: statusName(status) };
-  switch (status) {
-    case Status.STALE_EPOCH:
-      return new StaleEpochError(`${text} (a newer lease holder has fenced this writer off)`, ctx);
-    case Status.OUT_OF_RANGE:
-    case Status.BAD_REQUEST:
-    case Status.TOO_LARGE:
-      return new InvalidArgumentError(text, ctx);
-    default:
-      return new IoError(text, ctx);
-  }
-}
+// The simplest addressable chunk for control-path clients (the storage
+// node's peer-to-peer copy, the manager's job worker, tests). The head's
+// Replica adds its own state on top.
 
 /** One chunk (volume, segment, slot) on one node, with promise-based reads. */
 export class ChunkTarget implements RequestTarget {

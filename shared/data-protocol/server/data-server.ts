@@ -1,16 +1,13 @@
 import net from 'node:net';
-import { MAX_DATA_PAYLOAD, MAX_INFLIGHT_PER_CONNECTION } from '../shared/constants.js';
-import { checkRequestCounters, encodeErrorMessage, encodeReplyHeader, requestFrameSpec } from '../shared/data-protocol/codec.js';
-import { Flag, Opcode, REPLY_HEADER_SIZE, Status, opcodeName, type RequestHeader } from '../shared/data-protocol/frame.js';
-import { InvalidArgumentError, errorMessage } from '../shared/errors.js';
-import { BufferPool, COMMON_IO_SIZES } from '../shared/buffer-pool.js';
-import { FrameDecoder } from '../shared/frame-decoder.js';
-import { isTraced, moduleLogger, type Logger } from '../shared/logger.js';
-import type { Chunk, Done } from './chunk.js';
-import { readChunk, writeChunk, zeroChunk } from './chunk-io.js';
-import type { ChunkStore, VolumeEntry } from './chunk-store.js';
-import { NoChunkError, OutOfRangeError, TooLargeError, statusForError } from './errors.js';
-import { clearDirty, markDirty } from './write-intent.js';
+import { MAX_DATA_PAYLOAD, MAX_INFLIGHT_PER_CONNECTION } from '../../constants.js';
+import { checkRequestCounters, encodeErrorMessage, encodeReplyHeader, requestFrameSpec } from '../codec.js';
+import { Flag, Opcode, REPLY_HEADER_SIZE, Status, opcodeName, type RequestHeader } from '../frame.js';
+import { InvalidArgumentError, errorMessage } from '../../errors.js';
+import { BufferPool, COMMON_IO_SIZES } from '../../buffer-pool.js';
+import { FrameDecoder } from '../../frame-decoder.js';
+import { isTraced, moduleLogger, type Logger } from '../../logger.js';
+import type { ChunkService, Done, ServedChunk } from './chunk-service.js';
+import { NoChunkError, OutOfRangeError, TooLargeError, statusForError } from '../status.js';
 
 // Read replies (header + data) and assembled write payloads live until the
 // socket or the disk is done with them; recycling them keeps V8's GC quiet.
@@ -40,14 +37,14 @@ export interface DataServerOptions {
 }
 
 export class DataServer {
-  private readonly store: ChunkStore;
+  private readonly store: ChunkService;
   private readonly maxInflight: number;
   private readonly server: net.Server;
   private readonly connections = new Set<Connection>();
   private readonly log = moduleLogger('data-server');
   private nextConnId = 1;
 
-  constructor(store: ChunkStore, opts: DataServerOptions = {}) {
+  constructor(store: ChunkService, opts: DataServerOptions = {}) {
     this.store = store;
     this.maxInflight = opts.maxInflight ?? MAX_INFLIGHT_PER_CONNECTION;
     this.server = net.createServer({ noDelay: true }, (socket) => {
@@ -78,7 +75,7 @@ export class DataServer {
 
 class Connection {
   private readonly socket: net.Socket;
-  private readonly store: ChunkStore;
+  private readonly store: ChunkService;
   private readonly maxInflight: number;
   // WRITE payloads that span socket chunks are assembled in pooled buffers.
   private readonly decoder = new FrameDecoder(requestFrameSpec, (_h, length) => payloadBuffers.acquire(length));
@@ -91,7 +88,7 @@ class Connection {
   private closed = false;
   private corked = false;
 
-  constructor(id: number, socket: net.Socket, store: ChunkStore, maxInflight: number, log: Logger, onClose: () => void) {
+  constructor(id: number, socket: net.Socket, store: ChunkService, maxInflight: number, log: Logger, onClose: () => void) {
     this.socket = socket;
     this.store = store;
     this.maxInflight = maxInflight;
@@ -174,7 +171,7 @@ class Connection {
   }
 
   /** The chunk a request addresses, with its range checked; throws the error to reply with. */
-  private target(h: RequestHeader): Chunk {
+  private target(h: RequestHeader): ServedChunk {
     const chunk = this.store.lookup(h.volumeId, h.segment, h.slot);
     if (chunk === undefined) {
       throw new NoChunkError(`no chunk for volume ${h.volumeId} segment ${h.segment} slot ${h.slot} on this node`);
@@ -192,7 +189,7 @@ class Connection {
     const buf = replyBuffers.acquire(REPLY_HEADER_SIZE + h.length);
     const requestId = h.requestId;
     chunk.beginIo(false);
-    readChunk(chunk, h.offset, h.length, buf, REPLY_HEADER_SIZE, (err) => {
+    this.store.read(chunk, h.offset, h.length, buf, REPLY_HEADER_SIZE, (err) => {
       chunk.endIo(false);
       const length = buf.length - REPLY_HEADER_SIZE;
       if (err !== null) return this.replyError(requestId, err, length);
@@ -215,8 +212,8 @@ class Connection {
       else this.replyStatus(requestId, Status.OK, length);
     };
     const raising = this.store.ensureEpoch(vol, h.epoch);
-    if (raising === undefined) return writeChunk(chunk, h.offset, payload, fua, done);
-    raising.then(() => writeChunk(chunk, h.offset, payload, fua, done), done);
+    if (raising === undefined) return this.store.write(chunk, h.offset, payload, fua, done);
+    raising.then(() => this.store.write(chunk, h.offset, payload, fua, done), done);
   }
 
   private zero(h: RequestHeader): void {
@@ -224,7 +221,7 @@ class Connection {
     const vol = this.admit(h);
     const fua = (h.flags & Flag.FUA) !== 0;
     chunk.beginIo(true);
-    const work = (this.store.ensureEpoch(vol, h.epoch) ?? Promise.resolve()).then(() => zeroChunk(chunk, h.offset, h.length, fua));
+    const work = (this.store.ensureEpoch(vol, h.epoch) ?? Promise.resolve()).then(() => this.store.zero(chunk, h.offset, h.length, fua));
     this.settle(h.requestId, chunk, work);
   }
 
@@ -239,18 +236,18 @@ class Connection {
     chunk.beginIo(true);
     const { offset, length } = h;
     const change = h.opcode === Opcode.MARK_DIRTY
-      ? () => markDirty(chunk, offset, length)
-      : () => { void clearDirty(chunk, offset, length); };
+      ? () => this.store.markDirty(chunk, offset, length)
+      : () => { this.store.clearDirty(chunk, offset, length); };
     const raising = this.store.ensureEpoch(vol, h.epoch);
     this.settle(h.requestId, chunk, raising === undefined ? Promise.resolve().then(change) : raising.then(change));
   }
 
   /** Epoch check of a mutating request (DESIGN rule 3): lower than seen is refused, changing nothing. */
-  private admit(h: RequestHeader): VolumeEntry {
+  private admit(h: RequestHeader): unknown {
     return this.store.admit(h.volumeId, h.epoch);
   }
 
-  private settle(requestId: number, chunk: Chunk | undefined, work: Promise<void>): void {
+  private settle(requestId: number, chunk: ServedChunk | undefined, work: Promise<void>): void {
     work.then(() => {
       chunk?.endIo(true);
       this.replyStatus(requestId, Status.OK);
