@@ -5,7 +5,7 @@ import { moduleLogger, type Logger } from '../shared/logger.js';
 import { parseHostPort } from '../shared/units.js';
 import type { VolumeMap__Output } from '../proto/generated/vsky/common/VolumeMap.js';
 import type { ExportRegistry } from './engine/block-device.js';
-import { NodeControlClients } from './engine/chunk-regions.js';
+import { NodeControlClients } from './engine/node-control-clients.js';
 import { LinearVolume, type LeaseRequester, type LeaseState } from './engine/linear-volume.js';
 import { Mirror, MutationTracker, rejectOnReplicaFailure, type ReplicaFailureHandler } from './engine/mirror.js';
 import type { LeaseClaim } from './manager-link.js';

@@ -1,5 +1,5 @@
 import { moduleLogger } from '../shared/logger.js';
-import { NodeControlClients } from './engine/chunk-regions.js';
+import { NodeControlClients } from './engine/node-control-clients.js';
 import { startControlServer, type ControlServer } from './control-service.js';
 import { leaseRequester } from './lease-requester.js';
 import { ManagerLink, loadHeadId } from './manager-link.js';

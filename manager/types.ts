@@ -5,7 +5,8 @@
 export type ServerState = 'active' | 'failed' | 'removed';
 export type DiskState = 'active' | 'failed' | 'removed';
 export type HeadState = 'active' | 'failed';
-export type ReplicaState = 'in_sync' | 'stale' | 'resyncing';
+import type { ReplicaState } from '../shared/replica-state.js';
+export type { ReplicaState } from '../shared/replica-state.js';
 
 export interface ServerRecord {
   id: string;

@@ -1,5 +1,5 @@
 import type { Chunk, Done } from './chunk.js';
-import { allSet, clearBit, setBit, testBit } from './region-map.js';
+import { allSet, clearBit, setBit, testBit } from '../shared/region-bitmap.js';
 
 // Reads and writes inside one chunk, keeping chunks thin and leak-free (DESIGN
 // rule 7) by construction:

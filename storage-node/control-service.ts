@@ -12,7 +12,7 @@ import type { Disk } from './disk.js';
 import { Legality, type JobKindName, type JobOutcomeName } from './disk-format.js';
 import { NoChunkError } from '../shared/data-protocol/status.js';
 import type { NodeState } from './node-state.js';
-import { countSet } from './region-map.js';
+import { countSet } from '../shared/region-bitmap.js';
 import type { ResyncJobs } from './copy/resync-jobs.js';
 
 // The storage node's gRPC control service (proto/storage_node.proto). Each

@@ -1,5 +1,5 @@
 import type { Chunk } from './chunk.js';
-import { clearBit, setBit, testBit } from './region-map.js';
+import { clearBit, setBit, testBit } from '../shared/region-bitmap.js';
 
 // The write-intent (dirty-region) bitmap of a chunk (DESIGN rule 4). A head
 // marks a region dirty (MARK_DIRTY) before its first write there and clears it

@@ -1,7 +1,8 @@
 import { MiB } from '../../shared/constants.js';
 import { IoError, errorMessage } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
-import { orInto, setRuns, type ChunkRegions, type NodeControlClients } from './chunk-regions.js';
+import { orInto, setRuns } from '../../shared/region-bitmap.js';
+import type { ChunkRegions, NodeControlClients } from './node-control-clients.js';
 import type { Mirror } from './mirror.js';
 import type { Replica } from './replica.js';
 

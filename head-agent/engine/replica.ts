@@ -10,10 +10,8 @@ import type { NodeConnection } from '../../shared/data-protocol/client/node-conn
 // The callback forms (submit*) are the hot path; the promise forms serve the
 // control path and tests.
 
-/** Mirrors ReplicaLocation.state in common.proto. */
-export type ReplicaState = 'in_sync' | 'stale' | 'resyncing';
-
-export const REPLICA_STATES: readonly ReplicaState[] = ['in_sync', 'stale', 'resyncing'];
+import type { ReplicaState } from '../../shared/replica-state.js';
+export { REPLICA_STATES, type ReplicaState } from '../../shared/replica-state.js';
 
 export interface ReplicaInfo {
   volumeId: number;

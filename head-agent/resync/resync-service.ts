@@ -5,7 +5,8 @@ import {
 import { call, managerClient, type ManagerClient } from '../../shared/grpc.js';
 import { moduleLogger, type Logger } from '../../shared/logger.js';
 import type { ResyncTask__Output } from '../../proto/generated/vsky/common/ResyncTask.js';
-import { allRegions, defaultRegionSize, orInto, setRuns, type NodeControlClients } from '../engine/chunk-regions.js';
+import { allRegions, defaultRegionSize, orInto, setRuns } from '../../shared/region-bitmap.js';
+import type { NodeControlClients } from '../engine/node-control-clients.js';
 import type { LinearVolume } from '../engine/linear-volume.js';
 import type { Mirror } from '../engine/mirror.js';
 import type { RegionLocks } from '../engine/region-locks.js';

@@ -2,7 +2,7 @@ import { errorMessage } from '../../shared/errors.js';
 import { call, storageNodeClient } from '../../shared/grpc.js';
 import type { Logger } from '../../shared/logger.js';
 import type { ReplicaLocation__Output } from '../../proto/generated/vsky/common/ReplicaLocation.js';
-import { testBit } from '../region-map.js';
+import { testBit } from '../../shared/region-bitmap.js';
 
 // What a resync copy has to do, region by region (DESIGN rule 8: regions
 // never written are not copied). The sources' written bitmaps come from their

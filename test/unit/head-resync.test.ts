@@ -4,7 +4,7 @@ import { Attachments, type VolumeMap } from '../../head-agent/attachments.js';
 import type { LinearVolume } from '../../head-agent/engine/linear-volume.js';
 import { ResyncService } from '../../head-agent/resync/resync-service.js';
 import { startControlServer, type ControlServer } from '../../head-agent/control-service.js';
-import { testBit } from '../../head-agent/engine/chunk-regions.js';
+import { testBit } from '../../shared/region-bitmap.js';
 import type { Replica } from '../../head-agent/engine/replica.js';
 import { call, headAgentClient, storageNodeClient, type HeadAgentClient } from '../../shared/grpc.js';
 import { ConflictError, NotFoundError, StaleEpochError } from '../../shared/errors.js';

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NodePool } from '../../head-agent/engine/node-pool.js';
 import { Attachments, type VolumeMap } from '../../head-agent/attachments.js';
 import type { LinearVolume } from '../../head-agent/engine/linear-volume.js';
-import { testBit } from '../../head-agent/engine/chunk-regions.js';
+import { testBit } from '../../shared/region-bitmap.js';
 import { Replica } from '../../head-agent/engine/replica.js';
 import { call, storageNodeClient } from '../../shared/grpc.js';
 import { MiB } from '../../shared/constants.js';

@@ -16,7 +16,7 @@ import {
   uuidToBytes, type ChunkRecordData, type Superblock,
 } from '../../storage-node/disk-format.js';
 import { DiskFailedError, statusForError } from '../../shared/data-protocol/status.js';
-import { countSet, testBit } from '../../storage-node/region-map.js';
+import { countSet, testBit } from '../../shared/region-bitmap.js';
 import { clearDirty, markDirty } from '../../storage-node/write-intent.js';
 import { encodeV2Record } from '../support/disk-format-v2.js';
 

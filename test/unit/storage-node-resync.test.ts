@@ -15,7 +15,7 @@ import type { ResyncTask } from '../../proto/generated/vsky/common/ResyncTask.js
 import type { ResyncProgress__Output } from '../../proto/generated/vsky/manager/ResyncProgress.js';
 import { startStorageNode, type StorageNodeHandle } from '../../storage-node/daemon.js';
 import { Disk } from '../../storage-node/disk.js';
-import { countSet, testBit } from '../../storage-node/region-map.js';
+import { countSet, testBit } from '../../shared/region-bitmap.js';
 import { RawDataClient, expectStatus } from '../support/raw-data-client.js';
 
 setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));

@@ -21,7 +21,7 @@ import { allocateCommandBuffer, HEAD_SLACK, WriteCollector, type DataBudget } fr
 import type { OperationalParams } from './negotiation.js';
 import { decodeLun, type Bhs } from './pdu.js';
 import type { PduWriter } from './pdu-writer.js';
-import { dataPhaseError, internalFailure, isTargetCommand, missingLun, reportLuns, transferTooLong } from './target-commands.js';
+import { dataPhaseError, internalFailure, isTargetCommand, missingLun, targetReportLuns, transferTooLong } from './target-commands.js';
 import type { IscsiTarget } from './target-registry.js';
 import { commandDescriptorBlock, residuals, Task, type AbortMode } from './task.js';
 
@@ -327,7 +327,7 @@ export class TaskSet {
   private async execute(task: Task): Promise<ScsiResult> {
     const { ctx } = this;
     if (task.aborted !== undefined) return { status: ScsiStatus.TASK_ABORTED };
-    if (isTargetCommand(task.cdb)) return reportLuns(task.cdb, ctx.target.luns.keys());
+    if (isTargetCommand(task.cdb)) return targetReportLuns(task.cdb, ctx.target.luns.keys());
     const unit = ctx.target.luns.get(task.lun);
     if (unit === undefined) return missingLun(task.cdb);
     return unit.execute({

@@ -85,7 +85,7 @@ const HANDLERS: Record<CommandName, Handler> = {
   'WRITE SAME(16)': writeSame,
   'READ CAPACITY(16)': readCapacity16,
   'GET LBA STATUS': getLbaStatus,
-  'REPORT LUNS': (_ctx, cmd) => reportLuns(cmd),
+  'REPORT LUNS': (_ctx, cmd) => reportLuns(cmd.cdb, [cmd.lun]),
   'REPORT SUPPORTED OPERATION CODES': (_ctx, cmd) => reportSupportedOpcodesCmd(cmd),
   'READ(12)': read,
   'WRITE(12)': write,

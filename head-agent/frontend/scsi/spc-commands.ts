@@ -48,31 +48,34 @@ function encodeLun(lun: number): Buffer {
 }
 
 /**
- * REPORT LUNS (SPC-4 6.33): this unit is the target's only LUN (one target
- * per volume). SELECT REPORT 00h/02h list it; 01h (well-known LUNs) and
+ * REPORT LUNS (SPC-4 6.33), the one implementation: the LUN inventory of the
+ * target, `luns` (the iSCSI transport answers it for any LUN, even one that
+ * does not exist, with every LUN of the target; a unit on its own lists
+ * itself). SELECT REPORT 00h/02h list them; 01h (well-known LUNs) and
  * 10h-12h (administrative LUNs) list nothing, as we have none.
  */
-export function reportLuns(cmd: ScsiCommand): ScsiResult {
-  const req = decodeReportLuns(cmd.cdb);
+export function reportLuns(cdb: Buffer, luns: Iterable<number>): ScsiResult {
+  if (cdb.length < 12) throw invalidFieldInCdb(6);
+  const req = decodeReportLuns(cdb);
   if (req.allocLength < 16) throw invalidFieldInCdb(6);
-  let luns: Buffer[];
+  let list: number[];
   switch (req.select) {
     case 0x00:
     case 0x02:
-      luns = [encodeLun(cmd.lun)];
+      list = [...luns].sort((a, b) => a - b);
       break;
     case 0x01:
     case 0x10:
     case 0x11:
     case 0x12:
-      luns = [];
+      list = [];
       break;
     default:
       throw invalidFieldInCdb(2);
   }
   const head = Buffer.alloc(8);
-  head.writeUInt32BE(8 * luns.length, 0);
-  return truncate(Buffer.concat([head, ...luns]), req.allocLength);
+  head.writeUInt32BE(8 * list.length, 0);
+  return truncate(Buffer.concat([head, ...list.map(encodeLun)]), req.allocLength);
 }
 
 /** READ CAPACITY(10) (SBC-3 5.15): the last LBA (FFFFFFFFh when it does not fit) and the block length. */

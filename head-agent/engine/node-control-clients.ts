@@ -1,13 +1,10 @@
-import { REGION_BITS_PER_CHUNK } from '../../shared/constants.js';
 import { InvalidArgumentError } from '../../shared/errors.js';
 import { call, storageNodeClient, type StorageNodeClient } from '../../shared/grpc.js';
 
-// The region bitmaps of a chunk, fetched from its storage node's control
-// service (GetChunkRegions): `written` (regions ever written: what a resync
-// copies, DESIGN rule 8) and `dirty` (write-intent bits: what a new holder
-// reconciles, rule 4). Bit r is bit (r & 7) of byte (r >> 3), least
-// significant first (storage-node/region-map.ts). Clients are cached per
-// control address.
+// The head's gRPC clients of the storage nodes' control services, cached per
+// control address, and what it fetches with them: the region bitmaps of a
+// chunk (GetChunkRegions: `written` and `dirty`, see shared/region-bitmap.ts
+// for what they mean and their bit helpers).
 
 export interface ChunkRegions {
   regionSize: number;
@@ -20,45 +17,6 @@ export interface ChunkAddress {
   volumeId: number;
   segment: number;
   slot: number;
-}
-
-export function testBit(map: Uint8Array, r: number): boolean {
-  return ((map[r >> 3] ?? 0) & (1 << (r & 7))) !== 0;
-}
-
-/** a |= b (b may be shorter). */
-export function orInto(a: Uint8Array, b: Uint8Array): void {
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i++) a[i]! |= b[i]!;
-}
-
-/** A bitmap with every one of `count` regions set (when the written map cannot be had). */
-export function allRegions(count: number): Uint8Array {
-  const map = new Uint8Array(Math.ceil(count / 8));
-  for (let r = 0; r < count; r++) map[r >> 3]! |= 1 << (r & 7);
-  return map;
-}
-
-/** Runs of set bits in [from, count) as [first, last] region pairs, each at most maxLen regions. */
-export function setRuns(map: Uint8Array, from: number, count: number, maxLen: number): [number, number][] {
-  const out: [number, number][] = [];
-  let r = from;
-  while (r < count) {
-    if (!testBit(map, r)) {
-      r++;
-      continue;
-    }
-    const first = r;
-    while (r + 1 < count && r + 1 - first < maxLen && testBit(map, r + 1)) r++;
-    out.push([first, r]);
-    r++;
-  }
-  return out;
-}
-
-/** The default region size of a chunk (what nodes use: REGION_BITS_PER_CHUNK regions). */
-export function defaultRegionSize(chunkSize: number): number {
-  return Math.max(1, Math.ceil(chunkSize / REGION_BITS_PER_CHUNK));
 }
 
 export class NodeControlClients {
