@@ -210,7 +210,10 @@ export class Attachments implements ExportRegistry {
     }
     const tracker = existing?.tracker ?? new MutationTracker();
     const segments = this.buildSegments(map, tracker);
-    for (const m of segments) m.epoch = epoch; // failure reports carry it (the volume sets it too)
+    // Until the volume wires them, the mirrors' epoch is this attach's: a node
+    // that cannot be fenced is reported failed under it.
+    const attaching = { epoch };
+    for (const m of segments) m.lease = attaching;
     await this.fence(map, segments, epoch);
     if (existing === undefined || reconcile) {
       // Before any read can be balanced over the replicas (rule 4).

@@ -2,7 +2,8 @@ import { MAX_DATA_PAYLOAD } from '../../shared/constants.js';
 import { InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
 import type { BlockDevice } from './block-device.js';
 import { MutationTracker, type Mirror } from './mirror.js';
-import { FlushGroup, type Replica } from './replica.js';
+import type { Replica } from './replica.js';
+import { VolumeFlush } from './volume-flush.js';
 import { WriteIntent } from './write-intent.js';
 
 // A volume: a linear run of segments of `chunkSize` bytes, each a mirror.
@@ -54,7 +55,7 @@ export class LinearVolume implements BlockDevice {
   private _epoch: number;
   private _generation: number;
   private segments: Mirror[];
-  private flushGroups: FlushGroup[];
+  private readonly flushes: VolumeFlush;
   private readonly maxPiece: number;
   private detached = false;
   private _lease: LeaseState;
@@ -81,18 +82,18 @@ export class LinearVolume implements BlockDevice {
     this._generation = opts.generation;
     this.segments = opts.segments;
     this.tracker = opts.tracker;
-    this.flushGroups = buildFlushGroups(opts.segments);
+    this.flushes = new VolumeFlush(this);
     this.maxPiece = Math.min(opts.maxPiece ?? MAX_DATA_PAYLOAD, MAX_DATA_PAYLOAD);
     this.intent = opts.intentGroupBytes === 0 ? undefined : new WriteIntent(opts.name, opts.chunkSize, expected, opts.intentGroupBytes);
     this._lease = opts.standby === true ? 'standby' : 'held';
     this.wire(opts.segments);
   }
 
-  /** Gives the mirrors the volume's epoch, their write-intent state and the fence hook. */
+  /** Wires the mirrors to this volume: their epoch source, their write-intent state and the fence hook. */
   private wire(segments: readonly Mirror[]): void {
     const fenced = (err: Error): void => this.fence(err);
     segments.forEach((m, i) => {
-      m.epoch = this._epoch;
+      m.lease = this;
       m.intent = this.intent?.segments[i];
       m.onFenced = fenced;
     });
@@ -125,7 +126,7 @@ export class LinearVolume implements BlockDevice {
     this._lease = 'standby';
     try {
       await this.tracker.idle();
-      await this.flushNodes();
+      await this.flushes.flush(this._epoch);
     } catch (err) {
       if (this._lease === 'standby') this._lease = 'held'; // not released: keep serving under our epoch
       throw err;
@@ -247,17 +248,16 @@ export class LinearVolume implements BlockDevice {
     if (bad !== undefined) return Promise.reject(bad);
     if (length === 0) return Promise.resolve();
     const cs = this.chunkSize;
-    const epoch = this._epoch;
     const seg = Math.floor(offset / cs);
     const segOff = offset - seg * cs;
-    if (segOff + length <= cs && length <= this.maxPiece) return this.segments[seg]!.write(epoch, segOff, data, fua);
+    if (segOff + length <= cs && length <= this.maxPiece) return this.segments[seg]!.write(segOff, data, fua);
     const pieces: Promise<void>[] = [];
     for (let pos = 0; pos < length;) {
       const at = offset + pos;
       const s = Math.floor(at / cs);
       const so = at - s * cs;
       const n = Math.min(length - pos, cs - so, this.maxPiece);
-      pieces.push(this.segments[s]!.write(epoch, so, data.subarray(pos, pos + n), fua));
+      pieces.push(this.segments[s]!.write(so, data.subarray(pos, pos + n), fua));
       pos += n;
     }
     return settleAll(pieces);
@@ -265,12 +265,12 @@ export class LinearVolume implements BlockDevice {
 
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     if (this._lease !== 'held') return this.afterLease(() => this.writeZeroes(offset, length, fua));
-    return this.forEachPiece(offset, length, (m, epoch, so, n) => m.writeZeroes(epoch, so, n, fua));
+    return this.forEachPiece(offset, length, (m, so, n) => m.writeZeroes(so, n, fua));
   }
 
   discard(offset: number, length: number): Promise<void> {
     if (this._lease !== 'held') return this.afterLease(() => this.discard(offset, length));
-    return this.forEachPiece(offset, length, (m, epoch, so, n) => m.discard(epoch, so, n));
+    return this.forEachPiece(offset, length, (m, so, n) => m.discard(so, n));
   }
 
   /**
@@ -285,7 +285,7 @@ export class LinearVolume implements BlockDevice {
     if (this._lease === 'fenced') throw this.fencedError();
     // A standby has nothing to flush: the release flushed every write this head made.
     if (this._lease === 'standby') return;
-    await this.flushNodes();
+    await this.flushes.flush(this._epoch);
   }
 
   /**
@@ -298,7 +298,7 @@ export class LinearVolume implements BlockDevice {
     if (force) return;
     await this.tracker.idle();
     try {
-      await this.flushNodes();
+      await this.flushes.flush(this._epoch);
     } catch (err) {
       this.detached = false;
       throw err;
@@ -319,77 +319,13 @@ export class LinearVolume implements BlockDevice {
     if (intent === undefined || this.detached || this._lease !== 'held') return Promise.resolve(0);
     return intent.sweep(() => this.segments, () => this._epoch, () => this.tracker.barrier(), () => {
       if (this.detached) return Promise.reject(this.detachedError());
-      return this.flushNodes();
+      return this.flushes.flush(this._epoch);
     });
   }
 
   /** After a map update changed replicas in place: flush groups follow the new replica set. */
   replicasChanged(): void {
-    this.flushGroups = buildFlushGroups(this.segments);
-  }
-
-  private async flushNodes(): Promise<void> {
-    const epoch = this._epoch;
-    const groups: FlushGroup[] = [];
-    const pending: Promise<void>[] = [];
-    for (const g of this.flushGroups) {
-      const via = g.replica;
-      if (via === undefined) continue;
-      if (g.dirty) {
-        g.dirty = false;
-        const p = via.flush(epoch);
-        g.inflight = p;
-        const done = (): void => { if (g.inflight === p) g.inflight = undefined; };
-        p.then(done, done);
-        groups.push(g);
-        pending.push(p);
-      } else if (g.inflight !== undefined) {
-        // Clean because a concurrent flush (another client's, or the write-intent sweep's)
-        // took it: that FLUSH covers our writes only once it completes.
-        groups.push(g);
-        pending.push(g.inflight);
-      }
-    }
-    if (pending.length === 0) return;
-    const results = await Promise.allSettled(pending);
-    const failures: { group: FlushGroup; error: unknown }[] = [];
-    results.forEach((r, i) => {
-      if (r.status === 'rejected') failures.push({ group: groups[i]!, error: r.reason });
-    });
-    if (failures.length === 0) return;
-    for (const f of failures) f.group.dirty = true;
-    const fenced = failures.find((f) => f.error instanceof StaleEpochError);
-    if (fenced !== undefined) {
-      this.fence(fenced.error as Error);
-      throw fenced.error;
-    }
-    if (await this.degradeFlush(failures)) return;
-    const parts = failures.map((f) => `node ${f.group.members[0]!.address}: ${errorMessage(f.error)}`);
-    throw new IoError(`flush of volume ${this.name} failed on ${failures.length} node(s): ${parts.join('; ')}`, {
-      volume: this.name, nodes: failures.map((f) => f.group.members[0]!.address),
-    }, { cause: failures[0]!.error });
-  }
-
-  /**
-   * A node failed the flush: writes acknowledged since the last flush may be
-   * lost there, so its replicas are handled like replicas that failed a write
-   * (each mirror's failure handler: recorded stale through the manager before
-   * the flush is acknowledged). True when every one was; false fails the flush.
-   */
-  private async degradeFlush(failures: readonly { group: FlushGroup; error: unknown }[]): Promise<boolean> {
-    const failedNodes = new Set(failures.map((f) => f.group.members[0]!.address));
-    const decisions: Promise<void>[] = [];
-    for (const f of failures) {
-      const error = f.error instanceof Error ? f.error : new IoError(String(f.error));
-      for (const r of f.group.members) {
-        const m = this.segments[r.segment];
-        if (!r.writable || m === undefined || !m.replicas.includes(r)) continue;
-        const survivors = m.replicas.filter((x) => x.writable && !failedNodes.has(x.address)).length;
-        decisions.push(m.failureHandler.mutationFailed(m, [{ replica: r, error }], survivors));
-      }
-    }
-    const results = await Promise.allSettled(decisions);
-    return results.every((r) => r.status === 'fulfilled');
+    this.flushes.rebuild();
   }
 
   /**
@@ -402,7 +338,7 @@ export class LinearVolume implements BlockDevice {
       throw new InvalidArgumentError(`volume ${this.name}: reconfigure with ${segments.length} segments, have ${this.segments.length}`);
     }
     this.segments = segments;
-    this.flushGroups = buildFlushGroups(segments);
+    this.flushes.rebuild();
     this._epoch = epoch;
     this._generation = generation;
     this._lease = lease;
@@ -421,20 +357,19 @@ export class LinearVolume implements BlockDevice {
   }
 
   private forEachPiece(
-    offset: number, length: number, fn: (m: Mirror, epoch: number, segOff: number, n: number) => Promise<void>,
+    offset: number, length: number, fn: (m: Mirror, segOff: number, n: number) => Promise<void>,
   ): Promise<void> {
     const bad = this.check(offset, length);
     if (bad !== undefined) return Promise.reject(bad);
     if (length === 0) return Promise.resolve();
     const cs = this.chunkSize;
-    const epoch = this._epoch;
     const pieces: Promise<void>[] = [];
     for (let pos = 0; pos < length;) {
       const at = offset + pos;
       const s = Math.floor(at / cs);
       const so = at - s * cs;
       const n = Math.min(length - pos, cs - so, this.maxPiece);
-      pieces.push(fn(this.segments[s]!, epoch, so, n));
+      pieces.push(fn(this.segments[s]!, so, n));
       pos += n;
     }
     return pieces.length === 1 ? pieces[0]! : settleAll(pieces);
@@ -481,20 +416,3 @@ async function settleAll(pieces: Promise<unknown>[]): Promise<void> {
 }
 
 /** One flush group per storage node holding a replica (by data address). */
-function buildFlushGroups(segments: readonly Mirror[]): FlushGroup[] {
-  const byNode = new Map<string, FlushGroup>();
-  const groups: FlushGroup[] = [];
-  for (const m of segments) {
-    for (const r of m.replicas) {
-      let g = byNode.get(r.address);
-      if (g === undefined) {
-        g = new FlushGroup();
-        byNode.set(r.address, g);
-        groups.push(g);
-      }
-      g.members.push(r);
-      r.flushGroup = g;
-    }
-  }
-  return groups;
-}

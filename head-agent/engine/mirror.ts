@@ -27,6 +27,14 @@ import type { SegmentIntent } from './write-intent.js';
 // recorded them stale (rule 2).
 
 export { MutationTracker, mutationFailureError, rejectOnReplicaFailure };
+
+/** Whoever holds the lease epoch a mirror's mutations go out under: its volume. */
+export interface EpochSource {
+  readonly epoch: number;
+}
+
+/** A mirror not wired to a volume yet: epoch 0, which every node refuses. */
+const NO_LEASE: EpochSource = Object.freeze({ epoch: 0 });
 export type { ReplicaFailure, ReplicaFailureHandler };
 
 /** What a gated mutation sends once its regions are marked and locked. */
@@ -39,32 +47,30 @@ function retriable(err: Error): boolean {
   return !(err instanceof InvalidArgumentError);
 }
 
+/** One mutation (write, write-zeroes, discard) of one segment: see "A mutation's life" above Mirror.answered. */
 class MutationOp implements RequestCallback {
   private readonly mirror: Mirror;
   private readonly fua: boolean;
-  /** Tracker phase (MutationTracker.begin). */
+  /** Tracker phase (MutationTracker.begin): FLUSH and resync barriers wait for it. */
   readonly phase: number;
   /** Replicas the mutation was sent to. */
-  readonly sent: number;
+  sent = 0;
   /** Suspect replicas were skipped: acknowledge only once they are recorded stale. */
-  readonly skippedSuspects: boolean;
-  private remaining: number;
+  skippedSuspects = false;
+  remaining = 0;
   /** Replica failures, including those that failed before sending (write-intent MARK). */
-  private failures: ReplicaFailure[] | undefined;
-  private readonly preFailed: number;
+  failures: ReplicaFailure[] | undefined;
+  preFailed = 0;
+  /** Set once, by Mirror.complete. */
+  completed = false;
   resolve!: () => void;
   reject!: (err: Error) => void;
   readonly promise: Promise<void>;
 
-  constructor(mirror: Mirror, fua: boolean, count: number, phase: number, skipped: boolean, preFailures: ReplicaFailure[] | undefined) {
+  constructor(mirror: Mirror, fua: boolean, phase: number) {
     this.mirror = mirror;
     this.fua = fua;
-    this.remaining = count;
-    this.sent = count;
     this.phase = phase;
-    this.skippedSuspects = skipped;
-    this.failures = preFailures?.slice();
-    this.preFailed = preFailures?.length ?? 0;
     this.promise = new Promise<void>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
@@ -80,15 +86,7 @@ class MutationOp implements RequestCallback {
     const replica = target as Replica;
     replica.noteWritten(this.fua);
     if (err !== undefined) (this.failures ??= []).push({ replica, error: err });
-    if (--this.remaining !== 0) return;
-    if (this.failures !== undefined) {
-      this.mirror.settleFailedMutation(this.failures, this);
-    } else if (this.skippedSuspects) {
-      this.mirror.settle(this, this.mirror.confirmSuspects());
-    } else {
-      this.mirror.tracker.end(this.phase);
-      this.resolve();
-    }
+    if (--this.remaining === 0) this.mirror.answered(this);
   }
 }
 
@@ -138,8 +136,12 @@ export class Mirror {
   replicas: readonly Replica[];
   readonly tracker: MutationTracker;
   readonly failureHandler: ReplicaFailureHandler;
-  /** The volume's lease epoch (set by the volume): what failure reports carry. */
-  epoch = 0;
+  /**
+   * Where the lease epoch comes from: the volume that owns this mirror (it
+   * wires itself in). The one source of the epoch: a mutation takes it when
+   * it begins and sends every request under it; failure reports carry it.
+   */
+  lease: EpochSource = NO_LEASE;
   /** Write-intent state of this segment (set by the volume), if write-intent is on. */
   intent: SegmentIntent | undefined;
   /** Region locks, only while a resync of this segment runs. */
@@ -162,6 +164,10 @@ export class Mirror {
     this.tracker = tracker;
   }
 
+  get epoch(): number {
+    return this.lease.epoch;
+  }
+
   /** Reads dest.length bytes at `offset` within the segment into `dest`; resolves with dest. */
   read(offset: number, dest: Buffer): Promise<Buffer> {
     const op = new ReadOp(this, offset, dest);
@@ -173,30 +179,27 @@ export class Mirror {
     return op.promise;
   }
 
-  write(epoch: number, offset: number, data: Buffer, fua: boolean): Promise<void> {
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    const epoch = this.lease.epoch;
     if (this.gated(offset, data.length)) return this.gatedMutation(WRITE, epoch, offset, data.length, data, fua);
-    const phase = this.tracker.begin();
-    const op = this.startMutation(fua, phase, undefined);
-    if (op === undefined) return this.noWritableReplica(phase);
-    for (const r of this.replicas) if (r.writable) r.submitWrite(epoch, offset, data, fua, op);
+    const op = this.begin(fua);
+    if (this.prepare(op, undefined)) for (const r of this.replicas) if (r.writable) r.submitWrite(epoch, offset, data, fua, op);
     return op.promise;
   }
 
-  writeZeroes(epoch: number, offset: number, length: number, fua: boolean): Promise<void> {
+  writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    const epoch = this.lease.epoch;
     if (this.gated(offset, length)) return this.gatedMutation(WRITE_ZEROES, epoch, offset, length, undefined, fua);
-    const phase = this.tracker.begin();
-    const op = this.startMutation(fua, phase, undefined);
-    if (op === undefined) return this.noWritableReplica(phase);
-    for (const r of this.replicas) if (r.writable) r.submitWriteZeroes(epoch, offset, length, fua, op);
+    const op = this.begin(fua);
+    if (this.prepare(op, undefined)) for (const r of this.replicas) if (r.writable) r.submitWriteZeroes(epoch, offset, length, fua, op);
     return op.promise;
   }
 
-  discard(epoch: number, offset: number, length: number): Promise<void> {
+  discard(offset: number, length: number): Promise<void> {
+    const epoch = this.lease.epoch;
     if (this.gated(offset, length)) return this.gatedMutation(DISCARD, epoch, offset, length, undefined, false);
-    const phase = this.tracker.begin();
-    const op = this.startMutation(false, phase, undefined);
-    if (op === undefined) return this.noWritableReplica(phase);
-    for (const r of this.replicas) if (r.writable) r.submitDiscard(epoch, offset, length, op);
+    const op = this.begin(false);
+    if (this.prepare(op, undefined)) for (const r of this.replicas) if (r.writable) r.submitDiscard(epoch, offset, length, op);
     return op.promise;
   }
 
@@ -234,42 +237,58 @@ export class Mirror {
     return true;
   }
 
-  /** Called by a MutationOp once every replica answered and some failed. */
-  settleFailedMutation(failures: readonly ReplicaFailure[], op: MutationOp): void {
-    const fenced = failures.find((f) => f.error instanceof StaleEpochError);
-    if (fenced !== undefined) {
-      // Terminal for this writer: never a failed replica to drop and carry on without.
-      this.tracker.end(op.phase);
-      const err = new StaleEpochError(
-        `write to volume ${this.volumeName} refused: this head's lease epoch is stale (${errorMessage(fenced.error)})`,
-        { volume: this.volumeName, segment: this.index, slot: fenced.replica.slot, node: fenced.replica.address },
-      );
-      this.onFenced?.(err);
-      op.reject(err);
-      return;
+  /**
+   * A mutation's life, and where each step happens (DRBD's drbd_req.h is the
+   * model: one place changes a request's state):
+   *  1. begun (begin): a tracker phase is open; FLUSH and resync barriers wait for it.
+   *  2. waiting (gatedMutation, only when it must): its regions are marked
+   *     dirty on every writable replica (write-intent, rule 4) and the region
+   *     locks of a running resync are taken. A replica whose MARK failed is
+   *     excluded and counted as failed.
+   *  3. sent (prepare, then submit*): to every writable replica not excluded,
+   *     all under the epoch taken at step 1. With none to send to, it
+   *     completes at once with an error.
+   *  4. answered (here): every replica answered; the outcome is decided:
+   *     - all acknowledged and no suspect skipped: acknowledged;
+   *     - any STALE_EPOCH: fenced, terminal for this writer (rule 3): never
+   *       a failed replica dropped so the write can go on with the others;
+   *     - every replica refused the request as bad: that error;
+   *     - otherwise some replicas failed or suspects were skipped: the
+   *       failure handler decides; the reporting handler acknowledges only
+   *       once the manager durably recorded them stale (rule 2).
+   *  5. completed (complete): exactly once, the only place a mutation ends.
+   */
+  answered(op: MutationOp): void {
+    const failures = op.failures;
+    if (failures === undefined && !op.skippedSuspects) return this.complete(op, undefined);
+    if (failures !== undefined) {
+      const fenced = failures.find((f) => f.error instanceof StaleEpochError);
+      if (fenced !== undefined) return this.complete(op, this.fencedError(fenced));
+      if (op.succeeded === 0 && failures.every((f) => f.error instanceof InvalidArgumentError)) return this.complete(op, failures[0]!.error);
     }
-    if (op.succeeded === 0 && failures.every((f) => f.error instanceof InvalidArgumentError)) {
-      this.tracker.end(op.phase);
-      op.reject(failures[0]!.error);
-      return;
-    }
-    let decided = this.failureHandler.mutationFailed(this, failures, op.succeeded);
-    if (op.skippedSuspects) decided = decided.then(() => this.confirmSuspects());
-    this.settle(op, decided);
+    let decided = failures !== undefined ? this.failureHandler.mutationFailed(this, failures, op.succeeded) : this.confirmSuspects();
+    if (failures !== undefined && op.skippedSuspects) decided = decided.then(() => this.confirmSuspects());
+    decided.then(() => this.complete(op, undefined), (err: unknown) => this.complete(op, err instanceof Error ? err : new IoError(String(err))));
   }
 
-  /** Resolves the op once `decided` resolves, rejects it if `decided` rejects. */
-  settle(op: MutationOp, decided: Promise<void>): void {
-    decided.then(
-      () => {
-        this.tracker.end(op.phase);
-        op.resolve();
-      },
-      (err: unknown) => {
-        this.tracker.end(op.phase);
-        if (err instanceof StaleEpochError) this.onFenced?.(err); // the manager refused our report: our lease is gone
-        op.reject(err instanceof Error ? err : new IoError(String(err)));
-      },
+  /**
+   * Step 5: ends the mutation's tracker phase and resolves or rejects it. A
+   * StaleEpochError (a replica refused our epoch, a MARK did, or the manager
+   * refused our failure report: our lease is gone) fences the volume.
+   */
+  private complete(op: MutationOp, err: Error | undefined): void {
+    if (op.completed) return;
+    op.completed = true;
+    this.tracker.end(op.phase);
+    if (err === undefined) return op.resolve();
+    if (err instanceof StaleEpochError) this.onFenced?.(err);
+    op.reject(err);
+  }
+
+  private fencedError(fenced: ReplicaFailure): StaleEpochError {
+    return new StaleEpochError(
+      `write to volume ${this.volumeName} refused: this head's lease epoch is stale (${errorMessage(fenced.error)})`,
+      { volume: this.volumeName, segment: this.index, slot: fenced.replica.slot, node: fenced.replica.address },
     );
   }
 
@@ -339,19 +358,19 @@ export class Mirror {
   }
 
   /**
-   * The slow path of a mutation: mark its regions dirty on every writable
-   * replica, take the resync region locks (if any), then send. The final
-   * checks and the send happen in one synchronous run, so a write-intent
-   * sweep cannot clear the regions, nor a resync start, in between.
+   * The slow path of a mutation (step 2): mark its regions dirty on every
+   * writable replica, take the resync region locks (if any), then send. The
+   * final checks and the send happen in one synchronous run, so a
+   * write-intent sweep cannot clear the regions, nor a resync start, in
+   * between. Any error before sending completes the mutation with it.
    */
   private async gatedMutation(
     kind: number, epoch: number, offset: number, length: number, data: Buffer | undefined, fua: boolean,
   ): Promise<void> {
-    const phase = this.tracker.begin();
+    const op = this.begin(fua);
     let held: RegionLocks | undefined;
-    let excluded: ReplicaFailure[] | undefined;
-    let op: MutationOp | undefined;
     try {
+      let excluded: ReplicaFailure[] | undefined;
       for (;;) {
         const intent = this.intent;
         if (intent !== undefined && !intent.covered(offset, length)) {
@@ -369,50 +388,59 @@ export class Mirror {
         }
         break;
       }
-      op = this.startMutation(fua, phase, excluded);
-      if (op === undefined) {
-        if (excluded !== undefined) throw mutationFailureError(this, excluded);
-        throw this.noWritableError();
+      if (this.prepare(op, excluded)) {
+        for (const r of this.replicas) {
+          if (!r.writable || (excluded !== undefined && excluded.some((e) => e.replica === r))) continue;
+          if (kind === WRITE) r.submitWrite(epoch, offset, data!, fua, op);
+          else if (kind === WRITE_ZEROES) r.submitWriteZeroes(epoch, offset, length, fua, op);
+          else r.submitDiscard(epoch, offset, length, op);
+        }
       }
-      for (const r of this.replicas) {
-        if (!r.writable || (excluded !== undefined && excluded.some((e) => e.replica === r))) continue;
-        if (kind === WRITE) r.submitWrite(epoch, offset, data!, fua, op);
-        else if (kind === WRITE_ZEROES) r.submitWriteZeroes(epoch, offset, length, fua, op);
-        else r.submitDiscard(epoch, offset, length, op);
-      }
-      await op.promise;
     } catch (err) {
-      if (err instanceof StaleEpochError) this.onFenced?.(err); // a MARK refused our epoch
-      throw err;
+      this.complete(op, err instanceof Error ? err : new IoError(String(err)));
+    }
+    try {
+      await op.promise;
     } finally {
-      if (op === undefined) this.tracker.end(phase);
       held?.releaseShared(offset, length);
     }
   }
 
-  /** The op for a mutation sent to every writable replica not `excluded`; undefined when there is none. */
-  private startMutation(fua: boolean, phase: number, excluded: ReplicaFailure[] | undefined): MutationOp | undefined {
+  /** Step 1. */
+  private begin(fua: boolean): MutationOp {
+    return new MutationOp(this, fua, this.tracker.begin());
+  }
+
+  /**
+   * Step 3: counts the writable replicas not `excluded` (the MARK failures,
+   * which count as failed) and arms the op for their answers; false (the op
+   * completed with an error) when there is none to send to.
+   */
+  private prepare(op: MutationOp, excluded: ReplicaFailure[] | undefined): boolean {
     let count = 0;
-    let skipped = false;
     for (const r of this.replicas) {
       if (r.writable) {
         if (excluded === undefined || !excluded.some((e) => e.replica === r)) count++;
       } else if (r.suspect) {
-        skipped = true;
+        op.skippedSuspects = true;
       }
     }
-    if (count === 0) return undefined;
-    return new MutationOp(this, fua, count, phase, skipped, excluded);
+    if (count === 0) {
+      this.complete(op, excluded !== undefined ? mutationFailureError(this, excluded) : this.noWritableError());
+      return false;
+    }
+    op.sent = count;
+    op.remaining = count;
+    if (excluded !== undefined) {
+      op.failures = excluded.slice();
+      op.preFailed = excluded.length;
+    }
+    return true;
   }
 
   private noWritableError(): IoError {
     return new IoError(`segment ${this.index} of volume ${this.volumeName} has no writable replica`, {
       volume: this.volumeName, segment: this.index,
     });
-  }
-
-  private noWritableReplica(phase: number): Promise<void> {
-    this.tracker.end(phase);
-    return Promise.reject(this.noWritableError());
   }
 }

@@ -1,6 +1,7 @@
 import type { VskyError } from '../../shared/errors.js';
 import { errorForStatus } from '../../shared/data-protocol/status.js';
 import { Flag, Opcode } from '../../shared/data-protocol/frame.js';
+import type { FlushGroup } from './volume-flush.js';
 import type { RequestCallback, RequestTarget } from '../../shared/data-protocol/client/data-request.js';
 import type { NodeConnection } from '../../shared/data-protocol/client/node-connection.js';
 
@@ -35,25 +36,6 @@ export interface ReplicaPlace {
   chunkIndex: number;
 }
 
-/**
- * One storage node holding replicas of a volume: `dirty` is set when a non-FUA
- * write to any of them completes and cleared by the volume's flush, which
- * sends one FLUSH (the node syncs every disk holding a chunk of the volume)
- * addressed through one of its writable `members`.
- */
-export class FlushGroup {
-  dirty = true;
-  readonly members: Replica[] = [];
-  /** The FLUSH in flight: a flush finding the group clean still waits for it (it may carry our writes). */
-  inflight: Promise<void> | undefined;
-
-  /** The replica to address the FLUSH through: a writable one (states change), if any. */
-  get replica(): Replica | undefined {
-    for (const r of this.members) if (r.writable) return r;
-    return undefined;
-  }
-}
-
 export class Replica implements RequestTarget {
   readonly conn: NodeConnection;
   readonly volumeId: number;
@@ -79,7 +61,7 @@ export class Replica implements RequestTarget {
    * a resync run by this head finished (maps can arrive out of order).
    */
   mustResync: boolean;
-  /** The disk's flush group; assigned by the volume (undefined until then). */
+  /** The node's flush group (volume-flush.ts); assigned by the volume (undefined until then). */
   flushGroup: FlushGroup | undefined;
   /** Reads served by this replica (stats, tests). */
   reads = 0;

@@ -182,7 +182,9 @@ describe('head I/O engine over real storage nodes', () => {
       },
     };
     const data = fill(4096, 555);
-    await new Mirror('vol-a', 0, [bad, ...good], degrade).write(volA.epoch, 8192, data, false);
+    const degraded = new Mirror('vol-a', 0, [bad, ...good], degrade);
+    degraded.lease = volA;
+    await degraded.write(8192, data, false);
     expect(seen).toHaveLength(1);
     expect(seen[0]!.succeeded).toBe(2);
     expect(seen[0]!.failures.map((f) => f.replica)).toEqual([bad]);
@@ -191,7 +193,9 @@ describe('head I/O engine over real storage nodes', () => {
     await volA.write(8192, data, false);
     data.copy(model, 8192);
     // The default handler fails the write, naming the replica.
-    await expect(new Mirror('vol-a', 0, [bad, ...good]).write(volA.epoch, 8192, data, false))
+    const strict = new Mirror('vol-a', 0, [bad, ...good]);
+    strict.lease = volA;
+    await expect(strict.write(8192, data, false))
       .rejects.toThrow(/failed on 1 replica\(s\): replica 0 of segment 99/);
   });
 

@@ -408,8 +408,9 @@ describe('replica failures (head side)', () => {
     // The same nodes, addressed at a segment they hold no chunk for: every request fails (NO_CHUNK -> IoError).
     const bad = real.map((r) => new Replica(r.conn, { volumeId: 4, volumeName: 'vol-i', segment: 9, slot: r.slot, state: 'in_sync', serverId: '', diskId: '' }));
     const mirror = new Mirror('vol-i', 0, bad, handler);
+    mirror.lease = { epoch: 1 };
     const before = manager.reports.length;
-    await expect(mirror.write(1, 0, fill(4096, 3), false)).rejects.toThrow(/failed on 3 replica\(s\)/);
+    await expect(mirror.write(0, fill(4096, 3), false)).rejects.toThrow(/failed on 3 replica\(s\)/);
     expect(manager.reports.length).toBe(before);
     expect(bad.every((r) => !r.suspect && r.state === 'in_sync')).toBe(true);
   });
