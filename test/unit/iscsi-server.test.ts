@@ -14,7 +14,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setRootLogger } from '../../shared/logger.js';
 import { FrameDecoder } from '../../shared/frame-decoder.js';
-import type { BlockDevice } from '../../head-agent/engine/block-device.js';
+import { MemoryDevice } from '../support/memory-device.js';
 import { createBlockUnit } from '../../head-agent/frontend/scsi/block-unit.js';
 import { ScsiStatus, type LogicalUnit, type ScsiCommand, type ScsiResult } from '../../head-agent/frontend/scsi/types.js';
 import type { IscsiTarget, IscsiTargetRegistry } from '../../head-agent/frontend/iscsi/target-registry.js';
@@ -160,18 +160,6 @@ class MapRegistry implements IscsiTargetRegistry {
 }
 
 
-/** A BlockDevice over a Buffer, for the real SCSI unit (head-agent/scsi). */
-class MemoryDevice implements BlockDevice {
-  readonly buf: Buffer;
-  constructor(readonly name: string, readonly size: number) {
-    this.buf = Buffer.alloc(size);
-  }
-  async read(offset: number, length: number): Promise<Buffer> { return Buffer.from(this.buf.subarray(offset, offset + length)); }
-  async write(offset: number, data: Buffer): Promise<void> { data.copy(this.buf, offset); }
-  async flush(): Promise<void> {}
-  async writeZeroes(offset: number, length: number): Promise<void> { this.buf.fill(0, offset, offset + length); }
-  async discard(offset: number, length: number): Promise<void> { this.buf.fill(0, offset, offset + length); }
-}
 
 // --- Log capture: tests check what the server says about the connections it closes ---
 
@@ -203,7 +191,7 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'vsky-iscsi-'));
   registry = new MapRegistry();
   unit = new MemoryUnit((64 * MiB) / BLOCK);
-  blockDevice = new MemoryDevice('vol-real', 64 * MiB);
+  blockDevice = new MemoryDevice(64 * MiB, { name: 'vol-real' });
   registry.add({ iqn: IQN, luns: new Map([[0, unit]]), access: { initiators: [] } });
   registry.add({ iqn: IQN_REAL, luns: new Map([[0, createBlockUnit(blockDevice, { volumeId: 7, volumeName: 'vol-real' })]]), access: { initiators: [] } });
   registry.add({ iqn: IQN_CHAP, luns: new Map([[0, new MemoryUnit(2048)]]), access: { initiators: [], chap: { user: 'alice', secret: 'alice-secret-123' } } });
@@ -502,9 +490,9 @@ describe('iSCSI target with real initiators', () => {
     writeFileSync(img, randomBytes(24 * MiB));
     const conv = await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', img, url(IQN_REAL)]);
     expect(conv.exitCode, conv.stderr).toBe(0);
-    expect(blockDevice.buf.subarray(0, 24 * MiB).equals(readFileSync(img))).toBe(true);
+    expect(blockDevice.data.subarray(0, 24 * MiB).equals(readFileSync(img))).toBe(true);
     // The head of the volume equals the file (qemu-img compare reads it back over iSCSI).
-    writeFileSync(img, blockDevice.buf.subarray(0, 64 * MiB));
+    writeFileSync(img, blockDevice.data.subarray(0, 64 * MiB));
     const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', img, url(IQN_REAL)]);
     expect(cmp.exitCode, cmp.stdout + cmp.stderr).toBe(0);
   });

@@ -20,9 +20,9 @@ import {
   NBD_REPLY_FLAG_DONE, NbdCmd, NbdError, NbdInfo, NbdOpt, NbdRep, NbdReplyType,
 } from '../../head-agent/frontend/nbd/constants.js';
 import { startNbdServer, type NbdServerHandle } from '../../head-agent/frontend/nbd/server.js';
-import { InvalidArgumentError, IoError } from '../../shared/errors.js';
 import { setRootLogger } from '../../shared/logger.js';
 import { pino } from 'pino';
+import { MemoryDevice } from '../support/memory-device.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
@@ -30,73 +30,6 @@ const CMD_TIMEOUT = 30_000;
 
 setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));
 
-/** Buffer-backed BlockDevice; `gate` (when set) holds every call until released. */
-class MemoryDevice implements BlockDevice {
-  readonly data: Buffer;
-  flushes = 0;
-  active = 0;
-  maxActive = 0;
-  calls = 0;
-  gate: Promise<void> | undefined;
-  delayAt = new Map<number, number>();
-  failReadsAt: number | undefined;
-
-  constructor(readonly name: string, readonly size: number) {
-    this.data = Buffer.alloc(size);
-  }
-
-  private async enter(offset: number): Promise<void> {
-    this.calls++;
-    this.active++;
-    this.maxActive = Math.max(this.maxActive, this.active);
-    if (this.gate !== undefined) await this.gate;
-    const delay = this.delayAt.get(offset);
-    if (delay !== undefined) await new Promise((r) => setTimeout(r, delay));
-  }
-
-  private check(offset: number, length: number): void {
-    if (offset < 0 || length < 0 || offset + length > this.size) {
-      throw new InvalidArgumentError(`range ${offset}+${length} is outside ${this.name}`);
-    }
-  }
-
-  async read(offset: number, length: number): Promise<Buffer> {
-    await this.enter(offset);
-    try {
-      this.check(offset, length);
-      if (this.failReadsAt !== undefined && offset <= this.failReadsAt && this.failReadsAt < offset + length) {
-        throw new IoError(`no replica could read ${this.name} at ${offset}`);
-      }
-      return Buffer.from(this.data.subarray(offset, offset + length));
-    } finally { this.active--; }
-  }
-
-  async write(offset: number, data: Buffer, _fua: boolean): Promise<void> {
-    await this.enter(offset);
-    try {
-      this.check(offset, data.length);
-      data.copy(this.data, offset);
-    } finally { this.active--; }
-  }
-
-  async flush(): Promise<void> {
-    await this.enter(-1);
-    this.flushes++;
-    this.active--;
-  }
-
-  async writeZeroes(offset: number, length: number, _fua: boolean): Promise<void> {
-    await this.enter(offset);
-    try {
-      this.check(offset, length);
-      this.data.fill(0, offset, offset + length);
-    } finally { this.active--; }
-  }
-
-  async discard(offset: number, length: number): Promise<void> {
-    return this.writeZeroes(offset, length, false);
-  }
-}
 
 class MapRegistry implements ExportRegistry {
   readonly devices = new Map<string, BlockDevice>();
@@ -204,9 +137,9 @@ const uri = (name: string): string => `nbd://${server.address}/${name}`;
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'nbd-server-test-'));
   registry = new MapRegistry();
-  disk = new MemoryDevice('vol1', SIZE);
+  disk = new MemoryDevice(SIZE, { name: 'vol1' });
   registry.add(disk);
-  registry.add(new MemoryDevice('vol2', 8 * MiB));
+  registry.add(new MemoryDevice(8 * MiB, { name: 'vol2' }));
   server = await startNbdServer({ host: '127.0.0.1', port: 0, registry }, { handshakeTimeoutMs: 1500, maxInFlight: 8 });
 });
 
@@ -531,14 +464,15 @@ describe('NBD server with a raw client', () => {
     await c.greet();
     await c.go('vol1');
     let release!: () => void;
-    disk.gate = new Promise((r) => { release = r; });
+    const held = new Promise<void>((r) => { release = r; });
+    disk.gate = () => held;
     disk.maxActive = 0;
-    const calls0 = disk.calls;
+    const calls0 = disk.calls.length;
     const n = 200;
     for (let i = 0; i < n; i++) c.request(NbdCmd.WRITE, i, i * 4096, 4096, 0, Buffer.alloc(4096, i & 0xff));
-    await waitFor(() => disk.calls - calls0 >= 8);
+    await waitFor(() => disk.calls.length - calls0 >= 8);
     await new Promise((r) => setTimeout(r, 100));
-    expect(disk.calls - calls0).toBe(8); // maxInFlight in this fixture
+    expect(disk.calls.length - calls0).toBe(8); // maxInFlight in this fixture
     disk.gate = undefined;
     release();
     const handles = new Set<number>();
@@ -558,17 +492,17 @@ describe('NBD server with a raw client', () => {
     await c.greet();
     await c.go('vol1');
     c.socket.pause(); // the client stops reading
-    const calls0 = disk.calls;
+    const calls0 = disk.calls.length;
     const n = 64;
     for (let i = 0; i < n; i++) c.request(NbdCmd.READ, i, (i % 16) * MiB, MiB);
-    await waitFor(() => disk.calls - calls0 >= 8);
+    await waitFor(() => disk.calls.length - calls0 >= 8);
     await new Promise((r) => setTimeout(r, 300));
     // Kernel socket buffers absorb a few MiB of replies; the rest must wait.
-    const served = disk.calls - calls0;
+    const served = disk.calls.length - calls0;
     expect(served).toBeLessThan(n / 2);
     c.socket.resume();
     for (let i = 0; i < n; i++) expect((await c.reply(MiB)).error).toBe(0);
-    expect(disk.calls - calls0).toBe(n);
+    expect(disk.calls.length - calls0).toBe(n);
     c.destroy();
   });
 
@@ -612,7 +546,7 @@ describe('NBD server with a raw client', () => {
 describe('NBD server limits and shutdown', () => {
   it('refuses connections above the limit and close() ends every connection', async () => {
     const reg = new MapRegistry();
-    reg.add(new MemoryDevice('only', MiB));
+    reg.add(new MemoryDevice(MiB, { name: 'only' }));
     const s = await startNbdServer({ host: '127.0.0.1', port: 0, registry: reg }, { maxConnections: 2, closeGraceMs: 500 });
     const a = await RawClient.connect(s.address);
     await a.greet();
@@ -633,16 +567,17 @@ describe('NBD server limits and shutdown', () => {
 
   it('close() answers a request still in flight before closing the connection', async () => {
     const reg = new MapRegistry();
-    const dev = new MemoryDevice('slow', MiB);
+    const dev = new MemoryDevice(MiB, { name: 'slow' });
     reg.add(dev);
     const s = await startNbdServer({ host: '127.0.0.1', port: 0, registry: reg }, { closeGraceMs: 2000 });
     const c = await RawClient.connect(s.address);
     await c.greet();
     await c.go('slow');
     let release!: () => void;
-    dev.gate = new Promise((r) => { release = r; });
+    const held = new Promise<void>((r) => { release = r; });
+    dev.gate = () => held;
     c.request(NbdCmd.WRITE, 9, 0, 5, NBD_CMD_FLAG_FUA, Buffer.from('hello'));
-    await waitFor(() => dev.calls === 1);
+    await waitFor(() => dev.calls.length === 1);
     let closed = false;
     const closing = s.close().then(() => { closed = true; });
     await new Promise((r) => setTimeout(r, 150));
@@ -656,15 +591,15 @@ describe('NBD server limits and shutdown', () => {
 
   it('close() does not hang on a device that never answers', async () => {
     const reg = new MapRegistry();
-    const dev = new MemoryDevice('stuck', MiB);
-    dev.gate = new Promise(() => {});
+    const dev = new MemoryDevice(MiB, { name: 'stuck' });
+    dev.gate = () => new Promise(() => {});
     reg.add(dev);
     const s = await startNbdServer({ host: '127.0.0.1', port: 0, registry: reg }, { closeGraceMs: 100 });
     const c = await RawClient.connect(s.address);
     await c.greet();
     await c.go('stuck');
     c.request(NbdCmd.READ, 1, 0, 512);
-    await waitFor(() => dev.calls === 1);
+    await waitFor(() => dev.calls.length === 1);
     const t0 = Date.now();
     await s.close();
     expect(Date.now() - t0).toBeLessThan(2000);

@@ -4,56 +4,13 @@
 // from the device, and aborts.
 
 import { describe, expect, it } from 'vitest';
-import type { BlockDevice } from '../../head-agent/engine/block-device.js';
 import { InvalidArgumentError, IoError, StaleEpochError } from '../../shared/errors.js';
 import { createBlockUnit } from '../../head-agent/frontend/scsi/block-unit.js';
 import { ScsiStatus, type LogicalUnit, type ScsiResult } from '../../head-agent/frontend/scsi/types.js';
+import { MemoryDevice } from '../support/memory-device.js';
 
 // --- test double and helpers ----------------------------------------------
 
-class MemDevice implements BlockDevice {
-  readonly name = 'mem';
-  readonly data: Buffer;
-  readonly calls: string[] = [];
-  fail: Error | undefined;
-  /** Awaited before every call completes (lets a test hold I/O in flight). */
-  gate: (() => Promise<void>) | undefined;
-
-  constructor(readonly size: number) {
-    this.data = Buffer.alloc(size);
-  }
-
-  private async enter(what: string, off: number, len: number): Promise<void> {
-    this.calls.push(`${what} ${off} ${len}`);
-    if (this.gate !== undefined) await this.gate();
-    if (this.fail !== undefined) throw this.fail;
-    if (off < 0 || off + len > this.size) throw new InvalidArgumentError('out of range');
-  }
-
-  async read(off: number, len: number): Promise<Buffer> {
-    await this.enter('read', off, len);
-    return Buffer.from(this.data.subarray(off, off + len));
-  }
-
-  async write(off: number, data: Buffer, fua: boolean): Promise<void> {
-    await this.enter(fua ? 'write-fua' : 'write', off, data.length);
-    data.copy(this.data, off);
-  }
-
-  async flush(): Promise<void> {
-    await this.enter('flush', 0, 0);
-  }
-
-  async writeZeroes(off: number, len: number): Promise<void> {
-    await this.enter('zero', off, len);
-    this.data.fill(0, off, off + len);
-  }
-
-  async discard(off: number, len: number): Promise<void> {
-    await this.enter('discard', off, len);
-    this.data.fill(0, off, off + len);
-  }
-}
 
 const NEXUS = 'iqn.2026-11.test:host1,i,0x230000000001';
 
@@ -78,8 +35,8 @@ function senseOf(r: ScsiResult): [number, number, number] {
 }
 
 /** A unit whose first nexus has already consumed its power-on unit attention. */
-async function unit(size = 4 << 20): Promise<{ lu: LogicalUnit; dev: MemDevice }> {
-  const dev = new MemDevice(size);
+async function unit(size = 4 << 20): Promise<{ lu: LogicalUnit; dev: MemoryDevice }> {
+  const dev = new MemoryDevice(size);
   const lu = createBlockUnit(dev, { volumeId: 7, volumeName: 'vol7' });
   await run(lu, [0, 0, 0, 0, 0, 0]);
   return { lu, dev };
@@ -94,7 +51,7 @@ const write10 = (lba: number, n: number): number[] => [0x2a, 0, lba >>> 24, (lba
 
 describe('unit attention', () => {
   it('a new nexus gets POWER ON/RESET once; INQUIRY and REPORT LUNS do not consume it', async () => {
-    const lu = createBlockUnit(new MemDevice(1 << 20), { volumeId: 1, volumeName: 'v' });
+    const lu = createBlockUnit(new MemoryDevice(1 << 20), { volumeId: 1, volumeName: 'v' });
     expect((await run(lu, inquiryCdb(0, 0, 96))).status).toBe(ScsiStatus.GOOD);
     expect((await run(lu, [0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0])).status).toBe(ScsiStatus.GOOD);
     expect(senseOf(await run(lu, TUR))).toEqual([0x06, 0x29, 0x00]);
@@ -104,7 +61,7 @@ describe('unit attention', () => {
   });
 
   it('REQUEST SENSE returns the pending unit attention and clears it, then NO SENSE', async () => {
-    const lu = createBlockUnit(new MemDevice(1 << 20), { volumeId: 1, volumeName: 'v' });
+    const lu = createBlockUnit(new MemoryDevice(1 << 20), { volumeId: 1, volumeName: 'v' });
     const r = await run(lu, [0x03, 0, 0, 0, 252, 0]);
     expect(r.status).toBe(ScsiStatus.GOOD);
     expect([r.dataIn![2]! & 0x0f, r.dataIn![12], r.dataIn![13]]).toEqual([0x06, 0x29, 0x00]);
@@ -155,7 +112,7 @@ describe('INQUIRY', () => {
 
   it('device identification: NAA 6 and T10 vendor id, stable for the same volume id', async () => {
     const ids = async (volumeId: number): Promise<Buffer> => {
-      const lu = createBlockUnit(new MemDevice(1 << 20), { volumeId, volumeName: 'same' });
+      const lu = createBlockUnit(new MemoryDevice(1 << 20), { volumeId, volumeName: 'same' });
       return (await run(lu, inquiryCdb(1, 0x83, 255))).dataIn!;
     };
     const a = await ids(11);
@@ -207,7 +164,7 @@ describe('capacity and LUNs', () => {
   });
 
   it('a 4096-byte logical block unit has one logical block per physical block', async () => {
-    const lu = createBlockUnit(new MemDevice(1 << 20), { volumeId: 1, volumeName: 'v', blockSize: 4096 });
+    const lu = createBlockUnit(new MemoryDevice(1 << 20), { volumeId: 1, volumeName: 'v', blockSize: 4096 });
     await run(lu, TUR);
     const rc16 = (await run(lu, [0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0])).dataIn!;
     expect([Number(rc16.readBigUInt64BE(0)), rc16.readUInt32BE(8), rc16[13]! & 0x0f]).toEqual([255, 4096, 0]);

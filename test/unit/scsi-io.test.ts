@@ -4,60 +4,12 @@
 // SYNCHRONIZE CACHE, short Data-Out, and splitting of long ranges.
 
 import { describe, expect, it } from 'vitest';
-import type { BlockDevice } from '../../head-agent/engine/block-device.js';
-import { InvalidArgumentError } from '../../shared/errors.js';
 import { createBlockUnit } from '../../head-agent/frontend/scsi/block-unit.js';
 import { ScsiStatus, type LogicalUnit, type ScsiResult } from '../../head-agent/frontend/scsi/types.js';
+import { MemoryDevice } from '../support/memory-device.js';
 
 // --- test double and helpers ----------------------------------------------
 
-class MemDevice implements BlockDevice {
-  readonly name = 'mem';
-  readonly data: Buffer;
-  readonly calls: string[] = [];
-  /** Awaited inside every call (random delays shuffle concurrent requests). */
-  gate: ((what: string) => Promise<void>) | undefined;
-
-  constructor(readonly size: number, private readonly store = true) {
-    this.data = Buffer.alloc(store ? size : 0);
-  }
-
-  private async enter(what: string, off: number, len: number): Promise<void> {
-    this.calls.push(`${what} ${off} ${len}`);
-    if (this.gate !== undefined) await this.gate(what);
-    if (off < 0 || off + len > this.size) throw new InvalidArgumentError('out of range');
-  }
-
-  async read(off: number, len: number): Promise<Buffer> {
-    await this.enter('read', off, len);
-    return this.store ? Buffer.from(this.data.subarray(off, off + len)) : Buffer.alloc(len);
-  }
-
-  async readInto(off: number, dest: Buffer): Promise<Buffer> {
-    await this.enter('readInto', off, dest.length);
-    if (this.store) this.data.copy(dest, 0, off, off + dest.length);
-    return dest;
-  }
-
-  async write(off: number, data: Buffer, fua: boolean): Promise<void> {
-    await this.enter(fua ? 'write-fua' : 'write', off, data.length);
-    if (this.store) data.copy(this.data, off);
-  }
-
-  async flush(): Promise<void> {
-    await this.enter('flush', 0, 0);
-  }
-
-  async writeZeroes(off: number, len: number): Promise<void> {
-    await this.enter('zero', off, len);
-    if (this.store) this.data.fill(0, off, off + len);
-  }
-
-  async discard(off: number, len: number): Promise<void> {
-    await this.enter('discard', off, len);
-    if (this.store) this.data.fill(0, off, off + len);
-  }
-}
 
 const BS = 512;
 const NEXUS = 'iqn.2026-11.test:host1,i,0x230000000001';
@@ -82,8 +34,8 @@ function senseOf(r: ScsiResult): [number, number, number] {
   return [s[2]! & 0x0f, s[12]!, s[13]!];
 }
 
-async function unit(size = 4 << 20, store = true): Promise<{ lu: LogicalUnit; dev: MemDevice; blocks: number }> {
-  const dev = new MemDevice(size, store);
+async function unit(size = 4 << 20, store = true): Promise<{ lu: LogicalUnit; dev: MemoryDevice; blocks: number }> {
+  const dev = new MemoryDevice(size, { store, readInto: true });
   const lu = createBlockUnit(dev, { volumeId: 1, volumeName: 'v' });
   await run(lu, [0, 0, 0, 0, 0, 0]); // consume the power-on unit attention
   dev.calls.length = 0;

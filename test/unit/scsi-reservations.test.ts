@@ -4,22 +4,10 @@
 // resets and nexus loss release.
 
 import { describe, expect, it } from 'vitest';
-import type { BlockDevice } from '../../head-agent/engine/block-device.js';
 import { createBlockUnit } from '../../head-agent/frontend/scsi/block-unit.js';
 import { ScsiStatus, type LogicalUnit, type ScsiResult } from '../../head-agent/frontend/scsi/types.js';
+import { MemoryDevice } from '../support/memory-device.js';
 
-class MemDevice implements BlockDevice {
-  readonly name = 'mem';
-  readonly data: Buffer;
-  constructor(readonly size: number) {
-    this.data = Buffer.alloc(size);
-  }
-  async read(off: number, len: number): Promise<Buffer> { return Buffer.from(this.data.subarray(off, off + len)); }
-  async write(off: number, data: Buffer): Promise<void> { data.copy(this.data, off); }
-  async flush(): Promise<void> {}
-  async writeZeroes(off: number, len: number): Promise<void> { this.data.fill(0, off, off + len); }
-  async discard(off: number, len: number): Promise<void> { this.data.fill(0, off, off + len); }
-}
 
 const A = 'iqn.2026-11.test:a,i,0x230000000001';
 const B = 'iqn.2026-11.test:b,i,0x230000000002';
@@ -38,7 +26,7 @@ function senseOf(r: ScsiResult): [number, number, number] {
 }
 
 async function unit(): Promise<LogicalUnit> {
-  const lu = createBlockUnit(new MemDevice(1 << 20), { volumeId: 3, volumeName: 'pr' });
+  const lu = createBlockUnit(new MemoryDevice(1 << 20), { volumeId: 3, volumeName: 'pr' });
   for (const n of [A, B, C]) await run(lu, n, [0, 0, 0, 0, 0, 0]); // consume power-on unit attentions
   return lu;
 }
