@@ -191,11 +191,16 @@ class Connection {
     // One buffer: reply header then the data, read straight into place.
     const buf = replyBuffers.acquire(REPLY_HEADER_SIZE + h.length);
     const requestId = h.requestId;
+    const started = performance.now();
     chunk.beginIo(false);
     readChunk(chunk, h.offset, h.length, buf, REPLY_HEADER_SIZE, (err) => {
       chunk.endIo(false);
       const length = buf.length - REPLY_HEADER_SIZE;
-      if (err !== null) return this.replyError(requestId, err, length);
+      if (err !== null) {
+        chunk.disk.stats.failed(err);
+        return this.replyError(requestId, err, length);
+      }
+      chunk.disk.stats.read(length, (performance.now() - started) / 1000);
       encodeReplyHeader({ requestId, status: Status.OK, length }, buf, 0);
       this.send(buf, undefined, length, recycleReply);
     });
@@ -203,16 +208,22 @@ class Connection {
 
   private write(h: RequestHeader, payload: Buffer | undefined): void {
     const chunk = this.target(h);
-    const vol = this.admit(h);
+    const vol = this.admit(h, chunk);
     const requestId = h.requestId;
     const length = h.length;
     const fua = (h.flags & Flag.FUA) !== 0;
+    const started = performance.now();
     chunk.beginIo(true);
     const done: Done = (err) => {
       chunk.endIo(true);
       if (payload !== undefined) payloadBuffers.release(payload); // no-op for views into socket chunks
-      if (err !== null) this.replyError(requestId, err, length);
-      else this.replyStatus(requestId, Status.OK, length);
+      if (err !== null) {
+        chunk.disk.stats.failed(err);
+        this.replyError(requestId, err, length);
+      } else {
+        chunk.disk.stats.write(length, (performance.now() - started) / 1000);
+        this.replyStatus(requestId, Status.OK, length);
+      }
     };
     const raising = this.store.ensureEpoch(vol, h.epoch);
     if (raising === undefined) return writeChunk(chunk, h.offset, payload, fua, done);
@@ -221,7 +232,7 @@ class Connection {
 
   private zero(h: RequestHeader): void {
     const chunk = this.target(h);
-    const vol = this.admit(h);
+    const vol = this.admit(h, chunk);
     const fua = (h.flags & Flag.FUA) !== 0;
     chunk.beginIo(true);
     const work = (this.store.ensureEpoch(vol, h.epoch) ?? Promise.resolve()).then(() => zeroChunk(chunk, h.offset, h.length, fua));
@@ -235,7 +246,7 @@ class Connection {
    */
   private writeIntent(h: RequestHeader): void {
     const chunk = this.target(h);
-    const vol = this.admit(h);
+    const vol = this.admit(h, chunk);
     chunk.beginIo(true);
     const { offset, length } = h;
     const change = h.opcode === Opcode.MARK_DIRTY
@@ -246,8 +257,13 @@ class Connection {
   }
 
   /** Epoch check of a mutating request (DESIGN rule 3): lower than seen is refused, changing nothing. */
-  private admit(h: RequestHeader): VolumeEntry {
-    return this.store.admit(h.volumeId, h.epoch);
+  private admit(h: RequestHeader, chunk: Chunk): VolumeEntry {
+    try {
+      return this.store.admit(h.volumeId, h.epoch);
+    } catch (err) {
+      chunk.disk.stats.failed(err); // counted on the disk addressed: a fenced request shows there
+      throw err;
+    }
   }
 
   private settle(requestId: number, chunk: Chunk | undefined, work: Promise<void>): void {
@@ -256,6 +272,7 @@ class Connection {
       this.replyStatus(requestId, Status.OK);
     }, (err: unknown) => {
       chunk?.endIo(true);
+      chunk?.disk.stats.failed(err);
       this.replyError(requestId, err);
     });
   }
