@@ -152,6 +152,20 @@ describe('daemon metrics exposition', () => {
   });
 });
 
+describe('deploy/prometheus', () => {
+  const here = join(import.meta.dirname, '../../deploy/prometheus');
+  it('alerts.yml passes promtool check rules', async () => {
+    const r = await execa('promtool', ['check', 'rules', join(here, 'alerts.yml')], { reject: false, timeout: 20_000 });
+    expect(r.exitCode, `${String(r.stdout)}${String(r.stderr)}`).toBe(0);
+    expect(String(r.stdout)).toContain('SUCCESS: 6 rules found');
+  });
+  it('prometheus.yml passes promtool check config (with its rule file)', async () => {
+    const r = await execa('promtool', ['check', 'config', join(here, 'prometheus.yml')], { reject: false, timeout: 20_000 });
+    expect(r.exitCode, `${String(r.stdout)}${String(r.stderr)}`).toBe(0);
+    expect(String(r.stdout)).toContain('SUCCESS: 1 rule files found');
+  });
+});
+
 describe('LatencyHistogram', () => {
   it('puts each value in the first bucket whose bound is not below it, and formats cumulative buckets', async () => {
     const h = new LatencyHistogram();
