@@ -20,6 +20,7 @@ DEBS=(
   openssl                       # a self-signed certificate for the XML-RPC HTTPS test
   fuse3 e2fsprogs               # nbdfuse + mkfs.ext4: a kernel filesystem on a volume
   procps util-linux mount       # ps, losetup, mount
+  prometheus                    # prometheus + promtool: the metrics test and deploy/prometheus checks
 )
 missing=()
 for p in "${DEBS[@]}"; do

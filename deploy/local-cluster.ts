@@ -7,6 +7,7 @@ import {
 } from '../shared/constants.js';
 import { InvalidArgumentError, TimeoutError } from '../shared/errors.js';
 import { DaemonProcess } from './daemon-process.js';
+import { metricsArgs, pinMetricsPort, type MetricsEndpoint } from './metrics-targets.js';
 
 // A whole cluster on one machine: a manager, N storage nodes (each on its own
 // loopback address 127.0.0.(11+i), standing in for separate hosts, with M
@@ -76,6 +77,8 @@ export interface LocalClusterOptions {
   managerArgs?: string[];
   /** Extra node flags per daemon name, e.g. { head: ['--cpu-prof'] } for profiling. */
   nodeArgs?: Record<string, string[]>;
+  /** Every daemon serves Prometheus metrics on a port picked on its own address (metricsEndpoints lists them). */
+  metrics?: boolean;
 }
 
 export const LOCAL_CLUSTER_DEFAULTS: Omit<LocalClusterOptions, 'dir'> = {
@@ -122,7 +125,7 @@ export class LocalCluster {
       'manager', '--data-dir', join(opts.dir, 'manager'), '--listen', opts.managerListen,
       '--chunk-size', String(opts.chunkSize), '--heartbeat-timeout', String(opts.heartbeatTimeoutMs),
       ...(opts.xmlrpcListen ? ['--xmlrpc-listen', opts.xmlrpcListen] : ['--no-xmlrpc']),
-      ...this.logArgs(), ...(opts.managerArgs ?? []),
+      ...this.logArgs(), ...this.metricsArgs(opts.managerListen.slice(0, opts.managerListen.lastIndexOf(':'))), ...(opts.managerArgs ?? []),
     ], join(logs, 'manager.log'), opts.env?.manager);
     this.nodes = Array.from({ length: opts.servers }, (_, i) => this.nodeProcess(i, logs));
     // Head 1 keeps the daemon name, data dir and log of the single-head cluster ("head").
@@ -164,6 +167,23 @@ export class LocalCluster {
     return this.opts.logLevel ? ['--log-level', this.opts.logLevel] : [];
   }
 
+  private metricsArgs(host: string): string[] {
+    return this.opts.metrics === true ? metricsArgs(host) : [];
+  }
+
+  /** Where each daemon serves its metrics (empty unless started with `metrics: true`). */
+  get metricsEndpoints(): MetricsEndpoint[] {
+    const out: MetricsEndpoint[] = [];
+    const add = (d: DaemonProcess, daemon: string, role: MetricsEndpoint['role']): void => {
+      const url = d.ready.metricsUrl;
+      if (typeof url === 'string' && url) out.push({ daemon, role, url });
+    };
+    add(this.manager, 'manager', 'manager');
+    this.nodes.forEach((n) => add(n, n.name, 'storage-node'));
+    this.heads.forEach((h, i) => add(h, `head${i + 1}`, 'head-agent'));
+    return out;
+  }
+
   private nodeProcess(i: number, logs: string): DaemonProcess {
     const name = `node${i + 1}`;
     const dataDir = join(this.opts.dir, name);
@@ -173,7 +193,7 @@ export class LocalCluster {
       'storage-node', '--data-dir', dataDir, '--name', name, '--host', nodeHost(i),
       '--data-port', String(this.opts.nodeDataPort), '--grpc-port', String(this.opts.nodeGrpcPort),
       '--chunk-size', String(this.opts.chunkSize), '--heartbeat-interval', String(this.opts.heartbeatIntervalMs),
-      ...Object.entries(labels).flatMap(([k, v]) => ['--label', `${k}=${v}`]), ...disks, ...this.logArgs(),
+      ...Object.entries(labels).flatMap(([k, v]) => ['--label', `${k}=${v}`]), ...disks, ...this.logArgs(), ...this.metricsArgs(nodeHost(i)),
     ], join(logs, `${name}.log`), this.opts.env?.[name]);
   }
 
@@ -206,12 +226,14 @@ export class LocalCluster {
       const a = headAddress(this.opts, i + 1);
       head.args.push('head-agent', '--data-dir', join(this.opts.dir, i === 0 ? 'head' : `head${i + 1}`), '--name', `head${i + 1}`,
         '--host', a.host, '--grpc-port', String(a.grpcPort), '--nbd-port', String(a.nbdPort), '--iscsi-port', String(a.iscsiPort),
-        '--heartbeat-interval', String(this.opts.heartbeatIntervalMs), '--manager', this.managerAddress, ...this.logArgs());
+        '--heartbeat-interval', String(this.opts.heartbeatIntervalMs), '--manager', this.managerAddress, ...this.logArgs(), ...this.metricsArgs(a.host));
     });
     // allSettled: a head that failed to start must not leave its siblings' starts unawaited.
     const started = await Promise.allSettled(this.heads.map((h) => h.start()));
     const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
+    // A restarted daemon serves its metrics where it did (Prometheus' targets stay valid).
+    for (const d of [this.manager, ...this.nodes, ...this.heads]) pinMetricsPort(d);
     await this.waitRegistered();
   }
 

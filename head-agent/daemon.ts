@@ -1,4 +1,5 @@
 import { moduleLogger } from '../shared/logger.js';
+import { daemonRegistry, startMetricsServer, type MetricsServer } from '../shared/metrics/http-server.js';
 import { NodeControlClients } from './engine/node-control-clients.js';
 import { startControlServer, type ControlServer } from './control-service.js';
 import { leaseRequester } from './lease-requester.js';
@@ -9,6 +10,7 @@ import { ReportingFailureHandler } from './engine/replica-failures.js';
 import { ResyncService } from './resync/resync-service.js';
 import { Attachments } from './attachments.js';
 import { IscsiExports } from './frontend/iscsi-exports.js';
+import { registerHeadMetrics } from './metrics.js';
 import { startIscsiServer, type IscsiServerHandle } from './frontend/iscsi/server.js';
 
 // `vsky head-agent`: the attached volumes and their I/O engine, the NBD export,
@@ -48,6 +50,8 @@ export interface HeadAgentOptions {
    * fdatasync (default FLUSH_TIMEOUT_MS, 30000).
    */
   flushTimeoutMs?: number;
+  /** HOST:PORT of the Prometheus endpoint (GET /metrics; port 0 = pick); undefined = none. */
+  metricsListen?: string;
 }
 
 export interface HeadAgentHandle {
@@ -56,6 +60,8 @@ export interface HeadAgentHandle {
   nbdAddress: string;
   /** '' when the head serves no iSCSI. */
   iscsiAddress: string;
+  /** http://HOST:PORT/metrics, or '' when not served. */
+  metricsUrl: string;
   attachments: Attachments;
   close(): Promise<void>;
 }
@@ -80,6 +86,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
   let nbd: NbdServerHandle | undefined;
   let iscsi: IscsiServerHandle | undefined;
   let control: ControlServer | undefined;
+  let metrics: MetricsServer | undefined;
   try {
     nbd = await startNbdServer({ host: opts.host, port: opts.nbdPort, registry: attachments });
     const nbdServer = nbd;
@@ -91,7 +98,13 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
       iscsi: iscsiServer && { exports, address: iscsiServer.address, sessionCount: (iqn) => iscsiServer.sessionCount(iqn) },
       resync,
     });
+    if (opts.metricsListen !== undefined) {
+      const prom = daemonRegistry();
+      registerHeadMetrics(prom, attachments);
+      metrics = await startMetricsServer(opts.metricsListen, prom);
+    }
   } catch (err) {
+    await metrics?.close();
     await control?.close();
     await iscsi?.close();
     await nbd?.close();
@@ -112,11 +125,13 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
   const controlAddress = control.address;
   const nbdAddress = nbd.address;
   const iscsiAddress = iscsi?.address ?? '';
-  log.info({ controlAddress, nbdAddress, iscsiAddress, headId }, 'ready');
+  const metricsUrl = metrics?.url ?? '';
+  log.info({ controlAddress, nbdAddress, iscsiAddress, metricsUrl, headId }, 'ready');
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
+      await metrics?.close();
       await control!.close();
       await resync.close();
       await iscsi?.close();
@@ -129,5 +144,5 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     })();
     return closing;
   };
-  return { headId, controlAddress, nbdAddress, iscsiAddress, attachments, close };
+  return { headId, controlAddress, nbdAddress, iscsiAddress, metricsUrl, attachments, close };
 }

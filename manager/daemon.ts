@@ -1,13 +1,16 @@
 import { errorMessage } from '../shared/errors.js';
 import { addStandardServices, bindServer, grpc, loadProtos } from '../shared/grpc.js';
 import { moduleLogger } from '../shared/logger.js';
+import { daemonRegistry, startMetricsServer, type MetricsServer } from '../shared/metrics/http-server.js';
 import { parseHostPort } from '../shared/units.js';
+import { ApiCallMetrics, timedHandlers } from './api-metrics.js';
 import { ManagerCore } from './core.js';
+import { registerManagerMetrics } from './metrics.js';
 import { managerHandlers } from './grpc-service.js';
 import { rebuildFromStorage } from './rebuild/index.js';
 import { GrpcPeerClients, type PeerClients } from './node-clients.js';
 import type { SchedulerLimits } from './resync/index.js';
-import { IntIds, startXmlRpc, type XmlRpcServerHandle, type XmlRpcServerOptions } from './xmlrpc/index.js';
+import { IntIds, startXmlRpc, xmlRpcMethodNames, type XmlRpcServerHandle, type XmlRpcServerOptions } from './xmlrpc/index.js';
 
 // The manager process: load metadata, serve the gRPC API, watch heartbeats,
 // handle failures and run resyncs (manager/resync/resyncs.ts, checked every second),
@@ -37,9 +40,17 @@ export interface ManagerOptions {
   spareDisks?: string[];
   /** VastSky 3.0's XML-RPC API (manager/xmlrpc/, docs/xmlrpc.md); undefined: not served. */
   xmlrpc?: XmlRpcServerOptions;
+  /** HOST:PORT of the Prometheus endpoint (GET /metrics; port 0 = pick); undefined: not served. */
+  metricsListen?: string;
 }
 
-export interface ManagerHandle { address: string; xmlrpcUrl?: string; close(): Promise<void>; }
+export interface ManagerHandle {
+  address: string;
+  xmlrpcUrl?: string;
+  /** http://HOST:PORT/metrics, or '' when not served. */
+  metricsUrl: string;
+  close(): Promise<void>;
+}
 
 /** Test seams: fake peers instead of gRPC clients, a fake clock. */
 export interface ManagerDeps {
@@ -59,8 +70,11 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
     spareDisks: opts.spareDisks,
   }, peers);
 
+  // API call metrics only when metrics are served (nothing is wrapped otherwise).
+  const api = opts.metricsListen !== undefined ? new ApiCallMetrics() : undefined;
   const server = new grpc.Server({ 'grpc.max_send_message_length': 64 * 1024 * 1024 });
-  server.addService(loadProtos().manager.vsky.manager.Manager.service, managerHandlers(core));
+  const handlers = managerHandlers(core);
+  server.addService(loadProtos().manager.vsky.manager.Manager.service, api ? timedHandlers(handlers, api) : handlers);
   addStandardServices(server, 'manager.proto', 'vsky.manager.Manager');
   let port: number;
   try {
@@ -74,10 +88,19 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   // VastSky-style integer ids (given to records without one now and every few seconds), then XML-RPC.
   let ids: IntIds;
   let xmlrpc: XmlRpcServerHandle | undefined;
+  let metrics: MetricsServer | undefined;
   try {
     ids = await IntIds.open(core);
-    if (opts.xmlrpc) xmlrpc = await startXmlRpc(core, ids, opts.xmlrpc);
+    api?.declare('xmlrpc', xmlRpcMethodNames());
+    if (opts.xmlrpc) xmlrpc = await startXmlRpc(core, ids, opts.xmlrpc, api && ((method, s, ok) => api.observe('xmlrpc', method, s, ok)));
+    if (api !== undefined) {
+      const prom = daemonRegistry();
+      registerManagerMetrics(prom, core);
+      api.register(prom);
+      metrics = await startMetricsServer(opts.metricsListen!, prom);
+    }
   } catch (err) {
+    await xmlrpc?.close();
     server.forceShutdown();
     peers.close();
     await core.close();
@@ -105,15 +128,18 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   core.start(advertise);
   core.gc.run('startup').catch((err: unknown) => log.error({ err: errorMessage(err) }, 'startup GC failed'));
 
-  log.info({ address, xmlrpcUrl: xmlrpc?.url, dataDir: opts.dataDir, chunkSize: opts.chunkSize }, 'ready');
+  const metricsUrl = metrics?.url ?? '';
+  log.info({ address, xmlrpcUrl: xmlrpc?.url, metricsUrl, dataDir: opts.dataDir, chunkSize: opts.chunkSize }, 'ready');
 
   let closing: Promise<void> | undefined;
   return {
     address,
     xmlrpcUrl: xmlrpc?.url ?? '',
+    metricsUrl,
     close: () => {
       closing ??= (async () => {
         for (const t of timers) clearInterval(t);
+        await metrics?.close();
         await xmlrpc?.close();
         await new Promise<void>((resolve) => {
           const force = setTimeout(() => { server.forceShutdown(); resolve(); }, 2000);

@@ -293,7 +293,10 @@ export class ChunkStore {
   async flush(volumeId: number): Promise<void> {
     const vol = this.volumes.get(volumeId);
     if (!vol) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
-    await Promise.all(distinctDisks([...vol.chunks.values()]).map((c) => c.sync()));
+    await Promise.all(distinctDisks([...vol.chunks.values()]).map((c) => {
+      c.disk.stats.flushOps += 1;
+      return c.sync();
+    }));
   }
 
   /** Claims a free chunk for a volume; durable before it resolves. Same identity again is a no-op. */

@@ -1,4 +1,5 @@
 import { ChunkState, type ChunkRecordData } from './disk-format.js';
+import type { DiskStats } from './disk-stats.js';
 
 // One chunk of one disk: its record as last decoded or updated in memory, and
 // the runtime state that serialises changes to it. The on-disk record is
@@ -9,6 +10,8 @@ export type Done = (err: Error | null) => void;
 /** What a chunk needs from the disk that holds it (implemented by Disk). */
 export interface ChunkDisk {
   readonly id: string;
+  /** Data-path counters of the disk (metrics). */
+  readonly stats: DiskStats;
   read(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void;
   write(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void;
   /** fdatasync, group-committed: cb runs after a sync that started after this call. */
@@ -73,6 +76,17 @@ export class Chunk {
     this.inflight--;
     if (mutating) this.mutating--;
     if (this.drainWaiters !== undefined) this.wakeDrainWaiters();
+  }
+
+  /** A read or write of this chunk served (the disk's metrics). */
+  served(mutating: boolean, bytes: number, seconds: number): void {
+    if (mutating) this.disk.stats.write(bytes, seconds);
+    else this.disk.stats.read(bytes, seconds);
+  }
+
+  /** A request on this chunk failed (the disk's metrics; refused epochs included). */
+  failed(err: unknown): void {
+    this.disk.stats.failed(err);
   }
 
   /**

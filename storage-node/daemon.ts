@@ -2,11 +2,13 @@ import { DEFAULT_HEARTBEAT_TIMEOUT_MS } from '../shared/constants.js';
 import { InvalidArgumentError, errorMessage } from '../shared/errors.js';
 import { addStandardServices, bindServer, grpc, loadProtos } from '../shared/grpc.js';
 import { moduleLogger } from '../shared/logger.js';
+import { daemonRegistry, startMetricsServer, type MetricsServer } from '../shared/metrics/http-server.js';
 import { ChunkStore } from './chunk-store.js';
 import { addDisk, createControlService, type NodeContext } from './control-service.js';
 import { DataServer } from '../shared/data-protocol/server/data-server.js';
 import { StoreChunkService } from './chunk-service.js';
 import { ManagerLink } from './manager-link.js';
+import { registerNodeMetrics } from './metrics.js';
 import { NodeState } from './node-state.js';
 import { ResyncJobs } from './copy/resync-jobs.js';
 
@@ -44,12 +46,16 @@ export interface StorageNodeOptions {
    * For benchmarks: file-backed disks on one fast device stand in for spindles of this speed.
    */
   diskThrottleMibps?: number;
+  /** HOST:PORT of the Prometheus endpoint (GET /metrics; port 0 = pick); undefined = none. */
+  metricsListen?: string;
 }
 
 export interface StorageNodeHandle {
   serverId: string;
   dataAddress: string;
   controlAddress: string;
+  /** http://HOST:PORT/metrics, or '' when not served. */
+  metricsUrl: string;
   close(): Promise<void>;
 }
 
@@ -74,8 +80,10 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
   const dataServer = new DataServer(new StoreChunkService(store), { maxInflight: opts.maxInflightPerConnection });
   const grpcServer = new grpc.Server();
   let link: ManagerLink | undefined;
+  let metrics: MetricsServer | undefined;
 
   const close = async (): Promise<void> => {
+    await metrics?.close();
     link?.stop();
     await resyncs.close();
     await dataServer.close();
@@ -109,17 +117,24 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
       });
       link.start();
     }
+    if (opts.metricsListen !== undefined) {
+      const prom = daemonRegistry();
+      registerNodeMetrics(prom, store, opts.name);
+      metrics = await startMetricsServer(opts.metricsListen, prom);
+    }
   } catch (err) {
     await close().catch(() => {});
     throw err;
   }
 
-  log.info({ dataAddress: ctx.dataAddress, controlAddress: ctx.controlAddress, serverId: state.serverId }, 'ready');
+  const metricsUrl = metrics?.url ?? '';
+  log.info({ dataAddress: ctx.dataAddress, controlAddress: ctx.controlAddress, metricsUrl, serverId: state.serverId }, 'ready');
   let closing: Promise<void> | undefined;
   return {
     serverId: state.serverId,
     dataAddress: ctx.dataAddress,
     controlAddress: ctx.controlAddress,
+    metricsUrl,
     close: () => (closing ??= close()),
   };
 }

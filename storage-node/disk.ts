@@ -6,6 +6,7 @@ import { REGION_BITS_PER_CHUNK } from '../shared/constants.js';
 import { ConflictError, CorruptMetadataError, InvalidArgumentError, IoError, NotFoundError } from '../shared/errors.js';
 import { moduleLogger, type Logger } from '../shared/logger.js';
 import { Chunk, type ChunkDisk, type Done } from './chunk.js';
+import { DiskStats } from './disk-stats.js';
 import {
   FORMAT_VERSION, SUPERBLOCK_SIZE, computeLayout, decodeSuperblock, encodeRecord, encodeSuperblock, isBlank,
   pickNewest, uuidToBytes, type Superblock,
@@ -67,6 +68,8 @@ export class Disk implements ChunkDisk {
   failure: string | undefined;
   /** Called when the disk's reported state changes (failed, fault injection on/off). */
   onStateChange: ((disk: Disk) => void) | undefined;
+  /** Data-path counters (storage-node/metrics.ts). */
+  readonly stats = new DiskStats();
   private readonly idBytes: Buffer;
   private fd: number;
   private faulty = false;
@@ -293,7 +296,9 @@ export class Disk implements ChunkDisk {
     this.syncQueued = [];
     this.syncRunning = true;
     this.ioInflight++;
+    const started = performance.now();
     fs.fdatasync(this.fd, (err) => {
+      this.stats.syncLatency.observeSince(started);
       this.syncRunning = false;
       if (this.syncQueued.length > 0) this.startSync();
       this.ioDone();

@@ -6,6 +6,7 @@ import { DEFAULT_REPLICAS, DEFAULT_XMLRPC_ADDRESS, MAX_REPLICAS } from '../../sh
 import { errorMessage } from '../../shared/errors.js';
 import { formatSize, parseSize } from '../../shared/units.js';
 import { hostPortArg, intArg, positiveIntArg, sizeArg } from '../options.js';
+import { announceMetrics, registerClusterMetricsCommand } from './cluster-metrics.js';
 
 interface VolumeSpec { name: string; size: number; replicas: number }
 
@@ -36,6 +37,8 @@ export function registerClusterCommands(program: Command): void {
     .option('--iscsi-port <port>', 'iSCSI portal port of the head agents', intArg, d.iscsiPort)
     .option('--xmlrpc <host:port>', 'address of the manager\'s VastSky XML-RPC API (docs/xmlrpc.md)', hostPortArg, DEFAULT_XMLRPC_ADDRESS)
     .option('--no-xmlrpc', 'do not serve the XML-RPC API')
+    .option('--no-metrics', 'do not serve Prometheus metrics (by default every daemon serves them on a free port of its address; '
+      + 'see `vsky cluster metrics` and docs/metrics.md)')
     .option('--log-level <level>', 'daemon log level', 'info')
     .action(async (o) => {
       const dir = resolve(o.dir as string);
@@ -51,7 +54,7 @@ export function registerClusterCommands(program: Command): void {
         c = await LocalCluster.start({
           ...d, dir, servers: o.servers, disksPerServer: o.disksPerServer, diskSize: o.diskSize, chunkSize: o.chunkSize, rebuildFromStorage,
           managerListen: o.manager, nbdPort: o.nbdPort, iscsiPort: o.iscsiPort, logLevel: o.logLevel, heads,
-          xmlrpcListen: o.xmlrpc === false ? undefined : o.xmlrpc,
+          xmlrpcListen: o.xmlrpc === false ? undefined : o.xmlrpc, metrics: o.metrics !== false,
         });
       } catch (err) {
         const hosts = heads > 1 ? ` on 127.0.0.1 and ${headHost(2)}${heads > 2 ? `..${headHost(heads)}` : ''}` : '';
@@ -74,11 +77,13 @@ export function registerClusterCommands(program: Command): void {
         out.write(`\nCluster ready: manager ${c.managerAddress}, ${o.servers} storage nodes, ${heads} head agent${heads > 1 ? 's' : ''}. Logs in ${dir}/logs.\n`);
         if (c.xmlrpcUrl) out.write(`  XML-RPC (VastSky 3.0 API): ${c.xmlrpcUrl}\n`);
         for (const h of c.headEndpoints) out.write(`  ${h.name}: NBD ${h.nbd}, iSCSI ${h.iscsi || '(none)'}, control gRPC ${h.grpc}\n`);
+        announceMetrics(c, dir, out);
         out.write(`Volume ${vol.name}: ${formatSize(vol.size)}, ${vol.replicas} replicas, attached to head1, served over NBD at\n${uri}\n${urls.iscsi ? `and over iSCSI at\n${urls.iscsi}\n` : ''}\n`);
-        out.write(`Try:\n  nbdinfo ${uri}\n  qemu-img info ${uri}\n${urls.iscsi ? `  iscsi-inq ${urls.iscsi}\n` : ''}  node dist/cli/vsky.js status${mgr}\n  node dist/cli/vsky.js volume show ${vol.name}${mgr}\n  node dist/cli/vsky.js server list${mgr}\n  node dist/cli/vsky.js disk list${mgr}\n\nPress Ctrl-C to stop.\n`);
+        out.write(`Try:\n  nbdinfo ${uri}\n  qemu-img info ${uri}\n${urls.iscsi ? `  iscsi-inq ${urls.iscsi}\n` : ''}  node dist/cli/vsky.js status${mgr}\n  node dist/cli/vsky.js volume show ${vol.name}${mgr}\n  node dist/cli/vsky.js server list${mgr}\n  node dist/cli/vsky.js disk list${mgr}\n  node dist/cli/vsky.js cluster metrics --dir ${dir}\n\nPress Ctrl-C to stop.\n`);
       } catch (err) {
         process.stderr.write(`vsky cluster up: ${errorMessage(err)}\n`);
         shutdown();
       }
     });
+  registerClusterMetricsCommand(cluster);
 }

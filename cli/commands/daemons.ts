@@ -90,6 +90,7 @@ export function registerDaemonCommands(program: Command): void {
     .option('--xmlrpc-tls-key <file>', 'PEM private key of --xmlrpc-tls-cert')
     .option('--xmlrpc-token <token>', 'require this access token as the HTTP basic-auth password of every XML-RPC call '
       + '(default: $VSKY_XMLRPC_TOKEN; none: no authentication, as VastSky)')
+    .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: pick one; docs/metrics.md). Default: not served', hostPortArg)
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startManager } = await import('../../manager/daemon.js');
@@ -101,6 +102,7 @@ export function registerDaemonCommands(program: Command): void {
         resyncMibps: o.resyncMibps, resyncLimits: { perDisk: o.resyncPerDisk, maxRunning: o.resyncMax },
         spareDisks: o.spareDisk as string[] | undefined,
         xmlrpc: o.xmlrpc === false ? undefined : { listen: o.xmlrpcListen, tlsCert: o.xmlrpcTlsCert, tlsKey: o.xmlrpcTlsKey, token: token || undefined },
+        metricsListen: o.metricsListen,
       }));
     });
 
@@ -118,6 +120,7 @@ export function registerDaemonCommands(program: Command): void {
     .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
     .option('--disk-throttle-mibps <n>', 'cap each disk\'s data reads and writes together at n MiB/s, e.g. to make '
       + 'file-backed disks stand in for spindles in benchmarks (0: none)', intArg, 0)
+    .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: pick one; docs/metrics.md). Default: not served', hostPortArg)
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startStorageNode } = await import('../../storage-node/daemon.js');
@@ -125,6 +128,7 @@ export function registerDaemonCommands(program: Command): void {
         dataDir: o.dataDir, name: o.name, host: o.host, dataPort: o.dataPort, grpcPort: o.grpcPort,
         managerAddress: o.manager, disks: (o.disk as string[]).map(parseDisk), chunkSize: o.chunkSize,
         labels: o.label, heartbeatIntervalMs: o.heartbeatInterval, diskThrottleMibps: o.diskThrottleMibps,
+        metricsListen: o.metricsListen,
       }));
     });
 
@@ -146,6 +150,7 @@ export function registerDaemonCommands(program: Command): void {
       + 'others (FLUSH, FENCE and FUA writes fdatasync, which can take seconds on a busy disk)', positiveIntArg, FLUSH_TIMEOUT_MS)
     .option('--manager <host:port>', 'manager to register with', hostPortArg)
     .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
+    .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: pick one; docs/metrics.md). Default: not served', hostPortArg)
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startHeadAgent } = await import('../../head-agent/daemon.js');
@@ -153,7 +158,7 @@ export function registerDaemonCommands(program: Command): void {
         dataDir: o.dataDir, name: o.name, host: o.host, grpcPort: o.grpcPort, nbdPort: o.nbdPort,
         iscsiPort: o.iscsi === false ? undefined : o.iscsiPort, staleReportTimeoutMs: o.staleReportTimeout,
         dataTimeoutMs: o.dataTimeout, flushTimeoutMs: o.flushTimeout,
-        managerAddress: o.manager, heartbeatIntervalMs: o.heartbeatInterval,
+        managerAddress: o.manager, heartbeatIntervalMs: o.heartbeatInterval, metricsListen: o.metricsListen,
       }));
     });
 }

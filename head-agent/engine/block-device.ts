@@ -3,10 +3,14 @@
 // rejects with a VskyError (InvalidArgumentError for out-of-range requests,
 // IoError when no replica can serve, StaleEpochError when fenced off).
 
+import type { VolumeStats } from './volume-stats.js';
+
 export interface BlockDevice {
   readonly name: string;
   /** Size in bytes. */
   readonly size: number;
+  /** I/O counters the exports update as requests complete (head-agent/metrics.ts reads them); absent: not counted. */
+  readonly stats?: VolumeStats;
   /** Reads `length` bytes at `offset` into a new buffer. */
   read(offset: number, length: number): Promise<Buffer>;
   /**

@@ -4,6 +4,7 @@ import type { BlockDevice } from './block-device.js';
 import { MutationTracker, type Mirror } from './mirror.js';
 import type { Replica } from './replica.js';
 import { VolumeFlush } from './volume-flush.js';
+import { VolumeStats } from './volume-stats.js';
 import { WriteIntent } from './write-intent.js';
 
 // A volume: a linear run of segments of `chunkSize` bytes, each a mirror.
@@ -68,6 +69,8 @@ export class LinearVolume implements BlockDevice {
   onFenced: ((volume: LinearVolume, err: Error) => void) | undefined;
   /** Undefined when write-intent is off. */
   readonly intent: WriteIntent | undefined;
+  /** I/O counters (the exports update them; the head's metrics read them). */
+  readonly stats = new VolumeStats();
 
   constructor(opts: LinearVolumeOptions) {
     const expected = Math.ceil(opts.size / opts.chunkSize);
@@ -131,6 +134,7 @@ export class LinearVolume implements BlockDevice {
       if (this._lease === 'standby') this._lease = 'held'; // not released: keep serving under our epoch
       throw err;
     }
+    this.stats.leaseReleased += 1;
     await this.intent?.clearAll(this.segments, this._epoch).catch(() => undefined);
   }
 
@@ -341,6 +345,7 @@ export class LinearVolume implements BlockDevice {
     this.flushes.rebuild();
     this._epoch = epoch;
     this._generation = generation;
+    if (lease === 'held' && this._lease !== 'held') this.stats.leaseAcquired += 1;
     this._lease = lease;
     this.fencedBy = undefined;
     this.wire(segments);

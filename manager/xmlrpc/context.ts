@@ -10,6 +10,8 @@ import { lookupVolume } from './params.js';
 export interface XmlRpcContext {
   core: ManagerCore;
   ids: IntIds;
+  /** Told of every call once answered (the manager's API metrics): the method ('' when none could be decoded), its time, whether it succeeded. */
+  onCall?: (method: string, seconds: number, ok: boolean) => void;
 }
 
 /** A method: the request struct (ver already checked) -> the response value. */

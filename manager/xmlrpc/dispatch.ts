@@ -43,6 +43,8 @@ export async function invoke(ctx: XmlRpcContext, method: string, params: XValue[
 /** A request body -> a response body (a fault for anything that goes wrong). */
 export async function handleBody(ctx: XmlRpcContext, body: string): Promise<string> {
   let method = '';
+  const started = performance.now();
+  let ok = false;
   try {
     let call;
     try {
@@ -51,15 +53,23 @@ export async function handleBody(ctx: XmlRpcContext, body: string): Promise<stri
       throw pythonFault('ExpatError', `not an XML-RPC methodCall: ${errorMessage(err).split('\n')[0]}`);
     }
     method = call.method;
-    const started = Date.now();
     const value = await invoke(ctx, method, call.params);
-    log.debug({ method, ms: Date.now() - started }, 'xml-rpc call');
-    return encodeResponse(value);
+    log.debug({ method, ms: Math.round(performance.now() - started) }, 'xml-rpc call');
+    const response = encodeResponse(value);
+    ok = true;
+    return response;
   } catch (err) {
     const fault = toFault(err);
     if (!(err instanceof XmlRpcFaultError)) log.warn({ method, err: errorMessage(err) }, `xml-rpc ${method || 'call'} failed`);
     return safeFault(fault);
+  } finally {
+    ctx.onCall?.(method, (performance.now() - started) / 1000, ok);
   }
+}
+
+/** Every method name the API answers (VastSky's, ours, and introspection). */
+export function xmlRpcMethodNames(): string[] {
+  return [...Object.keys(METHODS), ...Object.keys(INTROSPECTION)].sort();
 }
 
 function safeFault(f: XmlRpcFaultError): string {

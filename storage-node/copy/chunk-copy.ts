@@ -207,6 +207,7 @@ export class ChunkCopy {
       writeChunk(chunk, offset, data, false, (err) => (err ? reject(err) : resolve()));
     }));
     this.bytesCopied += length;
+    this.chunk.disk.stats.resyncCopyBytes += length;
   }
 
   /** Reads from the sources in turn, starting at this run's round-robin pick; the last error if all fail. */

@@ -7,6 +7,7 @@
 
 import type { Socket } from 'node:net';
 import type { BlockDevice } from '../../engine/block-device.js';
+import type { VolumeStats } from '../../engine/volume-stats.js';
 import { FrameDecoder } from '../../../shared/frame-decoder.js';
 import { BufferPool, COMMON_IO_SIZES } from '../../../shared/buffer-pool.js';
 import { errorMessage } from '../../../shared/errors.js';
@@ -213,9 +214,11 @@ export class NbdConnection {
   }
 
   private async run(h: RequestHeader, payload: Buffer | undefined, bytes: number): Promise<void> {
+    const started = performance.now();
     let error: number = NbdError.OK;
     let message: string | undefined;
     let data: Buffer | undefined;
+    let cause: unknown;
     try {
       const rejection = this.validate(h);
       if (rejection !== undefined) {
@@ -229,6 +232,7 @@ export class NbdConnection {
         }
       }
     } catch (err) {
+      cause = err;
       error = nbdErrorFor(err);
       message = errorMessage(err);
       this.log.warn({ cmd: commandName(h.type), offset: h.offset, length: h.length, nbdError: error, err: message }, 'NBD request failed');
@@ -236,6 +240,8 @@ export class NbdConnection {
     if (this.trace) {
       this.log.debug({ cmd: commandName(h.type), handle: handleText(h.handleHi, h.handleLo), offset: h.offset, length: h.length, error }, 'NBD request done');
     }
+    const stats = this.device.stats;
+    if (stats !== undefined) countRequest(stats, h, error, (performance.now() - started) / 1000, cause);
     this.inFlight--;
     this.inFlightBytes -= bytes;
     this.reply(h, error, error === NbdError.OK ? data : undefined, message);
@@ -339,6 +345,22 @@ export class NbdConnection {
     // Flush the last replies, then close; destroy anyway if the peer stops reading.
     s.end(() => s.destroy());
     setTimeout(() => s.destroy(), CLOSE_GRACE_MS).unref();
+  }
+}
+
+/** Counts one answered request in the volume's I/O counters (no allocation). */
+function countRequest(stats: VolumeStats, h: RequestHeader, error: number, seconds: number, cause: unknown): void {
+  if (error !== NbdError.OK) {
+    stats.failed(cause);
+    return;
+  }
+  switch (h.type) {
+    case NbdCmd.READ: stats.read(h.length, seconds); break;
+    case NbdCmd.WRITE: stats.write(h.length, seconds); break;
+    case NbdCmd.FLUSH: stats.flush(seconds); break;
+    case NbdCmd.WRITE_ZEROES: stats.zero(h.length); break;
+    case NbdCmd.TRIM: stats.discard(h.length); break;
+    default: break;
   }
 }
 

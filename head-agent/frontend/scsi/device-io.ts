@@ -2,8 +2,10 @@
 // split into device calls of at most Limits.maxDeviceCall bytes, the abort
 // signal is checked before each call (a call already issued is awaited, never
 // abandoned: its buffer and range lock stay owned until it settles), and
-// device rejections become sense data (error-map.ts).
+// device rejections become sense data (error-map.ts), counted as errors in
+// the volume's I/O counters (the command handlers count what succeeds).
 
+import type { BlockDevice } from '../../engine/block-device.js';
 import { senseForDeviceError, type IoDirection } from './error-map.js';
 import { SenseError } from './sense.js';
 import { Limits, type UnitContext } from './unit-context.js';
@@ -20,10 +22,11 @@ export function throwIfAborted(signal: AbortSignal): void {
   if (signal.aborted) throw new AbortedError();
 }
 
-async function deviceCall<T>(dir: IoDirection, lba: number | undefined, call: () => Promise<T>): Promise<T> {
+async function deviceCall<T>(dev: BlockDevice, dir: IoDirection, lba: number | undefined, call: () => Promise<T>): Promise<T> {
   try {
     return await call();
   } catch (err) {
+    dev.stats?.failed(err);
     throw new SenseError(senseForDeviceError(err, dir, lba));
   }
 }
@@ -38,9 +41,9 @@ export async function readInto(ctx: UnitContext, signal: AbortSignal, lba: numbe
     const piece = dest.subarray(pos, pos + n);
     const at = lba + pos / ctx.blockSize;
     if (dev.readInto !== undefined) {
-      await deviceCall('read', at, () => dev.readInto!(base + pos, piece));
+      await deviceCall(dev, 'read', at, () => dev.readInto!(base + pos, piece));
     } else {
-      const got = await deviceCall('read', at, () => dev.read(base + pos, n));
+      const got = await deviceCall(dev, 'read', at, () => dev.read(base + pos, n));
       got.copy(piece);
     }
     pos += n;
@@ -52,7 +55,7 @@ export async function readBlocks(ctx: UnitContext, signal: AbortSignal, lba: num
   const len = blocks * ctx.blockSize;
   if (len <= Limits.maxDeviceCall && ctx.device.readInto === undefined) {
     throwIfAborted(signal);
-    return deviceCall('read', lba, () => ctx.device.read(lba * ctx.blockSize, len));
+    return deviceCall(ctx.device, 'read', lba, () => ctx.device.read(lba * ctx.blockSize, len));
   }
   return readInto(ctx, signal, lba, Buffer.allocUnsafe(len));
 }
@@ -63,7 +66,7 @@ export async function writeBlocks(ctx: UnitContext, signal: AbortSignal, lba: nu
     throwIfAborted(signal);
     const n = Math.min(data.length - pos, Limits.maxDeviceCall);
     const at = lba + pos / ctx.blockSize;
-    await deviceCall('write', at, () => ctx.device.write(base + pos, data.subarray(pos, pos + n), fua));
+    await deviceCall(ctx.device, 'write', at, () => ctx.device.write(base + pos, data.subarray(pos, pos + n), fua));
     pos += n;
   }
 }
@@ -78,7 +81,7 @@ export async function forEachPiece(
   for (let pos = 0; pos < total;) {
     throwIfAborted(signal);
     const n = Math.min(total - pos, Limits.maxDeviceCall);
-    await deviceCall('write', lba + pos / ctx.blockSize, () => op(base + pos, n));
+    await deviceCall(ctx.device, 'write', lba + pos / ctx.blockSize, () => op(base + pos, n));
     pos += n;
   }
 }
@@ -112,5 +115,5 @@ export function firstDifference(a: Buffer, b: Buffer): number {
 }
 
 export async function flushDevice(ctx: UnitContext): Promise<void> {
-  await deviceCall('write', undefined, () => ctx.device.flush());
+  await deviceCall(ctx.device, 'write', undefined, () => ctx.device.flush());
 }

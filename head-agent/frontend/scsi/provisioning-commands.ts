@@ -43,6 +43,8 @@ export async function writeSame(ctx: UnitContext, cmd: ScsiCommand): Promise<Scs
       await forEachPiece(ctx, cmd.signal, req.lba, req.blocks, req.unmap
         ? (off, len) => dev.discard(off, len)
         : (off, len) => dev.writeZeroes(off, len, fua));
+      if (req.unmap) dev.stats?.discard(req.blocks * ctx.blockSize);
+      else dev.stats?.zero(req.blocks * ctx.blockSize);
     } else {
       await writePattern(ctx, cmd.signal, req.lba, req.blocks, block, fua);
     }
@@ -105,6 +107,7 @@ export async function unmap(ctx: UnitContext, cmd: ScsiCommand): Promise<ScsiRes
       release();
     }
   }
+  if (extents.length > 0) ctx.device.stats?.discard(total * ctx.blockSize);
   return result;
 }
 

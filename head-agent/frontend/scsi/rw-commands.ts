@@ -54,9 +54,12 @@ export async function read(ctx: UnitContext, cmd: ScsiCommand): Promise<ScsiResu
   checkRange(ctx, req.lba, req.blocks);
   checkTransfer(ctx, cmd.cdb, req.blocks);
   if (req.blocks === 0) return GOOD;
+  const started = performance.now();
   const total = req.blocks * ctx.blockSize;
   if (cmd.expectedLength >= total) {
-    return { status: ScsiStatus.GOOD, dataIn: await readBlocks(ctx, cmd.signal, req.lba, req.blocks) };
+    const dataIn = await readBlocks(ctx, cmd.signal, req.lba, req.blocks);
+    ctx.device.stats?.read(total, (performance.now() - started) / 1000);
+    return { status: ScsiStatus.GOOD, dataIn };
   }
   // The initiator takes only expectedLength bytes: read the blocks it will
   // get. The Data-In keeps the command's full length (zeros past what was
@@ -64,6 +67,7 @@ export async function read(ctx: UnitContext, cmd: ScsiCommand): Promise<ScsiResu
   const dataIn = Buffer.alloc(total);
   const wanted = Math.ceil(cmd.expectedLength / ctx.blockSize);
   if (wanted > 0) await readInto(ctx, cmd.signal, req.lba, dataIn.subarray(0, wanted * ctx.blockSize));
+  ctx.device.stats?.read(wanted * ctx.blockSize, (performance.now() - started) / 1000);
   return { status: ScsiStatus.GOOD, dataIn };
 }
 
@@ -83,12 +87,14 @@ export async function write(ctx: UnitContext, cmd: ScsiCommand): Promise<ScsiRes
   const dataOutLength = req.blocks * ctx.blockSize;
   const data = receivedBlocks(ctx, cmd, req.blocks);
   if (data.length === 0) return { status: ScsiStatus.GOOD, dataOutLength };
+  const started = performance.now();
   const release = await lockRange(ctx, cmd.signal, req.lba, data.length / ctx.blockSize);
   try {
     await writeBlocks(ctx, cmd.signal, req.lba, data, req.fua || !ctx.mode.wce);
   } finally {
     release();
   }
+  ctx.device.stats?.write(data.length, (performance.now() - started) / 1000);
   return { status: ScsiStatus.GOOD, dataOutLength };
 }
 
@@ -172,6 +178,8 @@ export async function synchronizeCache(ctx: UnitContext, cmd: ScsiCommand): Prom
   const req = decodeSyncCache(cmd.cdb);
   // NUMBER OF LOGICAL BLOCKS 0 means "to the last LBA".
   checkRange(ctx, req.lba, req.blocks);
+  const started = performance.now();
   await flushDevice(ctx);
+  ctx.device.stats?.flush((performance.now() - started) / 1000);
   return GOOD;
 }

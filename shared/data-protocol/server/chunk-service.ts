@@ -13,6 +13,10 @@ export interface ServedChunk {
   readonly size: number;
   beginIo(mutating: boolean): void;
   endIo(mutating: boolean): void;
+  /** Accounting (metrics, no allocation): a read or a write of `bytes` served in `seconds`. */
+  served(mutating: boolean, bytes: number, seconds: number): void;
+  /** Accounting: a request on this chunk failed (refused epochs included). */
+  failed(err: unknown): void;
 }
 
 export interface ChunkService<C extends ServedChunk = ServedChunk, V = unknown> {

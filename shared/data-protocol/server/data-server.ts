@@ -188,11 +188,16 @@ class Connection {
     // One buffer: reply header then the data, read straight into place.
     const buf = replyBuffers.acquire(REPLY_HEADER_SIZE + h.length);
     const requestId = h.requestId;
+    const started = performance.now();
     chunk.beginIo(false);
     this.store.read(chunk, h.offset, h.length, buf, REPLY_HEADER_SIZE, (err) => {
       chunk.endIo(false);
       const length = buf.length - REPLY_HEADER_SIZE;
-      if (err !== null) return this.replyError(requestId, err, length);
+      if (err !== null) {
+        chunk.failed(err);
+        return this.replyError(requestId, err, length);
+      }
+      chunk.served(false, length, (performance.now() - started) / 1000);
       encodeReplyHeader({ requestId, status: Status.OK, length }, buf, 0);
       this.send(buf, undefined, length, recycleReply);
     });
@@ -200,16 +205,22 @@ class Connection {
 
   private write(h: RequestHeader, payload: Buffer | undefined): void {
     const chunk = this.target(h);
-    const vol = this.admit(h);
+    const vol = this.admit(h, chunk);
     const requestId = h.requestId;
     const length = h.length;
     const fua = (h.flags & Flag.FUA) !== 0;
+    const started = performance.now();
     chunk.beginIo(true);
     const done: Done = (err) => {
       chunk.endIo(true);
       if (payload !== undefined) payloadBuffers.release(payload); // no-op for views into socket chunks
-      if (err !== null) this.replyError(requestId, err, length);
-      else this.replyStatus(requestId, Status.OK, length);
+      if (err !== null) {
+        chunk.failed(err);
+        this.replyError(requestId, err, length);
+      } else {
+        chunk.served(true, length, (performance.now() - started) / 1000);
+        this.replyStatus(requestId, Status.OK, length);
+      }
     };
     const raising = this.store.ensureEpoch(vol, h.epoch);
     if (raising === undefined) return this.store.write(chunk, h.offset, payload, fua, done);
@@ -218,7 +229,7 @@ class Connection {
 
   private zero(h: RequestHeader): void {
     const chunk = this.target(h);
-    const vol = this.admit(h);
+    const vol = this.admit(h, chunk);
     const fua = (h.flags & Flag.FUA) !== 0;
     chunk.beginIo(true);
     const work = (this.store.ensureEpoch(vol, h.epoch) ?? Promise.resolve()).then(() => this.store.zero(chunk, h.offset, h.length, fua));
@@ -232,7 +243,7 @@ class Connection {
    */
   private writeIntent(h: RequestHeader): void {
     const chunk = this.target(h);
-    const vol = this.admit(h);
+    const vol = this.admit(h, chunk);
     chunk.beginIo(true);
     const { offset, length } = h;
     const change = h.opcode === Opcode.MARK_DIRTY
@@ -243,8 +254,13 @@ class Connection {
   }
 
   /** Epoch check of a mutating request (DESIGN rule 3): lower than seen is refused, changing nothing. */
-  private admit(h: RequestHeader): unknown {
-    return this.store.admit(h.volumeId, h.epoch);
+  private admit(h: RequestHeader, chunk: ServedChunk): unknown {
+    try {
+      return this.store.admit(h.volumeId, h.epoch);
+    } catch (err) {
+      chunk.failed(err); // counted on the chunk addressed: a fenced request shows on its disk
+      throw err;
+    }
   }
 
   private settle(requestId: number, chunk: ServedChunk | undefined, work: Promise<void>): void {
@@ -253,6 +269,7 @@ class Connection {
       this.replyStatus(requestId, Status.OK);
     }, (err: unknown) => {
       chunk?.endIo(true);
+      chunk?.failed(err);
       this.replyError(requestId, err);
     });
   }
