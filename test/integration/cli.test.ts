@@ -1,9 +1,11 @@
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { vskyEntry } from '../../deploy/daemon-process.js';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
-import { run } from '../harness/tools.js';
+import { run, tryRun } from '../harness/tools.js';
 import { vsky, vskyJson } from '../harness/vsky.js';
 
 // The vsky CLI as an admin or a script uses it: --help everywhere, --json
@@ -114,6 +116,28 @@ describe('vsky admin commands against a running cluster', () => {
     expect((await vsky(['volume', 'delete', 'pin'], m)).exitCode).toBe(0);
   });
 
+  it('exits quietly when its output pipe is closed (`vsky ... | head -1`)', async () => {
+    const m = c.managerAddress;
+    expect((await vsky(['volume', 'create', 'piped', '--size', '40M'], m)).exitCode).toBe(0);
+    try {
+      const commands = [
+        ['volume', 'show', 'piped'], ['volume', 'show', 'piped', '--json'], ['disk', 'list'], ['events', '--limit', '1000'], ['volume', '--help'],
+      ];
+      for (const cmd of commands) {
+        // The reader is gone before vsky writes a byte: every write meets EPIPE.
+        const r = await vskyIntoClosedPipe([...cmd, '--manager', m]);
+        expect(r, cmd.join(' ')).toEqual({ code: 0, signal: null, stderr: '' });
+      }
+      // What a person types: the first line arrives, nothing else is printed.
+      const shell = await tryRun('bash', ['-c', `"${process.execPath}" "${vskyEntry()}" volume show piped --manager ${m} | head -1; exit \${PIPESTATUS[0]}`]);
+      expect(shell.exitCode).toBe(0);
+      expect(String(shell.stdout)).toMatch(/piped/);
+      expect(String(shell.stderr)).toBe('');
+    } finally {
+      await vsky(['volume', 'delete', 'piped'], m);
+    }
+  });
+
   it('marks a silent server failed and active again when it heartbeats', async () => {
     const m = c.managerAddress;
     const state = async (): Promise<string | undefined> =>
@@ -127,6 +151,19 @@ describe('vsky admin commands against a running cluster', () => {
     await waitFor(async () => (await state()) === 'active', 10_000);
   });
 });
+
+/** Runs vsky with its stdout a pipe whose read end is closed at once; resolves with how it ended. */
+function vskyIntoClosedPipe(args: string[]): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [vskyEntry(), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.destroy();
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`vsky ${args.join(' ')} did not exit`)); }, 30_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stderr }); });
+  });
+}
 
 async function waitFor(cond: () => Promise<boolean>, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
