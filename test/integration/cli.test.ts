@@ -16,16 +16,32 @@ const COMMANDS = [
   ['server', 'list'], ['server', 'add'], ['server', 'remove'],
   ['disk', 'list'], ['disk', 'add'], ['disk', 'remove'],
   ['volume', 'create'], ['volume', 'delete'], ['volume', 'list'], ['volume', 'show'], ['volume', 'attach'], ['volume', 'detach'],
-  ['volume', 'access'], ['disk', 'fail'], ['server', 'fail'], ['resync', 'list'], ['resync', 'watch'],
+  ['volume', 'access'], ['volume', 'handoff'], ['volume', 'wipe'], ['volume', 'resize'], ['volume', 'recon'],
+  ['disk', 'fail'], ['server', 'fail'], ['resync', 'list'], ['resync', 'watch'], ['events'],
+  ['job', 'list'], ['job', 'show'], ['job', 'abort'], ['job', 'watch'],
 ];
 
 describe('vsky --help', () => {
-  it('every command prints usage and exits 0', async () => {
-    for (const cmd of COMMANDS) {
-      const r = await vsky([...cmd, '--help']);
-      expect(r.exitCode, cmd.join(' ')).toBe(0);
-      expect(String(r.stdout), cmd.join(' ')).toMatch(/^Usage: vsky/);
+  it('every command prints usage and exits 0', { timeout: 180_000 }, async () => {
+    // Four at a time: each run loads the whole CLI (about a second on a busy 2-core machine).
+    const results: { cmd: string[]; r: Awaited<ReturnType<typeof vsky>> }[] = [];
+    for (let i = 0; i < COMMANDS.length; i += 4) {
+      const batch = COMMANDS.slice(i, i + 4);
+      results.push(...await Promise.all(batch.map(async (cmd) => ({ cmd, r: await vsky([...cmd, '--help']) }))));
     }
+    for (const { cmd, r } of results) {
+      expect(r.exitCode, cmd.join(' ')).toBe(0);
+      const out = String(r.stdout);
+      expect(out, cmd.join(' ')).toMatch(/^Usage: vsky/);
+      // Defaults read as a person writes them: sizes in units, no raw byte counts or {} / [].
+      const flat = out.replace(/\s+/g, ' ');
+      expect(flat, cmd.join(' ')).not.toMatch(/<size>(?:(?! --).)*\(default: \d+\)/);
+      expect(flat, cmd.join(' ')).not.toMatch(/\(default: (\{.*?\}|\[\])\)/);
+    }
+    const up = String((await vsky(['cluster', 'up', '--help'])).stdout).replace(/\s+/g, ' ');
+    expect(up).toMatch(/--disk-size <size> size of each disk file \(default: 2 GiB\)/);
+    expect(up).toMatch(/--chunk-size <size> chunk \(segment\) size \(default: 256 MiB\)/);
+    expect(up).toMatch(/--volume <name:size\[:replicas\]> volume to create and attach \(default: demo:2GiB:3\)/);
   });
 
   it('head-agent documents its data-path timeouts with units and defaults, and refuses bad ones', async () => {
@@ -116,7 +132,7 @@ describe('vsky admin commands against a running cluster', () => {
     expect((await vsky(['volume', 'delete', 'pin'], m)).exitCode).toBe(0);
   });
 
-  it('exits quietly when its output pipe is closed (`vsky ... | head -1`)', async () => {
+  it('exits quietly when its output pipe is closed (`vsky ... | head -1`)', { timeout: 120_000 }, async () => {
     const m = c.managerAddress;
     expect((await vsky(['volume', 'create', 'piped', '--size', '40M'], m)).exitCode).toBe(0);
     try {
