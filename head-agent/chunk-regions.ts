@@ -4,7 +4,7 @@ import { call, storageNodeClient, type StorageNodeClient } from '../shared/grpc.
 
 // The region bitmaps of a chunk, fetched from its storage node's control
 // service (GetChunkRegions): `written` (regions ever written: what a resync
-// copies, DESIGN rule 8) and `dirty` (write-intent bits: what a new holder
+// copies, docs/design.md rule 8) and `dirty` (write-intent bits: what a new holder
 // reconciles, rule 4). Bit r is bit (r & 7) of byte (r >> 3), least
 // significant first (storage-node/region-map.ts). Clients are cached per
 // control address.

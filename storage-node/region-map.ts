@@ -1,4 +1,4 @@
-// The written-region bitmap of a chunk (DESIGN rule 7, thin chunks): bit r set
+// The written-region bitmap of a chunk (docs/design.md rule 7, thin chunks): bit r set
 // means region r has been written by the chunk's current owner and its bytes on
 // disk are the owner's; clear means it reads as zeros without touching the disk.
 // Bit order: region r is bit (r & 7) of byte (r >> 3), least significant first.
