@@ -1,5 +1,5 @@
-import { InvalidArgumentError as CommanderInvalid } from 'commander';
-import { parseHostPort, parseSize } from '../shared/units.js';
+import { InvalidArgumentError as CommanderInvalid, Option } from 'commander';
+import { formatSizeExact, parseHostPort, parseSize } from '../shared/units.js';
 import { errorMessage } from '../shared/errors.js';
 
 // Commander argument parsers that turn bad input into a clear usage error
@@ -7,6 +7,11 @@ import { errorMessage } from '../shared/errors.js';
 
 export function sizeArg(value: string): number {
   try { return parseSize(value); } catch (e) { throw new CommanderInvalid(errorMessage(e)); }
+}
+
+/** A size option whose --help shows its default in units ("2 GiB"), not as a byte count. */
+export function sizeOption(flags: string, description: string, defaultBytes: number): Option {
+  return new Option(flags, description).argParser(sizeArg).default(defaultBytes, formatSizeExact(defaultBytes));
 }
 
 export function intArg(value: string): number {
@@ -25,6 +30,16 @@ export function positiveIntArg(value: string): number {
 
 export function hostPortArg(value: string): string {
   try { parseHostPort(value); return value; } catch (e) { throw new CommanderInvalid(errorMessage(e)); }
+}
+
+/** A repeatable "key=value" label option; --help says "none" rather than "{}". */
+export function labelOption(flags: string, description: string): Option {
+  return new Option(flags, description).argParser(labelArg).default({}, 'none');
+}
+
+/** A repeatable option collecting its values; --help says "none" rather than "[]". */
+export function repeatableOption(flags: string, description: string): Option {
+  return new Option(flags, description).argParser(collect).default([], 'none');
 }
 
 /** Repeatable "key=value" option accumulator. */

@@ -379,7 +379,7 @@ export class Attachments implements ExportRegistry {
     if (newer !== undefined) {
       throw new StaleEpochError(`cannot attach volume ${map.name} with epoch ${epoch}: a replica node has seen a newer epoch (${errorMessage(newer)})`, { volume: map.name, epoch });
     }
-    // DESIGN (leases): a replica that cannot be fenced is marked stale and the
+    // docs/design.md (leases): a replica that cannot be fenced is marked stale and the
     // attach goes on with the others. It becomes suspect (never read or
     // written); writes skip it and are acknowledged once the manager recorded
     // it stale (replica-failures.ts). Needs a handler that reports, and an

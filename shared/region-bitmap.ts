@@ -2,7 +2,7 @@ import { REGION_BITS_PER_CHUNK } from './constants.js';
 
 // Region bitmaps of a chunk, the one home of their bit helpers. A chunk is
 // divided into regions (REGION_BITS_PER_CHUNK by default); two bitmaps use
-// them: `written` (DESIGN rule 7, thin chunks: bit r set means region r has
+// them: `written` (docs/design.md rule 7, thin chunks: bit r set means region r has
 // been written by the chunk's current owner and its bytes on disk are the
 // owner's; clear means it reads as zeros without touching the disk; what a
 // resync copies, rule 8) and `dirty` (write-intent bits: what a new holder

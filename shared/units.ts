@@ -31,6 +31,19 @@ export function formatSize(bytes: number): string {
   return i === 0 ? `${v} B` : `${v.toFixed(1)} ${names[i]}`;
 }
 
+/**
+ * Formats bytes in the largest binary unit that holds them exactly, as a
+ * person would type them back: 2147483648 -> "2 GiB", 1610612736 ->
+ * "1536 MiB", 1000 -> "1000 B". parseSize reads every result.
+ */
+export function formatSizeExact(bytes: number): string {
+  const names = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = bytes;
+  let i = 0;
+  while (v >= 1024 && v % 1024 === 0 && i < names.length - 1) { v /= 1024; i++; }
+  return `${v} ${names[i]}`;
+}
+
 /** Parses "HOST:PORT" (IPv4 or name) into parts. */
 export function parseHostPort(text: string, what = 'address'): { host: string; port: number } {
   const m = /^([^:\s]+):(\d{1,5})$/.exec(text.trim());

@@ -1,7 +1,7 @@
 import type { Chunk, Done } from './chunk.js';
 import { allSet, clearBit, setBit, testBit } from '../shared/region-bitmap.js';
 
-// Reads and writes inside one chunk, keeping chunks thin and leak-free (DESIGN
+// Reads and writes inside one chunk, keeping chunks thin and leak-free (docs/design.md
 // rule 7) by construction:
 // - a region whose written-bit is clear reads as zeros without touching disk;
 // - the first write into a clear region zero-fills the rest of that region,

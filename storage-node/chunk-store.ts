@@ -10,7 +10,7 @@ import { NoChunkError } from '../shared/data-protocol/status.js';
 // All disks of a node, and the index the data path uses to find a chunk:
 // volumeId -> (segment * 256 + slot) -> Chunk, numeric keys only (no string
 // building per I/O). Each volume also carries the highest lease epoch this
-// node has seen for it (DESIGN rule 3), kept on every chunk record of the
+// node has seen for it (docs/design.md rule 3), kept on every chunk record of the
 // volume so it survives restarts and disk moves.
 
 /** A chunk's identity as recorded on disk (structurally the proto ChunkIdentity). */
@@ -109,7 +109,7 @@ export class ChunkStore {
   }
 
   /**
-   * Epoch check of a mutating request (DESIGN rule 3): an epoch lower than the
+   * Epoch check of a mutating request (docs/design.md rule 3): an epoch lower than the
    * highest seen for the volume is refused, changing nothing. Returns the
    * volume entry for ensureEpoch().
    */

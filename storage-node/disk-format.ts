@@ -33,7 +33,7 @@ import { CorruptMetadataError } from '../shared/errors.js';
 // then zero padding to a whole number of sectors.
 //
 // Format versions: 1 had only the written-region bitmap; 2 added the
-// write-intent (dirty) bitmap right after it (DESIGN rule 4); 3 widens the
+// write-intent (dirty) bitmap right after it (docs/design.md rule 4); 3 widens the
 // generation and the epoch from u32 to u64 (they never wrap: shared/counters.ts),
 // which grows the fixed part of a record from 144 to 160 bytes (magic 'VSKD';
 // a version-2 record has the magic 'VSKC', u32 generation at 64, u32 epoch at

@@ -20,7 +20,7 @@ export class DiskStats {
   readonly syncLatency = new LatencyHistogram();
   /** Data-protocol requests on the disk's chunks that were answered with an error. */
   errors = 0;
-  /** Mutations refused for a stale lease epoch (DESIGN rule 3). */
+  /** Mutations refused for a stale lease epoch (docs/design.md rule 3). */
   fencedRequests = 0;
   /** Bytes copied into this disk's chunks by resyncs. */
   resyncCopyBytes = 0;

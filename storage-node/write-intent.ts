@@ -1,7 +1,7 @@
 import type { Chunk } from './chunk.js';
 import { clearBit, setBit, testBit } from '../shared/region-bitmap.js';
 
-// The write-intent (dirty-region) bitmap of a chunk (DESIGN rule 4). A head
+// The write-intent (dirty-region) bitmap of a chunk (docs/design.md rule 4). A head
 // marks a region dirty (MARK_DIRTY) before its first write there and clears it
 // (CLEAR_DIRTY) once a flush has made the replicas agree and nothing is in
 // flight there. When a head dies, the dirty bits on its replicas name the

@@ -1,11 +1,11 @@
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { InvalidArgumentError as CommanderInvalid, type Command } from 'commander';
+import { InvalidArgumentError as CommanderInvalid, Option, type Command } from 'commander';
 import { HEAD_HOST_BASE, LOCAL_CLUSTER_DEFAULTS, LocalCluster, headHost } from '../../deploy/local-cluster.js';
 import { DEFAULT_REPLICAS, DEFAULT_XMLRPC_ADDRESS, MAX_REPLICAS } from '../../shared/constants.js';
 import { errorMessage } from '../../shared/errors.js';
-import { formatSize, parseSize } from '../../shared/units.js';
-import { hostPortArg, intArg, positiveIntArg, sizeArg } from '../options.js';
+import { formatSize, formatSizeExact, parseSize } from '../../shared/units.js';
+import { hostPortArg, intArg, positiveIntArg, sizeOption } from '../options.js';
 import { announceMetrics, registerClusterMetricsCommand } from './cluster-metrics.js';
 
 interface VolumeSpec { name: string; size: number; replicas: number }
@@ -20,6 +20,8 @@ function volumeArg(value: string): VolumeSpec {
   return { name, size: bytes, replicas: k };
 }
 
+const DEMO_VOLUME: VolumeSpec = { name: 'demo', size: 2 * 1024 ** 3, replicas: DEFAULT_REPLICAS };
+
 export function registerClusterCommands(program: Command): void {
   const cluster = program.command('cluster').description('a whole cluster on this machine, for trying VastSky and for tests');
   const d = LOCAL_CLUSTER_DEFAULTS;
@@ -28,10 +30,11 @@ export function registerClusterCommands(program: Command): void {
     .option('--dir <dir>', 'where the cluster keeps its data and logs', '.vsky')
     .option('--servers <n>', 'storage servers (each on its own 127.0.0.x address)', positiveIntArg, d.servers)
     .option('--disks-per-server <m>', 'sparse disk files per server', positiveIntArg, d.disksPerServer)
-    .option('--disk-size <size>', 'size of each disk file', sizeArg, d.diskSize)
-    .option('--chunk-size <size>', 'chunk (segment) size', sizeArg, d.chunkSize)
+    .addOption(sizeOption('--disk-size <size>', 'size of each disk file', d.diskSize))
+    .addOption(sizeOption('--chunk-size <size>', 'chunk (segment) size', d.chunkSize))
     .option('--heads <n>', `head agents head1..headN (head1 on 127.0.0.1, head n > 1 on 127.0.0.${HEAD_HOST_BASE}+n, same ports)`, positiveIntArg, 1)
-    .option('--volume <name:size[:replicas]>', 'volume to create and attach', volumeArg, { name: 'demo', size: 2 * 1024 ** 3, replicas: DEFAULT_REPLICAS })
+    .addOption(new Option('--volume <name:size[:replicas]>', 'volume to create and attach').argParser(volumeArg)
+      .default(DEMO_VOLUME, `${DEMO_VOLUME.name}:${formatSizeExact(DEMO_VOLUME.size).replace(' ', '')}:${DEMO_VOLUME.replicas}`))
     .option('--manager <host:port>', 'manager listen address', hostPortArg, d.managerListen)
     .option('--nbd-port <port>', 'NBD port of the head agents', intArg, d.nbdPort)
     .option('--iscsi-port <port>', 'iSCSI portal port of the head agents', intArg, d.iscsiPort)

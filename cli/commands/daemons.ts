@@ -5,7 +5,7 @@ import {
   DEFAULT_ISCSI_PORT, DEFAULT_MANAGER_ADDRESS, DEFAULT_NBD_PORT, DEFAULT_NODE_DATA_PORT, DEFAULT_NODE_GRPC_PORT,
   DEFAULT_XMLRPC_ADDRESS, FLUSH_TIMEOUT_MS,
 } from '../../shared/constants.js';
-import { collect, hostPortArg, intArg, labelArg, positiveIntArg, sizeArg } from '../options.js';
+import { hostPortArg, intArg, labelOption, positiveIntArg, repeatableOption, sizeOption } from '../options.js';
 import { parseSize } from '../../shared/units.js';
 import { errorMessage } from '../../shared/errors.js';
 
@@ -66,7 +66,7 @@ export function registerDaemonCommands(program: Command): void {
     .description('run the cluster manager (metadata, placement, attach, gRPC API)')
     .requiredOption('--data-dir <dir>', 'where the manager keeps its LevelDB')
     .option('--listen <host:port>', 'gRPC listen address', hostPortArg, DEFAULT_MANAGER_ADDRESS)
-    .option('--chunk-size <size>', 'cluster chunk (segment) size', sizeArg, DEFAULT_CHUNK_SIZE)
+    .addOption(sizeOption('--chunk-size <size>', 'cluster chunk (segment) size', DEFAULT_CHUNK_SIZE))
     .option('--heartbeat-timeout <ms>', 'mark a server or head failed after this silence', intArg, DEFAULT_HEARTBEAT_TIMEOUT_MS)
     .option('--rebuild-from-storage', 'the database is lost: rebuild it from the storage nodes (they register as usual), '
       + 'then start; only into an empty data directory')
@@ -114,9 +114,9 @@ export function registerDaemonCommands(program: Command): void {
     .option('--data-port <port>', 'data protocol port (0: pick one)', intArg, DEFAULT_NODE_DATA_PORT)
     .option('--grpc-port <port>', 'control gRPC port (0: pick one)', intArg, DEFAULT_NODE_GRPC_PORT)
     .option('--manager <host:port>', 'manager to register with', hostPortArg)
-    .option('--disk <path[:size]>', 'disk file or device; a missing file is created sparse at size (repeatable)', collect, [])
-    .option('--chunk-size <size>', 'chunk size used to format new disks', sizeArg, DEFAULT_CHUNK_SIZE)
-    .option('--label <key=value>', 'failure-domain label, e.g. rack=r1 (repeatable)', labelArg, {})
+    .addOption(repeatableOption('--disk <path[:size]>', 'disk file or device; a missing file is created sparse at size (repeatable)'))
+    .addOption(sizeOption('--chunk-size <size>', 'chunk size used to format new disks', DEFAULT_CHUNK_SIZE))
+    .addOption(labelOption('--label <key=value>', 'failure-domain label, e.g. rack=r1 (repeatable)'))
     .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
     .option('--disk-throttle-mibps <n>', 'cap each disk\'s data reads and writes together at n MiB/s, e.g. to make '
       + 'file-backed disks stand in for spindles in benchmarks (0: none)', intArg, 0)

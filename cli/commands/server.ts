@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { adminCommand, call, withManager } from '../admin.js';
 import { emit, printTable } from '../output.js';
-import { hostPortArg, intArg, labelArg } from '../options.js';
+import { hostPortArg, intArg, labelOption } from '../options.js';
 import { waitForDrain } from '../drain-progress.js';
 
 export function registerServerCommands(program: Command): void {
@@ -16,7 +16,7 @@ export function registerServerCommands(program: Command): void {
 
   adminCommand(server, 'add', 'register a running storage node by its control address')
     .argument('<control-address>', 'HOST:PORT of the node\'s control (gRPC) port', hostPortArg)
-    .option('--label <key=value>', 'failure-domain label, e.g. rack=r1 (repeatable)', labelArg, {})
+    .addOption(labelOption('--label <key=value>', 'failure-domain label, e.g. rack=r1 (repeatable)'))
     .action((address: string, o) => withManager(o, async (m) => {
       const s = await call(m, 'AddServer', { controlAddress: address, labels: o.label });
       emit(o, s, () => process.stdout.write(`added server ${s.name} (${s.serverId}) with ${s.diskCount} disk(s)\n`));

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { adminCommand, call, withManager } from '../admin.js';
 import { emit, printTable } from '../output.js';
-import { collect, positiveIntArg, sizeArg } from '../options.js';
+import { positiveIntArg, repeatableOption, sizeArg } from '../options.js';
 import { formatSize } from '../../shared/units.js';
 import { DEFAULT_REPLICAS } from '../../shared/constants.js';
 
@@ -63,7 +63,7 @@ export function registerVolumeCommands(program: Command): void {
 
   adminCommand(volume, 'access', 'set who may log in to the volume over iSCSI (initiator ACL, CHAP)')
     .argument('<name>', 'volume name')
-    .option('--initiator <iqn>', 'allow this initiator name (repeatable); none given: any initiator', collect, [])
+    .addOption(repeatableOption('--initiator <iqn>', 'allow this initiator name (repeatable); none given: any initiator'))
     .option('--chap-user <user>', 'one-way CHAP: user the initiator must log in as')
     .option('--chap-secret <secret>', 'one-way CHAP secret (12-255 characters); or set VSKY_CHAP_SECRET')
     .option('--mutual-user <user>', 'mutual CHAP: name the target answers with')

@@ -23,7 +23,7 @@ export interface ReplicaFailure {
  * Decides what a mutation that failed on some replicas becomes. This is the
  * seam for degraded writes: the reporting handler (replica-failures.ts) marks
  * the failed replicas stale durably (through the manager) and then resolves,
- * so the write is acknowledged on the survivors (DESIGN rule 2: stale-marking
+ * so the write is acknowledged on the survivors (docs/design.md rule 2: stale-marking
  * comes BEFORE the acknowledgement). The default rejects. Never consulted for
  * StaleEpochError (this head was fenced off: nothing may be acknowledged).
  */

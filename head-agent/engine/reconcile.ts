@@ -6,7 +6,7 @@ import type { ChunkRegions, NodeControlClients } from './node-control-clients.js
 import type { Mirror } from './mirror.js';
 import type { Replica } from './replica.js';
 
-// Crash reconciliation (DESIGN rule 4), run by attach after fencing and
+// Crash reconciliation (docs/design.md rule 4), run by attach after fencing and
 // BEFORE the volume is registered for I/O. A head that died may have left
 // writes half-done: on some replicas, not on others. Every such region has
 // its write-intent bit set on at least one in-sync replica (the MARK went to

@@ -4,7 +4,7 @@ import { moduleLogger, type Logger } from '../../shared/logger.js';
 import { mutationFailureError, type FailingMirror, type ReplicaFailure, type ReplicaFailureHandler } from './failure-handler.js';
 import type { Replica } from './replica.js';
 
-// Degraded writes (DESIGN rule 2). A replica that fails a request (I/O error,
+// Degraded writes (docs/design.md rule 2). A replica that fails a request (I/O error,
 // transport error, timeout) while another replica of its segment succeeds
 // becomes SUSPECT at once: no more reads or writes go to it. The head reports
 // it (ReportReplicaFailure) and acknowledges the writes it missed only once

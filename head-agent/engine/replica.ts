@@ -101,7 +101,7 @@ export class Replica implements RequestTarget {
     return this.state === 'in_sync' && !this.suspect;
   }
 
-  /** In-sync and resyncing replicas take every write (DESIGN: data path). */
+  /** In-sync and resyncing replicas take every write (docs/design.md: data path). */
   get writable(): boolean {
     return this.state !== 'stale' && !this.suspect;
   }

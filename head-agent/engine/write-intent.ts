@@ -3,7 +3,7 @@ import { MiB } from '../../shared/constants.js';
 import { moduleLogger, type Logger } from '../../shared/logger.js';
 import type { Replica } from './replica.js';
 
-// Write-intent (DESIGN rule 4): before the first write into a region that is
+// Write-intent (docs/design.md rule 4): before the first write into a region that is
 // not marked dirty, every writable replica of the segment persists a dirty
 // bit for it (MARK_DIRTY); the write goes out only once all answered. After
 // a crash of this head, the next holder reconciles exactly the dirty regions

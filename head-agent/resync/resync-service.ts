@@ -19,7 +19,7 @@ import type { Replica } from '../engine/replica.js';
 //  1. install the segment's region locks, then wait for mutations begun
 //     before (they hold no lock, and some may have skipped the target);
 //  2. union the sources' written bitmaps (GetChunkRegions): regions never
-//     written are not copied (DESIGN rule 8);
+//     written are not copied (docs/design.md rule 8);
 //  3. for each run of written regions from start_region: lock it exclusively
 //     (foreground writes there wait; the copy waits for those in flight), read
 //     it from a source (round-robin over the sources), write it to the target

@@ -5,7 +5,7 @@ import { MAX_VOLUME_ID } from '../placement.js';
 import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeRecord } from '../types.js';
 
 // The manager's metadata rebuilt from the storage nodes' chunk tables (issue 9,
-// DESIGN rules 2 and 6). Pure: no I/O, no clock but `nowMs` (and the time it
+// docs/design.md rules 2 and 6). Pure: no I/O, no clock but `nowMs` (and the time it
 // takes, for the report). manager/rebuild/apply.ts writes the plan.
 //
 // What a chunk record says (proto/common.proto ChunkIdentity): its volume's

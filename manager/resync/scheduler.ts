@@ -2,7 +2,7 @@
 // Pure (no I/O, no clock): the manager (manager/resync/resyncs.ts) and the rebuild
 // simulation (test/bench/resync-scheduler.ts) run this same code.
 //
-// Rules (DESIGN rule 8, and what VastSky's storage manager did):
+// Rules (docs/design.md rule 8, and what VastSky's storage manager did):
 //  - a physical disk takes part in at most `perDisk` running resyncs (default
 //    one), whether as source or as target; every source a resync reads from
 //    counts against its disk;

@@ -4,7 +4,7 @@ import type { Logger } from '../../shared/logger.js';
 import type { ReplicaLocation__Output } from '../../proto/generated/vsky/common/ReplicaLocation.js';
 import { testBit } from '../../shared/region-bitmap.js';
 
-// What a resync copy has to do, region by region (DESIGN rule 8: regions
+// What a resync copy has to do, region by region (docs/design.md rule 8: regions
 // never written are not copied). The sources' written bitmaps come from their
 // nodes' GetChunkRegions (ReplicaLocation.control_address); the plan is then a
 // list of runs of consecutive regions:

@@ -61,6 +61,27 @@ export class VerifyingWriter {
     this.client = undefined;
   }
 
+  /**
+   * Writes every block once, in order, before start() (so every region of every chunk holds
+   * data: a resync then has the whole chunk to copy). The model records each as acknowledged.
+   */
+  async fillAll(): Promise<void> {
+    const span = 64;
+    const c = await NbdClient.connect(this.uri, 2000);
+    try {
+      for (let b = 0; b < this.opts.blocks; b += span) {
+        const n = Math.min(span, this.opts.blocks - b);
+        const data = Buffer.alloc(n * BLOCK);
+        const seqs = Array.from({ length: n }, () => ++this.seq);
+        seqs.forEach((seq, i) => { this.issued[b + i] = seq; fill(b + i, seq, data.subarray(i * BLOCK, (i + 1) * BLOCK)); });
+        await c.write(b * BLOCK, data);
+        seqs.forEach((seq, i) => { this.acked[b + i] = seq; });
+      }
+    } finally {
+      c.close();
+    }
+  }
+
   start(): void {
     this.running = true;
     this.lastAck = Date.now();

@@ -42,9 +42,10 @@ async function nodeOfFirstReplica(c: LocalCluster, name: string): Promise<number
   return c.nodes.findIndex((n) => n.ready.dataAddress === addr);
 }
 
-async function runFault(c: LocalCluster, name: string, fault: (w: VerifyingWriter) => Promise<void>): Promise<VerifyingWriter> {
+async function runFault(c: LocalCluster, name: string, fault: (w: VerifyingWriter) => Promise<void>, opts: { fillFirst?: boolean } = {}): Promise<VerifyingWriter> {
   const uri = await c.ensureVolume(name, SIZE, 3);
   const w = new VerifyingWriter({ uri, blocks: BLOCKS, queueDepth: 8 });
+  if (opts.fillFirst) await w.fillAll();
   w.start();
   await new Promise((r) => setTimeout(r, 1000));
   w.resetStall();
@@ -118,26 +119,58 @@ describe('chaos: storage node failures under a verifying writer', () => {
   }, 120_000);
 });
 
+const RESYNC_MIBPS = 2;
+
 describe('chaos: manager killed -9 during a resync', () => {
   let c: LocalCluster;
   beforeAll(async () => {
-    c = await startTestCluster({ servers: 4, heartbeatTimeoutMs: 2000, managerArgs: ['--resync-mibps', '8'] });
+    // 2 MiB/s per resync and a volume written all over first: each 16 MiB chunk takes ~8 s to
+    // copy, time enough to see its resync running and kill the manager under it.
+    c = await startTestCluster({ servers: 4, heartbeatTimeoutMs: 2000, managerArgs: ['--resync-mibps', String(RESYNC_MIBPS)] });
   });
   afterAll(() => destroyTestCluster(c));
 
   it('the resync resumes and completes after the manager restarts', async () => {
+    let running: RunningResync | undefined;
+    let killedAtMs = 0;
     await runFault(c, 'mgr', async () => {
       const i = await nodeOfFirstReplica(c, 'mgr');
       await c.nodes[i]!.kill9();
-      // Wait until a resync is running, then kill the manager under it.
-      for (let t = 0; t < 100; t++) {
-        const r = await vsky(['resync', 'list', '--json'], c.managerAddress);
-        if (r.exitCode === 0 && (JSON.parse(String(r.stdout)) as { resyncs: { state: string }[] }).resyncs.some((x) => x.state === 'running')) break;
-        await new Promise((res) => setTimeout(res, 100));
-      }
+      // The premise: a resync of this volume is running, with at least half of its chunk still
+      // to copy (about 4 s at RESYNC_MIBPS), when the manager dies.
+      running = await waitForRunningResync(c, 'mgr', 20_000);
       await c.manager.kill9();
+      killedAtMs = Date.now();
+      console.log(`mgr: manager killed -9 while resync ${running.resyncId} (seg ${running.segment} slot ${running.slot}) `
+        + `was running at ${running.regionsDone}/${running.regionsTotal} regions, ${running.bytesCopied} bytes copied`);
       await new Promise((r) => setTimeout(r, 500));
       await c.manager.start();
-    });
+    }, { fillFirst: true });
+    // ...and that very resync was committed by the restarted manager, not before the kill.
+    const r = await vsky(['events', '--kind', 'resync.finished', '--target', 'volume:mgr', '--limit', '1000', '--json'], c.managerAddress);
+    expect(r.exitCode, String(r.stderr)).toBe(0);
+    const finished = (JSON.parse(String(r.stdout)) as { timeMs: number; details: Record<string, string> }[])
+      .filter((e) => e.details.resync === running!.resyncId);
+    expect(finished).toHaveLength(1);
+    expect(finished[0]!.timeMs).toBeGreaterThan(killedAtMs);
   }, 120_000);
 });
+
+interface RunningResync { resyncId: string; volume: string; segment: number; slot: number; state: string; regionsDone: number; regionsTotal: number; bytesCopied: number }
+
+/** Polls `vsky resync list --json` until a resync of `volume` runs with at least half of its regions left; throws if none does in time. */
+async function waitForRunningResync(c: LocalCluster, volume: string, ms: number): Promise<RunningResync> {
+  const deadline = Date.now() + ms;
+  let last = '';
+  while (Date.now() < deadline) {
+    const r = await vsky(['resync', 'list', '--json'], c.managerAddress);
+    if (r.exitCode === 0) {
+      last = String(r.stdout);
+      const found = (JSON.parse(last) as { resyncs: RunningResync[] }).resyncs.find((x) =>
+        x.volume === volume && x.state === 'running' && x.regionsTotal > 0 && x.regionsDone * 2 < x.regionsTotal);
+      if (found) return found;
+    }
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  throw new Error(`no resync of ${volume} was running with bytes left within ${ms} ms; last list: ${last}`);
+}

@@ -1,9 +1,11 @@
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { vskyEntry } from '../../deploy/daemon-process.js';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
-import { run } from '../harness/tools.js';
+import { run, tryRun } from '../harness/tools.js';
 import { vsky, vskyJson } from '../harness/vsky.js';
 
 // The vsky CLI as an admin or a script uses it: --help everywhere, --json
@@ -14,16 +16,32 @@ const COMMANDS = [
   ['server', 'list'], ['server', 'add'], ['server', 'remove'],
   ['disk', 'list'], ['disk', 'add'], ['disk', 'remove'],
   ['volume', 'create'], ['volume', 'delete'], ['volume', 'list'], ['volume', 'show'], ['volume', 'attach'], ['volume', 'detach'],
-  ['volume', 'access'], ['disk', 'fail'], ['server', 'fail'], ['resync', 'list'], ['resync', 'watch'],
+  ['volume', 'access'], ['volume', 'handoff'], ['volume', 'wipe'], ['volume', 'resize'], ['volume', 'recon'],
+  ['disk', 'fail'], ['server', 'fail'], ['resync', 'list'], ['resync', 'watch'], ['events'],
+  ['job', 'list'], ['job', 'show'], ['job', 'abort'], ['job', 'watch'],
 ];
 
 describe('vsky --help', () => {
-  it('every command prints usage and exits 0', async () => {
-    for (const cmd of COMMANDS) {
-      const r = await vsky([...cmd, '--help']);
-      expect(r.exitCode, cmd.join(' ')).toBe(0);
-      expect(String(r.stdout), cmd.join(' ')).toMatch(/^Usage: vsky/);
+  it('every command prints usage and exits 0', { timeout: 180_000 }, async () => {
+    // Four at a time: each run loads the whole CLI (about a second on a busy 2-core machine).
+    const results: { cmd: string[]; r: Awaited<ReturnType<typeof vsky>> }[] = [];
+    for (let i = 0; i < COMMANDS.length; i += 4) {
+      const batch = COMMANDS.slice(i, i + 4);
+      results.push(...await Promise.all(batch.map(async (cmd) => ({ cmd, r: await vsky([...cmd, '--help']) }))));
     }
+    for (const { cmd, r } of results) {
+      expect(r.exitCode, cmd.join(' ')).toBe(0);
+      const out = String(r.stdout);
+      expect(out, cmd.join(' ')).toMatch(/^Usage: vsky/);
+      // Defaults read as a person writes them: sizes in units, no raw byte counts or {} / [].
+      const flat = out.replace(/\s+/g, ' ');
+      expect(flat, cmd.join(' ')).not.toMatch(/<size>(?:(?! --).)*\(default: \d+\)/);
+      expect(flat, cmd.join(' ')).not.toMatch(/\(default: (\{.*?\}|\[\])\)/);
+    }
+    const up = String((await vsky(['cluster', 'up', '--help'])).stdout).replace(/\s+/g, ' ');
+    expect(up).toMatch(/--disk-size <size> size of each disk file \(default: 2 GiB\)/);
+    expect(up).toMatch(/--chunk-size <size> chunk \(segment\) size \(default: 256 MiB\)/);
+    expect(up).toMatch(/--volume <name:size\[:replicas\]> volume to create and attach \(default: demo:2GiB:3\)/);
   });
 
   it('head-agent documents its data-path timeouts with units and defaults, and refuses bad ones', async () => {
@@ -114,6 +132,28 @@ describe('vsky admin commands against a running cluster', () => {
     expect((await vsky(['volume', 'delete', 'pin'], m)).exitCode).toBe(0);
   });
 
+  it('exits quietly when its output pipe is closed (`vsky ... | head -1`)', { timeout: 120_000 }, async () => {
+    const m = c.managerAddress;
+    expect((await vsky(['volume', 'create', 'piped', '--size', '40M'], m)).exitCode).toBe(0);
+    try {
+      const commands = [
+        ['volume', 'show', 'piped'], ['volume', 'show', 'piped', '--json'], ['disk', 'list'], ['events', '--limit', '1000'], ['volume', '--help'],
+      ];
+      for (const cmd of commands) {
+        // The reader is gone before vsky writes a byte: every write meets EPIPE.
+        const r = await vskyIntoClosedPipe([...cmd, '--manager', m]);
+        expect(r, cmd.join(' ')).toEqual({ code: 0, signal: null, stderr: '' });
+      }
+      // What a person types: the first line arrives, nothing else is printed.
+      const shell = await tryRun('bash', ['-c', `"${process.execPath}" "${vskyEntry()}" volume show piped --manager ${m} | head -1; exit \${PIPESTATUS[0]}`]);
+      expect(shell.exitCode).toBe(0);
+      expect(String(shell.stdout)).toMatch(/piped/);
+      expect(String(shell.stderr)).toBe('');
+    } finally {
+      await vsky(['volume', 'delete', 'piped'], m);
+    }
+  });
+
   it('marks a silent server failed and active again when it heartbeats', async () => {
     const m = c.managerAddress;
     const state = async (): Promise<string | undefined> =>
@@ -127,6 +167,19 @@ describe('vsky admin commands against a running cluster', () => {
     await waitFor(async () => (await state()) === 'active', 10_000);
   });
 });
+
+/** Runs vsky with its stdout a pipe whose read end is closed at once; resolves with how it ended. */
+function vskyIntoClosedPipe(args: string[]): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [vskyEntry(), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.destroy();
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`vsky ${args.join(' ')} did not exit`)); }, 30_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stderr }); });
+  });
+}
 
 async function waitFor(cond: () => Promise<boolean>, ms: number): Promise<void> {
   const deadline = Date.now() + ms;

@@ -8,9 +8,8 @@ import { NbdClient } from '../harness/nbd-client.js';
 
 // Write leases under contention and with a hung holder: two reproductions of
 // product bugs found while writing test/integration/leases.test.ts. Both
-// FAIL until head-agent/lease-requester.ts and manager/leases.ts are fixed
-// (see each test); they are kept apart from leases.test.ts so that file stays
-// a green regression suite.
+// failed until head-agent/lease-requester.ts and manager/leases.ts were fixed
+// (see each test); they stay as regression tests.
 
 const TTL_MS = 2000;
 

@@ -13,7 +13,7 @@ import type { ReplicaFailureReport__Output } from '../../proto/generated/vsky/ma
 import { fill } from '../support/seeded-bytes.js';
 import { allocateVolume, startManagerStub, startNodeTrio, type ManagerStub, type NodeTrio } from '../support/storage-node-trio.js';
 
-// Degraded writes (DESIGN rule 2) against three REAL storage nodes, the third
+// Degraded writes (docs/design.md rule 2) against three REAL storage nodes, the third
 // one behind a TCP proxy the test can cut, and a fake manager (a gRPC server
 // implementing ReportReplicaFailure) whose answers the test controls.
 

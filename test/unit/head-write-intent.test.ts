@@ -10,7 +10,7 @@ import { StaleEpochError } from '../../shared/errors.js';
 import { fill } from '../support/seeded-bytes.js';
 import { allocateVolume, startNodeTrio, type NodeTrio } from '../support/storage-node-trio.js';
 
-// Write-intent and crash reconciliation (DESIGN rule 4) against three REAL
+// Write-intent and crash reconciliation (docs/design.md rule 4) against three REAL
 // storage nodes. Chunks of 4 MiB (region 1 KiB on the nodes); the head marks
 // in groups of 64 KiB here. The sweep timer is off: the tests sweep by hand.
 

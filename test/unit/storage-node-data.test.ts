@@ -175,7 +175,7 @@ describe('storage node data path', () => {
     expectStatus(await write(3, 0, 0, old), Status.OK);
     await rpc.free(a, 2, 3);
     expectStatus(await read(3, 0, 0, 16), Status.NO_CHUNK);
-    // The next owner (another volume) must never see them (DESIGN rule 7).
+    // The next owner (another volume) must never see them (docs/design.md rule 7).
     await rpc.allocate(a, 2, identity(4, 0));
     expect((await read(4, 0, 0, 4 * REGION)).payload.equals(Buffer.alloc(4 * REGION))).toBe(true);
     const small = Buffer.from('fresh bytes');

@@ -2,7 +2,7 @@
 // interface between the wire (data-server.ts) and the storage node's chunk
 // store (storage-node/chunk-service.ts implements it). The server owns the
 // protocol (framing, back-pressure, statuses, reply batching); the service
-// owns the bytes and the epoch rule (DESIGN rule 3): admit() refuses a
+// owns the bytes and the epoch rule (docs/design.md rule 3): admit() refuses a
 // mutating request whose epoch is below the volume's, changing nothing.
 // Hot-path calls take callbacks (no promise per read or write).
 

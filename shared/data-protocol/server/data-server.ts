@@ -253,7 +253,7 @@ class Connection {
     this.settle(h.requestId, chunk, raising === undefined ? Promise.resolve().then(change) : raising.then(change));
   }
 
-  /** Epoch check of a mutating request (DESIGN rule 3): lower than seen is refused, changing nothing. */
+  /** Epoch check of a mutating request (docs/design.md rule 3): lower than seen is refused, changing nothing. */
   private admit(h: RequestHeader, chunk: ServedChunk): unknown {
     try {
       return this.store.admit(h.volumeId, h.epoch);
