@@ -10,7 +10,7 @@ import type { Volumes } from './volumes.js';
 //  - Nothing lives there: removed at once.
 //  - Otherwise, by default, drained: the disks take no new chunks and every
 //    replica on them is copied elsewhere with full redundancy throughout
-//    (manager/drains.ts), then they are removed. The call returns once the
+//    (manager/resync/drains.ts), then they are removed. The call returns once the
 //    drain is recorded; ListDisks/ListServers show it going on.
 //  - With force: removed at once; the replicas there are marked stale in the
 //    same batch (the registry's disksLost hook, manager/failures.ts), so they

@@ -59,7 +59,7 @@ export class Failures {
     for (const { volume, map } of this.volumes.entries()) {
       if (!map.disks.some((d) => diskIds.has(d))) continue;
       const marked: string[] = [];
-      // Drain targets on the disks are dropped by the next drain pass (manager/drains.ts).
+      // Drain targets on the disks are dropped by the next drain pass (manager/resync/drains.ts).
       forEachReplica(map, (ref) => {
         if (diskIds.has(ref.diskId) && ref.state !== 'stale' && !ref.move) {
           setReplicaState(map, ref.r, 'stale');

@@ -373,7 +373,7 @@ export class Registry {
     this.hooks?.changed(`server ${s.name} ${state}`);
   }
 
-  /** Starts or stops draining a disk (manager/drains.ts): a draining disk takes no new chunks. */
+  /** Starts or stops draining a disk (manager/resync/drains.ts): a draining disk takes no new chunks. */
   setDraining(d: DiskRecord, draining: boolean, reason: string, batch: StoreBatch): void {
     if (Boolean(d.draining) === draining) return;
     if (draining) d.draining = true;

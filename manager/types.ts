@@ -42,7 +42,7 @@ export interface DiskRecord {
   /** Failed by an admin (FailDisk): a node reporting it active does not revive it; AddDisk does. */
   adminFailed?: boolean;
   /**
-   * Being drained by a graceful RemoveDisk/RemoveServer (manager/drains.ts):
+   * Being drained by a graceful RemoveDisk/RemoveServer (manager/resync/drains.ts):
    * takes no new chunks; its replicas are copied elsewhere, each kept in sync
    * until its copy is, then the disk becomes removed. AddDisk cancels it.
    */
@@ -156,7 +156,7 @@ export interface ChunkMapRecord {
   ids?: number[];
   /**
    * Drains in progress, as quads [r, diskRef, chunkIndex, idSlot]: the chunk
-   * replica r is being copied to (manager/drains.ts). Written like a
+   * replica r is being copied to (manager/resync/drains.ts). Written like a
    * resyncing replica, never read; replica r itself stays in sync, so the
    * segment keeps full redundancy throughout. At most one per position.
    */

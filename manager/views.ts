@@ -19,7 +19,7 @@ export function serverView(s: ServerRecord, registry: Registry): ServerInfo {
   };
 }
 
-/** `drainNote`: why a draining disk waits (manager/drains.ts), if it does. */
+/** `drainNote`: why a draining disk waits (manager/resync/drains.ts), if it does. */
 export function diskView(d: DiskRecord, registry: Registry, model: PlacementModel, drainNote = ''): DiskRow {
   return {
     diskId: d.id, serverId: d.serverId, serverName: registry.server(d.serverId)?.name ?? '', path: d.path,

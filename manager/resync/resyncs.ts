@@ -1,7 +1,7 @@
 import { InvalidArgumentError, errorMessage } from '../../shared/errors.js';
 import { moduleLogger } from '../../shared/logger.js';
 import { segmentReplicas } from '../chunk-map.js';
-import { DrainPlanner } from '../drains.js';
+import { DrainPlanner } from './drains.js';
 import type { ChunkFreer } from '../gc.js';
 import type { MapPusher } from '../map-pusher.js';
 import { mapLimit, type PeerClients } from '../node-clients.js';
@@ -19,7 +19,7 @@ import type { Volumes } from '../volumes.js';
 export { DEFAULT_RESYNC_OPTIONS, type ResyncOptions } from './context.js';
 
 // Resyncs: rebuilding replicas that a spare replaced (manager/resync/spares.ts) and
-// copying replicas off disks being drained (manager/drains.ts).
+// copying replicas off disks being drained (manager/resync/drains.ts).
 //
 // One pass at a time, whenever something changes (a failure, a finished or
 // failed copy, a head or node coming or going, the periodic tick):

@@ -170,7 +170,7 @@ export class SparePlanner {
         const segment = Math.floor(r / map.replicas);
         const slot = r % map.replicas;
         if ((this.notBefore.get(`${volume.id}/${r}`) ?? 0) > now) continue;
-        if (moveOf(map, r)) continue; // a drain was copying it: manager/drains.ts turns that copy into the rebuild
+        if (moveOf(map, r)) continue; // a drain was copying it: manager/resync/drains.ts turns that copy into the rebuild
         items.push({ entry, segment, slot, r, from: replicaLocation(map, r), record: this.ctx.book.forSlot(volume.id, segment, slot) });
       }
     }

@@ -1,15 +1,16 @@
-import { VskyError, errorMessage } from '../shared/errors.js';
-import { moduleLogger } from '../shared/logger.js';
+import { VskyError, errorMessage } from '../../shared/errors.js';
+import { moduleLogger } from '../../shared/logger.js';
 import {
   clearMove, freeIdentitySlot, identitySlot, moveOf, positionOf, replicaLocation, replicaState, sameChunk, segmentReplicas,
   setIdentitySlot, setMove, setReplicaLocation, setReplicaState, type MoveTarget,
-} from './chunk-map.js';
-import { mapLimit } from './node-clients.js';
-import type { PlacementModel, SparePick, SpareRequest } from './placement.js';
-import { allocateReplicaChunk, type ReplicaItem, type ResyncContext } from './resync/index.js';
-import type { StoreBatch } from './store.js';
-import { forEachReplica, type DiskRecord, type ResyncRecord, type ToFreeRecord } from './types.js';
-import type { VolumeEntry } from './volumes.js';
+} from '../chunk-map.js';
+import { mapLimit } from '../node-clients.js';
+import type { PlacementModel, SparePick, SpareRequest } from '../placement.js';
+import { allocateReplicaChunk, type ReplicaItem } from './spares.js';
+import type { ResyncContext } from './context.js';
+import type { StoreBatch } from '../store.js';
+import { forEachReplica, type DiskRecord, type ResyncRecord, type ToFreeRecord } from '../types.js';
+import type { VolumeEntry } from '../volumes.js';
 
 // Graceful removal: draining a disk (RemoveDisk without force) or a server
 // (RemoveServer: all its disks) with full redundancy throughout.
