@@ -9,6 +9,7 @@ import { ReportingFailureHandler } from './replica-failures.js';
 import { ResyncService } from './resync-runner.js';
 import { VolumeRegistry } from './volume-registry.js';
 import { IscsiExports } from './iscsi-exports.js';
+import { HeadIntIdFile } from './int-id.js';
 import { startIscsiServer, type IscsiServerHandle } from './iscsi/server.js';
 
 // `vsky head-agent`: the volume registry and its I/O engine, the NBD export,
@@ -20,7 +21,7 @@ import { startIscsiServer, type IscsiServerHandle } from './iscsi/server.js';
 // (replica-failures.ts, through the link's client); standalone, it fails.
 
 export interface HeadAgentOptions {
-  /** Holds the stable head id file. */
+  /** Holds the stable head id file and the VastSky hsvrid the manager gave (head-agent/int-id.ts). */
   dataDir: string;
   name: string;
   /** Bind address for gRPC and NBD, e.g. 127.0.0.1. */
@@ -63,6 +64,7 @@ export interface HeadAgentHandle {
 export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentHandle> {
   const log = moduleLogger('head-agent', { name: opts.name });
   const headId = await loadHeadId(opts.dataDir);
+  const intId = await HeadIntIdFile.load(opts.dataDir);
   const pool = new NodePool({ dataTimeoutMs: opts.dataTimeoutMs, flushTimeoutMs: opts.flushTimeoutMs });
   const nodeClients = new NodeControlClients();
   let link: ManagerLink | undefined;
@@ -104,7 +106,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     ? new ManagerLink({
       managerAddress: opts.managerAddress, headId, name: opts.name,
       controlAddress: control.address, nbdAddress: nbd.address, iscsiAddress: iscsi?.address ?? '', heartbeatIntervalMs: opts.heartbeatIntervalMs,
-      leases: () => registry.heldLeases(),
+      leases: () => registry.heldLeases(), intId,
       onRevoked: (revoked) => registry.revoke(revoked),
     })
     : undefined;

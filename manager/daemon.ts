@@ -76,6 +76,8 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   let xmlrpc: XmlRpcServerHandle | undefined;
   try {
     ids = await IntIds.open(core);
+    core.volumes.lvolIds = ids;
+    core.intIdCounters = () => ids.counters();
     if (opts.xmlrpc) xmlrpc = await startXmlRpc(core, ids, opts.xmlrpc);
   } catch (err) {
     server.forceShutdown();

@@ -4,6 +4,7 @@ import { moduleLogger } from '../shared/logger.js';
 import { formatSize, parseHostPort } from '../shared/units.js';
 import type { DiskInfo__Output } from '../proto/generated/vsky/storage/DiskInfo.js';
 import type { NodeInfo__Output } from '../proto/generated/vsky/storage/NodeInfo.js';
+import { claimDiskIds, claimHeadId, claimServerId } from './int-id-claims.js';
 import type { PeerClients } from './node-clients.js';
 import type { PlacementModel } from './placement.js';
 import type { ManagerStore, StoreBatch, StoreSnapshot } from './store.js';
@@ -45,6 +46,9 @@ export interface RegisterHeadInput {
   name: string;
   controlAddress: string;
   nbdAddress: string;
+  /** The hsvrid the head kept, and the cluster that gave it (manager/int-id-claims.ts). */
+  hsvrid?: number;
+  hsvridClusterId?: string;
 }
 
 export class Registry {
@@ -161,6 +165,7 @@ export class Registry {
       else if (s.state !== 'active') this.setServerState(s, 'active', readd ? 're-added by an admin' : 'registered again', batch);
       log.info({ serverId: s.id, name, labels: this.labelsOf(s) }, 'server re-registered');
     }
+    claimServerId(s, info.ssvrid, info.intIdsClusterId, this.store.clusterId);
     batch.putServer(s);
     this.syncServer(s);
     this.applyDiskReport(s, info.disks, batch, true);
@@ -247,6 +252,7 @@ export class Registry {
       state: 'active', registeredMs: prev?.registeredMs ?? now, lastHeartbeatMs: now,
       ...(prev?.intId !== undefined ? { intId: prev.intId } : {}),
     };
+    claimHeadId(h, req.hsvrid ?? 0, req.hsvridClusterId ?? '', this.store.clusterId);
     this.heads.set(h.id, h);
     await this.store.write(this.store.batch().putHead(h).event('head.up', `head:${h.name}`, !prev ? 'registered' : prev.state === 'failed' ? 'registered again after it failed' : 'registered again (restarted)', { headId: h.id, controlAddress: h.controlAddress, again: !!prev }));
     log.info({ headId: h.id, name: h.name, controlAddress: h.controlAddress, again: !!prev }, 'head registered');
@@ -432,6 +438,7 @@ export class Registry {
       const before = JSON.stringify(d);
       if (d.serverId !== s.id) log.warn({ diskId: d.id, from: d.serverId, to: s.id }, 'disk moved to another server');
       Object.assign(d, { serverId: s.id, path: info.path, chunkSize: info.chunkSize });
+      claimDiskIds(d, info, this.store.clusterId);
       if (info.chunkCount !== d.chunkCount) {
         if (this.model.setDisk(d.id, s.id, info.chunkCount, false)) d.chunkCount = info.chunkCount;
         else log.warn({ diskId: d.id, reported: info.chunkCount, kept: d.chunkCount }, 'node reports fewer chunks than the disk holds; keeping the old count');

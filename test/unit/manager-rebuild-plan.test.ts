@@ -33,6 +33,7 @@ interface ChunkOpts {
   staleSlots?: number;
   mapVersion?: number;
   written?: number;
+  lvolid?: number;
 }
 
 /** Storage nodes s0..s{n-1} with disks sNdM, and the chunk records on them. */
@@ -47,11 +48,12 @@ class Fixture {
       const labels: Record<string, string> = racks ? { rack: `r${s % racks}` } : {};
       const info: NodeInfo__Output = {
         serverId: `s${s}`, name: `node${s}`, dataAddress: `10.0.0.${s + 1}:7710`, controlAddress: `10.0.0.${s + 1}:7711`, labels, disks: [],
+        ssvrid: 0, intIdsClusterId: '', nextIntIds: null,
       };
       this.model.setServer(info.serverId, labels, true);
       for (let d = 0; d < disksPerServer; d++) {
         const diskId = `s${s}d${d}`;
-        info.disks.push({ diskId, path: `/srv/disk${d}`, chunkSize: CHUNK, chunkCount, usedChunks: 0, state: 'active', size: CHUNK * chunkCount, clusterId: CLUSTER });
+        info.disks.push({ diskId, path: `/srv/disk${d}`, chunkSize: CHUNK, chunkCount, usedChunks: 0, state: 'active', size: CHUNK * chunkCount, clusterId: CLUSTER, pdskid: 0, dextIds: [] });
         this.model.setDisk(diskId, info.serverId, chunkCount, true);
         this.serverOfDisk.set(diskId, info.serverId);
       }
@@ -99,7 +101,7 @@ class Fixture {
 
   /** Adds a disk to a node after placement (the model does not know it). */
   addDisk(serverId: string, diskId: string, clusterId = CLUSTER): void {
-    this.byServer.get(serverId)!.server.disks.push({ diskId, path: `/srv/${diskId}`, chunkSize: CHUNK, chunkCount: 64, usedChunks: 0, state: 'active', size: 64 * CHUNK, clusterId });
+    this.byServer.get(serverId)!.server.disks.push({ diskId, path: `/srv/${diskId}`, chunkSize: CHUNK, chunkCount: 64, usedChunks: 0, state: 'active', size: 64 * CHUNK, clusterId, pdskid: 0, dextIds: [] });
     this.serverOfDisk.set(diskId, serverId);
   }
 
@@ -116,7 +118,7 @@ function identity(v: VolumeRecord, segment: number, slot: number, o: ChunkOpts =
   return {
     volumeId: v.id, volumeName: v.name, volumeSize: v.size, segment, slot, segmentCount: v.segmentCount, replicas: v.replicas,
     generation: o.generation ?? v.generation, epoch: o.epoch ?? v.epoch, staleSlots: o.staleSlots ?? 0, mapVersion: o.mapVersion ?? 0,
-    legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '',
+    legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '', lvolid: o.lvolid ?? 0,
   };
 }
 
