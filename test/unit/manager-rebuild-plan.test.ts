@@ -201,6 +201,28 @@ describe('planRebuild', () => {
     expect(plan.report.ms).toBeGreaterThanOrEqual(0);
   });
 
+  it('notes the VastSky ids storage reports as claims (lvolid: what most of a volume\'s chunks carry) and starts the counters where the nodes last heard them', () => {
+    const fx = new Fixture(3, 1, 64);
+    const v1 = fx.volume(1, 'vm1', 2, 3);
+    const v2 = fx.volume(2, 'vm2', 1, 2);
+    const v3 = fx.volume(3, 'old', 1, 2);
+    fx.store(v1, { lvolid: 40 });
+    fx.store(v2, { lvolid: 45 });
+    fx.store(v3); // chunks from before lvolids were recorded
+    fx.find(fx.nodes[0]!.chunks.find((c) => c.identity!.volumeId === 1)!.diskId, fx.nodes[0]!.chunks.find((c) => c.identity!.volumeId === 1)!.chunkIndex).lvolid = 0;
+    fx.nodes.forEach((t, i) => {
+      Object.assign(t.server, { ssvrid: i + 1, intIdsClusterId: CLUSTER, nextIntIds: { hsvr: 3 + i, ssvr: 4, pdsk: 4, lvol: 50 + i } });
+      Object.assign(t.server.disks[0]!, { pdskid: 10 + i, dextIds: [100 + 64 * i, 64] });
+    });
+    Object.assign(fx.nodes[2]!.server, { intIdsClusterId: 'another' }); // not this cluster's ids: ignored
+    const plan = fx.plan();
+    expect(plan.volumes.map((e) => e.volume.claimedIntId)).toEqual([40, 45, undefined]);
+    expect(plan.servers.map((s) => s.claimedIntId)).toEqual([1, 2, undefined]);
+    expect(plan.disks.map((d) => [d.claimedIntId, d.claimedDextIds])).toEqual([[10, [100, 64]], [11, [164, 64]], [12, [228, 64]]]);
+    expect(plan.nextIntIds).toEqual({ hsvr: 4, ssvr: 4, pdsk: 4, lvol: 51 });
+    expect(plan.volumes.every((e) => e.volume.intId === undefined)).toBe(true);
+  });
+
   it('takes no spread label when no server has a rack label', () => {
     const fx = new Fixture(3, 1);
     const v = fx.volume(1, 'a', 2, 3);
