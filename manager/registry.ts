@@ -466,5 +466,6 @@ export class Registry {
     if (!this.model.setDisk(d.id, d.serverId, d.chunkCount, eligible)) {
       log.warn({ diskId: d.id, chunkCount: d.chunkCount }, 'disk record shrank below chunks in use');
     }
+    if (d.badChunks) this.model.markBad(d.id, d.badChunks);
   }
 }

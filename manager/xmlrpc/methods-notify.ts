@@ -1,4 +1,5 @@
 import { GiB } from '../../shared/constants.js';
+import { markChunksBad } from '../bad-chunks.js';
 import { moduleLogger } from '../../shared/logger.js';
 import { forEachReplica, holderEpoch, type DiskRecord, type VolumeRecord } from '../types.js';
 import type { Method, XmlRpcContext } from './context.js';
@@ -102,6 +103,8 @@ const notifyBadBlocks: Method = async (ctx, data) => {
   }
   if (d.state === 'failed') return 0;
   const chunks = chunksUnder(d, blocks);
+  // Every chunk under the blocks is bad from now on: a free one is never handed out, an owned one once its volume lets it go.
+  const bad = await markChunksBad(ctx.core.store, ctx.core.model, d, chunks, `notifyBadBlocks over XML-RPC: blocks ${blocks.join(',')} of disk ${d.path}`);
   let marked = 0;
   const kept: string[] = [];
   for (const r of replicasOn(ctx, d.id, (i) => chunks.has(i))) {
@@ -113,7 +116,7 @@ const notifyBadBlocks: Method = async (ctx, data) => {
       kept.push(`${r.volume.name}/${r.segment}`);
     }
   }
-  log.warn({ diskId: d.id, path: d.path, blocks, chunks: chunks.size, replicasMarkedStale: marked, lastCopiesKept: kept }, 'notifyBadBlocks');
+  log.warn({ diskId: d.id, path: d.path, blocks, chunks: chunks.size, newlyBad: bad.added.length, freeChunksRetired: bad.freeNow, replicasMarkedStale: marked, lastCopiesKept: kept }, 'notifyBadBlocks');
   return 0;
 };
 

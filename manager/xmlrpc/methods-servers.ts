@@ -24,7 +24,8 @@ function serverPriority(s: ServerRecord): number {
 function diskPriority(ctx: XmlRpcContext, d: DiskRecord): number {
   if (d.state === 'failed') return PRIORITY.FAULTY;
   if (ctx.core.registry.server(d.serverId)?.state !== 'active') return PRIORITY.OFFLINE;
-  return d.draining ? PRIORITY.EVACUATE : PRIORITY.HIGH;
+  if (d.draining) return PRIORITY.EVACUATE;
+  return (d.badChunks?.length ?? 0) > 0 ? PRIORITY.LOW : PRIORITY.HIGH; // VastSky: bad blocks take a disk from HIGH to LOW
 }
 
 /** Resyncs writing to the disks (VastSky's `resync`: rebuilds in progress). */
@@ -34,7 +35,8 @@ function resyncsOn(ctx: XmlRpcContext, diskIds: Set<string>): number {
 
 function diskSpace(ctx: XmlRpcContext, d: DiskRecord): { capacity: number; available: number } {
   const used = ctx.core.model.diskUsage(d.id)?.used ?? d.chunkCount;
-  const free = diskPriority(ctx, d) === PRIORITY.HIGH ? Math.max(0, d.chunkCount - used) : 0;
+  const p = diskPriority(ctx, d);
+  const free = p === PRIORITY.HIGH || p === PRIORITY.LOW ? Math.max(0, d.chunkCount - used) : 0;
   return { capacity: d.chunkCount * d.chunkSize, available: free * d.chunkSize };
 }
 
