@@ -1,6 +1,5 @@
-import { mkdir, open, readFile, rename } from 'node:fs/promises';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CorruptMetadataError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 
 // The head's VastSky-style integer id (hsvrid, docs/xmlrpc.md), kept in its
@@ -10,6 +9,9 @@ import { moduleLogger } from '../shared/logger.js';
 //   int-id.json  {"version":1,"clusterId":"...","hsvrid":N}: what is reported
 //   hsvrid       "hsvr-%08x\n", VastSky's /var/lib/vas/hsvrid format, for
 //                VastSky's XCP driver (VASSR.py reads its hsvrid from there)
+// Advisory (the manager's database is the authority while it exists): replaced
+// by rename without fsync, and a file that does not read back is reported
+// and ignored.
 
 const FILE = 'int-id.json';
 const VASTSKY_FILE = 'hsvrid';
@@ -18,6 +20,7 @@ const log = moduleLogger('head-int-id');
 export interface HeadIntId { clusterId: string; hsvrid: number }
 
 export class HeadIntIdFile {
+  private saving = false;
   private constructor(private readonly dir: string, private current: HeadIntId) {}
 
   static async load(dir: string): Promise<HeadIntIdFile> {
@@ -38,7 +41,8 @@ export class HeadIntIdFile {
       }
       return new HeadIntIdFile(dir, { clusterId: p.clusterId, hsvrid: id });
     } catch (err) {
-      throw new CorruptMetadataError(`${path} is not a valid id file (${(err as Error).message}); remove it: the manager gives the id again`, { path });
+      log.error({ path, err: (err as Error).message }, 'the id file does not read back: ignored (the manager gives the id again)');
+      return new HeadIntIdFile(dir, { clusterId: '', hsvrid: 0 });
     }
   }
 
@@ -46,10 +50,15 @@ export class HeadIntIdFile {
 
   /** Keeps the id a heartbeat reply carries (0 or no cluster: nothing to keep); writes only on a change. */
   async update(clusterId: string, hsvrid: number): Promise<void> {
-    if (!clusterId || hsvrid === 0) return;
+    if (!clusterId || hsvrid === 0 || this.saving) return;
     if (clusterId === this.current.clusterId && hsvrid === this.current.hsvrid) return;
-    await writeAtomic(this.dir, FILE, `${JSON.stringify({ version: 1, clusterId, hsvrid })}\n`);
-    await writeAtomic(this.dir, VASTSKY_FILE, `hsvr-${hsvrid.toString(16).padStart(8, '0')}\n`);
+    this.saving = true;
+    try {
+      await writeAtomic(this.dir, FILE, `${JSON.stringify({ version: 1, clusterId, hsvrid })}\n`);
+      await writeAtomic(this.dir, VASTSKY_FILE, `hsvr-${hsvrid.toString(16).padStart(8, '0')}\n`);
+    } finally {
+      this.saving = false;
+    }
     log.info({ hsvrid, previous: this.current.hsvrid || undefined }, 'VastSky hsvrid from the manager kept');
     this.current = { clusterId, hsvrid };
   }
@@ -57,12 +66,6 @@ export class HeadIntIdFile {
 
 async function writeAtomic(dir: string, name: string, text: string): Promise<void> {
   const tmp = join(dir, `.${name}.tmp-${process.pid}`);
-  const fh = await open(tmp, 'w', 0o644);
-  try {
-    await fh.writeFile(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await writeFile(tmp, text);
   await rename(tmp, join(dir, name));
 }

@@ -124,7 +124,7 @@ export class ManagerLink {
           this.schedule(0);
           return;
         }
-        await this.opts.intId?.update(reply.clusterId, reply.intId)
+        void this.opts.intId?.update(reply.clusterId, reply.intId)
           .catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'could not keep the hsvrid the manager gave'));
         if (this.warned) this.log.info('manager reachable again');
         this.warned = false;

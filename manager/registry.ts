@@ -161,6 +161,10 @@ export class Registry {
         name, dataAddress: info.dataAddress, controlAddress: info.controlAddress, nodeLabels: { ...info.labels },
         adminLabels: { ...s.adminLabels, ...adminLabels }, lastHeartbeatMs: now,
       });
+      if (s.halted) {
+        delete s.halted;
+        batch.event('server.up', `server:${name}`, 'registered again: no longer halted (shutdownAll)', { serverId: s.id });
+      }
       if (s.adminFailed) log.warn({ serverId: s.id, name }, 'server failed by an admin registered again; it stays failed until vsky server add');
       else if (s.state !== 'active') this.setServerState(s, 'active', readd ? 're-added by an admin' : 'registered again', batch);
       log.info({ serverId: s.id, name, labels: this.labelsOf(s) }, 'server re-registered');
@@ -317,14 +321,14 @@ export class Registry {
     const limit = this.opts.heartbeatTimeoutMs;
     const batch = this.store.batch();
     for (const s of this.servers.values()) {
-      if (s.state === 'active' && now - s.lastHeartbeatMs > limit) {
+      if (s.state === 'active' && !s.halted && now - s.lastHeartbeatMs > limit) {
         this.setServerState(s, 'failed', `no heartbeat for ${now - s.lastHeartbeatMs} ms (timeout ${limit} ms)`, batch);
         batch.putServer(s);
       }
     }
     let headsFailed = 0;
     for (const h of this.heads.values()) {
-      if (h.state === 'active' && now - h.lastHeartbeatMs > limit) {
+      if (h.state === 'active' && !h.halted && now - h.lastHeartbeatMs > limit) {
         h.state = 'failed';
         headsFailed++;
         log.warn({ headId: h.id, name: h.name, silentMs: now - h.lastHeartbeatMs }, `head ${h.name} failed: no heartbeat for ${now - h.lastHeartbeatMs} ms`);
@@ -457,8 +461,9 @@ export class Registry {
     }
   }
 
-  private syncServer(s: ServerRecord): void {
-    this.model.setServer(s.id, this.labelsOf(s), s.state === 'active');
+  /** Keeps the placement model in step with the server's state (a halted server takes no new chunks). */
+  syncServer(s: ServerRecord): void {
+    this.model.setServer(s.id, this.labelsOf(s), s.state === 'active' && !s.halted);
   }
 
   private syncDisk(d: DiskRecord): void {

@@ -29,6 +29,12 @@ export interface ServerRecord {
   intId?: number;
   /** The ssvrid the node reported keeping (a rebuilt manager gives it back if free; manager/xmlrpc/ids.ts). */
   claimedIntId?: number;
+  /**
+   * Halted by XML-RPC shutdownAll (manager/halt.ts): takes no new chunks and is
+   * never timed out (it may be powered off); its next registration (node
+   * restart, vsky server add) ends it.
+   */
+  halted?: boolean;
 }
 
 export interface DiskRecord {
@@ -74,6 +80,8 @@ export interface HeadRecord {
   intId?: number;
   /** The hsvrid the head reported keeping (adopted if free; manager/xmlrpc/ids.ts). */
   claimedIntId?: number;
+  /** Halted by XML-RPC shutdownAll (manager/halt.ts): nothing is attached to it, it is never timed out; its next registration ends it. */
+  halted?: boolean;
 }
 
 export interface VolumeRecord {
@@ -359,7 +367,7 @@ export const EVENT_KINDS = [
   'lease.handoff', 'lease.handoff_failed', 'lease.takeover', 'lease.resync_epoch',
   'gc.freed',
   'job.succeeded', 'job.failed', 'job.aborted', 'job.fenced',
-  'intid.conflict', 'disk.bad_blocks',
+  'intid.conflict', 'disk.bad_blocks', 'server.halted', 'head.halted',
 ] as const;
 
 export type EventKind = (typeof EVENT_KINDS)[number];

@@ -82,7 +82,8 @@ export class ManagerLink {
             this.registered = false;
             continue;
           }
-          await this.ctx.intIds.update(reply).catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'could not keep the VastSky ids the manager gave'));
+          // Not awaited: the heartbeat loop never waits for this file.
+          void this.ctx.intIds.update(reply).catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'could not keep the VastSky ids the manager gave'));
         }
         if (this.failing) this.log.info({ manager: this.opts.address }, 'manager reachable again');
         this.failing = false;

@@ -82,8 +82,7 @@ export async function readOptional(path: string): Promise<string | undefined> {
   }
 }
 
-/** Replaces `dir/name` with `text` atomically (temp file, fsync, rename, fsync the directory). */
-export async function writeAtomic(dir: string, name: string, text: string): Promise<void> {
+async function writeAtomic(dir: string, name: string, text: string): Promise<void> {
   const tmp = join(dir, `.${name}.tmp`);
   const fh = await open(tmp, 'w', 0o644);
   try {

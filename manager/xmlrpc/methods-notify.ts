@@ -1,5 +1,6 @@
 import { GiB } from '../../shared/constants.js';
 import { markChunksBad } from '../bad-chunks.js';
+import { haltCluster } from '../halt.js';
 import { moduleLogger } from '../../shared/logger.js';
 import { forEachReplica, holderEpoch, type DiskRecord, type VolumeRecord } from '../types.js';
 import type { Method, XmlRpcContext } from './context.js';
@@ -120,10 +121,12 @@ const notifyBadBlocks: Method = async (ctx, data) => {
   return 0;
 };
 
+/** VastSky's shutdownAll: with nothing attached, every server and head is halted so powering them off raises no failure (manager/halt.ts). */
 const shutdownAll: Method = async (ctx) => {
   const attached = ctx.core.volumes.list().filter((v) => v.attachedHead || v.standbyHead);
   if (attached.length > 0) throw errnoFault('EBUSY', `volumes are attached: ${attached.slice(0, 10).map((v) => v.name).join(', ')}`);
-  throw errnoFault('EOPNOTSUPP', 'VastSky-TS has no cluster halt state: stop the daemons (SIGTERM); they resume where they were');
+  await haltCluster(ctx.core.store, ctx.core.registry, 'shutdownAll over XML-RPC: the cluster may be powered off; each server and head leaves the halt when it registers again');
+  return 0;
 };
 
 export const notifyMethods: Record<string, Method> = { notifyFailure, notifyBadBlocks, shutdownAll };

@@ -109,4 +109,45 @@ describe('VastSky integer ids across a rebuild from storage', () => {
     const events = JSON.parse(String((await vsky(['events', '--json', '--kind', 'intid.conflict'], m)).stdout));
     expect(events).toEqual([]);
   });
+
+  it('shutdownAll halts the cluster as VastSky does: a server powered off meanwhile is not failed; each leaves the halt by registering again', { timeout: 120_000 }, async () => {
+    const m = c.managerAddress;
+    const fault = async (method: string, struct: Record<string, unknown> = {}): Promise<number> => {
+      const r = await client.call(method, { ...struct, ver: 5 });
+      return r.fault ? r.fault[0] : 0;
+    };
+    expect(await fault('shutdownAll')).toBe(16); // a is attached (EBUSY), nothing changes
+    expect((await xr('listStorageServers')).map((s: Json) => s.priority)).toEqual([1, 1, 1]);
+    expect(await xr('detachLogicalVolume', { lvolname: 'a' })).toBe(0);
+    expect(await xr('shutdownAll')).toBe(0);
+    const servers = await xr('listStorageServers');
+    expect(servers.map((s: Json) => [s.priority, s.available])).toEqual([[6, 0], [6, 0], [6, 0]]); // HALT, as VastSky's
+    expect(new Set((await xr('listPhysicalDisks')).map((d: Json) => d.priority))).toEqual(new Set([6]));
+    expect((await xr('listHeadServers')).map((h: Json) => h.priority)).toEqual([4, 4]); // OFFLINE
+    expect(await fault('createLogicalVolume', { lvolname: 'halted', capacity: 1, redundancy: 2 })).toBe(28); // ENOSPC
+    const head1 = (await xr('listHeadServers')).find((h: Json) => h.name === 'head1').hsvrid;
+    expect(await fault('attachLogicalVolume', { lvolname: 'b', hsvrid: head1 })).toBe(22);
+
+    // node1 is powered off for longer than the heartbeat timeout (3 s): not taken as failed.
+    const node1 = servers.find((s: Json) => s.name === 'node1');
+    await c.nodes[0]!.stop();
+    await new Promise((r) => setTimeout(r, 6000));
+    expect((await xr('listStorageServers', { ssvrid: node1.ssvrid }))[0].priority).toBe(6);
+    const failed = JSON.parse(String((await vsky(['events', '--json', '--kind', 'server.failed'], m)).stdout));
+    expect(failed).toEqual([]);
+    // Powered on again: it registers, and is back (HIGH); the others stay halted until they register.
+    await c.nodes[0]!.start();
+    await until('node1 back from the halt', async () => (await xr('listStorageServers', { ssvrid: node1.ssvrid }))[0].priority === 1);
+    expect((await xr('listStorageServers')).filter((s: Json) => s.priority === 6)).toHaveLength(2);
+    // VastSky's reporters' way back: registerStorageServer / registerHeadServer give the same ids.
+    const node2 = servers.find((s: Json) => s.name === 'node2');
+    expect(await xr('registerStorageServer', { ip_data: node2.ip_data })).toBe(node2.ssvrid);
+    const h1 = (await xr('listHeadServers')).find((h: Json) => h.name === 'head1');
+    expect(await xr('registerHeadServer', { ip_data: h1.ip_data })).toBe(head1);
+    expect((await xr('listHeadServers', { hsvrid: head1 }))[0].priority).toBe(1);
+    const v = await xr('createLogicalVolume', { lvolname: 'after-halt', capacity: 1, redundancy: 2 });
+    expect(await xr('attachLogicalVolume', { lvolid: v, hsvrid: head1 })).toBe(0);
+    const halted = JSON.parse(String((await vsky(['events', '--json', '--kind', 'server.halted'], m)).stdout));
+    expect(halted).toHaveLength(3);
+  });
 });
