@@ -1,7 +1,6 @@
 import type { DiskInfo__Output } from '../proto/generated/vsky/storage/DiskInfo.js';
 import type { DiskIntIds } from '../proto/generated/vsky/manager/DiskIntIds.js';
 import type { IntIdCounters } from '../proto/generated/vsky/common/IntIdCounters.js';
-import type { Registry } from './registry.js';
 import type { DiskRecord, HeadRecord, ServerRecord } from './types.js';
 
 // The VastSky-style integer ids (manager/xmlrpc/ids.ts) travel both ways:
@@ -43,7 +42,7 @@ export function claimHeadId(h: HeadRecord, hsvrid: number, idsCluster: string, c
 }
 
 /** What a heartbeat reply tells a storage node about its ids. */
-export function serverIdsReply(registry: Registry, serverId: string, clusterId: string, next: IntIdCounters | undefined):
+export function serverIdsReply(registry: { disksOf(serverId: string): DiskRecord[]; server(id: string): ServerRecord | undefined }, serverId: string, clusterId: string, next: IntIdCounters | undefined):
   { intId: number; diskIntIds: DiskIntIds[]; nextIntIds: IntIdCounters | undefined; clusterId: string } {
   const diskIntIds = registry.disksOf(serverId).filter((d) => d.intId !== undefined && d.state !== 'removed')
     .map((d) => ({ diskId: d.id, pdskid: d.intId!, dextIds: d.dextIds ?? [] }));
