@@ -10,6 +10,7 @@ import { ReportingFailureHandler } from './engine/replica-failures.js';
 import { ResyncService } from './resync/resync-service.js';
 import { Attachments } from './attachments.js';
 import { IscsiExports } from './frontend/iscsi-exports.js';
+import { HeadIntIdFile } from './int-id.js';
 import { registerHeadMetrics } from './metrics.js';
 import { startIscsiServer, type IscsiServerHandle } from './frontend/iscsi/server.js';
 
@@ -22,7 +23,7 @@ import { startIscsiServer, type IscsiServerHandle } from './frontend/iscsi/serve
 // (replica-failures.ts, through the link's client); standalone, it fails.
 
 export interface HeadAgentOptions {
-  /** Holds the stable head id file. */
+  /** Holds the stable head id file and the VastSky hsvrid the manager gave (head-agent/int-id.ts). */
   dataDir: string;
   name: string;
   /** Bind address for gRPC and NBD, e.g. 127.0.0.1. */
@@ -69,6 +70,7 @@ export interface HeadAgentHandle {
 export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentHandle> {
   const log = moduleLogger('head-agent', { name: opts.name });
   const headId = await loadHeadId(opts.dataDir);
+  const intId = await HeadIntIdFile.load(opts.dataDir);
   const pool = new NodePool({ dataTimeoutMs: opts.dataTimeoutMs, flushTimeoutMs: opts.flushTimeoutMs });
   const nodeClients = new NodeControlClients();
   let link: ManagerLink | undefined;
@@ -117,7 +119,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     ? new ManagerLink({
       managerAddress: opts.managerAddress, headId, name: opts.name,
       controlAddress: control.address, nbdAddress: nbd.address, iscsiAddress: iscsi?.address ?? '', heartbeatIntervalMs: opts.heartbeatIntervalMs,
-      leases: () => attachments.heldLeases(),
+      leases: () => attachments.heldLeases(), intId,
       onRevoked: (revoked) => attachments.revoke(revoked),
     })
     : undefined;

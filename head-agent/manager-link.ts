@@ -6,6 +6,7 @@ import { call, managerClient, type ManagerClient } from '../shared/grpc.js';
 import { moduleLogger, type Logger } from '../shared/logger.js';
 import type { HeadHeartbeatRequest } from '../proto/generated/vsky/manager/HeadHeartbeatRequest.js';
 import type { HeartbeatReply__Output } from '../proto/generated/vsky/manager/HeartbeatReply.js';
+import type { HeadIntIdFile } from './int-id.js';
 
 /** A write lease a head claims in its heartbeat (proto LeaseClaim). */
 export interface LeaseClaim { volume: string; epoch: number }
@@ -53,6 +54,8 @@ export interface ManagerLinkOptions {
   leases?: () => LeaseClaim[];
   /** The manager says these leases are no longer ours (taken over, detached): fence them at once. */
   onRevoked?: (revoked: LeaseClaim[]) => void;
+  /** Where the head keeps its VastSky hsvrid (reported at registration, updated from heartbeat replies). */
+  intId?: HeadIntIdFile;
   /** Register retry back-off bounds. */
   retryInitialMs?: number;
   retryMaxMs?: number;
@@ -105,6 +108,7 @@ export class ManagerLink {
         await call(this.client, this.client.RegisterHead, {
           headId: this.opts.headId, name: this.opts.name,
           controlAddress: this.opts.controlAddress, nbdAddress: this.opts.nbdAddress, iscsiAddress: this.opts.iscsiAddress ?? '',
+          hsvrid: this.opts.intId?.value.hsvrid ?? 0, hsvridClusterId: this.opts.intId?.value.clusterId ?? '',
         }, timeout);
         this.registered = true;
         this.retryMs = this.opts.retryInitialMs ?? 200;
@@ -120,6 +124,8 @@ export class ManagerLink {
           this.schedule(0);
           return;
         }
+        void this.opts.intId?.update(reply.clusterId, reply.intId)
+          .catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'could not keep the hsvrid the manager gave'));
         if (this.warned) this.log.info('manager reachable again');
         this.warned = false;
       }

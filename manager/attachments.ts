@@ -108,6 +108,7 @@ export class Attachments {
     if (head.state !== 'active') {
       throw new ConflictError(`head ${head.name} is ${head.state} (no heartbeat); check vsky head-agent there or attach to another head`);
     }
+    if (head.halted) throw new ConflictError(`head ${head.name} is halted (XML-RPC shutdownAll): restart its head agent (or call registerHeadServer) first`);
     const vlog = log.child({ volumeId: volume.id, volume: volume.name, headId: head.id });
     const epoch = nextCounter(volume.epoch, `volume ${volume.name}'s lease epoch`);
     volume.epoch = epoch;
@@ -161,6 +162,7 @@ export class Attachments {
           + `one migration at a time; detach one first (vsky volume detach ${name} --head ${other})`);
       }
       if (head.state !== 'active') throw new ConflictError(`head ${head.name} is ${head.state} (no heartbeat); check vsky head-agent there`);
+      if (head.halted) throw new ConflictError(`head ${head.name} is halted (XML-RPC shutdownAll): restart its head agent (or call registerHeadServer) first`);
       const reply = await this.peers.head.attach(head.controlAddress, {
         map: volumeMapView(volume, map, this.registry), epoch: volume.epoch, iscsi: volume.access, standby: true,
       });

@@ -16,6 +16,7 @@ import { ManagerStore } from './store.js';
 import { holderEpoch } from './types.js';
 import { Jobs } from './jobs/runner.js';
 import { Volumes } from './volumes.js';
+import type { IntIdCounters } from '../proto/generated/vsky/common/IntIdCounters.js';
 
 // The manager without its network face: the store loaded into memory and the
 // parts that act on it, wired together. The daemon adds the gRPC server and
@@ -234,6 +235,9 @@ export class ManagerCore {
 
   /** Storage jobs: wipe, resize (manager/jobs/runner.ts). */
   jobs!: Jobs;
+
+  /** The VastSky-style id counters (manager/xmlrpc/ids.ts sets it): heartbeat replies hand them to the storage nodes. */
+  intIdCounters: () => IntIdCounters | undefined = () => undefined;
 
   async close(): Promise<void> {
     await this.jobs.stop();

@@ -91,6 +91,8 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   let metrics: MetricsServer | undefined;
   try {
     ids = await IntIds.open(core);
+    core.volumes.lvolIds = ids;
+    core.intIdCounters = () => ids.counters();
     api?.declare('xmlrpc', xmlRpcMethodNames());
     if (opts.xmlrpc) xmlrpc = await startXmlRpc(core, ids, opts.xmlrpc, api && ((method, s, ok) => api.observe('xmlrpc', method, s, ok)));
     if (api !== undefined) {

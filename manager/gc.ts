@@ -2,7 +2,7 @@ import { VskyError, errorMessage } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { EventLog } from './events.js';
 import { mapLimit, type PeerClients } from './node-clients.js';
-import { FOREIGN_OWNER, type PlacementModel } from './placement.js';
+import { BAD_OWNER, FOREIGN_OWNER, type PlacementModel } from './placement.js';
 import type { Registry } from './registry.js';
 import type { ManagerStore, StoreBatch } from './store.js';
 import type { ToFreeRecord } from './types.js';
@@ -258,7 +258,7 @@ export class GarbageCollector {
     const owner = this.model.ownerOf(diskId, chunkIndex);
     if (owner === undefined) return false; // a disk (or index) this manager does not manage
     if (owner !== 0) {
-      if (owner !== volumeId && owner !== FOREIGN_OWNER) log.warn({ serverId, diskId, chunkIndex, owner, nodeSays: volumeId }, 'chunk owner differs between manager and node; leaving it');
+      if (owner !== volumeId && owner !== FOREIGN_OWNER && owner !== BAD_OWNER) log.warn({ serverId, diskId, chunkIndex, owner, nodeSays: volumeId }, 'chunk owner differs between manager and node; leaving it');
       return false;
     }
     if (volumeId === 0 || this.hooks.isCreating(volumeId)) return false;

@@ -3,6 +3,7 @@ import { unary } from '../shared/grpc.js';
 import type { ManagerHandlers } from '../proto/generated/vsky/manager/Manager.js';
 import type { ManagerCore } from './core.js';
 import { eventView } from './events.js';
+import { serverIdsReply } from './int-id-claims.js';
 import { jobView } from './jobs/records.js';
 import type { LeaseMove } from './leases.js';
 import { resyncListView, volumeHealth } from './resync/index.js';
@@ -26,7 +27,8 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     }),
     Heartbeat: unary(async (req) => {
       if (!req.serverId) throw new InvalidArgumentError('Heartbeat needs a server_id');
-      return { known: await registry.heartbeat(req.serverId, req.disks) };
+      const known = await registry.heartbeat(req.serverId, req.disks);
+      return { known, ...(known ? serverIdsReply(registry, req.serverId, core.store.clusterId, core.intIdCounters()) : {}) };
     }),
     AddServer: unary(async (req) => serverView(await registry.addServer(req.controlAddress, req.labels), registry)),
     ListServers: unary(async () => ({ servers: registry.listServers().map((s) => serverView(s, registry)) })),
@@ -59,7 +61,10 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     HeadHeartbeat: unary(async (req) => {
       if (!req.headId) throw new InvalidArgumentError('HeadHeartbeat needs a head_id');
       const known = await registry.headHeartbeat(req.headId);
-      return { known, revoked: known ? leases.renew(req.headId, req.leases) : [] };
+      return {
+        known, revoked: known ? leases.renew(req.headId, req.leases) : [],
+        intId: registry.head(req.headId)?.intId ?? 0, clusterId: core.store.clusterId,
+      };
     }),
     ListHeads: unary(async () => ({ heads: registry.listHeads().map((h) => headView(h, core.attachedTo(h.id))) })),
 

@@ -36,6 +36,8 @@ interface ModelDisk {
   /** Random key redrawn at each pick: ties on free space go to the lowest. */
   tie: number;
   order: number;
+  /** Chunk indexes reported bad (XML-RPC notifyBadBlocks): BAD_OWNER once no volume owns them. */
+  bad: Set<number>;
 }
 
 /**
@@ -44,7 +46,13 @@ interface ModelDisk {
  * placement until GC sees the node no longer holds it. Never a volume id.
  */
 export const FOREIGN_OWNER = 0xffffffff;
-export const MAX_VOLUME_ID = FOREIGN_OWNER - 1;
+/**
+ * Owner of a chunk reported bad (a free one at once, an owned one when its
+ * volume lets it go): never placed, never freed, counted as used. Never a
+ * volume id.
+ */
+export const BAD_OWNER = 0xfffffffe;
+export const MAX_VOLUME_ID = BAD_OWNER - 1;
 
 export interface PlannedChunk {
   segment: number;
@@ -131,6 +139,7 @@ export class PlacementModel {
     if (!d) {
       this.disks.set(id, {
         id, serverId, chunkCount, owner: new Uint32Array(chunkCount), used: 0, cursor: 0, eligible, tie: this.random(), order: this.diskOrder++,
+        bad: new Set(),
       });
       return true;
     }
@@ -163,6 +172,10 @@ export class PlacementModel {
       throw new CorruptMetadataError(`volume ${volumeId} references chunk ${chunkIndex} outside disk ${diskId} (${d.chunkCount} chunks)`, { diskId, chunkIndex, volumeId });
     }
     const prev = d.owner[chunkIndex]!;
+    if (prev === BAD_OWNER && d.bad.has(chunkIndex)) {
+      d.owner[chunkIndex] = volumeId; // loading: a bad chunk a volume still owns (already counted as used)
+      return;
+    }
     if (prev !== 0) {
       throw new CorruptMetadataError(`chunk ${diskId}#${chunkIndex} is claimed by volumes ${prev} and ${volumeId}`, { diskId, chunkIndex, volumeId, prev });
     }
@@ -174,10 +187,42 @@ export class PlacementModel {
   release(diskId: string, chunkIndex: number, volumeId: number): boolean {
     const d = this.disks.get(diskId);
     if (!d || !(chunkIndex >= 0 && chunkIndex < d.chunkCount) || d.owner[chunkIndex] !== volumeId) return false;
+    if (d.bad.has(chunkIndex)) {
+      d.owner[chunkIndex] = BAD_OWNER; // stays used: never handed out again
+      return true;
+    }
     d.owner[chunkIndex] = 0;
     d.used--;
     if (chunkIndex < d.cursor) d.cursor = chunkIndex;
     return true;
+  }
+
+  /**
+   * Marks chunks bad: a free one is never handed out from now on, an owned
+   * one once its volume lets it go (release). Idempotent; indexes beyond the
+   * disk are ignored. Returns how many were free (now BAD_OWNER).
+   */
+  markBad(diskId: string, chunkIndexes: Iterable<number>): number {
+    const d = this.disks.get(diskId);
+    if (!d) return 0;
+    let freed = 0;
+    for (const i of chunkIndexes) {
+      if (!(Number.isInteger(i) && i >= 0 && i < d.chunkCount)) continue;
+      d.bad.add(i);
+      if (d.owner[i] !== 0) continue;
+      d.owner[i] = BAD_OWNER;
+      d.used++;
+      freed++;
+    }
+    return freed;
+  }
+
+  /** Chunk indexes of the disk that are bad and owned by no volume. */
+  badChunks(diskId: string): number[] {
+    const d = this.disks.get(diskId);
+    const out: number[] = [];
+    if (d) d.owner.forEach((o, i) => { if (o === BAD_OWNER) out.push(i); });
+    return out;
   }
 
   /** Moves a chunk from `volumeId` to FOREIGN_OWNER (the node holds it for someone else). */
@@ -211,7 +256,7 @@ export class PlacementModel {
     const out = new Map<number, number>();
     const d = this.disks.get(diskId);
     if (!d || d.used === 0) return out;
-    for (const o of d.owner) if (o !== 0) out.set(o, (out.get(o) ?? 0) + 1);
+    for (const o of d.owner) if (o !== 0 && o !== BAD_OWNER) out.set(o, (out.get(o) ?? 0) + 1);
     return out;
   }
 

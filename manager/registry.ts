@@ -4,6 +4,7 @@ import { moduleLogger } from '../shared/logger.js';
 import { formatSize, parseHostPort } from '../shared/units.js';
 import type { DiskInfo__Output } from '../proto/generated/vsky/storage/DiskInfo.js';
 import type { NodeInfo__Output } from '../proto/generated/vsky/storage/NodeInfo.js';
+import { claimDiskIds, claimHeadId, claimServerId } from './int-id-claims.js';
 import type { PeerClients } from './node-clients.js';
 import type { PlacementModel } from './placement.js';
 import type { ManagerStore, StoreBatch, StoreSnapshot } from './store.js';
@@ -45,6 +46,9 @@ export interface RegisterHeadInput {
   name: string;
   controlAddress: string;
   nbdAddress: string;
+  /** The hsvrid the head kept, and the cluster that gave it (manager/int-id-claims.ts). */
+  hsvrid?: number;
+  hsvridClusterId?: string;
 }
 
 export class Registry {
@@ -157,10 +161,15 @@ export class Registry {
         name, dataAddress: info.dataAddress, controlAddress: info.controlAddress, nodeLabels: { ...info.labels },
         adminLabels: { ...s.adminLabels, ...adminLabels }, lastHeartbeatMs: now,
       });
+      if (s.halted) {
+        delete s.halted;
+        batch.event('server.up', `server:${name}`, 'registered again: no longer halted (shutdownAll)', { serverId: s.id });
+      }
       if (s.adminFailed) log.warn({ serverId: s.id, name }, 'server failed by an admin registered again; it stays failed until vsky server add');
       else if (s.state !== 'active') this.setServerState(s, 'active', readd ? 're-added by an admin' : 'registered again', batch);
       log.info({ serverId: s.id, name, labels: this.labelsOf(s) }, 'server re-registered');
     }
+    claimServerId(s, info.ssvrid, info.intIdsClusterId, this.store.clusterId);
     batch.putServer(s);
     this.syncServer(s);
     this.applyDiskReport(s, info.disks, batch, true);
@@ -247,6 +256,7 @@ export class Registry {
       state: 'active', registeredMs: prev?.registeredMs ?? now, lastHeartbeatMs: now,
       ...(prev?.intId !== undefined ? { intId: prev.intId } : {}),
     };
+    claimHeadId(h, req.hsvrid ?? 0, req.hsvridClusterId ?? '', this.store.clusterId);
     this.heads.set(h.id, h);
     await this.store.write(this.store.batch().putHead(h).event('head.up', `head:${h.name}`, !prev ? 'registered' : prev.state === 'failed' ? 'registered again after it failed' : 'registered again (restarted)', { headId: h.id, controlAddress: h.controlAddress, again: !!prev }));
     log.info({ headId: h.id, name: h.name, controlAddress: h.controlAddress, again: !!prev }, 'head registered');
@@ -311,14 +321,14 @@ export class Registry {
     const limit = this.opts.heartbeatTimeoutMs;
     const batch = this.store.batch();
     for (const s of this.servers.values()) {
-      if (s.state === 'active' && now - s.lastHeartbeatMs > limit) {
+      if (s.state === 'active' && !s.halted && now - s.lastHeartbeatMs > limit) {
         this.setServerState(s, 'failed', `no heartbeat for ${now - s.lastHeartbeatMs} ms (timeout ${limit} ms)`, batch);
         batch.putServer(s);
       }
     }
     let headsFailed = 0;
     for (const h of this.heads.values()) {
-      if (h.state === 'active' && now - h.lastHeartbeatMs > limit) {
+      if (h.state === 'active' && !h.halted && now - h.lastHeartbeatMs > limit) {
         h.state = 'failed';
         headsFailed++;
         log.warn({ headId: h.id, name: h.name, silentMs: now - h.lastHeartbeatMs }, `head ${h.name} failed: no heartbeat for ${now - h.lastHeartbeatMs} ms`);
@@ -432,6 +442,7 @@ export class Registry {
       const before = JSON.stringify(d);
       if (d.serverId !== s.id) log.warn({ diskId: d.id, from: d.serverId, to: s.id }, 'disk moved to another server');
       Object.assign(d, { serverId: s.id, path: info.path, chunkSize: info.chunkSize });
+      claimDiskIds(d, info, this.store.clusterId);
       if (info.chunkCount !== d.chunkCount) {
         if (this.model.setDisk(d.id, s.id, info.chunkCount, false)) d.chunkCount = info.chunkCount;
         else log.warn({ diskId: d.id, reported: info.chunkCount, kept: d.chunkCount }, 'node reports fewer chunks than the disk holds; keeping the old count');
@@ -450,8 +461,9 @@ export class Registry {
     }
   }
 
-  private syncServer(s: ServerRecord): void {
-    this.model.setServer(s.id, this.labelsOf(s), s.state === 'active');
+  /** Keeps the placement model in step with the server's state (a halted server takes no new chunks). */
+  syncServer(s: ServerRecord): void {
+    this.model.setServer(s.id, this.labelsOf(s), s.state === 'active' && !s.halted);
   }
 
   private syncDisk(d: DiskRecord): void {
@@ -459,5 +471,6 @@ export class Registry {
     if (!this.model.setDisk(d.id, d.serverId, d.chunkCount, eligible)) {
       log.warn({ diskId: d.id, chunkCount: d.chunkCount }, 'disk record shrank below chunks in use');
     }
+    if (d.badChunks) this.model.markBad(d.id, d.badChunks);
   }
 }

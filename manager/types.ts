@@ -28,6 +28,14 @@ export interface ServerRecord {
   draining?: boolean;
   /** VastSky-style integer id (ssvrid), stable once given (manager/xmlrpc/ids.ts). */
   intId?: number;
+  /** The ssvrid the node reported keeping (a rebuilt manager gives it back if free; manager/xmlrpc/ids.ts). */
+  claimedIntId?: number;
+  /**
+   * Halted by XML-RPC shutdownAll (manager/halt.ts): takes no new chunks and is
+   * never timed out (it may be powered off); its next registration (node
+   * restart, vsky server add) ends it.
+   */
+  halted?: boolean;
 }
 
 export interface DiskRecord {
@@ -51,6 +59,14 @@ export interface DiskRecord {
   intId?: number;
   /** Disk-extent ids of its chunks, as pairs [first id, count] in chunk order (lvol id space; manager/xmlrpc/ids.ts). */
   dextIds?: number[];
+  /** The pdskid and extent ids its node reported keeping (adopted if free; manager/xmlrpc/ids.ts). */
+  claimedIntId?: number;
+  claimedDextIds?: number[];
+  /**
+   * Chunk indexes reported bad (XML-RPC notifyBadBlocks): never handed out
+   * again; one owned now becomes bad when its volume lets it go.
+   */
+  badChunks?: number[];
 }
 
 export interface HeadRecord {
@@ -63,6 +79,10 @@ export interface HeadRecord {
   lastHeartbeatMs: number;
   /** VastSky-style integer id (hsvrid), stable once given (manager/xmlrpc/ids.ts). */
   intId?: number;
+  /** The hsvrid the head reported keeping (adopted if free; manager/xmlrpc/ids.ts). */
+  claimedIntId?: number;
+  /** Halted by XML-RPC shutdownAll (manager/halt.ts): nothing is attached to it, it is never timed out; its next registration ends it. */
+  halted?: boolean;
 }
 
 export interface VolumeRecord {
@@ -112,9 +132,12 @@ export interface VolumeRecord {
   /**
    * VastSky-style lvolid (manager/xmlrpc/ids.ts), stable once given: the first
    * of a block of segmentCount + 3 lvol ids (the volume, its SNAPSHOT-ORIGIN
-   * and LINEAR nodes, then one MIRROR per segment).
+   * and LINEAR nodes, then one MIRROR per segment). Created volumes get it
+   * before their chunks are allocated, and their chunks carry it.
    */
   intId?: number;
+  /** The lvolid its chunks carry (set by a rebuild from storage; adopted if free; manager/xmlrpc/ids.ts). */
+  claimedIntId?: number;
 }
 
 /** The lease epoch the attached head holds, or undefined when no head holds the lease. */
@@ -345,6 +368,7 @@ export const EVENT_KINDS = [
   'lease.handoff', 'lease.handoff_failed', 'lease.takeover', 'lease.resync_epoch',
   'gc.freed',
   'job.succeeded', 'job.failed', 'job.aborted', 'job.fenced',
+  'intid.conflict', 'disk.bad_blocks', 'server.halted', 'head.halted',
 ] as const;
 
 export type EventKind = (typeof EVENT_KINDS)[number];

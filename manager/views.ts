@@ -25,6 +25,7 @@ export function diskView(d: DiskRecord, registry: Registry, model: PlacementMode
     diskId: d.id, serverId: d.serverId, serverName: registry.server(d.serverId)?.name ?? '', path: d.path,
     chunkSize: d.chunkSize, chunkCount: d.chunkCount, usedChunks: model.diskUsage(d.id)?.used ?? 0, state: d.state,
     draining: Boolean(d.draining && d.state !== 'removed'), drainNote, stateReason: d.stateReason, pdskid: d.intId ?? 0,
+    badChunks: d.badChunks?.length ?? 0,
   };
 }
 

@@ -62,8 +62,15 @@ export interface VolumeHooks {
   deleted(volumeId: number): void;
 }
 
+/** Gives a new volume its VastSky lvolid before its chunks are allocated (manager/xmlrpc/ids.ts). */
+export interface LvolIdSource {
+  reserveVolume(segmentCount: number): { id: number; next: number } | undefined;
+}
+
 export class Volumes {
   hooks?: VolumeHooks;
+  /** Set by the daemon: new volumes get their lvolid at once, and their chunks carry it. */
+  lvolIds?: LvolIdSource;
   private readonly byId = new Map<number, VolumeEntry>();
   private readonly byName = new Map<string, number>();
   /** Creates in progress in this process, by volume id. */
@@ -208,6 +215,9 @@ export class Volumes {
       id, name, size, replicas, chunkSize, segmentCount, generation: 1, epoch: 0,
       attachedHead: '', nbdUri: '', spreadLabel: plan.spreadLabel, createdMs: Date.now(),
     };
+    // Taken after placement succeeded (a failed create burns no id); kept even if the create fails (ids never come back).
+    const lvol = this.lvolIds?.reserveVolume(segmentCount);
+    if (lvol) volume.intId = lvol.id;
     const map = buildChunkMap(id, replicas, segmentCount, plan.chunks);
     const pending: PendingCreateRecord = { volume, map, startedMs: Date.now() };
     this.creating.set(id, pending);
@@ -215,7 +225,9 @@ export class Volumes {
     try {
       // Step 1: the intent is durable before any node is touched.
       try {
-        await this.store.write(this.store.batch().putPending(pending).putNextVolumeId(this.nextId));
+        const batch = this.store.batch().putPending(pending).putNextVolumeId(this.nextId);
+        if (lvol) batch.putNextIntId('lvol', lvol.next);
+        await this.store.write(batch);
       } catch (err) {
         for (const c of plan.chunks) this.model.release(c.diskId, c.chunkIndex, id);
         throw err;
@@ -227,7 +239,7 @@ export class Volumes {
           diskId: c.diskId, chunkIndex: c.chunkIndex,
           identity: {
             volumeId: id, volumeName: name, volumeSize: size, segment: c.segment, slot: c.slot,
-            segmentCount, replicas, generation: volume.generation, epoch: volume.epoch,
+            segmentCount, replicas, generation: volume.generation, epoch: volume.epoch, lvolid: volume.intId ?? 0,
           },
         }).then((r) => { crashPoint('manager.create.allocated'); return r; });
       });

@@ -24,6 +24,8 @@ export interface ChunkIdentity {
   replicas: number;
   generation: number;
   epoch: number;
+  /** The volume's VastSky-style integer id (0 or absent: none; a manager rebuilt from storage gives it back). */
+  lvolid?: number;
 }
 
 export class VolumeEntry {
@@ -317,7 +319,7 @@ export class ChunkStore {
     Object.assign(rec, {
       state: ChunkState.OWNED, volumeId: id.volumeId, segment: id.segment, slot: id.slot, segmentCount: id.segmentCount,
       replicas: id.replicas, volumeSize: id.volumeSize, volumeName: id.volumeName, generation: id.generation,
-      epoch: Math.max(id.epoch, vol?.epoch ?? 0),
+      epoch: Math.max(id.epoch, vol?.epoch ?? 0), lvolid: id.lvolid ?? 0,
     });
     const previous = chunk.rec;
     chunk.busy = true;
@@ -440,6 +442,7 @@ function validateIdentity(id: ChunkIdentity): void {
   if (!Number.isInteger(id.slot) || id.slot < 0 || id.slot > 255) throw bad('slot must be 0..255');
   if (!u32(id.segmentCount) || !u32(id.replicas)) throw bad('segment count and replicas must be u32');
   if (!isCounter(id.generation) || !isCounter(id.epoch)) throw bad('generation and epoch must be 0..2^53-1');
+  if (id.lvolid !== undefined && !u32(id.lvolid)) throw bad('lvolid must be a u32');
   if (!Number.isSafeInteger(id.volumeSize) || id.volumeSize < 0) throw bad('volume size must be a non-negative integer');
   if (Buffer.byteLength(id.volumeName, 'utf8') > MAX_VOLUME_NAME_BYTES) throw bad(`volume name longer than ${MAX_VOLUME_NAME_BYTES} bytes`);
 }

@@ -11,6 +11,7 @@ import type { ChunkStore } from './chunk-store.js';
 import type { Disk } from './disk.js';
 import { Legality, type JobKindName, type JobOutcomeName } from './disk-format.js';
 import { NoChunkError } from '../shared/data-protocol/status.js';
+import type { NodeIntIds } from './int-ids.js';
 import type { NodeState } from './node-state.js';
 import { countSet } from '../shared/region-bitmap.js';
 import type { ResyncJobs } from './copy/resync-jobs.js';
@@ -23,6 +24,8 @@ import type { ResyncJobs } from './copy/resync-jobs.js';
 export interface NodeContext {
   readonly store: ChunkStore;
   readonly state: NodeState;
+  /** The VastSky-style ids the manager gave (reported at registration). */
+  readonly intIds: NodeIntIds;
   /** Peer-to-peer resync copies running on this node (CopyChunk). */
   readonly resyncs: ResyncJobs;
   readonly name: string;
@@ -33,7 +36,9 @@ export interface NodeContext {
   controlAddress: string;
 }
 
-export function diskInfo(disk: Disk): DiskInfo {
+export function diskInfo(disk: Disk, ids?: NodeIntIds): DiskInfo {
+  // Ids heard from the manager of the cluster the disk belongs to, else none.
+  const own = ids && ids.clusterId && ids.clusterId === disk.sb.clusterId ? ids.disk(disk.id) : undefined;
   return {
     diskId: disk.id,
     path: disk.path,
@@ -43,6 +48,8 @@ export function diskInfo(disk: Disk): DiskInfo {
     state: disk.reportedState,
     size: disk.sb.diskSize,
     clusterId: disk.sb.clusterId,
+    pdskid: own?.pdskid ?? 0,
+    dextIds: own?.dextIds ?? [],
   };
 }
 
@@ -53,7 +60,10 @@ export function nodeInfo(ctx: NodeContext): NodeInfo {
     dataAddress: ctx.dataAddress,
     controlAddress: ctx.controlAddress,
     labels: ctx.labels,
-    disks: ctx.store.diskList().map(diskInfo),
+    disks: ctx.store.diskList().map((d) => diskInfo(d, ctx.intIds)),
+    ssvrid: ctx.intIds.ssvrid,
+    intIdsClusterId: ctx.intIds.clusterId,
+    nextIntIds: ctx.intIds.next,
   };
 }
 
@@ -79,7 +89,7 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
     AddDisk: unary(async (req) => {
       const disk = await addDisk(ctx, req.path, req.size, req.chunkSize);
       log.info({ disk: disk.id, path: disk.path }, 'AddDisk');
-      return diskInfo(disk);
+      return diskInfo(disk, ctx.intIds);
     }),
 
     RemoveDisk: unary(async (req) => {
@@ -111,6 +121,7 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
           segment: c.rec.segment, slot: c.rec.slot, segmentCount: c.rec.segmentCount, replicas: c.rec.replicas,
           generation: c.rec.generation, epoch: c.rec.epoch, staleSlots: c.rec.staleSlots, mapVersion: c.rec.mapVersion,
           legality: legalityName(c.rec.legality), jobId: c.rec.jobId, jobKind: c.rec.jobKind, jobOutcome: c.rec.jobOutcome,
+          lvolid: c.rec.lvolid,
         },
         writtenRegions: countSet(c.rec.bitmap),
       }));

@@ -9,6 +9,7 @@ import { DataServer } from '../shared/data-protocol/server/data-server.js';
 import { StoreChunkService } from './chunk-service.js';
 import { ManagerLink } from './manager-link.js';
 import { registerNodeMetrics } from './metrics.js';
+import { NodeIntIds } from './int-ids.js';
 import { NodeState } from './node-state.js';
 import { ResyncJobs } from './copy/resync-jobs.js';
 
@@ -70,12 +71,13 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
   }
   const log = moduleLogger('storage-node', { name: opts.name });
   const state = await NodeState.load(opts.dataDir);
+  const intIds = await NodeIntIds.load(state.dataDir);
   const store = new ChunkStore({ diskThrottleMibps: throttle });
   if (opts.managerAddress) store.awaitEpochRefresh(); // no writes before the manager's epochs are applied
   if (throttle > 0) log.warn({ diskThrottleMibps: throttle }, `every disk's data I/O is capped at ${throttle} MiB/s (--disk-throttle-mibps)`);
   const resyncs = new ResyncJobs(store);
   const ctx: NodeContext = {
-    store, state, resyncs, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, dataAddress: '', controlAddress: '',
+    store, state, intIds, resyncs, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, dataAddress: '', controlAddress: '',
   };
   const dataServer = new DataServer(new StoreChunkService(store), { maxInflight: opts.maxInflightPerConnection });
   const grpcServer = new grpc.Server();

@@ -28,7 +28,7 @@ import { CorruptMetadataError } from '../shared/errors.js';
 //   80  u32 region bits         84 u32 stale slots   88 u64 map version (the manager's note on the segment)
 //   96  volume name (UTF-8, 64 bytes)
 //   160 u8 legality (0 LEGAL, 1 DIRTY)   161 u8 last job's kind   162 u8 last job's outcome   163 u8 job id length
-//   164 u32 reserved (0)   168 last job's id (UTF-8, 48 bytes)   216 u64 reserved (0)
+//   164 u32 lvolid (the volume's VastSky-style integer id; 0: none)   168 last job's id (UTF-8, 48 bytes)   216 u64 reserved (0)
 //   224 written-region bitmap (regionBits / 8 bytes), then the dirty bitmap (same size)
 // then zero padding to a whole number of sectors.
 //
@@ -47,7 +47,9 @@ import { CorruptMetadataError } from '../shared/errors.js';
 // and the last job's record, manager/jobs/): its fixed part is 224 bytes, which
 // still fits the 1536-byte slots of 4096 regions. A crash midway leaves a version-2 superblock over a mix of records, which
 // decodeRecord reads either way (by their magic), and the next open finishes
-// the job. A version-2 disk whose slots are too small for version-3 records
+// the job. The lvolid (docs/xmlrpc.md) took a u32 that version 3 had reserved
+// as 0, so a version-3 record written before it reads as "no lvolid" and the
+// format did not change. A version-2 disk whose slots are too small for version-3 records
 // (never made by this code: its region bits are always 4096) is refused.
 
 export const SUPERBLOCK_SIZE = 4096;
@@ -142,6 +144,8 @@ export interface ChunkRecordData {
   jobId: string;
   jobKind: JobKindName;
   jobOutcome: JobOutcomeName;
+  /** The volume's VastSky-style integer id (manager/xmlrpc/ids.ts); 0: none recorded. */
+  lvolid: number;
   /** regionBits / 8 bytes; bit r set = region r has been written (else it reads as zeros). */
   bitmap: Uint8Array;
   /**
@@ -251,7 +255,7 @@ export function emptyRecord(regionBits: number): ChunkRecordData {
   return {
     state: ChunkState.FREE, volumeId: 0, segment: 0, slot: 0, segmentCount: 0, replicas: 0,
     volumeSize: 0, volumeName: '', generation: 0, epoch: 0, staleSlots: 0, mapVersion: 0,
-    legality: Legality.LEGAL, jobId: '', jobKind: '', jobOutcome: '', bitmap: new Uint8Array(regionBits / 8),
+    legality: Legality.LEGAL, jobId: '', jobKind: '', jobOutcome: '', lvolid: 0, bitmap: new Uint8Array(regionBits / 8),
     dirty: new Uint8Array(regionBits / 8),
   };
 }
@@ -270,6 +274,7 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   if (rec.dirty.length !== rec.bitmap.length) throw new CorruptMetadataError('dirty and written bitmaps differ in size');
   if (RECORD_FIXED + 2 * rec.bitmap.length > recordSize) throw new CorruptMetadataError('bitmaps do not fit the record slot');
   // Never write what would not read back exactly (a value above 2^53-1 makes the slot corrupt).
+  if (!Number.isInteger(rec.lvolid) || rec.lvolid < 0 || rec.lvolid > 0xffff_ffff) throw new CorruptMetadataError(`invalid lvolid ${rec.lvolid}`, { chunkIndex });
   if (!isCounter(rec.generation) || !isCounter(rec.epoch) || !isCounter(rec.mapVersion)) {
     throw new CorruptMetadataError(`generation ${rec.generation}, epoch ${rec.epoch} and map version ${rec.mapVersion} must be 0..2^53-1`, { chunkIndex });
   }
@@ -295,6 +300,7 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   buf[161] = kind;
   buf[162] = outcome;
   buf[163] = jobId.length;
+  buf.writeUInt32BE(rec.lvolid, 164);
   jobId.copy(buf, 168);
   buf.set(rec.bitmap, RECORD_FIXED);
   buf.set(rec.dirty, RECORD_FIXED + rec.bitmap.length);
@@ -362,6 +368,7 @@ export function decodeRecord(buf: Buffer, chunkIndex: number, diskId: Buffer, re
       jobId: buf.toString('utf8', 168, 168 + jobIdLength),
       jobKind,
       jobOutcome,
+      lvolid: v3 ? buf.readUInt32BE(164) : 0,
       bitmap: new Uint8Array(buf.subarray(fixed, fixed + mapBytes)),
       dirty: new Uint8Array(buf.subarray(fixed + mapBytes, fixed + 2 * mapBytes)),
     },

@@ -76,12 +76,14 @@ export class ManagerLink {
           this.log.info({ manager: this.opts.address, serverId: info.serverId, disks: info.disks?.length, epochsRaised: behind }, 'registered with manager');
         } else {
           const reply = await call<HeartbeatRequest, HeartbeatReply__Output>(this.client, this.client.Heartbeat,
-            { serverId: this.ctx.state.serverId, disks: this.ctx.store.diskList().map(diskInfo) }, this.opts.timeoutMs);
+            { serverId: this.ctx.state.serverId, disks: this.ctx.store.diskList().map((d) => diskInfo(d, this.ctx.intIds)) }, this.opts.timeoutMs);
           if (!reply.known) {
             this.log.warn({ manager: this.opts.address }, 'manager does not know this node: registering again');
             this.registered = false;
             continue;
           }
+          // Not awaited: the heartbeat loop never waits for this file.
+          void this.ctx.intIds.update(reply).catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'could not keep the VastSky ids the manager gave'));
         }
         if (this.failing) this.log.info({ manager: this.opts.address }, 'manager reachable again');
         this.failing = false;

@@ -6,6 +6,7 @@ import { CorruptMetadataError } from '../shared/errors.js';
 // The little a node keeps outside its disks, in its data directory:
 //   server-id   the node's stable UUID, generated on first start
 //   disks.json  paths of the disks to open at start ({"version":1,"disks":[...]})
+//   int-ids.json  the VastSky-style ids the manager gave (storage-node/int-ids.ts)
 // Everything else (chunks, owners, epochs) lives on the disks themselves, so a
 // disk moved to another node is recovered from the disk alone. Files are
 // replaced atomically (write temp, fsync, rename, fsync the directory).
@@ -72,7 +73,7 @@ export class NodeState {
   }
 }
 
-async function readOptional(path: string): Promise<string | undefined> {
+export async function readOptional(path: string): Promise<string | undefined> {
   try {
     return await readFile(path, 'utf8');
   } catch (err) {

@@ -134,7 +134,7 @@ export function registerDaemonCommands(program: Command): void {
 
   program.command('head-agent')
     .description('run a head agent: attaches volumes and exports them over NBD')
-    .requiredOption('--data-dir <dir>', 'where the head keeps its id')
+    .requiredOption('--data-dir <dir>', 'where the head keeps its id and the VastSky hsvrid the manager gave it (int-id.json, hsvrid)')
     .option('--name <name>', 'head name', 'head')
     .option('--host <host>', 'address to listen on (NBD and gRPC)', '127.0.0.1')
     .option('--grpc-port <port>', 'control gRPC port (0: pick one)', intArg, DEFAULT_HEAD_GRPC_PORT)

@@ -14,7 +14,7 @@ export function registerDiskCommands(program: Command): void {
       const { disks } = await call(m, 'ListDisks', { server: o.server ?? '' });
       emit(o, disks, () => printTable(disks.map((d) => ({
         ...d, capacity: formatSize(d.chunkSize * d.chunkCount), used: `${d.usedChunks}/${d.chunkCount}`,
-        state: d.draining ? `${d.state},draining` : d.state,
+        state: (d.draining ? `${d.state},draining` : d.state) + (d.badChunks > 0 ? `,${d.badChunks} bad` : ''),
       })), { diskId: 'ID', serverName: 'SERVER', path: 'PATH', state: 'STATE', capacity: 'CAPACITY', used: 'CHUNKS USED', pdskid: 'PDSKID', drainNote: 'NOTE' }));
     }));
 

@@ -352,7 +352,7 @@ export class Jobs {
         diskId: c.diskId, chunkIndex: c.chunkIndex,
         identity: {
           volumeId: volume.id, volumeName: volume.name, volumeSize: size, segment: c.segment, slot: c.slot,
-          segmentCount, replicas: volume.replicas, generation: j.expectedGeneration, epoch: j.epoch,
+          segmentCount, replicas: volume.replicas, generation: j.expectedGeneration, epoch: j.epoch, lvolid: volume.intId ?? 0,
         },
       });
       j.done++;

@@ -35,6 +35,8 @@ export async function applyPlan(dataDir: string, clusterId: string, plan: Rebuil
     for (const t of plan.toFree) batch.putToFree(t);
     for (const a of plan.setAside) batch.putSetAside(a);
     batch.putNextVolumeId(plan.nextVolumeId);
+    // VastSky ids: the records carry the claims (adopted by the manager's first id pass); the counters start where the nodes last heard them.
+    for (const [space, next] of Object.entries(plan.nextIntIds)) if (next > 0) batch.putNextIntId(space, next);
     // Resync ids ("r<n>") the lost database handed out may still be running on executors, which report progress
     // by id: number ours from now (in ms), above any counter a previous database could have reached.
     batch.putNextResyncId(Date.now());

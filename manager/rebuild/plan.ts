@@ -1,7 +1,9 @@
 import { MAX_REPLICAS } from '../../shared/constants.js';
 import type { ChunkList__Output } from '../../proto/generated/vsky/storage/ChunkList.js';
 import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
+import { claimDiskIds, claimServerId } from '../int-id-claims.js';
 import { MAX_VOLUME_ID } from '../placement.js';
+import { commonLvolid, reportedCounters, type Counters } from './int-ids.js';
 import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeRecord } from '../types.js';
 
 // The manager's metadata rebuilt from the storage nodes' chunk tables (issue 9,
@@ -168,6 +170,8 @@ export interface RebuildPlan {
   volumes: { volume: VolumeRecord; map: ChunkMapRecord }[];
   toFree: ToFreeRecord[];
   nextVolumeId: number;
+  /** VastSky id counters to start from (manager/rebuild/int-ids.ts; 0: from the adopted ids alone). */
+  nextIntIds: Counters;
   /** Not placed, not freed: keep them out of GC and placement (rule 8). */
   setAside: SetAsideChunk[];
   report: {
@@ -198,6 +202,8 @@ interface Found {
   staleSlots: number;
   mapVersion: number;
   written: number;
+  /** The volume's VastSky lvolid the chunk carries (0: none). */
+  lvolid: number;
   /** On a disk that can serve it (its node does not report it failed). */
   readable: boolean;
   inSync: boolean;
@@ -263,11 +269,13 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
       continue;
     }
     serverIds.add(sid);
-    servers.push({
+    const srec: ServerRecord = {
       id: sid, name: info.name || sid, dataAddress: info.dataAddress, controlAddress: info.controlAddress,
       nodeLabels: { ...(info.labels ?? {}) }, adminLabels: {}, state: 'active', stateReason: 'rebuilt from storage',
       registeredMs: nowMs, lastHeartbeatMs: nowMs,
-    });
+    };
+    claimServerId(srec, info.ssvrid ?? 0, info.intIdsClusterId ?? '', clusterId);
+    servers.push(srec);
     for (const d of info.disks) {
       if (!d.diskId || d.diskId === LOST_DISK_ID || diskById.has(d.diskId)) {
         conflicts.push(`disk ${d.path} of server ${info.name || sid} (id "${d.diskId}"): ${!d.diskId ? 'no disk id' : d.diskId === LOST_DISK_ID ? 'its id is the placeholder id' : 'id reported twice'}; ignored with its chunks`);
@@ -295,6 +303,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
         state: use === 'ok' ? 'active' : 'failed', stateReason: reason, addedMs: nowMs,
       };
       if (adminFailed) rec.adminFailed = true;
+      else claimDiskIds(rec, { pdskid: d.pdskid ?? 0, dextIds: d.dextIds ?? [], clusterId: d.clusterId }, clusterId);
       disks.push(rec);
       diskById.set(d.diskId, { rec, use, why, foreign: adminFailed, indices: new Set() });
       if (use === 'aside') asideByDisk.set(d.diskId, 0);
@@ -326,7 +335,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
         diskId: c.diskId, chunkIndex: c.chunkIndex, volumeId: id.volumeId,
         name: id.volumeName, size: id.volumeSize, replicas: id.replicas, segmentCount: id.segmentCount,
         segment: id.segment, idSlot: id.slot, generation: id.generation, epoch: id.epoch,
-        staleSlots: id.staleSlots >>> 0, mapVersion: id.mapVersion, written: c.writtenRegions,
+        staleSlots: id.staleSlots >>> 0, mapVersion: id.mapVersion, written: c.writtenRegions, lvolid: id.lvolid ?? 0,
         readable: disk.use === 'ok', inSync: false,
       };
       const group = groups.get(f.volumeId);
@@ -568,6 +577,8 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
       attachedHead: '', nbdUri: '', spreadLabel, createdMs: nowMs,
     };
     if (mapVersion > 0) volume.mapVersion = mapVersion;
+    const lvolid = commonLvolid(c.chunks);
+    if (lvolid > 0) volume.claimedIntId = lvolid;
     volumes.push({ volume, map });
   }
 
@@ -585,7 +596,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
   }
 
   return {
-    servers, disks, volumes, toFree, nextVolumeId: maxVolumeId + 1, setAside,
+    servers, disks, volumes, toFree, nextVolumeId: maxVolumeId + 1, nextIntIds: reportedCounters(input.nodes, clusterId), setAside,
     report: {
       volumes: volumes.length, chunks: chunksRead, staleReplicas, rolledBack, conflicts,
       ms: Math.round((performance.now() - started) * 1000) / 1000,

@@ -33,7 +33,7 @@ function eventSource(ctx: XmlRpcContext): EventSource | undefined {
 
 export function eventCode(kind: string): number {
   if (/^(resync|drain)\.|^spare\./.test(kind)) return EVENT.RESYNC;
-  if (/(failed|stale)$/.test(kind)) return EVENT.ABNORMAL;
+  if (/(failed|stale)$/.test(kind) || kind === 'disk.bad_blocks') return EVENT.ABNORMAL;
   if (kind === 'gc.freed') return EVENT.SHRED;
   return EVENT.NONE;
 }

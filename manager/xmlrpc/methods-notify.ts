@@ -1,4 +1,6 @@
 import { GiB } from '../../shared/constants.js';
+import { markChunksBad } from '../bad-chunks.js';
+import { haltCluster } from '../halt.js';
 import { moduleLogger } from '../../shared/logger.js';
 import { forEachReplica, holderEpoch, type DiskRecord, type VolumeRecord } from '../types.js';
 import type { Method, XmlRpcContext } from './context.js';
@@ -102,6 +104,8 @@ const notifyBadBlocks: Method = async (ctx, data) => {
   }
   if (d.state === 'failed') return 0;
   const chunks = chunksUnder(d, blocks);
+  // Every chunk under the blocks is bad from now on: a free one is never handed out, an owned one once its volume lets it go.
+  const bad = await markChunksBad(ctx.core.store, ctx.core.model, d, chunks, `notifyBadBlocks over XML-RPC: blocks ${blocks.join(',')} of disk ${d.path}`);
   let marked = 0;
   const kept: string[] = [];
   for (const r of replicasOn(ctx, d.id, (i) => chunks.has(i))) {
@@ -113,14 +117,16 @@ const notifyBadBlocks: Method = async (ctx, data) => {
       kept.push(`${r.volume.name}/${r.segment}`);
     }
   }
-  log.warn({ diskId: d.id, path: d.path, blocks, chunks: chunks.size, replicasMarkedStale: marked, lastCopiesKept: kept }, 'notifyBadBlocks');
+  log.warn({ diskId: d.id, path: d.path, blocks, chunks: chunks.size, newlyBad: bad.added.length, freeChunksRetired: bad.freeNow, replicasMarkedStale: marked, lastCopiesKept: kept }, 'notifyBadBlocks');
   return 0;
 };
 
+/** VastSky's shutdownAll: with nothing attached, every server and head is halted so powering them off raises no failure (manager/halt.ts). */
 const shutdownAll: Method = async (ctx) => {
   const attached = ctx.core.volumes.list().filter((v) => v.attachedHead || v.standbyHead);
   if (attached.length > 0) throw errnoFault('EBUSY', `volumes are attached: ${attached.slice(0, 10).map((v) => v.name).join(', ')}`);
-  throw errnoFault('EOPNOTSUPP', 'VastSky-TS has no cluster halt state: stop the daemons (SIGTERM); they resume where they were');
+  await haltCluster(ctx.core.store, ctx.core.registry, 'shutdownAll over XML-RPC: the cluster may be powered off; each server and head leaves the halt when it registers again');
+  return 0;
 };
 
 export const notifyMethods: Record<string, Method> = { notifyFailure, notifyBadBlocks, shutdownAll };

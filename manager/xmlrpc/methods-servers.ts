@@ -5,6 +5,7 @@ import { PRIORITY, ipData, type Method, type XmlRpcContext } from './context.js'
 import { errnoFault, internalFault, mapErrors } from './faults.js';
 import { has, idValue, isInt, lookupById, mand, truthy } from './params.js';
 import { gb } from './tree.js';
+import { resumeHead } from '../halt.js';
 
 // Head servers, storage servers and physical disks. Ours register themselves
 // (the head agent and the storage node call the manager over gRPC when they
@@ -13,18 +14,22 @@ import { gb } from './tree.js';
 // one can be deleted.
 
 function headPriority(h: HeadRecord): number {
-  return h.state === 'active' ? PRIORITY.HIGH : PRIORITY.OFFLINE;
+  return h.state === 'active' && !h.halted ? PRIORITY.HIGH : PRIORITY.OFFLINE;
 }
 
 function serverPriority(s: ServerRecord): number {
   if (s.state !== 'active') return PRIORITY.OFFLINE;
+  if (s.halted) return PRIORITY.HALT;
   return s.draining ? PRIORITY.EVACUATE : PRIORITY.HIGH;
 }
 
 function diskPriority(ctx: XmlRpcContext, d: DiskRecord): number {
   if (d.state === 'failed') return PRIORITY.FAULTY;
-  if (ctx.core.registry.server(d.serverId)?.state !== 'active') return PRIORITY.OFFLINE;
-  return d.draining ? PRIORITY.EVACUATE : PRIORITY.HIGH;
+  const server = ctx.core.registry.server(d.serverId);
+  if (server?.state !== 'active') return PRIORITY.OFFLINE;
+  if (server.halted) return PRIORITY.HALT;
+  if (d.draining) return PRIORITY.EVACUATE;
+  return (d.badChunks?.length ?? 0) > 0 ? PRIORITY.LOW : PRIORITY.HIGH; // VastSky: bad blocks take a disk from HIGH to LOW
 }
 
 /** Resyncs writing to the disks (VastSky's `resync`: rebuilds in progress). */
@@ -34,7 +39,8 @@ function resyncsOn(ctx: XmlRpcContext, diskIds: Set<string>): number {
 
 function diskSpace(ctx: XmlRpcContext, d: DiskRecord): { capacity: number; available: number } {
   const used = ctx.core.model.diskUsage(d.id)?.used ?? d.chunkCount;
-  const free = diskPriority(ctx, d) === PRIORITY.HIGH ? Math.max(0, d.chunkCount - used) : 0;
+  const p = diskPriority(ctx, d);
+  const free = p === PRIORITY.HIGH || p === PRIORITY.LOW ? Math.max(0, d.chunkCount - used) : 0;
   return { capacity: d.chunkCount * d.chunkSize, available: free * d.chunkSize };
 }
 
@@ -109,6 +115,10 @@ const registerHeadServer: Method = async (ctx, data) => {
   if (found.length === 0) throw errnoFault('EINVAL', `no head agent at ${ips.join(', ')}: run vsky head-agent there; it registers itself`);
   if (found.length > 1) throw errnoFault('EEXIST', `${found.length} head agents match ${ips.join(', ')} (${found.map((h) => h.name).join(', ')})`);
   const h = found[0]!;
+  if (h.halted) {
+    await resumeHead(ctx.core.store, h, 'registerHeadServer over XML-RPC: no longer halted (shutdownAll)');
+    return h.intId ?? 0;
+  }
   if (h.state === 'active') throw errnoFault('EEXIST', `head server ${h.name} is registered and online (hsvrid ${h.intId})`);
   return h.intId ?? 0; // an offline one keeps its id; its next heartbeat brings it back
 };
@@ -118,8 +128,8 @@ const registerStorageServer: Method = async (ctx, data) => {
   const found = matching(ctx.core.registry.listServers(), ips);
   if (found.length > 1) throw errnoFault('EEXIST', `${found.length} storage servers match ${ips.join(', ')} (${found.map((s) => s.name).join(', ')})`);
   const s = found[0];
-  if (s?.state === 'active') throw errnoFault('EEXIST', `storage server ${s.name} is registered and online (ssvrid ${s.intId})`);
-  // An offline or removed one is added back (vsky server add); an unknown one at its default control port.
+  if (s?.state === 'active' && !s.halted) throw errnoFault('EEXIST', `storage server ${s.name} is registered and online (ssvrid ${s.intId})`);
+  // An offline, halted or removed one is added back (vsky server add); an unknown one at its default control port.
   const address = s?.controlAddress ?? `${ips[0]}:${DEFAULT_NODE_GRPC_PORT}`;
   const added = await mapErrors(() => ctx.core.registry.addServer(address, {}), { ECONFLICT: 'EINVAL', EINVAL: 'EINVAL' });
   await ctx.ids.sync();

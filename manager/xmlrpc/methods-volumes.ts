@@ -58,6 +58,7 @@ const attachLogicalVolume: Method = async (ctx, data) => {
   const head = lookupById(data, 'hsvrid', (id) => ctx.ids.head(id));
   if (!head) throw errnoFault('EINVAL', 'no head server with that hsvrid (see listHeadServers)');
   if (head.state !== 'active') throw errnoFault('EINVAL', `head server ${head.name} is offline (no heartbeat)`);
+  if (head.halted) throw errnoFault('EINVAL', `head server ${head.name} is offline (halted by shutdownAll: restart it or call registerHeadServer)`);
   await mapErrors(() => ctx.core.attachments.attach(v.name, head.id), { ECONFLICT: 'EBUSY' });
   return 0;
 };

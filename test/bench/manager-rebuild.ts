@@ -46,11 +46,12 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
     const labels = { rack: `r${s % RACKS}` };
     const info: NodeInfo__Output = {
       serverId, name: `node${s}`, dataAddress: `10.1.${s >> 8}.${s & 255}:7710`, controlAddress: `10.1.${s >> 8}.${s & 255}:7711`, labels, disks: [],
+      ssvrid: 0, intIdsClusterId: '', nextIntIds: null,
     };
     model.setServer(serverId, labels, true);
     for (let d = 0; d < DISKS_PER_SERVER; d++) {
       const diskId = `disk-${s}-${d}`;
-      info.disks.push({ diskId, path: `/dev/sd${String.fromCharCode(97 + d)}`, chunkSize: CHUNK, chunkCount: CHUNKS_PER_DISK, usedChunks: 0, state: 'active', size: CHUNK * CHUNKS_PER_DISK, clusterId: CLUSTER });
+      info.disks.push({ diskId, path: `/dev/sd${String.fromCharCode(97 + d)}`, chunkSize: CHUNK, chunkCount: CHUNKS_PER_DISK, usedChunks: 0, state: 'active', size: CHUNK * CHUNKS_PER_DISK, clusterId: CLUSTER, pdskid: 0, dextIds: [] });
       model.setDisk(diskId, serverId, CHUNKS_PER_DISK, true);
       serverOfDisk.set(diskId, serverId);
       top.set(diskId, CHUNKS_PER_DISK - 1);
@@ -73,7 +74,7 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
     const epoch = 1 + Math.floor(random() * 50);
     const ident = (segment: number, slot: number, o: Partial<ChunkIdentity__Output> = {}): ChunkIdentity__Output => ({
       volumeId: id, volumeName: name, volumeSize: size, segment, slot, segmentCount, replicas: K,
-      generation, epoch, staleSlots: 0, mapVersion: 0, legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '', ...o,
+      generation, epoch, staleSlots: 0, mapVersion: 0, legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '', lvolid: 0, ...o,
     });
 
     if (roll < 0.002 && segmentCount >= 4) {

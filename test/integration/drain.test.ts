@@ -7,7 +7,7 @@ import { expectReplicasEqual } from '../harness/replicas.js';
 import { VerifyingWriter } from '../harness/verifier.js';
 import { vsky } from '../harness/vsky.js';
 
-// Graceful removal with real processes (manager/drains.ts): `vsky server
+// Graceful removal with real processes (manager/resync/drains.ts): `vsky server
 // remove` and `vsky disk remove` copy every replica elsewhere before the
 // removal, and a sampler reading the manager's map every 100 ms checks that
 // no segment ever has fewer in-sync replicas than it should. A verifying

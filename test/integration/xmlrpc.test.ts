@@ -92,7 +92,7 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     expect(results.length).toBeGreaterThan(80);
     expect(await state()).toEqual(before);
     expect(await xr('detachLogicalVolume', { lvolid: busy })).toBe(0);
-    expect(await faultCode('shutdownAll')).toBe(95);
+    // shutdownAll with nothing attached halts the cluster: test/integration/rebuild-int-ids.test.ts.
   });
 
   it('has our own methods in the same style: live hand-off between two heads, take-over, iSCSI access rules, events', async () => {

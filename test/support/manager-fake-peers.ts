@@ -37,10 +37,14 @@ export class FakeNode {
   /** NoteSegment fails (a node that cannot record the manager's note). */
   failNote = false;
 
-  constructor(readonly info: Omit<NodeInfo__Output, 'disks'>) {}
+  readonly info: Omit<NodeInfo__Output, 'disks'>;
+
+  constructor(info: Omit<NodeInfo__Output, 'disks' | 'ssvrid' | 'intIdsClusterId' | 'nextIntIds'> & Partial<NodeInfo__Output>) {
+    this.info = { ssvrid: 0, intIdsClusterId: '', nextIntIds: null, ...info };
+  }
 
   addDisk(id: string, chunkCount: number, chunkSize: number, path = `/dev/${id}`): DiskInfo__Output {
-    const info: DiskInfo__Output = { diskId: id, path, chunkSize, chunkCount, usedChunks: 0, state: 'active', size: chunkCount * chunkSize, clusterId: '' };
+    const info: DiskInfo__Output = { diskId: id, path, chunkSize, chunkCount, usedChunks: 0, state: 'active', size: chunkCount * chunkSize, clusterId: '', pdskid: 0, dextIds: [] };
     this.disks.set(id, { info, chunks: new Map() });
     return info;
   }

@@ -129,6 +129,22 @@ describe('chunk record codec', () => {
     expect(() => decodeRecord(buf, 5, id, BITS)).toThrow(/job field/);
   });
 
+  it('keeps the volume\'s lvolid in the u32 at 164 that version 3 reserved; a record from before it (zeros there) reads as no lvolid', () => {
+    for (const lvolid of [1, 0x7fff_ffff, 0xffff_ffff]) {
+      const rec = owned({ lvolid });
+      const buf = encodeRecord(rec, 3, 5, id, sb.recordSize);
+      expect(buf.readUInt32BE(164)).toBe(lvolid);
+      expect(decodeRecord(buf, 5, id, BITS)!.record).toEqual(rec);
+    }
+    // The bytes a version-3 writer without the lvolid produced: 164..167 zero, same magic and layout.
+    const before = encodeRecord(owned({ lvolid: 0 }), 3, 5, id, sb.recordSize);
+    expect(before.subarray(164, 168).equals(Buffer.alloc(4))).toBe(true);
+    expect(decodeRecord(before, 5, id, BITS)).toMatchObject({ formatVersion: FORMAT_VERSION, record: { lvolid: 0 } });
+    // A version-2 record has none.
+    expect(decodeRecord(encodeV2Record(owned({ legality: Legality.LEGAL, jobId: '', jobKind: '', jobOutcome: '' }), 4, 5, id, sb.recordSize), 5, id, BITS)!.record.lvolid).toBe(0);
+    for (const bad of [-1, 2 ** 32, 1.5]) expect(() => encodeRecord(owned({ lvolid: bad }), 1, 0, id, sb.recordSize)).toThrow(CorruptMetadataError);
+  });
+
   it('refuses bitmaps of mismatched sizes', () => {
     expect(() => encodeRecord(owned({ dirty: new Uint8Array(BITS / 16) }), 1, 0, id, sb.recordSize)).toThrow(CorruptMetadataError);
   });

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
-// Graceful removal (manager/drains.ts): RemoveDisk/RemoveServer without force
+// Graceful removal (manager/resync/drains.ts): RemoveDisk/RemoveServer without force
 // copy every replica away before removing, and no segment ever has fewer
 // in-sync replicas than it should. Against in-memory nodes and heads and a
 // real LevelDB; every step checks redundancy in memory and in LevelDB.

@@ -33,6 +33,7 @@ interface ChunkOpts {
   staleSlots?: number;
   mapVersion?: number;
   written?: number;
+  lvolid?: number;
 }
 
 /** Storage nodes s0..s{n-1} with disks sNdM, and the chunk records on them. */
@@ -47,11 +48,12 @@ class Fixture {
       const labels: Record<string, string> = racks ? { rack: `r${s % racks}` } : {};
       const info: NodeInfo__Output = {
         serverId: `s${s}`, name: `node${s}`, dataAddress: `10.0.0.${s + 1}:7710`, controlAddress: `10.0.0.${s + 1}:7711`, labels, disks: [],
+        ssvrid: 0, intIdsClusterId: '', nextIntIds: null,
       };
       this.model.setServer(info.serverId, labels, true);
       for (let d = 0; d < disksPerServer; d++) {
         const diskId = `s${s}d${d}`;
-        info.disks.push({ diskId, path: `/srv/disk${d}`, chunkSize: CHUNK, chunkCount, usedChunks: 0, state: 'active', size: CHUNK * chunkCount, clusterId: CLUSTER });
+        info.disks.push({ diskId, path: `/srv/disk${d}`, chunkSize: CHUNK, chunkCount, usedChunks: 0, state: 'active', size: CHUNK * chunkCount, clusterId: CLUSTER, pdskid: 0, dextIds: [] });
         this.model.setDisk(diskId, info.serverId, chunkCount, true);
         this.serverOfDisk.set(diskId, info.serverId);
       }
@@ -99,7 +101,7 @@ class Fixture {
 
   /** Adds a disk to a node after placement (the model does not know it). */
   addDisk(serverId: string, diskId: string, clusterId = CLUSTER): void {
-    this.byServer.get(serverId)!.server.disks.push({ diskId, path: `/srv/${diskId}`, chunkSize: CHUNK, chunkCount: 64, usedChunks: 0, state: 'active', size: 64 * CHUNK, clusterId });
+    this.byServer.get(serverId)!.server.disks.push({ diskId, path: `/srv/${diskId}`, chunkSize: CHUNK, chunkCount: 64, usedChunks: 0, state: 'active', size: 64 * CHUNK, clusterId, pdskid: 0, dextIds: [] });
     this.serverOfDisk.set(diskId, serverId);
   }
 
@@ -116,7 +118,7 @@ function identity(v: VolumeRecord, segment: number, slot: number, o: ChunkOpts =
   return {
     volumeId: v.id, volumeName: v.name, volumeSize: v.size, segment, slot, segmentCount: v.segmentCount, replicas: v.replicas,
     generation: o.generation ?? v.generation, epoch: o.epoch ?? v.epoch, staleSlots: o.staleSlots ?? 0, mapVersion: o.mapVersion ?? 0,
-    legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '',
+    legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '', lvolid: o.lvolid ?? 0,
   };
 }
 
@@ -197,6 +199,28 @@ describe('planRebuild', () => {
     expect(plan.disks).toHaveLength(12);
     expect(plan.disks[3]).toEqual({ id: 's1d1', serverId: 's1', path: '/srv/disk1', chunkSize: CHUNK, chunkCount: 64, state: 'active', stateReason: 'rebuilt from storage', addedMs: NOW });
     expect(plan.report.ms).toBeGreaterThanOrEqual(0);
+  });
+
+  it('notes the VastSky ids storage reports as claims (lvolid: what most of a volume\'s chunks carry) and starts the counters where the nodes last heard them', () => {
+    const fx = new Fixture(3, 1, 64);
+    const v1 = fx.volume(1, 'vm1', 2, 3);
+    const v2 = fx.volume(2, 'vm2', 1, 2);
+    const v3 = fx.volume(3, 'old', 1, 2);
+    fx.store(v1, { lvolid: 40 });
+    fx.store(v2, { lvolid: 45 });
+    fx.store(v3); // chunks from before lvolids were recorded
+    fx.find(fx.nodes[0]!.chunks.find((c) => c.identity!.volumeId === 1)!.diskId, fx.nodes[0]!.chunks.find((c) => c.identity!.volumeId === 1)!.chunkIndex).lvolid = 0;
+    fx.nodes.forEach((t, i) => {
+      Object.assign(t.server, { ssvrid: i + 1, intIdsClusterId: CLUSTER, nextIntIds: { hsvr: 3 + i, ssvr: 4, pdsk: 4, lvol: 50 + i } });
+      Object.assign(t.server.disks[0]!, { pdskid: 10 + i, dextIds: [100 + 64 * i, 64] });
+    });
+    Object.assign(fx.nodes[2]!.server, { intIdsClusterId: 'another' }); // not this cluster's ids: ignored
+    const plan = fx.plan();
+    expect(plan.volumes.map((e) => e.volume.claimedIntId)).toEqual([40, 45, undefined]);
+    expect(plan.servers.map((s) => s.claimedIntId)).toEqual([1, 2, undefined]);
+    expect(plan.disks.map((d) => [d.claimedIntId, d.claimedDextIds])).toEqual([[10, [100, 64]], [11, [164, 64]], [12, [228, 64]]]);
+    expect(plan.nextIntIds).toEqual({ hsvr: 4, ssvr: 4, pdsk: 4, lvol: 51 });
+    expect(plan.volumes.every((e) => e.volume.intId === undefined)).toBe(true);
   });
 
   it('takes no spread label when no server has a rack label', () => {

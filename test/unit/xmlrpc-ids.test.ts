@@ -70,4 +70,54 @@ describe('integer ids', () => {
     expect(v2.intId).toBeGreaterThan(before.v1! + lvolBlock(4) - 1);
     expect(ids.volume(before.v1!)).toBeUndefined();
   });
+
+  it('adopts the ids nodes and heads report keeping; of two claims of one id the first keeps it, the other gets a fresh one (event); counters continue above', async () => {
+    const peers = new FakePeers();
+    const a = peers.addNode('srvA');
+    const b = peers.addNode('srvB');
+    const c = await open(peers);
+    const cluster = c.store.clusterId;
+    Object.assign(a.info, { ssvrid: 5, intIdsClusterId: cluster });
+    Object.assign(a.addDisk('dA', 10, CHUNK), { clusterId: cluster, pdskid: 9, dextIds: [100, 10] });
+    Object.assign(b.info, { ssvrid: 5, intIdsClusterId: cluster }); // the same ssvrid: a conflict
+    Object.assign(b.addDisk('dB', 10, CHUNK), { clusterId: cluster, pdskid: 12, dextIds: [105, 10] }); // extents overlap dA's
+    const other = peers.addNode('srvC'); // ids of another cluster: not claimed
+    Object.assign(other.info, { ssvrid: 40, intIdsClusterId: '00000000-0000-4000-8000-000000000000' });
+    other.addDisk('dC', 10, CHUNK);
+    await c.registry.registerServer(a.nodeInfo());
+    await c.registry.registerServer(b.nodeInfo());
+    await c.registry.registerServer(other.nodeInfo());
+    const head = (id: string, hsvrid: number) => c.registry.registerHead({
+      headId: id, name: id, controlAddress: '10.0.1.1:7720', nbdAddress: '10.0.1.1:10809', hsvrid, hsvridClusterId: cluster,
+    });
+    await head('h1', 3);
+    await head('h2', 3);
+    const ids = await IntIds.open(c);
+    const server = (id: string) => c.registry.server(id)!;
+    const disk = (id: string) => c.registry.disk(id)!;
+    expect(server('srvA').intId).toBe(5);
+    expect(server('srvB').intId).toBe(6); // fresh, above the adopted 5
+    expect(server('srvC').intId).toBe(7);
+    expect([disk('dA').intId, disk('dA').dextIds]).toEqual([9, [100, 10]]);
+    expect(disk('dB').intId).toBe(12);
+    expect(disk('dB').dextIds![0]).toBeGreaterThanOrEqual(110); // fresh: its claimed extents overlapped dA's
+    expect(disk('dC').intId).toBe(13);
+    expect(c.registry.head('h1')!.intId).toBe(3);
+    expect(c.registry.head('h2')!.intId).toBe(4);
+    for (const r of [server('srvB'), disk('dB'), c.registry.head('h2')!]) expect(r.claimedIntId).toBeUndefined();
+    const conflicts = (await c.events.list({})).filter((e) => e.kind === 'intid.conflict');
+    expect(conflicts.map((e) => e.target).sort()).toEqual(['disk:dB', 'head:h2', 'server:srvB']);
+    // A new volume's lvolid comes after every extent block adopted or given.
+    const v = await c.volumes.create({ name: 'v', size: 2 * CHUNK, replicas: 2, spreadLabel: '' });
+    await ids.sync();
+    const top = Math.max(...c.registry.listDisks().map((d) => d.dextIds![0]! + d.dextIds![1]! - 1));
+    expect(v.intId).toBeGreaterThan(top);
+    // Kept across a restart, claims and all.
+    await c.close();
+    core = undefined;
+    const c2 = await open(peers);
+    await IntIds.open(c2);
+    expect(c2.registry.server('srvB')!.intId).toBe(6);
+    expect(c2.registry.head('h1')!.intId).toBe(3);
+  });
 });
