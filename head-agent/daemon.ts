@@ -9,6 +9,7 @@ import { ReportingFailureHandler } from './replica-failures.js';
 import { ResyncService } from './resync-runner.js';
 import { VolumeRegistry } from './volume-registry.js';
 import { IscsiExports } from './iscsi-exports.js';
+import { JobHost } from './job-host.js';
 import { startIscsiServer, type IscsiServerHandle } from './iscsi/server.js';
 
 // `vsky head-agent`: the volume registry and its I/O engine, the NBD export,
@@ -77,6 +78,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     leaseRequester: opts.managerAddress === undefined ? undefined : leaseRequester({ headId, manager: () => link?.managerClient }),
   });
   const resync = new ResyncService({ volumes: registry, clients: nodeClients, defaultManager: () => link?.managerClient });
+  const jobs = new JobHost({ headId, pool, clients: nodeClients, manager: () => link?.managerClient });
   let nbd: NbdServerHandle | undefined;
   let iscsi: IscsiServerHandle | undefined;
   let control: ControlServer | undefined;
@@ -89,7 +91,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     control = await startControlServer(opts.host, opts.grpcPort, {
       registry, nbdAddress: nbd.address, connectionCount: (name) => nbdServer.connectionCount(name),
       iscsi: iscsiServer && { exports, address: iscsiServer.address, sessionCount: (iqn) => iscsiServer.sessionCount(iqn) },
-      resync,
+      resync, jobs,
     });
   } catch (err) {
     await control?.close();
@@ -105,6 +107,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
       managerAddress: opts.managerAddress, headId, name: opts.name,
       controlAddress: control.address, nbdAddress: nbd.address, iscsiAddress: iscsi?.address ?? '', heartbeatIntervalMs: opts.heartbeatIntervalMs,
       leases: () => registry.heldLeases(),
+      jobs: () => jobs.ids(),
       onRevoked: (revoked) => registry.revoke(revoked),
     })
     : undefined;
@@ -119,6 +122,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     closing ??= (async () => {
       await control!.close();
       await resync.close();
+      await jobs.close();
       await iscsi?.close();
       await nbd!.close();
       await registry.close();
