@@ -136,6 +136,21 @@ describe('copy jobs at the manager', () => {
     expect(c.jobs.get('c3-retry')).toMatchObject({ state: 'running', expectedGeneration: 1 });
   });
 
+  it('a manager restart: the running copy goes on (its host gets a full TTL to report again); SRC stays busy; silent, it is fenced', async () => {
+    const { core: c, peers, dispatched } = await setup();
+    await copy(c, 'c5');
+    await until(() => dispatched.length === 1);
+    await c.close();
+    core = await ManagerCore.open({ dataDir: dir, chunkSize: CHUNK, heartbeatTimeoutMs: 5_000, leaseTtlMs: TTL }, peers);
+    const c2 = core;
+    expect(c2.jobs.get('c5')).toMatchObject({ state: 'running', host: 'h0' });
+    expect(c2.jobs.blocking('src')).toMatch(/copy job \(c5/);
+    expect(await report(c2, 'c5', 'running', 3, 10)).toEqual({ stop: false, reason: '' });
+    await until(() => c2.jobs.get('c5').state === 'fenced', 3000);
+    await until(() => c2.jobs.blocking('src') === ''); // once the end is persisted
+    for (const ch of chunksOf(peers, c2.volumes.entry('dst').volume.id)) expect(ch).toMatchObject({ generation: 3, legality: 'DIRTY', jobOutcome: 'fenced' });
+  });
+
   it('a host that does not take the job: the job is fenced at once, without waiting for the TTL', async () => {
     const { core: c, peers } = await setup();
     peers.head.runJob = async () => { throw new errors.TransportError('cannot reach head'); };
