@@ -33,13 +33,16 @@ export interface CopyOptions {
   progress: CopyProgress;
   signal: AbortSignal;
   throttleMibps: number;
-  /** Largest piece copied at once (default 4 MiB). */
+  /** Largest piece copied at once (default 1 MiB). */
   pieceBytes?: number;
-  /** Pieces in flight (default 4). */
+  /** Pieces in flight (default 8). */
   inflight?: number;
 }
 
-const DEFAULT_PIECE = 4 * 1024 * 1024;
+// Small pieces, several in flight: a node answers each within the data
+// timeout even when loaded (4 MiB pieces were taken as hung at load 20).
+const DEFAULT_PIECE = 1024 * 1024;
+const DEFAULT_INFLIGHT = 8;
 
 /** The union of the `written` bitmaps of a segment's replicas (those `use` accepts); every region when none answers. */
 async function writtenUnion(map: VolumeMap, segment: number, clients: NodeControlClients, use: (state: string) => boolean, needAll: boolean): Promise<{ regionSize: number; map: Uint8Array }> {
@@ -134,6 +137,6 @@ export async function copyPieces(opts: CopyOptions, pieces: CopyPiece[]): Promis
       }
     }
   };
-  await Promise.all(Array.from({ length: opts.inflight ?? 4 }, worker));
+  await Promise.all(Array.from({ length: opts.inflight ?? DEFAULT_INFLIGHT }, worker));
   if (failure !== undefined) throw failure;
 }

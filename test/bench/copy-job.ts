@@ -53,7 +53,7 @@ async function ok(args: string[], c: LocalCluster): Promise<string> {
   return String(r.stdout).split('\n')[0]!;
 }
 
-export async function runCopyBench(sizeMiB = 512, leaseTtlMs = 2000, keep = false, log = (s: string) => process.stderr.write(`${s}\n`)): Promise<CopyBenchResult> {
+export async function runCopyBench(sizeMiB = 512, leaseTtlMs = 8000, keep = false, log = (s: string) => process.stderr.write(`${s}\n`)): Promise<CopyBenchResult> {
   const bytes = sizeMiB * MiB;
   const diskSize = Math.max(GiB, Math.ceil((bytes * 2 * 4) / 6 / GiB) * GiB);
   const c = await startTestCluster({ heads: 2, diskSize, chunkSize: 64 * MiB, managerArgs: ['--lease-ttl', String(leaseTtlMs)], logLevel: 'warn' });
@@ -106,7 +106,7 @@ function arg(name: string, dflt: number): number {
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const r = await runCopyBench(arg('--size-mib', 512), arg('--lease-ttl', 2000), process.argv.includes('--keep'));
+  const r = await runCopyBench(arg('--size-mib', 512), arg('--lease-ttl', 8000), process.argv.includes('--keep'));
   const rate = (ms: number) => (r.bytes / MiB) / (ms / 1000);
   console.log(`copy job (head2, submit -> succeeded): ${(r.jobMs / 1000).toFixed(2)} s, ${rate(r.jobMs).toFixed(1)} MiB/s`);
   console.log(`nbdcopy SRC export -> DST export:     ${(r.nbdcopyMs / 1000).toFixed(2)} s, ${rate(r.nbdcopyMs).toFixed(1)} MiB/s`);
