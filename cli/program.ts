@@ -8,6 +8,7 @@ import { registerClusterCommands } from './commands/cluster.js';
 import { registerResyncCommands } from './commands/resync.js';
 import { registerEventsCommand } from './commands/events.js';
 import { registerJobCommands } from './commands/job.js';
+import { registerCopyCommand } from './commands/copy.js';
 
 export function buildProgram(): Command {
   const program = new Command('vsky')
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerStatusCommand(program);
   registerEventsCommand(program);
   registerJobCommands(program); // after the volume commands: adds volume wipe|resize|recon
+  registerCopyCommand(program); // volume copy
   return program;
 }
 

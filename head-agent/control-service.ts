@@ -12,13 +12,16 @@ import type { HeadAgentHandlers } from '../proto/generated/vsky/head/HeadAgent.j
 import type { Attachments } from './attachments.js';
 import { accessFromProto, iscsiUrl, targetIqn, type IscsiExports } from './frontend/iscsi-exports.js';
 import type { ResyncService } from './resync/resync-service.js';
+import type { JobHost } from './jobs/job-host.js';
+import type { RunJobRequest__Output } from '../proto/generated/vsky/head/RunJobRequest.js';
 
 // The head agent's gRPC control service (proto/head_agent.proto), called by
 // the manager: Attach builds and fences a volume, then answers with the NBD
 // URI it is exported under; Detach flushes and drops it; ListAttached reports;
 // UpdateMap applies new replica states in place; StartResync copies a segment
 // to a resyncing replica in the background; ReleaseLease drains, flushes and
-// gives up a volume's write lease (a live migration's other head wants it).
+// gives up a volume's write lease (a live migration's other head wants it);
+// RunJob hosts a storage job that moves data (job-host.ts).
 
 export interface ControlServiceOptions {
   attachments: Attachments;
@@ -30,6 +33,8 @@ export interface ControlServiceOptions {
   iscsi?: { exports: IscsiExports; address: string; sessionCount: (iqn: string) => number };
   /** Runs StartResync tasks. */
   resync?: ResyncService;
+  /** Hosts storage jobs that move data (RunJob). */
+  jobs?: JobHost;
 }
 
 export function nbdUri(nbdAddress: string, name: string): string {
@@ -66,6 +71,11 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
     StartResync: unary(async (task: ResyncTask__Output): Promise<Empty> => {
       if (opts.resync === undefined) throw new InvalidArgumentError('StartResync: this head agent runs no resyncs');
       opts.resync.start(task);
+      return {};
+    }),
+    RunJob: unary(async (req: RunJobRequest__Output): Promise<Empty> => {
+      if (opts.jobs === undefined) throw new InvalidArgumentError('RunJob: this head agent hosts no storage jobs');
+      opts.jobs.start(req);
       return {};
     }),
     ListAttached: unary(async (): Promise<AttachedList> => ({

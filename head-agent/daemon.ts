@@ -10,6 +10,7 @@ import { ReportingFailureHandler } from './engine/replica-failures.js';
 import { ResyncService } from './resync/resync-service.js';
 import { Attachments } from './attachments.js';
 import { IscsiExports } from './frontend/iscsi-exports.js';
+import { JobHost } from './jobs/job-host.js';
 import { HeadIntIdFile } from './int-id.js';
 import { registerHeadMetrics } from './metrics.js';
 import { startIscsiServer, type IscsiServerHandle } from './frontend/iscsi/server.js';
@@ -85,6 +86,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     leaseRequester: opts.managerAddress === undefined ? undefined : leaseRequester({ headId, manager: () => link?.managerClient }),
   });
   const resync = new ResyncService({ volumes: attachments, clients: nodeClients, defaultManager: () => link?.managerClient });
+  const jobs = new JobHost({ headId, pool, clients: nodeClients, manager: () => link?.managerClient });
   let nbd: NbdServerHandle | undefined;
   let iscsi: IscsiServerHandle | undefined;
   let control: ControlServer | undefined;
@@ -98,7 +100,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     control = await startControlServer(opts.host, opts.grpcPort, {
       attachments, nbdAddress: nbd.address, connectionCount: (name) => nbdServer.connectionCount(name),
       iscsi: iscsiServer && { exports, address: iscsiServer.address, sessionCount: (iqn) => iscsiServer.sessionCount(iqn) },
-      resync,
+      resync, jobs,
     });
     if (opts.metricsListen !== undefined) {
       const prom = daemonRegistry();
@@ -120,6 +122,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
       managerAddress: opts.managerAddress, headId, name: opts.name,
       controlAddress: control.address, nbdAddress: nbd.address, iscsiAddress: iscsi?.address ?? '', heartbeatIntervalMs: opts.heartbeatIntervalMs,
       leases: () => attachments.heldLeases(), intId,
+      jobs: () => jobs.ids(),
       onRevoked: (revoked) => attachments.revoke(revoked),
     })
     : undefined;
@@ -136,6 +139,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
       await metrics?.close();
       await control!.close();
       await resync.close();
+      await jobs.close();
       await iscsi?.close();
       await nbd!.close();
       await attachments.close();

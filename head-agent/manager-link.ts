@@ -52,6 +52,8 @@ export interface ManagerLinkOptions {
   heartbeatIntervalMs: number;
   /** The write leases this head holds (each heartbeat renews them). */
   leases?: () => LeaseClaim[];
+  /** The storage jobs this head runs (each heartbeat renews their leases). */
+  jobs?: () => string[];
   /** The manager says these leases are no longer ours (taken over, detached): fence them at once. */
   onRevoked?: (revoked: LeaseClaim[]) => void;
   /** Where the head keeps its VastSky hsvrid (reported at registration, updated from heartbeat replies). */
@@ -116,7 +118,7 @@ export class ManagerLink {
         this.warned = false;
       } else {
         const leases = this.opts.leases?.() ?? [];
-        const reply = await call<HeadHeartbeatRequest, HeartbeatReply__Output>(this.client, this.client.HeadHeartbeat, { headId: this.opts.headId, leases }, timeout);
+        const reply = await call<HeadHeartbeatRequest, HeartbeatReply__Output>(this.client, this.client.HeadHeartbeat, { headId: this.opts.headId, leases, jobs: this.opts.jobs?.() ?? [] }, timeout);
         if (reply.revoked.length > 0) this.opts.onRevoked?.(reply.revoked);
         if (!reply.known) {
           this.log.warn('the manager does not know this head any more; registering again');

@@ -61,6 +61,7 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     HeadHeartbeat: unary(async (req) => {
       if (!req.headId) throw new InvalidArgumentError('HeadHeartbeat needs a head_id');
       const known = await registry.headHeartbeat(req.headId);
+      if (known) core.jobs.copies.heartbeat(req.headId, req.jobs);
       return {
         known, revoked: known ? leases.renew(req.headId, req.leases) : [],
         intId: registry.head(req.headId)?.intId ?? 0, clusterId: core.store.clusterId,
@@ -115,6 +116,7 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     GetJob: unary(async (req) => jobView(core.jobs.get(req.jobId))),
     ListJobs: unary(async (req) => ({ jobs: core.jobs.list(req.volume).map(jobView) })),
     AbortJob: unary(async (req) => jobView(await core.jobs.abort(req.jobId))),
+    ReportJob: unary(async (req) => core.jobs.copies.report(req)),
     ReconVolume: unary(async (req) => {
       const { volume } = volumes.entry(req.name);
       const last = core.jobs.list(volume.name).filter((j) => j.volumeId === volume.id).at(-1);

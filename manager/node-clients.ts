@@ -6,6 +6,7 @@ import type { AttachVolumeReply__Output } from '../proto/generated/vsky/head/Att
 import type { AttachVolumeRequest } from '../proto/generated/vsky/head/AttachVolumeRequest.js';
 import type { DetachVolumeRequest } from '../proto/generated/vsky/head/DetachVolumeRequest.js';
 import type { ReleaseLeaseRequest } from '../proto/generated/vsky/head/ReleaseLeaseRequest.js';
+import type { RunJobRequest } from '../proto/generated/vsky/head/RunJobRequest.js';
 import type { SegmentNote } from '../proto/generated/vsky/storage/SegmentNote.js';
 import type { SetVolumeStateRequest } from '../proto/generated/vsky/storage/SetVolumeStateRequest.js';
 import type { AddDiskRequest } from '../proto/generated/vsky/storage/AddDiskRequest.js';
@@ -51,6 +52,8 @@ export interface HeadApi {
   startResync(address: string, task: ResyncTask): Promise<void>;
   /** Drain, flush and give up the write lease (a hand-off); bounded by `timeoutMs`. */
   releaseLease(address: string, req: ReleaseLeaseRequest, timeoutMs: number): Promise<void>;
+  /** Hands a storage job that moves data (copy) to the head; returns once accepted. */
+  runJob?(address: string, req: RunJobRequest): Promise<void>;
 }
 
 export interface PeerClients {
@@ -100,6 +103,8 @@ export class GrpcPeerClients implements PeerClients {
     startResync: async (a, task) => { await call(this.headClient(a), 'StartResync', task, PEER_TIMEOUTS.resync, PEER_CALL); },
     // Not waitForReady: a holder that is gone must fail fast, so the hand-off goes on to wait for its lease to expire.
     releaseLease: async (a, req, timeoutMs) => { await call(this.headClient(a), 'ReleaseLease', req, timeoutMs); },
+    // Not waitForReady: a host that is gone must fail fast (the job is then fenced).
+    runJob: async (a, req) => { await call(this.headClient(a), 'RunJob', req, PEER_TIMEOUTS.resync); },
   };
 
   private nodeClient(address: string): StorageNodeClient {

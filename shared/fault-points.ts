@@ -19,3 +19,15 @@ export function crashPoint(name: string): void {
   process.stderr.write(`VSKY_CRASH_AT: crashing at ${name}\n`);
   process.kill(process.pid, 'SIGKILL');
 }
+
+// Pause points: VSKY_PAUSE_AT=head.job.flushed makes the process SIGSTOP
+// itself the first time it passes that point (a host frozen at the worst
+// moment, e.g. between a job's flush and its final compare-and-set); the test
+// resumes it with SIGCONT. Off unless the variable names the point.
+const pauses = new Set((process.env.VSKY_PAUSE_AT ?? '').split(',').filter(Boolean));
+
+export function pausePoint(name: string): void {
+  if (!pauses.delete(name)) return;
+  process.stderr.write(`VSKY_PAUSE_AT: stopping at ${name}\n`);
+  process.kill(process.pid, 'SIGSTOP');
+}

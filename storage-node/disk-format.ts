@@ -75,7 +75,7 @@ export const MAX_JOB_ID_BYTES = 48;
 /** Whether a volume's chunks hold what their generation says (oVirt's legality): DIRTY while a job changes them. */
 export const Legality = { LEGAL: 0, DIRTY: 1 } as const;
 /** Kinds of the last storage job recorded on a chunk (0: none). */
-export const JOB_KINDS = ['', 'wipe', 'resize', 'fence'] as const;
+export const JOB_KINDS = ['', 'wipe', 'resize', 'fence', 'copy'] as const;
 /** Outcomes of the last storage job recorded on a chunk (0: none). */
 export const JOB_OUTCOMES = ['', 'running', 'succeeded', 'failed', 'fenced'] as const;
 export type JobKindName = (typeof JOB_KINDS)[number];

@@ -13,7 +13,7 @@ import {
 } from './disk-format.js';
 import { DiskFailedError } from '../shared/data-protocol/status.js';
 import { ioError } from './errors.js';
-import { TokenBucket } from './copy/token-bucket.js';
+import { TokenBucket } from '../shared/token-bucket.js';
 
 // One disk (a file created sparse, or a block device): formats or opens it,
 // holds its chunk table in memory, and does every I/O on it through the fs

@@ -12,18 +12,29 @@ import { intArg, sizeArg } from '../options.js';
 
 const FINAL = new Set(['aborted', 'succeeded', 'failed', 'fenced']);
 
-function describe(j: JobInfo__Output): string {
+export function describe(j: JobInfo__Output): string {
   const args = Object.entries(j.args).map(([k, v]) => `${k}=${v}`).join(' ');
   return `job ${j.jobId}: ${j.kind} of ${j.volume}${args ? ` (${args})` : ''} from generation ${j.expectedGeneration}: ${j.state}`
-    + `${j.epoch ? `, epoch ${j.epoch}` : ''}${j.total ? `, ${progressText(j)}` : ''}${j.error ? `\n  ${j.error}` : ''}\n`;
+    + `${j.host ? ` on head ${j.host}` : ''}${j.epoch ? `, epoch ${j.epoch}` : ''}${j.total ? `, ${progressText(j)}` : ''}${j.error ? `\n  ${j.error}` : ''}\n`;
+}
+
+/** Bytes per second so far (from the job's start to its last report), 0 when unknown. */
+export function jobRate(j: Pick<JobInfo__Output, 'done' | 'startedMs' | 'updatedMs' | 'endedMs'>): number {
+  const until = j.updatedMs || j.endedMs;
+  return j.startedMs && until > j.startedMs ? (j.done * 1000) / (until - j.startedMs) : 0;
 }
 
 function progressText(j: JobInfo__Output): string {
+  if (j.kind === 'copy') {
+    const rate = jobRate(j);
+    const eta = rate > 0 && j.done < j.total ? `, ETA ${Math.ceil((j.total - j.done) / rate)} s` : '';
+    return `${formatSize(j.done)} of ${formatSize(j.total)} copied${rate > 0 ? `, ${formatSize(Math.round(rate))}/s` : ''}${eta}`;
+  }
   return j.kind === 'wipe' ? `${formatSize(j.done)} of ${formatSize(j.total)} zeroed` : `${j.done} of ${j.total} chunks allocated`;
 }
 
 /** Polls the job until it ends; a progress bar on a terminal. Returns its last state. */
-async function watch(m: Parameters<Parameters<typeof withManager>[1]>[0], jobId: string, quiet: boolean, intervalMs = 200): Promise<JobInfo__Output> {
+export async function watch(m: Parameters<Parameters<typeof withManager>[1]>[0], jobId: string, quiet: boolean, intervalMs = 200): Promise<JobInfo__Output> {
   let j = await call(m, 'GetJob', { jobId });
   const bar = !quiet && process.stderr.isTTY
     ? new cliProgress.SingleBar({ format: ` ${j.kind} ${j.volume} |{bar}| {percentage}% {state}`, hideCursor: true }, cliProgress.Presets.shades_classic)
@@ -42,8 +53,17 @@ async function watch(m: Parameters<Parameters<typeof withManager>[1]>[0], jobId:
   return j;
 }
 
+/** After a submit: print the job, or (--wait) follow it to its end; exit 1 unless it succeeded. */
+export function submitted(o: { json?: boolean; wait?: boolean }, m: Parameters<Parameters<typeof withManager>[1]>[0], j: JobInfo__Output): Promise<void> {
+  if (!o.wait) return Promise.resolve(emit(o, j, () => process.stdout.write(`${describe(j)}  follow it: vsky job watch ${j.jobId}\n`)));
+  return watch(m, j.jobId, Boolean(o.json)).then((last) => {
+    emit(o, last, () => process.stdout.write(describe(last)));
+    if (last.state !== 'succeeded') process.exitCode = 1;
+  });
+}
+
 export function registerJobCommands(program: Command): void {
-  const job = program.command('job').description('storage jobs (wipe, resize): list, show, abort, watch');
+  const job = program.command('job').description('storage jobs (wipe, resize, copy): list, show, abort, watch');
 
   adminCommand(job, 'list', 'list storage jobs')
     .option('--volume <name>', 'only this volume\'s jobs')
@@ -78,12 +98,6 @@ export function registerJobCommands(program: Command): void {
   const volume = program.commands.find((c) => c.name() === 'volume');
   if (!volume) return;
 
-  const submitted = (o: { json?: boolean; wait?: boolean }, m: Parameters<Parameters<typeof withManager>[1]>[0], j: JobInfo__Output) => (o.wait
-    ? watch(m, j.jobId, Boolean(o.json)).then((last) => {
-      emit(o, last, () => process.stdout.write(describe(last)));
-      if (last.state !== 'succeeded') process.exitCode = 1;
-    })
-    : Promise.resolve(emit(o, j, () => process.stdout.write(`${describe(j)}  follow it: vsky job watch ${j.jobId}\n`))));
 
   adminCommand(volume, 'wipe', 'zero a detached volume (a storage job: generation g -> g+1)')
     .argument('<name>', 'volume name')

@@ -10,8 +10,8 @@ import type { ManagerStore } from '../store.js';
 // records of the volume too (storage-node/disk-format.ts: at most 48 bytes),
 // so reconnaissance can tell which job last changed a volume.
 
-export type JobKind = 'wipe' | 'resize';
-export const JOB_KINDS: readonly JobKind[] = ['wipe', 'resize'];
+export type JobKind = 'wipe' | 'resize' | 'copy';
+export const JOB_KINDS: readonly JobKind[] = ['wipe', 'resize', 'copy'];
 
 /**
  * pending: accepted, not started. running: the worker holds the lease.
@@ -39,9 +39,13 @@ export interface JobRecord {
   error: string;
   /** The lease epoch the job works under (0 before it took the lease). */
   epoch: number;
-  /** Work done and to do, in bytes (wipe: bytes zeroed over every replica; resize: chunks allocated). */
+  /** Work done and to do, in bytes (wipe: bytes zeroed over every replica; resize: chunks allocated; copy: bytes copied or zeroed). */
   done: number;
   total: number;
+  /** The head agent hosting the job (its id; copy jobs), absent: the manager runs it. */
+  host?: string;
+  /** When done/total were last reported by the host (ms). */
+  updatedMs?: number;
   createdMs: number;
   startedMs: number;
   endedMs: number;
@@ -72,5 +76,6 @@ export function jobView(j: JobRecord): JobInfo {
   return {
     jobId: j.id, kind: j.kind, volume: j.volume, volumeId: j.volumeId, expectedGeneration: j.expectedGeneration, args: j.args,
     state: j.state, error: j.error, epoch: j.epoch, done: j.done, total: j.total, createdMs: j.createdMs, startedMs: j.startedMs, endedMs: j.endedMs,
+    host: j.host ?? '', updatedMs: j.updatedMs ?? 0,
   };
 }

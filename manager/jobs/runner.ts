@@ -13,6 +13,7 @@ import type { Registry } from '../registry.js';
 import type { ManagerStore } from '../store.js';
 import { buildChunkMap, forEachReplica, type ChunkMapRecord, type ToFreeRecord, type VolumeRecord } from '../types.js';
 import type { VolumeEntry, Volumes } from '../volumes.js';
+import { CopyJobs } from './copy.js';
 import { dataProtocolPath, type JobDataPath } from './data-path.js';
 import { JOB_ID_RE, JOB_KINDS, isFinal, loadJobs, putJob, type JobKind, type JobRecord } from './records.js';
 import { Recon, type ReconReport } from './recon.js';
@@ -29,7 +30,9 @@ import { Recon, type ReconReport } from './recon.js';
 // The manager itself is the worker of the kinds that need no data copy:
 // wipe (zero every replica over the data protocol, DISCARD under the job's
 // epoch) and resize (grow only: new segments placed like create's, the
-// metadata changed in one batch).
+// metadata changed in one batch). A copy moves data, so a head agent hosts
+// it (copy.ts): the manager takes the lease and marks the destination DIRTY,
+// the host copies and writes the final CAS.
 
 const log = moduleLogger('manager.jobs');
 /** DISCARD requests are this big at most: the worker checks for an abort between them. */
@@ -62,6 +65,8 @@ export class Jobs {
   private readonly active = new Map<number, string>();
   private readonly workers = new Map<string, Promise<void>>();
   readonly recon: Recon;
+  /** Copy jobs: checks, host choice, dispatch, the host's lease and reports. */
+  readonly copies: CopyJobs;
   /** Overrides the worker's path to chunk data (tests). */
   dataPath?: () => JobDataPath;
 
@@ -75,6 +80,10 @@ export class Jobs {
     private readonly opts: JobsOptions,
   ) {
     this.recon = new Recon(registry, volumes, peers);
+    this.copies = new CopyJobs({
+      jobs: this.jobs, active: this.active, recon: this.recon, store, now: () => this.now(),
+      end: (j, state, error) => this.end(j, state, error), settle: (j, report) => this.settle(j, report),
+    }, registry, volumes, peers);
   }
 
   private now(): number {
@@ -91,7 +100,11 @@ export class Jobs {
     for (const j of this.jobs.values()) {
       if (isFinal(j.state)) continue;
       this.active.set(j.volumeId, j.id);
-      this.track(j.id, this.resolveInterrupted(j));
+      const src = j.kind === 'copy' ? this.volumes.find(j.args.source ?? '') : undefined;
+      if (src) this.active.set(src.volume.id, j.id);
+      // A copy handed to its host runs on: the host gets a full lease TTL to report again.
+      if (j.kind === 'copy' && j.host && j.state !== 'pending' && j.epoch > 0) this.copies.watch(j);
+      else this.track(j.id, this.resolveInterrupted(j));
     }
   }
 
@@ -135,24 +148,28 @@ export class Jobs {
       }
       return existing;
     }
-    const { volume } = this.volumes.entry(input.volume);
     if (!Number.isSafeInteger(input.expectedGeneration) || input.expectedGeneration < 0) {
       throw new InvalidArgumentError(`invalid expected generation ${input.expectedGeneration}`);
     }
     const args = { ...input.args };
+    const host = kind === 'copy' ? await this.copies.prepare(input.volume, args) : undefined;
+    const { volume } = this.volumes.entry(input.volume);
     if (kind === 'resize') this.checkResize(volume, args);
     const busy = this.active.get(volume.id);
     if (busy !== undefined) throw new ConflictError(`volume ${volume.name} already has a job running (${busy}): one job per volume at a time`, { jobId: busy });
     const job: JobRecord = {
       id: jobId, kind, volume: volume.name, volumeId: volume.id, expectedGeneration: input.expectedGeneration || volume.generation, args,
       state: 'pending', error: '', epoch: 0, done: 0, total: 0, createdMs: this.now(), startedMs: 0, endedMs: 0,
+      ...(host ? { host } : {}),
     };
     this.active.set(volume.id, jobId);
+    const src = kind === 'copy' ? this.volumes.find(args.source ?? '') : undefined;
+    if (src) this.active.set(src.volume.id, jobId);
     this.jobs.set(jobId, job);
     try {
       await putJob(this.store, job);
     } catch (err) {
-      this.active.delete(volume.id);
+      this.release(jobId);
       this.jobs.delete(jobId);
       throw err;
     }
@@ -196,8 +213,13 @@ export class Jobs {
       batch.event(`job.${state as 'failed' | 'aborted' | 'fenced'}`, `volume:${j.volume}`, `${j.kind} job ${j.id} ${state}${error ? `: ${error}` : ''}`, { job: j.id, kind: j.kind, generation: j.expectedGeneration, epoch: j.epoch });
     }
     await this.store.write(batch);
-    this.active.delete(j.volumeId);
+    this.release(j.id);
     log[state === 'succeeded' ? 'info' : 'warn']({ job: j.id, kind: j.kind, volume: j.volume, state, error: error || undefined }, `job ${state}`);
+  }
+
+  /** The volumes job `id` held (its volume; a copy's source too) are free again. */
+  private release(id: string): void {
+    for (const [volumeId, job] of this.active) if (job === id) this.active.delete(volumeId);
   }
 
   private stopping = false;
@@ -205,6 +227,7 @@ export class Jobs {
   /** The manager stops: workers stop at their next step without recording anything (reconnaissance decides at the next start). */
   async stop(): Promise<void> {
     this.stopping = true;
+    await this.copies.stop();
     await this.idle();
   }
 
@@ -239,6 +262,8 @@ export class Jobs {
     if (j.state === 'aborting') return this.end(j, 'aborted', 'aborted before it started; nothing was touched');
     try {
       await this.volumes.exclusive(j.volume, (e) => this.work(j, e));
+      // A copy: the lease is taken and the destination DIRTY; its host does the rest.
+      if (j.kind === 'copy' && j.state === 'running' && !this.stopping) await this.copies.dispatch(j);
     } catch (err) {
       if (isFinal(j.state) || err instanceof Stopped || this.stopping) return;
       const dirty = this.dirtied.has(j.id) ? ` (volume ${j.volume} stays DIRTY at generation ${j.expectedGeneration})` : '';
@@ -265,6 +290,7 @@ export class Jobs {
       throw new StaleGenerationError(`generation mismatch: volume ${volume.name} is at generation ${volume.generation}, the job expected ${g}; nothing was touched`, { expected: g, actual: volume.generation });
     }
     if (j.kind === 'resize') this.checkResize(volume, j.args);
+    if (j.kind === 'copy') this.copies.checkDetached(this.volumes.entry(j.args.source ?? '').volume, 'source');
     this.checkAbort(j);
     // The lease: a new epoch, durable before any node hears of it.
     volume.epoch = nextCounter(volume.epoch, `volume ${volume.name}'s lease epoch`);
@@ -278,6 +304,7 @@ export class Jobs {
     await this.cas(e.map, { epoch: j.epoch, expectedGeneration: g, generation: g, legality: 'DIRTY', ...stamp, jobOutcome: 'running' }, volume.id);
     crashPoint('manager.job.dirty');
     this.checkAbort(j);
+    if (j.kind === 'copy') return; // its host copies and writes the final CAS (copy.ts)
     let next: { volume: VolumeRecord; map?: ChunkMapRecord } = { volume: { ...volume, generation: g + 1 } };
     if (j.kind === 'wipe') await this.wipe(j, e);
     else next = await this.resize(j, e);
@@ -413,7 +440,8 @@ export class Jobs {
     }
     if (report.verdict === 'fenced') return this.end(j, 'fenced', report.explanation, e.volume);
     if (report.verdict === 'other') return this.end(j, 'failed', report.explanation);
-    if (report.verdict === 'roll_forward' && j.kind === 'wipe') return this.rollForward(j, report);
+    // A wipe's and a copy's data were flushed before their last CAS began: the rest may be committed.
+    if (report.verdict === 'roll_forward' && (j.kind === 'wipe' || j.kind === 'copy')) return this.rollForward(j, report);
     // interrupted or never started: fence it.
     await this.fence(j, report);
   }

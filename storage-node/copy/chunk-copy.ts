@@ -10,7 +10,7 @@ import type { ChunkStore } from '../chunk-store.js';
 import { fetchSourceMaps, isAllZero, planRuns, type Run } from './copy-plan.js';
 import { NoChunkError } from '../../shared/data-protocol/status.js';
 import { ProgressReporter } from './progress-reporter.js';
-import { TokenBucket } from './token-bucket.js';
+import { TokenBucket } from '../../shared/token-bucket.js';
 import { mergeDirty } from '../write-intent.js';
 
 // One peer-to-peer resync (CopyChunk): copies the written regions of a

@@ -2,7 +2,7 @@ import { errorMessage } from '../../shared/errors.js';
 import { call, managerClient, type ManagerClient } from '../../shared/grpc.js';
 import type { Logger } from '../../shared/logger.js';
 import type { ResyncProgress } from '../../proto/generated/vsky/manager/ResyncProgress.js';
-import { delay } from './token-bucket.js';
+import { delay } from '../../shared/token-bucket.js';
 
 // Reports a resync's progress to the manager (ReportResyncProgress): at most
 // one report per interval while the copy runs (one call in flight at a time,
