@@ -120,6 +120,7 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
     t.unref();
     timers.push(t);
   };
+  core.registry.serving();
   every(Math.max(50, Math.min(1000, Math.floor(opts.heartbeatTimeoutMs / 4))), 'heartbeat check', () => core.registry.checkTimeouts());
   every(1000, 'resync check', async () => core.resyncs.tick());
   every(5000, 'integer ids', () => ids.sync());

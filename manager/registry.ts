@@ -1,5 +1,6 @@
 import { ConflictError, InvalidArgumentError, NotFoundError, errorMessage } from '../shared/errors.js';
 import { DEFAULT_LEASE_TTL_MS } from '../shared/constants.js';
+import { MAX_RECONNECT_BACKOFF_MS } from '../shared/grpc.js';
 import { moduleLogger } from '../shared/logger.js';
 import { formatSize, parseHostPort } from '../shared/units.js';
 import type { DiskInfo__Output } from '../proto/generated/vsky/storage/DiskInfo.js';
@@ -65,6 +66,21 @@ export class Registry {
     private readonly opts: RegistryOptions,
   ) {
     this.now = opts.now ?? Date.now;
+  }
+
+  /**
+   * The manager now serves its API (called once, after the gRPC server is
+   * bound): the servers and heads loaded from the database, not heard from
+   * since, get their full heartbeat timeout from now plus one reconnect
+   * backoff of their gRPC channel, not from when the database was loaded.
+   * Counting from the load called live servers failed when a restart was slow
+   * (seen: "no heartbeat for 2017 ms" with a 2 s timeout, their replicas
+   * marked stale and resynced for nothing).
+   */
+  serving(): void {
+    const from = this.now() + MAX_RECONNECT_BACKOFF_MS;
+    for (const s of this.servers.values()) if (s.lastHeartbeatMs === this.loadedMs) s.lastHeartbeatMs = from;
+    for (const h of this.heads.values()) if (h.lastHeartbeatMs === this.loadedMs) h.lastHeartbeatMs = from;
   }
 
   /** Fills memory and the placement model from a loaded snapshot. */

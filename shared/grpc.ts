@@ -51,10 +51,13 @@ export function loadProtos(): { manager: ManagerProto; storage: StorageProto; he
   return protos;
 }
 
+/** The longest a client waits between reconnect attempts to a peer that went away (a restarted manager, say). */
+export const MAX_RECONNECT_BACKOFF_MS = 2000;
+
 const CLIENT_OPTIONS: grpc.ChannelOptions = {
   'grpc.max_receive_message_length': 64 * 1024 * 1024,
   'grpc.initial_reconnect_backoff_ms': 200,
-  'grpc.max_reconnect_backoff_ms': 2000,
+  'grpc.max_reconnect_backoff_ms': MAX_RECONNECT_BACKOFF_MS,
 };
 
 export function managerClient(address: string) {

@@ -76,6 +76,21 @@ const done = (c: Core, t: Task, bytes = CHUNK) =>
   c.resyncs.progress({ resyncId: t.resyncId!, regionsDone: 4096, regionsTotal: 4096, bytesCopied: bytes, finished: true, error: '' });
 
 describe('replica failure reported by a head', () => {
+  it('after a restart, servers and heads get their timeout from when the manager serves, plus a reconnect backoff', async () => {
+    const { c, peers } = await setup();
+    await c.close();
+    const c2 = await open(peers, false);
+    now += 4_000; // a slow start: the database loaded 4 s before the API is served
+    c2.registry.serving();
+    now += 5_000 + 1_500; // past the timeout counted from the load, within it counted from serving + backoff
+    await c2.registry.checkTimeouts();
+    expect(c2.registry.listServers().every((s) => s.state === 'active')).toBe(true);
+    expect(c2.registry.listHeads().every((h) => h.state === 'active')).toBe(true);
+    now += 1_000; // now past serving + backoff + timeout: silence is failure again
+    await c2.registry.checkTimeouts();
+    expect(c2.registry.listServers().every((s) => s.state === 'failed')).toBe(true);
+  });
+
   it('is refused for a stale epoch or a head that does not hold the volume, changing nothing', async () => {
     const { c } = await setup({ start: false });
     const v = await create(c, 'vm1', 2);
