@@ -5,6 +5,7 @@ import type { ResyncTask } from '../proto/generated/vsky/common/ResyncTask.js';
 import type { AttachVolumeReply__Output } from '../proto/generated/vsky/head/AttachVolumeReply.js';
 import type { AttachVolumeRequest } from '../proto/generated/vsky/head/AttachVolumeRequest.js';
 import type { DetachVolumeRequest } from '../proto/generated/vsky/head/DetachVolumeRequest.js';
+import type { AttachedList__Output } from '../proto/generated/vsky/head/AttachedList.js';
 import type { ReleaseLeaseRequest } from '../proto/generated/vsky/head/ReleaseLeaseRequest.js';
 import type { SegmentNote } from '../proto/generated/vsky/storage/SegmentNote.js';
 import type { SetVolumeStateRequest } from '../proto/generated/vsky/storage/SetVolumeStateRequest.js';
@@ -51,6 +52,8 @@ export interface HeadApi {
   startResync(address: string, task: ResyncTask): Promise<void>;
   /** Drain, flush and give up the write lease (a hand-off); bounded by `timeoutMs`. */
   releaseLease(address: string, req: ReleaseLeaseRequest, timeoutMs: number): Promise<void>;
+  /** The volumes the head has attached, with their sizes (an online resize checks what a refusing head kept). */
+  listAttached?(address: string): Promise<AttachedList__Output>;
 }
 
 export interface PeerClients {
@@ -100,6 +103,7 @@ export class GrpcPeerClients implements PeerClients {
     startResync: async (a, task) => { await call(this.headClient(a), 'StartResync', task, PEER_TIMEOUTS.resync, PEER_CALL); },
     // Not waitForReady: a holder that is gone must fail fast, so the hand-off goes on to wait for its lease to expire.
     releaseLease: async (a, req, timeoutMs) => { await call(this.headClient(a), 'ReleaseLease', req, timeoutMs); },
+    listAttached: (a) => call(this.headClient(a), 'ListAttached', {}, PEER_TIMEOUTS.info, PEER_CALL),
   };
 
   private nodeClient(address: string): StorageNodeClient {
