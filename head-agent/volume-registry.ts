@@ -296,7 +296,7 @@ export class VolumeRegistry implements ExportRegistry {
       throw new ConflictError(`volume ${map.name} is attached here with epoch ${volume.epoch}; a map for epoch ${epoch} needs Attach (fencing)`, { volume: map.name });
     }
     const oldCount = volume.segmentCount;
-    if (map.size > volume.size) failPoint('head.grow');
+    if (map.size > volume.size) failPoint('head.grow', map.name);
     // Online resize: the new segments' chunks were allocated by the manager under this epoch (durable on
     // their nodes before this map was sent), so they take writes without a fence.
     const added = map.size > volume.size ? this.buildSegments({ ...map, segments: map.segments.filter((seg) => seg.index >= oldCount) }, volume.tracker) : [];

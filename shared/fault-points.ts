@@ -24,19 +24,24 @@ export function crashPoint(name: string): void {
 
 // Failure points: VSKY_FAIL_AT=storage-node.allocate:2 makes the 2nd pass
 // through that point (and only that one) throw an IoError, as a refusing
-// peer would; tests use them to check that a failure midway rolls back.
-// Off unless the variable names the point.
+// peer would; `name@scope:N` counts only the passes for that scope (a volume
+// name: storage-node.allocate@vm1:2 fails the 2nd allocation of a chunk of
+// vm1). Tests use them to check that a failure midway rolls back. Off unless
+// the variable names the point.
 
 const failures = new Map<string, { at: number; passes: number }>();
 for (const item of (process.env.VSKY_FAIL_AT ?? '').split(',').filter(Boolean)) {
-  const [name, count] = item.split(':');
-  failures.set(name!, { at: Math.max(1, Number(count ?? 1) || 1), passes: 0 });
+  const colon = item.lastIndexOf(':');
+  const [name, count] = colon > 0 ? [item.slice(0, colon), item.slice(colon + 1)] : [item, '1'];
+  failures.set(name, { at: Math.max(1, Number(count) || 1), passes: 0 });
 }
 
-export function failPoint(name: string): void {
-  const f = failures.get(name);
-  if (f === undefined) return;
-  if (++f.passes !== f.at) return;
-  process.stderr.write(`VSKY_FAIL_AT: failing at ${name}\n`);
-  throw new IoError(`VSKY_FAIL_AT: injected failure at ${name} (pass ${f.passes})`, { faultPoint: name });
+export function failPoint(name: string, scope?: string): void {
+  if (failures.size === 0) return;
+  for (const key of scope === undefined ? [name] : [name, `${name}@${scope}`]) {
+    const f = failures.get(key);
+    if (f === undefined || ++f.passes !== f.at) continue;
+    process.stderr.write(`VSKY_FAIL_AT: failing at ${key}\n`);
+    throw new IoError(`VSKY_FAIL_AT: injected failure at ${key} (pass ${f.passes})`, { faultPoint: key });
+  }
 }

@@ -92,7 +92,7 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
     AllocateChunk: unary(async (req) => {
       const id = req.identity;
       if (!id) throw new InvalidArgumentError('AllocateChunk: identity is required');
-      failPoint('storage-node.allocate');
+      failPoint('storage-node.allocate', id.volumeName);
       await ctx.store.allocate(req.diskId, req.chunkIndex, id);
       log.info({ disk: req.diskId, chunk: req.chunkIndex, volumeId: id.volumeId, segment: id.segment, slot: id.slot }, 'chunk allocated');
       return {};
