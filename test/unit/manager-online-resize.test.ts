@@ -177,7 +177,8 @@ describe('online resize (manager, fake peers)', () => {
     // Rewind to the moment after the grown commit (step 3): job running, volume at g with the new shape, nodes DIRTY at g.
     const j = c.jobs.get('grow-crash');
     const v = c.volumes.entry('v').volume;
-    await c.store.write(c.store.batch().putJob({ ...j, state: 'running', endedMs: 0 }).putVolume({ ...v, generation: 1 }));
+    const running: typeof j = { ...j, state: 'running', endedMs: 0 };
+    await c.store.write(c.store.batch().putJob(running).putVolume({ ...v, generation: 1 }));
     for (const ch of chunksOf(peers, id)) Object.assign(ch, { generation: 1, legality: 'DIRTY', jobOutcome: 'running' });
     await c.close();
     core = undefined;
@@ -196,7 +197,8 @@ describe('online resize (manager, fake peers)', () => {
     const j = c.jobs.get('grow-early');
     const e = c.volumes.entry('v');
     const oldMap = { ...structuredClone(e.map), segmentCount: 2, locs: e.map.locs.slice(0, 2 * 3 * 2) };
-    await c.store.write(c.store.batch().putJob({ ...j, state: 'running', endedMs: 0 }).putVolume({ ...e.volume, size: 2 * CHUNK, segmentCount: 2, generation: 1 }).putChunkMap(oldMap));
+    const running: typeof j = { ...j, state: 'running', endedMs: 0 };
+    await c.store.write(c.store.batch().putJob(running).putVolume({ ...e.volume, size: 2 * CHUNK, segmentCount: 2, generation: 1 }).putChunkMap(oldMap));
     for (const ch of chunksOf(peers, id)) Object.assign(ch, { generation: 1, legality: 'DIRTY', jobOutcome: 'running' });
     await c.close();
     core = undefined;
