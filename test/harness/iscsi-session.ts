@@ -10,7 +10,7 @@ import { encodeTextKeys, parseTextKeys } from '../../head-agent/iscsi/text-keys.
 // exact sense data a real initiator would retry away (libiscsi and the kernel
 // absorb unit attentions): one connection, login without CHAP, SCSI commands
 // one at a time with their status and fixed-format sense (key, ASC, ASCQ).
-// The target's NOP-In pings are answered while waiting.
+// The target's NOP-In pings are answered as they come, also between commands.
 
 interface Pdu { bhs: Bhs; data: Buffer }
 
@@ -38,6 +38,11 @@ export class IscsiSession {
     socket.on('data', (c: Buffer) => {
       this.decoder.push(c);
       for (let f = this.decoder.next(); f !== undefined; f = this.decoder.next()) {
+        if (f.header.opcode === Opcode.NOP_IN && f.header.itt === RESERVED_TAG) {
+          // The target's ping of an idle session: answered at once, so a session may idle between commands.
+          this.send(nopOut({ itt: RESERVED_TAG, ttt: f.header.w5, cmdSN: this.cmdSN, expStatSN: this.expStatSN, immediate: true }));
+          continue;
+        }
         const parts = splitPayload(this.spec, f.header, f.payload);
         this.queue.push({ bhs: f.header, data: parts.data === undefined ? Buffer.alloc(0) : Buffer.from(parts.data) });
       }
@@ -100,10 +105,6 @@ export class IscsiSession {
     const chunks: Buffer[] = [];
     for (;;) {
       const p = await this.next(timeoutMs);
-      if (p.bhs.opcode === Opcode.NOP_IN && p.bhs.itt === RESERVED_TAG) {
-        this.send(nopOut({ itt: RESERVED_TAG, ttt: p.bhs.w5, cmdSN: this.cmdSN, expStatSN: this.expStatSN, immediate: true }));
-        continue;
-      }
       if (p.bhs.itt !== itt) throw new Error(`PDU 0x${p.bhs.opcode.toString(16)} for ITT ${p.bhs.itt} while waiting for ${itt}`);
       if (p.bhs.opcode === Opcode.DATA_IN) {
         chunks.push(p.data);
