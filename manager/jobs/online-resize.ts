@@ -7,7 +7,7 @@ import { holderEpoch } from '../types.js';
 import { volumeMapView } from '../views.js';
 import type { VolumeEntry } from '../volumes.js';
 import type { JobRecord } from './records.js';
-import { allocateGrowth, appendSegments, freeGrowth, truncateSegments, type GrowthChunk, type ResizeContext } from './resize-chunks.js';
+import { allocateGrowth, appendSegments, freeGrowth, truncateSegments, type ResizeContext } from './resize-chunks.js';
 
 // Online resize: growing a volume attached to a head (docs/jobs.md, "Resize
 // of an attached volume"). The holder keeps its lease and its epoch e; the
@@ -124,9 +124,7 @@ async function pushToStandby(ctx: ResizeContext, j: JobRecord, volume: VolumeRec
   }
 }
 
-/** The shape a finished online resize commits, from the job's args (recovery after a restart). */
+/** Whether the volume's committed size is the job's target (recovery after a restart: step 3 happened). */
 export function grownTo(j: JobRecord, v: VolumeRecord): boolean {
   return v.size >= Number(j.args.size);
 }
-
-export type { GrowthChunk };

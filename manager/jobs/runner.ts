@@ -31,7 +31,9 @@ import { allocateGrowth, appendSegments, type ResizeContext } from './resize-chu
 // The manager itself is the worker of the kinds that need no data copy:
 // wipe (zero every replica over the data protocol, DISCARD under the job's
 // epoch) and resize (grow only: new segments placed like create's, the
-// metadata changed in one batch).
+// metadata changed in one batch). A resize of an attached volume runs online
+// (online-resize.ts): no new epoch, the holder keeps its lease and gets the
+// grown map before the final CAS, and it is never fenced after a restart.
 
 const log = moduleLogger('manager.jobs');
 /** DISCARD requests are this big at most: the worker checks for an abort between them. */
