@@ -1,6 +1,7 @@
 import {
   ConflictError, InvalidArgumentError, IoError, NotFoundError, StaleEpochError, errorMessage,
 } from '../shared/errors.js';
+import { failPoint } from '../shared/fault-points.js';
 import { moduleLogger, type Logger } from '../shared/logger.js';
 import { parseHostPort } from '../shared/units.js';
 import type { VolumeMap__Output } from '../proto/generated/vsky/common/VolumeMap.js';
@@ -146,6 +147,9 @@ export class Attachments implements ExportRegistry {
    * first. A replica this head saw fail, or knows stale, is never made
    * readable by a map (it may predate our report): an "in_sync" for it is
    * taken as "write to it, do not read it" until this head resynced it.
+   * A larger map grows the volume (online resize, docs/jobs.md): the new
+   * segments are appended and the size changes in one tick; a smaller one is
+   * refused. A standby takes the holder's map whatever its own epoch.
    */
   updateMap(map: VolumeMap, epoch: number): Promise<void> {
     return this.exclusive(() => this.doUpdateMap(map, epoch));
@@ -221,7 +225,7 @@ export class Attachments implements ExportRegistry {
     }
     if (existing !== undefined) {
       const was = existing.lease;
-      existing.reconfigure(segments, epoch, map.generation);
+      existing.reconfigure(segments, epoch, map.generation, 'held', map.size);
       this.log.info({ volume: map.name, epoch, generation: map.generation, was, reconciled: reconcile },
         was === 'held' ? 'volume re-attached with a newer epoch' : 'write lease granted: replica nodes fenced with the new epoch');
       return existing;
@@ -249,8 +253,10 @@ export class Attachments implements ExportRegistry {
     if (existing.volumeId !== map.volumeId) {
       throw new ConflictError(`a different volume named ${map.name} (id ${existing.volumeId}) is attached to this head; detach it first`, { volume: map.name });
     }
-    if (existing.size !== map.size || existing.chunkSize !== map.chunkSize) {
-      throw new ConflictError(`volume ${map.name} changed size or chunk size while attached; detach and attach again`, { volume: map.name });
+    // A larger map is an online resize (docs/jobs.md); a smaller one, or another chunk size, is never applied in place.
+    if (existing.size > map.size || existing.chunkSize !== map.chunkSize) {
+      throw new ConflictError(`volume ${map.name} is attached here with ${existing.size} bytes in chunks of ${existing.chunkSize}; `
+        + `a map of ${map.size} bytes in chunks of ${map.chunkSize} cannot be applied in place (volumes only grow); detach and attach again`, { volume: map.name });
     }
     return existing;
   }
@@ -279,17 +285,27 @@ export class Attachments implements ExportRegistry {
     validateMap(map, epoch);
     const volume = this.volumes.get(map.name);
     if (volume === undefined) throw new NotFoundError(`volume ${map.name} is not attached to this head`, { volume: map.name });
-    if (volume.volumeId !== map.volumeId || volume.size !== map.size || volume.chunkSize !== map.chunkSize) {
-      throw new ConflictError(`UpdateMap for ${map.name} does not match the attached volume (id, size or chunk size differ); detach and attach again`, { volume: map.name });
+    if (volume.volumeId !== map.volumeId || volume.chunkSize !== map.chunkSize) {
+      throw new ConflictError(`UpdateMap for ${map.name} does not match the attached volume (id or chunk size differ); detach and attach again`, { volume: map.name });
+    }
+    if (map.size < volume.size) {
+      throw new ConflictError(`UpdateMap for ${map.name} has ${map.size} bytes, the volume attached here ${volume.size}: volumes only grow; map refused, nothing changed`, { volume: map.name });
     }
     if (epoch < volume.epoch) {
       throw new StaleEpochError(`volume ${map.name} is attached here with epoch ${volume.epoch}; refusing a map for older epoch ${epoch}`, { volume: map.name });
     }
-    if (epoch > volume.epoch) {
+    // A standby does no I/O under its epoch (a grant brings the next one): it takes the holder's maps as they are.
+    if (epoch > volume.epoch && volume.lease !== 'standby') {
       throw new ConflictError(`volume ${map.name} is attached here with epoch ${volume.epoch}; a map for epoch ${epoch} needs Attach (fencing)`, { volume: map.name });
     }
+    const oldCount = volume.segmentCount;
+    if (map.size > volume.size) failPoint('head.grow', map.name);
+    // Online resize: the new segments' chunks were allocated by the manager under this epoch (durable on
+    // their nodes before this map was sent), so they take writes without a fence.
+    const added = map.size > volume.size ? this.buildSegments({ ...map, segments: map.segments.filter((seg) => seg.index >= oldCount) }, volume.tracker) : [];
     const plans: { mirror: Mirror; replicas: Replica[]; fresh: Replica[] }[] = [];
     for (const seg of map.segments) {
+      if (seg.index >= oldCount) continue;
       const mirror = volume.segment(seg.index);
       const replicas: Replica[] = [];
       const fresh: Replica[] = [];
@@ -326,10 +342,17 @@ export class Attachments implements ExportRegistry {
       // A replica that starts taking writes has none of the write-intent marks: re-mark on the next writes.
       if (replicas.some((r) => r.writable && !wasWritable.has(r))) mirror.intent?.forget();
     }
+    const was = volume.size;
+    if (added.length > 0) volume.grow(map.size, added); // same tick: new I/O sees the new size and its segments together
     volume.replicasChanged();
     volume.noteGeneration(map.generation);
     for (const { mirror } of plans) this.failureHandler.mapApplied?.(mirror);
-    this.log.info({ volume: map.name, epoch, generation: map.generation }, 'volume map updated');
+    for (const mirror of added) this.failureHandler.mapApplied?.(mirror);
+    if (added.length > 0) {
+      this.log.info({ volume: map.name, epoch, generation: map.generation, from: was, to: map.size, segments: volume.segmentCount, lease: volume.lease }, 'volume grown (online resize)');
+    } else {
+      this.log.info({ volume: map.name, epoch, generation: map.generation }, 'volume map updated');
+    }
     if (fenceErrors.length > 0) {
       throw new IoError(`volume ${map.name}: map applied, but new replica(s) could not be fenced and take no I/O: ${fenceErrors.join('; ')}`, { volume: map.name });
     }

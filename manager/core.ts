@@ -172,6 +172,7 @@ export class ManagerCore {
       // Storage jobs (manager/jobs/): attach is refused while one runs on the volume.
       core.jobs = new Jobs(store, model, registry, volumes, peers, freer, { chunkSize: opts.chunkSize, now: opts.now });
       attachments.jobGuard = (name) => core.jobs.blocking(name);
+      core.jobs.mapChanged = (id) => pusher.changed(id);
       await core.jobs.load();
       log.info({
         dataDir: opts.dataDir, servers: snap.servers.length, disks: snap.disks.length, heads: snap.heads.length,

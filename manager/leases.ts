@@ -54,6 +54,8 @@ export interface LeaseOptions {
 }
 
 const MAX_REMEMBERED = 1024;
+/** How long a lease move waits for another operation on the volume (an online resize) before it gives up as busy. */
+const BUSY_WAIT_MS = 20_000;
 
 export class Leases {
   private readonly moving = new Map<number, Promise<unknown>>();
@@ -175,6 +177,10 @@ export class Leases {
 
   private async moveNow(name: string, to: HeadRecord): Promise<LeaseMove> {
     const started = Date.now();
+    // A short operation holding the volume (an online resize, an attach) is waited out first: the grant
+    // needs the volume, and a holder that released for a grant that then failed on "busy" would leave
+    // the asking head's I/O failing.
+    await this.volumes.waitNotBusy(this.volumes.entry(name).volume.id, BUSY_WAIT_MS);
     const v = this.volumes.entry(name).volume;
     const done = (volume: VolumeRecord, clean: boolean): LeaseMove => ({ volume, epoch: volume.epoch, clean, waitMs: Date.now() - started });
     if (v.attachedHead === to.id) {

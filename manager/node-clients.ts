@@ -5,6 +5,7 @@ import type { ResyncTask } from '../proto/generated/vsky/common/ResyncTask.js';
 import type { AttachVolumeReply__Output } from '../proto/generated/vsky/head/AttachVolumeReply.js';
 import type { AttachVolumeRequest } from '../proto/generated/vsky/head/AttachVolumeRequest.js';
 import type { DetachVolumeRequest } from '../proto/generated/vsky/head/DetachVolumeRequest.js';
+import type { AttachedList__Output } from '../proto/generated/vsky/head/AttachedList.js';
 import type { ReleaseLeaseRequest } from '../proto/generated/vsky/head/ReleaseLeaseRequest.js';
 import type { RunJobRequest } from '../proto/generated/vsky/head/RunJobRequest.js';
 import type { SegmentNote } from '../proto/generated/vsky/storage/SegmentNote.js';
@@ -54,6 +55,8 @@ export interface HeadApi {
   releaseLease(address: string, req: ReleaseLeaseRequest, timeoutMs: number): Promise<void>;
   /** Hands a storage job that moves data (copy) to the head; returns once accepted. */
   runJob?(address: string, req: RunJobRequest): Promise<void>;
+  /** The volumes the head has attached, with their sizes (an online resize checks what a refusing head kept). */
+  listAttached?(address: string): Promise<AttachedList__Output>;
 }
 
 export interface PeerClients {
@@ -105,6 +108,7 @@ export class GrpcPeerClients implements PeerClients {
     releaseLease: async (a, req, timeoutMs) => { await call(this.headClient(a), 'ReleaseLease', req, timeoutMs); },
     // Not waitForReady: a host that is gone must fail fast (the job is then fenced).
     runJob: async (a, req) => { await call(this.headClient(a), 'RunJob', req, PEER_TIMEOUTS.resync); },
+    listAttached: (a) => call(this.headClient(a), 'ListAttached', {}, PEER_TIMEOUTS.info, PEER_CALL),
   };
 
   private nodeClient(address: string): StorageNodeClient {

@@ -167,6 +167,12 @@ export class Volumes {
     return this.busy.has(id);
   }
 
+  /** Resolves once no operation holds the volume (or after `timeoutMs`: the caller's exclusive() then says it is busy). */
+  async waitNotBusy(id: number, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.busy.has(id) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  }
+
   /** Runs fn with the volume marked busy; a second operation meanwhile gets a ConflictError. */
   async exclusive<T>(name: string, fn: (e: VolumeEntry) => Promise<T>): Promise<T> {
     const e = this.entry(name);

@@ -1,3 +1,5 @@
+import { IoError } from './errors.js';
+
 // Crash points for chaos tests: off unless VSKY_CRASH_AT names one, e.g.
 // VSKY_CRASH_AT=manager.create.allocated:5 makes the process kill itself with
 // SIGKILL (a real kill -9, nothing flushed) the 5th time it passes that point.
@@ -30,4 +32,28 @@ export function pausePoint(name: string): void {
   if (!pauses.delete(name)) return;
   process.stderr.write(`VSKY_PAUSE_AT: stopping at ${name}\n`);
   process.kill(process.pid, 'SIGSTOP');
+}
+
+// Failure points: VSKY_FAIL_AT=storage-node.allocate:2 makes the 2nd pass
+// through that point (and only that one) throw an IoError, as a refusing
+// peer would; `name@scope:N` counts only the passes for that scope (a volume
+// name: storage-node.allocate@vm1:2 fails the 2nd allocation of a chunk of
+// vm1). Tests use them to check that a failure midway rolls back. Off unless
+// the variable names the point.
+
+const failures = new Map<string, { at: number; passes: number }>();
+for (const item of (process.env.VSKY_FAIL_AT ?? '').split(',').filter(Boolean)) {
+  const colon = item.lastIndexOf(':');
+  const [name, count] = colon > 0 ? [item.slice(0, colon), item.slice(colon + 1)] : [item, '1'];
+  failures.set(name, { at: Math.max(1, Number(count) || 1), passes: 0 });
+}
+
+export function failPoint(name: string, scope?: string): void {
+  if (failures.size === 0) return;
+  for (const key of scope === undefined ? [name] : [name, `${name}@${scope}`]) {
+    const f = failures.get(key);
+    if (f === undefined || ++f.passes !== f.at) continue;
+    process.stderr.write(`VSKY_FAIL_AT: failing at ${key}\n`);
+    throw new IoError(`VSKY_FAIL_AT: injected failure at ${key} (pass ${f.passes})`, { faultPoint: key });
+  }
 }

@@ -272,6 +272,7 @@ export class ChunkStore {
           + `not the expected ${expectedGeneration}; nothing changed`, { volumeId, expected: expectedGeneration, actual: other.rec.generation });
       }
     }
+    const raising = epoch > vol.epoch;
     vol.epoch = epoch;
     for (const c of chunks) {
       if (c.rec.epoch < epoch) c.rec.epoch = epoch;
@@ -284,7 +285,9 @@ export class ChunkStore {
       if (target.segmentCount) c.rec.segmentCount = target.segmentCount;
     }
     // Writes admitted under an older epoch land before the new state is acknowledged (like FENCE).
-    await Promise.all(chunks.map((c) => c.drained(true)));
+    // At the holder's own epoch (an online resize, docs/jobs.md) nothing is fenced off: the holder's
+    // writes go on, and waiting for a quiet moment could wait as long as the VM keeps writing.
+    if (raising) await Promise.all(chunks.map((c) => c.drained(true)));
     await Promise.all(chunks.map((c) => c.persist()));
     await Promise.all(distinctDisks(chunks).map((c) => c.sync()));
     if (epoch > vol.durableEpoch) vol.durableEpoch = epoch;

@@ -2,6 +2,7 @@ import { resolve } from 'node:path';
 import { REGION_BITS_PER_CHUNK } from '../shared/constants.js';
 import { InvalidArgumentError } from '../shared/errors.js';
 import { unary } from '../shared/grpc.js';
+import { failPoint } from '../shared/fault-points.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { StorageNodeHandlers } from '../proto/generated/vsky/storage/StorageNode.js';
 import type { DiskInfo } from '../proto/generated/vsky/storage/DiskInfo.js';
@@ -101,6 +102,7 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
     AllocateChunk: unary(async (req) => {
       const id = req.identity;
       if (!id) throw new InvalidArgumentError('AllocateChunk: identity is required');
+      failPoint('storage-node.allocate', id.volumeName);
       await ctx.store.allocate(req.diskId, req.chunkIndex, id);
       log.info({ disk: req.diskId, chunk: req.chunkIndex, volumeId: id.volumeId, segment: id.segment, slot: id.slot }, 'chunk allocated');
       return {};

@@ -109,12 +109,15 @@ export function registerJobCommands(program: Command): void {
       await submitted(o, m, j);
     }));
 
-  adminCommand(volume, 'resize', 'grow a detached volume (a storage job: generation g -> g+1)')
+  adminCommand(volume, 'resize', 'grow a volume, detached or attached (online: the holder keeps its lease; a storage job: generation g -> g+1)')
     .argument('<name>', 'volume name')
     .requiredOption('--size <size>', 'the new size, e.g. 20G (volumes only grow)', sizeArg)
     .option('--job-id <id>', 'job id of your choosing (a retry with the same id is the same job)')
     .option('--generation <g>', 'the generation the volume must be at (default: its current one)', intArg)
     .option('--wait', 'wait for the job to end (progress bar on a terminal)')
+    .addHelpText('after', '\nOn an attached volume the VM keeps running: new NBD connections see the new size (connections\n'
+      + 'open before keep the old one: NBD cannot announce a resize), iSCSI initiators get CAPACITY DATA HAS\n'
+      + 'CHANGED on their next command. See docs/jobs.md.')
     .action((name: string, o) => withManager(o, async (m) => {
       const j = await call(m, 'SubmitJob', { jobId: o.jobId ?? '', kind: 'resize', volume: name, expectedGeneration: o.generation ?? 0, args: { size: String(o.size) } });
       await submitted(o, m, j);

@@ -49,7 +49,7 @@ export type LeaseRequester = (volume: LinearVolume) => Promise<void>;
 export class LinearVolume implements BlockDevice {
   readonly name: string;
   readonly volumeId: number;
-  readonly size: number;
+  private _size: number;
   readonly chunkSize: number;
   /** Mutations in flight (shared with the mirrors). */
   readonly tracker: MutationTracker;
@@ -79,7 +79,7 @@ export class LinearVolume implements BlockDevice {
     }
     this.name = opts.name;
     this.volumeId = opts.volumeId;
-    this.size = opts.size;
+    this._size = opts.size;
     this.chunkSize = opts.chunkSize;
     this._epoch = opts.epoch;
     this._generation = opts.generation;
@@ -104,6 +104,31 @@ export class LinearVolume implements BlockDevice {
 
   get lease(): LeaseState {
     return this._lease;
+  }
+
+  /** Size in bytes; grows with an online resize (grow()), never shrinks. */
+  get size(): number {
+    return this._size;
+  }
+
+  /**
+   * Online resize (docs/jobs.md): appends the new segments' mirrors and
+   * takes the new size, synchronously, so every request checked after this
+   * call sees the new size with its segments in place and none before it
+   * does. In-flight requests are below the old size and unaffected. New
+   * segments get the volume's epoch, write-intent state and fence hook.
+   */
+  grow(size: number, added: Mirror[]): void {
+    const expected = Math.ceil(size / this.chunkSize);
+    if (size <= this._size || this.segments.length + added.length !== expected) {
+      throw new InvalidArgumentError(`volume ${this.name}: cannot grow from ${this._size} to ${size} bytes with ${added.length} new segment(s) `
+        + `(${this.segments.length} now, ${expected} needed)`, { volume: this.name });
+    }
+    this.intent?.grow(expected);
+    this.segments = [...this.segments, ...added];
+    this.wire(this.segments);
+    this.flushes.rebuild();
+    this._size = size;
   }
 
   /**
@@ -337,10 +362,12 @@ export class LinearVolume implements BlockDevice {
    * epoch after the replica nodes were fenced with it). In-flight requests
    * finish on the old mirrors.
    */
-  reconfigure(segments: Mirror[], epoch: number, generation: number, lease: 'held' | 'standby' = 'held'): void {
-    if (segments.length !== this.segments.length) {
-      throw new InvalidArgumentError(`volume ${this.name}: reconfigure with ${segments.length} segments, have ${this.segments.length}`);
+  reconfigure(segments: Mirror[], epoch: number, generation: number, lease: 'held' | 'standby' = 'held', size = this._size): void {
+    if (size < this._size || segments.length !== Math.ceil(size / this.chunkSize)) {
+      throw new InvalidArgumentError(`volume ${this.name}: reconfigure with ${segments.length} segments for ${size} bytes, have ${this.segments.length} for ${this._size}`);
     }
+    this.intent?.grow(segments.length); // a re-attach may carry a grown map (online resize)
+    this._size = size;
     this.segments = segments;
     this.flushes.rebuild();
     this._epoch = epoch;

@@ -311,10 +311,15 @@ export class WriteIntent {
   private sweeping = false;
   private readonly log: Logger;
 
-  constructor(volumeName: string, chunkSize: number, segmentCount: number, groupBytes = DEFAULT_INTENT_GROUP_BYTES) {
+  constructor(volumeName: string, private readonly chunkSize: number, segmentCount: number, private readonly groupBytes = DEFAULT_INTENT_GROUP_BYTES) {
     this.segments = [];
-    for (let i = 0; i < segmentCount; i++) this.segments.push(new SegmentIntent(chunkSize, groupBytes));
+    this.grow(segmentCount);
     this.log = moduleLogger('head-write-intent', { volume: volumeName });
+  }
+
+  /** The volume grew (online resize): new segments start with no dirty groups (nothing was written there). */
+  grow(segmentCount: number): void {
+    while (this.segments.length < segmentCount) this.segments.push(new SegmentIntent(this.chunkSize, this.groupBytes));
   }
 
   get dirtyCount(): number {

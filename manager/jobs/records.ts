@@ -49,6 +49,8 @@ export interface JobRecord {
   createdMs: number;
   startedMs: number;
   endedMs: number;
+  /** A resize of an attached volume: it works under the holder's epoch and is never fenced (online-resize.ts). */
+  online?: boolean;
 }
 
 /** Job ids: what a chunk record keeps (48 bytes), from a safe alphabet. */

@@ -11,12 +11,14 @@ import { mapLimit, type PeerClients } from '../node-clients.js';
 import type { PlacementModel } from '../placement.js';
 import type { Registry } from '../registry.js';
 import type { ManagerStore } from '../store.js';
-import { buildChunkMap, forEachReplica, type ChunkMapRecord, type ToFreeRecord, type VolumeRecord } from '../types.js';
+import { forEachReplica, type ChunkMapRecord, type VolumeRecord } from '../types.js';
 import type { VolumeEntry, Volumes } from '../volumes.js';
 import { CopyJobs } from './copy.js';
 import { dataProtocolPath, type JobDataPath } from './data-path.js';
 import { JOB_ID_RE, JOB_KINDS, isFinal, loadJobs, putJob, type JobKind, type JobRecord } from './records.js';
+import { growOnline, grownTo, onlineHolder } from './online-resize.js';
 import { Recon, type ReconReport } from './recon.js';
+import { allocateGrowth, appendSegments, type ResizeContext } from './resize-chunks.js';
 
 // The storage-job runner (docs/jobs.md). Every job has the same structure,
 // oVirt's: take the lease (a new epoch; the volume must be detached, and
@@ -33,6 +35,9 @@ import { Recon, type ReconReport } from './recon.js';
 // metadata changed in one batch). A copy moves data, so a head agent hosts
 // it (copy.ts): the manager takes the lease and marks the destination DIRTY,
 // the host copies and writes the final CAS.
+// A resize of an attached volume runs online
+// (online-resize.ts): no new epoch, the holder keeps its lease and gets the
+// grown map before the final CAS, and it is never fenced after a restart.
 
 const log = moduleLogger('manager.jobs');
 /** DISCARD requests are this big at most: the worker checks for an abort between them. */
@@ -69,6 +74,8 @@ export class Jobs {
   readonly copies: CopyJobs;
   /** Overrides the worker's path to chunk data (tests). */
   dataPath?: () => JobDataPath;
+  /** A volume's map changed and its holder may not have it (manager/core.ts: the map pusher re-sends it). */
+  mapChanged?: (volumeId: number) => void;
 
   constructor(
     private readonly store: ManagerStore,
@@ -88,6 +95,10 @@ export class Jobs {
 
   private now(): number {
     return this.opts.now?.() ?? Date.now();
+  }
+
+  private get ctx(): ResizeContext {
+    return { store: this.store, model: this.model, registry: this.registry, peers: this.peers, freer: this.freer, now: () => this.now() };
   }
 
   /**
@@ -277,7 +288,8 @@ export class Jobs {
   /** The job's structure, the volume held (volumes.exclusive): lease, CAS g + DIRTY, work, CAS g+1 + LEGAL. */
   private async work(j: JobRecord, e: VolumeEntry): Promise<void> {
     const { volume } = e;
-    if (volume.attachedHead || volume.standbyHead) {
+    const online = j.kind === 'resize' && Boolean(volume.attachedHead);
+    if (!online && (volume.attachedHead || volume.standbyHead)) {
       const head = this.registry.head(volume.attachedHead || volume.standbyHead || '')?.name ?? volume.attachedHead;
       throw new ConflictError(`volume ${volume.name} is attached to head ${head}: ${j.kind} jobs run on detached volumes for now; detach it first (vsky volume detach ${volume.name})`);
     }
@@ -292,9 +304,15 @@ export class Jobs {
     if (j.kind === 'resize') this.checkResize(volume, j.args);
     if (j.kind === 'copy') this.copies.checkDetached(this.volumes.entry(j.args.source ?? '').volume, 'source');
     this.checkAbort(j);
-    // The lease: a new epoch, durable before any node hears of it.
-    volume.epoch = nextCounter(volume.epoch, `volume ${volume.name}'s lease epoch`);
-    j.epoch = volume.epoch;
+    if (online) {
+      // The holder keeps the lease: the job works under its epoch (online-resize.ts).
+      j.epoch = onlineHolder(this.ctx, volume).epoch;
+      j.online = true;
+    } else {
+      // The lease: a new epoch, durable before any node hears of it.
+      volume.epoch = nextCounter(volume.epoch, `volume ${volume.name}'s lease epoch`);
+      j.epoch = volume.epoch;
+    }
     j.state = 'running';
     j.startedMs = this.now();
     await this.store.write(this.store.batch().putVolume(volume).putJob(j));
@@ -307,9 +325,10 @@ export class Jobs {
     if (j.kind === 'copy') return; // its host copies and writes the final CAS (copy.ts)
     let next: { volume: VolumeRecord; map?: ChunkMapRecord } = { volume: { ...volume, generation: g + 1 } };
     if (j.kind === 'wipe') await this.wipe(j, e);
+    else if (online) next = await this.growOnline(j, e);
     else next = await this.resize(j, e);
     crashPoint('manager.job.worked');
-    this.checkAbort(j);
+    if (!online) this.checkAbort(j); // online: the holder has the new size; too late to abort
     // Done: g+1, LEGAL, the job's record, in one CAS per node, conditional on the epoch.
     // A resize's CAS also gives every chunk's identity the new size and segment count (a rebuild from storage reads them).
     const shape = j.kind === 'resize' ? { volumeSize: next.volume.size, segmentCount: next.volume.segmentCount } : {};
@@ -319,7 +338,8 @@ export class Jobs {
     j.done = j.total;
     const batch = this.store.batch().putVolume(next.volume);
     if (next.map) batch.putChunkMap(next.map);
-    batch.event('job.succeeded', `volume:${volume.name}`, `${j.kind} job ${j.id} succeeded: generation ${g} -> ${g + 1}`, { job: j.id, kind: j.kind, generation: g + 1, epoch: j.epoch });
+    const grew = j.kind === 'resize' ? `, size ${formatSize(next.volume.size)}${online ? ' (online)' : ''}` : '';
+    batch.event('job.succeeded', `volume:${volume.name}`, `${j.kind} job ${j.id} succeeded: generation ${g} -> ${g + 1}${grew}`, { job: j.id, kind: j.kind, generation: g + 1, epoch: j.epoch, online });
     j.state = 'succeeded';
     j.endedMs = this.now();
     batch.putJob(j);
@@ -359,52 +379,22 @@ export class Jobs {
     }
   }
 
-  /** Grow: new segments placed like a create's and allocated on their nodes; returns the new records (committed by the caller). */
+  /** Grow, detached: new segments placed like a create's and allocated under the job's epoch; returns the new records (committed by the caller). */
   private async resize(j: JobRecord, e: VolumeEntry): Promise<{ volume: VolumeRecord; map: ChunkMapRecord }> {
     const { volume, map } = e;
     const size = Number(j.args.size);
     const segmentCount = Math.ceil(size / volume.chunkSize);
-    const extra = segmentCount - volume.segmentCount;
-    const next: VolumeRecord = { ...volume, size, segmentCount };
-    if (extra <= 0) {
-      return { volume: next, map: { ...map, segmentCount } };
-    }
-    const plan = this.model.place({ volumeId: volume.id, segmentCount: extra, replicas: volume.replicas, spreadLabel: volume.spreadLabel, chunkSize: volume.chunkSize });
-    const placed = plan.chunks.map((c) => ({ ...c, segment: c.segment + volume.segmentCount }));
-    j.total = placed.length;
-    j.done = 0;
-    const results = await mapLimit(placed, 16, async (c) => {
-      const server = this.registry.server(c.serverId)!;
-      await this.peers.node.allocateChunk(server.controlAddress, {
-        diskId: c.diskId, chunkIndex: c.chunkIndex,
-        identity: {
-          volumeId: volume.id, volumeName: volume.name, volumeSize: size, segment: c.segment, slot: c.slot,
-          segmentCount, replicas: volume.replicas, generation: j.expectedGeneration, epoch: j.epoch, lvolid: volume.intId ?? 0,
-        },
-      });
-      j.done++;
-    });
-    const failed = results.findIndex((r) => r.status === 'rejected');
-    if (failed >= 0) {
-      const reason = (results[failed] as PromiseRejectedResult).reason;
-      const records: ToFreeRecord[] = placed.map((c) => ({ diskId: c.diskId, chunkIndex: c.chunkIndex, volumeId: volume.id, reason: `resize job ${j.id} failed`, sinceMs: this.now() }));
-      const batch = this.store.batch();
-      this.freer.stage(batch, records);
-      await this.store.write(batch);
-      this.freer.track(records);
-      void this.freer.free(records).catch(() => undefined);
-      throw new VskyError(reason instanceof VskyError ? reason.code : 'EINTERNAL', `resize of ${volume.name}: allocating a new chunk failed: ${errorMessage(reason)}; the new chunks are freed, the size is unchanged`);
-    }
-    const grown = buildChunkMap(volume.id, volume.replicas, extra, plan.chunks);
-    const disks = [...map.disks];
-    const locs = [...map.locs];
-    for (let i = 0; i < grown.locs.length; i += 2) {
-      const d = grown.disks[grown.locs[i]!]!;
-      let ref = disks.indexOf(d);
-      if (ref < 0) { ref = disks.length; disks.push(d); }
-      locs.push(ref, grown.locs[i + 1]!);
-    }
-    return { volume: next, map: { ...structuredClone(map), segmentCount, disks, locs } };
+    const placed = await allocateGrowth(this.ctx, j, volume, size, j.epoch);
+    const next = structuredClone(map);
+    if (segmentCount > volume.segmentCount) appendSegments(next, volume.segmentCount, segmentCount, placed);
+    next.segmentCount = segmentCount;
+    return { volume: { ...volume, size, segmentCount }, map: next };
+  }
+
+  /** Grow, attached: the holder gets the map before the final CAS (online-resize.ts); the records are changed in place. */
+  private async growOnline(j: JobRecord, e: VolumeEntry): Promise<{ volume: VolumeRecord; map: ChunkMapRecord }> {
+    await growOnline({ ...this.ctx, checkAbort: (x) => this.checkAbort(x), mapChanged: this.mapChanged }, j, e);
+    return { volume: e.volume, map: e.map };
   }
 
   /**
@@ -418,6 +408,7 @@ export class Jobs {
     }
     for (let attempt = 0; ; attempt++) {
       try {
+        if (j.online) return await this.settleOnline(j);
         const report = await this.recon.investigate(j.volume, j);
         await this.settle(j, report);
         return;
@@ -427,6 +418,33 @@ export class Jobs {
         await new Promise((r) => setTimeout(r, 1000));
       }
     }
+  }
+
+  /**
+   * An online resize the previous process left running is never fenced (that
+   * would take the lease from a running VM). If its new size was committed,
+   * the holder may be using the new chunks: finish it (the final CAS under the
+   * volume's epoch, g+1) and have the map pushed to the holder. Otherwise its
+   * chunks are garbage (GC frees them) and it failed; the volume stays DIRTY at g.
+   */
+  private async settleOnline(j: JobRecord): Promise<void> {
+    await this.volumes.exclusive(j.volume, async (e) => {
+      const { volume } = e;
+      const g = j.expectedGeneration;
+      if (!grownTo(j, volume)) {
+        return this.end(j, 'failed', `interrupted by a manager restart before its new size was committed: the size is unchanged (${formatSize(volume.size)}), its new chunks are garbage for GC; the volume stays DIRTY at generation ${g}`);
+      }
+      const shape = { volumeSize: volume.size, segmentCount: volume.segmentCount };
+      try {
+        await this.cas(e.map, { epoch: volume.epoch, expectedGeneration: g, generation: g + 1, legality: 'LEGAL', jobId: j.id, jobKind: j.kind, jobOutcome: 'succeeded', ...shape }, volume.id);
+      } catch (err) {
+        this.mapChanged?.(volume.id);
+        return this.end(j, 'failed', `interrupted by a manager restart after its new size (${formatSize(volume.size)}) was committed; the final compare-and-set failed: ${errorMessage(err)}; the volume stays DIRTY at generation ${g}`);
+      }
+      volume.generation = Math.max(volume.generation, g + 1);
+      await this.end(j, 'succeeded', '', volume);
+      this.mapChanged?.(volume.id);
+    });
   }
 
   /** Acts on reconnaissance's verdict about job `j`: record a success, or fence. */

@@ -212,6 +212,15 @@ export class FakePeers implements PeerClients {
       if (h.releaseMode === 'fail') throw new IoError('injected flush failure during release');
       if (!h.attached.has(req.name!)) throw new NotFoundError(`${req.name} is not attached`);
     },
+    listAttached: async (a) => {
+      const h = this.headAt(a);
+      return {
+        volumes: [...h.attached.entries()].map(([name, x]) => ({
+          name, volumeId: x.req.map!.volumeId ?? 0, epoch: x.epoch, nbdUri: '', size: Number(x.req.map!.size ?? 0), connections: 0,
+          iscsiUrl: '', iscsiSessions: 0, lease: x.req.standby ? 'standby' : 'held',
+        })),
+      };
+    },
   };
 
   /** Every owned chunk on every node: "diskId#index" -> volume id. */

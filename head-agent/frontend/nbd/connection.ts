@@ -27,6 +27,8 @@ const ioBuffers = new BufferPool(COMMON_IO_SIZES);
 export interface NbdConnectionOptions {
   socket: Socket;
   device: BlockDevice;
+  /** The size announced in the handshake (default: the device's now); requests are checked against it. */
+  exportSize?: number;
   log: Logger;
   /** The client negotiated NBD_OPT_STRUCTURED_REPLY. */
   structured?: boolean;
@@ -59,6 +61,8 @@ export class NbdConnection {
   readonly closed: Promise<void>;
   private readonly socket: Socket;
   private readonly device: BlockDevice;
+  /** What the client was told in the handshake: a volume grown since is seen by new connections only. */
+  private readonly exportSize: number;
   private readonly log: Logger;
   private readonly trace: boolean;
   private readonly maxInFlight: number;
@@ -111,6 +115,7 @@ export class NbdConnection {
     this.socket = opts.socket;
     this.reading = new ReadGate(opts.socket);
     this.device = opts.device;
+    this.exportSize = opts.exportSize ?? opts.device.size;
     this.log = opts.log;
     this.trace = isTraced('nbd');
     this.maxInFlight = opts.maxInFlight ?? MAX_INFLIGHT_REQUESTS;
@@ -261,12 +266,12 @@ export class NbdConnection {
     if (h.type === NbdCmd.READ && h.length > MAX_BLOCK_SIZE) {
       return { error: NbdError.EINVAL, message: `read of ${h.length} bytes exceeds the maximum block size of ${MAX_BLOCK_SIZE}` };
     }
-    if (h.offset + h.length > this.device.size) {
+    if (h.offset + h.length > this.exportSize) {
       // Spec: ENOSPC for a write past the end, EINVAL for a read or trim.
       const write = h.type === NbdCmd.WRITE || h.type === NbdCmd.WRITE_ZEROES;
       return {
         error: write ? NbdError.ENOSPC : NbdError.EINVAL,
-        message: `${commandName(h.type)} of ${h.length} bytes at offset ${h.offset} goes past the end of the export (${this.device.size} bytes)`,
+        message: `${commandName(h.type)} of ${h.length} bytes at offset ${h.offset} goes past the end of the export (${this.exportSize} bytes)`,
       };
     }
     return undefined;

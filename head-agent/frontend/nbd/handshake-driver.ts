@@ -14,7 +14,7 @@ import { CLOSE_GRACE_MS } from './constants.js';
 import { Handshake, type HandshakeStep } from './handshake.js';
 
 export type NegotiationResult =
-  | { kind: 'transmit'; device: BlockDevice; exportName: string; structured: boolean; leftover: Buffer | undefined }
+  | { kind: 'transmit'; device: BlockDevice; exportName: string; structured: boolean; leftover: Buffer | undefined; size: number }
   | { kind: 'closed'; reason: string };
 
 export function negotiate(socket: Socket, registry: ExportRegistry, log: Logger): Promise<NegotiationResult> {
@@ -67,7 +67,7 @@ export function negotiate(socket: Socket, registry: ExportRegistry, log: Logger)
       // still holds is the tail of `chunk`.
       const left = decoder.bufferedBytes;
       finish({
-        kind: 'transmit', device: step.device, exportName: step.exportName, structured: step.structured,
+        kind: 'transmit', device: step.device, exportName: step.exportName, structured: step.structured, size: step.size,
         leftover: left > 0 ? chunk.subarray(chunk.length - left) : undefined,
       });
       return true;

@@ -20,9 +20,12 @@ export type HandshakeStep =
   | { kind: 'continue'; replies: Buffer[] }
   /**
    * Send the replies, then the connection is in transmission on `device`,
-   * with structured replies when the client negotiated them.
+   * with structured replies when the client negotiated them. `size` is the
+   * export size the replies announce: the connection keeps it (a volume that
+   * grows meanwhile is seen at its new size by new connections only; NBD has
+   * no way to tell a connected client).
    */
-  | { kind: 'transmit'; replies: Buffer[]; device: BlockDevice; exportName: string; structured: boolean }
+  | { kind: 'transmit'; replies: Buffer[]; device: BlockDevice; exportName: string; structured: boolean; size: number }
   /**
    * Send the replies, then close. `clean` is a client-initiated soft
    * disconnect (NBD_OPT_ABORT); otherwise a hard disconnect for `reason`.
@@ -91,9 +94,10 @@ export class Handshake {
     const device = this.lookup(name);
     // NBD_OPT_EXPORT_NAME cannot carry an error: the spec says hang up.
     if (device === undefined) return close(`NBD_OPT_EXPORT_NAME: no export named "${name}"`);
+    const size = device.size;
     return {
-      kind: 'transmit', device, exportName: name, structured: this.structured,
-      replies: [encodeExportNameReply(device.size, this.transmissionFlags(), this.noZeroes)],
+      kind: 'transmit', device, exportName: name, structured: this.structured, size,
+      replies: [encodeExportNameReply(size, this.transmissionFlags(), this.noZeroes)],
     };
   }
 
@@ -114,17 +118,18 @@ export class Handshake {
       return reply(encodeOptionError(opt, NbdRep.ERR_UNKNOWN, message));
     }
     const info = (payload: Buffer): Buffer => encodeOptionReply(opt, NbdRep.INFO, payload);
-    const replies = [info(encodeInfoExport(device.size, this.transmissionFlags()))];
+    const size = device.size;
+    const replies = [info(encodeInfoExport(size, this.transmissionFlags()))];
     if (req.requests.includes(NbdInfo.NAME)) replies.push(info(encodeInfoString(NbdInfo.NAME, device.name)));
     if (req.requests.includes(NbdInfo.DESCRIPTION)) {
-      replies.push(info(encodeInfoString(NbdInfo.DESCRIPTION, `VastSky volume ${device.name} (${formatSize(device.size)})`)));
+      replies.push(info(encodeInfoString(NbdInfo.DESCRIPTION, `VastSky volume ${device.name} (${formatSize(size)})`)));
     }
     // Sent even when not asked: our maximum (32 MiB) is tighter than the
     // spec's default, and a client that did not ask may ignore it.
     replies.push(info(encodeInfoBlockSize(MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE, MAX_BLOCK_SIZE)));
     replies.push(encodeOptionReply(opt, NbdRep.ACK));
     // NBD_OPT_GO enters transmission with no zero padding, NO_ZEROES or not.
-    if (opt === NbdOpt.GO) return { kind: 'transmit', replies, device, exportName: device.name, structured: this.structured };
+    if (opt === NbdOpt.GO) return { kind: 'transmit', replies, device, exportName: device.name, structured: this.structured, size };
     return { kind: 'continue', replies };
   }
 

@@ -95,12 +95,12 @@ class NbdSession implements ServedConnection {
       return;
     }
     const connection = new NbdConnection({
-      socket, device: result.device, structured: result.structured, log: this.log.child({ export: result.exportName }),
+      socket, device: result.device, exportSize: result.size, structured: result.structured, log: this.log.child({ export: result.exportName }),
       maxInFlight: limits.maxInFlight, maxInFlightBytes: limits.maxInFlightBytes,
     });
     this.exportName = result.exportName;
     this.connection = connection;
-    this.log.info({ export: result.exportName, size: result.device.size, structured: result.structured }, 'NBD client attached');
+    this.log.info({ export: result.exportName, size: result.size, structured: result.structured }, 'NBD client attached');
     connection.start(result.leftover);
     await connection.closed;
     this.log.info({ export: result.exportName }, 'NBD client detached');

@@ -140,6 +140,7 @@ class BlockUnit implements LogicalUnit {
     const ctx = this.ctx;
     const nexus = cmd.nexus;
     ctx.ua.touch(nexus);
+    this.noteCapacity();
     if (cmd.cdb.length === 0) return checkCondition(invalidOpcode().sense);
     const spec = lookupCdb(cmd.cdb);
     // SAM-5 5.14: a pending unit attention fails any command but INQUIRY,
@@ -160,6 +161,22 @@ class BlockUnit implements LogicalUnit {
     } catch (err) {
       return this.failure(err, cmd);
     }
+  }
+
+  /**
+   * The device grew (an online resize, docs/jobs.md): READ CAPACITY reports
+   * the new size from now on, and every I_T nexus known to the unit gets
+   * CAPACITY DATA HAS CHANGED (ASC/ASCQ 2A/09, SPC-4) on its next
+   * command, this one included, so initiators re-read the capacity. Checked
+   * on every command (one division): the unit needs no hook into the engine.
+   */
+  private noteCapacity(): void {
+    const ctx = this.ctx;
+    const blocks = Math.floor(ctx.device.size / ctx.blockSize);
+    if (blocks === ctx.numBlocks) return;
+    ctx.log.info({ from: ctx.numBlocks, to: blocks, blockSize: ctx.blockSize, nexuses: ctx.ua.size }, 'capacity changed: unit attention 2A/09 for every nexus');
+    ctx.numBlocks = blocks;
+    ctx.ua.establishAll(Asc.CAPACITY_DATA_HAS_CHANGED);
   }
 
   /** RESERVATION CONFLICT for commands an SPC-2 or persistent reservation keeps from this nexus. */

@@ -46,7 +46,8 @@ export interface UnitIdentity {
 export interface UnitContext {
   readonly device: BlockDevice;
   readonly blockSize: number;
-  readonly numBlocks: number;
+  /** Addressable blocks; grows with the device (online resize: block-unit.ts reports it as a unit attention). */
+  numBlocks: number;
   /** LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT. */
   readonly lbppbe: number;
   readonly identity: UnitIdentity;
