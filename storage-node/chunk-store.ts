@@ -245,7 +245,10 @@ export class ChunkStore {
    * already applied (every chunk holds exactly the target state) succeeds
    * without a change. Returns the chunks set.
    */
-  async setVolumeState(volumeId: number, epoch: number, expectedGeneration: number, target: { generation: number; legality: number; volumeSize?: number; segmentCount?: number } & JobStamp): Promise<number> {
+  async setVolumeState(
+    volumeId: number, epoch: number, expectedGeneration: number,
+    target: { generation: number; legality: number; volumeSize?: number; segmentCount?: number } & JobStamp, raiseLagging = false,
+  ): Promise<number> {
     if (!isCounter(epoch) || !isCounter(expectedGeneration) || !isCounter(target.generation)
         || (target.legality !== Legality.LEGAL && target.legality !== Legality.DIRTY)
         || !JOB_KINDS.includes(target.jobKind) || !JOB_OUTCOMES.includes(target.jobOutcome)
@@ -266,7 +269,8 @@ export class ChunkStore {
       && (!target.volumeSize || c.rec.volumeSize === target.volumeSize) && (!target.segmentCount || c.rec.segmentCount === target.segmentCount)
       && c.rec.jobId === target.jobId && c.rec.jobKind === target.jobKind && c.rec.jobOutcome === target.jobOutcome;
     if (!chunks.every(applied)) {
-      const other = chunks.find((c) => c.rec.generation !== expectedGeneration);
+      // raiseLagging: a chunk below the expected generation missed map-only bumps, not a job.
+      const other = chunks.find((c) => c.rec.generation !== expectedGeneration && !(raiseLagging && c.rec.generation < expectedGeneration));
       if (other !== undefined) {
         throw new StaleGenerationError(`volume ${volumeId} is at generation ${other.rec.generation} on this node (segment ${other.rec.segment} slot ${other.rec.slot}), `
           + `not the expected ${expectedGeneration}; nothing changed`, { volumeId, expected: expectedGeneration, actual: other.rec.generation });

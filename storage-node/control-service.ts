@@ -142,7 +142,7 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
         generation: req.generation, legality: req.legality === 'DIRTY' ? Legality.DIRTY : Legality.LEGAL,
         jobId: req.jobId, jobKind: req.jobKind as JobKindName, jobOutcome: req.jobOutcome as JobOutcomeName,
         volumeSize: req.volumeSize, segmentCount: req.segmentCount,
-      });
+      }, req.raiseLagging);
       log.info({ volumeId: req.volumeId, epoch: req.epoch, from: req.expectedGeneration, to: req.generation, legality: req.legality, job: req.jobId, kind: req.jobKind, outcome: req.jobOutcome, chunks }, 'volume state set');
       return { chunks };
     }),

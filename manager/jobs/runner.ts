@@ -258,7 +258,7 @@ export class Jobs {
   }
 
   /** The CAS on every node of the volume (in parallel); the first refusal is thrown. */
-  private async cas(map: ChunkMapRecord, req: { epoch: number; expectedGeneration: number; generation: number; legality: 'LEGAL' | 'DIRTY'; jobId: string; jobKind: string; jobOutcome: string; volumeSize?: number; segmentCount?: number }, volumeId: number): Promise<void> {
+  private async cas(map: ChunkMapRecord, req: { epoch: number; expectedGeneration: number; generation: number; legality: 'LEGAL' | 'DIRTY'; jobId: string; jobKind: string; jobOutcome: string; volumeSize?: number; segmentCount?: number; raiseLagging?: boolean }, volumeId: number): Promise<void> {
     const set = this.peers.node.setVolumeState;
     if (!set) throw new VskyError('EINTERNAL', 'the storage-node client has no SetVolumeState');
     const results = await mapLimit([...this.nodesOf(map).keys()], 16, (a) => set(a, { volumeId, ...req }));
@@ -319,7 +319,8 @@ export class Jobs {
     const stamp = { jobId: j.id, jobKind: j.kind };
     // CAS generation == g and mark DIRTY, on every node, under the job's epoch.
     this.dirtied.add(j.id);
-    await this.cas(e.map, { epoch: j.epoch, expectedGeneration: g, generation: g, legality: 'DIRTY', ...stamp, jobOutcome: 'running' }, volume.id);
+    // Nodes that missed map-only generation bumps (resyncs, stale marks) are raised to g.
+    await this.cas(e.map, { epoch: j.epoch, expectedGeneration: g, generation: g, legality: 'DIRTY', ...stamp, jobOutcome: 'running', raiseLagging: true }, volume.id);
     crashPoint('manager.job.dirty');
     this.checkAbort(j);
     if (j.kind === 'copy') return; // its host copies and writes the final CAS (copy.ts)

@@ -70,6 +70,23 @@ describe('SetVolumeState', () => {
     expect(await list()).toEqual(before); // not even the epoch moved
   });
 
+  it('raise_lagging: chunks below the expected generation (map-only bumps they missed) count as at it; above it is still refused', async () => {
+    const before = await list();
+    // The manager's map moved to generation 5 (resyncs) while these chunks stayed at 1: a plain CAS is refused...
+    await expect(set({ epoch: 3, expectedGeneration: 5, generation: 5, legality: 'DIRTY', jobId: 'j0', jobKind: 'wipe', jobOutcome: 'running' }))
+      .rejects.toBeInstanceOf(StaleGenerationError);
+    expect(await list()).toEqual(before);
+    // ...and the same CAS with raise_lagging is accepted: every chunk is now DIRTY at 5.
+    await set({ epoch: 3, expectedGeneration: 5, generation: 5, legality: 'DIRTY', jobId: 'j0', jobKind: 'wipe', jobOutcome: 'running', raiseLagging: true });
+    for (const id of await list()) expect(id).toMatchObject({ generation: 5, legality: 'DIRTY', jobId: 'j0' });
+    // A chunk above the expected generation is a job the caller does not know: refused even with raise_lagging.
+    await expect(set({ epoch: 3, expectedGeneration: 4, generation: 4, legality: 'DIRTY', jobId: 'j0b', jobKind: 'wipe', jobOutcome: 'running', raiseLagging: true }))
+      .rejects.toBeInstanceOf(StaleGenerationError);
+    // Back to where the next tests expect the volume (LEGAL at 1, no job record).
+    await set({ epoch: 3, expectedGeneration: 5, generation: 1, legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '' });
+    expect(await list()).toEqual(before);
+  });
+
   it('an epoch below the volume\'s minimum is refused with ESTALE_EPOCH and changes nothing', async () => {
     const before = await list();
     await expect(set({ epoch: 2, expectedGeneration: 1, generation: 1, legality: 'DIRTY', jobId: 'j1', jobKind: 'wipe', jobOutcome: 'running' }))
