@@ -89,10 +89,12 @@ describe('epoch fencing refuses a stale writer', () => {
     nbd1.close();
     expect(outcome, 'the stale write was acknowledged').toBeInstanceOf(Error);
     // Which check refused it: usually head1 reads the write first and the nodes answer
-    // STALE_EPOCH (head1 logs its fence); if the forced detach is read first, the export is gone.
+    // STALE_EPOCH (head1 logs its fence); if its heartbeat's revocation or the forced detach is
+    // read first, it fenced itself or the export is gone.
     await waitUntil(() => refusalOnHead1(daemonLog(c, 'head')) !== undefined, 10_000, 'head1 logging why it refused the stale write');
     const how = refusalOnHead1(daemonLog(c, 'head'))!;
-    console.log(`stale write on head1: refused (${how === 'nodes' ? 'STALE_EPOCH from the storage nodes' : 'export dropped by the forced detach first'})`);
+    const why = { nodes: 'STALE_EPOCH from the storage nodes', revoked: 'its lease revoked by the manager first', detached: 'export dropped by the forced detach first' };
+    console.log(`stale write on head1: refused (${why[how]})`);
     const stale = await tryRun('qemu-io', ['-f', 'raw', '-c', 'write -P 0xcc 0 1M', '-c', 'flush', uri1]);
     expect(stale.exitCode !== 0 || /error|failed/i.test(String(stale.stdout)), `stale writer output: ${stale.stdout} ${stale.stderr}`).toBe(true);
     expect(c.head.running).toBe(true); // refused, not crashed
@@ -115,11 +117,17 @@ describe('epoch fencing refuses a stale writer', () => {
 
 /**
  * Why head1 refused the stale write, from its log: 'nodes' when a storage node's STALE_EPOCH
- * reply fenced the volume (head-agent/mirror.ts), 'detached' when the export was gone first.
+ * reply fenced the volume (head-agent/engine/mirror.ts), 'revoked' when head1's first heartbeat
+ * after waking was answered with the revocation of its lease (it fenced itself before sending),
+ * 'detached' when the export was gone first.
  */
-function refusalOnHead1(log: string): 'nodes' | 'detached' | undefined {
+function refusalOnHead1(log: string): 'nodes' | 'revoked' | 'detached' | undefined {
   const lines = log.split('\n');
-  if (lines.some((l) => l.includes('"msg":"volume fenced') && l.includes("this head's lease epoch is stale"))) return 'nodes';
+  // The nodes refused the write itself, or the write-intent MARK_DIRTY before it (when the
+  // write-intent sweep had cleared the region's bit while head1 hung).
+  const byNodes = (l: string) => l.includes("this head's lease epoch is stale") || /failed with STALE_EPOCH/.test(l);
+  if (lines.some((l) => l.includes('"msg":"volume fenced') && byNodes(l))) return 'nodes';
+  if (lines.some((l) => l.includes('"msg":"volume fenced') && l.includes('the manager revoked our lease'))) return 'revoked';
   if (lines.some((l) => l.includes('"msg":"NBD request failed') && l.includes('is detached from this head'))) return 'detached';
   return undefined;
 }
