@@ -5,7 +5,7 @@ import { pathToFileURL } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { GiB } from '../../shared/constants.js';
 import { startManager } from '../../manager/daemon.js';
-import { FakePeers } from '../support/manager-fake-peers.js';
+import { FakePeers } from '../harness/manager-fake-peers.js';
 import { PlacementModel } from '../../manager/placement.js';
 import { ManagerStore } from '../../manager/store.js';
 import { buildChunkMap, type DiskRecord, type ServerRecord, type VolumeRecord } from '../../manager/types.js';

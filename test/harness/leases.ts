@@ -6,7 +6,7 @@ import { Opcode, Status, statusName } from '../../shared/data-protocol/frame.js'
 import { call } from '../../shared/grpc.js';
 import type { VolumeInfo__Output } from '../../proto/generated/vsky/manager/VolumeInfo.js';
 import type { VolumeMap__Output } from '../../proto/generated/vsky/common/VolumeMap.js';
-import { RawDataClient } from '../support/raw-data-client.js';
+import { RawDataClient } from './raw-data-client.js';
 import { freePort } from './ports.js';
 
 // Helpers of the write-lease tests (test/integration/leases.test.ts, the

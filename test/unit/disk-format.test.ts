@@ -6,7 +6,7 @@ import {
   ChunkState, DATA_ALIGN, FORMAT_VERSION, Legality, MAX_JOB_ID_BYTES, RECORD_MAGIC, SUPERBLOCK_SIZE, computeLayout, decodeRecord, decodeSuperblock, emptyRecord,
   encodeRecord, encodeSuperblock, pickNewest, recordSizeFor, uuidToBytes, type ChunkRecordData, type Superblock,
 } from '../../storage-node/disk-format.js';
-import { encodeV2Record } from '../support/disk-format-v2.js';
+import { encodeV2Record } from '../harness/disk-format-v2.js';
 
 const MiB = 1024 * 1024;
 const BITS = 4096;

@@ -6,8 +6,8 @@ import { Mirror, type ReplicaFailure, type ReplicaFailureHandler } from '../../h
 import { Replica } from '../../head-agent/engine/replica.js';
 import { InvalidArgumentError, IoError, StaleEpochError } from '../../shared/errors.js';
 import { MiB } from '../../shared/constants.js';
-import { fill, rng } from '../support/seeded-bytes.js';
-import { allocateVolume, startNodeTrio, type NodeTrio } from '../support/storage-node-trio.js';
+import { fill, rng } from '../harness/seeded-bytes.js';
+import { allocateVolume, startNodeTrio, type NodeTrio } from '../harness/storage-node-trio.js';
 
 // The I/O engine against three REAL storage nodes started in-process
 // (standalone, small sparse disk files): a 3-replica, 3-segment volume, an

@@ -5,8 +5,8 @@ import { Attachments, type VolumeMap } from '../../head-agent/attachments.js';
 import { InvalidArgumentError, StaleEpochError } from '../../shared/errors.js';
 import { MiB } from '../../shared/constants.js';
 import { setRootLogger } from '../../shared/logger.js';
-import { fill } from '../support/seeded-bytes.js';
-import { allocateVolume, startNodeTrio, type NodeTrio } from '../support/storage-node-trio.js';
+import { fill } from '../harness/seeded-bytes.js';
+import { allocateVolume, startNodeTrio, type NodeTrio } from '../harness/storage-node-trio.js';
 
 // Lease epochs are 64-bit end to end (never wrap): the head's own data-protocol
 // client (pooled request entries, header buffers, corked writer) against three

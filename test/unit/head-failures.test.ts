@@ -10,8 +10,8 @@ import { grpc, managerClient, toGrpcError, type ManagerClient } from '../../shar
 import { IoError, StaleEpochError, TransportError } from '../../shared/errors.js';
 import { MiB } from '../../shared/constants.js';
 import type { ReplicaFailureReport__Output } from '../../proto/generated/vsky/manager/ReplicaFailureReport.js';
-import { fill } from '../support/seeded-bytes.js';
-import { allocateVolume, startManagerStub, startNodeTrio, type ManagerStub, type NodeTrio } from '../support/storage-node-trio.js';
+import { fill } from '../harness/seeded-bytes.js';
+import { allocateVolume, startManagerStub, startNodeTrio, type ManagerStub, type NodeTrio } from '../harness/storage-node-trio.js';
 
 // Degraded writes (docs/design.md rule 2) against three REAL storage nodes, the third
 // one behind a TCP proxy the test can cut, and a fake manager (a gRPC server

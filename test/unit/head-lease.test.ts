@@ -4,8 +4,8 @@ import { NodePool } from '../../head-agent/engine/node-pool.js';
 import { Attachments, type VolumeMap } from '../../head-agent/attachments.js';
 import { MiB } from '../../shared/constants.js';
 import { IoError, StaleEpochError } from '../../shared/errors.js';
-import { fill } from '../support/seeded-bytes.js';
-import { allocateVolume, startNodeTrio, type NodeTrio } from '../support/storage-node-trio.js';
+import { fill } from '../harness/seeded-bytes.js';
+import { allocateVolume, startNodeTrio, type NodeTrio } from '../harness/storage-node-trio.js';
 
 // The head's side of the write lease (head-agent/engine/linear-volume.ts): a standby
 // does no storage I/O until it holds the lease; a release drains and flushes

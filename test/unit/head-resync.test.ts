@@ -11,8 +11,8 @@ import { ConflictError, NotFoundError, StaleEpochError } from '../../shared/erro
 import { MiB } from '../../shared/constants.js';
 import type { ResyncProgress__Output } from '../../proto/generated/vsky/manager/ResyncProgress.js';
 import type { ResyncTask } from '../../proto/generated/vsky/common/ResyncTask.js';
-import { fill, rng } from '../support/seeded-bytes.js';
-import { allocateVolume, startManagerStub, startNodeTrio, type ManagerStub, type NodeTrio } from '../support/storage-node-trio.js';
+import { fill, rng } from '../harness/seeded-bytes.js';
+import { allocateVolume, startManagerStub, startNodeTrio, type ManagerStub, type NodeTrio } from '../harness/storage-node-trio.js';
 
 // UpdateMap and StartResync through the head's real gRPC control service,
 // three REAL storage nodes, and a fake manager taking ReportResyncProgress.

@@ -7,8 +7,8 @@ import { Replica } from '../../head-agent/engine/replica.js';
 import { call, storageNodeClient } from '../../shared/grpc.js';
 import { MiB } from '../../shared/constants.js';
 import { StaleEpochError } from '../../shared/errors.js';
-import { fill } from '../support/seeded-bytes.js';
-import { allocateVolume, startNodeTrio, type NodeTrio } from '../support/storage-node-trio.js';
+import { fill } from '../harness/seeded-bytes.js';
+import { allocateVolume, startNodeTrio, type NodeTrio } from '../harness/storage-node-trio.js';
 
 // Write-intent and crash reconciliation (docs/design.md rule 4) against three REAL
 // storage nodes. Chunks of 4 MiB (region 1 KiB on the nodes); the head marks

@@ -14,7 +14,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setRootLogger } from '../../shared/logger.js';
 import { FrameDecoder } from '../../shared/frame-decoder.js';
-import { MemoryDevice } from '../support/memory-device.js';
+import { MemoryDevice } from '../harness/memory-device.js';
 import { createBlockUnit } from '../../head-agent/frontend/scsi/block-unit.js';
 import { ScsiStatus, type LogicalUnit, type ScsiCommand, type ScsiResult } from '../../head-agent/frontend/scsi/types.js';
 import type { IscsiTarget, IscsiTargetRegistry } from '../../head-agent/frontend/iscsi/target-registry.js';

@@ -3,10 +3,10 @@ import { afterAll, beforeAll } from 'vitest';
 import { Attachments } from '../../head-agent/attachments.js';
 import { NodePool } from '../../head-agent/engine/node-pool.js';
 import { setRootLogger } from '../../shared/logger.js';
-import { blockDeviceCompliance } from '../support/block-device-compliance.js';
-import { allocateVolume, startNodeTrio, type NodeTrio } from '../support/storage-node-trio.js';
+import { blockDeviceCompliance } from '../harness/block-device-compliance.js';
+import { allocateVolume, startNodeTrio, type NodeTrio } from '../harness/storage-node-trio.js';
 
-// The BlockDevice contract (test/support/block-device-compliance.ts) held by
+// The BlockDevice contract (test/harness/block-device-compliance.ts) held by
 // the real I/O engine: every test attaches a fresh LinearVolume, three
 // segments (the last one partial) mirrored 3 ways over three REAL storage
 // nodes started in-process, on chunks no earlier test touched. Requests are

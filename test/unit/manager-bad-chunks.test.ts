@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 process.env.VSKY_LOG_LEVEL ??= 'silent';
 const { ManagerCore } = await import('../../manager/core.js');
-const { FakePeers } = await import('../support/manager-fake-peers.js');
+const { FakePeers } = await import('../harness/manager-fake-peers.js');
 const { IntIds } = await import('../../manager/xmlrpc/ids.js');
 const { notifyMethods } = await import('../../manager/xmlrpc/methods-notify.js');
 const { serverMethods } = await import('../../manager/xmlrpc/methods-servers.js');

@@ -7,7 +7,7 @@ import type { RunJobRequest } from '../../proto/generated/vsky/head/RunJobReques
 
 process.env.VSKY_LOG_LEVEL ??= 'silent';
 const { ManagerCore } = await import('../../manager/core.js');
-const { FakePeers } = await import('../support/manager-fake-peers.js');
+const { FakePeers } = await import('../harness/manager-fake-peers.js');
 const errors = await import('../../shared/errors.js');
 
 // Copy jobs at the manager (manager/jobs/copy.ts) with fake storage nodes that

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 process.env.VSKY_LOG_LEVEL ??= 'silent';
 const { startManager } = await import('../../manager/daemon.js');
-const { FakeNode, FakePeers } = await import('../support/manager-fake-peers.js');
+const { FakeNode, FakePeers } = await import('../harness/manager-fake-peers.js');
 const { bindServer, call, grpc, loadProtos, managerClient, unary } = await import('../../shared/grpc.js');
 const errors = await import('../../shared/errors.js');
 

@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 process.env.VSKY_LOG_LEVEL ??= 'silent';
 const { ManagerCore } = await import('../../manager/core.js');
-const { FakePeers } = await import('../support/manager-fake-peers.js');
+const { FakePeers } = await import('../harness/manager-fake-peers.js');
 const { volumeMapView } = await import('../../manager/views.js');
 const { keys } = await import('../../manager/store.js');
 const { forEachReplica } = await import('../../manager/types.js');

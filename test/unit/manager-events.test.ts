@@ -13,7 +13,7 @@ process.env.VSKY_LOG_LEVEL ??= 'silent';
 const { ManagerCore } = await import('../../manager/core.js');
 const { EventLog } = await import('../../manager/events.js');
 const { ManagerStore, EVENT_KEYS } = await import('../../manager/store.js');
-const { FakePeers } = await import('../support/manager-fake-peers.js');
+const { FakePeers } = await import('../harness/manager-fake-peers.js');
 const errors = await import('../../shared/errors.js');
 
 type Core = Awaited<ReturnType<typeof ManagerCore.open>>;

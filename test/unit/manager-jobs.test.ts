@@ -7,7 +7,7 @@ import type { JobDataPath } from '../../manager/jobs/data-path.js';
 
 process.env.VSKY_LOG_LEVEL ??= 'silent';
 const { ManagerCore } = await import('../../manager/core.js');
-const { FakePeers } = await import('../support/manager-fake-peers.js');
+const { FakePeers } = await import('../harness/manager-fake-peers.js');
 const errors = await import('../../shared/errors.js');
 const { judge } = await import('../../manager/jobs/recon.js');
 

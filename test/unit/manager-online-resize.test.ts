@@ -6,7 +6,7 @@ import type { StorageNodeApi } from '../../manager/node-clients.js';
 
 process.env.VSKY_LOG_LEVEL ??= 'silent';
 const { ManagerCore } = await import('../../manager/core.js');
-const { FakePeers } = await import('../support/manager-fake-peers.js');
+const { FakePeers } = await import('../harness/manager-fake-peers.js');
 const errors = await import('../../shared/errors.js');
 
 // The manager's side of an online resize (manager/jobs/online-resize.ts,

@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 process.env.VSKY_LOG_LEVEL ??= 'silent';
 const { ManagerCore } = await import('../../manager/core.js');
-const { FakePeers } = await import('../support/manager-fake-peers.js');
+const { FakePeers } = await import('../harness/manager-fake-peers.js');
 const { segmentReplicas } = await import('../../manager/chunk-map.js');
 const errors = await import('../../shared/errors.js');
 

@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 process.env.VSKY_LOG_LEVEL ??= 'silent';
 const { ManagerCore } = await import('../../manager/core.js');
 const { ManagerStore } = await import('../../manager/store.js');
-const { FakePeers } = await import('../support/manager-fake-peers.js');
+const { FakePeers } = await import('../harness/manager-fake-peers.js');
 const { buildChunkMap } = await import('../../manager/types.js');
 const { CorruptMetadataError } = await import('../../shared/errors.js');
 

@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError, IoError } from '../../shared/errors.js';
-import { blockDeviceCompliance } from '../support/block-device-compliance.js';
-import { MemoryDevice } from '../support/memory-device.js';
+import { blockDeviceCompliance } from '../harness/block-device-compliance.js';
+import { MemoryDevice } from '../harness/memory-device.js';
 
-// The in-memory BlockDevice the export tests use (test/support/memory-device.ts):
+// The in-memory BlockDevice the export tests use (test/harness/memory-device.ts):
 // it keeps the BlockDevice contract (the shared compliance suite, with and
 // without readInto), and its knobs do what the tests above it rely on.
 

@@ -22,7 +22,7 @@ import {
 import { startNbdServer, type NbdServerHandle } from '../../head-agent/frontend/nbd/server.js';
 import { setRootLogger } from '../../shared/logger.js';
 import { pino } from 'pino';
-import { MemoryDevice } from '../support/memory-device.js';
+import { MemoryDevice } from '../harness/memory-device.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;

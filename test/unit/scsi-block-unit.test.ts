@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError, IoError, StaleEpochError } from '../../shared/errors.js';
 import { createBlockUnit } from '../../head-agent/frontend/scsi/block-unit.js';
 import { ScsiStatus, type LogicalUnit, type ScsiResult } from '../../head-agent/frontend/scsi/types.js';
-import { MemoryDevice } from '../support/memory-device.js';
+import { MemoryDevice } from '../harness/memory-device.js';
 
 // --- test double and helpers ----------------------------------------------
 

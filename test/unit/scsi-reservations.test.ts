@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { createBlockUnit } from '../../head-agent/frontend/scsi/block-unit.js';
 import { ScsiStatus, type LogicalUnit, type ScsiResult } from '../../head-agent/frontend/scsi/types.js';
-import { MemoryDevice } from '../support/memory-device.js';
+import { MemoryDevice } from '../harness/memory-device.js';
 
 
 const A = 'iqn.2026-11.test:a,i,0x230000000001';

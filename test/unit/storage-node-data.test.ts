@@ -14,7 +14,7 @@ import type { DiskInfo__Output } from '../../proto/generated/vsky/storage/DiskIn
 import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
 import { startStorageNode, type StorageNodeHandle, type StorageNodeOptions } from '../../storage-node/daemon.js';
 import { computeLayout } from '../../storage-node/disk-format.js';
-import { RawDataClient, expectStatus } from '../support/raw-data-client.js';
+import { RawDataClient, expectStatus } from '../harness/raw-data-client.js';
 
 setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));
 
@@ -24,7 +24,7 @@ const REGION = CHUNK / 4096; // 2 KiB
 const DISK_SIZE = 64 * MiB;
 const DATA_OFFSET = computeLayout(DISK_SIZE, CHUNK, 4096).dataOffset;
 
-// ---- fixtures (requests go over a raw data-protocol client: test/support/raw-data-client.ts) ----
+// ---- fixtures (requests go over a raw data-protocol client: test/harness/raw-data-client.ts) ----
 
 let root: string;
 let node: StorageNodeHandle;

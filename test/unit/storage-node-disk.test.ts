@@ -18,7 +18,7 @@ import {
 import { DiskFailedError, statusForError } from '../../shared/data-protocol/status.js';
 import { countSet, testBit } from '../../shared/region-bitmap.js';
 import { clearDirty, markDirty } from '../../storage-node/write-intent.js';
-import { encodeV2Record } from '../support/disk-format-v2.js';
+import { encodeV2Record } from '../harness/disk-format-v2.js';
 
 setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));
 

@@ -16,7 +16,7 @@ import type { ResyncProgress__Output } from '../../proto/generated/vsky/manager/
 import { startStorageNode, type StorageNodeHandle } from '../../storage-node/daemon.js';
 import { Disk } from '../../storage-node/disk.js';
 import { countSet, testBit } from '../../shared/region-bitmap.js';
-import { RawDataClient, expectStatus } from '../support/raw-data-client.js';
+import { RawDataClient, expectStatus } from '../harness/raw-data-client.js';
 
 setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));
 
@@ -27,7 +27,7 @@ const REGION = CHUNK / REGIONS; // 2 KiB
 const DISK_SIZE = 64 * MiB;
 
 // Requests go over a raw data-protocol client (MARK_DIRTY / CLEAR_DIRTY have
-// no client method yet): test/support/raw-data-client.ts.
+// no client method yet): test/harness/raw-data-client.ts.
 
 // ---- a manager stand-in for ReportResyncProgress ----
 

@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 process.env.VSKY_LOG_LEVEL ??= 'silent';
 const { ManagerCore } = await import('../../manager/core.js');
-const { FakePeers } = await import('../support/manager-fake-peers.js');
+const { FakePeers } = await import('../harness/manager-fake-peers.js');
 const { IntIds, lvolBlock } = await import('../../manager/xmlrpc/ids.js');
 
 // VastSky-style integer ids (manager/xmlrpc/ids.ts): given once, kept in the

@@ -3,7 +3,7 @@ import { InvalidArgumentError, IoError } from '../../shared/errors.js';
 
 // A BlockDevice over a Buffer: the test double for the layers above the I/O
 // engine (NBD, iSCSI, SCSI units). It keeps BlockDevice's contract (checked by
-// test/support/block-device-compliance.ts in memory-device.test.ts) and lets a
+// test/harness/block-device-compliance.ts in memory-device.test.ts) and lets a
 // test observe and disturb every call: a log, concurrency counters, a gate
 // that holds calls in flight, per-offset delays and injected failures.
 //
