@@ -48,6 +48,11 @@ export function registerResyncCommands(program: Command): void {
           await new Promise((r) => setTimeout(r, o.interval));
         }
       }
+      // Nothing to watch: say so (no empty progress bars).
+      if ((await fetchResyncs(m)).resyncs.length === 0) {
+        process.stdout.write('no resync running: every volume is fully redundant\n');
+        return;
+      }
       const bars = new cliProgress.MultiBar({
         format: ' {name} |{bar}| {percentage}% | {rate} | ETA {eta_formatted}', hideCursor: true, clearOnComplete: false,
       }, cliProgress.Presets.shades_classic);

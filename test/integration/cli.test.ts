@@ -73,6 +73,11 @@ describe('vsky admin commands against a running cluster', () => {
     expect(disks.every((d) => d.state === 'active' && d.chunkCount > 0)).toBe(true);
     const table = await vsky(['server', 'list'], m);
     expect(String(table.stdout)).toMatch(/NAME\s+ID\s+STATE/);
+    // Nothing to watch: a plain sentence, no empty progress-bar template.
+    const watch = await vsky(['resync', 'watch'], m);
+    expect(watch.exitCode).toBe(0);
+    expect(String(watch.stdout).trim()).toBe('no resync running: every volume is fully redundant');
+    expect(String(watch.stderr)).not.toMatch(/\{name\}|\{bar\}/);
   });
 
   it('creates, shows, attaches, detaches and deletes a volume', async () => {
