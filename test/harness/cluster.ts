@@ -5,6 +5,8 @@ import { DaemonProcess } from '../../deploy/daemon-process.js';
 import { LOCAL_CLUSTER_DEFAULTS, LocalCluster, headHost, nodeHost, type HeadAddress, type LocalClusterOptions } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
 import { freePort } from './ports.js';
+import { call, storageNodeClient } from '../../shared/grpc.js';
+import type { ChunkIdentity__Output } from '../../proto/generated/vsky/common/ChunkIdentity.js';
 
 // Test clusters: the same launcher as `vsky cluster up` (real processes on
 // loopback, real LevelDB, real disk files), on ports free at the time and in a
@@ -70,4 +72,22 @@ export async function startExtraHead(c: LocalCluster, name: string): Promise<Dae
   ], join(c.opts.dir, 'logs', `${name}.log`));
   await head.start();
   return head;
+}
+
+/**
+ * The identities of the chunks every storage node of `c` holds, read from each
+ * node's gRPC (not through the manager); `volume` keeps only that volume's.
+ */
+export async function chunksOnNodes(c: LocalCluster, volume?: string): Promise<ChunkIdentity__Output[]> {
+  const out: ChunkIdentity__Output[] = [];
+  for (const n of c.nodes) {
+    const client = storageNodeClient(String(n.ready.controlAddress));
+    try {
+      const { chunks } = await call(client, 'ListChunks', { diskId: '' });
+      for (const x of chunks) if (x.identity && (volume === undefined || x.identity.volumeName === volume)) out.push(x.identity);
+    } finally {
+      client.close();
+    }
+  }
+  return out;
 }

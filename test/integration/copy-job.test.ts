@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
 import { call, storageNodeClient } from '../../shared/grpc.js';
-import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
+import { destroyTestCluster, startTestCluster, chunksOnNodes } from '../harness/cluster.js';
 import { readEveryReplica } from '../harness/replicas.js';
 import { randomFile, run, sameContent } from '../harness/tools.js';
 import { vsky, vskyJson } from '../harness/vsky.js';
@@ -66,20 +66,7 @@ describe('copy jobs hosted by a head agent (real processes)', () => {
       await new Promise((r) => setTimeout(r, 50));
     }
   };
-  /** The identities of a volume's chunks, read from every storage node's gRPC (not through the manager). */
-  const chunksOnNodes = async (volume: string): Promise<Ident[]> => {
-    const out: Ident[] = [];
-    for (const n of c.nodes) {
-      const client = storageNodeClient(String(n.ready.controlAddress));
-      try {
-        const { chunks } = await call(client, 'ListChunks', { diskId: '' });
-        out.push(...chunks.filter((x) => x.identity?.volumeName === volume).map((x) => x.identity! as Ident));
-      } finally {
-        client.close();
-      }
-    }
-    return out;
-  };
+  const volumeChunks = async (volume: string): Promise<Ident[]> => (await chunksOnNodes(c, volume)) as Ident[];
   const headLog = () => readFileSync(head2().logPath, 'utf8');
   /** A 32 MiB volume written in full with random data (the source of the long copies). */
   let bigReady = false;
@@ -129,7 +116,7 @@ describe('copy jobs hosted by a head agent (real processes)', () => {
     // Only the written regions moved: 4M + 1M + 512K.
     expect(done.total).toBe(4 * MiB + MiB + 512 * 1024);
     expect(done.done).toBe(done.total);
-    const ids = await chunksOnNodes('a2');
+    const ids = await volumeChunks('a2');
     expect(ids).toHaveLength(2 * 2);
     for (const id of ids) expect(id).toMatchObject({ generation: 2, legality: 'LEGAL', jobId: 'cp-1', jobKind: 'copy', jobOutcome: 'succeeded' });
     expect(await compare('a', 'a2')).toBe(true);
@@ -150,7 +137,7 @@ describe('copy jobs hosted by a head agent (real processes)', () => {
     const done = await waitJob('cp-b');
     expect(done, done.error).toMatchObject({ state: 'succeeded', expectedGeneration: 1 });
     expect(done.total).toBe(SIZE); // 5.5 MiB copied, the other 26.5 MiB zeroed
-    for (const id of await chunksOnNodes('b')) expect(id).toMatchObject({ generation: 2, legality: 'LEGAL', jobId: 'cp-b', jobKind: 'copy' });
+    for (const id of await volumeChunks('b')) expect(id).toMatchObject({ generation: 2, legality: 'LEGAL', jobId: 'cp-b', jobKind: 'copy' });
     expect(await compare('a', 'b')).toBe(true);
   }, T);
 
@@ -164,7 +151,7 @@ describe('copy jobs hosted by a head agent (real processes)', () => {
     expect(ended.state).toBe('fenced');
     expect(ended.error).toMatch(new RegExp(`silent for \\d+ ms \\(lease TTL ${LEASE_TTL_MS} ms\\).*interrupted.*fenced under epoch`));
     expect(verdictMs).toBeLessThan(LEASE_TTL_MS + 1000);
-    for (const id of await chunksOnNodes('k1')) expect(id).toMatchObject({ generation: 3, legality: 'DIRTY', jobId: 'kill-1', jobKind: 'fence', jobOutcome: 'fenced' });
+    for (const id of await volumeChunks('k1')) expect(id).toMatchObject({ generation: 3, legality: 'DIRTY', jobId: 'kill-1', jobKind: 'fence', jobOutcome: 'fenced' });
     const recon = await vskyJson<{ verdict: string }>(['volume', 'recon', 'k1'], m());
     expect(recon.verdict).toBe('fenced');
     await head2().start();
@@ -172,7 +159,7 @@ describe('copy jobs hosted by a head agent (real processes)', () => {
     // The retry: a new id, from the generation the fence left (3), on head1, unthrottled.
     await vskyJson(['volume', 'copy', 'big', 'k1', '--host', 'head1', '--job-id', 'kill-1-retry'], m());
     expect(await waitJob('kill-1-retry')).toMatchObject({ state: 'succeeded', expectedGeneration: 3 });
-    for (const id of await chunksOnNodes('k1')) expect(id).toMatchObject({ generation: 4, legality: 'LEGAL', jobId: 'kill-1-retry', jobOutcome: 'succeeded' });
+    for (const id of await volumeChunks('k1')) expect(id).toMatchObject({ generation: 4, legality: 'LEGAL', jobId: 'kill-1-retry', jobOutcome: 'succeeded' });
     expect(await compare('big', 'k1')).toBe(true);
   }, T);
 
@@ -183,7 +170,7 @@ describe('copy jobs hosted by a head agent (real processes)', () => {
       const ended = await waitJob('stop-1', (j) => FINAL.has(j.state), 15_000);
       expect(ended.state).toBe('fenced');
       const before = await readEveryReplica(c, 'k2');
-      const records = await chunksOnNodes('k2');
+      const records = await volumeChunks('k2');
       for (const id of records) expect(id).toMatchObject({ generation: 3, legality: 'DIRTY', jobId: 'stop-1', jobOutcome: 'fenced' });
       // The late host cannot hear from the manager that its job ended (the manager is frozen too):
       // only the nodes can stop it. Its next writes reach them and are refused (stale epoch): terminal.
@@ -199,7 +186,7 @@ describe('copy jobs hosted by a head agent (real processes)', () => {
       const after = await readEveryReplica(c, 'k2');
       expect(after.copies.length).toBe(before.copies.length);
       after.copies.forEach((x, i) => expect(x.data.equals(before.copies[i]!.data), `segment ${x.segment} slot ${x.slot}`).toBe(true));
-      expect(await chunksOnNodes('k2')).toEqual(records);
+      expect(await volumeChunks('k2')).toEqual(records);
       expect((await getJob('stop-1')).state).toBe('fenced');
     } finally {
       c.manager.resume();
@@ -218,7 +205,7 @@ describe('copy jobs hosted by a head agent (real processes)', () => {
       // The premise: the host really stopped itself after the flush (state T), with all the data copied.
       expect(readFileSync(`/proc/${head2().pid}/stat`, 'utf8').split(' ')[2]).toBe('T');
       expect(headLog()).toMatch(/VSKY_PAUSE_AT: stopping at head.job.flushed/);
-      const records = await chunksOnNodes('k3');
+      const records = await volumeChunks('k3');
       for (const id of records) expect(id).toMatchObject({ generation: 3, legality: 'DIRTY', jobOutcome: 'fenced' });
       c.manager.pause(); // as above: only the nodes can refuse the late host
       head2().resume();
@@ -227,7 +214,7 @@ describe('copy jobs hosted by a head agent (real processes)', () => {
       c.manager.resume();
       const line = headLog().split('\n').find((l) => l.includes('"job":"cas-1"') && l.includes('refused by the storage nodes'));
       expect(line).toMatch(/SetVolumeState at epoch \d+ is below volume \d+'s epoch \d+/);
-      expect(await chunksOnNodes('k3')).toEqual(records);
+      expect(await volumeChunks('k3')).toEqual(records);
     } finally {
       c.manager.resume();
       head2().resume();

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
-import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
+import { destroyTestCluster, startTestCluster, chunksOnNodes } from '../harness/cluster.js';
 import { readEveryReplica } from '../harness/replicas.js';
 import { randomFile, run } from '../harness/tools.js';
 import { vsky, vskyJson } from '../harness/vsky.js';
@@ -34,20 +34,7 @@ describe('storage jobs (real processes)', () => {
     rmSync(work, { recursive: true, force: true });
   });
 
-  /** The identities of a volume's chunks, read from every storage node's gRPC (not through the manager). */
-  const chunksOnNodes = async (volume: string) => {
-    const out = [];
-    for (const n of c.nodes) {
-      const client = storageNodeClient(String(n.ready.controlAddress));
-      try {
-        const { chunks } = await call(client, 'ListChunks', { diskId: '' });
-        out.push(...chunks.filter((x) => x.identity?.volumeName === volume).map((x) => x.identity!));
-      } finally {
-        client.close();
-      }
-    }
-    return out;
-  };
+  const volumeChunks = (volume: string) => chunksOnNodes(c, volume);
   const attach = async (name: string) => String((await vsky(['volume', 'attach', name, '--head', 'head1'], c.managerAddress)).stdout).split('\n')[0]!;
   const detach = async (name: string) => expect((await vsky(['volume', 'detach', name], c.managerAddress)).exitCode).toBe(0);
   const waitJob = async (id: string) => vskyJson<Job>(['job', 'watch', id], c.managerAddress).catch(async () => vskyJson<Job>(['job', 'show', id], c.managerAddress));
@@ -101,7 +88,7 @@ describe('storage jobs (real processes)', () => {
     await vskyJson(['volume', 'resize', 'wv', '--size', '64M', '--job-id', 'grow-1'], c.managerAddress);
     expect(await waitJob('grow-1')).toMatchObject({ state: 'succeeded', expectedGeneration: 2 });
     // Every chunk, old and new, carries the new shape on its node (a rebuild from storage reads it).
-    const ids = await chunksOnNodes('wv');
+    const ids = await volumeChunks('wv');
     expect(ids).toHaveLength(4 * 3);
     for (const id of ids) expect(id).toMatchObject({ volumeSize: 64 * MiB, segmentCount: 4, generation: 3, legality: 'LEGAL', jobId: 'grow-1', jobKind: 'resize' });
     const uri = await attach('wv');
@@ -120,7 +107,7 @@ describe('storage jobs (real processes)', () => {
     await vskyJson(['volume', 'wipe', 'wv', '--job-id', 'wipe-crash'], c.managerAddress).catch(() => undefined);
     await c.manager.waitExit();
     // The premise, read from the nodes themselves (the manager is dead): DIRTY at g (3), the job's record running.
-    const ids = await chunksOnNodes('wv');
+    const ids = await volumeChunks('wv');
     expect(ids).toHaveLength(4 * 3);
     for (const id of ids) expect(id).toMatchObject({ generation: 3, legality: 'DIRTY', jobId: 'wipe-crash', jobKind: 'wipe', jobOutcome: 'running' });
     c.manager.env = {};

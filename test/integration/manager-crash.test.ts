@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
 import { call, storageNodeClient } from '../../shared/grpc.js';
-import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
+import { destroyTestCluster, startTestCluster, chunksOnNodes } from '../harness/cluster.js';
 import { run } from '../harness/tools.js';
 import { vsky, vskyJson } from '../harness/vsky.js';
 
@@ -11,19 +11,6 @@ import { vsky, vskyJson } from '../harness/vsky.js';
 // is killed with SIGKILL (a crash point, so it dies at an exact step: after
 // the 5th of 18 chunk allocations, before the commit).
 
-async function chunksOnNodes(c: LocalCluster): Promise<{ volumeName: string; volumeId: number }[]> {
-  const all: { volumeName: string; volumeId: number }[] = [];
-  for (const n of c.nodes) {
-    const client = storageNodeClient(String(n.ready.controlAddress));
-    try {
-      const { chunks } = await call(client, 'ListChunks', { diskId: '' });
-      for (const ch of chunks) all.push({ volumeName: ch.identity!.volumeName, volumeId: ch.identity!.volumeId });
-    } finally {
-      client.close();
-    }
-  }
-  return all;
-}
 
 describe('manager killed -9 in the middle of a volume create', () => {
   let c: LocalCluster;

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
 import { call, storageNodeClient } from '../../shared/grpc.js';
-import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
+import { destroyTestCluster, startTestCluster, chunksOnNodes } from '../harness/cluster.js';
 import { Cdb, IscsiSession } from '../harness/iscsi-session.js';
 import { NbdClient, NbdError } from '../harness/nbd-client.js';
 import { randomFile, run } from '../harness/tools.js';
@@ -67,20 +67,7 @@ describe('online resize of an attached volume (real processes)', () => {
     await vskyJson(['volume', 'resize', name, '--size', String(size), '--job-id', jobId], c.managerAddress);
     return waitJob(jobId);
   };
-  /** Chunk identities of a volume, read from every storage node (not through the manager). */
-  const chunksOnNodes = async (volume: string) => {
-    const out = [];
-    for (const n of c.nodes) {
-      const client = storageNodeClient(String(n.ready.controlAddress));
-      try {
-        const { chunks } = await call(client, 'ListChunks', { diskId: '' });
-        out.push(...chunks.filter((x) => x.identity?.volumeName === volume).map((x) => x.identity!));
-      } finally {
-        client.close();
-      }
-    }
-    return out;
-  };
+  const volumeChunks = (volume: string) => chunksOnNodes(c, volume);
   /** Chunks in use, as the manager counts them and as the nodes hold them. */
   const usage = async () => {
     const disks = await vskyJson<Array<{ usedChunks: number }>>(['disk', 'list'], c.managerAddress);
@@ -157,7 +144,7 @@ describe('online resize of an attached volume (real processes)', () => {
     // Same holder, same epoch (the lease was never taken), g+1, the new shape on every chunk.
     const after = await show('ov');
     expect(after.info).toMatchObject({ size: GROWN, segmentCount: 4, generation: before.info.generation + 1, epoch: before.info.epoch, attachedHead: 'head1', standbyHead: 'head2', lease: 'held' });
-    const ids = await chunksOnNodes('ov');
+    const ids = await volumeChunks('ov');
     expect(ids).toHaveLength(4 * 3);
     for (const id of ids) expect(id).toMatchObject({ volumeSize: GROWN, segmentCount: 4, generation: before.info.generation + 1, legality: 'LEGAL', jobId: 'grow-online', jobKind: 'resize', jobOutcome: 'succeeded' });
     // New NBD connections, on the holder and on the standby, see the new size.
@@ -222,7 +209,7 @@ describe('online resize of an attached volume (real processes)', () => {
     expect(after.info).toMatchObject({ size: SIZE, segmentCount: 2, generation: before.info.generation, epoch: before.info.epoch, attachedHead: 'head1' });
     expect(after.map).toEqual(before.map);
     expect(await waitUsage(used)).toEqual(used);
-    expect(await chunksOnNodes('rb')).toHaveLength(2 * 3);
+    expect(await volumeChunks('rb')).toHaveLength(2 * 3);
     // ... and chunks of the resize had been allocated before the refusal: they were freed on their nodes.
     const freed = c.nodes.map((n) => readFileSync(join(c.opts.dir, 'logs', `${n.name}.log`), 'utf8').split('\n')
       .filter((l) => l.includes('"msg":"chunk freed"') && l.includes(`"volumeId":${before.info.volumeId},`)).length);
@@ -245,7 +232,7 @@ describe('online resize of an attached volume (real processes)', () => {
     expect(after.info).toMatchObject({ size: SIZE, segmentCount: 2, generation: before.info.generation, epoch: before.info.epoch, attachedHead: 'head1' });
     expect(after.map).toEqual(before.map);
     expect(await waitUsage(used)).toEqual(used);
-    expect(await chunksOnNodes('rh')).toHaveLength(2 * 3);
+    expect(await volumeChunks('rh')).toHaveLength(2 * 3);
     expect(Number(String((await run('nbdinfo', ['--size', nbd])).stdout).trim())).toBe(SIZE);
     const q = await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x11 ${SIZE - MiB} 1M`, '-c', `read -P 0x11 ${SIZE - MiB} 1M`, nbd]);
     expect(String(q.stdout) + String(q.stderr)).not.toMatch(/verification failed|error/i);
