@@ -39,14 +39,15 @@ const HINTS: Record<string, string> = {
   ETIMEDOUT: 'the manager did not answer in time; check `vsky status` and the manager log',
 };
 
-/** Prints an error for a person (or as JSON) and sets a non-zero exit code. */
-export function reportError(err: unknown, json = false): void {
+/** Prints an error for a person (or as JSON) and sets a non-zero exit code; with the request id to look for in the daemons' logs when there was a call. */
+export function reportError(err: unknown, json = false, requestId?: string): void {
   const code = err instanceof VskyError ? err.code : 'EINTERNAL';
   const hint = HINTS[code];
   if (json) {
-    process.stderr.write(`${JSON.stringify({ error: { code, message: errorMessage(err), hint } })}\n`);
+    process.stderr.write(`${JSON.stringify({ error: { code, message: errorMessage(err), hint, requestId } })}\n`);
   } else {
-    process.stderr.write(`vsky: error: ${errorMessage(err)}${hint ? `\n  hint: ${hint}` : ''}\n`);
+    const idLine = requestId ? `\n  request id: ${requestId} (in the daemons' logs as "reqId")` : '';
+    process.stderr.write(`vsky: error: ${errorMessage(err)}${hint ? `\n  hint: ${hint}` : ''}${idLine}\n`);
   }
   process.exitCode = code === 'EINVAL' ? 2 : 1;
 }

@@ -12,6 +12,7 @@ import {
   AlreadyExistsError, CapacityError, ConflictError, CounterExhaustedError, InvalidArgumentError, NotFoundError,
   StaleEpochError, StaleGenerationError, TimeoutError, TransportError, VskyError,
 } from './errors.js';
+import { REQUEST_ID_KEY, acceptRequestId, currentRequestId, runWithRequestId } from './request-id.js';
 
 // gRPC glue shared by every component: loading the .proto files, typed
 // clients, a promise wrapper for unary calls, and the one place that maps our
@@ -95,6 +96,8 @@ export function call(client: grpc.Client, method: string | UnaryMethod<unknown, 
   return new Promise((resolve, reject) => {
     const meta = new grpc.Metadata();
     if (opts.waitForReady) meta.setOptions({ waitForReady: true });
+    const requestId = currentRequestId();
+    if (requestId !== undefined) meta.set(REQUEST_ID_KEY, requestId);
     fn.call(client, req, meta, { deadline: Date.now() + timeoutMs }, (err, res) => {
       if (err) reject(fromGrpcError(err));
       else resolve(res);
@@ -143,10 +146,15 @@ export function fromGrpcError(err: grpc.ServiceError): VskyError {
   return new VskyError(code || 'EINTERNAL', err.details || err.message);
 }
 
-/** Adapts an async handler to a grpc-js unary handler with error mapping. */
+/**
+ * Adapts an async handler to a grpc-js unary handler with error mapping. The
+ * handler runs as part of the caller's request id (x-request-id, or a new
+ * one): its log lines carry it and its calls to other daemons forward it.
+ */
 export function unary<Req, Res>(fn: (req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
   return (callObj, callback) => {
-    fn(callObj.request).then(
+    const requestId = acceptRequestId(callObj.metadata.get(REQUEST_ID_KEY)[0]);
+    runWithRequestId(requestId, () => fn(callObj.request)).then(
       (res) => callback(null, res),
       (err: unknown) => callback(toGrpcError(err)),
     );

@@ -1,4 +1,5 @@
 import { pino, type Logger } from 'pino';
+import { currentRequestId } from './request-id.js';
 
 export type { Logger };
 
@@ -6,8 +7,15 @@ export type { Logger };
 // name and the ids it works on (volume, connection, disk) so every line can be
 // traced. The hot data path logs nothing unless VSKY_TRACE names its module.
 
+/** Every line written while serving a request carries its id (shared/request-id.ts). */
+function requestIdMixin(): Record<string, unknown> {
+  const reqId = currentRequestId();
+  return reqId === undefined ? {} : { reqId };
+}
+
 let root: Logger = pino({
   level: process.env.VSKY_LOG_LEVEL ?? 'info',
+  mixin: requestIdMixin,
   base: { pid: process.pid },
   timestamp: pino.stdTimeFunctions.isoTime,
 });
@@ -37,6 +45,7 @@ export function initDaemonLogger(name: string, level?: string): Logger {
   root = pino({
     level: level ?? process.env.VSKY_LOG_LEVEL ?? 'info',
     base: { pid: process.pid, component: name },
+    mixin: requestIdMixin,
     timestamp: pino.stdTimeFunctions.isoTime,
   });
   return root;
