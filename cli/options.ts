@@ -1,6 +1,7 @@
 import { InvalidArgumentError as CommanderInvalid, Option } from 'commander';
 import { formatSizeExact, parseHostPort, parseSize } from '../shared/units.js';
 import { errorMessage } from '../shared/errors.js';
+import { markRepeatable } from './config/config-keys.js';
 
 // Commander argument parsers that turn bad input into a clear usage error
 // (commander prints it with the option name and exits 1 before anything runs).
@@ -34,12 +35,12 @@ export function hostPortArg(value: string): string {
 
 /** A repeatable "key=value" label option; --help says "none" rather than "{}". */
 export function labelOption(flags: string, description: string): Option {
-  return new Option(flags, description).argParser(labelArg).default({}, 'none');
+  return markRepeatable(new Option(flags, description).argParser(labelArg).default({}, 'none'));
 }
 
 /** A repeatable option collecting its values; --help says "none" rather than "[]". */
-export function repeatableOption(flags: string, description: string): Option {
-  return new Option(flags, description).argParser(collect).default([], 'none');
+export function repeatableOption(flags: string, description: string, parse: (value: string, previous?: string[]) => string[] = collect): Option {
+  return markRepeatable(new Option(flags, description).argParser(parse).default([], 'none'));
 }
 
 /** Repeatable "key=value" option accumulator. */

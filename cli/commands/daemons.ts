@@ -7,6 +7,7 @@ import {
 } from '../../shared/constants.js';
 import { hostPortArg, intArg, labelOption, positiveIntArg, repeatableOption, sizeOption } from '../options.js';
 import { parseSize } from '../../shared/units.js';
+import { withConfigFile } from '../config/config-file.js';
 import { errorMessage } from '../../shared/errors.js';
 
 // The three daemons. Each logs structured JSON lines (pino) to stdout, prints
@@ -62,7 +63,13 @@ function parseDisk(spec: string): { path: string; size?: number } {
 }
 
 export function registerDaemonCommands(program: Command): void {
-  program.command('manager')
+  withConfigFile(managerCommand(program));
+  withConfigFile(storageNodeCommand(program));
+  withConfigFile(headAgentCommand(program));
+}
+
+function managerCommand(program: Command): Command {
+  return program.command('manager')
     .description('run the cluster manager (metadata, placement, attach, gRPC API)')
     .requiredOption('--data-dir <dir>', 'where the manager keeps its LevelDB')
     .option('--listen <host:port>', 'gRPC listen address', hostPortArg, DEFAULT_MANAGER_ADDRESS)
@@ -79,10 +86,10 @@ export function registerDaemonCommands(program: Command): void {
     .option('--resync-per-disk <n>', 'resyncs a physical disk takes part in at once, as source or target', positiveIntArg, 1)
     .option('--resync-max <n>', 'resyncs running at once in the whole cluster', positiveIntArg, 64)
     .option('--advertise <host:port>', 'address resync executors report to (default: the listen address)', hostPortArg)
-    .option('--spare-disk <disk-id>', 'hot-spare mode (benchmarking/compat, as a RAID-1 hot spare): replacements for '
+    .addOption(repeatableOption('--spare-disk <disk-id>', 'hot-spare mode (benchmarking/compat, as a RAID-1 hot spare): replacements for '
       + 'failed replicas go only to these disks, never to a server holding another replica of the segment '
       + '(repeatable; new volumes are placed as usual). Default: spares anywhere in the pool, rebuilt by many disks at once',
-    spareDiskArg)
+    spareDiskArg))
     .option('--xmlrpc-listen <host:port>', 'address of the VastSky 3.0 XML-RPC API (docs/xmlrpc.md); 0.0.0.0:8881 serves VastSky '
       + 'clients on other hosts (plain HTTP, as VastSky: a trusted management network, or add TLS and a token)', hostPortArg, DEFAULT_XMLRPC_ADDRESS)
     .option('--no-xmlrpc', 'do not serve the XML-RPC API')
@@ -100,13 +107,15 @@ export function registerDaemonCommands(program: Command): void {
         heartbeatTimeoutMs: o.heartbeatTimeout, leaseTtlMs: o.leaseTtl,
         rebuildFromStorage: o.rebuildFromStorage ? { waitMs: o.rebuildWait, expectServers: o.rebuildServers } : undefined, gcIntervalMs: o.gcInterval, advertiseAddress: o.advertise,
         resyncMibps: o.resyncMibps, resyncLimits: { perDisk: o.resyncPerDisk, maxRunning: o.resyncMax },
-        spareDisks: o.spareDisk as string[] | undefined,
+        spareDisks: (o.spareDisk as string[]).length > 0 ? o.spareDisk as string[] : undefined,
         xmlrpc: o.xmlrpc === false ? undefined : { listen: o.xmlrpcListen, tlsCert: o.xmlrpcTlsCert, tlsKey: o.xmlrpcTlsKey, token: token || undefined },
         metricsListen: o.metricsListen,
       }));
     });
+}
 
-  program.command('storage-node')
+function storageNodeCommand(program: Command): Command {
+  return program.command('storage-node')
     .description('run a storage node serving its disks over the data protocol')
     .requiredOption('--data-dir <dir>', 'where the node keeps its id and the list of its disks')
     .option('--name <name>', 'server name', 'node')
@@ -131,8 +140,10 @@ export function registerDaemonCommands(program: Command): void {
         metricsListen: o.metricsListen,
       }));
     });
+}
 
-  program.command('head-agent')
+function headAgentCommand(program: Command): Command {
+  return program.command('head-agent')
     .description('run a head agent: attaches volumes and exports them over NBD')
     .requiredOption('--data-dir <dir>', 'where the head keeps its id and the VastSky hsvrid the manager gave it (int-id.json, hsvrid)')
     .option('--name <name>', 'head name', 'head')
