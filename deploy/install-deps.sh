@@ -21,6 +21,7 @@ DEBS=(
   fuse3 e2fsprogs               # nbdfuse + mkfs.ext4: a kernel filesystem on a volume
   procps util-linux mount       # ps, losetup, mount
   prometheus                    # prometheus + promtool: the metrics test and deploy/prometheus checks
+  systemd                       # systemd-analyze verify: the deploy/systemd units test
 )
 missing=()
 for p in "${DEBS[@]}"; do
