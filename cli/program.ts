@@ -9,6 +9,7 @@ import { registerResyncCommands } from './commands/resync.js';
 import { registerEventsCommand } from './commands/events.js';
 import { registerJobCommands } from './commands/job.js';
 import { registerCopyCommand } from './commands/copy.js';
+import { registerDoctorCommand } from './commands/doctor.js';
 
 export function buildProgram(): Command {
   const program = new Command('vsky')
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerEventsCommand(program);
   registerJobCommands(program); // after the volume commands: adds volume wipe|resize|recon
   registerCopyCommand(program); // volume copy
+  registerDoctorCommand(program);
   return program;
 }
 

@@ -72,6 +72,8 @@ export class ManagerLink {
   private registered = false;
   private retryMs: number;
   private warned = false;
+  /** This head's clock minus the manager's (ms), from the last heartbeat; reported in the next one (vsky doctor). */
+  private clockOffsetMs: number | undefined;
 
   constructor(opts: ManagerLinkOptions) {
     this.opts = opts;
@@ -118,7 +120,12 @@ export class ManagerLink {
         this.warned = false;
       } else {
         const leases = this.opts.leases?.() ?? [];
-        const reply = await call<HeadHeartbeatRequest, HeartbeatReply__Output>(this.client, this.client.HeadHeartbeat, { headId: this.opts.headId, leases, jobs: this.opts.jobs?.() ?? [] }, timeout);
+        const offset = this.clockOffsetMs;
+        const sentMs = Date.now();
+        const reply = await call<HeadHeartbeatRequest, HeartbeatReply__Output>(this.client, this.client.HeadHeartbeat, {
+          headId: this.opts.headId, leases, jobs: this.opts.jobs?.() ?? [], clockOffsetMs: offset ?? 0, clockOffsetKnown: offset !== undefined,
+        }, timeout);
+        this.measureClock(sentMs, Date.now(), reply.managerTimeMs);
         if (reply.revoked.length > 0) this.opts.onRevoked?.(reply.revoked);
         if (!reply.known) {
           this.log.warn('the manager does not know this head any more; registering again');
@@ -145,6 +152,16 @@ export class ManagerLink {
         this.retryMs = Math.min(this.retryMs * 2, this.opts.retryMaxMs ?? 5000);
       }
     }
+  }
+
+  /** The manager answered at `managerMs` on its clock, about the midpoint of our round trip. */
+  private measureClock(sentMs: number, receivedMs: number, managerMs: number): void {
+    if (managerMs <= 0) return; // a manager that does not send its time
+    const offset = Math.round((sentMs + receivedMs) / 2 - managerMs);
+    if (this.clockOffsetMs === undefined || Math.abs(offset - this.clockOffsetMs) >= 1000) {
+      this.log.info({ clockOffsetMs: offset, roundTripMs: receivedMs - sentMs }, 'clock offset from the manager measured');
+    }
+    this.clockOffsetMs = offset;
   }
 
   private schedule(ms: number): void {

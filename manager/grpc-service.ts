@@ -56,18 +56,18 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
       const standby = core.standbyOf(h.id);
       // Reply first (the head is serving by now), then give it its volumes back.
       if (held.length + standby.length > 0) setTimeout(() => void core.attachments.reattachAll(h.id, held, standby), 100);
-      return headView(h, held);
+      return headView(h, held, registry.headClockOffset(h.id));
     }),
     HeadHeartbeat: unary(async (req) => {
       if (!req.headId) throw new InvalidArgumentError('HeadHeartbeat needs a head_id');
-      const known = await registry.headHeartbeat(req.headId);
+      const known = await registry.headHeartbeat(req.headId, req.clockOffsetKnown ? req.clockOffsetMs : undefined);
       if (known) core.jobs.copies.heartbeat(req.headId, req.jobs);
       return {
         known, revoked: known ? leases.renew(req.headId, req.leases) : [],
-        intId: registry.head(req.headId)?.intId ?? 0, clusterId: core.store.clusterId,
+        intId: registry.head(req.headId)?.intId ?? 0, clusterId: core.store.clusterId, managerTimeMs: Date.now(),
       };
     }),
-    ListHeads: unary(async () => ({ heads: registry.listHeads().map((h) => headView(h, core.attachedTo(h.id))) })),
+    ListHeads: unary(async () => ({ heads: registry.listHeads().map((h) => headView(h, core.attachedTo(h.id), registry.headClockOffset(h.id))) })),
 
     CreateVolume: unary(async (req) => info(await volumes.create({
       name: req.name, size: req.size, replicas: req.replicas, spreadLabel: req.spreadLabel,
@@ -108,7 +108,9 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     ReportResyncProgress: unary(async (req) => resyncs.progress(req)),
     ListResyncs: unary(async () => resyncListView(resyncs, volumes, registry)),
 
-    Status: unary(async () => ({ ...core.status(), volumeList: volumes.list().map(info) })),
+    Status: unary(async () => ({
+      ...core.status(), volumeList: volumes.list().map(info), managerTimeMs: Date.now(), leaseTtlMs: registry.leaseTtlMs,
+    })),
     CollectGarbage: unary(async () => gc.run('requested')),
     SubmitJob: unary(async (req) => jobView(await core.jobs.submit({
       jobId: req.jobId, kind: req.kind, volume: req.volume, expectedGeneration: req.expectedGeneration, args: req.args,

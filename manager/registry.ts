@@ -288,10 +288,18 @@ export class Registry {
     log.info({ headId, name: h.name }, 'head removed');
   }
 
-  async headHeartbeat(headId: string): Promise<boolean> {
+  /** Each head's clock minus the manager's, as it last reported (memory only: heads report it every heartbeat). */
+  private readonly headClockOffsets = new Map<string, number>();
+
+  headClockOffset(headId: string): number | undefined {
+    return this.headClockOffsets.get(headId);
+  }
+
+  async headHeartbeat(headId: string, clockOffsetMs?: number): Promise<boolean> {
     const h = this.heads.get(headId);
     if (!h) return false;
     h.lastHeartbeatMs = this.now();
+    if (clockOffsetMs !== undefined) this.headClockOffsets.set(headId, clockOffsetMs);
     if (h.state === 'failed') {
       h.state = 'active';
       log.info({ headId: h.id, name: h.name }, 'head active again: heartbeat received');

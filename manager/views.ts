@@ -29,8 +29,10 @@ export function diskView(d: DiskRecord, registry: Registry, model: PlacementMode
   };
 }
 
-export function headView(h: HeadRecord, attached: string[]): HeadInfo {
+/** `clockOffsetMs`: the head's clock minus the manager's, as it last reported (undefined: not yet). */
+export function headView(h: HeadRecord, attached: string[], clockOffsetMs?: number): HeadInfo {
   return {
+    clockOffsetMs: clockOffsetMs ?? 0, clockOffsetKnown: clockOffsetMs !== undefined,
     headId: h.id, name: h.name, controlAddress: h.controlAddress, nbdAddress: h.nbdAddress,
     state: h.state, lastHeartbeatMs: h.lastHeartbeatMs, attached, hsvrid: h.intId ?? 0,
   };
