@@ -47,7 +47,7 @@ function serverFindings(s: ClusterSnapshot): Finding[] {
   for (const sv of s.servers.filter((x) => x.state !== 'removed')) {
     const target = `storage server ${sv.name} (${sv.controlAddress})`;
     if (sv.state === 'failed') {
-      out.push(finding('server', 'error', target, `the manager marked it failed: no heartbeat for ${ago(sv.lastHeartbeatMs, s.status.managerTimeMs)}`,
+      out.push(finding('server', 'error', target, `the manager marked it failed: ${silence(sv.lastHeartbeatMs, s.status.managerTimeMs)}`,
         `on ${sv.name}: systemctl status vsky-storage-node; journalctl -u vsky-storage-node; check that the manager reaches ports 7710/7711 `
         + `(docs/install.md, firewall). If the host is gone for good: vsky server remove ${sv.name} --force (its replicas resync elsewhere)`));
       continue;
@@ -93,7 +93,7 @@ function headFindings(s: ClusterSnapshot, t: Thresholds): Finding[] {
     const target = `head ${h.name} (${h.controlAddress})`;
     if (h.state === 'failed') {
       out.push(finding('head', h.attached.length > 0 ? 'error' : 'warning', target,
-        `the manager marked it failed: no heartbeat for ${ago(h.lastHeartbeatMs, s.status.managerTimeMs)}${h.attached.length ? `; it holds ${h.attached.join(', ')}` : ''}`,
+        `the manager marked it failed: ${silence(h.lastHeartbeatMs, s.status.managerTimeMs)}${h.attached.length ? `; it holds ${h.attached.join(', ')}` : ''}`,
         `on ${h.name}: systemctl status vsky-head-agent; journalctl -u vsky-head-agent. If the hypervisor is gone, attach its volumes elsewhere (vsky volume attach NAME --head OTHER --force once its lease expired)`));
       continue;
     }
@@ -154,7 +154,6 @@ function signed(ms: number): string {
   return ms > 0 ? `+${ms}` : String(ms);
 }
 
-function ago(lastMs: number, nowMs: number): string {
-  if (!lastMs) return 'ever (never heard from)';
-  return `${((nowMs - lastMs) / 1000).toFixed(0)} s`;
+function silence(lastMs: number, nowMs: number): string {
+  return lastMs ? `no heartbeat for ${((nowMs - lastMs) / 1000).toFixed(0)} s` : 'never heard from';
 }
