@@ -135,7 +135,7 @@ export class Attachments implements ExportRegistry {
       }
       const started = Date.now();
       await volume.release();
-      this.log.info({ volume: name, epoch: volume.epoch, ms: Date.now() - started }, 'write lease released: in-flight writes flushed; now a standby');
+      this.log.info({ volume: name, volumeId: volume.volumeId, epoch: volume.epoch, ms: Date.now() - started }, 'write lease released: in-flight writes flushed; now a standby');
     });
   }
 
@@ -197,7 +197,7 @@ export class Attachments implements ExportRegistry {
   private async detachAll(): Promise<void> {
     for (const name of [...this.volumes.keys()]) {
       await this.detach(name, false).catch((err: unknown) => {
-        this.log.warn({ volume: name, err: errorMessage(err) }, 'flush on shutdown failed; detaching anyway');
+        this.log.warn({ volume: name, volumeId: this.volumes.get(name)?.volumeId, err: errorMessage(err) }, 'flush on shutdown failed; detaching anyway');
         return this.detach(name, true).catch(() => undefined);
       });
     }
@@ -226,7 +226,7 @@ export class Attachments implements ExportRegistry {
     if (existing !== undefined) {
       const was = existing.lease;
       existing.reconfigure(segments, epoch, map.generation, 'held', map.size);
-      this.log.info({ volume: map.name, epoch, generation: map.generation, was, reconciled: reconcile },
+      this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, was, reconciled: reconcile },
         was === 'held' ? 'volume re-attached with a newer epoch' : 'write lease granted: replica nodes fenced with the new epoch');
       return existing;
     }
@@ -267,7 +267,7 @@ export class Attachments implements ExportRegistry {
       epoch, generation: map.generation, segments, tracker, maxPiece: this.maxPiece, intentGroupBytes: this.intentGroupBytes,
     });
     volume.leaseRequester = this.leaseRequester;
-    volume.onFenced = (v, err) => this.log.error({ volume: v.name, epoch: v.epoch, err: errorMessage(err) },
+    volume.onFenced = (v, err) => this.log.error({ volume: v.name, volumeId: v.volumeId, epoch: v.epoch, err: errorMessage(err) },
       'volume fenced: another head holds its lease now; every request on this head fails until it is attached here again');
     this.volumes.set(map.name, volume);
     return volume;
@@ -278,7 +278,7 @@ export class Attachments implements ExportRegistry {
     if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
     await volume.close(force);
     this.volumes.delete(name);
-    this.log.info({ volume: name, force }, 'volume detached');
+    this.log.info({ volume: name, volumeId: volume.volumeId, force }, 'volume detached');
   }
 
   private async doUpdateMap(map: VolumeMap, epoch: number): Promise<void> {
@@ -349,9 +349,9 @@ export class Attachments implements ExportRegistry {
     for (const { mirror } of plans) this.failureHandler.mapApplied?.(mirror);
     for (const mirror of added) this.failureHandler.mapApplied?.(mirror);
     if (added.length > 0) {
-      this.log.info({ volume: map.name, epoch, generation: map.generation, from: was, to: map.size, segments: volume.segmentCount, lease: volume.lease }, 'volume grown (online resize)');
+      this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, from: was, to: map.size, segments: volume.segmentCount, lease: volume.lease }, 'volume grown (online resize)');
     } else {
-      this.log.info({ volume: map.name, epoch, generation: map.generation }, 'volume map updated');
+      this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation }, 'volume map updated');
     }
     if (fenceErrors.length > 0) {
       throw new IoError(`volume ${map.name}: map applied, but new replica(s) could not be fenced and take no I/O: ${fenceErrors.join('; ')}`, { volume: map.name });
@@ -414,7 +414,7 @@ export class Attachments implements ExportRegistry {
       const taken = segments.every((m) => m.replicas.every((r) => !r.writable || !unfenced.has(r.address)
         || handler.replicaUnreachable!(m, r, unfenced.get(r.address)!)));
       if (taken) {
-        this.log.warn({ volume: map.name, epoch, nodes: [...unfenced.keys()] }, 'attaching without replica node(s) that could not be fenced');
+        this.log.warn({ volume: map.name, volumeId: map.volumeId, epoch, nodes: [...unfenced.keys()] }, 'attaching without replica node(s) that could not be fenced');
         return;
       }
     }

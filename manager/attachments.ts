@@ -90,7 +90,7 @@ export class Attachments {
         { volume: name, holder: holderName, leaseLeftMs: left });
       }
       const dropped = [holder, volume.standbyHead ?? ''].filter((h) => h !== '');
-      log.warn({ volume: name, from: holderName, to: head.name, leaseLeftMs: left, forced: left > 0 },
+      log.warn({ volume: name, volumeId: volume.id, from: holderName, to: head.name, leaseLeftMs: left, forced: left > 0 },
         left > 0 ? 'FORCED take-over: the holder\'s lease was still renewed (--force)' : 'take-over: the holder\'s lease expired');
       await this.grantLocked(entry, head, { reconcile: true, standby: '' });
       void this.events?.record('lease.takeover', `volume:${name}`, left > 0 ? `FORCED take-over by ${head.name}: ${holderName}'s lease was still renewed (--force)` : `take-over by ${head.name}: ${holderName}'s lease expired`, { from: holderName, to: head.name, epoch: volume.epoch, forced: left > 0, leaseLeftMs: Math.max(0, left) });

@@ -115,8 +115,8 @@ export class Leases {
       volume.nbdUri = head.nbdAddress ? `nbd://${head.nbdAddress}/${encodeURIComponent(volume.name)}` : '';
       delete volume.claimPending;
       await this.volumes.saveVolume(volume);
-      log.warn({ volume: volume.name, head: head.name, epoch: volume.epoch }, 'a head holds this volume at its newest epoch: recorded as its holder (the manager\'s records had none)');
-    }).catch((err: unknown) => log.warn({ volume: e.volume.name, head: head.name, err: errorMessage(err) }, 'could not record the holder a head claims; retried'));
+      log.warn({ volume: volume.name, volumeId: volume.id, head: head.name, epoch: volume.epoch }, 'a head holds this volume at its newest epoch: recorded as its holder (the manager\'s records had none)');
+    }).catch((err: unknown) => log.warn({ volume: e.volume.name, volumeId: e.volume.id, head: head.name, err: errorMessage(err) }, 'could not record the holder a head claims; retried'));
   }
 
   /** A standby head's first I/O asks for the lease (AcquireLease). Idempotent per request id. */
@@ -205,7 +205,7 @@ export class Leases {
       return e.volume;
     });
     if (!clean && from) this.attachments.dropHead(from.id, name);
-    log.info({ volume: name, from: from?.name, to: to.name, epoch: volume.epoch, clean, ms: Date.now() - started },
+    log.info({ volume: name, volumeId: volume.id, from: from?.name, to: to.name, epoch: volume.epoch, clean, ms: Date.now() - started },
       clean ? 'write lease handed off' : 'write lease taken over after the holder\'s lease expired');
     void this.events?.record(clean ? 'lease.handoff' : 'lease.takeover', `volume:${name}`, clean ? `write lease handed off from ${from?.name} to ${to.name}` : `write lease taken over by ${to.name}: the holder ${from?.name ?? '(none)'} did not release it and its lease expired`, { from: from?.name ?? '', to: to.name, epoch: volume.epoch, clean, waitMs: Date.now() - started });
     return done(volume, clean);
@@ -227,7 +227,7 @@ export class Leases {
     const expiry = this.expired(from, () => gaveUp, Number.POSITIVE_INFINITY).then(() => 'expired' as const);
     const first = await Promise.race([answer, expiry]);
     if (first === 'expired') {
-      log.warn({ volume: v.name, holder: from.name }, 'the holder did not answer the hand-off before its lease expired: taking over');
+      log.warn({ volume: v.name, volumeId: v.id, holder: from.name }, 'the holder did not answer the hand-off before its lease expired: taking over');
       return false;
     }
     if (first === undefined) {
@@ -237,14 +237,14 @@ export class Leases {
     const err = first;
     if (err instanceof NotFoundError) {
       gaveUp = true;
-      log.warn({ volume: v.name, holder: from.name }, 'the holder no longer has the volume (it restarted?): taking over without waiting');
+      log.warn({ volume: v.name, volumeId: v.id, holder: from.name }, 'the holder no longer has the volume (it restarted?): taking over without waiting');
       return false;
     }
     if (!(err instanceof TimeoutError || err instanceof TransportError)) {
       gaveUp = true;
       throw new ConflictError(`head ${from.name} could not release ${v.name}: ${errorMessage(err)}; it keeps the lease (retry, or detach it)`, { volume: v.name });
     }
-    log.warn({ volume: v.name, holder: from.name, err: errorMessage(err) }, 'the holder did not answer the hand-off: waiting for its lease to expire');
+    log.warn({ volume: v.name, volumeId: v.id, holder: from.name, err: errorMessage(err) }, 'the holder did not answer the hand-off: waiting for its lease to expire');
     try {
       await this.expired(from, () => gaveUp, deadline);
     } finally {
@@ -269,12 +269,12 @@ export class Leases {
 
   /** The grant to the new holder failed after a clean release: the old holder takes the lease back (new epoch). */
   private async rollBack(e: Parameters<Attachments['grantLocked']>[0], from: HeadRecord, cause: unknown): Promise<void> {
-    log.warn({ volume: e.volume.name, to: from.name, err: errorMessage(cause) }, 'hand-off failed at the destination: giving the lease back to the source');
+    log.warn({ volume: e.volume.name, volumeId: e.volume.id, to: from.name, err: errorMessage(cause) }, 'hand-off failed at the destination: giving the lease back to the source');
     void this.events?.record('lease.handoff_failed', `volume:${e.volume.name}`, `hand-off failed at the destination: ${errorMessage(cause)}; the lease goes back to ${from.name}`, { to: from.name, epoch: e.volume.epoch });
     try {
       await this.attachments.grantLocked(e, from, { standby: '' });
     } catch (err) {
-      log.error({ volume: e.volume.name, err: errorMessage(err) }, 'the source did not take the lease back either: the volume is detached');
+      log.error({ volume: e.volume.name, volumeId: e.volume.id, err: errorMessage(err) }, 'the source did not take the lease back either: the volume is detached');
     }
   }
 }
