@@ -15,6 +15,9 @@ import { NoChunkError, OutOfRangeError, TooLargeError, statusForError } from '..
 const replyBuffers = new BufferPool(COMMON_IO_SIZES.map((n) => n + REPLY_HEADER_SIZE));
 const payloadBuffers = new BufferPool(COMMON_IO_SIZES);
 const recycleReply = (buf: Buffer): void => replyBuffers.release(buf);
+/** Status-only replies of one tick are encoded side by side in one of these and sent in one write. */
+const STATUS_BATCH_SIZE = 4096;
+const statusBatches = new BufferPool([STATUS_BATCH_SIZE]);
 
 // The data protocol server (docs/data-protocol.md): one FrameDecoder per TCP
 // connection, requests dispatched as soon as they parse, replies written as
@@ -96,6 +99,9 @@ class Connection {
   private pumping = false;
   private closed = false;
   private corked = false;
+  /** This tick's status-only replies, encoded back to back (sent at the end of the tick). */
+  private statusBatch: Buffer | undefined;
+  private statusBatchUsed = 0;
 
   constructor(id: number, accepted: net.Socket, store: ChunkService, maxInflight: number, log: Logger, onClose: () => void) {
     const receive = Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
@@ -297,10 +303,27 @@ class Connection {
     });
   }
 
+  /** A reply without payload (WRITE, FLUSH, ... done): encoded into this tick's batch, no allocation. */
   private replyStatus(requestId: number, status: Status, cost = 0): void {
-    const header = Buffer.allocUnsafe(REPLY_HEADER_SIZE);
-    encodeReplyHeader({ requestId, status, length: 0 }, header, 0);
-    this.send(header, undefined, cost);
+    this.inflight--;
+    this.inflightBytes -= cost;
+    if (!this.closed) {
+      this.corkForTick();
+      if (this.statusBatchUsed + REPLY_HEADER_SIZE > STATUS_BATCH_SIZE) this.sendStatusBatch();
+      const batch = (this.statusBatch ??= statusBatches.acquire(STATUS_BATCH_SIZE));
+      encodeReplyHeader({ requestId, status, length: 0 }, batch, this.statusBatchUsed);
+      this.statusBatchUsed += REPLY_HEADER_SIZE;
+    }
+    if (!this.pumping) this.pump();
+  }
+
+  private sendStatusBatch(): void {
+    const batch = this.statusBatch;
+    const used = this.statusBatchUsed;
+    this.statusBatch = undefined;
+    this.statusBatchUsed = 0;
+    if (batch === undefined || used === 0 || this.closed) return;
+    if (!this.socket.write(batch.subarray(0, used), () => statusBatches.release(batch))) this.writeBlocked = true;
   }
 
   private replyError(requestId: number, err: unknown, cost = 0): void {
@@ -333,7 +356,9 @@ class Connection {
 
   private readonly uncorkTick = (): void => {
     this.corked = false;
+    this.sendStatusBatch();
     this.socket.uncork();
+    if (this.writeBlocked && !this.pumping) this.pump();
   };
 
   /** `written` (optional) recycles `first` once the socket no longer needs it. */
