@@ -6,6 +6,13 @@ import { ProtocolError } from './errors.js';
 // anything is allocated. A payload that sits inside one chunk is handed out as
 // a zero-copy view; one that spans chunks is copied once, into a buffer the
 // caller may supply (so read data lands straight in its destination).
+//
+// Reads into reused memory (net's `onread`): pushTransient() takes a chunk
+// whose memory the caller reuses once it returns. Then payloads are always
+// copied out (once, into the allocator's buffer), headers are parsed in
+// place, and own() - called before the caller returns - copies the few bytes
+// still queued (a partial frame, or frames left while the consumer is
+// paused) out of the reused memory.
 
 export interface FrameSpec<H> {
   readonly name: string;
@@ -37,6 +44,10 @@ export class FrameDecoder<H> {
   private payloadLength = 0;
   private target: Buffer | undefined;
   private filled = 0;
+  /** Some queued chunk lives in memory its pusher reuses (pushTransient). */
+  private transient = false;
+  /** Payloads are copied, never handed out as views (set by the first pushTransient). */
+  private copyPayloads = false;
 
   constructor(spec: FrameSpec<H>, allocate?: PayloadAllocator<H>) {
     this.spec = spec;
@@ -60,6 +71,36 @@ export class FrameDecoder<H> {
     this.buffered += chunk.length;
   }
 
+  /**
+   * As push(), for a chunk whose memory the caller reuses after returning:
+   * call own() before that. From then on every payload is copied out.
+   */
+  pushTransient(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.copyPayloads = true;
+    this.transient = true;
+    this.push(chunk);
+  }
+
+  /** Copies queued bytes out of transient chunks (see pushTransient): no reference to them is kept. */
+  own(): void {
+    if (!this.transient) return;
+    this.transient = false;
+    if (this.buffered === 0) return;
+    const copy = Buffer.allocUnsafe(this.buffered);
+    const n = this.buffered;
+    let at = 0;
+    for (let i = 0; i < this.queue.length; i++) {
+      const b = this.queue[i]!;
+      const from = i === 0 ? this.queueOffset : 0;
+      b.copy(copy, at, from);
+      at += b.length - from;
+    }
+    this.queue = [copy];
+    this.queueOffset = 0;
+    this.buffered = n;
+  }
+
   /** The next whole frame, or undefined if more bytes are needed. Throws ProtocolError. */
   next(): Frame<H> | undefined {
     if (this.header === undefined) {
@@ -80,7 +121,7 @@ export class FrameDecoder<H> {
     const header = this.header as H;
     if (this.target === undefined) {
       const first = this.queue[0];
-      if (first !== undefined && first.length - this.queueOffset >= this.payloadLength) {
+      if (!this.copyPayloads && first !== undefined && first.length - this.queueOffset >= this.payloadLength) {
         const payload = first.subarray(this.queueOffset, this.queueOffset + this.payloadLength);
         this.consume(this.payloadLength);
         return this.finish(header, payload);

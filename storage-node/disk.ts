@@ -14,6 +14,7 @@ import {
 import { DiskFailedError } from '../shared/data-protocol/status.js';
 import { ioError } from './errors.js';
 import { TokenBucket } from '../shared/token-bucket.js';
+import { WriteGatherer } from './write-gather.js';
 
 // One disk (a file created sparse, or a block device): formats or opens it,
 // holds its chunk table in memory, and does every I/O on it through the fs
@@ -81,6 +82,14 @@ export class Disk implements ChunkDisk {
   /** Token bucket of data I/O when throttled (setThrottle), else undefined. */
   private bucket: TokenBucket | undefined;
   private throttle = 0;
+  /** Data writes of one tick that continue each other leave as one pwritev. */
+  private readonly gatherer = new WriteGatherer(() => this.fd, (err, position, callbacks) => {
+    const result = err === null ? null : this.failed(err, 'write', position);
+    for (const cb of callbacks) {
+      this.ioDone();
+      cb(result);
+    }
+  });
 
   private constructor(path: string, fd: number, sb: Superblock) {
     this.path = path;
@@ -261,8 +270,9 @@ export class Disk implements ChunkDisk {
     const failure = this.refuse();
     if (failure) return process.nextTick(cb, failure);
     this.ioInflight++;
-    if (this.bucket !== undefined) return this.afterTokens(this.bucket, length, cb, () => this.writePart(buf, bufOffset, length, position, cb));
-    this.writePart(buf, bufOffset, length, position, cb);
+    const data = bufOffset === 0 && length === buf.length ? buf : buf.subarray(bufOffset, bufOffset + length);
+    if (this.bucket !== undefined) return this.afterTokens(this.bucket, length, cb, () => this.gatherer.add(data, position, cb));
+    this.gatherer.add(data, position, cb);
   }
 
   /** Writes metadata (chunk records): never throttled. */

@@ -1,0 +1,71 @@
+import { mkdtempSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { WriteGatherer } from '../../storage-node/write-gather.js';
+import type { Done } from '../../storage-node/chunk.js';
+
+// WriteGatherer on a real file: adjacent writes of one tick leave as one
+// run (one pwritev), anything else as its own run; every byte lands where it
+// was addressed and every callback is called exactly once, after its run.
+
+describe('WriteGatherer', () => {
+  let dir: string;
+  let path: string;
+  let fd: number;
+  let runsDone: { position: number; writes: number; err: NodeJS.ErrnoException | null }[];
+  let gatherer: WriteGatherer;
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'vsky-gather-'));
+    path = join(dir, 'disk.img');
+    fd = openSync(path, 'w+');
+    runsDone = [];
+    gatherer = new WriteGatherer(() => fd, (err, position, callbacks) => {
+      runsDone.push({ position, writes: callbacks.length, err });
+      for (const cb of callbacks) cb(err === null ? null : err);
+    });
+  });
+
+  afterEach(() => {
+    closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const fill = (n: number, v: number): Buffer => Buffer.alloc(n, v);
+  const write = (data: Buffer, position: number): Promise<void> => new Promise((resolve, reject) => {
+    const cb: Done = (err) => (err ? reject(err) : resolve());
+    gatherer.add(data, position, cb);
+  });
+
+  it('joins adjacent writes of one tick into one run and writes every byte in place', async () => {
+    const parts = [fill(4096, 1), fill(8192, 2), fill(4096, 3)];
+    await Promise.all([write(parts[0]!, 0), write(parts[1]!, 4096), write(parts[2]!, 12288)]);
+    expect(runsDone).toEqual([{ position: 0, writes: 3, err: null }]);
+    expect(gatherer.runs).toBe(1);
+    expect(readFileSync(path).equals(Buffer.concat(parts))).toBe(true);
+  });
+
+  it('starts a new run at a gap, a backwards write or a later tick', async () => {
+    await Promise.all([write(fill(512, 1), 0), write(fill(512, 2), 2048), write(fill(512, 3), 1024)]);
+    await write(fill(512, 4), 1536); // adjacent to the previous one, but a later tick
+    expect(runsDone.map((r) => [r.position, r.writes])).toEqual([[0, 1], [2048, 1], [1024, 1], [1536, 1]]);
+    const file = readFileSync(path);
+    expect([file[0], file[1024], file[1536], file[2048], file[600]]).toEqual([1, 3, 4, 2, 0]);
+  });
+
+  it('caps a run at 64 buffers', async () => {
+    await Promise.all(Array.from({ length: 70 }, (_, i) => write(fill(16, i), i * 16)));
+    expect(runsDone.map((r) => r.writes)).toEqual([64, 6]);
+    const file = readFileSync(path);
+    for (let i = 0; i < 70; i++) expect(file[i * 16 + 15]).toBe(i);
+  });
+
+  it('fails every write of a run the OS refused', async () => {
+    closeSync(fd);
+    fd = openSync(path, 'r'); // read-only: pwritev fails with EBADF
+    const results = await Promise.allSettled([write(fill(16, 1), 0), write(fill(16, 2), 16)]);
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+    expect(runsDone).toEqual([{ position: 0, writes: 2, err: expect.objectContaining({ code: 'EBADF' }) }]);
+  });
+});
