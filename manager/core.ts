@@ -173,6 +173,10 @@ export class ManagerCore {
       core.jobs = new Jobs(store, model, registry, volumes, peers, freer, { chunkSize: opts.chunkSize, now: opts.now });
       attachments.jobGuard = (name) => core.jobs.blocking(name);
       core.jobs.mapChanged = (id) => pusher.changed(id);
+      core.jobs.staleMarked = (id, why) => {
+        pusher.changed(id);
+        resyncs.wake(why);
+      };
       await core.jobs.load();
       log.info({
         dataDir: opts.dataDir, servers: snap.servers.length, disks: snap.disks.length, heads: snap.heads.length,

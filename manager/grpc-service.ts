@@ -82,7 +82,7 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
       return { info: info(volume), map: volumeMapView(volume, map, registry) };
     }),
     AttachVolume: unary(async (req) => {
-      const v = await attachments.attach(req.name, req.head, { migrate: req.migrate, force: req.force });
+      const v = await attachments.attach(req.name, req.head, { migrate: req.migrate, force: req.force, allowDirty: req.allowDirty });
       return req.migrate
         ? { info: info(v), nbdUri: v.standbyNbdUri ?? '', iscsiUrl: v.standbyIscsiUrl ?? '' }
         : { info: info(v), nbdUri: v.nbdUri, iscsiUrl: v.iscsiUrl ?? '' };
