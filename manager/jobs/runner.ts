@@ -16,12 +16,13 @@ import type { VolumeEntry, Volumes } from '../volumes.js';
 import { CopyJobs } from './copy.js';
 import { dataProtocolPath, type JobDataPath } from './data-path.js';
 import { markDirty } from './dirty.js';
-import { JOB_ID_RE, JOB_KINDS, isFinal, loadJobs, putJob, type JobKind, type JobRecord } from './records.js';
+import { JOB_ID_RE, JOB_KINDS, isFinal, loadJobs, putJob, sameRequest, type JobKind, type JobRecord } from './records.js';
 import { casNodes, casVolume, firstError, trustedNodes, type VolumeStateCas } from './node-cas.js';
 import { growOnline, onlineHolder } from './online-resize.js';
 import { Recon, type ReconReport } from './recon.js';
 import { Verdicts } from './recon-verdicts.js';
 import { allocateGrowth, appendSegments, checkResize, type ResizeContext } from './resize-chunks.js';
+import { JobPruner, type JobRetention } from './retention.js';
 import { wipeDirty, wipeReplicas, type WipeContext } from './wipe.js';
 
 // The storage-job runner (docs/jobs.md). Every job has the same structure,
@@ -38,10 +39,10 @@ import { wipeDirty, wipeReplicas, type WipeContext } from './wipe.js';
 // epoch) and resize (grow only: new segments placed like create's, the
 // metadata changed in one batch). A copy moves data, so a head agent hosts
 // it (copy.ts): the manager takes the lease and marks the destination DIRTY,
-// the host copies and writes the final CAS.
-// A resize of an attached volume runs online
-// (online-resize.ts): no new epoch, the holder keeps its lease and gets the
-// grown map before the final CAS, and it is never fenced after a restart.
+// the host copies and writes the final CAS. A resize of an attached volume
+// runs online (online-resize.ts): no new epoch, the holder keeps its lease and
+// gets the grown map before the final CAS; it is never fenced after a restart.
+// Reconnaissance verdicts: recon-verdicts.ts; DIRTY volumes: dirty.ts.
 
 const log = moduleLogger('manager.jobs');
 
@@ -59,6 +60,8 @@ export interface JobsOptions {
   /** The worker's path to chunk data (default: the data protocol). */
   dataPath?: () => JobDataPath;
   now?: () => number;
+  /** Ended job records kept (retention.ts; default DEFAULT_JOB_RETENTION). */
+  retention?: JobRetention;
 }
 
 /** Thrown inside a worker when its job was aborted. */
@@ -82,6 +85,7 @@ export class Jobs {
   staleMarked?: (volumeId: number, reason: string) => void;
   /** Reconnaissance verdicts: settle, roll forward, fence (recon-verdicts.ts). */
   readonly verdicts: Verdicts;
+  private readonly pruner: JobPruner;
 
   constructor(
     private readonly store: ManagerStore,
@@ -97,6 +101,7 @@ export class Jobs {
       jobs: this.jobs, active: this.active, recon: this.recon, store, now: () => this.now(),
       end: (j, state, error) => this.end(j, state, error), settle: (j, report) => this.settle(j, report),
     }, registry, volumes, peers);
+    this.pruner = new JobPruner(store, this.jobs, volumes, opts.retention, () => this.now());
     this.verdicts = new Verdicts({
       volumes, registry, peers, recon: this.recon, end: (j, state, error, volume, dirty) => this.end(j, state, error, volume, dirty),
       mapChanged: (id) => this.mapChanged?.(id),
@@ -127,6 +132,12 @@ export class Jobs {
       if (j.kind === 'copy' && j.host && j.state !== 'pending' && j.epoch > 0) this.copies.watch(j);
       else this.track(j.id, this.verdicts.resolveInterrupted(j));
     }
+    await this.pruner.start();
+  }
+
+  /** Drops ended job records past the retention (retention.ts); returns how many. */
+  prune(): Promise<number> {
+    return this.pruner.prune();
   }
 
   /** Why the volume cannot be attached now ('' it can): a job runs on it. */
@@ -149,9 +160,7 @@ export class Jobs {
   }
 
   /** Resolves once no worker runs (tests, close). */
-  async idle(): Promise<void> {
-    while (this.workers.size > 0) await Promise.all([...this.workers.values()]);
-  }
+  async idle(): Promise<void> { while (this.workers.size > 0) await Promise.all([...this.workers.values()]); }
 
   /** Accepts a job and starts it in the background. Idempotent on the job id: the same request returns the same job. */
   async submit(input: SubmitJobInput): Promise<JobRecord> {
@@ -161,10 +170,7 @@ export class Jobs {
     if (!JOB_KINDS.includes(kind)) throw new InvalidArgumentError(`unknown job kind "${input.kind}": use ${JOB_KINDS.join(' or ')}`);
     const existing = this.jobs.get(jobId);
     if (existing) {
-      const same = existing.kind === kind && existing.volume === input.volume
-        && (input.expectedGeneration === 0 || input.expectedGeneration === existing.expectedGeneration)
-        && JSON.stringify(sortKeys(existing.args)) === JSON.stringify(sortKeys(input.args));
-      if (!same) {
+      if (!sameRequest(existing, kind, input)) {
         throw new AlreadyExistsError(`job ${jobId} already exists as a ${existing.kind} of ${existing.volume} (generation ${existing.expectedGeneration}): a job id names one request; choose another id`, { jobId });
       }
       return existing;
@@ -233,12 +239,14 @@ export class Jobs {
     }
     await this.store.write(batch);
     this.release(j.id);
+    this.pruner.soon();
     log[state === 'succeeded' ? 'info' : 'warn']({ job: j.id, kind: j.kind, volume: j.volume, state, error: error || undefined }, `job ${state}`);
   }
 
   /** The volumes job `id` held (its volume; a copy's source too) are free again. */
   private release(id: string): void {
     for (const [volumeId, job] of this.active) if (job === id) this.active.delete(volumeId);
+    this.copies.disks?.release(id);
   }
 
   private stopping = false;
@@ -256,6 +264,7 @@ export class Jobs {
   /** The manager stops: workers stop at their next step without recording anything (reconnaissance decides at the next start). */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.pruner.stop();
     await this.copies.stop();
     await this.idle();
   }
@@ -282,6 +291,7 @@ export class Jobs {
   private async run(j: JobRecord): Promise<void> {
     if (j.state === 'aborting') return this.end(j, 'aborted', 'aborted before it started; nothing was touched', undefined, false);
     try {
+      if (j.kind === 'copy') await this.copies.waitForDisks(j, () => this.checkAbort(j));
       await this.volumes.exclusive(j.volume, (e) => this.work(j, e));
       // A copy: the lease is taken and the destination DIRTY; its host does the rest.
       if (j.kind === 'copy' && j.state === 'running' && !this.stopping) await this.copies.dispatch(j);
@@ -364,6 +374,7 @@ export class Jobs {
     Object.assign(volume, next.volume);
     if (next.map) Object.assign(e.map, next.map);
     this.active.delete(j.volumeId);
+    this.pruner.soon();
     log.info({ job: j.id, kind: j.kind, volume: volume.name, generation: g + 1, ms: j.endedMs - j.startedMs }, 'job succeeded');
   }
 
@@ -384,8 +395,4 @@ export class Jobs {
     await growOnline({ ...this.ctx, checkAbort: (x) => this.checkAbort(x), mapChanged: this.mapChanged }, j, e);
     return { volume: e.volume, map: e.map };
   }
-}
-
-function sortKeys(o: Record<string, string>): Array<[string, string]> {
-  return Object.entries(o).sort(([a], [b]) => a.localeCompare(b));
 }
