@@ -3,6 +3,7 @@ import { nextCounter } from '../shared/counters.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { AttachVolumeReply__Output } from '../proto/generated/vsky/head/AttachVolumeReply.js';
 import type { EventLog } from './events.js';
+import { dirtyRefusal } from './jobs/dirty.js';
 import type { PeerClients } from './node-clients.js';
 import type { Registry } from './registry.js';
 import type { HeadRecord, IscsiAccessRecord, VolumeRecord } from './types.js';
@@ -41,6 +42,8 @@ export interface AttachOptions {
   migrate?: boolean;
   /** Take the volume over although its holder's lease is still renewed (admins; logged). */
   force?: boolean;
+  /** Attach a DIRTY volume anyway (manager/jobs/dirty.ts; logged and recorded in the event log). */
+  allowDirty?: boolean;
 }
 
 export interface GrantOptions {
@@ -70,6 +73,8 @@ export class Attachments {
     return this.volumes.exclusive(name, async (entry) => {
       const { volume } = entry;
       const holder = volume.attachedHead;
+      // A fresh attach of a DIRTY volume; one attached when it became DIRTY is its holder's business.
+      if (!holder) this.checkDirty(volume, head, opts.allowDirty === true);
       const claimWait = this.registry.claimWaitMs(volume);
       if (!holder && claimWait > 0 && opts.force !== true) {
         throw new ConflictError(`volume ${name} was rebuilt from storage and a head may still hold it: heads have ${(claimWait / 1000).toFixed(1)} s left `
@@ -97,6 +102,17 @@ export class Attachments {
       for (const h of dropped) this.dropHead(h, name);
       return volume;
     });
+  }
+
+  /** Refuses a DIRTY volume, naming the fixes; with allowDirty, logs and records the override. */
+  private checkDirty(volume: VolumeRecord, head: HeadRecord, allowDirty: boolean): void {
+    const why = dirtyRefusal(volume);
+    if (!why) return;
+    if (!allowDirty) throw new ConflictError(why, { volume: volume.name, dirtyJob: volume.dirty!.jobId });
+    const d = volume.dirty!;
+    log.warn({ volume: volume.name, head: head.name, job: d.jobId, kind: d.kind, state: d.state }, 'attaching a DIRTY volume (--allow-dirty)');
+    void this.events?.record('volume.attach_dirty', `volume:${volume.name}`, `attached to ${head.name} although DIRTY (--allow-dirty): ${d.kind} job ${d.jobId} ended ${d.state}`,
+      { head: head.name, job: d.jobId, kind: d.kind, state: d.state });
   }
 
   /**

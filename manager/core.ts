@@ -15,6 +15,7 @@ import { DEFAULT_SCHEDULER_LIMITS, type SchedulerLimits, DEFAULT_RESYNC_OPTIONS,
 import { ManagerStore } from './store.js';
 import { holderEpoch } from './types.js';
 import { Jobs } from './jobs/runner.js';
+import { DEFAULT_JOB_RETENTION, type JobRetention } from './jobs/retention.js';
 import { Volumes } from './volumes.js';
 import type { IntIdCounters } from '../proto/generated/vsky/common/IntIdCounters.js';
 
@@ -44,6 +45,8 @@ export interface CoreOptions {
   spareDisks?: string[];
   /** Events the event log keeps (default 100,000; manager/events.ts). */
   eventRetention?: number;
+  /** Ended job records kept: the last N per volume, and none older (manager/jobs/retention.ts). */
+  jobRetention?: Partial<JobRetention>;
 }
 
 export interface StatusData {
@@ -170,9 +173,14 @@ export class ManagerCore {
       const core = new ManagerCore(store, model, registry, volumes, attachments, leases,
         new Decommission(store, registry, volumes, peers), freer, gc, pusher, failures, resyncs, opts.chunkSize, events);
       // Storage jobs (manager/jobs/): attach is refused while one runs on the volume.
-      core.jobs = new Jobs(store, model, registry, volumes, peers, freer, { chunkSize: opts.chunkSize, now: opts.now });
+      core.jobs = new Jobs(store, model, registry, volumes, peers, freer, { chunkSize: opts.chunkSize, now: opts.now, retention: { ...DEFAULT_JOB_RETENTION, ...opts.jobRetention } });
       attachments.jobGuard = (name) => core.jobs.blocking(name);
       core.jobs.mapChanged = (id) => pusher.changed(id);
+      core.jobs.copies.disks = resyncs.jobDisks;
+      core.jobs.staleMarked = (id, why) => {
+        pusher.changed(id);
+        resyncs.wake(why);
+      };
       await core.jobs.load();
       log.info({
         dataDir: opts.dataDir, servers: snap.servers.length, disks: snap.disks.length, heads: snap.heads.length,

@@ -10,6 +10,7 @@ import { managerHandlers } from './grpc-service.js';
 import { rebuildFromStorage } from './rebuild/index.js';
 import { GrpcPeerClients, type PeerClients } from './node-clients.js';
 import type { SchedulerLimits } from './resync/index.js';
+import type { JobRetention } from './jobs/retention.js';
 import { IntIds, startXmlRpc, xmlRpcMethodNames, type XmlRpcServerHandle, type XmlRpcServerOptions } from './xmlrpc/index.js';
 
 // The manager process: load metadata, serve the gRPC API, watch heartbeats,
@@ -32,6 +33,8 @@ export interface ManagerOptions {
   resyncMibps?: number;         // bandwidth cap per resync handed to executors, 0 = unthrottled
   resyncProgressTimeoutMs?: number; // a running resync without progress this long is dispatched again
   resyncLimits?: Partial<SchedulerLimits>; // per-disk resyncs (1), global cap (64), sources per resync (2)
+  /** Ended job records kept: the last N per volume (20), none older than (7 days) (manager/jobs/retention.ts). */
+  jobRetention?: Partial<JobRetention>;
   /**
    * Hot-spare mode (benchmarks, RAID-1-style comparisons): replacements for
    * failed replicas go only to these disks; new volumes are placed as usual.
@@ -67,7 +70,7 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   const core = await ManagerCore.open({
     dataDir: opts.dataDir, chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, leaseTtlMs: opts.leaseTtlMs, now: deps.now,
     resyncMibps: opts.resyncMibps, resyncProgressTimeoutMs: opts.resyncProgressTimeoutMs, resyncLimits: opts.resyncLimits,
-    spareDisks: opts.spareDisks,
+    spareDisks: opts.spareDisks, jobRetention: opts.jobRetention,
   }, peers);
 
   // API call metrics only when metrics are served (nothing is wrapped otherwise).

@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '../shared/errors.js';
+import { ConflictError, InvalidArgumentError, NotFoundError } from '../shared/errors.js';
 import { unary } from '../shared/grpc.js';
 import type { ManagerHandlers } from '../proto/generated/vsky/manager/Manager.js';
 import type { ManagerCore } from './core.js';
@@ -6,7 +6,7 @@ import { eventView } from './events.js';
 import { serverIdsReply } from './int-id-claims.js';
 import { jobView } from './jobs/records.js';
 import type { LeaseMove } from './leases.js';
-import { resyncListView, volumeHealth } from './resync/index.js';
+import { isResyncJobId, resyncJobView, resyncJobViews, resyncListView, volumeHealth } from './resync/index.js';
 import type { VolumeRecord } from './types.js';
 import { diskView, headView, serverView, volumeMapView, volumeView } from './views.js';
 
@@ -82,7 +82,7 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
       return { info: info(volume), map: volumeMapView(volume, map, registry) };
     }),
     AttachVolume: unary(async (req) => {
-      const v = await attachments.attach(req.name, req.head, { migrate: req.migrate, force: req.force });
+      const v = await attachments.attach(req.name, req.head, { migrate: req.migrate, force: req.force, allowDirty: req.allowDirty });
       return req.migrate
         ? { info: info(v), nbdUri: v.standbyNbdUri ?? '', iscsiUrl: v.standbyIscsiUrl ?? '' }
         : { info: info(v), nbdUri: v.nbdUri, iscsiUrl: v.iscsiUrl ?? '' };
@@ -115,9 +115,18 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     SubmitJob: unary(async (req) => jobView(await core.jobs.submit({
       jobId: req.jobId, kind: req.kind, volume: req.volume, expectedGeneration: req.expectedGeneration, args: req.args,
     }))),
-    GetJob: unary(async (req) => jobView(core.jobs.get(req.jobId))),
-    ListJobs: unary(async (req) => ({ jobs: core.jobs.list(req.volume).map(jobView) })),
-    AbortJob: unary(async (req) => jobView(await core.jobs.abort(req.jobId))),
+    // Resyncs and drain copies appear read-only among the jobs (manager/resync/job-views.ts).
+    GetJob: unary(async (req) => {
+      if (!isResyncJobId(req.jobId)) return jobView(core.jobs.get(req.jobId));
+      const v = await resyncJobView(core.resyncs, volumes, registry, core.events, req.jobId);
+      if (!v) throw new NotFoundError(`no resync or drain "${req.jobId}" queued, running or in the event log: see vsky job list, vsky resync list`, { jobId: req.jobId });
+      return v;
+    }),
+    ListJobs: unary(async (req) => ({ jobs: [...core.jobs.list(req.volume).map(jobView), ...resyncJobViews(core.resyncs, volumes, registry, req.volume)] })),
+    AbortJob: unary(async (req) => {
+      if (isResyncJobId(req.jobId)) throw new ConflictError(`${req.jobId} is a resync, shown among the jobs read-only: it cannot be aborted (it ends when its replica is in sync)`);
+      return jobView(await core.jobs.abort(req.jobId));
+    }),
     ReportJob: unary(async (req) => core.jobs.copies.report(req)),
     ReconVolume: unary(async (req) => {
       const { volume } = volumes.entry(req.name);

@@ -125,6 +125,7 @@ export class StoreBatch {
   putEvent(r: EventRecord): this { return this.put(keys.event(r.seq), r); }
   /** A storage job's record, job/<id> (manager/jobs/records.ts). */
   putJob(r: { id: string }): this { return this.put(`job/${r.id}`, r); }
+  delJob(id: string): this { return this.del(`job/${id}`); }
 
   private put(key: string, value: unknown): this {
     // Copy now: the caller's record may change before the batch is written.

@@ -138,6 +138,12 @@ export interface VolumeRecord {
   intId?: number;
   /** The lvolid its chunks carry (set by a rebuild from storage; adopted if free; manager/xmlrpc/ids.ts). */
   claimedIntId?: number;
+  /**
+   * DIRTY: the storage job that left it so (aborted, failed or fenced after it
+   * marked the volume DIRTY; manager/jobs/). A fresh attach is refused until a
+   * job on it succeeds (which clears this), or with an explicit, logged override.
+   */
+  dirty?: { jobId: string; kind: string; state: string; sinceMs: number };
 }
 
 /** The lease epoch the attached head holds, or undefined when no head holds the lease. */
@@ -364,7 +370,7 @@ export const EVENT_KINDS = [
   'resync.started', 'resync.requeued', 'resync.failed', 'resync.finished',
   'drain.started', 'drain.cancelled', 'drain.target_placed', 'drain.target_dropped', 'drain.converted', 'drain.finished',
   'volume.created', 'volume.create_failed', 'volume.deleted',
-  'volume.attached', 'volume.attach_failed', 'volume.standby_attached', 'volume.detached', 'volume.standby_detached',
+  'volume.attached', 'volume.attach_failed', 'volume.attach_dirty', 'volume.standby_attached', 'volume.detached', 'volume.standby_detached',
   'lease.handoff', 'lease.handoff_failed', 'lease.takeover', 'lease.resync_epoch',
   'gc.freed',
   'job.succeeded', 'job.failed', 'job.aborted', 'job.fenced',

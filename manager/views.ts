@@ -59,6 +59,7 @@ export function volumeView(v: VolumeRecord, registry: Registry, health?: VolumeH
     nbdUri: v.nbdUri, createdMs: v.createdMs, iscsiUrl: v.iscsiUrl ?? '',
     iscsiInitiators: v.access?.initiators ?? [], iscsiChap: Boolean(v.access?.chapUser),
     iscsiMutualChap: Boolean(v.access?.mutualUser), lvolid: v.intId ?? 0,
+    legality: v.dirty ? 'DIRTY' : 'LEGAL', dirtyJob: v.dirty ? `${v.dirty.kind} job ${v.dirty.jobId} ${v.dirty.state}` : '',
   };
 }
 

@@ -85,6 +85,8 @@ function managerCommand(program: Command): Command {
     .option('--resync-mibps <n>', 'bandwidth cap of each resync in MiB/s, so foreground I/O keeps its speed (0: none)', intArg, 0)
     .option('--resync-per-disk <n>', 'resyncs a physical disk takes part in at once, as source or target', positiveIntArg, 1)
     .option('--resync-max <n>', 'resyncs running at once in the whole cluster', positiveIntArg, 64)
+    .option('--job-keep <n>', 'ended storage job records kept per volume (newest first; a volume\'s last job is always kept)', positiveIntArg, 20)
+    .option('--job-max-age <hours>', 'ended storage job records older than this are pruned (a volume\'s last job is always kept)', positiveIntArg, 7 * 24)
     .option('--advertise <host:port>', 'address resync executors report to (default: the listen address)', hostPortArg)
     .addOption(repeatableOption('--spare-disk <disk-id>', 'hot-spare mode (benchmarking/compat, as a RAID-1 hot spare): replacements for '
       + 'failed replicas go only to these disks, never to a server holding another replica of the segment '
@@ -108,6 +110,7 @@ function managerCommand(program: Command): Command {
         rebuildFromStorage: o.rebuildFromStorage ? { waitMs: o.rebuildWait, expectServers: o.rebuildServers } : undefined, gcIntervalMs: o.gcInterval, advertiseAddress: o.advertise,
         resyncMibps: o.resyncMibps, resyncLimits: { perDisk: o.resyncPerDisk, maxRunning: o.resyncMax },
         spareDisks: (o.spareDisk as string[]).length > 0 ? o.spareDisk as string[] : undefined,
+        jobRetention: { keepPerVolume: o.jobKeep, maxAgeMs: o.jobMaxAge * 3600 * 1000 },
         xmlrpc: o.xmlrpc === false ? undefined : { listen: o.xmlrpcListen, tlsCert: o.xmlrpcTlsCert, tlsKey: o.xmlrpcTlsKey, token: token || undefined },
         metricsListen: o.metricsListen,
       }));

@@ -15,7 +15,8 @@ const FINAL = new Set(['aborted', 'succeeded', 'failed', 'fenced']);
 export function describe(j: JobInfo__Output): string {
   const args = Object.entries(j.args).map(([k, v]) => `${k}=${v}`).join(' ');
   return `job ${j.jobId}: ${j.kind} of ${j.volume}${args ? ` (${args})` : ''} from generation ${j.expectedGeneration}: ${j.state}`
-    + `${j.host ? ` on head ${j.host}` : ''}${j.epoch ? `, epoch ${j.epoch}` : ''}${j.total ? `, ${progressText(j)}` : ''}${j.error ? `\n  ${j.error}` : ''}\n`;
+    + `${j.host ? ` on ${j.kind === 'copy' ? 'head ' : ''}${j.host}` : ''}${j.epoch ? `, epoch ${j.epoch}` : ''}${j.total ? `, ${progressText(j)}` : ''}`
+    + `${j.waiting ? `\n  ${j.waiting}` : ''}${j.error ? `\n  ${j.error}` : ''}\n`;
 }
 
 /** Bytes per second so far (from the job's start to its last report), 0 when unknown. */
@@ -25,7 +26,7 @@ export function jobRate(j: Pick<JobInfo__Output, 'done' | 'startedMs' | 'updated
 }
 
 function progressText(j: JobInfo__Output): string {
-  if (j.kind === 'copy') {
+  if (j.kind === 'copy' || j.kind === 'resync' || j.kind === 'drain') {
     const rate = jobRate(j);
     const eta = rate > 0 && j.done < j.total ? `, ETA ${Math.ceil((j.total - j.done) / rate)} s` : '';
     return `${formatSize(j.done)} of ${formatSize(j.total)} copied${rate > 0 ? `, ${formatSize(Math.round(rate))}/s` : ''}${eta}`;
@@ -63,13 +64,13 @@ export function submitted(o: { json?: boolean; wait?: boolean }, m: Parameters<P
 }
 
 export function registerJobCommands(program: Command): void {
-  const job = program.command('job').description('storage jobs (wipe, resize, copy): list, show, abort, watch');
+  const job = program.command('job').description('storage jobs (wipe, resize, copy; resyncs and drains shown read-only): list, show, abort, watch');
 
   adminCommand(job, 'list', 'list storage jobs')
     .option('--volume <name>', 'only this volume\'s jobs')
     .action((o) => withManager(o, async (m) => {
       const { jobs } = await call(m, 'ListJobs', { volume: o.volume ?? '' });
-      emit(o, jobs, () => printTable(jobs.map((j) => ({ ...j, progress: j.total ? progressText(j) : '' })),
+      emit(o, jobs, () => printTable(jobs.map((j) => ({ ...j, progress: j.waiting && j.state === 'pending' ? j.waiting : j.total ? progressText(j) : '' })),
         { jobId: 'ID', kind: 'KIND', volume: 'VOLUME', expectedGeneration: 'GEN', state: 'STATE', epoch: 'EPOCH', progress: 'PROGRESS', error: 'ERROR' }));
     }));
 

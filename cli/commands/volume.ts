@@ -37,7 +37,7 @@ export function registerVolumeCommands(program: Command): void {
       const d = await call(m, 'ShowVolume', { name });
       emit(o, d, () => {
         const v = d.info!;
-        process.stdout.write(`volume ${v.name} (id ${v.volumeId}): ${formatSize(v.size)}, ${v.replicas} replicas, state ${v.state}, generation ${v.generation}, epoch ${v.epoch}${v.attachedHead ? `, attached to ${v.attachedHead} at ${v.nbdUri}` : ''}\n`);
+        process.stdout.write(`volume ${v.name} (id ${v.volumeId}): ${formatSize(v.size)}, ${v.replicas} replicas, state ${v.state}, generation ${v.generation}${v.legality === 'DIRTY' ? ` DIRTY (${v.dirtyJob})` : ''}, epoch ${v.epoch}${v.attachedHead ? `, attached to ${v.attachedHead} at ${v.nbdUri}` : ''}\n`);
         if (v.attachedHead) {
           process.stdout.write(`write lease: ${v.lease} by ${v.attachedHead} (renewed ${(v.leaseRenewedMsAgo / 1000).toFixed(1)} s ago)`
             + `${v.standbyHead ? `; standby (live migration) ${v.standbyHead} at ${v.standbyNbdUri}` : ''}\n`);
@@ -53,10 +53,12 @@ export function registerVolumeCommands(program: Command): void {
     .option('--migrate', 'live migration: attach to this head as well, as a standby next to the holder; '
       + 'the write lease follows the first I/O on it (or vsky volume handoff)')
     .option('--force', 'take the volume over although its holder\'s lease is still renewed (only if the holder is surely dead; logged)')
+    .option('--allow-dirty', 'attach a DIRTY volume (a storage job on it was aborted, failed or fenced) anyway; logged and recorded in the event log')
     .addHelpText('after', '\nA volume held by a head whose heartbeats stopped for the lease TTL (vsky manager --lease-ttl) is taken over\n'
-      + 'by attaching it elsewhere; the old holder is fenced by the new epoch. Before that, attach says how long to wait.')
+      + 'by attaching it elsewhere; the old holder is fenced by the new epoch. Before that, attach says how long to wait.\n'
+      + 'A DIRTY volume is refused until a storage job on it succeeds (re-run the job, or vsky volume wipe), or with --allow-dirty.')
     .action((name: string, o) => withManager(o, async (m) => {
-      const r = await call(m, 'AttachVolume', { name, head: o.head ?? '', migrate: Boolean(o.migrate), force: Boolean(o.force) }, 60_000);
+      const r = await call(m, 'AttachVolume', { name, head: o.head ?? '', migrate: Boolean(o.migrate), force: Boolean(o.force), allowDirty: Boolean(o.allowDirty) }, 60_000);
       // First line: the NBD URI; second: the iSCSI URL when the head has a portal.
       emit(o, r, () => process.stdout.write(`${r.nbdUri}\n${r.iscsiUrl ? `${r.iscsiUrl}\n` : ''}`));
     }));

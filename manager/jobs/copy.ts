@@ -7,7 +7,7 @@ import type { JobReport__Output } from '../../proto/generated/vsky/manager/JobRe
 import type { JobReportReply } from '../../proto/generated/vsky/manager/JobReportReply.js';
 import type { PeerClients } from '../node-clients.js';
 import type { Registry } from '../registry.js';
-import type { HeadRecord, VolumeRecord } from '../types.js';
+import { forEachReplica, type ChunkMapRecord, type HeadRecord, type VolumeRecord } from '../types.js';
 import { volumeMapView } from '../views.js';
 import type { Volumes } from '../volumes.js';
 import { isFinal, putJob, type JobRecord } from './records.js';
@@ -33,6 +33,8 @@ import type { Recon, ReconReport } from './recon.js';
 const log = moduleLogger('manager.jobs.copy');
 const PERSIST_MS = 1000;
 const CHECK_MS = 200;
+/** A copy job waiting for disks at their limit checks again this often. */
+const DISK_WAIT_MS = 250;
 
 /** What the runner lends the copy jobs. */
 export interface CopyJobsHost {
@@ -46,7 +48,16 @@ export interface CopyJobsHost {
   now(): number;
 }
 
+/** The resync scheduler's per-disk limit, as copy jobs see it (manager/resync/job-disks.ts). */
+export interface DiskClaims {
+  /** Claims the disks unless one is at its limit; returns those at their limit (nothing claimed then). */
+  tryClaim(jobId: string, disks: readonly string[]): string[];
+  release(jobId: string): void;
+}
+
 export class CopyJobs {
+  /** Per-disk limits shared with resyncs (manager/core.ts sets it). */
+  disks?: DiskClaims;
   /** Job id -> when its lease was last renewed (this manager's clock). */
   private readonly renewed = new Map<string, number>();
   private readonly persisted = new Map<string, number>();
@@ -125,6 +136,29 @@ export class CopyJobs {
     const heads = this.registry.listHeads().filter(up).sort((a, b) => load(a) - load(b) || a.name.localeCompare(b.name));
     if (heads.length === 0) throw new ConflictError('copy: no head agent is up to run the job: start vsky head-agent (copies run on a head)');
     return heads[0]!;
+  }
+
+  /**
+   * Waits, pending, until every disk of the source's and the destination's
+   * replicas is below the per-disk limit, and claims them (released when the
+   * job ends). `checkAbort` throws when the job was aborted or the manager stops.
+   */
+  async waitForDisks(j: JobRecord, checkAbort: () => void): Promise<void> {
+    if (!this.disks) return;
+    const disks = [...diskIdsOf(this.volumes.entry(j.args.source!).map), ...diskIdsOf(this.volumes.entry(j.volume).map)];
+    for (;;) {
+      checkAbort();
+      const full = this.disks.tryClaim(j.id, disks);
+      const waiting = full.length === 0 ? '' : `waiting for disk${full.length > 1 ? 's' : ''} ${full.join(', ')}: at the per-disk limit (running resyncs or copies; vsky resync list)`;
+      if (waiting !== (j.waiting ?? '')) {
+        if (waiting) j.waiting = waiting;
+        else delete j.waiting;
+        await putJob(this.host.store, j);
+        if (waiting) log.info({ job: j.id, disks: full }, 'copy job waits for disks at their per-disk limit');
+      }
+      if (!waiting) return;
+      await new Promise((r) => setTimeout(r, DISK_WAIT_MS));
+    }
   }
 
   /** The job's lease is renewed from now (dispatch; a manager that restarted gives the host a full TTL). */
@@ -254,4 +288,11 @@ export class CopyJobs {
     this.timer = undefined;
     await Promise.all([...this.pending]);
   }
+}
+
+/** The disks of a volume's replicas a copy reads or writes (stale ones are neither). */
+function diskIdsOf(map: ChunkMapRecord): Set<string> {
+  const out = new Set<string>();
+  forEachReplica(map, (r) => { if (r.state !== 'stale') out.add(r.diskId); });
+  return out;
 }

@@ -2,6 +2,7 @@ import { errorMessage } from '../../shared/errors.js';
 import type { PeerClients } from '../node-clients.js';
 import type { Registry } from '../registry.js';
 import type { Volumes } from '../volumes.js';
+import { trustedNodes } from './node-cas.js';
 
 // Reconnaissance (oVirt's word): what became of a storage job, read from the
 // storage nodes' chunk records, never from the manager's belief. For a job
@@ -81,10 +82,10 @@ export class Recon {
   /** Reads every node holding a chunk of the volume; judges job `job` (default: the last job recorded on its chunks). */
   async investigate(name: string, job?: { id: string; expectedGeneration: number }): Promise<ReconReport> {
     const { volume, map } = this.volumes.entry(name);
+    // Nodes holding only stale replicas are not asked: those are never trusted (node-cas.ts).
     const servers = new Map<string, string>();
-    for (const d of map.disks) {
-      const s = this.registry.serverOfDisk(d);
-      if (s) servers.set(s.controlAddress, s.name);
+    for (const addr of trustedNodes(this.registry, map).keys()) {
+      servers.set(addr, this.registry.listServers().find((s) => s.controlAddress === addr)?.name ?? addr);
     }
     const nodes = await Promise.all([...servers].map(async ([controlAddress, server]): Promise<NodeEvidence> => {
       const ev: NodeEvidence = { server, controlAddress, chunks: 0, generation: 0, legality: '', jobId: '', jobKind: '', jobOutcome: '', epoch: 0, mixed: false, error: '' };

@@ -51,6 +51,8 @@ export interface JobRecord {
   endedMs: number;
   /** A resize of an attached volume: it works under the holder's epoch and is never fenced (online-resize.ts). */
   online?: boolean;
+  /** Pending: what it waits for (a copy: disks at the per-disk limit, copy.ts). */
+  waiting?: string;
 }
 
 /** Job ids: what a chunk record keeps (48 bytes), from a safe alphabet. */
@@ -78,6 +80,17 @@ export function jobView(j: JobRecord): JobInfo {
   return {
     jobId: j.id, kind: j.kind, volume: j.volume, volumeId: j.volumeId, expectedGeneration: j.expectedGeneration, args: j.args,
     state: j.state, error: j.error, epoch: j.epoch, done: j.done, total: j.total, createdMs: j.createdMs, startedMs: j.startedMs, endedMs: j.endedMs,
-    host: j.host ?? '', updatedMs: j.updatedMs ?? 0,
+    host: j.host ?? '', updatedMs: j.updatedMs ?? 0, waiting: j.waiting ?? '',
   };
+}
+
+/** A submit with an existing job id asks for the same job (idempotent submit). */
+export function sameRequest(existing: JobRecord, kind: JobKind, input: { volume: string; expectedGeneration: number; args: Record<string, string> }): boolean {
+  return existing.kind === kind && existing.volume === input.volume
+    && (input.expectedGeneration === 0 || input.expectedGeneration === existing.expectedGeneration)
+    && JSON.stringify(sortKeys(existing.args)) === JSON.stringify(sortKeys(input.args));
+}
+
+function sortKeys(o: Record<string, string>): Array<[string, string]> {
+  return Object.entries(o).sort(([a], [b]) => a.localeCompare(b));
 }

@@ -1,4 +1,5 @@
-import { VskyError, errorMessage } from '../../shared/errors.js';
+import { InvalidArgumentError, VskyError, errorMessage } from '../../shared/errors.js';
+import { formatSize } from '../../shared/units.js';
 import type { ChunkFreer } from '../gc.js';
 import { mapLimit, type PeerClients } from '../node-clients.js';
 import type { PlacementModel, PlannedChunk } from '../placement.js';
@@ -98,4 +99,14 @@ export function truncateSegments(map: ChunkMapRecord, oldCount: number): void {
   for (let i = 0; i < map.locs.length; i += 2) used.add(map.locs[i]!);
   for (let i = 0; i < (map.moves?.length ?? 0); i += 4) used.add(map.moves![i + 1]!); // [r, diskRef, chunkIndex, idSlot]
   while (map.disks.length > 0 && !used.has(map.disks.length - 1)) map.disks.pop();
+}
+
+/** A resize request's size against the volume's: grow only, a multiple of 512. */
+export function checkResize(v: VolumeRecord, args: Record<string, string>): void {
+  const size = Number(args.size);
+  if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) {
+    throw new InvalidArgumentError(`resize: invalid size "${args.size ?? ''}": give a positive number of bytes, a multiple of 512`);
+  }
+  if (size < v.size) throw new InvalidArgumentError(`resize of ${v.name}: ${formatSize(size)} is smaller than its ${formatSize(v.size)}: volumes only grow; nothing changed`);
+  if (size === v.size) throw new InvalidArgumentError(`resize of ${v.name}: it is already ${formatSize(size)}; nothing changed`);
 }

@@ -1,24 +1,29 @@
 import { randomUUID } from 'node:crypto';
 import { nextCounter } from '../../shared/counters.js';
 import {
-  AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError, StaleGenerationError, VskyError, errorMessage,
+  AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError, StaleGenerationError, errorMessage,
 } from '../../shared/errors.js';
 import { crashPoint } from '../../shared/fault-points.js';
 import { moduleLogger } from '../../shared/logger.js';
 import { formatSize } from '../../shared/units.js';
 import type { ChunkFreer } from '../gc.js';
-import { mapLimit, type PeerClients } from '../node-clients.js';
+import type { PeerClients } from '../node-clients.js';
 import type { PlacementModel } from '../placement.js';
 import type { Registry } from '../registry.js';
 import type { ManagerStore } from '../store.js';
-import { forEachReplica, type ChunkMapRecord, type VolumeRecord } from '../types.js';
+import type { ChunkMapRecord, VolumeRecord } from '../types.js';
 import type { VolumeEntry, Volumes } from '../volumes.js';
 import { CopyJobs } from './copy.js';
 import { dataProtocolPath, type JobDataPath } from './data-path.js';
-import { JOB_ID_RE, JOB_KINDS, isFinal, loadJobs, putJob, type JobKind, type JobRecord } from './records.js';
-import { growOnline, grownTo, onlineHolder } from './online-resize.js';
+import { markDirty } from './dirty.js';
+import { JOB_ID_RE, JOB_KINDS, isFinal, loadJobs, putJob, sameRequest, type JobKind, type JobRecord } from './records.js';
+import { casNodes, casVolume, firstError, trustedNodes, type VolumeStateCas } from './node-cas.js';
+import { growOnline, onlineHolder } from './online-resize.js';
 import { Recon, type ReconReport } from './recon.js';
-import { allocateGrowth, appendSegments, type ResizeContext } from './resize-chunks.js';
+import { Verdicts } from './recon-verdicts.js';
+import { allocateGrowth, appendSegments, checkResize, type ResizeContext } from './resize-chunks.js';
+import { JobPruner, type JobRetention } from './retention.js';
+import { wipeDirty, wipeReplicas, type WipeContext } from './wipe.js';
 
 // The storage-job runner (docs/jobs.md). Every job has the same structure,
 // oVirt's: take the lease (a new epoch; the volume must be detached, and
@@ -34,14 +39,12 @@ import { allocateGrowth, appendSegments, type ResizeContext } from './resize-chu
 // epoch) and resize (grow only: new segments placed like create's, the
 // metadata changed in one batch). A copy moves data, so a head agent hosts
 // it (copy.ts): the manager takes the lease and marks the destination DIRTY,
-// the host copies and writes the final CAS.
-// A resize of an attached volume runs online
-// (online-resize.ts): no new epoch, the holder keeps its lease and gets the
-// grown map before the final CAS, and it is never fenced after a restart.
+// the host copies and writes the final CAS. A resize of an attached volume
+// runs online (online-resize.ts): no new epoch, the holder keeps its lease and
+// gets the grown map before the final CAS; it is never fenced after a restart.
+// Reconnaissance verdicts: recon-verdicts.ts; DIRTY volumes: dirty.ts.
 
 const log = moduleLogger('manager.jobs');
-/** DISCARD requests are this big at most: the worker checks for an abort between them. */
-const ZERO_STEP = 32 * 1024 * 1024;
 
 export interface SubmitJobInput {
   jobId: string;
@@ -57,6 +60,8 @@ export interface JobsOptions {
   /** The worker's path to chunk data (default: the data protocol). */
   dataPath?: () => JobDataPath;
   now?: () => number;
+  /** Ended job records kept (retention.ts; default DEFAULT_JOB_RETENTION). */
+  retention?: JobRetention;
 }
 
 /** Thrown inside a worker when its job was aborted. */
@@ -76,6 +81,11 @@ export class Jobs {
   dataPath?: () => JobDataPath;
   /** A volume's map changed and its holder may not have it (manager/core.ts: the map pusher re-sends it). */
   mapChanged?: (volumeId: number) => void;
+  /** A job marked replicas stale (a wipe left out a node that did not answer): resync passes start (manager/core.ts). */
+  staleMarked?: (volumeId: number, reason: string) => void;
+  /** Reconnaissance verdicts: settle, roll forward, fence (recon-verdicts.ts). */
+  readonly verdicts: Verdicts;
+  private readonly pruner: JobPruner;
 
   constructor(
     private readonly store: ManagerStore,
@@ -91,6 +101,11 @@ export class Jobs {
       jobs: this.jobs, active: this.active, recon: this.recon, store, now: () => this.now(),
       end: (j, state, error) => this.end(j, state, error), settle: (j, report) => this.settle(j, report),
     }, registry, volumes, peers);
+    this.pruner = new JobPruner(store, this.jobs, volumes, opts.retention, () => this.now());
+    this.verdicts = new Verdicts({
+      volumes, registry, peers, recon: this.recon, end: (j, state, error, volume, dirty) => this.end(j, state, error, volume, dirty),
+      mapChanged: (id) => this.mapChanged?.(id),
+    });
   }
 
   private now(): number {
@@ -115,8 +130,14 @@ export class Jobs {
       if (src) this.active.set(src.volume.id, j.id);
       // A copy handed to its host runs on: the host gets a full lease TTL to report again.
       if (j.kind === 'copy' && j.host && j.state !== 'pending' && j.epoch > 0) this.copies.watch(j);
-      else this.track(j.id, this.resolveInterrupted(j));
+      else this.track(j.id, this.verdicts.resolveInterrupted(j));
     }
+    await this.pruner.start();
+  }
+
+  /** Drops ended job records past the retention (retention.ts); returns how many. */
+  prune(): Promise<number> {
+    return this.pruner.prune();
   }
 
   /** Why the volume cannot be attached now ('' it can): a job runs on it. */
@@ -139,9 +160,7 @@ export class Jobs {
   }
 
   /** Resolves once no worker runs (tests, close). */
-  async idle(): Promise<void> {
-    while (this.workers.size > 0) await Promise.all([...this.workers.values()]);
-  }
+  async idle(): Promise<void> { while (this.workers.size > 0) await Promise.all([...this.workers.values()]); }
 
   /** Accepts a job and starts it in the background. Idempotent on the job id: the same request returns the same job. */
   async submit(input: SubmitJobInput): Promise<JobRecord> {
@@ -151,10 +170,7 @@ export class Jobs {
     if (!JOB_KINDS.includes(kind)) throw new InvalidArgumentError(`unknown job kind "${input.kind}": use ${JOB_KINDS.join(' or ')}`);
     const existing = this.jobs.get(jobId);
     if (existing) {
-      const same = existing.kind === kind && existing.volume === input.volume
-        && (input.expectedGeneration === 0 || input.expectedGeneration === existing.expectedGeneration)
-        && JSON.stringify(sortKeys(existing.args)) === JSON.stringify(sortKeys(input.args));
-      if (!same) {
+      if (!sameRequest(existing, kind, input)) {
         throw new AlreadyExistsError(`job ${jobId} already exists as a ${existing.kind} of ${existing.volume} (generation ${existing.expectedGeneration}): a job id names one request; choose another id`, { jobId });
       }
       return existing;
@@ -165,7 +181,7 @@ export class Jobs {
     const args = { ...input.args };
     const host = kind === 'copy' ? await this.copies.prepare(input.volume, args) : undefined;
     const { volume } = this.volumes.entry(input.volume);
-    if (kind === 'resize') this.checkResize(volume, args);
+    if (kind === 'resize') checkResize(volume, args);
     const busy = this.active.get(volume.id);
     if (busy !== undefined) throw new ConflictError(`volume ${volume.name} already has a job running (${busy}): one job per volume at a time`, { jobId: busy });
     const job: JobRecord = {
@@ -205,39 +221,50 @@ export class Jobs {
     this.workers.set(id, w);
   }
 
-  private checkResize(v: VolumeRecord, args: Record<string, string>): void {
-    const size = Number(args.size);
-    if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) {
-      throw new InvalidArgumentError(`resize: invalid size "${args.size ?? ''}": give a positive number of bytes, a multiple of 512`);
-    }
-    if (size < v.size) throw new InvalidArgumentError(`resize of ${v.name}: ${formatSize(size)} is smaller than its ${formatSize(v.size)}: volumes only grow; nothing changed`);
-    if (size === v.size) throw new InvalidArgumentError(`resize of ${v.name}: it is already ${formatSize(size)}; nothing changed`);
-  }
-
-  private async end(j: JobRecord, state: JobRecord['state'], error = '', volume?: VolumeRecord): Promise<void> {
+  /**
+   * Records the job's end. `dirty`: the volume is left DIRTY (attach refuses
+   * it, volume.dirty); default: a success clears it, any other end sets it
+   * once the job took its lease (its DIRTY compare-and-set may have reached a node).
+   */
+  private async end(j: JobRecord, state: JobRecord['state'], error = '', volume?: VolumeRecord, dirty?: boolean): Promise<void> {
     j.state = state;
     j.error = error;
     j.endedMs = this.now();
     const batch = this.store.batch().putJob(j);
-    if (volume) batch.putVolume(volume);
+    const v = volume ?? this.volumes.byVolumeId(j.volumeId)?.volume;
+    if (v && markDirty(v, j, state === 'succeeded' ? false : dirty ?? j.epoch > 0)) batch.putVolume(v);
+    else if (volume) batch.putVolume(volume);
     if (state !== 'succeeded') {
       batch.event(`job.${state as 'failed' | 'aborted' | 'fenced'}`, `volume:${j.volume}`, `${j.kind} job ${j.id} ${state}${error ? `: ${error}` : ''}`, { job: j.id, kind: j.kind, generation: j.expectedGeneration, epoch: j.epoch });
     }
     await this.store.write(batch);
     this.release(j.id);
+    this.pruner.soon();
     log[state === 'succeeded' ? 'info' : 'warn']({ job: j.id, kind: j.kind, volume: j.volume, state, error: error || undefined }, `job ${state}`);
   }
 
   /** The volumes job `id` held (its volume; a copy's source too) are free again. */
   private release(id: string): void {
     for (const [volumeId, job] of this.active) if (job === id) this.active.delete(volumeId);
+    this.copies.disks?.release(id);
   }
 
   private stopping = false;
 
+  /** Ends `j` the way reconnaissance's verdict says (recon-verdicts.ts; copy.ts calls it). */
+  settle(j: JobRecord, report: ReconReport): Promise<void> {
+    return this.verdicts.settle(j, report);
+  }
+
+  /** Fences job `j` (recon-verdicts.ts). */
+  fence(j: JobRecord, report: ReconReport): Promise<void> {
+    return this.verdicts.fence(j, report);
+  }
+
   /** The manager stops: workers stop at their next step without recording anything (reconnaissance decides at the next start). */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.pruner.stop();
     await this.copies.stop();
     await this.idle();
   }
@@ -247,39 +274,32 @@ export class Jobs {
     if (j.state === 'aborting') throw new Aborted();
   }
 
-  /** The volume's nodes: control address -> data address, for every server holding a chunk of it. */
-  private nodesOf(map: ChunkMapRecord): Map<string, string> {
-    const out = new Map<string, string>();
-    for (const d of map.disks) {
-      const s = this.registry.serverOfDisk(d);
-      if (s) out.set(s.controlAddress, s.dataAddress);
-    }
-    return out;
+  private cas(map: ChunkMapRecord, req: VolumeStateCas, volumeId: number): Promise<void> {
+    return casVolume(this.peers, this.registry, map, volumeId, req);
   }
 
-  /** The CAS on every node of the volume (in parallel); the first refusal is thrown. */
-  private async cas(map: ChunkMapRecord, req: { epoch: number; expectedGeneration: number; generation: number; legality: 'LEGAL' | 'DIRTY'; jobId: string; jobKind: string; jobOutcome: string; volumeSize?: number; segmentCount?: number; raiseLagging?: boolean }, volumeId: number): Promise<void> {
-    const set = this.peers.node.setVolumeState;
-    if (!set) throw new VskyError('EINTERNAL', 'the storage-node client has no SetVolumeState');
-    const results = await mapLimit([...this.nodesOf(map).keys()], 16, (a) => set(a, { volumeId, ...req }));
-    const failed = results.find((r) => r.status === 'rejected') as PromiseRejectedResult | undefined;
-    if (failed) throw failed.reason;
+  private get wipeCtx(): WipeContext {
+    return {
+      store: this.store, registry: this.registry, peers: this.peers, path: this.dataPath ?? this.opts.dataPath ?? dataProtocolPath,
+      checkAbort: (x) => this.checkAbort(x), staleMarked: (id, why) => this.staleMarked?.(id, why),
+    };
   }
 
   /** Jobs whose DIRTY compare-and-set was sent (a failure from there on leaves the volume DIRTY at g). */
   private readonly dirtied = new Set<string>();
 
   private async run(j: JobRecord): Promise<void> {
-    if (j.state === 'aborting') return this.end(j, 'aborted', 'aborted before it started; nothing was touched');
+    if (j.state === 'aborting') return this.end(j, 'aborted', 'aborted before it started; nothing was touched', undefined, false);
     try {
+      if (j.kind === 'copy') await this.copies.waitForDisks(j, () => this.checkAbort(j));
       await this.volumes.exclusive(j.volume, (e) => this.work(j, e));
       // A copy: the lease is taken and the destination DIRTY; its host does the rest.
       if (j.kind === 'copy' && j.state === 'running' && !this.stopping) await this.copies.dispatch(j);
     } catch (err) {
       if (isFinal(j.state) || err instanceof Stopped || this.stopping) return;
       const dirty = this.dirtied.has(j.id) ? ` (volume ${j.volume} stays DIRTY at generation ${j.expectedGeneration})` : '';
-      if (err instanceof Aborted || (j.state as string) === 'aborting') return this.end(j, 'aborted', `aborted${dirty}`);
-      return this.end(j, 'failed', `${errorMessage(err)}${dirty}`);
+      if (err instanceof Aborted || (j.state as string) === 'aborting') return this.end(j, 'aborted', `aborted${dirty}`, undefined, this.dirtied.has(j.id));
+      return this.end(j, 'failed', `${errorMessage(err)}${dirty}`, undefined, this.dirtied.has(j.id));
     } finally {
       this.dirtied.delete(j.id);
     }
@@ -301,7 +321,7 @@ export class Jobs {
     if (volume.generation !== g) {
       throw new StaleGenerationError(`generation mismatch: volume ${volume.name} is at generation ${volume.generation}, the job expected ${g}; nothing was touched`, { expected: g, actual: volume.generation });
     }
-    if (j.kind === 'resize') this.checkResize(volume, j.args);
+    if (j.kind === 'resize') checkResize(volume, j.args);
     if (j.kind === 'copy') this.copies.checkDetached(this.volumes.entry(j.args.source ?? '').volume, 'source');
     this.checkAbort(j);
     if (online) {
@@ -320,12 +340,15 @@ export class Jobs {
     // CAS generation == g and mark DIRTY, on every node, under the job's epoch.
     this.dirtied.add(j.id);
     // Nodes that missed map-only generation bumps (resyncs, stale marks) are raised to g.
-    await this.cas(e.map, { epoch: j.epoch, expectedGeneration: g, generation: g, legality: 'DIRTY', ...stamp, jobOutcome: 'running', raiseLagging: true }, volume.id);
+    const dirtyCas: VolumeStateCas = { epoch: j.epoch, expectedGeneration: g, generation: g, legality: 'DIRTY', ...stamp, jobOutcome: 'running', raiseLagging: true };
+    // A wipe goes on without the nodes that do not answer (their replicas are marked stale, wipe.ts).
+    const nodes = j.kind === 'wipe' ? await wipeDirty(this.wipeCtx, j, e, dirtyCas) : trustedNodes(this.registry, e.map);
+    if (j.kind !== 'wipe') await this.cas(e.map, dirtyCas, volume.id);
     crashPoint('manager.job.dirty');
     this.checkAbort(j);
     if (j.kind === 'copy') return; // its host copies and writes the final CAS (copy.ts)
     let next: { volume: VolumeRecord; map?: ChunkMapRecord } = { volume: { ...volume, generation: g + 1 } };
-    if (j.kind === 'wipe') await this.wipe(j, e);
+    if (j.kind === 'wipe') await wipeReplicas(this.wipeCtx, j, e, nodes);
     else if (online) next = await this.growOnline(j, e);
     else next = await this.resize(j, e);
     crashPoint('manager.job.worked');
@@ -333,9 +356,12 @@ export class Jobs {
     // Done: g+1, LEGAL, the job's record, in one CAS per node, conditional on the epoch.
     // A resize's CAS also gives every chunk's identity the new size and segment count (a rebuild from storage reads them).
     const shape = j.kind === 'resize' ? { volumeSize: next.volume.size, segmentCount: next.volume.segmentCount } : {};
-    await this.cas(next.map ?? e.map, { epoch: j.epoch, expectedGeneration: g, generation: g + 1, legality: 'LEGAL', ...stamp, jobOutcome: 'succeeded', ...shape }, volume.id);
+    const done: VolumeStateCas = { epoch: j.epoch, expectedGeneration: g, generation: g + 1, legality: 'LEGAL', ...stamp, jobOutcome: 'succeeded', ...shape };
+    if (j.kind === 'wipe') firstError(await casNodes(this.peers, [...nodes.keys()], volume.id, done));
+    else await this.cas(next.map ?? e.map, done, volume.id);
     crashPoint('manager.job.committed');
     next.volume.generation = g + 1;
+    markDirty(next.volume, j, false);
     j.done = j.total;
     const batch = this.store.batch().putVolume(next.volume);
     if (next.map) batch.putChunkMap(next.map);
@@ -348,36 +374,8 @@ export class Jobs {
     Object.assign(volume, next.volume);
     if (next.map) Object.assign(e.map, next.map);
     this.active.delete(j.volumeId);
+    this.pruner.soon();
     log.info({ job: j.id, kind: j.kind, volume: volume.name, generation: g + 1, ms: j.endedMs - j.startedMs }, 'job succeeded');
-  }
-
-  /** Zeroes every replica of every segment (DISCARD under the job's epoch), then flushes each. */
-  private async wipe(j: JobRecord, e: VolumeEntry): Promise<void> {
-    const { volume, map } = e;
-    const replicas: Array<{ segment: number; idSlot: number; data: string; length: number }> = [];
-    forEachReplica(map, (r) => {
-      const s = this.registry.serverOfDisk(r.diskId);
-      if (!s) throw new ConflictError(`replica ${r.slot} of segment ${r.segment} of ${volume.name} is on an unknown disk ${r.diskId}`);
-      replicas.push({ segment: r.segment, idSlot: r.idSlot, data: s.dataAddress, length: Math.min(volume.chunkSize, volume.size - r.segment * volume.chunkSize) });
-    });
-    j.total = replicas.reduce((n, r) => n + r.length, 0);
-    j.done = 0;
-    const path = (this.dataPath ?? this.opts.dataPath ?? dataProtocolPath)();
-    try {
-      const results = await mapLimit(replicas, 8, async (r) => {
-        for (let off = 0; off < r.length; off += ZERO_STEP) {
-          this.checkAbort(j);
-          const len = Math.min(ZERO_STEP, r.length - off);
-          await path.zero(r.data, volume.id, r.segment, r.idSlot, j.epoch, off, len);
-          j.done += len;
-        }
-        await path.flush(r.data, volume.id, r.segment, r.idSlot, j.epoch);
-      });
-      const failed = results.find((r) => r.status === 'rejected') as PromiseRejectedResult | undefined;
-      if (failed) throw failed.reason;
-    } finally {
-      await path.close();
-    }
   }
 
   /** Grow, detached: new segments placed like a create's and allocated under the job's epoch; returns the new records (committed by the caller). */
@@ -397,125 +395,4 @@ export class Jobs {
     await growOnline({ ...this.ctx, checkAbort: (x) => this.checkAbort(x), mapChanged: this.mapChanged }, j, e);
     return { volume: e.volume, map: e.map };
   }
-
-  /**
-   * A job the previous process left pending or running: pending (never
-   * started, or started and not yet durable as running) and running are
-   * decided by reconnaissance from the nodes' chunk records.
-   */
-  private async resolveInterrupted(j: JobRecord): Promise<void> {
-    if (j.state === 'pending' && j.epoch === 0) {
-      return this.end(j, 'failed', 'the manager restarted before the job started; nothing was touched; submit it again with a new id');
-    }
-    for (let attempt = 0; ; attempt++) {
-      try {
-        if (j.online) return await this.settleOnline(j);
-        const report = await this.recon.investigate(j.volume, j);
-        await this.settle(j, report);
-        return;
-      } catch (err) {
-        log.warn({ job: j.id, err: errorMessage(err), attempt }, 'reconnaissance of an interrupted job failed; retrying');
-        if (attempt >= 30) return this.end(j, 'failed', `interrupted by a manager restart; reconnaissance failed: ${errorMessage(err)}`);
-        await new Promise((r) => setTimeout(r, 1000));
-      }
-    }
-  }
-
-  /**
-   * An online resize the previous process left running is never fenced (that
-   * would take the lease from a running VM). If its new size was committed,
-   * the holder may be using the new chunks: finish it (the final CAS under the
-   * volume's epoch, g+1) and have the map pushed to the holder. Otherwise its
-   * chunks are garbage (GC frees them) and it failed; the volume stays DIRTY at g.
-   */
-  private async settleOnline(j: JobRecord): Promise<void> {
-    await this.volumes.exclusive(j.volume, async (e) => {
-      const { volume } = e;
-      const g = j.expectedGeneration;
-      if (!grownTo(j, volume)) {
-        return this.end(j, 'failed', `interrupted by a manager restart before its new size was committed: the size is unchanged (${formatSize(volume.size)}), its new chunks are garbage for GC; the volume stays DIRTY at generation ${g}`);
-      }
-      const shape = { volumeSize: volume.size, segmentCount: volume.segmentCount };
-      try {
-        await this.cas(e.map, { epoch: volume.epoch, expectedGeneration: g, generation: g + 1, legality: 'LEGAL', jobId: j.id, jobKind: j.kind, jobOutcome: 'succeeded', ...shape }, volume.id);
-      } catch (err) {
-        this.mapChanged?.(volume.id);
-        return this.end(j, 'failed', `interrupted by a manager restart after its new size (${formatSize(volume.size)}) was committed; the final compare-and-set failed: ${errorMessage(err)}; the volume stays DIRTY at generation ${g}`);
-      }
-      volume.generation = Math.max(volume.generation, g + 1);
-      await this.end(j, 'succeeded', '', volume);
-      this.mapChanged?.(volume.id);
-    });
-  }
-
-  /** Acts on reconnaissance's verdict about job `j`: record a success, or fence. */
-  async settle(j: JobRecord, report: ReconReport): Promise<void> {
-    const e = this.volumes.entry(j.volume);
-    const g = j.expectedGeneration;
-    if (report.verdict === 'succeeded') {
-      const v = e.volume;
-      if (v.generation < g + 1) v.generation = g + 1;
-      return this.end(j, 'succeeded', '', v);
-    }
-    if (report.verdict === 'fenced') return this.end(j, 'fenced', report.explanation, e.volume);
-    if (report.verdict === 'other') return this.end(j, 'failed', report.explanation);
-    // A wipe's and a copy's data were flushed before their last CAS began: the rest may be committed.
-    if (report.verdict === 'roll_forward' && (j.kind === 'wipe' || j.kind === 'copy')) return this.rollForward(j, report);
-    // interrupted or never started: fence it.
-    await this.fence(j, report);
-  }
-
-  /**
-   * A wipe whose last CAS reached only some nodes: every replica was zeroed
-   * and flushed before it, so the rest are committed too (g -> g+1, under a
-   * new epoch). A resize is fenced instead: its new chunk map was not
-   * committed by the manager.
-   */
-  private async rollForward(j: JobRecord, report: ReconReport): Promise<void> {
-    await this.volumes.exclusive(j.volume, async (e) => {
-      const { volume } = e;
-      const g = j.expectedGeneration;
-      volume.epoch = nextCounter(volume.epoch, `volume ${volume.name}'s lease epoch`);
-      await this.volumes.saveVolume(volume);
-      for (const n of report.nodes) {
-        if (n.chunks === 0) continue;
-        await this.peers.node.setVolumeState!(n.controlAddress, {
-          volumeId: volume.id, epoch: volume.epoch, expectedGeneration: g, generation: g + 1, legality: 'LEGAL', jobId: j.id, jobKind: j.kind, jobOutcome: 'succeeded',
-        });
-      }
-      volume.generation = Math.max(volume.generation, g + 1);
-      await this.end(j, 'succeeded', '', volume);
-    });
-  }
-
-  /**
-   * A fence: take the lease with a higher epoch, then compare-and-set a
-   * fenced record and a bumped generation (g+2) on every node. Idempotent: a
-   * node already fenced by this job accepts the same CAS again.
-   */
-  async fence(j: JobRecord, report: ReconReport): Promise<void> {
-    await this.volumes.exclusive(j.volume, async (e) => {
-      const { volume } = e;
-      const g = j.expectedGeneration;
-      volume.epoch = nextCounter(volume.epoch, `volume ${volume.name}'s lease epoch`);
-      await this.volumes.saveVolume(volume);
-      const legality = report.verdict === 'not_started' ? 'LEGAL' : 'DIRTY';
-      const set = this.peers.node.setVolumeState!;
-      for (const n of report.nodes) {
-        if (n.chunks === 0) continue;
-        // Against what reconnaissance saw there: g (interrupted, not started), g+1 (a resize's partial
-        // commit) or g+2 (already fenced by this job: the same CAS is accepted again).
-        await set(n.controlAddress, {
-          volumeId: volume.id, epoch: volume.epoch, expectedGeneration: n.generation >= g && n.generation <= g + 2 ? n.generation : g, generation: g + 2, legality,
-          jobId: j.id, jobKind: 'fence', jobOutcome: 'fenced',
-        });
-      }
-      volume.generation = Math.max(volume.generation, g + 2);
-      await this.end(j, 'fenced', `${report.explanation}: fenced under epoch ${volume.epoch}, generation ${g + 2}${legality === 'DIRTY' ? ', the volume is DIRTY' : ''}`, volume);
-    });
-  }
-}
-
-function sortKeys(o: Record<string, string>): Array<[string, string]> {
-  return Object.entries(o).sort(([a], [b]) => a.localeCompare(b));
 }

@@ -52,6 +52,8 @@ export interface ResyncContext {
   readonly pusher: MapPusher;
   readonly book: ResyncBook;
   readonly opts: ResyncOptions;
+  /** Copy jobs' disk claims: running work for the scheduler (job-disks.ts). */
+  readonly jobDisks: { running(): Array<{ id: string; disks: readonly string[] }> };
   rt(rec: ResyncRecord): Runtime;
   /** The record is gone: drop its runtime. */
   forget(rec: ResyncRecord): void;

@@ -115,6 +115,8 @@ export class ResyncDispatcher {
       queued.push({ id: rec.id, goodCopies: sources.length, createdMs: rec.createdMs, target: rec.target.diskId, sources, bytes: rt.bytesExpected });
     }
     if (queued.length === 0) return;
+    // Copy jobs count against the per-disk limit like running resyncs (job-disks.ts).
+    for (const j of this.ctx.jobDisks.running()) running.push({ id: j.id, disks: j.disks });
     const { start, waiting } = scheduleResyncs(queued, running, this.ctx.opts.limits);
     if (start.length > 0 || waiting.noSource > 0) log.debug({ starting: start.length, running: running.length, waiting }, 'resync schedule');
     await mapLimit(start, 16, (s) => this.dispatch(this.ctx.book.get(s.id)!, s.sources, false));

@@ -11,3 +11,4 @@ export { DEFAULT_SCHEDULER_LIMITS, type SchedulerLimits } from './scheduler.js';
 export { allocateReplicaChunk, type ReplicaItem } from './spares.js';
 export type { ResyncContext } from './context.js';
 export { resyncListView, volumeHealth } from './views.js';
+export { isResyncJobId, resyncJobView, resyncJobViews } from './job-views.js';

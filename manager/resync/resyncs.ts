@@ -10,6 +10,7 @@ import type { Registry } from '../registry.js';
 import { ResyncBook } from './book.js';
 import { DEFAULT_RESYNC_OPTIONS, type ResyncContext, type ResyncOptions, type Runtime } from './context.js';
 import { ResyncDispatcher } from './dispatch.js';
+import { JobDiskClaims } from './job-disks.js';
 import { ResyncOutcomes } from './outcomes.js';
 import { SparePlanner } from './spares.js';
 import type { ManagerStore, StoreBatch, StoreSnapshot } from '../store.js';
@@ -57,6 +58,8 @@ export class Resyncs implements ResyncContext {
   private readonly background = new Set<Promise<unknown>>();
   private readonly dispatcher: ResyncDispatcher;
   private readonly outcomes: ResyncOutcomes;
+  /** Copy jobs' disks, counted against the per-disk limit (job-disks.ts). */
+  readonly jobDisks: JobDiskClaims;
 
   constructor(
     readonly store: ManagerStore,
@@ -68,6 +71,7 @@ export class Resyncs implements ResyncContext {
     readonly pusher: MapPusher,
     readonly opts: ResyncOptions = DEFAULT_RESYNC_OPTIONS,
   ) {
+    this.jobDisks = new JobDiskClaims(() => this.opts.limits, () => this.diskLoad(), (why) => this.wake(why));
     this.dispatcher = new ResyncDispatcher(this);
     this.outcomes = new ResyncOutcomes(this, this.dispatcher);
     this.planner = new SparePlanner(this, model, opts.spareDisks);
@@ -188,6 +192,16 @@ export class Resyncs implements ResyncContext {
       this.runtime.delete(r.id);
     }
     this.pusher.forget(volumeId);
+  }
+
+  /** Disk -> running resyncs using it (target and sources). */
+  diskLoad(): Map<string, number> {
+    const load = new Map<string, number>();
+    for (const r of this.book.all()) {
+      if (r.state !== 'running') continue;
+      for (const d of [r.target.diskId, ...r.sources]) load.set(d, (load.get(d) ?? 0) + 1);
+    }
+    return load;
   }
 
   runtimeOf(id: string): Readonly<Runtime> | undefined {

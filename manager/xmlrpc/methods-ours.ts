@@ -2,7 +2,7 @@ import type { HeadRecord } from '../types.js';
 import type { XStruct, XValue } from './codec.js';
 import { volumeOf, type Method, type XmlRpcContext } from './context.js';
 import { errnoFault } from './faults.js';
-import { has, lookupById, mand } from './params.js';
+import { flagParam, has, lookupById, mand } from './params.js';
 
 // What VastSky-TS has and VastSky 3.0 had not, in VastSky's style (one
 // struct with ver, errno faults; docs/xmlrpc.md): the write lease's live
@@ -16,11 +16,6 @@ function headOf(ctx: XmlRpcContext, data: XStruct): HeadRecord {
   return head;
 }
 
-function flag(data: XStruct, key: string): boolean {
-  if (!has(data, key)) return false;
-  if (typeof data[key] !== 'boolean') throw errnoFault('EINVAL', `${key} must be a boolean`);
-  return data[key] as boolean;
-}
 
 /** Live migration: the head exports the volume as a standby next to the holder; the lease follows its first I/O. */
 const attachLogicalVolumeStandby: Method = async (ctx, data) => {
@@ -42,7 +37,7 @@ const handoffLogicalVolume: Method = async (ctx, data) => {
 const takeoverLogicalVolume: Method = async (ctx, data) => {
   const head = headOf(ctx, data);
   const v = volumeOf(ctx, data);
-  await ctx.core.attachments.attach(v.name, head.id, { force: flag(data, 'force') });
+  await ctx.core.attachments.attach(v.name, head.id, { force: flagParam(data, 'force') });
   return 0;
 };
 
@@ -50,7 +45,7 @@ const takeoverLogicalVolume: Method = async (ctx, data) => {
 const detachLogicalVolumeFromHead: Method = async (ctx, data) => {
   const head = headOf(ctx, data);
   const v = volumeOf(ctx, data);
-  await ctx.core.leases.detachHead(v.name, head.id, flag(data, 'force'));
+  await ctx.core.leases.detachHead(v.name, head.id, flagParam(data, 'force'));
   return 0;
 };
 

@@ -4,7 +4,7 @@ import type { XStruct, XValue } from './codec.js';
 import { hsvridOf, volumeOf, type Method, type XmlRpcContext } from './context.js';
 import { errnoFault, mapErrors } from './faults.js';
 import { lvolBlock } from './ids.js';
-import { has, isInt, lookupById, mand } from './params.js';
+import { flagParam, has, isInt, lookupById, mand } from './params.js';
 import { ctime, gb, hasFault, volumeTree } from './tree.js';
 
 // Logical volumes: VastSky 3.0's create/delete/attach/detach/list/show on our
@@ -59,7 +59,8 @@ const attachLogicalVolume: Method = async (ctx, data) => {
   if (!head) throw errnoFault('EINVAL', 'no head server with that hsvrid (see listHeadServers)');
   if (head.state !== 'active') throw errnoFault('EINVAL', `head server ${head.name} is offline (no heartbeat)`);
   if (head.halted) throw errnoFault('EINVAL', `head server ${head.name} is offline (halted by shutdownAll: restart it or call registerHeadServer)`);
-  await mapErrors(() => ctx.core.attachments.attach(v.name, head.id), { ECONFLICT: 'EBUSY' });
+  // allow_dirty (ours): attach a DIRTY volume anyway (logged; docs/jobs.md).
+  await mapErrors(() => ctx.core.attachments.attach(v.name, head.id, { allowDirty: flagParam(data, 'allow_dirty') }), { ECONFLICT: 'EBUSY' });
   return 0;
 };
 

@@ -96,3 +96,10 @@ export function describe(v: XValue): string {
   if (typeof v === 'number' || typeof v === 'boolean') return String(v);
   return `a value of type ${pythonType(v)}`;
 }
+
+/** An optional boolean parameter (absent: false). */
+export function flagParam(data: XStruct, key: string): boolean {
+  if (!has(data, key)) return false;
+  if (typeof data[key] !== 'boolean') throw errnoFault('EINVAL', `${key} must be a boolean`);
+  return data[key] as boolean;
+}

@@ -43,6 +43,22 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     disks: (await xr('listPhysicalDisks')).map((d: Json) => [d.pdskid, d.priority]),
   });
 
+  /** A disk extent and bad blocks marked stale: mirror statuses and the fault flag show it (no resync may run meanwhile). */
+  const checkStaleMarks = async (lvolid: number, tree: Json, dext: Json) => {
+    expect(await xr('notifyFailure', { target: 4, targetid: dext.lvolid })).toBe(0);
+    const after = await xr('showLogicalVolume', { lvolid });
+    expect([3, 4]).toContain(after.components[0].components[0].components[0].components.find((d: Json) => d.lvolspec.slot === dext.lvolspec.slot).mirror_status);
+    expect((await xr('listLogicalVolumes', { lvolid }))[0].fault).toBe(true);
+    // Bad blocks under another segment's extent: that replica goes stale too.
+    const other = tree.components[0].components[0].components[1].components[1];
+    expect(await xr('notifyBadBlocks', { pdskid: other.lvolspec.pdskid, blocks: [other.lvolspec.offset] })).toBe(0);
+    const segment1 = (await xr('showLogicalVolume', { lvolid })).components[0].components[0].components[1].components;
+    expect([3, 4]).toContain(segment1.find((d: Json) => d.lvolspec.slot === other.lvolspec.slot).mirror_status);
+    // The premise: no resync of the volume copied anything (its head is frozen), so the flags above were not raced.
+    const { resyncs } = await vskyJson<{ resyncs: Array<{ volume: string; state: string; bytesCopied: number }> }>(['resync', 'list'], c.managerAddress);
+    expect(resyncs.filter((x) => x.volume === 'fail1' && (x.state === 'running' || x.bytesCopied > 0))).toEqual([]);
+  };
+
   beforeAll(async () => {
     c = await startTestCluster({ heads: 2, diskSize: 2 * GiB });
     url = c.xmlrpcUrl;
@@ -157,15 +173,16 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
     expect(await xr('attachLogicalVolume', { lvolid, hsvrid })).toBe(0);
     const tree = await xr('showLogicalVolume', { lvolid });
     const dext = tree.components[0].components[0].components[0].components[0];
-    expect(await xr('notifyFailure', { target: 4, targetid: dext.lvolid })).toBe(0);
-    const after = await xr('showLogicalVolume', { lvolid });
-    expect([3, 4]).toContain(after.components[0].components[0].components[0].components.find((d: Json) => d.lvolspec.slot === dext.lvolspec.slot).mirror_status);
-    expect((await xr('listLogicalVolumes', { lvolid }))[0].fault).toBe(true);
-    // Bad blocks under another segment's extent: that replica goes stale too.
-    const other = tree.components[0].components[0].components[1].components[1];
-    expect(await xr('notifyBadBlocks', { pdskid: other.lvolspec.pdskid, blocks: [other.lvolspec.offset] })).toBe(0);
-    const segment1 = (await xr('showLogicalVolume', { lvolid })).components[0].components[0].components[1].components;
-    expect([3, 4]).toContain(segment1.find((d: Json) => d.lvolspec.slot === other.lvolspec.slot).mirror_status);
+    // The volume is empty, so its resyncs copy nothing and end at once: the fault flag and the
+    // stale statuses could be gone before we read them. The head holding the volume is its resync
+    // executor and must take the new map first, so with that head frozen no resync of it can start
+    // (it waits for the head, whose lease outlives these few calls): no race with the resync.
+    c.head.pause();
+    try {
+      await checkStaleMarks(lvolid, tree, dext);
+    } finally {
+      c.head.resume();
+    }
     // A head server reported gone: its volumes are detached (VastSky drops its attach rows).
     expect(await xr('notifyFailure', { target: 1, targetid: hsvrid })).toBe(0);
     expect((await xr('listLogicalVolumes', { lvolid }))[0].hsvrid).toBe(0);
