@@ -50,12 +50,12 @@ describe('storage jobs: DIRTY attach, retention, per-disk limits, wipe without a
 
   beforeAll(async () => {
     // Resyncs throttled (4 MiB/s) so one is seen running; ended job records: the last 2 per volume.
-    c = await startTestCluster({ nodeArgs: { manager: ['--resync-mibps', '4', '--job-keep', '2'] } });
+    c = await startTestCluster({ managerArgs: ['--resync-mibps', '4', '--job-keep', '2'] });
     work = mkdtempSync(join(tmpdir(), 'vsky-jobs-gaps-'));
   });
   afterAll(async () => {
     await destroyTestCluster(c);
-    rmSync(work, { recursive: true, force: true });
+    if (work) rmSync(work, { recursive: true, force: true });
   });
 
   it('a copy job waits, pending, while a resync holds one of its disks at the per-disk limit; the resync shows as a job', async () => {
