@@ -241,8 +241,12 @@ export class LocalCluster {
     return managerClient(this.managerAddress);
   }
 
-  /** Polls until every server, its disks and every head (head1..headN) are registered and active. */
-  async waitRegistered(timeoutMs = 20_000): Promise<void> {
+  /**
+   * Polls until every server, its disks and every head (head1..headN) are registered and active;
+   * `activeDisks` lowers the disk count for a cluster where an admin failed some.
+   */
+  async waitRegistered(timeoutMs = 20_000, activeDisks = this.nodes.length * this.opts.disksPerServer): Promise<void> {
+    const wantDisks = activeDisks;
     const m = this.client();
     const deadline = Date.now() + timeoutMs;
     try {
@@ -254,7 +258,7 @@ export class LocalCluster {
         const activeDisks = disks.disks.filter((d) => d.state === 'active').length;
         const activeHeads = new Set(heads.heads.filter((h) => h.state === 'active').map((h) => h.name));
         const missingHeads = this.headNames.filter((n) => !activeHeads.has(n));
-        if (activeServers >= this.nodes.length && activeDisks >= this.nodes.length * this.opts.disksPerServer && missingHeads.length === 0) return;
+        if (activeServers >= this.nodes.length && activeDisks >= wantDisks && missingHeads.length === 0) return;
         if (Date.now() > deadline) {
           throw new TimeoutError(`cluster not registered after ${timeoutMs} ms: ${activeServers} servers, ${activeDisks} disks, `
             + `${this.heads.length - missingHeads.length}/${this.heads.length} heads active${missingHeads.length ? ` (waiting for ${missingHeads.join(', ')})` : ''}`);

@@ -80,6 +80,8 @@ export const PEER_TIMEOUTS = {
   detachForce: 3_000,
   /** UpdateMap, StartResync, CopyChunk: the peer only takes note (the copy runs in the background). */
   resync: 5_000,
+  /** SetVolumeState: one record write per chunk of the volume on the node; a node that is gone is left out after this (a wipe). */
+  volumeState: 10_000,
 };
 
 export class GrpcPeerClients implements PeerClients {
@@ -96,7 +98,7 @@ export class GrpcPeerClients implements PeerClients {
     getChunkRegions: (a, req) => call(this.nodeClient(a), 'GetChunkRegions', req, PEER_TIMEOUTS.info, PEER_CALL),
     copyChunk: async (a, task) => { await call(this.nodeClient(a), 'CopyChunk', task, PEER_TIMEOUTS.resync, PEER_CALL); },
     noteSegment: async (a, req, timeoutMs) => { await call(this.nodeClient(a), 'NoteSegment', req, timeoutMs); },
-    setVolumeState: async (a, req) => (await call(this.nodeClient(a), 'SetVolumeState', req, PEER_TIMEOUTS.disk, PEER_CALL)).chunks,
+    setVolumeState: async (a, req) => (await call(this.nodeClient(a), 'SetVolumeState', req, PEER_TIMEOUTS.volumeState, PEER_CALL)).chunks,
   };
 
   readonly head: HeadApi = {

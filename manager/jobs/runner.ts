@@ -372,6 +372,7 @@ export class Jobs {
     batch.putJob(j);
     await this.store.write(batch);
     Object.assign(volume, next.volume);
+    markDirty(volume, j, false); // Object.assign keeps a property next.volume no longer has
     if (next.map) Object.assign(e.map, next.map);
     this.active.delete(j.volumeId);
     this.pruner.soon();

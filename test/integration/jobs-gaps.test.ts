@@ -49,8 +49,8 @@ describe('storage jobs: DIRTY attach, retention, per-disk limits, wipe without a
   const detach = async (name: string) => expect((await vsky(['volume', 'detach', name], m())).exitCode).toBe(0);
 
   beforeAll(async () => {
-    // Resyncs throttled (4 MiB/s) so one is seen running; ended job records: the last 2 per volume.
-    c = await startTestCluster({ managerArgs: ['--resync-mibps', '4', '--job-keep', '2'] });
+    // Resyncs throttled (1 MiB/s: a 16 MiB resync runs long enough to be seen even on a loaded machine); ended job records: the last 2 per volume.
+    c = await startTestCluster({ managerArgs: ['--resync-mibps', '1', '--job-keep', '2'] });
     work = mkdtempSync(join(tmpdir(), 'vsky-jobs-gaps-'));
   });
   afterAll(async () => {
@@ -67,7 +67,7 @@ describe('storage jobs: DIRTY attach, retention, per-disk limits, wipe without a
     const before = await show('rv');
     const failed = before.map.segments[0]!.replicas[0]!.diskId;
     expect((await vsky(['disk', 'fail', failed], m())).exitCode).toBe(0);
-    // The premise: a resync of rv runs (a node copies 16 MiB at 4 MiB/s), using its target and source disks.
+    // The premise: a resync of rv runs (a node copies 16 MiB at 1 MiB/s), using its target and source disks.
     const resync = await until('a running resync of rv', async () => {
       const { resyncs } = await vskyJson<{ resyncs: ResyncRow[] }>(['resync', 'list'], m());
       return resyncs.find((r) => r.volume === 'rv' && r.state === 'running');
@@ -96,7 +96,7 @@ describe('storage jobs: DIRTY attach, retention, per-disk limits, wipe without a
     expect(copied).toMatchObject({ state: 'succeeded', waiting: '' });
     // It started only once the resync had ended.
     expect(copied.startedMs).toBeGreaterThanOrEqual(watched.endedMs);
-  });
+  }, 120_000);
 
   it('a DIRTY volume is refused at attach (CLI, XML-RPC) with the fixes; --allow-dirty is logged; a wipe makes it LEGAL', async () => {
     const uri = await c.ensureVolume('dv', 32 * MiB, 2);
@@ -107,12 +107,12 @@ describe('storage jobs: DIRTY attach, retention, per-disk limits, wipe without a
     // A manager killed between the data work and the final CAS: the restarted one fences the job, DIRTY.
     c.manager.env = { VSKY_CRASH_AT: 'manager.job.worked' };
     await c.manager.restart();
-    await c.waitRegistered();
+    await c.waitRegistered(20_000, 5);
     await vskyJson(['volume', 'wipe', 'dv', '--job-id', 'wipe-crash'], m()).catch(() => undefined);
     await c.manager.waitExit();
     c.manager.env = {};
     await c.manager.start();
-    await c.waitRegistered();
+    await c.waitRegistered(20_000, 5);
     expect(await waitJob('wipe-crash')).toMatchObject({ state: 'fenced' });
     const dirty = await show('dv');
     expect(dirty.info).toMatchObject({ legality: 'DIRTY', dirtyJob: 'wipe job wipe-crash fenced' });
@@ -201,5 +201,5 @@ except xmlrpc.client.Fault as f:
     await expectReplicasEqual(c, 'kv', 3);
     const { copies } = await readEveryReplica(c, 'kv');
     for (const copy of copies) expect(copy.data.every((b) => b === 0), `segment ${copy.segment} slot ${copy.slot}`).toBe(true);
-  });
+  }, 180_000);
 });
