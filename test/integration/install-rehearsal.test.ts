@@ -20,23 +20,27 @@ import { vsky, vskyJson } from '../harness/vsky.js';
 
 // A rehearsal of docs/install.md on this machine: the guide's example hosts
 // mapped onto loopback addresses of their own (manager 127.0.0.41, storage1-3
-// 127.0.0.42-44, head hv1 127.0.0.45; no other test uses 127.0.0.4x), each
+// 127.0.0.42-44, heads hv1 127.0.0.45 and hv2 127.0.0.46; no other test uses
+// 127.0.0.4x), each
 // with its own etc/vsky and var/lib/vsky under a temp dir, its configuration
 // file made from the guide's `rehearsal:` blocks and the daemon started as its
 // systemd unit starts it (`vsky DAEMON --config FILE`, not LocalCluster), on
 // the guide's (default) ports. Then the guide's rolling upgrade: each storage
 // node stopped, written around, restarted and waited for until no volume is
-// degraded; the manager backed up and restarted; the head detached, restarted,
-// attached. Every byte written must read back, from every replica.
+// degraded; the manager backed up and restarted; hv1 upgraded both ways the
+// guide says: with a live hand-off of its volume to hv2 and back, then with a
+// detach and attach. Every byte written must read back, from every replica.
 
 const GUIDE_HOSTS: Record<string, string> = {
-  '10.0.0.10': '127.0.0.41', '10.0.1.21': '127.0.0.42', '10.0.1.22': '127.0.0.43', '10.0.1.23': '127.0.0.44', '10.0.0.31': '127.0.0.45',
+  '10.0.0.10': '127.0.0.41', '10.0.1.21': '127.0.0.42', '10.0.1.22': '127.0.0.43', '10.0.1.23': '127.0.0.44',
+  '10.0.0.31': '127.0.0.45', '10.0.0.32': '127.0.0.46',
 };
 const MANAGER = `127.0.0.41:${DEFAULT_MANAGER_ADDRESS.split(':')[1]}`;
 const STORAGE = ['storage1', 'storage2', 'storage3'];
 const VOLUME = 'vm1';
 const SIZE = 64 * MiB;
 const NBD_URI = `nbd://127.0.0.45:${DEFAULT_NBD_PORT}/${VOLUME}`;
+const NBD_URI_HV2 = `nbd://127.0.0.46:${DEFAULT_NBD_PORT}/${VOLUME}`;
 const ISCSI_URL = `iscsi://127.0.0.45:${DEFAULT_ISCSI_PORT}/iqn.2026-11.ts.vastsky:${VOLUME}/0`;
 
 interface Status {
@@ -51,6 +55,8 @@ const configs: string[] = [];
 let manager: DaemonProcess;
 const nodes: DaemonProcess[] = [];
 let head: DaemonProcess;
+/** A second hypervisor's head: where hv1's volume goes during hv1's upgrade (live hand-off). */
+let head2: DaemonProcess;
 /** What the volume must hold: the last file written through the head. */
 let expected = '';
 
@@ -97,18 +103,34 @@ async function doctor(args: string[] = ['--no-host']): Promise<DoctorReport & { 
 
 const problems = (d: DoctorReport) => JSON.stringify(d.findings.filter((f) => f.level === 'warning' || f.level === 'error'));
 
-/** A new random file written over the whole volume through the head's NBD export (nbdcopy). */
-async function writeVolume(tag: string): Promise<void> {
+/** A new random file written over the whole volume through a head's NBD export (nbdcopy). */
+async function writeVolume(tag: string, uri = NBD_URI): Promise<void> {
   const file = join(root, `${tag}.img`);
   randomFile(file, SIZE);
-  await run('nbdcopy', [file, NBD_URI], 60_000);
+  await run('nbdcopy', [file, uri], 60_000);
   expected = file;
 }
 
-async function readVolume(tag: string): Promise<Buffer> {
+async function readVolume(tag: string, uri = NBD_URI): Promise<Buffer> {
   const out = join(root, `${tag}.read.img`);
-  await run('nbdcopy', [NBD_URI, out], 60_000);
+  await run('nbdcopy', [uri, out], 60_000);
   return readFileSync(out);
+}
+
+interface VolumeView { attachedHead: string; standbyHead: string; epoch: number }
+async function showVolume(): Promise<VolumeView> {
+  return (await vskyJson<{ info: VolumeView }>(['volume', 'show', VOLUME], MANAGER)).info;
+}
+
+async function ok(args: string[]): Promise<string> {
+  const r = await vsky(args, MANAGER);
+  expect(r.exitCode, `vsky ${args.join(' ')}: ${String(r.stderr)}`).toBe(0);
+  return String(r.stdout);
+}
+
+/** The guide's hv1 file made into another hypervisor's: its own name, host and metrics-listen. */
+function headToml(name: string, host: string): string {
+  return setKey(setKey(setKey(block('head-agent'), 'name', `"${name}"`), 'host', `"${host}"`), 'metrics-listen', `"${host}:9720"`);
 }
 
 function daemonCommand(name: GuideDaemon): Command {
@@ -120,10 +142,11 @@ beforeAll(() => {
     setKey(setKey(block('manager'), 'chunk-size', '"16 MiB"'), 'xmlrpc-listen', '"127.0.0.41:8881"'), ['manager']);
   STORAGE.forEach((_, i) => nodes.push(install(`storage${i + 1}`, 'storage-node', storageToml(i + 1), ['storage-node', 'disks'])));
   head = install('hv1', 'head-agent', block('head-agent'), ['head-agent']);
+  head2 = install('hv2', 'head-agent', headToml('hv2', '10.0.0.32'), ['head-agent']);
 });
 
 afterAll(async () => {
-  await Promise.all([head, ...nodes, manager].filter(Boolean).map((d) => d.stop(3000)));
+  await Promise.all([head, head2, ...nodes, manager].filter(Boolean).map((d) => d.stop(3000)));
   if (process.env.VSKY_KEEP_TEST_DIRS !== '1') rmSync(root, { recursive: true, force: true });
 });
 
@@ -147,7 +170,7 @@ describe('docs/install.md rehearsed on loopback addresses', () => {
   });
 
   it('install: configuration files checked by vsky doctor, daemons started from them, a volume attached and written', { timeout: 60_000 }, async () => {
-    expect(configs).toHaveLength(5);
+    expect(configs).toHaveLength(6);
     for (const file of configs) {
       const d = await doctor(['--no-cluster', '--config', file]);
       expect(d.code, `${file}: ${problems(d)}`).toBe(0);
@@ -218,6 +241,37 @@ describe('docs/install.md rehearsed on loopback addresses', () => {
     expect(s).toMatchObject({ serversActive: 3, disksActive: 6, heads: 1 });
   });
 
+  it('upgrade, a head with a live hand-off: its volume moves to hv2 (writes on hv2 take the lease), hv1 restarts empty, the volume comes back', { timeout: 90_000 }, async () => {
+    await head2.start();
+    await waitUntil(async () => (await doctor()).findings.some((f) => f.check === 'clock' && f.target.startsWith('head hv2')), 15_000, 'hv2 registered and heartbeating', 500);
+    const standby = await vskyJson<{ nbdUri: string }>(['volume', 'attach', VOLUME, '--head', 'hv2', '--migrate'], MANAGER);
+    expect(standby.nbdUri).toBe(NBD_URI_HV2);
+    const before = await showVolume();
+    expect(before).toMatchObject({ attachedHead: 'hv1', standbyHead: 'hv2' });
+    // "Migrate the VM": it now writes through hv2; the first I/O there moves the lease.
+    await writeVolume('on-hv2', NBD_URI_HV2);
+    const moved = await showVolume();
+    expect(moved.attachedHead).toBe('hv2');
+    expect(moved.epoch).toBeGreaterThan(before.epoch);
+    await ok(['volume', 'detach', VOLUME, '--head', 'hv1']);
+    expect(await showVolume()).toMatchObject({ attachedHead: 'hv2', standbyHead: '' });
+
+    await head.stop();
+    expect(await head.waitExit()).toBe(0);
+    await head.start();
+    await waitUntil(async () => {
+      const d = await doctor();
+      return d.code === 0 && d.findings.some((f) => f.check === 'clock' && f.target.startsWith('head hv1'));
+    }, 20_000, 'vsky doctor: no problem, hv1 heartbeating again', 500);
+
+    // And back: hv1 as the standby, the lease handed over explicitly, hv2 leaves.
+    await ok(['volume', 'attach', VOLUME, '--head', 'hv1', '--migrate']);
+    expect(await ok(['volume', 'handoff', VOLUME, '--to', 'hv1'])).toMatch(/write lease now held by hv1/);
+    await ok(['volume', 'detach', VOLUME, '--head', 'hv2']);
+    expect(await showVolume()).toMatchObject({ attachedHead: 'hv1', standbyHead: '' });
+    expect((await readVolume('back-on-hv1')).equals(readFileSync(expected)), 'what was written through hv2 reads back through hv1').toBe(true);
+  });
+
   it('upgrade, the head: detach, restart, attach; every byte reads back and vsky doctor finds nothing', { timeout: 90_000 }, async () => {
     expect((await vsky(['volume', 'detach', VOLUME], MANAGER)).exitCode).toBe(0);
     await head.stop();
@@ -237,11 +291,11 @@ describe('docs/install.md rehearsed on loopback addresses', () => {
       expect(c.data.equals(want.subarray(c.segment * chunkSize, (c.segment + 1) * chunkSize)), `segment ${c.segment} slot ${c.slot} on ${c.serverId}`).toBe(true);
     }
     const human = await vsky(['status'], MANAGER);
-    expect(String(human.stdout)).toMatch(/servers: 3\/3 active {3}disks: 6\/6 active {3}heads: 1\n[\s\S]*all fully redundant/);
+    expect(String(human.stdout)).toMatch(/servers: 3\/3 active {3}disks: 6\/6 active {3}heads: 2\n[\s\S]*all fully redundant/);
     const d = await waitUntil(async () => {
       const x = await doctor(configs.flatMap((f) => ['--config', f]));
       return x.code === 0 ? x : undefined;
-    }, 15_000, 'vsky doctor with the five configuration files: no problem', 500);
+    }, 15_000, 'vsky doctor with the six configuration files: no problem', 500);
     expect(d).toMatchObject({ ok: true, problems: 0 });
     expect(d.findings.filter((f) => f.check === 'disk' && /^disk .*\.img \(/.test(f.target))).toHaveLength(6);
   });
