@@ -169,12 +169,20 @@ describe('docs/install.md rehearsed on loopback addresses', () => {
     }
   });
 
-  it('install: configuration files checked by vsky doctor, daemons started from them, a volume attached and written', { timeout: 60_000 }, async () => {
+  it('install: configuration files checked by vsky doctor, daemons started from them, a volume attached and written', { timeout: 90_000 }, async () => {
     expect(configs).toHaveLength(6);
+    const pre = await doctor(['--no-cluster', ...configs.flatMap((f) => ['--config', f])]);
+    expect(pre.code, problems(pre)).toBe(0);
     for (const file of configs) {
-      const d = await doctor(['--no-cluster', '--config', file]);
-      expect(d.code, `${file}: ${problems(d)}`).toBe(0);
+      expect(pre.findings.filter((f) => f.check === 'config' && f.target === file).map((f) => f.level), `${file} checked against its daemon's options`).toEqual(['ok']);
     }
+    // Premise: the same check catches a typo in a key (the daemon would refuse to start).
+    const typo = join(root, 'mgr1', 'etc', 'vsky', 'typo', 'manager.toml');
+    mkdirSync(join(typo, '..'), { recursive: true });
+    writeFileSync(typo, readFileSync(configs[0]!, 'utf8').replace('lease-ttl =', 'lease-tll ='));
+    const bad = await doctor(['--no-cluster', '--config', typo]);
+    expect(bad.code).toBe(1);
+    expect(bad.findings.find((f) => f.check === 'config')).toMatchObject({ level: 'error', message: expect.stringMatching(/unknown key "lease-tll" \(did you mean "lease-ttl"\?\)/) });
     const ready = await manager.start();
     expect(ready.address).toBe(MANAGER);
     const nodeReady = await Promise.all(nodes.map((n) => n.start()));
