@@ -7,7 +7,8 @@ import { newRequestId, setProcessRequestId } from '../../shared/request-id.js';
 import { clusterFindings, defaultMaxClockSkewMs } from '../doctor/cluster-checks.js';
 import { takeSnapshot } from '../doctor/cluster-snapshot.js';
 import { finding, isProblem, renderFindings, sortFindings, type Finding } from '../doctor/findings.js';
-import { DEFAULT_CONFIGS, hostFindings } from '../doctor/host-checks.js';
+import { DEFAULT_CONFIGS, hostFindings, type ConfigValidator } from '../doctor/host-checks.js';
+import { checkConfig } from '../config/config-file.js';
 import { hostPortArg, intArg, repeatableOption } from '../options.js';
 import { printJson } from '../output.js';
 
@@ -40,13 +41,27 @@ export function registerDoctorCommand(program: Command): void {
       if (o.cluster) findings.push(...await clusterChecks(o));
       if (o.host) {
         const configs = o.config.length > 0 ? o.config : DEFAULT_CONFIGS.filter((f) => existsSync(f));
-        findings.push(...await hostFindings(configs, { fsFree: o.fsFree / 100, certDays: o.certDays, nowMs: Date.now() }));
+        findings.push(...await hostFindings(configs, { fsFree: o.fsFree / 100, certDays: o.certDays, nowMs: Date.now() }, configValidator(program)));
       }
       const problems = findings.filter(isProblem).length;
       if (o.json) printJson({ ok: problems === 0, problems, findings: sortFindings(findings) });
       else process.stdout.write(renderFindings(findings));
       process.exitCode = problems === 0 ? 0 : 1;
     });
+}
+
+/** A daemon's configuration file checked as `vsky DAEMON --config FILE` would check it (nothing is set or started). */
+function configValidator(program: Command): ConfigValidator {
+  return (daemon, values) => {
+    const cmd = program.commands.find((c) => c.name() === daemon);
+    if (!cmd) return undefined;
+    try {
+      checkConfig(cmd, values);
+      return undefined;
+    } catch (err) {
+      return errorMessage(err);
+    }
+  };
 }
 
 async function clusterChecks(o: DoctorOptions): Promise<Finding[]> {

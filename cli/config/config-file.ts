@@ -38,6 +38,20 @@ export function readConfigFile(path: string): Record<string, unknown> {
  * bad value; sets nothing then.
  */
 export function applyConfig(cmd: Command, values: Record<string, unknown>): void {
+  for (const p of planConfig(cmd, values)) cmd.setOptionValueWithSource(p.attr, p.value, 'config');
+}
+
+/**
+ * Checks `values` (a parsed configuration file) against the options of `cmd`
+ * as --config would, without setting anything: throws the same message on an
+ * unknown key or a bad value (`vsky doctor` uses it on the host's files).
+ */
+export function checkConfig(cmd: Command, values: Record<string, unknown>): void {
+  planConfig(cmd, values);
+}
+
+/** The option values a configuration file sets (those the command line did not); throws on an unknown key or a bad value. */
+function planConfig(cmd: Command, values: Record<string, unknown>): Array<{ attr: string; value: unknown }> {
   const byKey = keyedOptions(cmd.options as Option[]);
   const planned: Array<{ attr: string; value: unknown }> = [];
   for (const [key, raw] of Object.entries(values)) {
@@ -64,7 +78,7 @@ export function applyConfig(cmd: Command, values: Record<string, unknown>): void
     if (value !== null && typeof value === 'object') fromFile.add(value);
     planned.push({ attr, value });
   }
-  for (const p of planned) cmd.setOptionValueWithSource(p.attr, p.value, 'config');
+  return planned;
 }
 
 /**

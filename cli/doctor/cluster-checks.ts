@@ -122,10 +122,16 @@ function clockFinding(s: ClusterSnapshot, t: Thresholds): Finding[] {
 }
 
 function volumeFindings(s: ClusterSnapshot): Finding[] {
+  // A server that is down (failed, or silent to this host) is the usual reason nothing resyncs: with as many
+  // servers as replicas its replicas have nowhere else to go, and they resync once it is back (a restart).
+  const down = s.servers.filter((sv) => sv.state === 'failed' || s.unreachable.has(sv.controlAddress)).map((sv) => sv.name);
+  const idle = down.length > 0
+    ? `storage server(s) ${down.join(', ')} down: the replicas they missed resync once they are back (a restart or an upgrade: `
+      + 'wait for it, and take no other server down meanwhile); one gone for good: add a server, or vsky server remove NAME --force'
+    : 'the cluster has no room for a new replica on a distinct server: add a disk or a server (vsky resync list says what waits)';
   return s.status.volumeList.filter((v) => v.degraded).map((v) => finding('volume', 'warning', `volume ${v.name} (id ${v.volumeId})`,
     v.resyncs > 0 ? `degraded: ${v.resyncs} resync(s) at ${pct(v.resyncProgress)}` : 'degraded and no resync running',
-    v.resyncs > 0 ? 'wait for the resync (vsky resync watch); do not take another replica offline meanwhile'
-      : 'the cluster has no room for a new replica on a distinct server: add a disk or a server (vsky resync list says what waits)'));
+    v.resyncs > 0 ? 'wait for the resync (vsky resync watch); do not take another replica offline meanwhile' : idle));
 }
 
 /** A volume whose last job did not succeed stays DIRTY at its generation (docs/jobs.md). */

@@ -8,7 +8,8 @@ import { readConfigFile } from '../config/config-file.js';
 import { finding, type Finding } from './findings.js';
 
 // The host checks of `vsky doctor`: for each daemon configuration file on this
-// host (/etc/vsky/*.toml or --config), its data directory's and disk files'
+// host (/etc/vsky/*.toml or --config), its keys and values (a file named
+// DAEMON.toml, checked against that daemon's options), its data directory's and disk files'
 // file systems (a sparse disk file must be able to grow to its size), its
 // block devices, and its certificates' expiry (any key ending in "cert").
 
@@ -22,7 +23,15 @@ export interface HostThresholds {
   nowMs: number;
 }
 
-export async function hostFindings(configs: string[], t: HostThresholds): Promise<Finding[]> {
+/** The daemon a configuration file is for, from its name (/etc/vsky/DAEMON.toml), if it says. */
+export function daemonOfConfig(file: string): string | undefined {
+  return /(?:^|\/)(manager|storage-node|head-agent)\.toml$/.exec(file)?.[1];
+}
+
+/** Checks a configuration file's keys and values against the daemon's options; returns the error, if any. */
+export type ConfigValidator = (daemon: string, values: Record<string, unknown>) => string | undefined;
+
+export async function hostFindings(configs: string[], t: HostThresholds, validate?: ConfigValidator): Promise<Finding[]> {
   const out: Finding[] = [];
   let certs = 0;
   for (const file of configs) {
@@ -32,6 +41,13 @@ export async function hostFindings(configs: string[], t: HostThresholds): Promis
     } catch (err) {
       out.push(finding('config', 'error', file, errorMessage(err), `fix the file; \`vsky <daemon> --config ${file} --help\` lists the keys`));
       continue;
+    }
+    const daemon = daemonOfConfig(file);
+    const invalid = daemon && validate ? validate(daemon, values) : undefined;
+    if (daemon && validate) {
+      out.push(invalid === undefined
+        ? finding('config', 'ok', file, `a valid configuration of vsky ${daemon}`)
+        : finding('config', 'error', file, invalid, `fix it: \`vsky ${daemon} --help\` lists the keys; deploy/config/${daemon}.toml has every one with comments`));
     }
     if (typeof values['data-dir'] === 'string') out.push(await fsFinding(file, 'data-dir', values['data-dir'], t));
     if (Array.isArray(values.disk)) for (const spec of values.disk) out.push(await diskFinding(file, String(spec), t));

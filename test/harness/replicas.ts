@@ -6,10 +6,14 @@ import type { LocalCluster } from '../../deploy/local-cluster.js';
 
 // Reads every replica of a volume directly from its storage node over the
 // data protocol (our real client), to check what each copy holds on its own.
+// Any cluster will do: only its manager client is used (a LocalCluster, or
+// daemons started from configuration files).
+
+export type ManagerOf = Pick<LocalCluster, 'client'>;
 
 export interface ReplicaCopy { segment: number; slot: number; serverId: string; data: Buffer }
 
-export async function readEveryReplica(c: LocalCluster, volume: string): Promise<{ chunkSize: number; copies: ReplicaCopy[] }> {
+export async function readEveryReplica(c: ManagerOf, volume: string): Promise<{ chunkSize: number; copies: ReplicaCopy[] }> {
   const m = c.client();
   const detail = await call(m, 'ShowVolume', { name: volume }).finally(() => m.close());
   const map = detail.map!;
@@ -37,7 +41,7 @@ export async function readEveryReplica(c: LocalCluster, volume: string): Promise
 }
 
 /** Every segment has `replicas` copies holding the same bytes (read from each node on its own). */
-export async function expectReplicasEqual(c: LocalCluster, volume: string, replicas = 3): Promise<void> {
+export async function expectReplicasEqual(c: ManagerOf, volume: string, replicas = 3): Promise<void> {
   const { copies } = await readEveryReplica(c, volume);
   const bySeg = new Map<number, Buffer[]>();
   for (const copy of copies) bySeg.set(copy.segment, [...(bySeg.get(copy.segment) ?? []), copy.data]);

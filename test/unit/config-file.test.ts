@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { Command, Option } from 'commander';
 import { buildProgram } from '../../cli/program.js';
 import { configKey, keyedOptions, nearestKey, toConfigArgs } from '../../cli/config/config-keys.js';
-import { applyConfig, readConfigFile } from '../../cli/config/config-file.js';
+import { applyConfig, checkConfig, readConfigFile } from '../../cli/config/config-file.js';
 
 // Configuration files of the daemons (cli/config/): keys derived from the
 // commander options, flags override the file, unknown keys and bad values are
@@ -111,6 +111,15 @@ describe('--config FILE', () => {
     const { cmd } = daemon('storage-node');
     expect(() => applyConfig(cmd, { name: 'changed', 'data-port': 'x' })).toThrow(/data-port/);
     expect(cmd.getOptionValue('name')).toBe('node');
+  });
+
+  it('checkConfig (vsky doctor) gives the same errors and never sets anything, even for a good file', () => {
+    const { cmd } = daemon('storage-node');
+    expect(() => checkConfig(cmd, { diks: ['a'] })).toThrow(/unknown key "diks" \(did you mean "disk"\?\)/);
+    expect(() => checkConfig(cmd, { 'heartbeat-interval': 'soon' })).toThrow(/key "heartbeat-interval": "soon"/);
+    checkConfig(cmd, { name: 'changed', disk: ['/x:1G'] });
+    expect(cmd.getOptionValue('name')).toBe('node');
+    expect(cmd.getOptionValueSource('name')).not.toBe('config');
   });
 });
 

@@ -74,6 +74,10 @@ describe('vsky doctor cluster checks', () => {
       'warning volume volume vm1 (id 7): degraded and no resync running',
     ]));
     for (const x of f) expect(x.action, x.message).not.toBe('');
+    // A server down is why nothing resyncs: the action says to wait for it, not to add room.
+    expect(f.find((x) => x.check === 'volume')!.action).toMatch(/^storage server\(s\) s1 down: the replicas they missed resync once they are back/);
+    const roomless = clusterFindings(snapshot({ status: s.status }), T).find((x) => x.check === 'volume')!;
+    expect(roomless.action).toMatch(/no room for a new replica on a distinct server/);
   });
 
   it('a peer the manager hears but this host cannot reach is a warning', () => {
