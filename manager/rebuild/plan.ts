@@ -4,6 +4,8 @@ import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeIn
 import { claimDiskIds, claimServerId } from '../int-id-claims.js';
 import { MAX_VOLUME_ID } from '../placement.js';
 import { commonLvolid, reportedCounters, type Counters } from './int-ids.js';
+import type { JobRecord } from '../jobs/records.js';
+import { newestNotes, restoreAccess, restoreDiskAdmin, restoreJob } from './volume-state.js';
 import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeRecord } from '../types.js';
 
 // The manager's metadata rebuilt from the storage nodes' chunk tables (issue 9,
@@ -25,7 +27,10 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //     replicas); a disk of another cluster (cluster_id set and not
 //     input.clusterId) or with a chunk size other than input.chunkSize is
 //     failed (adminFailed for another cluster's, so no node report revives
-//     it) and its chunks are set aside (rule 8). Repeated server or disk ids,
+//     it) and its chunks are set aside (rule 8); a disk its node keeps an
+//     admin's note on (KeepDiskNote) comes back failed by an admin (its
+//     chunks are stale replicas) or draining (the drain resumes), with its
+//     bad chunks (volume-state.ts). Repeated server or disk ids,
 //     chunks on a disk their node does not report, chunk indices beyond the
 //     disk or listed twice, chunks without a volume id: conflicts, skipped.
 //
@@ -37,7 +42,9 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //     conflicts too. Volume ids only grow and a name is taken only once its
 //     volume was deleted, so of two volumes with one name the lower id was
 //     deleted: its delete was interrupted and is finished (all its chunks to
-//     free, listed in report.rolledBack as an interrupted delete).
+//     free, listed in report.rolledBack as an interrupted delete). Likewise a
+//     volume any of whose chunks is marked DELETING (the manager marks every
+//     chunk before it records a delete and frees them: MarkVolumeDeleting).
 //
 //  3. Per segment, which chunks are in sync:
 //      - the segment's note is the one with the highest map_version among
@@ -45,7 +52,8 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //        bits, the safe side): a chunk whose identity slot has its bit set is
 //        stale, whatever its own (older) note says. A chunk on a failed disk
 //        is stale.
-//      - a chunk not stale by the note whose generation is below the highest
+//      - only for a segment without any note (map_version 0 on every chunk:
+//        chunks older than notes): a chunk whose generation is below the highest
 //        generation among the segment's chunks not stale by the note is stale
 //        (it missed a finished resync or job). Choice: chunks the note calls
 //        stale do not count for that highest generation: a storage node that
@@ -55,6 +63,13 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //        leave the segment with no good copy and the volume could be thrown
 //        away. So the generation rule never takes a segment's last good
 //        copy: the newest one the note calls good stays in sync.
+//        With a note, the note alone decides: every replica that missed an
+//        acknowledged write is noted before the write is acknowledged
+//        (segment-notes.ts), while generations move without a note (a
+//        resync copy fences its node's chunks of the volume with the current
+//        generation, a job's final CAS may miss a node): with the generation
+//        rule an in-sync copy of a detached volume with a drain running could
+//        lose to a drain target on the fenced node and be freed (rule 4).
 //      - epochs are never used alone for staleness (a node that was down
 //        missed a fence but may be in sync); they order copies (rule 4).
 //
@@ -115,7 +130,9 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //     next lease grant and the next segment note go above everything a node
 //     has seen), attachedHead/nbdUri '' (heads re-register and claim their
 //     leases), spreadLabel 'rack' when a server has a rack label (as
-//     manager/volumes.ts defaults), createdMs = nowMs. Maps have no
+//     manager/volumes.ts defaults), createdMs = nowMs; access rules from the
+//     newest volume note the nodes keep; DIRTY and the last job's record
+//     from the chunks' job fields (volume-state.ts). Maps have no
 //     resyncing replicas and no drains: those restart from the stale marks.
 //
 //  8. plan.setAside: chunks neither placed nor freed (conflicts, volumes left
@@ -141,9 +158,6 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //    identity slot. segment-notes.ts could keep a replaced chunk's slot bit
 //    set until the chunk is freed to close this.
 //  - stale_slots has 32 bits: identity slots above 31 are never noted stale.
-//  - The generation rule marks good copies stale after a resync a storage
-//    node ran on a detached volume (its fence raised only its own node's
-//    generation): safe (they are resynced), but it costs copies.
 //  - A create that had allocated every chunk comes back as a volume; a
 //    delete interrupted early comes back (degraded) as one too.
 
@@ -158,7 +172,7 @@ const MAX_ID_SLOT = 255;
 /** stale_slots is a uint32: identity slots above 31 cannot be noted. */
 const NOTE_BITS = 32;
 
-export interface NodeTable { server: NodeInfo__Output; chunks: ChunkList__Output['chunks'] }
+export interface NodeTable { server: NodeInfo__Output; chunks: ChunkList__Output['chunks']; volumeNotes?: ChunkList__Output['volumeNotes'] }
 export interface RebuildInput { clusterId: string; chunkSize: number; nodes: NodeTable[]; nowMs: number }
 
 /** A chunk the plan neither places nor frees (rule 8). */
@@ -169,6 +183,8 @@ export interface RebuildPlan {
   disks: DiskRecord[];
   volumes: { volume: VolumeRecord; map: ChunkMapRecord }[];
   toFree: ToFreeRecord[];
+  /** The last storage job of each volume whose chunks name one (manager/rebuild/volume-state.ts). */
+  jobs: JobRecord[];
   nextVolumeId: number;
   /** VastSky id counters to start from (manager/rebuild/int-ids.ts; 0: from the adopted ids alone). */
   nextIntIds: Counters;
@@ -204,6 +220,11 @@ interface Found {
   written: number;
   /** The volume's VastSky lvolid the chunk carries (0: none). */
   lvolid: number;
+  /** LEGAL, DIRTY (a job changed it) or DELETING (a delete began). */
+  legality: string;
+  jobId: string;
+  jobKind: string;
+  jobOutcome: string;
   /** On a disk that can serve it (its node does not report it failed). */
   readable: boolean;
   inSync: boolean;
@@ -246,6 +267,8 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
   const servers: ServerRecord[] = [];
   const disks: DiskRecord[] = [];
   const toFree: ToFreeRecord[] = [];
+  const jobs: JobRecord[] = [];
+  const notes = newestNotes(input.nodes);
   const setAside: SetAsideChunk[] = [];
   const conflicts: string[] = [];
   const rolledBack: RebuildPlan['report']['rolledBack'] = [];
@@ -304,6 +327,11 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
       };
       if (adminFailed) rec.adminFailed = true;
       else claimDiskIds(rec, { pdskid: d.pdskid ?? 0, dextIds: d.dextIds ?? [], clusterId: d.clusterId }, clusterId);
+      if (use !== 'aside') {
+        // An admin's decision its node keeps (failed: its chunks are stale replicas; draining: the drain resumes).
+        restoreDiskAdmin(rec, d);
+        if (rec.state === 'failed') use = 'failed';
+      }
       disks.push(rec);
       diskById.set(d.diskId, { rec, use, why, foreign: adminFailed, indices: new Set() });
       if (use === 'aside') asideByDisk.set(d.diskId, 0);
@@ -336,6 +364,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
         name: id.volumeName, size: id.volumeSize, replicas: id.replicas, segmentCount: id.segmentCount,
         segment: id.segment, idSlot: id.slot, generation: id.generation, epoch: id.epoch,
         staleSlots: id.staleSlots >>> 0, mapVersion: id.mapVersion, written: c.writtenRegions, lvolid: id.lvolid ?? 0,
+        legality: id.legality || 'LEGAL', jobId: id.jobId ?? '', jobKind: id.jobKind ?? '', jobOutcome: id.jobOutcome ?? '',
         readable: disk.use === 'ok', inSync: false,
       };
       const group = groups.get(f.volumeId);
@@ -418,6 +447,11 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
 
   for (const c of candidates) {
     const { id, name, size, replicas: k, segmentCount } = c;
+    if (c.all.some((f) => f.legality === 'DELETING')) {
+      freeAll(c, 'interrupted delete');
+      rolledBack.push({ volumeId: id, name, reason: `interrupted delete: its chunks are marked DELETING (the delete began before the database was lost); its ${plural(c.chunks.length, 'chunk')} are freed` });
+      continue;
+    }
     const later = newest.get(name)!;
     if (later !== id) {
       freeAll(c, 'interrupted delete');
@@ -460,6 +494,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
         f.inSync = f.readable && !(f.idSlot < NOTE_BITS && ((mask >>> f.idSlot) & 1) === 1);
         if (f.inSync && f.generation > topGeneration) topGeneration = f.generation;
       }
+      if (noteVersion > 0) topGeneration = -1; // a note decides alone (rule 3)
       let good = false;
       for (const f of list) {
         if (f.inSync && f.generation < topGeneration) f.inSync = false;
@@ -579,6 +614,9 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
     if (mapVersion > 0) volume.mapVersion = mapVersion;
     const lvolid = commonLvolid(c.chunks);
     if (lvolid > 0) volume.claimedIntId = lvolid;
+    restoreAccess(volume, notes.get(id));
+    const job = restoreJob(volume, c.chunks, nowMs);
+    if (job) jobs.push(job);
     volumes.push({ volume, map });
   }
 
@@ -596,7 +634,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
   }
 
   return {
-    servers, disks, volumes, toFree, nextVolumeId: maxVolumeId + 1, nextIntIds: reportedCounters(input.nodes, clusterId), setAside,
+    servers, disks, volumes, toFree, jobs, nextVolumeId: maxVolumeId + 1, nextIntIds: reportedCounters(input.nodes, clusterId), setAside,
     report: {
       volumes: volumes.length, chunks: chunksRead, staleReplicas, rolledBack, conflicts,
       ms: Math.round((performance.now() - started) * 1000) / 1000,
