@@ -188,7 +188,7 @@ export function runManagerRebuildBench(): object {
     volumes: p.report.volumes, chunks: p.report.chunks, staleReplicas: p.report.staleReplicas, rolledBack: p.report.rolledBack.length,
     toFree: p.toFree.length, lostReplicas: p.disks.find((d) => d.id === 'lost')?.chunkCount ?? 0, drainsDone: idsPairs,
     withAccess: p.volumes.filter((v) => v.volume.access?.chapUser === 'u').length, dirty: p.volumes.filter((v) => v.volume.dirty).length,
-    jobs: p.jobs.length, adminDisks: p.disks.filter((d) => d.adminFailed || d.draining).length,
+    jobs: p.jobs.length, adminDisks: p.disks.filter((d) => d.id !== 'lost' && (d.adminFailed || d.draining)).length,
   };
   const mismatches = (Object.keys(expected) as (keyof Expected)[]).filter((k) => expected[k] !== got[k]);
   if (p.report.conflicts.length > 0) mismatches.push('conflicts' as keyof Expected);
