@@ -142,8 +142,8 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 // nextVolumeId is above every volume id seen in this cluster's chunks
 // (committed, rolled back or set aside). Cost: one pass over the chunks, then
 // one pass per volume over its own chunks, never over its segment count
-// (10,000 volumes, 136,000 chunks on 1,000 disks plan in about 0.5-0.8 s on
-// 2 cores: test/bench/manager-rebuild.ts).
+// (10,000 volumes, 136,000 chunks on 1,000 disks plan in 0.5-2.2 s on
+// 2 shared cores, by load: test/bench/manager-rebuild.ts).
 //
 // Limits (what storage cannot tell):
 //  - Only the notes tell a drain's old chunk from its new one once the drain
