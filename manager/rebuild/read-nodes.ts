@@ -85,6 +85,9 @@ export function readNodes(
       diskById.set(d.diskId, { rec, use, why, foreign: adminFailed, indices: new Set() });
       if (use === 'aside') asideByDisk.set(d.diskId, 0);
     }
+    // A server being removed by an admin: every disk of it draining for that reason (Decommission.removeServer).
+    const drainsAll = info.disks.length > 0 && info.disks.every((d) => d.note?.adminState === 'draining' && (d.note.reason ?? '').startsWith(`server ${info.name} removed`));
+    if (drainsAll) srec.draining = true;
     // Chunks skipped, by why (one conflict line per node and why).
     const skipped = new Map<string, string[]>();
     const skip = (why: string, c: { diskId: string; chunkIndex: number }) => {

@@ -96,4 +96,14 @@ describe('planRebuild: state kept on storage', () => {
     expect(plan.disks.find((d) => d.id === failed.diskId)).toMatchObject({ state: 'failed', adminFailed: true, stateReason: expect.stringMatching(/flaky/) });
     expect(plan.disks.find((d) => d.id === spare.diskId)).toMatchObject({ state: 'active', draining: true, badChunks: [4, 9] });
   });
+
+  it('brings back a server being removed by an admin (every disk of it draining for that reason) as draining', () => {
+    const fx = new Fixture(3, 2);
+    fx.store(fx.volume(8, 'x', 1, 3, { epoch: 1 }));
+    for (const d of fx.nodes[1]!.server.disks) d.note = { diskId: d.diskId, adminState: 'draining', reason: 'server node1 removed by an admin: its chunks are moved elsewhere first', badChunks: [] };
+    fx.nodes[2]!.server.disks[0]!.note = { diskId: fx.nodes[2]!.server.disks[0]!.diskId, adminState: 'draining', reason: 'removed by an admin', badChunks: [] };
+    const plan = fx.plan();
+    expect(plan.servers.map((s) => [s.id, Boolean(s.draining)])).toEqual([['s0', false], ['s1', true], ['s2', false]]);
+    expect(plan.disks.filter((d) => d.draining).map((d) => d.id).sort()).toEqual(['s1d0', 's1d1', 's2d0']);
+  });
 });
