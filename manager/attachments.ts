@@ -7,6 +7,7 @@ import { dirtyRefusal } from './jobs/dirty.js';
 import type { PeerClients } from './node-clients.js';
 import type { Registry } from './registry.js';
 import type { HeadRecord, IscsiAccessRecord, VolumeRecord } from './types.js';
+import type { StorageNotes } from './storage-notes.js';
 import { volumeMapView } from './views.js';
 import type { VolumeEntry, Volumes } from './volumes.js';
 
@@ -56,6 +57,8 @@ export interface GrantOptions {
 export class Attachments {
   listener?: AttachListener;
   events?: EventLog;
+  /** Keeps the access rules on storage too (manager/storage-notes.ts). */
+  notes?: StorageNotes;
   /** Why the volume may not be attached now ('' it may): a storage job runs on it (manager/jobs/). */
   jobGuard?: (name: string) => string;
 
@@ -198,9 +201,11 @@ export class Attachments {
    */
   async setAccess(name: string, access: IscsiAccessInput): Promise<VolumeRecord> {
     const rules = validateAccess(access);
-    const holder = await this.volumes.exclusive(name, async ({ volume }) => {
+    const holder = await this.volumes.exclusive(name, async (entry) => {
+      const { volume } = entry;
       volume.access = rules;
       await this.volumes.saveVolume(volume);
+      await this.notes?.accessChanged(entry); // on storage too, for a rebuild from storage
       log.info({ volumeId: volume.id, volume: name, initiators: rules.initiators, chap: Boolean(rules.chapUser), mutual: Boolean(rules.mutualUser) }, 'iSCSI access rules set');
       return volume.attachedHead;
     });

@@ -11,6 +11,7 @@ import { PlacementModel } from './placement.js';
 import { Leases, type LeaseOptions } from './leases.js';
 import { Registry } from './registry.js';
 import { SegmentNotes } from './segment-notes.js';
+import { StorageNotes } from './storage-notes.js';
 import { DEFAULT_SCHEDULER_LIMITS, type SchedulerLimits, DEFAULT_RESYNC_OPTIONS, Resyncs } from './resync/index.js';
 import { ManagerStore } from './store.js';
 import { holderEpoch } from './types.js';
@@ -145,7 +146,13 @@ export class ManagerCore {
       failures.onStale = (reason) => resyncs.wake(reason);
       const notes = new SegmentNotes(volumes, registry, peers);
       failures.notes = notes;
-      pusher.onChanged = (id) => notes.changed(id);
+      const storageNotes = new StorageNotes(volumes, registry, peers);
+      pusher.onChanged = (id) => {
+        notes.changed(id);
+        storageNotes.changed(id);
+      };
+      registry.hooks.diskChanged = (d) => storageNotes.diskChanged(d);
+      registry.hooks.diskReported = (id, note) => storageNotes.diskReported(id, note);
       // A replaced chunk is freed only once the volume's holder has a map
       // without it: a head cut off from us (not from storage) may still use it.
       freer.hold = (r) => {
@@ -165,9 +172,17 @@ export class ManagerCore {
         },
         detached: () => resyncs.wake('volume detached'),
       };
-      volumes.hooks = { deleting: (id, batch) => resyncs.volumeDeleting(id, batch), deleted: (id) => resyncs.volumeDeleted(id) };
+      volumes.hooks = {
+        deleting: (id, batch) => resyncs.volumeDeleting(id, batch),
+        deleted: (id) => {
+          resyncs.volumeDeleted(id);
+          storageNotes.forget(id);
+        },
+        markDeleting: (entry) => storageNotes.markDeleting(entry),
+      };
       const leases = new Leases(volumes, registry, peers, attachments, opts.leases);
       attachments.events = events;
+      attachments.notes = storageNotes;
       leases.events = events;
       gc.events = events;
       const core = new ManagerCore(store, model, registry, volumes, attachments, leases,

@@ -7,7 +7,7 @@ import type { MapPusher } from './map-pusher.js';
 import type { SegmentNotes } from './segment-notes.js';
 import type { Registry } from './registry.js';
 import type { ManagerStore, StoreBatch } from './store.js';
-import { forEachReplica, holderEpoch, type ToFreeRecord } from './types.js';
+import { forEachReplica, holderEpoch, type ToFreeRecord, type VolumeRecord } from './types.js';
 import { volumeMapView } from './views.js';
 import type { VolumeEntry, Volumes } from './volumes.js';
 
@@ -79,6 +79,24 @@ export class Failures {
   }
 
   /**
+   * A volume rebuilt from storage that no head claimed yet, reported by a head
+   * at its newest epoch (the epoch came from the nodes, which only its holder
+   * fenced): that head is its holder, as its heartbeat's claim would have
+   * said (manager/leases.ts adopt). Its write must not fail for arriving
+   * before its heartbeat.
+   */
+  private async claimRebuilt(volume: VolumeRecord, req: ReplicaFailureInput): Promise<void> {
+    if (!volume.claimPending || volume.attachedHead || volume.standbyHead || !req.headId || !(req.epoch > 0) || req.epoch !== volume.epoch) return;
+    const head = this.registry.head(req.headId);
+    if (!head || head.state !== 'active') return;
+    volume.attachedHead = head.id;
+    volume.nbdUri = head.nbdAddress ? `nbd://${head.nbdAddress}/${encodeURIComponent(volume.name)}` : '';
+    delete volume.claimPending;
+    await this.volumes.saveVolume(volume);
+    log.warn({ volume: volume.name, volumeId: volume.id, head: head.name, epoch: volume.epoch }, 'a head reports a replica of a volume rebuilt from storage at its newest epoch: recorded as its holder');
+  }
+
+  /**
    * A head could not write a replica. Refused for a head that does not hold
    * the volume at this epoch (it was fenced; its write must fail). Replies
    * with the volume's map once the stale mark is durable.
@@ -86,6 +104,7 @@ export class Failures {
   async reportReplicaFailure(req: ReplicaFailureInput): Promise<VolumeMap> {
     const entry = this.volumes.entry(req.volume);
     const { volume, map } = entry;
+    await this.claimRebuilt(volume, req);
     const holder = holderEpoch(volume);
     if (!req.headId || volume.attachedHead !== req.headId || holder === undefined || req.epoch !== holder) {
       const who = volume.attachedHead ? (this.registry.head(volume.attachedHead)?.name ?? volume.attachedHead) : 'no head';

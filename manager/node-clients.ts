@@ -8,6 +8,9 @@ import type { DetachVolumeRequest } from '../proto/generated/vsky/head/DetachVol
 import type { AttachedList__Output } from '../proto/generated/vsky/head/AttachedList.js';
 import type { ReleaseLeaseRequest } from '../proto/generated/vsky/head/ReleaseLeaseRequest.js';
 import type { RunJobRequest } from '../proto/generated/vsky/head/RunJobRequest.js';
+import type { DiskNote } from '../proto/generated/vsky/storage/DiskNote.js';
+import type { MarkVolumeDeletingRequest } from '../proto/generated/vsky/storage/MarkVolumeDeletingRequest.js';
+import type { VolumeNote } from '../proto/generated/vsky/storage/VolumeNote.js';
 import type { SegmentNote } from '../proto/generated/vsky/storage/SegmentNote.js';
 import type { SetVolumeStateRequest } from '../proto/generated/vsky/storage/SetVolumeStateRequest.js';
 import type { AddDiskRequest } from '../proto/generated/vsky/storage/AddDiskRequest.js';
@@ -42,6 +45,12 @@ export interface StorageNodeApi {
   noteSegment(address: string, req: SegmentNote, timeoutMs: number): Promise<void>;
   /** Storage jobs: the epoch-checked generation compare-and-set over the volume's chunks there (durable when it resolves); returns the chunks set. */
   setVolumeState?(address: string, req: SetVolumeStateRequest): Promise<number>;
+  /** The volume's note (access rules) kept by the node, durable when it resolves (manager/storage-notes.ts). */
+  keepVolumeNote?(address: string, req: VolumeNote): Promise<void>;
+  /** A delete's first step: the volume's chunks there marked DELETING, durable when it resolves; returns the chunks. */
+  markVolumeDeleting?(address: string, req: MarkVolumeDeletingRequest): Promise<number>;
+  /** An admin's decision on a disk (and its bad chunks) kept by its node. */
+  keepDiskNote?(address: string, req: DiskNote): Promise<void>;
 }
 
 export interface HeadApi {
@@ -80,7 +89,7 @@ export const PEER_TIMEOUTS = {
   detachForce: 3_000,
   /** UpdateMap, StartResync, CopyChunk: the peer only takes note (the copy runs in the background). */
   resync: 5_000,
-  /** SetVolumeState: one record write per chunk of the volume on the node; a node that is gone is left out after this (a wipe). */
+  /** SetVolumeState, MarkVolumeDeleting, Keep*Note: record writes on the node; a node that is gone is given up on after this (a wipe leaves it out). */
   volumeState: 10_000,
 };
 
@@ -99,6 +108,9 @@ export class GrpcPeerClients implements PeerClients {
     copyChunk: async (a, task) => { await call(this.nodeClient(a), 'CopyChunk', task, PEER_TIMEOUTS.resync, PEER_CALL); },
     noteSegment: async (a, req, timeoutMs) => { await call(this.nodeClient(a), 'NoteSegment', req, timeoutMs); },
     setVolumeState: async (a, req) => (await call(this.nodeClient(a), 'SetVolumeState', req, PEER_TIMEOUTS.volumeState, PEER_CALL)).chunks,
+    keepVolumeNote: async (a, req) => { await call(this.nodeClient(a), 'KeepVolumeNote', req, PEER_TIMEOUTS.volumeState, PEER_CALL); },
+    markVolumeDeleting: async (a, req) => (await call(this.nodeClient(a), 'MarkVolumeDeleting', req, PEER_TIMEOUTS.volumeState, PEER_CALL)).chunks,
+    keepDiskNote: async (a, req) => { await call(this.nodeClient(a), 'KeepDiskNote', req, PEER_TIMEOUTS.volumeState, PEER_CALL); },
   };
 
   readonly head: HeadApi = {

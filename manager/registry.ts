@@ -40,6 +40,10 @@ export interface RegistryHooks {
   disksLost(diskIds: ReadonlySet<string>, reason: string, batch: StoreBatch): void;
   /** A server, disk or head changed state (spares or executors may have appeared or gone). */
   changed(reason: string): void;
+  /** A disk record changed (its node keeps the admin state: manager/storage-notes.ts). */
+  diskChanged?(d: DiskRecord): void;
+  /** A registering node reported the note it keeps on a disk. */
+  diskReported?(diskId: string, note: DiskInfo__Output['note']): void;
 }
 
 export interface RegisterHeadInput {
@@ -387,6 +391,7 @@ export class Registry {
     batch.putDisk(d);
     this.setDiskState(d, 'failed', `failed by an admin: ${reason || 'no reason given'}`, batch);
     await this.store.write(batch);
+    this.hooks?.diskChanged?.(d); // also when it had failed by itself before: its node keeps the admin's word
     return d;
   }
 
@@ -447,6 +452,7 @@ export class Registry {
         continue;
       }
       seen.add(info.diskId);
+      this.hooks?.diskReported?.(info.diskId, info.note);
       const sizeProblem = info.chunkSize !== this.opts.chunkSize
         ? `chunk size ${info.chunkSize} differs from the cluster's ${this.opts.chunkSize}` : '';
       let d = this.disks.get(info.diskId);
@@ -496,5 +502,11 @@ export class Registry {
       log.warn({ diskId: d.id, chunkCount: d.chunkCount }, 'disk record shrank below chunks in use');
     }
     if (d.badChunks) this.model.markBad(d.id, d.badChunks);
+    this.hooks?.diskChanged?.(d);
+  }
+
+  /** Bad chunks were recorded on the disk (manager/bad-chunks.ts): its node keeps them too. */
+  badChunksChanged(d: DiskRecord): void {
+    this.hooks?.diskChanged?.(d);
   }
 }

@@ -124,6 +124,11 @@ export interface VolumeRecord {
    */
   mapVersion?: number;
   /**
+   * Version of the volume note (its access rules) last written to the storage
+   * nodes (manager/storage-notes.ts): only grows (absent: never written).
+   */
+  noteVersion?: number;
+  /**
    * Rebuilt from storage, and no head has claimed its lease yet: a head may
    * still hold it, so for one lease TTL after the manager started nobody
    * takes it over or fences it (Registry.claimWaitMs); cleared by the claim.

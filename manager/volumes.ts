@@ -60,6 +60,8 @@ export function validateVolumeName(name: string): void {
 export interface VolumeHooks {
   deleting(volumeId: number, batch: StoreBatch): void;
   deleted(volumeId: number): void;
+  /** Before the delete is recorded: storage marks the volume's chunks DELETING (manager/storage-notes.ts). */
+  markDeleting?(entry: VolumeEntry): Promise<number>;
 }
 
 /** Gives a new volume its VastSky lvolid before its chunks are allocated (manager/xmlrpc/ids.ts). */
@@ -315,6 +317,8 @@ export class Volumes {
         const head = this.registry.head(volume.attachedHead);
         throw new ConflictError(`volume ${name} is attached to head ${head?.name ?? volume.attachedHead}; detach it first (vsky volume detach ${name})`);
       }
+      // Storage first: a manager rebuilt from storage after this point finishes the delete instead of bringing the volume back.
+      const marked = await this.hooks?.markDeleting?.({ volume, map });
       const records = toFreeRecords(volume.id, map, 'volume deleted');
       const batch = this.store.batch().delVolume(volume.id);
       batch.event('volume.deleted', `volume:${name}`, 'deleted', { volumeId: volume.id, chunks: records.length, epoch: volume.epoch, generation: volume.generation });
@@ -325,8 +329,9 @@ export class Volumes {
       this.byName.delete(name);
       this.hooks?.deleted(volume.id);
       this.freer.track(records);
+      crashPoint('manager.delete.recorded');
       const res = await this.freer.free(records);
-      log.info({ volumeId: volume.id, volume: name, chunksFreed: res.freed, chunksLeft: res.left },
+      log.info({ volumeId: volume.id, volume: name, nodesMarked: marked, chunksFreed: res.freed, chunksLeft: res.left },
         res.left > 0 ? `volume deleted; ${res.left} chunks could not be freed now and are left for GC` : 'volume deleted');
     });
   }

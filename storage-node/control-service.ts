@@ -10,12 +10,13 @@ import type { NodeInfo } from '../proto/generated/vsky/storage/NodeInfo.js';
 import type { ChunkRecord } from '../proto/generated/vsky/storage/ChunkRecord.js';
 import type { ChunkStore } from './chunk-store.js';
 import type { Disk } from './disk.js';
-import { Legality, type JobKindName, type JobOutcomeName } from './disk-format.js';
+import { LEGALITY_NAMES, Legality, type JobKindName, type JobOutcomeName } from './disk-format.js';
 import { NoChunkError } from '../shared/data-protocol/status.js';
 import type { NodeIntIds } from './int-ids.js';
 import type { NodeState } from './node-state.js';
 import { countSet } from '../shared/region-bitmap.js';
 import type { ResyncJobs } from './copy/resync-jobs.js';
+import { markVolumeDeleting, type ManagerNotes } from './manager-notes.js';
 
 // The storage node's gRPC control service (proto/storage_node.proto). Each
 // handler validates its request and delegates to the ChunkStore; typed errors
@@ -29,6 +30,8 @@ export interface NodeContext {
   readonly intIds: NodeIntIds;
   /** Peer-to-peer resync copies running on this node (CopyChunk). */
   readonly resyncs: ResyncJobs;
+  /** What the manager keeps here for a rebuild from storage: volume notes (access rules), disk notes (admin state). */
+  readonly notes: ManagerNotes;
   readonly name: string;
   readonly labels: Record<string, string>;
   /** Chunk size for formatting new disks when a request does not say. */
@@ -37,7 +40,7 @@ export interface NodeContext {
   controlAddress: string;
 }
 
-export function diskInfo(disk: Disk, ids?: NodeIntIds): DiskInfo {
+export function diskInfo(disk: Disk, ids?: NodeIntIds, notes?: ManagerNotes): DiskInfo {
   // Ids heard from the manager of the cluster the disk belongs to, else none.
   const own = ids && ids.clusterId && ids.clusterId === disk.sb.clusterId ? ids.disk(disk.id) : undefined;
   return {
@@ -51,6 +54,7 @@ export function diskInfo(disk: Disk, ids?: NodeIntIds): DiskInfo {
     clusterId: disk.sb.clusterId,
     pdskid: own?.pdskid ?? 0,
     dextIds: own?.dextIds ?? [],
+    note: notes?.diskNote(disk.id),
   };
 }
 
@@ -61,7 +65,7 @@ export function nodeInfo(ctx: NodeContext): NodeInfo {
     dataAddress: ctx.dataAddress,
     controlAddress: ctx.controlAddress,
     labels: ctx.labels,
-    disks: ctx.store.diskList().map((d) => diskInfo(d, ctx.intIds)),
+    disks: ctx.store.diskList().map((d) => diskInfo(d, ctx.intIds, ctx.notes)),
     ssvrid: ctx.intIds.ssvrid,
     intIdsClusterId: ctx.intIds.clusterId,
     nextIntIds: ctx.intIds.next,
@@ -90,7 +94,7 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
     AddDisk: unary(async (req) => {
       const disk = await addDisk(ctx, req.path, req.size, req.chunkSize);
       log.info({ disk: disk.id, path: disk.path }, 'AddDisk');
-      return diskInfo(disk, ctx.intIds);
+      return diskInfo(disk, ctx.intIds, ctx.notes);
     }),
 
     RemoveDisk: unary(async (req) => {
@@ -127,7 +131,24 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
         },
         writtenRegions: countSet(c.rec.bitmap),
       }));
+      return { chunks, volumeNotes: ctx.notes.volumeNotes() };
+    }),
+
+    KeepVolumeNote: unary(async (req) => {
+      await ctx.notes.keepVolume(req);
+      log.debug({ volumeId: req.volumeId, version: req.version }, 'volume note kept');
+      return {};
+    }),
+
+    MarkVolumeDeleting: unary(async (req) => {
+      const chunks = await markVolumeDeleting(ctx.store, req.volumeId, req.epoch);
+      log.info({ volumeId: req.volumeId, epoch: req.epoch, chunks }, 'volume marked DELETING');
       return { chunks };
+    }),
+
+    KeepDiskNote: unary(async (req) => {
+      await ctx.notes.keepDisk(req);
+      return {};
     }),
 
     NoteSegment: unary(async (req) => {
@@ -175,5 +196,5 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
 }
 
 function legalityName(l: number): string {
-  return l === Legality.DIRTY ? 'DIRTY' : 'LEGAL';
+  return LEGALITY_NAMES[l] ?? 'LEGAL';
 }

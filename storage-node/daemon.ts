@@ -9,6 +9,7 @@ import { DataServer } from '../shared/data-protocol/server/data-server.js';
 import { StoreChunkService } from './chunk-service.js';
 import { ManagerLink } from './manager-link.js';
 import { registerNodeMetrics } from './metrics.js';
+import { ManagerNotes } from './manager-notes.js';
 import { NodeIntIds } from './int-ids.js';
 import { NodeState } from './node-state.js';
 import { ResyncJobs } from './copy/resync-jobs.js';
@@ -76,8 +77,9 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
   if (opts.managerAddress) store.awaitEpochRefresh(); // no writes before the manager's epochs are applied
   if (throttle > 0) log.warn({ diskThrottleMibps: throttle }, `every disk's data I/O is capped at ${throttle} MiB/s (--disk-throttle-mibps)`);
   const resyncs = new ResyncJobs(store);
+  const notes = await ManagerNotes.load(state.dataDir, store);
   const ctx: NodeContext = {
-    store, state, intIds, resyncs, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, dataAddress: '', controlAddress: '',
+    store, state, intIds, resyncs, notes, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, dataAddress: '', controlAddress: '',
   };
   const dataServer = new DataServer(new StoreChunkService(store), { maxInflight: opts.maxInflightPerConnection });
   const grpcServer = new grpc.Server();

@@ -76,7 +76,7 @@ export class ManagerLink {
           this.log.info({ manager: this.opts.address, serverId: info.serverId, disks: info.disks?.length, epochsRaised: behind }, 'registered with manager');
         } else {
           const reply = await call<HeartbeatRequest, HeartbeatReply__Output>(this.client, this.client.Heartbeat,
-            { serverId: this.ctx.state.serverId, disks: this.ctx.store.diskList().map((d) => diskInfo(d, this.ctx.intIds)) }, this.opts.timeoutMs);
+            { serverId: this.ctx.state.serverId, disks: this.ctx.store.diskList().map((d) => diskInfo(d, this.ctx.intIds, this.ctx.notes)) }, this.opts.timeoutMs);
           if (!reply.known) {
             this.log.warn({ manager: this.opts.address }, 'manager does not know this node: registering again');
             this.registered = false;

@@ -82,7 +82,7 @@ export async function readOptional(path: string): Promise<string | undefined> {
   }
 }
 
-async function writeAtomic(dir: string, name: string, text: string): Promise<void> {
+export async function writeAtomic(dir: string, name: string, text: string): Promise<void> {
   const tmp = join(dir, `.${name}.tmp`);
   const fh = await open(tmp, 'w', 0o644);
   try {

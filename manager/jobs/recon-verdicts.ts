@@ -146,7 +146,7 @@ export class Verdicts {
         // commit) or g+2 (already fenced by this job: the same CAS is accepted again).
         await set(n.controlAddress, {
           volumeId: volume.id, epoch: volume.epoch, expectedGeneration: n.generation >= g && n.generation <= g + 2 ? n.generation : g, generation: g + 2, legality,
-          jobId: j.id, jobKind: 'fence', jobOutcome: 'fenced',
+          jobId: j.id, jobKind: j.kind, jobOutcome: 'fenced', // the job's own kind: a manager rebuilt from storage restores its record
         });
       }
       volume.generation = Math.max(volume.generation, g + 2);

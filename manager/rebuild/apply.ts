@@ -33,6 +33,7 @@ export async function applyPlan(dataDir: string, clusterId: string, plan: Rebuil
     // Holders are not on storage: a head still holding a volume claims it with its heartbeat (manager/leases.ts).
     for (const { volume, map } of plan.volumes) batch.putVolume({ ...volume, claimPending: true }).putChunkMap(map);
     for (const t of plan.toFree) batch.putToFree(t);
+    for (const j of plan.jobs) batch.putJob(j);
     for (const a of plan.setAside) batch.putSetAside(a);
     batch.putNextVolumeId(plan.nextVolumeId);
     // VastSky ids: the records carry the claims (adopted by the manager's first id pass); the counters start where the nodes last heard them.

@@ -1,9 +1,7 @@
 import { MAX_REPLICAS } from '../../shared/constants.js';
-import type { ChunkList__Output } from '../../proto/generated/vsky/storage/ChunkList.js';
-import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
-import { claimDiskIds, claimServerId } from '../int-id-claims.js';
-import { MAX_VOLUME_ID } from '../placement.js';
 import { commonLvolid, reportedCounters, type Counters } from './int-ids.js';
+import type { JobRecord } from '../jobs/records.js';
+import { newestNotes, restoreAccess, restoreJob } from './volume-state.js';
 import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeRecord } from '../types.js';
 
 // The manager's metadata rebuilt from the storage nodes' chunk tables (issue 9,
@@ -25,7 +23,10 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //     replicas); a disk of another cluster (cluster_id set and not
 //     input.clusterId) or with a chunk size other than input.chunkSize is
 //     failed (adminFailed for another cluster's, so no node report revives
-//     it) and its chunks are set aside (rule 8). Repeated server or disk ids,
+//     it) and its chunks are set aside (rule 8); a disk its node keeps an
+//     admin's note on (KeepDiskNote) comes back failed by an admin (its
+//     chunks are stale replicas) or draining (the drain resumes), with its
+//     bad chunks (volume-state.ts). Repeated server or disk ids,
 //     chunks on a disk their node does not report, chunk indices beyond the
 //     disk or listed twice, chunks without a volume id: conflicts, skipped.
 //
@@ -37,7 +38,9 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //     conflicts too. Volume ids only grow and a name is taken only once its
 //     volume was deleted, so of two volumes with one name the lower id was
 //     deleted: its delete was interrupted and is finished (all its chunks to
-//     free, listed in report.rolledBack as an interrupted delete).
+//     free, listed in report.rolledBack as an interrupted delete). Likewise a
+//     volume any of whose chunks is marked DELETING (the manager marks every
+//     chunk before it records a delete and frees them: MarkVolumeDeleting).
 //
 //  3. Per segment, which chunks are in sync:
 //      - the segment's note is the one with the highest map_version among
@@ -45,7 +48,8 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //        bits, the safe side): a chunk whose identity slot has its bit set is
 //        stale, whatever its own (older) note says. A chunk on a failed disk
 //        is stale.
-//      - a chunk not stale by the note whose generation is below the highest
+//      - only for a segment without any note (map_version 0 on every chunk:
+//        chunks older than notes): a chunk whose generation is below the highest
 //        generation among the segment's chunks not stale by the note is stale
 //        (it missed a finished resync or job). Choice: chunks the note calls
 //        stale do not count for that highest generation: a storage node that
@@ -55,6 +59,13 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //        leave the segment with no good copy and the volume could be thrown
 //        away. So the generation rule never takes a segment's last good
 //        copy: the newest one the note calls good stays in sync.
+//        With a note, the note alone decides: every replica that missed an
+//        acknowledged write is noted before the write is acknowledged
+//        (segment-notes.ts), while generations move without a note (a
+//        resync copy fences its node's chunks of the volume with the current
+//        generation, a job's final CAS may miss a node): with the generation
+//        rule an in-sync copy of a detached volume with a drain running could
+//        lose to a drain target on the fenced node and be freed (rule 4).
 //      - epochs are never used alone for staleness (a node that was down
 //        missed a fence but may be in sync); they order copies (rule 4).
 //
@@ -115,7 +126,9 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //     next lease grant and the next segment note go above everything a node
 //     has seen), attachedHead/nbdUri '' (heads re-register and claim their
 //     leases), spreadLabel 'rack' when a server has a rack label (as
-//     manager/volumes.ts defaults), createdMs = nowMs. Maps have no
+//     manager/volumes.ts defaults), createdMs = nowMs; access rules from the
+//     newest volume note the nodes keep; DIRTY and the last job's record
+//     from the chunks' job fields (volume-state.ts). Maps have no
 //     resyncing replicas and no drains: those restart from the stale marks.
 //
 //  8. plan.setAside: chunks neither placed nor freed (conflicts, volumes left
@@ -129,8 +142,8 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 // nextVolumeId is above every volume id seen in this cluster's chunks
 // (committed, rolled back or set aside). Cost: one pass over the chunks, then
 // one pass per volume over its own chunks, never over its segment count
-// (10,000 volumes, 136,000 chunks on 1,000 disks plan in about 0.5-0.8 s on
-// 2 cores: test/bench/manager-rebuild.ts).
+// (10,000 volumes, 136,000 chunks on 1,000 disks plan in 0.5-2.2 s on
+// 2 shared cores, by load: test/bench/manager-rebuild.ts).
 //
 // Limits (what storage cannot tell):
 //  - Only the notes tell a drain's old chunk from its new one once the drain
@@ -141,34 +154,23 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //    identity slot. segment-notes.ts could keep a replaced chunk's slot bit
 //    set until the chunk is freed to close this.
 //  - stale_slots has 32 bits: identity slots above 31 are never noted stale.
-//  - The generation rule marks good copies stale after a resync a storage
-//    node ran on a detached volume (its fence raised only its own node's
-//    generation): safe (they are resynced), but it costs copies.
 //  - A create that had allocated every chunk comes back as a volume; a
 //    delete interrupted early comes back (degraded) as one too.
 
-/** The placeholder disk of replicas no storage node reported (rule 5). */
-export const LOST_DISK_ID = 'lost';
-/** The placeholder server of LOST_DISK_ID. */
-export const LOST_SERVER_ID = 'lost';
-/** Port 0: a connection to it is refused at once. */
-const LOST_ADDRESS = '127.0.0.1:0';
-/** An identity slot is one byte on the wire. */
-const MAX_ID_SLOT = 255;
-/** stale_slots is a uint32: identity slots above 31 cannot be noted. */
-const NOTE_BITS = 32;
+export { LOST_DISK_ID, LOST_SERVER_ID, type NodeTable, type SetAsideChunk } from './found.js';
+import { LOST_ADDRESS, LOST_DISK_ID, LOST_SERVER_ID, MAX_ID_SLOT, NOTE_BITS, few, identityKey, plural, sameIdentity, type Found, type NodeTable, type SetAsideChunk } from './found.js';
+import { placeSegments } from './positions.js';
+import { readNodes } from './read-nodes.js';
 
-export interface NodeTable { server: NodeInfo__Output; chunks: ChunkList__Output['chunks'] }
 export interface RebuildInput { clusterId: string; chunkSize: number; nodes: NodeTable[]; nowMs: number }
-
-/** A chunk the plan neither places nor frees (rule 8). */
-export interface SetAsideChunk { diskId: string; chunkIndex: number; volumeId: number; reason: string }
 
 export interface RebuildPlan {
   servers: ServerRecord[];
   disks: DiskRecord[];
   volumes: { volume: VolumeRecord; map: ChunkMapRecord }[];
   toFree: ToFreeRecord[];
+  /** The last storage job of each volume whose chunks name one (manager/rebuild/volume-state.ts). */
+  jobs: JobRecord[];
   nextVolumeId: number;
   /** VastSky id counters to start from (manager/rebuild/int-ids.ts; 0: from the adopted ids alone). */
   nextIntIds: Counters;
@@ -186,165 +188,20 @@ export interface RebuildPlan {
   };
 }
 
-/** One chunk record, flattened. */
-interface Found {
-  diskId: string;
-  chunkIndex: number;
-  volumeId: number;
-  name: string;
-  size: number;
-  replicas: number;
-  segmentCount: number;
-  segment: number;
-  idSlot: number;
-  generation: number;
-  epoch: number;
-  staleSlots: number;
-  mapVersion: number;
-  written: number;
-  /** The volume's VastSky lvolid the chunk carries (0: none). */
-  lvolid: number;
-  /** On a disk that can serve it (its node does not report it failed). */
-  readable: boolean;
-  inSync: boolean;
-}
-
-type DiskUse = 'ok' | 'failed' | 'aside';
-
-interface DiskSeen {
-  rec: DiskRecord;
-  use: DiskUse;
-  /** Why the disk's chunks are set aside (use 'aside'). */
-  why: string;
-  /** Of another cluster: its volume ids are not ours (nextVolumeId ignores them). */
-  foreign: boolean;
-  indices: Set<number>;
-}
-
-const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
-
-/** "a, b, c (+4 more)" */
-function few(items: string[], max = 4): string {
-  return items.slice(0, max).join(', ') + (items.length > max ? ` (+${items.length - max} more)` : '');
-}
-
-/** What must agree among a volume's chunks: name, size, K, segment count. */
-const sameIdentity = (a: Found, b: Found) => a.name === b.name && a.size === b.size && a.replicas === b.replicas && a.segmentCount === b.segmentCount;
-const identityKey = (f: Found) => `${f.name}\u0000${f.size}\u0000${f.replicas}\u0000${f.segmentCount}`;
-
-/** Negative when `a` is the better copy (rule 4). */
-function better(a: Found, b: Found): number {
-  if (a.inSync !== b.inSync) return a.inSync ? -1 : 1;
-  return (b.generation - a.generation) || (b.epoch - a.epoch) || (b.mapVersion - a.mapVersion) || (b.written - a.written)
-    || (a.idSlot - b.idSlot) || (a.diskId < b.diskId ? -1 : a.diskId > b.diskId ? 1 : 0) || (a.chunkIndex - b.chunkIndex);
-}
-
 export function planRebuild(input: RebuildInput): RebuildPlan {
   const started = performance.now();
   const { clusterId, chunkSize, nowMs } = input;
   if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) throw new RangeError(`invalid chunk size ${chunkSize}`);
-  const servers: ServerRecord[] = [];
-  const disks: DiskRecord[] = [];
   const toFree: ToFreeRecord[] = [];
+  const jobs: JobRecord[] = [];
+  const notes = newestNotes(input.nodes);
   const setAside: SetAsideChunk[] = [];
   const conflicts: string[] = [];
   const rolledBack: RebuildPlan['report']['rolledBack'] = [];
   const volumes: RebuildPlan['volumes'] = [];
-  let chunksRead = 0;
-  let maxVolumeId = 0;
 
-  // Rule 1: servers, disks, and every chunk in its volume's group.
-  const serverIds = new Set<string>();
-  const diskById = new Map<string, DiskSeen>();
-  const groups = new Map<number, Found[]>();
-  /** Disks whose chunks are set aside, with how many (one conflict line each). */
-  const asideByDisk = new Map<string, number>();
-  for (const node of input.nodes) {
-    const info = node.server;
-    chunksRead += node.chunks.length;
-    const sid = info.serverId;
-    if (!sid || sid === LOST_SERVER_ID || serverIds.has(sid)) {
-      conflicts.push(`server ${info.name || '?'} (id "${sid}"): ${!sid ? 'no server id' : sid === LOST_SERVER_ID ? 'its id is the placeholder id' : 'id reported by two nodes'}; `
-        + `its ${plural(info.disks.length, 'disk')} and ${plural(node.chunks.length, 'chunk')} are ignored`);
-      continue;
-    }
-    serverIds.add(sid);
-    const srec: ServerRecord = {
-      id: sid, name: info.name || sid, dataAddress: info.dataAddress, controlAddress: info.controlAddress,
-      nodeLabels: { ...(info.labels ?? {}) }, adminLabels: {}, state: 'active', stateReason: 'rebuilt from storage',
-      registeredMs: nowMs, lastHeartbeatMs: nowMs,
-    };
-    claimServerId(srec, info.ssvrid ?? 0, info.intIdsClusterId ?? '', clusterId);
-    servers.push(srec);
-    for (const d of info.disks) {
-      if (!d.diskId || d.diskId === LOST_DISK_ID || diskById.has(d.diskId)) {
-        conflicts.push(`disk ${d.path} of server ${info.name || sid} (id "${d.diskId}"): ${!d.diskId ? 'no disk id' : d.diskId === LOST_DISK_ID ? 'its id is the placeholder id' : 'id reported twice'}; ignored with its chunks`);
-        continue;
-      }
-      let use: DiskUse = 'ok';
-      let why = '';
-      let reason = 'rebuilt from storage';
-      let adminFailed = false;
-      if (clusterId && d.clusterId && d.clusterId !== clusterId) {
-        use = 'aside';
-        adminFailed = true;
-        why = `disk ${d.diskId} belongs to cluster ${d.clusterId}, not ${clusterId}`;
-        reason = `belongs to cluster ${d.clusterId} (rebuild from storage)`;
-      } else if (d.chunkSize !== chunkSize) {
-        use = 'aside';
-        why = `disk ${d.diskId} has chunk size ${d.chunkSize}, the cluster's is ${chunkSize}`;
-        reason = `chunk size ${d.chunkSize} differs from the cluster's ${chunkSize}`;
-      } else if (d.state === 'failed') {
-        use = 'failed';
-        reason = 'its node reports it failed (rebuild from storage)';
-      }
-      const rec: DiskRecord = {
-        id: d.diskId, serverId: sid, path: d.path, chunkSize: d.chunkSize, chunkCount: d.chunkCount,
-        state: use === 'ok' ? 'active' : 'failed', stateReason: reason, addedMs: nowMs,
-      };
-      if (adminFailed) rec.adminFailed = true;
-      else claimDiskIds(rec, { pdskid: d.pdskid ?? 0, dextIds: d.dextIds ?? [], clusterId: d.clusterId }, clusterId);
-      disks.push(rec);
-      diskById.set(d.diskId, { rec, use, why, foreign: adminFailed, indices: new Set() });
-      if (use === 'aside') asideByDisk.set(d.diskId, 0);
-    }
-    // Chunks skipped, by why (one conflict line per node and why).
-    const skipped = new Map<string, string[]>();
-    const skip = (why: string, c: { diskId: string; chunkIndex: number }) => {
-      const where = `${c.diskId}#${c.chunkIndex}`;
-      const list = skipped.get(why);
-      if (list) list.push(where);
-      else skipped.set(why, [where]);
-    };
-    for (const c of node.chunks) {
-      const disk = diskById.get(c.diskId);
-      if (!disk || disk.rec.serverId !== sid) { skip('on a disk the node does not report', c); continue; }
-      if (!(Number.isInteger(c.chunkIndex) && c.chunkIndex >= 0 && c.chunkIndex < disk.rec.chunkCount)) { skip('index beyond the disk', c); continue; }
-      if (disk.indices.has(c.chunkIndex)) { skip('listed twice', c); continue; }
-      disk.indices.add(c.chunkIndex);
-      const id = c.identity;
-      if (!id || !(Number.isInteger(id.volumeId) && id.volumeId >= 1 && id.volumeId <= MAX_VOLUME_ID)) { skip('no valid volume id', c); continue; }
-      if (disk.use === 'aside') {
-        setAside.push({ diskId: c.diskId, chunkIndex: c.chunkIndex, volumeId: id.volumeId, reason: disk.why });
-        asideByDisk.set(c.diskId, (asideByDisk.get(c.diskId) ?? 0) + 1);
-        if (!disk.foreign) maxVolumeId = Math.max(maxVolumeId, id.volumeId);
-        continue;
-      }
-      maxVolumeId = Math.max(maxVolumeId, id.volumeId);
-      const f: Found = {
-        diskId: c.diskId, chunkIndex: c.chunkIndex, volumeId: id.volumeId,
-        name: id.volumeName, size: id.volumeSize, replicas: id.replicas, segmentCount: id.segmentCount,
-        segment: id.segment, idSlot: id.slot, generation: id.generation, epoch: id.epoch,
-        staleSlots: id.staleSlots >>> 0, mapVersion: id.mapVersion, written: c.writtenRegions, lvolid: id.lvolid ?? 0,
-        readable: disk.use === 'ok', inSync: false,
-      };
-      const group = groups.get(f.volumeId);
-      if (group) group.push(f);
-      else groups.set(f.volumeId, [f]);
-    }
-    for (const [why, what] of skipped) conflicts.push(`server ${info.name || sid}: ${plural(what.length, 'chunk')} ${why} (${few(what)}); not placed, not freed`);
-  }
-  for (const [diskId, n] of asideByDisk) conflicts.push(`${diskById.get(diskId)!.why}: the disk is failed; its ${plural(n, 'chunk')} are set aside`);
+  // Rule 1: servers, disks, and every chunk in its volume's group (read-nodes.ts).
+  const { servers, disks, groups, chunksRead, maxVolumeId } = readNodes(input, setAside, conflicts);
 
   // Rule 2: each volume's identity.
   interface Candidate { id: number; chunks: Found[]; all: Found[]; name: string; size: number; replicas: number; segmentCount: number }
@@ -413,11 +270,16 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
   };
 
   const spreadLabel = servers.some((s) => s.nodeLabels.rack !== undefined) ? 'rack' : '';
-  let lostChunks = 0;
+  const lost = { next: 0 };
   let staleReplicas = 0;
 
   for (const c of candidates) {
     const { id, name, size, replicas: k, segmentCount } = c;
+    if (c.all.some((f) => f.legality === 'DELETING')) {
+      freeAll(c, 'interrupted delete');
+      rolledBack.push({ volumeId: id, name, reason: `interrupted delete: its chunks are marked DELETING (the delete began before the database was lost); its ${plural(c.chunks.length, 'chunk')} are freed` });
+      continue;
+    }
     const later = newest.get(name)!;
     if (later !== id) {
       freeAll(c, 'interrupted delete');
@@ -460,6 +322,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
         f.inSync = f.readable && !(f.idSlot < NOTE_BITS && ((mask >>> f.idSlot) & 1) === 1);
         if (f.inSync && f.generation > topGeneration) topGeneration = f.generation;
       }
+      if (noteVersion > 0) topGeneration = -1; // a note decides alone (rule 3)
       let good = false;
       for (const f of list) {
         if (f.inSync && f.generation < topGeneration) f.inSync = false;
@@ -491,87 +354,10 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
       continue;
     }
 
-    // Rules 4 and 5: the chunks kept, and their positions.
-    const disksTable: string[] = [];
-    const refOf = new Map<string, number>();
-    const refFor = (diskId: string) => {
-      let ref = refOf.get(diskId);
-      if (ref === undefined) {
-        ref = disksTable.length;
-        disksTable.push(diskId);
-        refOf.set(diskId, ref);
-      }
-      return ref;
-    };
-    const locs = new Array<number>(segmentCount * k * 2);
-    const stale: number[] = [];
-    const idPairs: number[] = [];
-    const usedByOthers = new Map<number, Set<number>>();
-    // Identity slots any chunk of this volume id uses, per segment (also
-    // conflicting ones): a placeholder's slot must not collide with them.
-    for (const f of c.all) {
-      let set = usedByOthers.get(f.segment);
-      if (!set) usedByOthers.set(f.segment, (set = new Set()));
-      set.add(f.idSlot);
-    }
-    const position: (Found | undefined)[] = new Array(k);
-    for (let s = 0; s < segmentCount; s++) {
-      const list = bySegment[s]!.slice().sort(better);
-      const bySlot = new Map<number, Found>();
-      const kept: Found[] = [];
-      for (const f of list) {
-        const first = bySlot.get(f.idSlot);
-        if (first) {
-          toFree.push({ diskId: f.diskId, chunkIndex: f.chunkIndex, volumeId: id, segment: s, idSlot: f.idSlot,
-            reason: `older copy of identity slot ${f.idSlot} (${first.diskId}#${first.chunkIndex} is kept): a replaced replica not yet freed`, sinceMs: nowMs });
-          continue;
-        }
-        bySlot.set(f.idSlot, f);
-        if (kept.length < k) {
-          kept.push(f);
-        } else {
-          toFree.push({ diskId: f.diskId, chunkIndex: f.chunkIndex, volumeId: id, segment: s, idSlot: f.idSlot,
-            reason: `surplus chunk of segment ${s} (${k} better copies kept${f.inSync ? '' : '; this one is stale'}): the target of a drain that had not finished; the drain restarts if the disk is removed again`, sinceMs: nowMs });
-        }
-      }
-      position.fill(undefined);
-      const rest: Found[] = [];
-      for (const f of kept) {
-        if (f.idSlot < k) position[f.idSlot] = f;
-        else rest.push(f);
-      }
-      rest.sort((a, b) => a.idSlot - b.idSlot);
-      let next = 0;
-      for (let p = 0; p < k; p++) {
-        const r = s * k + p;
-        let f = position[p];
-        if (!f && next < rest.length) f = rest[next++];
-        if (f) {
-          locs[2 * r] = refFor(f.diskId);
-          locs[2 * r + 1] = f.chunkIndex;
-          if (f.idSlot !== p) idPairs.push(r, f.idSlot);
-          if (!f.inSync) stale.push(r);
-          continue;
-        }
-        // A position no chunk fills: a stale replica on the placeholder disk.
-        const used = usedByOthers.get(s) ?? new Set<number>();
-        let idSlot = p;
-        if (used.has(idSlot)) {
-          idSlot = 0;
-          while (idSlot <= MAX_ID_SLOT && used.has(idSlot)) idSlot++;
-        }
-        used.add(idSlot);
-        usedByOthers.set(s, used);
-        locs[2 * r] = refFor(LOST_DISK_ID);
-        locs[2 * r + 1] = lostChunks++;
-        if (idSlot !== p) idPairs.push(r, idSlot);
-        stale.push(r);
-      }
-    }
-    const map: ChunkMapRecord = { volumeId: id, replicas: k, segmentCount, disks: disksTable, locs };
-    if (stale.length > 0) map.stale = stale;
-    if (idPairs.length > 0) map.ids = idPairs;
-    staleReplicas += stale.length;
+    // Rules 4 and 5: the chunks kept, and their positions (positions.ts).
+    const placed = placeSegments({ id, k, segmentCount, bySegment, all: c.all, nowMs }, toFree, lost);
+    const { map } = placed;
+    staleReplicas += placed.stale;
     const volume: VolumeRecord = {
       id, name, size, replicas: k, chunkSize, segmentCount, generation, epoch,
       attachedHead: '', nbdUri: '', spreadLabel, createdMs: nowMs,
@@ -579,10 +365,13 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
     if (mapVersion > 0) volume.mapVersion = mapVersion;
     const lvolid = commonLvolid(c.chunks);
     if (lvolid > 0) volume.claimedIntId = lvolid;
+    restoreAccess(volume, notes.get(id));
+    const job = restoreJob(volume, c.chunks, nowMs);
+    if (job) jobs.push(job);
     volumes.push({ volume, map });
   }
 
-  if (lostChunks > 0) {
+  if (lost.next > 0) {
     const reason = 'placeholder for replicas no storage node reported when the database was rebuilt from storage: '
       + 'they are rebuilt elsewhere; remove it once nothing points at it';
     servers.push({
@@ -590,13 +379,13 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
       nodeLabels: {}, adminLabels: {}, state: 'failed', stateReason: reason, adminFailed: true, registeredMs: nowMs, lastHeartbeatMs: nowMs,
     });
     disks.push({
-      id: LOST_DISK_ID, serverId: LOST_SERVER_ID, path: '', chunkSize, chunkCount: lostChunks,
+      id: LOST_DISK_ID, serverId: LOST_SERVER_ID, path: '', chunkSize, chunkCount: lost.next,
       state: 'failed', stateReason: reason, addedMs: nowMs, adminFailed: true,
     });
   }
 
   return {
-    servers, disks, volumes, toFree, nextVolumeId: maxVolumeId + 1, nextIntIds: reportedCounters(input.nodes, clusterId), setAside,
+    servers, disks, volumes, toFree, jobs, nextVolumeId: maxVolumeId + 1, nextIntIds: reportedCounters(input.nodes, clusterId), setAside,
     report: {
       volumes: volumes.length, chunks: chunksRead, staleReplicas, rolledBack, conflicts,
       ms: Math.round((performance.now() - started) * 1000) / 1000,

@@ -106,6 +106,7 @@ const notifyBadBlocks: Method = async (ctx, data) => {
   const chunks = chunksUnder(d, blocks);
   // Every chunk under the blocks is bad from now on: a free one is never handed out, an owned one once its volume lets it go.
   const bad = await markChunksBad(ctx.core.store, ctx.core.model, d, chunks, `notifyBadBlocks over XML-RPC: blocks ${blocks.join(',')} of disk ${d.path}`);
+  if (bad.added.length > 0) ctx.core.registry.badChunksChanged(d);
   let marked = 0;
   const kept: string[] = [];
   for (const r of replicasOn(ctx, d.id, (i) => chunks.has(i))) {

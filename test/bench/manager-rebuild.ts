@@ -14,7 +14,11 @@ import { buildChunkMap, forEachReplica, type ChunkMapRecord } from '../../manage
 // stale notes (a replica the survivors' newer note calls stale), chunks a
 // generation behind, finished drains (identity slot 3 at a position), drains
 // in progress (a 4th chunk, noted stale), replicas no node reports, and
-// interrupted creates (a third of their segments allocated, never attached).
+// interrupted creates (a third of their segments allocated, never attached),
+// interrupted deletes (every chunk there, one marked DELETING), DIRTY volumes
+// with their job's record, iSCSI access rules kept by the nodes (volume
+// notes, with an older version on another node) and disks failed or
+// draining by an admin (disk notes).
 // planRebuild is timed on the same input three times (median); the plan is
 // checked against what was synthesized. Fails (exit 1) above 10 s.
 // Run: npm run build && node dist/test/bench/manager-rebuild.js
@@ -32,7 +36,11 @@ const LIMIT_MS = 10_000;
 const TARGET_MS = 2_000;
 
 
-interface Expected { volumes: number; chunks: number; staleReplicas: number; rolledBack: number; toFree: number; lostReplicas: number; drainsDone: number }
+interface Expected {
+  volumes: number; chunks: number; staleReplicas: number; rolledBack: number; toFree: number; lostReplicas: number; drainsDone: number;
+  withAccess: number; dirty: number; jobs: number; adminDisks: number;
+}
+const ACCESS = JSON.stringify({ v: 1, initiators: ['iqn.2024-01.bench:vm'], chapUser: 'u', chapSecret: 'bench-secret-1234', mutualUser: '', mutualSecret: '' });
 
 export function synthesize(): { input: RebuildInput; expected: Expected } {
   const random = seededRandom(0x5eed);
@@ -51,18 +59,28 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
     model.setServer(serverId, labels, true);
     for (let d = 0; d < DISKS_PER_SERVER; d++) {
       const diskId = `disk-${s}-${d}`;
-      info.disks.push({ diskId, path: `/dev/sd${String.fromCharCode(97 + d)}`, chunkSize: CHUNK, chunkCount: CHUNKS_PER_DISK, usedChunks: 0, state: 'active', size: CHUNK * CHUNKS_PER_DISK, clusterId: CLUSTER, pdskid: 0, dextIds: [] });
+      info.disks.push({ diskId, path: `/dev/sd${String.fromCharCode(97 + d)}`, chunkSize: CHUNK, chunkCount: CHUNKS_PER_DISK, usedChunks: 0, state: 'active', size: CHUNK * CHUNKS_PER_DISK, clusterId: CLUSTER, pdskid: 0, dextIds: [], note: null });
       model.setDisk(diskId, serverId, CHUNKS_PER_DISK, true);
       serverOfDisk.set(diskId, serverId);
       top.set(diskId, CHUNKS_PER_DISK - 1);
     }
-    tables.set(serverId, { server: info, chunks: [] });
+    tables.set(serverId, { server: info, chunks: [], volumeNotes: [] });
   }
   const put = (diskId: string, chunkIndex: number, identity: ChunkIdentity__Output) => {
     tables.get(serverOfDisk.get(diskId)!)!.chunks.push({ diskId, chunkIndex, identity, writtenRegions: 100 });
   };
 
-  const expected: Expected = { volumes: 0, chunks: 0, staleReplicas: 0, rolledBack: 0, toFree: 0, lostReplicas: 0, drainsDone: 0 };
+  const expected: Expected = { volumes: 0, chunks: 0, staleReplicas: 0, rolledBack: 0, toFree: 0, lostReplicas: 0, drainsDone: 0, withAccess: 0, dirty: 0, jobs: 0, adminDisks: 0 };
+  // Disk notes: every 50th disk failed or draining by an admin (no chunk is placed on them).
+  for (const t of tables.values()) {
+    for (const d of t.server.disks) {
+      const n = Number(d.diskId.split('-')[1]) * DISKS_PER_SERVER + Number(d.diskId.split('-')[2]);
+      if (n % 50 !== 7) continue;
+      d.note = { diskId: d.diskId, adminState: n % 100 === 7 ? 'failed' : 'draining', reason: 'by an admin', badChunks: [1, 2] };
+      model.setDisk(d.diskId, t.server.serverId, CHUNKS_PER_DISK, false);
+      expected.adminDisks++;
+    }
+  }
   for (let id = 1; id <= VOLUMES; id++) {
     const segmentCount = 1 + Math.floor(random() * 8);
     const res = model.place({ volumeId: id, segmentCount, replicas: K, spreadLabel: 'rack' });
@@ -88,8 +106,33 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
       expected.rolledBack++;
       continue;
     }
+    if (roll >= 0.042 && roll < 0.044) {
+      // Interrupted delete: every chunk there, the first node's marked DELETING.
+      let first = '';
+      forEachReplica(map, (r) => {
+        first ||= serverOfDisk.get(r.diskId)!;
+        put(r.diskId, r.chunkIndex, ident(r.segment, r.idSlot, serverOfDisk.get(r.diskId) === first ? { legality: 'DELETING' } : {}));
+        expected.toFree++;
+      });
+      expected.rolledBack++;
+      continue;
+    }
     expected.volumes++;
     const seg = Math.floor(random() * segmentCount);
+    const job: Partial<ChunkIdentity__Output> = roll >= 0.044 && roll < 0.054
+      ? { legality: 'DIRTY', jobId: `job-${id}`, jobKind: 'wipe', jobOutcome: 'failed' } : {};
+    if (job.jobId) {
+      expected.dirty++;
+      expected.jobs++;
+    }
+    if (roll >= 0.5 && roll < 0.8) {
+      // Access rules: the newest note on the first replica's node, an older one on the second's.
+      const a = serverOfDisk.get(map.disks[map.locs[0]!]!)!;
+      const b = serverOfDisk.get(map.disks[map.locs[2]!]!)!;
+      tables.get(b)!.volumeNotes!.push({ volumeId: id, version: 1, epoch, access: '' });
+      tables.get(a)!.volumeNotes!.push({ volumeId: id, version: 2, epoch, access: ACCESS });
+      expected.withAccess++;
+    }
     if (roll < 0.005) setIdentitySlot(map, seg * K + 1, 3); // a finished drain: 0, 3, 2
     if (roll < 0.005) expected.drainsDone++;
     forEachReplica(map, (r) => {
@@ -103,7 +146,7 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
         expected.lostReplicas++; // no node reports it
         return;
       }
-      put(r.diskId, r.chunkIndex, ident(r.segment, r.idSlot, o));
+      put(r.diskId, r.chunkIndex, ident(r.segment, r.idSlot, { ...job, ...o }));
     });
     if ((roll >= 0.005 && roll < 0.025) || (roll >= 0.025 && roll < 0.035) || (roll >= 0.035 && roll < 0.037)) expected.staleReplicas++;
     if (roll >= 0.037 && roll < 0.042) {
@@ -144,6 +187,8 @@ export function runManagerRebuildBench(): object {
   const got = {
     volumes: p.report.volumes, chunks: p.report.chunks, staleReplicas: p.report.staleReplicas, rolledBack: p.report.rolledBack.length,
     toFree: p.toFree.length, lostReplicas: p.disks.find((d) => d.id === 'lost')?.chunkCount ?? 0, drainsDone: idsPairs,
+    withAccess: p.volumes.filter((v) => v.volume.access?.chapUser === 'u').length, dirty: p.volumes.filter((v) => v.volume.dirty).length,
+    jobs: p.jobs.length, adminDisks: p.disks.filter((d) => d.id !== 'lost' && (d.adminFailed || d.draining)).length,
   };
   const mismatches = (Object.keys(expected) as (keyof Expected)[]).filter((k) => expected[k] !== got[k]);
   if (p.report.conflicts.length > 0) mismatches.push('conflicts' as keyof Expected);
@@ -151,6 +196,7 @@ export function runManagerRebuildBench(): object {
     cluster: { servers: SERVERS, disks: SERVERS * DISKS_PER_SERVER, racks: RACKS, replicas: K },
     volumes: p.report.volumes, chunks: p.report.chunks,
     staleReplicas: p.report.staleReplicas, rolledBack: got.rolledBack, toFree: got.toFree, lostReplicas: got.lostReplicas, drainsDone: got.drainsDone,
+    withAccess: got.withAccess, dirty: got.dirty, jobs: got.jobs, adminDisks: got.adminDisks,
     synthesizeMs: Math.round(synthMs),
     planMs: runs.map((x) => Math.round(x)), medianMs: Math.round(median),
     targetMs: TARGET_MS, limitMs: LIMIT_MS,

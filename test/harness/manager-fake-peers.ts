@@ -44,7 +44,7 @@ export class FakeNode {
   }
 
   addDisk(id: string, chunkCount: number, chunkSize: number, path = `/dev/${id}`): DiskInfo__Output {
-    const info: DiskInfo__Output = { diskId: id, path, chunkSize, chunkCount, usedChunks: 0, state: 'active', size: chunkCount * chunkSize, clusterId: '', pdskid: 0, dextIds: [] };
+    const info: DiskInfo__Output = { diskId: id, path, chunkSize, chunkCount, usedChunks: 0, state: 'active', size: chunkCount * chunkSize, clusterId: '', pdskid: 0, dextIds: [], note: null };
     this.disks.set(id, { info, chunks: new Map() });
     return info;
   }
@@ -158,7 +158,7 @@ export class FakePeers implements PeerClients {
         if (req.diskId && d.info.diskId !== req.diskId) continue;
         for (const [chunkIndex, identity] of d.chunks) chunks.push({ diskId: d.info.diskId, chunkIndex, identity, writtenRegions: 0 });
       }
-      return { chunks };
+      return { chunks, volumeNotes: [] };
     },
     getChunkRegions: async (a, req) => {
       const n = await this.reach(a, 'GetChunkRegions');

@@ -151,7 +151,7 @@ describe('copy jobs hosted by a head agent (real processes)', () => {
     expect(ended.state).toBe('fenced');
     expect(ended.error).toMatch(new RegExp(`silent for \\d+ ms \\(lease TTL ${LEASE_TTL_MS} ms\\).*interrupted.*fenced under epoch`));
     expect(verdictMs).toBeLessThan(LEASE_TTL_MS + 1000);
-    for (const id of await volumeChunks('k1')) expect(id).toMatchObject({ generation: 3, legality: 'DIRTY', jobId: 'kill-1', jobKind: 'fence', jobOutcome: 'fenced' });
+    for (const id of await volumeChunks('k1')) expect(id).toMatchObject({ generation: 3, legality: 'DIRTY', jobId: 'kill-1', jobKind: 'copy', jobOutcome: 'fenced' });
     const recon = await vskyJson<{ verdict: string }>(['volume', 'recon', 'k1'], m());
     expect(recon.verdict).toBe('fenced');
     await head2().start();

@@ -112,7 +112,7 @@ describe('copy jobs at the manager', () => {
     expect(c.jobs.get('c2').error).toMatch(/silent for \d+ ms \(lease TTL 300 ms\).*interrupted.*fenced under epoch/);
     const dst = c.volumes.entry('dst').volume;
     expect(dst.generation).toBe(3);
-    for (const ch of chunksOf(peers, dst.id)) expect(ch).toMatchObject({ generation: 3, legality: 'DIRTY', jobId: 'c2', jobKind: 'fence', jobOutcome: 'fenced' });
+    for (const ch of chunksOf(peers, dst.id)) expect(ch).toMatchObject({ generation: 3, legality: 'DIRTY', jobId: 'c2', jobKind: 'copy', jobOutcome: 'fenced' });
     // The late host: told to stop; its late CAS under the old epoch is refused by the nodes.
     expect(await report(c, 'c2', 'running', 5, 10)).toMatchObject({ stop: true, reason: expect.stringMatching(/already ended \(fenced\)/) });
     const n = [...peers.nodes.values()][0]!;

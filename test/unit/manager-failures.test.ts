@@ -110,6 +110,26 @@ describe('replica failure reported by a head', () => {
     await expect(c.failures.reportReplicaFailure({ ...base, headId: 'h1', epoch: 1 })).rejects.toBeInstanceOf(errors.StaleEpochError);
   });
 
+  it('takes a report from a head at the newest epoch of a volume rebuilt from storage and not claimed yet as its claim', async () => {
+    const { c } = await setup({ start: false });
+    await create(c, 'vm1', 2);
+    await c.attachments.attach('vm1', 'h1');
+    await c.attachments.detach('vm1', false);
+    const e = c.volumes.entry('vm1');
+    const base = { volume: 'vm1', segment: 0, slot: 1, reason: 'EIO' };
+    // Not rebuilt (no claim pending): refused, as above.
+    await expect(c.failures.reportReplicaFailure({ ...base, headId: 'h1', epoch: e.volume.epoch })).rejects.toBeInstanceOf(errors.StaleEpochError);
+    e.volume.claimPending = true;
+    // Rebuilt: an older epoch is still refused and records nothing.
+    await expect(c.failures.reportReplicaFailure({ ...base, headId: 'h1', epoch: e.volume.epoch - 1 })).rejects.toBeInstanceOf(errors.StaleEpochError);
+    expect(e.volume).toMatchObject({ attachedHead: '', claimPending: true });
+    // At the newest epoch: the head is the holder, and the stale mark is made.
+    const map = await c.failures.reportReplicaFailure({ ...base, headId: 'h1', epoch: e.volume.epoch });
+    expect(e.volume.attachedHead).toBe('h1');
+    expect(e.volume.claimPending).toBeUndefined();
+    expect(map.segments![0]!.replicas![1]!.state).toBe('stale');
+  });
+
   it('marks the replica stale durably before replying, idempotently, and never the last in-sync copy', async () => {
     const { c, peers } = await setup({ start: false });
     const v = await create(c, 'vm1', 2);

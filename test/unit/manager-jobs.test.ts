@@ -193,7 +193,7 @@ describe('storage jobs: interruption, reconnaissance, fence', () => {
     await c.jobs.fence(c.jobs.get('job-c'), report);
     expect(c.jobs.get('job-c').state).toBe('fenced');
     expect(c.volumes.entry('v').volume.epoch).toBeGreaterThan(epochBefore);
-    for (const ch of chunksOf(peers, v.id)) expect(ch).toMatchObject({ generation: 3, legality: 'DIRTY', jobId: 'job-c', jobKind: 'fence', jobOutcome: 'fenced' });
+    for (const ch of chunksOf(peers, v.id)) expect(ch).toMatchObject({ generation: 3, legality: 'DIRTY', jobId: 'job-c', jobKind: 'wipe', jobOutcome: 'fenced' });
     // Idempotent: recon now says fenced; fencing again changes nothing but the epoch.
     report = await c.jobs.recon.investigate('v', c.jobs.get('job-c'));
     expect(report.verdict).toBe('fenced');

@@ -1,0 +1,94 @@
+import type { DiskInfo__Output } from '../../proto/generated/vsky/storage/DiskInfo.js';
+import type { VolumeNote__Output } from '../../proto/generated/vsky/storage/VolumeNote.js';
+import type { JobKind, JobRecord, JobState } from '../jobs/records.js';
+import { JOB_KINDS } from '../jobs/records.js';
+import { accessFromStorage } from '../storage-notes.js';
+import type { DiskRecord, VolumeRecord } from '../types.js';
+
+// What a rebuild from storage restores besides the maps (manager/rebuild/plan.ts
+// builds those), from what the nodes keep for the manager:
+//  - a volume's legality and last job (chunk records, manager/jobs/): DIRTY if
+//    any of its chunks is DIRTY (a job's first CAS reached that node: the
+//    volume may have changed), with the job record of the newest chunk
+//    (generation, then epoch) that names one. A job found running is restored
+//    running with the volume's epoch: the manager's reconnaissance decides it
+//    at start as for any job a restart interrupted (recon-verdicts.ts);
+//  - its access rules (volume notes, storage-node/manager-notes.ts): the
+//    note with the highest version among the nodes holding its chunks;
+//  - a disk's admin state (failed, draining) and bad chunks (disk notes).
+
+/** The job fields of one chunk record. */
+export interface ChunkJob {
+  generation: number;
+  epoch: number;
+  legality: string;
+  jobId: string;
+  jobKind: string;
+  jobOutcome: string;
+}
+
+const OUTCOME_STATE: Record<string, JobState> = { running: 'running', succeeded: 'succeeded', failed: 'failed', fenced: 'fenced' };
+
+/**
+ * Sets volume.dirty from the chunks and returns the last job's record to
+ * restore (undefined: no chunk names a storage job, or a fence: reconnaissance's
+ * own record, not a job of the job list).
+ */
+export function restoreJob(volume: VolumeRecord, chunks: readonly ChunkJob[], nowMs: number): JobRecord | undefined {
+  let last: ChunkJob | undefined;
+  let dirty = false;
+  for (const c of chunks) {
+    if (c.legality === 'DIRTY') dirty = true;
+    if (c.jobId && (!last || c.generation > last.generation || (c.generation === last.generation && c.epoch > last.epoch))) last = c;
+  }
+  const kind = last && (JOB_KINDS as readonly string[]).includes(last.jobKind) ? last.jobKind as JobKind : undefined;
+  const state = last ? OUTCOME_STATE[last.jobOutcome] : undefined;
+  if (dirty) {
+    volume.dirty = { jobId: last?.jobId ?? '', kind: last?.jobKind ?? '', state: state ?? 'failed', sinceMs: nowMs };
+  }
+  if (!last || !kind || !state) return undefined;
+  // A job ends at g+1 (succeeded); running, failed or fenced it left the volume at g.
+  const expectedGeneration = state === 'succeeded' ? Math.max(0, last.generation - 1) : last.generation;
+  const job: JobRecord = {
+    id: last.jobId, kind, volume: volume.name, volumeId: volume.id, expectedGeneration, args: {}, state,
+    error: state === 'failed' || state === 'fenced' ? 'restored by a rebuild from storage: the chunk records say it ended so (its details were in the lost database)' : '',
+    epoch: state === 'running' ? volume.epoch : last.epoch, done: 0, total: 0, createdMs: nowMs, startedMs: nowMs, endedMs: state === 'running' ? 0 : nowMs,
+  };
+  return job;
+}
+
+/** The access rules of the newest volume note, per volume id (rebuild input: every node's notes). */
+export function newestNotes(tables: { volumeNotes?: VolumeNote__Output[] }[]): Map<number, VolumeNote__Output> {
+  const out = new Map<number, VolumeNote__Output>();
+  for (const t of tables) {
+    for (const n of t.volumeNotes ?? []) {
+      const held = out.get(n.volumeId);
+      if (!held || Number(n.version) > Number(held.version)) out.set(n.volumeId, n);
+    }
+  }
+  return out;
+}
+
+/** Sets the volume's access rules and note version from its newest note (none: unchanged). */
+export function restoreAccess(volume: VolumeRecord, note: VolumeNote__Output | undefined): void {
+  if (!note) return;
+  volume.noteVersion = Number(note.version);
+  const access = accessFromStorage(note.access);
+  if (access) volume.access = access;
+}
+
+/** Applies the admin state its node keeps to a disk record the rebuild made (an active, usable disk). */
+export function restoreDiskAdmin(rec: DiskRecord, info: DiskInfo__Output): void {
+  const note = info.note;
+  if (!note) return;
+  const bad = (note.badChunks ?? []).filter((i) => Number.isInteger(i) && i >= 0 && i < rec.chunkCount);
+  if (bad.length > 0) rec.badChunks = [...new Set(bad)].sort((a, b) => a - b);
+  if (note.adminState === 'failed') {
+    rec.adminFailed = true;
+    rec.state = 'failed';
+    rec.stateReason = `${note.reason || 'failed by an admin'} (kept by its node; rebuild from storage)`;
+  } else if (note.adminState === 'draining' && rec.state === 'active') {
+    rec.draining = true;
+    rec.stateReason = `${note.reason || 'removed by an admin'} (drain resumed after a rebuild from storage)`;
+  }
+}

@@ -1,0 +1,158 @@
+import { nextCounter } from '../shared/counters.js';
+import { errorMessage } from '../shared/errors.js';
+import { moduleLogger } from '../shared/logger.js';
+import type { DiskNote } from '../proto/generated/vsky/storage/DiskNote.js';
+import type { PeerClients } from './node-clients.js';
+import type { Registry } from './registry.js';
+import type { ChunkMapRecord, DiskRecord, IscsiAccessRecord, VolumeRecord } from './types.js';
+import type { VolumeEntry, Volumes } from './volumes.js';
+
+// What the manager keeps on the storage nodes besides the chunk records, so
+// that a manager rebuilt from storage (docs/rebuild-from-storage.md) gets it
+// back (storage-node/manager-notes.ts keeps it):
+//  - a volume's iSCSI access rules, on every node holding a chunk of it
+//    (KeepVolumeNote, epoch-checked, versioned by VolumeRecord.noteVersion):
+//    written when they change (awaited: setAccess answers once at least one
+//    node holds them), and again on every node that gets a chunk of the
+//    volume when its map changes (a spare, a drain target), so they follow
+//    the volume wherever its chunks go;
+//  - a disk's admin state (failed, draining) and its bad chunks (KeepDiskNote),
+//    on the disk's node: written when they change, and again when the node
+//    registers reporting something else;
+//  - a delete's mark (MarkVolumeDeleting): before the manager forgets a
+//    volume, its chunks say DELETING, so a rebuild finishes the delete.
+// Access rules travel as accessToStorage/accessFromStorage encode them: the
+// one place to wrap (e.g. encrypt the CHAP secrets).
+
+const log = moduleLogger('manager.storage-notes');
+
+/** The access rules as the storage nodes keep them ('' none). */
+export function accessToStorage(a: IscsiAccessRecord | undefined): string {
+  return a ? JSON.stringify({ v: 1, ...a }) : '';
+}
+
+/** The access rules a storage node kept (undefined: none or unreadable). */
+export function accessFromStorage(text: string): IscsiAccessRecord | undefined {
+  if (!text) return undefined;
+  try {
+    const p = JSON.parse(text) as Partial<IscsiAccessRecord> & { v?: number };
+    const str = (x: unknown) => (typeof x === 'string' ? x : '');
+    if (p.v !== 1 || !Array.isArray(p.initiators) || !p.initiators.every((i) => typeof i === 'string')) return undefined;
+    return { initiators: p.initiators, chapUser: str(p.chapUser), chapSecret: str(p.chapSecret), mutualUser: str(p.mutualUser), mutualSecret: str(p.mutualSecret) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** The admin's decision on a disk as its node keeps it. */
+export function diskNoteOf(d: DiskRecord): Required<Omit<DiskNote, 'diskId'>> {
+  const adminState = d.state === 'removed' ? '' : d.adminFailed ? 'failed' : d.draining ? 'draining' : '';
+  return { adminState, reason: adminState ? d.stateReason : '', badChunks: [...(d.badChunks ?? [])].sort((a, b) => a - b) };
+}
+
+const noteKey = (n: { adminState?: string; reason?: string; badChunks?: number[] } | null | undefined) =>
+  n ? `${n.adminState ?? ''}\u0000${n.reason ?? ''}\u0000${(n.badChunks ?? []).join(',')}` : '\u0000\u0000';
+
+/** Control addresses of the nodes holding a chunk of the volume (replicas and drain targets). */
+function holders(map: ChunkMapRecord, registry: Registry): Set<string> {
+  const refs = new Set<number>();
+  for (let i = 0; i < map.locs.length; i += 2) refs.add(map.locs[i]!);
+  const q = map.moves ?? [];
+  for (let i = 0; i < q.length; i += 4) refs.add(q[i + 1]!);
+  const out = new Set<string>();
+  for (const ref of refs) {
+    const server = registry.serverOfDisk(map.disks[ref]!);
+    if (server && server.state !== 'removed' && server.controlAddress) out.add(server.controlAddress);
+  }
+  return out;
+}
+
+export class StorageNotes {
+  /** Volume id -> node addresses holding its note at the volume's current noteVersion. */
+  private readonly sent = new Map<number, { version: number; at: Set<string> }>();
+  /** Disk id -> the note its node holds, as last reported or written. */
+  private readonly disks = new Map<string, string>();
+
+  constructor(private readonly volumes: Volumes, private readonly registry: Registry, private readonly peers: PeerClients) {}
+
+  /** The volume's access rules changed: a new version, on every node holding a chunk of it. Resolves once at least one took it (else logs). */
+  async accessChanged(entry: VolumeEntry): Promise<void> {
+    const { volume } = entry;
+    volume.noteVersion = nextCounter(volume.noteVersion ?? 0, `volume ${volume.name}'s note version`);
+    await this.volumes.saveVolume(volume);
+    const ok = await this.push(entry, holders(entry.map, this.registry));
+    if (ok === 0) log.warn({ volume: volume.name }, 'no storage node took the access rules yet: a rebuild from storage would lose them until the next change');
+  }
+
+  /** The volume's map changed: nodes that got a chunk of it get its note (background). */
+  changed(volumeId: number): void {
+    const entry = this.volumes.byVolumeId(volumeId);
+    if (!entry || !entry.volume.noteVersion) return;
+    const sent = this.sent.get(volumeId);
+    const want = holders(entry.map, this.registry);
+    const current = sent?.version === entry.volume.noteVersion ? sent.at : new Set<string>();
+    const missing = new Set([...want].filter((a) => !current.has(a)));
+    if (missing.size > 0) void this.push(entry, missing);
+  }
+
+  forget(volumeId: number): void {
+    this.sent.delete(volumeId);
+  }
+
+  /** A delete's first step: every node holding a chunk marks them DELETING (durably). Returns how many nodes did. */
+  async markDeleting(entry: VolumeEntry): Promise<number> {
+    const mark = this.peers.node.markVolumeDeleting;
+    if (!mark) return 0;
+    const targets = [...holders(entry.map, this.registry)];
+    const results = await Promise.allSettled(targets.map((a) => mark.call(this.peers.node, a, { volumeId: entry.volume.id, epoch: entry.volume.epoch })));
+    const failed = results.map((r, i) => (r.status === 'rejected' ? `${targets[i]}: ${errorMessage(r.reason)}` : '')).filter(Boolean);
+    if (failed.length > 0) log.warn({ volume: entry.volume.name, failed }, 'some nodes did not mark the volume DELETING: a rebuild from storage before GC frees their chunks could bring part of it back');
+    return targets.length - failed.length;
+  }
+
+  /** What a registering node reports about its disk's note (Registry.applyDiskReport). */
+  diskReported(diskId: string, note: DiskNote | null | undefined): void {
+    this.disks.set(diskId, noteKey(note));
+  }
+
+  /** The disk record changed (Registry.syncDisk): its node gets the note if it differs from what it holds (background). */
+  diskChanged(d: DiskRecord): void {
+    if (d.id === 'lost') return;
+    const note = diskNoteOf(d);
+    const key = noteKey(note);
+    const held = this.disks.get(d.id);
+    if (held === key || (held === undefined && key === noteKey(null))) return;
+    const keep = this.peers.node.keepDiskNote;
+    const server = this.registry.server(d.serverId);
+    if (!keep || !server || server.state !== 'active' || d.state === 'removed') return;
+    this.disks.set(d.id, key);
+    keep.call(this.peers.node, server.controlAddress, { diskId: d.id, ...note }).then(() => {
+      log.info({ diskId: d.id, adminState: note.adminState, badChunks: note.badChunks.length }, 'disk note kept by its node');
+    }, (err: unknown) => {
+      if (this.disks.get(d.id) === key) this.disks.delete(d.id); // retried at the next change or registration
+      log.warn({ diskId: d.id, err: errorMessage(err) }, 'the disk\'s node did not keep its admin state; retried when it registers');
+    });
+  }
+
+  private async push(entry: VolumeEntry, addresses: Set<string>): Promise<number> {
+    const keep = this.peers.node.keepVolumeNote;
+    if (!keep) return 0;
+    const v: VolumeRecord = entry.volume;
+    const version = v.noteVersion ?? 0;
+    const req = { volumeId: v.id, version, epoch: v.epoch, access: accessToStorage(v.access) };
+    const targets = [...addresses];
+    const results = await Promise.allSettled(targets.map((a) => keep.call(this.peers.node, a, req)));
+    let sent = this.sent.get(v.id);
+    if (!sent || sent.version !== version) this.sent.set(v.id, (sent = { version, at: new Set() }));
+    let ok = 0;
+    results.forEach((r, i) => {
+      if (r.status === 'fulfilled') {
+        ok++;
+        sent!.at.add(targets[i]!);
+      } else {
+        log.warn({ volume: v.name, node: targets[i], err: errorMessage(r.reason) }, 'a node did not keep the volume note; retried with the next map change');
+      }
+    });
+    return ok;
+  }
+}

@@ -1,0 +1,97 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { call, storageNodeClient, type StorageNodeClient } from '../../shared/grpc.js';
+import { setRootLogger } from '../../shared/logger.js';
+import type { ChunkIdentity } from '../../proto/generated/vsky/common/ChunkIdentity.js';
+import { startStorageNode, type StorageNodeHandle, type StorageNodeOptions } from '../../storage-node/daemon.js';
+
+// What a storage node keeps for the manager besides its chunk records
+// (storage-node/manager-notes.ts): volume notes (access rules, versioned,
+// epoch-checked), disk notes (an admin's word, bad chunks), and a delete's
+// DELETING mark on the chunk records; each durable across a node restart.
+
+setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));
+
+const MiB = 1024 * 1024;
+const CHUNK = 8 * MiB;
+let root: string;
+let node: StorageNodeHandle;
+let client: StorageNodeClient;
+let disk = '';
+
+function options(dataDir: string): StorageNodeOptions {
+  return {
+    dataDir, name: 'node-notes', host: '127.0.0.1', dataPort: 0, grpcPort: 0, disks: [{ path: join(root, 'a.img'), size: 64 * MiB }],
+    chunkSize: CHUNK, labels: {}, heartbeatIntervalMs: 1000,
+  };
+}
+
+function identity(volumeId: number, segment: number, epoch = 3): ChunkIdentity {
+  return { volumeId, volumeName: `vol-${volumeId}`, volumeSize: 2 * CHUNK, segment, slot: 0, segmentCount: 2, replicas: 1, generation: 1, epoch };
+}
+
+async function start(): Promise<void> {
+  client?.close();
+  node = await startStorageNode(options(join(root, 'node')));
+  client = storageNodeClient(node.controlAddress);
+}
+
+const listed = () => call(client, 'ListChunks', { diskId: '' });
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'vsky-notes-'));
+  await start();
+  disk = (await call(client, 'GetInfo', {})).disks[0]!.diskId;
+  for (const [i, [v, s]] of [[1, 0], [1, 1], [2, 0]].entries()) await call(client, 'AllocateChunk', { diskId: disk, chunkIndex: i, identity: identity(v!, s!) });
+});
+
+afterAll(async () => {
+  client?.close();
+  await node?.close();
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('manager notes on a storage node', () => {
+  it('keeps a volume note: newer versions win, an older one changes nothing, a stale epoch or an unknown volume is refused', async () => {
+    await call(client, 'KeepVolumeNote', { volumeId: 1, version: 2, epoch: 3, access: 'rules v2' });
+    await call(client, 'KeepVolumeNote', { volumeId: 1, version: 1, epoch: 3, access: 'rules v1' });
+    await expect(call(client, 'KeepVolumeNote', { volumeId: 1, version: 5, epoch: 2, access: 'behind' })).rejects.toThrow(/epoch 2 is below/);
+    await expect(call(client, 'KeepVolumeNote', { volumeId: 9, version: 1, epoch: 3, access: 'x' })).rejects.toThrow(/no chunk of volume 9/);
+    expect((await listed()).volumeNotes).toEqual([{ volumeId: 1, version: 2, epoch: 3, access: 'rules v2' }]);
+  });
+
+  it('keeps a disk note, reported with the disk; garbage is refused', async () => {
+    await call(client, 'KeepDiskNote', { diskId: disk, adminState: 'draining', reason: 'removed by an admin', badChunks: [7, 3, 7] });
+    await expect(call(client, 'KeepDiskNote', { diskId: disk, adminState: 'exploded', reason: '', badChunks: [] })).rejects.toThrow(/admin state/);
+    await expect(call(client, 'KeepDiskNote', { diskId: 'nope', adminState: 'failed', reason: '', badChunks: [] })).rejects.toThrow();
+    const d = (await call(client, 'GetInfo', {})).disks[0]!;
+    expect(d.note).toEqual({ diskId: disk, adminState: 'draining', reason: 'removed by an admin', badChunks: [3, 7] });
+  });
+
+  it('marks a volume\'s chunks DELETING (not another volume\'s); a stale epoch is refused', async () => {
+    await expect(call(client, 'MarkVolumeDeleting', { volumeId: 2, epoch: 1 })).rejects.toThrow(/below/);
+    expect((await call(client, 'MarkVolumeDeleting', { volumeId: 2, epoch: 3 })).chunks).toBe(1);
+    expect((await call(client, 'MarkVolumeDeleting', { volumeId: 42, epoch: 3 })).chunks).toBe(0);
+    const byVolume = (await listed()).chunks.map((c) => [c.identity!.volumeId, c.identity!.legality]);
+    expect(byVolume.sort()).toEqual([[1, 'LEGAL'], [1, 'LEGAL'], [2, 'DELETING']]);
+  });
+
+  it('keeps all of it across a node restart; a freed volume\'s note goes', async () => {
+    await call(client, 'FreeChunk', { diskId: disk, chunkIndex: 2, volumeId: 2 });
+    await call(client, 'KeepVolumeNote', { volumeId: 1, version: 3, epoch: 3, access: 'rules v3' });
+    await node.close();
+    await start();
+    const after = await listed();
+    expect(after.volumeNotes).toEqual([{ volumeId: 1, version: 3, epoch: 3, access: 'rules v3' }]);
+    expect((await call(client, 'GetInfo', {})).disks[0]!.note).toMatchObject({ adminState: 'draining', badChunks: [3, 7] });
+    expect(after.chunks.every((c) => c.identity!.legality === 'LEGAL')).toBe(true);
+    await call(client, 'AllocateChunk', { diskId: disk, chunkIndex: 2, identity: identity(3, 0) });
+    await call(client, 'MarkVolumeDeleting', { volumeId: 3, epoch: 3 });
+    await node.close();
+    await start();
+    expect((await listed()).chunks.find((c) => c.identity!.volumeId === 3)!.identity!.legality).toBe('DELETING');
+  });
+});
