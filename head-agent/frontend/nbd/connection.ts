@@ -372,6 +372,10 @@ export class NbdConnection {
       return;
     }
     s.once('close', () => this.resolveClosed());
+    // What the client still sends is read and dropped (onRead ignores it
+    // now): unread bytes at close would make the kernel reset the connection
+    // instead of delivering the last replies.
+    this.reading.set(true);
     // Flush the last replies, then close; destroy anyway if the peer stops reading.
     s.end(() => s.destroy());
     setTimeout(() => s.destroy(), CLOSE_GRACE_MS).unref();
