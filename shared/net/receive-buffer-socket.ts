@@ -47,7 +47,7 @@ export interface SwitchedSocket {
  * socket (they would be lost or reordered), a socket already ending or gone.
  */
 export function switchToReceiveBuffer(
-  socket: net.Socket, buffer: Buffer, onRead: ReadCallback, noDelay: boolean,
+  socket: net.Socket, buffer: Buffer, onRead: ReadCallback, noDelay: boolean, writableHighWaterMark?: number,
 ): SwitchedSocket | undefined {
   const carrier = socket as unknown as HandleCarrier & { encrypted?: boolean };
   const handle = carrier._handle as { useUserBuffer?: unknown; readStop?: () => number; reading?: boolean } | null | undefined;
@@ -66,6 +66,7 @@ export function switchToReceiveBuffer(
   socket.destroy();
   const moved = new net.Socket({
     handle, readable: true, writable: true, allowHalfOpen: socket.allowHalfOpen, onread: { buffer, callback: onRead },
+    ...(writableHighWaterMark === undefined ? {} : { writableHighWaterMark }),
   } as net.SocketConstructorOpts);
   if (noDelay) moved.setNoDelay(true);
   return { socket: moved, pending: chunks.length === 0 ? undefined : Buffer.concat(chunks) };

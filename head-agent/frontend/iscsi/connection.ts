@@ -49,6 +49,8 @@ type State = 'login' | 'completing' | 'ffp' | 'closing' | 'done';
 
 /** Each connection's reused socket read buffer (several pipelined PDUs per read). */
 const RECEIVE_BUFFER_SIZE = 256 * 1024;
+/** Queued reply bytes before reading pauses: a few 64 KiB Data-In sequences, not one per command. */
+const WRITE_HIGH_WATER_MARK = 256 * 1024;
 
 export class IscsiConnection implements ConnectionControl {
   /** Resolves once the socket is closed and the session's tasks have returned (bounded). Never rejects. */
@@ -123,7 +125,7 @@ export class IscsiConnection implements ConnectionControl {
   constructor(accepted: Socket, env: ConnectionEnvironment) {
     // Reads go into one reused buffer instead of a fresh ArrayBuffer per read
     // (GC pressure under 64 KiB writes); a socket that cannot be moved keeps 'data' events.
-    const switched = switchToReceiveBuffer(accepted, Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE), this.onRead, true);
+    const switched = switchToReceiveBuffer(accepted, Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE), this.onRead, true, WRITE_HIGH_WATER_MARK);
     const socket = switched?.socket ?? accepted;
     this.pending = switched?.pending;
     this.socket = socket;
