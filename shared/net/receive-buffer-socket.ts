@@ -30,3 +30,44 @@ export function adoptWithReceiveBuffer(accepted: net.Socket, buffer: Buffer, onR
   if (noDelay) socket.setNoDelay(true);
   return socket;
 }
+
+/** A socket moved onto a receive buffer mid-connection, with what its old owner had read but not consumed. */
+export interface SwitchedSocket {
+  socket: net.Socket;
+  /** Bytes the old socket had buffered (read from the kernel, not yet delivered): consume them first. */
+  pending: Buffer | undefined;
+}
+
+/**
+ * As adoptWithReceiveBuffer, for a connection that has already been read
+ * with 'data' events (a protocol's negotiation phase): stops the old socket's
+ * reads, takes what its stream buffered, and moves the handle. Returns
+ * undefined (the socket untouched) when that cannot be done safely: a TLS
+ * socket (its handle is the TLS layer), writes still queued in the old
+ * socket (they would be lost or reordered), a socket already ending or gone.
+ */
+export function switchToReceiveBuffer(
+  socket: net.Socket, buffer: Buffer, onRead: ReadCallback, noDelay: boolean, writableHighWaterMark?: number,
+): SwitchedSocket | undefined {
+  const carrier = socket as unknown as HandleCarrier & { encrypted?: boolean };
+  const handle = carrier._handle as { useUserBuffer?: unknown; readStop?: () => number; reading?: boolean } | null | undefined;
+  if (carrier.encrypted === true || handle === undefined || handle === null) return undefined;
+  if (typeof handle.useUserBuffer !== 'function' || typeof handle.readStop !== 'function') return undefined;
+  if (socket.destroyed || socket.readableEnded || !socket.writable || socket.writableLength > 0 || socket.connecting) return undefined;
+  if (handle.reading === true) {
+    if (handle.readStop() !== 0) return undefined;
+    handle.reading = false;
+  }
+  carrier._handle = null;
+  // With no handle, read() only hands out what the stream already buffered.
+  const chunks: Buffer[] = [];
+  for (let c = socket.read() as Buffer | null; c !== null; c = socket.read() as Buffer | null) chunks.push(c);
+  socket.removeAllListeners('connect'); // _read without a handle waits for one
+  socket.destroy();
+  const moved = new net.Socket({
+    handle, readable: true, writable: true, allowHalfOpen: socket.allowHalfOpen, onread: { buffer, callback: onRead },
+    ...(writableHighWaterMark === undefined ? {} : { writableHighWaterMark }),
+  } as net.SocketConstructorOpts);
+  if (noDelay) moved.setNoDelay(true);
+  return { socket: moved, pending: chunks.length === 0 ? undefined : Buffer.concat(chunks) };
+}

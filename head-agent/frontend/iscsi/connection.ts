@@ -13,6 +13,7 @@ import type { Socket } from 'node:net';
 import { errorMessage } from '../../../shared/errors.js';
 import { FrameDecoder } from '../../../shared/frame-decoder.js';
 import { isTraced, type Logger } from '../../../shared/logger.js';
+import { switchToReceiveBuffer } from '../../../shared/net/receive-buffer-socket.js';
 import { ReadGate, addSocketHandlers, removeSocketHandlers, type SocketHandlers } from '../client-socket.js';
 import { CommandWindow } from './command-window.js';
 import { LoginStatus, Opcode, RejectReason, opcodeName } from './constants.js';
@@ -46,6 +47,11 @@ export interface ConnectionEnvironment {
 
 type State = 'login' | 'completing' | 'ffp' | 'closing' | 'done';
 
+/** Each connection's reused socket read buffer (several pipelined PDUs per read). */
+const RECEIVE_BUFFER_SIZE = 256 * 1024;
+/** Queued reply bytes before reading pauses: a few 64 KiB Data-In sequences, not one per command. */
+const WRITE_HIGH_WATER_MARK = 256 * 1024;
+
 export class IscsiConnection implements ConnectionControl {
   /** Resolves once the socket is closed and the session's tasks have returned (bounded). Never rejects. */
   readonly closed: Promise<void>;
@@ -78,6 +84,25 @@ export class IscsiConnection implements ConnectionControl {
     this.decoder.push(chunk);
     this.pump();
   };
+  /**
+   * net's onread: one socket read in this connection's reused receive buffer.
+   * BHSs are parsed in place into numbers, every data segment is copied once
+   * (Data-Out straight into its command's buffer), and own() copies out the
+   * rest before the buffer is reused.
+   */
+  private readonly onRead = (nread: number, buf: Uint8Array): boolean => {
+    this.lastHeard = Date.now();
+    this.ping = undefined;
+    if (this.state === 'closing' || this.state === 'done') return true;
+    this.decoder.pushTransient((buf as Buffer).subarray(0, nread));
+    this.pump();
+    this.decoder.own();
+    return true;
+  };
+  /** endSocket() ran: input is drained and dropped until the initiator closes too. */
+  private finSent = false;
+  /** Bytes the accepted socket had read before the connection took it (normally none). */
+  private pending: Buffer | undefined;
   private readonly onDrain = (): void => {
     this.writer.blocked = false;
     this.pump();
@@ -97,7 +122,12 @@ export class IscsiConnection implements ConnectionControl {
     data: this.onData, drain: this.onDrain, end: this.onEnd, error: this.onError, close: this.onClose,
   };
 
-  constructor(socket: Socket, env: ConnectionEnvironment) {
+  constructor(accepted: Socket, env: ConnectionEnvironment) {
+    // Reads go into one reused buffer instead of a fresh ArrayBuffer per read
+    // (GC pressure under 64 KiB writes); a socket that cannot be moved keeps 'data' events.
+    const switched = switchToReceiveBuffer(accepted, Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE), this.onRead, true, WRITE_HIGH_WATER_MARK);
+    const socket = switched?.socket ?? accepted;
+    this.pending = switched?.pending;
     this.socket = socket;
     this.reading = new ReadGate(socket);
     this.env = env;
@@ -125,7 +155,15 @@ export class IscsiConnection implements ConnectionControl {
       this.fail(`login did not complete within ${this.env.tuning.loginTimeoutMs} ms`);
     }, this.env.tuning.loginTimeoutMs);
     this.loginTimer.unref();
-    if (s.destroyed) this.teardown();
+    if (s.destroyed) {
+      this.teardown();
+      return;
+    }
+    if (this.pending !== undefined) {
+      this.decoder.push(this.pending);
+      this.pending = undefined;
+      this.pump();
+    }
   }
 
   /**
@@ -207,7 +245,7 @@ export class IscsiConnection implements ConnectionControl {
   }
 
   private updateReading(): void {
-    this.reading.set((this.state === 'login' || this.state === 'ffp') && !this.writer.blocked);
+    this.reading.set(this.finSent || ((this.state === 'login' || this.state === 'ffp') && !this.writer.blocked));
   }
 
   private malformed(err: unknown): void {
@@ -353,6 +391,10 @@ export class IscsiConnection implements ConnectionControl {
 
   /** Flushes what was written, then closes; destroys anyway if the peer stops reading. */
   private endSocket(): void {
+    // Our side is done: what the initiator still sends is read and dropped,
+    // so that its FIN is seen and the socket closes (a socket reading into a
+    // reused buffer stops reading from the kernel while paused).
+    this.finSent = true;
     this.updateReading();
     const s = this.socket;
     if (s.destroyed) return;

@@ -12,6 +12,7 @@ import { FrameDecoder } from '../../../shared/frame-decoder.js';
 import { BufferPool, COMMON_IO_SIZES } from '../../../shared/buffer-pool.js';
 import { errorMessage } from '../../../shared/errors.js';
 import { isTraced, type Logger } from '../../../shared/logger.js';
+import { switchToReceiveBuffer } from '../../../shared/net/receive-buffer-socket.js';
 import { ReadGate, addSocketHandlers, removeSocketHandlers, type SocketHandlers } from '../client-socket.js';
 import { REQUEST_SPEC, handleText, type RequestHeader } from './codec.js';
 import {
@@ -23,6 +24,9 @@ import { ReplyWriter } from './reply-writer.js';
 
 /** I/O buffers shared by every NBD connection of this process. */
 const ioBuffers = new BufferPool(COMMON_IO_SIZES);
+
+/** Each connection's reused socket read buffer in transmission (several pipelined requests per read). */
+const RECEIVE_BUFFER_SIZE = 256 * 1024;
 
 export interface NbdConnectionOptions {
   socket: Socket;
@@ -81,11 +85,25 @@ export class NbdConnection {
   private dropReplies = false;
   private resolveClosed!: () => void;
   private graceTimer: NodeJS.Timeout | undefined;
+  /** Bytes the negotiation's socket had read and not delivered (see the constructor). */
+  private pending: Buffer | undefined;
 
   private readonly onData = (chunk: Buffer): void => {
     if (this.state !== 'open') return;
     this.decoder.push(chunk);
     this.pump();
+  };
+  /**
+   * net's onread: one socket read in this connection's reused receive buffer.
+   * Headers are parsed in place, every payload is copied once into a pooled
+   * buffer, and own() copies out the rest before the buffer is reused.
+   */
+  private readonly onRead = (nread: number, buf: Uint8Array): boolean => {
+    if (this.state !== 'open') return true;
+    this.decoder.pushTransient((buf as Buffer).subarray(0, nread));
+    this.pump();
+    this.decoder.own();
+    return true;
   };
   private readonly onDrain = (): void => {
     this.writeBlocked = false;
@@ -112,15 +130,20 @@ export class NbdConnection {
   };
 
   constructor(opts: NbdConnectionOptions) {
-    this.socket = opts.socket;
-    this.reading = new ReadGate(opts.socket);
+    // Transmission reads into one reused buffer instead of a fresh 64 KiB
+    // ArrayBuffer per read (which kept V8's old generation busy under 64 KiB
+    // writes); a TLS socket or one with writes still queued keeps 'data' events.
+    const switched = switchToReceiveBuffer(opts.socket, Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE), this.onRead, true);
+    this.socket = switched?.socket ?? opts.socket;
+    this.pending = switched?.pending;
+    this.reading = new ReadGate(this.socket);
     this.device = opts.device;
     this.exportSize = opts.exportSize ?? opts.device.size;
     this.log = opts.log;
     this.trace = isTraced('nbd');
     this.maxInFlight = opts.maxInFlight ?? MAX_INFLIGHT_REQUESTS;
     this.maxInFlightBytes = opts.maxInFlightBytes ?? MAX_INFLIGHT_BYTES;
-    this.replies = new ReplyWriter(opts.socket, opts.structured ?? false);
+    this.replies = new ReplyWriter(this.socket, opts.structured ?? false);
     this.allowedFlags = allowedFlags(opts.structured ?? false);
     this.closed = new Promise((resolve) => { this.resolveClosed = resolve; });
   }
@@ -141,6 +164,8 @@ export class NbdConnection {
       return;
     }
     if (leftover !== undefined && leftover.length > 0) this.decoder.push(leftover);
+    if (this.pending !== undefined) this.decoder.push(this.pending);
+    this.pending = undefined;
     this.pump();
   }
 
@@ -347,6 +372,10 @@ export class NbdConnection {
       return;
     }
     s.once('close', () => this.resolveClosed());
+    // What the client still sends is read and dropped (onRead ignores it
+    // now): unread bytes at close would make the kernel reset the connection
+    // instead of delivering the last replies.
+    this.reading.set(true);
     // Flush the last replies, then close; destroy anyway if the peer stops reading.
     s.end(() => s.destroy());
     setTimeout(() => s.destroy(), CLOSE_GRACE_MS).unref();

@@ -2,8 +2,11 @@
 // structured reply chunks once the client negotiated them (then a READ is
 // always answered with one final OFFSET_DATA chunk, and every error with a
 // final ERROR chunk carrying a message for the user). Fixed-size headers are
-// written in place into slabs; READ data follows its header between cork()
-// and uncork(), never copied together with it.
+// written in place into slabs; READ data follows its header, never copied
+// together with it. The socket is corked from the first reply of a tick until
+// the tick's work is done: the replies of requests that completed together
+// (one node reply read completes several) leave in one writev, not one
+// write syscall each.
 
 import type { Socket } from 'node:net';
 import { HeaderSlab } from '../header-slab.js';
@@ -30,6 +33,11 @@ export class ReplyWriter {
   private readonly socket: Socket;
   private readonly structured: boolean;
   private readonly headers = new HeaderSlab(SLAB_SIZE);
+  private corked = false;
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   constructor(socket: Socket, structured: boolean) {
     this.socket = socket;
@@ -42,6 +50,11 @@ export class ReplyWriter {
    * socket's write buffer is full: stop reading until 'drain'.
    */
   send(h: RequestHeader, error: number, data: Buffer | undefined, message?: string, written?: (data: Buffer) => void): boolean {
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
+    }
     if (error !== NbdError.OK) {
       if (!this.structured) return this.socket.write(this.simpleHeader(h, error));
       return this.socket.write(encodeStructuredError(h.handleHi, h.handleLo, error, message ?? ERROR_TEXT[error] ?? `error ${error}`));
@@ -62,14 +75,11 @@ export class ReplyWriter {
     } else {
       header = this.simpleHeader(h, NbdError.OK);
     }
-    // Header and data leave in one segment, without copying them together.
+    // Header and data leave in one segment (corked), without copying them together.
     const s = this.socket;
-    s.cork();
     s.write(header);
     // `written` recycles the data buffer once the socket no longer needs it.
-    const ok = written === undefined ? s.write(data!) : s.write(data!, () => written(data!));
-    s.uncork();
-    return ok;
+    return written === undefined ? s.write(data!) : s.write(data!, () => written(data!));
   }
 
   private simpleHeader(h: RequestHeader, error: number): Buffer {
