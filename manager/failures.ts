@@ -1,4 +1,4 @@
-import { ConflictError, InvalidArgumentError, StaleEpochError } from '../shared/errors.js';
+import { ConflictError, InvalidArgumentError, StaleEpochError, TransportError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { VolumeMap } from '../proto/generated/vsky/common/VolumeMap.js';
 import { clearMove, segmentReplicas, setReplicaState, type SegmentReplica } from './chunk-map.js';
@@ -88,7 +88,10 @@ export class Failures {
   private async claimRebuilt(volume: VolumeRecord, req: ReplicaFailureInput): Promise<void> {
     if (!volume.claimPending || volume.attachedHead || volume.standbyHead || !req.headId || !(req.epoch > 0) || req.epoch !== volume.epoch) return;
     const head = this.registry.head(req.headId);
-    if (!head || head.state !== 'active') return;
+    if (!head || head.state !== 'active') {
+      // Not a refusal: the head's registration has not reached this (rebuilt) manager yet. It retries the report.
+      throw new TransportError(`volume ${volume.name} was rebuilt from storage and head ${req.headId} has not registered with this manager yet: retry the report after its registration`);
+    }
     volume.attachedHead = head.id;
     volume.nbdUri = head.nbdAddress ? `nbd://${head.nbdAddress}/${encodeURIComponent(volume.name)}` : '';
     delete volume.claimPending;
