@@ -133,7 +133,7 @@ export class LocalCluster {
       '--chunk-size', String(opts.chunkSize), '--heartbeat-timeout', String(opts.heartbeatTimeoutMs),
       ...(opts.xmlrpcListen ? ['--xmlrpc-listen', opts.xmlrpcListen] : ['--no-xmlrpc']),
       ...this.logArgs(), ...this.metricsArgs(opts.managerListen.slice(0, opts.managerListen.lastIndexOf(':'))), ...this.dataSecurityArgs(),
-      ...(opts.managerArgs ?? []),
+      '--secret-key-file', this.keyFile('secret.key'), ...(opts.managerArgs ?? []),
     ], join(logs, 'manager.log'), opts.env?.manager);
     this.nodes = Array.from({ length: opts.servers }, (_, i) => this.nodeProcess(i, logs));
     // Head 1 keeps the daemon name, data dir and log of the single-head cluster ("head").
@@ -180,13 +180,19 @@ export class LocalCluster {
     return join(this.opts.dir, 'data.key');
   }
 
+  /** DIR/NAME, a key file made (32 random bytes, mode 0600) on first use. */
+  private keyFile(name: string): string {
+    const path = join(this.opts.dir, name);
+    if (!existsSync(path)) createKeyFile(path);
+    return path;
+  }
+
   /** The data-security flags of every daemon (the key file is made on first use). */
   dataSecurityArgs(): string[] {
     const sec = this.opts.dataSecurity ?? {};
     const tls = sec.tls ? ['--data-tls', '--data-tls-cert', sec.tls.cert, '--data-tls-key', sec.tls.key, '--data-tls-ca', sec.tls.ca] : [];
     if (sec.auth === false) return ['--no-data-auth', ...tls];
-    if (!existsSync(this.dataKeyPath)) createKeyFile(this.dataKeyPath);
-    return ['--data-key', this.dataKeyPath, ...tls];
+    return ['--data-key', this.keyFile('data.key'), ...tls];
   }
 
   private metricsArgs(host: string): string[] {

@@ -128,6 +128,8 @@ function managerCommand(program: Command): Command {
     .option('--xmlrpc-token <token>', 'require this access token as the HTTP basic-auth password of every XML-RPC call '
       + '(default: $VSKY_XMLRPC_TOKEN; none: no authentication, as VastSky)')
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: pick one; docs/metrics.md). Default: not served', hostPortArg)
+    .option('--secret-key-file <file>', 'key (32 random bytes, mode 0600, outside the data directory) sealing the iSCSI CHAP secrets '
+      + 'stored in the database (AES-256-GCM); secrets found in clear are sealed at start. Default: stored in clear (logged)')
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startManager } = await import('../../manager/daemon.js');
@@ -140,7 +142,7 @@ function managerCommand(program: Command): Command {
         spareDisks: (o.spareDisk as string[]).length > 0 ? o.spareDisk as string[] : undefined,
         jobRetention: { keepPerVolume: o.jobKeep, maxAgeMs: o.jobMaxAge * 3600 * 1000 },
         xmlrpc: o.xmlrpc === false ? undefined : { listen: o.xmlrpcListen, tlsCert: o.xmlrpcTlsCert, tlsKey: o.xmlrpcTlsKey, token: token || undefined },
-        metricsListen: o.metricsListen,
+        metricsListen: o.metricsListen, secretKeyFile: o.secretKeyFile,
       })));
     });
 }
