@@ -9,6 +9,7 @@ import { hostPortArg, intArg, labelOption, positiveIntArg, repeatableOption, siz
 import { parseSize } from '../../shared/units.js';
 import { withConfigFile } from '../config/config-file.js';
 import { errorMessage } from '../../shared/errors.js';
+import { loadNbdTls } from '../../head-agent/frontend/nbd/tls-settings.js';
 import { describeDataSecurity, loadDataSecurity, setDefaultDataSecurity, type DataSecurity } from '../../shared/data-protocol/auth/data-security.js';
 
 // The three daemons. Each logs structured JSON lines (pino) to stdout, prints
@@ -195,6 +196,11 @@ function headAgentCommand(program: Command): Command {
     .option('--manager <host:port>', 'manager to register with', hostPortArg)
     .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: pick one; docs/metrics.md). Default: not served', hostPortArg)
+    .option('--nbd-tls <mode>', 'NBD over TLS (NBD_OPT_STARTTLS, x509): off, on (at the client\'s choice) or require '
+      + '(plaintext clients refused; clients use nbds:// URIs)', 'off')
+    .option('--nbd-tls-cert <file>', 'with --nbd-tls: PEM certificate of the NBD server')
+    .option('--nbd-tls-key <file>', 'with --nbd-tls: PEM private key of --nbd-tls-cert')
+    .option('--nbd-tls-ca <file>', 'with --nbd-tls: PEM CA; NBD clients must then present a certificate it signed')
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startHeadAgent } = await import('../../head-agent/daemon.js');
@@ -203,6 +209,7 @@ function headAgentCommand(program: Command): Command {
         iscsiPort: o.iscsi === false ? undefined : o.iscsiPort, staleReportTimeoutMs: o.staleReportTimeout,
         dataTimeoutMs: o.dataTimeout, flushTimeoutMs: o.flushTimeout,
         managerAddress: o.manager, heartbeatIntervalMs: o.heartbeatInterval, metricsListen: o.metricsListen,
+        nbdTls: loadNbdTls({ mode: o.nbdTls, cert: o.nbdTlsCert, key: o.nbdTlsKey, ca: o.nbdTlsCa }),
       })));
     });
 }

@@ -43,6 +43,8 @@ export interface HeadLaunchOptions {
   /** The manager address the head registers and heartbeats with (default the cluster's; e.g. a TcpProxy's). */
   manager?: string;
   heartbeatIntervalMs?: number;
+  /** Extra `vsky head-agent` flags, e.g. ['--nbd-tls', 'require', ...]. */
+  args?: string[];
 }
 
 /**
@@ -58,7 +60,7 @@ export async function launchHead(c: LocalCluster, name: string, opts: HeadLaunch
     'head-agent', '--data-dir', dir, '--name', name, '--host', '127.0.0.1',
     '--grpc-port', String(await freePort()), '--nbd-port', String(await freePort()), '--no-iscsi',
     '--heartbeat-interval', String(opts.heartbeatIntervalMs ?? c.opts.heartbeatIntervalMs), '--manager', opts.manager ?? c.managerAddress,
-    ...c.dataSecurityArgs(),
+    ...c.dataSecurityArgs(), ...(opts.args ?? []),
   ], join(c.opts.dir, 'logs', `${name}.log`));
   const ready = await daemon.start();
   await waitHeadActive(c, name);
