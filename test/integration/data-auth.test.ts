@@ -1,5 +1,8 @@
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
@@ -11,7 +14,9 @@ import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { clusterDataSecurity } from '../harness/data-auth.js';
 import { daemonLog, showVolume, waitUntil } from '../harness/leases.js';
 import { RawDataClient, expectStatus } from '../harness/raw-data-client.js';
-import { run } from '../harness/tools.js';
+import { randomFile, run, sameContent } from '../harness/tools.js';
+import { makeTestCerts } from '../harness/certs.js';
+import { expectReplicasEqual } from '../harness/replicas.js';
 
 // Data protocol authentication (docs/security.md): a storage node reads no
 // request frame from a connection that has not proved it holds the cluster's
@@ -167,4 +172,45 @@ describe('data protocol authentication', () => {
     expect((await chunkHead()).every((b) => b === 0x5a)).toBe(true);
     await stillServing();
   }, 120_000);
+});
+
+describe('data protocol over TLS (--data-tls), authenticated inside', () => {
+  let c: LocalCluster;
+  let work: string;
+  let uri: string;
+
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'vsky-data-tls-'));
+    const certs = makeTestCerts(join(work, 'pki'));
+    c = await startTestCluster({ dataSecurity: { tls: { cert: certs.peerCert, key: certs.peerKey, ca: certs.ca } } });
+    uri = await c.ensureVolume('dt', 32 * MiB, 3);
+  }, 120_000);
+  afterAll(async () => {
+    await destroyTestCluster(c);
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  it('heads write and read every replica through TLS; the copies agree', async () => {
+    const src = join(work, 'src.img');
+    const back = join(work, 'back.img');
+    randomFile(src, 8 * MiB);
+    await run('nbdcopy', [src, uri], 120_000);
+    await run('nbdcopy', [uri, back], 120_000);
+    expect(await sameContent(src, back)).toBe(true);
+    await expectReplicasEqual(c, 'dt', 3); // read from each node on its own, over TLS with the key
+  });
+
+  it('a plain TCP client gets no hello (TLS first), changes nothing, and the refusal is logged', async () => {
+    const { map } = await showVolume(c, 'dt');
+    const r = map.segments[0]!.replicas[0]!;
+    const [host, port] = r.dataAddress.split(':');
+    const node = c.nodes.find((n) => n.ready.dataAddress === r.dataAddress)!.name;
+    const t: Target = { address: r.dataAddress, host: host!, port: Number(port), volumeId: map.volumeId, slot: r.slot, epoch: 1 << 20, node };
+    const got = await session(t, (s) => s.write(writeFrame(t, Buffer.alloc(WRITE_BYTES, 0xee))));
+    expect(got.closed).toBe(true);
+    expect(got.bytes.includes(Buffer.from('VSKYAUTH'))).toBe(false);
+    await waitUntil(() => daemonLog(c, node).includes('TLS handshake failed'), 5000, 'TLS refusal logged');
+    const r2 = await run('qemu-io', ['-f', 'raw', '-c', 'read -v 0 16', uri]);
+    expect(String(r2.stdout)).not.toMatch(/ee ee ee ee/);
+  });
 });
