@@ -206,7 +206,7 @@ export class NodeConnection {
     } else {
       socket = tls.connect({
         ...dataTlsClientOptions(material), host: this.host, port: this.port, noDelay: true, keepAlive: true,
-        writableHighWaterMark: this.opts.writeHighWaterMark,
+        highWaterMark: this.opts.writeHighWaterMark, // tls.connect ignores writableHighWaterMark
       } as tls.ConnectionOptions);
       socket.on('secureConnect', this.onConnect);
       socket.on('data', this.onData);

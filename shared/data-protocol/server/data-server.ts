@@ -46,6 +46,9 @@ const MAX_INFLIGHT_BYTES = 2 * MAX_DATA_PAYLOAD;
  * of garbage: a quarter of its CPU went to V8's major GC under 64 KiB writes.
  */
 const RECEIVE_BUFFER_SIZE = 256 * 1024;
+/** Write buffer of a TLS data connection before write() asks to wait for 'drain' (plain sockets: Node's default). */
+const TLS_WRITE_HIGH_WATER_MARK = 4 * 1024 * 1024;
+const TLS_HANDSHAKE_TIMEOUT_MS = 5_000;
 
 export interface DataServerOptions {
   /** Requests in flight per connection before its socket stops being read. */
@@ -72,11 +75,31 @@ export class DataServer {
       // Paused until the Connection takes the socket over (see receive-buffer-socket.ts).
       this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (accepted) => this.accept(accepted, true));
     } else {
-      this.server = tls.createServer({ ...dataTlsServerOptions(material), noDelay: true }, (accepted) => this.accept(accepted, false));
-      this.server.on('tlsClientError', (err, socket) => {
-        this.log.warn({ remote: `${socket.remoteAddress}:${socket.remotePort}`, reason: err.message }, 'data connection refused: TLS handshake failed');
-      });
+      // TLS by hand on accepted TCP sockets: tls.Server gives its sockets a 16 KiB write
+      // high-water mark, which would stall replies of 64 KiB reads on 'drain' each time.
+      const context = tls.createSecureContext(dataTlsServerOptions(material));
+      this.server = net.createServer({ noDelay: true }, (accepted) => this.acceptTls(accepted, context));
     }
+  }
+
+  private acceptTls(accepted: net.Socket, secureContext: tls.SecureContext): void {
+    const remote = `${accepted.remoteAddress}:${accepted.remotePort}`;
+    const secure = new tls.TLSSocket(accepted, {
+      isServer: true, secureContext, requestCert: true, rejectUnauthorized: true, highWaterMark: TLS_WRITE_HIGH_WATER_MARK,
+    } as tls.TLSSocketOptions);
+    const refuse = (reason: string): void => {
+      this.log.warn({ remote, reason }, 'data connection refused: TLS handshake failed');
+      secure.destroy();
+    };
+    const timer = setTimeout(() => refuse(`no TLS handshake within ${TLS_HANDSHAKE_TIMEOUT_MS} ms`), TLS_HANDSHAKE_TIMEOUT_MS);
+    timer.unref();
+    const onError = (err: Error): void => { clearTimeout(timer); refuse(err.message); };
+    secure.once('error', onError);
+    secure.once('secure', () => {
+      clearTimeout(timer);
+      secure.off('error', onError);
+      this.accept(secure, false);
+    });
   }
 
   private accept(accepted: net.Socket, adopt: boolean): void {
