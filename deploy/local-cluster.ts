@@ -1,4 +1,5 @@
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
+import { createKeyFile } from '../shared/security/key-file.js';
 import { join } from 'node:path';
 import { call, managerClient, type ManagerClient } from '../shared/grpc.js';
 import {
@@ -79,6 +80,12 @@ export interface LocalClusterOptions {
   nodeArgs?: Record<string, string[]>;
   /** Every daemon serves Prometheus metrics on a port picked on its own address (metricsEndpoints lists them). */
   metrics?: boolean;
+  /**
+   * Data path security (docs/security.md). Default: every daemon gets DIR/data.key
+   * (made on first start, mode 0600). `auth: false` passes --no-data-auth; `tls`
+   * runs the data protocol over TLS with these PEM files (--data-tls).
+   */
+  dataSecurity?: { auth?: boolean; tls?: { cert: string; key: string; ca: string } };
 }
 
 export const LOCAL_CLUSTER_DEFAULTS: Omit<LocalClusterOptions, 'dir'> = {
@@ -125,7 +132,8 @@ export class LocalCluster {
       'manager', '--data-dir', join(opts.dir, 'manager'), '--listen', opts.managerListen,
       '--chunk-size', String(opts.chunkSize), '--heartbeat-timeout', String(opts.heartbeatTimeoutMs),
       ...(opts.xmlrpcListen ? ['--xmlrpc-listen', opts.xmlrpcListen] : ['--no-xmlrpc']),
-      ...this.logArgs(), ...this.metricsArgs(opts.managerListen.slice(0, opts.managerListen.lastIndexOf(':'))), ...(opts.managerArgs ?? []),
+      ...this.logArgs(), ...this.metricsArgs(opts.managerListen.slice(0, opts.managerListen.lastIndexOf(':'))), ...this.dataSecurityArgs(),
+      '--secret-key-file', this.keyFile('secret.key'), ...(opts.managerArgs ?? []),
     ], join(logs, 'manager.log'), opts.env?.manager);
     this.nodes = Array.from({ length: opts.servers }, (_, i) => this.nodeProcess(i, logs));
     // Head 1 keeps the daemon name, data dir and log of the single-head cluster ("head").
@@ -167,6 +175,26 @@ export class LocalCluster {
     return this.opts.logLevel ? ['--log-level', this.opts.logLevel] : [];
   }
 
+  /** DIR/data.key: the cluster data key every daemon is given. */
+  get dataKeyPath(): string {
+    return join(this.opts.dir, 'data.key');
+  }
+
+  /** DIR/NAME, a key file made (32 random bytes, mode 0600) on first use. */
+  private keyFile(name: string): string {
+    const path = join(this.opts.dir, name);
+    if (!existsSync(path)) createKeyFile(path);
+    return path;
+  }
+
+  /** The data-security flags of every daemon (the key file is made on first use). */
+  dataSecurityArgs(): string[] {
+    const sec = this.opts.dataSecurity ?? {};
+    const tls = sec.tls ? ['--data-tls', '--data-tls-cert', sec.tls.cert, '--data-tls-key', sec.tls.key, '--data-tls-ca', sec.tls.ca] : [];
+    if (sec.auth === false) return ['--no-data-auth', ...tls];
+    return ['--data-key', this.keyFile('data.key'), ...tls];
+  }
+
   private metricsArgs(host: string): string[] {
     return this.opts.metrics === true ? metricsArgs(host) : [];
   }
@@ -193,7 +221,7 @@ export class LocalCluster {
       'storage-node', '--data-dir', dataDir, '--name', name, '--host', nodeHost(i),
       '--data-port', String(this.opts.nodeDataPort), '--grpc-port', String(this.opts.nodeGrpcPort),
       '--chunk-size', String(this.opts.chunkSize), '--heartbeat-interval', String(this.opts.heartbeatIntervalMs),
-      ...Object.entries(labels).flatMap(([k, v]) => ['--label', `${k}=${v}`]), ...disks, ...this.logArgs(), ...this.metricsArgs(nodeHost(i)),
+      ...Object.entries(labels).flatMap(([k, v]) => ['--label', `${k}=${v}`]), ...disks, ...this.logArgs(), ...this.metricsArgs(nodeHost(i)), ...this.dataSecurityArgs(),
     ], join(logs, `${name}.log`), this.opts.env?.[name]);
   }
 
@@ -226,7 +254,8 @@ export class LocalCluster {
       const a = headAddress(this.opts, i + 1);
       head.args.push('head-agent', '--data-dir', join(this.opts.dir, i === 0 ? 'head' : `head${i + 1}`), '--name', `head${i + 1}`,
         '--host', a.host, '--grpc-port', String(a.grpcPort), '--nbd-port', String(a.nbdPort), '--iscsi-port', String(a.iscsiPort),
-        '--heartbeat-interval', String(this.opts.heartbeatIntervalMs), '--manager', this.managerAddress, ...this.logArgs(), ...this.metricsArgs(a.host));
+        '--heartbeat-interval', String(this.opts.heartbeatIntervalMs), '--manager', this.managerAddress, ...this.logArgs(), ...this.metricsArgs(a.host),
+        ...this.dataSecurityArgs());
     });
     // allSettled: a head that failed to start must not leave its siblings' starts unawaited.
     const started = await Promise.allSettled(this.heads.map((h) => h.start()));

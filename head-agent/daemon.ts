@@ -5,6 +5,7 @@ import { startControlServer, type ControlServer } from './control-service.js';
 import { leaseRequester } from './lease-requester.js';
 import { ManagerLink, loadHeadId } from './manager-link.js';
 import { startNbdServer, type NbdServerHandle } from './frontend/nbd/server.js';
+import type { NbdTlsSettings } from './frontend/nbd/handshake-driver.js';
 import { NodePool } from './engine/node-pool.js';
 import { ReportingFailureHandler } from './engine/replica-failures.js';
 import { ResyncService } from './resync/resync-service.js';
@@ -54,6 +55,8 @@ export interface HeadAgentOptions {
   flushTimeoutMs?: number;
   /** HOST:PORT of the Prometheus endpoint (GET /metrics; port 0 = pick); undefined = none. */
   metricsListen?: string;
+  /** NBD over TLS (NBD_OPT_STARTTLS; --nbd-tls); undefined: NOTLS. */
+  nbdTls?: NbdTlsSettings;
 }
 
 export interface HeadAgentHandle {
@@ -92,7 +95,7 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
   let control: ControlServer | undefined;
   let metrics: MetricsServer | undefined;
   try {
-    nbd = await startNbdServer({ host: opts.host, port: opts.nbdPort, registry: attachments });
+    nbd = await startNbdServer({ host: opts.host, port: opts.nbdPort, registry: attachments, tls: opts.nbdTls });
     const nbdServer = nbd;
     const exports = new IscsiExports();
     if (opts.iscsiPort !== undefined) iscsi = await startIscsiServer({ host: opts.host, port: opts.iscsiPort, registry: exports });

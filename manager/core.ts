@@ -1,4 +1,5 @@
 import { InvalidArgumentError } from '../shared/errors.js';
+import type { SecretBox } from '../shared/security/secret-box.js';
 import { moduleLogger } from '../shared/logger.js';
 import { Attachments } from './attachments.js';
 import { Decommission } from './decommission.js';
@@ -28,6 +29,8 @@ const log = moduleLogger('manager.core');
 
 export interface CoreOptions {
   dataDir: string;
+  /** Seals the secrets the database stores (iSCSI CHAP secrets; --secret-key-file); undefined: stored in clear. */
+  secrets?: SecretBox;
   chunkSize: number;
   heartbeatTimeoutMs: number;
   /** Write leases expire this long after the holder's last heartbeat (default DEFAULT_LEASE_TTL_MS). */
@@ -86,7 +89,7 @@ export class ManagerCore {
     }
     if (!(opts.heartbeatTimeoutMs > 0)) throw new InvalidArgumentError(`invalid heartbeat timeout ${opts.heartbeatTimeoutMs} ms`);
     const started = Date.now();
-    const store = await ManagerStore.open(opts.dataDir);
+    const store = await ManagerStore.open(opts.dataDir, opts.secrets);
     try {
       const snap = await store.load();
       const loadedMs = Date.now() - started;

@@ -1,4 +1,6 @@
 import { errorMessage } from '../shared/errors.js';
+import { SecretBox } from '../shared/security/secret-box.js';
+import { readKeyFile } from '../shared/security/key-file.js';
 import { addStandardServices, bindServer, grpc, loadProtos } from '../shared/grpc.js';
 import { moduleLogger } from '../shared/logger.js';
 import { daemonRegistry, startMetricsServer, type MetricsServer } from '../shared/metrics/http-server.js';
@@ -45,6 +47,8 @@ export interface ManagerOptions {
   xmlrpc?: XmlRpcServerOptions;
   /** HOST:PORT of the Prometheus endpoint (GET /metrics; port 0 = pick); undefined: not served. */
   metricsListen?: string;
+  /** Key file (32 bytes, 0600) sealing the secrets stored in the database; undefined: stored in clear (logged). */
+  secretKeyFile?: string;
 }
 
 export interface ManagerHandle {
@@ -67,8 +71,10 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   if (opts.rebuildFromStorage) {
     await rebuildFromStorage({ dataDir: opts.dataDir, chunkSize: opts.chunkSize, listen: opts.listen, ...opts.rebuildFromStorage }, peers);
   }
+  const secrets = opts.secretKeyFile === undefined ? undefined : new SecretBox(readKeyFile(opts.secretKeyFile, '--secret-key-file'));
+  if (secrets === undefined) log.warn('no --secret-key-file: iSCSI CHAP secrets are stored in clear in the database');
   const core = await ManagerCore.open({
-    dataDir: opts.dataDir, chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, leaseTtlMs: opts.leaseTtlMs, now: deps.now,
+    dataDir: opts.dataDir, secrets, chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, leaseTtlMs: opts.leaseTtlMs, now: deps.now,
     resyncMibps: opts.resyncMibps, resyncProgressTimeoutMs: opts.resyncProgressTimeoutMs, resyncLimits: opts.resyncLimits,
     spareDisks: opts.spareDisks, jobRetention: opts.jobRetention,
   }, peers);

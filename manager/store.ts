@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { Level } from 'level';
 import { CorruptMetadataError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
+import type { SecretBox } from '../shared/security/secret-box.js';
+import { openVolume, sealVolume } from './sealed-secrets.js';
 import {
   chunkMapProblem, type ChunkMapRecord, type DiskRecord, type EventDetails, type EventKind, type EventRecord, type HeadRecord,
   type PendingCreateRecord, type ResyncRecord, type ServerRecord, type ToFreeRecord, type VolumeRecord,
@@ -25,6 +27,11 @@ import {
 //   meta/next_int/<space>    next VastSky-style integer id of a space (hsvr, ssvr, pdsk, lvol; manager/xmlrpc/ids.ts)
 //   event/<seq, 20 digits>   EventRecord (the append-only event log, manager/events.ts; not
 //                            part of the snapshot: the event log reads it itself)
+//
+// Secrets (iSCSI CHAP secrets of volume records) are sealed on the way in
+// and opened on the way out when the store has a SecretBox
+// (--secret-key-file; manager/sealed-secrets.ts); clear ones found at load
+// are re-sealed.
 //
 // Every change is one atomic batch, and batches are written one after
 // another in the order they were issued: the async LevelDB binding could
@@ -147,15 +154,15 @@ export class ManagerStore {
   /** This cluster's id (a UUID made with the database): every disk of the cluster carries it. */
   clusterId = '';
 
-  private constructor(readonly db: Level<string, unknown>, readonly path: string) {}
+  private constructor(readonly db: Level<string, unknown>, readonly path: string, private readonly secrets: SecretBox | undefined) {}
 
-  /** Opens (creating if needed) the database in `dataDir/db`. */
-  static async open(dataDir: string): Promise<ManagerStore> {
+  /** Opens (creating if needed) the database in `dataDir/db`; `secrets` seals the secrets it stores. */
+  static async open(dataDir: string, secrets?: SecretBox): Promise<ManagerStore> {
     const path = join(dataDir, 'db');
     await mkdir(dataDir, { recursive: true });
     const db = new Level<string, unknown>(path, { valueEncoding: 'json' });
     await db.open();
-    const store = new ManagerStore(db, path);
+    const store = new ManagerStore(db, path, secrets);
     const format = await db.get(keys.format);
     if (format === undefined) {
       await db.put(keys.format, FORMAT);
@@ -190,6 +197,9 @@ export class ManagerStore {
     const events = batch.events.length > 0 ? batch.events.splice(0) : [];
     const stamped = events.length > 0 && this.eventSink ? this.eventSink.stamp(batch, events) : [];
     const ops = batch.ops;
+    if (this.secrets !== undefined) {
+      for (const op of ops) if (op.type === 'put' && op.key.startsWith('volume/')) sealVolume(op.key, op.value as VolumeRecord, this.secrets);
+    }
     const run = this.tail.then(() => (ops.length > 0 ? this.db.batch(ops) : undefined)).then(() => {
       if (stamped.length > 0) this.eventSink?.committed(stamped);
     });
@@ -211,6 +221,7 @@ export class ManagerStore {
       nextVolumeId: 1, servers: [], disks: [], heads: [], volumes: [], pending: [], toFree: [], setAside: [], nextResyncId: 1, resyncs: [],
     };
     const volumes = new Map<number, VolumeRecord>();
+    const clearSecrets: string[] = [];
     const maps = new Map<number, ChunkMapRecord>();
     const it = this.db.iterator();
     try {
@@ -227,7 +238,10 @@ export class ManagerStore {
             case 'server': snap.servers.push(value as ServerRecord); break;
             case 'disk': snap.disks.push(value as DiskRecord); break;
             case 'head': snap.heads.push(value as HeadRecord); break;
-            case 'volume': volumes.set((value as VolumeRecord).id, value as VolumeRecord); break;
+            case 'volume':
+              if (openVolume(key, value as VolumeRecord, this.secrets)) clearSecrets.push(key);
+              volumes.set((value as VolumeRecord).id, value as VolumeRecord);
+              break;
             case 'chunks': maps.set((value as ChunkMapRecord).volumeId, value as ChunkMapRecord); break;
             case 'pending': snap.pending.push(value as PendingCreateRecord); break;
             case 'tofree': snap.toFree.push(value as ToFreeRecord); break;
@@ -255,7 +269,23 @@ export class ManagerStore {
       maps.delete(id);
     }
     for (const id of maps.keys()) log.warn({ volumeId: id }, 'chunk map without a volume record; ignored');
+    if (clearSecrets.length > 0) await this.resealClearSecrets(clearSecrets, volumes);
     return snap;
+  }
+
+  /** Volume records with secrets in clear (from before --secret-key-file): written again sealed, and the old values compacted away. */
+  private async resealClearSecrets(keys: string[], volumes: Map<number, VolumeRecord>): Promise<void> {
+    if (this.secrets === undefined) {
+      log.warn({ volumes: keys.length }, 'iSCSI CHAP secrets are stored in clear in the manager database: give the manager a --secret-key-file to seal them');
+      return;
+    }
+    const batch = this.batch();
+    for (const key of keys) batch.putVolume(volumes.get(Number(key.slice('volume/'.length)))!);
+    await this.write(batch);
+    // Rewrites the files that held the clear values (classic-level: the LevelDB binding on Node).
+    const compactable = this.db as unknown as { compactRange?: (start: string, end: string) => Promise<void> };
+    await compactable.compactRange?.('\u0000', '\uffff');
+    log.info({ volumes: keys.length }, 'iSCSI CHAP secrets found in clear were sealed with the secret key');
   }
 
   async close(): Promise<void> {

@@ -95,6 +95,16 @@ export class TransportError extends VskyError {
   }
 }
 
+/**
+ * A peer failed authentication (data protocol challenge-response, TLS) or
+ * a key or certificate file is unusable. The message names the fix.
+ */
+export class AuthenticationError extends VskyError {
+  constructor(message: string, context: ErrorContext = {}, options?: { cause?: unknown }) {
+    super('EAUTH', message, context, options);
+  }
+}
+
 export class TimeoutError extends VskyError {
   constructor(message: string, context: ErrorContext = {}) {
     super('ETIMEDOUT', message, context);

@@ -6,6 +6,7 @@ import { daemonRegistry, startMetricsServer, type MetricsServer } from '../share
 import { ChunkStore } from './chunk-store.js';
 import { addDisk, createControlService, type NodeContext } from './control-service.js';
 import { DataServer } from '../shared/data-protocol/server/data-server.js';
+import type { DataSecurity } from '../shared/data-protocol/auth/data-security.js';
 import { StoreChunkService } from './chunk-service.js';
 import { ManagerLink } from './manager-link.js';
 import { registerNodeMetrics } from './metrics.js';
@@ -50,6 +51,8 @@ export interface StorageNodeOptions {
   diskThrottleMibps?: number;
   /** HOST:PORT of the Prometheus endpoint (GET /metrics; port 0 = pick); undefined = none. */
   metricsListen?: string;
+  /** Data key and TLS of the data listener (default: neither; the CLI requires a key or --no-data-auth). */
+  dataSecurity?: DataSecurity;
 }
 
 export interface StorageNodeHandle {
@@ -81,7 +84,7 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
   const ctx: NodeContext = {
     store, state, intIds, resyncs, notes, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, dataAddress: '', controlAddress: '',
   };
-  const dataServer = new DataServer(new StoreChunkService(store), { maxInflight: opts.maxInflightPerConnection });
+  const dataServer = new DataServer(new StoreChunkService(store), { maxInflight: opts.maxInflightPerConnection, security: opts.dataSecurity });
   const grpcServer = new grpc.Server();
   let link: ManagerLink | undefined;
   let metrics: MetricsServer | undefined;

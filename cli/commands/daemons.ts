@@ -9,6 +9,8 @@ import { hostPortArg, intArg, labelOption, positiveIntArg, repeatableOption, siz
 import { parseSize } from '../../shared/units.js';
 import { withConfigFile } from '../config/config-file.js';
 import { errorMessage } from '../../shared/errors.js';
+import { loadNbdTls } from '../../head-agent/frontend/nbd/tls-settings.js';
+import { describeDataSecurity, loadDataSecurity, setDefaultDataSecurity, type DataSecurity } from '../../shared/data-protocol/auth/data-security.js';
 
 // The three daemons. Each logs structured JSON lines (pino) to stdout, prints
 // a {"msg":"ready"} line once it serves, and stops cleanly on SIGINT/SIGTERM.
@@ -62,10 +64,37 @@ function parseDisk(spec: string): { path: string; size?: number } {
   return { path: spec };
 }
 
+/**
+ * The data protocol's security flags (every daemon opens or serves data
+ * connections): the cluster data key and TLS. docs/security.md.
+ */
+function addDataSecurityOptions(cmd: Command): Command {
+  return cmd
+    .option('--data-key <file>', 'cluster data key (32 random bytes, mode 0600, the same file on every daemon): every data '
+      + 'connection proves it holds it (challenge-response) before any request. Required unless --no-data-auth')
+    .option('--no-data-auth', 'do not authenticate data connections (anyone reaching a data port can write any chunk): tests and trusted networks only')
+    .option('--data-tls', 'run the data protocol over TLS (mutual, certificates from the cluster CA), authenticated with the data key inside it')
+    .option('--data-tls-cert <file>', 'with --data-tls: this daemon\'s PEM certificate (presented as server and as client)')
+    .option('--data-tls-key <file>', 'with --data-tls: PEM private key of --data-tls-cert')
+    .option('--data-tls-ca <file>', 'with --data-tls: PEM CA certificate the peers\' certificates must chain to');
+}
+
+/** Reads the data key and certificates the flags name and makes them this process's data-connection default. */
+function dataSecurity(o: Record<string, unknown>, log: Logger): DataSecurity {
+  const security = loadDataSecurity({
+    dataKey: o.dataKey as string | undefined, dataAuth: o.dataAuth !== false, dataTls: o.dataTls === true,
+    dataTlsCert: o.dataTlsCert as string | undefined, dataTlsKey: o.dataTlsKey as string | undefined, dataTlsCa: o.dataTlsCa as string | undefined,
+  });
+  setDefaultDataSecurity(security);
+  if (security.key === undefined) log.warn('data connections are NOT authenticated (--no-data-auth)');
+  log.info({ dataSecurity: describeDataSecurity(security) }, 'data path security');
+  return security;
+}
+
 export function registerDaemonCommands(program: Command): void {
-  withConfigFile(managerCommand(program));
-  withConfigFile(storageNodeCommand(program));
-  withConfigFile(headAgentCommand(program));
+  withConfigFile(addDataSecurityOptions(managerCommand(program)));
+  withConfigFile(addDataSecurityOptions(storageNodeCommand(program)));
+  withConfigFile(addDataSecurityOptions(headAgentCommand(program)));
 }
 
 function managerCommand(program: Command): Command {
@@ -100,11 +129,13 @@ function managerCommand(program: Command): Command {
     .option('--xmlrpc-token <token>', 'require this access token as the HTTP basic-auth password of every XML-RPC call '
       + '(default: $VSKY_XMLRPC_TOKEN; none: no authentication, as VastSky)')
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: pick one; docs/metrics.md). Default: not served', hostPortArg)
+    .option('--secret-key-file <file>', 'key (32 random bytes, mode 0600, outside the data directory) sealing the iSCSI CHAP secrets '
+      + 'stored in the database (AES-256-GCM); secrets found in clear are sealed at start. Default: stored in clear (logged)')
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startManager } = await import('../../manager/daemon.js');
       const token = (o.xmlrpcToken as string | undefined) ?? process.env.VSKY_XMLRPC_TOKEN;
-      await runDaemon('manager', o.logLevel, () => startManager({
+      await runDaemon('manager', o.logLevel, (log) => (dataSecurity(o, log), startManager({
         dataDir: o.dataDir, listen: o.listen, chunkSize: o.chunkSize,
         heartbeatTimeoutMs: o.heartbeatTimeout, leaseTtlMs: o.leaseTtl,
         rebuildFromStorage: o.rebuildFromStorage ? { waitMs: o.rebuildWait, expectServers: o.rebuildServers } : undefined, gcIntervalMs: o.gcInterval, advertiseAddress: o.advertise,
@@ -112,8 +143,8 @@ function managerCommand(program: Command): Command {
         spareDisks: (o.spareDisk as string[]).length > 0 ? o.spareDisk as string[] : undefined,
         jobRetention: { keepPerVolume: o.jobKeep, maxAgeMs: o.jobMaxAge * 3600 * 1000 },
         xmlrpc: o.xmlrpc === false ? undefined : { listen: o.xmlrpcListen, tlsCert: o.xmlrpcTlsCert, tlsKey: o.xmlrpcTlsKey, token: token || undefined },
-        metricsListen: o.metricsListen,
-      }));
+        metricsListen: o.metricsListen, secretKeyFile: o.secretKeyFile,
+      })));
     });
 }
 
@@ -136,11 +167,11 @@ function storageNodeCommand(program: Command): Command {
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startStorageNode } = await import('../../storage-node/daemon.js');
-      await runDaemon('storage-node', o.logLevel, () => startStorageNode({
+      await runDaemon('storage-node', o.logLevel, (log) => startStorageNode({
         dataDir: o.dataDir, name: o.name, host: o.host, dataPort: o.dataPort, grpcPort: o.grpcPort,
         managerAddress: o.manager, disks: (o.disk as string[]).map(parseDisk), chunkSize: o.chunkSize,
         labels: o.label, heartbeatIntervalMs: o.heartbeatInterval, diskThrottleMibps: o.diskThrottleMibps,
-        metricsListen: o.metricsListen,
+        metricsListen: o.metricsListen, dataSecurity: dataSecurity(o, log),
       }));
     });
 }
@@ -165,14 +196,20 @@ function headAgentCommand(program: Command): Command {
     .option('--manager <host:port>', 'manager to register with', hostPortArg)
     .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: pick one; docs/metrics.md). Default: not served', hostPortArg)
+    .option('--nbd-tls <mode>', 'NBD over TLS (NBD_OPT_STARTTLS, x509): off, on (at the client\'s choice) or require '
+      + '(plaintext clients refused; clients use nbds:// URIs)', 'off')
+    .option('--nbd-tls-cert <file>', 'with --nbd-tls: PEM certificate of the NBD server')
+    .option('--nbd-tls-key <file>', 'with --nbd-tls: PEM private key of --nbd-tls-cert')
+    .option('--nbd-tls-ca <file>', 'with --nbd-tls: PEM CA; NBD clients must then present a certificate it signed')
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startHeadAgent } = await import('../../head-agent/daemon.js');
-      await runDaemon('head-agent', o.logLevel, () => startHeadAgent({
+      await runDaemon('head-agent', o.logLevel, (log) => (dataSecurity(o, log), startHeadAgent({
         dataDir: o.dataDir, name: o.name, host: o.host, grpcPort: o.grpcPort, nbdPort: o.nbdPort,
         iscsiPort: o.iscsi === false ? undefined : o.iscsiPort, staleReportTimeoutMs: o.staleReportTimeout,
         dataTimeoutMs: o.dataTimeout, flushTimeoutMs: o.flushTimeout,
         managerAddress: o.manager, heartbeatIntervalMs: o.heartbeatInterval, metricsListen: o.metricsListen,
-      }));
+        nbdTls: loadNbdTls({ mode: o.nbdTls, cert: o.nbdTlsCert, key: o.nbdTlsKey, ca: o.nbdTlsCa }),
+      })));
     });
 }

@@ -9,6 +9,8 @@ import { call, type ManagerClient } from '../../shared/grpc.js';
 import { freePort } from '../harness/ports.js';
 // Layering debt (known, as in storage-node/copy/chunk-copy.ts): the data-protocol client lives in head-agent/.
 import { NodeConnection } from '../../shared/data-protocol/client/node-connection.js';
+import { setDefaultDataSecurity } from '../../shared/data-protocol/auth/data-security.js';
+import { clusterDataSecurity } from '../harness/data-auth.js';
 import { Replica } from '../../head-agent/engine/replica.js';
 import { vskyJson } from '../harness/vsky.js';
 import { fillDevice } from './fio.js';
@@ -182,13 +184,15 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 
 async function startCluster(dir: string, cfg: Config): Promise<LocalCluster> {
-  return LocalCluster.start({
+  const c = await LocalCluster.start({
     ...LOCAL_CLUSTER_DEFAULTS, dir, servers: SERVERS, disksPerServer: DISKS_PER_SERVER, diskSize: cfg.diskSize, chunkSize: cfg.chunk,
     managerListen: `127.0.0.1:${await freePort()}`, headGrpcPort: await freePort(), nbdPort: await freePort(), iscsiPort: await freePort(),
     nodeDataPort: await freePort(nodeHost(0)), nodeGrpcPort: await freePort(nodeHost(0)),
     // Restarts (to turn the throttle on) must not look like server failures.
     heartbeatTimeoutMs: 20_000, logLevel: 'warn',
   });
+  setDefaultDataSecurity(clusterDataSecurity(c)); // verifyOne's connections
+  return c;
 }
 
 /** Volumes, victim, spare; the victim's `lost` volumes written; its other volumes deleted. */

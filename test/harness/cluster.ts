@@ -68,7 +68,7 @@ export async function startExtraHead(c: LocalCluster, name: string): Promise<Dae
   const head = new DaemonProcess(name, [
     'head-agent', '--data-dir', dir, '--name', name, '--host', '127.0.0.1',
     '--grpc-port', String(await freePort()), '--nbd-port', String(await freePort()), '--no-iscsi',
-    '--heartbeat-interval', '300', '--manager', c.managerAddress,
+    '--heartbeat-interval', '300', '--manager', c.managerAddress, ...c.dataSecurityArgs(),
   ], join(c.opts.dir, 'logs', `${name}.log`));
   await head.start();
   return head;

@@ -7,6 +7,7 @@ import { call } from '../../shared/grpc.js';
 import type { VolumeInfo__Output } from '../../proto/generated/vsky/manager/VolumeInfo.js';
 import type { VolumeMap__Output } from '../../proto/generated/vsky/common/VolumeMap.js';
 import { RawDataClient } from './raw-data-client.js';
+import { clusterDataSecurity } from './data-auth.js';
 import { freePort } from './ports.js';
 
 // Helpers of the write-lease tests (test/integration/leases.test.ts, the
@@ -42,6 +43,8 @@ export interface HeadLaunchOptions {
   /** The manager address the head registers and heartbeats with (default the cluster's; e.g. a TcpProxy's). */
   manager?: string;
   heartbeatIntervalMs?: number;
+  /** Extra `vsky head-agent` flags, e.g. ['--nbd-tls', 'require', ...]. */
+  args?: string[];
 }
 
 /**
@@ -57,6 +60,7 @@ export async function launchHead(c: LocalCluster, name: string, opts: HeadLaunch
     'head-agent', '--data-dir', dir, '--name', name, '--host', '127.0.0.1',
     '--grpc-port', String(await freePort()), '--nbd-port', String(await freePort()), '--no-iscsi',
     '--heartbeat-interval', String(opts.heartbeatIntervalMs ?? c.opts.heartbeatIntervalMs), '--manager', opts.manager ?? c.managerAddress,
+    ...c.dataSecurityArgs(), ...(opts.args ?? []),
   ], join(c.opts.dir, 'logs', `${name}.log`));
   const ready = await daemon.start();
   await waitHeadActive(c, name);
@@ -119,8 +123,9 @@ export async function everyReplica(
   const seg = map.segments.find((s) => s.index === segment);
   if (!seg) throw new Error(`volume ${volume} has no segment ${segment}`);
   const out: ReplicaReply[] = [];
+  const { key } = clusterDataSecurity(c);
   for (const r of [...seg.replicas].sort((a, b) => a.slot - b.slot)) {
-    const client = await RawDataClient.connect(r.dataAddress);
+    const client = await RawDataClient.connect(r.dataAddress, key);
     try {
       const common = { volumeId: map.volumeId, segment, slot: r.slot, offset: req.offset };
       const reply = req.op === 'write'

@@ -3,6 +3,7 @@ import { expect } from 'vitest';
 import { encodeRequestHeader, replyFrameSpec } from '../../shared/data-protocol/codec.js';
 import { Opcode, REQUEST_HEADER_SIZE, statusName, type RequestHeader } from '../../shared/data-protocol/frame.js';
 import { FrameDecoder } from '../../shared/frame-decoder.js';
+import { authenticateSocket } from './data-auth.js';
 
 // A tiny raw data-protocol client for the storage node's tests: any header
 // field can be set (opcodes the head's client has no method for, bad epochs,
@@ -38,12 +39,17 @@ export class RawDataClient {
     });
   }
 
-  static connect(address: string): Promise<RawDataClient> {
+  /** Connects; with `key`, authenticates first (the cluster's data key, or a wrong one). */
+  static async connect(address: string, key?: Buffer): Promise<RawDataClient> {
     const [host, port] = address.split(':');
-    return new Promise((resolve, reject) => {
-      const s = net.connect(Number(port), host!, () => resolve(new RawDataClient(s)));
-      s.once('error', reject);
+    const s = await new Promise<net.Socket>((resolve, reject) => {
+      const sock = net.connect(Number(port), host!, () => resolve(sock));
+      sock.once('error', reject);
     });
+    const rest = key === undefined ? Buffer.alloc(0) : await authenticateSocket(s, key);
+    const client = new RawDataClient(s);
+    if (rest.length > 0) s.unshift(rest);
+    return client;
   }
 
   /** Sends one request (PING with every field 0 unless `h` says otherwise); resolves with its reply. */

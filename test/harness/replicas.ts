@@ -3,6 +3,7 @@ import { Replica } from '../../head-agent/engine/replica.js';
 import { call } from '../../shared/grpc.js';
 import { expect } from 'vitest';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
+import { clusterDataSecurity } from './data-auth.js';
 
 // Reads every replica of a volume directly from its storage node over the
 // data protocol (our real client), to check what each copy holds on its own.
@@ -18,13 +19,14 @@ export async function readEveryReplica(c: ManagerOf, volume: string): Promise<{ 
   const detail = await call(m, 'ShowVolume', { name: volume }).finally(() => m.close());
   const map = detail.map!;
   const conns = new Map<string, NodeConnection>();
+  const security = clusterDataSecurity(c);
   const copies: ReplicaCopy[] = [];
   try {
     for (const seg of map.segments) {
       const length = Math.min(map.chunkSize, map.size - seg.index * map.chunkSize);
       for (const r of seg.replicas) {
         let conn = conns.get(r.dataAddress);
-        if (!conn) { conn = new NodeConnection(r.dataAddress); conns.set(r.dataAddress, conn); }
+        if (!conn) { conn = new NodeConnection(r.dataAddress, { security }); conns.set(r.dataAddress, conn); }
         const replica = new Replica(conn, {
           volumeId: map.volumeId, volumeName: map.name, segment: seg.index, slot: r.slot,
           state: 'in_sync', serverId: r.serverId, diskId: r.diskId,

@@ -7,6 +7,8 @@ import { Opcode, REQUEST_HEADER_SIZE, REQUEST_MAGIC } from '../../shared/data-pr
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { run, tryRun } from '../harness/tools.js';
 import { vsky } from '../harness/vsky.js';
+import { RawDataClient } from '../harness/raw-data-client.js';
+import { clusterDataSecurity } from '../harness/data-auth.js';
 
 // Rule 9: bad input gets a clear error and changes nothing, and no daemon
 // crashes on input. Each case is followed by a check that the daemons still
@@ -55,10 +57,16 @@ describe('bad input is refused and the daemons keep serving', () => {
     const addr = String(node.ready.dataAddress);
     const [host, port] = addr.split(':');
     expect(await peerClosesAfter(host!, Number(port), randomBytes(4096))).toBe(true);
-    // A header with a valid magic but an absurd payload length is refused before allocation.
+    // A header with a valid magic but an absurd payload length is refused before allocation
+    // (sent by an authenticated client: without the data key nothing reaches the frame decoder).
     const hdr = Buffer.alloc(REQUEST_HEADER_SIZE);
     hdr.writeUInt32BE(REQUEST_MAGIC, 0); hdr[4] = Opcode.WRITE; hdr.writeUInt32BE(0xffffffff, 20); // length
     expect(await peerClosesAfter(host!, Number(port), hdr)).toBe(true);
+    const client = await RawDataClient.connect(addr, clusterDataSecurity(c).key);
+    client.socket.write(hdr);
+    const closed = await Promise.race([client.closed.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5000))]);
+    client.close();
+    expect(closed).toBe(true);
     await stillServing();
   });
 

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -68,6 +68,12 @@ describe('iSCSI export with real initiators', () => {
     expect(wrong.exitCode).not.toBe(0);
     const right = await run('iscsi-inq', [withCreds('vmhost', 'right-secret-123')]);
     expect(String(right.stdout)).toMatch(/VASTSKY/);
+    // At rest the secret is sealed (--secret-key-file DIR/secret.key): LevelDB's files hold the record, never the secret.
+    const db = join(c.opts.dir, 'manager', 'db');
+    const files = readdirSync(db).map((f) => readFileSync(join(db, f)).toString('latin1')).join('\n');
+    expect(files).toContain('vmhost');
+    expect(files).toContain('vsky-sealed:v1:');
+    expect(files).not.toContain('right-secret-123');
     // Short secrets are refused before anything changes.
     const short = await vsky(['volume', 'access', 'iv', '--chap-user', 'x', '--chap-secret', 'short'], m);
     expect(short.exitCode).toBe(2);

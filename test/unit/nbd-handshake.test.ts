@@ -128,3 +128,50 @@ describe('NBD handshake state machine', () => {
     expect(hs.option(...opt(NbdOpt.LIST))).toMatchObject({ kind: 'close', clean: false });
   });
 });
+
+describe('NBD handshake: STARTTLS (proto.md "TLS support")', () => {
+  const tlsStarted = (mode: 'on' | 'require', flags = NBD_FLAG_C_FIXED_NEWSTYLE): Handshake => {
+    const hs = new Handshake(registry, mode);
+    expect(hs.clientFlags(flags).kind).toBe('continue');
+    return hs;
+  };
+
+  it('require (FORCEDTLS): options before TLS get ERR_TLS_REQD, EXPORT_NAME hangs up, ABORT is honoured', () => {
+    const hs = tlsStarted('require');
+    for (const o of [opt(NbdOpt.LIST), opt(NbdOpt.GO, encodeInfoRequest('a', [])), opt(NbdOpt.INFO, encodeInfoRequest('a', [])), opt(NbdOpt.STRUCTURED_REPLY)]) {
+      const step = hs.option(...o);
+      expect(step.kind).toBe('continue');
+      expect(replies(step)[0]!.type).toBe(NbdRep.ERR_TLS_REQD);
+    }
+    expect(tlsStarted('require').option(...opt(NbdOpt.EXPORT_NAME, Buffer.from('a')))).toMatchObject({ kind: 'close', clean: false });
+    expect(tlsStarted('require').option(...opt(NbdOpt.ABORT))).toMatchObject({ kind: 'close', clean: true });
+    // TLS needs fixed newstyle: a client without it cannot be served under require.
+    expect(new Handshake(registry, 'require').clientFlags(0)).toMatchObject({ kind: 'close' });
+  });
+
+  it('STARTTLS: ACK, then options are served; a second STARTTLS or one with data gets ERR_INVALID; never TLS_REQD after', () => {
+    const hs = tlsStarted('require');
+    expect(replies(hs.option(...opt(NbdOpt.STARTTLS, Buffer.from('x'))))[0]!.type).toBe(NbdRep.ERR_INVALID);
+    const step = hs.option(...opt(NbdOpt.STARTTLS));
+    expect(step.kind).toBe('starttls');
+    expect(replies(step).map((r) => r.type)).toEqual([NbdRep.ACK]);
+    hs.tlsStarted();
+    expect(replies(hs.option(...opt(NbdOpt.STARTTLS)))[0]!.type).toBe(NbdRep.ERR_INVALID);
+    expect(replies(hs.option(...opt(NbdOpt.LIST))).at(-1)!.type).toBe(NbdRep.ACK);
+    expect(hs.option(...opt(NbdOpt.GO, encodeInfoRequest('a', [])))).toMatchObject({ kind: 'transmit' });
+  });
+
+  it('state negotiated before STARTTLS is forgotten (structured replies)', () => {
+    const hs = tlsStarted('on');
+    expect(replies(hs.option(...opt(NbdOpt.STRUCTURED_REPLY)))[0]!.type).toBe(NbdRep.ACK);
+    expect(hs.option(...opt(NbdOpt.STARTTLS)).kind).toBe('starttls');
+    hs.tlsStarted();
+    expect(hs.option(...opt(NbdOpt.GO, encodeInfoRequest('a', [])))).toMatchObject({ kind: 'transmit', structured: false });
+  });
+
+  it('on (no TLS-only export): plaintext clients are served as before', () => {
+    const hs = tlsStarted('on');
+    expect(hs.option(...opt(NbdOpt.GO, encodeInfoRequest('a', [])))).toMatchObject({ kind: 'transmit' });
+    expect(tlsStarted('on').option(...opt(NbdOpt.EXPORT_NAME, Buffer.from('a')))).toMatchObject({ kind: 'transmit' });
+  });
+});

@@ -2,6 +2,14 @@
 // with no I/O: it takes the client flags and each decoded option, and answers
 // with the replies to send and what happens next (keep haggling, enter
 // transmission on an export, or close). handshake-driver.ts drives it over a socket.
+//
+// TLS (NBD_OPT_STARTTLS, proto.md "TLS support"): mode 'off' is the spec's
+// NOTLS (STARTTLS gets ERR_UNSUP), 'on' its SELECTIVETLS with no TLS-only
+// export (TLS at the client's choice), 'require' its FORCEDTLS: before TLS
+// every option but STARTTLS and ABORT gets ERR_TLS_REQD, and
+// NBD_OPT_EXPORT_NAME (which cannot carry an error) ends the session.
+// STARTTLS with data, or once TLS is up, gets ERR_INVALID; after the
+// upgrade, state negotiated before it (structured replies) is forgotten.
 
 import type { BlockDevice, ExportRegistry } from '../../engine/block-device.js';
 import { ProtocolError } from '../../../shared/errors.js';
@@ -12,8 +20,11 @@ import {
 } from './codec.js';
 import {
   EXPORT_TRANSMISSION_FLAGS, KNOWN_CLIENT_FLAGS, MAX_BLOCK_SIZE, MAX_OPTIONS_PER_CONNECTION, MIN_BLOCK_SIZE,
-  NBD_FLAG_C_NO_ZEROES, NBD_FLAG_SEND_DF, NbdInfo, NbdOpt, NbdRep, PREFERRED_BLOCK_SIZE, optionName,
+  NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_SEND_DF, NbdInfo, NbdOpt, NbdRep, PREFERRED_BLOCK_SIZE, optionName,
 } from './constants.js';
+
+/** --nbd-tls: off (NOTLS), on (TLS at the client's option), require (FORCEDTLS). */
+export type NbdTlsMode = 'off' | 'on' | 'require';
 
 export type HandshakeStep =
   /** Send the replies and wait for the next option. */
@@ -30,7 +41,9 @@ export type HandshakeStep =
    * Send the replies, then close. `clean` is a client-initiated soft
    * disconnect (NBD_OPT_ABORT); otherwise a hard disconnect for `reason`.
    */
-  | { kind: 'close'; replies: Buffer[]; clean: boolean; reason: string };
+  | { kind: 'close'; replies: Buffer[]; clean: boolean; reason: string }
+  /** Send the replies (the ACK), then run the TLS handshake and go on negotiating inside it (then call tlsStarted()). */
+  | { kind: 'starttls'; replies: Buffer[] };
 
 export class Handshake {
   private readonly registry: ExportRegistry;
@@ -38,9 +51,30 @@ export class Handshake {
   private structured = false;
   private flagsSeen = false;
   private options = 0;
+  private tlsActive = false;
 
-  constructor(registry: ExportRegistry) {
+  constructor(registry: ExportRegistry, private readonly tlsMode: NbdTlsMode = 'off') {
     this.registry = registry;
+  }
+
+  /** The TLS handshake after our STARTTLS ACK succeeded: negotiation goes on encrypted, from a clean state. */
+  tlsStarted(): void {
+    this.tlsActive = true;
+    this.structured = false; // spec: no negotiation state survives STARTTLS
+  }
+
+  /** NBD_OPT_STARTTLS, and FORCEDTLS's gate before TLS; undefined: the option proceeds as usual. */
+  private tlsGate(header: OptionHeader): HandshakeStep | undefined {
+    const opt = header.option;
+    if (opt === NbdOpt.STARTTLS) {
+      if (this.tlsMode === 'off') return reply(encodeOptionError(opt, NbdRep.ERR_UNSUP, 'TLS is off on this head agent (--nbd-tls)'));
+      if (header.length !== 0) return reply(encodeOptionError(opt, NbdRep.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data'));
+      if (this.tlsActive) return reply(encodeOptionError(opt, NbdRep.ERR_INVALID, 'TLS is already running on this connection'));
+      return { kind: 'starttls', replies: [encodeOptionReply(opt, NbdRep.ACK)] };
+    }
+    if (this.tlsMode !== 'require' || this.tlsActive || opt === NbdOpt.ABORT) return undefined;
+    if (opt === NbdOpt.EXPORT_NAME) return close('NBD_OPT_EXPORT_NAME before TLS: this head requires TLS (--nbd-tls require)');
+    return reply(encodeOptionError(opt, NbdRep.ERR_TLS_REQD, 'this head requires TLS: send NBD_OPT_STARTTLS first (nbds:// URIs)'));
   }
 
   /** The client's u32 flags, right after our greeting. */
@@ -52,6 +86,10 @@ export class Handshake {
     // A client without NBD_FLAG_C_FIXED_NEWSTYLE is still served fixed
     // newstyle replies (the spec allows it; no real client lacks the bit).
     this.noZeroes = (flags & NBD_FLAG_C_NO_ZEROES) !== 0;
+    // Spec: TLS needs fixed newstyle; a client without it can only be served NOTLS.
+    if (this.tlsMode === 'require' && (flags & NBD_FLAG_C_FIXED_NEWSTYLE) === 0) {
+      return close('client does not speak fixed newstyle, so it cannot start TLS, which this head requires');
+    }
     this.flagsSeen = true;
     return { kind: 'continue', replies: [] };
   }
@@ -63,6 +101,8 @@ export class Handshake {
       return close(`more than ${MAX_OPTIONS_PER_CONNECTION} options on one connection`);
     }
     const opt = header.option;
+    const gated = this.tlsGate(header);
+    if (gated !== undefined) return gated;
     try {
       switch (opt) {
         case NbdOpt.EXPORT_NAME: return this.exportName(data);
@@ -70,8 +110,6 @@ export class Handshake {
         case NbdOpt.LIST: return this.list(opt, header.length);
         case NbdOpt.INFO:
         case NbdOpt.GO: return this.infoOrGo(opt, data);
-        case NbdOpt.STARTTLS:
-          return reply(encodeOptionError(opt, NbdRep.ERR_UNSUP, 'this server does not support TLS (it serves the local hypervisor)'));
         case NbdOpt.STRUCTURED_REPLY:
           if (header.length !== 0) return reply(encodeOptionError(opt, NbdRep.ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data'));
           this.structured = true;

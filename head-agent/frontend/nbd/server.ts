@@ -9,12 +9,14 @@ import { moduleLogger, type Logger } from '../../../shared/logger.js';
 import { TcpServer, type ServedConnection } from '../tcp-server.js';
 import { NbdConnection } from './connection.js';
 import { CLOSE_GRACE_MS, HANDSHAKE_TIMEOUT_MS, MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS } from './constants.js';
-import { negotiate } from './handshake-driver.js';
+import { negotiate, type NbdTlsSettings } from './handshake-driver.js';
 
 export interface NbdServerOptions {
   host: string;
   port: number;
   registry: ExportRegistry;
+  /** NBD_OPT_STARTTLS (--nbd-tls on|require); undefined: NOTLS. */
+  tls?: NbdTlsSettings;
 }
 
 export interface NbdServerHandle {
@@ -61,6 +63,7 @@ class NbdSession implements ServedConnection {
     private readonly log: Logger,
     private readonly registry: ExportRegistry,
     private readonly limits: NbdServerTuning,
+    private readonly tls: NbdTlsSettings | undefined,
   ) {
     this.closed = new Promise((r) => { this.finished = r; });
   }
@@ -85,17 +88,17 @@ class NbdSession implements ServedConnection {
     timer.unref();
     let result;
     try {
-      result = await negotiate(socket, this.registry, this.log);
+      result = await negotiate(socket, this.registry, this.log, this.tls);
     } finally {
       clearTimeout(timer);
     }
     if (result.kind === 'closed') return;
     if (this.stopping) {
-      socket.destroy();
+      result.socket.destroy();
       return;
     }
     const connection = new NbdConnection({
-      socket, device: result.device, exportSize: result.size, structured: result.structured, log: this.log.child({ export: result.exportName }),
+      socket: result.socket, device: result.device, exportSize: result.size, structured: result.structured, log: this.log.child({ export: result.exportName }),
       maxInFlight: limits.maxInFlight, maxInFlightBytes: limits.maxInFlightBytes,
     });
     this.exportName = result.exportName;
@@ -112,7 +115,8 @@ export async function startNbdServer(opts: NbdServerOptions, tuning: Partial<Nbd
   const server = await TcpServer.start<NbdSession>({
     host: opts.host, port: opts.port, protocol: 'NBD', title: 'NBD server', work: 'requests', log: moduleLogger('nbd'),
     maxConnections: limits.maxConnections, closeGraceMs: limits.closeGraceMs,
-    accept: (socket, log) => new NbdSession(socket, log, opts.registry, limits),
+    details: { tls: opts.tls?.mode ?? 'off' },
+    accept: (socket, log) => new NbdSession(socket, log, opts.registry, limits, opts.tls),
   });
   return {
     address: server.address,

@@ -1,4 +1,5 @@
 import { DATA_TIMEOUT_MS, FLUSH_TIMEOUT_MS, MAX_INFLIGHT_PER_CONNECTION } from '../../constants.js';
+import { defaultDataSecurity, type DataSecurity } from '../auth/data-security.js';
 
 // The options of a NodeConnection, and their defaults, resolved once when the
 // connection is made.
@@ -27,9 +28,14 @@ export interface NodeConnectionOptions {
   backoffMaxMs?: number;
   /** Socket write buffer high-water mark: write() returning false pauses sending until 'drain'. */
   writeHighWaterMark?: number;
+  /**
+   * Data key and TLS of the connection (default: the process's, set by the
+   * daemon from its flags: data-security.ts setDefaultDataSecurity).
+   */
+  security?: DataSecurity;
 }
 
-const DEFAULTS: Required<NodeConnectionOptions> = {
+const DEFAULTS: Omit<Required<NodeConnectionOptions>, 'security'> = {
   dataTimeoutMs: DATA_TIMEOUT_MS,
   flushTimeoutMs: FLUSH_TIMEOUT_MS,
   maxInflight: MAX_INFLIGHT_PER_CONNECTION,
@@ -43,7 +49,7 @@ const DEFAULTS: Required<NodeConnectionOptions> = {
 
 /** The options given, an option left undefined taking its default. */
 export function resolveOptions(opts: NodeConnectionOptions): Required<NodeConnectionOptions> {
-  return { ...DEFAULTS, ...stripUndefined(opts) };
+  return { ...DEFAULTS, security: defaultDataSecurity(), ...stripUndefined(opts) };
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

@@ -1,4 +1,5 @@
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import { ProtocolError, TransportError, VskyError, errorMessage } from '../../errors.js';
 import { Opcode, opcodeName } from '../frame.js';
 import { parseHostPort } from '../../units.js';
@@ -9,6 +10,8 @@ import { resolveOptions, type NodeConnectionOptions } from './node-connection-op
 import { ReplyReader } from './reply-reader.js';
 import { RequestWindow } from './request-window.js';
 import { RequestWriter } from './request-writer.js';
+import { ClientHandshake } from '../auth/handshake.js';
+import { channelBinding, dataTlsClientOptions } from '../auth/data-security.js';
 
 export type { RequestCallback, RequestTarget } from './data-request.js';
 export type { NodeConnectionOptions } from './node-connection-options.js';
@@ -34,6 +37,11 @@ export type { NodeConnectionOptions } from './node-connection-options.js';
 // probe. Before failing a silent node, the check is repeated after the poll
 // phase (setImmediate), so replies that arrived while this process itself
 // was stalled (GC, CPU starvation) count.
+//
+// Security (opts.security): with a cluster data key, the connection answers
+// the node's challenge (auth/handshake.ts) before any request is sent (they
+// queue meanwhile, the connect timeout covering the handshake); with TLS it
+// is a tls.connect socket, read through 'data' events instead of onread.
 
 const TRACE = 'head-connection';
 
@@ -69,6 +77,8 @@ export class NodeConnection {
   private retryAt = 0;
   private lastError: Error | undefined;
   private connects = 0;
+  /** Set from TCP/TLS connect until the node accepted our proof. */
+  private handshake: ClientHandshake | undefined;
 
   constructor(address: string, opts: NodeConnectionOptions = {}) {
     const { host, port } = parseHostPort(address, 'storage node data address');
@@ -183,22 +193,58 @@ export class NodeConnection {
     this.state = 'connecting';
     this.connectStartedAt = performance.now();
     this.reader = new ReplyReader(this.requests, this.address, this.traced ? this.log : undefined);
-    this.receiveBuffer ??= Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
-    const socket = net.connect({
-      host: this.host, port: this.port, noDelay: true, keepAlive: true, writableHighWaterMark: this.opts.writeHighWaterMark,
-      onread: { buffer: this.receiveBuffer, callback: this.onRead },
-    } as net.NetConnectOpts);
+    this.handshake = undefined;
+    const material = this.opts.security.tls;
+    let socket: net.Socket;
+    if (material === undefined) {
+      this.receiveBuffer ??= Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
+      socket = net.connect({
+        host: this.host, port: this.port, noDelay: true, keepAlive: true, writableHighWaterMark: this.opts.writeHighWaterMark,
+        onread: { buffer: this.receiveBuffer, callback: this.onRead },
+      } as net.NetConnectOpts);
+      socket.on('connect', this.onConnect);
+    } else {
+      socket = tls.connect({
+        ...dataTlsClientOptions(material), host: this.host, port: this.port, noDelay: true, keepAlive: true,
+        highWaterMark: this.opts.writeHighWaterMark, // tls.connect ignores writableHighWaterMark
+      } as tls.ConnectionOptions);
+      socket.on('secureConnect', this.onConnect);
+      socket.on('data', this.onData);
+    }
     this.socket = socket;
     this.writer.attach(socket);
     socket.setNoDelay(true);
-    socket.on('connect', this.onConnect);
     socket.on('drain', this.onDrain);
     socket.on('error', this.onError);
     socket.on('close', this.onClose);
     this.startTimer();
   }
 
+  /** TCP (or TLS) is up: authenticate first when the cluster has a data key. */
   private readonly onConnect = (): void => {
+    const key = this.opts.security.key;
+    if (key === undefined || this.socket === undefined) return this.onOpen();
+    this.handshake = new ClientHandshake(key, channelBinding(this.socket));
+  };
+
+  /** Handshake bytes from the node; returns false when the connection failed. */
+  private authenticate(handshake: ClientHandshake, bytes: Buffer): boolean {
+    try {
+      const step = handshake.push(bytes);
+      if (step.kind === 'send') this.socket?.write(step.send);
+      else if (step.kind === 'accepted') {
+        this.handshake = undefined;
+        this.onOpen();
+        if (step.rest.length > 0) this.reader?.feed(step.rest);
+      }
+      return true;
+    } catch (err) {
+      this.fail(new TransportError(`storage node ${this.address}: data connection not authenticated: ${errorMessage(err)}`, { node: this.address }, { cause: err }));
+      return false;
+    }
+  }
+
+  private onOpen(): void {
     this.state = 'open';
     this.connects++;
     this.liveness.heard(performance.now());
@@ -243,6 +289,7 @@ export class NodeConnection {
     const reader = this.reader;
     if (reader === undefined) return false;
     this.liveness.heard(performance.now());
+    if (this.handshake !== undefined) return this.authenticate(this.handshake, (buf as Buffer).subarray(0, nread));
     try {
       reader.feed((buf as Buffer).subarray(0, nread));
     } catch (err) {
@@ -252,6 +299,11 @@ export class NodeConnection {
     if (this.reader !== reader) return false;
     this.pump();
     return true;
+  };
+
+  /** TLS sockets: no onread, each read is a fresh chunk. */
+  private readonly onData = (chunk: Buffer): void => {
+    this.onRead(chunk.length, chunk);
   };
 
   private readonly onError = (err: Error): void => {
@@ -290,10 +342,13 @@ export class NodeConnection {
     this.reader?.stop();
     this.reader = undefined;
     this.writer.detach();
+    this.handshake = undefined;
     this.stallCheck = false;
     this.stopTimer();
     if (socket !== undefined) {
       socket.removeListener('connect', this.onConnect);
+      socket.removeListener('secureConnect', this.onConnect);
+      socket.removeListener('data', this.onData);
       socket.removeListener('drain', this.onDrain);
       socket.removeListener('close', this.onClose);
       socket.removeListener('error', this.onError);

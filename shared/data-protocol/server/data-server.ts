@@ -1,4 +1,5 @@
 import net from 'node:net';
+import * as tls from 'node:tls';
 import { MAX_DATA_PAYLOAD, MAX_INFLIGHT_PER_CONNECTION } from '../../constants.js';
 import { checkRequestCounters, encodeErrorMessage, encodeReplyHeader, requestFrameSpec } from '../codec.js';
 import { Flag, Opcode, REPLY_HEADER_SIZE, Status, opcodeName, type RequestHeader } from '../frame.js';
@@ -9,6 +10,8 @@ import { adoptWithReceiveBuffer } from '../../net/receive-buffer-socket.js';
 import { isTraced, moduleLogger, type Logger } from '../../logger.js';
 import type { ChunkService, Done, ServedChunk } from './chunk-service.js';
 import { NoChunkError, OutOfRangeError, TooLargeError, statusForError } from '../status.js';
+import { dataTlsServerOptions, type DataSecurity } from '../auth/data-security.js';
+import { AuthGate } from './auth-gate.js';
 
 // Read replies (header + data) and assembled write payloads live until the
 // socket or the disk is done with them; recycling them keeps V8's GC quiet.
@@ -26,6 +29,8 @@ const statusBatches = new BufferPool([STATUS_BATCH_SIZE]);
 // connection or while the socket's write buffer is full, and resumes on
 // completion / 'drain'. A malformed frame is logged and closes that
 // connection only; every other input gets a status and changes nothing.
+// With a cluster data key, a connection reads no request frame before it
+// authenticated (auth-gate.ts); with --data-tls it is a TLS connection.
 
 const KNOWN_FLAGS = Flag.FUA;
 /**
@@ -41,16 +46,22 @@ const MAX_INFLIGHT_BYTES = 2 * MAX_DATA_PAYLOAD;
  * of garbage: a quarter of its CPU went to V8's major GC under 64 KiB writes.
  */
 const RECEIVE_BUFFER_SIZE = 256 * 1024;
+/** Write buffer of a TLS data connection before write() asks to wait for 'drain' (plain sockets: Node's default). */
+const TLS_WRITE_HIGH_WATER_MARK = 4 * 1024 * 1024;
+const TLS_HANDSHAKE_TIMEOUT_MS = 5_000;
 
 export interface DataServerOptions {
   /** Requests in flight per connection before its socket stops being read. */
   maxInflight?: number;
+  /** Authentication key and TLS (default: neither). */
+  security?: DataSecurity;
 }
 
 export class DataServer {
   private readonly store: ChunkService;
   private readonly maxInflight: number;
   private readonly server: net.Server;
+  private readonly security: DataSecurity;
   private readonly connections = new Set<Connection>();
   private readonly log = moduleLogger('data-server');
   private nextConnId = 1;
@@ -58,11 +69,42 @@ export class DataServer {
   constructor(store: ChunkService, opts: DataServerOptions = {}) {
     this.store = store;
     this.maxInflight = opts.maxInflight ?? MAX_INFLIGHT_PER_CONNECTION;
-    // Paused until the Connection takes the socket over (see receive-buffer-socket.ts).
-    this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (accepted) => {
-      const conn = new Connection(this.nextConnId++, accepted, this.store, this.maxInflight, this.log, () => this.connections.delete(conn));
-      this.connections.add(conn);
+    this.security = opts.security ?? {};
+    const material = this.security.tls;
+    if (material === undefined) {
+      // Paused until the Connection takes the socket over (see receive-buffer-socket.ts).
+      this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (accepted) => this.accept(accepted, true));
+    } else {
+      // TLS by hand on accepted TCP sockets: tls.Server gives its sockets a 16 KiB write
+      // high-water mark, which would stall replies of 64 KiB reads on 'drain' each time.
+      const context = tls.createSecureContext(dataTlsServerOptions(material));
+      this.server = net.createServer({ noDelay: true }, (accepted) => this.acceptTls(accepted, context));
+    }
+  }
+
+  private acceptTls(accepted: net.Socket, secureContext: tls.SecureContext): void {
+    const remote = `${accepted.remoteAddress}:${accepted.remotePort}`;
+    const secure = new tls.TLSSocket(accepted, {
+      isServer: true, secureContext, requestCert: true, rejectUnauthorized: true, highWaterMark: TLS_WRITE_HIGH_WATER_MARK,
+    } as tls.TLSSocketOptions);
+    const refuse = (reason: string): void => {
+      this.log.warn({ remote, reason }, 'data connection refused: TLS handshake failed');
+      secure.destroy();
+    };
+    const timer = setTimeout(() => refuse(`no TLS handshake within ${TLS_HANDSHAKE_TIMEOUT_MS} ms`), TLS_HANDSHAKE_TIMEOUT_MS);
+    timer.unref();
+    const onError = (err: Error): void => { clearTimeout(timer); refuse(err.message); };
+    secure.once('error', onError);
+    secure.once('secure', () => {
+      clearTimeout(timer);
+      secure.off('error', onError);
+      this.accept(secure, false);
     });
+  }
+
+  private accept(accepted: net.Socket, adopt: boolean): void {
+    const conn = new Connection(this.nextConnId++, accepted, adopt, this.store, this.maxInflight, this.security.key, this.log, () => this.connections.delete(conn));
+    this.connections.add(conn);
   }
 
   /** Listens on host:port (0 picks one); resolves with "host:port". */
@@ -99,22 +141,28 @@ class Connection {
   private pumping = false;
   private closed = false;
   private corked = false;
+  /** Set until the client authenticated; no request frame is read before. */
+  private gate: AuthGate | undefined;
   /** This tick's status-only replies, encoded back to back (sent at the end of the tick). */
   private statusBatch: Buffer | undefined;
   private statusBatchUsed = 0;
 
-  constructor(id: number, accepted: net.Socket, store: ChunkService, maxInflight: number, log: Logger, onClose: () => void) {
-    const receive = Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
-    const adopted = adoptWithReceiveBuffer(accepted, receive, this.onRead, true);
+  constructor(
+    id: number, accepted: net.Socket, adopt: boolean, store: ChunkService, maxInflight: number, key: Buffer | undefined, log: Logger, onClose: () => void,
+  ) {
+    const adopted = adopt ? adoptWithReceiveBuffer(accepted, Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE), this.onRead, true) : undefined;
     const socket = adopted ?? accepted;
     this.socket = socket;
     this.store = store;
     this.maxInflight = maxInflight;
     this.log = log.child({ conn: id, remote: `${socket.remoteAddress}:${socket.remotePort}` });
     this.trace = isTraced('data-server');
+    if (key !== undefined) this.gate = new AuthGate(socket, key, this.log, () => { this.closed = true; });
     if (adopted === undefined) {
       socket.on('data', (chunk: Buffer) => {
-        this.decoder.push(chunk);
+        const bytes = this.admitBytes(chunk);
+        if (bytes === undefined) return;
+        this.decoder.push(bytes);
         this.pump();
       });
       socket.resume();
@@ -126,6 +174,7 @@ class Connection {
     socket.on('error', (err) => this.log.debug({ err }, 'connection error'));
     socket.on('close', () => {
       this.closed = true;
+      this.gate?.cancel();
       if (!this.decoder.idle) this.log.debug({ buffered: this.decoder.bufferedBytes }, 'peer closed mid-frame');
       socket.removeAllListeners('data');
       socket.removeAllListeners('drain');
@@ -135,13 +184,26 @@ class Connection {
 
   /** net's onread callback: one socket read, in the connection's reused receive buffer. */
   private readonly onRead = (nread: number, buf: Uint8Array): boolean => {
-    this.decoder.pushTransient((buf as Buffer).subarray(0, nread));
+    const bytes = this.admitBytes((buf as Buffer).subarray(0, nread));
+    if (bytes === undefined) return !this.closed;
+    this.decoder.pushTransient(bytes);
     this.pump();
     this.decoder.own(); // nothing may point into the receive buffer once this returns
     return true;
   };
 
+  /** Bytes read: all of them once authenticated; before, the handshake takes them and only what follows the proof is returned. */
+  private admitBytes(bytes: Buffer): Buffer | undefined {
+    const gate = this.gate;
+    if (gate === undefined) return this.closed ? undefined : bytes;
+    const r = gate.feed(bytes);
+    if (!r.open) return undefined;
+    this.gate = undefined;
+    return r.rest.length > 0 ? r.rest : undefined;
+  }
+
   destroy(): void {
+    this.gate?.cancel();
     this.closed = true;
     this.socket.destroy();
   }
