@@ -9,6 +9,8 @@ import { hostPortArg, intArg, labelOption, positiveIntArg, repeatableOption, siz
 import { parseSize } from '../../shared/units.js';
 import { withConfigFile } from '../config/config-file.js';
 import { errorMessage } from '../../shared/errors.js';
+import { addTlsOptions, applyDaemonTls, type TlsFlags } from '../tls-options.js';
+import type { Role } from '../../shared/security/identity.js';
 
 // The three daemons. Each logs structured JSON lines (pino) to stdout, prints
 // a {"msg":"ready"} line once it serves, and stops cleanly on SIGINT/SIGTERM.
@@ -49,6 +51,14 @@ async function runDaemon(name: string, level: string | undefined, start: (log: L
   process.on('SIGTERM', () => stop('SIGTERM'));
 }
 
+/** Applies the daemon's TLS flags (cli/tls-options.ts: --tls-* or --insecure) for the whole process, then starts it. */
+function withTls<T>(o: TlsFlags, certName: string, role: Role, start: () => Promise<T>): () => Promise<T> {
+  return async () => {
+    applyDaemonTls(o, certName, role);
+    return start();
+  };
+}
+
 /** Repeatable --spare-disk: a disk id (see `vsky disk list`), no blanks or commas. */
 function spareDiskArg(value: string, previous: string[] = []): string[] {
   const id = value.trim();
@@ -63,9 +73,9 @@ function parseDisk(spec: string): { path: string; size?: number } {
 }
 
 export function registerDaemonCommands(program: Command): void {
-  withConfigFile(managerCommand(program));
-  withConfigFile(storageNodeCommand(program));
-  withConfigFile(headAgentCommand(program));
+  withConfigFile(addTlsOptions(managerCommand(program), '"manager"'));
+  withConfigFile(addTlsOptions(storageNodeCommand(program), 'the --name'));
+  withConfigFile(addTlsOptions(headAgentCommand(program), 'the --name'));
 }
 
 function managerCommand(program: Command): Command {
@@ -104,7 +114,7 @@ function managerCommand(program: Command): Command {
     .action(async (o) => {
       const { startManager } = await import('../../manager/daemon.js');
       const token = (o.xmlrpcToken as string | undefined) ?? process.env.VSKY_XMLRPC_TOKEN;
-      await runDaemon('manager', o.logLevel, () => startManager({
+      await runDaemon('manager', o.logLevel, withTls(o, 'manager', 'manager', () => startManager({
         dataDir: o.dataDir, listen: o.listen, chunkSize: o.chunkSize,
         heartbeatTimeoutMs: o.heartbeatTimeout, leaseTtlMs: o.leaseTtl,
         rebuildFromStorage: o.rebuildFromStorage ? { waitMs: o.rebuildWait, expectServers: o.rebuildServers } : undefined, gcIntervalMs: o.gcInterval, advertiseAddress: o.advertise,
@@ -113,7 +123,7 @@ function managerCommand(program: Command): Command {
         jobRetention: { keepPerVolume: o.jobKeep, maxAgeMs: o.jobMaxAge * 3600 * 1000 },
         xmlrpc: o.xmlrpc === false ? undefined : { listen: o.xmlrpcListen, tlsCert: o.xmlrpcTlsCert, tlsKey: o.xmlrpcTlsKey, token: token || undefined },
         metricsListen: o.metricsListen,
-      }));
+      })));
     });
 }
 
@@ -136,12 +146,12 @@ function storageNodeCommand(program: Command): Command {
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startStorageNode } = await import('../../storage-node/daemon.js');
-      await runDaemon('storage-node', o.logLevel, () => startStorageNode({
+      await runDaemon('storage-node', o.logLevel, withTls(o, o.name, 'node', () => startStorageNode({
         dataDir: o.dataDir, name: o.name, host: o.host, dataPort: o.dataPort, grpcPort: o.grpcPort,
         managerAddress: o.manager, disks: (o.disk as string[]).map(parseDisk), chunkSize: o.chunkSize,
         labels: o.label, heartbeatIntervalMs: o.heartbeatInterval, diskThrottleMibps: o.diskThrottleMibps,
         metricsListen: o.metricsListen,
-      }));
+      })));
     });
 }
 
@@ -168,11 +178,11 @@ function headAgentCommand(program: Command): Command {
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startHeadAgent } = await import('../../head-agent/daemon.js');
-      await runDaemon('head-agent', o.logLevel, () => startHeadAgent({
+      await runDaemon('head-agent', o.logLevel, withTls(o, o.name, 'head', () => startHeadAgent({
         dataDir: o.dataDir, name: o.name, host: o.host, grpcPort: o.grpcPort, nbdPort: o.nbdPort,
         iscsiPort: o.iscsi === false ? undefined : o.iscsiPort, staleReportTimeoutMs: o.staleReportTimeout,
         dataTimeoutMs: o.dataTimeout, flushTimeoutMs: o.flushTimeout,
         managerAddress: o.manager, heartbeatIntervalMs: o.heartbeatInterval, metricsListen: o.metricsListen,
-      }));
+      })));
     });
 }
