@@ -143,6 +143,9 @@ export function fromGrpcError(err: grpc.ServiceError): VskyError {
   const code = String(err.metadata?.get('vsky-code')[0] ?? '');
   const Cls = CODE_TO_CLASS[code];
   if (Cls) return new Cls(err.details);
+  if (err.code === grpc.status.UNAVAILABLE && /SSL routines|certificate|daemon role/i.test(err.details)) {
+    return new TransportError(`TLS handshake with the service failed: ${err.details}`, { tls: true }, { cause: err });
+  }
   if (err.code === grpc.status.UNAVAILABLE) {
     return new TransportError(`cannot reach the service: ${err.details}`, {}, { cause: err });
   }

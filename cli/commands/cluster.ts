@@ -85,8 +85,8 @@ export function registerClusterCommands(program: Command): void {
         if (c.xmlrpcUrl) out.write(`  XML-RPC (VastSky 3.0 API): ${c.xmlrpcUrl}\n`);
         for (const h of c.headEndpoints) out.write(`  ${h.name}: NBD ${h.nbd}, iSCSI ${h.iscsi || '(none)'}, control gRPC ${h.grpc}\n`);
         out.write(c.tls.dir === undefined ? '  gRPC: plain, without TLS (--insecure)\n'
-          : `  gRPC: mutual TLS; CA and certificates (admin, readonly, one per daemon) in ${c.tls.dir}: the CLI takes --tls-dir ${c.tls.dir} `
-            + `(or VSKY_TLS_DIR; found by itself from ${resolve('.')} when that is ${resolve('.vsky', 'tls')}), --tls-name readonly for read-only\n`);
+          : `  gRPC: mutual TLS with the CA and certificates (admin, readonly, one per daemon) in ${c.tls.dir}; `
+            + `the CLI ${tlsFlag ? `takes${tlsFlag} (or VSKY_TLS_DIR)` : 'finds them from this directory'}; --tls-name readonly for a read-only look (docs/security.md)\n`);
         announceMetrics(c, dir, out);
         out.write(`Volume ${vol.name}: ${formatSize(vol.size)}, ${vol.replicas} replicas, attached to head1, served over NBD at\n${uri}\n${urls.iscsi ? `and over iSCSI at\n${urls.iscsi}\n` : ''}\n`);
         out.write(`Try:\n  nbdinfo ${uri}\n  qemu-img info ${uri}\n${urls.iscsi ? `  iscsi-inq ${urls.iscsi}\n` : ''}  node dist/cli/vsky.js status${mgr}\n  node dist/cli/vsky.js volume show ${vol.name}${mgr}\n  node dist/cli/vsky.js server list${mgr}\n  node dist/cli/vsky.js disk list${mgr}\n  node dist/cli/vsky.js cluster metrics --dir ${dir}\n\nPress Ctrl-C to stop.\n`);
