@@ -141,6 +141,7 @@ describe('gRPC mutual TLS', () => {
       expect(String(r.stderr)).toMatch(/no TLS credentials for gRPC: pass --tls-dir DIR/);
       const plain = await vsky(['volume', 'list', '--insecure'], c.managerAddress);
       expect(plain.exitCode).not.toBe(0);
+      expect(String(plain.stderr)).toMatch(/--insecure only reaches a cluster running without TLS/);
       const daemon = await vsky(['manager', '--data-dir', join(cwd, 'm'), '--listen', `127.0.0.1:${await freePort()}`, '--no-xmlrpc']);
       expect(daemon.exitCode).not.toBe(0);
       expect(String(daemon.stderr)).toMatch(/gRPC needs TLS: pass --tls-dir DIR .* or --insecure/);
