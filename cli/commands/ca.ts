@@ -40,7 +40,7 @@ export function registerCaCommands(program: Command): void {
     .requiredOption('--name <name>', 'the holder: a daemon\'s --name (manager, node1, head1) or a person; a head certificate acts only for the head of that name')
     .addOption(repeatableOption('--host <ip-or-dns>', 'an address clients reach this daemon at (repeatable; checked by clients: '
       + 'needed for manager, node and head certificates)'))
-    .option('--out <dir>', 'where NAME.crt/NAME.key go (default: the CA directory)')
+    .option('--out <dir>', 'where NAME.crt/NAME.key go, with a copy of ca.crt: a complete --tls-dir (default: the CA directory)')
     .option('--days <n>', 'validity in days', positiveIntArg, DEFAULT_CERT_DAYS)
     .option('--force', 'replace an existing certificate of that name')
     .option('--json', 'print JSON for scripts')

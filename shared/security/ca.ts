@@ -1,4 +1,4 @@
-import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
@@ -24,7 +24,7 @@ export interface IssueOptions {
   /** Hosts (IP addresses or DNS names) a daemon is reached at; a person's certificate needs none. */
   hosts?: string[];
   days?: number;
-  /** Where NAME.crt/NAME.key go (default: the CA directory). */
+  /** Where NAME.crt/NAME.key go (default: the CA directory); ca.crt is copied there too. */
   outDir?: string;
   /** Replace an existing certificate of that name. */
   force?: boolean;
@@ -106,6 +106,8 @@ export async function issueCert(caDir: string, opts: IssueOptions): Promise<Issu
     rmSync(csr, { force: true });
     rmSync(ext, { force: true });
   }
+  // An --out directory becomes a complete --tls-dir: the CA certificate (never its key) goes along.
+  if (out !== caDir && !existsSync(join(out, CA_CERT))) copyFileSync(caCert, join(out, CA_CERT));
   const x = new X509Certificate(readFileSync(cert));
   return { name: opts.name, role: opts.role, cert, key, notAfter: new Date(x.validTo).toISOString(), hosts: opts.hosts ?? [] };
 }

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -58,6 +58,13 @@ describe('cluster CA', () => {
     expect(statSync(join(dir, 'h1.key')).mode & 0o777).toBe(0o600);
     expect(sec('h1').identity).toEqual({ name: 'h1', role: 'head' });
     expect(sec('ro').identity).toEqual({ name: 'ro', role: 'readonly' });
+  });
+
+  it('--out makes a complete --tls-dir: the certificate, its key and ca.crt, not ca.key', async () => {
+    const out = join(dir, 'alice');
+    await issueCert(dir, { name: 'alice', role: 'admin', outDir: out });
+    expect(loadTls({ dir: out, name: 'alice' }).identity).toEqual({ name: 'alice', role: 'admin' });
+    expect(existsSync(join(out, 'ca.key'))).toBe(false);
   });
 
   it('refuses to overwrite a CA or a certificate, and bad names', async () => {
