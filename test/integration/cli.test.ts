@@ -18,7 +18,7 @@ const COMMANDS = [
   ['volume', 'create'], ['volume', 'delete'], ['volume', 'list'], ['volume', 'show'], ['volume', 'attach'], ['volume', 'detach'],
   ['volume', 'access'], ['volume', 'handoff'], ['volume', 'wipe'], ['volume', 'resize'], ['volume', 'recon'],
   ['disk', 'fail'], ['server', 'fail'], ['resync', 'list'], ['resync', 'watch'], ['events'],
-  ['job', 'list'], ['job', 'show'], ['job', 'abort'], ['job', 'watch'],
+  ['job', 'list'], ['job', 'show'], ['job', 'abort'], ['job', 'watch'], ['doctor'], ['ca'], ['ca', 'init'], ['ca', 'issue'],
 ];
 
 describe('vsky --help', () => {
