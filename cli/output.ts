@@ -35,7 +35,9 @@ export function emit(opts: OutputOptions, value: unknown, human: () => void): vo
 }
 
 const HINTS: Record<string, string> = {
-  ETRANSPORT: 'is the manager running? Start a local cluster with `vsky cluster up`, or point at one with --manager HOST:PORT',
+  ETRANSPORT: 'is the manager running? Start a local cluster with `vsky cluster up`, or point at one with --manager HOST:PORT. '
+    + 'A TLS mismatch looks the same: the certificate (--tls-dir/--tls-name) must come from the cluster\'s CA, and --insecure '
+    + 'only reaches a cluster running without TLS (docs/security.md)',
   ETIMEDOUT: 'the manager did not answer in time; check `vsky status` and the manager log',
 };
 

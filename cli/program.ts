@@ -10,6 +10,7 @@ import { registerEventsCommand } from './commands/events.js';
 import { registerJobCommands } from './commands/job.js';
 import { registerCopyCommand } from './commands/copy.js';
 import { registerDoctorCommand } from './commands/doctor.js';
+import { registerCaCommands } from './commands/ca.js';
 
 export function buildProgram(): Command {
   const program = new Command('vsky')
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerJobCommands(program); // after the volume commands: adds volume wipe|resize|recon
   registerCopyCommand(program); // volume copy
   registerDoctorCommand(program);
+  registerCaCommands(program);
   return program;
 }
 

@@ -9,6 +9,8 @@ import {
 import { InvalidArgumentError, TimeoutError } from '../shared/errors.js';
 import { DaemonProcess } from './daemon-process.js';
 import { metricsArgs, pinMetricsPort, type MetricsEndpoint } from './metrics-targets.js';
+import { ClusterTls, type CertSpec } from './cluster-tls.js';
+import { parseHostPort } from '../shared/units.js';
 
 // A whole cluster on one machine: a manager, N storage nodes (each on its own
 // loopback address 127.0.0.(11+i), standing in for separate hosts, with M
@@ -86,6 +88,11 @@ export interface LocalClusterOptions {
    * runs the data protocol over TLS with these PEM files (--data-tls).
    */
   dataSecurity?: { auth?: boolean; tls?: { cert: string; key: string; ca: string } };
+  /**
+   * Mutual TLS on every gRPC connection with a CA and certificates in DIR/tls
+   * (deploy/cluster-tls.ts); default true. false: every daemon runs --insecure.
+   */
+  tls?: boolean;
 }
 
 export const LOCAL_CLUSTER_DEFAULTS: Omit<LocalClusterOptions, 'dir'> = {
@@ -118,6 +125,8 @@ export class LocalCluster {
   readonly heads: DaemonProcess[];
   /** The first head (heads[0], registered as "head1"): where ensureVolume attaches. */
   readonly head: DaemonProcess;
+  /** DIR/tls: the CA and a certificate per daemon, admin and readonly (none with tls: false). */
+  readonly tls: ClusterTls;
   managerAddress: string;
 
   private constructor(opts: LocalClusterOptions) {
@@ -125,6 +134,7 @@ export class LocalCluster {
     if (!Number.isInteger(heads) || heads < 1) throw new InvalidArgumentError(`heads must be a positive integer, got ${heads}`);
     if (heads > 255 - HEAD_HOST_BASE) throw new InvalidArgumentError(`at most ${255 - HEAD_HOST_BASE} heads on loopback, got ${heads}`);
     this.opts = opts;
+    this.tls = new ClusterTls(opts.dir, opts.tls !== false);
     const logs = join(opts.dir, 'logs');
     mkdirSync(logs, { recursive: true });
     this.managerAddress = opts.managerListen;
@@ -132,7 +142,7 @@ export class LocalCluster {
       'manager', '--data-dir', join(opts.dir, 'manager'), '--listen', opts.managerListen,
       '--chunk-size', String(opts.chunkSize), '--heartbeat-timeout', String(opts.heartbeatTimeoutMs),
       ...(opts.xmlrpcListen ? ['--xmlrpc-listen', opts.xmlrpcListen] : ['--no-xmlrpc']),
-      ...this.logArgs(), ...this.metricsArgs(opts.managerListen.slice(0, opts.managerListen.lastIndexOf(':'))), ...this.dataSecurityArgs(),
+      ...this.logArgs(), ...this.metricsArgs(opts.managerListen.slice(0, opts.managerListen.lastIndexOf(':'))), ...this.dataSecurityArgs(), ...this.tls.args(),
       '--secret-key-file', this.keyFile('secret.key'), ...(opts.managerArgs ?? []),
     ], join(logs, 'manager.log'), opts.env?.manager);
     this.nodes = Array.from({ length: opts.servers }, (_, i) => this.nodeProcess(i, logs));
@@ -221,7 +231,7 @@ export class LocalCluster {
       'storage-node', '--data-dir', dataDir, '--name', name, '--host', nodeHost(i),
       '--data-port', String(this.opts.nodeDataPort), '--grpc-port', String(this.opts.nodeGrpcPort),
       '--chunk-size', String(this.opts.chunkSize), '--heartbeat-interval', String(this.opts.heartbeatIntervalMs),
-      ...Object.entries(labels).flatMap(([k, v]) => ['--label', `${k}=${v}`]), ...disks, ...this.logArgs(), ...this.metricsArgs(nodeHost(i)), ...this.dataSecurityArgs(),
+      ...Object.entries(labels).flatMap(([k, v]) => ['--label', `${k}=${v}`]), ...disks, ...this.logArgs(), ...this.metricsArgs(nodeHost(i)), ...this.dataSecurityArgs(), ...this.tls.args(),
     ], join(logs, `${name}.log`), this.opts.env?.[name]);
   }
 
@@ -237,7 +247,17 @@ export class LocalCluster {
     return cluster;
   }
 
+  /** The certificates of this cluster's daemons (admin and readonly come with them). */
+  private certSpecs(): CertSpec[] {
+    return [
+      { name: 'manager', role: 'manager', hosts: [parseHostPort(this.opts.managerListen, 'manager address').host] },
+      ...this.nodes.map((_, i): CertSpec => ({ name: `node${i + 1}`, role: 'node', hosts: [nodeHost(i)] })),
+      ...this.heads.map((_, i): CertSpec => ({ name: `head${i + 1}`, role: 'head', hosts: [headAddress(this.opts, i + 1).host] })),
+    ];
+  }
+
   private async startAll(): Promise<void> {
+    await this.tls.prepare(this.certSpecs());
     if (this.opts.rebuildFromStorage) {
       // The manager is ready only once the nodes registered and it rebuilt its database from them.
       this.manager.args.push('--rebuild-from-storage', '--rebuild-servers', String(this.nodes.length));
@@ -255,7 +275,7 @@ export class LocalCluster {
       head.args.push('head-agent', '--data-dir', join(this.opts.dir, i === 0 ? 'head' : `head${i + 1}`), '--name', `head${i + 1}`,
         '--host', a.host, '--grpc-port', String(a.grpcPort), '--nbd-port', String(a.nbdPort), '--iscsi-port', String(a.iscsiPort),
         '--heartbeat-interval', String(this.opts.heartbeatIntervalMs), '--manager', this.managerAddress, ...this.logArgs(), ...this.metricsArgs(a.host),
-        ...this.dataSecurityArgs());
+        ...this.dataSecurityArgs(), ...this.tls.args());
     });
     // allSettled: a head that failed to start must not leave its siblings' starts unawaited.
     const started = await Promise.allSettled(this.heads.map((h) => h.start()));
@@ -266,8 +286,14 @@ export class LocalCluster {
     await this.waitRegistered();
   }
 
+  /** Flags for a daemon or CLI run by hand against this cluster: --tls-dir DIR/tls [--tls-name NAME], or --insecure. */
+  tlsArgs(name?: string): string[] {
+    return this.tls.args(name);
+  }
+
+  /** A manager client with the admin certificate (or plain, without TLS). */
   client(): ManagerClient {
-    return managerClient(this.managerAddress);
+    return managerClient(this.managerAddress, this.tls.security());
   }
 
   /**

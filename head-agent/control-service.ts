@@ -1,5 +1,6 @@
 import { InvalidArgumentError } from '../shared/errors.js';
 import { addStandardServices, bindServer, grpc, loadProtos, unary } from '../shared/grpc.js';
+import { newDaemonServer } from '../shared/security/authorize.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { AttachVolumeReply } from '../proto/generated/vsky/head/AttachVolumeReply.js';
 import type { AttachVolumeRequest__Output } from '../proto/generated/vsky/head/AttachVolumeRequest.js';
@@ -98,7 +99,7 @@ export interface ControlServer {
 
 /** Serves the control service on host:port (0 picks a port). */
 export async function startControlServer(host: string, port: number, opts: ControlServiceOptions): Promise<ControlServer> {
-  const server = new grpc.Server();
+  const server = newDaemonServer();
   server.addService(loadProtos().head.vsky.head.HeadAgent.service, createControlHandlers(opts));
   addStandardServices(server, 'head_agent.proto', 'vsky.head.HeadAgent');
   const bound = await bindServer(server, `${host}:${port}`);

@@ -1,7 +1,9 @@
 import { errorMessage } from '../shared/errors.js';
 import { SecretBox } from '../shared/security/secret-box.js';
 import { readKeyFile } from '../shared/security/key-file.js';
-import { addStandardServices, bindServer, grpc, loadProtos } from '../shared/grpc.js';
+import { addStandardServices, bindServer, loadProtos } from '../shared/grpc.js';
+import { newDaemonServer } from '../shared/security/authorize.js';
+import { managerSelfCheck } from './caller-checks.js';
 import { moduleLogger } from '../shared/logger.js';
 import { daemonRegistry, startMetricsServer, type MetricsServer } from '../shared/metrics/http-server.js';
 import { parseHostPort } from '../shared/units.js';
@@ -81,7 +83,7 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
 
   // API call metrics only when metrics are served (nothing is wrapped otherwise).
   const api = opts.metricsListen !== undefined ? new ApiCallMetrics() : undefined;
-  const server = new grpc.Server({ 'grpc.max_send_message_length': 64 * 1024 * 1024 });
+  const server = newDaemonServer({ 'grpc.max_send_message_length': 64 * 1024 * 1024 }, { selfCheck: managerSelfCheck(core.registry) });
   const handlers = managerHandlers(core);
   server.addService(loadProtos().manager.vsky.manager.Manager.service, api ? timedHandlers(handlers, api) : handlers);
   addStandardServices(server, 'manager.proto', 'vsky.manager.Manager');

@@ -121,3 +121,10 @@ export class CorruptMetadataError extends VskyError {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/** The caller's certificate role may not call this method (shared/security/policy.ts), or it acted for another head. */
+export class PermissionDeniedError extends VskyError {
+  constructor(message: string, context: ErrorContext = {}) {
+    super('EPERM', message, context);
+  }
+}

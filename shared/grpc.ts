@@ -10,8 +10,9 @@ import type { ProtoGrpcType as StorageProto } from '../proto/generated/storage_n
 import type { ProtoGrpcType as HeadProto } from '../proto/generated/head_agent.js';
 import {
   AlreadyExistsError, CapacityError, ConflictError, CounterExhaustedError, InvalidArgumentError, NotFoundError,
-  StaleEpochError, StaleGenerationError, TimeoutError, TransportError, VskyError,
+  PermissionDeniedError, StaleEpochError, StaleGenerationError, TimeoutError, TransportError, VskyError,
 } from './errors.js';
+import { channelCredentials, serverCredentials, type GrpcSecurity } from './security/credentials.js';
 import { REQUEST_ID_KEY, acceptRequestId, currentRequestId, runWithRequestId } from './request-id.js';
 
 // gRPC glue shared by every component: loading the .proto files, typed
@@ -61,14 +62,15 @@ const CLIENT_OPTIONS: grpc.ChannelOptions = {
   'grpc.max_reconnect_backoff_ms': MAX_RECONNECT_BACKOFF_MS,
 };
 
-export function managerClient(address: string) {
-  return new (loadProtos().manager.vsky.manager.Manager)(address, grpc.credentials.createInsecure(), CLIENT_OPTIONS);
+// Clients use the process's credentials (shared/security/credentials.ts) unless given others.
+export function managerClient(address: string, security?: GrpcSecurity) {
+  return new (loadProtos().manager.vsky.manager.Manager)(address, channelCredentials(security), CLIENT_OPTIONS);
 }
-export function storageNodeClient(address: string) {
-  return new (loadProtos().storage.vsky.storage.StorageNode)(address, grpc.credentials.createInsecure(), CLIENT_OPTIONS);
+export function storageNodeClient(address: string, security?: GrpcSecurity) {
+  return new (loadProtos().storage.vsky.storage.StorageNode)(address, channelCredentials(security), CLIENT_OPTIONS);
 }
-export function headAgentClient(address: string) {
-  return new (loadProtos().head.vsky.head.HeadAgent)(address, grpc.credentials.createInsecure(), CLIENT_OPTIONS);
+export function headAgentClient(address: string, security?: GrpcSecurity) {
+  return new (loadProtos().head.vsky.head.HeadAgent)(address, channelCredentials(security), CLIENT_OPTIONS);
 }
 
 type UnaryMethod<Req, Res> = (req: Req, meta: grpc.Metadata, opts: grpc.CallOptions, cb: grpc.requestCallback<Res>) => unknown;
@@ -117,6 +119,7 @@ const CODE_TO_STATUS: Record<string, grpc.status> = {
   ESTALE_GENERATION: grpc.status.ABORTED,
   ETIMEDOUT: grpc.status.DEADLINE_EXCEEDED,
   ETRANSPORT: grpc.status.UNAVAILABLE,
+  EPERM: grpc.status.PERMISSION_DENIED,
 };
 
 export function toGrpcError(err: unknown): Partial<grpc.StatusObject> {
@@ -133,12 +136,16 @@ const CODE_TO_CLASS: Record<string, new (m: string) => VskyError> = {
   EINVAL: InvalidArgumentError, ENOTFOUND: NotFoundError, EEXIST: AlreadyExistsError,
   ECONFLICT: ConflictError, ENOSPC: CapacityError, ESTALE_EPOCH: StaleEpochError,
   ESTALE_GENERATION: StaleGenerationError, ETIMEDOUT: TimeoutError, ECOUNTER_EXHAUSTED: CounterExhaustedError,
+  EPERM: PermissionDeniedError,
 };
 
 export function fromGrpcError(err: grpc.ServiceError): VskyError {
   const code = String(err.metadata?.get('vsky-code')[0] ?? '');
   const Cls = CODE_TO_CLASS[code];
   if (Cls) return new Cls(err.details);
+  if (err.code === grpc.status.UNAVAILABLE && /SSL routines|certificate|daemon role/i.test(err.details)) {
+    return new TransportError(`TLS handshake with the service failed: ${err.details}`, { tls: true }, { cause: err });
+  }
   if (err.code === grpc.status.UNAVAILABLE) {
     return new TransportError(`cannot reach the service: ${err.details}`, {}, { cause: err });
   }
@@ -174,10 +181,10 @@ export function addStandardServices(server: grpc.Server, protoFile: 'manager.pro
   return health;
 }
 
-/** Binds a server on HOST:PORT (port 0 picks one); resolves with the bound port. */
-export function bindServer(server: grpc.Server, address: string): Promise<number> {
+/** Binds a server on HOST:PORT (port 0 picks one), with the process's credentials unless given others; resolves with the bound port. */
+export function bindServer(server: grpc.Server, address: string, security?: GrpcSecurity): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port)));
+    server.bindAsync(address, serverCredentials(security), (err, port) => (err ? reject(err) : resolve(port)));
   });
 }
 

@@ -1,6 +1,7 @@
 import { DEFAULT_HEARTBEAT_TIMEOUT_MS } from '../shared/constants.js';
 import { InvalidArgumentError, errorMessage } from '../shared/errors.js';
 import { addStandardServices, bindServer, grpc, loadProtos } from '../shared/grpc.js';
+import { newDaemonServer } from '../shared/security/authorize.js';
 import { moduleLogger } from '../shared/logger.js';
 import { daemonRegistry, startMetricsServer, type MetricsServer } from '../shared/metrics/http-server.js';
 import { ChunkStore } from './chunk-store.js';
@@ -85,7 +86,7 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
     store, state, intIds, resyncs, notes, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, dataAddress: '', controlAddress: '',
   };
   const dataServer = new DataServer(new StoreChunkService(store), { maxInflight: opts.maxInflightPerConnection, security: opts.dataSecurity });
-  const grpcServer = new grpc.Server();
+  const grpcServer = newDaemonServer();
   let link: ManagerLink | undefined;
   let metrics: MetricsServer | undefined;
 

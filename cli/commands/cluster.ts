@@ -42,6 +42,8 @@ export function registerClusterCommands(program: Command): void {
     .option('--no-xmlrpc', 'do not serve the XML-RPC API')
     .option('--no-metrics', 'do not serve Prometheus metrics (by default every daemon serves them on a free port of its address; '
       + 'see `vsky cluster metrics` and docs/metrics.md)')
+    .option('--insecure', 'plain gRPC everywhere (by default a CA and certificates are made in DIR/tls and every gRPC '
+      + 'connection uses mutual TLS; docs/security.md)')
     .option('--log-level <level>', 'daemon log level', 'info')
     .action(async (o) => {
       const dir = resolve(o.dir as string);
@@ -57,7 +59,7 @@ export function registerClusterCommands(program: Command): void {
         c = await LocalCluster.start({
           ...d, dir, servers: o.servers, disksPerServer: o.disksPerServer, diskSize: o.diskSize, chunkSize: o.chunkSize, rebuildFromStorage,
           managerListen: o.manager, nbdPort: o.nbdPort, iscsiPort: o.iscsiPort, logLevel: o.logLevel, heads,
-          xmlrpcListen: o.xmlrpc === false ? undefined : o.xmlrpc, metrics: o.metrics !== false,
+          xmlrpcListen: o.xmlrpc === false ? undefined : o.xmlrpc, metrics: o.metrics !== false, tls: o.insecure !== true,
         });
       } catch (err) {
         const hosts = heads > 1 ? ` on 127.0.0.1 and ${headHost(2)}${heads > 2 ? `..${headHost(heads)}` : ''}` : '';
@@ -76,10 +78,15 @@ export function registerClusterCommands(program: Command): void {
       try {
         const urls = await c.ensureVolumeUrls(vol.name, vol.size, vol.replicas);
         const uri = urls.nbd;
-        const mgr = o.manager === d.managerListen ? '' : ` --manager ${c.managerAddress}`;
+        // The CLI finds ./.vsky/tls by itself (cli/tls-options.ts); elsewhere it needs the directory.
+        const tlsFlag = c.tls.dir === undefined ? ' --insecure' : c.tls.dir === resolve('.vsky', 'tls') ? '' : ` --tls-dir ${c.tls.dir}`;
+        const mgr = `${o.manager === d.managerListen ? '' : ` --manager ${c.managerAddress}`}${tlsFlag}`;
         out.write(`\nCluster ready: manager ${c.managerAddress}, ${o.servers} storage nodes, ${heads} head agent${heads > 1 ? 's' : ''}. Logs in ${dir}/logs.\n`);
         if (c.xmlrpcUrl) out.write(`  XML-RPC (VastSky 3.0 API): ${c.xmlrpcUrl}\n`);
         for (const h of c.headEndpoints) out.write(`  ${h.name}: NBD ${h.nbd}, iSCSI ${h.iscsi || '(none)'}, control gRPC ${h.grpc}\n`);
+        out.write(c.tls.dir === undefined ? '  gRPC: plain, without TLS (--insecure)\n'
+          : `  gRPC: mutual TLS with the CA and certificates (admin, readonly, one per daemon) in ${c.tls.dir}; `
+            + `the CLI ${tlsFlag ? `takes${tlsFlag} (or VSKY_TLS_DIR)` : 'finds them from this directory'}; --tls-name readonly for a read-only look (docs/security.md)\n`);
         announceMetrics(c, dir, out);
         out.write(`Volume ${vol.name}: ${formatSize(vol.size)}, ${vol.replicas} replicas, attached to head1, served over NBD at\n${uri}\n${urls.iscsi ? `and over iSCSI at\n${urls.iscsi}\n` : ''}\n`);
         out.write(`Try:\n  nbdinfo ${uri}\n  qemu-img info ${uri}\n${urls.iscsi ? `  iscsi-inq ${urls.iscsi}\n` : ''}  node dist/cli/vsky.js status${mgr}\n  node dist/cli/vsky.js volume show ${vol.name}${mgr}\n  node dist/cli/vsky.js server list${mgr}\n  node dist/cli/vsky.js disk list${mgr}\n  node dist/cli/vsky.js cluster metrics --dir ${dir}\n\nPress Ctrl-C to stop.\n`);

@@ -11,6 +11,8 @@ import { withConfigFile } from '../config/config-file.js';
 import { errorMessage } from '../../shared/errors.js';
 import { loadNbdTls } from '../../head-agent/frontend/nbd/tls-settings.js';
 import { describeDataSecurity, loadDataSecurity, setDefaultDataSecurity, type DataSecurity } from '../../shared/data-protocol/auth/data-security.js';
+import { addTlsOptions, applyDaemonTls, type TlsFlags } from '../tls-options.js';
+import type { Role } from '../../shared/security/identity.js';
 
 // The three daemons. Each logs structured JSON lines (pino) to stdout, prints
 // a {"msg":"ready"} line once it serves, and stops cleanly on SIGINT/SIGTERM.
@@ -49,6 +51,14 @@ async function runDaemon(name: string, level: string | undefined, start: (log: L
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+/** Applies the daemon's TLS flags (cli/tls-options.ts: --tls-* or --insecure) for the whole process, then starts it. */
+function withTls<T>(o: TlsFlags, certName: string, role: Role, start: (log: Logger) => Promise<T>): (log: Logger) => Promise<T> {
+  return async (log) => {
+    applyDaemonTls(o, certName, role);
+    return start(log);
+  };
 }
 
 /** Repeatable --spare-disk: a disk id (see `vsky disk list`), no blanks or commas. */
@@ -92,9 +102,9 @@ function dataSecurity(o: Record<string, unknown>, log: Logger): DataSecurity {
 }
 
 export function registerDaemonCommands(program: Command): void {
-  withConfigFile(addDataSecurityOptions(managerCommand(program)));
-  withConfigFile(addDataSecurityOptions(storageNodeCommand(program)));
-  withConfigFile(addDataSecurityOptions(headAgentCommand(program)));
+  withConfigFile(addTlsOptions(addDataSecurityOptions(managerCommand(program)), '"manager"'));
+  withConfigFile(addTlsOptions(addDataSecurityOptions(storageNodeCommand(program)), 'the --name'));
+  withConfigFile(addTlsOptions(addDataSecurityOptions(headAgentCommand(program)), 'the --name'));
 }
 
 function managerCommand(program: Command): Command {
@@ -135,7 +145,7 @@ function managerCommand(program: Command): Command {
     .action(async (o) => {
       const { startManager } = await import('../../manager/daemon.js');
       const token = (o.xmlrpcToken as string | undefined) ?? process.env.VSKY_XMLRPC_TOKEN;
-      await runDaemon('manager', o.logLevel, (log) => (dataSecurity(o, log), startManager({
+      await runDaemon('manager', o.logLevel, withTls(o, 'manager', 'manager', (log) => (dataSecurity(o, log), startManager({
         dataDir: o.dataDir, listen: o.listen, chunkSize: o.chunkSize,
         heartbeatTimeoutMs: o.heartbeatTimeout, leaseTtlMs: o.leaseTtl,
         rebuildFromStorage: o.rebuildFromStorage ? { waitMs: o.rebuildWait, expectServers: o.rebuildServers } : undefined, gcIntervalMs: o.gcInterval, advertiseAddress: o.advertise,
@@ -144,7 +154,7 @@ function managerCommand(program: Command): Command {
         jobRetention: { keepPerVolume: o.jobKeep, maxAgeMs: o.jobMaxAge * 3600 * 1000 },
         xmlrpc: o.xmlrpc === false ? undefined : { listen: o.xmlrpcListen, tlsCert: o.xmlrpcTlsCert, tlsKey: o.xmlrpcTlsKey, token: token || undefined },
         metricsListen: o.metricsListen, secretKeyFile: o.secretKeyFile,
-      })));
+      }))));
     });
 }
 
@@ -167,12 +177,12 @@ function storageNodeCommand(program: Command): Command {
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startStorageNode } = await import('../../storage-node/daemon.js');
-      await runDaemon('storage-node', o.logLevel, (log) => startStorageNode({
+      await runDaemon('storage-node', o.logLevel, withTls(o, o.name, 'node', (log) => startStorageNode({
         dataDir: o.dataDir, name: o.name, host: o.host, dataPort: o.dataPort, grpcPort: o.grpcPort,
         managerAddress: o.manager, disks: (o.disk as string[]).map(parseDisk), chunkSize: o.chunkSize,
         labels: o.label, heartbeatIntervalMs: o.heartbeatInterval, diskThrottleMibps: o.diskThrottleMibps,
         metricsListen: o.metricsListen, dataSecurity: dataSecurity(o, log),
-      }));
+      })));
     });
 }
 
@@ -204,12 +214,12 @@ function headAgentCommand(program: Command): Command {
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startHeadAgent } = await import('../../head-agent/daemon.js');
-      await runDaemon('head-agent', o.logLevel, (log) => (dataSecurity(o, log), startHeadAgent({
+      await runDaemon('head-agent', o.logLevel, withTls(o, o.name, 'head', (log) => (dataSecurity(o, log), startHeadAgent({
         dataDir: o.dataDir, name: o.name, host: o.host, grpcPort: o.grpcPort, nbdPort: o.nbdPort,
         iscsiPort: o.iscsi === false ? undefined : o.iscsiPort, staleReportTimeoutMs: o.staleReportTimeout,
         dataTimeoutMs: o.dataTimeout, flushTimeoutMs: o.flushTimeout,
         managerAddress: o.manager, heartbeatIntervalMs: o.heartbeatInterval, metricsListen: o.metricsListen,
         nbdTls: loadNbdTls({ mode: o.nbdTls, cert: o.nbdTlsCert, key: o.nbdTlsKey, ca: o.nbdTlsCa }),
-      })));
+      }))));
     });
 }

@@ -11,17 +11,19 @@ import { DEFAULT_CONFIGS, hostFindings, type ConfigValidator } from '../doctor/h
 import { checkConfig } from '../config/config-file.js';
 import { hostPortArg, intArg, repeatableOption } from '../options.js';
 import { printJson } from '../output.js';
+import { addTlsOptions, applyClientTls, type TlsFlags } from '../tls-options.js';
+import { CLI_CERT_NAME_HELP } from '../admin.js';
 
 // `vsky doctor`: what commonly goes wrong on a host and in the cluster, each
 // finding with what to do; exit 1 when anything is a problem.
 
-interface DoctorOptions {
+interface DoctorOptions extends TlsFlags {
   manager: string; json?: boolean; config: string[]; cluster: boolean; host: boolean;
   maxClockSkew?: number; diskFull: number; fsFree: number; certDays: number; timeout: number;
 }
 
 export function registerDoctorCommand(program: Command): void {
-  program.command('doctor')
+  const cmd = program.command('doctor')
     .description('check this host and the cluster for what commonly goes wrong (unreachable or failed servers and heads, '
       + 'failed or nearly full disks, degraded and DIRTY volumes, clock skew, full file systems, expiring certificates) '
       + 'and say what to do; exits 1 when it finds a problem')
@@ -48,6 +50,7 @@ export function registerDoctorCommand(program: Command): void {
       else process.stdout.write(renderFindings(findings));
       process.exitCode = problems === 0 ? 0 : 1;
     });
+  addTlsOptions(cmd, CLI_CERT_NAME_HELP);
 }
 
 /** A daemon's configuration file checked as `vsky DAEMON --config FILE` would check it (nothing is set or started). */
@@ -65,7 +68,13 @@ function configValidator(program: Command): ConfigValidator {
 }
 
 async function clusterChecks(o: DoctorOptions): Promise<Finding[]> {
-  const client = managerClient(o.manager);
+  let client: ReturnType<typeof managerClient>;
+  try {
+    applyClientTls(o);
+    client = managerClient(o.manager);
+  } catch (err) {
+    return [finding('manager', 'error', o.manager, `cannot ask the manager: ${errorMessage(err)}`, 'pass --tls-dir DIR (docs/security.md)')];
+  }
   try {
     const snapshot = await takeSnapshot(client, o.manager, o.timeout);
     return [finding('manager', 'ok', o.manager, 'reachable'), ...clusterFindings(snapshot, {

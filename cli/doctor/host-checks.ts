@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { stat, statfs } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { errorMessage } from '../../shared/errors.js';
 import { formatSize } from '../../shared/units.js';
 import { readConfigFile } from '../config/config-file.js';
@@ -56,11 +56,23 @@ export async function hostFindings(configs: string[], t: HostThresholds, validat
       certs++;
       out.push(certFinding(file, key, value, t));
     }
+    for (const [key, path] of tlsDirCerts(values)) {
+      certs++;
+      out.push(certFinding(file, key, path, t));
+    }
   }
   if (configs.length > 0 && certs === 0) {
     out.push(finding('certificate', 'info', configs.join(', '), 'TLS off: no certificate configured', 'see docs/install.md, Certificates (vsky ca init)'));
   }
   return out;
+}
+
+/** The CA and own certificate a daemon's tls-dir holds (docs/security.md): NAME is tls-name, else the daemon's name. */
+function tlsDirCerts(values: Record<string, unknown>): Array<[string, string]> {
+  const dir = values['tls-dir'];
+  if (typeof dir !== 'string') return [];
+  const name = typeof values['tls-name'] === 'string' ? values['tls-name'] : typeof values.name === 'string' ? values.name : 'manager';
+  return [['tls-dir ca.crt', join(dir, 'ca.crt')], [`tls-dir ${name}.crt`, join(dir, `${name}.crt`)]];
 }
 
 async function fsFinding(file: string, key: string, path: string, t: HostThresholds): Promise<Finding> {

@@ -1,5 +1,6 @@
 import { ConflictError, TransportError, errorMessage } from '../../shared/errors.js';
-import { bindServer, grpc, loadProtos, unary } from '../../shared/grpc.js';
+import { bindServer, loadProtos, unary } from '../../shared/grpc.js';
+import { newDaemonServer } from '../../shared/security/authorize.js';
 import { moduleLogger } from '../../shared/logger.js';
 import type { NodeInfo__Output } from '../../proto/generated/vsky/storage/NodeInfo.js';
 import type { PeerClients } from '../node-clients.js';
@@ -36,7 +37,7 @@ export async function collectNodeTables(opts: CollectOptions, peers: PeerClients
   const rebuilding = (): never => {
     throw new TransportError('the manager is rebuilding its metadata from the storage nodes; retry in a moment');
   };
-  const server = new grpc.Server();
+  const server = newDaemonServer();
   server.addService(loadProtos().manager.vsky.manager.Manager.service, {
     RegisterServer: unary(async (info: NodeInfo__Output) => {
       const ids = [...new Set(info.disks.map((d) => d.clusterId).filter(Boolean))];

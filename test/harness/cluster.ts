@@ -5,6 +5,7 @@ import { DaemonProcess } from '../../deploy/daemon-process.js';
 import { LOCAL_CLUSTER_DEFAULTS, LocalCluster, headHost, nodeHost, type HeadAddress, type LocalClusterOptions } from '../../deploy/local-cluster.js';
 import { MiB } from '../../shared/constants.js';
 import { freePort } from './ports.js';
+import { registerManagerTls } from './vsky.js';
 import { call, storageNodeClient } from '../../shared/grpc.js';
 import type { ChunkIdentity__Output } from '../../proto/generated/vsky/common/ChunkIdentity.js';
 
@@ -12,7 +13,10 @@ import type { ChunkIdentity__Output } from '../../proto/generated/vsky/common/Ch
 // loopback, real LevelDB, real disk files), on ports free at the time and in a
 // temp dir removed afterwards (kept when VSKY_KEEP_TEST_DIRS=1, for debugging).
 // `heads: N` starts head1..headN, head n > 1 on its own loopback address
-// (headHost(n)) with ports free there.
+// (headHost(n)) with ports free there. Clusters run mutual TLS on gRPC by
+// default (DIR/tls; `tls: false` for plain): vsky(args, c.managerAddress)
+// uses the admin certificate, c.tlsArgs(name) gives flags for daemons or CLI
+// runs by hand, c.tls.security(name) credentials for gRPC clients in the test.
 
 /** Addresses for heads 2..n, each on its own loopback address with its own free ports. */
 async function extraHeadAddresses(heads: number): Promise<HeadAddress[]> {
@@ -47,7 +51,9 @@ export async function startTestCluster(overrides: Partial<LocalClusterOptions> =
     ...overrides,
   };
   if ((opts.heads ?? 1) > 1 && !overrides.headAddresses) opts.headAddresses = await extraHeadAddresses(opts.heads!);
-  return LocalCluster.start(opts);
+  const c = await LocalCluster.start(opts);
+  registerManagerTls(c.managerAddress, c.tls.dir);
+  return c;
 }
 
 export async function destroyTestCluster(cluster: LocalCluster | undefined): Promise<void> {
@@ -65,10 +71,11 @@ export async function startExtraHead(c: LocalCluster, name: string): Promise<Dae
   if (c.headNames.includes(name)) throw new Error(`startExtraHead: the cluster already runs a head named ${name} (heads: ${c.headNames.join(', ')})`);
   const dir = join(c.opts.dir, name);
   mkdirSync(dir, { recursive: true });
+  await c.tls.ensure({ name, role: 'head', hosts: ['127.0.0.1'] });
   const head = new DaemonProcess(name, [
     'head-agent', '--data-dir', dir, '--name', name, '--host', '127.0.0.1',
     '--grpc-port', String(await freePort()), '--nbd-port', String(await freePort()), '--no-iscsi',
-    '--heartbeat-interval', '300', '--manager', c.managerAddress, ...c.dataSecurityArgs(),
+    '--heartbeat-interval', '300', '--manager', c.managerAddress, ...c.dataSecurityArgs(), ...c.tlsArgs(),
   ], join(c.opts.dir, 'logs', `${name}.log`));
   await head.start();
   return head;
@@ -81,7 +88,7 @@ export async function startExtraHead(c: LocalCluster, name: string): Promise<Dae
 export async function chunksOnNodes(c: LocalCluster, volume?: string): Promise<ChunkIdentity__Output[]> {
   const out: ChunkIdentity__Output[] = [];
   for (const n of c.nodes) {
-    const client = storageNodeClient(String(n.ready.controlAddress));
+    const client = storageNodeClient(String(n.ready.controlAddress), c.tls.security());
     try {
       const { chunks } = await call(client, 'ListChunks', { diskId: '' });
       for (const x of chunks) if (x.identity && (volume === undefined || x.identity.volumeName === volume)) out.push(x.identity);

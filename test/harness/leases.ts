@@ -56,11 +56,12 @@ export async function launchHead(c: LocalCluster, name: string, opts: HeadLaunch
   if (c.headNames.includes(name)) throw new Error(`launchHead: the cluster already runs a head named ${name}`);
   const dir = join(c.opts.dir, name);
   mkdirSync(dir, { recursive: true });
+  await c.tls.ensure({ name, role: 'head', hosts: ['127.0.0.1'] });
   const daemon = new DaemonProcess(name, [
     'head-agent', '--data-dir', dir, '--name', name, '--host', '127.0.0.1',
     '--grpc-port', String(await freePort()), '--nbd-port', String(await freePort()), '--no-iscsi',
     '--heartbeat-interval', String(opts.heartbeatIntervalMs ?? c.opts.heartbeatIntervalMs), '--manager', opts.manager ?? c.managerAddress,
-    ...c.dataSecurityArgs(), ...(opts.args ?? []),
+    ...c.dataSecurityArgs(), ...c.tlsArgs(), ...(opts.args ?? []),
   ], join(c.opts.dir, 'logs', `${name}.log`));
   const ready = await daemon.start();
   await waitHeadActive(c, name);

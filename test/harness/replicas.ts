@@ -4,13 +4,15 @@ import { call } from '../../shared/grpc.js';
 import { expect } from 'vitest';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { clusterDataSecurity } from './data-auth.js';
+import type { DataSecurity } from '../../shared/data-protocol/auth/data-security.js';
 
 // Reads every replica of a volume directly from its storage node over the
 // data protocol (our real client), to check what each copy holds on its own.
 // Any cluster will do: only its manager client is used (a LocalCluster, or
 // daemons started from configuration files).
 
-export type ManagerOf = Pick<LocalCluster, 'client'>;
+/** A LocalCluster, or daemons started by hand: their manager client and the data-path credentials they were given. */
+export type ManagerOf = LocalCluster | (Pick<LocalCluster, 'client'> & { dataSecurity: () => DataSecurity });
 
 export interface ReplicaCopy { segment: number; slot: number; serverId: string; data: Buffer }
 
@@ -19,7 +21,7 @@ export async function readEveryReplica(c: ManagerOf, volume: string): Promise<{ 
   const detail = await call(m, 'ShowVolume', { name: volume }).finally(() => m.close());
   const map = detail.map!;
   const conns = new Map<string, NodeConnection>();
-  const security = clusterDataSecurity(c);
+  const security = 'dataSecurity' in c && typeof c.dataSecurity === 'function' ? c.dataSecurity() : clusterDataSecurity(c as LocalCluster);
   const copies: ReplicaCopy[] = [];
   try {
     for (const seg of map.segments) {

@@ -113,7 +113,7 @@ describe('chaos: storage node failures under a verifying writer', () => {
       const map = (await call(m, 'ShowVolume', { name: 'diskfault' }).finally(() => m.close())).map!;
       const r = map.segments[0]!.replicas[0]!;
       const node = c.nodes.find((n) => n.ready.dataAddress === r.dataAddress)!;
-      const client = storageNodeClient(String(node.ready.controlAddress));
+      const client = storageNodeClient(String(node.ready.controlAddress), c.tls.security());
       await call(client, 'SetDiskFault', { diskId: r.diskId, faulty: true }).finally(() => client.close());
     });
   }, 120_000);

@@ -18,7 +18,7 @@ const COMMANDS = [
   ['volume', 'create'], ['volume', 'delete'], ['volume', 'list'], ['volume', 'show'], ['volume', 'attach'], ['volume', 'detach'],
   ['volume', 'access'], ['volume', 'handoff'], ['volume', 'wipe'], ['volume', 'resize'], ['volume', 'recon'],
   ['disk', 'fail'], ['server', 'fail'], ['resync', 'list'], ['resync', 'watch'], ['events'],
-  ['job', 'list'], ['job', 'show'], ['job', 'abort'], ['job', 'watch'],
+  ['job', 'list'], ['job', 'show'], ['job', 'abort'], ['job', 'watch'], ['doctor'], ['ca'], ['ca', 'init'], ['ca', 'issue'],
 ];
 
 describe('vsky --help', () => {
@@ -146,11 +146,11 @@ describe('vsky admin commands against a running cluster', () => {
       ];
       for (const cmd of commands) {
         // The reader is gone before vsky writes a byte: every write meets EPIPE.
-        const r = await vskyIntoClosedPipe([...cmd, '--manager', m]);
+        const r = await vskyIntoClosedPipe([...cmd, '--manager', m, ...c.tlsArgs()]);
         expect(r, cmd.join(' ')).toEqual({ code: 0, signal: null, stderr: '' });
       }
       // What a person types: the first line arrives, nothing else is printed.
-      const shell = await tryRun('bash', ['-c', `"${process.execPath}" "${vskyEntry()}" volume show piped --manager ${m} | head -1; exit \${PIPESTATUS[0]}`]);
+      const shell = await tryRun('bash', ['-c', `"${process.execPath}" "${vskyEntry()}" volume show piped --manager ${m} ${c.tlsArgs().join(' ')} | head -1; exit \${PIPESTATUS[0]}`]);
       expect(shell.exitCode).toBe(0);
       expect(String(shell.stdout)).toMatch(/piped/);
       expect(String(shell.stderr)).toBe('');

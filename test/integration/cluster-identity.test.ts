@@ -24,7 +24,7 @@ describe('a manager never adopts disks of another cluster', () => {
   it('after the manager\'s database is lost, the nodes are refused, clearly, and keep every chunk', async () => {
     const uri = await c.ensureVolume('keep', 32 * 1024 * 1024, 3);
     await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x6b 0 1M', uri]);
-    const node1 = storageNodeClient(String(c.nodes[0]!.ready.controlAddress));
+    const node1 = storageNodeClient(String(c.nodes[0]!.ready.controlAddress), c.tls.security());
     try {
       const before = await call(node1, 'ListChunks', { diskId: '' });
       expect(before.chunks.length).toBeGreaterThan(0);

@@ -66,7 +66,8 @@ describe('vsky doctor', () => {
     const sn = join(c.opts.dir, 'sn-full.toml');
     writeFileSync(sn, `data-dir = "${c.opts.dir}"\ndisk = ["${huge}"]\n`);
     const mgr = join(c.opts.dir, 'mgr.toml');
-    writeFileSync(mgr, `data-dir = "${join(c.opts.dir, 'manager')}"\nxmlrpc-tls-cert = "${crt}"\n`);
+    // The cluster's own gRPC certificates (DIR/tls, docs/security.md) are checked too.
+    writeFileSync(mgr, `data-dir = "${join(c.opts.dir, 'manager')}"\nxmlrpc-tls-cert = "${crt}"\ntls-dir = "${c.tls.dir}"\n`);
     const { code, report } = await doctor(['--no-cluster', '--config', sn, '--config', mgr]);
     expect(code).toBe(1);
     const disk = about(report, 'disk', /huge\.img/)[0]!;
@@ -76,6 +77,8 @@ describe('vsky doctor', () => {
     const cert = about(report, 'certificate', /xmlrpc-tls-cert/)[0]!;
     expect(cert.level).toBe('warning');
     expect(cert.message).toMatch(/expires in [23]\.\d days/);
+    expect(about(report, 'certificate', /tls-dir manager\.crt/)[0]).toMatchObject({ level: 'ok', message: expect.stringMatching(/^valid until /) });
+    expect(about(report, 'certificate', /tls-dir ca\.crt/)[0]).toMatchObject({ level: 'ok' });
   });
 
   it('disks filled by a real volume: nearly full disks and pool (exit 1)', { timeout: 60_000 }, async () => {

@@ -50,7 +50,7 @@ describe('vsky events', () => {
 
   it('--follow prints a new event within a couple of seconds and stops on SIGINT', async () => {
     const m = c.managerAddress;
-    const follower = execa(process.execPath, [vskyEntry(), 'events', '--follow', '--json', '--target', 'volume:ev1', '--manager', m], { reject: false });
+    const follower = execa(process.execPath, [vskyEntry(), 'events', '--follow', '--json', '--target', 'volume:ev1', '--manager', m, ...c.tlsArgs()], { reject: false });
     const lines: Event[] = [];
     let buf = '';
     follower.stdout!.on('data', (d: Buffer) => {
@@ -81,7 +81,7 @@ describe('vsky events', () => {
     const m = c.managerAddress;
     expect((await vsky(['volume', 'create', 'ev2', '--size', '16M'], m)).exitCode).toBe(0);
     const before = await vskyJson<Event[]>(['events', '--limit', '10000'], m);
-    const follower = execa(process.execPath, [vskyEntry(), 'events', '--follow', '--json', '--target', 'volume:ev2', '--manager', m], { reject: false });
+    const follower = execa(process.execPath, [vskyEntry(), 'events', '--follow', '--json', '--target', 'volume:ev2', '--manager', m, ...c.tlsArgs()], { reject: false });
     const lines: Event[] = [];
     follower.stdout!.on('data', (d: Buffer) => {
       for (const l of d.toString().split('\n')) if (l.trim()) lines.push(JSON.parse(l) as Event);

@@ -73,7 +73,7 @@ describe('online resize of an attached volume (real processes)', () => {
     const disks = await vskyJson<Array<{ usedChunks: number }>>(['disk', 'list'], c.managerAddress);
     let onNodes = 0;
     for (const n of c.nodes) {
-      const client = storageNodeClient(String(n.ready.controlAddress));
+      const client = storageNodeClient(String(n.ready.controlAddress), c.tls.security());
       try {
         onNodes += (await call(client, 'ListChunks', { diskId: '' })).chunks.filter((x) => x.identity?.volumeId).length;
       } finally {

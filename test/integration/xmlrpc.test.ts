@@ -5,6 +5,7 @@ import { GiB } from '../../shared/constants.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { run } from '../harness/tools.js';
 import { vskyJson } from '../harness/vsky.js';
+import { channelCredentials } from '../../shared/security/credentials.js';
 import { PythonClient, grpcHealth, grpcReflectionServices, httpPost, seededFuzzBodies } from './xmlrpc/helpers.js';
 
 // VastSky 3.0's XML-RPC API on a real local cluster, driven by Python 3's
@@ -265,10 +266,12 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
       [String(c.nodes[0]!.ready.controlAddress), 'vsky.storage.StorageNode'],
       [c.headEndpoints[0]!.grpc, 'vsky.head.HeadAgent'],
     ] as const;
+    // Health and reflection are open to every certificate of the cluster, even a read-only one (shared/security/policy.ts).
+    const creds = channelCredentials(c.tls.security('readonly'));
     for (const [address, service] of daemons) {
-      expect(await grpcHealth(address, service)).toBe('SERVING');
-      expect(await grpcHealth(address, '')).toBe('SERVING');
-      expect(await grpcReflectionServices(address)).toEqual(expect.arrayContaining([service, 'grpc.health.v1.Health']));
+      expect(await grpcHealth(address, service, creds)).toBe('SERVING');
+      expect(await grpcHealth(address, '', creds)).toBe('SERVING');
+      expect(await grpcReflectionServices(address, creds)).toEqual(expect.arrayContaining([service, 'grpc.health.v1.Health']));
     }
   });
 });

@@ -144,9 +144,9 @@ const require = createRequire(import.meta.url);
 const LOADER: protoLoader.Options = { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true };
 
 /** grpc.health.v1.Health/Check: the serving status of a service ('' is the server). */
-export function grpcHealth(address: string, service: string): Promise<string> {
+export function grpcHealth(address: string, service: string, creds: grpc.ChannelCredentials): Promise<string> {
   const def = grpc.loadPackageDefinition(protoLoader.loadSync(healthProtoPath, LOADER)) as any; // eslint-disable-line @typescript-eslint/no-explicit-any
-  const client = new def.grpc.health.v1.Health(address, grpc.credentials.createInsecure());
+  const client = new def.grpc.health.v1.Health(address, creds);
   return new Promise((resolve, reject) => {
     client.Check({ service }, { deadline: Date.now() + 5000 }, (err: Error | null, res: { status: string }) => {
       client.close();
@@ -157,10 +157,10 @@ export function grpcHealth(address: string, service: string): Promise<string> {
 }
 
 /** grpc.reflection.v1 ServerReflectionInfo list_services: the names of the services the server has. */
-export function grpcReflectionServices(address: string): Promise<string[]> {
+export function grpcReflectionServices(address: string, creds: grpc.ChannelCredentials): Promise<string[]> {
   const file = require.resolve('@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto');
   const def = grpc.loadPackageDefinition(protoLoader.loadSync(file, LOADER)) as any; // eslint-disable-line @typescript-eslint/no-explicit-any
-  const client = new def.grpc.reflection.v1.ServerReflection(address, grpc.credentials.createInsecure());
+  const client = new def.grpc.reflection.v1.ServerReflection(address, creds);
   return new Promise((resolve, reject) => {
     const stream = client.ServerReflectionInfo({ deadline: Date.now() + 5000 });
     stream.on('data', (res: { listServicesResponse?: { service: { name: string }[] } }) => {
