@@ -45,6 +45,8 @@ export interface ManagerOptions {
   xmlrpc?: XmlRpcServerOptions;
   /** HOST:PORT of the Prometheus endpoint (GET /metrics; port 0 = pick); undefined: not served. */
   metricsListen?: string;
+  /** Pool thresholds raising pool.threshold events (fractions; default 0.8 and 0.95; docs/thin-provisioning.md). */
+  poolThresholds?: { warn?: number; critical?: number };
 }
 
 export interface ManagerHandle {
@@ -70,7 +72,7 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   const core = await ManagerCore.open({
     dataDir: opts.dataDir, chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, leaseTtlMs: opts.leaseTtlMs, now: deps.now,
     resyncMibps: opts.resyncMibps, resyncProgressTimeoutMs: opts.resyncProgressTimeoutMs, resyncLimits: opts.resyncLimits,
-    spareDisks: opts.spareDisks, jobRetention: opts.jobRetention,
+    spareDisks: opts.spareDisks, jobRetention: opts.jobRetention, poolThresholds: opts.poolThresholds,
   }, peers);
 
   // API call metrics only when metrics are served (nothing is wrapped otherwise).

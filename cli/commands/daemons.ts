@@ -100,6 +100,8 @@ function managerCommand(program: Command): Command {
     .option('--xmlrpc-token <token>', 'require this access token as the HTTP basic-auth password of every XML-RPC call '
       + '(default: $VSKY_XMLRPC_TOKEN; none: no authentication, as VastSky)')
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: pick one; docs/metrics.md). Default: not served', hostPortArg)
+    .option('--pool-warn <percent>', 'pool use (percent of the usable chunks) that raises a pool.threshold warning event (thin volumes; docs/thin-provisioning.md)', percentArg, 80)
+    .option('--pool-critical <percent>', 'pool use (percent) that raises a pool.threshold critical event', percentArg, 95)
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startManager } = await import('../../manager/daemon.js');
@@ -112,9 +114,15 @@ function managerCommand(program: Command): Command {
         spareDisks: (o.spareDisk as string[]).length > 0 ? o.spareDisk as string[] : undefined,
         jobRetention: { keepPerVolume: o.jobKeep, maxAgeMs: o.jobMaxAge * 3600 * 1000 },
         xmlrpc: o.xmlrpc === false ? undefined : { listen: o.xmlrpcListen, tlsCert: o.xmlrpcTlsCert, tlsKey: o.xmlrpcTlsKey, token: token || undefined },
-        metricsListen: o.metricsListen,
+        metricsListen: o.metricsListen, poolThresholds: { warn: o.poolWarn / 100, critical: o.poolCritical / 100 },
       }));
     });
+}
+
+function percentArg(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0 || n > 100) throw new CommanderInvalid(`invalid percentage "${v}": give 1..100, e.g. 80`);
+  return n;
 }
 
 function storageNodeCommand(program: Command): Command {
@@ -155,6 +163,8 @@ function headAgentCommand(program: Command): Command {
     .option('--nbd-port <port>', 'NBD port (0: pick one)', intArg, DEFAULT_NBD_PORT)
     .option('--iscsi-port <port>', 'iSCSI portal port (0: pick one)', intArg, DEFAULT_ISCSI_PORT)
     .option('--no-iscsi', 'serve NBD only')
+    .option('--segment-allocate-timeout <ms>', 'thin volumes: milliseconds a first write to an unallocated segment waits for the manager '
+      + 'to give it chunks before it fails with ENOSPC (a full pool fails at once; docs/thin-provisioning.md)', positiveIntArg, 10_000)
     .option('--stale-report-timeout <ms>', 'milliseconds a write waits for the manager to record a failed replica as stale '
       + 'before it fails with EIO (it is never acknowledged before)', intArg, 10_000)
     .option('--data-timeout <ms>', 'milliseconds a storage node may send nothing (no reply, no answer to a PING probe) while '
@@ -171,6 +181,7 @@ function headAgentCommand(program: Command): Command {
       await runDaemon('head-agent', o.logLevel, () => startHeadAgent({
         dataDir: o.dataDir, name: o.name, host: o.host, grpcPort: o.grpcPort, nbdPort: o.nbdPort,
         iscsiPort: o.iscsi === false ? undefined : o.iscsiPort, staleReportTimeoutMs: o.staleReportTimeout,
+        segmentAllocateTimeoutMs: o.segmentAllocateTimeout,
         dataTimeoutMs: o.dataTimeout, flushTimeoutMs: o.flushTimeout,
         managerAddress: o.manager, heartbeatIntervalMs: o.heartbeatInterval, metricsListen: o.metricsListen,
       }));

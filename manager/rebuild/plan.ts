@@ -207,6 +207,8 @@ interface Found {
   /** On a disk that can serve it (its node does not report it failed). */
   readable: boolean;
   inSync: boolean;
+  /** The chunk's volume is thin: its segments without chunks are unallocated, not lost. */
+  thin: boolean;
 }
 
 type DiskUse = 'ok' | 'failed' | 'aside';
@@ -336,7 +338,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
         name: id.volumeName, size: id.volumeSize, replicas: id.replicas, segmentCount: id.segmentCount,
         segment: id.segment, idSlot: id.slot, generation: id.generation, epoch: id.epoch,
         staleSlots: id.staleSlots >>> 0, mapVersion: id.mapVersion, written: c.writtenRegions, lvolid: id.lvolid ?? 0,
-        readable: disk.use === 'ok', inSync: false,
+        readable: disk.use === 'ok', inSync: false, thin: id.thin === true,
       };
       const group = groups.get(f.volumeId);
       if (group) group.push(f);
@@ -468,9 +470,12 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
       if (!good) noGoodCopy.add(list[0]!.segment);
     }
     const complete = covered - noGoodCopy.size;
+    // Thin (docs/thin-provisioning.md): a segment no node has a chunk of was never written (or was freed).
+    const thin = c.chunks.some((f) => f.thin);
+    const bySegmentIndex = new Map(bySegment.map((l) => [l[0]!.segment, l]));
 
     // Rule 6: committed, rolled back, or left for an admin.
-    if (complete < segmentCount) {
+    if (complete < (thin ? covered : segmentCount)) {
       const neverUsed = c.chunks.every((f) => f.epoch === 0 && f.mapVersion === 0);
       const state = `${covered} of ${segmentCount} segments have a chunk, ${complete} a good copy`;
       if (neverUsed && (complete === 0 || covered * 2 < segmentCount)) {
@@ -481,7 +486,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
         const bad: number[] = [];
         for (let s = 0, i = 0; s < segmentCount && bad.length <= 8; s++) {
           while (i < covered && bySegment[i]![0]!.segment < s) i++;
-          if (i >= covered || bySegment[i]![0]!.segment !== s || noGoodCopy.has(s)) bad.push(s);
+          if ((!thin && (i >= covered || bySegment[i]![0]!.segment !== s)) || noGoodCopy.has(s)) bad.push(s);
         }
         const n = segmentCount - complete;
         const why = `volume ${id} (${name}): ${plural(n, 'segment')} without a good copy (${bad.slice(0, 8).join(', ')}${n > 8 ? ', ...' : ''}; ${state})`;
@@ -516,7 +521,12 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
     }
     const position: (Found | undefined)[] = new Array(k);
     for (let s = 0; s < segmentCount; s++) {
-      const list = bySegment[s]!.slice().sort(better);
+      const found = thin ? bySegmentIndex.get(s) : bySegment[s];
+      if (found === undefined) { // unallocated segment of a thin volume
+        for (let p = 0; p < k; p++) locs[2 * (s * k + p)] = locs[2 * (s * k + p) + 1] = -1;
+        continue;
+      }
+      const list = found.slice().sort(better);
       const bySlot = new Map<number, Found>();
       const kept: Found[] = [];
       for (const f of list) {
@@ -569,6 +579,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
       }
     }
     const map: ChunkMapRecord = { volumeId: id, replicas: k, segmentCount, disks: disksTable, locs };
+    if (thin) map.thin = true;
     if (stale.length > 0) map.stale = stale;
     if (idPairs.length > 0) map.ids = idPairs;
     staleReplicas += stale.length;
@@ -576,6 +587,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
       id, name, size, replicas: k, chunkSize, segmentCount, generation, epoch,
       attachedHead: '', nbdUri: '', spreadLabel, createdMs: nowMs,
     };
+    if (thin) volume.thin = true;
     if (mapVersion > 0) volume.mapVersion = mapVersion;
     const lvolid = commonLvolid(c.chunks);
     if (lvolid > 0) volume.claimedIntId = lvolid;
