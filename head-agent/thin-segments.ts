@@ -1,5 +1,5 @@
 import {
-  CapacityError, InvalidArgumentError, NotFoundError, StaleEpochError, errorMessage,
+  CapacityError, InvalidArgumentError, NotFoundError, StaleEpochError, TimeoutError, errorMessage,
 } from '../shared/errors.js';
 import { call, type ManagerClient } from '../shared/grpc.js';
 import { moduleLogger } from '../shared/logger.js';
@@ -21,6 +21,8 @@ const log = moduleLogger('head-thin');
 export const DEFAULT_SEGMENT_ALLOCATE_TIMEOUT_MS = 10_000;
 /** FreeSegment is best effort: the discard already succeeded, the chunks just stay. */
 const FREE_TIMEOUT_MS = 5_000;
+/** How long an unanswered FreeSegment is asked again (the segment's I/O waits meanwhile). */
+const FREE_RETRY_MS = 30_000;
 
 export interface ThinAllocatorOptions {
   headId: string;
@@ -64,15 +66,27 @@ export function thinAllocator(opts: ThinAllocatorOptions): SegmentAllocator {
       }
     },
 
+    // A reply lost after the manager freed the segment would leave this head
+    // writing to chunks that are gone: an unanswered call (timeout) is asked
+    // again (FreeSegment is idempotent) until it is answered, for a bounded
+    // time while the segment's I/O waits. A call that never reached the
+    // manager (unreachable) or that it refused leaves the segment allocated.
     async free(volume: LinearVolume, segment: number): Promise<void> {
-      const client = opts.manager();
-      if (client === undefined) return;
-      try {
-        const reply = await call(client, 'FreeSegment', { volume: volume.name, segment, epoch: volume.epoch, headId: opts.headId }, FREE_TIMEOUT_MS);
-        await opts.apply(reply.map!, reply.epoch, segment);
-        log.debug({ volume: volume.name, segment }, 'segment freed');
-      } catch (err) {
-        log.info({ volume: volume.name, segment, err: errorMessage(err) }, 'segment discarded but not freed (it keeps its chunks; they read as zeros)');
+      const deadline = Date.now() + FREE_RETRY_MS;
+      for (let attempt = 1; ; attempt++) {
+        const client = opts.manager();
+        if (client === undefined) return;
+        try {
+          const reply = await call(client, 'FreeSegment', { volume: volume.name, segment, epoch: volume.epoch, headId: opts.headId }, FREE_TIMEOUT_MS);
+          await opts.apply(reply.map!, reply.epoch, segment);
+          log.debug({ volume: volume.name, segment, attempt }, 'segment freed');
+          return;
+        } catch (err) {
+          if (err instanceof TimeoutError && Date.now() < deadline) continue;
+          (err instanceof TimeoutError ? log.error : log.info).call(log, { volume: volume.name, segment, err: errorMessage(err) },
+            'segment discarded but not freed (it keeps its chunks; they read as zeros)');
+          return;
+        }
       }
     },
   };

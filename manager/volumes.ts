@@ -29,6 +29,8 @@ import {
 // start turns into to-free entries the same way: no volume ever appears half made.
 
 const log = moduleLogger('manager.volumes');
+/** Segments a thin volume may have (its map and the head's mirrors grow with them, allocated or not). */
+export const MAX_THIN_SEGMENTS = 262_144;
 const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const LABEL_RE = /^[A-Za-z0-9._/-]{1,64}$/;
 
@@ -295,6 +297,10 @@ export class Volumes {
    */
   private async createThin(p: { id: number; name: string; size: number; replicas: number; chunkSize: number; segmentCount: number; spreadLabel: string }): Promise<VolumeRecord> {
     const { id, name, size, replicas, chunkSize, segmentCount, spreadLabel } = p;
+    if (segmentCount > MAX_THIN_SEGMENTS) {
+      throw new InvalidArgumentError(`cannot create thin volume ${name}: ${segmentCount} segments of ${formatSize(chunkSize)}; a volume has at most ${MAX_THIN_SEGMENTS} `
+        + `(${formatSize(MAX_THIN_SEGMENTS * chunkSize)} with this chunk size): give a smaller size`, { segmentCount });
+    }
     const totals = this.model.totals();
     if (totals.eligibleServers < replicas) {
       throw new CapacityError(`cannot create thin volume ${name}: ${replicas} replicas need ${replicas} servers with active disks, `

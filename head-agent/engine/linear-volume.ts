@@ -337,6 +337,17 @@ export class LinearVolume implements BlockDevice {
     return (this.segments[segment]?.replicas.length ?? 0) > 0;
   }
 
+  /** The run of segments from `offset` that share its allocation (BlockDevice.extentAt). */
+  extentAt(offset: number): { allocated: boolean; length: number } {
+    // Only the holder's map is current (a standby's may predate allocations): otherwise "allocated", which is always safe.
+    if (this._lease !== 'held' || !this.thin) return { allocated: true, length: this._size - offset };
+    const cs = this.chunkSize;
+    let s = Math.floor(offset / cs);
+    const allocated = this.isAllocated(s);
+    while (s + 1 < this.segments.length && this.isAllocated(s + 1) === allocated) s++;
+    return { allocated, length: Math.min(this._size, (s + 1) * cs) - offset };
+  }
+
   /** Segments with chunks. */
   allocatedSegments(): number {
     let n = 0;
