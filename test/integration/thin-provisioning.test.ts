@@ -182,6 +182,18 @@ describe('thin volumes: allocation at first write, a full pool, discards that fr
       expect(w.sense).toEqual([0x07, 0x27, 0x07]);
       const ok = await session.command(write10((3 * SEG + 2 * MiB) / 512, Buffer.alloc(4096, 0x55)), { data: Buffer.alloc(4096, 0x55) });
       expect(ok.status, `sense ${String(ok.sense)}`).toBe(0); // an allocated segment still takes writes
+      // GET LBA STATUS: the unallocated segment is DEALLOCATED up to the next allocated one; an allocated one MAPPED.
+      const lbaStatus = async (lba: number) => {
+        const cdb = Buffer.alloc(16);
+        cdb[0] = 0x9e; cdb[1] = 0x12;
+        cdb.writeBigUInt64BE(BigInt(lba), 2);
+        cdb.writeUInt32BE(24, 10);
+        const r = await session.command(cdb, { readLength: 24 });
+        expect(r.status, `sense ${String(r.sense)}`).toBe(0);
+        return { blocks: r.data.readUInt32BE(16), status: r.data[20]! & 0x0f };
+      };
+      expect(await lbaStatus((seg * SEG) / 512)).toEqual({ blocks: (80 - seg) * (SEG / 512), status: 1 });
+      expect((await lbaStatus(0)).status).toBe(0);
     } finally {
       await session.logout().catch(() => undefined);
     }
