@@ -78,6 +78,8 @@ export interface LocalClusterOptions {
   rebuildFromStorage?: boolean;
   /** Extra `vsky manager` flags, e.g. ['--resync-mibps', '8']. */
   managerArgs?: string[];
+  /** Extra `vsky head-agent` flags for every head, e.g. ['--segment-allocate-timeout', '3000']. */
+  headArgs?: string[];
   /** Extra node flags per daemon name, e.g. { head: ['--cpu-prof'] } for profiling. */
   nodeArgs?: Record<string, string[]>;
   /** Every daemon serves Prometheus metrics on a port picked on its own address (metricsEndpoints lists them). */
@@ -275,7 +277,7 @@ export class LocalCluster {
       head.args.push('head-agent', '--data-dir', join(this.opts.dir, i === 0 ? 'head' : `head${i + 1}`), '--name', `head${i + 1}`,
         '--host', a.host, '--grpc-port', String(a.grpcPort), '--nbd-port', String(a.nbdPort), '--iscsi-port', String(a.iscsiPort),
         '--heartbeat-interval', String(this.opts.heartbeatIntervalMs), '--manager', this.managerAddress, ...this.logArgs(), ...this.metricsArgs(a.host),
-        ...this.dataSecurityArgs(), ...this.tls.args());
+        ...this.dataSecurityArgs(), ...this.tls.args(), ...(this.opts.headArgs ?? []));
     });
     // allSettled: a head that failed to start must not leave its siblings' starts unawaited.
     const started = await Promise.allSettled(this.heads.map((h) => h.start()));
@@ -326,17 +328,21 @@ export class LocalCluster {
   }
 
   /** Creates the volume unless it exists, (re)attaches it to head1 (or `head`), returns its NBD URI. */
-  async ensureVolume(name: string, size: number, replicas: number, head = 'head1'): Promise<string> {
-    return (await this.ensureVolumeUrls(name, size, replicas, head)).nbd;
+  async ensureVolume(name: string, size: number, replicas: number, head = 'head1', thin = false): Promise<string> {
+    return (await this.ensureVolumeUrls(name, size, replicas, head, thin)).nbd;
   }
 
-  /** As ensureVolume, with the iSCSI URL too ('' when the head has no portal). */
-  async ensureVolumeUrls(name: string, size: number, replicas: number, head = 'head1'): Promise<{ nbd: string; iscsi: string }> {
+  /**
+   * As ensureVolume, with the iSCSI URL too ('' when the head has no portal).
+   * Volumes made here (`vsky cluster up --volume`, tests) are thick unless
+   * `thin`: ready to take writes with no manager round trip.
+   */
+  async ensureVolumeUrls(name: string, size: number, replicas: number, head = 'head1', thin = false): Promise<{ nbd: string; iscsi: string }> {
     const m = this.client();
     try {
       const { volumes } = await call(m, 'ListVolumes', {});
       const existing = volumes.find((v) => v.name === name);
-      if (!existing) await call(m, 'CreateVolume', { name, size, replicas, spreadLabel: '' }, 120_000);
+      if (!existing) await call(m, 'CreateVolume', { name, size, replicas, spreadLabel: '', thick: !thin }, 120_000);
       // Attaching to the head that already holds it re-pushes the map (new epoch).
       // Named, not '': the manager only picks a head by itself when exactly one is registered.
       const r = await call(m, 'AttachVolume', { name, head }, 30_000);

@@ -7,7 +7,7 @@ import { parseHostPort } from '../shared/units.js';
 import type { VolumeMap__Output } from '../proto/generated/vsky/common/VolumeMap.js';
 import type { ExportRegistry } from './engine/block-device.js';
 import { NodeControlClients } from './engine/node-control-clients.js';
-import { LinearVolume, type LeaseRequester, type LeaseState } from './engine/linear-volume.js';
+import { LinearVolume, type LeaseRequester, type LeaseState, type SegmentAllocator } from './engine/linear-volume.js';
 import { Mirror, MutationTracker, rejectOnReplicaFailure, type ReplicaFailureHandler } from './engine/mirror.js';
 import type { LeaseClaim } from './manager-link.js';
 import type { NodePool } from './engine/node-pool.js';
@@ -41,6 +41,8 @@ export interface AttachmentsOptions {
   nodeClients?: NodeControlClients;
   /** How a standby volume asks the manager for the write lease (head-agent/lease-requester.ts). */
   leaseRequester?: LeaseRequester;
+  /** How a thin volume's first write gets its segment's chunks (head-agent/thin-segments.ts). */
+  segmentAllocator?: SegmentAllocator;
 }
 
 /** How Attach takes a volume (proto AttachVolumeRequest's standby and reconcile). */
@@ -75,9 +77,12 @@ export class Attachments implements ExportRegistry {
   private serial: Promise<unknown> = Promise.resolve();
   private readonly sweeper: NodeJS.Timeout;
   private readonly leaseRequester: LeaseRequester | undefined;
+  /** Set by the daemon once the manager link exists (thin volumes). */
+  segmentAllocator: SegmentAllocator | undefined;
 
   constructor(opts: AttachmentsOptions) {
     this.leaseRequester = opts.leaseRequester;
+    this.segmentAllocator = opts.segmentAllocator;
     this.pool = opts.pool;
     this.failureHandler = opts.failureHandler ?? rejectOnReplicaFailure;
     this.maxPiece = opts.maxPiece;
@@ -153,6 +158,16 @@ export class Attachments implements ExportRegistry {
    */
   updateMap(map: VolumeMap, epoch: number): Promise<void> {
     return this.exclusive(() => this.doUpdateMap(map, epoch));
+  }
+
+  /**
+   * The manager's answer to this head's AllocateSegment or FreeSegment: like
+   * a map update, and the one way a segment's allocation changes on an
+   * attached volume. A pushed map never allocates or frees a segment here (it
+   * may predate our own allocation or free); only the answer naming it does.
+   */
+  applySegment(map: VolumeMap, epoch: number, segment: number): Promise<void> {
+    return this.exclusive(() => this.doUpdateMap(map, epoch, segment));
   }
 
   /** The write leases held here, for the heartbeat that renews them. */
@@ -265,8 +280,10 @@ export class Attachments implements ExportRegistry {
     const volume = new LinearVolume({
       name: map.name, volumeId: map.volumeId, size: map.size, chunkSize: map.chunkSize, standby,
       epoch, generation: map.generation, segments, tracker, maxPiece: this.maxPiece, intentGroupBytes: this.intentGroupBytes,
+      thin: map.thin === true,
     });
     volume.leaseRequester = this.leaseRequester;
+    volume.allocator = this.segmentAllocator;
     volume.onFenced = (v, err) => this.log.error({ volume: v.name, volumeId: v.volumeId, epoch: v.epoch, err: errorMessage(err) },
       'volume fenced: another head holds its lease now; every request on this head fails until it is attached here again');
     this.volumes.set(map.name, volume);
@@ -281,7 +298,7 @@ export class Attachments implements ExportRegistry {
     this.log.info({ volume: name, volumeId: volume.volumeId, force }, 'volume detached');
   }
 
-  private async doUpdateMap(map: VolumeMap, epoch: number): Promise<void> {
+  private async doUpdateMap(map: VolumeMap, epoch: number, segmentChanged?: number): Promise<void> {
     validateMap(map, epoch);
     const volume = this.volumes.get(map.name);
     if (volume === undefined) throw new NotFoundError(`volume ${map.name} is not attached to this head`, { volume: map.name });
@@ -307,6 +324,8 @@ export class Attachments implements ExportRegistry {
     for (const seg of map.segments) {
       if (seg.index >= oldCount) continue;
       const mirror = volume.segment(seg.index);
+      // Thin: allocation changes only through this head's own AllocateSegment/FreeSegment answer (applySegment).
+      if ((mirror.replicas.length === 0) !== (seg.replicas.length === 0) && seg.index !== segmentChanged) continue;
       const replicas: Replica[] = [];
       const fresh: Replica[] = [];
       for (const loc of [...seg.replicas].sort((a, b) => a.slot - b.slot)) {
@@ -473,7 +492,11 @@ export function validateMap(map: VolumeMap, epoch: number): void {
   for (const seg of map.segments) {
     if (!Number.isInteger(seg.index) || seg.index < 0 || seg.index >= count || seen.has(seg.index)) bad(`segment index ${seg.index} missing, repeated or out of range`);
     seen.add(seg.index);
-    if (!Array.isArray(seg.replicas) || seg.replicas.length === 0 || seg.replicas.length > 31) bad(`segment ${seg.index} has ${seg.replicas?.length ?? 0} replicas`);
+    if (!Array.isArray(seg.replicas) || seg.replicas.length > 31) bad(`segment ${seg.index} has ${seg.replicas?.length ?? 0} replicas`);
+    if (seg.replicas.length === 0) {
+      if (map.thin !== true) bad(`segment ${seg.index} has no replicas (only a thin volume's segments may be unallocated)`);
+      continue;
+    }
     const slots = new Set<number>();
     let inSync = 0;
     for (const r of seg.replicas) {

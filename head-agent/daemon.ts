@@ -3,6 +3,7 @@ import { daemonRegistry, startMetricsServer, type MetricsServer } from '../share
 import { NodeControlClients } from './engine/node-control-clients.js';
 import { startControlServer, type ControlServer } from './control-service.js';
 import { leaseRequester } from './lease-requester.js';
+import { thinAllocator } from './thin-segments.js';
 import { ManagerLink, loadHeadId } from './manager-link.js';
 import { startNbdServer, type NbdServerHandle } from './frontend/nbd/server.js';
 import type { NbdTlsSettings } from './frontend/nbd/handshake-driver.js';
@@ -41,6 +42,8 @@ export interface HeadAgentOptions {
   heartbeatIntervalMs: number;
   /** How long a write waits for the manager to record a failed replica stale before it fails (default 10000). */
   staleReportTimeoutMs?: number;
+  /** Thin volumes: how long a first write waits for its segment's chunks before ENOSPC (default 10000). */
+  segmentAllocateTimeoutMs?: number;
   /**
    * A storage node silent this long (no reply, PING probe unanswered) while
    * requests to it are outstanding is taken as hung: its replicas are dropped
@@ -88,6 +91,12 @@ export async function startHeadAgent(opts: HeadAgentOptions): Promise<HeadAgentH
     pool, failureHandler, nodeClients,
     leaseRequester: opts.managerAddress === undefined ? undefined : leaseRequester({ headId, manager: () => link?.managerClient }),
   });
+  if (opts.managerAddress !== undefined) {
+    attachments.segmentAllocator = thinAllocator({
+      headId, manager: () => link?.managerClient, timeoutMs: opts.segmentAllocateTimeoutMs,
+      apply: (map, epoch, segment) => attachments.applySegment(map, epoch, segment),
+    });
+  }
   const resync = new ResyncService({ volumes: attachments, clients: nodeClients, defaultManager: () => link?.managerClient });
   const jobs = new JobHost({ headId, pool, clients: nodeClients, manager: () => link?.managerClient });
   let nbd: NbdServerHandle | undefined;

@@ -11,7 +11,7 @@ import type { Registry } from './registry.js';
 
 interface Named { name?: string; headId?: string }
 
-const HEAD_ID_METHODS = new Set(['HeadHeartbeat', 'AcquireLease', 'ReportReplicaFailure', 'ReportJob']);
+const HEAD_ID_METHODS = new Set(['HeadHeartbeat', 'AcquireLease', 'ReportReplicaFailure', 'ReportJob', 'AllocateSegment', 'FreeSegment']);
 
 export function managerSelfCheck(registry: Registry): SelfCheck {
   return (method, request, caller) => {

@@ -98,6 +98,7 @@ export interface SegmentReplica extends ChunkLocation {
 /** Every replica of one segment, then its drain targets. */
 export function segmentReplicas(map: ChunkMapRecord, segment: number): SegmentReplica[] {
   const out: SegmentReplica[] = [];
+  if (map.locs[2 * segment * map.replicas]! < 0) return out; // unallocated (thin)
   for (let slot = 0; slot < map.replicas; slot++) {
     const r = positionOf(map, segment, slot);
     out.push({ slot, r, idSlot: identitySlot(map, r), state: replicaState(map, r), move: false, ...replicaLocation(map, r) });

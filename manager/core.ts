@@ -19,6 +19,9 @@ import { holderEpoch } from './types.js';
 import { Jobs } from './jobs/runner.js';
 import { DEFAULT_JOB_RETENTION, type JobRetention } from './jobs/retention.js';
 import { Volumes } from './volumes.js';
+import { moveOf } from './chunk-map.js';
+import { ThinSegments } from './thin/segments.js';
+import { checkThresholds, DEFAULT_POOL_THRESHOLDS, PoolWatch, provisioning, type PoolLevel, type PoolThresholds } from './thin/pool.js';
 import type { IntIdCounters } from '../proto/generated/vsky/common/IntIdCounters.js';
 
 // The manager without its network face: the store loaded into memory and the
@@ -51,6 +54,8 @@ export interface CoreOptions {
   eventRetention?: number;
   /** Ended job records kept: the last N per volume, and none older (manager/jobs/retention.ts). */
   jobRetention?: Partial<JobRetention>;
+  /** Pool thresholds (fractions of the usable chunks in use) that raise pool.threshold events (default 0.8 and 0.95). */
+  poolThresholds?: Partial<PoolThresholds>;
 }
 
 export interface StatusData {
@@ -62,9 +67,19 @@ export interface StatusData {
   usedBytes: number;
   volumes: number;
   heads: number;
+  provisionedBytes: number;
+  allocatedBytes: number;
+  overcommit: number;
+  poolUsedFraction: number;
+  poolLevel: PoolLevel;
+  poolWarn: number;
+  poolCritical: number;
 }
 
 export class ManagerCore {
+  /** Thin provisioning: segment allocation and free (manager/thin/). */
+  thin!: ThinSegments;
+  pool: PoolWatch | undefined;
   private constructor(
     readonly store: ManagerStore,
     readonly model: PlacementModel,
@@ -200,6 +215,18 @@ export class ManagerCore {
         resyncs.wake(why);
       };
       await core.jobs.load();
+      core.pool = new PoolWatch(checkThresholds({ ...DEFAULT_POOL_THRESHOLDS, ...opts.poolThresholds }), events);
+      core.thin = new ThinSegments(store, model, registry, peers, volumes, freer, pusher);
+      core.thin.events = events;
+      core.thin.onChanged = () => { core.status(); };
+      core.thin.segmentBusy = (volumeId, segment, map) => {
+        for (let slot = 0; slot < map.replicas; slot++) {
+          if (resyncs.book.forSlot(volumeId, segment, slot)) return 'a resync or drain copies into it';
+          if (moveOf(map, segment * map.replicas + slot)) return 'it is being drained';
+        }
+        return undefined;
+      };
+      core.status();
       log.info({
         dataDir: opts.dataDir, servers: snap.servers.length, disks: snap.disks.length, heads: snap.heads.length,
         volumes: snap.volumes.length, pendingRolledBack: snap.pending.length, toFree: freer.size, resyncs: snap.resyncs.length, latestEventSeq: events.latestSeq,
@@ -217,12 +244,28 @@ export class ManagerCore {
     const disks = this.registry.listDisks().filter((d) => d.state !== 'removed');
     let capacity = 0;
     let used = 0;
+    let usable = 0;
+    let usableUsed = 0;
     for (const d of disks) {
       const u = this.model.diskUsage(d.id);
       capacity += d.chunkCount * d.chunkSize;
       used += (u?.used ?? 0) * d.chunkSize;
+      if (d.state === 'active' && !d.draining) {
+        usable += d.chunkCount * d.chunkSize;
+        usableUsed += (u?.used ?? 0) * d.chunkSize;
+      }
     }
+    const prov = provisioning(this.volumes.entries());
+    const fraction = usable > 0 ? usableUsed / usable : 0;
+    const level = this.pool?.check(usableUsed, usable) ?? 'ok';
     return {
+      provisionedBytes: prov.provisionedBytes,
+      allocatedBytes: prov.allocatedBytes,
+      overcommit: usable > 0 ? prov.provisionedBytes / usable : 0,
+      poolUsedFraction: fraction,
+      poolLevel: level,
+      poolWarn: this.pool?.thresholds.warn ?? DEFAULT_POOL_THRESHOLDS.warn,
+      poolCritical: this.pool?.thresholds.critical ?? DEFAULT_POOL_THRESHOLDS.critical,
       servers: servers.length,
       serversActive: servers.filter((s) => s.state === 'active').length,
       disks: disks.length,

@@ -51,6 +51,8 @@ export interface ManagerOptions {
   metricsListen?: string;
   /** Key file (32 bytes, 0600) sealing the secrets stored in the database; undefined: stored in clear (logged). */
   secretKeyFile?: string;
+  /** Pool thresholds raising pool.threshold events (fractions; default 0.8 and 0.95; docs/thin-provisioning.md). */
+  poolThresholds?: { warn?: number; critical?: number };
 }
 
 export interface ManagerHandle {
@@ -78,7 +80,7 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   const core = await ManagerCore.open({
     dataDir: opts.dataDir, secrets, chunkSize: opts.chunkSize, heartbeatTimeoutMs: opts.heartbeatTimeoutMs, leaseTtlMs: opts.leaseTtlMs, now: deps.now,
     resyncMibps: opts.resyncMibps, resyncProgressTimeoutMs: opts.resyncProgressTimeoutMs, resyncLimits: opts.resyncLimits,
-    spareDisks: opts.spareDisks, jobRetention: opts.jobRetention,
+    spareDisks: opts.spareDisks, jobRetention: opts.jobRetention, poolThresholds: opts.poolThresholds,
   }, peers);
 
   // API call metrics only when metrics are served (nothing is wrapped otherwise).

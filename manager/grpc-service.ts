@@ -15,7 +15,7 @@ import { diskView, headView, serverView, volumeMapView, volumeView } from './vie
 
 export function managerHandlers(core: ManagerCore): ManagerHandlers {
   const { registry, volumes, attachments, leases, decommission, gc, model, failures, resyncs } = core;
-  const info = (v: VolumeRecord) => volumeView(v, registry, volumeHealth(resyncs, volumes, v.id), leases.state(v));
+  const info = (v: VolumeRecord) => volumeView(v, registry, volumeHealth(resyncs, volumes, v.id), leases.state(v), volumes.byVolumeId(v.id)?.map);
   const moved = (m: LeaseMove) => ({ info: info(m.volume), epoch: m.epoch, clean: m.clean, waitMs: m.waitMs });
   return {
     RegisterServer: unary(async (req) => {
@@ -70,7 +70,7 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     ListHeads: unary(async () => ({ heads: registry.listHeads().map((h) => headView(h, core.attachedTo(h.id), registry.headClockOffset(h.id))) })),
 
     CreateVolume: unary(async (req) => info(await volumes.create({
-      name: req.name, size: req.size, replicas: req.replicas, spreadLabel: req.spreadLabel,
+      name: req.name, size: req.size, replicas: req.replicas, spreadLabel: req.spreadLabel, thin: !req.thick,
     }))),
     DeleteVolume: unary(async (req) => {
       await volumes.delete(req.name);
@@ -128,6 +128,8 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
       return jobView(await core.jobs.abort(req.jobId));
     }),
     ReportJob: unary(async (req) => core.jobs.copies.report(req)),
+    AllocateSegment: unary(async (req) => core.thin.allocate({ volume: req.volume, segment: req.segment, epoch: req.epoch, headId: req.headId })),
+    FreeSegment: unary(async (req) => core.thin.free({ volume: req.volume, segment: req.segment, epoch: req.epoch, headId: req.headId })),
     ReconVolume: unary(async (req) => {
       const { volume } = volumes.entry(req.name);
       const last = core.jobs.list(volume.name).filter((j) => j.volumeId === volume.id).at(-1);

@@ -3,7 +3,7 @@ import { collectedGauge, countByState, stateSamples, type Sample } from '../shar
 import type { ManagerCore } from './core.js';
 import type { JobState } from './jobs/records.js';
 import type { LeaseState } from './leases.js';
-import type { ChunkMapRecord, DiskState, HeadState, ResyncState, ServerState } from './types.js';
+import { allocatedSegments, type ChunkMapRecord, type DiskState, HeadState, ResyncState, ServerState } from './types.js';
 
 // The manager's Prometheus metrics (docs/metrics.md): the cluster as the
 // manager sees it, computed from its in-memory state at scrape time (no
@@ -40,6 +40,10 @@ export function registerManagerMetrics(registry: Registry, core: ManagerCore): v
   gauge('vsky_manager_capacity_bytes', 'Capacity of the pool: every disk not removed, failed ones included (as `vsky status`).', [], () => [{ labels: {}, value: core.status().capacityBytes }]);
   gauge('vsky_manager_allocated_bytes', 'Bytes of the pool allocated to volumes (chunks in use).', [], () => [{ labels: {}, value: core.status().usedBytes }]);
   gauge('vsky_manager_volumes', 'Volumes.', [], () => [{ labels: {}, value: volumes.list().length }]);
+  gauge('vsky_manager_provisioned_bytes', 'Raw bytes (every replica) the volumes promise; above the capacity the pool is overcommitted (thin volumes).', [], () =>
+    [{ labels: {}, value: core.status().provisionedBytes }]);
+  gauge('vsky_manager_volume_allocated_bytes', 'Bytes of the volume with chunks (allocated segments x chunk size, one copy; thick volumes: their size).', ['volume'], () =>
+    [...volumes.entries()].map((e) => ({ labels: { volume: e.volume.name }, value: Math.min(allocatedSegments(e.map) * e.volume.chunkSize, e.volume.size) })));
   gauge('vsky_manager_volume_degraded_segments', 'Segments of the volume with fewer in-sync replicas than it should have (a replica stale or resyncing).', ['volume'], () =>
     [...volumes.entries()].map((e) => ({ labels: { volume: e.volume.name }, value: degradedSegments(e.map) })));
   gauge('vsky_manager_degraded_segments', 'Segments of all volumes with a replica stale or resyncing.', [], () => {

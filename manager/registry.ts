@@ -343,10 +343,25 @@ export class Registry {
     return h.lastHeartbeatMs + this.leaseTtlMs - this.now();
   }
 
+  private lastCheckMs: number | undefined;
+
   /** Marks servers and heads failed whose heartbeats stopped. */
   async checkTimeouts(): Promise<void> {
     const now = this.now();
     const limit = this.opts.heartbeatTimeoutMs;
+    // The manager itself did not run for a while (SIGSTOP, a paused VM, a long
+    // stall): the silence is ours, not the peers'. Their heartbeats queued up
+    // unread; give them one timeout from now instead of failing every server
+    // and head at once (which would mark every replica stale).
+    const wall = Date.now(); // the process's own pauses, whatever clock the registry runs on (tests fake `now`)
+    const gap = this.lastCheckMs === undefined ? 0 : wall - this.lastCheckMs;
+    this.lastCheckMs = wall;
+    if (gap > limit / 2) {
+      log.warn({ pausedMs: gap, timeoutMs: limit }, 'the manager did not run for a while: heartbeat timeouts restart from now');
+      for (const s of this.servers.values()) if (s.state === 'active') s.lastHeartbeatMs = Math.max(s.lastHeartbeatMs, now);
+      for (const h of this.heads.values()) if (h.state === 'active') h.lastHeartbeatMs = Math.max(h.lastHeartbeatMs, now);
+      return;
+    }
     const batch = this.store.batch();
     for (const s of this.servers.values()) {
       if (s.state === 'active' && !s.halted && now - s.lastHeartbeatMs > limit) {

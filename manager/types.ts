@@ -149,6 +149,12 @@ export interface VolumeRecord {
    * job on it succeeds (which clears this), or with an explicit, logged override.
    */
   dirty?: { jobId: string; kind: string; state: string; sinceMs: number };
+  /**
+   * Thin (docs/thin-provisioning.md): a segment gets its chunks at its first
+   * write (AllocateSegment) and gives them back when wholly discarded
+   * (FreeSegment). Absent: thick (every chunk reserved at create).
+   */
+  thin?: boolean;
 }
 
 /** The lease epoch the attached head holds, or undefined when no head holds the lease. */
@@ -195,6 +201,23 @@ export interface ChunkMapRecord {
    * segment keeps full redundancy throughout. At most one per position.
    */
   moves?: number[];
+  /**
+   * Thin volume: a segment whose every position is [-1, -1] in `locs` is
+   * unallocated (no chunks; reads zeros). forEachReplica skips it.
+   */
+  thin?: boolean;
+}
+
+/** A thin map's segment without chunks (manager/thin/). */
+export function isUnallocated(map: ChunkMapRecord, segment: number): boolean {
+  return map.locs[2 * segment * map.replicas]! < 0;
+}
+
+/** Segments with chunks. */
+export function allocatedSegments(map: ChunkMapRecord): number {
+  let n = 0;
+  for (let s = 0; s < map.segmentCount; s++) if (!isUnallocated(map, s)) n++;
+  return n;
 }
 
 export type ResyncState = 'queued' | 'running';
@@ -313,6 +336,7 @@ export function forEachReplica(map: ChunkMapRecord, fn: (ref: ReplicaRef) => voi
   for (let r = 0; r < total; r++) {
     const segment = Math.floor(r / map.replicas);
     const slot = r % map.replicas;
+    if (map.locs[2 * r]! < 0) continue; // an unallocated segment of a thin volume
     fn({
       r, segment, slot, idSlot: ids?.get(r) ?? slot,
       diskId: map.disks[map.locs[2 * r]!]!,
@@ -345,7 +369,9 @@ export function chunkMapProblem(map: ChunkMapRecord): string | undefined {
   if (!Array.isArray(map.locs) || map.locs.length !== total * 2) return `expected ${total * 2} location numbers, found ${map.locs?.length}`;
   for (let i = 0; i < map.locs.length; i += 2) {
     const ref = map.locs[i]!;
-    if (!(ref >= 0 && ref < map.disks.length) || !(map.locs[i + 1]! >= 0)) return `replica ${i / 2} has no location`;
+    const r = i / 2;
+    if (map.thin && ref === -1 && map.locs[i + 1] === -1 && isUnallocated(map, Math.floor(r / map.replicas))) continue;
+    if (!(ref >= 0 && ref < map.disks.length) || !(map.locs[i + 1]! >= 0)) return `replica ${r} has no location`;
   }
   const position = (r: number | undefined) => Number.isInteger(r) && r! >= 0 && r! < total;
   const idSlot = (x: number | undefined) => Number.isInteger(x) && x! >= 0 && x! <= 255;
@@ -380,6 +406,7 @@ export const EVENT_KINDS = [
   'gc.freed',
   'job.succeeded', 'job.failed', 'job.aborted', 'job.fenced',
   'intid.conflict', 'disk.bad_blocks', 'server.halted', 'head.halted',
+  'segment.allocated', 'segment.allocate_failed', 'segment.freed', 'pool.threshold',
 ] as const;
 
 export type EventKind = (typeof EVENT_KINDS)[number];

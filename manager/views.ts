@@ -6,7 +6,7 @@ import type { ServerInfo } from '../proto/generated/vsky/manager/ServerInfo.js';
 import type { VolumeInfo } from '../proto/generated/vsky/manager/VolumeInfo.js';
 import type { PlacementModel } from './placement.js';
 import type { Registry } from './registry.js';
-import { forEachReplica, type ChunkMapRecord, type DiskRecord, type HeadRecord, type ServerRecord, type VolumeRecord } from './types.js';
+import { allocatedSegments, forEachReplica, type ChunkMapRecord, type DiskRecord, type HeadRecord, type ServerRecord, type VolumeRecord } from './types.js';
 
 // Records -> wire messages (proto/manager.proto, proto/common.proto).
 
@@ -47,7 +47,9 @@ export interface VolumeHealth {
 }
 
 /** `attached_head` carries the head's name (what an admin types), or its id if the head is unknown. */
-export function volumeView(v: VolumeRecord, registry: Registry, health?: VolumeHealth, lease?: { lease: string; renewedAgoMs: number }): VolumeInfo {
+export function volumeView(v: VolumeRecord, registry: Registry, health?: VolumeHealth, lease?: { lease: string; renewedAgoMs: number },
+  map?: ChunkMapRecord): VolumeInfo {
+  const allocated = map ? allocatedSegments(map) : v.segmentCount;
   const headName = (id: string | undefined): string => (id ? (registry.head(id)?.name ?? id) : '');
   return {
     standbyHead: headName(v.standbyHead), standbyNbdUri: v.standbyNbdUri ?? '', standbyIscsiUrl: v.standbyIscsiUrl ?? '',
@@ -59,6 +61,7 @@ export function volumeView(v: VolumeRecord, registry: Registry, health?: VolumeH
     nbdUri: v.nbdUri, createdMs: v.createdMs, iscsiUrl: v.iscsiUrl ?? '',
     iscsiInitiators: v.access?.initiators ?? [], iscsiChap: Boolean(v.access?.chapUser),
     iscsiMutualChap: Boolean(v.access?.mutualUser), lvolid: v.intId ?? 0,
+    thin: v.thin === true, allocatedSegments: allocated, allocatedBytes: Math.min(allocated * v.chunkSize, v.size),
     legality: v.dirty ? 'DIRTY' : 'LEGAL', dirtyJob: v.dirty ? `${v.dirty.kind} job ${v.dirty.jobId} ${v.dirty.state}` : '',
   };
 }
@@ -66,10 +69,10 @@ export function volumeView(v: VolumeRecord, registry: Registry, health?: VolumeH
 /** What a head needs to assemble the volume: every segment's replica locations. */
 export function volumeMapView(v: VolumeRecord, map: ChunkMapRecord, registry: Registry): VolumeMap {
   const segments: SegmentMap[] = [];
+  for (let i = 0; i < map.segmentCount; i++) segments.push({ index: i, replicas: [] }); // unallocated (thin) ones stay empty
   const serverOf = new Map<string, ServerRecord | undefined>();
   for (const diskId of map.disks) serverOf.set(diskId, registry.serverOfDisk(diskId));
   forEachReplica(map, (r) => {
-    if (r.slot === 0 && !r.move) segments.push({ index: r.segment, replicas: [] });
     const server = serverOf.get(r.diskId);
     segments[r.segment]!.replicas!.push({
       slot: r.idSlot, serverId: server?.id ?? '', dataAddress: server?.dataAddress ?? '', diskId: r.diskId,
@@ -78,6 +81,6 @@ export function volumeMapView(v: VolumeRecord, map: ChunkMapRecord, registry: Re
   });
   return {
     volumeId: v.id, name: v.name, size: v.size, chunkSize: v.chunkSize, replicas: v.replicas,
-    generation: v.generation, segments,
+    generation: v.generation, segments, thin: map.thin === true,
   };
 }

@@ -29,6 +29,8 @@ import {
 // start turns into to-free entries the same way: no volume ever appears half made.
 
 const log = moduleLogger('manager.volumes');
+/** Segments a thin volume may have (its map and the head's mirrors grow with them, allocated or not). */
+export const MAX_THIN_SEGMENTS = 262_144;
 const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const LABEL_RE = /^[A-Za-z0-9._/-]{1,64}$/;
 
@@ -42,6 +44,8 @@ export interface CreateVolumeInput {
   size: number;
   replicas: number;
   spreadLabel: string;
+  /** Segments get their chunks at first write (docs/thin-provisioning.md); default thick here (internal callers, XML-RPC). */
+  thin?: boolean;
 }
 
 export interface VolumesOptions {
@@ -207,6 +211,7 @@ export class Volumes {
     const chunkSize = this.opts.chunkSize;
     const segmentCount = Math.ceil(size / chunkSize);
     const spreadLabel = input.spreadLabel || this.defaultSpreadLabel();
+    if (input.thin) return this.createThin({ id, name, size, replicas, chunkSize, segmentCount, spreadLabel });
     const plan = this.model.place({ volumeId: id, segmentCount, replicas, spreadLabel, chunkSize });
     this.nextId++;
     const vlog = log.child({ volumeId: id, volume: name });
@@ -284,6 +289,48 @@ export class Volumes {
       this.creating.delete(id);
       this.creatingNames.delete(name);
     }
+  }
+
+  /**
+   * A thin volume: no chunk is placed now (a segment gets its K chunks at its
+   * first write, manager/thin/), so one batch writes the volume and its
+   * all-unallocated map. Refused when fewer than K servers could ever hold a
+   * segment.
+   */
+  private async createThin(p: { id: number; name: string; size: number; replicas: number; chunkSize: number; segmentCount: number; spreadLabel: string }): Promise<VolumeRecord> {
+    const { id, name, size, replicas, chunkSize, segmentCount, spreadLabel } = p;
+    if (segmentCount > MAX_THIN_SEGMENTS) {
+      throw new InvalidArgumentError(`cannot create thin volume ${name}: ${segmentCount} segments of ${formatSize(chunkSize)}; a volume has at most ${MAX_THIN_SEGMENTS} `
+        + `(${formatSize(MAX_THIN_SEGMENTS * chunkSize)} with this chunk size): give a smaller size`, { segmentCount });
+    }
+    const totals = this.model.totals();
+    if (totals.eligibleServers < replicas) {
+      throw new CapacityError(`cannot create thin volume ${name}: ${replicas} replicas need ${replicas} servers with active disks, `
+        + `only ${totals.eligibleServers} have any; add servers (vsky server add) or use fewer replicas`, { replicas, servers: totals.eligibleServers });
+    }
+    this.nextId++;
+    const volume: VolumeRecord = {
+      id, name, size, replicas, chunkSize, segmentCount, generation: 1, epoch: 0,
+      attachedHead: '', nbdUri: '', spreadLabel, createdMs: Date.now(), thin: true,
+    };
+    const lvol = this.lvolIds?.reserveVolume(segmentCount);
+    if (lvol) volume.intId = lvol.id;
+    const map = buildChunkMap(id, replicas, segmentCount, []);
+    map.thin = true;
+    const batch = this.store.batch().putNextVolumeId(this.nextId).putVolume(volume).putChunkMap(map)
+      .event('volume.created', `volume:${name}`, 'created (thin: segments get their chunks at first write)',
+        { volumeId: id, size, replicas, segments: segmentCount, spreadLabel, generation: volume.generation, thin: true });
+    if (lvol) batch.putNextIntId('lvol', lvol.next);
+    this.creatingNames.add(name);
+    try {
+      await this.store.write(batch);
+    } finally {
+      this.creatingNames.delete(name);
+    }
+    this.byId.set(id, { volume, map });
+    this.byName.set(name, id);
+    log.info({ volumeId: id, volume: name, size: formatSize(size), segmentCount, replicas }, 'thin volume created');
+    return volume;
   }
 
   /** Turns pending creates of an earlier process into to-free entries (one batch). */

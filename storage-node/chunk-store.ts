@@ -26,6 +26,8 @@ export interface ChunkIdentity {
   epoch: number;
   /** The volume's VastSky-style integer id (0 or absent: none; a manager rebuilt from storage gives it back). */
   lvolid?: number;
+  /** The volume is thin (disk-format.ts flags). */
+  thin?: boolean;
 }
 
 export class VolumeEntry {
@@ -326,7 +328,7 @@ export class ChunkStore {
     Object.assign(rec, {
       state: ChunkState.OWNED, volumeId: id.volumeId, segment: id.segment, slot: id.slot, segmentCount: id.segmentCount,
       replicas: id.replicas, volumeSize: id.volumeSize, volumeName: id.volumeName, generation: id.generation,
-      epoch: Math.max(id.epoch, vol?.epoch ?? 0), lvolid: id.lvolid ?? 0,
+      epoch: Math.max(id.epoch, vol?.epoch ?? 0), lvolid: id.lvolid ?? 0, thin: id.thin === true,
     });
     const previous = chunk.rec;
     chunk.busy = true;

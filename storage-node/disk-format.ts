@@ -20,7 +20,7 @@ import { CorruptMetadataError } from '../shared/errors.js';
 // Chunk record slot, format version 3 (all big-endian):
 //   0   u32 magic 'VSKD'        4  u32 CRC-32 of bytes [8, slot end)
 //   8   u64 sequence            16 disk UUID (16 bytes)
-//   32  u32 chunk index         36 u8 state  37 u8 slot  38 u8 name length  39 u8 reserved (0)
+//   32  u32 chunk index         36 u8 state  37 u8 slot  38 u8 name length  39 u8 flags (bit 0: thin volume)
 //   40  u32 volume id           44 u32 segment   48 u32 segment count   52 u32 replicas
 //   56  u64 volume size
 //   64  u64 volume generation   (0..2^53-1; above: the slot is corrupt)
@@ -151,6 +151,12 @@ export interface ChunkRecordData {
   jobOutcome: JobOutcomeName;
   /** The volume's VastSky-style integer id (manager/xmlrpc/ids.ts); 0: none recorded. */
   lvolid: number;
+  /**
+   * The volume is thin (docs/thin-provisioning.md): its segments without
+   * chunks are unallocated, not lost (a rebuild from storage reads it). Byte
+   * 39, reserved as 0 before, so older records read as thick.
+   */
+  thin: boolean;
   /** regionBits / 8 bytes; bit r set = region r has been written (else it reads as zeros). */
   bitmap: Uint8Array;
   /**
@@ -260,7 +266,7 @@ export function emptyRecord(regionBits: number): ChunkRecordData {
   return {
     state: ChunkState.FREE, volumeId: 0, segment: 0, slot: 0, segmentCount: 0, replicas: 0,
     volumeSize: 0, volumeName: '', generation: 0, epoch: 0, staleSlots: 0, mapVersion: 0,
-    legality: Legality.LEGAL, jobId: '', jobKind: '', jobOutcome: '', lvolid: 0, bitmap: new Uint8Array(regionBits / 8),
+    legality: Legality.LEGAL, jobId: '', jobKind: '', jobOutcome: '', lvolid: 0, thin: false, bitmap: new Uint8Array(regionBits / 8),
     dirty: new Uint8Array(regionBits / 8),
   };
 }
@@ -290,6 +296,7 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   buf[36] = rec.state;
   buf[37] = rec.slot;
   buf[38] = name.length;
+  buf[39] = rec.thin ? 1 : 0;
   buf.writeUInt32BE(rec.volumeId, 40);
   buf.writeUInt32BE(rec.segment, 44);
   buf.writeUInt32BE(rec.segmentCount, 48);
@@ -374,6 +381,7 @@ export function decodeRecord(buf: Buffer, chunkIndex: number, diskId: Buffer, re
       jobKind,
       jobOutcome,
       lvolid: v3 ? buf.readUInt32BE(164) : 0,
+      thin: (buf[39]! & 1) === 1,
       bitmap: new Uint8Array(buf.subarray(fixed, fixed + mapBytes)),
       dirty: new Uint8Array(buf.subarray(fixed + mapBytes, fixed + 2 * mapBytes)),
     },

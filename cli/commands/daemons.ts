@@ -141,6 +141,8 @@ function managerCommand(program: Command): Command {
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: pick one; docs/metrics.md). Default: not served', hostPortArg)
     .option('--secret-key-file <file>', 'key (32 random bytes, mode 0600, outside the data directory) sealing the iSCSI CHAP secrets '
       + 'stored in the database (AES-256-GCM); secrets found in clear are sealed at start. Default: stored in clear (logged)')
+    .option('--pool-warn <percent>', 'pool use (percent of the usable chunks) that raises a pool.threshold warning event (thin volumes; docs/thin-provisioning.md)', percentArg, 80)
+    .option('--pool-critical <percent>', 'pool use (percent) that raises a pool.threshold critical event', percentArg, 95)
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startManager } = await import('../../manager/daemon.js');
@@ -153,9 +155,15 @@ function managerCommand(program: Command): Command {
         spareDisks: (o.spareDisk as string[]).length > 0 ? o.spareDisk as string[] : undefined,
         jobRetention: { keepPerVolume: o.jobKeep, maxAgeMs: o.jobMaxAge * 3600 * 1000 },
         xmlrpc: o.xmlrpc === false ? undefined : { listen: o.xmlrpcListen, tlsCert: o.xmlrpcTlsCert, tlsKey: o.xmlrpcTlsKey, token: token || undefined },
-        metricsListen: o.metricsListen, secretKeyFile: o.secretKeyFile,
+        metricsListen: o.metricsListen, secretKeyFile: o.secretKeyFile, poolThresholds: { warn: o.poolWarn / 100, critical: o.poolCritical / 100 },
       }))));
     });
+}
+
+function percentArg(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0 || n > 100) throw new CommanderInvalid(`invalid percentage "${v}": give 1..100, e.g. 80`);
+  return n;
 }
 
 function storageNodeCommand(program: Command): Command {
@@ -196,6 +204,8 @@ function headAgentCommand(program: Command): Command {
     .option('--nbd-port <port>', 'NBD port (0: pick one)', intArg, DEFAULT_NBD_PORT)
     .option('--iscsi-port <port>', 'iSCSI portal port (0: pick one)', intArg, DEFAULT_ISCSI_PORT)
     .option('--no-iscsi', 'serve NBD only')
+    .option('--segment-allocate-timeout <ms>', 'thin volumes: milliseconds a first write to an unallocated segment waits for the manager '
+      + 'to give it chunks before it fails with ENOSPC (a full pool fails at once; docs/thin-provisioning.md)', positiveIntArg, 10_000)
     .option('--stale-report-timeout <ms>', 'milliseconds a write waits for the manager to record a failed replica as stale '
       + 'before it fails with EIO (it is never acknowledged before)', intArg, 10_000)
     .option('--data-timeout <ms>', 'milliseconds a storage node may send nothing (no reply, no answer to a PING probe) while '
@@ -217,6 +227,7 @@ function headAgentCommand(program: Command): Command {
       await runDaemon('head-agent', o.logLevel, withTls(o, o.name, 'head', (log) => (dataSecurity(o, log), startHeadAgent({
         dataDir: o.dataDir, name: o.name, host: o.host, grpcPort: o.grpcPort, nbdPort: o.nbdPort,
         iscsiPort: o.iscsi === false ? undefined : o.iscsiPort, staleReportTimeoutMs: o.staleReportTimeout,
+        segmentAllocateTimeoutMs: o.segmentAllocateTimeout,
         dataTimeoutMs: o.dataTimeout, flushTimeoutMs: o.flushTimeout,
         managerAddress: o.manager, heartbeatIntervalMs: o.heartbeatInterval, metricsListen: o.metricsListen,
         nbdTls: loadNbdTls({ mode: o.nbdTls, cert: o.nbdTlsCert, key: o.nbdTlsKey, ca: o.nbdTlsCa }),

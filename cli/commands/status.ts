@@ -13,14 +13,18 @@ export function registerStatusCommand(program: Command): void {
         const out = process.stdout;
         out.write(`servers: ${s.serversActive}/${s.servers} active   disks: ${s.disksActive}/${s.disks} active   heads: ${s.heads}\n`);
         out.write(`capacity: ${formatSize(s.capacityBytes)}   allocated: ${formatSize(s.usedBytes)} (${s.capacityBytes ? ((100 * s.usedBytes) / s.capacityBytes).toFixed(1) : '0.0'}%)\n`);
+        const level = s.poolLevel === 'ok' ? 'ok' : `${s.poolLevel.toUpperCase()} (above ${Math.round(100 * (s.poolLevel === 'critical' ? s.poolCritical : s.poolWarn))}%: thin volumes fail first writes with ENOSPC when the pool is full)`;
+        out.write(`pool: ${(100 * s.poolUsedFraction).toFixed(1)}% used, ${level}   provisioned: ${formatSize(s.provisionedBytes)}   `
+          + `volumes allocated: ${formatSize(s.allocatedBytes)}   overcommit: ${s.overcommit.toFixed(2)}x (raw bytes, every replica)\n`);
         const degraded = s.volumeList.filter((v) => v.degraded);
         out.write(`volumes: ${s.volumes}${degraded.length ? `   DEGRADED: ${degraded.map((v) => `${v.name} (${v.resyncs} resync(s), ${(100 * v.resyncProgress).toFixed(0)}%)`).join(', ')}` : '   all fully redundant'}\n`);
         for (const d of draining) {
           out.write(`draining: disk ${d.diskId} on ${d.serverName}, ${d.chunksLeft} chunk(s) left${d.note ? ` - waiting: ${d.note}` : ''}\n`);
         }
         if (s.volumeList.length > 0) {
-          printTable(s.volumeList.map((v) => ({ ...v, size: formatSize(v.size), health: v.degraded ? `degraded ${(100 * v.resyncProgress).toFixed(0)}%` : 'ok' })),
-            { name: 'VOLUME', size: 'SIZE', replicas: 'K', health: 'HEALTH', state: 'STATE', attachedHead: 'HEAD', nbdUri: 'NBD' });
+          printTable(s.volumeList.map((v) => ({ ...v, size: formatSize(v.size), health: v.degraded ? `degraded ${(100 * v.resyncProgress).toFixed(0)}%` : 'ok',
+            allocated: v.thin ? `${formatSize(v.allocatedBytes)} thin` : 'thick' })),
+            { name: 'VOLUME', size: 'SIZE', allocated: 'ALLOCATED', replicas: 'K', health: 'HEALTH', state: 'STATE', attachedHead: 'HEAD', nbdUri: 'NBD' });
         }
       });
     }));

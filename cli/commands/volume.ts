@@ -8,14 +8,16 @@ import { DEFAULT_REPLICAS } from '../../shared/constants.js';
 export function registerVolumeCommands(program: Command): void {
   const volume = program.command('volume').description('logical volumes: create, delete, list, show, attach, detach');
 
-  adminCommand(volume, 'create', 'create a mirrored volume')
+  adminCommand(volume, 'create', 'create a mirrored volume (thin: a segment gets its chunks at its first write; --thick reserves them all now)')
     .argument('<name>', 'volume name: letters, digits, . _ -')
     .requiredOption('--size <size>', 'volume size, e.g. 10G', sizeArg)
     .option('--replicas <k>', 'copies of every segment', positiveIntArg, DEFAULT_REPLICAS)
     .option('--spread <label>', 'put replicas on distinct values of this server label, e.g. rack')
+    .option('--thick', 'reserve every chunk now (fails unless the pool holds the whole volume; default: thin, docs/thin-provisioning.md)')
     .action((name: string, o) => withManager(o, async (m) => {
-      const v = await call(m, 'CreateVolume', { name, size: o.size, replicas: o.replicas, spreadLabel: o.spread ?? '' }, 120_000);
-      emit(o, v, () => process.stdout.write(`created volume ${v.name} (id ${v.volumeId}): ${formatSize(v.size)}, ${v.replicas} replicas, ${v.segmentCount} segments\n`));
+      const v = await call(m, 'CreateVolume', { name, size: o.size, replicas: o.replicas, spreadLabel: o.spread ?? '', thick: o.thick === true }, 120_000);
+      emit(o, v, () => process.stdout.write(`created ${v.thin ? 'thin' : 'thick'} volume ${v.name} (id ${v.volumeId}): ${formatSize(v.size)}, ${v.replicas} replicas, ${v.segmentCount} segments`
+        + `${v.thin ? ' (none allocated yet: each gets its chunks at its first write)' : ''}\n`));
     }));
 
   adminCommand(volume, 'delete', 'delete a volume (it must be detached)')
@@ -27,8 +29,8 @@ export function registerVolumeCommands(program: Command): void {
 
   adminCommand(volume, 'list', 'list volumes').action((o) => withManager(o, async (m) => {
     const { volumes } = await call(m, 'ListVolumes', {});
-    emit(o, volumes, () => printTable(volumes.map((v) => ({ ...v, size: formatSize(v.size) })),
-      { name: 'NAME', volumeId: 'ID', size: 'SIZE', replicas: 'K', segmentCount: 'SEGMENTS', state: 'STATE', generation: 'GEN', epoch: 'EPOCH', attachedHead: 'HEAD', standbyHead: 'STANDBY', lease: 'LEASE', lvolid: 'LVOLID' }));
+    emit(o, volumes, () => printTable(volumes.map((v) => ({ ...v, size: formatSize(v.size), prov: v.thin ? 'thin' : 'thick', allocated: allocatedText(v) })),
+      { name: 'NAME', volumeId: 'ID', size: 'SIZE', prov: 'PROV', allocated: 'ALLOCATED', replicas: 'K', segmentCount: 'SEGMENTS', state: 'STATE', generation: 'GEN', epoch: 'EPOCH', attachedHead: 'HEAD', standbyHead: 'STANDBY', lease: 'LEASE', lvolid: 'LVOLID' }));
   }));
 
   adminCommand(volume, 'show', 'show a volume and where each replica lives')
@@ -37,7 +39,7 @@ export function registerVolumeCommands(program: Command): void {
       const d = await call(m, 'ShowVolume', { name });
       emit(o, d, () => {
         const v = d.info!;
-        process.stdout.write(`volume ${v.name} (id ${v.volumeId}): ${formatSize(v.size)}, ${v.replicas} replicas, state ${v.state}, generation ${v.generation}${v.legality === 'DIRTY' ? ` DIRTY (${v.dirtyJob})` : ''}, epoch ${v.epoch}${v.attachedHead ? `, attached to ${v.attachedHead} at ${v.nbdUri}` : ''}\n`);
+        process.stdout.write(`volume ${v.name} (id ${v.volumeId}): ${formatSize(v.size)}${v.thin ? ` thin, ${allocatedText(v)} allocated` : ''}, ${v.replicas} replicas, state ${v.state}, generation ${v.generation}${v.legality === 'DIRTY' ? ` DIRTY (${v.dirtyJob})` : ''}, epoch ${v.epoch}${v.attachedHead ? `, attached to ${v.attachedHead} at ${v.nbdUri}` : ''}\n`);
         if (v.attachedHead) {
           process.stdout.write(`write lease: ${v.lease} by ${v.attachedHead} (renewed ${(v.leaseRenewedMsAgo / 1000).toFixed(1)} s ago)`
             + `${v.standbyHead ? `; standby (live migration) ${v.standbyHead} at ${v.standbyNbdUri}` : ''}\n`);
@@ -98,4 +100,9 @@ export function registerVolumeCommands(program: Command): void {
       await call(m, 'DetachVolume', { name, force: Boolean(o.force), head: o.head ?? '' }, 60_000);
       emit(o, { detached: name, head: o.head ?? '' }, () => process.stdout.write(`detached volume ${name}${o.head ? ` from ${o.head}` : ''}\n`));
     }));
+}
+
+/** "512 MiB (2/80 seg)": what a volume has allocated (one copy). */
+function allocatedText(v: { allocatedBytes: number; allocatedSegments: number; segmentCount: number }): string {
+  return `${formatSize(v.allocatedBytes)} (${v.allocatedSegments}/${v.segmentCount} seg)`;
 }

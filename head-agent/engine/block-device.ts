@@ -33,6 +33,11 @@ export interface BlockDevice {
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void>;
   /** Hints that the range is unused; it reads as zeros afterwards. */
   discard(offset: number, length: number): Promise<void>;
+  /**
+   * Optional (thin volumes): whether the bytes at `offset` have storage, and
+   * how many bytes from there share that answer. Unallocated bytes read zeros.
+   */
+  extentAt?(offset: number): { allocated: boolean; length: number };
 }
 
 /** Finds the device exported under an export name (NBD) or LUN (iSCSI). */

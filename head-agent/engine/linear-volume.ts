@@ -1,5 +1,5 @@
 import { MAX_DATA_PAYLOAD } from '../../shared/constants.js';
-import { InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
+import { CapacityError, InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
 import type { BlockDevice } from './block-device.js';
 import { MutationTracker, type Mirror } from './mirror.js';
 import type { Replica } from './replica.js';
@@ -39,6 +39,20 @@ export interface LinearVolumeOptions {
   intentGroupBytes?: number;
   /** Start as a standby (default: held). */
   standby?: boolean;
+  /** Thin (docs/thin-provisioning.md): segments without replicas are unallocated. */
+  thin?: boolean;
+}
+
+/**
+ * Thin volumes: how a first write gets its segment's chunks, and how a wholly
+ * discarded segment gives them back (head-agent/thin-segments.ts). Both apply
+ * the manager's answer to the volume's map before they resolve.
+ */
+export interface SegmentAllocator {
+  /** Resolves once the segment has its replicas, fenced at the volume's epoch; rejects with ENOSPC (CapacityError) when it cannot. */
+  allocate(volume: LinearVolume, segment: number): Promise<void>;
+  /** Gives the segment's chunks back (after they were discarded on every replica); resolves whether or not the manager agreed. */
+  free(volume: LinearVolume, segment: number): Promise<void>;
 }
 
 export type LeaseState = 'held' | 'standby' | 'fenced';
@@ -65,6 +79,19 @@ export class LinearVolume implements BlockDevice {
   private acquiring: LeaseWait | undefined;
   /** How a standby asks for the lease (the attachments set it); without it a standby's I/O fails. */
   leaseRequester: LeaseRequester | undefined;
+  /** Thin volumes: the first write to an unallocated segment asks it for chunks. */
+  allocator: SegmentAllocator | undefined;
+  readonly thin: boolean;
+  /** First-write allocations in flight, by segment (one per segment; every waiting write shares it). */
+  private readonly allocating = new Map<number, Promise<void>>();
+  /** Segments being freed: their I/O waits until the segment is unallocated (or stays allocated). */
+  private readonly gates = new Map<number, Promise<void>>();
+  /**
+   * Ranges of allocated segments discarded or zeroed since their last write
+   * (clients split a large discard: QEMU sends at most the export's maximum
+   * request size): once a segment is covered whole, it is freed.
+   */
+  private readonly trimmed = new Map<number, TrimmedRanges>();
   /** Called once when the volume becomes fenced. */
   onFenced: ((volume: LinearVolume, err: Error) => void) | undefined;
   /** Undefined when write-intent is off. */
@@ -89,6 +116,7 @@ export class LinearVolume implements BlockDevice {
     this.maxPiece = Math.min(opts.maxPiece ?? MAX_DATA_PAYLOAD, MAX_DATA_PAYLOAD);
     this.intent = opts.intentGroupBytes === 0 ? undefined : new WriteIntent(opts.name, opts.chunkSize, expected, opts.intentGroupBytes);
     this._lease = opts.standby === true ? 'standby' : 'held';
+    this.thin = opts.thin === true;
     this.wire(opts.segments);
   }
 
@@ -257,14 +285,14 @@ export class LinearVolume implements BlockDevice {
     const seg = Math.floor(offset / cs);
     const segOff = offset - seg * cs;
     // Fast path: one piece (the common case), no array, no extra promise.
-    if (segOff + length <= cs && length <= this.maxPiece) return this.segments[seg]!.read(segOff, dest);
+    if (segOff + length <= cs && length <= this.maxPiece) return this.readSegment(seg, segOff, dest);
     const pieces: Promise<unknown>[] = [];
     for (let pos = 0; pos < length;) {
       const at = offset + pos;
       const s = Math.floor(at / cs);
       const so = at - s * cs;
       const n = Math.min(length - pos, cs - so, this.maxPiece);
-      pieces.push(this.segments[s]!.read(so, dest.subarray(pos, pos + n)));
+      pieces.push(this.readSegment(s, so, dest.subarray(pos, pos + n)));
       pos += n;
     }
     return settleAll(pieces).then(() => dest);
@@ -279,14 +307,14 @@ export class LinearVolume implements BlockDevice {
     const cs = this.chunkSize;
     const seg = Math.floor(offset / cs);
     const segOff = offset - seg * cs;
-    if (segOff + length <= cs && length <= this.maxPiece) return this.segments[seg]!.write(segOff, data, fua);
+    if (segOff + length <= cs && length <= this.maxPiece) return this.writeSegment(seg, segOff, data, fua);
     const pieces: Promise<void>[] = [];
     for (let pos = 0; pos < length;) {
       const at = offset + pos;
       const s = Math.floor(at / cs);
       const so = at - s * cs;
       const n = Math.min(length - pos, cs - so, this.maxPiece);
-      pieces.push(this.segments[s]!.write(so, data.subarray(pos, pos + n), fua));
+      pieces.push(this.writeSegment(s, so, data.subarray(pos, pos + n), fua));
       pos += n;
     }
     return settleAll(pieces);
@@ -294,12 +322,160 @@ export class LinearVolume implements BlockDevice {
 
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     if (this._lease !== 'held') return this.afterLease(() => this.writeZeroes(offset, length, fua));
+    if (this.thin) return this.thinZero(offset, length, (m, so, n) => m.writeZeroes(so, n, fua));
     return this.forEachPiece(offset, length, (m, so, n) => m.writeZeroes(so, n, fua));
   }
 
   discard(offset: number, length: number): Promise<void> {
     if (this._lease !== 'held') return this.afterLease(() => this.discard(offset, length));
+    if (this.thin) return this.thinZero(offset, length, (m, so, n) => m.discard(so, n));
     return this.forEachPiece(offset, length, (m, so, n) => m.discard(so, n));
+  }
+
+  /** Whether the segment has chunks (a thick volume's always have). */
+  isAllocated(segment: number): boolean {
+    return (this.segments[segment]?.replicas.length ?? 0) > 0;
+  }
+
+  /** The run of segments from `offset` that share its allocation (BlockDevice.extentAt). */
+  extentAt(offset: number): { allocated: boolean; length: number } {
+    // Only the holder's map is current (a standby's may predate allocations): otherwise "allocated", which is always safe.
+    if (this._lease !== 'held' || !this.thin) return { allocated: true, length: this._size - offset };
+    const cs = this.chunkSize;
+    let s = Math.floor(offset / cs);
+    const allocated = this.isAllocated(s);
+    while (s + 1 < this.segments.length && this.isAllocated(s + 1) === allocated) s++;
+    return { allocated, length: Math.min(this._size, (s + 1) * cs) - offset };
+  }
+
+  /** Segments with chunks. */
+  allocatedSegments(): number {
+    let n = 0;
+    for (const m of this.segments) if (m.replicas.length > 0) n++;
+    return n;
+  }
+
+  // Thin volumes (docs/thin-provisioning.md). An unallocated segment (a mirror
+  // without replicas) reads zeros here, with no round trip; its first write
+  // waits for the allocator (one allocation per segment, shared by every write
+  // that waits). A segment being freed holds its I/O until it is done.
+
+  private readSegment(s: number, so: number, dest: Buffer): Promise<Buffer> {
+    if (this.gates.size !== 0) {
+      const gate = this.gates.get(s);
+      if (gate !== undefined) return gate.then(() => this.resumed() ?? this.readSegment(s, so, dest));
+    }
+    const m = this.segments[s]!;
+    if (m.replicas.length === 0) {
+      dest.fill(0);
+      return Promise.resolve(dest);
+    }
+    return m.read(so, dest);
+  }
+
+  private writeSegment(s: number, so: number, data: Buffer, fua: boolean): Promise<void> {
+    if (this.gates.size !== 0) {
+      const gate = this.gates.get(s);
+      if (gate !== undefined) return gate.then(() => this.resumed() ?? this.writeSegment(s, so, data, fua));
+    }
+    const m = this.segments[s]!;
+    if (m.replicas.length === 0) return this.allocate(s).then(() => this.resumed() ?? this.writeSegment(s, so, data, fua));
+    if (this.trimmed.size !== 0) this.trimmed.delete(s);
+    return m.write(so, data, fua);
+  }
+
+  /** After a wait: the error to fail with if the volume cannot take the request any more. */
+  private resumed(): Promise<never> | undefined {
+    if (this.detached) return Promise.reject(this.detachedError());
+    if (this._lease === 'fenced') return Promise.reject(this.fencedError());
+    return undefined;
+  }
+
+  private allocate(s: number): Promise<void> {
+    let p = this.allocating.get(s);
+    if (p !== undefined) return p;
+    const allocator = this.allocator;
+    p = allocator === undefined
+      ? Promise.reject(new CapacityError(`volume ${this.name}: segment ${s} has no chunks and this head cannot allocate any`, { volume: this.name, segment: s }))
+      : allocator.allocate(this, s);
+    p = p.then(() => {
+      if (!this.isAllocated(s)) throw new CapacityError(`volume ${this.name}: segment ${s} still has no chunks after its allocation`, { volume: this.name, segment: s });
+    });
+    const done = p.finally(() => this.allocating.delete(s));
+    done.catch(() => undefined);
+    this.allocating.set(s, done);
+    return done;
+  }
+
+  /**
+   * DISCARD / WRITE_ZEROES on a thin volume: unallocated segments already
+   * read zeros (nothing to send); a segment the range covers whole is
+   * discarded on every replica and then given back (freeSegment); the rest
+   * goes to the replicas as usual (the nodes clear whole regions, zero partial ones).
+   */
+  private thinZero(offset: number, length: number, fn: (m: Mirror, segOff: number, n: number) => Promise<void>): Promise<void> {
+    const cs = this.chunkSize;
+    return this.forEachPiece(offset, length, (m, so, n) => {
+      const s = m.index;
+      if (m.replicas.length === 0 && !this.gates.has(s)) return Promise.resolve();
+      const whole = so === 0 && (n === cs || s * cs + n === this._size) && this.allocator !== undefined;
+      if (whole) return this.freeSegment(s);
+      if (this.gates.size !== 0) {
+        const gate = this.gates.get(s);
+        if (gate !== undefined) return gate.then(() => this.resumed() ?? (this.isAllocated(s) ? this.inPieces(this.segments[s]!, so, n, fn) : undefined));
+      }
+      return this.inPieces(m, so, n, fn).then(() => this.noteTrimmed(s, so, n));
+    }, true);
+  }
+
+  /** Records a discarded range of segment s; frees the segment once all of it was discarded since its last write. */
+  private noteTrimmed(s: number, so: number, n: number): Promise<void> | undefined {
+    if (this.allocator === undefined || !this.isAllocated(s)) return undefined;
+    let t = this.trimmed.get(s);
+    if (t === undefined) this.trimmed.set(s, (t = new TrimmedRanges()));
+    t.add(so, so + n);
+    if (!t.covers(Math.min(this.chunkSize, this._size - s * this.chunkSize))) return undefined;
+    this.trimmed.delete(s);
+    return this.freeSegment(s);
+  }
+
+  /** Sends [so, so + n) of one segment in pieces under the payload limit. */
+  private inPieces(m: Mirror, so: number, n: number, fn: (m: Mirror, segOff: number, n: number) => Promise<void>): Promise<void> {
+    if (n <= this.maxPiece) return fn(m, so, n);
+    const pieces: Promise<void>[] = [];
+    for (let at = 0; at < n; at += this.maxPiece) pieces.push(fn(m, so + at, Math.min(this.maxPiece, n - at)));
+    return settleAll(pieces);
+  }
+
+  /**
+   * Frees a whole segment: its I/O waits (gate); mutations already in flight
+   * finish; every replica discards the whole chunk (it reads zeros: rule 7
+   * holds before the manager hands the chunks out again, and the node scrubs
+   * them when it frees them); then the allocator asks the manager to free it.
+   * If the manager cannot be asked, the segment stays allocated and reads
+   * zeros: the discard still succeeded.
+   */
+  private freeSegment(s: number): Promise<void> {
+    const pending = this.gates.get(s);
+    if (pending !== undefined) return pending;
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => { open = resolve; });
+    this.gates.set(s, gate);
+    const run = (async () => {
+      await this.tracker.barrier();
+      const m = this.segments[s]!;
+      if (m.replicas.length === 0) return;
+      const end = Math.min(this.chunkSize, this._size - s * this.chunkSize);
+      const pieces: Promise<void>[] = [];
+      for (let at = 0; at < end; at += this.maxPiece) pieces.push(m.discard(at, Math.min(this.maxPiece, end - at)));
+      await settleAll(pieces);
+      await this.allocator!.free(this, s);
+    })();
+    const done = run.finally(() => {
+      this.gates.delete(s);
+      open();
+    });
+    return done;
   }
 
   /**
@@ -389,7 +565,7 @@ export class LinearVolume implements BlockDevice {
   }
 
   private forEachPiece(
-    offset: number, length: number, fn: (m: Mirror, segOff: number, n: number) => Promise<void>,
+    offset: number, length: number, fn: (m: Mirror, segOff: number, n: number) => Promise<void>, wholeSegments = false,
   ): Promise<void> {
     const bad = this.check(offset, length);
     if (bad !== undefined) return Promise.reject(bad);
@@ -400,7 +576,8 @@ export class LinearVolume implements BlockDevice {
       const at = offset + pos;
       const s = Math.floor(at / cs);
       const so = at - s * cs;
-      const n = Math.min(length - pos, cs - so, this.maxPiece);
+      // Thin zeroing takes a segment in one piece (freeSegment splits it); mutations stay under the payload limit.
+      const n = Math.min(length - pos, cs - so, wholeSegments ? cs : this.maxPiece);
       pieces.push(fn(this.segments[s]!, so, n));
       pos += n;
     }
@@ -423,6 +600,29 @@ export class LinearVolume implements BlockDevice {
 
   private detachedError(): IoError {
     return new IoError(`volume ${this.name} is detached from this head`, { volume: this.name });
+  }
+}
+
+/** Sorted, merged [start, end) ranges of one segment (few: clients discard in large pieces). */
+export class TrimmedRanges {
+  private readonly ranges: Array<[number, number]> = [];
+
+  add(start: number, end: number): void {
+    const out: Array<[number, number]> = [];
+    let [a, b] = [start, end];
+    for (const [x, y] of this.ranges) {
+      if (y < a || x > b) out.push([x, y]);
+      else [a, b] = [Math.min(a, x), Math.max(b, y)];
+    }
+    out.push([a, b]);
+    out.sort((p, q) => p[0] - q[0]);
+    this.ranges.length = 0;
+    this.ranges.push(...out);
+  }
+
+  /** Whether [0, length) is covered. */
+  covers(length: number): boolean {
+    return this.ranges.length === 1 && this.ranges[0]![0] === 0 && this.ranges[0]![1] >= length;
   }
 }
 

@@ -154,7 +154,8 @@ export class Mirror {
     volumeName: string, index: number, replicas: readonly Replica[],
     failureHandler: ReplicaFailureHandler = rejectOnReplicaFailure, tracker: MutationTracker = new MutationTracker(),
   ) {
-    if (replicas.length === 0 || replicas.length > 31) {
+    // No replica: an unallocated segment of a thin volume (LinearVolume never sends it I/O).
+    if (replicas.length > 31) {
       throw new InvalidArgumentError(`segment ${index} of volume ${volumeName} has ${replicas.length} replicas (1..31 supported)`);
     }
     this.volumeName = volumeName;
@@ -323,7 +324,7 @@ export class Mirror {
    * retrying within the list they started with.
    */
   applyReplicas(replicas: readonly Replica[]): void {
-    if (replicas.length === 0 || replicas.length > 31) {
+    if (replicas.length > 31) {
       throw new InvalidArgumentError(`segment ${this.index} of volume ${this.volumeName} has ${replicas.length} replicas (1..31 supported)`);
     }
     this.replicas = replicas;

@@ -38,7 +38,7 @@ export async function openJobVolume(opts: JobVolumeOptions): Promise<LinearVolum
   if (opts.fence) await fenceNodes(map, segments, epoch);
   return new LinearVolume({
     name: map.name, volumeId: map.volumeId, size: map.size, chunkSize: map.chunkSize,
-    epoch, generation: map.generation, segments, tracker, intentGroupBytes: 0,
+    epoch, generation: map.generation, segments, tracker, intentGroupBytes: 0, thin: map.thin === true,
   });
 }
 

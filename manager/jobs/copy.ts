@@ -108,6 +108,7 @@ export class CopyJobs {
     if (dst.size < src.size) throw new InvalidArgumentError(`copy: destination ${dst.name} (${formatSize(dst.size)}) is smaller than source ${src.name} (${formatSize(src.size)}); resize it (vsky volume resize) or use --create with a new name; nothing changed`);
     if (dst.size > src.size) throw new InvalidArgumentError(`copy: destination ${dst.name} (${formatSize(dst.size)}) is larger than source ${src.name} (${formatSize(src.size)}): copies go to a volume of the same size (or --create with a new name); nothing changed`);
     if (dst.chunkSize !== src.chunkSize) throw new InvalidArgumentError(`copy: ${dst.name} and ${src.name} have different chunk sizes; nothing changed`);
+    if (dst.thin) throw new InvalidArgumentError(`copy: destination ${dst.name} is thin: copies go to thick volumes for now (--create makes one; docs/thin-provisioning.md); nothing changed`, { volume: dst.name });
   }
 
   /** Both volumes are detached for now (the head holding one would be writing it). */

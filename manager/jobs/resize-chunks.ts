@@ -36,6 +36,7 @@ export async function allocateGrowth(ctx: ResizeContext, j: JobRecord, volume: V
   const segmentCount = Math.ceil(size / volume.chunkSize);
   const extra = segmentCount - volume.segmentCount;
   if (extra <= 0) return [];
+  if (volume.thin) return []; // thin: the new segments get their chunks at their first write (manager/thin/)
   const plan = ctx.model.place({ volumeId: volume.id, segmentCount: extra, replicas: volume.replicas, spreadLabel: volume.spreadLabel, chunkSize: volume.chunkSize });
   const placed = plan.chunks.map((c) => ({ ...c, segment: c.segment + volume.segmentCount }));
   j.total = placed.length;
@@ -46,7 +47,7 @@ export async function allocateGrowth(ctx: ResizeContext, j: JobRecord, volume: V
       diskId: c.diskId, chunkIndex: c.chunkIndex,
       identity: {
         volumeId: volume.id, volumeName: volume.name, volumeSize: size, segment: c.segment, slot: c.slot,
-        segmentCount, replicas: volume.replicas, generation: j.expectedGeneration, epoch, lvolid: volume.intId ?? 0,
+        segmentCount, replicas: volume.replicas, generation: j.expectedGeneration, epoch, lvolid: volume.intId ?? 0, thin: volume.thin === true,
       },
     });
     j.done++;
@@ -74,6 +75,7 @@ export async function freeGrowth(ctx: ResizeContext, j: JobRecord, volumeId: num
 export function appendSegments(map: ChunkMapRecord, oldCount: number, newCount: number, placed: readonly GrowthChunk[]): void {
   const grown = buildChunkMap(map.volumeId, map.replicas, newCount - oldCount, placed.map((c) => ({ ...c, segment: c.segment - oldCount })));
   for (let i = 0; i < grown.locs.length; i += 2) {
+    if (grown.locs[i]! < 0) { map.locs.push(-1, -1); continue; } // unallocated (thin)
     const d = grown.disks[grown.locs[i]!]!;
     let ref = map.disks.indexOf(d);
     if (ref < 0) { ref = map.disks.length; map.disks.push(d); }

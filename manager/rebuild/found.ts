@@ -47,6 +47,8 @@ export interface Found {
   /** On a disk that can serve it (its node does not report it failed). */
   readable: boolean;
   inSync: boolean;
+  /** The chunk's volume is thin: its segments without chunks are unallocated, not lost. */
+  thin: boolean;
 }
 
 export type DiskUse = 'ok' | 'failed' | 'aside';

@@ -331,9 +331,11 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
       if (!good) noGoodCopy.add(list[0]!.segment);
     }
     const complete = covered - noGoodCopy.size;
+    // Thin (docs/thin-provisioning.md): a segment no node has a chunk of was never written (or was freed).
+    const thin = c.chunks.some((f) => f.thin);
 
     // Rule 6: committed, rolled back, or left for an admin.
-    if (complete < segmentCount) {
+    if (complete < (thin ? covered : segmentCount)) {
       const neverUsed = c.chunks.every((f) => f.epoch === 0 && f.mapVersion === 0);
       const state = `${covered} of ${segmentCount} segments have a chunk, ${complete} a good copy`;
       if (neverUsed && (complete === 0 || covered * 2 < segmentCount)) {
@@ -344,7 +346,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
         const bad: number[] = [];
         for (let s = 0, i = 0; s < segmentCount && bad.length <= 8; s++) {
           while (i < covered && bySegment[i]![0]!.segment < s) i++;
-          if (i >= covered || bySegment[i]![0]!.segment !== s || noGoodCopy.has(s)) bad.push(s);
+          if ((!thin && (i >= covered || bySegment[i]![0]!.segment !== s)) || noGoodCopy.has(s)) bad.push(s);
         }
         const n = segmentCount - complete;
         const why = `volume ${id} (${name}): ${plural(n, 'segment')} without a good copy (${bad.slice(0, 8).join(', ')}${n > 8 ? ', ...' : ''}; ${state})`;
@@ -355,13 +357,14 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
     }
 
     // Rules 4 and 5: the chunks kept, and their positions (positions.ts).
-    const placed = placeSegments({ id, k, segmentCount, bySegment, all: c.all, nowMs }, toFree, lost);
+    const placed = placeSegments({ id, k, segmentCount, bySegment, all: c.all, nowMs, thin }, toFree, lost);
     const { map } = placed;
     staleReplicas += placed.stale;
     const volume: VolumeRecord = {
       id, name, size, replicas: k, chunkSize, segmentCount, generation, epoch,
       attachedHead: '', nbdUri: '', spreadLabel, createdMs: nowMs,
     };
+    if (thin) volume.thin = true;
     if (mapVersion > 0) volume.mapVersion = mapVersion;
     const lvolid = commonLvolid(c.chunks);
     if (lvolid > 0) volume.claimedIntId = lvolid;

@@ -12,6 +12,8 @@ export interface PlaceInput {
   segmentCount: number;
   /** The volume's chunks per segment, segment-ascending, one list per segment 0..segmentCount-1. */
   bySegment: Found[][];
+  /** A thin volume: segments without chunks are unallocated ([-1, -1]), not lost. */
+  thin: boolean;
   /** Every chunk of this volume id (conflicting ones too): a placeholder's identity slot avoids them. */
   all: Found[];
   nowMs: number;
@@ -19,7 +21,8 @@ export interface PlaceInput {
 
 /** Builds the volume's map; frees what is not kept (into toFree); placeholder chunks are numbered from lost.next. */
 export function placeSegments(input: PlaceInput, toFree: ToFreeRecord[], lost: { next: number }): { map: ChunkMapRecord; stale: number } {
-  const { id, k, segmentCount, bySegment, nowMs } = input;
+  const { id, k, segmentCount, bySegment, nowMs, thin } = input;
+  const bySegmentIndex = new Map(bySegment.map((l) => [l[0]!.segment, l]));
   const c = { all: input.all };
   // Rules 4 and 5: the chunks kept, and their positions.
   const disksTable: string[] = [];
@@ -46,7 +49,12 @@ export function placeSegments(input: PlaceInput, toFree: ToFreeRecord[], lost: {
   }
   const position: (Found | undefined)[] = new Array(k);
   for (let s = 0; s < segmentCount; s++) {
-    const list = bySegment[s]!.slice().sort(better);
+    const found = thin ? bySegmentIndex.get(s) : bySegment[s];
+    if (found === undefined) { // unallocated segment of a thin volume
+      for (let p = 0; p < k; p++) locs[2 * (s * k + p)] = locs[2 * (s * k + p) + 1] = -1;
+      continue;
+    }
+    const list = found.slice().sort(better);
     const bySlot = new Map<number, Found>();
     const kept: Found[] = [];
     for (const f of list) {
@@ -99,6 +107,7 @@ export function placeSegments(input: PlaceInput, toFree: ToFreeRecord[], lost: {
     }
   }
   const map: ChunkMapRecord = { volumeId: id, replicas: k, segmentCount, disks: disksTable, locs };
+  if (thin) map.thin = true;
   if (stale.length > 0) map.stale = stale;
   if (idPairs.length > 0) map.ids = idPairs;
   return { map, stale: stale.length };

@@ -250,7 +250,7 @@ export async function allocateReplicaChunk(peers: PeerClients, registry: Registr
     diskId: to.diskId, chunkIndex: to.chunkIndex,
     identity: {
       volumeId: v.id, volumeName: v.name, volumeSize: v.size, segment, slot: idSlot,
-      segmentCount: v.segmentCount, replicas: v.replicas, generation: v.generation, epoch: v.epoch, lvolid: v.intId ?? 0,
+      segmentCount: v.segmentCount, replicas: v.replicas, generation: v.generation, epoch: v.epoch, lvolid: v.intId ?? 0, thin: v.thin === true,
     },
   });
 }

@@ -41,6 +41,8 @@ const MANAGER: Table = {
   HandoffVolume: [],
   SetVolumeAccess: [],
   ReportReplicaFailure: ['head'],
+  AllocateSegment: ['head'],
+  FreeSegment: ['head'],
   FailDisk: [],
   FailServer: [],
   ReportResyncProgress: ['head', 'node'],
@@ -68,6 +70,9 @@ const STORAGE_NODE: Table = {
   SetDiskFault: [],
   NoteSegment: ['manager'],
   SetVolumeState: ['manager', 'head'],
+  KeepVolumeNote: ['manager'],
+  MarkVolumeDeleting: ['manager'],
+  KeepDiskNote: ['manager'],
 };
 
 const HEAD_AGENT: Table = {

@@ -59,7 +59,7 @@ export async function runCopyBench(sizeMiB = 512, leaseTtlMs = 8000, keep = fals
   const c = await startTestCluster({ heads: 2, diskSize, chunkSize: 64 * MiB, managerArgs: ['--lease-ttl', String(leaseTtlMs)], logLevel: 'warn' });
   const work = mkdtempSync(join(tmpdir(), 'vsky-copy-bench-'));
   try {
-    const create = (name: string) => ok(['volume', 'create', name, '--size', String(bytes), '--replicas', '2'], c);
+    const create = (name: string) => ok(['volume', 'create', name, '--size', String(bytes), '--replicas', '2', '--thick'], c);
     await create('src');
     const file = join(work, 'src.img');
     randomFile(file, bytes);

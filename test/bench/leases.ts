@@ -54,7 +54,7 @@ async function withManager<T>(c: LocalCluster, fn: (m: ReturnType<LocalCluster['
 
 async function prepare(c: LocalCluster, name: string): Promise<{ uri1: string; uri2: string }> {
   return withManager(c, async (m) => {
-    await call(m, 'CreateVolume', { name, size: 32 * MiB, replicas: 3, spreadLabel: '' }, 60_000);
+    await call(m, 'CreateVolume', { name, size: 32 * MiB, replicas: 3, spreadLabel: '', thick: true }, 60_000);
     const uri1 = (await call(m, 'AttachVolume', { name, head: 'head1', migrate: false, force: false }, 30_000)).nbdUri;
     const uri2 = (await call(m, 'AttachVolume', { name, head: 'head2', migrate: true, force: false }, 30_000)).nbdUri;
     return { uri1, uri2 };

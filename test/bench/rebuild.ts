@@ -198,7 +198,7 @@ async function startCluster(dir: string, cfg: Config): Promise<LocalCluster> {
 /** Volumes, victim, spare; the victim's `lost` volumes written; its other volumes deleted. */
 async function prepare(m: ManagerClient, cfg: Config): Promise<{ victim: string; spare: string; fillSeconds: number; written: string[] }> {
   const names = Array.from({ length: cfg.volumes }, (_, i) => `rb${String(i).padStart(3, '0')}`);
-  for (const name of names) await call(m, 'CreateVolume', { name, size: cfg.chunk, replicas: 3, spreadLabel: '' }, 120_000);
+  for (const name of names) await call(m, 'CreateVolume', { name, size: cfg.chunk, replicas: 3, spreadLabel: '', thick: true }, 120_000);
   const replicaDisks = new Map<string, string[]>();
   for (const name of names) {
     const detail = await call(m, 'ShowVolume', { name });

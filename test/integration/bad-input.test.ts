@@ -103,9 +103,12 @@ describe('bad input is refused and the daemons keep serving', () => {
     expect(String(badName.stderr)).toMatch(/name/i);
     const badK = await vsky(['volume', 'create', 'k10', '--size', '1M', '--replicas', '10'], m);
     expect(badK.exitCode).not.toBe(0);
-    const tooBig = await vsky(['volume', 'create', 'huge', '--size', '100T'], m);
+    const tooBig = await vsky(['volume', 'create', 'huge', '--size', '100T', '--thick'], m);
     expect(tooBig.exitCode).not.toBe(0);
     expect(String(tooBig.stderr)).toMatch(/disk add|capacity|space/i);
+    const tooBigThin = await vsky(['volume', 'create', 'huge', '--size', '100T'], m); // thin: more segments than a volume may have
+    expect(tooBigThin.exitCode).not.toBe(0);
+    expect(String(tooBigThin.stderr)).toMatch(/segments/i);
     const dup = await vsky(['volume', 'create', 'v1', '--size', '1M'], m);
     expect(dup.exitCode).not.toBe(0);
     expect(String(dup.stderr)).toMatch(/exists/i);

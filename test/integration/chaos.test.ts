@@ -26,7 +26,7 @@ describe('chaos: kill -9 the head agent and re-attach the volume elsewhere', () 
 
   it('loses no acknowledged write', async () => {
     const m = c.managerAddress;
-    expect((await vsky(['volume', 'create', 'cv', '--size', '32M'], m)).exitCode).toBe(0);
+    expect((await vsky(['volume', 'create', 'cv', '--size', '32M', '--thick'], m)).exitCode).toBe(0);
     const uri1 = String((await vsky(['volume', 'attach', 'cv', '--head', 'head1'], m)).stdout).split('\n')[0]!;
     const w = new VerifyingWriter({ uri: uri1, blocks: BLOCKS, queueDepth: 8 });
     w.start();

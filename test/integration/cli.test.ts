@@ -82,7 +82,7 @@ describe('vsky admin commands against a running cluster', () => {
 
   it('creates, shows, attaches, detaches and deletes a volume', async () => {
     const m = c.managerAddress;
-    const v = await vskyJson<{ name: string; segmentCount: number; replicas: number }>(['volume', 'create', 'life', '--size', '40M', '--replicas', '2'], m);
+    const v = await vskyJson<{ name: string; segmentCount: number; replicas: number }>(['volume', 'create', 'life', '--size', '40M', '--replicas', '2', '--thick'], m);
     expect(v).toMatchObject({ name: 'life', segmentCount: 3, replicas: 2 });
     const shown = await vskyJson<{ map: { segments: { replicas: { serverId: string }[] }[] } }>(['volume', 'show', 'life'], m);
     expect(shown.map.segments).toHaveLength(3);
@@ -117,7 +117,7 @@ describe('vsky admin commands against a running cluster', () => {
     const after = await vskyJson<{ diskId: string; state: string }[]>(['disk', 'list'], m);
     expect(after.find((d) => d.diskId === added.diskId)?.state ?? 'removed').toBe('removed');
 
-    expect((await vsky(['volume', 'create', 'pin', '--size', '16M'], m)).exitCode).toBe(0);
+    expect((await vsky(['volume', 'create', 'pin', '--size', '16M', '--thick'], m)).exitCode).toBe(0);
     // Three servers, three replicas: no other server can take node2's replicas, so the drain waits and says why.
     const drain = await vskyJson<{ name: string; state: string; draining: boolean }>(['server', 'remove', 'node2', '--no-wait'], m);
     expect(drain).toMatchObject({ name: 'node2', state: 'active', draining: true });
@@ -139,7 +139,7 @@ describe('vsky admin commands against a running cluster', () => {
 
   it('exits quietly when its output pipe is closed (`vsky ... | head -1`)', { timeout: 120_000 }, async () => {
     const m = c.managerAddress;
-    expect((await vsky(['volume', 'create', 'piped', '--size', '40M'], m)).exitCode).toBe(0);
+    expect((await vsky(['volume', 'create', 'piped', '--size', '40M', '--thick'], m)).exitCode).toBe(0);
     try {
       const commands = [
         ['volume', 'show', 'piped'], ['volume', 'show', 'piped', '--json'], ['disk', 'list'], ['events', '--limit', '1000'], ['volume', '--help'],

@@ -82,7 +82,7 @@ describe('vsky doctor', () => {
   });
 
   it('disks filled by a real volume: nearly full disks and pool (exit 1)', { timeout: 60_000 }, async () => {
-    const r = await vsky(['volume', 'create', 'big', '--size', '80M', '--replicas', '3'], c.managerAddress);
+    const r = await vsky(['volume', 'create', 'big', '--size', '80M', '--replicas', '3', '--thick'], c.managerAddress);
     expect(r.exitCode, String(r.stderr)).toBe(0);
     const disks = (await vskyJson<Array<{ usedChunks: number; chunkCount: number }>>(['disk', 'list'], c.managerAddress));
     // Premise: 15 of 18 chunks allocated; some disk is full.

@@ -31,7 +31,7 @@ describe('vsky events', () => {
 
   it('lists volume.created and volume.attached (with its epoch) for a volume; servers and heads came up before', async () => {
     const m = c.managerAddress;
-    expect((await vsky(['volume', 'create', 'ev1', '--size', '16M', '--replicas', '2'], m)).exitCode).toBe(0);
+    expect((await vsky(['volume', 'create', 'ev1', '--size', '16M', '--replicas', '2', '--thick'], m)).exitCode).toBe(0);
     expect((await vsky(['volume', 'attach', 'ev1'], m)).exitCode).toBe(0);
     const events = await vskyJson<Event[]>(['events', '--target', 'volume:ev1'], m);
     expect(events.map((e) => e.kind)).toEqual(['volume.created', 'volume.attached']);
@@ -79,7 +79,7 @@ describe('vsky events', () => {
 
   it('keeps its events and numbering across a manager restart (killed -9); a follower rides it out', async () => {
     const m = c.managerAddress;
-    expect((await vsky(['volume', 'create', 'ev2', '--size', '16M'], m)).exitCode).toBe(0);
+    expect((await vsky(['volume', 'create', 'ev2', '--size', '16M', '--thick'], m)).exitCode).toBe(0);
     const before = await vskyJson<Event[]>(['events', '--limit', '10000'], m);
     const follower = execa(process.execPath, [vskyEntry(), 'events', '--follow', '--json', '--target', 'volume:ev2', '--manager', m, ...c.tlsArgs()], { reject: false });
     const lines: Event[] = [];

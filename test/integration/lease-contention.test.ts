@@ -27,7 +27,7 @@ describe('write leases: contention and hung holders', () => {
   const prepare = async (name: string): Promise<[string, string]> => {
     const m = c.client();
     try {
-      await call(m, 'CreateVolume', { name, size: 32 * MiB, replicas: 3, spreadLabel: '' }, 60_000);
+      await call(m, 'CreateVolume', { name, size: 32 * MiB, replicas: 3, spreadLabel: '', thick: true }, 60_000);
       const u1 = (await call(m, 'AttachVolume', { name, head: 'head1', migrate: false, force: false }, 30_000)).nbdUri;
       const u2 = (await call(m, 'AttachVolume', { name, head: 'head2', migrate: true, force: false }, 30_000)).nbdUri;
       return [u1, u2];

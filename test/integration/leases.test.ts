@@ -45,7 +45,7 @@ describe('write leases: hand-off, ping-pong, take-over, fencing', () => {
       m.close();
     }
   };
-  const create = (name: string): Promise<unknown> => grpc((m) => call(m, 'CreateVolume', { name, size: SIZE, replicas: 3, spreadLabel: '' }, 60_000));
+  const create = (name: string): Promise<unknown> => grpc((m) => call(m, 'CreateVolume', { name, size: SIZE, replicas: 3, spreadLabel: '', thick: true }, 60_000));
   const attach = async (name: string, head: string, migrate = false): Promise<string> => {
     const r = await grpc((m) => call(m, 'AttachVolume', { name, head, migrate, force: false }, 30_000));
     return r.nbdUri;

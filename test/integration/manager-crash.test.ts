@@ -22,12 +22,12 @@ describe('manager killed -9 in the middle of a volume create', () => {
   it('leaves no visible volume, and GC frees exactly the orphaned chunks', async () => {
     const m = c.managerAddress;
     // A committed volume that must survive everything below.
-    const keep = await vsky(['volume', 'create', 'keep', '--size', '32M'], m);
+    const keep = await vsky(['volume', 'create', 'keep', '--size', '32M', '--thick'], m);
     expect(keep.exitCode).toBe(0);
     c.manager.env = { VSKY_CRASH_AT: 'manager.create.allocated:5' };
     await c.manager.restart();
 
-    const doomed = await vsky(['volume', 'create', 'doomed', '--size', '96M'], m);
+    const doomed = await vsky(['volume', 'create', 'doomed', '--size', '96M', '--thick'], m);
     expect(doomed.exitCode).not.toBe(0);
     expect(await c.manager.waitExit()).toBeNull(); // killed by a signal, not a clean exit
     const orphans = (await chunksOnNodes(c)).filter((ch) => ch.volumeName === 'doomed');
@@ -52,7 +52,7 @@ describe('manager killed -9 in the middle of a volume create', () => {
     expect(disks.reduce((a, d) => a + d.usedChunks, 0)).toBe(6);
 
     // The name is free again and the new volume reads as zeros (rule 7).
-    const again = await vsky(['volume', 'create', 'doomed', '--size', '96M'], m);
+    const again = await vsky(['volume', 'create', 'doomed', '--size', '96M', '--thick'], m);
     expect(again.exitCode).toBe(0);
     const uri = String((await vsky(['volume', 'attach', 'doomed'], m)).stdout).split('\n')[0]!;
     const r = await run('qemu-io', ['-f', 'raw', '-c', `read -P 0 0 ${96 * MiB}`, uri]);

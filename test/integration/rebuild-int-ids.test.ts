@@ -67,7 +67,7 @@ describe('VastSky integer ids across a rebuild from storage', () => {
     const m = c.managerAddress;
     const a = await xr('createLogicalVolume', { lvolname: 'a', capacity: 1, redundancy: 2 });
     const gone = await xr('createLogicalVolume', { lvolname: 'gone', capacity: 1, redundancy: 2 });
-    expect((await vsky(['volume', 'create', 'b', '--size', '48M', '--replicas', '3'], m)).exitCode).toBe(0);
+    expect((await vsky(['volume', 'create', 'b', '--size', '48M', '--replicas', '3', '--thick'], m)).exitCode).toBe(0);
     const head2 = (await xr('listHeadServers')).find((h: Json) => h.name === 'head2').hsvrid;
     expect(await xr('attachLogicalVolume', { lvolid: a, hsvrid: head2 })).toBe(0);
     expect(await xr('deleteLogicalVolume', { lvolid: gone })).toBe(0);

@@ -28,7 +28,7 @@ afterAll(() => destroyTestCluster(c));
 
 describe('request ids', () => {
   it('volume create: the manager and the storage nodes it allocates chunks on log the CLI\'s id, with the volume\'s name and id', async () => {
-    const r = await vsky(['volume', 'create', 'rq1', '--size', '32M', '--replicas', '2', '--request-id', 'create-rq1-0001'], c.managerAddress);
+    const r = await vsky(['volume', 'create', 'rq1', '--size', '32M', '--replicas', '2', '--thick', '--request-id', 'create-rq1-0001'], c.managerAddress);
     expect(r.exitCode, String(r.stderr)).toBe(0);
     const manager = withId('manager', 'create-rq1-0001');
     expect(manager.map((l) => l.msg)).toEqual(expect.arrayContaining(['placement planned', 'volume created']));

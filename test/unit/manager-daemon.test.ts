@@ -79,9 +79,9 @@ describe('manager daemon', () => {
       const disk = await rpc<object, { diskId: string; chunkCount: number }>(c, 'AddDisk', { server: 'a', path: '/d0', size: 16 * CHUNK });
       expect(disk.chunkCount).toBe(16);
 
-      await expect(rpc(c, 'CreateVolume', { name: 'v', size: 4 * CHUNK, replicas: 3 })).rejects.toBeInstanceOf(errors.CapacityError);
+      await expect(rpc(c, 'CreateVolume', { name: 'v', size: 4 * CHUNK, replicas: 3, thick: true })).rejects.toBeInstanceOf(errors.CapacityError);
       await expect(rpc(c, 'CreateVolume', { name: 'v', size: 0, replicas: 1 })).rejects.toBeInstanceOf(errors.InvalidArgumentError);
-      const v = await rpc<object, { volumeId: number; segmentCount: number; state: string }>(c, 'CreateVolume', { name: 'v', size: 4 * CHUNK, replicas: 1 });
+      const v = await rpc<object, { volumeId: number; segmentCount: number; state: string }>(c, 'CreateVolume', { name: 'v', size: 4 * CHUNK, replicas: 1, thick: true });
       expect(v).toMatchObject({ volumeId: 1, segmentCount: 4, state: 'available' });
       await expect(rpc(c, 'CreateVolume', { name: 'v', size: CHUNK, replicas: 1 })).rejects.toBeInstanceOf(errors.AlreadyExistsError);
       await expect(rpc(c, 'ShowVolume', { name: 'nope' })).rejects.toBeInstanceOf(errors.NotFoundError);
@@ -138,7 +138,7 @@ describe('manager daemon', () => {
         await rpc(c, 'AddServer', { controlAddress: a, labels: {} });
         await rpc(c, 'AddDisk', { server: a === nodeAddress ? 'a' : `n${i + 1}`, path: `/r${i}`, size: 8 * CHUNK });
       }
-      await rpc(c, 'CreateVolume', { name: 'rv', size: 2 * CHUNK, replicas: 2 });
+      await rpc(c, 'CreateVolume', { name: 'rv', size: 2 * CHUNK, replicas: 2, thick: true });
       await rpc(c, 'RegisterHead', { headId: 'h1', name: 'hv', controlAddress: headAddress, nbdAddress: '' });
       await expect(rpc(c, 'ReportReplicaFailure', { headId: 'h1', volume: 'rv', segment: 0, slot: 0, epoch: 1, reason: 'x' }))
         .rejects.toBeInstanceOf(errors.StaleEpochError);

@@ -21,6 +21,11 @@ export function senseForDeviceError(err: unknown, dir: IoDirection, lba?: number
       // unit cannot serve here until management acts (moves the VM to the new
       // holder). Initiators do not retry it; QEMU with werror=stop pauses the VM.
       return { key: SenseKey.NOT_READY, code: Asc.NOT_READY_MANUAL_INTERVENTION };
+    case 'ENOSPC':
+      // A thin volume's first write to a segment found no room in the pool (or
+      // no manager within --segment-allocate-timeout): SBC-3's thin
+      // provisioning answer, which initiators and QEMU (werror=enospc) map to ENOSPC.
+      return { key: SenseKey.DATA_PROTECT, code: Asc.SPACE_ALLOCATION_FAILED_WRITE_PROTECT };
     case 'EIO':
     case 'ETRANSPORT':
     case 'ETIMEDOUT':

@@ -112,8 +112,11 @@ export async function unmap(ctx: UnitContext, cmd: ScsiCommand): Promise<ScsiRes
 }
 
 /**
- * GET LBA STATUS (SBC-3 5.6): one descriptor from the requested LBA to the
- * end of the medium (at most 2^32-1 blocks), reported MAPPED. The unit
+ * GET LBA STATUS (SBC-3 5.6): one descriptor from the requested LBA. A thin
+ * volume's unallocated segments (BlockDevice.extentAt: this head holds the
+ * lease, and only the holder allocates) are DEALLOCATED up to the next
+ * allocated one. Otherwise: to the end of the medium (at most 2^32-1
+ * blocks), reported MAPPED. The unit
  * cannot know which blocks the storage nodes hold unmapped (other exports
  * and earlier heads write the same volume), and reporting a block
  * deallocated when it holds data would make copy tools skip it; reporting a
@@ -126,7 +129,10 @@ export function getLbaStatus(ctx: UnitContext, cmd: ScsiCommand): ScsiResult {
   b.writeUInt32BE(20, 0); // PARAMETER DATA LENGTH: 4 reserved + one 16-byte descriptor
   b.writeUInt32BE(Math.floor(lba / 0x1_0000_0000), 8);
   b.writeUInt32BE(lba >>> 0, 12);
-  b.writeUInt32BE(Math.min(ctx.numBlocks - lba, 0xffffffff), 16);
-  b[20] = 0x00; // PROVISIONING STATUS: mapped
+  const extent = ctx.device.extentAt?.(lba * ctx.blockSize);
+  const deallocated = extent !== undefined && !extent.allocated;
+  const blocks = deallocated ? Math.max(1, Math.floor(extent.length / ctx.blockSize)) : ctx.numBlocks - lba;
+  b.writeUInt32BE(Math.min(blocks, ctx.numBlocks - lba, 0xffffffff), 16);
+  b[20] = deallocated ? 0x01 : 0x00; // PROVISIONING STATUS: deallocated (reads zeros, LBPRZ) or mapped
   return truncate(b, allocLength);
 }

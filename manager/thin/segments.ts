@@ -1,0 +1,222 @@
+import type { VolumeMap } from '../../proto/generated/vsky/common/VolumeMap.js';
+import {
+  CapacityError, ConflictError, InvalidArgumentError, StaleEpochError, VskyError, errorMessage,
+} from '../../shared/errors.js';
+import { moduleLogger } from '../../shared/logger.js';
+import { formatSize } from '../../shared/units.js';
+import type { EventLog } from '../events.js';
+import type { ChunkFreer } from '../gc.js';
+import type { MapPusher } from '../map-pusher.js';
+import { mapLimit, type PeerClients } from '../node-clients.js';
+import type { PlacementModel, PlannedChunk } from '../placement.js';
+import type { Registry } from '../registry.js';
+import type { ManagerStore } from '../store.js';
+import { holderEpoch, isUnallocated, type ChunkMapRecord, type ToFreeRecord, type VolumeRecord } from '../types.js';
+import type { VolumeEntry, Volumes } from '../volumes.js';
+import { volumeMapView } from '../views.js';
+import { assignSegment, segmentChunks, unassignSegment } from './segment-map.js';
+
+// Thin provisioning (docs/thin-provisioning.md), the manager's side:
+//  - AllocateSegment: the lease holder's first write to an unallocated
+//    segment. Its K chunks are placed by the same placement code as a thick
+//    create (distinct servers, racks while labels allow, most free first),
+//    reserved in the model (so GC and other placements keep off them),
+//    allocated on their nodes under the volume's epoch (the node persists
+//    the identity, marked thin, before it answers), then one batch commits the
+//    map. A manager killed before the commit leaves chunks no map references,
+//    which GC frees (the model never heard of them after a restart).
+//  - FreeSegment: the holder discarded or zeroed the whole segment on every
+//    replica: one batch marks it unallocated and puts its chunks on the
+//    to-free list; the nodes scrub them before anyone else can own them (rule 7).
+// Both are epoch-checked (only the lease holder), serialized per volume, and
+// idempotent (a retry after a lost reply gets the current map). A per-segment
+// redirect-on-write (snapshots) can reuse placeSegment/assignSegment: it is a
+// first write into a new set of chunks for a segment.
+
+const log = moduleLogger('manager.thin');
+
+export interface SegmentRequest {
+  volume: string;
+  segment: number;
+  epoch: number;
+  headId?: string;
+}
+
+export interface SegmentReply {
+  map: VolumeMap;
+  epoch: number;
+}
+
+export class ThinSegments {
+  events?: EventLog;
+  /** Called after every allocation or free (pool thresholds). */
+  onChanged?: () => void;
+  /** Refuses a free while a resync or drain works on the segment (manager/resync/). */
+  segmentBusy?: (volumeId: number, segment: number, map: ChunkMapRecord) => string | undefined;
+  private readonly chains = new Map<number, Promise<unknown>>();
+  private readonly lastFullEventMs = new Map<number, number>();
+
+  constructor(
+    private readonly store: ManagerStore,
+    private readonly model: PlacementModel,
+    private readonly registry: Registry,
+    private readonly peers: PeerClients,
+    private readonly volumes: Volumes,
+    private readonly freer: ChunkFreer,
+    private readonly pusher: MapPusher,
+  ) {}
+
+  allocate(req: SegmentRequest): Promise<SegmentReply> {
+    const e = this.check(req);
+    return this.serial(e.volume.id, async () => {
+      const cur = this.check(req);
+      if (!isUnallocated(cur.map, req.segment)) return this.reply(cur);
+      await this.allocateNow(cur, req.segment);
+      return this.reply(cur);
+    });
+  }
+
+  free(req: SegmentRequest): Promise<SegmentReply> {
+    const e = this.check(req);
+    return this.serial(e.volume.id, async () => {
+      const cur = this.check(req);
+      if (isUnallocated(cur.map, req.segment)) return this.reply(cur);
+      await this.freeNow(cur, req.segment);
+      return this.reply(cur);
+    });
+  }
+
+  private reply(e: VolumeEntry): SegmentReply {
+    return { map: volumeMapView(e.volume, e.map, this.registry), epoch: e.volume.epoch };
+  }
+
+  /** The volume is thin, the segment exists, and the caller holds the lease at `epoch`. */
+  private check(req: SegmentRequest): VolumeEntry {
+    const e = this.volumes.entry(req.volume);
+    const v = e.volume;
+    if (!v.thin || !e.map.thin) throw new InvalidArgumentError(`volume ${v.name} is thick: every segment has its chunks already`, { volume: v.name });
+    if (!Number.isInteger(req.segment) || req.segment < 0 || req.segment >= e.map.segmentCount) {
+      throw new InvalidArgumentError(`volume ${v.name} has no segment ${req.segment} (${e.map.segmentCount} segments)`, { volume: v.name, segment: req.segment });
+    }
+    const held = holderEpoch(v);
+    if (held === undefined || held !== req.epoch || (req.headId && req.headId !== v.attachedHead)) {
+      throw new StaleEpochError(`volume ${v.name}: epoch ${req.epoch} does not hold the write lease (the volume is at epoch ${v.epoch}${v.attachedHead ? '' : ', not attached'}); `
+        + 'only the lease holder allocates or frees segments', { volume: v.name, epoch: req.epoch, current: v.epoch });
+    }
+    if (this.volumes.isBusy(v.id)) throw new ConflictError(`volume ${v.name} has an attach, detach or delete in progress; retry`, { volume: v.name });
+    return e;
+  }
+
+  private serial<T>(volumeId: number, fn: () => Promise<T>): Promise<T> {
+    const prev = this.chains.get(volumeId) ?? Promise.resolve();
+    const run = prev.then(fn, fn);
+    const tail = run.catch(() => undefined);
+    this.chains.set(volumeId, tail);
+    void tail.then(() => { if (this.chains.get(volumeId) === tail) this.chains.delete(volumeId); });
+    return run;
+  }
+
+  private async allocateNow(e: VolumeEntry, segment: number): Promise<void> {
+    const v = e.volume;
+    const started = Date.now();
+    let chunks: PlannedChunk[];
+    try {
+      chunks = placeSegment(this.model, v, segment);
+    } catch (err) {
+      if (!(err instanceof CapacityError)) throw err;
+      const full = new CapacityError(`pool full: volume ${v.name} segment ${segment} needs ${v.replicas} chunks of ${formatSize(v.chunkSize)} on ${v.replicas} distinct servers `
+        + `and the pool has no room (${err.message}); discard unused space (fstrim), delete volumes or add disks (vsky disk add)`, { volume: v.name, segment });
+      await this.poolFull(v, segment, full);
+      throw full;
+    }
+    const results = await mapLimit(chunks, 8, (c) => {
+      const server = this.registry.server(c.serverId)!;
+      return this.peers.node.allocateChunk(server.controlAddress, {
+        diskId: c.diskId, chunkIndex: c.chunkIndex,
+        identity: {
+          volumeId: v.id, volumeName: v.name, volumeSize: v.size, segment, slot: c.slot, segmentCount: v.segmentCount,
+          replicas: v.replicas, generation: v.generation, epoch: v.epoch, lvolid: v.intId ?? 0, thin: true,
+        },
+      });
+    });
+    const failed = results.findIndex((r) => r.status === 'rejected');
+    if (failed >= 0) {
+      const reason = (results[failed] as PromiseRejectedResult).reason;
+      await this.release(v, chunks, 'segment allocation failed');
+      throw new VskyError(reason instanceof VskyError && reason.code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
+        `volume ${v.name} segment ${segment}: allocating a chunk on server ${this.registry.server(chunks[failed]!.serverId)?.name} failed: ${errorMessage(reason)}; retry`,
+        { volume: v.name, segment });
+    }
+    assignSegment(e.map, segment, chunks);
+    try {
+      await this.store.write(this.store.batch().putChunkMap(e.map).event('segment.allocated', `volume:${v.name}`, 'first write: segment allocated',
+        { volumeId: v.id, segment, epoch: v.epoch, disks: chunks.map((c) => c.diskId).join(','), servers: chunks.map((c) => this.registry.server(c.serverId)?.name ?? c.serverId).join(',') }));
+    } catch (err) {
+      unassignSegment(e.map, segment);
+      await this.release(v, chunks, 'segment allocation not committed');
+      throw err;
+    }
+    this.pusher.changed(v.id);
+    log.info({ volumeId: v.id, volume: v.name, segment, epoch: v.epoch, ms: Date.now() - started }, 'segment allocated');
+    this.onChanged?.();
+  }
+
+  private async freeNow(e: VolumeEntry, segment: number): Promise<void> {
+    const v = e.volume;
+    const busy = this.segmentBusy?.(v.id, segment, e.map);
+    if (busy) throw new ConflictError(`volume ${v.name} segment ${segment} is not freed now: ${busy}; its chunks stay (they read as zeros)`, { volume: v.name, segment });
+    const now = Date.now();
+    const records: ToFreeRecord[] = segmentChunks(e.map, segment).map((c) => ({
+      diskId: c.diskId, chunkIndex: c.chunkIndex, volumeId: v.id, segment, idSlot: c.idSlot, reason: 'segment discarded (thin)', sinceMs: now,
+    }));
+    const saved = structuredClone(e.map);
+    unassignSegment(e.map, segment);
+    const batch = this.store.batch().putChunkMap(e.map).event('segment.freed', `volume:${v.name}`, 'whole segment discarded: its chunks go back to the pool',
+      { volumeId: v.id, segment, epoch: v.epoch, chunks: records.length });
+    this.freer.stage(batch, records);
+    try {
+      await this.store.write(batch);
+    } catch (err) {
+      Object.assign(e.map, saved);
+      throw err;
+    }
+    this.freer.track(records);
+    this.pusher.changed(v.id);
+    log.info({ volumeId: v.id, volume: v.name, segment, chunks: records.length }, 'segment freed');
+    void this.freer.free(records).then(() => this.onChanged?.(), () => undefined);
+    this.onChanged?.();
+  }
+
+  /** Gives back reserved chunks (some may be allocated on their nodes): to the to-free list, freed now. */
+  private async release(v: VolumeRecord, chunks: PlannedChunk[], reason: string): Promise<void> {
+    const now = Date.now();
+    const records: ToFreeRecord[] = chunks.map((c) => ({ diskId: c.diskId, chunkIndex: c.chunkIndex, volumeId: v.id, reason, sinceMs: now }));
+    const batch = this.store.batch();
+    this.freer.stage(batch, records);
+    try {
+      await this.store.write(batch);
+    } catch (err) {
+      // Unrecorded: the model keeps them reserved until a restart, when GC frees what the nodes hold.
+      log.error({ volumeId: v.id, err: errorMessage(err) }, 'could not record the chunks of a failed segment allocation');
+      return;
+    }
+    this.freer.track(records);
+    await this.freer.free(records).catch(() => undefined);
+  }
+
+  /** The pool has no room for a segment: an event (at most one per volume every 10 s) and a clear error. */
+  private async poolFull(v: VolumeRecord, segment: number, err: CapacityError): Promise<void> {
+    const now = Date.now();
+    if (now - (this.lastFullEventMs.get(v.id) ?? 0) < 10_000) return;
+    this.lastFullEventMs.set(v.id, now);
+    log.warn({ volumeId: v.id, volume: v.name, segment, err: err.message }, 'pool full: a first write to a thin segment fails with ENOSPC');
+    await this.events?.record('segment.allocate_failed', `volume:${v.name}`, `pool full: ${err.message}`,
+      { volumeId: v.id, segment, chunkBytes: formatSize(v.chunkSize) }).catch(() => undefined);
+  }
+}
+
+/** Places one segment's K chunks (reserved in the model for the volume) with the volume's spread rules. */
+export function placeSegment(model: PlacementModel, v: VolumeRecord, segment: number): PlannedChunk[] {
+  const plan = model.place({ volumeId: v.id, segmentCount: 1, replicas: v.replicas, spreadLabel: v.spreadLabel, chunkSize: v.chunkSize });
+  return plan.chunks.map((c) => ({ ...c, segment }));
+}
