@@ -55,3 +55,23 @@ export function firewallTable(markdown: string): FirewallRow[] {
   }
   return rows;
 }
+
+/** The text of the guide's `## TITLE` section (up to the next `## `). */
+export function guideSection(markdown: string, title: string): string {
+  return markdown.split(new RegExp(`^## ${title.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'))[1]?.split(/^## /m)[0] ?? '';
+}
+
+/**
+ * The commands of a section's ```sh blocks that start with `prefix` (e.g. "vsky ca "),
+ * as argument lists: comments dropped, split on blanks (the guide's commands quote nothing).
+ */
+export function guideCommands(section: string, prefix: string): string[][] {
+  const out: string[][] = [];
+  for (const block of section.matchAll(/```sh\n([\s\S]*?)```/g)) {
+    for (const raw of block[1]!.split('\n')) {
+      const line = raw.replace(/\s+#.*$/, '').trim();
+      if (line.startsWith(prefix)) out.push(line.split(/\s+/));
+    }
+  }
+  return out;
+}

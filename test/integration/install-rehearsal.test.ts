@@ -1,4 +1,5 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command, Option } from 'commander';
@@ -12,11 +13,16 @@ import {
   DEFAULT_XMLRPC_PORT, MiB,
 } from '../../shared/constants.js';
 import { managerClient } from '../../shared/grpc.js';
-import { firewallTable, mapText, readGuide, rehearsalBlocks, setKey, type GuideDaemon } from '../harness/install-guide.js';
+import { loadTls, type GrpcSecurity } from '../../shared/security/credentials.js';
+import { readKeyFile } from '../../shared/security/key-file.js';
+import {
+  firewallTable, guideCommands, guideSection, mapText, readGuide, rehearsalBlocks, setKey, type GuideDaemon,
+} from '../harness/install-guide.js';
 import { waitUntil } from '../harness/leases.js';
+import { RawDataClient } from '../harness/raw-data-client.js';
 import { readEveryReplica } from '../harness/replicas.js';
 import { randomFile, run } from '../harness/tools.js';
-import { vsky, vskyJson } from '../harness/vsky.js';
+import { registerManagerTls, vsky, vskyJson } from '../harness/vsky.js';
 
 // A rehearsal of docs/install.md on this machine: the guide's example hosts
 // mapped onto loopback addresses of their own (manager 127.0.0.41, storage1-3
@@ -30,6 +36,12 @@ import { vsky, vskyJson } from '../harness/vsky.js';
 // degraded; the manager backed up and restarted; hv1 upgraded both ways the
 // guide says: with a live hand-off of its volume to hv2 and back, then with a
 // detach and attach. Every byte written must read back, from every replica.
+// Security as the guide's "Certificates and keys" says, before any start: its
+// `vsky ca init`/`vsky ca issue` commands run (addresses and paths mapped) on
+// "mgr1", each host's certificate directory copied to its etc/vsky/tls, the
+// data key made with its `openssl rand` and copied to every host (mode 0600),
+// the manager's secret key; every daemon runs gRPC mutual TLS and data-path
+// authentication from its file, the CLI uses the admin certificate.
 
 const GUIDE_HOSTS: Record<string, string> = {
   '10.0.0.10': '127.0.0.41', '10.0.1.21': '127.0.0.42', '10.0.1.22': '127.0.0.43', '10.0.1.23': '127.0.0.44',
@@ -60,10 +72,78 @@ let head2: DaemonProcess;
 /** What the volume must hold: the last file written through the head. */
 let expected = '';
 
+const HOSTS = ['mgr1', 'storage1', 'storage2', 'storage3', 'hv1', 'hv2'];
+/** The operators' certificate directory (the guide's /root/vsky-tls/admin, copied to the admin host). */
+const adminTls = join(root, 'admin', '.vsky-tls');
+let adminSecurity: GrpcSecurity;
+
+/** A path of the guide on `host` (/etc/vsky/..., /root/...) in the rehearsal's tree. */
+function hostPath(host: string, path: string): string {
+  return join(root, host, path);
+}
+
+/** The guide's text made into host's: its addresses the loopback ones, its absolute paths under host's root. */
+function onHost(host: string, text: string): string {
+  const hostRoot = join(root, host);
+  return mapText(text, { ...GUIDE_HOSTS, '"/var/lib/vsky': `"${hostRoot}/var/lib/vsky`, '"/etc/vsky': `"${hostRoot}/etc/vsky` });
+}
+
+/** One argument of the guide's commands run on mgr1: addresses mapped, absolute paths under mgr1's root. */
+function mgr1Arg(arg: string): string {
+  if (GUIDE_HOSTS[arg]) return GUIDE_HOSTS[arg]!;
+  return arg.startsWith('/') ? hostPath('mgr1', arg) : arg;
+}
+
+/** docs/install.md, Certificates and keys, steps 1-3, with the real CLI and openssl. */
+async function makeCertificatesAndKeys(): Promise<void> {
+  const section = guideSection(guide, 'Certificates and keys');
+  const ca = guideCommands(section, 'vsky ca ');
+  expect(ca[0]!.slice(0, 3), 'the guide starts with vsky ca init').toEqual(['vsky', 'ca', 'init']);
+  const issued = ca.filter((c) => c[2] === 'issue').map((c) => c[c.indexOf('--name') + 1]);
+  expect(issued, 'the guide issues a certificate per daemon and one for admin').toEqual(expect.arrayContaining(
+    ['manager', 'storage1', 'storage2', 'storage3', 'hv1', 'hv2', 'admin']));
+  for (const cmd of ca) {
+    const r = await vsky(cmd.slice(1).map(mgr1Arg));
+    expect(r.exitCode, `${cmd.join(' ')}: ${String(r.stderr)}`).toBe(0);
+  }
+  // "Copy each host its directory to /etc/vsky/tls/" (what scp does; keys 0640 for the vsky group).
+  for (const h of HOSTS) {
+    const tls = hostPath(h, 'etc/vsky/tls');
+    cpSync(hostPath('mgr1', `root/vsky-tls/${h}`), tls, { recursive: true });
+    chmodSync(tls, 0o750);
+    for (const f of readdirSync(tls)) chmodSync(join(tls, f), f.endsWith('.key') ? 0o640 : 0o644);
+    expect(readdirSync(tls).sort(), `${h}: etc/vsky/tls`).toEqual(['ca.crt', `${h === 'mgr1' ? 'manager' : h}.crt`, `${h === 'mgr1' ? 'manager' : h}.key`].sort());
+  }
+  expect(readdirSync(hostPath('mgr1', 'root/vsky-ca')), 'ca.key stays in the CA directory on mgr1').toContain('ca.key');
+  cpSync(hostPath('mgr1', 'root/vsky-tls/admin'), adminTls, { recursive: true });
+  registerManagerTls(MANAGER, adminTls);
+  adminSecurity = loadTls({ dir: adminTls, name: 'admin' });
+
+  // The data key and the manager's secret key: `openssl rand -out FILE 32`, chmod 600; the data key copied everywhere.
+  const rands = guideCommands(section, 'openssl rand ').map((c) => c.slice(0, c.indexOf('&&')));
+  expect(rands.map((c) => c[3])).toEqual(['/etc/vsky/data.key', '/etc/vsky/secret.key']);
+  for (const cmd of rands) {
+    mkdirSync(hostPath('mgr1', 'etc/vsky'), { recursive: true });
+    await run(cmd[0]!, cmd.slice(1).map(mgr1Arg));
+    chmodSync(mgr1Arg(cmd[3]!), 0o600);
+  }
+  for (const h of HOSTS.slice(1)) {
+    const to = hostPath(h, 'etc/vsky/data.key');
+    copyFileSync(hostPath('mgr1', 'etc/vsky/data.key'), to);
+    chmodSync(to, 0o600);
+  }
+  for (const h of HOSTS) expect(statSync(hostPath(h, 'etc/vsky/data.key')).mode & 0o777, `${h}: data.key mode`).toBe(0o600);
+}
+
+/** The data-path credentials the daemons were given (the data key of any host: they are one file). */
+function dataSecurity() {
+  return { key: readKeyFile(hostPath('mgr1', 'etc/vsky/data.key'), 'data key') };
+}
+
 /** Writes HOST's /etc/vsky/DAEMON.toml from the guide's text (in the guide's addresses and paths) and makes its state directories. */
 function install(host: string, daemon: GuideDaemon, toml: string, stateDirs: string[]): DaemonProcess {
   const hostRoot = join(root, host);
-  const text = mapText(toml, { ...GUIDE_HOSTS, '"/var/lib/vsky': `"${hostRoot}/var/lib/vsky` });
+  const text = onHost(host, toml);
   const file = join(hostRoot, 'etc', 'vsky', `${daemon}.toml`);
   mkdirSync(join(hostRoot, 'etc', 'vsky'), { recursive: true });
   // What systemd's StateDirectory= does for the unit.
@@ -137,13 +217,14 @@ function daemonCommand(name: GuideDaemon): Command {
   return buildProgram().commands.find((c) => c.name() === name)!;
 }
 
-beforeAll(() => {
+beforeAll(async () => {
+  await makeCertificatesAndKeys();
   manager = install('mgr1', 'manager',
     setKey(setKey(block('manager'), 'chunk-size', '"16 MiB"'), 'xmlrpc-listen', '"127.0.0.41:8881"'), ['manager']);
   STORAGE.forEach((_, i) => nodes.push(install(`storage${i + 1}`, 'storage-node', storageToml(i + 1), ['storage-node', 'disks'])));
   head = install('hv1', 'head-agent', block('head-agent'), ['head-agent']);
   head2 = install('hv2', 'head-agent', headToml('hv2', '10.0.0.32'), ['head-agent']);
-});
+}, 90_000);
 
 afterAll(async () => {
   await Promise.all([head, head2, ...nodes, manager].filter(Boolean).map((d) => d.stop(3000)));
@@ -189,6 +270,12 @@ describe('docs/install.md rehearsed on loopback addresses', () => {
     expect(nodeReady.map((r) => r.dataAddress)).toEqual(['42', '43', '44'].map((h) => `127.0.0.${h}:${DEFAULT_NODE_DATA_PORT}`));
     const headReady = await head.start();
     expect(headReady.nbdAddress).toBe(`127.0.0.45:${DEFAULT_NBD_PORT}`);
+    // Premises: the daemons really run what their files say. Plain gRPC is refused by the manager,
+    // and a storage node refuses a data connection with another key but takes one with the guide's.
+    const plain = await vsky(['status', '--insecure'], MANAGER, 30_000);
+    expect(plain.exitCode, 'the manager refuses a client without a certificate').not.toBe(0);
+    await expect(RawDataClient.connect(`127.0.0.42:${DEFAULT_NODE_DATA_PORT}`, randomBytes(32))).rejects.toThrow(/refused this data key/);
+    (await RawDataClient.connect(`127.0.0.42:${DEFAULT_NODE_DATA_PORT}`, dataSecurity().key)).close();
     await waitUntil(async () => {
       const s = await status();
       return s.serversActive === 3 && s.disksActive === 6 && s.heads === 1;
@@ -293,7 +380,7 @@ describe('docs/install.md rehearsed on loopback addresses', () => {
 
     const want = readFileSync(expected);
     expect((await readVolume('final')).equals(want), 'the volume reads back byte for byte').toBe(true);
-    const { chunkSize, copies } = await readEveryReplica({ client: () => managerClient(MANAGER) }, VOLUME);
+    const { chunkSize, copies } = await readEveryReplica({ client: () => managerClient(MANAGER, adminSecurity), dataSecurity }, VOLUME);
     expect(copies).toHaveLength(3 * (SIZE / chunkSize));
     for (const c of copies) {
       expect(c.data.equals(want.subarray(c.segment * chunkSize, (c.segment + 1) * chunkSize)), `segment ${c.segment} slot ${c.slot} on ${c.serverId}`).toBe(true);
