@@ -45,7 +45,7 @@ async function waitFor<T>(what: string, probe: () => Promise<T | undefined | fal
 async function nodeNotes(c: LocalCluster): Promise<Array<{ volumes: Set<number>; notes: Map<number, string> }>> {
   const out = [];
   for (const n of c.nodes) {
-    const client = storageNodeClient(String(n.ready.controlAddress));
+    const client = storageNodeClient(String(n.ready.controlAddress), c.tls.security());
     try {
       const list = await call(client, 'ListChunks', { diskId: '' });
       out.push({
@@ -63,7 +63,7 @@ async function nodeNotes(c: LocalCluster): Promise<Array<{ volumes: Set<number>;
 async function diskNotes(c: LocalCluster): Promise<Map<string, string>> {
   const out = new Map<string, string>();
   for (const n of c.nodes) {
-    const client = storageNodeClient(String(n.ready.controlAddress));
+    const client = storageNodeClient(String(n.ready.controlAddress), c.tls.security());
     try {
       for (const d of (await call(client, 'GetInfo', {})).disks) out.set(d.diskId, d.note?.adminState ?? '');
     } finally {
