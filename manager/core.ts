@@ -164,7 +164,7 @@ export class ManagerCore {
       failures.onStale = (reason) => resyncs.wake(reason);
       const notes = new SegmentNotes(volumes, registry, peers);
       failures.notes = notes;
-      const storageNotes = new StorageNotes(volumes, registry, peers);
+      const storageNotes = new StorageNotes(volumes, registry, peers, opts.secrets);
       pusher.onChanged = (id) => {
         notes.changed(id);
         storageNotes.changed(id);

@@ -1,9 +1,11 @@
 import { nextCounter } from '../shared/counters.js';
 import { errorMessage } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
+import { SecretBox } from '../shared/security/secret-box.js';
 import type { DiskNote } from '../proto/generated/vsky/storage/DiskNote.js';
 import type { PeerClients } from './node-clients.js';
 import type { Registry } from './registry.js';
+import { keys } from './store.js';
 import type { ChunkMapRecord, DiskRecord, IscsiAccessRecord, VolumeRecord } from './types.js';
 import type { VolumeEntry, Volumes } from './volumes.js';
 
@@ -26,9 +28,24 @@ import type { VolumeEntry, Volumes } from './volumes.js';
 
 const log = moduleLogger('manager.storage-notes');
 
-/** The access rules as the storage nodes keep them ('' none). */
-export function accessToStorage(a: IscsiAccessRecord | undefined): string {
-  return a ? JSON.stringify({ v: 1, ...a }) : '';
+/**
+ * The access rules as the storage nodes keep them ('' none). With the
+ * manager's secret box (--secret-key-file) the CHAP secrets leave sealed, for
+ * the context the manager's store seals them with (the volume record's key):
+ * a rebuild from storage writes them into the new database as they are, and
+ * that database opens them with the same key file; a node never holds them
+ * in clear.
+ */
+export function accessToStorage(a: IscsiAccessRecord | undefined, volumeId = 0, box?: SecretBox): string {
+  if (!a) return '';
+  const out = { v: 1, ...a };
+  if (box) {
+    for (const f of ['chapSecret', 'mutualSecret'] as const) {
+      const v = out[f];
+      if (v && !SecretBox.isSealed(v)) out[f] = box.seal(v, `${keys.volume(volumeId)}:${f}`);
+    }
+  }
+  return JSON.stringify(out);
 }
 
 /** The access rules a storage node kept (undefined: none or unreadable). */
@@ -73,7 +90,7 @@ export class StorageNotes {
   /** Disk id -> the note its node holds, as last reported or written. */
   private readonly disks = new Map<string, string>();
 
-  constructor(private readonly volumes: Volumes, private readonly registry: Registry, private readonly peers: PeerClients) {}
+  constructor(private readonly volumes: Volumes, private readonly registry: Registry, private readonly peers: PeerClients, private readonly box?: SecretBox) {}
 
   /** The volume's access rules changed: a new version, on every node holding a chunk of it. Resolves once at least one took it (else logs). */
   async accessChanged(entry: VolumeEntry): Promise<void> {
@@ -139,7 +156,7 @@ export class StorageNotes {
     if (!keep) return 0;
     const v: VolumeRecord = entry.volume;
     const version = v.noteVersion ?? 0;
-    const req = { volumeId: v.id, version, epoch: v.epoch, access: accessToStorage(v.access) };
+    const req = { volumeId: v.id, version, epoch: v.epoch, access: accessToStorage(v.access, v.id, this.box) };
     const targets = [...addresses];
     const results = await Promise.allSettled(targets.map((a) => keep.call(this.peers.node, a, req)));
     let sent = this.sent.get(v.id);

@@ -130,6 +130,12 @@ describe('a rebuild from storage keeps access rules, admin state, DIRTY volumes 
       const nodes = await nodeNotes(c);
       return nodes.every((n) => !n.volumes.has(aclId) || (n.notes.get(aclId) ?? '').includes('alice'));
     }, 15_000);
+    // The CHAP secret reaches the nodes sealed with the manager's --secret-key-file, never in clear.
+    for (const n of await nodeNotes(c)) {
+      const note = n.notes.get(aclId) ?? '';
+      expect(note).not.toContain(SECRET);
+      if (note) expect(note).toContain('vsky-sealed:v1:');
+    }
 
     // dv: a wipe whose manager is killed between the data work and the final CAS (DIRTY on storage).
     client.close();
