@@ -17,7 +17,7 @@ DEBS=(
   libiscsi-bin                  # iscsi-inq, iscsi-ls, iscsi-test-cu
   tgt                           # C iSCSI target: the benchmark/conformance peer
   python3                       # xmlrpc.client: the VastSky XML-RPC tests
-  openssl                       # a self-signed certificate for the XML-RPC HTTPS test
+  openssl                       # vsky ca (the cluster CA), test certificates, the data key in docs/install.md
   fuse3 e2fsprogs               # nbdfuse + mkfs.ext4: a kernel filesystem on a volume
   procps util-linux mount       # ps, losetup, mount
   prometheus                    # prometheus + promtool: the metrics test and deploy/prometheus checks
