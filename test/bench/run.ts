@@ -10,8 +10,8 @@ import { startNbdkit, startTgt } from '../conformance/peers.js';
 import { ISCSI_JOBS, runQemuBench, type QemuResult } from './qemu-bench.js';
 
 // `npm run bench`: our 1- and 3-replica volumes beside nbdkit's file plugin on
-// a local file, in one run, with one client (fio's nbd engine), printed as
-// ratios to nbdkit. Options: --runs N (median of N, default 1), --size MiB.
+// a local file, in one run, with the same clients (fio's nbd engine, then
+// qemu-img bench), printed as ratios to nbdkit; then iSCSI against tgt. Options: --runs N (median of N, default 1), --size MiB.
 
 const args = process.argv.slice(2);
 const RUNS = Number(args[args.indexOf('--runs') + 1] ?? 1) || 1;
@@ -47,36 +47,44 @@ function ratio(job: string, ours: FioResult, peer: FioResult): string {
   return job.startsWith('64K') ? `${(ours.mibps / peer.mibps).toFixed(2)}x` : `${(ours.iops / peer.iops).toFixed(2)}x`;
 }
 
+/**
+ * One qemu-img bench table (the client of DESIGN.md's Ceph figures): each target in turn,
+ * ratios of our 1- and 3-replica volumes to the peer (targets[0]).
+ */
+async function qemuTable(protocol: string, targets: Array<{ name: string; url: string }>): Promise<void> {
+  const results = new Map<string, Map<string, QemuResult>>();
+  for (const t of targets) {
+    process.stderr.write(`measuring ${t.name} over ${protocol} with qemu-img bench (${RUNS} run(s) per job)...\n`);
+    const per = new Map<string, QemuResult>();
+    for (const job of ISCSI_JOBS) {
+      const runs: QemuResult[] = [];
+      for (let i = 0; i < RUNS; i++) runs.push(await runQemuBench(t.url, job));
+      per.set(job.name, { mibps: median(runs.map((r) => r.mibps)), iops: median(runs.map((r) => r.iops)) });
+    }
+    results.set(t.name, per);
+  }
+  const peerName = targets[0]!.name;
+  console.log(`\n${protocol}, qemu-img bench -d 16 -t none, ${SIZE / MiB} MiB devices, median of ${RUNS}; ratio = ours / ${peerName}\n`);
+  console.log(['job', ...targets.map((t) => t.name), '1-rep ratio', '3-rep ratio'].join(' | '));
+  for (const job of ISCSI_JOBS) {
+    const cell = (name: string): QemuResult => results.get(name)!.get(job.name)!;
+    const val = (r: QemuResult): number => (job.size >= 65536 ? r.mibps : r.iops);
+    const fmtv = (r: QemuResult): string => (job.size >= 65536 ? `${r.mibps.toFixed(0)} MiB/s` : `${r.iops.toFixed(0)} IOPS`);
+    const peer = val(cell(peerName));
+    console.log([job.name, ...targets.map((t) => fmtv(cell(t.name))),
+      `${(val(cell('vsky 1 replica')) / peer).toFixed(2)}x`, `${(val(cell('vsky 3 replicas')) / peer).toFixed(2)}x`].join(' | '));
+  }
+}
+
 /** iSCSI: tgt on a local file vs our 1- and 3-replica volumes, qemu-img bench for all. */
 async function benchIscsi(dir: string, cluster: LocalCluster): Promise<void> {
   const tgt = await startTgt(dir, SIZE);
   try {
-    const targets = [
+    await qemuTable('iSCSI', [
       { name: 'tgt file', url: tgt.url },
       { name: 'vsky 1 replica', url: (await cluster.ensureVolumeUrls('bench1', SIZE, 1)).iscsi },
       { name: 'vsky 3 replicas', url: (await cluster.ensureVolumeUrls('bench3', SIZE, 3)).iscsi },
-    ];
-    const results = new Map<string, Map<string, QemuResult>>();
-    for (const t of targets) {
-      process.stderr.write(`measuring ${t.name} over iSCSI (${RUNS} run(s) per job)...\n`);
-      const per = new Map<string, QemuResult>();
-      for (const job of ISCSI_JOBS) {
-        const runs: QemuResult[] = [];
-        for (let i = 0; i < RUNS; i++) runs.push(await runQemuBench(t.url, job));
-        per.set(job.name, { mibps: median(runs.map((r) => r.mibps)), iops: median(runs.map((r) => r.iops)) });
-      }
-      results.set(t.name, per);
-    }
-    console.log(`\niSCSI, qemu-img bench -d 16 -t none, ${SIZE / MiB} MiB devices, median of ${RUNS}; ratio = ours / tgt\n`);
-    console.log(['job', ...targets.map((t) => t.name), '1-rep ratio', '3-rep ratio'].join(' | '));
-    for (const job of ISCSI_JOBS) {
-      const cell = (name: string): QemuResult => results.get(name)!.get(job.name)!;
-      const val = (r: QemuResult): number => (job.size >= 65536 ? r.mibps : r.iops);
-      const fmtv = (r: QemuResult): string => (job.size >= 65536 ? `${r.mibps.toFixed(0)} MiB/s` : `${r.iops.toFixed(0)} IOPS`);
-      const peer = val(cell('tgt file'));
-      console.log([job.name, ...targets.map((t) => fmtv(cell(t.name))),
-        `${(val(cell('vsky 1 replica')) / peer).toFixed(2)}x`, `${(val(cell('vsky 3 replicas')) / peer).toFixed(2)}x`].join(' | '));
-    }
+    ]);
   } finally {
     await tgt.stop();
   }
@@ -116,6 +124,8 @@ async function main(): Promise<void> {
       const r3 = ratio(job, results.get('vsky 3 replicas')!.get(job)!, peer.get(job)!);
       console.log([job, ...cells, r1, r3].join(' | '));
     }
+    // NBD with the issue's client (qemu-img bench), same devices, already filled.
+    await qemuTable('NBD', targets.map((t) => ({ name: t.name, url: t.uri })));
     await benchIscsi(dir, cluster);
     const mib = (b: number): string => `${(b / MiB).toFixed(0)} MiB`;
     console.log(`\npeak RSS during the 3-replica runs: head agent ${mib(rss.get(cluster.head.pid!) ?? 0)}, storage nodes ${cluster.nodes.map((n) => mib(rss.get(n.pid!) ?? 0)).join(', ')}`);
