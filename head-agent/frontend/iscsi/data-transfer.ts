@@ -12,6 +12,7 @@
 // which is what the SCSI layer receives; a Data-Out payload that spans socket
 // chunks is even assembled in place there (placement()), not copied at all.
 
+import { BufferPool, COMMON_IO_SIZES } from '../../../shared/buffer-pool.js';
 import { RESERVED_TAG } from './constants.js';
 
 /** Bytes of command data one connection may hold; FIFO waiting beyond it. */
@@ -104,9 +105,20 @@ interface Sequence {
 export const HEAD_SLACK = 4;
 const TAIL_SLACK = 8;
 
-/** A command buffer for `expected` bytes, with the slack for in-place assembly. */
+/** Command buffers of the common transfer sizes, recycled (bounded; see shared/buffer-pool.ts). */
+const commandBuffers = new BufferPool(COMMON_IO_SIZES.map((n) => HEAD_SLACK + n + TAIL_SLACK));
+
+/** A command buffer for `expected` bytes, with the slack for in-place assembly (pooled for common sizes). */
 export function allocateCommandBuffer(expected: number): Buffer {
-  return Buffer.allocUnsafe(HEAD_SLACK + expected + TAIL_SLACK);
+  return commandBuffers.acquire(HEAD_SLACK + expected + TAIL_SLACK);
+}
+
+/**
+ * Gives a command buffer back once nothing writes into it (its data was
+ * complete) and the unit has settled the command. Others are ignored.
+ */
+export function releaseCommandBuffer(raw: Buffer): void {
+  commandBuffers.release(raw);
 }
 
 export interface CollectorLimits {
@@ -164,6 +176,11 @@ export class WriteCollector {
   /** The data, once complete. */
   get data(): Buffer {
     return this.buffer!;
+  }
+
+  /** The buffer `data` lies in (with its slack), once attached. */
+  get commandBuffer(): Buffer | undefined {
+    return this.raw;
   }
 
   /** True while unsolicited Data-Out may still arrive. */

@@ -17,6 +17,7 @@
 
 import type { Socket } from 'node:net';
 import { HeaderSlab } from '../header-slab.js';
+import { ioBuffers } from '../io-buffers.js';
 import { ScsiStatus } from '../scsi/types.js';
 import {
   BHS_SIZE, DATA_IN_STATUS_BIT, DIGEST_SIZE, FINAL_BIT, RESERVED_TAG, RESPONSE_COMPLETED,
@@ -58,6 +59,12 @@ export class PduWriter {
   /** Set when a write returned false; cleared by the connection on 'drain'. */
   blocked = false;
   private corked = false;
+  /** Data-In buffers being written, in write order: each goes back to ioBuffers at its write's callback. */
+  private readonly sending: Buffer[] = [];
+  private readonly sent = (): void => {
+    const buf = this.sending.shift();
+    if (buf !== undefined) ioBuffers.release(buf);
+  };
   private readonly flush = (): void => {
     this.corked = false;
     this.socket.uncork();
@@ -118,8 +125,10 @@ export class PduWriter {
   /**
    * A command's Data-In (if any) and status. `data` is already cut to the
    * expected length; `maxSegment` is the initiator's MaxRecvDataSegmentLength.
+   * `owner`: the buffer `data` lies in, given back to ioBuffers once the
+   * socket has written it (ignored when not from the pool).
    */
-  commandResult(st: CommandStatus, data: Buffer | undefined, maxSegment: number, maxBurst: number): boolean {
+  commandResult(st: CommandStatus, data: Buffer | undefined, maxSegment: number, maxBurst: number, owner?: Buffer): boolean {
     if (!this.socket.writable) return false;
     this.batch();
     let ok = true;
@@ -135,9 +144,11 @@ export class PduWriter {
       const flags = (endOfBurst ? FINAL_BIT : 0) | (withStatus ? DATA_IN_STATUS_BIT | st.residualFlags : 0);
       const pduOffset = offset;
       const pduSN = dataSN;
+      const release = last && owner !== undefined;
+      if (release) this.sending.push(owner);
       ok = this.emit((b, o, sn) => writeDataIn(b, o, {
         flags, status: st.status, itt: st.itt, dataSN: pduSN, offset: pduOffset, residual: st.residual, dataLength: n,
-      }, sn, withStatus), withStatus, data!.subarray(offset, offset + n));
+      }, sn, withStatus), withStatus, data!.subarray(offset, offset + n), release ? this.sent : undefined);
       statusSent = withStatus;
       offset += n;
       burstLeft = endOfBurst ? maxBurst : burstLeft - n;
@@ -175,8 +186,13 @@ export class PduWriter {
     process.nextTick(this.flush);
   }
 
-  /** Header (+ digest), then data, pad and data digest. Returns the last write's result. */
-  private emit(fill: (buf: Buffer, off: number, sn: SeqNumbers) => void, advance: boolean, data: Buffer | undefined): boolean {
+  /**
+   * Header (+ digest), then data, pad and data digest. Returns the last
+   * write's result. `written` runs once the socket is done with `data`.
+   */
+  private emit(
+    fill: (buf: Buffer, off: number, sn: SeqNumbers) => void, advance: boolean, data: Buffer | undefined, written?: () => void,
+  ): boolean {
     const hd = this.spec.headerDigest ? DIGEST_SIZE : 0;
     const header = this.headers.take(BHS_SIZE + hd);
     const sn = this.sn;
@@ -189,7 +205,7 @@ export class PduWriter {
     const s = this.socket;
     let ok = s.write(header);
     if (data === undefined || data.length === 0) return ok;
-    ok = s.write(data);
+    ok = written === undefined ? s.write(data) : s.write(data, written);
     const pad = pad4(data.length);
     if (pad > 0) ok = s.write(ZERO_PAD.subarray(0, pad));
     if (this.spec.dataDigest) {

@@ -17,7 +17,7 @@ import type { CommandWindow } from './command-window.js';
 import {
   ABORT_DATA_WAIT_MS, CMD_WRITE_BIT, FINAL_BIT, MAX_IMMEDIATE_COMMANDS, MAX_TRANSFER_BYTES, Opcode, RESERVED_TAG, RejectReason,
 } from './constants.js';
-import { allocateCommandBuffer, HEAD_SLACK, WriteCollector, type DataBudget } from './data-transfer.js';
+import { allocateCommandBuffer, HEAD_SLACK, releaseCommandBuffer, WriteCollector, type DataBudget } from './data-transfer.js';
 import type { OperationalParams } from './negotiation.js';
 import { decodeLun, type Bhs } from './pdu.js';
 import type { PduWriter } from './pdu-writer.js';
@@ -138,6 +138,7 @@ export class TaskSet {
       ctx.budget.force(edtl);
       task.reserved = edtl;
       task.dataOut = immediate;
+      if (prepared !== undefined && immediate.buffer === prepared.buffer) task.commandBuffer = prepared;
       task.dataReady = true;
       return;
     }
@@ -184,15 +185,18 @@ export class TaskSet {
   }
 
   /**
-   * A write whose immediate data spans socket chunks and that will need more
-   * data: its command buffer is allocated now, so the immediate data lands
-   * in it directly (the header digest, if any, falls in the head slack).
-   * Only when the budget has room, so this never holds more than it may.
+   * A write with immediate data: its command buffer (pooled) is taken now,
+   * so the immediate data lands in it directly (the header digest, if any,
+   * falls in the head slack). When more data is to come, only if the budget
+   * has room, so this never holds more than it may; the whole write as
+   * immediate data is held anyway (startData forces it into the budget).
    */
   private placeCommand(bhs: Bhs, headerDigest: number): Buffer | undefined {
     const edtl = bhs.w5;
-    if ((bhs.flags & CMD_WRITE_BIT) === 0 || bhs.ahsLength !== 0 || bhs.dataLength === 0 || edtl <= bhs.dataLength) return undefined;
-    if (edtl > MAX_TRANSFER_BYTES || this.tasks.has(bhs.itt) || !this.ctx.budget.hasRoomFor(edtl)) return undefined;
+    if ((bhs.flags & CMD_WRITE_BIT) === 0 || bhs.ahsLength !== 0 || bhs.dataLength === 0 || edtl < bhs.dataLength) return undefined;
+    if (edtl > MAX_TRANSFER_BYTES || this.tasks.has(bhs.itt)) return undefined;
+    // The whole write as immediate data is taken whatever the budget (startData forces it).
+    if (edtl > bhs.dataLength && !this.ctx.budget.hasRoomFor(edtl)) return undefined;
     const raw = allocateCommandBuffer(edtl);
     this.prepared = { itt: bhs.itt, raw };
     return raw.subarray(HEAD_SLACK - headerDigest);
@@ -253,6 +257,7 @@ export class TaskSet {
     }
     if (collector.complete && collector.attached) {
       task.dataOut = collector.data;
+      task.commandBuffer = collector.commandBuffer;
       task.dataReady = true;
       this.maybeStart(task);
       return;
@@ -303,6 +308,12 @@ export class TaskSet {
       ctx.log.warn({ itt: task.itt, op: task.cdb[0], lun: task.lun, err: errorMessage(err) }, 'logical unit failed a command');
       result = internalFailure();
     }
+    // The unit is done with the Data-Out, and all of it had arrived (nothing is assembled into it any more).
+    if (task.commandBuffer !== undefined) {
+      releaseCommandBuffer(task.commandBuffer);
+      task.commandBuffer = undefined;
+      task.dataOut = undefined;
+    }
     if (task.aborted === undefined) this.respond(task, result);
     this.finish(task);
   }
@@ -320,7 +331,7 @@ export class TaskSet {
         return;
       }
       task.grant = grant;
-      task.controller.signal.addEventListener('abort', () => resolve(), { once: true });
+      task.signal.addEventListener('abort', () => resolve());
     });
   }
 
@@ -332,7 +343,7 @@ export class TaskSet {
     if (unit === undefined) return missingLun(task.cdb);
     return unit.execute({
       lun: task.lun, cdb: task.cdb, nexus: ctx.nexus, dataOut: task.dataOut, expectedLength: task.expectedLength,
-      taskTag: task.itt, signal: task.controller.signal,
+      taskTag: task.itt, signal: task.signal,
     });
   }
 
@@ -348,7 +359,7 @@ export class TaskSet {
     this.releaseSlot(task);
     ctx.writer.commandResult(
       { itt: task.itt, status: result.status, sense: result.sense, residualFlags, residual },
-      data, ctx.params.initiatorMaxRecvDataSegment, ctx.params.maxBurstLength);
+      data, ctx.params.initiatorMaxRecvDataSegment, ctx.params.maxBurstLength, result.dataIn);
   }
 
   private finish(task: Task): void {
@@ -366,7 +377,7 @@ export class TaskSet {
       // Aborted on behalf of another session: this initiator still gets a status.
       ctx.writer.commandResult({ itt: task.itt, status: ScsiStatus.TASK_ABORTED, sense: undefined, residualFlags: 0, residual: 0 }, undefined, 1, 1);
     }
-    task.resolveSettled();
+    task.markSettled();
     ctx.taskSettled();
   }
 
@@ -380,7 +391,7 @@ export class TaskSet {
   abort(task: Task, mode: AbortMode): Promise<void> {
     if (task.done || task.aborted !== undefined) return task.settled;
     task.aborted = mode;
-    task.controller.abort();
+    task.signal.abort();
     task.collector?.drain();
     if (task.grant !== undefined) {
       this.ctx.budget.cancel(task.grant);

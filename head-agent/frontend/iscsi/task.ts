@@ -3,13 +3,39 @@
 // ScsiCommand and a ScsiResult back into residuals: the CDB with its
 // extended AHS, and the residual arithmetic of RFC 7143 11.4.5.
 
-import type { ScsiResult } from '../scsi/types.js';
+import type { CommandSignal, ScsiResult } from '../scsi/types.js';
 import { AHS_EXTENDED_CDB, CMD_READ_BIT, CMD_WRITE_BIT, RESP_OVERFLOW_BIT, RESP_UNDERFLOW_BIT } from './constants.js';
 import type { WriteCollector } from './data-transfer.js';
 import type { Bhs } from './pdu.js';
 
 /** How an aborted task ends: no response, or TASK ABORTED status (aborted by another session). */
 export type AbortMode = 'silent' | 'task-aborted';
+
+/**
+ * A task's abort signal: what the SCSI layer uses of an AbortSignal, without
+ * an EventTarget per command. Listeners run once, in order, at abort().
+ */
+export class TaskSignal implements CommandSignal {
+  aborted = false;
+  private listeners: (() => void)[] | undefined;
+
+  addEventListener(_type: 'abort', listener: () => void): void {
+    if (!this.aborted) (this.listeners ??= []).push(listener);
+  }
+
+  removeEventListener(_type: 'abort', listener: () => void): void {
+    const i = this.listeners?.indexOf(listener) ?? -1;
+    if (i >= 0) this.listeners!.splice(i, 1);
+  }
+
+  abort(): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    const listeners = this.listeners;
+    this.listeners = undefined;
+    if (listeners !== undefined) for (const l of listeners) l();
+  }
+}
 
 export class Task {
   readonly itt: number;
@@ -21,10 +47,11 @@ export class Task {
   readonly expectedLength: number;
   readonly read: boolean;
   readonly write: boolean;
-  readonly controller = new AbortController();
-  readonly settled: Promise<void>;
+  readonly signal = new TaskSignal();
   collector: WriteCollector | undefined;
   dataOut: Buffer | undefined;
+  /** The pooled command buffer dataOut lies in, given back once the unit is done with it. */
+  commandBuffer: Buffer | undefined;
   /** A result decided before execution (the command cannot be run). */
   preResult: ScsiResult | undefined;
   reserved = 0;
@@ -37,7 +64,9 @@ export class Task {
   done = false;
   aborted: AbortMode | undefined;
   abortTimer: NodeJS.Timeout | undefined;
-  resolveSettled!: () => void;
+  /** Created only when someone waits for the task (aborts, logout): most tasks never need it. */
+  private settledPromise: Promise<void> | undefined;
+  private resolveSettled: (() => void) | undefined;
 
   constructor(bhs: Bhs, lun: number, cdb: Buffer) {
     this.itt = bhs.itt;
@@ -49,7 +78,20 @@ export class Task {
     this.expectedLength = bhs.w5;
     this.read = (bhs.flags & CMD_READ_BIT) !== 0;
     this.write = (bhs.flags & CMD_WRITE_BIT) !== 0;
-    this.settled = new Promise((r) => { this.resolveSettled = r; });
+  }
+
+  /** Resolves once the task has ended (at once when it already has). */
+  get settled(): Promise<void> {
+    if (this.settledPromise === undefined) {
+      this.settledPromise = this.done ? Promise.resolve() : new Promise((r) => { this.resolveSettled = r; });
+    }
+    return this.settledPromise;
+  }
+
+  /** The task ended (done is set): wake whoever waits. */
+  markSettled(): void {
+    this.resolveSettled?.();
+    this.resolveSettled = undefined;
   }
 }
 

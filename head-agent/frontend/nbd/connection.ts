@@ -9,11 +9,11 @@ import type { Socket } from 'node:net';
 import type { BlockDevice } from '../../engine/block-device.js';
 import type { VolumeStats } from '../../engine/volume-stats.js';
 import { FrameDecoder } from '../../../shared/frame-decoder.js';
-import { BufferPool, COMMON_IO_SIZES } from '../../../shared/buffer-pool.js';
 import { errorMessage } from '../../../shared/errors.js';
 import { isTraced, type Logger } from '../../../shared/logger.js';
 import { switchToReceiveBuffer } from '../../../shared/net/receive-buffer-socket.js';
 import { ReadGate, addSocketHandlers, removeSocketHandlers, type SocketHandlers } from '../client-socket.js';
+import { ioBuffers } from '../io-buffers.js';
 import { REQUEST_SPEC, handleText, type RequestHeader } from './codec.js';
 import {
   CLOSE_GRACE_MS, MAX_BLOCK_SIZE, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FUA,
@@ -22,8 +22,6 @@ import {
 import { nbdErrorFor } from './error-map.js';
 import { ReplyWriter } from './reply-writer.js';
 
-/** I/O buffers shared by every NBD connection of this process. */
-const ioBuffers = new BufferPool(COMMON_IO_SIZES);
 
 /** Each connection's reused socket read buffer in transmission (several pipelined requests per read). */
 const RECEIVE_BUFFER_SIZE = 256 * 1024;

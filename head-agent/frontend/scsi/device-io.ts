@@ -6,6 +6,8 @@
 // the volume's I/O counters (the command handlers count what succeeds).
 
 import type { BlockDevice } from '../../engine/block-device.js';
+import type { CommandSignal } from './types.js';
+import { ioBuffers } from '../io-buffers.js';
 import { senseForDeviceError, type IoDirection } from './error-map.js';
 import { SenseError } from './sense.js';
 import { Limits, type UnitContext } from './unit-context.js';
@@ -18,7 +20,7 @@ export class AbortedError extends Error {
   }
 }
 
-export function throwIfAborted(signal: AbortSignal): void {
+export function throwIfAborted(signal: CommandSignal): void {
   if (signal.aborted) throw new AbortedError();
 }
 
@@ -32,7 +34,7 @@ async function deviceCall<T>(dev: BlockDevice, dir: IoDirection, lba: number | u
 }
 
 /** Reads `blocks` blocks at `lba` into `dest` (which must hold them), piece by piece. */
-export async function readInto(ctx: UnitContext, signal: AbortSignal, lba: number, dest: Buffer): Promise<Buffer> {
+export async function readInto(ctx: UnitContext, signal: CommandSignal, lba: number, dest: Buffer): Promise<Buffer> {
   const dev = ctx.device;
   const base = lba * ctx.blockSize;
   for (let pos = 0; pos < dest.length;) {
@@ -51,16 +53,17 @@ export async function readInto(ctx: UnitContext, signal: AbortSignal, lba: numbe
   return dest;
 }
 
-export async function readBlocks(ctx: UnitContext, signal: AbortSignal, lba: number, blocks: number): Promise<Buffer> {
+export async function readBlocks(ctx: UnitContext, signal: CommandSignal, lba: number, blocks: number): Promise<Buffer> {
   const len = blocks * ctx.blockSize;
   if (len <= Limits.maxDeviceCall && ctx.device.readInto === undefined) {
     throwIfAborted(signal);
     return deviceCall(ctx.device, 'read', lba, () => ctx.device.read(lba * ctx.blockSize, len));
   }
-  return readInto(ctx, signal, lba, Buffer.allocUnsafe(len));
+  // Pooled: the transport gives it back to ioBuffers once the Data-In is written.
+  return readInto(ctx, signal, lba, ioBuffers.acquire(len));
 }
 
-export async function writeBlocks(ctx: UnitContext, signal: AbortSignal, lba: number, data: Buffer, fua: boolean): Promise<void> {
+export async function writeBlocks(ctx: UnitContext, signal: CommandSignal, lba: number, data: Buffer, fua: boolean): Promise<void> {
   const base = lba * ctx.blockSize;
   for (let pos = 0; pos < data.length;) {
     throwIfAborted(signal);
@@ -73,7 +76,7 @@ export async function writeBlocks(ctx: UnitContext, signal: AbortSignal, lba: nu
 
 /** Runs `op(offset, length)` over the range in device-sized pieces (write-zeroes, discard). */
 export async function forEachPiece(
-  ctx: UnitContext, signal: AbortSignal, lba: number, blocks: number,
+  ctx: UnitContext, signal: CommandSignal, lba: number, blocks: number,
   op: (offset: number, length: number) => Promise<void>,
 ): Promise<void> {
   const base = lba * ctx.blockSize;
@@ -92,7 +95,7 @@ export async function forEachPiece(
  * medium check: every block must read. Uses one bounded scratch buffer.
  */
 export async function verifyBlocks(
-  ctx: UnitContext, signal: AbortSignal, lba: number, blocks: number, expected?: Buffer,
+  ctx: UnitContext, signal: CommandSignal, lba: number, blocks: number, expected?: Buffer,
 ): Promise<number> {
   const total = blocks * ctx.blockSize;
   const scratch = Buffer.allocUnsafe(Math.min(total, 4 * 1024 * 1024));

@@ -4,7 +4,7 @@
 // without it a write-zeroes; any other block is replicated into a bounded
 // pattern buffer and written piece by piece.
 
-import type { ScsiCommand, ScsiResult } from './types.js';
+import type { CommandSignal, ScsiCommand, ScsiResult } from './types.js';
 import { ScsiStatus } from './types.js';
 import { Op, decodeGetLbaStatus, decodeUnmap, decodeWriteSame } from './cdb.js';
 import { forEachPiece, throwIfAborted, writeBlocks } from './device-io.js';
@@ -56,7 +56,7 @@ export async function writeSame(ctx: UnitContext, cmd: ScsiCommand): Promise<Scs
 
 /** Writes `block` into every block of the range through one bounded, reused pattern buffer. */
 async function writePattern(
-  ctx: UnitContext, signal: AbortSignal, lba: number, blocks: number, block: Buffer, fua: boolean,
+  ctx: UnitContext, signal: CommandSignal, lba: number, blocks: number, block: Buffer, fua: boolean,
 ): Promise<void> {
   const perChunk = Math.max(1, Math.min(blocks, Math.floor(Limits.writeSameChunkBytes / ctx.blockSize)));
   const pattern = Buffer.allocUnsafe(perChunk * ctx.blockSize);

@@ -5,6 +5,8 @@
 // over each overlapping set: a later request never overtakes an earlier one
 // it overlaps, so nothing starves); disjoint ranges never wait on each other.
 
+import type { CommandSignal } from './types.js';
+
 export type Release = () => void;
 
 interface Entry {
@@ -38,7 +40,7 @@ export class RangeLock {
    * arrived after it still wait for everything they overlap that is older).
    * A zero-length range locks nothing.
    */
-  acquire(start: number, count: number, signal?: AbortSignal): Promise<Release | undefined> {
+  acquire(start: number, count: number, signal?: CommandSignal): Promise<Release | undefined> {
     if (signal?.aborted === true) return Promise.resolve(undefined);
     if (count <= 0) return Promise.resolve(noop);
     const end = start + count;

@@ -6,7 +6,7 @@
 // Transfer Length was smaller) writes only the whole blocks received; the
 // transport reports the residual from ScsiResult.dataOutLength.
 
-import type { ScsiCommand, ScsiResult } from './types.js';
+import type { CommandSignal, ScsiCommand, ScsiResult } from './types.js';
 import { ScsiStatus } from './types.js';
 import { Op, cdbLengthOf, decodeCompareAndWrite, decodeRw, decodeRw6, decodeSyncCache, decodeVerify, type BlockRequest } from './cdb.js';
 import {
@@ -16,6 +16,7 @@ import { invalidFieldInCdb, lbaOutOfRange, miscompare, writeProtected } from './
 import { Limits, type UnitContext } from './unit-context.js';
 import type { Release } from './range-lock.js';
 import { GOOD } from './results.js';
+import { ioBuffers } from '../io-buffers.js';
 
 /** The TRANSFER LENGTH field's byte in a 10/12/16-byte CDB (for field pointers). */
 function lengthByte(cdb: Buffer): number {
@@ -38,7 +39,7 @@ export function checkWritable(ctx: UnitContext): void {
 }
 
 /** Takes the range lock, or AbortedError if the task is aborted while waiting. */
-export async function lockRange(ctx: UnitContext, signal: AbortSignal, lba: number, blocks: number): Promise<Release> {
+export async function lockRange(ctx: UnitContext, signal: CommandSignal, lba: number, blocks: number): Promise<Release> {
   const release = await ctx.lock.acquire(lba, blocks, signal);
   if (release === undefined) throw new AbortedError();
   return release;
@@ -165,7 +166,9 @@ export async function compareAndWrite(ctx: UnitContext, cmd: ScsiCommand): Promi
   try {
     const current = await readBlocks(ctx, cmd.signal, req.lba, req.blocks);
     const expected = data.subarray(0, half);
-    if (!current.equals(expected)) throw miscompare(firstDifference(current, expected));
+    const differs = current.equals(expected) ? -1 : firstDifference(current, expected);
+    ioBuffers.release(current);
+    if (differs >= 0) throw miscompare(differs);
     await writeBlocks(ctx, cmd.signal, req.lba, data.subarray(half), req.fua || !ctx.mode.wce);
   } finally {
     release();
