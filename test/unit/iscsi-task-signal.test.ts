@@ -35,3 +35,26 @@ describe('TaskSignal (the per-task abort signal of the iSCSI task set)', () => {
     expect(again).toBeTypeOf('function');
   });
 });
+
+describe('RangeLock.tryAcquire (the uncontended write path, no promise)', () => {
+  it('locks at once when nothing overlaps, refuses (queuing nothing) when something does, and keeps FIFO order', async () => {
+    const lock = new RangeLock();
+    const a = lock.tryAcquire(0, 8);
+    expect(a).toBeTypeOf('function');
+    expect(lock.tryAcquire(4, 8)).toBeUndefined();
+    expect(lock.size).toBe(1);
+    const b = lock.tryAcquire(8, 8); // disjoint
+    expect(b).toBeTypeOf('function');
+    // A waiter (behind a and b) holds its range: a later overlapping tryAcquire is refused.
+    const waiting = lock.acquire(6, 4);
+    expect(lock.tryAcquire(9, 1)).toBeUndefined();
+    a!();
+    b!();
+    const w = await waiting;
+    expect(lock.tryAcquire(6, 1)).toBeUndefined();
+    expect(lock.tryAcquire(0, 6)).toBeTypeOf('function');
+    w!();
+    expect(lock.size).toBe(1);
+    expect(lock.tryAcquire(0, 0)).toBeTypeOf('function');
+  });
+});

@@ -24,12 +24,16 @@ export function throwIfAborted(signal: CommandSignal): void {
   if (signal.aborted) throw new AbortedError();
 }
 
-async function deviceCall<T>(dev: BlockDevice, dir: IoDirection, lba: number | undefined, call: () => Promise<T>): Promise<T> {
-  try {
-    return await call();
-  } catch (err) {
+/** One device call; a rejection becomes sense data (and counts as an error). No async frame of its own. */
+function deviceCall<T>(dev: BlockDevice, dir: IoDirection, lba: number | undefined, call: () => Promise<T>): Promise<T> {
+  const fail = (err: unknown): never => {
     dev.stats?.failed(err);
     throw new SenseError(senseForDeviceError(err, dir, lba));
+  };
+  try {
+    return call().catch(fail);
+  } catch (err) {
+    return Promise.reject(err).catch(fail);
   }
 }
 
@@ -63,7 +67,17 @@ export async function readBlocks(ctx: UnitContext, signal: CommandSignal, lba: n
   return readInto(ctx, signal, lba, ioBuffers.acquire(len));
 }
 
-export async function writeBlocks(ctx: UnitContext, signal: CommandSignal, lba: number, data: Buffer, fua: boolean): Promise<void> {
+export function writeBlocks(ctx: UnitContext, signal: CommandSignal, lba: number, data: Buffer, fua: boolean): Promise<void> {
+  if (data.length === 0) return Promise.resolve();
+  if (data.length <= Limits.maxDeviceCall) {
+    // One device call (every common write): no loop, no async frame.
+    if (signal.aborted) return Promise.reject(new AbortedError());
+    return deviceCall(ctx.device, 'write', lba, () => ctx.device.write(lba * ctx.blockSize, data, fua));
+  }
+  return writePieces(ctx, signal, lba, data, fua);
+}
+
+async function writePieces(ctx: UnitContext, signal: CommandSignal, lba: number, data: Buffer, fua: boolean): Promise<void> {
   const base = lba * ctx.blockSize;
   for (let pos = 0; pos < data.length;) {
     throwIfAborted(signal);

@@ -34,6 +34,18 @@ export class RangeLock {
   }
 
   /**
+   * Locks [start, start + count) at once when nothing held or waiting
+   * overlaps it (the common case: no promise per command); undefined
+   * otherwise, and nothing is queued (then use acquire()).
+   */
+  tryAcquire(start: number, count: number): Release | undefined {
+    if (count <= 0) return noop;
+    const end = start + count;
+    for (const e of this.entries) if (e.start < end && start < e.end) return undefined;
+    return this.releaser(this.enter(start, end));
+  }
+
+  /**
    * Locks [start, start + count). Resolves with the release function once
    * every earlier overlapping request has released, or with undefined if
    * `signal` aborts first (the request then leaves the queue; requests that
@@ -48,15 +60,8 @@ export class RangeLock {
     for (const e of this.entries) {
       if (e.start < end && start < e.end) waits.push(doneOf(e));
     }
-    const entry: Entry = { start, end, done: undefined, resolveDone: undefined, released: false };
-    this.entries.push(entry);
-    const release: Release = () => {
-      if (entry.released) return;
-      entry.released = true;
-      const i = this.entries.indexOf(entry);
-      if (i >= 0) this.entries.splice(i, 1);
-      entry.resolveDone?.();
-    };
+    const entry = this.enter(start, end);
+    const release = this.releaser(entry);
     if (waits.length === 0) return Promise.resolve(release);
     const granted = Promise.all(waits).then(() => release);
     if (signal === undefined) return granted;
@@ -72,6 +77,23 @@ export class RangeLock {
         if (!entry.released) resolve(r);
       });
     });
+  }
+
+  /** Queues an entry for [start, end). */
+  private enter(start: number, end: number): Entry {
+    const entry: Entry = { start, end, done: undefined, resolveDone: undefined, released: false };
+    this.entries.push(entry);
+    return entry;
+  }
+
+  private releaser(entry: Entry): Release {
+    return () => {
+      if (entry.released) return;
+      entry.released = true;
+      const i = this.entries.indexOf(entry);
+      if (i >= 0) this.entries.splice(i, 1);
+      entry.resolveDone?.();
+    };
   }
 }
 

@@ -89,7 +89,8 @@ export async function write(ctx: UnitContext, cmd: ScsiCommand): Promise<ScsiRes
   const data = receivedBlocks(ctx, cmd, req.blocks);
   if (data.length === 0) return { status: ScsiStatus.GOOD, dataOutLength };
   const started = performance.now();
-  const release = await lockRange(ctx, cmd.signal, req.lba, data.length / ctx.blockSize);
+  const blocks = data.length / ctx.blockSize;
+  const release = ctx.lock.tryAcquire(req.lba, blocks) ?? await lockRange(ctx, cmd.signal, req.lba, blocks);
   try {
     await writeBlocks(ctx, cmd.signal, req.lba, data, req.fua || !ctx.mode.wce);
   } finally {
