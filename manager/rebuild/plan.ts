@@ -273,11 +273,22 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
   const lost = { next: 0 };
   let staleReplicas = 0;
 
+  const tombstones = new Set<number>();
+  for (const n of input.nodes) for (const id of n.deletedVolumes ?? []) tombstones.add(id);
+
   for (const c of candidates) {
     const { id, name, size, replicas: k, segmentCount } = c;
-    if (c.all.some((f) => f.legality === 'DELETING')) {
+    if (c.all.some((f) => f.legality === 'DELETING') || tombstones.has(id)) {
       freeAll(c, 'interrupted delete');
-      rolledBack.push({ volumeId: id, name, reason: `interrupted delete: its chunks are marked DELETING (the delete began before the database was lost); its ${plural(c.chunks.length, 'chunk')} are freed` });
+      const why = tombstones.has(id) ? 'a node keeps its tombstone' : 'its chunks are marked DELETING';
+      rolledBack.push({ volumeId: id, name, reason: `interrupted delete: ${why} (the delete began before the database was lost); its ${plural(c.chunks.length, 'chunk')} are freed` });
+      continue;
+    }
+    // Rule 6, the CREATING mark: every chunk still says so and none was ever attached or noted.
+    const creating = c.all.filter((f) => f.legality === 'CREATING').length;
+    if (creating === c.all.length && c.all.every((f) => f.epoch === 0 && f.mapVersion === 0)) {
+      freeAll(c, 'interrupted create');
+      rolledBack.push({ volumeId: id, name, reason: `interrupted create: every chunk still carries the CREATING mark (never committed, never attached); its ${plural(c.chunks.length, 'chunk')} are freed` });
       continue;
     }
     const later = newest.get(name)!;
@@ -369,6 +380,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
     const lvolid = commonLvolid(c.chunks);
     if (lvolid > 0) volume.claimedIntId = lvolid;
     restoreAccess(volume, notes.get(id));
+    if (creating > 0) volume.unconfirmed = true; // committed (a chunk lost the mark, or it was used): the manager clears the rest
     const job = restoreJob(volume, c.chunks, nowMs);
     if (job) jobs.push(job);
     volumes.push({ volume, map });
