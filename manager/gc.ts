@@ -230,8 +230,7 @@ export class GarbageCollector {
   }
 
   private async freeOrphans(): Promise<{ freed: number; unreachable: string[] }> {
-    const known = this.registry.listServers().filter((s) => s.state !== 'removed' && s.id !== 'lost');
-    const servers = known.filter((s) => s.state === 'active');
+    const servers = this.registry.listServers().filter((s) => s.state === 'active');
     const unreachable: string[] = [];
     let freed = 0;
     /** Tombstones per node address, and the volume ids that still have a chunk somewhere. */
@@ -264,8 +263,9 @@ export class GarbageCollector {
         }
       });
     });
-    // Tombstones go only once every known node answered, none holds a chunk of the volume and none is left to free.
-    if (this.notes && tombstones.size > 0 && unreachable.length === 0 && servers.length === known.length) {
+    // Tombstones go only once every active node answered, none holds a chunk of the volume and none is left to free
+    // (a chunk on a node that is not active is on the to-free list until its node frees it). Nodes not listed keep theirs.
+    if (this.notes && tombstones.size > 0 && unreachable.length === 0) {
       const pending = new Set(this.freer.list().map((r) => r.volumeId));
       await mapLimit([...tombstones], 4, async ([address, ids]) => {
         const gone = ids.filter((id) => !held.has(id) && !pending.has(id) && !this.notes!.volumeExists(id) && !this.hooks.isCreating(id));

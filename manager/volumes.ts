@@ -389,6 +389,7 @@ export class Volumes {
       }
       // Storage first: a manager rebuilt from storage after this point finishes the delete instead of bringing the volume back.
       const marked = await this.hooks?.markDeleting?.({ volume, map });
+      crashPoint('manager.delete.marked');
       const records = toFreeRecords(volume.id, map, 'volume deleted');
       const batch = this.store.batch().delVolume(volume.id);
       batch.event('volume.deleted', `volume:${name}`, 'deleted', { volumeId: volume.id, chunks: records.length, epoch: volume.epoch, generation: volume.generation });
