@@ -75,6 +75,17 @@ describe('a delete that missed every holder of a chunk, then a rebuild from stor
     // The only holder of gone's chunk is down; the delete goes through, recorded by the other nodes.
     await c.nodes[holder]!.stop();
     await ok(['volume', 'delete', 'gone']);
+    // A GC pass while gone's chunk waits on the to-free list (its node is down, known failed: every active node
+    // answers the pass) must keep the tombstones.
+    const gcClient = c.client();
+    const holderAddress = String(c.nodes[holder]!.ready.controlAddress);
+    try {
+      await waitFor('the holder known down', async () =>
+        (await call(gcClient, 'ListServers', {})).servers.find((s) => s.controlAddress === holderAddress)?.state === 'failed', 60_000);
+      await call(gcClient, 'CollectGarbage', {}, 60_000);
+    } finally {
+      gcClient.close();
+    }
     // Premise: the other nodes hold no chunk of gone, yet keep its tombstone (the stopped node cannot answer).
     for (const [i, n] of c.nodes.entries()) {
       if (i === holder) continue;
@@ -91,6 +102,7 @@ describe('a delete that missed every holder of a chunk, then a rebuild from stor
     const failedAddress = String(failedNode.ready.controlAddress);
     const admin = c.client();
     const failedName = (await call(admin, 'ListServers', {})).servers.find((s) => s.controlAddress === failedAddress)!.name;
+    const keptCreated = Number((await call(admin, 'ShowVolume', { name: 'kept' })).info!.createdMs);
     admin.close();
     await ok(['server', 'fail', failedName, '--reason', 'psu smoke']);
     await waitFor('the node keeps the server note', async () => {
@@ -110,11 +122,15 @@ describe('a delete that missed every holder of a chunk, then a rebuild from stor
     expect(back).toHaveLength(1);
     expect(back[0]!.legality).toBe('LEGAL'); // premise: nothing on the holder says the volume was deleted
 
+    const rebuiltAt = Date.now();
+    expect(keptCreated).toBeLessThan(rebuiltAt - 1000); // premise: the rebuild's own time would differ
     c.manager.args.push('--rebuild-from-storage', '--rebuild-servers', String(c.nodes.length), '--rebuild-wait', '20000');
     await c.manager.start(60_000);
     const client = c.client();
     try {
       expect((await call(client, 'ListVolumes', {})).volumes.map((v) => v.name)).toEqual(['kept']);
+      // Its creation time came back from the volume note.
+      expect(Number((await call(client, 'ShowVolume', { name: 'kept' })).info!.createdMs)).toBe(keptCreated);
       // The server failed by the admin comes back failed (not active), through its node's heartbeats too.
       await new Promise((r) => setTimeout(r, 1500));
       const failed = (await call(client, 'ListServers', {})).servers.find((s) => s.name === failedName)!;
