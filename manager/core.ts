@@ -171,6 +171,8 @@ export class ManagerCore {
       };
       registry.hooks.diskChanged = (d) => storageNotes.diskChanged(d);
       registry.hooks.diskReported = (id, note) => storageNotes.diskReported(id, note);
+      registry.hooks.serverReported = (id, note) => storageNotes.serverReported(id, note);
+      registry.hooks.serverChanged = (s) => storageNotes.serverChanged(s);
       // A replaced chunk is freed only once the volume's holder has a map
       // without it: a head cut off from us (not from storage) may still use it.
       freer.hold = (r) => {
@@ -197,10 +199,16 @@ export class ManagerCore {
           storageNotes.forget(id);
         },
         markDeleting: (entry) => storageNotes.markDeleting(entry),
+        confirmCreate: (entry) => storageNotes.confirmCreate(entry),
       };
       const leases = new Leases(volumes, registry, peers, attachments, opts.leases);
       attachments.events = events;
       attachments.notes = storageNotes;
+      gc.notes = {
+        volumeExists: (id) => volumes.byVolumeId(id) !== undefined,
+        forgetDeleted: (address, ids) => storageNotes.forgetDeleted(address, ids),
+        retryUnconfirmed: () => storageNotes.retryUnconfirmed(),
+      };
       leases.events = events;
       gc.events = events;
       const core = new ManagerCore(store, model, registry, volumes, attachments, leases,

@@ -168,6 +168,16 @@ export interface GcHooks {
   rollbackStalePending(): Promise<number>;
 }
 
+/** What the storage nodes keep for a rebuild from storage that GC tends (manager/storage-notes.ts). */
+export interface GcStorageNotes {
+  /** True while the manager knows the volume (its tombstone stays). */
+  volumeExists(volumeId: number): boolean;
+  /** Drops these tombstones on the node. */
+  forgetDeleted(address: string, volumeIds: number[]): Promise<void>;
+  /** Sends the committed note of creates not confirmed on every node yet; returns how many are left. */
+  retryUnconfirmed(): Promise<number>;
+}
+
 export interface GcReportData {
   chunksFreed: number;
   pendingRolledBack: number;
@@ -177,6 +187,8 @@ export class GarbageCollector {
   private chain: Promise<unknown> = Promise.resolve();
   /** Where chunks freed by a pass are recorded (manager/core.ts wires it). */
   events?: EventLog;
+  /** Tombstones and unconfirmed creates (manager/core.ts wires it). */
+  notes?: GcStorageNotes;
 
   constructor(
     private readonly freer: ChunkFreer,
@@ -198,6 +210,13 @@ export class GarbageCollector {
     const pendingRolledBack = await this.hooks.rollbackStalePending();
     const listed = await this.freer.free();
     const orphans = await this.freeOrphans();
+    if (this.notes) {
+      const unconfirmed = await this.notes.retryUnconfirmed().catch((err: unknown) => {
+        log.warn({ err: errorMessage(err) }, 'GC could not confirm creates on storage');
+        return -1;
+      });
+      if (unconfirmed > 0) log.warn({ volumes: unconfirmed }, 'creates not confirmed on every node holding a chunk yet (a node down): retried at the next pass');
+    }
     const report = { chunksFreed: listed.freed + orphans.freed, pendingRolledBack };
     if (orphans.freed > 0) {
       void this.events?.record('gc.freed', 'cluster', `GC (${reason}) freed ${orphans.freed} chunk(s) no volume references (left by interrupted creates or deletes)`,
@@ -214,10 +233,16 @@ export class GarbageCollector {
     const servers = this.registry.listServers().filter((s) => s.state === 'active');
     const unreachable: string[] = [];
     let freed = 0;
+    /** Tombstones per node address, and the volume ids that still have a chunk somewhere. */
+    const tombstones = new Map<string, number[]>();
+    const held = new Set<number>();
     await mapLimit(servers, 4, async (s) => {
       let chunks;
       try {
-        chunks = (await this.peers.node.listChunks(s.controlAddress, { diskId: '' })).chunks;
+        const list = await this.peers.node.listChunks(s.controlAddress, { diskId: '' });
+        chunks = list.chunks;
+        if (list.deletedVolumes?.length) tombstones.set(s.controlAddress, list.deletedVolumes);
+        for (const c of chunks) held.add(c.identity?.volumeId ?? 0);
       } catch (err) {
         unreachable.push(s.name);
         log.warn({ serverId: s.id, err: errorMessage(err) }, 'GC could not list the chunks of a server');
@@ -238,6 +263,21 @@ export class GarbageCollector {
         }
       });
     });
+    // Tombstones go only once every active node answered, none holds a chunk of the volume and none is left to free
+    // (a chunk on a node that is not active is on the to-free list until its node frees it). Nodes not listed keep theirs.
+    if (this.notes && tombstones.size > 0 && unreachable.length === 0) {
+      const pending = new Set(this.freer.list().map((r) => r.volumeId));
+      await mapLimit([...tombstones], 4, async ([address, ids]) => {
+        const gone = ids.filter((id) => !held.has(id) && !pending.has(id) && !this.notes!.volumeExists(id) && !this.hooks.isCreating(id));
+        if (gone.length === 0) return;
+        try {
+          await this.notes!.forgetDeleted(address, gone);
+          log.info({ node: address, volumes: gone.length }, 'tombstones of fully freed volumes dropped');
+        } catch (err) {
+          log.warn({ node: address, err: errorMessage(err) }, 'could not drop tombstones; retried at the next pass');
+        }
+      });
+    }
     return { freed, unreachable };
   }
 

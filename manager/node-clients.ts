@@ -9,6 +9,8 @@ import type { AttachedList__Output } from '../proto/generated/vsky/head/Attached
 import type { ReleaseLeaseRequest } from '../proto/generated/vsky/head/ReleaseLeaseRequest.js';
 import type { RunJobRequest } from '../proto/generated/vsky/head/RunJobRequest.js';
 import type { DiskNote } from '../proto/generated/vsky/storage/DiskNote.js';
+import type { ForgetDeletedVolumesRequest } from '../proto/generated/vsky/storage/ForgetDeletedVolumesRequest.js';
+import type { ServerNote } from '../proto/generated/vsky/storage/ServerNote.js';
 import type { MarkVolumeDeletingRequest } from '../proto/generated/vsky/storage/MarkVolumeDeletingRequest.js';
 import type { VolumeNote } from '../proto/generated/vsky/storage/VolumeNote.js';
 import type { SegmentNote } from '../proto/generated/vsky/storage/SegmentNote.js';
@@ -51,6 +53,10 @@ export interface StorageNodeApi {
   markVolumeDeleting?(address: string, req: MarkVolumeDeletingRequest): Promise<number>;
   /** An admin's decision on a disk (and its bad chunks) kept by its node. */
   keepDiskNote?(address: string, req: DiskNote): Promise<void>;
+  /** Drops the node's tombstones of these deleted volumes (every chunk of them was freed). */
+  forgetDeletedVolumes?(address: string, req: ForgetDeletedVolumesRequest): Promise<void>;
+  /** An admin's decision on a server kept by its node. */
+  keepServerNote?(address: string, req: ServerNote): Promise<void>;
 }
 
 export interface HeadApi {
@@ -111,6 +117,8 @@ export class GrpcPeerClients implements PeerClients {
     keepVolumeNote: async (a, req) => { await call(this.nodeClient(a), 'KeepVolumeNote', req, PEER_TIMEOUTS.volumeState, PEER_CALL); },
     markVolumeDeleting: async (a, req) => (await call(this.nodeClient(a), 'MarkVolumeDeleting', req, PEER_TIMEOUTS.volumeState, PEER_CALL)).chunks,
     keepDiskNote: async (a, req) => { await call(this.nodeClient(a), 'KeepDiskNote', req, PEER_TIMEOUTS.volumeState, PEER_CALL); },
+    forgetDeletedVolumes: async (a, req) => { await call(this.nodeClient(a), 'ForgetDeletedVolumes', req, PEER_TIMEOUTS.volumeState, PEER_CALL); },
+    keepServerNote: async (a, req) => { await call(this.nodeClient(a), 'KeepServerNote', req, PEER_TIMEOUTS.volumeState, PEER_CALL); },
   };
 
   readonly head: HeadApi = {

@@ -44,6 +44,10 @@ export interface RegistryHooks {
   diskChanged?(d: DiskRecord): void;
   /** A registering node reported the note it keeps on a disk. */
   diskReported?(diskId: string, note: DiskInfo__Output['note']): void;
+  /** A registering node reported the note it keeps on its server (before serverChanged). */
+  serverReported?(serverId: string, note: { adminState?: string; reason?: string } | null | undefined): void;
+  /** A server's admin state may have changed (its node keeps it: manager/storage-notes.ts). */
+  serverChanged?(s: ServerRecord): void;
 }
 
 export interface RegisterHeadInput {
@@ -194,6 +198,8 @@ export class Registry {
     this.syncServer(s);
     this.applyDiskReport(s, info.disks, batch, true);
     await this.store.write(batch);
+    this.hooks?.serverReported?.(s.id, info.note);
+    this.hooks?.serverChanged?.(s);
     return s;
   }
 
@@ -392,6 +398,7 @@ export class Registry {
     batch.putServer(s);
     this.setServerState(s, 'failed', `failed by an admin: ${reason || 'no reason given'}`, batch);
     await this.store.write(batch);
+    this.hooks?.serverChanged?.(s);
     return s;
   }
 

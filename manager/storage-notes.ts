@@ -1,12 +1,12 @@
 import { nextCounter } from '../shared/counters.js';
-import { errorMessage } from '../shared/errors.js';
+import { TransportError, errorMessage } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import { SecretBox } from '../shared/security/secret-box.js';
 import type { DiskNote } from '../proto/generated/vsky/storage/DiskNote.js';
 import type { PeerClients } from './node-clients.js';
 import type { Registry } from './registry.js';
 import { keys } from './store.js';
-import type { ChunkMapRecord, DiskRecord, IscsiAccessRecord, VolumeRecord } from './types.js';
+import type { ChunkMapRecord, DiskRecord, IscsiAccessRecord, ServerRecord, VolumeRecord } from './types.js';
 import type { VolumeEntry, Volumes } from './volumes.js';
 
 // What the manager keeps on the storage nodes besides the chunk records, so
@@ -21,8 +21,15 @@ import type { VolumeEntry, Volumes } from './volumes.js';
 //  - a disk's admin state (failed, draining) and its bad chunks (KeepDiskNote),
 //    on the disk's node: written when they change, and again when the node
 //    registers reporting something else;
+//  - a volume's spread label and creation time, in the same note, written
+//    first by the create's last step (confirmCreate: a note with `committed`,
+//    which clears the CREATING mark of the volume's chunks on each node);
+//  - a server's admin state (failed: KeepServerNote), on the server's node;
 //  - a delete's mark (MarkVolumeDeleting): before the manager forgets a
-//    volume, its chunks say DELETING, so a rebuild finishes the delete.
+//    volume, its chunks say DELETING and every node (holder or not) keeps a
+//    tombstone of its id, so a rebuild finishes the delete even when every
+//    holder of one of its chunks was down; GC drops the tombstones once
+//    every chunk of the volume was freed (manager/gc.ts).
 // Access rules travel as accessToStorage/accessFromStorage encode them: the
 // one place to wrap (e.g. encrypt the CHAP secrets).
 
@@ -61,6 +68,11 @@ export function accessFromStorage(text: string): IscsiAccessRecord | undefined {
   }
 }
 
+/** The admin's decision on a server as its node keeps it. */
+export function serverNoteOf(s: ServerRecord): { adminState: string; reason: string } {
+  return s.adminFailed && s.state !== 'removed' ? { adminState: 'failed', reason: s.stateReason } : { adminState: '', reason: '' };
+}
+
 /** The admin's decision on a disk as its node keeps it. */
 export function diskNoteOf(d: DiskRecord): Required<Omit<DiskNote, 'diskId'>> {
   const adminState = d.state === 'removed' ? '' : d.adminFailed ? 'failed' : d.draining ? 'draining' : '';
@@ -89,6 +101,8 @@ export class StorageNotes {
   private readonly sent = new Map<number, { version: number; at: Set<string> }>();
   /** Disk id -> the note its node holds, as last reported or written. */
   private readonly disks = new Map<string, string>();
+  /** Server id -> the server note its node holds, as last reported or written. */
+  private readonly servers = new Map<string, string>();
 
   constructor(private readonly volumes: Volumes, private readonly registry: Registry, private readonly peers: PeerClients, private readonly box?: SecretBox) {}
 
@@ -101,13 +115,50 @@ export class StorageNotes {
     if (ok === 0) log.warn({ volume: volume.name }, 'no storage node took the access rules yet: a rebuild from storage would lose them until the next change');
   }
 
+  /**
+   * The create's last step (manager/volumes.ts): every node holding a chunk
+   * gets the volume's note with `committed` (clearing the chunks' CREATING
+   * mark there). Clears volume.unconfirmed once every one took it. Returns how
+   * many nodes took it.
+   */
+  async confirmCreate(entry: VolumeEntry): Promise<number> {
+    if (!this.peers.node.keepVolumeNote) {
+      delete entry.volume.unconfirmed; // peers that keep no notes (tests): nothing to confirm
+      return 0;
+    }
+    const want = holders(entry.map, this.registry);
+    const ok = await this.push(entry, want, true);
+    if (ok === want.size && entry.volume.unconfirmed) {
+      delete entry.volume.unconfirmed;
+      try {
+        await this.volumes.saveVolume(entry.volume);
+      } catch (err) {
+        entry.volume.unconfirmed = true;
+        log.warn({ volume: entry.volume.name, err: errorMessage(err) }, 'could not record that the create is confirmed on storage; retried by GC');
+      }
+    }
+    return ok;
+  }
+
+  /** Volumes whose create is not confirmed on every node yet: confirmed again (GC passes). Returns how many are left. */
+  async retryUnconfirmed(): Promise<number> {
+    let left = 0;
+    for (const entry of this.volumes.entries()) {
+      if (!entry.volume.unconfirmed) continue;
+      await this.confirmCreate(entry);
+      if (entry.volume.unconfirmed) left++;
+    }
+    return left;
+  }
+
   /** The volume's map changed: nodes that got a chunk of it get its note (background). */
   changed(volumeId: number): void {
     const entry = this.volumes.byVolumeId(volumeId);
-    if (!entry || !entry.volume.noteVersion) return;
+    if (!entry) return;
+    const version = entry.volume.noteVersion ?? 0;
     const sent = this.sent.get(volumeId);
     const want = holders(entry.map, this.registry);
-    const current = sent?.version === entry.volume.noteVersion ? sent.at : new Set<string>();
+    const current = sent?.version === version ? sent.at : new Set<string>();
     const missing = new Set([...want].filter((a) => !current.has(a)));
     if (missing.size > 0) void this.push(entry, missing);
   }
@@ -116,15 +167,56 @@ export class StorageNotes {
     this.sent.delete(volumeId);
   }
 
-  /** A delete's first step: every node holding a chunk marks them DELETING (durably). Returns how many nodes did. */
+  /**
+   * A delete's first step: every node holding a chunk marks them DELETING, and
+   * every node (holder or not) keeps a tombstone of the volume id, durably.
+   * Refused (TransportError, nothing changed on the manager) when no node took
+   * it: a delete nobody on storage knows of could be undone by a rebuild.
+   * Returns how many nodes took it.
+   */
   async markDeleting(entry: VolumeEntry): Promise<number> {
     const mark = this.peers.node.markVolumeDeleting;
     if (!mark) return 0;
-    const targets = [...holders(entry.map, this.registry)];
+    const held = holders(entry.map, this.registry);
+    const all = new Set(held);
+    for (const s of this.registry.listServers()) if (s.state === 'active' && s.controlAddress) all.add(s.controlAddress);
+    const targets = [...all];
     const results = await Promise.allSettled(targets.map((a) => mark.call(this.peers.node, a, { volumeId: entry.volume.id, epoch: entry.volume.epoch })));
     const failed = results.map((r, i) => (r.status === 'rejected' ? `${targets[i]}: ${errorMessage(r.reason)}` : '')).filter(Boolean);
-    if (failed.length > 0) log.warn({ volume: entry.volume.name, failed }, 'some nodes did not mark the volume DELETING: a rebuild from storage before GC frees their chunks could bring part of it back');
-    return targets.length - failed.length;
+    const ok = targets.length - failed.length;
+    if (targets.length > 0 && ok === 0) {
+      throw new TransportError(`cannot delete volume ${entry.volume.name}: no storage node recorded the delete (${failed.join('; ')}); `
+        + 'a rebuild from storage could bring it back: retry once the storage nodes are up', { volume: entry.volume.name });
+    }
+    if (failed.length > 0) log.warn({ volume: entry.volume.name, failed }, 'some nodes did not take the delete\'s mark; the others keep a tombstone, so a rebuild from storage still finishes the delete');
+    return ok;
+  }
+
+  /** GC: drops these tombstones on the node (every chunk of those volumes was freed). */
+  async forgetDeleted(address: string, volumeIds: number[]): Promise<void> {
+    const forget = this.peers.node.forgetDeletedVolumes;
+    if (forget && volumeIds.length > 0) await forget.call(this.peers.node, address, { volumeIds });
+  }
+
+  /** The server's admin state changed (vsky server fail / add): its node keeps it (background; again at registration if it differs). */
+  serverChanged(s: ServerRecord): void {
+    const keep = this.peers.node.keepServerNote;
+    if (!keep || s.id === 'lost' || s.state === 'removed' || !s.controlAddress) return;
+    const note = serverNoteOf(s);
+    const key = `${note.adminState}\u0000${note.reason}`;
+    if (this.servers.get(s.id) === key) return;
+    this.servers.set(s.id, key);
+    keep.call(this.peers.node, s.controlAddress, note).then(() => {
+      log.info({ serverId: s.id, adminState: note.adminState }, 'server note kept by its node');
+    }, (err: unknown) => {
+      if (this.servers.get(s.id) === key) this.servers.delete(s.id);
+      log.warn({ serverId: s.id, err: errorMessage(err) }, 'the server\'s node did not keep its admin state; retried when it registers');
+    });
+  }
+
+  /** What a registering node reports about its server note (Registry). */
+  serverReported(serverId: string, note: { adminState?: string; reason?: string } | null | undefined): void {
+    this.servers.set(serverId, `${note?.adminState ?? ''}\u0000${note?.adminState ? note.reason ?? '' : ''}`);
   }
 
   /** What a registering node reports about its disk's note (Registry.applyDiskReport). */
@@ -151,12 +243,15 @@ export class StorageNotes {
     });
   }
 
-  private async push(entry: VolumeEntry, addresses: Set<string>): Promise<number> {
+  private async push(entry: VolumeEntry, addresses: Set<string>, committed = false): Promise<number> {
     const keep = this.peers.node.keepVolumeNote;
     if (!keep) return 0;
     const v: VolumeRecord = entry.volume;
     const version = v.noteVersion ?? 0;
-    const req = { volumeId: v.id, version, epoch: v.epoch, access: accessToStorage(v.access, v.id, this.box) };
+    const req = {
+      volumeId: v.id, version, epoch: v.epoch, access: accessToStorage(v.access, v.id, this.box),
+      spreadLabel: v.spreadLabel, createdMs: v.createdMs, committed,
+    };
     const targets = [...addresses];
     const results = await Promise.allSettled(targets.map((a) => keep.call(this.peers.node, a, req)));
     let sent = this.sent.get(v.id);

@@ -135,6 +135,14 @@ export interface VolumeRecord {
    */
   claimPending?: boolean;
   /**
+   * Committed, but some of its chunks may still carry the CREATING mark they
+   * were allocated with (manager/volumes.ts create): the manager sends the
+   * committed note (manager/storage-notes.ts confirmCreate) until every node
+   * holding a chunk took it, then clears this. A rebuild from storage rolls
+   * back a never-used volume whose chunks all say CREATING.
+   */
+  unconfirmed?: boolean;
+  /**
    * VastSky-style lvolid (manager/xmlrpc/ids.ts), stable once given: the first
    * of a block of segmentCount + 3 lvol ids (the volume, its SNAPSHOT-ORIGIN
    * and LINEAR nodes, then one MIRROR per segment). Created volumes get it

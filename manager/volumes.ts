@@ -22,7 +22,18 @@ import {
 //     and the advanced volume id counter;
 //  2. every planned chunk is allocated on its node, in parallel (bounded);
 //  3. one batch writes the volume record and its chunk map and deletes the
-//     pending record.
+//     pending record;
+//  4. every node holding a chunk is told the create is committed (KeepVolumeNote
+//     with `committed`, which also keeps the volume's spread label and creation
+//     time there), clearing the CREATING mark step 2 allocated the chunks with;
+//     the volume record says `unconfirmed` until every node took it (retried by
+//     GC passes, manager/storage-notes.ts).
+// The CREATING mark makes an interrupted create recognisable on storage alone
+// (a rebuild from storage, docs/rebuild-from-storage.md): a volume all of whose
+// chunks still say CREATING, never attached nor noted, was never answered as
+// created (the answer comes after step 4 reached at least one node; the
+// crash windows are listed there), so it is rolled back; one chunk without
+// the mark proves step 3 happened.
 // If step 2 or 3 fails, one batch replaces the pending record by to-free
 // entries for every planned chunk and the nodes are asked to free them. A
 // manager killed between 1 and 3 leaves the pending record, which the next
@@ -64,8 +75,10 @@ export function validateVolumeName(name: string): void {
 export interface VolumeHooks {
   deleting(volumeId: number, batch: StoreBatch): void;
   deleted(volumeId: number): void;
-  /** Before the delete is recorded: storage marks the volume's chunks DELETING (manager/storage-notes.ts). */
+  /** Before the delete is recorded: storage marks the volume's chunks DELETING and every node keeps a tombstone (manager/storage-notes.ts). */
   markDeleting?(entry: VolumeEntry): Promise<number>;
+  /** After the commit: the nodes clear the chunks' CREATING mark (manager/storage-notes.ts confirmCreate); resolves to how many nodes did. */
+  confirmCreate?(entry: VolumeEntry): Promise<number>;
 }
 
 /** Gives a new volume its VastSky lvolid before its chunks are allocated (manager/xmlrpc/ids.ts). */
@@ -253,6 +266,7 @@ export class Volumes {
           identity: {
             volumeId: id, volumeName: name, volumeSize: size, segment: c.segment, slot: c.slot,
             segmentCount, replicas, generation: volume.generation, epoch: volume.epoch, lvolid: volume.intId ?? 0,
+            legality: 'CREATING',
           },
         }).then((r) => { crashPoint('manager.create.allocated'); return r; });
       });
@@ -273,13 +287,22 @@ export class Volumes {
         throw rewrap(reason, `cannot create volume ${name}: allocating segment ${c.segment} replica ${c.slot} on server ${server.name} (${server.controlAddress}) failed: ${errorMessage(reason)}; nothing was created`);
       }
       // Step 3: commit.
+      crashPoint('manager.create.committing');
+      if (this.hooks?.confirmCreate) volume.unconfirmed = true;
       try {
         await this.store.write(this.store.batch().putVolume(volume).putChunkMap(map).delPending(id).event('volume.created', `volume:${name}`, 'created',
           { volumeId: id, size, replicas, segments: segmentCount, spreadLabel: plan.spreadLabel, generation: volume.generation }));
       } catch (err) {
         vlog.error({ err: errorMessage(err) }, 'commit batch failed; rolling the create back');
+        delete volume.unconfirmed;
         await this.abortCreate(pending, 'commit failed');
         throw err;
+      }
+      // Step 4: the CREATING marks cleared (before anyone hears of the volume).
+      crashPoint('manager.create.committed');
+      const confirmed = await this.hooks?.confirmCreate?.({ volume, map });
+      if (volume.unconfirmed && confirmed === 0) {
+        vlog.warn('no node holding a chunk took the committed note yet: retried by GC; a rebuild from storage before then would roll the create back');
       }
       this.byId.set(id, { volume, map });
       this.byName.set(name, id);
@@ -366,6 +389,7 @@ export class Volumes {
       }
       // Storage first: a manager rebuilt from storage after this point finishes the delete instead of bringing the volume back.
       const marked = await this.hooks?.markDeleting?.({ volume, map });
+      crashPoint('manager.delete.marked');
       const records = toFreeRecords(volume.id, map, 'volume deleted');
       const batch = this.store.batch().delVolume(volume.id);
       batch.event('volume.deleted', `volume:${name}`, 'deleted', { volumeId: volume.id, chunks: records.length, epoch: volume.epoch, generation: volume.generation });

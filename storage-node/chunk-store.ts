@@ -28,6 +28,8 @@ export interface ChunkIdentity {
   lvolid?: number;
   /** The volume is thin (disk-format.ts flags). */
   thin?: boolean;
+  /** At allocation: 'CREATING' marks a create's chunk until the manager commits it; '' or 'LEGAL' otherwise. */
+  legality?: string;
 }
 
 export class VolumeEntry {
@@ -329,6 +331,8 @@ export class ChunkStore {
       state: ChunkState.OWNED, volumeId: id.volumeId, segment: id.segment, slot: id.slot, segmentCount: id.segmentCount,
       replicas: id.replicas, volumeSize: id.volumeSize, volumeName: id.volumeName, generation: id.generation,
       epoch: Math.max(id.epoch, vol?.epoch ?? 0), lvolid: id.lvolid ?? 0, thin: id.thin === true,
+      // A create's chunks say CREATING until the manager commits it (KeepVolumeNote committed).
+      legality: id.legality === 'CREATING' ? Legality.CREATING : Legality.LEGAL,
     });
     const previous = chunk.rec;
     chunk.busy = true;
@@ -454,4 +458,5 @@ function validateIdentity(id: ChunkIdentity): void {
   if (id.lvolid !== undefined && !u32(id.lvolid)) throw bad('lvolid must be a u32');
   if (!Number.isSafeInteger(id.volumeSize) || id.volumeSize < 0) throw bad('volume size must be a non-negative integer');
   if (Buffer.byteLength(id.volumeName, 'utf8') > MAX_VOLUME_NAME_BYTES) throw bad(`volume name longer than ${MAX_VOLUME_NAME_BYTES} bytes`);
+  if (id.legality && id.legality !== 'LEGAL' && id.legality !== 'CREATING') throw bad('an allocated chunk is LEGAL or CREATING');
 }

@@ -69,6 +69,7 @@ export function nodeInfo(ctx: NodeContext): NodeInfo {
     ssvrid: ctx.intIds.ssvrid,
     intIdsClusterId: ctx.intIds.clusterId,
     nextIntIds: ctx.intIds.next,
+    note: ctx.notes.serverNote(),
   };
 }
 
@@ -131,7 +132,7 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
         },
         writtenRegions: countSet(c.rec.bitmap),
       }));
-      return { chunks, volumeNotes: ctx.notes.volumeNotes() };
+      return { chunks, volumeNotes: ctx.notes.volumeNotes(), deletedVolumes: ctx.notes.deletedVolumes() };
     }),
 
     KeepVolumeNote: unary(async (req) => {
@@ -141,9 +142,20 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
     }),
 
     MarkVolumeDeleting: unary(async (req) => {
-      const chunks = await markVolumeDeleting(ctx.store, req.volumeId, req.epoch);
+      const chunks = await markVolumeDeleting(ctx.store, ctx.notes, req.volumeId, req.epoch);
       log.info({ volumeId: req.volumeId, epoch: req.epoch, chunks }, 'volume marked DELETING');
       return { chunks };
+    }),
+
+    ForgetDeletedVolumes: unary(async (req) => {
+      await ctx.notes.forgetDeleted(req.volumeIds);
+      log.debug({ volumes: req.volumeIds.length }, 'tombstones dropped');
+      return {};
+    }),
+
+    KeepServerNote: unary(async (req) => {
+      await ctx.notes.keepServer(req);
+      return {};
     }),
 
     KeepDiskNote: unary(async (req) => {

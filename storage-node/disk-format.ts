@@ -27,7 +27,7 @@ import { CorruptMetadataError } from '../shared/errors.js';
 //   72  u64 lease epoch         (0..2^53-1; above: the slot is corrupt)
 //   80  u32 region bits         84 u32 stale slots   88 u64 map version (the manager's note on the segment)
 //   96  volume name (UTF-8, 64 bytes)
-//   160 u8 legality (0 LEGAL, 1 DIRTY, 2 DELETING)   161 u8 last job's kind   162 u8 last job's outcome   163 u8 job id length
+//   160 u8 legality (0 LEGAL, 1 DIRTY, 2 DELETING, 3 CREATING)   161 u8 last job's kind   162 u8 last job's outcome   163 u8 job id length
 //   164 u32 lvolid (the volume's VastSky-style integer id; 0: none)   168 last job's id (UTF-8, 48 bytes)   216 u64 reserved (0)
 //   224 written-region bitmap (regionBits / 8 bytes), then the dirty bitmap (same size)
 // then zero padding to a whole number of sectors.
@@ -73,9 +73,9 @@ export const MAX_VOLUME_NAME_BYTES = 64;
 export const MAX_JOB_ID_BYTES = 48;
 
 /** Whether a volume's chunks hold what their generation says (oVirt's legality): DIRTY while a job changes them. */
-export const Legality = { LEGAL: 0, DIRTY: 1, DELETING: 2 } as const;
+export const Legality = { LEGAL: 0, DIRTY: 1, DELETING: 2, CREATING: 3 } as const;
 /** Legality values as names (ChunkIdentity.legality on the wire). */
-export const LEGALITY_NAMES = ['LEGAL', 'DIRTY', 'DELETING'] as const;
+export const LEGALITY_NAMES = ['LEGAL', 'DIRTY', 'DELETING', 'CREATING'] as const;
 /** Kinds of the last storage job recorded on a chunk (0: none). */
 export const JOB_KINDS = ['', 'wipe', 'resize', 'fence', 'copy'] as const;
 /** Outcomes of the last storage job recorded on a chunk (0: none). */
@@ -142,7 +142,9 @@ export interface ChunkRecordData {
   mapVersion: number;
   /**
    * Legality.LEGAL, or Legality.DIRTY while a storage job changes the volume (left so by an interrupted or aborted one),
-   * or Legality.DELETING once a delete of the volume began (MarkVolumeDeleting): a rebuilt manager finishes the delete.
+   * or Legality.DELETING once a delete of the volume began (MarkVolumeDeleting): a rebuilt manager finishes the delete,
+   * or Legality.CREATING from its allocation by a create until the manager committed it (KeepVolumeNote with committed):
+   * a rebuilt manager rolls back a volume all of whose chunks still say so (and were never used).
    */
   legality: number;
   /** The last storage job's record (manager/jobs/). */
@@ -279,7 +281,7 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   const jobId = Buffer.from(rec.jobId, 'utf8');
   const kind = JOB_KINDS.indexOf(rec.jobKind);
   const outcome = JOB_OUTCOMES.indexOf(rec.jobOutcome);
-  if (jobId.length > MAX_JOB_ID_BYTES || kind < 0 || outcome < 0 || !(rec.legality >= Legality.LEGAL && rec.legality <= Legality.DELETING)) {
+  if (jobId.length > MAX_JOB_ID_BYTES || kind < 0 || outcome < 0 || !(rec.legality >= Legality.LEGAL && rec.legality <= Legality.CREATING)) {
     throw new CorruptMetadataError(`invalid job record (id ${rec.jobId}, kind ${rec.jobKind}, outcome ${rec.jobOutcome}, legality ${rec.legality})`, { chunkIndex });
   }
   if (rec.dirty.length !== rec.bitmap.length) throw new CorruptMetadataError('dirty and written bitmaps differ in size');
@@ -357,7 +359,7 @@ export function decodeRecord(buf: Buffer, chunkIndex: number, diskId: Buffer, re
   const jobKind = v3 ? JOB_KINDS[buf[161]!] : '';
   const jobOutcome = v3 ? JOB_OUTCOMES[buf[162]!] : '';
   const jobIdLength = v3 ? buf[163]! : 0;
-  if (legality > Legality.DELETING || jobKind === undefined || jobOutcome === undefined || jobIdLength > MAX_JOB_ID_BYTES) {
+  if (legality > Legality.CREATING || jobKind === undefined || jobOutcome === undefined || jobIdLength > MAX_JOB_ID_BYTES) {
     throw new CorruptMetadataError('chunk record: invalid job field', { chunkIndex });
   }
   return {

@@ -19,13 +19,21 @@ import { readOptional, writeAtomic } from './node-state.js';
 //     check like a segment note's (a manager that is behind is refused);
 //   - per disk: an admin's decision (failed, draining) and the chunks
 //     reported bad. Kept here, not on the disk: a failed disk may refuse writes.
-// Both live in manager-notes.json in the data directory, replaced atomically
+//   - per server: an admin's decision on this server (failed), reported with
+//     the node (NodeInfo.note);
+//   - tombstones: the ids of volumes whose delete began (MarkVolumeDeleting,
+//     sent to every node, holder or not), until the manager says every chunk
+//     of them was freed (ForgetDeletedVolumes), so a rebuild finishes a delete
+//     even when every holder of one of its chunks was down at the delete.
+// They live in manager-notes.json in the data directory, replaced atomically
 // and durably (fsync) before the reply. Notes of volumes with no chunk here
 // are dropped at the next save. A file that does not read back is reported
 // and ignored (the manager writes the notes again when they change).
 //
-// MarkVolumeDeleting (a delete's first step) is on the chunk records
-// themselves: legality DELETING, durable before the reply.
+// MarkVolumeDeleting (a delete's first step) is also on the chunk records
+// themselves: legality DELETING, durable before the reply. A volume note with
+// `committed` clears the CREATING mark of the volume's chunks (a create's
+// last step), durable before the reply.
 
 const FILE = 'manager-notes.json';
 const log = moduleLogger('storage-node.notes');
@@ -33,9 +41,12 @@ const ADMIN_STATES = ['', 'failed', 'draining'];
 const MAX_ACCESS_BYTES = 16 * 1024;
 const MAX_REASON_BYTES = 1024;
 
-interface SavedVolume { version: number; epoch: number; access: string }
+const SERVER_ADMIN_STATES = ['', 'failed'];
+
+interface SavedVolume { version: number; epoch: number; access: string; spreadLabel?: string; createdMs?: number }
 interface SavedDisk { adminState: string; reason: string; badChunks: number[] }
-interface Saved { version: 1; volumes: Record<string, SavedVolume>; disks: Record<string, SavedDisk> }
+interface SavedServer { adminState: string; reason: string }
+interface Saved { version: 1; volumes: Record<string, SavedVolume>; disks: Record<string, SavedDisk>; server?: SavedServer; deleted?: number[] }
 
 export class ManagerNotes {
   private saving: Promise<void> = Promise.resolve();
@@ -50,7 +61,9 @@ export class ManagerNotes {
     try {
       const p = JSON.parse(text) as Partial<Saved>;
       if (p.version !== 1 || typeof p.volumes !== 'object' || typeof p.disks !== 'object' || !p.volumes || !p.disks) throw new Error('unexpected content');
-      return new ManagerNotes(dataDir, store, { version: 1, volumes: p.volumes, disks: p.disks });
+      const deleted = Array.isArray(p.deleted) ? p.deleted.filter((i) => Number.isInteger(i) && i > 0) : [];
+      const server = p.server && typeof p.server.adminState === 'string' ? { adminState: p.server.adminState, reason: String(p.server.reason ?? '') } : undefined;
+      return new ManagerNotes(dataDir, store, { version: 1, volumes: p.volumes, disks: p.disks, deleted, ...(server ? { server } : {}) });
     } catch (err) {
       log.error({ path, err: (err as Error).message }, 'the manager notes file does not read back: ignored (the manager writes them again when they change)');
       return new ManagerNotes(dataDir, store, empty);
@@ -66,20 +79,69 @@ export class ManagerNotes {
     if (!isCounter(version) || !isCounter(epoch) || Buffer.byteLength(access, 'utf8') > MAX_ACCESS_BYTES) {
       throw new InvalidArgumentError(`volume note: invalid version ${version}, epoch ${epoch} or access rules (at most ${MAX_ACCESS_BYTES} bytes)`, { volumeId });
     }
+    const spreadLabel = note.spreadLabel ?? '';
+    const createdMs = Number(note.createdMs ?? 0);
+    if (Buffer.byteLength(spreadLabel, 'utf8') > 64 || !isCounter(createdMs)) throw new InvalidArgumentError('volume note: spread label of at most 64 bytes, created time 0..2^53-1', { volumeId });
     const vol = this.store.volumes.get(volumeId);
     if (!vol) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
     if (epoch < vol.epoch) throw new StaleEpochError(`volume note at epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
+    if (note.committed) await commitCreate(vol.chunks.values());
     const held = this.saved.volumes[String(volumeId)];
     if (held && held.version >= version) return;
-    this.saved.volumes[String(volumeId)] = { version, epoch, access };
+    this.saved.volumes[String(volumeId)] = { version, epoch, access, ...(spreadLabel ? { spreadLabel } : {}), ...(createdMs > 0 ? { createdMs } : {}) };
     await this.save();
+  }
+
+  /** MarkVolumeDeleting's tombstone: durable before it resolves (again: a no-op). */
+  async tombstone(volumeId: number): Promise<void> {
+    const deleted = this.saved.deleted ??= [];
+    if (deleted.includes(volumeId)) return;
+    deleted.push(volumeId);
+    await this.save();
+  }
+
+  /** ForgetDeletedVolumes: the manager freed every chunk of these volumes. */
+  async forgetDeleted(volumeIds: number[]): Promise<void> {
+    const drop = new Set(volumeIds);
+    const before = this.saved.deleted ?? [];
+    const after = before.filter((id) => !drop.has(id));
+    if (after.length === before.length) return;
+    this.saved.deleted = after;
+    await this.save();
+  }
+
+  /** Tombstones held (ListChunks). */
+  deletedVolumes(): number[] {
+    return [...(this.saved.deleted ?? [])];
+  }
+
+  /** KeepServerNote: the admin's decision on this server, durable before it resolves. */
+  async keepServer(note: { adminState?: string; reason?: string }): Promise<void> {
+    const adminState = note.adminState ?? '';
+    const reason = note.reason ?? '';
+    if (!SERVER_ADMIN_STATES.includes(adminState) || Buffer.byteLength(reason, 'utf8') > MAX_REASON_BYTES) {
+      throw new InvalidArgumentError(`server note: admin state must be one of "${SERVER_ADMIN_STATES.join('", "')}", a reason of at most ${MAX_REASON_BYTES} bytes`);
+    }
+    const held = this.saved.server;
+    if ((held?.adminState ?? '') === adminState && (held?.reason ?? '') === (adminState ? reason : '')) return;
+    if (adminState) this.saved.server = { adminState, reason };
+    else delete this.saved.server;
+    await this.save();
+    log.info({ adminState }, 'server note kept');
+  }
+
+  /** The note on this server, as NodeInfo.note carries it (undefined: none). */
+  serverNote(): { adminState: string; reason: string } | undefined {
+    return this.saved.server ? { ...this.saved.server } : undefined;
   }
 
   /** The notes of the volumes this node holds a chunk of (ListChunks). */
   volumeNotes(): VolumeNote[] {
     const out: VolumeNote[] = [];
     for (const [id, v] of Object.entries(this.saved.volumes)) {
-      if (this.store.volumes.has(Number(id))) out.push({ volumeId: Number(id), version: v.version, epoch: v.epoch, access: v.access });
+      if (this.store.volumes.has(Number(id))) {
+        out.push({ volumeId: Number(id), version: v.version, epoch: v.epoch, access: v.access, spreadLabel: v.spreadLabel ?? '', createdMs: v.createdMs ?? 0 });
+      }
     }
     return out;
   }
@@ -118,15 +180,28 @@ export class ManagerNotes {
   }
 }
 
+/** Clears the CREATING mark of these chunks (a committed create), durably. */
+async function commitCreate(chunks: Iterable<Chunk>): Promise<void> {
+  const marked = [...chunks].filter((c) => c.rec.legality === Legality.CREATING);
+  if (marked.length === 0) return;
+  for (const c of marked) c.rec.legality = Legality.LEGAL;
+  await Promise.all(marked.map((c) => c.persist()));
+  const byDisk = new Map<string, Chunk>();
+  for (const c of marked) byDisk.set(c.disk.id, c);
+  await Promise.all([...byDisk.values()].map((c) => c.sync()));
+}
+
 /**
- * MarkVolumeDeleting: every chunk of the volume here gets legality DELETING,
- * durably, before the reply (epoch-checked; again: a no-op). Returns the chunks marked.
+ * MarkVolumeDeleting: a tombstone of the volume (every node), and every chunk
+ * of the volume here gets legality DELETING, durably, before the reply
+ * (epoch-checked; again: a no-op). Returns the chunks marked.
  */
-export async function markVolumeDeleting(store: ChunkStore, volumeId: number, epoch: number): Promise<number> {
-  if (!isCounter(epoch)) throw new InvalidArgumentError(`MarkVolumeDeleting: invalid epoch ${epoch}`, { volumeId });
+export async function markVolumeDeleting(store: ChunkStore, notes: ManagerNotes, volumeId: number, epoch: number): Promise<number> {
+  if (!isCounter(epoch) || !(Number.isInteger(volumeId) && volumeId > 0)) throw new InvalidArgumentError(`MarkVolumeDeleting: invalid volume id ${volumeId} or epoch ${epoch}`, { volumeId });
   const vol = store.volumes.get(volumeId);
+  if (vol && epoch < vol.epoch) throw new StaleEpochError(`MarkVolumeDeleting at epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
+  await notes.tombstone(volumeId); // holder or not: a rebuild finishes the delete even if every holder of a chunk was down
   if (!vol) return 0; // nothing of it here: nothing to mark
-  if (epoch < vol.epoch) throw new StaleEpochError(`MarkVolumeDeleting at epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
   const chunks: Chunk[] = [...vol.chunks.values()].filter((c) => c.rec.legality !== Legality.DELETING);
   for (const c of chunks) c.rec.legality = Legality.DELETING;
   await Promise.all(chunks.map((c) => c.persist()));

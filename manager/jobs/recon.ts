@@ -20,6 +20,9 @@ import { trustedNodes } from './node-cas.js';
 // record and a bumped generation (g+2) on every node (runner.ts), so a worker
 // that still runs somewhere can neither write (epoch) nor commit (generation).
 
+/** A chunk's legality as reconnaissance reads it: a create's CREATING mark not cleared yet is LEGAL (no job touched it). */
+const legalityOf = (l: string | undefined): string => (!l || l === 'CREATING' ? 'LEGAL' : l);
+
 export type ReconVerdict = 'succeeded' | 'roll_forward' | 'interrupted' | 'not_started' | 'fenced' | 'other';
 
 /** What one node's chunk records of the volume say (the first chunk's values; `mixed` when its chunks differ). */
@@ -95,8 +98,8 @@ export class Recon {
           const id = c.identity;
           if (!id || id.volumeId !== volume.id) continue;
           if (ev.chunks === 0) {
-            Object.assign(ev, { generation: id.generation, legality: id.legality || 'LEGAL', jobId: id.jobId, jobKind: id.jobKind, jobOutcome: id.jobOutcome, epoch: id.epoch });
-          } else if (id.generation !== ev.generation || (id.legality || 'LEGAL') !== ev.legality || id.jobId !== ev.jobId || id.jobOutcome !== ev.jobOutcome) {
+            Object.assign(ev, { generation: id.generation, legality: legalityOf(id.legality), jobId: id.jobId, jobKind: id.jobKind, jobOutcome: id.jobOutcome, epoch: id.epoch });
+          } else if (id.generation !== ev.generation || legalityOf(id.legality) !== ev.legality || id.jobId !== ev.jobId || id.jobOutcome !== ev.jobOutcome) {
             ev.mixed = true;
           }
           ev.epoch = Math.max(ev.epoch, id.epoch);

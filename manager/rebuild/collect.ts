@@ -70,7 +70,7 @@ export async function collectNodeTables(opts: CollectOptions, peers: PeerClients
     const nodes = await Promise.all([...seen.values()].map(async (server) => {
       try {
         const list = await peers.node.listChunks(server.controlAddress, { diskId: '' });
-        return { server, chunks: list.chunks, volumeNotes: list.volumeNotes };
+        return { server, chunks: list.chunks, volumeNotes: list.volumeNotes, deletedVolumes: list.deletedVolumes };
       } catch (err) {
         throw new TransportError(`cannot read the chunk table of ${server.name} at ${server.controlAddress}: ${errorMessage(err)}; `
           + 'the rebuild needs every node that registered: retry', { server: server.name });

@@ -16,7 +16,13 @@ export const MAX_ID_SLOT = 255;
 /** stale_slots is a uint32: identity slots above 31 cannot be noted. */
 export const NOTE_BITS = 32;
 
-export interface NodeTable { server: NodeInfo__Output; chunks: ChunkList__Output['chunks']; volumeNotes?: ChunkList__Output['volumeNotes'] }
+export interface NodeTable {
+  server: NodeInfo__Output;
+  chunks: ChunkList__Output['chunks'];
+  volumeNotes?: ChunkList__Output['volumeNotes'];
+  /** Tombstones: volumes whose delete began (MarkVolumeDeleting reaches every node). */
+  deletedVolumes?: number[];
+}
 
 /** A chunk the plan neither places nor frees (rule 8). */
 export interface SetAsideChunk { diskId: string; chunkIndex: number; volumeId: number; reason: string }

@@ -39,8 +39,9 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //     volume was deleted, so of two volumes with one name the lower id was
 //     deleted: its delete was interrupted and is finished (all its chunks to
 //     free, listed in report.rolledBack as an interrupted delete). Likewise a
-//     volume any of whose chunks is marked DELETING (the manager marks every
-//     chunk before it records a delete and frees them: MarkVolumeDeleting).
+//     volume any of whose chunks is marked DELETING, or whose id any node
+//     keeps a tombstone of (the manager marks every chunk, and leaves a
+//     tombstone on every node, before it records a delete: MarkVolumeDeleting).
 //
 //  3. Per segment, which chunks are in sync:
 //      - the segment's note is the one with the highest map_version among
@@ -101,7 +102,13 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //     placeholder server (`vsky server remove lost --force`) once no replica
 //     points at it.
 //
-//  6. A volume is committed when every segment has a good copy. Otherwise:
+//  6. A volume every chunk of which still carries the CREATING mark (a
+//     create's allocation, cleared by the committed note after the commit:
+//     manager/volumes.ts) and was never attached or noted (epoch and
+//     map_version 0) is an interrupted create, however complete: rolled back.
+//     One chunk without the mark or a used one proves the commit: built, with
+//     `unconfirmed` (the manager clears the other marks). Else a volume is
+//     committed when every segment has a good copy. Otherwise:
 //      - if its chunks show it never held data (every epoch 0: never
 //        attached, never copied to; every map_version 0: never noted) and no
 //        segment has a good copy or fewer than half of its segments have a
@@ -117,9 +124,8 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //     have a chunk is narrowed to volumes that never held data: a volume
 //     that was attached or noted is never freed for chunks that are
 //     missing, since they may be on a node that is down.
-//     A create that had allocated every chunk before the manager died comes
-//     back as a volume (it is complete; nothing tells it from a committed
-//     one); a delete that had freed only some chunks comes back degraded.
+//     (Chunks from before the CREATING mark: a create that had allocated every
+//     chunk comes back as a volume.)
 //
 //  7. The volume record: identity from rule 2, chunkSize = input.chunkSize,
 //     generation, epoch and mapVersion = the maximum over its chunks (the
@@ -154,8 +160,8 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //    identity slot. segment-notes.ts could keep a replaced chunk's slot bit
 //    set until the chunk is freed to close this.
 //  - stale_slots has 32 bits: identity slots above 31 are never noted stale.
-//  - A create that had allocated every chunk comes back as a volume; a
-//    delete interrupted early comes back (degraded) as one too.
+//  - A create committed but confirmed on no node (the create warned) and
+//    never attached is rolled back: an empty volume (docs/rebuild-from-storage.md).
 
 export { LOST_DISK_ID, LOST_SERVER_ID, type NodeTable, type SetAsideChunk } from './found.js';
 import { LOST_ADDRESS, LOST_DISK_ID, LOST_SERVER_ID, MAX_ID_SLOT, NOTE_BITS, few, identityKey, plural, sameIdentity, type Found, type NodeTable, type SetAsideChunk } from './found.js';
@@ -273,11 +279,22 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
   const lost = { next: 0 };
   let staleReplicas = 0;
 
+  const tombstones = new Set<number>();
+  for (const n of input.nodes) for (const id of n.deletedVolumes ?? []) tombstones.add(id);
+
   for (const c of candidates) {
     const { id, name, size, replicas: k, segmentCount } = c;
-    if (c.all.some((f) => f.legality === 'DELETING')) {
+    if (c.all.some((f) => f.legality === 'DELETING') || tombstones.has(id)) {
       freeAll(c, 'interrupted delete');
-      rolledBack.push({ volumeId: id, name, reason: `interrupted delete: its chunks are marked DELETING (the delete began before the database was lost); its ${plural(c.chunks.length, 'chunk')} are freed` });
+      const why = tombstones.has(id) ? 'a node keeps its tombstone' : 'its chunks are marked DELETING';
+      rolledBack.push({ volumeId: id, name, reason: `interrupted delete: ${why} (the delete began before the database was lost); its ${plural(c.chunks.length, 'chunk')} are freed` });
+      continue;
+    }
+    // Rule 6, the CREATING mark: every chunk still says so and none was ever attached or noted.
+    const creating = c.all.filter((f) => f.legality === 'CREATING').length;
+    if (creating === c.all.length && c.all.every((f) => f.epoch === 0 && f.mapVersion === 0)) {
+      freeAll(c, 'interrupted create');
+      rolledBack.push({ volumeId: id, name, reason: `interrupted create: every chunk still carries the CREATING mark (never committed, never attached); its ${plural(c.chunks.length, 'chunk')} are freed` });
       continue;
     }
     const later = newest.get(name)!;
@@ -369,6 +386,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
     const lvolid = commonLvolid(c.chunks);
     if (lvolid > 0) volume.claimedIntId = lvolid;
     restoreAccess(volume, notes.get(id));
+    if (creating > 0) volume.unconfirmed = true; // committed (a chunk lost the mark, or it was used): the manager clears the rest
     const job = restoreJob(volume, c.chunks, nowMs);
     if (job) jobs.push(job);
     volumes.push({ volume, map });

@@ -2,7 +2,7 @@ import { MAX_VOLUME_ID } from '../placement.js';
 import { claimDiskIds, claimServerId } from '../int-id-claims.js';
 import type { DiskRecord, ServerRecord } from '../types.js';
 import { LOST_DISK_ID, LOST_SERVER_ID, few, plural, type DiskSeen, type DiskUse, type Found, type NodeTable, type SetAsideChunk } from './found.js';
-import { restoreDiskAdmin } from './volume-state.js';
+import { restoreDiskAdmin, restoreServerAdmin } from './volume-state.js';
 
 // Rule 1 of a rebuild from storage (manager/rebuild/plan.ts): servers and
 // disks from the nodes' reports, and every chunk record in its volume's group.
@@ -47,6 +47,7 @@ export function readNodes(
       registeredMs: nowMs, lastHeartbeatMs: nowMs,
     };
     claimServerId(srec, info.ssvrid ?? 0, info.intIdsClusterId ?? '', clusterId);
+    restoreServerAdmin(srec, info.note);
     servers.push(srec);
     for (const d of info.disks) {
       if (!d.diskId || d.diskId === LOST_DISK_ID || diskById.has(d.diskId)) {

@@ -3,7 +3,7 @@ import type { VolumeNote__Output } from '../../proto/generated/vsky/storage/Volu
 import type { JobKind, JobRecord, JobState } from '../jobs/records.js';
 import { JOB_KINDS } from '../jobs/records.js';
 import { accessFromStorage } from '../storage-notes.js';
-import type { DiskRecord, VolumeRecord } from '../types.js';
+import type { DiskRecord, ServerRecord, VolumeRecord } from '../types.js';
 
 // What a rebuild from storage restores besides the maps (manager/rebuild/plan.ts
 // builds those), from what the nodes keep for the manager:
@@ -73,8 +73,27 @@ export function newestNotes(tables: { volumeNotes?: VolumeNote__Output[] }[]): M
 export function restoreAccess(volume: VolumeRecord, note: VolumeNote__Output | undefined): void {
   if (!note) return;
   volume.noteVersion = Number(note.version);
+  // Notes written since the create's committed note carry these (older ones: 0 and '').
+  const createdMs = Number(note.createdMs ?? 0);
+  if (createdMs > 0) {
+    volume.createdMs = createdMs;
+    volume.spreadLabel = note.spreadLabel ?? '';
+  }
   const access = accessFromStorage(note.access);
   if (access) volume.access = access;
+}
+
+/**
+ * A server an admin failed (vsky server fail; its node keeps the note) comes
+ * back failed and stays so until vsky server add, as after a restart. Its
+ * replicas' staleness is the segment notes' (the fail marked them stale).
+ */
+export function restoreServerAdmin(rec: ServerRecord, note: { adminState?: string; reason?: string } | null | undefined): void {
+  if (note?.adminState !== 'failed') return;
+  rec.adminFailed = true;
+  rec.state = 'failed';
+  const reason = (note.reason ?? '').replace(/ \(kept by its node; rebuild from storage\)$/, '');
+  rec.stateReason = `${reason || 'failed by an admin'} (kept by its node; rebuild from storage)`;
 }
 
 /** Applies the admin state its node keeps to a disk record the rebuild made (an active, usable disk). */

@@ -73,6 +73,8 @@ const STORAGE_NODE: Table = {
   KeepVolumeNote: ['manager'],
   MarkVolumeDeleting: ['manager'],
   KeepDiskNote: ['manager'],
+  ForgetDeletedVolumes: ['manager'],
+  KeepServerNote: ['manager'],
 };
 
 const HEAD_AGENT: Table = {

@@ -18,7 +18,11 @@ import { buildChunkMap, forEachReplica, type ChunkMapRecord } from '../../manage
 // interrupted deletes (every chunk there, one marked DELETING), DIRTY volumes
 // with their job's record, iSCSI access rules kept by the nodes (volume
 // notes, with an older version on another node) and disks failed or
-// draining by an admin (disk notes).
+// draining by an admin (disk notes); since the CREATING mark and tombstones:
+// complete creates whose chunks all still say CREATING (rolled back), deletes
+// known only from the tombstones every node keeps (plus 1,000 tombstones of
+// long-gone volumes on every node), a volume note (spread label, creation
+// time) for every committed volume on each node holding its first segment.
 // planRebuild is timed on the same input three times (median); the plan is
 // checked against what was synthesized. Fails (exit 1) above 10 s.
 // Run: npm run build && node dist/test/bench/manager-rebuild.js
@@ -38,8 +42,11 @@ const TARGET_MS = 2_000;
 
 interface Expected {
   volumes: number; chunks: number; staleReplicas: number; rolledBack: number; toFree: number; lostReplicas: number; drainsDone: number;
-  withAccess: number; dirty: number; jobs: number; adminDisks: number;
+  withAccess: number; dirty: number; jobs: number; adminDisks: number; withCreated: number;
 }
+const CREATED_MS = 1_700_000_000_000;
+/** Tombstones of volumes long gone (no chunk left), on every node. */
+const OLD_TOMBSTONES = 1_000;
 const ACCESS = JSON.stringify({ v: 1, initiators: ['iqn.2024-01.bench:vm'], chapUser: 'u', chapSecret: 'bench-secret-1234', mutualUser: '', mutualSecret: '' });
 
 export function synthesize(): { input: RebuildInput; expected: Expected } {
@@ -54,7 +61,7 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
     const labels = { rack: `r${s % RACKS}` };
     const info: NodeInfo__Output = {
       serverId, name: `node${s}`, dataAddress: `10.1.${s >> 8}.${s & 255}:7710`, controlAddress: `10.1.${s >> 8}.${s & 255}:7711`, labels, disks: [],
-      ssvrid: 0, intIdsClusterId: '', nextIntIds: null,
+      ssvrid: 0, intIdsClusterId: '', nextIntIds: null, note: null,
     };
     model.setServer(serverId, labels, true);
     for (let d = 0; d < DISKS_PER_SERVER; d++) {
@@ -70,7 +77,9 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
     tables.get(serverOfDisk.get(diskId)!)!.chunks.push({ diskId, chunkIndex, identity, writtenRegions: 100 });
   };
 
-  const expected: Expected = { volumes: 0, chunks: 0, staleReplicas: 0, rolledBack: 0, toFree: 0, lostReplicas: 0, drainsDone: 0, withAccess: 0, dirty: 0, jobs: 0, adminDisks: 0 };
+  const expected: Expected = { volumes: 0, chunks: 0, staleReplicas: 0, rolledBack: 0, toFree: 0, lostReplicas: 0, drainsDone: 0, withAccess: 0, dirty: 0, jobs: 0, adminDisks: 0, withCreated: 0 };
+  const tombstones: number[] = [];
+  for (let i = 1; i <= OLD_TOMBSTONES; i++) tombstones.push(VOLUMES + 1000 + i);
   // Disk notes: every 50th disk failed or draining by an admin (no chunk is placed on them).
   for (const t of tables.values()) {
     for (const d of t.server.disks) {
@@ -106,6 +115,25 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
       expected.rolledBack++;
       continue;
     }
+    if (roll >= 0.054 && roll < 0.057) {
+      // Interrupted create, every chunk allocated: all still CREATING, never attached.
+      forEachReplica(map, (r) => {
+        put(r.diskId, r.chunkIndex, ident(r.segment, r.slot, { generation: 1, epoch: 0, legality: 'CREATING' }));
+        expected.toFree++;
+      });
+      expected.rolledBack++;
+      continue;
+    }
+    if (roll >= 0.057 && roll < 0.059) {
+      // A delete whose mark reached no holder (all down at the delete): only the tombstones say so.
+      forEachReplica(map, (r) => {
+        put(r.diskId, r.chunkIndex, ident(r.segment, r.slot));
+        expected.toFree++;
+      });
+      tombstones.push(id);
+      expected.rolledBack++;
+      continue;
+    }
     if (roll >= 0.042 && roll < 0.044) {
       // Interrupted delete: every chunk there, the first node's marked DELETING.
       let first = '';
@@ -125,12 +153,17 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
       expected.dirty++;
       expected.jobs++;
     }
+    for (let r = 0; r < K; r++) {
+      // The create's committed note: spread label and creation time, on each node holding the first segment.
+      tables.get(serverOfDisk.get(map.disks[map.locs[2 * r]!]!)!)!.volumeNotes!.push({ volumeId: id, version: 0, epoch: 0, access: '', spreadLabel: 'rack', createdMs: CREATED_MS, committed: false });
+    }
+    expected.withCreated++;
     if (roll >= 0.5 && roll < 0.8) {
       // Access rules: the newest note on the first replica's node, an older one on the second's.
       const a = serverOfDisk.get(map.disks[map.locs[0]!]!)!;
       const b = serverOfDisk.get(map.disks[map.locs[2]!]!)!;
-      tables.get(b)!.volumeNotes!.push({ volumeId: id, version: 1, epoch, access: '' });
-      tables.get(a)!.volumeNotes!.push({ volumeId: id, version: 2, epoch, access: ACCESS });
+      tables.get(b)!.volumeNotes!.push({ volumeId: id, version: 1, epoch, access: '', spreadLabel: 'rack', createdMs: CREATED_MS, committed: false });
+      tables.get(a)!.volumeNotes!.push({ volumeId: id, version: 2, epoch, access: ACCESS, spreadLabel: 'rack', createdMs: CREATED_MS, committed: false });
       expected.withAccess++;
     }
     if (roll < 0.005) setIdentitySlot(map, seg * K + 1, 3); // a finished drain: 0, 3, 2
@@ -166,6 +199,7 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
     }
   }
   const nodes = [...tables.values()];
+  for (const t of nodes) t.deletedVolumes = tombstones;
   expected.chunks = nodes.reduce((n, t) => n + t.chunks.length, 0);
   return { input: { clusterId: CLUSTER, chunkSize: CHUNK, nodes, nowMs: NOW }, expected };
 }
@@ -189,6 +223,7 @@ export function runManagerRebuildBench(): object {
     toFree: p.toFree.length, lostReplicas: p.disks.find((d) => d.id === 'lost')?.chunkCount ?? 0, drainsDone: idsPairs,
     withAccess: p.volumes.filter((v) => v.volume.access?.chapUser === 'u').length, dirty: p.volumes.filter((v) => v.volume.dirty).length,
     jobs: p.jobs.length, adminDisks: p.disks.filter((d) => d.id !== 'lost' && (d.adminFailed || d.draining)).length,
+    withCreated: p.volumes.filter((v) => v.volume.createdMs === CREATED_MS).length,
   };
   const mismatches = (Object.keys(expected) as (keyof Expected)[]).filter((k) => expected[k] !== got[k]);
   if (p.report.conflicts.length > 0) mismatches.push('conflicts' as keyof Expected);
@@ -196,7 +231,7 @@ export function runManagerRebuildBench(): object {
     cluster: { servers: SERVERS, disks: SERVERS * DISKS_PER_SERVER, racks: RACKS, replicas: K },
     volumes: p.report.volumes, chunks: p.report.chunks,
     staleReplicas: p.report.staleReplicas, rolledBack: got.rolledBack, toFree: got.toFree, lostReplicas: got.lostReplicas, drainsDone: got.drainsDone,
-    withAccess: got.withAccess, dirty: got.dirty, jobs: got.jobs, adminDisks: got.adminDisks,
+    withAccess: got.withAccess, dirty: got.dirty, jobs: got.jobs, adminDisks: got.adminDisks, withCreated: got.withCreated,
     synthesizeMs: Math.round(synthMs),
     planMs: runs.map((x) => Math.round(x)), medianMs: Math.round(median),
     targetMs: TARGET_MS, limitMs: LIMIT_MS,

@@ -39,8 +39,8 @@ export class FakeNode {
 
   readonly info: Omit<NodeInfo__Output, 'disks'>;
 
-  constructor(info: Omit<NodeInfo__Output, 'disks' | 'ssvrid' | 'intIdsClusterId' | 'nextIntIds'> & Partial<NodeInfo__Output>) {
-    this.info = { ssvrid: 0, intIdsClusterId: '', nextIntIds: null, ...info };
+  constructor(info: Omit<NodeInfo__Output, 'disks' | 'ssvrid' | 'intIdsClusterId' | 'nextIntIds' | 'note'> & Partial<NodeInfo__Output>) {
+    this.info = { ssvrid: 0, intIdsClusterId: '', nextIntIds: null, note: null, ...info };
   }
 
   addDisk(id: string, chunkCount: number, chunkSize: number, path = `/dev/${id}`): DiskInfo__Output {
@@ -158,7 +158,7 @@ export class FakePeers implements PeerClients {
         if (req.diskId && d.info.diskId !== req.diskId) continue;
         for (const [chunkIndex, identity] of d.chunks) chunks.push({ diskId: d.info.diskId, chunkIndex, identity, writtenRegions: 0 });
       }
-      return { chunks, volumeNotes: [] };
+      return { chunks, volumeNotes: [], deletedVolumes: [] };
     },
     getChunkRegions: async (a, req) => {
       const n = await this.reach(a, 'GetChunkRegions');

@@ -48,7 +48,7 @@ export class Fixture {
       const labels: Record<string, string> = racks ? { rack: `r${s % racks}` } : {};
       const info: NodeInfo__Output = {
         serverId: `s${s}`, name: `node${s}`, dataAddress: `10.0.0.${s + 1}:7710`, controlAddress: `10.0.0.${s + 1}:7711`, labels, disks: [],
-        ssvrid: 0, intIdsClusterId: '', nextIntIds: null,
+        ssvrid: 0, intIdsClusterId: '', nextIntIds: null, note: null,
       };
       this.model.setServer(info.serverId, labels, true);
       for (let d = 0; d < disksPerServer; d++) {

@@ -6,7 +6,7 @@ import { MiB } from '../../shared/constants.js';
 import { call, storageNodeClient } from '../../shared/grpc.js';
 import { chunksOnNodes, destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { expectReplicasEqual } from '../harness/replicas.js';
-import { run } from '../harness/tools.js';
+import { run, tryRun } from '../harness/tools.js';
 import { VerifyingWriter } from '../harness/verifier.js';
 import { vsky } from '../harness/vsky.js';
 
@@ -16,13 +16,17 @@ import { vsky } from '../harness/vsky.js';
 // disk under it failed by an admin: degraded and resyncing), one detached
 // and mid-drain (its disk removed by an admin), one left DIRTY by a wipe
 // whose manager was killed mid-job, and one whose delete was cut short by a
-// manager killed after recording it (its chunks not freed yet). Then the
-// manager's database is deleted and the manager rebuilt from storage: the
-// access rules are back (they followed the chunks onto spares and drain
-// targets), the failed disk stays failed, the drain resumes and ends, the
-// DIRTY volume is DIRTY with its job, the deleted volume stays deleted and
-// its chunks are freed, and every committed volume has the same bytes in
-// every replica.
+// manager killed once the nodes marked it (before it was recorded), and one
+// mid-create (the manager killed once every chunk was allocated, before the
+// commit: every segment has all its chunks). Then the manager's database is
+// deleted and the manager rebuilt from storage: the access rules are back
+// (they followed the chunks onto spares and drain targets) and a real
+// initiator logs in with CHAP to the re-attached volume (and is refused with
+// a wrong secret), the failed disk stays failed, the drain resumes and ends,
+// the DIRTY volume is DIRTY with its job, the deleted volume stays deleted
+// and its chunks are freed, the interrupted create is rolled back and its
+// chunks freed, and every committed volume has the same bytes in every
+// replica (and the bytes written before).
 
 const SIZE = 32 * MiB; // 2 segments of 16 MiB
 const BLOCKS = SIZE / 4096;
@@ -42,7 +46,7 @@ async function waitFor<T>(what: string, probe: () => Promise<T | undefined | fal
 }
 
 /** Per storage node: the volume ids it holds chunks of, and the volume notes (access rules) it keeps. */
-async function nodeNotes(c: LocalCluster): Promise<Array<{ volumes: Set<number>; notes: Map<number, string> }>> {
+async function nodeNotes(c: LocalCluster): Promise<Array<{ volumes: Set<number>; notes: Map<number, string>; deleted: number[] }>> {
   const out = [];
   for (const n of c.nodes) {
     const client = storageNodeClient(String(n.ready.controlAddress), c.tls.security());
@@ -51,6 +55,7 @@ async function nodeNotes(c: LocalCluster): Promise<Array<{ volumes: Set<number>;
       out.push({
         volumes: new Set(list.chunks.map((x) => x.identity!.volumeId)),
         notes: new Map(list.volumeNotes.map((v) => [v.volumeId, v.access])),
+        deleted: list.deletedVolumes,
       });
     } finally {
       client.close();
@@ -95,6 +100,8 @@ describe('a rebuild from storage keeps access rules, admin state, DIRTY volumes 
 
   it('brings every committed volume back with its rules and bytes; the interrupted operations end as they should', { timeout: 420_000 }, async () => {
     const m = c.managerAddress;
+    const t0 = Date.now();
+    const step = (what: string) => process.stderr.write(`[rebuild-state +${Math.round((Date.now() - t0) / 1000)}s] ${what}\n`);
     let client: Client = c.client();
     const ok = async (args: string[]) => {
       const r = await vsky(args, m);
@@ -137,6 +144,7 @@ describe('a rebuild from storage keeps access rules, admin state, DIRTY volumes 
       if (note) expect(note).toContain('vsky-sealed:v1:');
     }
 
+    step('dv wipe');
     // dv: a wipe whose manager is killed between the data work and the final CAS (DIRTY on storage).
     client.close();
     c.manager.env = { VSKY_CRASH_AT: 'manager.job.worked' };
@@ -145,8 +153,8 @@ describe('a rebuild from storage keeps access rules, admin state, DIRTY volumes 
     await vsky(['volume', 'wipe', 'dv', '--job-id', 'wipe-lost'], m);
     await c.manager.waitExit();
     // An admin removes a disk under drn (drained at 1 MiB/s); then dead's delete, whose manager is
-    // killed once the delete is recorded, before any chunk is freed.
-    c.manager.env = { VSKY_CRASH_AT: 'manager.delete.recorded' };
+    // killed once the nodes marked it, before it was recorded (a restart still knows dead; storage says it is going).
+    c.manager.env = { VSKY_CRASH_AT: 'manager.delete.marked' };
     await c.manager.start();
     await waitUp(c);
     await ok(['disk', 'remove', drainedDisk, '--no-wait']);
@@ -159,17 +167,37 @@ describe('a rebuild from storage keeps access rules, admin state, DIRTY volumes 
     client.close();
     const deleted = await vsky(['volume', 'delete', 'dead'], m);
     await c.manager.waitExit();
-    // Premises: the manager died in the delete (not refused); dead's chunks are all still there, marked DELETING;
+    // Premises: the manager died in the delete (not refused); dead's chunks are all still there, marked DELETING,
+    // and every node keeps its tombstone;
     // dv's chunks say DIRTY with the wipe's record; the drain and the resync had not finished.
     expect(String(deleted.stderr)).not.toMatch(/attached|not found/);
     const deadChunks = await chunksOnNodes(c, 'dead');
     expect(deadChunks.length).toBeGreaterThanOrEqual(6); // 6, and a drain target if the drain got to it
     expect(deadChunks.every((x) => x.legality === 'DELETING')).toBe(true);
+    const deadId = deadChunks[0]!.volumeId;
+    expect((await nodeNotes(c)).every((n) => n.deleted.includes(deadId))).toBe(true);
     const dvChunks = await chunksOnNodes(c, 'dv');
     expect(dvChunks.some((x) => x.legality === 'DIRTY' && x.jobId === 'wipe-lost')).toBe(true);
     expect(disks.find((d) => d.diskId === drainedDisk)).toMatchObject({ draining: true, state: 'active' });
     expect(disks.find((d) => d.diskId === failedDisk)).toMatchObject({ state: 'failed' });
+    step('mc create');
+    // mc: a create whose manager is killed once all of its chunks are allocated, before the commit.
+    c.manager.env = { VSKY_CRASH_AT: 'manager.create.committing' };
+    await c.manager.start();
+    await waitUp(c);
+    const created = await vsky(['volume', 'create', 'mc', '--size', String(SIZE), '--replicas', '3', '--thick'], m);
+    await c.manager.waitExit();
+    expect(created.exitCode).not.toBe(0);
+    // Premise: every segment of mc has all its chunks (the old "never used and incomplete" rule would keep it), all CREATING.
+    const mcChunks = await chunksOnNodes(c, 'mc');
+    expect(mcChunks.map((x) => `${x.segment}/${x.slot}`).sort()).toEqual(['0/0', '0/1', '0/2', '1/0', '1/1', '1/2']);
+    expect(mcChunks.every((x) => x.legality === 'CREATING' && x.epoch === 0)).toBe(true);
+    // The normal restart in between kept dead (not recorded as deleted): its chunks are still there.
+    expect((await chunksOnNodes(c, 'dead')).length).toBeGreaterThanOrEqual(6);
+    // And no committed volume's chunk carries the mark (their creates were confirmed).
+    expect((await chunksOnNodes(c)).filter((x) => x.volumeName !== 'mc' && x.legality === 'CREATING')).toEqual([]);
 
+    step('rebuild');
     // The manager host is reinstalled: its database is gone.
     c.manager.env = {};
     rmSync(join(c.opts.dir, 'manager'), { recursive: true, force: true });
@@ -194,17 +222,22 @@ describe('a rebuild from storage keeps access rules, admin state, DIRTY volumes 
       expect((await call(client, 'ShowVolume', { name: 'dv' })).info!.legality).toBe('DIRTY');
       const refused = await vsky(['volume', 'attach', 'dv', '--head', 'head1'], m);
       expect(String(refused.stderr)).toMatch(/DIRTY/);
+      step('admin state');
       // Admin state: the failed disk stays failed through heartbeats; the drain resumes and ends.
       await new Promise((r) => setTimeout(r, 1500));
       const after = (await call(client, 'ListDisks', {})).disks;
       expect(after.find((d) => d.diskId === failedDisk)).toMatchObject({ state: 'failed', stateReason: expect.stringMatching(/flaky cable/) });
       expect(after.find((d) => d.diskId === drainedDisk)).toMatchObject({ draining: true });
-      // The interrupted delete is finished: dead is not back, its chunks are freed.
+      // The interrupted delete is finished: dead is not back, its chunks are freed. So is the interrupted create.
       await waitFor('dead\'s chunks freed', async () => (await chunksOnNodes(c, 'dead')).length === 0, 60_000);
+      await waitFor('mc\'s chunks freed', async () => (await chunksOnNodes(c, 'mc')).length === 0, 60_000);
+      expect((await call(client, 'ListVolumes', {})).volumes.map((v) => v.name)).not.toContain('mc');
+      step('drain');
       await waitFor('the drain to end', async () => {
         const d = (await call(client, 'ListDisks', {})).disks.find((x) => x.diskId === drainedDisk);
         return d?.state === 'removed';
       }, 180_000);
+      step('heal');
       await waitFor('acl healed', async () => {
         const info = (await call(client, 'ShowVolume', { name: 'acl' })).info!;
         return !info.degraded && info.resyncs === 0;
@@ -212,6 +245,7 @@ describe('a rebuild from storage keeps access rules, admin state, DIRTY volumes 
     } finally {
       client.close();
     }
+    step('writer stop');
     await writer.stop();
     expect(writer.stats.violations).toEqual([]);
     expect(writer.stats.writesAcked).toBeGreaterThan(0);
@@ -220,6 +254,25 @@ describe('a rebuild from storage keeps access rules, admin state, DIRTY volumes 
     await expectReplicasEqual(c, 'acl');
     await expectReplicasEqual(c, 'drn');
     await expectReplicasEqual(c, 'dv', 2);
+    step('drn bytes');
+    // drn holds the bytes written before the database was lost.
+    const drnUri = await c.ensureVolume('drn', SIZE, 3);
+    const check = await run('qemu-io', ['-f', 'raw', '-c', `read -P 0x${'d'.charCodeAt(0).toString(16)} 0 ${SIZE}`, drnUri]);
+    expect(String(check.stdout)).not.toMatch(/verification failed|error/i);
+    await ok(['volume', 'detach', 'drn']);
+    step('chap');
+    // CHAP through a real initiator, with the rules the rebuilt manager read from storage: acl attached again
+    // (the head gets them from the rebuilt manager), the right secret logs in, a wrong one is refused.
+    await ok(['volume', 'detach', 'acl']);
+    const { iscsi } = await c.ensureVolumeUrls('acl', SIZE, 3);
+    expect(iscsi).toMatch(/^iscsi:\/\//);
+    const withCreds = (secret: string) => iscsi.replace('iscsi://', `iscsi://alice%${secret}@`);
+    const right = await run('iscsi-inq', ['-i', IQN, withCreds(SECRET)]);
+    expect(String(right.stdout)).toMatch(/VASTSKY/);
+    const wrong = await tryRun('iscsi-inq', ['-i', IQN, withCreds('wrong-secret-of-12')]);
+    expect(wrong.exitCode).not.toBe(0);
+    const noCreds = await tryRun('iscsi-inq', ['-i', IQN, iscsi]);
+    expect(noCreds.exitCode).not.toBe(0);
     // The rules followed acl onto its new chunks too: a second rebuild would find them on every node holding one.
     const nodes = await nodeNotes(c);
     expect(nodes.every((n) => !n.volumes.has(aclId) || (n.notes.get(aclId) ?? '').includes('alice'))).toBe(true);

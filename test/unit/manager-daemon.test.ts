@@ -40,6 +40,9 @@ async function serveNode(): Promise<string> {
     ListChunks: unary((req) => node.listChunks(address, req)),
     GetChunkRegions: unary((req) => node.getChunkRegions(address, req)),
     CopyChunk: unary(async (req) => { await node.copyChunk(address, req); return {}; }),
+    // The manager's notes (its own tests: storage-node-manager-notes): acknowledged, as a node that keeps them.
+    KeepVolumeNote: unary(async () => ({})),
+    MarkVolumeDeleting: unary(async () => ({ chunks: 0 })),
   }));
   return address;
 }

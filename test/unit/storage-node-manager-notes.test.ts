@@ -11,7 +11,9 @@ import { startStorageNode, type StorageNodeHandle, type StorageNodeOptions } fro
 // What a storage node keeps for the manager besides its chunk records
 // (storage-node/manager-notes.ts): volume notes (access rules, versioned,
 // epoch-checked), disk notes (an admin's word, bad chunks), and a delete's
-// DELETING mark on the chunk records; each durable across a node restart.
+// DELETING mark on the chunk records and a tombstone on every node, a create's
+// CREATING mark cleared by the committed note, a server note; each durable
+// across a node restart.
 
 setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));
 
@@ -60,7 +62,7 @@ describe('manager notes on a storage node', () => {
     await call(client, 'KeepVolumeNote', { volumeId: 1, version: 1, epoch: 3, access: 'rules v1' });
     await expect(call(client, 'KeepVolumeNote', { volumeId: 1, version: 5, epoch: 2, access: 'behind' })).rejects.toThrow(/epoch 2 is below/);
     await expect(call(client, 'KeepVolumeNote', { volumeId: 9, version: 1, epoch: 3, access: 'x' })).rejects.toThrow(/no chunk of volume 9/);
-    expect((await listed()).volumeNotes).toEqual([{ volumeId: 1, version: 2, epoch: 3, access: 'rules v2' }]);
+    expect((await listed()).volumeNotes).toEqual([{ volumeId: 1, version: 2, epoch: 3, access: 'rules v2', spreadLabel: '', createdMs: 0, committed: false }]);
   });
 
   it('keeps a disk note, reported with the disk; garbage is refused', async () => {
@@ -85,7 +87,7 @@ describe('manager notes on a storage node', () => {
     await node.close();
     await start();
     const after = await listed();
-    expect(after.volumeNotes).toEqual([{ volumeId: 1, version: 3, epoch: 3, access: 'rules v3' }]);
+    expect(after.volumeNotes).toEqual([{ volumeId: 1, version: 3, epoch: 3, access: 'rules v3', spreadLabel: '', createdMs: 0, committed: false }]);
     expect((await call(client, 'GetInfo', {})).disks[0]!.note).toMatchObject({ adminState: 'draining', badChunks: [3, 7] });
     expect(after.chunks.every((c) => c.identity!.legality === 'LEGAL')).toBe(true);
     await call(client, 'AllocateChunk', { diskId: disk, chunkIndex: 2, identity: identity(3, 0) });
@@ -93,5 +95,53 @@ describe('manager notes on a storage node', () => {
     await node.close();
     await start();
     expect((await listed()).chunks.find((c) => c.identity!.volumeId === 3)!.identity!.legality).toBe('DELETING');
+  });
+
+  it('keeps a tombstone of every volume whose delete began, holder or not, until the manager drops it', async () => {
+    // Premise: this node holds no chunk of volume 77; the mark still leaves a tombstone.
+    expect((await listed()).chunks.some((c) => c.identity!.volumeId === 77)).toBe(false);
+    expect((await call(client, 'MarkVolumeDeleting', { volumeId: 77, epoch: 0 })).chunks).toBe(0);
+    expect((await listed()).deletedVolumes).toEqual(expect.arrayContaining([2, 3, 42, 77]));
+    await node.close();
+    await start();
+    expect((await listed()).deletedVolumes).toEqual(expect.arrayContaining([2, 3, 42, 77]));
+    await call(client, 'ForgetDeletedVolumes', { volumeIds: [42, 77] });
+    const left = (await listed()).deletedVolumes;
+    expect(left).toEqual(expect.arrayContaining([2, 3]));
+    expect(left).not.toContain(77);
+    await expect(call(client, 'MarkVolumeDeleting', { volumeId: 0, epoch: 0 })).rejects.toThrow(/invalid volume id/);
+  });
+
+  it('allocates a create\'s chunks CREATING, and a committed note clears the mark of that volume only, durably', async () => {
+    const creating = (v: number, s: number) => ({ ...identity(v, s, 0), legality: 'CREATING' });
+    await call(client, 'AllocateChunk', { diskId: disk, chunkIndex: 4, identity: creating(5, 0) });
+    await call(client, 'AllocateChunk', { diskId: disk, chunkIndex: 5, identity: creating(5, 1) });
+    await call(client, 'AllocateChunk', { diskId: disk, chunkIndex: 6, identity: creating(6, 0) });
+    await expect(call(client, 'AllocateChunk', { diskId: disk, chunkIndex: 7, identity: { ...identity(8, 0), legality: 'DIRTY' } })).rejects.toThrow(/LEGAL or CREATING/);
+    const marks = async () => new Map((await listed()).chunks.filter((c) => c.identity!.volumeId >= 5).map((c) => [`${c.identity!.volumeId}/${c.identity!.segment}`, c.identity!.legality]));
+    // Premise: the mark is on storage and survives a restart.
+    await node.close();
+    await start();
+    expect(await marks()).toEqual(new Map([['5/0', 'CREATING'], ['5/1', 'CREATING'], ['6/0', 'CREATING']]));
+    // A note without `committed` (access rules) leaves it; the committed one clears volume 5's, with its spread label and creation time.
+    await call(client, 'KeepVolumeNote', { volumeId: 5, version: 0, epoch: 0, access: '' });
+    expect((await marks()).get('5/0')).toBe('CREATING');
+    await call(client, 'KeepVolumeNote', { volumeId: 5, version: 1, epoch: 0, access: '', spreadLabel: 'rack', createdMs: 1234, committed: true });
+    await node.close();
+    await start();
+    expect(await marks()).toEqual(new Map([['5/0', 'LEGAL'], ['5/1', 'LEGAL'], ['6/0', 'CREATING']]));
+    expect((await listed()).volumeNotes.find((n) => n.volumeId === 5)).toMatchObject({ spreadLabel: 'rack', createdMs: 1234 });
+    await expect(call(client, 'KeepVolumeNote', { volumeId: 5, version: 2, epoch: 0, access: '', spreadLabel: 'x'.repeat(65) })).rejects.toThrow(/spread label/);
+  });
+
+  it('keeps the admin\'s word on the server, reported with the node', async () => {
+    expect((await call(client, 'GetInfo', {})).note).toBeNull();
+    await call(client, 'KeepServerNote', { adminState: 'failed', reason: 'failed by an admin: PSU' });
+    await expect(call(client, 'KeepServerNote', { adminState: 'draining', reason: '' })).rejects.toThrow(/admin state/);
+    await node.close();
+    await start();
+    expect((await call(client, 'GetInfo', {})).note).toEqual({ adminState: 'failed', reason: 'failed by an admin: PSU' });
+    await call(client, 'KeepServerNote', { adminState: '', reason: '' });
+    expect((await call(client, 'GetInfo', {})).note).toBeNull();
   });
 });
