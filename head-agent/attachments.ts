@@ -12,6 +12,8 @@ import { Mirror, MutationTracker, rejectOnReplicaFailure, type ReplicaFailureHan
 import type { LeaseClaim } from './manager-link.js';
 import type { NodePool } from './engine/node-pool.js';
 import { reconcileVolume } from './engine/reconcile.js';
+import { loadBacking } from './backing-loader.js';
+import { MAX_DATA_PAYLOAD } from '../shared/constants.js';
 import { REPLICA_STATES, Replica, type ReplicaState } from './engine/replica.js';
 
 // The volumes attached to this head, by name: what the NBD (and later iSCSI)
@@ -238,15 +240,19 @@ export class Attachments implements ExportRegistry {
       // Before any read can be balanced over the replicas (rule 4).
       await reconcileVolume(map.chunkSize, segments, { clients: this.nodeClients, epoch, log: this.log });
     }
+    // After reconcile: the replicas agree on what was written (docs/snapshots.md).
+    const backing = await loadBacking(map, { pool: this.pool, clients: this.nodeClients, maxPiece: Math.min(this.maxPiece ?? MAX_DATA_PAYLOAD, MAX_DATA_PAYLOAD) });
     if (existing !== undefined) {
       const was = existing.lease;
+      existing.backing = backing;
       existing.reconfigure(segments, epoch, map.generation, 'held', map.size);
       this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, was, reconciled: reconcile },
         was === 'held' ? 'volume re-attached with a newer epoch' : 'write lease granted: replica nodes fenced with the new epoch');
       return existing;
     }
     const volume = this.register(map, epoch, segments, tracker, false);
-    this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, segments: segments.length }, 'volume attached');
+    volume.backing = backing;
+    this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, segments: segments.length, backing: map.backing.map((b) => b.name) }, 'volume attached');
     return volume;
   }
 

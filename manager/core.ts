@@ -15,10 +15,12 @@ import { SegmentNotes } from './segment-notes.js';
 import { StorageNotes } from './storage-notes.js';
 import { DEFAULT_SCHEDULER_LIMITS, type SchedulerLimits, DEFAULT_RESYNC_OPTIONS, Resyncs } from './resync/index.js';
 import { ManagerStore } from './store.js';
-import { holderEpoch } from './types.js';
+import { holderEpoch, type VolumeRecord } from './types.js';
 import { Jobs } from './jobs/runner.js';
 import { DEFAULT_JOB_RETENTION, type JobRetention } from './jobs/retention.js';
 import { Volumes } from './volumes.js';
+import { Snapshots } from './snapshots.js';
+import { setBackingLookup } from './views.js';
 import { moveOf } from './chunk-map.js';
 import { ThinSegments } from './thin/segments.js';
 import { checkThresholds, DEFAULT_POOL_THRESHOLDS, PoolWatch, provisioning, type PoolLevel, type PoolThresholds } from './thin/pool.js';
@@ -79,6 +81,10 @@ export interface StatusData {
 export class ManagerCore {
   /** Thin provisioning: segment allocation and free (manager/thin/). */
   thin!: ThinSegments;
+  /** Snapshots and clones (manager/snapshots.ts). */
+  snapshots!: Snapshots;
+  /** Snapshot of an attached volume: quiesces its head, returns how to resume it (set by manager/snapshot-attached.ts). */
+  quiesceForSnapshot: ((v: VolumeRecord) => Promise<() => Promise<void>>) | undefined = undefined;
   pool: PoolWatch | undefined;
   private constructor(
     readonly store: ManagerStore,
@@ -226,6 +232,9 @@ export class ManagerCore {
         }
         return undefined;
       };
+      core.snapshots = new Snapshots(store, model, registry, peers, volumes, { resyncsOf: (id) => resyncs.book.ofVolume(id).length });
+      core.snapshots.resume();
+      setBackingLookup(volumes);
       core.status();
       log.info({
         dataDir: opts.dataDir, servers: snap.servers.length, disks: snap.disks.length, heads: snap.heads.length,
@@ -310,6 +319,7 @@ export class ManagerCore {
   intIdCounters: () => IntIdCounters | undefined = () => undefined;
 
   async close(): Promise<void> {
+    this.snapshots.close();
     await this.jobs.stop();
     this.resyncs.stop();
     await this.resyncs.idle();

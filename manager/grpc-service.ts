@@ -72,6 +72,8 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     CreateVolume: unary(async (req) => info(await volumes.create({
       name: req.name, size: req.size, replicas: req.replicas, spreadLabel: req.spreadLabel, thin: !req.thick,
     }))),
+    CreateSnapshot: unary(async (req) => info(await core.snapshots.create(req.volume, req.name, core.quiesceForSnapshot))),
+    CloneVolume: unary(async (req) => info(await core.snapshots.clone(req.snapshot, req.name))),
     DeleteVolume: unary(async (req) => {
       await volumes.delete(req.name);
       return {};

@@ -22,6 +22,7 @@ import type { DiskInfo__Output } from '../proto/generated/vsky/storage/DiskInfo.
 import type { FreeChunkRequest } from '../proto/generated/vsky/storage/FreeChunkRequest.js';
 import type { ListChunksRequest } from '../proto/generated/vsky/storage/ListChunksRequest.js';
 import type { NodeInfo__Output } from '../proto/generated/vsky/storage/NodeInfo.js';
+import type { ReassignChunkRequest } from '../proto/generated/vsky/storage/ReassignChunkRequest.js';
 import type { RemoveDiskRequest } from '../proto/generated/vsky/storage/RemoveDiskRequest.js';
 
 // The manager's view of its peers: storage nodes and head agents, addressed
@@ -51,6 +52,8 @@ export interface StorageNodeApi {
   markVolumeDeleting?(address: string, req: MarkVolumeDeletingRequest): Promise<number>;
   /** An admin's decision on a disk (and its bad chunks) kept by its node. */
   keepDiskNote?(address: string, req: DiskNote): Promise<void>;
+  /** Snapshots: a chunk takes another volume's identity (durable when it resolves). */
+  reassignChunk?(address: string, req: ReassignChunkRequest): Promise<void>;
 }
 
 export interface HeadApi {
@@ -101,6 +104,7 @@ export class GrpcPeerClients implements PeerClients {
     getInfo: (a) => call(this.nodeClient(a), this.nodeClient(a).GetInfo, {}, PEER_TIMEOUTS.info, PEER_CALL),
     addDisk: (a, req) => call(this.nodeClient(a), this.nodeClient(a).AddDisk, req, PEER_TIMEOUTS.disk, PEER_CALL),
     removeDisk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).RemoveDisk, req, PEER_TIMEOUTS.disk, PEER_CALL); },
+    reassignChunk: async (a, req) => { await call(this.nodeClient(a), 'ReassignChunk', req, PEER_TIMEOUTS.chunk, PEER_CALL); },
     allocateChunk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).AllocateChunk, req, PEER_TIMEOUTS.chunk, PEER_CALL); },
     freeChunk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).FreeChunk, req, PEER_TIMEOUTS.chunk, PEER_CALL); },
     listChunks: (a, req) => call(this.nodeClient(a), this.nodeClient(a).ListChunks, req, PEER_TIMEOUTS.list, PEER_CALL),

@@ -1,6 +1,7 @@
 import { MAX_DATA_PAYLOAD } from '../../shared/constants.js';
 import { CapacityError, InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
 import type { BlockDevice } from './block-device.js';
+import { ZEROS, type Backing } from './backing.js';
 import { MutationTracker, type Mirror } from './mirror.js';
 import type { Replica } from './replica.js';
 import { VolumeFlush } from './volume-flush.js';
@@ -81,6 +82,8 @@ export class LinearVolume implements BlockDevice {
   leaseRequester: LeaseRequester | undefined;
   /** Thin volumes: the first write to an unallocated segment asks it for chunks. */
   allocator: SegmentAllocator | undefined;
+  /** Clones and snapshotted volumes: where unwritten regions read from (backing.ts; set by the attachments). */
+  backing: Backing | undefined;
   readonly thin: boolean;
   /** First-write allocations in flight, by segment (one per segment; every waiting write shares it). */
   private readonly allocating = new Map<number, Promise<void>>();
@@ -320,14 +323,26 @@ export class LinearVolume implements BlockDevice {
     return settleAll(pieces);
   }
 
+  /**
+   * The one predicate for "unwritten regions read from a backing volume"
+   * (docs/snapshots.md): such a volume never frees a segment or clears a
+   * written bit on a discard (that would expose the backing's data); it
+   * writes zeros instead.
+   */
+  get hasBacking(): boolean {
+    return this.backing !== undefined;
+  }
+
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     if (this._lease !== 'held') return this.afterLease(() => this.writeZeroes(offset, length, fua));
+    if (this.backing !== undefined) return this.zeroBacked(offset, length, fua);
     if (this.thin) return this.thinZero(offset, length, (m, so, n) => m.writeZeroes(so, n, fua));
     return this.forEachPiece(offset, length, (m, so, n) => m.writeZeroes(so, n, fua));
   }
 
   discard(offset: number, length: number): Promise<void> {
     if (this._lease !== 'held') return this.afterLease(() => this.discard(offset, length));
+    if (this.backing !== undefined) return this.zeroBacked(offset, length, false);
     if (this.thin) return this.thinZero(offset, length, (m, so, n) => m.discard(so, n));
     return this.forEachPiece(offset, length, (m, so, n) => m.discard(so, n));
   }
@@ -340,7 +355,7 @@ export class LinearVolume implements BlockDevice {
   /** The run of segments from `offset` that share its allocation (BlockDevice.extentAt). */
   extentAt(offset: number): { allocated: boolean; length: number } {
     // Only the holder's map is current (a standby's may predate allocations): otherwise "allocated", which is always safe.
-    if (this._lease !== 'held' || !this.thin) return { allocated: true, length: this._size - offset };
+    if (this._lease !== 'held' || !this.thin || this.backing !== undefined) return { allocated: true, length: this._size - offset };
     const cs = this.chunkSize;
     let s = Math.floor(offset / cs);
     const allocated = this.isAllocated(s);
@@ -366,6 +381,7 @@ export class LinearVolume implements BlockDevice {
       if (gate !== undefined) return gate.then(() => this.resumed() ?? this.readSegment(s, so, dest));
     }
     const m = this.segments[s]!;
+    if (this.backing !== undefined) return this.backing.read(m, s, so, dest);
     if (m.replicas.length === 0) {
       dest.fill(0);
       return Promise.resolve(dest);
@@ -381,6 +397,7 @@ export class LinearVolume implements BlockDevice {
     const m = this.segments[s]!;
     if (m.replicas.length === 0) return this.allocate(s).then(() => this.resumed() ?? this.writeSegment(s, so, data, fua));
     if (this.trimmed.size !== 0) this.trimmed.delete(s);
+    if (this.backing !== undefined) return this.backing.write(m, s, so, data, fua, Math.min(this.chunkSize, this._size - s * this.chunkSize));
     return m.write(so, data, fua);
   }
 
@@ -425,6 +442,23 @@ export class LinearVolume implements BlockDevice {
         if (gate !== undefined) return gate.then(() => this.resumed() ?? (this.isAllocated(s) ? this.inPieces(this.segments[s]!, so, n, fn) : undefined));
       }
       return this.inPieces(m, so, n, fn).then(() => this.noteTrimmed(s, so, n));
+    }, true);
+  }
+
+  /**
+   * DISCARD / WRITE_ZEROES on a volume with a backing: zeros are written (a
+   * freed segment or cleared written bit would expose the backing's data);
+   * segments with nothing allocated anywhere in the chain already read zeros.
+   */
+  private zeroBacked(offset: number, length: number, fua: boolean): Promise<void> {
+    const backing = this.backing!;
+    return this.forEachPiece(offset, length, (m, so, n) => {
+      const s = m.index;
+      if (m.replicas.length === 0 && backing.chainEmpty(s)) return Promise.resolve();
+      const step = Math.min(ZEROS.length, this.maxPiece);
+      const pieces: Promise<void>[] = [];
+      for (let at = 0; at < n; at += step) pieces.push(this.writeSegment(s, so + at, ZEROS.subarray(0, Math.min(step, n - at)), fua));
+      return settleAll(pieces);
     }, true);
   }
 

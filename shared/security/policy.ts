@@ -33,6 +33,8 @@ const MANAGER: Table = {
   ListHeads: RO,
   CreateVolume: [],
   DeleteVolume: [],
+  CreateSnapshot: [],
+  CloneVolume: [],
   ListVolumes: RO,
   ShowVolume: RO,
   AttachVolume: [],
@@ -73,6 +75,7 @@ const STORAGE_NODE: Table = {
   KeepVolumeNote: ['manager'],
   MarkVolumeDeleting: ['manager'],
   KeepDiskNote: ['manager'],
+  ReassignChunk: ['manager'],
 };
 
 const HEAD_AGENT: Table = {
