@@ -172,6 +172,31 @@ export class Attachments implements ExportRegistry {
     return this.exclusive(() => this.doUpdateMap(map, epoch, segment));
   }
 
+  /**
+   * Snapshot of an attached volume (docs/snapshots.md): new I/O waits, the
+   * mutations in flight finish, every node is flushed. The manager then
+   * commits the snapshot and attaches the volume again with its new map (a
+   * newer epoch), which lets the waiting I/O go on; or resumes it (unquiesce).
+   */
+  quiesce(name: string, epoch: number): Promise<void> {
+    return this.exclusive(async () => {
+      const volume = this.volumes.get(name);
+      if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
+      if (epoch !== volume.epoch) throw new StaleEpochError(`volume ${name} is held here with epoch ${volume.epoch}, not ${epoch}`, { volume: name });
+      const started = Date.now();
+      await volume.quiesce();
+      this.log.info({ volume: name, volumeId: volume.volumeId, epoch, ms: Date.now() - started }, 'volume quiesced for a snapshot: new I/O waits');
+    });
+  }
+
+  unquiesce(name: string): Promise<void> {
+    return this.exclusive(async () => {
+      const volume = this.volumes.get(name);
+      if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
+      volume.unquiesce();
+    });
+  }
+
   /** The write leases held here, for the heartbeat that renews them. */
   heldLeases(): LeaseClaim[] {
     return this.list().filter((v) => v.lease === 'held').map((v) => ({ volume: v.name, epoch: v.epoch }));
@@ -244,8 +269,12 @@ export class Attachments implements ExportRegistry {
     const backing = await loadBacking(map, { pool: this.pool, clients: this.nodeClients, maxPiece: Math.min(this.maxPiece ?? MAX_DATA_PAYLOAD, MAX_DATA_PAYLOAD) });
     if (existing !== undefined) {
       const was = existing.lease;
+      const snapshotted = existing.isQuiesced;
       existing.backing = backing;
       existing.reconfigure(segments, epoch, map.generation, 'held', map.size);
+      // After a snapshot the segments are new chunks: none carries this head's write-intent marks.
+      if (snapshotted) for (const m of segments) m.intent?.forget();
+      existing.unquiesce();
       this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, was, reconciled: reconcile },
         was === 'held' ? 'volume re-attached with a newer epoch' : 'write lease granted: replica nodes fenced with the new epoch');
       return existing;

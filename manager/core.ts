@@ -19,7 +19,8 @@ import { holderEpoch, type VolumeRecord } from './types.js';
 import { Jobs } from './jobs/runner.js';
 import { DEFAULT_JOB_RETENTION, type JobRetention } from './jobs/retention.js';
 import { Volumes } from './volumes.js';
-import { Snapshots } from './snapshots.js';
+import { Snapshots, type SnapshotQuiesce } from './snapshots.js';
+import { attachedSnapshotQuiesce } from './snapshot-attached.js';
 import { setBackingLookup } from './views.js';
 import { moveOf } from './chunk-map.js';
 import { ThinSegments } from './thin/segments.js';
@@ -84,7 +85,7 @@ export class ManagerCore {
   /** Snapshots and clones (manager/snapshots.ts). */
   snapshots!: Snapshots;
   /** Snapshot of an attached volume: quiesces its head, returns how to resume it (set by manager/snapshot-attached.ts). */
-  quiesceForSnapshot: ((v: VolumeRecord) => Promise<() => Promise<void>>) | undefined = undefined;
+  quiesceForSnapshot: SnapshotQuiesce | undefined = undefined;
   pool: PoolWatch | undefined;
   private constructor(
     readonly store: ManagerStore,
@@ -234,6 +235,7 @@ export class ManagerCore {
       };
       core.snapshots = new Snapshots(store, model, registry, peers, volumes, { resyncsOf: (id) => resyncs.book.ofVolume(id).length });
       core.snapshots.resume();
+      core.quiesceForSnapshot = attachedSnapshotQuiesce(volumes, registry, peers, attachments);
       setBackingLookup(volumes);
       core.status();
       log.info({

@@ -23,6 +23,7 @@ import type { FreeChunkRequest } from '../proto/generated/vsky/storage/FreeChunk
 import type { ListChunksRequest } from '../proto/generated/vsky/storage/ListChunksRequest.js';
 import type { NodeInfo__Output } from '../proto/generated/vsky/storage/NodeInfo.js';
 import type { ReassignChunkRequest } from '../proto/generated/vsky/storage/ReassignChunkRequest.js';
+import type { QuiesceVolumeRequest } from '../proto/generated/vsky/head/QuiesceVolumeRequest.js';
 import type { RemoveDiskRequest } from '../proto/generated/vsky/storage/RemoveDiskRequest.js';
 
 // The manager's view of its peers: storage nodes and head agents, addressed
@@ -65,6 +66,8 @@ export interface HeadApi {
   startResync(address: string, task: ResyncTask): Promise<void>;
   /** Drain, flush and give up the write lease (a hand-off); bounded by `timeoutMs`. */
   releaseLease(address: string, req: ReleaseLeaseRequest, timeoutMs: number): Promise<void>;
+  /** Snapshot of an attached volume: pause (or resume) its I/O on the holder. */
+  quiesceVolume?(address: string, req: QuiesceVolumeRequest, timeoutMs: number): Promise<void>;
   /** Hands a storage job that moves data (copy) to the head; returns once accepted. */
   runJob?(address: string, req: RunJobRequest): Promise<void>;
   /** The volumes the head has attached, with their sizes (an online resize checks what a refusing head kept). */
@@ -124,6 +127,7 @@ export class GrpcPeerClients implements PeerClients {
     startResync: async (a, task) => { await call(this.headClient(a), 'StartResync', task, PEER_TIMEOUTS.resync, PEER_CALL); },
     // Not waitForReady: a holder that is gone must fail fast, so the hand-off goes on to wait for its lease to expire.
     releaseLease: async (a, req, timeoutMs) => { await call(this.headClient(a), 'ReleaseLease', req, timeoutMs); },
+    quiesceVolume: async (a, req, timeoutMs) => { await call(this.headClient(a), 'QuiesceVolume', req, timeoutMs); },
     // Not waitForReady: a host that is gone must fail fast (the job is then fenced).
     runJob: async (a, req) => { await call(this.headClient(a), 'RunJob', req, PEER_TIMEOUTS.resync); },
     listAttached: (a) => call(this.headClient(a), 'ListAttached', {}, PEER_TIMEOUTS.info, PEER_CALL),

@@ -29,6 +29,9 @@ export interface SnapshotHooks {
   resyncsOf(volumeId: number): number;
 }
 
+/** Pauses an attached volume's holder for a snapshot; returns how to go on (committed: with the new map). */
+export type SnapshotQuiesce = (v: VolumeRecord) => Promise<(committed: boolean) => Promise<void>>;
+
 export class Snapshots {
   lvolIds?: LvolIdSource;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -53,8 +56,8 @@ export class Snapshots {
     if (this.retryTimer) clearTimeout(this.retryTimer);
   }
 
-  /** `vsky snapshot create VOLUME NAME` of a detached volume (an attached one: manager/snapshot-attached.ts quiesces its head first). */
-  async create(volumeName: string, name: string, quiesce?: (v: VolumeRecord) => Promise<() => Promise<void>>): Promise<VolumeRecord> {
+  /** `vsky snapshot create VOLUME NAME` (an attached volume: manager/snapshot-attached.ts pauses its head around the commit). */
+  async create(volumeName: string, name: string, quiesce?: SnapshotQuiesce): Promise<VolumeRecord> {
     validateVolumeName(name);
     if (this.volumes.nameTaken(name)) {
       throw new AlreadyExistsError(`cannot create snapshot ${name}: a volume or snapshot named ${name} exists; choose another name; nothing changed`, { name });
@@ -73,11 +76,15 @@ export class Snapshots {
       }
       if (this.volumes.nameTaken(name)) throw new AlreadyExistsError(`cannot create snapshot ${name}: a volume or snapshot named ${name} exists; nothing changed`, { name });
       const resume = v.attachedHead ? await quiesce!(v) : undefined;
+      let snap: VolumeRecord;
       try {
-        return await this.commit(v, map, name);
-      } finally {
-        await resume?.();
+        snap = await this.commit(v, map, name);
+      } catch (err) {
+        await resume?.(false);
+        throw err;
       }
+      await resume?.(true);
+      return snap;
     });
   }
 

@@ -34,6 +34,9 @@ export class Backing {
   /** Copy-ups in flight, by segment * regionsPerChunk + region. */
   private readonly copying = new Map<number, Promise<void>>();
   private readonly regionsPerChunk: number;
+  /** Copy-ups in progress (a snapshot's quiesce waits for them: idle()). */
+  private active = 0;
+  private idleWaiters: (() => void)[] = [];
 
   constructor(
     private readonly chunkSize: number,
@@ -120,7 +123,26 @@ export class Backing {
     return this.copyUp(m, s, so, data, fua, segLen, first, last);
   }
 
+  /** Resolves once no copy-up is in progress. */
+  idle(): Promise<void> {
+    if (this.active === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
   private async copyUp(m: Mirror, s: number, so: number, data: Buffer, fua: boolean, segLen: number, first: number, last: number): Promise<void> {
+    this.active++;
+    try {
+      await this.copyUpLocked(m, s, so, data, fua, segLen, first, last);
+    } finally {
+      if (--this.active === 0) {
+        const w = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const f of w) f();
+      }
+    }
+  }
+
+  private async copyUpLocked(m: Mirror, s: number, so: number, data: Buffer, fua: boolean, segLen: number, first: number, last: number): Promise<void> {
     const base = s * this.regionsPerChunk;
     // Wait for copy-ups of these regions by other writes, then take ours in the same tick.
     for (let waited = true; waited;) {

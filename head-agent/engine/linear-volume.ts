@@ -1,5 +1,5 @@
 import { MAX_DATA_PAYLOAD } from '../../shared/constants.js';
-import { CapacityError, InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
+import { CapacityError, ConflictError, InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
 import type { BlockDevice } from './block-device.js';
 import { ZEROS, type Backing } from './backing.js';
 import { MutationTracker, type Mirror } from './mirror.js';
@@ -95,6 +95,8 @@ export class LinearVolume implements BlockDevice {
    * request size): once a segment is covered whole, it is freed.
    */
   private readonly trimmed = new Map<number, TrimmedRanges>();
+  /** A snapshot's pause (quiesce): requests wait for it. */
+  private pause: { promise: Promise<void>; open: () => void } | undefined;
   /** Called once when the volume becomes fenced. */
   onFenced: ((volume: LinearVolume, err: Error) => void) | undefined;
   /** Undefined when write-intent is off. */
@@ -195,6 +197,46 @@ export class LinearVolume implements BlockDevice {
   }
 
   /**
+   * Snapshot of an attached volume (docs/snapshots.md): new requests wait
+   * (the volume is a standby that asks no one for the lease), first-write
+   * allocations, segment frees, copy-ups and mutations in flight finish, every
+   * node is flushed. A write is thus either acknowledged before (in the
+   * snapshot) or starts after (not in it). unquiesce() lets the waiting go on.
+   */
+  async quiesce(): Promise<void> {
+    if (this._lease !== 'held' || this.pause !== undefined) {
+      throw new ConflictError(`volume ${this.name} is ${this.pause !== undefined ? 'already paused' : `a ${this._lease}`} on this head: it cannot be paused for a snapshot`, { volume: this.name });
+    }
+    let open!: () => void;
+    const promise = new Promise<void>((resolve) => { open = resolve; });
+    this.pause = { promise, open };
+    this._lease = 'standby';
+    try {
+      await Promise.allSettled([...this.allocating.values(), ...this.gates.values()]);
+      await this.backing?.idle();
+      await this.tracker.idle();
+      await this.flushes.flush(this._epoch);
+    } catch (err) {
+      this.unquiesce();
+      throw err;
+    }
+    await this.intent?.clearAll(this.segments, this._epoch).catch(() => undefined);
+  }
+
+  /** Ends a pause (the snapshot was taken, or failed): the waiting requests go on. */
+  unquiesce(): void {
+    const p = this.pause;
+    if (p === undefined) return;
+    this.pause = undefined;
+    if (this._lease === 'standby') this._lease = 'held';
+    p.open();
+  }
+
+  get isQuiesced(): boolean {
+    return this.pause !== undefined;
+  }
+
+  /**
    * Runs `fn` once this head holds the lease (the slow path of every request
    * on a standby). The waiting requests go on at the grant itself (the Attach
    * that fenced the nodes with our new epoch), in the same tick, so they are
@@ -205,6 +247,7 @@ export class LinearVolume implements BlockDevice {
    */
   private afterLease<T>(fn: () => Promise<T>): Promise<T> {
     if (this.detached) return Promise.reject(this.detachedError());
+    if (this.pause !== undefined) return this.pause.promise.then(() => this.resumed() ?? fn());
     if (this._lease === 'fenced') return Promise.reject(this.fencedError());
     let wait = this.acquiring;
     if (wait === undefined) {

@@ -85,6 +85,7 @@ const HEAD_AGENT: Table = {
   UpdateMap: ['manager'],
   StartResync: ['manager'],
   ReleaseLease: ['manager'],
+  QuiesceVolume: ['manager'],
   RunJob: ['manager'],
 };
 
