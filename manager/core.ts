@@ -235,6 +235,10 @@ export class ManagerCore {
       };
       core.snapshots = new Snapshots(store, model, registry, peers, volumes, { resyncsOf: (id) => resyncs.book.ofVolume(id).length });
       core.snapshots.resume();
+      core.snapshots.onLineage = async (id) => {
+        const e = volumes.byVolumeId(id);
+        if (e) await storageNotes.accessChanged(e);
+      };
       core.quiesceForSnapshot = attachedSnapshotQuiesce(volumes, registry, peers, attachments);
       setBackingLookup(volumes);
       core.status();

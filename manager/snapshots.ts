@@ -34,6 +34,8 @@ export type SnapshotQuiesce = (v: VolumeRecord) => Promise<(committed: boolean) 
 
 export class Snapshots {
   lvolIds?: LvolIdSource;
+  /** Keeps a volume's snapshot relations in its note on the storage nodes (manager/storage-notes.ts; rebuild from storage). */
+  onLineage?: (volumeId: number) => Promise<void>;
   private retryTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -118,6 +120,7 @@ export class Snapshots {
     this.volumes.install(snap, snapMap);
     const committedMs = Date.now() - started;
     const left = await this.reassign(snap, snapMap, v.id, v.epoch);
+    await this.noteLineage(id, v.id);
     log.info({ volume: v.name, snapshot: name, snapshotId: id, committedMs, ms: Date.now() - started, chunksLeft: left }, 'snapshot created');
     return snap;
   }
@@ -184,6 +187,15 @@ export class Snapshots {
     if (this.volumes.nameTaken(name)) {
       throw new AlreadyExistsError(`cannot clone ${snapshotName} as ${name}: a volume or snapshot named ${name} exists; choose another name; nothing changed`, { name });
     }
-    return this.volumes.create({ name, size: s.size, replicas: s.replicas, spreadLabel: s.spreadLabel, thin: true, backing: s.id });
+    const c = await this.volumes.create({ name, size: s.size, replicas: s.replicas, spreadLabel: s.spreadLabel, thin: true, backing: s.id });
+    await this.noteLineage(c.id);
+    return c;
+  }
+
+  /** Best effort: a node that misses it gets it with the volume's next map change. */
+  private async noteLineage(...ids: number[]): Promise<void> {
+    for (const id of ids) {
+      await this.onLineage?.(id).catch((err: unknown) => log.warn({ volumeId: id, err: errorMessage(err) }, 'snapshot relations not kept on the storage nodes yet'));
+    }
   }
 }
