@@ -13,6 +13,7 @@ import type { LeaseClaim } from './manager-link.js';
 import type { NodePool } from './engine/node-pool.js';
 import { reconcileVolume } from './engine/reconcile.js';
 import { loadBacking } from './backing-loader.js';
+import { flattenVolume } from './engine/backing.js';
 import { MAX_DATA_PAYLOAD } from '../shared/constants.js';
 import { REPLICA_STATES, Replica, type ReplicaState } from './engine/replica.js';
 
@@ -187,6 +188,19 @@ export class Attachments implements ExportRegistry {
       await volume.quiesce();
       this.log.info({ volume: name, volumeId: volume.volumeId, epoch, ms: Date.now() - started }, 'volume quiesced for a snapshot: new I/O waits');
     });
+  }
+
+  /** Flatten (docs/snapshots.md): copies what the volume reads from its backing into its chunks; I/O goes on. */
+  async flatten(name: string, epoch: number): Promise<{ bytes: number; regions: number }> {
+    const volume = this.volumes.get(name);
+    if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
+    if (epoch !== volume.epoch || volume.lease !== 'held') throw new StaleEpochError(`volume ${name} is not held here with epoch ${epoch}`, { volume: name });
+    const backing = volume.backing;
+    if (backing === undefined) return { bytes: 0, regions: 0 };
+    const started = Date.now();
+    const done = await flattenVolume(backing, volume);
+    this.log.info({ volume: name, volumeId: volume.volumeId, ...done, ms: Date.now() - started }, 'volume flattened: every region its backing held is its own now');
+    return done;
   }
 
   unquiesce(name: string): Promise<void> {

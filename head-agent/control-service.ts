@@ -75,6 +75,11 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
       await (req.resume ? attachments.unquiesce(req.name) : attachments.quiesce(req.name, req.epoch));
       return {};
     }),
+    FlattenVolume: unary(async (req: QuiesceVolumeRequest__Output) => {
+      if (!req.name) throw new InvalidArgumentError('FlattenVolume: a volume name is required');
+      const done = await attachments.flatten(req.name, req.epoch);
+      return { bytesCopied: done.bytes, regionsCopied: done.regions };
+    }),
     StartResync: unary(async (task: ResyncTask__Output): Promise<Empty> => {
       if (opts.resync === undefined) throw new InvalidArgumentError('StartResync: this head agent runs no resyncs');
       opts.resync.start(task);

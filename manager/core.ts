@@ -86,6 +86,8 @@ export class ManagerCore {
   snapshots!: Snapshots;
   /** Snapshot of an attached volume: quiesces its head, returns how to resume it (set by manager/snapshot-attached.ts). */
   quiesceForSnapshot: SnapshotQuiesce | undefined = undefined;
+  /** The peers (set at open): flatten asks the holder head. */
+  peers!: PeerClients;
   pool: PoolWatch | undefined;
   private constructor(
     readonly store: ManagerStore,
@@ -235,6 +237,7 @@ export class ManagerCore {
       };
       core.snapshots = new Snapshots(store, model, registry, peers, volumes, { resyncsOf: (id) => resyncs.book.ofVolume(id).length });
       core.snapshots.resume();
+      core.peers = peers;
       core.snapshots.onLineage = async (id) => {
         const e = volumes.byVolumeId(id);
         if (e) await storageNotes.accessChanged(e);

@@ -68,6 +68,8 @@ export interface HeadApi {
   releaseLease(address: string, req: ReleaseLeaseRequest, timeoutMs: number): Promise<void>;
   /** Snapshot of an attached volume: pause (or resume) its I/O on the holder. */
   quiesceVolume?(address: string, req: QuiesceVolumeRequest, timeoutMs: number): Promise<void>;
+  /** Flatten an attached volume on its holder (copies its backing's regions); returns bytes copied. */
+  flattenVolume?(address: string, req: QuiesceVolumeRequest, timeoutMs: number): Promise<number>;
   /** Hands a storage job that moves data (copy) to the head; returns once accepted. */
   runJob?(address: string, req: RunJobRequest): Promise<void>;
   /** The volumes the head has attached, with their sizes (an online resize checks what a refusing head kept). */
@@ -127,6 +129,7 @@ export class GrpcPeerClients implements PeerClients {
     startResync: async (a, task) => { await call(this.headClient(a), 'StartResync', task, PEER_TIMEOUTS.resync, PEER_CALL); },
     // Not waitForReady: a holder that is gone must fail fast, so the hand-off goes on to wait for its lease to expire.
     releaseLease: async (a, req, timeoutMs) => { await call(this.headClient(a), 'ReleaseLease', req, timeoutMs); },
+    flattenVolume: async (a, req, timeoutMs) => Number((await call(this.headClient(a), 'FlattenVolume', req, timeoutMs)).bytesCopied),
     quiesceVolume: async (a, req, timeoutMs) => { await call(this.headClient(a), 'QuiesceVolume', req, timeoutMs); },
     // Not waitForReady: a host that is gone must fail fast (the job is then fenced).
     runJob: async (a, req) => { await call(this.headClient(a), 'RunJob', req, PEER_TIMEOUTS.resync); },

@@ -47,6 +47,17 @@ export function registerSnapshotCommands(program: Command): void {
 
   const volume = program.commands.find((c) => c.name() === 'volume');
   if (!volume) return;
+  adminCommand(volume, 'flatten', 'copy what a clone still reads from its snapshot into its own chunks, then drop the snapshot dependency')
+    .argument('<name>', 'an attached volume with a backing (vsky volume show NAME: "backing: ...")')
+    .addHelpText('after', '\nThe volume stays in use meanwhile; its head does the copy. Afterwards the snapshot can be deleted\n'
+      + '(vsky snapshot delete SNAP) once nothing else reads from it.')
+    .action((name: string, o) => withManager(o, async (m) => {
+      const started = Date.now();
+      const v = await call(m, 'FlattenVolume', { name }, 6 * 3600_000);
+      emit(o, v, () => process.stdout.write(`flattened volume ${v.name} in ${((Date.now() - started) / 1000).toFixed(1)} s: `
+        + `${v.allocatedSegments}/${v.segmentCount} segments with data, no backing\n`));
+    }));
+
   adminCommand(volume, 'clone', 'make a writable thin volume from a snapshot (no data copied: it reads what it has not written from the snapshot)')
     .argument('<snapshot>', 'a snapshot (vsky snapshot list)')
     .argument('<name>', 'the new volume')

@@ -108,6 +108,19 @@ export class Backing {
     return this.readMixed(level.written[s] ?? undefined, m, i + 1, s, so, dest);
   }
 
+  isWritten(s: number, r: number): boolean {
+    const b = this.own[s];
+    return b !== undefined && testBit(b, r);
+  }
+
+  /** Flatten: writes region r of allocated segment s with `data` (what the chain holds) unless the volume wrote it first. */
+  async fillRegion(m: Mirror, s: number, r: number, data: Buffer, segLen: number): Promise<boolean> {
+    const so = r * this.regionSize;
+    if (testBit(this.bits(s), r)) return false;
+    await this.copyUp(m, s, so, data, false, segLen, r, r, true);
+    return true;
+  }
+
   /** Whether segment s reads zeros everywhere in the chain (nothing allocated anywhere). */
   chainEmpty(s: number): boolean {
     return this.levels.every((l) => (l.mirrors[s]?.replicas.length ?? 0) === 0);
@@ -129,10 +142,10 @@ export class Backing {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  private async copyUp(m: Mirror, s: number, so: number, data: Buffer, fua: boolean, segLen: number, first: number, last: number): Promise<void> {
+  private async copyUp(m: Mirror, s: number, so: number, data: Buffer, fua: boolean, segLen: number, first: number, last: number, onlyUnwritten = false): Promise<void> {
     this.active++;
     try {
-      await this.copyUpLocked(m, s, so, data, fua, segLen, first, last);
+      await this.copyUpLocked(m, s, so, data, fua, segLen, first, last, onlyUnwritten);
     } finally {
       if (--this.active === 0) {
         const w = this.idleWaiters;
@@ -142,7 +155,7 @@ export class Backing {
     }
   }
 
-  private async copyUpLocked(m: Mirror, s: number, so: number, data: Buffer, fua: boolean, segLen: number, first: number, last: number): Promise<void> {
+  private async copyUpLocked(m: Mirror, s: number, so: number, data: Buffer, fua: boolean, segLen: number, first: number, last: number, onlyUnwritten: boolean): Promise<void> {
     const base = s * this.regionsPerChunk;
     // Wait for copy-ups of these regions by other writes, then take ours in the same tick.
     for (let waited = true; waited;) {
@@ -157,7 +170,7 @@ export class Backing {
       }
     }
     const bits = this.bits(s);
-    if (allSet(bits, first, last)) return m.write(so, data, fua);
+    if (allSet(bits, first, last)) return onlyUnwritten ? undefined : m.write(so, data, fua);
     let release!: () => void;
     const held = new Promise<void>((resolve) => { release = resolve; });
     const mine: number[] = [];
@@ -192,6 +205,46 @@ export class Backing {
       release();
     }
   }
+}
+
+/** Flatten (docs/snapshots.md): what a volume needs from the head while its regions are copied. */
+export interface FlattenTarget {
+  readonly segmentCount: number;
+  readonly chunkSize: number;
+  readonly size: number;
+  segment(s: number): Mirror;
+  ensureAllocated(s: number): Promise<void>;
+}
+
+/**
+ * Copies every region of `v` it has not written and its chain holds data in
+ * (not all zeros) into its own chunks, one region at a time under the same
+ * per-region lock as a copy-up: a foreground write that got there first wins
+ * (the region is skipped once written). Returns the bytes copied.
+ */
+export async function flattenVolume(b: Backing, v: FlattenTarget): Promise<{ bytes: number; regions: number }> {
+  const rs = b.regionSize;
+  const buf = Buffer.allocUnsafe(rs);
+  let bytes = 0;
+  let regions = 0;
+  for (let s = 0; s < v.segmentCount; s++) {
+    if (b.chainEmpty(s)) continue;
+    const segLen = Math.min(v.chunkSize, v.size - s * v.chunkSize);
+    for (let off = 0; off < segLen; off += rs) {
+      const n = Math.min(rs, segLen - off);
+      const piece = buf.subarray(0, n);
+      const m = v.segment(s);
+      if (m.replicas.length > 0 && b.isWritten(s, off / rs)) continue;
+      await b.readLevel(0, s, off, piece);
+      if (piece.every((x) => x === 0)) continue;
+      await v.ensureAllocated(s);
+      if (await b.fillRegion(v.segment(s), s, off / rs, piece, segLen)) {
+        bytes += n;
+        regions++;
+      }
+    }
+  }
+  return { bytes, regions };
 }
 
 /** A zero buffer shared by WRITE_ZEROES / DISCARD on volumes with a backing (never written into). */

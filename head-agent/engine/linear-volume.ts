@@ -390,6 +390,11 @@ export class LinearVolume implements BlockDevice {
     return this.forEachPiece(offset, length, (m, so, n) => m.discard(so, n));
   }
 
+  /** Flatten: resolves once segment s has chunks (a first-write allocation when it has none). */
+  ensureAllocated(s: number): Promise<void> {
+    return this.isAllocated(s) ? Promise.resolve() : this.allocate(s);
+  }
+
   /** Whether the segment has chunks (a thick volume's always have). */
   isAllocated(segment: number): boolean {
     return (this.segments[segment]?.replicas.length ?? 0) > 0;

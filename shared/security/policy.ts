@@ -35,6 +35,7 @@ const MANAGER: Table = {
   DeleteVolume: [],
   CreateSnapshot: [],
   CloneVolume: [],
+  FlattenVolume: [],
   ListVolumes: RO,
   ShowVolume: RO,
   AttachVolume: [],
@@ -86,6 +87,7 @@ const HEAD_AGENT: Table = {
   StartResync: ['manager'],
   ReleaseLease: ['manager'],
   QuiesceVolume: ['manager'],
+  FlattenVolume: ['manager'],
   RunJob: ['manager'],
 };
 
