@@ -9,6 +9,7 @@ import { registerResyncCommands } from './commands/resync.js';
 import { registerEventsCommand } from './commands/events.js';
 import { registerJobCommands } from './commands/job.js';
 import { registerCopyCommand } from './commands/copy.js';
+import { registerSnapshotCommands } from './commands/snapshot.js';
 import { registerDoctorCommand } from './commands/doctor.js';
 import { registerCaCommands } from './commands/ca.js';
 
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerEventsCommand(program);
   registerJobCommands(program); // after the volume commands: adds volume wipe|resize|recon
   registerCopyCommand(program); // volume copy
+  registerSnapshotCommands(program); // snapshot ..., volume clone
   registerDoctorCommand(program);
   registerCaCommands(program);
   return program;

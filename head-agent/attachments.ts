@@ -12,6 +12,9 @@ import { Mirror, MutationTracker, rejectOnReplicaFailure, type ReplicaFailureHan
 import type { LeaseClaim } from './manager-link.js';
 import type { NodePool } from './engine/node-pool.js';
 import { reconcileVolume } from './engine/reconcile.js';
+import { loadBacking } from './backing-loader.js';
+import { flattenVolume } from './engine/backing.js';
+import { MAX_DATA_PAYLOAD } from '../shared/constants.js';
 import { REPLICA_STATES, Replica, type ReplicaState } from './engine/replica.js';
 
 // The volumes attached to this head, by name: what the NBD (and later iSCSI)
@@ -170,6 +173,44 @@ export class Attachments implements ExportRegistry {
     return this.exclusive(() => this.doUpdateMap(map, epoch, segment));
   }
 
+  /**
+   * Snapshot of an attached volume (docs/snapshots.md): new I/O waits, the
+   * mutations in flight finish, every node is flushed. The manager then
+   * commits the snapshot and attaches the volume again with its new map (a
+   * newer epoch), which lets the waiting I/O go on; or resumes it (unquiesce).
+   */
+  quiesce(name: string, epoch: number): Promise<void> {
+    return this.exclusive(async () => {
+      const volume = this.volumes.get(name);
+      if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
+      if (epoch !== volume.epoch) throw new StaleEpochError(`volume ${name} is held here with epoch ${volume.epoch}, not ${epoch}`, { volume: name });
+      const started = Date.now();
+      await volume.quiesce();
+      this.log.info({ volume: name, volumeId: volume.volumeId, epoch, ms: Date.now() - started }, 'volume quiesced for a snapshot: new I/O waits');
+    });
+  }
+
+  /** Flatten (docs/snapshots.md): copies what the volume reads from its backing into its chunks; I/O goes on. */
+  async flatten(name: string, epoch: number): Promise<{ bytes: number; regions: number }> {
+    const volume = this.volumes.get(name);
+    if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
+    if (epoch !== volume.epoch || volume.lease !== 'held') throw new StaleEpochError(`volume ${name} is not held here with epoch ${epoch}`, { volume: name });
+    const backing = volume.backing;
+    if (backing === undefined) return { bytes: 0, regions: 0 };
+    const started = Date.now();
+    const done = await flattenVolume(backing, volume);
+    this.log.info({ volume: name, volumeId: volume.volumeId, ...done, ms: Date.now() - started }, 'volume flattened: every region its backing held is its own now');
+    return done;
+  }
+
+  unquiesce(name: string): Promise<void> {
+    return this.exclusive(async () => {
+      const volume = this.volumes.get(name);
+      if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
+      volume.unquiesce();
+    });
+  }
+
   /** The write leases held here, for the heartbeat that renews them. */
   heldLeases(): LeaseClaim[] {
     return this.list().filter((v) => v.lease === 'held').map((v) => ({ volume: v.name, epoch: v.epoch }));
@@ -238,15 +279,23 @@ export class Attachments implements ExportRegistry {
       // Before any read can be balanced over the replicas (rule 4).
       await reconcileVolume(map.chunkSize, segments, { clients: this.nodeClients, epoch, log: this.log });
     }
+    // After reconcile: the replicas agree on what was written (docs/snapshots.md).
+    const backing = await loadBacking(map, { pool: this.pool, clients: this.nodeClients, maxPiece: Math.min(this.maxPiece ?? MAX_DATA_PAYLOAD, MAX_DATA_PAYLOAD) });
     if (existing !== undefined) {
       const was = existing.lease;
+      const snapshotted = existing.isQuiesced;
+      existing.backing = backing;
       existing.reconfigure(segments, epoch, map.generation, 'held', map.size);
+      // After a snapshot the segments are new chunks: none carries this head's write-intent marks.
+      if (snapshotted) for (const m of segments) m.intent?.forget();
+      existing.unquiesce();
       this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, was, reconciled: reconcile },
         was === 'held' ? 'volume re-attached with a newer epoch' : 'write lease granted: replica nodes fenced with the new epoch');
       return existing;
     }
     const volume = this.register(map, epoch, segments, tracker, false);
-    this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, segments: segments.length }, 'volume attached');
+    volume.backing = backing;
+    this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, segments: segments.length, backing: map.backing.map((b) => b.name) }, 'volume attached');
     return volume;
   }
 

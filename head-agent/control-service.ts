@@ -6,6 +6,7 @@ import type { AttachVolumeReply } from '../proto/generated/vsky/head/AttachVolum
 import type { AttachVolumeRequest__Output } from '../proto/generated/vsky/head/AttachVolumeRequest.js';
 import type { AttachedList } from '../proto/generated/vsky/head/AttachedList.js';
 import type { DetachVolumeRequest__Output } from '../proto/generated/vsky/head/DetachVolumeRequest.js';
+import type { QuiesceVolumeRequest__Output } from '../proto/generated/vsky/head/QuiesceVolumeRequest.js';
 import type { ReleaseLeaseRequest__Output } from '../proto/generated/vsky/head/ReleaseLeaseRequest.js';
 import type { Empty } from '../proto/generated/vsky/common/Empty.js';
 import type { ResyncTask__Output } from '../proto/generated/vsky/common/ResyncTask.js';
@@ -68,6 +69,16 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
       if (!req.name) throw new InvalidArgumentError('ReleaseLease: a volume name is required');
       await attachments.release(req.name, req.epoch);
       return {};
+    }),
+    QuiesceVolume: unary(async (req: QuiesceVolumeRequest__Output): Promise<Empty> => {
+      if (!req.name) throw new InvalidArgumentError('QuiesceVolume: a volume name is required');
+      await (req.resume ? attachments.unquiesce(req.name) : attachments.quiesce(req.name, req.epoch));
+      return {};
+    }),
+    FlattenVolume: unary(async (req: QuiesceVolumeRequest__Output) => {
+      if (!req.name) throw new InvalidArgumentError('FlattenVolume: a volume name is required');
+      const done = await attachments.flatten(req.name, req.epoch);
+      return { bytesCopied: done.bytes, regionsCopied: done.regions };
     }),
     StartResync: unary(async (task: ResyncTask__Output): Promise<Empty> => {
       if (opts.resync === undefined) throw new InvalidArgumentError('StartResync: this head agent runs no resyncs');

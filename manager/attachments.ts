@@ -69,6 +69,11 @@ export class Attachments {
   ) {}
 
   async attach(name: string, headRef: string, opts: AttachOptions = {}): Promise<VolumeRecord> {
+    const snap = this.volumes.find(name)?.volume;
+    if (snap?.kind === 'snapshot') {
+      throw new ConflictError(`${name} is a snapshot: snapshots are read-only and cannot be attached for writing; `
+        + `clone it and attach the clone (vsky volume clone ${name} NEW; vsky volume attach NEW)`, { volume: name });
+    }
     const head = this.registry.resolveHead(headRef);
     const job = this.jobGuard?.(name);
     if (job) throw new ConflictError(job);

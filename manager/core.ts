@@ -15,10 +15,13 @@ import { SegmentNotes } from './segment-notes.js';
 import { StorageNotes } from './storage-notes.js';
 import { DEFAULT_SCHEDULER_LIMITS, type SchedulerLimits, DEFAULT_RESYNC_OPTIONS, Resyncs } from './resync/index.js';
 import { ManagerStore } from './store.js';
-import { holderEpoch } from './types.js';
+import { holderEpoch, type VolumeRecord } from './types.js';
 import { Jobs } from './jobs/runner.js';
 import { DEFAULT_JOB_RETENTION, type JobRetention } from './jobs/retention.js';
 import { Volumes } from './volumes.js';
+import { Snapshots, type SnapshotQuiesce } from './snapshots.js';
+import { attachedSnapshotQuiesce } from './snapshot-attached.js';
+import { setBackingLookup } from './views.js';
 import { moveOf } from './chunk-map.js';
 import { ThinSegments } from './thin/segments.js';
 import { checkThresholds, DEFAULT_POOL_THRESHOLDS, PoolWatch, provisioning, type PoolLevel, type PoolThresholds } from './thin/pool.js';
@@ -79,6 +82,12 @@ export interface StatusData {
 export class ManagerCore {
   /** Thin provisioning: segment allocation and free (manager/thin/). */
   thin!: ThinSegments;
+  /** Snapshots and clones (manager/snapshots.ts). */
+  snapshots!: Snapshots;
+  /** Snapshot of an attached volume: quiesces its head, returns how to resume it (set by manager/snapshot-attached.ts). */
+  quiesceForSnapshot: SnapshotQuiesce | undefined = undefined;
+  /** The peers (set at open): flatten asks the holder head. */
+  peers!: PeerClients;
   pool: PoolWatch | undefined;
   private constructor(
     readonly store: ManagerStore,
@@ -234,6 +243,15 @@ export class ManagerCore {
         }
         return undefined;
       };
+      core.snapshots = new Snapshots(store, model, registry, peers, volumes, { resyncsOf: (id) => resyncs.book.ofVolume(id).length });
+      core.snapshots.resume();
+      core.peers = peers;
+      core.snapshots.onLineage = async (id) => {
+        const e = volumes.byVolumeId(id);
+        if (e) await storageNotes.accessChanged(e);
+      };
+      core.quiesceForSnapshot = attachedSnapshotQuiesce(volumes, registry, peers, attachments);
+      setBackingLookup(volumes);
       core.status();
       log.info({
         dataDir: opts.dataDir, servers: snap.servers.length, disks: snap.disks.length, heads: snap.heads.length,
@@ -318,6 +336,7 @@ export class ManagerCore {
   intIdCounters: () => IntIdCounters | undefined = () => undefined;
 
   async close(): Promise<void> {
+    this.snapshots.close();
     await this.jobs.stop();
     this.resyncs.stop();
     await this.resyncs.idle();

@@ -105,6 +105,7 @@ export async function startManager(opts: ManagerOptions, deps: ManagerDeps = {})
   try {
     ids = await IntIds.open(core);
     core.volumes.lvolIds = ids;
+    core.snapshots.lvolIds = ids;
     core.intIdCounters = () => ids.counters();
     api?.declare('xmlrpc', xmlRpcMethodNames());
     if (opts.xmlrpc) xmlrpc = await startXmlRpc(core, ids, opts.xmlrpc, api && ((method, s, ok) => api.observe('xmlrpc', method, s, ok)));

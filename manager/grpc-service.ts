@@ -3,6 +3,7 @@ import { unary } from '../shared/grpc.js';
 import type { ManagerHandlers } from '../proto/generated/vsky/manager/Manager.js';
 import type { ManagerCore } from './core.js';
 import { eventView } from './events.js';
+import { flattenVolume } from './flatten.js';
 import { serverIdsReply } from './int-id-claims.js';
 import { jobView } from './jobs/records.js';
 import type { LeaseMove } from './leases.js';
@@ -71,6 +72,11 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
 
     CreateVolume: unary(async (req) => info(await volumes.create({
       name: req.name, size: req.size, replicas: req.replicas, spreadLabel: req.spreadLabel, thin: !req.thick,
+    }))),
+    CreateSnapshot: unary(async (req) => info(await core.snapshots.create(req.volume, req.name, core.quiesceForSnapshot))),
+    CloneVolume: unary(async (req) => info(await core.snapshots.clone(req.snapshot, req.name))),
+    FlattenVolume: unary(async (req) => info(await flattenVolume(req.name, {
+      volumes, registry, peers: core.peers, attachments, noted: core.snapshots.onLineage,
     }))),
     DeleteVolume: unary(async (req) => {
       await volumes.delete(req.name);

@@ -24,6 +24,8 @@ import type { DiskInfo__Output } from '../proto/generated/vsky/storage/DiskInfo.
 import type { FreeChunkRequest } from '../proto/generated/vsky/storage/FreeChunkRequest.js';
 import type { ListChunksRequest } from '../proto/generated/vsky/storage/ListChunksRequest.js';
 import type { NodeInfo__Output } from '../proto/generated/vsky/storage/NodeInfo.js';
+import type { ReassignChunkRequest } from '../proto/generated/vsky/storage/ReassignChunkRequest.js';
+import type { QuiesceVolumeRequest } from '../proto/generated/vsky/head/QuiesceVolumeRequest.js';
 import type { RemoveDiskRequest } from '../proto/generated/vsky/storage/RemoveDiskRequest.js';
 
 // The manager's view of its peers: storage nodes and head agents, addressed
@@ -57,6 +59,8 @@ export interface StorageNodeApi {
   forgetDeletedVolumes?(address: string, req: ForgetDeletedVolumesRequest): Promise<void>;
   /** An admin's decision on a server kept by its node. */
   keepServerNote?(address: string, req: ServerNote): Promise<void>;
+  /** Snapshots: a chunk takes another volume's identity (durable when it resolves). */
+  reassignChunk?(address: string, req: ReassignChunkRequest): Promise<void>;
 }
 
 export interface HeadApi {
@@ -68,6 +72,10 @@ export interface HeadApi {
   startResync(address: string, task: ResyncTask): Promise<void>;
   /** Drain, flush and give up the write lease (a hand-off); bounded by `timeoutMs`. */
   releaseLease(address: string, req: ReleaseLeaseRequest, timeoutMs: number): Promise<void>;
+  /** Snapshot of an attached volume: pause (or resume) its I/O on the holder. */
+  quiesceVolume?(address: string, req: QuiesceVolumeRequest, timeoutMs: number): Promise<void>;
+  /** Flatten an attached volume on its holder (copies its backing's regions); returns bytes copied. */
+  flattenVolume?(address: string, req: QuiesceVolumeRequest, timeoutMs: number): Promise<number>;
   /** Hands a storage job that moves data (copy) to the head; returns once accepted. */
   runJob?(address: string, req: RunJobRequest): Promise<void>;
   /** The volumes the head has attached, with their sizes (an online resize checks what a refusing head kept). */
@@ -107,6 +115,7 @@ export class GrpcPeerClients implements PeerClients {
     getInfo: (a) => call(this.nodeClient(a), this.nodeClient(a).GetInfo, {}, PEER_TIMEOUTS.info, PEER_CALL),
     addDisk: (a, req) => call(this.nodeClient(a), this.nodeClient(a).AddDisk, req, PEER_TIMEOUTS.disk, PEER_CALL),
     removeDisk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).RemoveDisk, req, PEER_TIMEOUTS.disk, PEER_CALL); },
+    reassignChunk: async (a, req) => { await call(this.nodeClient(a), 'ReassignChunk', req, PEER_TIMEOUTS.chunk, PEER_CALL); },
     allocateChunk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).AllocateChunk, req, PEER_TIMEOUTS.chunk, PEER_CALL); },
     freeChunk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).FreeChunk, req, PEER_TIMEOUTS.chunk, PEER_CALL); },
     listChunks: (a, req) => call(this.nodeClient(a), this.nodeClient(a).ListChunks, req, PEER_TIMEOUTS.list, PEER_CALL),
@@ -128,6 +137,8 @@ export class GrpcPeerClients implements PeerClients {
     startResync: async (a, task) => { await call(this.headClient(a), 'StartResync', task, PEER_TIMEOUTS.resync, PEER_CALL); },
     // Not waitForReady: a holder that is gone must fail fast, so the hand-off goes on to wait for its lease to expire.
     releaseLease: async (a, req, timeoutMs) => { await call(this.headClient(a), 'ReleaseLease', req, timeoutMs); },
+    flattenVolume: async (a, req, timeoutMs) => Number((await call(this.headClient(a), 'FlattenVolume', req, timeoutMs)).bytesCopied),
+    quiesceVolume: async (a, req, timeoutMs) => { await call(this.headClient(a), 'QuiesceVolume', req, timeoutMs); },
     // Not waitForReady: a host that is gone must fail fast (the job is then fenced).
     runJob: async (a, req) => { await call(this.headClient(a), 'RunJob', req, PEER_TIMEOUTS.resync); },
     listAttached: (a) => call(this.headClient(a), 'ListAttached', {}, PEER_TIMEOUTS.info, PEER_CALL),

@@ -55,6 +55,35 @@ export function accessToStorage(a: IscsiAccessRecord | undefined, volumeId = 0, 
   return JSON.stringify(out);
 }
 
+/** Snapshot/clone relations kept in the volume note (docs/snapshots.md): a rebuild from storage restores them. */
+export interface Lineage {
+  kind?: 'snapshot';
+  origin?: number;
+  backing?: number;
+}
+
+/** The note text: the access rules, and the volume's snapshot relations when it has any. */
+export function noteToStorage(v: VolumeRecord, box?: SecretBox): string {
+  const access = accessToStorage(v.access, v.id, box);
+  if (v.kind === undefined && v.origin === undefined && v.backing === undefined) return access;
+  const lineage: Lineage = { kind: v.kind, origin: v.origin, backing: v.backing };
+  return JSON.stringify({ ...(access ? JSON.parse(access) as object : { v: 1 }), lineage });
+}
+
+/** The snapshot relations a storage node kept (undefined: none or unreadable). */
+export function lineageFromStorage(text: string): Lineage | undefined {
+  if (!text) return undefined;
+  try {
+    const p = JSON.parse(text) as { lineage?: Lineage };
+    const l = p.lineage;
+    if (!l || typeof l !== 'object') return undefined;
+    const id = (x: unknown) => (Number.isInteger(x) && (x as number) > 0 ? x as number : undefined);
+    return { kind: l.kind === 'snapshot' ? 'snapshot' : undefined, origin: id(l.origin), backing: id(l.backing) };
+  } catch {
+    return undefined;
+  }
+}
+
 /** The access rules a storage node kept (undefined: none or unreadable). */
 export function accessFromStorage(text: string): IscsiAccessRecord | undefined {
   if (!text) return undefined;
@@ -249,7 +278,7 @@ export class StorageNotes {
     const v: VolumeRecord = entry.volume;
     const version = v.noteVersion ?? 0;
     const req = {
-      volumeId: v.id, version, epoch: v.epoch, access: accessToStorage(v.access, v.id, this.box),
+      volumeId: v.id, version, epoch: v.epoch, access: noteToStorage(v, this.box),
       spreadLabel: v.spreadLabel, createdMs: v.createdMs, committed,
     };
     const targets = [...addresses];

@@ -163,6 +163,22 @@ export interface VolumeRecord {
    * (FreeSegment). Absent: thick (every chunk reserved at create).
    */
   thin?: boolean;
+  /**
+   * Snapshots and clones (docs/snapshots.md). 'snapshot': a read-only
+   * point-in-time volume whose chunks are never written again. Absent: a volume.
+   */
+  kind?: 'snapshot';
+  /** A snapshot: the id of the volume it was taken of. */
+  origin?: number;
+  /** The snapshot (volume id) this volume's unwritten regions read from (a clone, or a snapshotted volume). */
+  backing?: number;
+  /** A snapshot whose chunks may not all carry its identity on their nodes yet (ReassignChunk retried until done). */
+  reassigning?: boolean;
+}
+
+/** The one predicate for "unwritten regions read from another volume" (docs/snapshots.md). */
+export function hasBacking(v: VolumeRecord): boolean {
+  return v.backing !== undefined && v.backing > 0;
 }
 
 /** The lease epoch the attached head holds, or undefined when no head holds the lease. */
@@ -415,6 +431,7 @@ export const EVENT_KINDS = [
   'job.succeeded', 'job.failed', 'job.aborted', 'job.fenced',
   'intid.conflict', 'disk.bad_blocks', 'server.halted', 'head.halted',
   'segment.allocated', 'segment.allocate_failed', 'segment.freed', 'pool.threshold',
+  'snapshot.created', 'volume.cloned',
 ] as const;
 
 export type EventKind = (typeof EVENT_KINDS)[number];

@@ -1,5 +1,6 @@
 import type { VolumeMap } from '../proto/generated/vsky/common/VolumeMap.js';
 import type { SegmentMap } from '../proto/generated/vsky/common/SegmentMap.js';
+import type { BackingVolume } from '../proto/generated/vsky/common/BackingVolume.js';
 import type { DiskRow } from '../proto/generated/vsky/manager/DiskRow.js';
 import type { HeadInfo } from '../proto/generated/vsky/manager/HeadInfo.js';
 import type { ServerInfo } from '../proto/generated/vsky/manager/ServerInfo.js';
@@ -63,11 +64,54 @@ export function volumeView(v: VolumeRecord, registry: Registry, health?: VolumeH
     iscsiMutualChap: Boolean(v.access?.mutualUser), lvolid: v.intId ?? 0,
     thin: v.thin === true, allocatedSegments: allocated, allocatedBytes: Math.min(allocated * v.chunkSize, v.size),
     legality: v.dirty ? 'DIRTY' : 'LEGAL', dirtyJob: v.dirty ? `${v.dirty.kind} job ${v.dirty.jobId} ${v.dirty.state}` : '',
+    ...lineageView(v),
   };
 }
 
-/** What a head needs to assemble the volume: every segment's replica locations. */
+/**
+ * How views find the volumes behind a clone or snapshotted volume (set once
+ * by the manager core: every map it sends carries the backing chain).
+ */
+export interface BackingLookup {
+  byVolumeId(id: number): { volume: VolumeRecord; map: ChunkMapRecord } | undefined;
+  dependents(id: number): VolumeRecord[];
+}
+let backingLookup: BackingLookup | undefined;
+export function setBackingLookup(lookup: BackingLookup | undefined): void {
+  backingLookup = lookup;
+}
+
+/** Snapshot/clone fields of VolumeInfo (names, not ids). */
+function lineageView(v: VolumeRecord): { kind: string; origin: string; backing: string; dependents: string[] } {
+  const nameOf = (id: number | undefined) => (id === undefined ? '' : backingLookup?.byVolumeId(id)?.volume.name ?? '');
+  return {
+    kind: v.kind ?? 'volume', origin: nameOf(v.origin), backing: nameOf(v.backing),
+    dependents: backingLookup?.dependents(v.id).map((d) => d.name).sort() ?? [],
+  };
+}
+
+/** The backing chain of a volume, nearest first (docs/snapshots.md). */
+function backingView(v: VolumeRecord, registry: Registry): BackingVolume[] {
+  const out: BackingVolume[] = [];
+  let id = v.backing;
+  while (id !== undefined && backingLookup !== undefined && out.length < 256) {
+    const e = backingLookup.byVolumeId(id);
+    if (e === undefined) break;
+    out.push({ volumeId: e.volume.id, name: e.volume.name, size: e.volume.size, segments: segmentsView(e.map, registry), backed: e.volume.backing !== undefined });
+    id = e.volume.backing;
+  }
+  return out;
+}
+
+/** What a head needs to assemble the volume: every segment's replica locations, and its backing chain. */
 export function volumeMapView(v: VolumeRecord, map: ChunkMapRecord, registry: Registry): VolumeMap {
+  return {
+    volumeId: v.id, name: v.name, size: v.size, chunkSize: v.chunkSize, replicas: v.replicas,
+    generation: v.generation, segments: segmentsView(map, registry), thin: map.thin === true, backing: backingView(v, registry),
+  };
+}
+
+function segmentsView(map: ChunkMapRecord, registry: Registry): SegmentMap[] {
   const segments: SegmentMap[] = [];
   for (let i = 0; i < map.segmentCount; i++) segments.push({ index: i, replicas: [] }); // unallocated (thin) ones stay empty
   const serverOf = new Map<string, ServerRecord | undefined>();
@@ -79,8 +123,5 @@ export function volumeMapView(v: VolumeRecord, map: ChunkMapRecord, registry: Re
       chunkIndex: r.chunkIndex, state: r.state, controlAddress: server?.controlAddress ?? '',
     });
   });
-  return {
-    volumeId: v.id, name: v.name, size: v.size, chunkSize: v.chunkSize, replicas: v.replicas,
-    generation: v.generation, segments, thin: map.thin === true,
-  };
+  return segments;
 }

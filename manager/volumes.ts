@@ -57,6 +57,8 @@ export interface CreateVolumeInput {
   spreadLabel: string;
   /** Segments get their chunks at first write (docs/thin-provisioning.md); default thick here (internal callers, XML-RPC). */
   thin?: boolean;
+  /** A clone: the snapshot (volume id) it reads its unwritten regions from (thin only; manager/snapshots.ts). */
+  backing?: number;
 }
 
 export interface VolumesOptions {
@@ -224,7 +226,7 @@ export class Volumes {
     const chunkSize = this.opts.chunkSize;
     const segmentCount = Math.ceil(size / chunkSize);
     const spreadLabel = input.spreadLabel || this.defaultSpreadLabel();
-    if (input.thin) return this.createThin({ id, name, size, replicas, chunkSize, segmentCount, spreadLabel });
+    if (input.thin) return this.createThin({ id, name, size, replicas, chunkSize, segmentCount, spreadLabel, backing: input.backing });
     const plan = this.model.place({ volumeId: id, segmentCount, replicas, spreadLabel, chunkSize });
     this.nextId++;
     const vlog = log.child({ volumeId: id, volume: name });
@@ -320,7 +322,7 @@ export class Volumes {
    * all-unallocated map. Refused when fewer than K servers could ever hold a
    * segment.
    */
-  private async createThin(p: { id: number; name: string; size: number; replicas: number; chunkSize: number; segmentCount: number; spreadLabel: string }): Promise<VolumeRecord> {
+  private async createThin(p: { id: number; name: string; size: number; replicas: number; chunkSize: number; segmentCount: number; spreadLabel: string; backing?: number }): Promise<VolumeRecord> {
     const { id, name, size, replicas, chunkSize, segmentCount, spreadLabel } = p;
     if (segmentCount > MAX_THIN_SEGMENTS) {
       throw new InvalidArgumentError(`cannot create thin volume ${name}: ${segmentCount} segments of ${formatSize(chunkSize)}; a volume has at most ${MAX_THIN_SEGMENTS} `
@@ -336,13 +338,17 @@ export class Volumes {
       id, name, size, replicas, chunkSize, segmentCount, generation: 1, epoch: 0,
       attachedHead: '', nbdUri: '', spreadLabel, createdMs: Date.now(), thin: true,
     };
+    if (p.backing !== undefined) volume.backing = p.backing;
     const lvol = this.lvolIds?.reserveVolume(segmentCount);
     if (lvol) volume.intId = lvol.id;
     const map = buildChunkMap(id, replicas, segmentCount, []);
     map.thin = true;
+    const backingName = p.backing !== undefined ? this.byId.get(p.backing)?.volume.name ?? String(p.backing) : undefined;
     const batch = this.store.batch().putNextVolumeId(this.nextId).putVolume(volume).putChunkMap(map)
-      .event('volume.created', `volume:${name}`, 'created (thin: segments get their chunks at first write)',
-        { volumeId: id, size, replicas, segments: segmentCount, spreadLabel, generation: volume.generation, thin: true });
+      .event(backingName ? 'volume.cloned' : 'volume.created', `volume:${name}`, backingName
+        ? `cloned from snapshot ${backingName} (thin: its unwritten regions read from the snapshot)`
+        : 'created (thin: segments get their chunks at first write)',
+      { volumeId: id, size, replicas, segments: segmentCount, spreadLabel, generation: volume.generation, thin: true, ...(backingName ? { backing: backingName } : {}) });
     if (lvol) batch.putNextIntId('lvol', lvol.next);
     this.creatingNames.add(name);
     try {
@@ -381,8 +387,39 @@ export class Volumes {
     return stale.length;
   }
 
+  /** Volumes whose unwritten regions read from volume `id` (its clones; a snapshot's origin). */
+  dependents(id: number): VolumeRecord[] {
+    return [...this.byId.values()].map((e) => e.volume).filter((v) => v.backing === id);
+  }
+
+  /** Snapshots (manager/snapshots.ts): takes the next volume id (persist it with putNextVolumeId(nextVolumeId)). */
+  takeVolumeId(): number {
+    const id = this.nextId;
+    if (id > MAX_VOLUME_ID) throw new CapacityError('volume ids are exhausted (u32)');
+    this.nextId++;
+    return id;
+  }
+
+  /** Snapshots: a committed volume (new, or its record and map replaced) enters memory. */
+  install(volume: VolumeRecord, map: ChunkMapRecord): void {
+    this.byId.set(volume.id, { volume, map });
+    this.byName.set(volume.name, volume.id);
+  }
+
+  /** A name is taken (a volume, a snapshot, or a create in progress). */
+  nameTaken(name: string): boolean {
+    return this.byName.has(name) || this.creatingNames.has(name);
+  }
+
   async delete(name: string): Promise<void> {
     await this.exclusive(name, async ({ volume, map }) => {
+      const deps = this.dependents(volume.id);
+      if (deps.length > 0) {
+        const names = deps.map((d) => d.name).sort();
+        throw new ConflictError(`${volume.kind === 'snapshot' ? 'snapshot' : 'volume'} ${name} cannot be deleted: ${names.join(', ')} read${names.length === 1 ? 's' : ''} `
+          + `unwritten regions from it; flatten ${names.length === 1 ? 'it' : 'them'} first (vsky volume flatten ${names[0]}) or delete ${names.length === 1 ? 'it' : 'them'}; nothing changed`,
+        { name, dependents: names.join(',') });
+      }
       if (volume.attachedHead) {
         const head = this.registry.head(volume.attachedHead);
         throw new ConflictError(`volume ${name} is attached to head ${head?.name ?? volume.attachedHead}; detach it first (vsky volume detach ${name})`);

@@ -349,6 +349,48 @@ export class ChunkStore {
     this.index(chunk);
   }
 
+  /**
+   * ReassignChunk (snapshots, docs/snapshots.md): the chunk of `fromVolumeId`
+   * at (diskId, chunkIndex) takes identity `id` (another volume), durably,
+   * once the requests in flight on it drained; the old volume's writers get
+   * NO_CHUNK from the start. A retry of an applied reassignment is a no-op.
+   */
+  async reassign(diskId: string, chunkIndex: number, fromVolumeId: number, fromEpoch: number, id: ChunkIdentity): Promise<void> {
+    validateIdentity(id);
+    const chunk = this.chunkAt(diskId, chunkIndex);
+    if (chunk.owned && chunk.rec.volumeId === id.volumeId && chunk.rec.segment === id.segment && chunk.rec.slot === id.slot) return;
+    if (!chunk.owned || chunk.rec.volumeId !== fromVolumeId) {
+      throw new ConflictError(`chunk ${chunkIndex} of disk ${diskId} does not belong to volume ${fromVolumeId}`, { diskId, chunkIndex });
+    }
+    const from = this.volumes.get(fromVolumeId);
+    if (from !== undefined && fromEpoch < from.epoch) {
+      throw new StaleEpochError(`reassignment at epoch ${fromEpoch} is below volume ${fromVolumeId}'s epoch ${from.epoch}`, { volumeId: fromVolumeId, epoch: fromEpoch });
+    }
+    const other = this.lookup(id.volumeId, id.segment, id.slot);
+    if (other) throw new ConflictError(`this node already holds volume ${id.volumeId} segment ${id.segment} slot ${id.slot}`, { diskId, chunkIndex });
+    if (chunk.busy) throw new ConflictError(`chunk ${chunkIndex} of disk ${diskId} is being changed; retry`, { diskId, chunkIndex });
+    chunk.busy = true;
+    const previous = { ...chunk.rec };
+    try {
+      this.unindex(chunk);
+      await chunk.drained();
+      const vol = this.volumes.get(id.volumeId);
+      Object.assign(chunk.rec, {
+        volumeId: id.volumeId, segment: id.segment, slot: id.slot, segmentCount: id.segmentCount, replicas: id.replicas,
+        volumeSize: id.volumeSize, volumeName: id.volumeName, generation: id.generation,
+        epoch: Math.max(id.epoch, vol?.epoch ?? 0), lvolid: id.lvolid ?? 0, thin: id.thin === true, mapVersion: 0, staleSlots: 0,
+      });
+      await chunk.persist();
+      await chunk.sync();
+    } catch (err) {
+      Object.assign(chunk.rec, previous);
+      throw err;
+    } finally {
+      chunk.busy = false;
+      this.index(chunk);
+    }
+  }
+
   /** Releases a chunk: it reads as zeros to its next owner. Freeing a free chunk is a no-op. */
   async free(diskId: string, chunkIndex: number, volumeId: number): Promise<void> {
     const chunk = this.chunkAt(diskId, chunkIndex);

@@ -180,6 +180,13 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
       return { chunks };
     }),
 
+    ReassignChunk: unary(async (req) => {
+      if (!req.identity) throw new InvalidArgumentError('ReassignChunk needs the new identity');
+      await ctx.store.reassign(req.diskId, req.chunkIndex, req.fromVolumeId, req.fromEpoch, req.identity);
+      log.info({ diskId: req.diskId, chunkIndex: req.chunkIndex, from: req.fromVolumeId, to: req.identity.volumeId, segment: req.identity.segment }, 'chunk reassigned (snapshot)');
+      return {};
+    }),
+
     GetChunkRegions: unary(async (req) => {
       const chunk = ctx.store.lookup(req.volumeId, req.segment, req.slot);
       if (!chunk) {

@@ -29,8 +29,9 @@ export function registerVolumeCommands(program: Command): void {
 
   adminCommand(volume, 'list', 'list volumes').action((o) => withManager(o, async (m) => {
     const { volumes } = await call(m, 'ListVolumes', {});
-    emit(o, volumes, () => printTable(volumes.map((v) => ({ ...v, size: formatSize(v.size), prov: v.thin ? 'thin' : 'thick', allocated: allocatedText(v) })),
-      { name: 'NAME', volumeId: 'ID', size: 'SIZE', prov: 'PROV', allocated: 'ALLOCATED', replicas: 'K', segmentCount: 'SEGMENTS', state: 'STATE', generation: 'GEN', epoch: 'EPOCH', attachedHead: 'HEAD', standbyHead: 'STANDBY', lease: 'LEASE', lvolid: 'LVOLID' }));
+    emit(o, volumes, () => printTable(volumes.map((v) => ({ ...v, size: formatSize(v.size), prov: v.thin ? 'thin' : 'thick', allocated: allocatedText(v),
+      kind: v.kind === 'snapshot' ? `snapshot of ${v.origin || '(deleted)'}` : 'volume', backing: v.backing || '-' })),
+      { name: 'NAME', volumeId: 'ID', kind: 'KIND', backing: 'BACKING', size: 'SIZE', prov: 'PROV', allocated: 'ALLOCATED', replicas: 'K', segmentCount: 'SEGMENTS', state: 'STATE', generation: 'GEN', epoch: 'EPOCH', attachedHead: 'HEAD', standbyHead: 'STANDBY', lease: 'LEASE', lvolid: 'LVOLID' }));
   }));
 
   adminCommand(volume, 'show', 'show a volume and where each replica lives')
@@ -40,6 +41,9 @@ export function registerVolumeCommands(program: Command): void {
       emit(o, d, () => {
         const v = d.info!;
         process.stdout.write(`volume ${v.name} (id ${v.volumeId}): ${formatSize(v.size)}${v.thin ? ` thin, ${allocatedText(v)} allocated` : ''}, ${v.replicas} replicas, state ${v.state}, generation ${v.generation}${v.legality === 'DIRTY' ? ` DIRTY (${v.dirtyJob})` : ''}, epoch ${v.epoch}${v.attachedHead ? `, attached to ${v.attachedHead} at ${v.nbdUri}` : ''}\n`);
+        if (v.kind === 'snapshot') process.stdout.write(`snapshot of ${v.origin || '(a deleted volume)'} (read-only)\n`);
+        if (v.backing) process.stdout.write(`backing: ${v.backing} (regions not written here read from it)\n`);
+        if (v.dependents.length > 0) process.stdout.write(`read from by: ${v.dependents.join(', ')}\n`);
         if (v.attachedHead) {
           process.stdout.write(`write lease: ${v.lease} by ${v.attachedHead} (renewed ${(v.leaseRenewedMsAgo / 1000).toFixed(1)} s ago)`
             + `${v.standbyHead ? `; standby (live migration) ${v.standbyHead} at ${v.standbyNbdUri}` : ''}\n`);

@@ -1,6 +1,7 @@
 import { MAX_DATA_PAYLOAD } from '../../shared/constants.js';
-import { CapacityError, InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
+import { CapacityError, ConflictError, InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
 import type { BlockDevice } from './block-device.js';
+import { ZEROS, type Backing } from './backing.js';
 import { MutationTracker, type Mirror } from './mirror.js';
 import type { Replica } from './replica.js';
 import { VolumeFlush } from './volume-flush.js';
@@ -81,6 +82,8 @@ export class LinearVolume implements BlockDevice {
   leaseRequester: LeaseRequester | undefined;
   /** Thin volumes: the first write to an unallocated segment asks it for chunks. */
   allocator: SegmentAllocator | undefined;
+  /** Clones and snapshotted volumes: where unwritten regions read from (backing.ts; set by the attachments). */
+  backing: Backing | undefined;
   readonly thin: boolean;
   /** First-write allocations in flight, by segment (one per segment; every waiting write shares it). */
   private readonly allocating = new Map<number, Promise<void>>();
@@ -92,6 +95,8 @@ export class LinearVolume implements BlockDevice {
    * request size): once a segment is covered whole, it is freed.
    */
   private readonly trimmed = new Map<number, TrimmedRanges>();
+  /** A snapshot's pause (quiesce): requests wait for it. */
+  private pause: { promise: Promise<void>; open: () => void } | undefined;
   /** Called once when the volume becomes fenced. */
   onFenced: ((volume: LinearVolume, err: Error) => void) | undefined;
   /** Undefined when write-intent is off. */
@@ -192,6 +197,46 @@ export class LinearVolume implements BlockDevice {
   }
 
   /**
+   * Snapshot of an attached volume (docs/snapshots.md): new requests wait
+   * (the volume is a standby that asks no one for the lease), first-write
+   * allocations, segment frees, copy-ups and mutations in flight finish, every
+   * node is flushed. A write is thus either acknowledged before (in the
+   * snapshot) or starts after (not in it). unquiesce() lets the waiting go on.
+   */
+  async quiesce(): Promise<void> {
+    if (this._lease !== 'held' || this.pause !== undefined) {
+      throw new ConflictError(`volume ${this.name} is ${this.pause !== undefined ? 'already paused' : `a ${this._lease}`} on this head: it cannot be paused for a snapshot`, { volume: this.name });
+    }
+    let open!: () => void;
+    const promise = new Promise<void>((resolve) => { open = resolve; });
+    this.pause = { promise, open };
+    this._lease = 'standby';
+    try {
+      await Promise.allSettled([...this.allocating.values(), ...this.gates.values()]);
+      await this.backing?.idle();
+      await this.tracker.idle();
+      await this.flushes.flush(this._epoch);
+    } catch (err) {
+      this.unquiesce();
+      throw err;
+    }
+    await this.intent?.clearAll(this.segments, this._epoch).catch(() => undefined);
+  }
+
+  /** Ends a pause (the snapshot was taken, or failed): the waiting requests go on. */
+  unquiesce(): void {
+    const p = this.pause;
+    if (p === undefined) return;
+    this.pause = undefined;
+    if (this._lease === 'standby') this._lease = 'held';
+    p.open();
+  }
+
+  get isQuiesced(): boolean {
+    return this.pause !== undefined;
+  }
+
+  /**
    * Runs `fn` once this head holds the lease (the slow path of every request
    * on a standby). The waiting requests go on at the grant itself (the Attach
    * that fenced the nodes with our new epoch), in the same tick, so they are
@@ -202,6 +247,7 @@ export class LinearVolume implements BlockDevice {
    */
   private afterLease<T>(fn: () => Promise<T>): Promise<T> {
     if (this.detached) return Promise.reject(this.detachedError());
+    if (this.pause !== undefined) return this.pause.promise.then(() => this.resumed() ?? fn());
     if (this._lease === 'fenced') return Promise.reject(this.fencedError());
     let wait = this.acquiring;
     if (wait === undefined) {
@@ -320,16 +366,33 @@ export class LinearVolume implements BlockDevice {
     return settleAll(pieces);
   }
 
+  /**
+   * The one predicate for "unwritten regions read from a backing volume"
+   * (docs/snapshots.md): such a volume never frees a segment or clears a
+   * written bit on a discard (that would expose the backing's data); it
+   * writes zeros instead.
+   */
+  get hasBacking(): boolean {
+    return this.backing !== undefined;
+  }
+
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     if (this._lease !== 'held') return this.afterLease(() => this.writeZeroes(offset, length, fua));
+    if (this.backing !== undefined) return this.zeroBacked(offset, length, fua);
     if (this.thin) return this.thinZero(offset, length, (m, so, n) => m.writeZeroes(so, n, fua));
     return this.forEachPiece(offset, length, (m, so, n) => m.writeZeroes(so, n, fua));
   }
 
   discard(offset: number, length: number): Promise<void> {
     if (this._lease !== 'held') return this.afterLease(() => this.discard(offset, length));
+    if (this.backing !== undefined) return this.zeroBacked(offset, length, false);
     if (this.thin) return this.thinZero(offset, length, (m, so, n) => m.discard(so, n));
     return this.forEachPiece(offset, length, (m, so, n) => m.discard(so, n));
+  }
+
+  /** Flatten: resolves once segment s has chunks (a first-write allocation when it has none). */
+  ensureAllocated(s: number): Promise<void> {
+    return this.isAllocated(s) ? Promise.resolve() : this.allocate(s);
   }
 
   /** Whether the segment has chunks (a thick volume's always have). */
@@ -340,7 +403,7 @@ export class LinearVolume implements BlockDevice {
   /** The run of segments from `offset` that share its allocation (BlockDevice.extentAt). */
   extentAt(offset: number): { allocated: boolean; length: number } {
     // Only the holder's map is current (a standby's may predate allocations): otherwise "allocated", which is always safe.
-    if (this._lease !== 'held' || !this.thin) return { allocated: true, length: this._size - offset };
+    if (this._lease !== 'held' || !this.thin || this.backing !== undefined) return { allocated: true, length: this._size - offset };
     const cs = this.chunkSize;
     let s = Math.floor(offset / cs);
     const allocated = this.isAllocated(s);
@@ -366,6 +429,7 @@ export class LinearVolume implements BlockDevice {
       if (gate !== undefined) return gate.then(() => this.resumed() ?? this.readSegment(s, so, dest));
     }
     const m = this.segments[s]!;
+    if (this.backing !== undefined) return this.backing.read(m, s, so, dest);
     if (m.replicas.length === 0) {
       dest.fill(0);
       return Promise.resolve(dest);
@@ -381,6 +445,7 @@ export class LinearVolume implements BlockDevice {
     const m = this.segments[s]!;
     if (m.replicas.length === 0) return this.allocate(s).then(() => this.resumed() ?? this.writeSegment(s, so, data, fua));
     if (this.trimmed.size !== 0) this.trimmed.delete(s);
+    if (this.backing !== undefined) return this.backing.write(m, s, so, data, fua, Math.min(this.chunkSize, this._size - s * this.chunkSize));
     return m.write(so, data, fua);
   }
 
@@ -425,6 +490,23 @@ export class LinearVolume implements BlockDevice {
         if (gate !== undefined) return gate.then(() => this.resumed() ?? (this.isAllocated(s) ? this.inPieces(this.segments[s]!, so, n, fn) : undefined));
       }
       return this.inPieces(m, so, n, fn).then(() => this.noteTrimmed(s, so, n));
+    }, true);
+  }
+
+  /**
+   * DISCARD / WRITE_ZEROES on a volume with a backing: zeros are written (a
+   * freed segment or cleared written bit would expose the backing's data);
+   * segments with nothing allocated anywhere in the chain already read zeros.
+   */
+  private zeroBacked(offset: number, length: number, fua: boolean): Promise<void> {
+    const backing = this.backing!;
+    return this.forEachPiece(offset, length, (m, so, n) => {
+      const s = m.index;
+      if (m.replicas.length === 0 && backing.chainEmpty(s)) return Promise.resolve();
+      const step = Math.min(ZEROS.length, this.maxPiece);
+      const pieces: Promise<void>[] = [];
+      for (let at = 0; at < n; at += step) pieces.push(this.writeSegment(s, so + at, ZEROS.subarray(0, Math.min(step, n - at)), fua));
+      return settleAll(pieces);
     }, true);
   }
 

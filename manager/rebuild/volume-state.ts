@@ -2,7 +2,7 @@ import type { DiskInfo__Output } from '../../proto/generated/vsky/storage/DiskIn
 import type { VolumeNote__Output } from '../../proto/generated/vsky/storage/VolumeNote.js';
 import type { JobKind, JobRecord, JobState } from '../jobs/records.js';
 import { JOB_KINDS } from '../jobs/records.js';
-import { accessFromStorage } from '../storage-notes.js';
+import { accessFromStorage, lineageFromStorage } from '../storage-notes.js';
 import type { DiskRecord, ServerRecord, VolumeRecord } from '../types.js';
 
 // What a rebuild from storage restores besides the maps (manager/rebuild/plan.ts
@@ -81,6 +81,11 @@ export function restoreAccess(volume: VolumeRecord, note: VolumeNote__Output | u
   }
   const access = accessFromStorage(note.access);
   if (access) volume.access = access;
+  // Snapshots and clones (docs/snapshots.md): kind, origin and backing by volume id (ids come back from the chunks).
+  const lineage = lineageFromStorage(note.access);
+  if (lineage?.kind) volume.kind = lineage.kind;
+  if (lineage?.origin) volume.origin = lineage.origin;
+  if (lineage?.backing) volume.backing = lineage.backing;
 }
 
 /**

@@ -106,10 +106,29 @@ const showLogicalVolume: Method = async (ctx, data) => {
   });
 };
 
-/** Snapshots and clones do not exist in VastSky-TS yet. */
+/**
+ * VastSky's createSnapshot (docs/snapshots.md): origin by origin_lvolid or
+ * origin_lvolname (EINVAL none, ENOENT unknown), snapshot_lvolname checked
+ * like an lvolname (EINVAL) and free (EEXIST); a snapshot of a snapshot is
+ * EINVAL (its component is not a SNAPSHOT-ORIGIN); an origin with an
+ * operation in progress, or whose head cannot pause it, EBUSY. Attached or
+ * not; returns the snapshot's lvolid.
+ */
 const createSnapshot: Method = async (ctx, data) => {
-  volumeOf(ctx, data, 'origin_');
-  throw errnoFault('EOPNOTSUPP', 'VastSky-TS has no snapshots yet');
+  const origin = volumeOf(ctx, data, 'origin_');
+  const name = data.snapshot_lvolname;
+  if (!has(data, 'snapshot_lvolname') || !checkLvolname(name)) {
+    throw errnoFault('EINVAL', 'snapshot_lvolname must be 1-64 characters from . - _ a-z A-Z 0-9, not "." or "..", and not look like lvol-<hex>');
+  }
+  if (origin.kind === 'snapshot') throw errnoFault('EINVAL', `${origin.name} is a snapshot: snapshot a volume (or a clone of it)`);
+  const { core } = ctx;
+  if (core.volumes.find(name)) throw errnoFault('EEXIST', `a volume or snapshot named ${name} exists`);
+  if (ctx.ids.left('lvol') < lvolBlock(origin.segmentCount)) throw errnoFault('ENOSPC', 'lvol ids are exhausted');
+  const snap = await mapErrors(() => core.snapshots.create(origin.name, name, core.quiesceForSnapshot),
+    { EEXIST: 'EEXIST', EINVAL: 'EINVAL', ECONFLICT: 'EBUSY', ENOSPC: 'ENOSPC' });
+  await ctx.ids.sync();
+  if (snap.intId === undefined) throw errnoFault('ENOSPC', 'lvol ids are exhausted');
+  return snap.intId;
 };
 
 export const volumeMethods: Record<string, Method> = {

@@ -33,6 +33,9 @@ const MANAGER: Table = {
   ListHeads: RO,
   CreateVolume: [],
   DeleteVolume: [],
+  CreateSnapshot: [],
+  CloneVolume: [],
+  FlattenVolume: [],
   ListVolumes: RO,
   ShowVolume: RO,
   AttachVolume: [],
@@ -75,6 +78,7 @@ const STORAGE_NODE: Table = {
   KeepDiskNote: ['manager'],
   ForgetDeletedVolumes: ['manager'],
   KeepServerNote: ['manager'],
+  ReassignChunk: ['manager'],
 };
 
 const HEAD_AGENT: Table = {
@@ -84,6 +88,8 @@ const HEAD_AGENT: Table = {
   UpdateMap: ['manager'],
   StartResync: ['manager'],
   ReleaseLease: ['manager'],
+  QuiesceVolume: ['manager'],
+  FlattenVolume: ['manager'],
   RunJob: ['manager'],
 };
 

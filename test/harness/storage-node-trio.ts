@@ -95,7 +95,7 @@ export async function allocateVolume(trio: NodeTrio, v: VolumeLayout): Promise<V
     }
     segments.push({ index: seg, replicas });
   }
-  return { volumeId: v.volumeId, name: v.name, size: v.size, chunkSize: v.chunkSize, replicas: 3, generation: 1, segments, thin: false };
+  return { volumeId: v.volumeId, name: v.name, size: v.size, chunkSize: v.chunkSize, replicas: 3, generation: 1, segments, thin: false, backing: [] };
 }
 
 export interface ManagerStub {

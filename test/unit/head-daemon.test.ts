@@ -49,7 +49,7 @@ beforeAll(async () => {
     c.close();
     replicas.push({ slot, serverId: info.serverId, dataAddress: nodes[slot]!.dataAddress, diskId, chunkIndex: 0, state: 'in_sync', controlAddress: nodes[slot]!.controlAddress });
   }
-  map = { volumeId: 5, name: 'vol-d', size: CHUNK, chunkSize: CHUNK, replicas: 2, generation: 3, segments: [{ index: 0, replicas }], thin: false };
+  map = { volumeId: 5, name: 'vol-d', size: CHUNK, chunkSize: CHUNK, replicas: 2, generation: 3, segments: [{ index: 0, replicas }], thin: false, backing: [] };
 });
 
 afterAll(async () => {
