@@ -1,11 +1,14 @@
 import { MAX_DATA_PAYLOAD } from '../../shared/constants.js';
 import { CapacityError, InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
-import type { BlockDevice } from './block-device.js';
+import { mayDeallocate } from '../../shared/deallocation.js';
+import type { AllocationExtent, BlockDevice } from './block-device.js';
 import { MutationTracker, type Mirror } from './mirror.js';
 import type { Replica } from './replica.js';
 import { VolumeFlush } from './volume-flush.js';
 import { VolumeStats } from './volume-stats.js';
 import { WriteIntent } from './write-intent.js';
+import type { WrittenRegions } from './written-regions.js';
+import { writeZeroData } from './zero-writes.js';
 
 // A volume: a linear run of segments of `chunkSize` bytes, each a mirror.
 // Requests are bounds-checked, then split at segment boundaries and at the
@@ -82,6 +85,14 @@ export class LinearVolume implements BlockDevice {
   /** Thin volumes: the first write to an unallocated segment asks it for chunks. */
   allocator: SegmentAllocator | undefined;
   readonly thin: boolean;
+  /**
+   * Set by the snapshot/clone code (branch snap) on a volume that reads its
+   * unwritten regions from a backing: then discards never deallocate
+   * (shared/deallocation.ts mayDeallocate). Today never set.
+   */
+  hasBacking?: boolean;
+  /** Written-region bitmaps for block status (written-regions.ts); set by the attachments. */
+  regions: WrittenRegions | undefined;
   /** First-write allocations in flight, by segment (one per segment; every waiting write shares it). */
   private readonly allocating = new Map<number, Promise<void>>();
   /** Segments being freed: their I/O waits until the segment is unallocated (or stays allocated). */
@@ -322,14 +333,29 @@ export class LinearVolume implements BlockDevice {
 
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     if (this._lease !== 'held') return this.afterLease(() => this.writeZeroes(offset, length, fua));
-    if (this.thin) return this.thinZero(offset, length, (m, so, n) => m.writeZeroes(so, n, fua));
-    return this.forEachPiece(offset, length, (m, so, n) => m.writeZeroes(so, n, fua));
+    if (!mayDeallocate(this)) return writeZeroData(this, offset, length, fua);
+    if (this.thin) return this.zeroed(offset, length, this.thinZero(offset, length, (m, so, n) => m.writeZeroes(so, n, fua)));
+    return this.zeroed(offset, length, this.forEachPiece(offset, length, (m, so, n) => m.writeZeroes(so, n, fua)));
   }
 
   discard(offset: number, length: number): Promise<void> {
     if (this._lease !== 'held') return this.afterLease(() => this.discard(offset, length));
-    if (this.thin) return this.thinZero(offset, length, (m, so, n) => m.discard(so, n));
-    return this.forEachPiece(offset, length, (m, so, n) => m.discard(so, n));
+    if (!mayDeallocate(this)) return writeZeroData(this, offset, length, false);
+    if (this.thin) return this.zeroed(offset, length, this.thinZero(offset, length, (m, so, n) => m.discard(so, n)));
+    return this.zeroed(offset, length, this.forEachPiece(offset, length, (m, so, n) => m.discard(so, n)));
+  }
+
+  /** After a discard or write-zeroes: the regions it covered whole read zeros (block status). */
+  private zeroed(offset: number, length: number, done: Promise<void>): Promise<void> {
+    return this.regions === undefined ? done : done.then(() => this.regions?.noteZeroed(this.chunkSize, offset, length));
+  }
+
+  /** What [offset, offset + length) holds (BlockDevice.allocationStatus; written-regions.ts). */
+  allocationStatus(offset: number, length: number): Promise<AllocationExtent[]> {
+    const bad = this.check(offset, length);
+    if (bad !== undefined) return Promise.reject(bad);
+    if (this.regions === undefined) return Promise.resolve([{ length, flags: 0 }]);
+    return this.regions.status(this, offset, length);
   }
 
   /** Whether the segment has chunks (a thick volume's always have). */
@@ -381,6 +407,7 @@ export class LinearVolume implements BlockDevice {
     const m = this.segments[s]!;
     if (m.replicas.length === 0) return this.allocate(s).then(() => this.resumed() ?? this.writeSegment(s, so, data, fua));
     if (this.trimmed.size !== 0) this.trimmed.delete(s);
+    this.regions?.noteWrite(s, so, data.length);
     return m.write(so, data, fua);
   }
 

@@ -1,4 +1,5 @@
 import type { VolumeMap } from '../../proto/generated/vsky/common/VolumeMap.js';
+import { mayDeallocate, type MaybeBacked } from '../../shared/deallocation.js';
 import {
   CapacityError, ConflictError, InvalidArgumentError, StaleEpochError, VskyError, errorMessage,
 } from '../../shared/errors.js';
@@ -165,6 +166,8 @@ export class ThinSegments {
     const v = e.volume;
     const busy = this.segmentBusy?.(v.id, segment, e.map);
     if (busy) throw new ConflictError(`volume ${v.name} segment ${segment} is not freed now: ${busy}; its chunks stay (they read as zeros)`, { volume: v.name, segment });
+    // A volume with a backing (a clone) never gives a segment back: it would read the backing again (shared/deallocation.ts).
+    if (!mayDeallocate(v as MaybeBacked)) throw new ConflictError(`volume ${v.name} has a backing: its segments are never freed by a discard`, { volume: v.name, segment });
     const now = Date.now();
     const records: ToFreeRecord[] = segmentChunks(e.map, segment).map((c) => ({
       diskId: c.diskId, chunkIndex: c.chunkIndex, volumeId: v.id, segment, idSlot: c.idSlot, reason: 'segment discarded (thin)', sinceMs: now,
