@@ -87,6 +87,20 @@ export class ThinSegments {
     });
   }
 
+  /**
+   * Gives a detached thin volume chunks for `segments` now (a copy into it:
+   * manager/jobs/copy-thin.ts). No lease: the volume is detached and its job
+   * not started, so nobody writes it; serialized with the RPCs.
+   */
+  allocateFor(volume: string, segments: readonly number[]): Promise<void> {
+    const e = this.volumes.entry(volume);
+    return this.serial(e.volume.id, async () => {
+      const cur = this.volumes.entry(volume);
+      if (!cur.volume.thin || !cur.map.thin) return;
+      for (const s of segments) if (isUnallocated(cur.map, s)) await this.allocateNow(cur, s);
+    });
+  }
+
   private reply(e: VolumeEntry): SegmentReply {
     return { map: volumeMapView(e.volume, e.map, this.registry), epoch: e.volume.epoch };
   }
