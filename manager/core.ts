@@ -197,6 +197,7 @@ export class ManagerCore {
           storageNotes.forget(id);
         },
         markDeleting: (entry) => storageNotes.markDeleting(entry),
+        createdEmpty: (entry) => storageNotes.createdEmpty(entry),
       };
       const leases = new Leases(volumes, registry, peers, attachments, opts.leases);
       attachments.events = events;

@@ -142,6 +142,7 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
 
     MarkVolumeDeleting: unary(async (req) => {
       const chunks = await markVolumeDeleting(ctx.store, req.volumeId, req.epoch);
+      await ctx.notes.forgetVolume(req.volumeId);
       log.info({ volumeId: req.volumeId, epoch: req.epoch, chunks }, 'volume marked DELETING');
       return { chunks };
     }),

@@ -21,7 +21,10 @@ import { readOptional, writeAtomic } from './node-state.js';
 //     reported bad. Kept here, not on the disk: a failed disk may refuse writes.
 // Both live in manager-notes.json in the data directory, replaced atomically
 // and durably (fsync) before the reply. Notes of volumes with no chunk here
-// are dropped at the next save. A file that does not read back is reported
+// are dropped at the next save, except those carrying a record: a thin volume
+// never written has no chunk anywhere, and its note (the volume's record, kept
+// on a few nodes) is what brings it back in a rebuild; it goes with the
+// volume's delete (MarkVolumeDeleting). A file that does not read back is reported
 // and ignored (the manager writes the notes again when they change).
 //
 // MarkVolumeDeleting (a delete's first step) is on the chunk records
@@ -33,7 +36,7 @@ const ADMIN_STATES = ['', 'failed', 'draining'];
 const MAX_ACCESS_BYTES = 16 * 1024;
 const MAX_REASON_BYTES = 1024;
 
-interface SavedVolume { version: number; epoch: number; access: string }
+interface SavedVolume { version: number; epoch: number; access: string; record?: string }
 interface SavedDisk { adminState: string; reason: string; badChunks: number[] }
 interface Saved { version: 1; volumes: Record<string, SavedVolume>; disks: Record<string, SavedDisk> }
 
@@ -66,12 +69,22 @@ export class ManagerNotes {
     if (!isCounter(version) || !isCounter(epoch) || Buffer.byteLength(access, 'utf8') > MAX_ACCESS_BYTES) {
       throw new InvalidArgumentError(`volume note: invalid version ${version}, epoch ${epoch} or access rules (at most ${MAX_ACCESS_BYTES} bytes)`, { volumeId });
     }
+    const record = note.record ?? '';
+    if (Buffer.byteLength(record, 'utf8') > MAX_ACCESS_BYTES) throw new InvalidArgumentError(`volume note: a record of at most ${MAX_ACCESS_BYTES} bytes`, { volumeId });
     const vol = this.store.volumes.get(volumeId);
-    if (!vol) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
-    if (epoch < vol.epoch) throw new StaleEpochError(`volume note at epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
+    // A note with a record (a thin volume with no chunk anywhere) is kept without one here.
+    if (!vol && !record) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
+    if (vol && epoch < vol.epoch) throw new StaleEpochError(`volume note at epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
     const held = this.saved.volumes[String(volumeId)];
     if (held && held.version >= version) return;
-    this.saved.volumes[String(volumeId)] = { version, epoch, access };
+    this.saved.volumes[String(volumeId)] = record ? { version, epoch, access, record } : { version, epoch, access };
+    await this.save();
+  }
+
+  /** The volume is being deleted (MarkVolumeDeleting): its note goes, record and all. */
+  async forgetVolume(volumeId: number): Promise<void> {
+    if (this.saved.volumes[String(volumeId)] === undefined) return;
+    delete this.saved.volumes[String(volumeId)];
     await this.save();
   }
 
@@ -79,7 +92,7 @@ export class ManagerNotes {
   volumeNotes(): VolumeNote[] {
     const out: VolumeNote[] = [];
     for (const [id, v] of Object.entries(this.saved.volumes)) {
-      if (this.store.volumes.has(Number(id))) out.push({ volumeId: Number(id), version: v.version, epoch: v.epoch, access: v.access });
+      if (this.store.volumes.has(Number(id)) || v.record) out.push({ volumeId: Number(id), version: v.version, epoch: v.epoch, access: v.access, ...(v.record ? { record: v.record } : {}) });
     }
     return out;
   }
@@ -111,7 +124,7 @@ export class ManagerNotes {
 
   private save(): Promise<void> {
     // Notes of volumes with no chunk here any more go (volume ids are never reused).
-    for (const id of Object.keys(this.saved.volumes)) if (!this.store.volumes.has(Number(id))) delete this.saved.volumes[id];
+    for (const [id, v] of Object.entries(this.saved.volumes)) if (!this.store.volumes.has(Number(id)) && !v.record) delete this.saved.volumes[id];
     const text = `${JSON.stringify(this.saved)}\n`;
     this.saving = this.saving.catch(() => {}).then(() => writeAtomic(this.dir, FILE, text));
     return this.saving;

@@ -129,8 +129,8 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
       // Access rules: the newest note on the first replica's node, an older one on the second's.
       const a = serverOfDisk.get(map.disks[map.locs[0]!]!)!;
       const b = serverOfDisk.get(map.disks[map.locs[2]!]!)!;
-      tables.get(b)!.volumeNotes!.push({ volumeId: id, version: 1, epoch, access: '' });
-      tables.get(a)!.volumeNotes!.push({ volumeId: id, version: 2, epoch, access: ACCESS });
+      tables.get(b)!.volumeNotes!.push({ volumeId: id, version: 1, epoch, access: '', record: '' });
+      tables.get(a)!.volumeNotes!.push({ volumeId: id, version: 2, epoch, access: ACCESS, record: '' });
       expected.withAccess++;
     }
     if (roll < 0.005) setIdentitySlot(map, seg * K + 1, 3); // a finished drain: 0, 3, 2
