@@ -8,7 +8,7 @@ import { GiB, MiB } from '../../shared/constants.js';
 const KiB = 1024;
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { run, tryRun } from '../harness/tools.js';
-import { vsky } from '../harness/vsky.js';
+import { vsky, vskyJson } from '../harness/vsky.js';
 
 // NBD block status (base:allocation, docs/thin-provisioning.md) with real
 // clients: nbdinfo --map on a thin volume with a few written regions shows
@@ -38,6 +38,15 @@ describe('NBD block status (base:allocation)', () => {
     expect(r.exitCode, `${cmd}: ${String(r.stdout)}${String(r.stderr)}`).toBe(0);
   };
   const nbdMap = async (url: string): Promise<MapEntry[]> => JSON.parse(String((await run('nbdinfo', ['--map', '--json', url], 60_000)).stdout)) as MapEntry[];
+  /** The volume's written bytes as `vsky volume list` reports them, once they reach `want` (heartbeats carry them). */
+  const writtenBytes = async (name: string, want: number): Promise<number> => {
+    let got = -1;
+    for (let i = 0; i < 60 && got !== want; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, 250));
+      got = (await vskyJson<{ name: string; writtenBytes: number }[]>(['volume', 'list', '--json'], m())).find((v) => v.name === name)!.writtenBytes;
+    }
+    return got;
+  };
   /** [offset, length, type] triples: 0 data, 2 zero, 3 hole+zero. */
   const triples = (map: MapEntry[]): [number, number, number][] => map.map((e) => [e.offset, e.length, e.type]);
 
@@ -80,6 +89,9 @@ describe('NBD block status (base:allocation)', () => {
     const dataExtents = qmap.filter((e) => e.data).map((e) => [e.start, e.length]);
     expect(dataExtents).toEqual([[0, 64 * KiB], [MiB, 128 * KiB], [600 * MiB, 64 * KiB]]);
     expect(qmap.filter((e) => !e.data).every((e) => e.zero)).toBe(true);
+    // vsky volume list: 4 written 64 KiB regions, while 2 segments (512 MiB) are allocated.
+    expect(await writtenBytes('bs-thin', 4 * 64 * KiB)).toBe(4 * 64 * KiB);
+    expect(String((await vsky(['volume', 'list'], m())).stdout)).toMatch(/bs-thin.*512\.0 MiB \(2\/4 seg, 256\.0 KiB written\)/);
   }, 120_000);
 
   it('a discard of a whole region makes it a hole again; a partial one leaves it data', async () => {
@@ -92,6 +104,7 @@ describe('NBD block status (base:allocation)', () => {
       [MiB + 64 * KiB, 64 * KiB, 0],
       [MiB + 128 * KiB, 600 * MiB - MiB - 128 * KiB, 3],
     ]);
+    expect(await writtenBytes('bs-thin', 3 * 64 * KiB)).toBe(3 * 64 * KiB); // the discarded region is given back in the report
     await qemuIo(thinUrl, `read -P 0 ${MiB} 64k`);
     await qemuIo(thinUrl, `read -P 0x22 ${MiB + 64 * KiB} ${4 * KiB}`);
   }, 120_000);
