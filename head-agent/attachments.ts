@@ -7,6 +7,7 @@ import { parseHostPort } from '../shared/units.js';
 import type { VolumeMap__Output } from '../proto/generated/vsky/common/VolumeMap.js';
 import type { ExportRegistry } from './engine/block-device.js';
 import { NodeControlClients } from './engine/node-control-clients.js';
+import { WrittenRegions } from './engine/written-regions.js';
 import { LinearVolume, type LeaseRequester, type LeaseState, type SegmentAllocator } from './engine/linear-volume.js';
 import { Mirror, MutationTracker, rejectOnReplicaFailure, type ReplicaFailureHandler } from './engine/mirror.js';
 import type { LeaseClaim } from './manager-link.js';
@@ -333,6 +334,7 @@ export class Attachments implements ExportRegistry {
     });
     volume.leaseRequester = this.leaseRequester;
     volume.allocator = this.segmentAllocator;
+    volume.regions = new WrittenRegions(this.nodeClients, map.chunkSize);
     volume.onFenced = (v, err) => this.log.error({ volume: v.name, volumeId: v.volumeId, epoch: v.epoch, err: errorMessage(err) },
       'volume fenced: another head holds its lease now; every request on this head fails until it is attached here again');
     this.volumes.set(map.name, volume);

@@ -209,6 +209,7 @@ export class ManagerCore {
         },
         markDeleting: (entry) => storageNotes.markDeleting(entry),
         confirmCreate: (entry) => storageNotes.confirmCreate(entry),
+        createdEmpty: (entry) => storageNotes.createdEmpty(entry),
       };
       const leases = new Leases(volumes, registry, peers, attachments, opts.leases);
       attachments.events = events;
@@ -236,6 +237,7 @@ export class ManagerCore {
       core.thin = new ThinSegments(store, model, registry, peers, volumes, freer, pusher);
       core.thin.events = events;
       core.thin.onChanged = () => { core.status(); };
+      core.jobs.copies.allocateSegments = (volume, segments) => core.thin.allocateFor(volume, segments);
       core.thin.segmentBusy = (volumeId, segment, map) => {
         for (let slot = 0; slot < map.replicas; slot++) {
           if (resyncs.book.forSlot(volumeId, segment, slot)) return 'a resync or drain copies into it';

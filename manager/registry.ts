@@ -61,6 +61,8 @@ export interface RegisterHeadInput {
 }
 
 export class Registry {
+  /** Disk id -> volume id -> bytes in written regions (DiskInfo.written, from heartbeats). */
+  private readonly written = new Map<string, Map<number, number>>();
   private readonly servers = new Map<string, ServerRecord>();
   private readonly disks = new Map<string, DiskRecord>();
   private readonly heads = new Map<string, HeadRecord>();
@@ -106,6 +108,19 @@ export class Registry {
   }
 
   listServers(): ServerRecord[] { return [...this.servers.values()]; }
+
+  /**
+   * Bytes in written regions of a volume's chunks, every copy, as the nodes
+   * last reported them (heartbeats; not persisted: 0 until they report).
+   */
+  writtenBytes(volumeId: number): number {
+    let n = 0;
+    for (const [diskId, byVolume] of this.written) {
+      if (this.disks.get(diskId)?.state === 'removed') continue;
+      n += byVolume.get(volumeId) ?? 0;
+    }
+    return n;
+  }
   listDisks(): DiskRecord[] { return [...this.disks.values()]; }
   listHeads(): HeadRecord[] { return [...this.heads.values()]; }
   server(id: string): ServerRecord | undefined { return this.servers.get(id); }
@@ -475,6 +490,7 @@ export class Registry {
       }
       seen.add(info.diskId);
       this.hooks?.diskReported?.(info.diskId, info.note);
+      this.written.set(info.diskId, new Map((info.written ?? []).map((w) => [w.volumeId, Number(w.bytes)])));
       const sizeProblem = info.chunkSize !== this.opts.chunkSize
         ? `chunk size ${info.chunkSize} differs from the cluster's ${this.opts.chunkSize}` : '';
       let d = this.disks.get(info.diskId);

@@ -6,7 +6,7 @@ import type { DiskNote } from '../proto/generated/vsky/storage/DiskNote.js';
 import type { PeerClients } from './node-clients.js';
 import type { Registry } from './registry.js';
 import { keys } from './store.js';
-import type { ChunkMapRecord, DiskRecord, IscsiAccessRecord, ServerRecord, VolumeRecord } from './types.js';
+import { allocatedSegments, type ChunkMapRecord, type DiskRecord, type IscsiAccessRecord, type ServerRecord, type VolumeRecord } from './types.js';
 import type { VolumeEntry, Volumes } from './volumes.js';
 
 // What the manager keeps on the storage nodes besides the chunk records, so
@@ -30,10 +30,45 @@ import type { VolumeEntry, Volumes } from './volumes.js';
 //    tombstone of its id, so a rebuild finishes the delete even when every
 //    holder of one of its chunks was down; GC drops the tombstones once
 //    every chunk of the volume was freed (manager/gc.ts).
+//  - a thin volume with no chunk anywhere (never written): its record, in its
+//    volume note on a few nodes (RECORD_COPIES active servers, none needs a
+//    chunk of it), written at create; nothing else on storage names such a
+//    volume. Its delete reaches every active node (the record goes).
 // Access rules travel as accessToStorage/accessFromStorage encode them: the
 // one place to wrap (e.g. encrypt the CHAP secrets).
 
 const log = moduleLogger('manager.storage-notes');
+/** Nodes that keep the record of a thin volume with no chunk. */
+export const RECORD_COPIES = 3;
+
+/** The record of a volume with no chunk, as the nodes keep it (VolumeNote.record). */
+export interface StoredRecord { name: string; size: number; replicas: number; chunkSize: number; spreadLabel: string; createdMs: number; intId?: number }
+
+/** Whether the volume has no chunk anywhere: a thin volume with no allocated segment. */
+export function hasNoChunk(entry: VolumeEntry): boolean {
+  return entry.volume.thin === true && entry.map.thin === true && allocatedSegments(entry.map) === 0;
+}
+
+export function recordToStorage(v: VolumeRecord): string {
+  const r: StoredRecord & { v: number } = { v: 1, name: v.name, size: v.size, replicas: v.replicas, chunkSize: v.chunkSize, spreadLabel: v.spreadLabel, createdMs: v.createdMs };
+  if (v.intId) r.intId = v.intId;
+  return JSON.stringify(r);
+}
+
+/** The record a node kept (undefined: none or unreadable). */
+export function recordFromStorage(text: string | undefined): StoredRecord | undefined {
+  if (!text) return undefined;
+  try {
+    const p = JSON.parse(text) as Partial<StoredRecord> & { v?: number };
+    const int = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x > 0;
+    if (p.v !== 1 || typeof p.name !== 'string' || !p.name || !int(p.size) || !int(p.replicas) || !int(p.chunkSize)) return undefined;
+    const out: StoredRecord = { name: p.name, size: p.size, replicas: p.replicas, chunkSize: p.chunkSize, spreadLabel: typeof p.spreadLabel === 'string' ? p.spreadLabel : '', createdMs: int(p.createdMs) ? p.createdMs : 0 };
+    if (int(p.intId)) out.intId = p.intId;
+    return out;
+  } catch {
+    return undefined;
+  }
+}
 
 /**
  * The access rules as the storage nodes keep them ('' none). With the
@@ -140,7 +175,7 @@ export class StorageNotes {
     const { volume } = entry;
     volume.noteVersion = nextCounter(volume.noteVersion ?? 0, `volume ${volume.name}'s note version`);
     await this.volumes.saveVolume(volume);
-    const ok = await this.push(entry, holders(entry.map, this.registry));
+    const ok = await this.push(entry, hasNoChunk(entry) ? this.recordTargets() : holders(entry.map, this.registry));
     if (ok === 0) log.warn({ volume: volume.name }, 'no storage node took the access rules yet: a rebuild from storage would lose them until the next change');
   }
 
@@ -178,6 +213,27 @@ export class StorageNotes {
       if (entry.volume.unconfirmed) left++;
     }
     return left;
+  }
+
+  /**
+   * A thin volume was created (no chunk anywhere): its record goes to
+   * RECORD_COPIES active servers (the first by id: a rebuild reads every node
+   * anyway). Resolves once done; logs when none took it (a rebuild from
+   * storage would not find the volume; it holds no data).
+   */
+  async createdEmpty(entry: VolumeEntry): Promise<void> {
+    const { volume } = entry;
+    const targets = this.recordTargets();
+    if (targets.size === 0) return;
+    volume.noteVersion = nextCounter(volume.noteVersion ?? 0, `volume ${volume.name}'s note version`);
+    await this.volumes.saveVolume(volume);
+    const ok = await this.push(entry, targets);
+    if (ok === 0) log.warn({ volume: volume.name }, 'no storage node kept the record of the new thin volume: a rebuild from storage would not find it until it is written');
+  }
+
+  /** Where the record of a volume with no chunk goes: RECORD_COPIES active servers. */
+  private recordTargets(): Set<string> {
+    return new Set(this.registry.listServers().filter((x) => x.state === 'active' && x.controlAddress).map((x) => x.controlAddress).sort().slice(0, RECORD_COPIES));
   }
 
   /** The volume's map changed: nodes that got a chunk of it get its note (background). */
@@ -280,6 +336,7 @@ export class StorageNotes {
     const req = {
       volumeId: v.id, version, epoch: v.epoch, access: noteToStorage(v, this.box),
       spreadLabel: v.spreadLabel, createdMs: v.createdMs, committed,
+      record: hasNoChunk(entry) ? recordToStorage(v) : '',
     };
     const targets = [...addresses];
     const results = await Promise.allSettled(targets.map((a) => keep.call(this.peers.node, a, req)));

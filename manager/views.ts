@@ -63,6 +63,8 @@ export function volumeView(v: VolumeRecord, registry: Registry, health?: VolumeH
     iscsiInitiators: v.access?.initiators ?? [], iscsiChap: Boolean(v.access?.chapUser),
     iscsiMutualChap: Boolean(v.access?.mutualUser), lvolid: v.intId ?? 0,
     thin: v.thin === true, allocatedSegments: allocated, allocatedBytes: Math.min(allocated * v.chunkSize, v.size),
+    // One copy: the replicas' written bytes over K (a drain target or a resync in progress adds to it for a while).
+    writtenBytes: Math.min(Math.round(registry.writtenBytes(v.id) / v.replicas), v.size),
     legality: v.dirty ? 'DIRTY' : 'LEGAL', dirtyJob: v.dirty ? `${v.dirty.kind} job ${v.dirty.jobId} ${v.dirty.state}` : '',
     ...lineageView(v),
   };

@@ -81,6 +81,8 @@ export interface VolumeHooks {
   markDeleting?(entry: VolumeEntry): Promise<number>;
   /** After the commit: the nodes clear the chunks' CREATING mark (manager/storage-notes.ts confirmCreate); resolves to how many nodes did. */
   confirmCreate?(entry: VolumeEntry): Promise<number>;
+  /** A thin volume was created with no chunk: its record goes to a few nodes (manager/storage-notes.ts). */
+  createdEmpty?(entry: VolumeEntry): Promise<void>;
 }
 
 /** Gives a new volume its VastSky lvolid before its chunks are allocated (manager/xmlrpc/ids.ts). */
@@ -359,6 +361,10 @@ export class Volumes {
     this.byId.set(id, { volume, map });
     this.byName.set(name, id);
     log.info({ volumeId: id, volume: name, size: formatSize(size), segmentCount, replicas }, 'thin volume created');
+    // Nothing on storage names it yet: its record goes into volume notes on a few nodes (for a rebuild from storage).
+    await this.hooks?.createdEmpty?.({ volume, map }).catch((err: unknown) => {
+      log.warn({ volume: name, err: errorMessage(err) }, 'the record of the new thin volume did not reach storage: a rebuild from storage would not find it until it is written');
+    });
     return volume;
   }
 

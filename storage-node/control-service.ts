@@ -55,7 +55,19 @@ export function diskInfo(disk: Disk, ids?: NodeIntIds, notes?: ManagerNotes): Di
     pdskid: own?.pdskid ?? 0,
     dextIds: own?.dextIds ?? [],
     note: notes?.diskNote(disk.id),
+    written: writtenByVolume(disk),
   };
+}
+
+/** Bytes in written regions of the disk's chunks, per volume (a popcount of 512-byte bitmaps per chunk, once per heartbeat). */
+function writtenByVolume(disk: Disk): { volumeId: number; bytes: number }[] {
+  const by = new Map<number, number>();
+  for (const c of disk.chunks) {
+    if (!c.owned) continue;
+    const n = countSet(c.rec.bitmap);
+    if (n > 0) by.set(c.rec.volumeId, (by.get(c.rec.volumeId) ?? 0) + Math.min(n * c.regionSize, c.size));
+  }
+  return [...by].map(([volumeId, bytes]) => ({ volumeId, bytes }));
 }
 
 export function nodeInfo(ctx: NodeContext): NodeInfo {
@@ -143,6 +155,7 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
 
     MarkVolumeDeleting: unary(async (req) => {
       const chunks = await markVolumeDeleting(ctx.store, ctx.notes, req.volumeId, req.epoch);
+      await ctx.notes.forgetVolume(req.volumeId);
       log.info({ volumeId: req.volumeId, epoch: req.epoch, chunks }, 'volume marked DELETING');
       return { chunks };
     }),

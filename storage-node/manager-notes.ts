@@ -27,7 +27,10 @@ import { readOptional, writeAtomic } from './node-state.js';
 //     even when every holder of one of its chunks was down at the delete.
 // They live in manager-notes.json in the data directory, replaced atomically
 // and durably (fsync) before the reply. Notes of volumes with no chunk here
-// are dropped at the next save. A file that does not read back is reported
+// are dropped at the next save, except those carrying a record: a thin volume
+// never written has no chunk anywhere, and its note (the volume's record, kept
+// on a few nodes) is what brings it back in a rebuild; it goes with the
+// volume's delete (MarkVolumeDeleting). A file that does not read back is reported
 // and ignored (the manager writes the notes again when they change).
 //
 // MarkVolumeDeleting (a delete's first step) is also on the chunk records
@@ -43,7 +46,7 @@ const MAX_REASON_BYTES = 1024;
 
 const SERVER_ADMIN_STATES = ['', 'failed'];
 
-interface SavedVolume { version: number; epoch: number; access: string; spreadLabel?: string; createdMs?: number }
+interface SavedVolume { version: number; epoch: number; access: string; spreadLabel?: string; createdMs?: number; record?: string }
 interface SavedDisk { adminState: string; reason: string; badChunks: number[] }
 interface SavedServer { adminState: string; reason: string }
 interface Saved { version: 1; volumes: Record<string, SavedVolume>; disks: Record<string, SavedDisk>; server?: SavedServer; deleted?: number[] }
@@ -82,13 +85,25 @@ export class ManagerNotes {
     const spreadLabel = note.spreadLabel ?? '';
     const createdMs = Number(note.createdMs ?? 0);
     if (Buffer.byteLength(spreadLabel, 'utf8') > 64 || !isCounter(createdMs)) throw new InvalidArgumentError('volume note: spread label of at most 64 bytes, created time 0..2^53-1', { volumeId });
+    const record = note.record ?? '';
+    if (Buffer.byteLength(record, 'utf8') > MAX_ACCESS_BYTES) throw new InvalidArgumentError(`volume note: a record of at most ${MAX_ACCESS_BYTES} bytes`, { volumeId });
     const vol = this.store.volumes.get(volumeId);
-    if (!vol) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
-    if (epoch < vol.epoch) throw new StaleEpochError(`volume note at epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
-    if (note.committed) await commitCreate(vol.chunks.values());
+    // A note with a record (a thin volume with no chunk anywhere) is kept without one here.
+    if (!vol && !record) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
+    if (vol && epoch < vol.epoch) throw new StaleEpochError(`volume note at epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
+    if (vol && note.committed) await commitCreate(vol.chunks.values());
     const held = this.saved.volumes[String(volumeId)];
     if (held && held.version >= version) return;
-    this.saved.volumes[String(volumeId)] = { version, epoch, access, ...(spreadLabel ? { spreadLabel } : {}), ...(createdMs > 0 ? { createdMs } : {}) };
+    this.saved.volumes[String(volumeId)] = {
+      version, epoch, access, ...(spreadLabel ? { spreadLabel } : {}), ...(createdMs > 0 ? { createdMs } : {}), ...(record ? { record } : {}),
+    };
+    await this.save();
+  }
+
+  /** The volume is being deleted (MarkVolumeDeleting): its note goes, record and all (its tombstone stays). */
+  async forgetVolume(volumeId: number): Promise<void> {
+    if (this.saved.volumes[String(volumeId)] === undefined) return;
+    delete this.saved.volumes[String(volumeId)];
     await this.save();
   }
 
@@ -139,8 +154,8 @@ export class ManagerNotes {
   volumeNotes(): VolumeNote[] {
     const out: VolumeNote[] = [];
     for (const [id, v] of Object.entries(this.saved.volumes)) {
-      if (this.store.volumes.has(Number(id))) {
-        out.push({ volumeId: Number(id), version: v.version, epoch: v.epoch, access: v.access, spreadLabel: v.spreadLabel ?? '', createdMs: v.createdMs ?? 0 });
+      if (this.store.volumes.has(Number(id)) || v.record) {
+        out.push({ volumeId: Number(id), version: v.version, epoch: v.epoch, access: v.access, spreadLabel: v.spreadLabel ?? '', createdMs: v.createdMs ?? 0, ...(v.record ? { record: v.record } : {}) });
       }
     }
     return out;
@@ -173,7 +188,7 @@ export class ManagerNotes {
 
   private save(): Promise<void> {
     // Notes of volumes with no chunk here any more go (volume ids are never reused).
-    for (const id of Object.keys(this.saved.volumes)) if (!this.store.volumes.has(Number(id))) delete this.saved.volumes[id];
+    for (const [id, v] of Object.entries(this.saved.volumes)) if (!this.store.volumes.has(Number(id)) && !v.record) delete this.saved.volumes[id];
     const text = `${JSON.stringify(this.saved)}\n`;
     this.saving = this.saving.catch(() => {}).then(() => writeAtomic(this.dir, FILE, text));
     return this.saving;

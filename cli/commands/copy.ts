@@ -5,8 +5,9 @@ import { submitted } from './job.js';
 
 // vsky volume copy SRC DST: a storage job hosted by a head agent (docs/jobs.md,
 // "copy"): the written regions of SRC are copied to DST (created like SRC
-// with --create, or an existing volume of the same size whose other regions
-// are zeroed); DST goes from generation g to g+1. Both must be detached.
+// with --create, thin unless --thick, or an existing volume of the same size
+// whose other regions are zeroed); DST goes from generation g to g+1. Both
+// must be detached. A thin DST gets chunks only where SRC holds data.
 
 export function registerCopyCommand(program: Command): void {
   const volume = program.commands.find((c) => c.name() === 'volume');
@@ -14,7 +15,8 @@ export function registerCopyCommand(program: Command): void {
   adminCommand(volume, 'copy', 'copy a detached volume into another (a storage job on a head agent: DST generation g -> g+1)')
     .argument('<src>', 'source volume (detached)')
     .argument('<dst>', 'destination volume (detached, same size), or a new name with --create')
-    .option('--create', 'create DST like SRC (same size and replica count)')
+    .option('--create', 'create DST like SRC (same size and replica count), thin unless --thick')
+    .option('--thick', 'with --create: reserve every chunk of DST now (default: thin; a thin DST gets chunks only where SRC holds data)')
     .option('--host <head>', 'the head agent that runs the copy (default: an up head with the fewest running jobs)')
     .option('--expected-generation <g>', 'the generation DST must be at (default: its current one)', intArg)
     .option('--throttle-mibps <n>', 'hold the copy to this rate (MiB/s; default unthrottled)', intArg)
@@ -23,6 +25,7 @@ export function registerCopyCommand(program: Command): void {
     .action((src: string, dst: string, o) => withManager(o, async (m) => {
       const args: Record<string, string> = { source: src };
       if (o.create) args.create = 'true';
+      if (o.thick) args.thick = 'true';
       if (o.host) args.host = o.host;
       if (o.throttleMibps) args.throttle_mibps = String(o.throttleMibps);
       const j = await call(m, 'SubmitJob', { jobId: o.jobId ?? '', kind: 'copy', volume: dst, expectedGeneration: o.expectedGeneration ?? 0, args });

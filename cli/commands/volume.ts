@@ -107,6 +107,6 @@ export function registerVolumeCommands(program: Command): void {
 }
 
 /** "512 MiB (2/80 seg)": what a volume has allocated (one copy). */
-function allocatedText(v: { allocatedBytes: number; allocatedSegments: number; segmentCount: number }): string {
-  return `${formatSize(v.allocatedBytes)} (${v.allocatedSegments}/${v.segmentCount} seg)`;
+function allocatedText(v: { allocatedBytes: number; allocatedSegments: number; segmentCount: number; writtenBytes: number }): string {
+  return `${formatSize(v.allocatedBytes)} (${v.allocatedSegments}/${v.segmentCount} seg, ${formatSize(v.writtenBytes)} written)`;
 }

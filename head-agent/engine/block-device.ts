@@ -38,6 +38,24 @@ export interface BlockDevice {
    * how many bytes from there share that answer. Unallocated bytes read zeros.
    */
   extentAt?(offset: number): { allocated: boolean; length: number };
+  /**
+   * Optional: what [offset, offset + length) holds, as consecutive extents
+   * from `offset` (EXTENT_HOLE: no storage behind it; EXTENT_ZERO: reads as
+   * zeros; neither: data). Covers at least one byte and at most `length`;
+   * the caller asks again from where it ends. Never claims HOLE or ZERO for
+   * bytes that may read non-zero (data is always a safe answer).
+   */
+  allocationStatus?(offset: number, length: number): Promise<AllocationExtent[]>;
+}
+
+/** Flags of an AllocationExtent (the same values as NBD base:allocation's NBD_STATE_HOLE / NBD_STATE_ZERO). */
+export const EXTENT_HOLE = 1;
+export const EXTENT_ZERO = 2;
+
+export interface AllocationExtent {
+  length: number;
+  /** EXTENT_HOLE | EXTENT_ZERO bits; 0 is data. */
+  flags: number;
 }
 
 /** Finds the device exported under an export name (NBD) or LUN (iSCSI). */

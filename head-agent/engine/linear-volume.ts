@@ -1,12 +1,14 @@
 import { MAX_DATA_PAYLOAD } from '../../shared/constants.js';
 import { CapacityError, ConflictError, InvalidArgumentError, IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
-import type { BlockDevice } from './block-device.js';
+import { mayDeallocate } from '../../shared/deallocation.js';
+import type { AllocationExtent, BlockDevice } from './block-device.js';
 import { ZEROS, type Backing } from './backing.js';
 import { MutationTracker, type Mirror } from './mirror.js';
 import type { Replica } from './replica.js';
 import { VolumeFlush } from './volume-flush.js';
 import { VolumeStats } from './volume-stats.js';
 import { WriteIntent } from './write-intent.js';
+import type { WrittenRegions } from './written-regions.js';
 
 // A volume: a linear run of segments of `chunkSize` bytes, each a mirror.
 // Requests are bounds-checked, then split at segment boundaries and at the
@@ -85,6 +87,8 @@ export class LinearVolume implements BlockDevice {
   /** Clones and snapshotted volumes: where unwritten regions read from (backing.ts; set by the attachments). */
   backing: Backing | undefined;
   readonly thin: boolean;
+  /** Written-region bitmaps for block status (written-regions.ts); set by the attachments. */
+  regions: WrittenRegions | undefined;
   /** First-write allocations in flight, by segment (one per segment; every waiting write shares it). */
   private readonly allocating = new Map<number, Promise<void>>();
   /** Segments being freed: their I/O waits until the segment is unallocated (or stays allocated). */
@@ -378,16 +382,29 @@ export class LinearVolume implements BlockDevice {
 
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     if (this._lease !== 'held') return this.afterLease(() => this.writeZeroes(offset, length, fua));
-    if (this.backing !== undefined) return this.zeroBacked(offset, length, fua);
-    if (this.thin) return this.thinZero(offset, length, (m, so, n) => m.writeZeroes(so, n, fua));
-    return this.forEachPiece(offset, length, (m, so, n) => m.writeZeroes(so, n, fua));
+    if (!mayDeallocate(this)) return this.zeroBacked(offset, length, fua);
+    if (this.thin) return this.zeroed(offset, length, this.thinZero(offset, length, (m, so, n) => m.writeZeroes(so, n, fua)));
+    return this.zeroed(offset, length, this.forEachPiece(offset, length, (m, so, n) => m.writeZeroes(so, n, fua)));
   }
 
   discard(offset: number, length: number): Promise<void> {
     if (this._lease !== 'held') return this.afterLease(() => this.discard(offset, length));
-    if (this.backing !== undefined) return this.zeroBacked(offset, length, false);
-    if (this.thin) return this.thinZero(offset, length, (m, so, n) => m.discard(so, n));
-    return this.forEachPiece(offset, length, (m, so, n) => m.discard(so, n));
+    if (!mayDeallocate(this)) return this.zeroBacked(offset, length, false);
+    if (this.thin) return this.zeroed(offset, length, this.thinZero(offset, length, (m, so, n) => m.discard(so, n)));
+    return this.zeroed(offset, length, this.forEachPiece(offset, length, (m, so, n) => m.discard(so, n)));
+  }
+
+  /** After a discard or write-zeroes: the regions it covered whole read zeros (block status). */
+  private zeroed(offset: number, length: number, done: Promise<void>): Promise<void> {
+    return this.regions === undefined ? done : done.then(() => this.regions?.noteZeroed(this.chunkSize, offset, length));
+  }
+
+  /** What [offset, offset + length) holds (BlockDevice.allocationStatus; written-regions.ts). */
+  allocationStatus(offset: number, length: number): Promise<AllocationExtent[]> {
+    const bad = this.check(offset, length);
+    if (bad !== undefined) return Promise.reject(bad);
+    if (this.regions === undefined) return Promise.resolve([{ length, flags: 0 }]);
+    return this.regions.status(this, offset, length);
   }
 
   /** Flatten: resolves once segment s has chunks (a first-write allocation when it has none). */
@@ -445,6 +462,7 @@ export class LinearVolume implements BlockDevice {
     const m = this.segments[s]!;
     if (m.replicas.length === 0) return this.allocate(s).then(() => this.resumed() ?? this.writeSegment(s, so, data, fua));
     if (this.trimmed.size !== 0) this.trimmed.delete(s);
+    this.regions?.noteWrite(s, so, data.length);
     if (this.backing !== undefined) return this.backing.write(m, s, so, data, fua, Math.min(this.chunkSize, this._size - s * this.chunkSize));
     return m.write(so, data, fua);
   }

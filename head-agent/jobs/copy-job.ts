@@ -53,6 +53,8 @@ async function writtenUnion(map: VolumeMap, segment: number, clients: NodeContro
   const union = new Uint8Array(Math.ceil(count / 8));
   let answered = 0;
   let size = regionSize;
+  // An unallocated segment of a thin volume holds nothing: nothing to copy from it, nothing to zero in it.
+  if (seg.replicas.length === 0) return { regionSize, map: union };
   for (const r of seg.replicas.filter((x) => use(x.state || 'in_sync'))) {
     if (!r.controlAddress) continue;
     try {
@@ -130,7 +132,9 @@ export async function copyPieces(opts: CopyOptions, pieces: CopyPiece[]): Promis
           await opts.target.writeZeroes(p.offset, p.length, false);
         } else {
           const data = await opts.source.read(p.offset, p.length);
-          await opts.target.write(p.offset, data, false);
+          // Zeros written in the source stay unwritten in a thin target (they read zeros there already, or get cleared).
+          if (opts.target.thin && isZero(data)) await opts.target.writeZeroes(p.offset, p.length, false);
+          else await opts.target.write(p.offset, data, false);
         }
         opts.progress.done += p.length;
       } catch (err) {
@@ -140,4 +144,15 @@ export async function copyPieces(opts: CopyOptions, pieces: CopyPiece[]): Promis
   };
   await Promise.all(Array.from({ length: opts.inflight ?? DEFAULT_INFLIGHT }, worker));
   if (failure !== undefined) throw failure;
+}
+
+const ZEROS = Buffer.alloc(DEFAULT_PIECE);
+
+/** Whether every byte of `data` is zero (compared against a shared zero buffer, no allocation). */
+export function isZero(data: Buffer): boolean {
+  for (let at = 0; at < data.length; at += ZEROS.length) {
+    const n = Math.min(ZEROS.length, data.length - at);
+    if (!data.subarray(at, at + n).equals(ZEROS.subarray(0, n))) return false;
+  }
+  return true;
 }

@@ -10,6 +10,7 @@ import type { Registry } from '../registry.js';
 import { forEachReplica, type ChunkMapRecord, type HeadRecord, type VolumeRecord } from '../types.js';
 import { volumeMapView } from '../views.js';
 import type { Volumes } from '../volumes.js';
+import { writtenSegments, type SegmentsAllocator } from './copy-thin.js';
 import { isFinal, putJob, type JobRecord } from './records.js';
 import type { Recon, ReconReport } from './recon.js';
 
@@ -58,6 +59,8 @@ export interface DiskClaims {
 export class CopyJobs {
   /** Per-disk limits shared with resyncs (manager/core.ts sets it). */
   disks?: DiskClaims;
+  /** Gives a thin destination its chunks before the job (ThinSegments.allocateFor); absent: thin destinations are refused. */
+  allocateSegments?: SegmentsAllocator;
   /** Job id -> when its lease was last renewed (this manager's clock). */
   private readonly renewed = new Map<string, number>();
   private readonly persisted = new Map<string, number>();
@@ -78,9 +81,11 @@ export class CopyJobs {
     const srcName = args.source ?? '';
     if (!srcName) throw new InvalidArgumentError('copy: name the source volume (args.source; vsky volume copy SRC DST)');
     for (const k of Object.keys(args)) {
-      if (!['source', 'create', 'host', 'throttle_mibps'].includes(k)) throw new InvalidArgumentError(`copy: unknown argument "${k}" (use source, create, host, throttle_mibps)`);
+      if (!['source', 'create', 'thick', 'host', 'throttle_mibps'].includes(k)) throw new InvalidArgumentError(`copy: unknown argument "${k}" (use source, create, thick, host, throttle_mibps)`);
     }
-    if (args.create !== undefined && args.create !== 'true' && args.create !== 'false') throw new InvalidArgumentError(`copy: create must be "true" or "false", not "${args.create}"`);
+    for (const k of ['create', 'thick']) {
+      if (args[k] !== undefined && args[k] !== 'true' && args[k] !== 'false') throw new InvalidArgumentError(`copy: ${k} must be "true" or "false", not "${args[k]}"`);
+    }
     const throttle = Number(args.throttle_mibps ?? 0);
     if (!Number.isInteger(throttle) || throttle < 0 || throttle > 1_000_000) throw new InvalidArgumentError(`copy: throttle_mibps must be a whole number of MiB/s (0: unthrottled), not "${args.throttle_mibps}"`);
     if (srcName === dstName) throw new InvalidArgumentError(`copy: the source and the destination are the same volume (${srcName}); name another destination`);
@@ -93,13 +98,23 @@ export class CopyJobs {
     const existing = this.volumes.find(dstName)?.volume;
     if (create && existing) throw new AlreadyExistsError(`copy: destination ${dstName} already exists: drop --create to copy into it (its content is replaced), or name a new volume`, { volume: dstName });
     if (!create && !existing) throw new NotFoundError(`copy: no destination volume "${dstName}": create it with --create (like ${srcName}), or name an existing one`, { volume: dstName });
+    if (args.thick === 'true' && !create) throw new InvalidArgumentError('copy: --thick only applies with --create (an existing destination keeps its provisioning)');
+    const thin = existing ? existing.thin === true : args.thick !== 'true';
+    const allocate = this.allocateSegments;
+    if (thin && allocate === undefined) throw new InvalidArgumentError(`copy: this manager cannot copy into a thin destination (${dstName}); use --create --thick; nothing changed`, { volume: dstName });
     if (existing) {
       this.checkShape(src, existing);
       this.checkDetached(existing, 'destination');
       this.checkFree(existing);
     } else {
-      await this.volumes.create({ name: dstName, size: src.size, replicas: src.replicas, spreadLabel: src.spreadLabel });
-      log.info({ source: srcName, destination: dstName, size: src.size, replicas: src.replicas }, 'copy: destination created like the source');
+      await this.volumes.create({ name: dstName, size: src.size, replicas: src.replicas, spreadLabel: src.spreadLabel, thin });
+      log.info({ source: srcName, destination: dstName, size: src.size, replicas: src.replicas, thin }, 'copy: destination created like the source');
+    }
+    if (thin) {
+      // The job's head holds no attachment, so it cannot ask for chunks: the segments it will write get them now.
+      const segments = await writtenSegments(this.volumes.entry(srcName), this.registry, this.peers);
+      await allocate!(dstName, segments);
+      log.info({ source: srcName, destination: dstName, segments: segments.length }, 'copy: thin destination allocated where the source holds data');
     }
     return host.id;
   }
@@ -108,7 +123,6 @@ export class CopyJobs {
     if (dst.size < src.size) throw new InvalidArgumentError(`copy: destination ${dst.name} (${formatSize(dst.size)}) is smaller than source ${src.name} (${formatSize(src.size)}); resize it (vsky volume resize) or use --create with a new name; nothing changed`);
     if (dst.size > src.size) throw new InvalidArgumentError(`copy: destination ${dst.name} (${formatSize(dst.size)}) is larger than source ${src.name} (${formatSize(src.size)}): copies go to a volume of the same size (or --create with a new name); nothing changed`);
     if (dst.chunkSize !== src.chunkSize) throw new InvalidArgumentError(`copy: ${dst.name} and ${src.name} have different chunk sizes; nothing changed`);
-    if (dst.thin) throw new InvalidArgumentError(`copy: destination ${dst.name} is thin: copies go to thick volumes for now (--create makes one; docs/thin-provisioning.md); nothing changed`, { volume: dst.name });
   }
 
   /** Both volumes are detached for now (the head holding one would be writing it). */

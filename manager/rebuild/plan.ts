@@ -1,7 +1,7 @@
 import { MAX_REPLICAS } from '../../shared/constants.js';
 import { commonLvolid, reportedCounters, type Counters } from './int-ids.js';
 import type { JobRecord } from '../jobs/records.js';
-import { newestNotes, restoreAccess, restoreJob } from './volume-state.js';
+import { newestNotes, restoreAccess, restoreJob, volumesFromRecords } from './volume-state.js';
 import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeRecord } from '../types.js';
 
 // The manager's metadata rebuilt from the storage nodes' chunk tables (issue 9,
@@ -392,6 +392,11 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
     volumes.push({ volume, map });
   }
 
+  // Thin volumes never written: no chunk names them, their notes carry their records.
+  const fromRecords = volumesFromRecords(notes, new Set(groups.keys()), volumes, chunkSize, nowMs, conflicts);
+  volumes.push(...fromRecords);
+  const maxRecordId = fromRecords.reduce((m, v) => Math.max(m, v.volume.id), 0);
+
   if (lost.next > 0) {
     const reason = 'placeholder for replicas no storage node reported when the database was rebuilt from storage: '
       + 'they are rebuilt elsewhere; remove it once nothing points at it';
@@ -406,7 +411,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
   }
 
   return {
-    servers, disks, volumes, toFree, jobs, nextVolumeId: maxVolumeId + 1, nextIntIds: reportedCounters(input.nodes, clusterId), setAside,
+    servers, disks, volumes, toFree, jobs, nextVolumeId: Math.max(maxVolumeId, maxRecordId) + 1, nextIntIds: reportedCounters(input.nodes, clusterId), setAside,
     report: {
       volumes: volumes.length, chunks: chunksRead, staleReplicas, rolledBack, conflicts,
       ms: Math.round((performance.now() - started) * 1000) / 1000,

@@ -2,8 +2,8 @@ import type { DiskInfo__Output } from '../../proto/generated/vsky/storage/DiskIn
 import type { VolumeNote__Output } from '../../proto/generated/vsky/storage/VolumeNote.js';
 import type { JobKind, JobRecord, JobState } from '../jobs/records.js';
 import { JOB_KINDS } from '../jobs/records.js';
-import { accessFromStorage, lineageFromStorage } from '../storage-notes.js';
-import type { DiskRecord, ServerRecord, VolumeRecord } from '../types.js';
+import { accessFromStorage, lineageFromStorage, recordFromStorage, type StoredRecord } from '../storage-notes.js';
+import { buildChunkMap, type ChunkMapRecord, type DiskRecord, type ServerRecord, type VolumeRecord } from '../types.js';
 
 // What a rebuild from storage restores besides the maps (manager/rebuild/plan.ts
 // builds those), from what the nodes keep for the manager:
@@ -15,7 +15,8 @@ import type { DiskRecord, ServerRecord, VolumeRecord } from '../types.js';
 //    at start as for any job a restart interrupted (recon-verdicts.ts);
 //  - its access rules (volume notes, storage-node/manager-notes.ts): the
 //    note with the highest version among the nodes holding its chunks;
-//  - a disk's admin state (failed, draining) and bad chunks (disk notes).
+//  - a disk's admin state (failed, draining) and bad chunks (disk notes);
+//  - thin volumes with no chunk anywhere, from the records in their notes.
 
 /** The job fields of one chunk record. */
 export interface ChunkJob {
@@ -115,4 +116,46 @@ export function restoreDiskAdmin(rec: DiskRecord, info: DiskInfo__Output): void 
     rec.draining = true;
     rec.stateReason = `${note.reason || 'removed by an admin'} (drain resumed after a rebuild from storage)`;
   }
+}
+
+/**
+ * Thin volumes with no chunk anywhere (never written), from the records their
+ * volume notes carry (manager/storage-notes.ts): built with every segment
+ * unallocated. Skipped: ids some chunk names (the chunks decide), records of
+ * another chunk size, and names a built volume (or a newer record) already has.
+ */
+export function volumesFromRecords(
+  notes: Map<number, VolumeNote__Output>, chunkIds: ReadonlySet<number>, built: readonly { volume: VolumeRecord }[], chunkSize: number, nowMs: number, conflicts: string[],
+): { volume: VolumeRecord; map: ChunkMapRecord }[] {
+  const byName = new Map<string, { id: number; record: StoredRecord; note: VolumeNote__Output }>();
+  for (const [id, note] of notes) {
+    if (chunkIds.has(id)) continue;
+    const record = recordFromStorage(note.record);
+    if (!record) continue;
+    if (record.chunkSize !== chunkSize) {
+      conflicts.push(`volume ${id} (${record.name}): its record says chunks of ${record.chunkSize} bytes, the cluster's are ${chunkSize}; not built`);
+      continue;
+    }
+    const held = byName.get(record.name);
+    if (!held || id > held.id) byName.set(record.name, { id, record, note });
+  }
+  const taken = new Set(built.map((b) => b.volume.name));
+  const out: { volume: VolumeRecord; map: ChunkMapRecord }[] = [];
+  for (const [name, { id, record, note }] of [...byName.entries()].sort((a, b) => a[1].id - b[1].id)) {
+    if (taken.has(name)) {
+      conflicts.push(`volume ${id} (${name}): a thin volume with no chunk, but the name belongs to a volume built from its chunks; not built`);
+      continue;
+    }
+    const segmentCount = Math.ceil(record.size / chunkSize);
+    const volume: VolumeRecord = {
+      id, name, size: record.size, replicas: record.replicas, chunkSize, segmentCount, generation: 1, epoch: Number(note.epoch),
+      attachedHead: '', nbdUri: '', spreadLabel: record.spreadLabel, createdMs: record.createdMs || nowMs, thin: true,
+    };
+    if (record.intId) volume.claimedIntId = record.intId;
+    restoreAccess(volume, note);
+    const map = buildChunkMap(id, record.replicas, segmentCount, []);
+    map.thin = true;
+    out.push({ volume, map });
+  }
+  return out;
 }

@@ -1,4 +1,5 @@
 import type { VolumeMap } from '../../proto/generated/vsky/common/VolumeMap.js';
+import { mayDeallocate } from '../../shared/deallocation.js';
 import {
   CapacityError, ConflictError, InvalidArgumentError, StaleEpochError, VskyError, errorMessage,
 } from '../../shared/errors.js';
@@ -11,7 +12,7 @@ import { mapLimit, type PeerClients } from '../node-clients.js';
 import type { PlacementModel, PlannedChunk } from '../placement.js';
 import type { Registry } from '../registry.js';
 import type { ManagerStore } from '../store.js';
-import { holderEpoch, isUnallocated, type ChunkMapRecord, type ToFreeRecord, type VolumeRecord } from '../types.js';
+import { hasBacking, holderEpoch, isUnallocated, type ChunkMapRecord, type ToFreeRecord, type VolumeRecord } from '../types.js';
 import type { VolumeEntry, Volumes } from '../volumes.js';
 import { volumeMapView } from '../views.js';
 import { assignSegment, segmentChunks, unassignSegment } from './segment-map.js';
@@ -83,6 +84,20 @@ export class ThinSegments {
       if (isUnallocated(cur.map, req.segment)) return this.reply(cur);
       await this.freeNow(cur, req.segment);
       return this.reply(cur);
+    });
+  }
+
+  /**
+   * Gives a detached thin volume chunks for `segments` now (a copy into it:
+   * manager/jobs/copy-thin.ts). No lease: the volume is detached and its job
+   * not started, so nobody writes it; serialized with the RPCs.
+   */
+  allocateFor(volume: string, segments: readonly number[]): Promise<void> {
+    const e = this.volumes.entry(volume);
+    return this.serial(e.volume.id, async () => {
+      const cur = this.volumes.entry(volume);
+      if (!cur.volume.thin || !cur.map.thin) return;
+      for (const s of segments) if (isUnallocated(cur.map, s)) await this.allocateNow(cur, s);
     });
   }
 
@@ -165,6 +180,8 @@ export class ThinSegments {
     const v = e.volume;
     const busy = this.segmentBusy?.(v.id, segment, e.map);
     if (busy) throw new ConflictError(`volume ${v.name} segment ${segment} is not freed now: ${busy}; its chunks stay (they read as zeros)`, { volume: v.name, segment });
+    // A volume with a backing (a clone) never gives a segment back: it would read the backing again (shared/deallocation.ts).
+    if (!mayDeallocate({ hasBacking: hasBacking(v) })) throw new ConflictError(`volume ${v.name} has a backing: its segments are never freed by a discard`, { volume: v.name, segment });
     const now = Date.now();
     const records: ToFreeRecord[] = segmentChunks(e.map, segment).map((c) => ({
       diskId: c.diskId, chunkIndex: c.chunkIndex, volumeId: v.id, segment, idSlot: c.idSlot, reason: 'segment discarded (thin)', sinceMs: now,

@@ -66,7 +66,7 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
     model.setServer(serverId, labels, true);
     for (let d = 0; d < DISKS_PER_SERVER; d++) {
       const diskId = `disk-${s}-${d}`;
-      info.disks.push({ diskId, path: `/dev/sd${String.fromCharCode(97 + d)}`, chunkSize: CHUNK, chunkCount: CHUNKS_PER_DISK, usedChunks: 0, state: 'active', size: CHUNK * CHUNKS_PER_DISK, clusterId: CLUSTER, pdskid: 0, dextIds: [], note: null });
+      info.disks.push({ diskId, path: `/dev/sd${String.fromCharCode(97 + d)}`, chunkSize: CHUNK, chunkCount: CHUNKS_PER_DISK, usedChunks: 0, state: 'active', size: CHUNK * CHUNKS_PER_DISK, clusterId: CLUSTER, pdskid: 0, dextIds: [], note: null, written: [] });
       model.setDisk(diskId, serverId, CHUNKS_PER_DISK, true);
       serverOfDisk.set(diskId, serverId);
       top.set(diskId, CHUNKS_PER_DISK - 1);
@@ -155,15 +155,15 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
     }
     for (let r = 0; r < K; r++) {
       // The create's committed note: spread label and creation time, on each node holding the first segment.
-      tables.get(serverOfDisk.get(map.disks[map.locs[2 * r]!]!)!)!.volumeNotes!.push({ volumeId: id, version: 0, epoch: 0, access: '', spreadLabel: 'rack', createdMs: CREATED_MS, committed: false });
+      tables.get(serverOfDisk.get(map.disks[map.locs[2 * r]!]!)!)!.volumeNotes!.push({ volumeId: id, version: 0, epoch: 0, access: '', spreadLabel: 'rack', createdMs: CREATED_MS, committed: false, record: '' });
     }
     expected.withCreated++;
     if (roll >= 0.5 && roll < 0.8) {
       // Access rules: the newest note on the first replica's node, an older one on the second's.
       const a = serverOfDisk.get(map.disks[map.locs[0]!]!)!;
       const b = serverOfDisk.get(map.disks[map.locs[2]!]!)!;
-      tables.get(b)!.volumeNotes!.push({ volumeId: id, version: 1, epoch, access: '', spreadLabel: 'rack', createdMs: CREATED_MS, committed: false });
-      tables.get(a)!.volumeNotes!.push({ volumeId: id, version: 2, epoch, access: ACCESS, spreadLabel: 'rack', createdMs: CREATED_MS, committed: false });
+      tables.get(b)!.volumeNotes!.push({ volumeId: id, version: 1, epoch, access: '', spreadLabel: 'rack', createdMs: CREATED_MS, committed: false, record: '' });
+      tables.get(a)!.volumeNotes!.push({ volumeId: id, version: 2, epoch, access: ACCESS, spreadLabel: 'rack', createdMs: CREATED_MS, committed: false, record: '' });
       expected.withAccess++;
     }
     if (roll < 0.005) setIdentitySlot(map, seg * K + 1, 3); // a finished drain: 0, 3, 2

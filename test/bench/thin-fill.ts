@@ -13,7 +13,12 @@ import { vsky } from '../harness/vsky.js';
 //   thin-over:  the same volume again (every segment allocated: the plain write path);
 //   thick:      a thick volume (chunks reserved at create).
 // 2 replicas, 3 servers x 2 sparse disk files of 4 GiB, 256 MiB chunks (the default
-// chunk size), rounds alternating, median reported.
+// chunk size), rounds alternating, median reported. Then, on each round's volumes
+// (every segment allocated by then):
+//   4 KiB random reads and writes (fio --ioengine=nbd, iodepth 16, 10 s each) on the
+//   thin volume against the thick one;
+//   nbdcopy of a 2 GiB thin volume with 3 written regions to null: with NBD block
+//   status (holes skipped) against --no-extents (every byte read).
 //
 // Run: npm run build && node dist/test/bench/thin-fill.js [--size-mib N] [--rounds N]
 
@@ -29,6 +34,20 @@ async function main(): Promise<void> {
   const c = await startTestCluster({ diskSize: 4 * GiB, chunkSize: 256 * MiB, logLevel: 'warn' });
   const work = mkdtempSync(join(tmpdir(), 'vsky-thin-bench-'));
   const times: Record<string, number[]> = { 'thin-first': [], 'thin-over': [], thick: [] };
+  const iops: Record<string, number[]> = { 'thin randread': [], 'thick randread': [], 'thin randwrite': [], 'thick randwrite': [] };
+  const sparse: Record<string, number[]> = { 'sparse extents': [], 'sparse no-extents': [] };
+  const fio = async (uri: string, rw: string): Promise<number> => {
+    const r = await run('fio', ['--name=r', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, '--bs=4k', '--iodepth=16', '--runtime=10', '--time_based',
+      `--size=${bytes}`, '--output-format=json'], 120_000);
+    const out = String(r.stdout);
+    const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: { read: { iops: number }; write: { iops: number } }[] }).jobs[0]!;
+    return rw === 'randread' ? job.read.iops : job.write.iops;
+  };
+  const timed = async (args: string[]): Promise<number> => {
+    const t = process.hrtime.bigint();
+    await run('nbdcopy', args, 600_000);
+    return Number(process.hrtime.bigint() - t) / 1e6;
+  };
   try {
     const src = join(work, 'src.img');
     randomFile(src, bytes);
@@ -52,6 +71,17 @@ async function main(): Promise<void> {
       times['thin-over']!.push(await copy(thin));
       const thick = await attach(`thick${i}`);
       times.thick!.push(await copy(thick));
+      for (const rw of ['randread', 'randwrite']) {
+        iops[`thin ${rw}`]!.push(await fio(thin, rw));
+        iops[`thick ${rw}`]!.push(await fio(thick, rw));
+      }
+      const name = `sparse${i}`;
+      const r = await vsky(['volume', 'create', name, '--size', String(bytes), '--replicas', '2'], c.managerAddress);
+      if (r.exitCode !== 0) throw new Error(String(r.stderr));
+      const sp = await attach(name);
+      await run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 64k', '-c', `write -P 2 ${bytes / 2} 1M`, '-c', `write -P 3 ${bytes - MiB} 64k`, sp], 60_000);
+      sparse['sparse extents']!.push(await timed([sp, 'null:']));
+      sparse['sparse no-extents']!.push(await timed(['--no-extents', sp, 'null:']));
       // Volumes are kept (a delete scrubs every written region: GiBs of zeros on a shared machine).
     }
   } finally {
@@ -63,6 +93,8 @@ async function main(): Promise<void> {
     const ms = median(xs);
     console.log(`${k.padEnd(11)} median ${(ms / 1000).toFixed(2)} s  ${((bytes / MiB) / (ms / 1000)).toFixed(0)} MiB/s  (runs: ${xs.map((x) => (x / 1000).toFixed(2)).join(', ')} s)`);
   }
+  for (const [k, xs] of Object.entries(iops)) console.log(`${k.padEnd(17)} median ${median(xs).toFixed(0)} IOPS  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')})`);
+  for (const [k, xs] of Object.entries(sparse)) console.log(`${k.padEnd(17)} median ${(median(xs) / 1000).toFixed(2)} s  (runs: ${xs.map((x) => (x / 1000).toFixed(2)).join(', ')} s)`);
 }
 
 main().catch((err: unknown) => {

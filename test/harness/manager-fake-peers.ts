@@ -44,7 +44,7 @@ export class FakeNode {
   }
 
   addDisk(id: string, chunkCount: number, chunkSize: number, path = `/dev/${id}`): DiskInfo__Output {
-    const info: DiskInfo__Output = { diskId: id, path, chunkSize, chunkCount, usedChunks: 0, state: 'active', size: chunkCount * chunkSize, clusterId: '', pdskid: 0, dextIds: [], note: null };
+    const info: DiskInfo__Output = { diskId: id, path, chunkSize, chunkCount, usedChunks: 0, state: 'active', size: chunkCount * chunkSize, clusterId: '', pdskid: 0, dextIds: [], note: null, written: [] };
     this.disks.set(id, { info, chunks: new Map() });
     return info;
   }

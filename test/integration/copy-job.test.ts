@@ -49,7 +49,7 @@ describe('copy jobs hosted by a head agent (real processes)', () => {
   const head2 = () => c.heads[1]!;
   const attach = async (name: string) => String((await vsky(['volume', 'attach', name, '--head', 'head1'], m())).stdout).split('\n')[0]!;
   const detach = async (name: string) => expect((await vsky(['volume', 'detach', name], m())).exitCode).toBe(0);
-  const create = async (name: string, size = SIZE) => expect((await vsky(['volume', 'create', name, '--size', String(size), '--replicas', '2', '--thick'], m())).exitCode).toBe(0); // copies go to thick volumes
+  const create = async (name: string, size = SIZE) => expect((await vsky(['volume', 'create', name, '--size', String(size), '--replicas', '2', '--thick'], m())).exitCode).toBe(0); // thick: every segment has chunks (thin copies: thin-copy.test.ts)
   const getJob = async (jobId: string): Promise<Job> => {
     const client = c.client();
     try {

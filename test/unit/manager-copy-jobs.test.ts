@@ -67,7 +67,7 @@ const until = async (f: () => boolean, ms = 3000) => {
 };
 const copy = async (c: Core, jobId: string, args: Record<string, string> = {}, dst = 'dst') => {
   await c.registry.headHeartbeat('h0'); // the host is up (its last heartbeat within the TTL)
-  return c.jobs.submit({ jobId, kind: 'copy', volume: dst, expectedGeneration: 0, args: { source: 'src', create: 'true', ...args } });
+  return c.jobs.submit({ jobId, kind: 'copy', volume: dst, expectedGeneration: 0, args: { source: 'src', create: 'true', ...(args.create === 'false' ? {} : { thick: 'true' }), ...args } });
 };
 const report = (c: Core, jobId: string, state: string, done = 0, total = 0, headId = 'h0') => c.jobs.copies.report({ jobId, headId, state, done, total, error: state === 'failed' ? 'disk on fire' : '' });
 

@@ -8,7 +8,7 @@ import { Fixture, NOW, built, forEachReplica, replicaLocation } from '../harness
 // note's spread label and creation time and the server's admin state.
 
 const note = (volumeId: number, o: { version?: number; spreadLabel?: string; createdMs?: number } = {}) => ({
-  volumeId, version: o.version ?? 0, epoch: 0, access: '', spreadLabel: o.spreadLabel ?? '', createdMs: o.createdMs ?? 0, committed: false,
+  volumeId, version: o.version ?? 0, epoch: 0, access: '', spreadLabel: o.spreadLabel ?? '', createdMs: o.createdMs ?? 0, committed: false, record: '',
 });
 
 describe('planRebuild: interrupted creates, tombstones and notes', () => {

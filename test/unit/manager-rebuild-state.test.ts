@@ -80,8 +80,8 @@ describe('planRebuild: state kept on storage', () => {
     const v = fx.volume(7, 'acl', 1, 3, { epoch: 1, generation: 1 });
     fx.store(v);
     const older = { ...ACCESS, chapSecret: 'an-older-secret!' };
-    fx.nodes[0]!.volumeNotes = [{ volumeId: 7, version: 3, epoch: 1, access: accessToStorage(ACCESS), spreadLabel: '', createdMs: 0, committed: false }];
-    fx.nodes[1]!.volumeNotes = [{ volumeId: 7, version: 2, epoch: 1, access: accessToStorage(older), spreadLabel: '', createdMs: 0, committed: false }];
+    fx.nodes[0]!.volumeNotes = [{ volumeId: 7, version: 3, epoch: 1, access: accessToStorage(ACCESS), spreadLabel: '', createdMs: 0, committed: false, record: '' }];
+    fx.nodes[1]!.volumeNotes = [{ volumeId: 7, version: 2, epoch: 1, access: accessToStorage(older), spreadLabel: '', createdMs: 0, committed: false, record: '' }];
     const failedAt = replicaLocation(v.map, 2);
     const failed = fx.disk(failedAt.diskId);
     failed.note = { diskId: failed.diskId, adminState: 'failed', reason: 'failed by an admin: flaky', badChunks: [] };

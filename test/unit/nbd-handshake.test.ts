@@ -114,7 +114,7 @@ describe('NBD handshake state machine', () => {
 
   it('NBD_OPT_ABORT acks and closes cleanly; unsupported options get ERR_UNSUP', () => {
     const hs = started();
-    for (const o of [NbdOpt.STARTTLS, NbdOpt.SET_META_CONTEXT, NbdOpt.EXTENDED_HEADERS, 0xffffffff]) {
+    for (const o of [NbdOpt.STARTTLS, NbdOpt.EXTENDED_HEADERS, 0xffffffff]) {
       expect(replies(hs.option(...opt(o)))[0]!.type).toBe(NbdRep.ERR_UNSUP);
     }
     const step = hs.option(...opt(NbdOpt.ABORT));

@@ -378,7 +378,7 @@ describe('NBD server with a raw client', () => {
     expect((await c.optionReply()).header.type).toBe(NbdRep.ERR_UNSUP);
     c.write(encodeOption(NbdOpt.STRUCTURED_REPLY, Buffer.from('x')));
     expect((await c.optionReply()).header.type).toBe(NbdRep.ERR_INVALID);
-    c.write(encodeOption(NbdOpt.SET_META_CONTEXT, Buffer.alloc(8)));
+    c.write(encodeOption(NbdOpt.EXTENDED_HEADERS, Buffer.alloc(8)));
     expect((await c.optionReply()).header.type).toBe(NbdRep.ERR_UNSUP);
     c.write(encodeOption(NbdOpt.LIST, Buffer.from('x')));
     expect((await c.optionReply()).header.type).toBe(NbdRep.ERR_INVALID);

@@ -62,7 +62,7 @@ describe('manager notes on a storage node', () => {
     await call(client, 'KeepVolumeNote', { volumeId: 1, version: 1, epoch: 3, access: 'rules v1' });
     await expect(call(client, 'KeepVolumeNote', { volumeId: 1, version: 5, epoch: 2, access: 'behind' })).rejects.toThrow(/epoch 2 is below/);
     await expect(call(client, 'KeepVolumeNote', { volumeId: 9, version: 1, epoch: 3, access: 'x' })).rejects.toThrow(/no chunk of volume 9/);
-    expect((await listed()).volumeNotes).toEqual([{ volumeId: 1, version: 2, epoch: 3, access: 'rules v2', spreadLabel: '', createdMs: 0, committed: false }]);
+    expect((await listed()).volumeNotes).toEqual([{ volumeId: 1, version: 2, epoch: 3, access: 'rules v2', spreadLabel: '', createdMs: 0, committed: false, record: '' }]);
   });
 
   it('keeps a disk note, reported with the disk; garbage is refused', async () => {
@@ -81,13 +81,24 @@ describe('manager notes on a storage node', () => {
     expect(byVolume.sort()).toEqual([[1, 'LEGAL'], [1, 'LEGAL'], [2, 'DELETING']]);
   });
 
+  it('keeps the record of a volume with no chunk here (a never-written thin volume), across a restart, until its delete', async () => {
+    const record = JSON.stringify({ v: 1, name: 'empty', size: CHUNK, replicas: 2, chunkSize: CHUNK });
+    await call(client, 'KeepVolumeNote', { volumeId: 77, version: 1, epoch: 0, access: '', record });
+    await call(client, 'KeepVolumeNote', { volumeId: 1, version: 4, epoch: 3, access: 'rules v2' }); // a save: the record note stays
+    await node.close();
+    await start();
+    expect((await listed()).volumeNotes.find((n) => n.volumeId === 77)).toMatchObject({ version: 1, record });
+    expect((await call(client, 'MarkVolumeDeleting', { volumeId: 77, epoch: 0 })).chunks).toBe(0);
+    expect((await listed()).volumeNotes.map((n) => n.volumeId)).toEqual([1]);
+  });
+
   it('keeps all of it across a node restart; a freed volume\'s note goes', async () => {
     await call(client, 'FreeChunk', { diskId: disk, chunkIndex: 2, volumeId: 2 });
-    await call(client, 'KeepVolumeNote', { volumeId: 1, version: 3, epoch: 3, access: 'rules v3' });
+    await call(client, 'KeepVolumeNote', { volumeId: 1, version: 5, epoch: 3, access: 'rules v3' });
     await node.close();
     await start();
     const after = await listed();
-    expect(after.volumeNotes).toEqual([{ volumeId: 1, version: 3, epoch: 3, access: 'rules v3', spreadLabel: '', createdMs: 0, committed: false }]);
+    expect(after.volumeNotes).toEqual([{ volumeId: 1, version: 5, epoch: 3, access: 'rules v3', spreadLabel: '', createdMs: 0, committed: false, record: '' }]);
     expect((await call(client, 'GetInfo', {})).disks[0]!.note).toMatchObject({ adminState: 'draining', badChunks: [3, 7] });
     expect(after.chunks.every((c) => c.identity!.legality === 'LEGAL')).toBe(true);
     await call(client, 'AllocateChunk', { diskId: disk, chunkIndex: 2, identity: identity(3, 0) });

@@ -16,10 +16,11 @@ import { ReadGate, addSocketHandlers, removeSocketHandlers, type SocketHandlers 
 import { ioBuffers } from '../io-buffers.js';
 import { REQUEST_SPEC, handleText, type RequestHeader } from './codec.js';
 import {
-  CLOSE_GRACE_MS, MAX_BLOCK_SIZE, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FUA,
+  BASE_ALLOCATION_ID, CLOSE_GRACE_MS, MAX_BLOCK_SIZE, MAX_BLOCK_STATUS_EXTENTS, NBD_CMD_FLAG_REQ_ONE, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE, NbdCmd, NbdError, commandName,
 } from './constants.js';
 import { nbdErrorFor } from './error-map.js';
+import { encodeBlockStatusChunk, fitExtents } from './meta-context.js';
 import { ReplyWriter } from './reply-writer.js';
 
 
@@ -34,13 +35,15 @@ export interface NbdConnectionOptions {
   log: Logger;
   /** The client negotiated NBD_OPT_STRUCTURED_REPLY. */
   structured?: boolean;
+  /** The client selected base:allocation for this export (needs `structured`): NBD_CMD_BLOCK_STATUS is valid. */
+  blockStatus?: boolean;
   maxInFlight?: number;
   maxInFlightBytes?: number;
 }
 
 /** Command flags each command accepts (spec: FUA is valid on every command; DF on READ once structured). */
-function allowedFlags(structured: boolean): Record<number, number> {
-  return {
+function allowedFlags(structured: boolean, blockStatus: boolean): Record<number, number> {
+  const flags: Record<number, number> = {
     [NbdCmd.READ]: NBD_CMD_FLAG_FUA | (structured ? NBD_CMD_FLAG_DF : 0),
     [NbdCmd.WRITE]: NBD_CMD_FLAG_FUA,
     [NbdCmd.DISC]: NBD_CMD_FLAG_FUA,
@@ -48,6 +51,8 @@ function allowedFlags(structured: boolean): Record<number, number> {
     [NbdCmd.TRIM]: NBD_CMD_FLAG_FUA,
     [NbdCmd.WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE,
   };
+  if (structured && blockStatus) flags[NbdCmd.BLOCK_STATUS] = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE;
+  return flags;
 }
 
 /** Why a request was refused before reaching the device. */
@@ -142,7 +147,7 @@ export class NbdConnection {
     this.maxInFlight = opts.maxInFlight ?? MAX_INFLIGHT_REQUESTS;
     this.maxInFlightBytes = opts.maxInFlightBytes ?? MAX_INFLIGHT_BYTES;
     this.replies = new ReplyWriter(this.socket, opts.structured ?? false);
-    this.allowedFlags = allowedFlags(opts.structured ?? false);
+    this.allowedFlags = allowedFlags(opts.structured ?? false, opts.blockStatus ?? false);
     this.closed = new Promise((resolve) => { this.resolveClosed = resolve; });
   }
 
@@ -252,8 +257,8 @@ export class NbdConnection {
       if (rejection !== undefined) {
         ({ error, message } = rejection);
       } else {
-        data = await this.perform(h, payload);
-        if (data !== undefined && data.length !== h.length) {
+        data = h.type === NbdCmd.BLOCK_STATUS ? await this.blockStatus(h) : await this.perform(h, payload);
+        if (data !== undefined && h.type === NbdCmd.READ && data.length !== h.length) {
           this.log.error({ offset: h.offset, length: h.length, got: data.length }, 'BlockDevice.read returned the wrong number of bytes');
           data = undefined;
           error = NbdError.EIO;
@@ -286,6 +291,7 @@ export class NbdConnection {
       return { error: NbdError.EINVAL, message: `flags 0x${h.flags.toString(16)} are not valid on ${commandName(h.type)}` };
     }
     if (h.type === NbdCmd.FLUSH) return undefined;
+    if (h.type === NbdCmd.BLOCK_STATUS && h.length === 0) return { error: NbdError.EINVAL, message: 'NBD_CMD_BLOCK_STATUS of 0 bytes' };
     if (h.type === NbdCmd.READ && h.length > MAX_BLOCK_SIZE) {
       return { error: NbdError.EINVAL, message: `read of ${h.length} bytes exceeds the maximum block size of ${MAX_BLOCK_SIZE}` };
     }
@@ -333,6 +339,20 @@ export class NbdConnection {
       default:
         throw new Error(`unreachable: command ${h.type} passed validation`);
     }
+  }
+
+  /**
+   * NBD_CMD_BLOCK_STATUS for base:allocation: the device's extents fitted to
+   * the request (REQ_ONE: one descriptor), encoded as the reply's payload.
+   * A device that cannot tell answers "data" for the whole range (always true).
+   */
+  private async blockStatus(h: RequestHeader): Promise<Buffer> {
+    const dev = this.device;
+    const raw = dev.allocationStatus ? await dev.allocationStatus(h.offset, h.length) : [{ length: h.length, flags: 0 }];
+    const max = (h.flags & NBD_CMD_FLAG_REQ_ONE) !== 0 ? 1 : MAX_BLOCK_STATUS_EXTENTS;
+    const extents = fitExtents(raw, h.length, max);
+    if (extents.length === 0) extents.push({ length: h.length, flags: 0 });
+    return encodeBlockStatusChunk(h.handleHi, h.handleLo, BASE_ALLOCATION_ID, extents);
   }
 
   // --- Replies --------------------------------------------------------------

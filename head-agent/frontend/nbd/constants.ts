@@ -173,6 +173,18 @@ export const NbdReplyType = {
   ERROR_OFFSET: 0x8002,
 } as const;
 
+// --- Metadata contexts and block status (proto.md "Metadata querying") --------
+
+/** The one metadata context we offer: which bytes have storage (HOLE) and which read as zeros (ZERO). */
+export const BASE_ALLOCATION = 'base:allocation';
+/** Its context id (chosen by the server; any u32 works, the client echoes nothing). */
+export const BASE_ALLOCATION_ID = 1;
+/** base:allocation flags of a block status descriptor. */
+export const NBD_STATE_HOLE = 1 << 0;
+export const NBD_STATE_ZERO = 1 << 1;
+/** Descriptors in one BLOCK_STATUS reply at most (8 bytes each): the client asks again from where it ends. */
+export const MAX_BLOCK_STATUS_EXTENTS = 2048;
+
 // --- Error values in replies ----------------------------------------------
 
 export const NbdError = {

@@ -16,7 +16,7 @@ import { CLOSE_GRACE_MS } from './constants.js';
 import { Handshake, type HandshakeStep, type NbdTlsMode } from './handshake.js';
 
 export type NegotiationResult =
-  | { kind: 'transmit'; socket: Socket; device: BlockDevice; exportName: string; structured: boolean; leftover: Buffer | undefined; size: number }
+  | { kind: 'transmit'; socket: Socket; device: BlockDevice; exportName: string; structured: boolean; leftover: Buffer | undefined; size: number; blockStatus: boolean }
   | { kind: 'closed'; reason: string };
 
 /** The head's NBD TLS settings (--nbd-tls*). */
@@ -117,7 +117,7 @@ export function negotiate(plain: Socket, registry: ExportRegistry, log: Logger, 
       // still holds is the tail of `chunk`.
       const left = decoder.bufferedBytes;
       finish({
-        kind: 'transmit', socket, device: step.device, exportName: step.exportName, structured: step.structured, size: step.size,
+        kind: 'transmit', socket, device: step.device, exportName: step.exportName, structured: step.structured, size: step.size, blockStatus: step.blockStatus,
         leftover: left > 0 ? chunk.subarray(chunk.length - left) : undefined,
       });
       return true;

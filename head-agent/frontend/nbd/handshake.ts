@@ -22,6 +22,7 @@ import {
   EXPORT_TRANSMISSION_FLAGS, KNOWN_CLIENT_FLAGS, MAX_BLOCK_SIZE, MAX_OPTIONS_PER_CONNECTION, MIN_BLOCK_SIZE,
   NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_SEND_DF, NbdInfo, NbdOpt, NbdRep, PREFERRED_BLOCK_SIZE, optionName,
 } from './constants.js';
+import { decodeMetaContextRequest, encodeMetaContextReply, matchMetaContexts } from './meta-context.js';
 
 /** --nbd-tls: off (NOTLS), on (TLS at the client's option), require (FORCEDTLS). */
 export type NbdTlsMode = 'off' | 'on' | 'require';
@@ -36,7 +37,7 @@ export type HandshakeStep =
    * grows meanwhile is seen at its new size by new connections only; NBD has
    * no way to tell a connected client).
    */
-  | { kind: 'transmit'; replies: Buffer[]; device: BlockDevice; exportName: string; structured: boolean; size: number }
+  | { kind: 'transmit'; replies: Buffer[]; device: BlockDevice; exportName: string; structured: boolean; size: number; blockStatus: boolean }
   /**
    * Send the replies, then close. `clean` is a client-initiated soft
    * disconnect (NBD_OPT_ABORT); otherwise a hard disconnect for `reason`.
@@ -52,6 +53,8 @@ export class Handshake {
   private flagsSeen = false;
   private options = 0;
   private tlsActive = false;
+  /** The export base:allocation was selected for (NBD_OPT_SET_META_CONTEXT); undefined: none. */
+  private allocationFor: string | undefined;
 
   constructor(registry: ExportRegistry, private readonly tlsMode: NbdTlsMode = 'off') {
     this.registry = registry;
@@ -61,6 +64,7 @@ export class Handshake {
   tlsStarted(): void {
     this.tlsActive = true;
     this.structured = false; // spec: no negotiation state survives STARTTLS
+    this.allocationFor = undefined;
   }
 
   /** NBD_OPT_STARTTLS, and FORCEDTLS's gate before TLS; undefined: the option proceeds as usual. */
@@ -114,9 +118,8 @@ export class Handshake {
           if (header.length !== 0) return reply(encodeOptionError(opt, NbdRep.ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data'));
           this.structured = true;
           return reply(encodeOptionReply(opt, NbdRep.ACK));
-        // NBD_OPT_LIST_META_CONTEXT / SET_META_CONTEXT fall to ERR_UNSUP: the
-        // engine has no allocation map to offer as base:allocation, and
-        // clients then simply do not send NBD_CMD_BLOCK_STATUS.
+        case NbdOpt.LIST_META_CONTEXT:
+        case NbdOpt.SET_META_CONTEXT: return this.metaContext(opt, data);
         default:
           return reply(encodeOptionError(opt, NbdRep.ERR_UNSUP, `option ${optionName(opt)} is not supported`));
       }
@@ -134,7 +137,7 @@ export class Handshake {
     if (device === undefined) return close(`NBD_OPT_EXPORT_NAME: no export named "${name}"`);
     const size = device.size;
     return {
-      kind: 'transmit', device, exportName: name, structured: this.structured, size,
+      kind: 'transmit', device, exportName: name, structured: this.structured, size, blockStatus: this.blockStatusFor(name),
       replies: [encodeExportNameReply(size, this.transmissionFlags(), this.noZeroes)],
     };
   }
@@ -167,8 +170,36 @@ export class Handshake {
     replies.push(info(encodeInfoBlockSize(MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE, MAX_BLOCK_SIZE)));
     replies.push(encodeOptionReply(opt, NbdRep.ACK));
     // NBD_OPT_GO enters transmission with no zero padding, NO_ZEROES or not.
-    if (opt === NbdOpt.GO) return { kind: 'transmit', replies, device, exportName: device.name, structured: this.structured, size };
+    if (opt === NbdOpt.GO) {
+      return { kind: 'transmit', replies, device, exportName: device.name, structured: this.structured, size, blockStatus: this.blockStatusFor(req.name) };
+    }
     return { kind: 'continue', replies };
+  }
+
+  /**
+   * NBD_OPT_LIST_META_CONTEXT / SET_META_CONTEXT: we offer base:allocation
+   * (meta-context.ts). SET needs structured replies first (spec) and
+   * replaces any earlier selection; the selection holds for the export it
+   * named only (a GO to another export gets no context).
+   */
+  private metaContext(opt: number, data: Buffer | undefined): HandshakeStep {
+    const set = opt === NbdOpt.SET_META_CONTEXT;
+    if (set && !this.structured) {
+      return reply(encodeOptionError(opt, NbdRep.ERR_INVALID, 'NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first'));
+    }
+    const req = decodeMetaContextRequest(opt, data);
+    if (this.lookup(req.exportName) === undefined) {
+      return reply(encodeOptionError(opt, NbdRep.ERR_UNKNOWN, `no export named "${req.exportName}"`));
+    }
+    const contexts = matchMetaContexts(req.queries, !set);
+    if (set) this.allocationFor = contexts.length > 0 ? req.exportName : undefined;
+    const replies = contexts.map(([id, name]) => encodeMetaContextReply(opt, id, name));
+    replies.push(encodeOptionReply(opt, NbdRep.ACK));
+    return { kind: 'continue', replies };
+  }
+
+  private blockStatusFor(exportName: string): boolean {
+    return this.structured && this.allocationFor === exportName;
   }
 
   /** SEND_DF only with structured replies (spec); our READ data always comes as one chunk. */

@@ -59,6 +59,8 @@ export class ReplyWriter {
       if (!this.structured) return this.socket.write(this.simpleHeader(h, error));
       return this.socket.write(encodeStructuredError(h.handleHi, h.handleLo, error, message ?? ERROR_TEXT[error] ?? `error ${error}`));
     }
+    // BLOCK_STATUS: `data` is the whole encoded chunk (meta-context.ts encodeBlockStatusChunk).
+    if (h.type === NbdCmd.BLOCK_STATUS && data !== undefined) return this.socket.write(data);
     if (h.type !== NbdCmd.READ) return this.socket.write(this.simpleHeader(h, NbdError.OK));
     const length = data?.length ?? 0;
     if (length === 0) {

@@ -98,12 +98,12 @@ class NbdSession implements ServedConnection {
       return;
     }
     const connection = new NbdConnection({
-      socket: result.socket, device: result.device, exportSize: result.size, structured: result.structured, log: this.log.child({ export: result.exportName }),
+      socket: result.socket, device: result.device, exportSize: result.size, structured: result.structured, blockStatus: result.blockStatus, log: this.log.child({ export: result.exportName }),
       maxInFlight: limits.maxInFlight, maxInFlightBytes: limits.maxInFlightBytes,
     });
     this.exportName = result.exportName;
     this.connection = connection;
-    this.log.info({ export: result.exportName, size: result.size, structured: result.structured }, 'NBD client attached');
+    this.log.info({ export: result.exportName, size: result.size, structured: result.structured, blockStatus: result.blockStatus }, 'NBD client attached');
     connection.start(result.leftover);
     await connection.closed;
     this.log.info({ export: result.exportName }, 'NBD client detached');
