@@ -7,10 +7,10 @@ import { ConflictError, CorruptMetadataError, InvalidArgumentError, IoError, Not
 import { moduleLogger, type Logger } from '../shared/logger.js';
 import { Chunk, type ChunkDisk, type Done } from './chunk.js';
 import { DiskStats } from './disk-stats.js';
-import {
-  FORMAT_VERSION, SUPERBLOCK_SIZE, computeLayout, decodeSuperblock, encodeRecord, encodeSuperblock, isBlank,
-  pickNewest, uuidToBytes, type Superblock,
-} from './disk-format.js';
+import { isBlank, uuidToBytes } from './disk-format/bytes.js';
+import { encodeRecord, pickNewest } from './disk-format/chunk-record.js';
+import { FORMAT_VERSION, SUPERBLOCK_SIZE, computeLayout } from './disk-format/layout.js';
+import { decodeSuperblock, encodeSuperblock, type Superblock } from './disk-format/superblock.js';
 import { DiskFailedError } from '../shared/data-protocol/status.js';
 import { ioError } from './errors.js';
 import { TokenBucket } from '../shared/token-bucket.js';
