@@ -1,8 +1,8 @@
 import { seededRandom } from '../shared/seeded-random.js';
-import { MAX_REPLICAS } from '../shared/constants.js';
-import { CapacityError, CorruptMetadataError, InvalidArgumentError } from '../shared/errors.js';
-import { formatSize } from '../shared/units.js';
-import { Heap } from './heap.js';
+import { CorruptMetadataError, InvalidArgumentError } from '../shared/errors.js';
+import { BAD_OWNER, FOREIGN_OWNER, isEligible, type ModelDisk, type ModelServer, type ModelView } from './placement/model-disk.js';
+import { placeSpares, type SparePick, type SpareRequest } from './placement/spares.js';
+import { placeVolume, type PlacementRequest, type PlacementResult } from './placement/volume-placement.js';
 
 // The chunk allocator: a pure in-memory model of servers, disks and which
 // volume owns each chunk index, and the placement of a new volume on it.
@@ -18,94 +18,12 @@ import { Heap } from './heap.js';
 //  - a placement that cannot finish changes nothing.
 // Owner 0 means free; volume ids start at 1.
 
-interface ModelServer {
-  id: string;
-  labels: Readonly<Record<string, string>>;
-  eligible: boolean;
-}
+// This class keeps the model and the chunk ownership; placing a volume is
+// manager/placement/volume-placement.ts, placing spares
+// manager/placement/spares.ts, the disk model manager/placement/model-disk.ts.
 
-interface ModelDisk {
-  id: string;
-  serverId: string;
-  chunkCount: number;
-  owner: Uint32Array;
-  used: number;
-  /** Every index below `cursor` is owned: allocation searches from here. */
-  cursor: number;
-  eligible: boolean;
-  /** Random key redrawn at each pick: ties on free space go to the lowest. */
-  tie: number;
-  order: number;
-  /** Chunk indexes reported bad (XML-RPC notifyBadBlocks): BAD_OWNER once no volume owns them. */
-  bad: Set<number>;
-}
-
-/**
- * Owner of a chunk some node holds for a volume this manager does not know
- * (its AllocateChunk or FreeChunk said the chunk is taken): kept out of
- * placement until GC sees the node no longer holds it. Never a volume id.
- */
-export const FOREIGN_OWNER = 0xffffffff;
-/**
- * Owner of a chunk reported bad (a free one at once, an owned one when its
- * volume lets it go): never placed, never freed, counted as used. Never a
- * volume id.
- */
-export const BAD_OWNER = 0xfffffffe;
-export const MAX_VOLUME_ID = BAD_OWNER - 1;
-
-export interface PlannedChunk {
-  segment: number;
-  slot: number;
-  serverId: string;
-  diskId: string;
-  chunkIndex: number;
-}
-
-export interface PlacementRequest {
-  volumeId: number;
-  segmentCount: number;
-  replicas: number;
-  /** Server label whose values the replicas of a segment should differ in ('' = none). */
-  spreadLabel?: string;
-  /** Only used to word errors in bytes. */
-  chunkSize?: number;
-}
-
-export interface PlacementResult {
-  /** Segment-major: chunks[segment * replicas + slot]. */
-  chunks: PlannedChunk[];
-  spreadLabel: string;
-  /**
-   * none: no label asked; enforced: every segment on distinct values;
-   * fallback: fewer values than replicas (each value used, then distinct servers);
-   * partial: some segments ran out of values with free space.
-   */
-  labelSpread: 'none' | 'enforced' | 'fallback' | 'partial';
-  labelValues: number;
-  fallbackSegments: number;
-  serversUsed: number;
-  disksUsed: number;
-}
-
-/** One replacement replica to place (manager/resync/spares.ts). */
-export interface SpareRequest {
-  volumeId: number;
-  /** Servers holding another replica of the segment (any state): never used. */
-  excludeServers: ReadonlySet<string>;
-  /** The replaced replica's server: used only when no other server fits. */
-  avoidServer?: string;
-  /** Server label whose values the segment's replicas should differ in ('' = none). */
-  spreadLabel?: string;
-}
-
-export interface SparePick {
-  serverId: string;
-  diskId: string;
-  chunkIndex: number;
-  /** How far the rules held: 'spread' (new server and label value), 'server' (label reused), 'avoided' (the replaced replica's server). */
-  fit: 'spread' | 'server' | 'avoided';
-}
+// Re-exported for manager/jobs/resize-chunks.ts, which imports it from here.
+export type { PlannedChunk } from './placement/volume-placement.js';
 
 export interface ModelTotals {
   disks: number;
@@ -120,6 +38,8 @@ export class PlacementModel {
   private readonly servers = new Map<string, ModelServer>();
   private readonly disks = new Map<string, ModelDisk>();
   private readonly random = seededRandom(0x9e3779b9);
+  /** What placeVolume and placeSpares read and change. */
+  private readonly view: ModelView = { servers: this.servers, disks: this.disks, random: this.random };
   private diskOrder = 0;
 
   setServer(id: string, labels: Readonly<Record<string, string>>, eligible: boolean): void {
@@ -283,219 +203,16 @@ export class PlacementModel {
    * model unchanged when it cannot place all of them.
    */
   place(req: PlacementRequest): PlacementResult {
-    const { volumeId, segmentCount, replicas: k } = req;
-    if (!Number.isInteger(k) || k < 1 || k > MAX_REPLICAS) {
-      throw new InvalidArgumentError(`replicas must be 1..${MAX_REPLICAS}, got ${k}`, { replicas: k });
-    }
-    if (!Number.isInteger(segmentCount) || segmentCount < 1) {
-      throw new InvalidArgumentError(`segment count must be a positive integer, got ${segmentCount}`);
-    }
-    if (!Number.isInteger(volumeId) || volumeId < 1 || volumeId > MAX_VOLUME_ID) {
-      throw new InvalidArgumentError(`volume id must be a u32 above 0, got ${volumeId}`);
-    }
-    const label = req.spreadLabel ?? '';
-    const candidates: ModelDisk[] = [];
-    const serverFree = new Map<string, number>();
-    for (const d of this.disks.values()) {
-      const free = d.chunkCount - d.used;
-      if (free > 0 && this.isEligible(d)) {
-        candidates.push(d);
-        serverFree.set(d.serverId, (serverFree.get(d.serverId) ?? 0) + free);
-      }
-    }
-    this.checkCapacity(req, serverFree);
-
-    const labelOf = (d: ModelDisk): string => this.servers.get(d.serverId)?.labels[label] ?? '';
-    const labelValues = label ? new Set(candidates.map(labelOf)).size : 0;
-    // With fewer label values than replicas every segment still uses each
-    // value once before doubling up (spread as far as the labels go).
-    const enforce = label !== '';
-
-    const heap = new Heap(candidates, placeBefore);
-    const picks: Array<{ disk: ModelDisk; index: number }> = [];
-    const savedPick = new Map<ModelDisk, number>();
-    const chunks: PlannedChunk[] = [];
-    let fallbackSegments = 0;
-    try {
-      for (let seg = 0; seg < segmentCount; seg++) {
-        let spread = enforce;
-        const usedServers = new Set<string>();
-        const usedValues = new Set<string>();
-        let stash: ModelDisk[] = [];
-        for (let slot = 0; slot < k; slot++) {
-          let pick: ModelDisk | undefined;
-          if (spread && usedValues.size >= labelValues) {
-            spread = false;
-            fallbackSegments++;
-          }
-          while (heap.size > 0) {
-            const d = heap.pop();
-            stash.push(d);
-            if (usedServers.has(d.serverId) || (spread && usedValues.has(labelOf(d)))) continue;
-            pick = d;
-            break;
-          }
-          if (!pick && spread) {
-            // The label values with free space ran out for this segment:
-            // keep the picks so far (distinct servers) and relax to servers only.
-            spread = false;
-            fallbackSegments++;
-            for (const d of stash) if (d.used < d.chunkCount) heap.push(d);
-            stash = [];
-            slot--;
-            continue;
-          }
-          if (!pick) throw this.capacityError(req, serverFree, `segment ${seg} found only ${slot} servers with free chunks`);
-          if (!savedPick.has(pick)) savedPick.set(pick, pick.tie);
-          const index = allocIndex(pick, volumeId);
-          pick.tie = this.random();
-          picks.push({ disk: pick, index });
-          chunks.push({ segment: seg, slot, serverId: pick.serverId, diskId: pick.id, chunkIndex: index });
-          usedServers.add(pick.serverId);
-          usedValues.add(labelOf(pick));
-        }
-        for (const d of stash) if (d.used < d.chunkCount) heap.push(d);
-      }
-    } catch (err) {
-      for (const { disk, index } of picks) {
-        disk.owner[index] = 0;
-        disk.used--;
-        if (index < disk.cursor) disk.cursor = index;
-      }
-      for (const [disk, tie] of savedPick) disk.tie = tie;
-      throw err;
-    }
-    const servers = new Set(chunks.map((c) => c.serverId));
-    const disks = new Set(chunks.map((c) => c.diskId));
-    return {
-      chunks,
-      spreadLabel: label,
-      labelSpread: label === '' ? 'none' : labelValues < k ? 'fallback' : fallbackSegments > 0 ? 'partial' : 'enforced',
-      labelValues,
-      fallbackSegments,
-      serversUsed: servers.size,
-      disksUsed: disks.size,
-    };
+    return placeVolume(this.view, req);
   }
 
-  /**
-   * Chooses and reserves one spare chunk per request, in order: an eligible
-   * disk on a server outside `excludeServers`, on a spread-label value the
-   * segment's other replicas do not use when the labels allow, and off the
-   * replaced replica's server unless nothing else fits. Among those, the disk
-   * with the least resync work ahead (`resyncLoad`: the caller's count of
-   * resyncs that will read from or write to it; each pick here adds one),
-   * then the most free chunks. Rebuild time is set by the busiest disk, so a
-   * disk with much free space (a new one) must not receive every spare of a
-   * failure; free space still decides among equally loaded disks. One heap
-   * serves the whole batch (a server failure asks for thousands). Undefined
-   * where no disk fits; the other requests are still served. `onlyDisks`
-   * (hot-spare mode) limits the candidates to those disks, same rules.
-   */
+  /** Chooses and reserves one spare chunk per request (manager/placement/spares.ts says how). */
   placeSpares(reqs: readonly SpareRequest[], resyncLoad: Map<string, number> = new Map(),
     onlyDisks?: ReadonlySet<string>): Array<SparePick | undefined> {
-    const loadOf = (d: ModelDisk) => resyncLoad.get(d.id) ?? 0;
-    const heap = new Heap(
-      [...this.disks.values()].filter((d) => d.used < d.chunkCount && this.isEligible(d) && (onlyDisks === undefined || onlyDisks.has(d.id))),
-      (a, b) => (loadOf(a) !== loadOf(b) ? loadOf(a) < loadOf(b) : placeBefore(a, b)),
-    );
-    const labelOf = (serverId: string, label: string): string => this.servers.get(serverId)?.labels[label] ?? '';
-    return reqs.map((req) => {
-      const label = req.spreadLabel ?? '';
-      const usedValues = new Set<string>();
-      if (label) for (const s of req.excludeServers) usedValues.add(labelOf(s, label));
-      let best: ModelDisk | undefined;
-      let fit: SparePick['fit'] = 'spread';
-      let sameLabel: ModelDisk | undefined;
-      let avoided: ModelDisk | undefined;
-      const stash: ModelDisk[] = [];
-      // Popped in preference order, so the first disk meeting each relaxed rule is the best one for it.
-      while (heap.size > 0) {
-        const d = heap.pop();
-        stash.push(d);
-        if (req.excludeServers.has(d.serverId)) continue;
-        if (d.serverId === req.avoidServer) {
-          avoided ??= d;
-          continue;
-        }
-        if (label && usedValues.has(labelOf(d.serverId, label))) {
-          sameLabel ??= d;
-          continue;
-        }
-        best = d;
-        break;
-      }
-      if (!best && sameLabel) [best, fit] = [sameLabel, 'server'];
-      if (!best && avoided) [best, fit] = [avoided, 'avoided'];
-      let pick: SparePick | undefined;
-      if (best) {
-        const index = allocIndex(best, req.volumeId);
-        best.tie = this.random();
-        resyncLoad.set(best.id, loadOf(best) + 1);
-        pick = { serverId: best.serverId, diskId: best.id, chunkIndex: index, fit };
-      }
-      for (const d of stash) if (d.used < d.chunkCount) heap.push(d);
-      return pick;
-    });
-  }
-
-  private sum(serverFree: Map<string, number>): number {
-    let free = 0;
-    for (const f of serverFree.values()) free += f;
-    return free;
+    return placeSpares(this.view, reqs, resyncLoad, onlyDisks);
   }
 
   private isEligible(d: ModelDisk): boolean {
-    return d.eligible && (this.servers.get(d.serverId)?.eligible ?? false);
+    return isEligible(this.view, d);
   }
-
-  // Necessary conditions, checked up front so a hopeless request fails fast:
-  // K servers with space, and enough chunks counting at most one per segment
-  // per server (a segment never puts two replicas on one server).
-  private checkCapacity(req: PlacementRequest, serverFree: Map<string, number>): void {
-    if (serverFree.size < req.replicas) {
-      throw this.capacityError(req, serverFree, `${req.replicas} replicas need ${req.replicas} servers with free chunks, only ${serverFree.size} have any`);
-    }
-    let usable = 0;
-    for (const free of serverFree.values()) usable += Math.min(free, req.segmentCount);
-    if (usable < req.segmentCount * req.replicas) {
-      throw this.capacityError(req, serverFree, usable < this.sum(serverFree)
-        ? `only ${usable} usable: a segment takes at most one chunk per server` : undefined);
-    }
-  }
-
-  private capacityError(req: PlacementRequest, serverFree: Map<string, number>, why?: string): CapacityError {
-    const free = this.sum(serverFree);
-    const needed = req.segmentCount * req.replicas;
-    const bytes = (n: number) => (req.chunkSize ? ` (${formatSize(n * req.chunkSize)})` : '');
-    return new CapacityError(
-      `not enough free space: the volume needs ${needed} chunks${bytes(needed)} on ${req.replicas} distinct servers; ` +
-      `${free} chunks${bytes(free)} are free on ${serverFree.size} eligible servers${why ? ` (${why})` : ''}; add disks with vsky disk add`,
-      { needed, free, servers: serverFree.size, replicas: req.replicas },
-    );
-  }
-}
-
-/** Heap order: most free chunks first, then the random tie key, then oldest disk. */
-function placeBefore(a: ModelDisk, b: ModelDisk): boolean {
-  const fa = a.chunkCount - a.used;
-  const fb = b.chunkCount - b.used;
-  if (fa !== fb) return fa > fb;
-  if (a.tie !== b.tie) return a.tie < b.tie;
-  return a.order < b.order;
-}
-
-
-/** Lowest free index from the disk's cursor (every index below it is owned). */
-function allocIndex(d: ModelDisk, volumeId: number): number {
-  for (let i = d.cursor; i < d.chunkCount; i++) {
-    if (d.owner[i] === 0) {
-      d.owner[i] = volumeId;
-      d.used++;
-      d.cursor = i + 1;
-      return i;
-    }
-  }
-  // The heap only holds disks with free chunks, so this means a broken invariant.
-  throw new Error(`disk ${d.id} reported ${d.chunkCount - d.used} free chunks but has none`);
 }

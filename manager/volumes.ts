@@ -7,7 +7,8 @@ import { moduleLogger } from '../shared/logger.js';
 import { formatSize } from '../shared/units.js';
 import type { ChunkFreer } from './gc.js';
 import { mapLimit, type PeerClients } from './node-clients.js';
-import { MAX_VOLUME_ID, type PlacementModel } from './placement.js';
+import type { PlacementModel } from './placement.js';
+import { MAX_VOLUME_ID } from './placement/model-disk.js';
 import type { Registry } from './registry.js';
 import type { ManagerStore, StoreBatch, StoreSnapshot } from './store.js';
 import {

@@ -1,4 +1,4 @@
-import { ChunkState, type ChunkRecordData } from './disk-format.js';
+import { ChunkState, type ChunkRecordData } from './disk-format/chunk-record.js';
 import type { DiskStats } from './disk-stats.js';
 
 // One chunk of one disk: its record as last decoded or updated in memory, and

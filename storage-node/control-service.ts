@@ -10,7 +10,7 @@ import type { NodeInfo } from '../proto/generated/vsky/storage/NodeInfo.js';
 import type { ChunkRecord } from '../proto/generated/vsky/storage/ChunkRecord.js';
 import type { ChunkStore } from './chunk-store.js';
 import type { Disk } from './disk.js';
-import { LEGALITY_NAMES, Legality, type JobKindName, type JobOutcomeName } from './disk-format.js';
+import { LEGALITY_NAMES, Legality, type JobKindName, type JobOutcomeName } from './disk-format/chunk-record.js';
 import { NoChunkError } from '../shared/data-protocol/status.js';
 import type { NodeIntIds } from './int-ids.js';
 import type { NodeState } from './node-state.js';

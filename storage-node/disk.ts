@@ -1,16 +1,16 @@
 import fs from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { randomUUID } from 'node:crypto';
-import { REGION_BITS_PER_CHUNK } from '../shared/constants.js';
-import { ConflictError, CorruptMetadataError, InvalidArgumentError, IoError, NotFoundError } from '../shared/errors.js';
+import { ConflictError, CorruptMetadataError, IoError, NotFoundError } from '../shared/errors.js';
 import { moduleLogger, type Logger } from '../shared/logger.js';
 import { Chunk, type ChunkDisk, type Done } from './chunk.js';
 import { DiskStats } from './disk-stats.js';
-import {
-  FORMAT_VERSION, SUPERBLOCK_SIZE, computeLayout, decodeSuperblock, encodeRecord, encodeSuperblock, isBlank,
-  pickNewest, uuidToBytes, type Superblock,
-} from './disk-format.js';
+import { isBlank, uuidToBytes } from './disk-format/bytes.js';
+import { encodeRecord, pickNewest } from './disk-format/chunk-record.js';
+import { FORMAT_VERSION, SUPERBLOCK_SIZE } from './disk-format/layout.js';
+import { format } from './disk/format.js';
+import { deviceSize, p, readFully, writeFully } from './disk/file-io.js';
+import { decodeSuperblock, encodeSuperblock, type Superblock } from './disk-format/superblock.js';
 import { DiskFailedError } from '../shared/data-protocol/status.js';
 import { ioError } from './errors.js';
 import { TokenBucket } from '../shared/token-bucket.js';
@@ -389,58 +389,4 @@ export class Disk implements ChunkDisk {
     }
     return ioError(err, `disk ${this.id} ${what} at ${position}`, { disk: this.id, position });
   }
-}
-
-/** Formats a blank disk: zero the chunk table, make it durable, then write the superblock. */
-async function format(fd: number, size: number, chunkSize: number): Promise<Superblock> {
-  const layout = computeLayout(size, chunkSize, REGION_BITS_PER_CHUNK);
-  if (layout.chunkCount === 0) {
-    throw new InvalidArgumentError(`disk of ${size} bytes is too small for one chunk of ${chunkSize} bytes`, { size, chunkSize });
-  }
-  const sb: Superblock = {
-    diskId: randomUUID(), formatVersion: FORMAT_VERSION, chunkSize, chunkCount: layout.chunkCount,
-    regionBits: REGION_BITS_PER_CHUNK, recordSize: layout.recordSize, tableOffset: layout.tableOffset,
-    dataOffset: layout.dataOffset, diskSize: size, createdMs: Date.now(), clusterId: '',
-  };
-  // A device may hold old bytes where the table goes: clear them first, so no
-  // stale record can ever be taken for ours (records also carry the disk UUID).
-  const zeros = Buffer.alloc(Math.min(layout.dataOffset - layout.tableOffset, 1024 * 1024));
-  for (let at = layout.tableOffset; at < layout.dataOffset; at += zeros.length) {
-    await writeFully(fd, zeros.subarray(0, Math.min(zeros.length, layout.dataOffset - at)), at);
-  }
-  await p<void>((cb) => fs.fdatasync(fd, cb));
-  await writeFully(fd, encodeSuperblock(sb), 0);
-  await p<void>((cb) => fs.fdatasync(fd, cb));
-  moduleLogger('disk', { disk: sb.diskId }).info({ size, chunkSize, chunkCount: sb.chunkCount }, 'formatted disk');
-  return sb;
-}
-
-/** Size of a regular file, or of a block device (from sysfs: fstat reports 0 for devices). */
-async function deviceSize(fd: number): Promise<number> {
-  const st = await p<fs.Stats>((cb) => fs.fstat(fd, cb));
-  if (st.isFile()) return st.size;
-  if (!st.isBlockDevice()) throw new InvalidArgumentError('a disk must be a regular file or a block device');
-  const major = Math.floor(st.rdev / 256) & 0xfff;
-  const minor = (st.rdev & 0xff) | (Math.floor(st.rdev / 4096) & 0xfff00);
-  const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
-  return sectors * 512;
-}
-
-async function readFully(fd: number, buf: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const n = await p<number>((cb) => fs.read(fd, buf, done, buf.length - done, position + done, cb));
-    if (n === 0) throw new CorruptMetadataError('disk is shorter than its metadata says', { position });
-    done += n;
-  }
-}
-
-async function writeFully(fd: number, buf: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) done += await p<number>((cb) => fs.write(fd, buf, done, buf.length - done, position + done, cb));
-}
-
-/** Promisifies one fs callback call. */
-function p<T>(fn: (cb: (err: NodeJS.ErrnoException | null, v?: T) => void) => void): Promise<T> {
-  return new Promise((resolve, reject) => fn((err, v) => (err ? reject(err) : resolve(v as T))));
 }

@@ -7,7 +7,7 @@ import type { DiskNote } from '../proto/generated/vsky/storage/DiskNote.js';
 import type { VolumeNote } from '../proto/generated/vsky/storage/VolumeNote.js';
 import type { ChunkStore } from './chunk-store.js';
 import type { Chunk } from './chunk.js';
-import { Legality } from './disk-format.js';
+import { Legality } from './disk-format/chunk-record.js';
 import { readOptional, writeAtomic } from './node-state.js';
 
 // What the manager asks a storage node to keep for it beyond the chunk

@@ -1,4 +1,4 @@
-import { MAX_VOLUME_ID } from '../placement.js';
+import { MAX_VOLUME_ID } from '../placement/model-disk.js';
 import { claimDiskIds, claimServerId } from '../int-id-claims.js';
 import type { DiskRecord, ServerRecord } from '../types.js';
 import { LOST_DISK_ID, LOST_SERVER_ID, few, plural, type DiskSeen, type DiskUse, type Found, type NodeTable, type SetAsideChunk } from './found.js';

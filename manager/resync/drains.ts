@@ -5,7 +5,8 @@ import {
   setIdentitySlot, setMove, setReplicaLocation, setReplicaState, type MoveTarget,
 } from '../chunk-map.js';
 import { mapLimit } from '../node-clients.js';
-import type { PlacementModel, SparePick, SpareRequest } from '../placement.js';
+import type { PlacementModel } from '../placement.js';
+import type { SparePick, SpareRequest } from '../placement/spares.js';
 import { allocateReplicaChunk, type ReplicaItem } from './spares.js';
 import type { ResyncContext } from './context.js';
 import type { StoreBatch } from '../store.js';

@@ -1,7 +1,8 @@
 import { pathToFileURL } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { GiB, MiB } from '../../shared/constants.js';
-import { PlacementModel, type SpareRequest } from '../../manager/placement.js';
+import { PlacementModel } from '../../manager/placement.js';
+import type { SpareRequest } from '../../manager/placement/spares.js';
 import {
   DEFAULT_SCHEDULER_LIMITS, overloadedDisks, scheduleResyncs, type QueuedResync, type RunningResync, type SchedulerLimits,
 } from '../../manager/resync/scheduler.js';

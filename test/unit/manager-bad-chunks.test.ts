@@ -9,7 +9,7 @@ const { FakePeers } = await import('../harness/manager-fake-peers.js');
 const { IntIds } = await import('../../manager/xmlrpc/ids.js');
 const { notifyMethods } = await import('../../manager/xmlrpc/methods-notify.js');
 const { serverMethods } = await import('../../manager/xmlrpc/methods-servers.js');
-const { BAD_OWNER } = await import('../../manager/placement.js');
+const { BAD_OWNER } = await import('../../manager/placement/model-disk.js');
 
 // notifyBadBlocks on free chunks (issue 10): a chunk under a reported bad
 // block is never handed out again, also after a manager restart; one a

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { CapacityError, InvalidArgumentError } from '../../shared/errors.js';
-import { PlacementModel, type PlacementResult } from '../../manager/placement.js';
+import { PlacementModel } from '../../manager/placement.js';
+import type { PlacementResult } from '../../manager/placement/volume-placement.js';
 
 interface Cluster {
   racks?: number;          // servers get rack labels r0..r{racks-1} round robin

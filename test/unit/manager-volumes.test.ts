@@ -7,7 +7,7 @@ process.env.VSKY_LOG_LEVEL ??= 'silent';
 const { ManagerCore } = await import('../../manager/core.js');
 const { FakePeers } = await import('../harness/manager-fake-peers.js');
 const { volumeMapView } = await import('../../manager/views.js');
-const { FOREIGN_OWNER } = await import('../../manager/placement.js');
+const { FOREIGN_OWNER } = await import('../../manager/placement/model-disk.js');
 const errors = await import('../../shared/errors.js');
 
 type Core = Awaited<ReturnType<typeof ManagerCore.open>>;
