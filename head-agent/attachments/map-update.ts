@@ -5,6 +5,7 @@ import type { LinearVolume } from '../engine/linear-volume.js';
 import type { Mirror, ReplicaFailureHandler } from '../engine/mirror.js';
 import type { NodePool } from '../engine/node-pool.js';
 import type { Replica, ReplicaState } from '../engine/replica.js';
+import { applyBackingReplicas, logBackingUpdate } from './backing-update.js';
 import { buildSegments, newReplica } from './segments.js';
 import { replicaState, validateMap, type VolumeMap } from './validate-map.js';
 
@@ -71,6 +72,8 @@ export async function applyMapUpdate(ctx: MapUpdateContext, map: VolumeMap, epoc
     for (const f of fresh) if (f.address === r.address) unfenced.add(f);
     fenceErrors.push(`${r.describe()}: ${errorMessage(err)}`);
   })));
+  // The backing chain's replica sets (a snapshot replica moved by a resync, drain or spare): checked, then applied.
+  const backingOut = applyBackingReplicas(volume.backing, map.backing ?? [], ctx.pool);
   // Apply synchronously: every mirror sees the new states in the same tick.
   for (const { mirror, replicas } of plans) {
     const wasWritable = new Set(mirror.replicas.filter((r) => r.writable));
@@ -93,6 +96,7 @@ export async function applyMapUpdate(ctx: MapUpdateContext, map: VolumeMap, epoc
   } else {
     ctx.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation }, 'volume map updated');
   }
+  logBackingUpdate(ctx.log, map.name, map.volumeId, backingOut);
   if (fenceErrors.length > 0) {
     throw new IoError(`volume ${map.name}: map applied, but new replica(s) could not be fenced and take no I/O: ${fenceErrors.join('; ')}`, { volume: map.name });
   }
