@@ -1,5 +1,6 @@
 import { GiB } from '../../shared/constants.js';
 import type { VolumeRecord } from '../types.js';
+import { associations } from './associations.js';
 import type { XStruct, XValue } from './codec.js';
 import { hsvridOf, volumeOf, type Method, type XmlRpcContext } from './context.js';
 import { errnoFault, mapErrors } from './faults.js';
@@ -81,9 +82,10 @@ function bindEvent(ctx: XmlRpcContext, v: VolumeRecord): number {
 function listEntry(ctx: XmlRpcContext, v: VolumeRecord): XStruct {
   const entry = ctx.core.volumes.byVolumeId(v.id)!;
   const lease = ctx.core.leases.state(v);
+  const assoc = associations(ctx, v);
   return {
     hsvrid: hsvridOf(ctx, v.attachedHead), lvolid: v.intId ?? 0, lvolname: v.name, redundancy: v.replicas,
-    capacity: gb(v.size), associated_to: [], associated_from: [], fault: hasFault(entry.map),
+    capacity: gb(v.size), associated_to: assoc.to, associated_from: assoc.from, fault: hasFault(entry.map),
     bind_status: v.attachedHead ? 1 : 0, bind_event: bindEvent(ctx, v), ctime: ctime(v.createdMs),
     // ours (docs/xmlrpc.md):
     size_bytes: v.size, nbd_uri: v.nbdUri, iscsi_url: v.iscsiUrl ?? '', lease: lease.lease, epoch: v.epoch,
