@@ -54,6 +54,8 @@ export interface AttachMode {
   standby?: boolean;
   /** The previous holder did not release cleanly: reconcile its write-intent regions even if attached here. */
   reconcile?: boolean;
+  /** A snapshot: exported read-only, nothing fenced or reconciled (docs/snapshots.md). */
+  readOnly?: boolean;
 }
 
 export const DEFAULT_INTENT_SWEEP_MS = 2000;
@@ -125,6 +127,7 @@ export class Attachments implements ExportRegistry {
    * (the lease moves only through release and a later grant).
    */
   attach(map: VolumeMap, epoch: number, mode: AttachMode = {}): Promise<LinearVolume> {
+    if (mode.readOnly === true) return this.exclusive(() => this.doAttachReadOnly(map, epoch));
     return this.exclusive(() => (mode.standby === true ? this.doAttachStandby(map, epoch) : this.doAttach(map, epoch, mode.reconcile === true)));
   }
 
@@ -195,6 +198,7 @@ export class Attachments implements ExportRegistry {
     const volume = this.volumes.get(name);
     if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
     if (epoch !== volume.epoch || volume.lease !== 'held') throw new StaleEpochError(`volume ${name} is not held here with epoch ${epoch}`, { volume: name });
+    if (volume.readOnly) throw new ConflictError(`volume ${name} is attached read-only (a snapshot): it is never written`, { volume: name });
     const backing = volume.backing;
     if (backing === undefined) return { bytes: 0, regions: 0 };
     const started = Date.now();
@@ -299,6 +303,34 @@ export class Attachments implements ExportRegistry {
     return volume;
   }
 
+  /**
+   * A snapshot, read-only: its chunks are never written, so nothing is fenced
+   * (reads carry no epoch) or reconciled (nothing to repair by writing); the
+   * exports refuse writes. A newer epoch for it here takes the new map.
+   */
+  private async doAttachReadOnly(map: VolumeMap, epoch: number): Promise<LinearVolume> {
+    validateMap(map, epoch);
+    const existing = this.existing(map);
+    if (existing !== undefined && !existing.readOnly) {
+      throw new ConflictError(`volume ${map.name} is attached to this head for writing; detach it before attaching it read-only`, { volume: map.name });
+    }
+    if (existing !== undefined && epoch <= existing.epoch) return existing;
+    const tracker = existing?.tracker ?? new MutationTracker();
+    const segments = buildSegments(this.pool, this.failureHandler, map, tracker);
+    const backing = await loadBacking(map, { pool: this.pool, clients: this.nodeClients, maxPiece: Math.min(this.maxPiece ?? MAX_DATA_PAYLOAD, MAX_DATA_PAYLOAD) });
+    if (existing !== undefined) {
+      existing.backing = backing;
+      existing.reconfigure(segments, epoch, map.generation, 'held', map.size);
+      return existing;
+    }
+    const volume = this.register(map, epoch, segments, tracker, false);
+    volume.readOnly = true;
+    volume.backing = backing;
+    this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, segments: segments.length, backing: map.backing.map((b) => b.name) },
+      'volume attached read-only (a snapshot): nothing fenced, every write refused');
+    return volume;
+  }
+
   /** Live migration's destination: exported, no lease; its first I/O asks for it. */
   private async doAttachStandby(map: VolumeMap, epoch: number): Promise<LinearVolume> {
     validateMap(map, epoch);
@@ -343,7 +375,7 @@ export class Attachments implements ExportRegistry {
   private async doDetach(name: string, force: boolean): Promise<void> {
     const volume = this.volumes.get(name);
     if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
-    await volume.close(force);
+    await volume.close(force || volume.readOnly); // a read-only volume has nothing to flush
     this.volumes.delete(name);
     this.log.info({ volume: name, volumeId: volume.volumeId, force }, 'volume detached');
   }

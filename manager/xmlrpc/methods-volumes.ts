@@ -55,6 +55,8 @@ const deleteLogicalVolume: Method = async (ctx, data) => {
 const attachLogicalVolume: Method = async (ctx, data) => {
   mand(data, 'hsvrid');
   const v = volumeOf(ctx, data);
+  // VastSky: a snapshot is not attached on its own (vsky volume attach SNAP exports one read-only).
+  if (v.kind === 'snapshot') throw errnoFault('EINVAL', `volume ${v.name} is a snapshot: attach its origin, or a clone of it`);
   if (v.attachedHead || v.standbyHead) throw errnoFault('EBUSY', `volume ${v.name} is already attached (hsvrid ${hsvridOf(ctx, v.attachedHead)})`);
   const head = lookupById(data, 'hsvrid', (id) => ctx.ids.head(id));
   if (!head) throw errnoFault('EINVAL', 'no head server with that hsvrid (see listHeadServers)');
