@@ -1,10 +1,5 @@
-import {
-  ConflictError, InvalidArgumentError, IoError, NotFoundError, StaleEpochError, errorMessage,
-} from '../shared/errors.js';
-import { failPoint } from '../shared/fault-points.js';
+import { ConflictError, NotFoundError, StaleEpochError, errorMessage } from '../shared/errors.js';
 import { moduleLogger, type Logger } from '../shared/logger.js';
-import { parseHostPort } from '../shared/units.js';
-import type { VolumeMap__Output } from '../proto/generated/vsky/common/VolumeMap.js';
 import type { ExportRegistry } from './engine/block-device.js';
 import { NodeControlClients } from './engine/node-control-clients.js';
 import { WrittenRegions } from './engine/written-regions.js';
@@ -16,7 +11,10 @@ import { reconcileVolume } from './engine/reconcile.js';
 import { loadBacking } from './backing-loader.js';
 import { flattenVolume } from './engine/backing.js';
 import { MAX_DATA_PAYLOAD } from '../shared/constants.js';
-import { REPLICA_STATES, Replica, type ReplicaState } from './engine/replica.js';
+import { fenceVolume } from './attachments/fence.js';
+import { applyMapUpdate, type MapUpdateContext } from './attachments/map-update.js';
+import { buildSegments } from './attachments/segments.js';
+import { validateMap, type VolumeMap } from './attachments/validate-map.js';
 
 // The volumes attached to this head, by name: what the NBD (and later iSCSI)
 // exports look up. attach() assembles the I/O engine from the manager's map,
@@ -27,9 +25,10 @@ import { REPLICA_STATES, Replica, type ReplicaState } from './engine/replica.js'
 // updateMap() applies the manager's new replica states in place. detach()
 // flushes (unless forced) and unregisters; node connections stay pooled for
 // other volumes. A timer sweeps the volumes' write-intent bits.
+// Pieces: attachments/validate-map.ts (what a map must be), segments.ts
+// (mirrors from a map), fence.ts (FENCE at attach), map-update.ts (UpdateMap).
 
-/** VolumeMap as the manager sends it (decoded by proto-loader with defaults). */
-export type VolumeMap = VolumeMap__Output;
+export { validateMap, type VolumeMap } from './attachments/validate-map.js';
 
 export interface AttachmentsOptions {
   pool: NodePool;
@@ -55,6 +54,8 @@ export interface AttachMode {
   standby?: boolean;
   /** The previous holder did not release cleanly: reconcile its write-intent regions even if attached here. */
   reconcile?: boolean;
+  /** A snapshot: exported read-only, nothing fenced or reconciled (docs/snapshots.md). */
+  readOnly?: boolean;
 }
 
 export const DEFAULT_INTENT_SWEEP_MS = 2000;
@@ -126,6 +127,7 @@ export class Attachments implements ExportRegistry {
    * (the lease moves only through release and a later grant).
    */
   attach(map: VolumeMap, epoch: number, mode: AttachMode = {}): Promise<LinearVolume> {
+    if (mode.readOnly === true) return this.exclusive(() => this.doAttachReadOnly(map, epoch));
     return this.exclusive(() => (mode.standby === true ? this.doAttachStandby(map, epoch) : this.doAttach(map, epoch, mode.reconcile === true)));
   }
 
@@ -161,7 +163,7 @@ export class Attachments implements ExportRegistry {
    * refused. A standby takes the holder's map whatever its own epoch.
    */
   updateMap(map: VolumeMap, epoch: number): Promise<void> {
-    return this.exclusive(() => this.doUpdateMap(map, epoch));
+    return this.exclusive(() => applyMapUpdate(this.mapUpdateContext(), map, epoch));
   }
 
   /**
@@ -171,7 +173,7 @@ export class Attachments implements ExportRegistry {
    * may predate our own allocation or free); only the answer naming it does.
    */
   applySegment(map: VolumeMap, epoch: number, segment: number): Promise<void> {
-    return this.exclusive(() => this.doUpdateMap(map, epoch, segment));
+    return this.exclusive(() => applyMapUpdate(this.mapUpdateContext(), map, epoch, segment));
   }
 
   /**
@@ -196,6 +198,7 @@ export class Attachments implements ExportRegistry {
     const volume = this.volumes.get(name);
     if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
     if (epoch !== volume.epoch || volume.lease !== 'held') throw new StaleEpochError(`volume ${name} is not held here with epoch ${epoch}`, { volume: name });
+    if (volume.readOnly) throw new ConflictError(`volume ${name} is attached read-only (a snapshot): it is never written`, { volume: name });
     const backing = volume.backing;
     if (backing === undefined) return { bytes: 0, regions: 0 };
     const started = Date.now();
@@ -270,12 +273,12 @@ export class Attachments implements ExportRegistry {
       if (epoch === existing.epoch && existing.lease === 'held') return existing;
     }
     const tracker = existing?.tracker ?? new MutationTracker();
-    const segments = this.buildSegments(map, tracker);
+    const segments = buildSegments(this.pool, this.failureHandler, map, tracker);
     // Until the volume wires them, the mirrors' epoch is this attach's: a node
     // that cannot be fenced is reported failed under it.
     const attaching = { epoch };
     for (const m of segments) m.lease = attaching;
-    await this.fence(map, segments, epoch);
+    await fenceVolume(map, segments, epoch, this.failureHandler, this.log);
     if (existing === undefined || reconcile) {
       // Before any read can be balanced over the replicas (rule 4).
       await reconcileVolume(map.chunkSize, segments, { clients: this.nodeClients, epoch, log: this.log });
@@ -300,13 +303,41 @@ export class Attachments implements ExportRegistry {
     return volume;
   }
 
+  /**
+   * A snapshot, read-only: its chunks are never written, so nothing is fenced
+   * (reads carry no epoch) or reconciled (nothing to repair by writing); the
+   * exports refuse writes. A newer epoch for it here takes the new map.
+   */
+  private async doAttachReadOnly(map: VolumeMap, epoch: number): Promise<LinearVolume> {
+    validateMap(map, epoch);
+    const existing = this.existing(map);
+    if (existing !== undefined && !existing.readOnly) {
+      throw new ConflictError(`volume ${map.name} is attached to this head for writing; detach it before attaching it read-only`, { volume: map.name });
+    }
+    if (existing !== undefined && epoch <= existing.epoch) return existing;
+    const tracker = existing?.tracker ?? new MutationTracker();
+    const segments = buildSegments(this.pool, this.failureHandler, map, tracker);
+    const backing = await loadBacking(map, { pool: this.pool, clients: this.nodeClients, maxPiece: Math.min(this.maxPiece ?? MAX_DATA_PAYLOAD, MAX_DATA_PAYLOAD) });
+    if (existing !== undefined) {
+      existing.backing = backing;
+      existing.reconfigure(segments, epoch, map.generation, 'held', map.size);
+      return existing;
+    }
+    const volume = this.register(map, epoch, segments, tracker, false);
+    volume.readOnly = true;
+    volume.backing = backing;
+    this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, segments: segments.length, backing: map.backing.map((b) => b.name) },
+      'volume attached read-only (a snapshot): nothing fenced, every write refused');
+    return volume;
+  }
+
   /** Live migration's destination: exported, no lease; its first I/O asks for it. */
   private async doAttachStandby(map: VolumeMap, epoch: number): Promise<LinearVolume> {
     validateMap(map, epoch);
     const existing = this.existing(map);
     if (existing !== undefined) return existing; // held or standby here already: the lease moves only by grant
     const tracker = new MutationTracker();
-    const volume = this.register(map, epoch, this.buildSegments(map, tracker), tracker, true);
+    const volume = this.register(map, epoch, buildSegments(this.pool, this.failureHandler, map, tracker), tracker, true);
     this.log.info({ volume: map.name, volumeId: map.volumeId, holderEpoch: epoch }, 'volume attached as a standby (live migration): the lease follows its first I/O');
     return volume;
   }
@@ -344,224 +375,18 @@ export class Attachments implements ExportRegistry {
   private async doDetach(name: string, force: boolean): Promise<void> {
     const volume = this.volumes.get(name);
     if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
-    await volume.close(force);
+    await volume.close(force || volume.readOnly); // a read-only volume has nothing to flush
     this.volumes.delete(name);
     this.log.info({ volume: name, volumeId: volume.volumeId, force }, 'volume detached');
   }
 
-  private async doUpdateMap(map: VolumeMap, epoch: number, segmentChanged?: number): Promise<void> {
-    validateMap(map, epoch);
-    const volume = this.volumes.get(map.name);
-    if (volume === undefined) throw new NotFoundError(`volume ${map.name} is not attached to this head`, { volume: map.name });
-    if (volume.volumeId !== map.volumeId || volume.chunkSize !== map.chunkSize) {
-      throw new ConflictError(`UpdateMap for ${map.name} does not match the attached volume (id or chunk size differ); detach and attach again`, { volume: map.name });
-    }
-    if (map.size < volume.size) {
-      throw new ConflictError(`UpdateMap for ${map.name} has ${map.size} bytes, the volume attached here ${volume.size}: volumes only grow; map refused, nothing changed`, { volume: map.name });
-    }
-    if (epoch < volume.epoch) {
-      throw new StaleEpochError(`volume ${map.name} is attached here with epoch ${volume.epoch}; refusing a map for older epoch ${epoch}`, { volume: map.name });
-    }
-    // A standby does no I/O under its epoch (a grant brings the next one): it takes the holder's maps as they are.
-    if (epoch > volume.epoch && volume.lease !== 'standby') {
-      throw new ConflictError(`volume ${map.name} is attached here with epoch ${volume.epoch}; a map for epoch ${epoch} needs Attach (fencing)`, { volume: map.name });
-    }
-    const oldCount = volume.segmentCount;
-    if (map.size > volume.size) failPoint('head.grow', map.name);
-    // Online resize: the new segments' chunks were allocated by the manager under this epoch (durable on
-    // their nodes before this map was sent), so they take writes without a fence.
-    const added = map.size > volume.size ? this.buildSegments({ ...map, segments: map.segments.filter((seg) => seg.index >= oldCount) }, volume.tracker) : [];
-    const plans: { mirror: Mirror; replicas: Replica[]; fresh: Replica[] }[] = [];
-    for (const seg of map.segments) {
-      if (seg.index >= oldCount) continue;
-      const mirror = volume.segment(seg.index);
-      // Thin: allocation changes only through this head's own AllocateSegment/FreeSegment answer (applySegment).
-      if ((mirror.replicas.length === 0) !== (seg.replicas.length === 0) && seg.index !== segmentChanged) continue;
-      const replicas: Replica[] = [];
-      const fresh: Replica[] = [];
-      for (const loc of [...seg.replicas].sort((a, b) => a.slot - b.slot)) {
-        const kept = mirror.replicas.find((r) => r.isAt(loc));
-        if (kept !== undefined) {
-          replicas.push(kept);
-        } else {
-          const r = this.newReplica(map, seg.index, loc);
-          replicas.push(r);
-          fresh.push(r);
-        }
-      }
-      plans.push({ mirror, replicas, fresh });
-    }
-    // New replicas (spares) take writes only once their node has our epoch.
-    const unfenced = new Set<Replica>();
-    const fresh = plans.flatMap((p) => p.fresh);
-    const byNode = new Map<string, Replica>();
-    for (const r of fresh) if (!byNode.has(r.address)) byNode.set(r.address, r);
-    const fenceErrors: string[] = [];
-    await Promise.all([...byNode.values()].map((r) => r.fence(epoch, map.generation).catch((err: unknown) => {
-      for (const f of fresh) if (f.address === r.address) unfenced.add(f);
-      fenceErrors.push(`${r.describe()}: ${errorMessage(err)}`);
-    })));
-    // Apply synchronously: every mirror sees the new states in the same tick.
-    for (const { mirror, replicas } of plans) {
-      const wasWritable = new Set(mirror.replicas.filter((r) => r.writable));
-      for (const r of replicas) {
-        const loc = map.segments.find((s) => s.index === mirror.index)!.replicas.find((l) => r.isAt(l))!;
-        applyState(r, replicaState(loc.state), unfenced.has(r));
-      }
-      mirror.applyReplicas(replicas);
-      // A replica that starts taking writes has none of the write-intent marks: re-mark on the next writes.
-      if (replicas.some((r) => r.writable && !wasWritable.has(r))) mirror.intent?.forget();
-    }
-    const was = volume.size;
-    if (added.length > 0) volume.grow(map.size, added); // same tick: new I/O sees the new size and its segments together
-    volume.replicasChanged();
-    volume.noteGeneration(map.generation);
-    for (const { mirror } of plans) this.failureHandler.mapApplied?.(mirror);
-    for (const mirror of added) this.failureHandler.mapApplied?.(mirror);
-    if (added.length > 0) {
-      this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation, from: was, to: map.size, segments: volume.segmentCount, lease: volume.lease }, 'volume grown (online resize)');
-    } else {
-      this.log.info({ volume: map.name, volumeId: map.volumeId, epoch, generation: map.generation }, 'volume map updated');
-    }
-    if (fenceErrors.length > 0) {
-      throw new IoError(`volume ${map.name}: map applied, but new replica(s) could not be fenced and take no I/O: ${fenceErrors.join('; ')}`, { volume: map.name });
-    }
-  }
-
-  private newReplica(map: VolumeMap, segment: number, loc: VolumeMap['segments'][number]['replicas'][number]): Replica {
-    return new Replica(this.pool.get(loc.dataAddress), {
-      volumeId: map.volumeId, volumeName: map.name, segment, slot: loc.slot,
-      state: replicaState(loc.state), serverId: loc.serverId, diskId: loc.diskId,
-      chunkIndex: loc.chunkIndex, controlAddress: loc.controlAddress ?? '',
-    });
-  }
-
-  private buildSegments(map: VolumeMap, tracker: MutationTracker): Mirror[] {
-    const bySegment = [...map.segments].sort((a, b) => a.index - b.index);
-    return bySegment.map((seg) => {
-      const replicas = [...seg.replicas].sort((a, b) => a.slot - b.slot).map((loc) => this.newReplica(map, seg.index, loc));
-      return new Mirror(map.name, seg.index, replicas, this.failureHandler, tracker);
-    });
-  }
-
-  /**
-   * FENCE once per node holding a replica, whatever the replica's state: the
-   * node raises the epoch of the volume on every chunk it holds (durably, after
-   * draining requests admitted under the old epoch). All in parallel; any
-   * failure fails the attach.
-   */
-  private async fence(map: VolumeMap, segments: Mirror[], epoch: number): Promise<void> {
-    const targets = new Map<string, Replica>();
-    for (const m of segments) {
-      for (const r of m.replicas) {
-        if (!targets.has(r.address)) targets.set(r.address, r);
-      }
-    }
-    const list = [...targets.values()];
-    const results = await Promise.allSettled(list.map((r) => r.fence(epoch, map.generation)));
-    const failures: string[] = [];
-    const unfenced = new Map<string, Error>();
-    let newer: unknown;
-    results.forEach((res, i) => {
-      if (res.status === 'fulfilled') return;
-      if (res.reason instanceof StaleEpochError) newer ??= res.reason;
-      failures.push(`${list[i]!.describe()}: ${errorMessage(res.reason)}`);
-      unfenced.set(list[i]!.address, res.reason instanceof Error ? res.reason : new IoError(String(res.reason)));
-    });
-    if (failures.length === 0) return;
-    if (newer !== undefined) {
-      throw new StaleEpochError(`cannot attach volume ${map.name} with epoch ${epoch}: a replica node has seen a newer epoch (${errorMessage(newer)})`, { volume: map.name, epoch });
-    }
-    // docs/design.md (leases): a replica that cannot be fenced is marked stale and the
-    // attach goes on with the others. It becomes suspect (never read or
-    // written); writes skip it and are acknowledged once the manager recorded
-    // it stale (replica-failures.ts). Needs a handler that reports, and an
-    // in-sync fenced replica in every segment.
-    const handler = this.failureHandler;
-    const degradable = handler.replicaUnreachable !== undefined
-      && segments.every((m) => m.replicas.some((r) => r.readable && !unfenced.has(r.address)));
-    if (degradable) {
-      const taken = segments.every((m) => m.replicas.every((r) => !r.writable || !unfenced.has(r.address)
-        || handler.replicaUnreachable!(m, r, unfenced.get(r.address)!)));
-      if (taken) {
-        this.log.warn({ volume: map.name, volumeId: map.volumeId, epoch, nodes: [...unfenced.keys()] }, 'attaching without replica node(s) that could not be fenced');
-        return;
-      }
-    }
-    throw new IoError(`cannot attach volume ${map.name}: ${failures.length} replica node(s) could not be fenced with epoch ${epoch}: ${failures.join('; ')}`, {
-      volume: map.name, epoch,
-    });
+  private mapUpdateContext(): MapUpdateContext {
+    return { pool: this.pool, failureHandler: this.failureHandler, log: this.log, volumes: this.volumes };
   }
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.serial.then(fn, fn);
     this.serial = run.catch(() => undefined);
     return run;
-  }
-}
-
-/**
- * The state a map gives a replica this head already uses. Never makes one
- * this head saw fail (suspect) or knows missed writes (mustResync) readable:
- * the map may predate our report, or a stale mark. Resyncing or stale from the
- * manager settles a suspect replica (the manager has it out of sync).
- */
-function applyState(r: Replica, next: ReplicaState, unfenced: boolean): void {
-  if (unfenced || next === 'stale') {
-    r.markStale();
-    return;
-  }
-  if (next === 'in_sync' && (r.suspect || r.mustResync)) {
-    if (!r.suspect) r.state = 'resyncing'; // written, never read: safe whichever map is newer
-    return;
-  }
-  r.state = next;
-  r.suspect = false;
-}
-
-function replicaState(state: string): ReplicaState {
-  // An empty state (proto default) means a map from a manager that does not track states: in sync.
-  return state === '' ? 'in_sync' : (state as ReplicaState);
-}
-
-/** Everything a manager (or a hostile caller) controls is checked before any engine is built. */
-export function validateMap(map: VolumeMap, epoch: number): void {
-  const bad = (msg: string): never => {
-    throw new InvalidArgumentError(`invalid volume map${map?.name ? ` for ${map.name}` : ''}: ${msg}`, { volume: map?.name });
-  };
-  if (map === null || map === undefined) bad('missing');
-  if (!Number.isSafeInteger(epoch) || epoch < 1) bad(`lease epoch ${epoch} must be 1..2^53-1`);
-  if (typeof map.name !== 'string' || map.name.length === 0 || Buffer.byteLength(map.name) > 4096) bad('name must be 1..4096 bytes');
-  if (!Number.isInteger(map.volumeId) || map.volumeId < 1 || map.volumeId > 0xffff_ffff) bad(`volume id ${map.volumeId} must be 1..2^32-1`);
-  if (!Number.isSafeInteger(map.size) || map.size <= 0) bad(`size ${map.size}`);
-  if (!Number.isSafeInteger(map.chunkSize) || map.chunkSize <= 0) bad(`chunk size ${map.chunkSize}`);
-  const count = Math.ceil(map.size / map.chunkSize);
-  if (!Array.isArray(map.segments) || map.segments.length !== count) {
-    bad(`${map.segments?.length ?? 0} segments for size ${map.size} with chunk size ${map.chunkSize} (expected ${count})`);
-  }
-  const seen = new Set<number>();
-  for (const seg of map.segments) {
-    if (!Number.isInteger(seg.index) || seg.index < 0 || seg.index >= count || seen.has(seg.index)) bad(`segment index ${seg.index} missing, repeated or out of range`);
-    seen.add(seg.index);
-    if (!Array.isArray(seg.replicas) || seg.replicas.length > 31) bad(`segment ${seg.index} has ${seg.replicas?.length ?? 0} replicas`);
-    if (seg.replicas.length === 0) {
-      if (map.thin !== true) bad(`segment ${seg.index} has no replicas (only a thin volume's segments may be unallocated)`);
-      continue;
-    }
-    const slots = new Set<number>();
-    let inSync = 0;
-    for (const r of seg.replicas) {
-      if (!Number.isInteger(r.slot) || r.slot < 0 || r.slot > 255 || slots.has(r.slot)) bad(`segment ${seg.index}: replica slot ${r.slot} invalid or repeated`);
-      slots.add(r.slot);
-      try {
-        parseHostPort(r.dataAddress, 'replica data address');
-      } catch (err) {
-        bad(`segment ${seg.index} slot ${r.slot}: ${errorMessage(err)}`);
-      }
-      const state = replicaState(r.state);
-      if (!REPLICA_STATES.includes(state)) bad(`segment ${seg.index} slot ${r.slot}: unknown replica state "${r.state}"`);
-      if (state === 'in_sync') inSync++;
-    }
-    if (inSync === 0) bad(`segment ${seg.index} has no in-sync replica`);
   }
 }

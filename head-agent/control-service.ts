@@ -48,7 +48,7 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
   return {
     Attach: unary(async (req: AttachVolumeRequest__Output): Promise<AttachVolumeReply> => {
       if (req.map === null || req.map === undefined) throw new InvalidArgumentError('Attach: the request carries no volume map');
-      const volume = await attachments.attach(req.map, req.epoch, { standby: req.standby, reconcile: req.reconcile });
+      const volume = await attachments.attach(req.map, req.epoch, { standby: req.standby, reconcile: req.reconcile, readOnly: req.readOnly });
       const iscsi = opts.iscsi;
       if (iscsi === undefined) return { nbdUri: nbdUri(nbdAddress, volume.name), iscsiUrl: '' };
       iscsi.exports.expose(volume, volume.volumeId, accessFromProto(req.iscsi));

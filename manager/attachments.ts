@@ -70,9 +70,9 @@ export class Attachments {
 
   async attach(name: string, headRef: string, opts: AttachOptions = {}): Promise<VolumeRecord> {
     const snap = this.volumes.find(name)?.volume;
-    if (snap?.kind === 'snapshot') {
-      throw new ConflictError(`${name} is a snapshot: snapshots are read-only and cannot be attached for writing; `
-        + `clone it and attach the clone (vsky volume clone ${name} NEW; vsky volume attach NEW)`, { volume: name });
+    // A snapshot is attached read-only (docs/snapshots.md); no live migration of one (detach, attach elsewhere).
+    if (snap?.kind === 'snapshot' && opts.migrate === true) {
+      throw new ConflictError(`${name} is a snapshot, attached read-only: it is not migrated; detach it and attach it to the other head`, { volume: name });
     }
     const head = this.registry.resolveHead(headRef);
     const job = this.jobGuard?.(name);
@@ -142,6 +142,7 @@ export class Attachments {
     try {
       reply = await this.peers.head.attach(head.controlAddress, {
         map: volumeMapView(volume, map, this.registry), epoch, iscsi: volume.access, reconcile: opts.reconcile === true,
+        readOnly: volume.kind === 'snapshot',
       });
     } catch (err) {
       vlog.warn({ epoch, err: errorMessage(err) }, 'head refused or failed the attach; the volume is detached');

@@ -15,6 +15,8 @@ import type { Volumes } from './volumes.js';
 // volume's map version (memory only); the version a head confirmed is what
 // the resync scheduler checks before it starts a resync of an attached
 // volume: foreground writes must reach a new replica before its copy starts.
+// A change of a snapshot's map is pushed to the holders of every volume
+// reading from it too (their maps carry the backing chain).
 
 const log = moduleLogger('manager.maps');
 
@@ -53,8 +55,31 @@ export class MapPusher {
   /** The map changed: tell the holder (best effort; retried by `pushStale`). */
   changed(volumeId: number): void {
     this.onChanged?.(volumeId);
+    this.bump(volumeId);
+    // Every map a head has carries its backing chain (docs/snapshots.md): a
+    // snapshot's replicas moved, so the heads of the volumes reading from it
+    // (clones, its origin, and theirs in turn) get their maps again.
+    for (const id of this.readersOf(volumeId)) this.bump(id);
+  }
+
+  private bump(volumeId: number): void {
     this.version.set(volumeId, this.current(volumeId) + 1);
     void this.push(volumeId);
+  }
+
+  /** Volumes whose backing chain includes `volumeId` (transitively). */
+  private readersOf(volumeId: number): number[] {
+    const out: number[] = [];
+    const seen = new Set<number>([volumeId]);
+    for (let i = -1, at = volumeId; ; at = out[++i]!) {
+      for (const d of this.volumes.dependents(at)) {
+        if (!seen.has(d.id)) {
+          seen.add(d.id);
+          out.push(d.id);
+        }
+      }
+      if (i + 1 >= out.length) return out;
+    }
   }
 
   forget(volumeId: number): void {

@@ -14,7 +14,8 @@ export function registerSnapshotCommands(program: Command): void {
     .argument('<volume>', 'the volume to snapshot')
     .argument('<name>', 'the snapshot\'s name (unique among volumes and snapshots)')
     .addHelpText('after', '\nThe volume must be detached or attached to a head that can pause it for the snapshot.\n'
-      + 'Clone the snapshot into writable volumes with: vsky volume clone NAME NEWVOLUME')
+      + 'Clone the snapshot into writable volumes with: vsky volume clone NAME NEWVOLUME\n'
+      + 'Read it in place with: vsky volume attach NAME (exported read-only over NBD and iSCSI)')
     .action((vol: string, name: string, o) => withManager(o, async (m) => {
       const started = Date.now();
       const s = await call(m, 'CreateSnapshot', { volume: vol, name }, 60_000);

@@ -11,6 +11,8 @@ export interface BlockDevice {
   readonly size: number;
   /** I/O counters the exports update as requests complete (head-agent/metrics.ts reads them); absent: not counted. */
   readonly stats?: VolumeStats;
+  /** Optional: the export refuses every write (a snapshot, docs/snapshots.md): NBD_FLAG_READ_ONLY and EPERM; SCSI write protect. */
+  readonly readOnly?: boolean;
   /** Reads `length` bytes at `offset` into a new buffer. */
   read(offset: number, length: number): Promise<Buffer>;
   /**

@@ -86,6 +86,8 @@ export class LinearVolume implements BlockDevice {
   allocator: SegmentAllocator | undefined;
   /** Clones and snapshotted volumes: where unwritten regions read from (backing.ts; set by the attachments). */
   backing: Backing | undefined;
+  /** A snapshot attached read-only (docs/snapshots.md): the exports refuse writes (BlockDevice.readOnly). */
+  readOnly = false;
   readonly thin: boolean;
   /** Written-region bitmaps for block status (written-regions.ts); set by the attachments. */
   regions: WrittenRegions | undefined;

@@ -1,5 +1,6 @@
 import { GiB } from '../../shared/constants.js';
 import type { VolumeRecord } from '../types.js';
+import { associations } from './associations.js';
 import type { XStruct, XValue } from './codec.js';
 import { hsvridOf, volumeOf, type Method, type XmlRpcContext } from './context.js';
 import { errnoFault, mapErrors } from './faults.js';
@@ -54,6 +55,8 @@ const deleteLogicalVolume: Method = async (ctx, data) => {
 const attachLogicalVolume: Method = async (ctx, data) => {
   mand(data, 'hsvrid');
   const v = volumeOf(ctx, data);
+  // VastSky: a snapshot is not attached on its own (vsky volume attach SNAP exports one read-only).
+  if (v.kind === 'snapshot') throw errnoFault('EINVAL', `volume ${v.name} is a snapshot: attach its origin, or a clone of it`);
   if (v.attachedHead || v.standbyHead) throw errnoFault('EBUSY', `volume ${v.name} is already attached (hsvrid ${hsvridOf(ctx, v.attachedHead)})`);
   const head = lookupById(data, 'hsvrid', (id) => ctx.ids.head(id));
   if (!head) throw errnoFault('EINVAL', 'no head server with that hsvrid (see listHeadServers)');
@@ -81,9 +84,10 @@ function bindEvent(ctx: XmlRpcContext, v: VolumeRecord): number {
 function listEntry(ctx: XmlRpcContext, v: VolumeRecord): XStruct {
   const entry = ctx.core.volumes.byVolumeId(v.id)!;
   const lease = ctx.core.leases.state(v);
+  const assoc = associations(ctx, v);
   return {
     hsvrid: hsvridOf(ctx, v.attachedHead), lvolid: v.intId ?? 0, lvolname: v.name, redundancy: v.replicas,
-    capacity: gb(v.size), associated_to: [], associated_from: [], fault: hasFault(entry.map),
+    capacity: gb(v.size), associated_to: assoc.to, associated_from: assoc.from, fault: hasFault(entry.map),
     bind_status: v.attachedHead ? 1 : 0, bind_event: bindEvent(ctx, v), ctime: ctime(v.createdMs),
     // ours (docs/xmlrpc.md):
     size_bytes: v.size, nbd_uri: v.nbdUri, iscsi_url: v.iscsiUrl ?? '', lease: lease.lease, epoch: v.epoch,

@@ -80,5 +80,19 @@ describe('XML-RPC createSnapshot', () => {
       await qemuIo(curi, `read -P ${first} 0 4096`);
       await qemuIo(curi, 'read -P 0x5a 4096 1020k');
     }
+
+    // associated_to / associated_from (vastsky-api.md: a snapshot to its origin, the origin from its
+    // snapshots; ours: a clone to its snapshot, the snapshot from its clones), as Python decodes them.
+    const rows = new Map<string, Json>((await xr('listLogicalVolumes')).map((v: Json) => [v.lvolname, v]));
+    const id = (name: string): number => rows.get(name).lvolid;
+    const assoc = (name: string) => ({ to: rows.get(name).associated_to, from: rows.get(name).associated_from });
+    const ids = [snap, snap2].sort((a, b) => a - b);
+    expect(assoc('xorigin')).toEqual({ to: [], from: ids.map((lvolid) => ({ lvolid, type: 'snapshot' })) });
+    expect(assoc('xsnap')).toEqual({ to: [{ lvolid: origin, type: 'snapshot' }], from: [{ lvolid: id('xsnap-c'), type: 'clone' }] });
+    expect(assoc('xsnap2')).toEqual({ to: [{ lvolid: origin, type: 'snapshot' }], from: [{ lvolid: id('xsnap2-c'), type: 'clone' }] });
+    expect(assoc('xsnap-c')).toEqual({ to: [{ lvolid: snap, type: 'clone' }], from: [] });
+    expect(assoc('xsnap2-c')).toEqual({ to: [{ lvolid: snap2, type: 'clone' }], from: [] });
+    // By lvolid too (the same entry).
+    expect((await xr('listLogicalVolumes', { lvolid: snap }))[0].associated_to).toEqual([{ lvolid: origin, type: 'snapshot' }]);
   }, 240_000);
 });

@@ -291,6 +291,9 @@ export class NbdConnection {
       return { error: NbdError.EINVAL, message: `flags 0x${h.flags.toString(16)} are not valid on ${commandName(h.type)}` };
     }
     if (h.type === NbdCmd.FLUSH) return undefined;
+    if (this.device.readOnly === true && (h.type === NbdCmd.WRITE || h.type === NbdCmd.WRITE_ZEROES || h.type === NbdCmd.TRIM)) {
+      return { error: NbdError.EPERM, message: `export ${this.device.name} is read-only (a snapshot: clone it to write)` };
+    }
     if (h.type === NbdCmd.BLOCK_STATUS && h.length === 0) return { error: NbdError.EINVAL, message: 'NBD_CMD_BLOCK_STATUS of 0 bytes' };
     if (h.type === NbdCmd.READ && h.length > MAX_BLOCK_SIZE) {
       return { error: NbdError.EINVAL, message: `read of ${h.length} bytes exceeds the maximum block size of ${MAX_BLOCK_SIZE}` };

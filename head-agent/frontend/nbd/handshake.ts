@@ -20,7 +20,7 @@ import {
 } from './codec.js';
 import {
   EXPORT_TRANSMISSION_FLAGS, KNOWN_CLIENT_FLAGS, MAX_BLOCK_SIZE, MAX_OPTIONS_PER_CONNECTION, MIN_BLOCK_SIZE,
-  NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_SEND_DF, NbdInfo, NbdOpt, NbdRep, PREFERRED_BLOCK_SIZE, optionName,
+  NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_DF, NbdInfo, NbdOpt, NbdRep, PREFERRED_BLOCK_SIZE, optionName,
 } from './constants.js';
 import { decodeMetaContextRequest, encodeMetaContextReply, matchMetaContexts } from './meta-context.js';
 
@@ -138,7 +138,7 @@ export class Handshake {
     const size = device.size;
     return {
       kind: 'transmit', device, exportName: name, structured: this.structured, size, blockStatus: this.blockStatusFor(name),
-      replies: [encodeExportNameReply(size, this.transmissionFlags(), this.noZeroes)],
+      replies: [encodeExportNameReply(size, this.transmissionFlags(device), this.noZeroes)],
     };
   }
 
@@ -160,7 +160,7 @@ export class Handshake {
     }
     const info = (payload: Buffer): Buffer => encodeOptionReply(opt, NbdRep.INFO, payload);
     const size = device.size;
-    const replies = [info(encodeInfoExport(size, this.transmissionFlags()))];
+    const replies = [info(encodeInfoExport(size, this.transmissionFlags(device)))];
     if (req.requests.includes(NbdInfo.NAME)) replies.push(info(encodeInfoString(NbdInfo.NAME, device.name)));
     if (req.requests.includes(NbdInfo.DESCRIPTION)) {
       replies.push(info(encodeInfoString(NbdInfo.DESCRIPTION, `VastSky volume ${device.name} (${formatSize(size)})`)));
@@ -203,8 +203,8 @@ export class Handshake {
   }
 
   /** SEND_DF only with structured replies (spec); our READ data always comes as one chunk. */
-  private transmissionFlags(): number {
-    return EXPORT_TRANSMISSION_FLAGS | (this.structured ? NBD_FLAG_SEND_DF : 0);
+  private transmissionFlags(device: BlockDevice): number {
+    return EXPORT_TRANSMISSION_FLAGS | (this.structured ? NBD_FLAG_SEND_DF : 0) | (device.readOnly === true ? NBD_FLAG_READ_ONLY : 0);
   }
 
   private lookup(name: string): BlockDevice | undefined {

@@ -115,7 +115,7 @@ class BlockUnit implements LogicalUnit {
       lbppbe: Math.log2(PHYSICAL_BLOCK_BYTES / blockSize),
       identity: unitIdentity(opts.volumeId, opts.volumeName, opts.targetPortId ?? 1),
       lock: new RangeLock(),
-      mode: defaultModeState(),
+      mode: defaultModeState(device.readOnly === true),
       pr: new PersistentReservations(),
       ua: new UnitAttentions(),
       legacyHolder: undefined,

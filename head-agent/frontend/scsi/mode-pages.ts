@@ -16,10 +16,12 @@ export interface ModeState {
   wce: boolean;
   /** Control page SWP: software write protect; writes fail with DATA PROTECT. */
   swp: boolean;
+  /** The medium is write-protected (a snapshot): WP in MODE SENSE, writes fail with DATA PROTECT whatever SWP says. */
+  readOnly: boolean;
 }
 
-export function defaultModeState(): ModeState {
-  return { wce: true, swp: false };
+export function defaultModeState(readOnly = false): ModeState {
+  return { wce: true, swp: false, readOnly };
 }
 
 const PC_CURRENT = 0;
@@ -97,7 +99,7 @@ export function modeSense(req: ModeSenseRequest, state: ModeState, numBlocks: nu
     }
   }
   // DEVICE-SPECIFIC PARAMETER (SBC-3 6.4.1): WP, DPOFUA (DPO and FUA are honoured).
-  const dsp = (state.swp ? 0x80 : 0) | 0x10;
+  const dsp = (state.swp || state.readOnly ? 0x80 : 0) | 0x10;
   const headerLen = req.ten ? 8 : 4;
   const body = Buffer.concat([desc, ...pages]);
   const b = Buffer.alloc(headerLen + body.length);

@@ -33,9 +33,9 @@ function checkTransfer(ctx: UnitContext, cdb: Buffer, blocks: number): void {
   if (blocks * ctx.blockSize > Limits.maxTransferBytes) throw invalidFieldInCdb(lengthByte(cdb));
 }
 
-/** The unit refuses writes while software write protect (control page SWP) is on. */
+/** The unit refuses writes while software write protect (control page SWP) is on, or the medium is read-only. */
 export function checkWritable(ctx: UnitContext): void {
-  if (ctx.mode.swp) throw writeProtected();
+  if (ctx.mode.swp || ctx.mode.readOnly) throw writeProtected();
 }
 
 /** Takes the range lock, or AbortedError if the task is aborted while waiting. */
