@@ -2,6 +2,8 @@ import type { Command } from 'commander';
 import { adminCommand, call, withManager } from '../admin.js';
 import { emit, printTable } from '../output.js';
 import { formatSize } from '../../shared/units.js';
+import { intArg } from '../options.js';
+import { submitted } from './job.js';
 
 // vsky snapshot create|list|delete and vsky volume clone (docs/snapshots.md):
 // a snapshot takes the volume's chunks (no data is copied) and is read-only;
@@ -47,15 +49,18 @@ export function registerSnapshotCommands(program: Command): void {
 
   const volume = program.commands.find((c) => c.name() === 'volume');
   if (!volume) return;
-  adminCommand(volume, 'flatten', 'copy what a clone still reads from its snapshot into its own chunks, then drop the snapshot dependency')
-    .argument('<name>', 'an attached volume with a backing (vsky volume show NAME: "backing: ...")')
-    .addHelpText('after', '\nThe volume stays in use meanwhile; its head does the copy. Afterwards the snapshot can be deleted\n'
-      + '(vsky snapshot delete SNAP) once nothing else reads from it.')
+  adminCommand(volume, 'flatten', 'copy what a volume still reads from its snapshot into its own chunks, then drop the dependency (a storage job)')
+    .argument('<name>', 'a volume with a backing (vsky volume show NAME: "backing: ..."), attached or detached')
+    .option('--job-id <id>', 'the job\'s id (idempotent: the same id again returns the same job)')
+    .option('--throttle-mibps <n>', 'copy at most this many MiB/s (0: unthrottled)', intArg, 0)
+    .option('--no-wait', 'print the job and return (follow it with vsky job watch ID)')
+    .addHelpText('after', '\nAttached: its head copies, under the copy-up locks, while the volume stays in use. Detached: the manager\n'
+      + 'copies (attach is refused until the job ends). Follow it with vsky job watch ID; a manager restart resumes it.\n'
+      + 'Afterwards the snapshot can be deleted (vsky snapshot delete SNAP) once nothing else reads from it.')
     .action((name: string, o) => withManager(o, async (m) => {
-      const started = Date.now();
-      const v = await call(m, 'FlattenVolume', { name }, 6 * 3600_000);
-      emit(o, v, () => process.stdout.write(`flattened volume ${v.name} in ${((Date.now() - started) / 1000).toFixed(1)} s: `
-        + `${v.allocatedSegments}/${v.segmentCount} segments with data, no backing\n`));
+      const j = await call(m, 'SubmitJob', { jobId: o.jobId ?? '', kind: 'flatten', volume: name, expectedGeneration: 0,
+        args: Number(o.throttleMibps) > 0 ? { throttle_mibps: String(o.throttleMibps) } : {} });
+      await submitted(o, m, j);
     }));
 
   adminCommand(volume, 'clone', 'make a writable thin volume from a snapshot (no data copied: it reads what it has not written from the snapshot)')
