@@ -9,7 +9,7 @@ import type { ManagerStore } from '../store.js';
 import type { VolumeRecord } from '../types.js';
 import type { VolumeEntry, Volumes } from '../volumes.js';
 import { dataProtocolIo, type ChunkIo } from './data-path.js';
-import { chainEmptyAt, chainOf, copySegment } from './flatten-copy.js';
+import { copySegment } from './flatten-copy.js';
 import { casVolume, type VolumeStateCas } from './node-cas.js';
 import type { Recon } from './recon.js';
 import { putJob, type JobRecord } from './records.js';
@@ -23,29 +23,30 @@ import { putJob, type JobRecord } from './records.js';
 //    (head RPC FlattenVolume with first_segment/segment_count), while its I/O
 //    goes on; the job works under the holder's epoch (no lease taken, attach
 //    and fail-over stay allowed: a new holder simply gets the next segments);
-//  - DETACHED: the manager (flatten-copy.ts), under the job's own lease: a new
-//    epoch, persisted, then a compare-and-set {generation g, LEGAL, this job
-//    running} on every node (attach is refused while the job holds it). A
+//  - DETACHED: the manager (flatten-copy.ts), holding the volume for the rest
+//    of the job as a wipe does (volumes.exclusive: attach, snapshots and
+//    resyncs of it wait), under the job's own lease: a new epoch, persisted,
+//    then a compare-and-set {LEGAL, this job running} on every node. A
 //    STALE_EPOCH reply is terminal: the job ends fenced.
 //
 // A segment that fails (a head or node down, a map that moved) is retried
 // every RETRY_MS, `waiting` saying why, for up to RETRY_LIMIT_MS without
-// progress. Progress (done: bytes of the volume examined, copied: bytes
-// written) is persisted at most every PERSIST_MS; a manager that restarts
-// resumes the job from the last persisted segment (regions already copied are
-// skipped: they are written). After a detached copy, a last pass, once no
-// resync runs on the volume, copies any region an in-sync replica still
-// lacks. The end: CAS {g+1, LEGAL, succeeded} on every node under the
-// current epoch, then one batch drops the backing and records g+1 and the
-// job; an attached volume is attached again to its holder with its plain map
-// (a newer epoch). The content never changes, so the volume is never DIRTY.
+// progress; a replica marked stale meanwhile (its node failed) is left out
+// and rebuilt by a resync once the job let go of the volume. Progress (done:
+// bytes of the volume examined, copied: bytes written) is persisted at most
+// every PERSIST_MS; a manager that restarts resumes the job from the last
+// persisted segment (regions already copied are skipped: they are written).
+// The end: CAS {g+1, LEGAL, succeeded} on every node under the current epoch,
+// then one batch drops the backing and records g+1 and the job; an attached
+// volume is paused on its holder first (QuiesceVolume, as for a snapshot) and
+// attached again with its plain map under a newer epoch. The content never
+// changes, so the volume is never DIRTY.
 
 const log = moduleLogger('manager.jobs.flatten');
 const PERSIST_MS = 1000;
 const RETRY_MS = 1000;
 const RETRY_LIMIT_MS = 10 * 60_000;
 const HEAD_SEGMENT_TIMEOUT_MS = 30 * 60_000;
-const RESYNC_WAIT_MS = 5 * 60_000;
 
 export interface FlattenHooks {
   /** Gives the thin volume chunks for segment s now (ThinSegments.allocateFor). */
@@ -103,11 +104,12 @@ export class FlattenJobs {
   /** The worker: every segment, then the end. Resumes from j.done (a restarted manager). */
   async run(j: JobRecord): Promise<void> {
     const io = (this.io ?? dataProtocolIo)();
-    const w: Worker = { leased: false, detached: false, since: this.host.now() };
+    const w: Worker = { leased: false, since: this.host.now() };
     try {
       const e = this.entry(j);
       const g = j.expectedGeneration;
-      if (e.volume.generation !== g) {
+      // Map-only changes (a resync ended, a replica marked stale) move the manager's generation on, not the nodes' (docs/jobs.md).
+      if (j.state === 'pending' ? e.volume.generation !== g : e.volume.generation < g) {
         throw new StaleGenerationError(`generation mismatch: volume ${e.volume.name} is at generation ${e.volume.generation}, the job expected ${g}; nothing was touched`);
       }
       if (e.volume.backing === undefined) throw new InvalidArgumentError(`volume ${e.volume.name} has no backing any more; nothing to flatten`);
@@ -121,23 +123,23 @@ export class FlattenJobs {
       }
       const first = Math.min(e.volume.segmentCount, Math.floor(j.done / cs));
       if (first > 0) log.info({ job: j.id, volume: j.volume, segment: first }, 'flatten resumes where it was');
-      const rate = Number(j.args.throttle_mibps ?? 0) * 1024 * 1024;
-      const began = this.host.now();
-      let copiedHere = 0;
-      for (let s = first; s < e.volume.segmentCount; s++) {
-        const n = await this.segment(j, w, io, s);
-        j.copied += n;
-        copiedHere += n;
-        j.done = Math.min(j.total, (s + 1) * cs);
-        j.updatedMs = this.host.now();
-        await this.persist(j);
-        crashPoint('manager.flatten.segment');
-        // --throttle-mibps: the bytes copied so far may not have taken less than bytes / rate.
-        const ahead = rate > 0 ? (copiedHere * 1000) / rate - (this.host.now() - began) : 0;
-        if (ahead > 0) await new Promise((r) => setTimeout(r, Math.min(ahead, 60_000)));
+      const pace: Pace = { rate: Number(j.args.throttle_mibps ?? 0) * 1024 * 1024, began: this.host.now(), copied: 0 };
+      for (let s = first; ;) {
+        if (!this.entry(j).volume.attachedHead) {
+          // Detached: the manager copies the rest with the volume held, as a wipe does (attach, resyncs, snapshots wait).
+          const done = await this.volumes.exclusive(j.volume, (held) => this.detachedRest(j, w, io, s, held, pace));
+          if (done) return;
+          continue; // attached meanwhile: its head copies
+        }
+        if (s >= e.volume.segmentCount) {
+          if (await this.finishAttached(j, w)) return;
+          continue;
+        }
+        const copied = await this.segment(j, w, io, s);
+        if (copied < 0) continue;
+        await this.progress(j, s, copied, pace);
+        s++;
       }
-      if (w.detached && !this.entry(j).volume.attachedHead) await this.lastPass(j, w, io);
-      await this.finish(j, w);
     } finally {
       this.persisted.delete(j.id);
       await io.close().catch(() => undefined);
@@ -156,7 +158,9 @@ export class FlattenJobs {
       this.host.checkAbort(j);
       const v = this.entry(j).volume;
       try {
-        const copied = v.attachedHead ? await this.onHolder(j, w, v, s) : await this.byManager(j, w, io, s);
+        // Detached while its head was copying: the caller takes the volume and the lease (-1).
+        if (!v.attachedHead && !w.leased) return -1;
+        const copied = v.attachedHead ? await this.onHolder(j, w, v, s) : await this.byManager(j, io, s);
         w.since = this.host.now();
         if (j.waiting) {
           delete j.waiting;
@@ -198,95 +202,94 @@ export class FlattenJobs {
   }
 
   /** The manager copies segment s of the detached volume under the job's lease. */
-  private async byManager(j: JobRecord, w: Worker, io: ChunkIo, s: number): Promise<number> {
-    if (!w.leased) await this.takeLease(j, w);
-    if (!w.leased) throw new ConflictError(`volume ${j.volume} was attached meanwhile: its head copies from now on`);
-    w.detached = true;
+  private async byManager(j: JobRecord, io: ChunkIo, s: number): Promise<number> {
     const hooks = this.hooks!;
     const done = await copySegment({ volumes: this.volumes, registry: this.registry, peers: this.peers, io, allocate: (name, seg) => hooks.allocate(name, seg) }, j.volume, s, j.epoch);
     return done.bytes;
   }
 
-  /** The job's lease on the detached volume: a new epoch, durable, then CAS g + LEGAL + running on every node. */
-  private async takeLease(j: JobRecord, w: Worker): Promise<void> {
-    await this.volumes.exclusive(j.volume, async (e) => {
-      const v = e.volume;
-      if (v.attachedHead || v.standbyHead) return;
-      v.epoch = nextCounter(v.epoch, `volume ${v.name}'s lease epoch`);
-      j.epoch = v.epoch;
-      j.online = false;
-      delete j.host;
-      await this.host.store.write(this.host.store.batch().putVolume(v).putJob(j));
-      w.leased = true;
-      try {
-        await casVolume(this.peers, this.registry, e.map, v.id, this.stamp(j, j.expectedGeneration, 'running', true));
-      } catch (err) {
-        // A manager that stopped after the final CAS and before recording it: the nodes say succeeded; finish it.
-        if (!(err instanceof StaleGenerationError) || (await this.host.recon.investigate(j.volume, j)).verdict !== 'succeeded') throw err;
-        log.warn({ job: j.id, volume: v.name }, 'flatten: its final compare-and-set had applied before the manager stopped; finishing');
-      }
-    });
-  }
-
-  private stamp(j: JobRecord, generation: number, outcome: string, raiseLagging = false): VolumeStateCas {
-    return {
-      epoch: j.epoch, expectedGeneration: j.expectedGeneration, generation, legality: 'LEGAL', jobId: j.id, jobKind: 'flatten', jobOutcome: outcome,
-      ...(raiseLagging ? { raiseLagging: true } : {}),
-    };
-  }
-
-  /** Detached: once no resync runs on the volume, copies any region an in-sync replica still lacks (a node that missed writes). */
-  private async lastPass(j: JobRecord, w: Worker, io: ChunkIo): Promise<void> {
-    const until = this.host.now() + RESYNC_WAIT_MS;
-    for (;;) {
-      this.host.checkAbort(j);
-      const e = this.entry(j);
-      const busy = (this.hooks?.resyncsOf?.(e.volume.id) ?? 0) + (e.map.moves?.length ?? 0) + (e.map.resyncing?.length ?? 0);
-      if (busy === 0 || this.host.now() > until) break;
-      j.waiting = 'waiting for the resyncs of the volume to end before the last pass (vsky resync list)';
-      await this.persist(j);
-      await new Promise((r) => setTimeout(r, RETRY_MS));
+  /** The job's lease on the detached volume (held by the caller): a new epoch, durable, then CAS LEGAL + this job running on every node. */
+  private async takeLease(j: JobRecord, w: Worker, e: VolumeEntry): Promise<void> {
+    const v = e.volume;
+    v.epoch = nextCounter(v.epoch, `volume ${v.name}'s lease epoch`);
+    j.epoch = v.epoch;
+    j.online = false;
+    delete j.host;
+    await this.host.store.write(this.host.store.batch().putVolume(v).putJob(j));
+    w.leased = true;
+    try {
+      await casVolume(this.peers, this.registry, e.map, v.id, this.stamp(j, v.generation, v.generation, 'running'));
+    } catch (err) {
+      // A manager that stopped after the final CAS and before recording it: the nodes say succeeded; finish it.
+      if (!(err instanceof StaleGenerationError) || (await this.host.recon.investigate(j.volume, j)).verdict !== 'succeeded') throw err;
+      log.warn({ job: j.id, volume: v.name }, 'flatten: its final compare-and-set had applied before the manager stopped; finishing');
     }
-    const e = this.entry(j);
-    const chain = chainOf(this.volumes, e);
-    let extra = 0;
-    for (let s = 0; s < e.volume.segmentCount; s++) {
-      if (chainEmptyAt(chain, s) || this.entry(j).volume.attachedHead) continue;
-      extra += await this.segment(j, w, io, s);
-    }
-    j.copied = (j.copied ?? 0) + extra;
-    delete j.waiting;
-    if (extra > 0) log.warn({ job: j.id, volume: j.volume, bytes: extra }, 'flatten: the last pass copied regions a replica lacked');
   }
 
-  /** CAS g+1 on every node, then one batch: no backing, g+1, the job succeeded; an attached volume gets its plain map. */
-  private async finish(j: JobRecord, w: Worker): Promise<void> {
+  /** The CAS {expected -> generation, LEGAL, this job}: chunks below `expected` count as at it (the manager's generation also moves on map-only changes). */
+  private stamp(j: JobRecord, expected: number, generation: number, outcome: string): VolumeStateCas {
+    return { epoch: j.epoch, expectedGeneration: expected, generation, legality: 'LEGAL', jobId: j.id, jobKind: 'flatten', jobOutcome: outcome, raiseLagging: true };
+  }
+
+  /** Progress after segment s: persisted at most every PERSIST_MS; --throttle-mibps paces the copy. */
+  private async progress(j: JobRecord, s: number, copied: number, pace: Pace): Promise<void> {
+    j.copied = (j.copied ?? 0) + copied;
+    pace.copied += copied;
+    j.done = Math.min(j.total, (s + 1) * this.entry(j).volume.chunkSize);
+    j.updatedMs = this.host.now();
+    await this.persist(j);
+    crashPoint('manager.flatten.segment');
+    const ahead = pace.rate > 0 ? (pace.copied * 1000) / pace.rate - (this.host.now() - pace.began) : 0;
+    if (ahead > 0) await new Promise((r) => setTimeout(r, Math.min(ahead, 60_000)));
+  }
+
+  /**
+   * Detached, the volume held (volumes.exclusive): the job's lease, segments
+   * from s, the final CAS and the batch. False: it was attached before we held it.
+   */
+  private async detachedRest(j: JobRecord, w: Worker, io: ChunkIo, from: number, e: VolumeEntry, pace: Pace): Promise<boolean> {
+    if (e.volume.attachedHead || e.volume.standbyHead) return false;
+    if (!w.leased) await this.takeLease(j, w, e);
+    for (let s = from; s < e.volume.segmentCount; s++) await this.progress(j, s, await this.segment(j, w, io, s), pace);
+    this.host.checkAbort(j);
+    await this.commit(j, w, e);
+    log.info({ job: j.id, volume: j.volume, copied: j.copied, ms: j.endedMs - j.startedMs }, 'flatten job succeeded (detached, copied by the manager): the backing is dropped');
+    await this.hooks?.noted?.(j.volumeId).catch(() => undefined);
+    return true;
+  }
+
+  /** Attached: CAS g+1 on every node, then one batch (no backing, g+1, the job succeeded); the holder gets its plain map. */
+  private async finishAttached(j: JobRecord, w: Worker): Promise<boolean> {
     this.host.checkAbort(j);
     const g = j.expectedGeneration;
-    await this.volumes.exclusive(j.volume, async (e) => {
+    const done = await this.volumes.exclusive(j.volume, async (e) => {
       const v = e.volume;
-      if (v.generation !== g) throw new StaleGenerationError(`volume ${v.name} moved to generation ${v.generation} during its flatten; run it again`);
+      if (v.generation < g) throw new StaleGenerationError(`volume ${v.name} is at generation ${v.generation}, below the job's ${g}; run the flatten again`);
+      if (!v.attachedHead) return false; // detached at the end: the manager finishes it (the caller)
       // Attached: its I/O pauses (writes in flight finish) before the map without backing and a newer epoch replace the old ones.
-      const resume = v.attachedHead ? await this.hooks!.quiesce(v) : undefined;
+      const resume = await this.hooks!.quiesce(v);
       try {
         await this.commit(j, w, e);
       } catch (err) {
-        await resume?.(false);
+        await resume(false);
         throw err;
       }
-      await resume?.(true).catch((err: unknown) => {
+      await resume(true).catch((err: unknown) => {
         log.warn({ job: j.id, volume: v.name, err: errorMessage(err) }, 'flatten: attaching the volume again with its plain map failed (it is detached; attach it again)');
       });
-      log.info({ job: j.id, volume: v.name, copied: j.copied, ms: j.endedMs - j.startedMs, online: Boolean(resume) }, 'flatten job succeeded: the backing is dropped');
+      log.info({ job: j.id, volume: v.name, copied: j.copied, ms: j.endedMs - j.startedMs, online: true }, 'flatten job succeeded (its head copied): the backing is dropped');
+      return true;
     });
+    if (!done) return false;
     await this.hooks?.noted?.(j.volumeId).catch(() => undefined);
     this.host.mapChanged?.(j.volumeId);
+    return true;
   }
 
   /** The final CAS and the batch (the volume held, its I/O paused if attached). */
   private async commit(j: JobRecord, w: Worker, e: VolumeEntry): Promise<void> {
     const v = e.volume;
-    const g = j.expectedGeneration;
+    const g = v.generation;
     if (v.attachedHead) {
       j.epoch = v.epoch;
     } else if (!w.leased) {
@@ -295,7 +298,7 @@ export class FlattenJobs {
       j.epoch = v.epoch;
       await this.host.store.write(this.host.store.batch().putVolume(v).putJob(j));
     }
-    await casVolume(this.peers, this.registry, e.map, v.id, this.stamp(j, g + 1, 'succeeded', !v.attachedHead && !w.leased));
+    await casVolume(this.peers, this.registry, e.map, v.id, this.stamp(j, g, g + 1, 'succeeded'));
     const next: VolumeRecord = { ...v, generation: g + 1 };
     delete next.backing;
     j.state = 'succeeded';
@@ -318,11 +321,11 @@ export class FlattenJobs {
   }
 }
 
+interface Pace { rate: number; began: number; copied: number }
+
 interface Worker {
   /** The manager holds the job's lease on the detached volume (taken in this process). */
   leased: boolean;
-  /** Some segment was copied by the manager (a last pass follows). */
-  detached: boolean;
   /** The last progress (RETRY_LIMIT_MS counts from it). */
   since: number;
 }
