@@ -236,6 +236,7 @@ export class ManagerCore {
           return core.quiesceForSnapshot(v);
         },
         noted: (id) => core.snapshots.onLineage?.(id) ?? Promise.resolve(),
+        deleteVolume: (name) => volumes.delete(name),
         resyncsOf: (id) => resyncs.book.ofVolume(id).length,
       };
       core.jobs.staleMarked = (id, why) => {

@@ -36,13 +36,22 @@ export function registerSnapshotCommands(program: Command): void {
       })), { name: 'NAME', volumeId: 'ID', origin: 'ORIGIN', size: 'SIZE', created: 'CREATED', clones: 'DEPENDENTS', backing: 'BACKING', lvolid: 'LVOLID' }));
     }));
 
-  adminCommand(snapshot, 'delete', 'delete a snapshot (refused while volumes read from it: flatten them first)')
+  adminCommand(snapshot, 'delete', 'delete a snapshot (its origin alone reads from it: merged into it first, as a job; refused while clones read from it)')
     .argument('<name>', 'snapshot name')
+    .option('--no-wait', 'a merge: print the job and return (follow it with vsky job watch ID)')
+    .addHelpText('after', '\nWhen the only volume reading from the snapshot is the volume it was taken of, that volume takes over\n'
+      + 'what it still reads from it (segments it never wrote are handed back without a copy when it is detached;\n'
+      + 'the rest is copied, as by vsky volume flatten), then the snapshot is deleted. Clones reading from it: refused.')
     .action((name: string, o) => withManager(o, async (m) => {
       const { volumes } = await call(m, 'ListVolumes', {});
       const s = volumes.find((v) => v.name === name);
       if (!s) throw new Error(`no snapshot "${name}": see vsky snapshot list`);
       if (s.kind !== 'snapshot') throw new Error(`${name} is a volume, not a snapshot: delete it with vsky volume delete ${name}`);
+      if (s.origin && s.dependents.length === 1 && s.dependents[0] === s.origin) {
+        const j = await call(m, 'SubmitJob', { jobId: '', kind: 'flatten', volume: s.origin, expectedGeneration: 0, args: { merge: name } });
+        await submitted(o, m, j);
+        return;
+      }
       await call(m, 'DeleteVolume', { name }, 60_000);
       emit(o, { deleted: name }, () => process.stdout.write(`deleted snapshot ${name}\n`));
     }));

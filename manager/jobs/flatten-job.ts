@@ -4,12 +4,14 @@ import { crashPoint } from '../../shared/fault-points.js';
 import { moduleLogger } from '../../shared/logger.js';
 import { formatSize } from '../../shared/units.js';
 import type { PeerClients } from '../node-clients.js';
+import type { PlacementModel } from '../placement.js';
 import type { Registry } from '../registry.js';
 import type { ManagerStore } from '../store.js';
 import type { VolumeRecord } from '../types.js';
 import type { VolumeEntry, Volumes } from '../volumes.js';
 import { dataProtocolIo, type ChunkIo } from './data-path.js';
 import { copySegment } from './flatten-copy.js';
+import { checkMerge, handOver } from './merge.js';
 import { casVolume, type VolumeStateCas } from './node-cas.js';
 import type { Recon } from './recon.js';
 import { putJob, type JobRecord } from './records.js';
@@ -59,6 +61,8 @@ export interface FlattenHooks {
   quiesce(v: VolumeRecord): Promise<(committed: boolean) => Promise<void>>;
   /** The volume's lineage changed (its note on the storage nodes). */
   noted?(volumeId: number): Promise<void>;
+  /** Deletes a merged snapshot once its origin no longer reads from it (Volumes.delete). */
+  deleteVolume(name: string): Promise<void>;
   /** Resyncs or drains queued or running on the volume. */
   resyncsOf?(volumeId: number): number;
 }
@@ -87,11 +91,12 @@ export class FlattenJobs {
     private readonly registry: Registry,
     private readonly volumes: Volumes,
     private readonly peers: PeerClients,
+    private readonly model: PlacementModel,
   ) {}
 
   /** Checks a flatten request before anything is recorded. */
   prepare(name: string, args: Record<string, string>): void {
-    for (const k of Object.keys(args)) if (k !== 'throttle_mibps') throw new InvalidArgumentError(`flatten: unknown argument "${k}" (use throttle_mibps)`);
+    for (const k of Object.keys(args)) if (k !== 'throttle_mibps' && k !== 'merge') throw new InvalidArgumentError(`flatten: unknown argument "${k}" (use throttle_mibps, merge)`);
     const throttle = Number(args.throttle_mibps ?? 0);
     if (!Number.isInteger(throttle) || throttle < 0 || throttle > 1_000_000) throw new InvalidArgumentError(`flatten: throttle_mibps must be a whole number of MiB/s (0: unthrottled), not "${args.throttle_mibps}"`);
     const v = this.volumes.entry(name).volume;
@@ -99,6 +104,7 @@ export class FlattenJobs {
     if (v.backing === undefined) throw new InvalidArgumentError(`volume ${name} has no backing: it holds all its data already; nothing to flatten; nothing changed`, { volume: name });
     if (v.standbyHead) throw new ConflictError(`volume ${name} is being migrated (standby head attached): finish or cancel the migration first; nothing changed`, { volume: name });
     if (!this.hooks) throw new ConflictError('this manager cannot run flatten jobs');
+    if (args.merge !== undefined) checkMerge(this.volumes, name, args.merge);
   }
 
   /** The worker: every segment, then the end. Resumes from j.done (a restarted manager). */
@@ -128,11 +134,11 @@ export class FlattenJobs {
         if (!this.entry(j).volume.attachedHead) {
           // Detached: the manager copies the rest with the volume held, as a wipe does (attach, resyncs, snapshots wait).
           const done = await this.volumes.exclusive(j.volume, (held) => this.detachedRest(j, w, io, s, held, pace));
-          if (done) return;
+          if (done) return await this.merged(j);
           continue; // attached meanwhile: its head copies
         }
         if (s >= e.volume.segmentCount) {
-          if (await this.finishAttached(j, w)) return;
+          if (await this.finishAttached(j, w)) return await this.merged(j);
           continue;
         }
         const copied = await this.segment(j, w, io, s);
@@ -231,6 +237,33 @@ export class FlattenJobs {
     return { epoch: j.epoch, expectedGeneration: expected, generation, legality: 'LEGAL', jobId: j.id, jobKind: 'flatten', jobOutcome: outcome, raiseLagging: true };
   }
 
+  /** A merge: the snapshot, read by nothing now, is deleted. */
+  private async merged(j: JobRecord): Promise<void> {
+    const snap = j.args.merge;
+    if (snap === undefined || !this.volumes.find(snap)) return;
+    await this.hooks!.deleteVolume(snap).catch((err: unknown) => {
+      log.error({ job: j.id, snapshot: snap, err: errorMessage(err) }, `merge: the snapshot was merged into ${j.volume} but not deleted: delete it (vsky snapshot delete ${snap})`);
+    });
+    log.info({ job: j.id, volume: j.volume, snapshot: snap, merged: j.merged?.length ?? 0 }, 'snapshot merged into its origin and deleted');
+  }
+
+  /** Runs fn until it works, as segment() does (RETRY_MS apart, `waiting` saying why; RETRY_LIMIT_MS without progress fails). */
+  private async retrying<T>(j: JobRecord, w: Worker, what: string, fn: () => Promise<T>): Promise<T> {
+    for (;;) {
+      this.host.checkAbort(j);
+      try {
+        const out = await fn();
+        w.since = this.host.now();
+        return out;
+      } catch (err) {
+        if (this.host.now() - w.since > RETRY_LIMIT_MS) throw err;
+        j.waiting = `${what}: ${errorMessage(err)}; retrying every ${RETRY_MS / 1000} s`;
+        await putJob(this.host.store, j);
+        await new Promise((r) => setTimeout(r, RETRY_MS));
+      }
+    }
+  }
+
   /** Progress after segment s: persisted at most every PERSIST_MS; --throttle-mibps paces the copy. */
   private async progress(j: JobRecord, s: number, copied: number, pace: Pace): Promise<void> {
     j.copied = (j.copied ?? 0) + copied;
@@ -250,6 +283,10 @@ export class FlattenJobs {
   private async detachedRest(j: JobRecord, w: Worker, io: ChunkIo, from: number, e: VolumeEntry, pace: Pace): Promise<boolean> {
     if (e.volume.attachedHead || e.volume.standbyHead) return false;
     if (!w.leased) await this.takeLease(j, w, e);
+    if (j.args.merge !== undefined) {
+      const ctx = { store: this.host.store, model: this.model, registry: this.registry, peers: this.peers, volumes: this.volumes, resyncsOf: this.hooks?.resyncsOf };
+      await this.retrying(j, w, 'handing segments back', () => handOver(ctx, j, e));
+    }
     for (let s = from; s < e.volume.segmentCount; s++) await this.progress(j, s, await this.segment(j, w, io, s), pace);
     this.host.checkAbort(j);
     await this.commit(j, w, e);

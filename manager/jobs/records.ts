@@ -53,6 +53,8 @@ export interface JobRecord {
   online?: boolean;
   /** Flatten: bytes copied from the backing chain into the volume's own chunks. */
   copied?: number;
+  /** Flatten with merge (merge.ts): the segments handed back from the snapshot without a copy. */
+  merged?: number[];
   /** Pending: what it waits for (a copy: disks at the per-disk limit, copy.ts); running: why it is stuck (a flatten retrying a segment). */
   waiting?: string;
 }

@@ -107,7 +107,7 @@ export class Jobs {
     this.flattens = new FlattenJobs({
       store, recon: this.recon, now: () => this.now(), checkAbort: (j) => this.checkAbort(j), end: (j, state, error) => this.end(j, state, error, undefined, false),
       release: (id) => { this.release(id); this.pruner.soon(); }, mapChanged: (id) => this.mapChanged?.(id),
-    }, registry, volumes, peers);
+    }, registry, volumes, peers, model);
     this.pruner = new JobPruner(store, this.jobs, volumes, opts.retention, () => this.now());
     this.verdicts = new Verdicts({
       volumes, registry, peers, recon: this.recon, end: (j, state, error, volume, dirty) => this.end(j, state, error, volume, dirty),
