@@ -174,7 +174,7 @@ export class FlattenJobs {
         }
         return copied;
       } catch (err) {
-        if (j.state === 'fenced' || err instanceof StaleGenerationError) throw err;
+        if (j.state === 'fenced' || err instanceof StaleGenerationError || !this.volumes.byVolumeId(j.volumeId)) throw err;
         if (err instanceof VskyError && err.code === 'ESTALE_EPOCH' && !v.attachedHead && w.leased) {
           await this.host.end(j, 'fenced', `fenced: a storage node refused the job's epoch ${j.epoch} (${errorMessage(err)}); volume ${j.volume} keeps its backing, what was copied is its own: run vsky volume flatten ${j.volume} again`);
           throw err;
