@@ -194,7 +194,7 @@ export class Attachments implements ExportRegistry {
   }
 
   /** Flatten (docs/snapshots.md): copies what the volume reads from its backing into its chunks; I/O goes on. */
-  async flatten(name: string, epoch: number): Promise<{ bytes: number; regions: number }> {
+  async flatten(name: string, epoch: number, first = 0, count = 0): Promise<{ bytes: number; regions: number }> {
     const volume = this.volumes.get(name);
     if (volume === undefined) throw new NotFoundError(`volume ${name} is not attached to this head`, { volume: name });
     if (epoch !== volume.epoch || volume.lease !== 'held') throw new StaleEpochError(`volume ${name} is not held here with epoch ${epoch}`, { volume: name });
@@ -202,8 +202,8 @@ export class Attachments implements ExportRegistry {
     const backing = volume.backing;
     if (backing === undefined) return { bytes: 0, regions: 0 };
     const started = Date.now();
-    const done = await flattenVolume(backing, volume);
-    this.log.info({ volume: name, volumeId: volume.volumeId, ...done, ms: Date.now() - started }, 'volume flattened: every region its backing held is its own now');
+    const done = await flattenVolume(backing, volume, first, count);
+    this.log.info({ volume: name, volumeId: volume.volumeId, ...done, first, count, ms: Date.now() - started }, 'flatten: regions its backing held copied into its own chunks');
     return done;
   }
 

@@ -77,7 +77,7 @@ export function createControlHandlers(opts: ControlServiceOptions): HeadAgentHan
     }),
     FlattenVolume: unary(async (req: QuiesceVolumeRequest__Output) => {
       if (!req.name) throw new InvalidArgumentError('FlattenVolume: a volume name is required');
-      const done = await attachments.flatten(req.name, req.epoch);
+      const done = await attachments.flatten(req.name, req.epoch, req.firstSegment, req.segmentCount);
       return { bytesCopied: done.bytes, regionsCopied: done.regions };
     }),
     StartResync: unary(async (task: ResyncTask__Output): Promise<Empty> => {

@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '../shared/errors.js';
+import { ConflictError, InvalidArgumentError } from '../shared/errors.js';
 import type { SecretBox } from '../shared/security/secret-box.js';
 import { moduleLogger } from '../shared/logger.js';
 import { Attachments } from './attachments.js';
@@ -228,6 +228,17 @@ export class ManagerCore {
       attachments.jobGuard = (name) => core.jobs.blocking(name);
       core.jobs.mapChanged = (id) => pusher.changed(id);
       core.jobs.copies.disks = resyncs.jobDisks;
+      // Flatten jobs (manager/jobs/flatten-job.ts); core.thin and core.snapshots are set below, before any worker needs them.
+      core.jobs.flattens.hooks = {
+        allocate: (volume, segment) => core.thin.allocateFor(volume, [segment]),
+        quiesce: (v) => {
+          if (!core.quiesceForSnapshot) throw new ConflictError(`volume ${v.name} is attached and this manager cannot pause it; detach it and run the flatten again`);
+          return core.quiesceForSnapshot(v);
+        },
+        noted: (id) => core.snapshots.onLineage?.(id) ?? Promise.resolve(),
+        deleteVolume: (name) => volumes.delete(name),
+        resyncsOf: (id) => resyncs.book.ofVolume(id).length,
+      };
       core.jobs.staleMarked = (id, why) => {
         pusher.changed(id);
         resyncs.wake(why);

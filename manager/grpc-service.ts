@@ -75,9 +75,7 @@ export function managerHandlers(core: ManagerCore): ManagerHandlers {
     }))),
     CreateSnapshot: unary(async (req) => info(await core.snapshots.create(req.volume, req.name, core.quiesceForSnapshot))),
     CloneVolume: unary(async (req) => info(await core.snapshots.clone(req.snapshot, req.name))),
-    FlattenVolume: unary(async (req) => info(await flattenVolume(req.name, {
-      volumes, registry, peers: core.peers, attachments, noted: core.snapshots.onLineage,
-    }))),
+    FlattenVolume: unary(async (req) => info(await flattenVolume(req.name, { volumes, jobs: core.jobs }))),
     DeleteVolume: unary(async (req) => {
       await volumes.delete(req.name);
       return {};

@@ -31,6 +31,7 @@ function progressText(j: JobInfo__Output): string {
     const eta = rate > 0 && j.done < j.total ? `, ETA ${Math.ceil((j.total - j.done) / rate)} s` : '';
     return `${formatSize(j.done)} of ${formatSize(j.total)} copied${rate > 0 ? `, ${formatSize(Math.round(rate))}/s` : ''}${eta}`;
   }
+  if (j.kind === 'flatten') return `${formatSize(j.done)} of ${formatSize(j.total)} examined, ${formatSize(j.copied)} copied`;
   return j.kind === 'wipe' ? `${formatSize(j.done)} of ${formatSize(j.total)} zeroed` : `${j.done} of ${j.total} chunks allocated`;
 }
 
@@ -64,7 +65,7 @@ export function submitted(o: { json?: boolean; wait?: boolean }, m: Parameters<P
 }
 
 export function registerJobCommands(program: Command): void {
-  const job = program.command('job').description('storage jobs (wipe, resize, copy; resyncs and drains shown read-only): list, show, abort, watch');
+  const job = program.command('job').description('storage jobs (wipe, resize, copy, flatten; resyncs and drains shown read-only): list, show, abort, watch');
 
   adminCommand(job, 'list', 'list storage jobs')
     .option('--volume <name>', 'only this volume\'s jobs')

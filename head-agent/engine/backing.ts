@@ -220,14 +220,16 @@ export interface FlattenTarget {
  * Copies every region of `v` it has not written and its chain holds data in
  * (not all zeros) into its own chunks, one region at a time under the same
  * per-region lock as a copy-up: a foreground write that got there first wins
- * (the region is skipped once written). Returns the bytes copied.
+ * (the region is skipped once written). Returns the bytes copied. `first`,
+ * `count`: only those segments (count 0: to the end).
  */
-export async function flattenVolume(b: Backing, v: FlattenTarget): Promise<{ bytes: number; regions: number }> {
+export async function flattenVolume(b: Backing, v: FlattenTarget, first = 0, count = 0): Promise<{ bytes: number; regions: number }> {
   const rs = b.regionSize;
   const buf = Buffer.allocUnsafe(rs);
   let bytes = 0;
   let regions = 0;
-  for (let s = 0; s < v.segmentCount; s++) {
+  const end = count > 0 ? Math.min(v.segmentCount, first + count) : v.segmentCount;
+  for (let s = first; s < end; s++) {
     if (b.chainEmpty(s)) continue;
     const segLen = Math.min(v.chunkSize, v.size - s * v.chunkSize);
     for (let off = 0; off < segLen; off += rs) {

@@ -36,3 +36,36 @@ export function dataProtocolPath(): JobDataPath {
     },
   };
 }
+
+/** Reads and writes of whole regions for a flatten job's worker (flatten-copy.ts), over the data protocol. */
+export interface ChunkIo {
+  read(dataAddress: string, volumeId: number, segment: number, slot: number, offset: number, dest: Buffer): Promise<void>;
+  /** A write under `epoch` (a STALE_EPOCH reply: the job was fenced). */
+  write(dataAddress: string, volumeId: number, segment: number, slot: number, epoch: number, offset: number, data: Buffer): Promise<void>;
+  flush(dataAddress: string, volumeId: number, segment: number, slot: number, epoch: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export function dataProtocolIo(): ChunkIo {
+  const conns = new Map<string, NodeConnection>();
+  const conn = (a: string) => {
+    let c = conns.get(a);
+    if (!c) { c = new NodeConnection(a); conns.set(a, c); }
+    return c;
+  };
+  return {
+    read: (a, volumeId, segment, slot, offset, dest) => new ChunkTarget(conn(a), volumeId, segment, slot).read(offset, dest),
+    write: (a, volumeId, segment, slot, epoch, offset, data) => {
+      const c = conn(a);
+      return c.request(new ChunkTarget(c, volumeId, segment, slot), Opcode.WRITE, 0, epoch, offset, data.length, data);
+    },
+    flush: (a, volumeId, segment, slot, epoch) => {
+      const c = conn(a);
+      return c.request(new ChunkTarget(c, volumeId, segment, slot), Opcode.FLUSH, 0, epoch, 0, 0, undefined);
+    },
+    close: async () => {
+      await Promise.all([...conns.values()].map((c) => c.close()));
+      conns.clear();
+    },
+  };
+}

@@ -10,8 +10,8 @@ import type { ManagerStore } from '../store.js';
 // records of the volume too (storage-node/disk-format.ts: at most 48 bytes),
 // so reconnaissance can tell which job last changed a volume.
 
-export type JobKind = 'wipe' | 'resize' | 'copy';
-export const JOB_KINDS: readonly JobKind[] = ['wipe', 'resize', 'copy'];
+export type JobKind = 'wipe' | 'resize' | 'copy' | 'flatten';
+export const JOB_KINDS: readonly JobKind[] = ['wipe', 'resize', 'copy', 'flatten'];
 
 /**
  * pending: accepted, not started. running: the worker holds the lease.
@@ -39,7 +39,7 @@ export interface JobRecord {
   error: string;
   /** The lease epoch the job works under (0 before it took the lease). */
   epoch: number;
-  /** Work done and to do, in bytes (wipe: bytes zeroed over every replica; resize: chunks allocated; copy: bytes copied or zeroed). */
+  /** Work done and to do, in bytes (wipe: bytes zeroed over every replica; resize: chunks allocated; copy: bytes copied or zeroed; flatten: bytes of the volume examined). */
   done: number;
   total: number;
   /** The head agent hosting the job (its id; copy jobs), absent: the manager runs it. */
@@ -51,7 +51,11 @@ export interface JobRecord {
   endedMs: number;
   /** A resize of an attached volume: it works under the holder's epoch and is never fenced (online-resize.ts). */
   online?: boolean;
-  /** Pending: what it waits for (a copy: disks at the per-disk limit, copy.ts). */
+  /** Flatten: bytes copied from the backing chain into the volume's own chunks. */
+  copied?: number;
+  /** Flatten with merge (merge.ts): the segments handed back from the snapshot without a copy. */
+  merged?: number[];
+  /** Pending: what it waits for (a copy: disks at the per-disk limit, copy.ts); running: why it is stuck (a flatten retrying a segment). */
   waiting?: string;
 }
 
@@ -80,7 +84,7 @@ export function jobView(j: JobRecord): JobInfo {
   return {
     jobId: j.id, kind: j.kind, volume: j.volume, volumeId: j.volumeId, expectedGeneration: j.expectedGeneration, args: j.args,
     state: j.state, error: j.error, epoch: j.epoch, done: j.done, total: j.total, createdMs: j.createdMs, startedMs: j.startedMs, endedMs: j.endedMs,
-    host: j.host ?? '', updatedMs: j.updatedMs ?? 0, waiting: j.waiting ?? '',
+    host: j.host ?? '', updatedMs: j.updatedMs ?? 0, waiting: j.waiting ?? '', copied: j.copied ?? 0,
   };
 }
 

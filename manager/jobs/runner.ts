@@ -15,6 +15,7 @@ import type { ChunkMapRecord, VolumeRecord } from '../types.js';
 import type { VolumeEntry, Volumes } from '../volumes.js';
 import { CopyJobs } from './copy.js';
 import { dataProtocolPath, type JobDataPath } from './data-path.js';
+import { FlattenJobs } from './flatten-job.js';
 import { markDirty } from './dirty.js';
 import { JOB_ID_RE, JOB_KINDS, isFinal, loadJobs, putJob, sameRequest, type JobKind, type JobRecord } from './records.js';
 import { casNodes, casVolume, firstError, trustedNodes, type VolumeStateCas } from './node-cas.js';
@@ -77,6 +78,8 @@ export class Jobs {
   readonly recon: Recon;
   /** Copy jobs: checks, host choice, dispatch, the host's lease and reports. */
   readonly copies: CopyJobs;
+  /** Flatten jobs: the holder head or the manager copies what a volume reads from its backing (flatten-job.ts). */
+  readonly flattens: FlattenJobs;
   /** Overrides the worker's path to chunk data (tests). */
   dataPath?: () => JobDataPath;
   /** A volume's map changed and its holder may not have it (manager/core.ts: the map pusher re-sends it). */
@@ -101,6 +104,10 @@ export class Jobs {
       jobs: this.jobs, active: this.active, recon: this.recon, store, now: () => this.now(),
       end: (j, state, error) => this.end(j, state, error), settle: (j, report) => this.settle(j, report),
     }, registry, volumes, peers);
+    this.flattens = new FlattenJobs({
+      store, recon: this.recon, now: () => this.now(), checkAbort: (j) => this.checkAbort(j), end: (j, state, error) => this.end(j, state, error, undefined, false),
+      release: (id) => { this.release(id); this.pruner.soon(); }, mapChanged: (id) => this.mapChanged?.(id),
+    }, registry, volumes, peers, model);
     this.pruner = new JobPruner(store, this.jobs, volumes, opts.retention, () => this.now());
     this.verdicts = new Verdicts({
       volumes, registry, peers, recon: this.recon, end: (j, state, error, volume, dirty) => this.end(j, state, error, volume, dirty),
@@ -130,6 +137,7 @@ export class Jobs {
       if (src) this.active.set(src.volume.id, j.id);
       // A copy handed to its host runs on: the host gets a full lease TTL to report again.
       if (j.kind === 'copy' && j.host && j.state !== 'pending' && j.epoch > 0) this.copies.watch(j);
+      else if (j.kind === 'flatten') this.track(j.id, this.run(j)); // resumes: copied regions are skipped
       else this.track(j.id, this.verdicts.resolveInterrupted(j));
     }
     await this.pruner.start();
@@ -146,6 +154,8 @@ export class Jobs {
     const id = e ? this.active.get(e.volume.id) : undefined;
     if (id === undefined) return '';
     const j = this.jobs.get(id)!;
+    // A flatten copying through the holder head leaves attach alone (a new holder gets the next segments).
+    if (j.kind === 'flatten' && j.online) return '';
     return `volume ${volumeName} has a ${j.kind} job (${j.id}, ${j.state}) running: it cannot be attached until the job ends (vsky job show ${j.id}; vsky job abort ${j.id})`;
   }
 
@@ -180,6 +190,7 @@ export class Jobs {
     }
     const args = { ...input.args };
     const host = kind === 'copy' ? await this.copies.prepare(input.volume, args) : undefined;
+    if (kind === 'flatten') this.flattens.prepare(input.volume, args);
     const { volume } = this.volumes.entry(input.volume);
     if (kind === 'resize') checkResize(volume, args);
     const busy = this.active.get(volume.id);
@@ -291,6 +302,7 @@ export class Jobs {
   private async run(j: JobRecord): Promise<void> {
     if (j.state === 'aborting') return this.end(j, 'aborted', 'aborted before it started; nothing was touched', undefined, false);
     try {
+      if (j.kind === 'flatten') return await this.flattens.run(j);
       if (j.kind === 'copy') await this.copies.waitForDisks(j, () => this.checkAbort(j));
       await this.volumes.exclusive(j.volume, (e) => this.work(j, e));
       // A copy: the lease is taken and the destination DIRTY; its host does the rest.
@@ -299,7 +311,8 @@ export class Jobs {
       if (isFinal(j.state) || err instanceof Stopped || this.stopping) return;
       const dirty = this.dirtied.has(j.id) ? ` (volume ${j.volume} stays DIRTY at generation ${j.expectedGeneration})` : '';
       if (err instanceof Aborted || (j.state as string) === 'aborting') return this.end(j, 'aborted', `aborted${dirty}`, undefined, this.dirtied.has(j.id));
-      return this.end(j, 'failed', `${errorMessage(err)}${dirty}`, undefined, this.dirtied.has(j.id));
+      const again = j.kind === 'flatten' ? ` (volume ${j.volume} keeps its backing; what was copied is its own: run vsky volume flatten ${j.volume} again)` : '';
+      return this.end(j, 'failed', `${errorMessage(err)}${dirty}${again}`, undefined, this.dirtied.has(j.id));
     } finally {
       this.dirtied.delete(j.id);
     }

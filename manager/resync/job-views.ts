@@ -45,6 +45,7 @@ export function resyncJobViews(resyncs: Resyncs, volumes: Volumes, registry: Reg
       done: r.bytesCopied, total: Math.max(rt?.bytesExpected ?? entry.volume.chunkSize, r.bytesCopied),
       createdMs: r.createdMs, startedMs: r.startedMs, endedMs: 0, host, updatedMs: r.state === 'running' ? rt?.lastProgressMs ?? 0 : 0,
       waiting: r.state === 'queued' ? 'queued: a disk at its per-disk limit, no usable source, or the volume busy (vsky resync list)' : '',
+      copied: 0,
     });
   }
   return out.sort((a, b) => a.createdMs - b.createdMs || a.jobId.localeCompare(b.jobId));
@@ -64,6 +65,6 @@ export async function resyncJobView(resyncs: Resyncs, volumes: Volumes, registry
     jobId: id, kind: d.kind === 'drain' ? 'drain' : 'resync', volume: volumeName, volumeId: volumes.find(volumeName)?.volume.id ?? 0,
     expectedGeneration: generation - 1, args: { segment: String(d.segment ?? ''), slot: String(d.slot ?? ''), target: String(d.target ?? ''), generation: `${generation - 1} -> ${generation}` },
     state: 'succeeded', error: '', epoch: 0, done: Number(d.bytes ?? 0), total: Number(d.bytes ?? 0),
-    createdMs: 0, startedMs: ended.timeMs - Number(d.ms ?? 0), endedMs: ended.timeMs, host: String(d.executor ?? ''), updatedMs: ended.timeMs, waiting: '',
+    createdMs: 0, startedMs: ended.timeMs - Number(d.ms ?? 0), endedMs: ended.timeMs, host: String(d.executor ?? ''), updatedMs: ended.timeMs, waiting: '', copied: 0,
   };
 }

@@ -16,7 +16,7 @@ export const EVENT_KINDS = [
   'job.succeeded', 'job.failed', 'job.aborted', 'job.fenced',
   'intid.conflict', 'disk.bad_blocks', 'server.halted', 'head.halted',
   'segment.allocated', 'segment.allocate_failed', 'segment.freed', 'pool.threshold',
-  'snapshot.created', 'volume.cloned',
+  'snapshot.created', 'volume.cloned', 'snapshot.merging',
 ] as const;
 
 export type EventKind = (typeof EVENT_KINDS)[number];

@@ -24,7 +24,7 @@ export const Legality = { LEGAL: 0, DIRTY: 1, DELETING: 2, CREATING: 3 } as cons
 /** Legality values as names (ChunkIdentity.legality on the wire). */
 export const LEGALITY_NAMES = ['LEGAL', 'DIRTY', 'DELETING', 'CREATING'] as const;
 /** Kinds of the last storage job recorded on a chunk (0: none). */
-export const JOB_KINDS = ['', 'wipe', 'resize', 'fence', 'copy'] as const;
+export const JOB_KINDS = ['', 'wipe', 'resize', 'fence', 'copy', 'flatten'] as const;
 /** Outcomes of the last storage job recorded on a chunk (0: none). */
 export const JOB_OUTCOMES = ['', 'running', 'succeeded', 'failed', 'fenced'] as const;
 export type JobKindName = (typeof JOB_KINDS)[number];

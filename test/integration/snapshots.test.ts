@@ -153,7 +153,8 @@ describe('snapshots and clones: redirect-on-write, read-through, copy-up', () =>
     expect(String(noBacking.stderr)).toMatch(/snap1 is a snapshot/);
     const r = await vsky(['volume', 'flatten', 'c2', '--json'], m());
     expect(r.exitCode, String(r.stderr)).toBe(0);
-    expect(JSON.parse(String(r.stdout))).toMatchObject({ name: 'c2', backing: '', allocatedSegments: 4 });
+    expect(JSON.parse(String(r.stdout))).toMatchObject({ kind: 'flatten', volume: 'c2', state: 'succeeded' }); // a storage job (flatten-job.test.ts)
+    expect(await vol('c2')).toMatchObject({ name: 'c2', backing: '', allocatedSegments: 4 });
     expect((await vol('snap1'))!.dependents).not.toContain('c2');
     expect((await vol('c1b'))!.backing).toBe('');
     // Through a fresh attach (no backing chain any more): the template's data and c2's own writes.
