@@ -185,18 +185,12 @@ export class Backing {
       const end = so + data.length;
       const start = !testBit(bits, first) && so % rs !== 0 ? first * rs : so;
       const stop = !testBit(bits, last) && end % rs !== 0 ? Math.min((last + 1) * rs, segLen) : end;
-      let buf = data;
-      if (start !== so || stop !== end) {
-        buf = Buffer.allocUnsafe(stop - start);
-        const fills: Promise<unknown>[] = [];
-        if (start < so) fills.push(this.readLevel(0, s, start, buf.subarray(0, so - start)));
-        if (stop > end) fills.push(this.readLevel(0, s, end, buf.subarray(end - start)));
-        await settleAll(fills);
-        data.copy(buf, so - start);
-      }
+      const filled = start !== so || stop !== end ? await this.fill(s, start, stop, so, data) : undefined;
+      const buf = filled ?? data;
+      const at0 = filled === undefined ? so : start;
       const pieces: Promise<void>[] = [];
       for (let at = 0; at < buf.length; at += this.maxPiece) {
-        pieces.push(m.write(start + at, buf.subarray(at, Math.min(buf.length, at + this.maxPiece)), fua));
+        pieces.push(m.write(at0 + at, buf.subarray(at, Math.min(buf.length, at + this.maxPiece)), fua));
       }
       await settleAll(pieces);
       for (const r of mine) setBit(bits, r);
@@ -204,6 +198,48 @@ export class Backing {
       for (const r of mine) this.copying.delete(base + r);
       release();
     }
+  }
+
+  /**
+   * The bytes a copy-up writes: [start, stop) of segment s, `data` at `so`
+   * and the chain's bytes around it. Undefined when the edges read zeros in
+   * the whole chain without I/O: then `data` alone is written and the node
+   * zero-fills the rest of each region it writes first (rule 7). A small
+   * write takes its two edges in ONE read of the chain (the data's bytes are
+   * read too and overwritten): one request instead of two.
+   */
+  private async fill(s: number, start: number, stop: number, so: number, data: Buffer): Promise<Buffer | undefined> {
+    const rs = this.regionSize;
+    const end = so + data.length;
+    if (this.chainZeros(s, Math.floor(start / rs), Math.floor((stop - 1) / rs))) return undefined;
+    const buf = Buffer.allocUnsafe(stop - start);
+    if (start < so && stop > end && stop - start <= ONE_READ_SPAN * rs) {
+      await this.readLevel(0, s, start, buf);
+    } else {
+      const fills: Promise<unknown>[] = [];
+      if (start < so) fills.push(this.readLevel(0, s, start, buf.subarray(0, so - start)));
+      if (stop > end) fills.push(this.readLevel(0, s, end, buf.subarray(end - start)));
+      await settleAll(fills);
+    }
+    data.copy(buf, so - start);
+    return buf;
+  }
+
+  /**
+   * Whether regions first..last of segment s read zeros at every level of the
+   * chain with no I/O: the segment is unallocated there, or that level's
+   * written bits for them are clear. A level without written bits (a plain
+   * volume) holds data wherever it is allocated.
+   */
+  chainZeros(s: number, first: number, last: number): boolean {
+    for (const level of this.levels) {
+      const m = level.mirrors[s];
+      if (m === undefined || m.replicas.length === 0) continue;
+      if (level.written === undefined) return false;
+      const w = level.written[s];
+      if (w !== undefined && anySet(w, first, last)) return false;
+    }
+    return true;
   }
 }
 
@@ -247,6 +283,15 @@ export async function flattenVolume(b: Backing, v: FlattenTarget, first = 0, cou
     }
   }
   return { bytes, regions };
+}
+
+/** A copy-up whose two edges are at most this many regions apart reads them from the chain in one request. */
+const ONE_READ_SPAN = 4;
+
+/** Whether any region in [first, last] is set. */
+function anySet(map: Uint8Array, first: number, last: number): boolean {
+  for (let r = first; r <= last; r++) if (testBit(map, r)) return true;
+  return false;
 }
 
 /** A zero buffer shared by WRITE_ZEROES / DISCARD on volumes with a backing (never written into). */
