@@ -3,28 +3,33 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { WriteGatherer } from '../../storage-node/write-gather.js';
+import { WriteMode, type WriteModeName } from '../../storage-node/write-mode.js';
 import type { Done } from '../../storage-node/chunk.js';
 
 // WriteGatherer on a real file: adjacent writes of one tick leave as one
 // run (one pwritev), anything else as its own run; every byte lands where it
-// was addressed and every callback is called exactly once, after its run.
+// was addressed and every callback is called exactly once, after its run,
+// never inside add(). Both ways of writing a run: on the event loop and
+// through the thread pool (write-mode.ts).
 
-describe('WriteGatherer', () => {
+describe.each<WriteModeName>(['sync', 'pool'])('WriteGatherer (%s writes)', (modeName) => {
   let dir: string;
   let path: string;
   let fd: number;
   let runsDone: { position: number; writes: number; err: NodeJS.ErrnoException | null }[];
   let gatherer: WriteGatherer;
+  let mode: WriteMode;
 
   beforeEach(() => {
     dir = mkdtempSync(join(tmpdir(), 'vsky-gather-'));
     path = join(dir, 'disk.img');
     fd = openSync(path, 'w+');
     runsDone = [];
+    mode = new WriteMode(modeName);
     gatherer = new WriteGatherer(() => fd, (err, position, callbacks) => {
       runsDone.push({ position, writes: callbacks.length, err });
       for (const cb of callbacks) cb(err === null ? null : err);
-    });
+    }, mode);
   });
 
   afterEach(() => {
@@ -43,7 +48,22 @@ describe('WriteGatherer', () => {
     await Promise.all([write(parts[0]!, 0), write(parts[1]!, 4096), write(parts[2]!, 12288)]);
     expect(runsDone).toEqual([{ position: 0, writes: 3, err: null }]);
     expect(gatherer.runs).toBe(1);
+    expect(mode.syncRuns).toBe(modeName === 'sync' ? 1 : 0);
     expect(readFileSync(path).equals(Buffer.concat(parts))).toBe(true);
+  });
+
+  it('never calls back inside add(), even for a run closed by a later write of the tick', async () => {
+    let inside = false;
+    let calledInside = 0;
+    const cb: Done = () => { if (inside) calledInside++; };
+    inside = true;
+    gatherer.add(fill(512, 1), 0, cb);
+    gatherer.add(fill(512, 2), 4096, cb); // closes the first run
+    gatherer.add(fill(512, 3), 8192, cb);
+    inside = false;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(calledInside).toBe(0);
+    expect(runsDone.map((r) => r.position)).toEqual([0, 4096, 8192]);
   });
 
   it('starts a new run at a gap, a backwards write or a later tick', async () => {
