@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import type { Done } from './chunk.js';
-import { WriteMode } from './write-mode.js';
+import { SyncIo } from './sync-io.js';
 
 // Data writes of one tick that continue each other on disk leave as ONE
 // pwritev. A head's sequential stream arrives as many 64 KiB WRITEs in one
@@ -14,15 +14,15 @@ import { WriteMode } from './write-mode.js';
 // written; a failed run fails every write in it (which of its parts landed is
 // unknown).
 //
-// How a run is written (write-mode.ts): on the event loop (pwrite/pwritev
-// into the page cache, typically a few microseconds) or through libuv's
-// thread pool. Measured on 4 KiB writes at QD16 (docs/benchmarks.md, issue
-// 12 fourth pass): the pool hop costs each node ~5 futex calls and two thread
-// switches per write. A synchronous write that turns slow (the kernel
-// throttling dirty pages, a failing disk) switches this disk to the pool for
-// a while, so the event loop (pings, other volumes' reads) is never held
-// long. Durability is unchanged: the file is not O_SYNC in either mode, and
-// FUA and FLUSH still fdatasync (async) before their reply.
+// How a run is written (sync-io.ts): on the event loop (pwrite/pwritev
+// into the page cache, a few microseconds) or through libuv's thread pool.
+// Measured on 4 KiB writes at QD16 (docs/benchmarks.md, issue 12 fourth
+// pass): the pool hop cost each node ~5 futex calls and two thread switches
+// per write, half of its CPU. A synchronous write that turns slow (the kernel
+// throttling dirty pages) or fails sends the disk to the pool until pool
+// writes are fast again; unaligned runs always go to the pool. Durability is
+// unchanged: the file is not O_SYNC in either mode, and FUA and FLUSH still
+// fdatasync (async) before their reply.
 
 /** Most buffers in one pwritev (IOV_MAX is 1024 on Linux). */
 const MAX_RUN_BUFFERS = 64;
@@ -42,7 +42,7 @@ export type RunDone = (err: NodeJS.ErrnoException | null, position: number, call
 export class WriteGatherer {
   private readonly fd: () => number;
   private readonly done: RunDone;
-  private readonly mode: WriteMode;
+  private readonly mode: SyncIo;
   private open: Run | undefined;
   /** Runs closed this tick, written at its end (with the open one). */
   private closed: Run[] = [];
@@ -51,7 +51,7 @@ export class WriteGatherer {
   runs = 0;
   writes = 0;
 
-  constructor(fd: () => number, done: RunDone, mode: WriteMode = new WriteMode()) {
+  constructor(fd: () => number, done: RunDone, mode: SyncIo = new SyncIo()) {
     this.fd = fd;
     this.done = done;
     this.mode = mode;
@@ -87,7 +87,7 @@ export class WriteGatherer {
 
   private send(run: Run): void {
     this.runs++;
-    if (this.mode.sync()) this.writeSync(run);
+    if (this.mode.sync(run.position, run.length)) this.writeSync(run);
     else this.writeFrom(run, run.buffers, run.position, run.length);
   }
 
@@ -114,7 +114,9 @@ export class WriteGatherer {
 
   /** Writes `buffers` (`length` bytes) at `position` through the thread pool, going on after a short write. */
   private writeFrom(run: Run, buffers: Buffer[], position: number, length: number): void {
+    const started = this.mode.poolStart();
     const next = (err: NodeJS.ErrnoException | null, n: number): void => {
+      this.mode.poolDone(started, err !== null);
       if (err === null && n < length) {
         if (n === 0) return this.done(Object.assign(new Error('disk accepted no bytes'), { code: 'EIO' }), position, run.callbacks);
         return this.writeFrom(run, remaining(buffers, n), position + n, length - n);
