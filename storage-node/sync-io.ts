@@ -4,7 +4,9 @@
 // queue, a futex wake, two thread switches, a completion callback: measured,
 // half of a node's CPU per 4 KiB write), so the default is synchronous.
 //
-// What can make a page-cache write block, and the rule for each:
+// Only small runs (up to SYNC_MAX_RUN) are written on the loop: for them the
+// hop costs more than the copy. What can make a page-cache write block, and
+// the rule for each:
 // - the kernel throttling a writer once too many pages are dirty
 //   (balance_dirty_pages: pauses of up to 200 ms each), e.g. a disk whose
 //   writeback slowed down or hung: a synchronous run slower than
@@ -31,6 +33,13 @@ export const SLOW_WRITE_MS = 2;
 export const POOL_SPELL_MS = 1000;
 /** Only runs aligned to this (position and length) are written synchronously. */
 export const SYNC_ALIGN = 4096;
+/**
+ * Larger runs go to the pool: there the hop is small next to the copy, and
+ * the event loop reads and dispatches the next requests while a pool thread
+ * copies (64 KiB overwrites at QD16 ran at a median of 184 MiB/s written on
+ * the loop against 222 MiB/s on the pool, alternated 3x).
+ */
+export const SYNC_MAX_RUN = 32 * 1024;
 
 export type SyncIoName = 'sync' | 'pool';
 
@@ -60,7 +69,7 @@ export class SyncIo {
 
   /** Whether a run of `length` bytes at `position` is written on the event loop. */
   sync(position: number, length: number): boolean {
-    if (!this.allowSync || position % SYNC_ALIGN !== 0 || length % SYNC_ALIGN !== 0) return false;
+    if (!this.allowSync || length > SYNC_MAX_RUN || position % SYNC_ALIGN !== 0 || length % SYNC_ALIGN !== 0) return false;
     if (this.poolUntil === 0) return true;
     if (performance.now() < this.poolUntil || this.poolInflight > 0 || !this.poolFast) return false;
     this.poolUntil = 0;

@@ -15,12 +15,13 @@ describe('SyncIo', () => {
     expect(m.sync(0, 4096)).toBe(true);
     m.observe(0.01, false);
     m.observe(1.9, false);
-    expect(m.sync(8192, 65536)).toBe(true);
+    expect(m.sync(8192, 32768)).toBe(true);
     expect(m.slowRuns).toBe(0);
   });
 
-  it('sends unaligned runs to the pool (a partial page may have to be read from the disk)', () => {
+  it('sends unaligned runs (a partial page may have to be read from the disk) and large runs to the pool', () => {
     const m = new SyncIo('sync');
+    expect(m.sync(0, 65536)).toBe(false);
     expect(m.sync(512, 4096)).toBe(false);
     expect(m.sync(4096, 512)).toBe(false);
   });
