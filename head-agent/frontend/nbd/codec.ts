@@ -230,25 +230,37 @@ export interface RequestHeader {
  * `length` data bytes for NBD_CMD_WRITE only. A WRITE above MAX_BLOCK_SIZE is
  * refused by FrameDecoder before anything is allocated.
  */
+/**
+ * Reads the request header at buf[at, at + 28) into `into` (a recycled
+ * request object on the server's hot path): no allocation. Throws
+ * ProtocolError on a bad magic.
+ */
+export function readRequestHeader<H extends RequestHeader>(buf: Buffer, at: number, into: H): H {
+  const magic = buf.readUInt32BE(at);
+  if (magic !== NBD_REQUEST_MAGIC) {
+    throw new ProtocolError(`NBD request: bad magic 0x${magic.toString(16)}, expected 0x${NBD_REQUEST_MAGIC.toString(16)}`, { magic });
+  }
+  into.flags = buf.readUInt16BE(at + 4);
+  into.type = buf.readUInt16BE(at + 6);
+  into.handleHi = buf.readUInt32BE(at + 8);
+  into.handleLo = buf.readUInt32BE(at + 12);
+  into.offset = buf.readUInt32BE(at + 16) * TWO_32 + buf.readUInt32BE(at + 20);
+  into.length = buf.readUInt32BE(at + 24);
+  return into;
+}
+
+/** Payload bytes that follow a request header: a WRITE's data, nothing for the others. */
+export function requestPayloadLength(h: RequestHeader): number {
+  return h.type === NbdCmd.WRITE ? h.length : 0;
+}
+
+/** C: request headers, each parsed into a fresh object (the server parses into recycled ones: see readRequestHeader). */
 export const REQUEST_SPEC: FrameSpec<RequestHeader> = {
   name: 'NBD request',
   headerSize: REQUEST_HEADER_SIZE,
   maxPayload: MAX_BLOCK_SIZE,
-  parseHeader(buf, at) {
-    const magic = buf.readUInt32BE(at);
-    if (magic !== NBD_REQUEST_MAGIC) {
-      throw new ProtocolError(`NBD request: bad magic 0x${magic.toString(16)}, expected 0x${NBD_REQUEST_MAGIC.toString(16)}`, { magic });
-    }
-    return {
-      flags: buf.readUInt16BE(at + 4),
-      type: buf.readUInt16BE(at + 6),
-      handleHi: buf.readUInt32BE(at + 8),
-      handleLo: buf.readUInt32BE(at + 12),
-      offset: buf.readUInt32BE(at + 16) * TWO_32 + buf.readUInt32BE(at + 20),
-      length: buf.readUInt32BE(at + 24),
-    };
-  },
-  payloadLength: (h) => (h.type === NbdCmd.WRITE ? h.length : 0),
+  parseHeader: (buf, at) => readRequestHeader(buf, at, { flags: 0, type: 0, handleHi: 0, handleLo: 0, offset: 0, length: 0 }),
+  payloadLength: requestPayloadLength,
 };
 
 /** Client side: a request header (the caller sends WRITE data after it). */

@@ -8,20 +8,21 @@
 import type { Socket } from 'node:net';
 import type { BlockDevice } from '../../engine/block-device.js';
 import type { VolumeStats } from '../../engine/volume-stats.js';
-import { FrameDecoder } from '../../../shared/frame-decoder.js';
+import { FrameDecoder, type FrameSpec } from '../../../shared/frame-decoder.js';
 import { errorMessage } from '../../../shared/errors.js';
 import { isTraced, type Logger } from '../../../shared/logger.js';
 import { switchToReceiveBuffer } from '../../../shared/net/receive-buffer-socket.js';
 import { ReadGate, addSocketHandlers, removeSocketHandlers, type SocketHandlers } from '../client-socket.js';
 import { ioBuffers } from '../io-buffers.js';
-import { REQUEST_SPEC, handleText, type RequestHeader } from './codec.js';
+import { REQUEST_SPEC, handleText, readRequestHeader, type RequestHeader } from './codec.js';
 import {
-  BASE_ALLOCATION_ID, CLOSE_GRACE_MS, MAX_BLOCK_SIZE, MAX_BLOCK_STATUS_EXTENTS, NBD_CMD_FLAG_REQ_ONE, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FUA,
-  NBD_CMD_FLAG_NO_HOLE, NbdCmd, NbdError, commandName,
+  BASE_ALLOCATION_ID, CLOSE_GRACE_MS, MAX_BLOCK_SIZE, MAX_BLOCK_STATUS_EXTENTS, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS,
+  NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLAG_REQ_ONE, NbdCmd, NbdError, commandName,
 } from './constants.js';
 import { nbdErrorFor } from './error-map.js';
 import { encodeBlockStatusChunk, fitExtents } from './meta-context.js';
 import { ReplyWriter } from './reply-writer.js';
+import { NbdRequest, RequestSlots, performOther, type RequestOwner } from './request.js';
 
 
 /** Each connection's reused socket read buffer in transmission (several pipelined requests per read). */
@@ -63,7 +64,7 @@ interface Rejection {
 
 type State = 'open' | 'draining' | 'done';
 
-export class NbdConnection {
+export class NbdConnection implements RequestOwner {
   /** Resolves once the socket is closed and no request is in flight. Never rejects. */
   readonly closed: Promise<void>;
   private readonly socket: Socket;
@@ -74,14 +75,18 @@ export class NbdConnection {
   private readonly trace: boolean;
   private readonly maxInFlight: number;
   private readonly maxInFlightBytes: number;
-  // Spanning WRITE payloads are assembled in pooled buffers, recycled once the engine is done with them.
-  private readonly decoder = new FrameDecoder(REQUEST_SPEC, (_h, length) => ioBuffers.acquire(length));
-  private readonly recycle = (buf: Buffer): void => ioBuffers.release(buf);
+  /** Request objects, recycled (request.ts); the decoder parses each header into one. */
+  private readonly slots: RequestSlots;
+  // Each header is parsed into a recycled request object; WRITE payloads are
+  // copied into pooled buffers, recycled once the engine is done with them.
+  private readonly decoder: FrameDecoder<NbdRequest>;
   private readonly replies: ReplyWriter;
   private readonly allowedFlags: Record<number, number>;
   private state: State = 'open';
   private inFlight = 0;
   private inFlightBytes = 0;
+  /** pump() is on the stack (a request refused at once completes inside it). */
+  private pumping = false;
   private readonly reading: ReadGate;
   private writeBlocked = false;
   /** Set when replies can no longer reach the client (socket gone or hard disconnect). */
@@ -146,6 +151,12 @@ export class NbdConnection {
     this.trace = isTraced('nbd');
     this.maxInFlight = opts.maxInFlight ?? MAX_INFLIGHT_REQUESTS;
     this.maxInFlightBytes = opts.maxInFlightBytes ?? MAX_INFLIGHT_BYTES;
+    this.slots = new RequestSlots(this, this.maxInFlight + 1);
+    const spec: FrameSpec<NbdRequest> = {
+      ...REQUEST_SPEC,
+      parseHeader: (buf, at) => readRequestHeader(buf, at, this.slots.take()),
+    };
+    this.decoder = new FrameDecoder(spec, (_h, length) => ioBuffers.acquire(length));
     this.replies = new ReplyWriter(this.socket, opts.structured ?? false);
     this.allowedFlags = allowedFlags(opts.structured ?? false, opts.blockStatus ?? false);
     this.closed = new Promise((resolve) => { this.resolveClosed = resolve; });
@@ -201,16 +212,20 @@ export class NbdConnection {
   // --- Reading --------------------------------------------------------------
 
   private pump(): void {
-    while (this.state === 'open' && this.canTakeMore()) {
-      let frame;
-      try {
-        frame = this.decoder.next();
-      } catch (err) {
-        this.protocolViolation(err);
-        return;
+    this.pumping = true;
+    try {
+      while (this.state === 'open' && this.canTakeMore()) {
+        const frame = this.decoder.next();
+        if (frame === undefined) break;
+        this.dispatch(frame.header, frame.payload);
       }
-      if (frame === undefined) break;
-      this.dispatch(frame.header, frame.payload);
+    } catch (err) {
+      // Only the decoder throws here (dispatch catches the device's errors).
+      this.pumping = false;
+      this.protocolViolation(err);
+      return;
+    } finally {
+      this.pumping = false;
     }
     this.updateReading();
   }
@@ -233,53 +248,99 @@ export class NbdConnection {
 
   // --- Requests -------------------------------------------------------------
 
-  private dispatch(h: RequestHeader, payload: Buffer | undefined): void {
-    if (h.type === NbdCmd.DISC) {
+  private dispatch(r: NbdRequest, payload: Buffer | undefined): void {
+    if (r.type === NbdCmd.DISC) {
       // Spec: answer everything outstanding, then close; DISC itself has no reply.
       if (this.trace) this.log.debug('NBD_CMD_DISC');
+      this.slots.give(r);
       this.drain();
       return;
     }
-    const bytes = h.type === NbdCmd.READ || h.type === NbdCmd.WRITE ? h.length : 0;
+    r.payload = payload;
+    r.bytes = r.type === NbdCmd.READ || r.type === NbdCmd.WRITE ? r.length : 0;
+    r.started = performance.now();
     this.inFlight++;
-    this.inFlightBytes += bytes;
-    void this.run(h, payload, bytes);
+    this.inFlightBytes += r.bytes;
+    const rejection = this.validate(r);
+    if (rejection !== undefined) return this.finish(r, rejection.error, undefined, rejection.message, undefined);
+    let work: Promise<Buffer | void>;
+    try {
+      work = this.perform(r);
+    } catch (err) {
+      return this.failed(r, err);
+    }
+    work.then(r.ok, r.fail);
   }
 
-  private async run(h: RequestHeader, payload: Buffer | undefined, bytes: number): Promise<void> {
-    const started = performance.now();
-    let error: number = NbdError.OK;
-    let message: string | undefined;
-    let data: Buffer | undefined;
-    let cause: unknown;
-    try {
-      const rejection = this.validate(h);
-      if (rejection !== undefined) {
-        ({ error, message } = rejection);
-      } else {
-        data = h.type === NbdCmd.BLOCK_STATUS ? await this.blockStatus(h) : await this.perform(h, payload);
-        if (data !== undefined && h.type === NbdCmd.READ && data.length !== h.length) {
-          this.log.error({ offset: h.offset, length: h.length, got: data.length }, 'BlockDevice.read returned the wrong number of bytes');
-          data = undefined;
-          error = NbdError.EIO;
-        }
-      }
-    } catch (err) {
-      cause = err;
-      error = nbdErrorFor(err);
-      message = errorMessage(err);
-      this.log.warn({ cmd: commandName(h.type), offset: h.offset, length: h.length, nbdError: error, err: message }, 'NBD request failed');
+  /** The device call: READ and WRITE straight to the engine (one promise each), the rest in performOther. */
+  private perform(r: NbdRequest): Promise<Buffer | void> {
+    const dev = this.device;
+    switch (r.type) {
+      case NbdCmd.READ:
+        if (r.length === 0) return Promise.resolve(Buffer.alloc(0));
+        // Pooled destination, recycled when the socket has taken the reply.
+        return dev.readInto ? dev.readInto(r.offset, ioBuffers.acquire(r.length)) : dev.read(r.offset, r.length);
+      case NbdCmd.WRITE:
+        // The payload was copied once, into a pooled buffer, out of the reused
+        // receive buffer (or is a view into a 'data' chunk on a TLS socket);
+        // it goes back to the pool when the write has settled (completed/failed).
+        if (r.length === 0) return Promise.resolve();
+        return dev.write(r.offset, r.payload!, (r.flags & NBD_CMD_FLAG_FUA) !== 0);
+      case NbdCmd.BLOCK_STATUS:
+        return this.blockStatus(r);
+      default:
+        return performOther(dev, r);
     }
+  }
+
+  /**
+   * NBD_CMD_BLOCK_STATUS for base:allocation: the device's extents fitted to
+   * the request (REQ_ONE: one descriptor), encoded as the reply's payload.
+   * A device that cannot tell answers "data" for the whole range (always true).
+   */
+  private async blockStatus(h: RequestHeader): Promise<Buffer> {
+    const dev = this.device;
+    const raw = dev.allocationStatus ? await dev.allocationStatus(h.offset, h.length) : [{ length: h.length, flags: 0 }];
+    const max = (h.flags & NBD_CMD_FLAG_REQ_ONE) !== 0 ? 1 : MAX_BLOCK_STATUS_EXTENTS;
+    const extents = fitExtents(raw, h.length, max);
+    if (extents.length === 0) extents.push({ length: h.length, flags: 0 });
+    return encodeBlockStatusChunk(h.handleHi, h.handleLo, BASE_ALLOCATION_ID, extents);
+  }
+
+  /** RequestOwner: the device resolved `r`. */
+  completed(r: NbdRequest, data: Buffer | undefined): void {
+    if (data !== undefined && r.type === NbdCmd.READ && data.length !== r.length) {
+      this.log.error({ offset: r.offset, length: r.length, got: data.length }, 'BlockDevice.read returned the wrong number of bytes');
+      return this.finish(r, NbdError.EIO, undefined, undefined, undefined);
+    }
+    this.finish(r, NbdError.OK, data, undefined, undefined);
+  }
+
+  /** RequestOwner: the device rejected `r` (or threw). */
+  failed(r: NbdRequest, err: unknown): void {
+    const error = nbdErrorFor(err);
+    const message = errorMessage(err);
+    this.log.warn({ cmd: commandName(r.type), offset: r.offset, length: r.length, nbdError: error, err: message }, 'NBD request failed');
+    this.finish(r, error, undefined, message, err);
+  }
+
+  /** Counts, replies to and recycles `r`, then takes more requests (or finishes draining). */
+  private finish(r: NbdRequest, error: number, data: Buffer | undefined, message: string | undefined, cause: unknown): void {
+    if (r.payload !== undefined) ioBuffers.release(r.payload); // the engine is done with it (no-op for views)
     if (this.trace) {
-      this.log.debug({ cmd: commandName(h.type), handle: handleText(h.handleHi, h.handleLo), offset: h.offset, length: h.length, error }, 'NBD request done');
+      this.log.debug({ cmd: commandName(r.type), handle: handleText(r.handleHi, r.handleLo), offset: r.offset, length: r.length, error }, 'NBD request done');
     }
     const stats = this.device.stats;
-    if (stats !== undefined) countRequest(stats, h, error, (performance.now() - started) / 1000, cause);
+    if (stats !== undefined) countRequest(stats, r, error, (performance.now() - r.started) / 1000, cause);
     this.inFlight--;
-    this.inFlightBytes -= bytes;
-    this.reply(h, error, error === NbdError.OK ? data : undefined, message);
-    if (this.state === 'open') this.pump();
-    else this.drain();
+    this.inFlightBytes -= r.bytes;
+    this.reply(r, error, data, message);
+    this.slots.give(r);
+    if (this.state === 'open') {
+      if (!this.pumping) this.pump();
+    } else {
+      this.drain();
+    }
   }
 
   /** Why a request must not reach the device, or undefined when it may. */
@@ -309,60 +370,14 @@ export class NbdConnection {
     return undefined;
   }
 
-  private async perform(h: RequestHeader, payload: Buffer | undefined): Promise<Buffer | undefined> {
-    const fua = (h.flags & NBD_CMD_FLAG_FUA) !== 0;
-    const dev = this.device;
-    switch (h.type) {
-      case NbdCmd.READ:
-        if (h.length === 0) return Buffer.alloc(0);
-        // Pooled destination, recycled when the socket has taken the reply.
-        return dev.readInto ? dev.readInto(h.offset, ioBuffers.acquire(h.length)) : dev.read(h.offset, h.length);
-      case NbdCmd.WRITE:
-        // `payload` is a view into the socket chunk when the data arrived in
-        // one piece: it goes to the engine without a copy.
-        if (h.length > 0) {
-          try {
-            await dev.write(h.offset, payload!, fua);
-          } finally {
-            ioBuffers.release(payload!); // no-op for views into socket chunks
-          }
-        }
-        return undefined;
-      case NbdCmd.FLUSH:
-        await dev.flush();
-        return undefined;
-      case NbdCmd.TRIM:
-        await inPieces(h.offset, h.length, (o, n) => dev.discard(o, n));
-        if (fua && h.length > 0) await dev.flush();
-        return undefined;
-      case NbdCmd.WRITE_ZEROES:
-        // NO_HOLE needs nothing: writeZeroes always leaves the range allocated.
-        await inPieces(h.offset, h.length, (o, n) => dev.writeZeroes(o, n, fua));
-        return undefined;
-      default:
-        throw new Error(`unreachable: command ${h.type} passed validation`);
-    }
-  }
-
-  /**
-   * NBD_CMD_BLOCK_STATUS for base:allocation: the device's extents fitted to
-   * the request (REQ_ONE: one descriptor), encoded as the reply's payload.
-   * A device that cannot tell answers "data" for the whole range (always true).
-   */
-  private async blockStatus(h: RequestHeader): Promise<Buffer> {
-    const dev = this.device;
-    const raw = dev.allocationStatus ? await dev.allocationStatus(h.offset, h.length) : [{ length: h.length, flags: 0 }];
-    const max = (h.flags & NBD_CMD_FLAG_REQ_ONE) !== 0 ? 1 : MAX_BLOCK_STATUS_EXTENTS;
-    const extents = fitExtents(raw, h.length, max);
-    if (extents.length === 0) extents.push({ length: h.length, flags: 0 });
-    return encodeBlockStatusChunk(h.handleHi, h.handleLo, BASE_ALLOCATION_ID, extents);
-  }
-
   // --- Replies --------------------------------------------------------------
 
   private reply(h: RequestHeader, error: number, data: Buffer | undefined, message: string | undefined): void {
-    if (this.dropReplies || !this.socket.writable) return;
-    const ok = this.replies.send(h, error, data, message, data === undefined ? undefined : this.recycle);
+    if (this.dropReplies || !this.socket.writable) {
+      if (data !== undefined) ioBuffers.release(data); // never handed to the socket
+      return;
+    }
+    const ok = this.replies.send(h, error, error === NbdError.OK ? data : undefined, message);
     if (!ok && !this.writeBlocked) {
       this.writeBlocked = true;
       this.updateReading();
@@ -416,18 +431,5 @@ function countRequest(stats: VolumeStats, h: RequestHeader, error: number, secon
     case NbdCmd.WRITE_ZEROES: stats.zero(h.length); break;
     case NbdCmd.TRIM: stats.discard(h.length); break;
     default: break;
-  }
-}
-
-/**
- * Runs `fn` over [offset, offset + length) in pieces of at most
- * MAX_BLOCK_SIZE, one after another. TRIM and WRITE_ZEROES may name the whole
- * export in one request; pieces keep each engine call bounded.
- */
-async function inPieces(offset: number, length: number, fn: (offset: number, length: number) => Promise<void>): Promise<void> {
-  for (let done = 0; done < length;) {
-    const n = Math.min(MAX_BLOCK_SIZE, length - done);
-    await fn(offset + done, n);
-    done += n;
   }
 }

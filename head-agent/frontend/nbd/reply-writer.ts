@@ -10,6 +10,7 @@
 
 import type { Socket } from 'node:net';
 import { HeaderSlab } from '../header-slab.js';
+import { ioBuffers } from '../io-buffers.js';
 import {
   encodeStructuredError, writeOffsetDataPrefix, writeSimpleReply, writeStructuredReplyHeader, type RequestHeader,
 } from './codec.js';
@@ -34,6 +35,12 @@ export class ReplyWriter {
   private readonly structured: boolean;
   private readonly headers = new HeaderSlab(SLAB_SIZE);
   private corked = false;
+  /** READ data being written, in write order: each goes back to ioBuffers at its write's callback. */
+  private readonly sending: Buffer[] = [];
+  private readonly sent = (): void => {
+    const buf = this.sending.shift();
+    if (buf !== undefined) ioBuffers.release(buf);
+  };
   private readonly uncork = (): void => {
     this.corked = false;
     this.socket.uncork();
@@ -46,10 +53,12 @@ export class ReplyWriter {
 
   /**
    * Sends the reply to `h`: `data` for a successful READ, `message` to
-   * explain an error (structured replies only). Returns false when the
-   * socket's write buffer is full: stop reading until 'drain'.
+   * explain an error (structured replies only). `data` goes back to the
+   * frontends' pool (io-buffers.ts) once the socket has written it (ignored
+   * when not from the pool). Returns false when the socket's write buffer is
+   * full: stop reading until 'drain'.
    */
-  send(h: RequestHeader, error: number, data: Buffer | undefined, message?: string, written?: (data: Buffer) => void): boolean {
+  send(h: RequestHeader, error: number, data: Buffer | undefined, message?: string): boolean {
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
@@ -80,8 +89,10 @@ export class ReplyWriter {
     // Header and data leave in one segment (corked), without copying them together.
     const s = this.socket;
     s.write(header);
-    // `written` recycles the data buffer once the socket no longer needs it.
-    return written === undefined ? s.write(data!) : s.write(data!, () => written(data!));
+    // Write callbacks run in write order (also with an error when the socket
+    // is destroyed): one bound callback gives back the oldest buffer sent.
+    this.sending.push(data!);
+    return s.write(data!, this.sent);
   }
 
   private simpleHeader(h: RequestHeader, error: number): Buffer {

@@ -1,0 +1,100 @@
+// Whether a disk's data writes (write-gather.ts) are issued synchronously on
+// the event loop or through libuv's thread pool. A write into the page
+// cache takes a few microseconds, less than the pool hop around it (a
+// queue, a futex wake, two thread switches, a completion callback: measured,
+// half of a node's CPU per 4 KiB write), so the default is synchronous.
+//
+// Only small runs (up to SYNC_MAX_RUN) are written on the loop: for them the
+// hop costs more than the copy. What can make a page-cache write block, and
+// the rule for each:
+// - the kernel throttling a writer once too many pages are dirty
+//   (balance_dirty_pages: pauses of up to 200 ms each), e.g. a disk whose
+//   writeback slowed down or hung: a synchronous run slower than
+//   SLOW_WRITE_MS (or one that failed) sends the disk to the pool, and it
+//   comes back only once POOL_SPELL_MS have passed AND no pool write is
+//   outstanding AND the last one took under SLOW_WRITE_MS. A disk whose
+//   writeback hangs therefore stays on the pool (its pool writes never
+//   complete) after at most one throttled synchronous write;
+// - a write that covers part of a page not in the cache (the kernel reads
+//   the page first, from the disk): only runs whose position and length are
+//   multiples of SYNC_ALIGN are written synchronously.
+// What this does not cover: a disk that hangs abruptly under a synchronous
+// write that needs the device (a filesystem journal commit, block
+// allocation of a sparse file on a full journal) holds the node's event loop
+// until the device returns; the heads then fail the node after their data
+// timeout and the manager may declare the whole node dead, not only that
+// disk (docs/benchmarks.md, issue 12 fourth pass). VSKY_DISK_IO=pool keeps
+// every write on the pool (the behaviour before), as an escape hatch and
+// for A/B measurements.
+
+/** A synchronous write run slower than this sends the disk's writes to the pool. */
+export const SLOW_WRITE_MS = 2;
+/** Least time a disk stays on the pool after a slow or failed synchronous write. */
+export const POOL_SPELL_MS = 1000;
+/** Only runs aligned to this (position and length) are written synchronously. */
+export const SYNC_ALIGN = 4096;
+/**
+ * Larger runs go to the pool: there the hop is small next to the copy, and
+ * the event loop reads and dispatches the next requests while a pool thread
+ * copies (64 KiB overwrites at QD16 ran at a median of 184 MiB/s written on
+ * the loop against 222 MiB/s on the pool, alternated 3x).
+ */
+export const SYNC_MAX_RUN = 32 * 1024;
+
+export type SyncIoName = 'sync' | 'pool';
+
+export function defaultSyncIo(): SyncIoName {
+  return process.env.VSKY_DISK_IO === 'pool' ? 'pool' : 'sync';
+}
+
+export class SyncIo {
+  private readonly allowSync: boolean;
+  private readonly slowMs: number;
+  private readonly spellMs: number;
+  /** performance.now() until which writes go through the pool (0: not on the pool). */
+  private poolUntil = 0;
+  /** Pool writes started and not completed. */
+  private poolInflight = 0;
+  /** The last completed pool write took under slowMs. */
+  private poolFast = false;
+  /** Synchronous runs, and those that sent the disk to the pool (stats, tests). */
+  syncRuns = 0;
+  slowRuns = 0;
+
+  constructor(name: SyncIoName = defaultSyncIo(), slowMs = SLOW_WRITE_MS, spellMs = POOL_SPELL_MS) {
+    this.allowSync = name === 'sync';
+    this.slowMs = slowMs;
+    this.spellMs = spellMs;
+  }
+
+  /** Whether a run of `length` bytes at `position` is written on the event loop. */
+  sync(position: number, length: number): boolean {
+    if (!this.allowSync || length > SYNC_MAX_RUN || position % SYNC_ALIGN !== 0 || length % SYNC_ALIGN !== 0) return false;
+    if (this.poolUntil === 0) return true;
+    if (performance.now() < this.poolUntil || this.poolInflight > 0 || !this.poolFast) return false;
+    this.poolUntil = 0;
+    return true;
+  }
+
+  /** A synchronous run took `ms` (and failed or not). */
+  observe(ms: number, failed: boolean): void {
+    this.syncRuns++;
+    if (ms > this.slowMs || failed) {
+      this.slowRuns++;
+      this.poolUntil = performance.now() + this.spellMs;
+      this.poolFast = false;
+    }
+  }
+
+  /** A pool write starts; call the returned time with poolDone. */
+  poolStart(): number {
+    this.poolInflight++;
+    return performance.now();
+  }
+
+  /** A pool write started at `started` completed (failed or not). */
+  poolDone(started: number, failed: boolean): void {
+    this.poolInflight--;
+    this.poolFast = !failed && performance.now() - started < this.slowMs;
+  }
+}
