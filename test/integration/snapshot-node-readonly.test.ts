@@ -112,6 +112,11 @@ describe('storage nodes refuse writes to a snapshot\'s chunks', () => {
       }
     }
 
+    // A storage job that would write it is refused by the manager up front (it would only leave it DIRTY).
+    const wipe = await vsky(['volume', 'wipe', 'ro-s'], m());
+    expect(wipe.exitCode).not.toBe(0);
+    expect(String(wipe.stderr)).toMatch(/ro-s is a snapshot \(read-only\)/);
+
     // Attached read-only, then kill -9 a node holding a replica of segment 0.
     uri = String((await vsky(['volume', 'attach', 'ro-s'], m())).stdout).trim().split('\n')[0]!;
     const victimId = seg0.replicas[0]!.serverId;
