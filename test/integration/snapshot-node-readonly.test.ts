@@ -18,7 +18,7 @@ import { vsky, vskyJson } from '../harness/vsky.js';
 // data-protocol client speaks to the nodes directly (no head in between).
 // Then kill -9 a node holding a replica while the snapshot is attached
 // read-only: the resync (peer to peer) brings the redundancy back, and the
-// new replica is read-only too.
+// new replica is read-only too; so is a drain's target (disk remove).
 
 const SEG = 64 * MiB;
 const SPAN = 4 * MiB;
@@ -80,7 +80,7 @@ describe('storage nodes refuse writes to a snapshot\'s chunks', () => {
     expect(got.every((b) => b === pattern(segment)), `chunk ${t.volumeId}/${segment}/${t.slot} on ${t.address}`).toBe(true);
   }
 
-  it('refuses WRITE / WRITE_ZEROES / DISCARD / MARK at its epoch and above; a killed replica comes back read-only', async () => {
+  it('refuses WRITE / WRITE_ZEROES / DISCARD / MARK at its epoch and above; a killed replica comes back read-only, a drain target too', async () => {
     expect((await vsky(['volume', 'create', 'ro', '--size', '128M', '--replicas', '2'], m())).exitCode).toBe(0);
     let uri = String((await vsky(['volume', 'attach', 'ro'], m())).stdout).trim().split('\n')[0]!;
     const w = await NbdClient.connect(uri);
@@ -147,6 +147,22 @@ describe('storage nodes refuse writes to a snapshot\'s chunks', () => {
       }
     }
     expect(fresh).toBeGreaterThan(0); // the premise: a replica was rebuilt
+
+    // A drain (disk remove) of a disk holding a replica: its target is read-only too.
+    const drained = healed!.map.segments.find((s) => s.index === 1)!.replicas[0]!;
+    const rm = await vsky(['disk', 'remove', drained.diskId], m(), 60_000);
+    expect(rm.exitCode, String(rm.stderr)).toBe(0);
+    const moved = await vskyJson<Show>(['volume', 'show', 'ro-s', '--json'], m());
+    const seg1 = moved.map.segments.find((s) => s.index === 1)!;
+    expect(seg1.replicas.length).toBe(2);
+    expect(seg1.replicas.some((x) => x.diskId === drained.diskId)).toBe(false); // the premise: it moved
+    for (const r of seg1.replicas) {
+      const listed = (await chunksOn(control(r.serverId), 'ro-s')).find((x) => x.identity!.segment === 1 && x.identity!.slot === r.slot)!;
+      expect(listed.identity!.readOnly, `seg 1 replica on ${r.diskId}`).toBe(true);
+      const t = new ChunkTarget(conn(r.dataAddress), show.map.volumeId, 1, r.slot);
+      await expectPattern(t, 1);
+      await expectRefused(t, Number(listed.identity!.epoch));
+    }
     // The read-only attach kept its lease and reads through.
     const r = await NbdClient.connect(uri);
     try {
