@@ -139,7 +139,7 @@ export class Snapshots {
         identity: {
           volumeId: snap.id, volumeName: snap.name, volumeSize: snap.size, segment: r.segment, slot: r.idSlot,
           segmentCount: snap.segmentCount, replicas: snap.replicas, generation: snap.generation, epoch: snap.epoch,
-          lvolid: snap.intId ?? 0, thin: true,
+          lvolid: snap.intId ?? 0, thin: true, readOnly: true, // storage refuses every write to it from now on
         },
       });
     });

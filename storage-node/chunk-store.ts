@@ -28,6 +28,8 @@ export interface ChunkIdentity {
   lvolid?: number;
   /** The volume is thin (disk-format.ts flags). */
   thin?: boolean;
+  /** A snapshot's chunk: the data server refuses every write to it (disk-format.ts flags). */
+  readOnly?: boolean;
   /** At allocation: 'CREATING' marks a create's chunk until the manager commits it; '' or 'LEGAL' otherwise. */
   legality?: string;
 }
@@ -330,7 +332,7 @@ export class ChunkStore {
     Object.assign(rec, {
       state: ChunkState.OWNED, volumeId: id.volumeId, segment: id.segment, slot: id.slot, segmentCount: id.segmentCount,
       replicas: id.replicas, volumeSize: id.volumeSize, volumeName: id.volumeName, generation: id.generation,
-      epoch: Math.max(id.epoch, vol?.epoch ?? 0), lvolid: id.lvolid ?? 0, thin: id.thin === true,
+      epoch: Math.max(id.epoch, vol?.epoch ?? 0), lvolid: id.lvolid ?? 0, thin: id.thin === true, readOnly: id.readOnly === true,
       // A create's chunks say CREATING until the manager commits it (KeepVolumeNote committed).
       legality: id.legality === 'CREATING' ? Legality.CREATING : Legality.LEGAL,
     });
@@ -378,7 +380,7 @@ export class ChunkStore {
       Object.assign(chunk.rec, {
         volumeId: id.volumeId, segment: id.segment, slot: id.slot, segmentCount: id.segmentCount, replicas: id.replicas,
         volumeSize: id.volumeSize, volumeName: id.volumeName, generation: id.generation,
-        epoch: Math.max(id.epoch, vol?.epoch ?? 0), lvolid: id.lvolid ?? 0, thin: id.thin === true, mapVersion: 0, staleSlots: 0,
+        epoch: Math.max(id.epoch, vol?.epoch ?? 0), lvolid: id.lvolid ?? 0, thin: id.thin === true, readOnly: id.readOnly === true, mapVersion: 0, staleSlots: 0,
       });
       await chunk.persist();
       await chunk.sync();

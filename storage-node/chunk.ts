@@ -63,6 +63,11 @@ export class Chunk {
     this.newestSlot = newestSlot;
   }
 
+  /** A snapshot's chunk: the data server refuses every mutation of it (READ_ONLY). */
+  get readOnly(): boolean {
+    return this.rec.readOnly;
+  }
+
   get owned(): boolean {
     return this.rec.state === ChunkState.OWNED;
   }

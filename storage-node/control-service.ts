@@ -140,7 +140,7 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
           segment: c.rec.segment, slot: c.rec.slot, segmentCount: c.rec.segmentCount, replicas: c.rec.replicas,
           generation: c.rec.generation, epoch: c.rec.epoch, staleSlots: c.rec.staleSlots, mapVersion: c.rec.mapVersion,
           legality: legalityName(c.rec.legality), jobId: c.rec.jobId, jobKind: c.rec.jobKind, jobOutcome: c.rec.jobOutcome,
-          lvolid: c.rec.lvolid, thin: c.rec.thin,
+          lvolid: c.rec.lvolid, thin: c.rec.thin, readOnly: c.rec.readOnly,
         },
         writtenRegions: countSet(c.rec.bitmap),
       }));

@@ -16,7 +16,7 @@
 // Chunk record slot, format version 3 (all big-endian):
 //   0   u32 magic 'VSKD'        4  u32 CRC-32 of bytes [8, slot end)
 //   8   u64 sequence            16 disk UUID (16 bytes)
-//   32  u32 chunk index         36 u8 state  37 u8 slot  38 u8 name length  39 u8 flags (bit 0: thin volume)
+//   32  u32 chunk index         36 u8 state  37 u8 slot  38 u8 name length  39 u8 flags (bit 0: thin volume, bit 1: read-only, a snapshot's)
 //   40  u32 volume id           44 u32 segment   48 u32 segment count   52 u32 replicas
 //   56  u64 volume size
 //   64  u64 volume generation   (0..2^53-1; above: the slot is corrupt)

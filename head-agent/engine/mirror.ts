@@ -1,4 +1,5 @@
 import { ConflictError, InvalidArgumentError, IoError, StaleEpochError, TransportError, errorMessage } from '../../shared/errors.js';
+import { ReadOnlyChunkError } from '../../shared/data-protocol/status.js';
 import type { RequestCallback, RequestTarget } from '../../shared/data-protocol/client/data-request.js';
 import {
   mutationFailureError, rejectOnReplicaFailure, type ReplicaFailure, type ReplicaFailureHandler,
@@ -266,6 +267,9 @@ export class Mirror {
       const fenced = failures.find((f) => f.error instanceof StaleEpochError);
       if (fenced !== undefined) return this.complete(op, this.fencedError(fenced));
       if (op.succeeded === 0 && failures.every((f) => f.error instanceof InvalidArgumentError)) return this.complete(op, failures[0]!.error);
+      // A snapshot's chunk refused the write (READ_ONLY): a rule, not a failed replica.
+      const readOnly = failures.find((f) => f.error instanceof ReadOnlyChunkError);
+      if (readOnly !== undefined) return this.complete(op, readOnly.error);
     }
     let decided = failures !== undefined ? this.failureHandler.mutationFailed(this, failures, op.succeeded) : this.confirmSuspects();
     if (failures !== undefined && op.skippedSuspects) decided = decided.then(() => this.confirmSuspects());

@@ -1,4 +1,5 @@
 import { IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
+import { ReadOnlyChunkError } from '../../shared/data-protocol/status.js';
 import { MiB } from '../../shared/constants.js';
 import { moduleLogger, type Logger } from '../../shared/logger.js';
 import type { Replica } from './replica.js';
@@ -183,6 +184,9 @@ export class SegmentIntent {
       });
       const fenced = failures.find((f) => f.error instanceof StaleEpochError);
       if (fenced !== undefined) throw fenced.error;
+      // A snapshot's chunk refused the mark (READ_ONLY): a rule, not a failed replica to report.
+      const readOnly = failures.find((f) => f.error instanceof ReadOnlyChunkError);
+      if (readOnly !== undefined) throw readOnly.error;
       if (failures.length === replicas.length) {
         const parts = failures.map((f) => `${f.replica.describe()}: ${errorMessage(f.error)}`);
         throw new IoError(`write-intent mark of segment ${batch.mirror.index} of volume ${batch.mirror.volumeName} failed on every replica: ${parts.join('; ')}`, {

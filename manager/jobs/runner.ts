@@ -188,6 +188,11 @@ export class Jobs {
     if (!Number.isSafeInteger(input.expectedGeneration) || input.expectedGeneration < 0) {
       throw new InvalidArgumentError(`invalid expected generation ${input.expectedGeneration}`);
     }
+    const target = this.volumes.find(input.volume)?.volume;
+    if (target?.kind === 'snapshot') {
+      // Its chunks refuse every write (READ_ONLY, docs/snapshots.md): a job would only leave it DIRTY.
+      throw new InvalidArgumentError(`${target.name} is a snapshot (read-only): a ${kind} job cannot change it; clone it (vsky volume clone ${target.name} NEW) and ${kind} the clone`, { volume: target.name });
+    }
     const args = { ...input.args };
     const host = kind === 'copy' ? await this.copies.prepare(input.volume, args) : undefined;
     if (kind === 'flatten') this.flattens.prepare(input.volume, args);

@@ -55,6 +55,8 @@ export interface Found {
   inSync: boolean;
   /** The chunk's volume is thin: its segments without chunks are unallocated, not lost. */
   thin: boolean;
+  /** A snapshot's chunk (its record's read-only mark). */
+  readOnly: boolean;
 }
 
 export type DiskUse = 'ok' | 'failed' | 'aside';

@@ -386,6 +386,8 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
     const lvolid = commonLvolid(c.chunks);
     if (lvolid > 0) volume.claimedIntId = lvolid;
     restoreAccess(volume, notes.get(id));
+    // No note said so, but its chunks are read-only (docs/snapshots.md): a snapshot (its origin unknown).
+    if (volume.kind === undefined && c.chunks.some((f) => f.readOnly)) volume.kind = 'snapshot';
     if (creating > 0) volume.unconfirmed = true; // committed (a chunk lost the mark, or it was used): the manager clears the rest
     const job = restoreJob(volume, c.chunks, nowMs);
     if (job) jobs.push(job);

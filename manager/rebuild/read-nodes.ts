@@ -118,7 +118,7 @@ export function readNodes(
         segment: id.segment, idSlot: id.slot, generation: id.generation, epoch: id.epoch,
         staleSlots: id.staleSlots >>> 0, mapVersion: id.mapVersion, written: c.writtenRegions, lvolid: id.lvolid ?? 0,
         legality: id.legality || 'LEGAL', jobId: id.jobId ?? '', jobKind: id.jobKind ?? '', jobOutcome: id.jobOutcome ?? '',
-        readable: disk.use === 'ok', inSync: false, thin: id.thin === true,
+        readable: disk.use === 'ok', inSync: false, thin: id.thin === true, readOnly: id.readOnly === true,
       };
       const group = groups.get(f.volumeId);
       if (group) group.push(f);

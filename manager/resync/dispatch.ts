@@ -34,6 +34,9 @@ export class ResyncDispatcher {
   /** The executor that a resync of this volume gets now. */
   executorFor(entry: VolumeEntry): Executor {
     const { volume } = entry;
+    // A snapshot's chunks take no write from a head (READ_ONLY, docs/snapshots.md): its
+    // target is filled peer to peer, even while a head has it attached read-only.
+    if (volume.kind === 'snapshot') return { kind: 'node' };
     const head = volume.attachedHead ? this.ctx.registry.head(volume.attachedHead) : undefined;
     const epoch = holderEpoch(volume);
     if (!head || epoch === undefined) return { kind: 'node' };
@@ -140,7 +143,8 @@ export class ResyncDispatcher {
       const server = this.ctx.registry.serverOfDisk(rec.target.diskId);
       if (!server || server.state !== 'active') return;
       if (this.ctx.registry.claimWaitMs(volume) > 0) return; // a head may still hold it: its copy would fence it
-      if (volume.resyncEpoch !== volume.epoch) {
+      // A snapshot has no writer to fence: its copy runs at its epoch (a read-only head keeps its lease).
+      if (volume.resyncEpoch !== volume.epoch && volume.kind !== 'snapshot') {
         // Granted like an attach, and durable before any node hears of it.
         volume.epoch += 1;
         volume.resyncEpoch = volume.epoch;

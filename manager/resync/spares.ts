@@ -252,6 +252,7 @@ export async function allocateReplicaChunk(peers: PeerClients, registry: Registr
     identity: {
       volumeId: v.id, volumeName: v.name, volumeSize: v.size, segment, slot: idSlot,
       segmentCount: v.segmentCount, replicas: v.replicas, generation: v.generation, epoch: v.epoch, lvolid: v.intId ?? 0, thin: v.thin === true,
+      readOnly: v.kind === 'snapshot', // a snapshot's new replica: only its resync copy (peer to peer) writes it
     },
   });
 }

@@ -110,6 +110,9 @@ export class ThinSegments {
   private check(req: SegmentRequest): VolumeEntry {
     const e = this.volumes.entry(req.volume);
     const v = e.volume;
+    if (v.kind === 'snapshot') {
+      throw new InvalidArgumentError(`volume ${v.name} is a snapshot (read-only): its segments are never allocated or freed`, { volume: v.name });
+    }
     if (!v.thin || !e.map.thin) throw new InvalidArgumentError(`volume ${v.name} is thick: every segment has its chunks already`, { volume: v.name });
     if (!Number.isInteger(req.segment) || req.segment < 0 || req.segment >= e.map.segmentCount) {
       throw new InvalidArgumentError(`volume ${v.name} has no segment ${req.segment} (${e.map.segmentCount} segments)`, { volume: v.name, segment: req.segment });

@@ -71,6 +71,11 @@ export const Status = {
   TOO_LARGE: 6,
   /** The disk holding the chunk is failed or being removed. */
   DISK_FAILED: 7,
+  /**
+   * The chunk is a snapshot's (read-only mark in its record): WRITE,
+   * WRITE_ZEROES, DISCARD, MARK_DIRTY and CLEAR_DIRTY are refused, changing nothing.
+   */
+  READ_ONLY: 8,
 } as const;
 export type Status = (typeof Status)[keyof typeof Status];
 

@@ -26,6 +26,16 @@ export class DiskFailedError extends IoError {
   }
 }
 
+/**
+ * The chunk is a snapshot's: never written again (docs/snapshots.md). Code
+ * EROFS: the head answers EPERM (NBD) or DATA PROTECT / WRITE PROTECTED (SCSI).
+ */
+export class ReadOnlyChunkError extends VskyError {
+  constructor(message: string, context: ErrorContext = {}) {
+    super('EROFS', message, context);
+  }
+}
+
 /** Server side: the reply status for any error raised while serving a request. */
 export function statusForError(err: unknown): Status {
   if (err instanceof StaleEpochError) return Status.STALE_EPOCH;
@@ -33,6 +43,7 @@ export function statusForError(err: unknown): Status {
   if (err instanceof OutOfRangeError) return Status.OUT_OF_RANGE;
   if (err instanceof TooLargeError) return Status.TOO_LARGE;
   if (err instanceof DiskFailedError) return Status.DISK_FAILED;
+  if (err instanceof ReadOnlyChunkError) return Status.READ_ONLY;
   if (err instanceof InvalidArgumentError || err instanceof ProtocolError) return Status.BAD_REQUEST;
   if (err instanceof NotFoundError) return Status.NO_CHUNK;
   if (err instanceof IoError) return Status.IO_ERROR;
@@ -52,6 +63,8 @@ export function errorForStatus(opcode: number, status: number, message: string, 
     case Status.BAD_REQUEST:
     case Status.TOO_LARGE:
       return new InvalidArgumentError(text, ctx);
+    case Status.READ_ONLY:
+      return new ReadOnlyChunkError(`${text} (the chunk is a snapshot's: read-only)`, ctx);
     default:
       return new IoError(text, ctx);
   }

@@ -16,6 +16,9 @@ export const RECORD_MAGIC = 0x56534b44;
 /** 'VSKC': start of a format version 2 chunk record slot (u32 generation and epoch). */
 export const RECORD_MAGIC_V2 = 0x56534b43;
 export const MAX_VOLUME_NAME_BYTES = 64;
+/** Byte 39 of a record: flags of the chunk's volume (bits 2..7 reserved, 0). */
+export const FLAG_THIN = 1;
+export const FLAG_READ_ONLY = 2;
 /** Longest storage-job id a chunk record keeps (UTF-8 bytes). */
 export const MAX_JOB_ID_BYTES = 48;
 
@@ -77,6 +80,14 @@ export interface ChunkRecordData {
    * 39, reserved as 0 before, so older records read as thick.
    */
   thin: boolean;
+  /**
+   * The chunk is a snapshot's (docs/snapshots.md): never written again. The
+   * data server refuses WRITE, WRITE_ZEROES, DISCARD and the write-intent
+   * requests on it (READ_ONLY); only a resync copy filling a new replica of
+   * the snapshot (storage-node/copy/) writes it. Bit 1 of byte 39 (thin is
+   * bit 0), 0 before, so older records read as writable.
+   */
+  readOnly: boolean;
   /** regionBits / 8 bytes; bit r set = region r has been written (else it reads as zeros). */
   bitmap: Uint8Array;
   /**
@@ -91,7 +102,7 @@ export function emptyRecord(regionBits: number): ChunkRecordData {
   return {
     state: ChunkState.FREE, volumeId: 0, segment: 0, slot: 0, segmentCount: 0, replicas: 0,
     volumeSize: 0, volumeName: '', generation: 0, epoch: 0, staleSlots: 0, mapVersion: 0,
-    legality: Legality.LEGAL, jobId: '', jobKind: '', jobOutcome: '', lvolid: 0, thin: false, bitmap: new Uint8Array(regionBits / 8),
+    legality: Legality.LEGAL, jobId: '', jobKind: '', jobOutcome: '', lvolid: 0, thin: false, readOnly: false, bitmap: new Uint8Array(regionBits / 8),
     dirty: new Uint8Array(regionBits / 8),
   };
 }
@@ -121,7 +132,7 @@ export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: numb
   buf[36] = rec.state;
   buf[37] = rec.slot;
   buf[38] = name.length;
-  buf[39] = rec.thin ? 1 : 0;
+  buf[39] = (rec.thin ? FLAG_THIN : 0) | (rec.readOnly ? FLAG_READ_ONLY : 0);
   buf.writeUInt32BE(rec.volumeId, 40);
   buf.writeUInt32BE(rec.segment, 44);
   buf.writeUInt32BE(rec.segmentCount, 48);
@@ -206,7 +217,8 @@ export function decodeRecord(buf: Buffer, chunkIndex: number, diskId: Buffer, re
       jobKind,
       jobOutcome,
       lvolid: v3 ? buf.readUInt32BE(164) : 0,
-      thin: (buf[39]! & 1) === 1,
+      thin: (buf[39]! & FLAG_THIN) !== 0,
+      readOnly: (buf[39]! & FLAG_READ_ONLY) !== 0,
       bitmap: new Uint8Array(buf.subarray(fixed, fixed + mapBytes)),
       dirty: new Uint8Array(buf.subarray(fixed + mapBytes, fixed + 2 * mapBytes)),
     },

@@ -101,7 +101,7 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
     const epoch = 1 + Math.floor(random() * 50);
     const ident = (segment: number, slot: number, o: Partial<ChunkIdentity__Output> = {}): ChunkIdentity__Output => ({
       volumeId: id, volumeName: name, volumeSize: size, segment, slot, segmentCount, replicas: K,
-      generation, epoch, staleSlots: 0, mapVersion: 0, legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '', lvolid: 0, thin: false, ...o,
+      generation, epoch, staleSlots: 0, mapVersion: 0, legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '', lvolid: 0, thin: false, readOnly: false, ...o,
     });
 
     if (roll < 0.002 && segmentCount >= 4) {

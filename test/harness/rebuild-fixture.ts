@@ -118,7 +118,7 @@ export function identity(v: VolumeRecord, segment: number, slot: number, o: Chun
   return {
     volumeId: v.id, volumeName: v.name, volumeSize: v.size, segment, slot, segmentCount: v.segmentCount, replicas: v.replicas,
     generation: o.generation ?? v.generation, epoch: o.epoch ?? v.epoch, staleSlots: o.staleSlots ?? 0, mapVersion: o.mapVersion ?? 0,
-    legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '', lvolid: o.lvolid ?? 0, thin: false,
+    legality: 'LEGAL', jobId: '', jobKind: '', jobOutcome: '', lvolid: o.lvolid ?? 0, thin: false, readOnly: false,
   };
 }
 

@@ -64,6 +64,8 @@ export interface VolumeLayout {
   states?: Record<number, string>;
   /** Data address by slot in the map, instead of the node's own (a proxy in front of it). */
   dataAddresses?: Record<number, string>;
+  /** Chunks allocated with the read-only mark (a snapshot's, docs/snapshots.md). */
+  readOnly?: boolean;
 }
 
 /** Allocates every chunk of a 3-replica volume on the trio; returns its map at generation 1. */
@@ -83,6 +85,7 @@ export async function allocateVolume(trio: NodeTrio, v: VolumeLayout): Promise<V
           diskId: disk.diskId, chunkIndex,
           identity: {
             volumeId: v.volumeId, volumeName: v.name, volumeSize: v.size, segment: seg, slot, segmentCount, replicas: 3, generation: 1, epoch: 0,
+            readOnly: v.readOnly === true,
           },
         });
       } finally {

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LocalCluster } from '../../deploy/local-cluster.js';
 import { GiB, MiB } from '../../shared/constants.js';
+import { call, storageNodeClient } from '../../shared/grpc.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { tryRun } from '../harness/tools.js';
 import { vsky, vskyJson } from '../harness/vsky.js';
@@ -59,6 +60,16 @@ describe('rebuild from storage: snapshots and clones come back with their relati
     expect(vols.find((v) => v.name === 'rt-s')).toMatchObject({ kind: 'snapshot', origin: 'rt' });
     expect(vols.find((v) => v.name === 'rt')).toMatchObject({ kind: 'volume', backing: 'rt-s' });
     expect(vols.find((v) => v.name === 'rc')).toMatchObject({ kind: 'volume', backing: 'rt-s' });
+    // The snapshot's chunks keep their read-only mark (it is on disk); the clone's are writable.
+    const marks = new Map<string, boolean[]>();
+    for (const n of c.nodes) {
+      const nc = storageNodeClient(String(n.ready.controlAddress), c.tls.security());
+      const { chunks } = await call(nc, 'ListChunks', { diskId: '' }).finally(() => nc.close());
+      for (const x of chunks) marks.set(x.identity!.volumeName, [...(marks.get(x.identity!.volumeName) ?? []), x.identity!.readOnly]);
+    }
+    expect(marks.get('rt-s')!.length).toBeGreaterThan(0);
+    expect(marks.get('rt-s')!.every((x) => x)).toBe(true);
+    expect(marks.get('rc')!.some((x) => x)).toBe(false);
     const del = await vsky(['snapshot', 'delete', 'rt-s'], m());
     expect(String(del.stderr)).toMatch(/rc, rt read unwritten regions from it/);
     let r = await vsky(['volume', 'attach', 'rc'], m());

@@ -115,6 +115,28 @@ describe('chunk record codec', () => {
     expect(out.record.bitmap[300]).toBe(0);
   });
 
+  it('keeps the read-only mark (a snapshot\'s chunk) in byte 39 next to thin; an older record (bit clear) reads writable', () => {
+    for (const [thin, readOnly, byte] of [[false, false, 0], [true, false, 1], [false, true, 2], [true, true, 3]] as const) {
+      const rec = owned({ thin, readOnly });
+      const buf = encodeRecord(rec, 9, 5, id, sb.recordSize);
+      expect(buf[39]).toBe(byte);
+      expect(decodeRecord(buf, 5, id, BITS)!.record).toEqual(rec);
+    }
+    // A record written before the mark existed: byte 39 says thin only.
+    const old = encodeRecord(owned({ thin: true }), 9, 5, id, sb.recordSize);
+    expect(old[39]).toBe(1);
+    expect(decodeRecord(old, 5, id, BITS)!.record.readOnly).toBe(false);
+    // A version 2 slot (no flags in use) reads writable.
+    expect(emptyRecord(BITS).readOnly).toBe(false);
+    // The mark survives the A/B pick and a later update of the other slot.
+    const a = encodeRecord(owned({ readOnly: true, epoch: 5 }), 10, 5, id, sb.recordSize);
+    const b = encodeRecord(owned({ readOnly: true, epoch: 6 }), 11, 5, id, sb.recordSize);
+    const picked = pickNewest(a, b, 5, id, BITS);
+    expect(picked.newestSlot).toBe(1);
+    expect(picked.record.readOnly).toBe(true);
+    expect(picked.record.epoch).toBe(6);
+  });
+
   it('keeps legality and the last job record (id, kind, outcome); refuses what would not read back', () => {
     for (const over of [{ legality: Legality.LEGAL, jobId: '', jobKind: '', jobOutcome: '' }, { jobKind: 'resize', jobOutcome: 'fenced' }] as const) {
       const rec = owned(over);

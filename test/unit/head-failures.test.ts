@@ -8,6 +8,7 @@ import { Replica } from '../../head-agent/engine/replica.js';
 import { ReportingFailureHandler } from '../../head-agent/engine/replica-failures.js';
 import { grpc, managerClient, toGrpcError, type ManagerClient } from '../../shared/grpc.js';
 import { IoError, StaleEpochError, TransportError } from '../../shared/errors.js';
+import { ReadOnlyChunkError } from '../../shared/data-protocol/status.js';
 import { MiB } from '../../shared/constants.js';
 import type { ReplicaFailureReport__Output } from '../../proto/generated/vsky/manager/ReplicaFailureReport.js';
 import { fill } from '../harness/seeded-bytes.js';
@@ -413,6 +414,23 @@ describe('replica failures (head side)', () => {
     await expect(mirror.write(0, fill(4096, 3), false)).rejects.toThrow(/failed on 3 replica\(s\)/);
     expect(manager.reports.length).toBe(before);
     expect(bad.every((r) => !r.suspect && r.state === 'in_sync')).toBe(true);
+  });
+
+  it('a snapshot\'s chunks refuse writes (READ_ONLY): the write fails with ReadOnlyChunkError, nothing is reported, reads go on', async () => {
+    manager.mode = 'ok';
+    proxy.restore();
+    const { registry, handler } = newRegistry();
+    const map = await allocateVolume(trio, { volumeId: 12, name: 'vol-ro', size: CHUNK, chunkSize: CHUNK, chunkBase: 12, dataAddresses: { 2: proxy.address }, readOnly: true });
+    const vol = await registry.attach(map, 1);
+    const before = manager.reports.length;
+    // Through the volume (write-intent MARK first: refused) and through a bare mirror (the WRITE itself: refused).
+    await expect(vol.write(0, fill(4096, 4), false)).rejects.toBeInstanceOf(ReadOnlyChunkError);
+    const mirror = new Mirror('vol-ro', 0, vol.segment(0).replicas, handler);
+    mirror.lease = { epoch: 1 };
+    await expect(mirror.write(8192, fill(4096, 5), false)).rejects.toBeInstanceOf(ReadOnlyChunkError);
+    expect(manager.reports.length).toBe(before);
+    expect(vol.segment(0).replicas.every((r) => !r.suspect && r.state === 'in_sync')).toBe(true);
+    expect((await vol.read(0, 4096)).every((b) => b === 0)).toBe(true); // never written: zeros, and readable
   });
 
   it('a read that fails on a replica and succeeds on another reports it; standalone (no manager) writes fail as before', async () => {

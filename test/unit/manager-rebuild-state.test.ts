@@ -37,6 +37,18 @@ describe('planRebuild: state kept on storage', () => {
     expect(plan.toFree.map((t) => key(t.diskId, t.chunkIndex))).toEqual([key(sameNode, 30)]);
   });
 
+  it('a volume whose chunks carry the read-only mark comes back a snapshot even without a note; others stay volumes', () => {
+    const fx = new Fixture(3, 1);
+    const snap = fx.volume(5, 'snap', 2, 2, { epoch: 3 });
+    const plain = fx.volume(6, 'plain', 1, 2, { epoch: 1 });
+    fx.store(snap);
+    fx.store(plain);
+    forEachReplica(snap.map, (r) => { fx.find(r.diskId, r.chunkIndex).readOnly = true; });
+    const plan = fx.plan();
+    expect(plan.volumes.find((e) => e.volume.name === 'snap')?.volume.kind).toBe('snapshot');
+    expect(plan.volumes.find((e) => e.volume.name === 'plain')?.volume.kind).toBeUndefined();
+  });
+
   it('finishes a delete that began (chunks marked DELETING on one node), even of a complete volume', () => {
     const fx = new Fixture(3, 1);
     const gone = fx.volume(3, 'gone', 2, 3, { epoch: 2 });

@@ -12,6 +12,9 @@ export function nbdErrorFor(err: unknown): number {
       return NbdError.EINVAL;
     case 'ENOSPC':
       return NbdError.ENOSPC;
+    case 'EROFS':
+      // A storage node refused a write to a snapshot's chunk (READ_ONLY).
+      return NbdError.EPERM;
     case 'ESTALE_EPOCH':
       // This head lost the volume's lease: a newer holder fenced it. EIO, not
       // ESHUTDOWN: ESHUTDOWN obliges the client to disconnect at once, while

@@ -26,6 +26,9 @@ export function senseForDeviceError(err: unknown, dir: IoDirection, lba?: number
       // no manager within --segment-allocate-timeout): SBC-3's thin
       // provisioning answer, which initiators and QEMU (werror=enospc) map to ENOSPC.
       return { key: SenseKey.DATA_PROTECT, code: Asc.SPACE_ALLOCATION_FAILED_WRITE_PROTECT };
+    case 'EROFS':
+      // A storage node refused a write to a snapshot's chunk (READ_ONLY): write protected.
+      return { key: SenseKey.DATA_PROTECT, code: Asc.WRITE_PROTECTED };
     case 'EIO':
     case 'ETRANSPORT':
     case 'ETIMEDOUT':

@@ -11,6 +11,8 @@ export type Done = (err: Error | null) => void;
 /** One chunk as the server sees it: its size, and I/O accounting that FENCE and FLUSH wait on. */
 export interface ServedChunk {
   readonly size: number;
+  /** A snapshot's chunk: every mutating request is refused with READ_ONLY. */
+  readonly readOnly: boolean;
   beginIo(mutating: boolean): void;
   endIo(mutating: boolean): void;
   /** Accounting (metrics, no allocation): a read or a write of `bytes` served in `seconds`. */

@@ -9,7 +9,7 @@ import { FrameDecoder } from '../../frame-decoder.js';
 import { adoptWithReceiveBuffer } from '../../net/receive-buffer-socket.js';
 import { isTraced, moduleLogger, type Logger } from '../../logger.js';
 import type { ChunkService, Done, ServedChunk } from './chunk-service.js';
-import { NoChunkError, OutOfRangeError, TooLargeError, statusForError } from '../status.js';
+import { NoChunkError, OutOfRangeError, ReadOnlyChunkError, TooLargeError, statusForError } from '../status.js';
 import { dataTlsServerOptions, type DataSecurity } from '../auth/data-security.js';
 import { AuthGate } from './auth-gate.js';
 
@@ -344,9 +344,16 @@ class Connection {
     this.settle(h.requestId, chunk, raising === undefined ? Promise.resolve().then(change) : raising.then(change));
   }
 
-  /** Epoch check of a mutating request (docs/design.md rule 3): lower than seen is refused, changing nothing. */
+  /**
+   * Check of a mutating request, changing nothing when refused: a snapshot's
+   * chunk takes none (READ_ONLY, at any epoch); an epoch lower than seen is
+   * refused (docs/design.md rule 3).
+   */
   private admit(h: RequestHeader, chunk: ServedChunk): unknown {
     try {
+      if (chunk.readOnly) {
+        throw new ReadOnlyChunkError(`volume ${h.volumeId} segment ${h.segment} slot ${h.slot} is a snapshot's chunk: read-only`);
+      }
       return this.store.admit(h.volumeId, h.epoch);
     } catch (err) {
       chunk.failed(err); // counted on the chunk addressed: a fenced request shows on its disk
