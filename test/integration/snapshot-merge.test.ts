@@ -5,7 +5,7 @@ import type { JobInfo__Output } from '../../proto/generated/vsky/manager/JobInfo
 import { chunksOnNodes, destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { NbdClient } from '../harness/nbd-client.js';
 import { vsky, vskyJson } from '../harness/vsky.js';
-import { attach, ok, ownWrites, template, verify } from './flatten-fixture.js';
+import { SEG, attach, ok, ownWrites, template, verify } from './flatten-fixture.js';
 
 // Snapshot delete with merge (docs/snapshots.md): deleting a snapshot that
 // only its origin reads from merges it into the origin (a flatten job of the
@@ -70,6 +70,10 @@ describe('snapshot delete with merge', () => {
 
     w = await NbdClient.connect(await attach(c, 'tpl'));
     try {
+      await verify(w, own);
+      // The handed-back chunks are the origin's now, writable (not the snapshot's read-only mark).
+      await w.write(2 * SEG + 8192, Buffer.alloc(4096, 0xe7));
+      own.set(2 * SEG + 8192, 0xe7);
       await verify(w, own);
     } finally {
       w.close();
