@@ -1,3 +1,4 @@
+import { crashPoint, pausePoint } from '../shared/fault-points.js';
 import { AlreadyExistsError, ConflictError, InvalidArgumentError, errorMessage } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { ManagerStore } from './store.js';
@@ -112,6 +113,8 @@ export class Snapshots {
         { volumeId: v.id, snapshot: name, snapshotId: id, epoch: snap.epoch });
     if (lvol) batch.putNextIntId('lvol', lvol.next);
     await this.store.write(batch);
+    crashPoint('manager.snapshot.committed'); // chaos tests: killed before any chunk took the snapshot's identity
+    pausePoint('manager.snapshot.committed'); // chaos tests: frozen there while a node is killed
     forEachReplica(map, (r) => {
       this.model.release(r.diskId, r.chunkIndex, v.id);
       this.model.claim(r.diskId, r.chunkIndex, id);

@@ -36,7 +36,7 @@ describe('flatten job', () => {
     expect(String(plain.stderr)).toMatch(/volume plain has no backing: it holds all its data already; nothing to flatten/);
     const snap = await vsky(['volume', 'flatten', 'tpl-s'], m());
     expect(snap.exitCode).not.toBe(0);
-    expect(String(snap.stderr)).toMatch(/tpl-s is a snapshot: snapshots are not flattened/);
+    expect(String(snap.stderr)).toMatch(/tpl-s is a snapshot \(read-only\): a flatten job cannot change it; clone it/);
     const none = await vsky(['volume', 'flatten', 'nosuch'], m());
     expect(none.exitCode).not.toBe(0);
     expect(String(none.stderr)).toMatch(/nosuch/);
