@@ -123,15 +123,16 @@ function plainWrite(chunk: Chunk, offset: number, data: Buffer, fua: boolean): P
 /**
  * WRITE_ZEROES and DISCARD: whole written regions in the range get their bit
  * cleared (they read as zeros at once, and a later first write zero-fills
- * them again); partial written regions get zeros written. Unwritten regions
- * already read as zeros. Never exposes old bytes.
+ * them again) and, once the record says so, their bytes punched out of the
+ * disk (space given back); partial written regions get zeros written.
+ * Unwritten regions already read as zeros. Never exposes old bytes.
  */
 export async function zeroChunk(chunk: Chunk, offset: number, length: number, fua: boolean): Promise<void> {
   if (length > 0) {
     const rs = chunk.regionSize;
     const end = offset + length;
     const map = chunk.rec.bitmap;
-    let cleared = false;
+    const cleared: number[] = [];
     const jobs: Promise<void>[] = [];
     for (let r = Math.floor(offset / rs); r * rs < end; r++) {
       if (!testBit(map, r)) continue;
@@ -139,15 +140,49 @@ export async function zeroChunk(chunk: Chunk, offset: number, length: number, fu
       const stop = start + rs;
       if (offset <= start && end >= stop) {
         clearBit(map, r);
-        cleared = true;
+        cleared.push(r);
       } else {
         jobs.push(zeroFill(chunk, Math.max(offset, start), Math.min(end, stop)));
       }
     }
     await Promise.all(jobs);
-    if (cleared) await chunk.persist();
+    if (cleared.length > 0) {
+      await chunk.persist();
+      await punchRegions(chunk, cleared);
+    }
   }
   if (fua) await chunk.sync();
+}
+
+/**
+ * Punches the bytes of regions just cleared (bits off, record persisted).
+ * Their first writes wait on the initialisation gates meanwhile, so a punch
+ * never lands over new data; a region someone is already initialising is left
+ * alone. A failed or unsupported punch leaves the bytes: they read as zeros
+ * through the clear bit all the same, and scrubChunk zeroes them before reuse.
+ */
+async function punchRegions(chunk: Chunk, cleared: number[]): Promise<void> {
+  const initializing = (chunk.initializing ??= new Map());
+  const mine = cleared.filter((r) => !testBit(chunk.rec.bitmap, r) && !initializing.has(r));
+  if (mine.length === 0) return;
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  for (const r of mine) initializing.set(r, gate);
+  try {
+    const rs = chunk.regionSize;
+    const punches: Promise<boolean>[] = [];
+    for (let i = 0; i < mine.length;) {
+      let j = i;
+      while (j + 1 < mine.length && mine[j + 1] === mine[j]! + 1) j++;
+      const from = mine[i]! * rs;
+      punches.push(chunk.disk.punch(chunk.dataOffset + from, Math.min((mine[j]! + 1) * rs, chunk.size) - from));
+      i = j + 1;
+    }
+    await Promise.all(punches);
+  } finally {
+    for (const r of mine) if (initializing.get(r) === gate) initializing.delete(r);
+    release();
+  }
 }
 
 /** Writes zeros over chunk bytes [from, to) from the shared zero buffer (no copies). */
@@ -169,9 +204,15 @@ export async function scrubChunk(chunk: Chunk): Promise<void> {
     if (last !== undefined && last[1] === from) last[1] = Math.min(from + rs, chunk.size);
     else ranges.push([from, Math.min(from + rs, chunk.size)]);
   }
-  // One range at a time: zeroFill already has up to (range / zero buffer) writes in flight.
-  for (const [from, to] of ranges) await zeroFill(chunk, from, to);
-  if (ranges.length > 0) await chunk.sync();
+  if (ranges.length === 0) return;
+  // One punch over the written span gives the space back and reads as zeros;
+  // where the disk cannot punch, zeros are written, one range at a time
+  // (zeroFill already has up to (range / zero buffer) writes in flight).
+  const span = ranges[ranges.length - 1]![1] - ranges[0]![0];
+  if (!(await chunk.disk.punch(chunk.dataOffset + ranges[0]![0], span))) {
+    for (const [from, to] of ranges) await zeroFill(chunk, from, to);
+  }
+  await chunk.sync();
 }
 
 function zeroFill(chunk: Chunk, from: number, to: number): Promise<void> {

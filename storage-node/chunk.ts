@@ -16,6 +16,8 @@ export interface ChunkDisk {
   write(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void;
   /** fdatasync, group-committed: cb runs after a sync that started after this call. */
   sync(cb: Done): void;
+  /** Gives bytes [position, position + length) back to the file system or device; false where it cannot (bytes unchanged). */
+  punch(position: number, length: number): Promise<boolean>;
   /** Writes the chunk's current in-memory record (coalescing concurrent calls). */
   persistRecord(chunk: Chunk, cb: Done): void;
 }

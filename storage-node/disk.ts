@@ -1,6 +1,4 @@
 import fs from 'node:fs';
-import { mkdir } from 'node:fs/promises';
-import { dirname } from 'node:path';
 import { ConflictError, CorruptMetadataError, IoError, NotFoundError } from '../shared/errors.js';
 import { moduleLogger, type Logger } from '../shared/logger.js';
 import { Chunk, type ChunkDisk, type Done } from './chunk.js';
@@ -9,12 +7,13 @@ import { isBlank, uuidToBytes } from './disk-format/bytes.js';
 import { encodeRecord, pickNewest } from './disk-format/chunk-record.js';
 import { FORMAT_VERSION, SUPERBLOCK_SIZE } from './disk-format/layout.js';
 import { format } from './disk/format.js';
-import { deviceSize, p, readFully, writeFully } from './disk/file-io.js';
-import { decodeSuperblock, encodeSuperblock, type Superblock } from './disk-format/superblock.js';
+import { createSparse, deviceSize, p, readFully, writeSuperblockDurably } from './disk/file-io.js';
+import { decodeSuperblock, type Superblock } from './disk-format/superblock.js';
 import { DiskFailedError } from '../shared/data-protocol/status.js';
 import { ioError } from './errors.js';
 import { TokenBucket } from '../shared/token-bucket.js';
 import { WriteGatherer } from './write-gather.js';
+import { HolePuncher } from './disk/hole-punch.js';
 
 // One disk (a file created sparse, or a block device): formats or opens it,
 // holds its chunk table in memory, and does every I/O on it through the fs
@@ -91,6 +90,9 @@ export class Disk implements ChunkDisk {
     }
   });
 
+  /** Hole punches of discarded ranges (disk/hole-punch.ts), through this disk's own open file. */
+  readonly holes: HolePuncher;
+
   private constructor(path: string, fd: number, sb: Superblock) {
     this.path = path;
     this.fd = fd;
@@ -98,6 +100,7 @@ export class Disk implements ChunkDisk {
     this.id = sb.diskId;
     this.idBytes = uuidToBytes(sb.diskId);
     this.log = moduleLogger('disk', { disk: sb.diskId, path });
+    this.holes = new HolePuncher(() => `/proc/${process.pid}/fd/${this.fd}`, this.log);
   }
 
   /**
@@ -107,13 +110,7 @@ export class Disk implements ChunkDisk {
   static async open(path: string, opts: OpenDiskOptions): Promise<Disk> {
     if (!fs.existsSync(path)) {
       if (!opts.size) throw new NotFoundError(`disk ${path} does not exist (give a size to create it)`, { path });
-      await mkdir(dirname(path), { recursive: true });
-      const fd = await p<number>((cb) => fs.open(path, 'wx', 0o600, cb));
-      try {
-        await p<void>((cb) => fs.ftruncate(fd, opts.size, cb));
-      } finally {
-        await p<void>((cb) => fs.close(fd, cb));
-      }
+      await createSparse(path, opts.size);
     }
     const fd = await p<number>((cb) => fs.open(path, 'r+', cb));
     try {
@@ -169,9 +166,7 @@ export class Disk implements ChunkDisk {
       await Promise.all(older.slice(i, i + UPGRADE_BATCH).map((c) => c.persist()));
     }
     await p<void>((cb) => fs.fdatasync(this.fd, cb));
-    const sb: Superblock = { ...this.sb, formatVersion: FORMAT_VERSION };
-    await writeFully(this.fd, encodeSuperblock(sb), 0);
-    await p<void>((cb) => fs.fdatasync(this.fd, cb));
+    await writeSuperblockDurably(this.fd, { ...this.sb, formatVersion: FORMAT_VERSION });
     this.sb.formatVersion = FORMAT_VERSION;
     this.log.info({ from, to: FORMAT_VERSION, records: older.length }, 'upgraded disk format in place');
   }
@@ -187,9 +182,7 @@ export class Disk implements ChunkDisk {
       throw new ConflictError(`disk ${this.id} (${this.path}) belongs to cluster ${this.sb.clusterId}, not ${clusterId}: `
         + 'it holds another cluster\'s data; remove it from this node, or zero its first 4 KiB to reuse it (its data is lost)', { diskId: this.id });
     }
-    const sb: Superblock = { ...this.sb, clusterId };
-    await writeFully(this.fd, encodeSuperblock(sb), 0);
-    await p<void>((cb) => fs.fdatasync(this.fd, cb));
+    await writeSuperblockDurably(this.fd, { ...this.sb, clusterId });
     this.sb.clusterId = clusterId;
     this.log.info({ clusterId }, 'disk joined the cluster');
   }
@@ -290,6 +283,17 @@ export class Disk implements ChunkDisk {
       if (err) return cb(this.failed(err, 'write', position));
       cb(null);
     });
+  }
+
+  /** Gives bytes back (a hole that reads as zeros); false where the disk cannot. Not throttled. */
+  async punch(position: number, length: number): Promise<boolean> {
+    if (this.refuse() !== undefined) return false;
+    this.ioInflight++;
+    try {
+      return await this.holes.punch(position, length);
+    } finally {
+      this.ioDone();
+    }
   }
 
   sync(cb: Done): void {

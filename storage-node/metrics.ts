@@ -45,6 +45,10 @@ export function registerNodeMetrics(registry: Registry, store: NodeDisks, server
     name: 'vsky_node_disk_os_errors_total', help: 'I/O errors the OS returned on the disk since it was opened (enough of them fail the disk).',
     labelNames: ['disk', 'server'], read: () => store.diskList().map((d) => ({ labels: labels(d), value: d.ioErrors })),
   });
+  collectedCounter(registry, {
+    name: 'vsky_node_disk_punched_bytes_total', help: 'Bytes of discarded regions and freed chunks punched out of the disk (given back to its file system or device).',
+    labelNames: ['disk', 'server'], read: () => store.diskList().map((d) => ({ labels: labels(d), value: d.holes.punchedBytes })),
+  });
   collectedGauge(registry, {
     name: 'vsky_node_disk_chunks',
     help: 'Chunks of the disk by state: used (owned by a volume) or free.',

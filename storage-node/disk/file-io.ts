@@ -1,6 +1,8 @@
 import fs from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { CorruptMetadataError, InvalidArgumentError } from '../../shared/errors.js';
+import { encodeSuperblock, type Superblock } from '../disk-format/superblock.js';
 
 // Whole-buffer reads and writes at an offset of an fd, and the size of a file
 // or block device: the I/O a disk does while opening, formatting or upgrading
@@ -15,6 +17,23 @@ export async function deviceSize(fd: number): Promise<number> {
   const minor = (st.rdev & 0xff) | (Math.floor(st.rdev / 4096) & 0xfff00);
   const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
   return sectors * 512;
+}
+
+/** Creates a sparse file of `size` bytes (its directory too); fails if the file exists. */
+export async function createSparse(path: string, size: number): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  const fd = await p<number>((cb) => fs.open(path, 'wx', 0o600, cb));
+  try {
+    await p<void>((cb) => fs.ftruncate(fd, size, cb));
+  } finally {
+    await p<void>((cb) => fs.close(fd, cb));
+  }
+}
+
+/** Writes a superblock and makes it durable. */
+export async function writeSuperblockDurably(fd: number, sb: Superblock): Promise<void> {
+  await writeFully(fd, encodeSuperblock(sb), 0);
+  await p<void>((cb) => fs.fdatasync(fd, cb));
 }
 
 export async function readFully(fd: number, buf: Buffer, position: number): Promise<void> {

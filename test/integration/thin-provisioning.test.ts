@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,7 +26,13 @@ const SIZE = 20 * GiB;
 const ALLOCATE_TIMEOUT_MS = 3000;
 const INITIATOR = 'iqn.2026-12.test:thin';
 
-interface VolumeInfo { name: string; thin: boolean; allocatedSegments: number; allocatedBytes: number; segmentCount: number }
+interface VolumeInfo { name: string; thin: boolean; allocatedSegments: number; allocatedBytes: number; segmentCount: number; writtenBytes: number }
+
+/** Bytes the storage nodes' sparse disk files really occupy. */
+function diskFileBytes(dir: string): number {
+  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.img'))
+    .reduce((sum, f) => sum + statSync(join(dir, f)).blocks * 512, 0);
+}
 interface Status { provisionedBytes: number; allocatedBytes: number; overcommit: number; poolUsedFraction: number; poolLevel: string; capacityBytes: number }
 
 function write10(lba: number, data: Buffer): Buffer {
@@ -111,6 +117,32 @@ describe('thin volumes: allocation at first write, a full pool, discards that fr
     expect(new Set(seg0.replicas.map((r) => r.serverId)).size).toBe(2); // distinct servers, as a thick placement
     expect(show.map.segments.filter((x) => x.replicas.length > 0)).toHaveLength(1);
   }, 400_000);
+
+  it('a partial discard gives the space back: the disk files shrink by it on every replica, written bytes drop, the data around it stays', async () => {
+    const before = diskFileBytes(c.opts.dir);
+    const written = (await info()).writtenBytes;
+    const d = await tryRun('qemu-io', ['-f', 'raw', '-c', `discard ${128 * MiB} ${64 * MiB}`, nbd], 60_000);
+    expect(d.exitCode, String(d.stdout) + String(d.stderr)).toBe(0);
+    const v = await info();
+    expect(v.allocatedSegments).toBe(1); // a partial discard keeps the segment's chunks
+    expect(written - v.writtenBytes).toBe(64 * MiB);
+    // Two replicas each gave back 64 MiB (the manager's own files change a little meanwhile).
+    expect(before - diskFileBytes(c.opts.dir)).toBeGreaterThanOrEqual(2 * 64 * MiB - 4 * MiB);
+    const src = readFileSync(join(work, 'src.img'));
+    const reader = await NbdClient.connect(nbd);
+    try {
+      const want = Buffer.from(src.subarray(127 * MiB, 193 * MiB));
+      want.fill(0, MiB, 65 * MiB);
+      for (let at = 0; at < want.length; at += 8 * MiB) {
+        const n = Math.min(8 * MiB, want.length - at);
+        expect((await reader.read(127 * MiB + at, n)).equals(want.subarray(at, at + n)), `offset ${127 * MiB + at}`).toBe(true);
+      }
+      await reader.write(150 * MiB, Buffer.alloc(4096, 0x5a)); // a first write into the hole
+      expect((await reader.read(150 * MiB - 4096, 3 * 4096)).equals(Buffer.concat([Buffer.alloc(4096), Buffer.alloc(4096, 0x5a), Buffer.alloc(4096)]))).toBe(true);
+    } finally {
+      reader.close();
+    }
+  }, 120_000);
 
   it('manager SIGSTOPped: writes to allocated segments go on; a first write fails with ENOSPC after the timeout; SIGCONT and it works', async () => {
     const pid = c.manager.pid!;
