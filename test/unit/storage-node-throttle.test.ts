@@ -13,7 +13,7 @@ import { startStorageNode } from '../../storage-node/daemon.js';
 
 // Per-disk bandwidth throttle (Disk.setThrottle, --disk-throttle-mibps): data
 // reads and writes share one token bucket per disk; chunk records are not
-// throttled; off, the hot path costs one branch.
+// throttled; off, the hot path costs one branch (npm run bench measures it).
 
 setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));
 
@@ -134,30 +134,20 @@ describe('disk bandwidth throttle', () => {
     }
   });
 
-  it('off costs nothing measurable: small reads through the disk run at the speed of raw fs.read', async () => {
-    const path = nextPath();
-    const d = await Disk.open(path, { size: SIZE, chunkSize: CHUNK });
-    const fd = fs.openSync(path, 'r');
+  it('turned off, the cap is gone: 64 MiB that would take 32 s at 2 MiB/s passes at page-cache speed', async () => {
+    // Not a speed comparison (npm run bench measures the hot path): the bound
+    // is 8 s against the 32 s the cap would take, so only a cap still applied fails it.
+    const d = await Disk.open(nextPath(), { size: SIZE, chunkSize: CHUNK, throttleMibps: 2 });
     try {
-      expect(d.throttleMibps).toBe(0);
       await ios(d, 4 * MiB, 'write');
-      const N = 3000;
-      const buf = Buffer.alloc(4096);
-      const at = d.sb.dataOffset;
-      const viaDisk = () => timed(async () => {
-        for (let i = 0; i < N; i++) await diskRead(d, buf, at + (i % 1024) * 4096);
+      expect(await timed(() => ios(d, MiB, 'read'))).toBeGreaterThan(0.2); // premise: the cap was on (1 MiB past a 2 MiB/s bucket)
+      d.setThrottle(0);
+      expect(d.throttleMibps).toBe(0);
+      const off = await timed(async () => {
+        for (let i = 0; i < 16; i++) await ios(d, 4 * MiB, 'read');
       });
-      const raw = () => timed(async () => {
-        for (let i = 0; i < N; i++) {
-          await new Promise<void>((res, rej) => fs.read(fd, buf, 0, 4096, at + (i % 1024) * 4096, (e) => (e ? rej(e) : res())));
-        }
-      });
-      // Best of 5 each, interleaved (both are dominated by the thread-pool round trip).
-      let best = { disk: Infinity, raw: Infinity };
-      for (let i = 0; i < 5; i++) best = { disk: Math.min(best.disk, await viaDisk()), raw: Math.min(best.raw, await raw()) };
-      expect(best.disk / best.raw).toBeLessThan(1.3);
+      expect(off).toBeLessThan(8);
     } finally {
-      fs.closeSync(fd);
       await d.close();
     }
   });
