@@ -1,7 +1,7 @@
 import { MiB } from '../../shared/constants.js';
 import { IoError, errorMessage } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
-import { orInto, setRuns } from '../../shared/region-bitmap.js';
+import { orInto, setRuns, testBit } from '../../shared/region-bitmap.js';
 import type { ChunkRegions, NodeControlClients } from './node-control-clients.js';
 import type { Mirror } from './mirror.js';
 import type { Replica } from './replica.js';
@@ -13,7 +13,9 @@ import type { Replica } from './replica.js';
 // all writable replicas and succeeded on at least one before any write), so:
 // union the dirty bitmaps of a segment's in-sync replicas, and for each dirty
 // region copy one in-sync replica's bytes to every other writable replica
-// (FUA), then clear the bits. Afterwards two reads of one block return the
+// (FUA) where that replica wrote the region, and make it unwritten on the
+// others where it did not (a clone's unwritten region reads its backing:
+// zeros copied as data would hide it), then clear the bits. Afterwards two reads of one block return the
 // same data whichever replica serves them.
 
 export interface ReconcileOptions {
@@ -72,28 +74,53 @@ async function reconcileSegment(chunkSize: number, mirror: Mirror, opts: Reconci
   if (pieces.length === 0) return;
   result.segments++;
   const source = inSync[0]!;
+  const written = maps[0]!.written; // the source's: regions it never wrote must stay unwritten elsewhere too
   const others = writable.filter((r) => r !== source);
   for (const [first, last] of pieces) {
-    const off = first * regionSize;
-    const len = Math.min((last + 1) * regionSize, chunkSize) - off;
-    const data = await readAny(inSync, off, len);
-    const writes = await Promise.allSettled(others.map((r) => r.write(opts.epoch, off, data, true)));
-    const failed = writes.findIndex((w) => w.status === 'rejected');
-    if (failed >= 0) {
-      // A replica that cannot be made equal must not serve reads: fail the attach.
-      const reason = (writes[failed] as PromiseRejectedResult).reason;
-      throw new IoError(`reconciling segment ${mirror.index} of volume ${mirror.volumeName}: write to ${others[failed]!.describe()} failed: ${errorMessage(reason)}`, {
-        volume: mirror.volumeName, segment: mirror.index,
-      }, { cause: reason });
+    for (const [from, to, isWritten] of bitRuns(written, first, last)) {
+      const off = from * regionSize;
+      const len = Math.min((to + 1) * regionSize, chunkSize) - off;
+      await converge(mirror, others, opts.epoch, off, len, isWritten ? await readAny(inSync, off, len) : undefined);
     }
     result.regions += last - first + 1;
-    result.bytes += len;
+    result.bytes += Math.min((last + 1) * regionSize, chunkSize) - first * regionSize;
   }
   // The copies were FUA: durable. Clearing is best effort (a bit left set costs a copy next time).
   await Promise.allSettled(writable.flatMap((r) => pieces.map(([first, last]) => {
     const off = first * regionSize;
     return r.clearDirty(opts.epoch, off, Math.min((last + 1) * regionSize, chunkSize) - off);
   })));
+}
+
+/**
+ * Makes every other writable replica hold the source's state of one run of
+ * regions (FUA): its bytes where the source wrote them; where it did not, the
+ * regions unwritten (WRITE_ZEROES of whole regions clears their written bits
+ * on the node), so that a clone's unwritten region keeps reading its backing
+ * and a thin one keeps reading zeros, never zeros written as data.
+ */
+async function converge(mirror: Mirror, others: readonly Replica[], epoch: number, off: number, len: number, data: Buffer | undefined): Promise<void> {
+  const writes = await Promise.allSettled(others.map((r) => (data !== undefined ? r.write(epoch, off, data, true) : r.writeZeroes(epoch, off, len, true))));
+  const failed = writes.findIndex((w) => w.status === 'rejected');
+  if (failed < 0) return;
+  // A replica that cannot be made equal must not serve reads: fail the attach.
+  const reason = (writes[failed] as PromiseRejectedResult).reason;
+  throw new IoError(`reconciling segment ${mirror.index} of volume ${mirror.volumeName}: ${data !== undefined ? 'write' : 'unwrite'} to ${others[failed]!.describe()} failed: ${errorMessage(reason)}`, {
+    volume: mirror.volumeName, segment: mirror.index,
+  }, { cause: reason });
+}
+
+/** Runs [from, to, bit] of equal bits of `map` over regions first..last. */
+function bitRuns(map: Uint8Array, first: number, last: number): [number, number, boolean][] {
+  const runs: [number, number, boolean][] = [];
+  for (let r = first; r <= last;) {
+    const bit = testBit(map, r);
+    let to = r;
+    while (to + 1 <= last && testBit(map, to + 1) === bit) to++;
+    runs.push([r, to, bit]);
+    r = to + 1;
+  }
+  return runs;
 }
 
 /** Reads from the first in-sync replica that answers. */

@@ -6,7 +6,8 @@ import { MiB } from '../../shared/constants.js';
 import type { JobInfo__Output } from '../../proto/generated/vsky/manager/JobInfo.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { NbdClient } from '../harness/nbd-client.js';
-import { vskyJson } from '../harness/vsky.js';
+import { vsky, vskyJson } from '../harness/vsky.js';
+import { waitHeadActive, waitUntil } from '../harness/leases.js';
 import { SEG, attach, follow, getJob, ok, ownWrites, template, verify } from './flatten-fixture.js';
 
 // A flatten job (docs/snapshots.md "Flatten") that loses its worker or a
@@ -14,8 +15,12 @@ import { SEG, attach, follow, getJob, ok, ownWrites, template, verify } from './
 // segment) resumes the job at its restart, skipping what was copied; a
 // storage node killed while the manager copies a detached clone: the job
 // retries the segment until the node's replicas are marked stale, completes,
-// and the replicas are rebuilt elsewhere. Either way the clone reads exactly
-// its own writes and the template's data.
+// and the replicas are rebuilt elsewhere; the head copying an attached clone
+// killed -9: the job waits for a holder, the VM's volume is attached on the
+// other head once the dead one's lease expired, and that head copies the rest.
+// Either way the clone reads exactly its own writes and the template's data.
+
+const LEASE_TTL_MS = 2000;
 
 interface Show { map: { segments: { index: number; replicas: { serverId: string; state: string }[] }[] } }
 
@@ -24,8 +29,8 @@ describe('flatten job under failures', () => {
   const m = () => c.managerAddress;
 
   beforeAll(async () => {
-    c = await startTestCluster({ diskSize: 512 * MiB });
-    await template(c, ['c3', 'c4']);
+    c = await startTestCluster({ diskSize: 512 * MiB, heads: 2, managerArgs: ['--lease-ttl', String(LEASE_TTL_MS)] });
+    await template(c, ['c3', 'c4', 'c5']);
   }, 120_000);
   afterAll(async () => {
     await destroyTestCluster(c);
@@ -59,12 +64,9 @@ describe('flatten job under failures', () => {
     await ownWrites(w, own, 30, 3);
     w.close();
     await ok(c, ['volume', 'detach', 'c4']);
-    const sub = await vskyJson<JobInfo__Output>(['volume', 'flatten', 'c4', '--no-wait', '--throttle-mibps', '3'], m());
-    for (let j = sub; j.done < 2 * SEG; j = await getJob(c, sub.jobId)) {
-      expect(j.state).toMatch(/pending|running/);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    // The node holding most of c4's chunks now.
+    // The victim: the node holding most of c4's chunks, chosen before the job so
+    // that the kill follows the job's progress at once (slow CLI calls under load
+    // must not let the job finish first).
     const show = await vskyJson<Show>(['volume', 'show', 'c4'], m());
     const servers = await vskyJson<{ serverId: string; controlAddress: string }[]>(['server', 'list'], m());
     const count = new Map<string, number>();
@@ -72,6 +74,11 @@ describe('flatten job under failures', () => {
     const victimId = [...count.entries()].sort((a, b) => b[1] - a[1])[0]![0];
     const victim = servers.find((s) => s.serverId === victimId)!;
     const node = c.nodes.find((n) => String(n.ready.controlAddress) === victim.controlAddress)!;
+    const sub = await vskyJson<JobInfo__Output>(['volume', 'flatten', 'c4', '--no-wait', '--throttle-mibps', '3'], m());
+    for (let j = sub; j.done < 2 * SEG; j = await getJob(c, sub.jobId)) {
+      expect(j.state).toMatch(/pending|running/);
+      await new Promise((r) => setTimeout(r, 50));
+    }
     expect(node).toBeDefined();
     await node.kill9();
     const atKill = await getJob(c, sub.jobId);
@@ -98,4 +105,70 @@ describe('flatten job under failures', () => {
       w.close();
     }
   }, 120_000);
+  it('kill -9 of the head copying an attached clone: the job waits, the other head takes the volume over and copies the rest', async () => {
+    const own = new Map<number, number>();
+    const w = await NbdClient.connect(await attach(c, 'c5'));
+    await ownWrites(w, own, 30, 5);
+    // A writer during the job, on fresh blocks past the 4 MiB verify() reads: an
+    // unacknowledged write (cut by the kill) may or may not have landed.
+    const late = new Map<number, { v: number; acked: boolean }>();
+    let stop = false;
+    const writer = (async () => {
+      for (let i = 0; !stop; i++) {
+        const off = (i % 8) * SEG + 8 * MiB + Math.floor(i / 8) * 4096;
+        const v = 1 + (i % 250);
+        late.set(off, { v, acked: false });
+        const acked = await w.write(off, Buffer.alloc(4096, v)).then(() => true, () => false);
+        if (!acked) return;
+        late.set(off, { v, acked: true });
+      }
+    })();
+    const sub = await vskyJson<JobInfo__Output>(['volume', 'flatten', 'c5', '--no-wait', '--throttle-mibps', '2'], m());
+    try {
+      await waitUntil(async () => (await getJob(c, sub.jobId)).done >= 2 * SEG, 60_000, 'two segments flattened');
+      const before = await getJob(c, sub.jobId);
+      expect(before).toMatchObject({ state: 'running', host: expect.stringMatching(/.+/) }); // a head copies
+      await c.head.kill9();
+      expect(c.head.running).toBe(false);
+      const waiting = await waitUntil(async () => {
+        const j = await getJob(c, sub.jobId);
+        return /head1|not up/.test(j.waiting) ? j : undefined;
+      }, 20_000, 'the job waiting for a head');
+      expect(waiting.state).toBe('running'); // the premise: killed mid-job, and the job noticed
+      expect(waiting.done).toBeLessThan(waiting.total);
+      stop = true;
+      await writer;
+      // The hypervisor is dead: the VM restarts on head2 (allowed once head1's lease expired).
+      const uri = await waitUntil(async () => {
+        const r = await vsky(['volume', 'attach', 'c5', '--head', 'head2'], m());
+        return r.exitCode === 0 ? String(r.stdout).trim().split('\n')[0] : undefined;
+      }, LEASE_TTL_MS + 20_000, 'c5 attached on head2', 500);
+      // The premise of the data check below: head2 reconciled what head1 left marked (its flatten's and the writer's regions).
+      expect(readFileSync(join(c.opts.dir, 'logs', 'head2.log'), 'utf8')).toMatch(/"volume":"c5".*"regions":[1-9]\d*.*reconciled regions left dirty by the previous holder/);
+      const samples = await follow(c, sub.jobId, 90_000);
+      const last = samples.at(-1)!;
+      expect(last.state, last.error).toBe('succeeded');
+      expect(samples.some((j) => j.host !== before.host && j.host !== '')).toBe(true); // head2 copied the rest
+      expect((await vskyJson<{ name: string; backing: string }[]>(['volume', 'list'], m())).find((v) => v.name === 'c5')!.backing).toBe('');
+      const w2 = await NbdClient.connect(uri);
+      try {
+        await verify(w2, own);
+        for (const [off, { v, acked }] of late) {
+          const got = (await w2.read(off, 4096))[0];
+          if (acked) expect(got, `acknowledged write at ${off}`).toBe(v);
+          else expect([0, v], `unacknowledged write at ${off}`).toContain(got);
+        }
+        expect([...late.values()].filter((x) => x.acked).length).toBeGreaterThan(10);
+      } finally {
+        w2.close();
+      }
+      await ok(c, ['volume', 'detach', 'c5']);
+    } finally {
+      stop = true;
+      await writer;
+      w.close();
+      if (!c.head.running) await c.head.start();
+      await waitHeadActive(c, 'head1');
+    }
+  }, 180_000);
 });

@@ -26,7 +26,7 @@ export function templateByte(off: number): number {
 }
 
 export async function attach(c: LocalCluster, name: string): Promise<string> {
-  const r = await vsky(['volume', 'attach', name], c.managerAddress);
+  const r = await vsky(['volume', 'attach', name, ...(c.headNames.length > 1 ? ['--head', c.headNames[0]!] : [])], c.managerAddress);
   expect(r.exitCode, String(r.stderr)).toBe(0);
   return String(r.stdout).trim().split('\n')[0]!;
 }

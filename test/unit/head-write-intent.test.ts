@@ -49,6 +49,16 @@ async function dirtyMap(volumeId: number, seg: number, slot: number): Promise<Ui
   }
 }
 
+/** The written-region bitmap of one replica, straight from its node. */
+async function writtenMap(volumeId: number, seg: number, slot: number): Promise<Uint8Array> {
+  const client = storageNodeClient(trio.nodes[slot]!.controlAddress);
+  try {
+    return new Uint8Array((await call(client, 'GetChunkRegions', { volumeId, segment: seg, slot })).written);
+  } finally {
+    client.close();
+  }
+}
+
 /** Regions dirty on that replica, as [first, last] runs. */
 async function dirtyRuns(volumeId: number, seg: number, slot: number): Promise<[number, number][]> {
   const map = await dirtyMap(volumeId, seg, slot);
@@ -220,5 +230,31 @@ describe('write-intent (head side)', () => {
     expect((await readSlot(vol2, 1, 0, 30 * GROUP, 512)).equals(base.subarray(CHUNK + 30 * GROUP, CHUNK + 30 * GROUP + 512))).toBe(true);
     // The old holder is fenced off.
     await expect(vol1.write(0, fill(4096, 9), false)).rejects.toBeInstanceOf(StaleEpochError);
+  });
+  it('reconcile converges the written state too: a region the source never wrote ends unwritten everywhere, not zeros written as data', async () => {
+    const map = await allocate(35, 'vol-r', 8);
+    const reg1 = newRegistry();
+    const vol1 = await reg1.attach(map, 1);
+    // Group 6 of segment 0 is marked (the head's write lands everywhere); then a write the head died
+    // sending reaches slots 1 and 2 only, in a region of the same group that slot 0 never wrote.
+    await vol1.write(6 * GROUP, fill(4096, 1), false);
+    const lost = 6 * GROUP + 32 * 1024;
+    await direct(vol1, 0, 1).write(1, lost, fill(REGION, 2), false);
+    await direct(vol1, 0, 2).write(1, lost, fill(REGION, 2), false);
+    const r = lost / REGION;
+    const before = await Promise.all([0, 1, 2].map(async (slot) => testBit(await writtenMap(35, 0, slot), r)));
+    expect(before).toEqual([false, true, true]); // the premise: the replicas disagree on whether the region was written
+    reg1.abandon();
+
+    const reg2 = newRegistry();
+    const vol2 = await reg2.attach(map, 2);
+    const source = vol2.segment(0).replicas.find((x) => x.readable)!.slot;
+    expect(source).toBe(0); // reconcile takes the first in-sync replica's state
+    for (let slot = 0; slot < 3; slot++) {
+      const written = await writtenMap(35, 0, slot);
+      expect(testBit(written, r), `slot ${slot}: region ${r} written`).toBe(false);
+      expect(testBit(written, (6 * GROUP) / REGION), `slot ${slot}: the marked write's region`).toBe(true);
+      expect((await readSlot(vol2, 0, slot, lost, REGION)).equals(Buffer.alloc(REGION))).toBe(true);
+    }
   });
 });
