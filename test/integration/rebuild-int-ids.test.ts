@@ -35,11 +35,7 @@ async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 30
 describe('VastSky integer ids across a rebuild from storage', () => {
   let c: LocalCluster;
   let client: PythonClient;
-  const xr = async (method: string, struct: Record<string, unknown> = {}): Promise<Json> => {
-    const r = await client.call(method, { ...struct, ver: 5 });
-    if (!('ok' in r)) throw new Error(`${method}: ${JSON.stringify(r)}`);
-    return r.ok;
-  };
+  const xr = (method: string, struct: Record<string, unknown> = {}): Promise<Json> => client.ok(method, struct);
   /** Everything a VastSky client can hold on to, by our names. */
   const ids = async () => ({
     volumes: Object.fromEntries((await xr('listLogicalVolumes')).map((v: Json) => [v.lvolname, v.lvolid])),
@@ -112,10 +108,7 @@ describe('VastSky integer ids across a rebuild from storage', () => {
 
   it('shutdownAll halts the cluster as VastSky does: a server powered off meanwhile is not failed; each leaves the halt by registering again', { timeout: 120_000 }, async () => {
     const m = c.managerAddress;
-    const fault = async (method: string, struct: Record<string, unknown> = {}): Promise<number> => {
-      const r = await client.call(method, { ...struct, ver: 5 });
-      return r.fault ? r.fault[0] : 0;
-    };
+    const fault = (method: string, struct: Record<string, unknown> = {}): Promise<number> => client.faultCode(method, struct);
     expect(await fault('shutdownAll')).toBe(16); // a is attached (EBUSY), nothing changes
     expect((await xr('listStorageServers')).map((s: Json) => s.priority)).toEqual([1, 1, 1]);
     expect(await xr('detachLogicalVolume', { lvolname: 'a' })).toBe(0);

@@ -19,15 +19,8 @@ type Json = any; // eslint-disable-line @typescript-eslint/no-explicit-any
 describe('XML-RPC createSnapshot', () => {
   let c: LocalCluster;
   let client: PythonClient;
-  const xr = async (method: string, struct: Record<string, unknown> = {}): Promise<Json> => {
-    const r = await client.call(method, { ...struct, ver: 5 });
-    if (!('ok' in r)) throw new Error(`${method}: ${JSON.stringify(r)}`);
-    return r.ok;
-  };
-  const faultCode = async (method: string, struct: Record<string, unknown> = {}): Promise<number> => {
-    const r = await client.call(method, { ...struct, ver: 5 });
-    return r.fault ? r.fault[0] : 0;
-  };
+  const xr = (method: string, struct: Record<string, unknown> = {}): Promise<Json> => client.ok(method, struct);
+  const faultCode = (method: string, struct: Record<string, unknown> = {}): Promise<number> => client.faultCode(method, struct);
   const qemuIo = async (uri: string, cmd: string) => {
     const r = await tryRun('qemu-io', ['-f', 'raw', '-c', cmd, uri], 60_000);
     expect(r.exitCode, String(r.stdout) + String(r.stderr)).toBe(0);

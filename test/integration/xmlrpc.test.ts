@@ -27,17 +27,8 @@ describe('XML-RPC (VastSky 3.0 API) on the manager', () => {
   let c: LocalCluster;
   let url: string;
   let client: PythonClient;
-  /** One call by Python's xmlrpc.client, with ver; a fault throws. */
-  const xr = async (method: string, struct: Record<string, unknown> = {}): Promise<Json> => {
-    const r = await client.call(method, { ...struct, ver: 5 });
-    if (!('ok' in r)) throw new Error(`${method}: ${JSON.stringify(r)}`);
-    return r.ok;
-  };
-  /** The fault code of a call (with ver), or 0. */
-  const faultCode = async (method: string, struct: Record<string, unknown> = {}): Promise<number> => {
-    const r = await client.call(method, { ...struct, ver: 5 });
-    return r.fault ? r.fault[0] : 0;
-  };
+  const xr = (method: string, struct: Record<string, unknown> = {}): Promise<Json> => client.ok(method, struct);
+  const faultCode = (method: string, struct: Record<string, unknown> = {}): Promise<number> => client.faultCode(method, struct);
   const state = async () => ({
     volumes: (await xr('listLogicalVolumes')).map((v: Json) => [v.lvolid, v.lvolname, v.hsvrid]),
     servers: (await xr('listStorageServers')).map((s: Json) => [s.ssvrid, s.priority]),

@@ -40,6 +40,19 @@ export class PythonClient {
     });
   }
 
+  /** One call with VastSky's `ver` (5); its value, or throws on a fault or HTTP error. */
+  async ok(method: string, struct: Record<string, unknown> = {}): Promise<any> { // eslint-disable-line @typescript-eslint/no-explicit-any
+    const r = await this.call(method, { ...struct, ver: 5 });
+    if (!('ok' in r)) throw new Error(`${method}: ${JSON.stringify(r)}`);
+    return r.ok;
+  }
+
+  /** The fault code of a call with `ver` (5), or 0 when it succeeded. */
+  async faultCode(method: string, struct: Record<string, unknown> = {}): Promise<number> {
+    const r = await this.call(method, { ...struct, ver: 5 });
+    return r.fault ? r.fault[0] : 0;
+  }
+
   close(): void {
     this.child.stdin.end();
     this.child.kill();
