@@ -150,6 +150,22 @@ async function waitFor(what: string, ms: number, ok: (v: VolumeRow) => boolean, 
   }
 }
 
+/** Waits for the manager's replica.stale event of `name`; returns its reason. */
+async function waitStaleEvent(c: LocalCluster, name: string, ms: number): Promise<string> {
+  const deadline = Date.now() + ms;
+  let last = '';
+  while (Date.now() < deadline) {
+    const r = await vsky(['events', '--kind', 'replica.stale', '--target', `volume:${name}`, '--json'], c.managerAddress);
+    last = String(r.stdout);
+    if (r.exitCode === 0) {
+      const events = JSON.parse(last) as { reason?: string; message?: string }[];
+      if (events.length > 0) return JSON.stringify(events[0]).slice(0, 300);
+    }
+    await new Promise((res) => setTimeout(res, 200));
+  }
+  throw new Error(`no replica.stale event for ${name} within ${ms} ms: ${last}`);
+}
+
 /** The node (index into c.nodes) of segment 0's slot 0: the primary of its forwarded writes. */
 async function primaryNode(c: LocalCluster, name: string): Promise<number> {
   const m = c.client();
@@ -173,8 +189,9 @@ describe('primary forwarding: the primary fails under a verifying writer', () =>
     w.resetStall();
     const node = await primaryNode(c, name);
     await act(node);
-    // The premise: the failed primary's replicas were recorded stale (degraded) ...
-    await waitFor('degraded', 20_000, (v) => v.degraded, c, name);
+    // The premise: the failed primary's replicas were recorded stale (the manager's event) ...
+    const stale = await waitStaleEvent(c, name, 20_000);
+    console.log(`${name}: ${stale}`);
     const acked = w.stats.writesAcked;
     // ... and the volume got back to full redundancy by itself while writes went on.
     const back = await waitFor('fully redundant', 90_000, (v) => !v.degraded && v.resyncs === 0, c, name);
@@ -206,5 +223,8 @@ describe('primary forwarding: the primary fails under a verifying writer', () =>
       await new Promise((r) => setTimeout(r, 4000));
       c.nodes[node]!.resume();
     });
+    // Whether the paused primary still had forwards to send when it woke depends on timing: printed, not asserted.
+    const refused = c.nodes.map((_, i) => (daemonLog(c, `node${i + 1}`).match(/late forward refused/g) ?? []).length);
+    console.log(`fstop: late forwards refused (STALE_ROUTE) per node: ${refused.join(' ')}`);
   }, 150_000);
 });

@@ -361,6 +361,7 @@ export class Connection implements ForwardOwner {
   private replyError(requestId: number, err: unknown, cost = 0): void {
     const status = this.replies.error(requestId, err);
     if (status === Status.IO_ERROR || status === Status.DISK_FAILED) this.log.warn({ err, requestId }, 'request failed');
+    else if (status === Status.STALE_ROUTE) this.log.warn({ err: errorMessage(err), requestId }, 'late forward refused (stale route)');
     else if (this.trace) this.log.debug({ requestId, status, err: errorMessage(err) }, 'request refused');
     this.completed(cost);
   }
