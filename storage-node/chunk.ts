@@ -52,6 +52,9 @@ export class Chunk {
   private drainWaiters: { mutatingOnly: boolean; resolve: () => void }[] | undefined;
   /** A control operation (allocate/free) is changing ownership. */
   busy = false;
+  /** Primary forwarding's route rule (shared/data-protocol/server/data-connection.ts checkRoute). */
+  routeEpoch = 0;
+  routeGeneration = 0;
 
   constructor(disk: ChunkDisk, index: number, dataOffset: number, size: number, regionBits: number,
     rec: ChunkRecordData, seq: number, newestSlot: number) {

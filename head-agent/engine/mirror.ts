@@ -1,9 +1,10 @@
 import { ConflictError, InvalidArgumentError, IoError, StaleEpochError, TransportError, errorMessage } from '../../shared/errors.js';
 import { ReadOnlyChunkError } from '../../shared/data-protocol/status.js';
-import type { RequestCallback, RequestTarget } from '../../shared/data-protocol/client/data-request.js';
 import {
   mutationFailureError, rejectOnReplicaFailure, type ReplicaFailure, type ReplicaFailureHandler,
 } from './failure-handler.js';
+import { ForwardRouter, replicationMode } from './forward-group.js';
+import { MutationOp, ReadOp, retriable } from './mirror-ops.js';
 import { MutationTracker } from './mutation-tracker.js';
 import { RegionLocks } from './region-locks.js';
 import type { Replica } from './replica.js';
@@ -26,6 +27,8 @@ import type { SegmentIntent } from './write-intent.js';
 // this head saw fail), is acknowledged only when the ReplicaFailureHandler
 // (failure-handler.ts) says so: for the reporting handler, once the manager
 // recorded them stale (rule 2).
+// With VSKY_REPLICATION=forward, a WRITE to more than one replica goes once,
+// to the first writable replica, which forwards it (forward-group.ts).
 
 export { MutationTracker, mutationFailureError, rejectOnReplicaFailure };
 
@@ -42,93 +45,6 @@ export type { ReplicaFailure, ReplicaFailureHandler };
 const WRITE = 0;
 const WRITE_ZEROES = 1;
 const DISCARD = 2;
-
-/** Read failures worth retrying on another replica (anything but a bad request). */
-function retriable(err: Error): boolean {
-  return !(err instanceof InvalidArgumentError);
-}
-
-/** One mutation (write, write-zeroes, discard) of one segment: see "A mutation's life" above Mirror.answered. */
-class MutationOp implements RequestCallback {
-  private readonly mirror: Mirror;
-  private readonly fua: boolean;
-  /** Tracker phase (MutationTracker.begin): FLUSH and resync barriers wait for it. */
-  readonly phase: number;
-  /** Replicas the mutation was sent to. */
-  sent = 0;
-  /** Suspect replicas were skipped: acknowledge only once they are recorded stale. */
-  skippedSuspects = false;
-  remaining = 0;
-  /** Replica failures, including those that failed before sending (write-intent MARK). */
-  failures: ReplicaFailure[] | undefined;
-  preFailed = 0;
-  /** Set once, by Mirror.complete. */
-  completed = false;
-  resolve!: () => void;
-  reject!: (err: Error) => void;
-  readonly promise: Promise<void>;
-
-  constructor(mirror: Mirror, fua: boolean, phase: number) {
-    this.mirror = mirror;
-    this.fua = fua;
-    this.phase = phase;
-    this.promise = new Promise<void>((resolve, reject) => {
-      this.resolve = resolve;
-      this.reject = reject;
-    });
-  }
-
-  /** Replicas that acknowledged (valid once every request answered). */
-  get succeeded(): number {
-    return this.sent - ((this.failures?.length ?? 0) - this.preFailed);
-  }
-
-  requestDone(target: RequestTarget, err: Error | undefined): void {
-    const replica = target as Replica;
-    replica.noteWritten(this.fua);
-    if (err !== undefined) (this.failures ??= []).push({ replica, error: err });
-    if (--this.remaining === 0) this.mirror.answered(this);
-  }
-}
-
-class ReadOp implements RequestCallback {
-  private readonly mirror: Mirror;
-  /** The mirror's replica list when the read began (a map update replaces the list, not this). */
-  readonly replicas: readonly Replica[];
-  readonly offset: number;
-  readonly dest: Buffer;
-  /** Bit i set: replicas[i] was tried. */
-  tried = 0;
-  private failures: ReplicaFailure[] | undefined;
-  resolve!: (data: Buffer) => void;
-  reject!: (err: Error) => void;
-  readonly promise: Promise<Buffer>;
-
-  constructor(mirror: Mirror, offset: number, dest: Buffer) {
-    this.mirror = mirror;
-    this.replicas = mirror.replicas;
-    this.offset = offset;
-    this.dest = dest;
-    this.promise = new Promise<Buffer>((resolve, reject) => {
-      this.resolve = resolve;
-      this.reject = reject;
-    });
-  }
-
-  requestDone(target: RequestTarget, err: Error | undefined): void {
-    const replica = target as Replica;
-    if (err === undefined) {
-      replica.reads++;
-      if (this.failures !== undefined) this.mirror.readRecovered(this.failures);
-      this.resolve(this.dest);
-      return;
-    }
-    (this.failures ??= []).push({ replica, error: err });
-    if (!retriable(err) || !this.mirror.submitRead(this)) {
-      this.reject(this.mirror.readFailureError(this.failures, err));
-    }
-  }
-}
 
 export class Mirror {
   readonly volumeName: string;
@@ -149,6 +65,8 @@ export class Mirror {
   locks: RegionLocks | undefined;
   /** A replica refused our epoch: this head is fenced off the volume (set by the volume). */
   onFenced: ((err: Error) => void) | undefined;
+  /** Set in forward mode: WRITEs go through a primary replica rather than to each (forward-group.ts). */
+  readonly router = replicationMode() === 'forward' ? new ForwardRouter() : undefined;
   private rr = 0;
 
   constructor(
@@ -185,7 +103,9 @@ export class Mirror {
     const epoch = this.lease.epoch;
     if (this.gated(offset, data.length)) return this.gatedMutation(WRITE, epoch, offset, data.length, data, fua);
     const op = this.begin(fua);
-    if (this.prepare(op, undefined)) for (const r of this.replicas) if (r.writable) r.submitWrite(epoch, offset, data, fua, op);
+    if (!this.prepare(op, undefined)) return op.promise;
+    if (this.router !== undefined && op.sent > 1) this.router.send(op, this.router.current(this.replicas), epoch, offset, data);
+    else for (const r of this.replicas) if (r.writable) r.submitWrite(epoch, offset, data, fua, op);
     return op.promise;
   }
 
@@ -393,7 +313,11 @@ export class Mirror {
         }
         break;
       }
-      if (this.prepare(op, excluded)) {
+      const router = this.router;
+      if (this.prepare(op, excluded) && kind === WRITE && router !== undefined && op.sent > 1) {
+        const members = this.replicas.filter((r) => r.writable && excluded?.some((e) => e.replica === r) !== true);
+        router.send(op, excluded === undefined ? router.current(this.replicas) : router.subset(members), epoch, offset, data!);
+      } else if (op.remaining > 0) {
         for (const r of this.replicas) {
           if (!r.writable || (excluded !== undefined && excluded.some((e) => e.replica === r))) continue;
           if (kind === WRITE) r.submitWrite(epoch, offset, data!, fua, op);

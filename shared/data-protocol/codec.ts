@@ -2,6 +2,7 @@ import { MAX_DATA_PAYLOAD } from '../constants.js';
 import { MAX_COUNTER } from '../counters.js';
 import { InvalidArgumentError, ProtocolError } from '../errors.js';
 import type { FrameSpec } from '../frame-decoder.js';
+import { MAX_ROUTE_BYTES } from './forward-codec.js';
 import {
   MAX_ERROR_MESSAGE, Opcode, REPLY_HEADER_SIZE, REPLY_MAGIC, REQUEST_HEADER_SIZE, REQUEST_MAGIC,
   type ReplyHeader, type RequestHeader,
@@ -55,8 +56,11 @@ export function decodeRequestHeader(buf: Buffer, at = 0): RequestHeader {
   if (hi > MAX_SAFE_HI) throw new ProtocolError('data protocol: offset beyond 2^53', { hi });
   const opcode = buf[at + 4]!;
   const length = buf.readUInt32BE(at + 20);
-  if (opcode === Opcode.WRITE && length > MAX_DATA_PAYLOAD) {
+  if ((opcode === Opcode.WRITE || opcode === Opcode.FORWARD_WRITE) && length > MAX_DATA_PAYLOAD) {
     throw new ProtocolError(`data protocol: write of ${length} bytes exceeds the limit of ${MAX_DATA_PAYLOAD}`, { length });
+  }
+  if (opcode === Opcode.FORWARD_WRITE && (buf.readUInt32BE(at + 40) !== 0 || buf.readUInt32BE(at + 44) > MAX_ROUTE_BYTES)) {
+    throw new ProtocolError(`data protocol: forward route above ${MAX_ROUTE_BYTES} bytes`);
   }
   return {
     opcode,
@@ -106,13 +110,13 @@ export function decodeReplyHeader(buf: Buffer, at = 0): ReplyHeader {
   return { requestId: buf.readUInt32BE(at + 4), status: buf.readUInt32BE(at + 8), length: buf.readUInt32BE(at + 12) };
 }
 
-/** Frames a node reads: only WRITE requests carry a payload. */
+/** Frames a node reads: WRITE carries its data, FORWARD_WRITE its route block (length in `generation`) then its data. */
 export const requestFrameSpec: FrameSpec<RequestHeader> = {
   name: 'data protocol request',
   headerSize: REQUEST_HEADER_SIZE,
-  maxPayload: MAX_DATA_PAYLOAD,
+  maxPayload: MAX_DATA_PAYLOAD + MAX_ROUTE_BYTES,
   parseHeader: decodeRequestHeader,
-  payloadLength: (h) => (h.opcode === Opcode.WRITE ? h.length : 0),
+  payloadLength: (h) => (h.opcode === Opcode.WRITE ? h.length : h.opcode === Opcode.FORWARD_WRITE ? h.generation + h.length : 0),
 };
 
 /** Frames a head reads: the payload is read data (OK) or an error message. */

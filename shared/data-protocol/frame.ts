@@ -9,7 +9,11 @@
 //   24 u64 offset within the chunk (< 2^53)
 //   32 u64 lease epoch        (0..2^53-1; above: BAD_REQUEST)
 //   40 u64 generation         (FENCE only; 0 otherwise; 0..2^53-1; above: BAD_REQUEST)
-//   WRITE is followed by `length` payload bytes; no other request carries a payload.
+//   WRITE is followed by `length` payload bytes.
+//   FORWARD_WRITE (primary forwarding, docs/replication-topology.md): the u64
+//   at 40 is the byte length R of a route block (forward-codec.ts, at most
+//   MAX_ROUTE_BYTES), and the payload is R route bytes then `length` data bytes.
+//   No other request carries a payload.
 //   Epochs and generations never wrap (shared/counters.ts). The 40-byte layout
 //   before it (u32 epoch and generation) had the magic 'VSKQ': a peer of that
 //   layout is refused at its first frame (bad magic), never misread.
@@ -42,6 +46,13 @@ export const Opcode = {
   MARK_DIRTY: 8,
   /** Clear the dirty bits of regions covering the range (after a flush with nothing in flight there). */
   CLEAR_DIRTY: 9,
+  /**
+   * A WRITE to this node's chunk that it also forwards, unchanged (epoch,
+   * flags, offset, data), to the replicas its route block lists; replied once
+   * every replica answered, with each one's outcome (Status.FORWARD_RESULTS)
+   * unless all succeeded. A route of no replicas is a forwarded leg.
+   */
+  FORWARD_WRITE: 10,
 } as const;
 export type Opcode = (typeof Opcode)[keyof typeof Opcode];
 
@@ -76,6 +87,16 @@ export const Status = {
    * WRITE_ZEROES, DISCARD, MARK_DIRTY and CLEAR_DIRTY are refused, changing nothing.
    */
   READ_ONLY: 8,
+  /**
+   * FORWARD_WRITE: some replica did not acknowledge; the payload lists each
+   * replica's outcome (forward-codec.ts encodeForwardResults), primary first.
+   */
+  FORWARD_RESULTS: 9,
+  /**
+   * FORWARD_WRITE: its route generation is below one this chunk already took
+   * under the same epoch (a late forward from a primary the head gave up on).
+   */
+  STALE_ROUTE: 10,
 } as const;
 export type Status = (typeof Status)[keyof typeof Status];
 

@@ -36,6 +36,16 @@ export class ReadOnlyChunkError extends VskyError {
   }
 }
 
+/**
+ * A FORWARD_WRITE whose route generation is below one the chunk took under
+ * the same epoch: a late forward from a primary the head gave up on.
+ */
+export class StaleRouteError extends IoError {
+  constructor(message: string, context: ErrorContext = {}) {
+    super(message, context);
+  }
+}
+
 /** Server side: the reply status for any error raised while serving a request. */
 export function statusForError(err: unknown): Status {
   if (err instanceof StaleEpochError) return Status.STALE_EPOCH;
@@ -43,6 +53,7 @@ export function statusForError(err: unknown): Status {
   if (err instanceof OutOfRangeError) return Status.OUT_OF_RANGE;
   if (err instanceof TooLargeError) return Status.TOO_LARGE;
   if (err instanceof DiskFailedError) return Status.DISK_FAILED;
+  if (err instanceof StaleRouteError) return Status.STALE_ROUTE;
   if (err instanceof ReadOnlyChunkError) return Status.READ_ONLY;
   if (err instanceof InvalidArgumentError || err instanceof ProtocolError) return Status.BAD_REQUEST;
   if (err instanceof NotFoundError) return Status.NO_CHUNK;
@@ -65,6 +76,10 @@ export function errorForStatus(opcode: number, status: number, message: string, 
       return new InvalidArgumentError(text, ctx);
     case Status.READ_ONLY:
       return new ReadOnlyChunkError(`${text} (the chunk is a snapshot's: read-only)`, ctx);
+    case Status.DISK_FAILED:
+      return new DiskFailedError(text, ctx);
+    case Status.STALE_ROUTE:
+      return new StaleRouteError(text, ctx);
     default:
       return new IoError(text, ctx);
   }

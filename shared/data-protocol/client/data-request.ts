@@ -15,6 +15,11 @@ export interface RequestTarget {
   replyError(opcode: number, status: number, message: string): Error;
 }
 
+/** The target of a FORWARD_WRITE: it carries the route block sent before the data (its length is the request's `generation`). */
+export interface RoutedTarget extends RequestTarget {
+  readonly route: Buffer;
+}
+
 /**
  * Completion of a submitted request. Preallocated per I/O by the caller (no
  * closure per request). Called exactly once, never synchronously from submit().

@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import { encodeRequestHeader } from '../codec.js';
-import type { PendingRequest } from './data-request.js';
+import type { PendingRequest, RoutedTarget } from './data-request.js';
 import { Opcode } from '../frame.js';
 
 // The send side of a data connection. A request's header is encoded into its
@@ -51,7 +51,9 @@ export class RequestWriter {
     }
     encodeRequestHeader(p, p.header);
     let ok = socket.write(p.header);
-    if (p.opcode === Opcode.WRITE && p.length > 0) ok = socket.write(p.data!);
+    // FORWARD_WRITE: the target's route block, then the data (both not copied).
+    if (p.opcode === Opcode.FORWARD_WRITE) ok = socket.write((p.target as RoutedTarget).route);
+    if ((p.opcode === Opcode.WRITE || p.opcode === Opcode.FORWARD_WRITE) && p.length > 0) ok = socket.write(p.data!);
     if (!ok) this.full = true;
   }
 

@@ -13,6 +13,13 @@ export interface ServedChunk {
   readonly size: number;
   /** A snapshot's chunk: every mutating request is refused with READ_ONLY. */
   readonly readOnly: boolean;
+  /**
+   * The route rule of FORWARD_WRITE (data-connection.ts checkRoute): the
+   * highest epoch and, under it, route generation this chunk took a forward
+   * write under. In memory only, 0 at start.
+   */
+  routeEpoch: number;
+  routeGeneration: number;
   beginIo(mutating: boolean): void;
   endIo(mutating: boolean): void;
   /** Accounting (metrics, no allocation): a read or a write of `bytes` served in `seconds`. */
