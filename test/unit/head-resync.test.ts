@@ -207,7 +207,9 @@ describe('UpdateMap and StartResync (head side)', () => {
     const partial = reports.filter((p) => !p.req.finished);
     expect(partial.length).toBeGreaterThan(0);
     expect(partial.every((p) => p.req.regionsDone > 0 && p.req.regionsDone < 4096)).toBe(true);
-    for (let i = 1; i < reports.length - 1; i++) expect(reports[i]!.at - reports[i - 1]!.at).toBeGreaterThanOrEqual(180);
+    // Counted over the whole run, not gap by gap: one late delivery on a loaded machine shortens the next gap.
+    const span = reports.at(-2)!.at - reports[0]!.at;
+    expect((reports.length - 2) * 200).toBeLessThanOrEqual(span + 200);
     // Only written regions were copied: the target's written map equals the sources'.
     const src = await written(0, 0);
     const dst = await written(0, 2);
