@@ -1,5 +1,5 @@
 import {
-  CapacityError, InvalidArgumentError, NotFoundError, StaleEpochError, TimeoutError, errorMessage,
+  CapacityError, InvalidArgumentError, IoError, NotFoundError, StaleEpochError, TimeoutError, TransportError, VskyError, errorMessage,
 } from '../shared/errors.js';
 import { call, type ManagerClient } from '../shared/grpc.js';
 import { moduleLogger } from '../shared/logger.js';
@@ -13,12 +13,16 @@ import type { LinearVolume, SegmentAllocator } from './engine/linear-volume.js';
 // until --segment-allocate-timeout, then the write fails with ENOSPC (NBD
 // ENOSPC; SCSI DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT): never
 // written anywhere, so nothing is corrupted, and a later write succeeds once
-// the manager answers. A full pool is ENOSPC at once. Writes to allocated
-// segments never come here.
+// the manager answers. A full pool is ENOSPC at once. A manager that answers
+// but could not allocate for another reason (a node that did not answer it,
+// say) is asked again for up to ANSWERED_WAIT_MS: ENOSPC is never its answer;
+// past that the write fails with EIO. Writes to allocated segments never come here.
 
 const log = moduleLogger('head-thin');
 
 export const DEFAULT_SEGMENT_ALLOCATE_TIMEOUT_MS = 10_000;
+/** How long a first write waits while the manager answers with a passing failure (not a full pool). */
+export const ANSWERED_WAIT_MS = 30_000;
 /** FreeSegment is best effort: the discard already succeeded, the chunks just stay. */
 const FREE_TIMEOUT_MS = 5_000;
 /** How long an unanswered FreeSegment is asked again (the segment's I/O waits meanwhile). */
@@ -38,15 +42,11 @@ export function thinAllocator(opts: ThinAllocatorOptions): SegmentAllocator {
   return {
     async allocate(volume: LinearVolume, segment: number): Promise<void> {
       const started = Date.now();
-      const deadline = started + timeoutMs;
+      let deadline = started + timeoutMs;
       let last: unknown;
       for (let attempt = 1; ; attempt++) {
         const left = deadline - Date.now();
-        if (left <= 0) {
-          log.warn({ volume: volume.name, segment, ms: Date.now() - started, err: errorMessage(last) }, 'segment allocation timed out: the write fails with ENOSPC');
-          throw new CapacityError(`volume ${volume.name}: no chunks for segment ${segment} within ${timeoutMs} ms (the manager did not answer: ${errorMessage(last)}); `
-            + 'the write failed with ENOSPC and changed nothing; it succeeds once the manager is back', { volume: volume.name, segment });
-        }
+        if (left <= 0) throw allocateFailed(volume.name, segment, Date.now() - started, timeoutMs, last);
         const client = opts.manager();
         try {
           if (client === undefined) throw new Error('this head has no manager link yet');
@@ -61,6 +61,7 @@ export function thinAllocator(opts: ThinAllocatorOptions): SegmentAllocator {
             throw err;
           }
           last = err;
+          if (managerAnswered(err)) deadline = Math.max(deadline, started + ANSWERED_WAIT_MS);
           await new Promise((r) => setTimeout(r, Math.min(100 * attempt, 500, Math.max(0, deadline - Date.now()))));
         }
       }
@@ -90,4 +91,25 @@ export function thinAllocator(opts: ThinAllocatorOptions): SegmentAllocator {
       }
     },
   };
+}
+
+/** The manager answered (it is up) with a failure that may pass; not a transport failure or a timeout. */
+function managerAnswered(err: unknown): boolean {
+  return err instanceof VskyError && !(err instanceof TransportError) && !(err instanceof TimeoutError);
+}
+
+/**
+ * The error a first write gets when its segment got no chunks in time: EIO when the manager
+ * answered (the pool has room; something else failed), ENOSPC when it did not answer at all
+ * (documented: QEMU pauses the VM, and the write succeeds once the manager is back).
+ */
+function allocateFailed(volume: string, segment: number, ms: number, timeoutMs: number, last: unknown): VskyError {
+  if (managerAnswered(last)) {
+    log.warn({ volume, segment, ms, err: errorMessage(last) }, 'segment allocation kept failing: the write fails with EIO');
+    return new IoError(`volume ${volume}: no chunks for segment ${segment} within ${ms} ms (the manager answered: ${errorMessage(last)}); `
+      + 'the write failed and changed nothing', { volume, segment });
+  }
+  log.warn({ volume, segment, ms, err: errorMessage(last) }, 'segment allocation timed out: the write fails with ENOSPC');
+  return new CapacityError(`volume ${volume}: no chunks for segment ${segment} within ${timeoutMs} ms (the manager did not answer: ${errorMessage(last)}); `
+    + 'the write failed with ENOSPC and changed nothing; it succeeds once the manager is back', { volume, segment });
 }

@@ -38,7 +38,8 @@ export interface StorageNodeApi {
   getInfo(address: string): Promise<NodeInfo__Output>;
   addDisk(address: string, req: AddDiskRequest): Promise<DiskInfo__Output>;
   removeDisk(address: string, req: RemoveDiskRequest): Promise<void>;
-  allocateChunk(address: string, req: AllocateChunkRequest): Promise<void>;
+  /** `timeoutMs` defaults to PEER_TIMEOUTS.chunk. */
+  allocateChunk(address: string, req: AllocateChunkRequest, timeoutMs?: number): Promise<void>;
   freeChunk(address: string, req: FreeChunkRequest): Promise<void>;
   listChunks(address: string, req: ListChunksRequest): Promise<ChunkList__Output>;
   /** Written-region and write-intent bitmaps of one chunk (resync sizing). */
@@ -116,7 +117,7 @@ export class GrpcPeerClients implements PeerClients {
     addDisk: (a, req) => call(this.nodeClient(a), this.nodeClient(a).AddDisk, req, PEER_TIMEOUTS.disk, PEER_CALL),
     removeDisk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).RemoveDisk, req, PEER_TIMEOUTS.disk, PEER_CALL); },
     reassignChunk: async (a, req) => { await call(this.nodeClient(a), 'ReassignChunk', req, PEER_TIMEOUTS.chunk, PEER_CALL); },
-    allocateChunk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).AllocateChunk, req, PEER_TIMEOUTS.chunk, PEER_CALL); },
+    allocateChunk: async (a, req, timeoutMs) => { await call(this.nodeClient(a), this.nodeClient(a).AllocateChunk, req, timeoutMs ?? PEER_TIMEOUTS.chunk, PEER_CALL); },
     freeChunk: async (a, req) => { await call(this.nodeClient(a), this.nodeClient(a).FreeChunk, req, PEER_TIMEOUTS.chunk, PEER_CALL); },
     listChunks: (a, req) => call(this.nodeClient(a), this.nodeClient(a).ListChunks, req, PEER_TIMEOUTS.list, PEER_CALL),
     getChunkRegions: (a, req) => call(this.nodeClient(a), 'GetChunkRegions', req, PEER_TIMEOUTS.info, PEER_CALL),

@@ -178,6 +178,19 @@ export class Snapshots {
     this.retryTimer.unref();
   }
 
+  /**
+   * A snapshot still marked `reassigning` (a node missed its identity): asks
+   * the nodes of its current map now rather than waiting for the next retry
+   * (the node may be back, or a resync may have replaced its replicas).
+   * Returns whether every chunk has the snapshot's identity.
+   */
+  private async finishReassign(snapshotName: string): Promise<boolean> {
+    const e = this.volumes.entry(snapshotName);
+    if (!e.volume.reassigning) return true;
+    if (e.volume.origin === undefined) return false;
+    return (await this.reassign(e.volume, e.map, e.volume.origin, e.volume.epoch - 1)) === 0;
+  }
+
   /** `vsky volume clone SNAPSHOT NAME`: a thin volume backed by the snapshot. */
   async clone(snapshotName: string, name: string): Promise<VolumeRecord> {
     validateVolumeName(name);
@@ -186,7 +199,9 @@ export class Snapshots {
       throw new InvalidArgumentError(`${snapshotName} is not a snapshot: clones are made of snapshots; take one first (vsky snapshot create ${snapshotName} SNAP), then clone SNAP; nothing changed`,
         { volume: snapshotName });
     }
-    if (s.reassigning) throw new ConflictError(`snapshot ${snapshotName} is still being set up on its storage nodes (a node did not answer); retry shortly`, { snapshot: snapshotName });
+    if (s.reassigning && !(await this.finishReassign(snapshotName))) {
+      throw new ConflictError(`snapshot ${snapshotName} is still being set up on its storage nodes (a node did not answer); retry shortly`, { snapshot: snapshotName });
+    }
     if (this.volumes.nameTaken(name)) {
       throw new AlreadyExistsError(`cannot clone ${snapshotName} as ${name}: a volume or snapshot named ${name} exists; choose another name; nothing changed`, { name });
     }

@@ -14,29 +14,6 @@ export interface JobDataPath {
   close(): Promise<void>;
 }
 
-export function dataProtocolPath(): JobDataPath {
-  const conns = new Map<string, NodeConnection>();
-  const conn = (a: string) => {
-    let c = conns.get(a);
-    if (!c) { c = new NodeConnection(a); conns.set(a, c); }
-    return c;
-  };
-  return {
-    zero: (a, volumeId, segment, slot, epoch, offset, length) => {
-      const c = conn(a);
-      return c.request(new ChunkTarget(c, volumeId, segment, slot), Opcode.DISCARD, 0, epoch, offset, length, undefined);
-    },
-    flush: (a, volumeId, segment, slot, epoch) => {
-      const c = conn(a);
-      return c.request(new ChunkTarget(c, volumeId, segment, slot), Opcode.FLUSH, 0, epoch, 0, 0, undefined);
-    },
-    close: async () => {
-      await Promise.all([...conns.values()].map((c) => c.close()));
-      conns.clear();
-    },
-  };
-}
-
 /** Reads and writes of whole regions for a flatten job's worker (flatten-copy.ts), over the data protocol. */
 export interface ChunkIo {
   read(dataAddress: string, volumeId: number, segment: number, slot: number, offset: number, dest: Buffer): Promise<void>;
@@ -46,26 +23,42 @@ export interface ChunkIo {
   close(): Promise<void>;
 }
 
-export function dataProtocolIo(): ChunkIo {
-  const conns = new Map<string, NodeConnection>();
-  const conn = (a: string) => {
-    let c = conns.get(a);
-    if (!c) { c = new NodeConnection(a); conns.set(a, c); }
-    return c;
-  };
+/** One connection per storage node data address, opened on first use, for one job. */
+class NodeConnections {
+  private readonly conns = new Map<string, NodeConnection>();
+
+  target(dataAddress: string, volumeId: number, segment: number, slot: number): ChunkTarget {
+    let c = this.conns.get(dataAddress);
+    if (!c) { c = new NodeConnection(dataAddress); this.conns.set(dataAddress, c); }
+    return new ChunkTarget(c, volumeId, segment, slot);
+  }
+
+  /** One request (no data unless `data`) to a chunk under `epoch`. */
+  request(t: ChunkTarget, op: Opcode, epoch: number, offset: number, length: number, data?: Buffer): Promise<void> {
+    return t.conn.request(t, op, 0, epoch, offset, length, data);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.conns.values()].map((c) => c.close()));
+    this.conns.clear();
+  }
+}
+
+export function dataProtocolPath(): JobDataPath {
+  const n = new NodeConnections();
   return {
-    read: (a, volumeId, segment, slot, offset, dest) => new ChunkTarget(conn(a), volumeId, segment, slot).read(offset, dest),
-    write: (a, volumeId, segment, slot, epoch, offset, data) => {
-      const c = conn(a);
-      return c.request(new ChunkTarget(c, volumeId, segment, slot), Opcode.WRITE, 0, epoch, offset, data.length, data);
-    },
-    flush: (a, volumeId, segment, slot, epoch) => {
-      const c = conn(a);
-      return c.request(new ChunkTarget(c, volumeId, segment, slot), Opcode.FLUSH, 0, epoch, 0, 0, undefined);
-    },
-    close: async () => {
-      await Promise.all([...conns.values()].map((c) => c.close()));
-      conns.clear();
-    },
+    zero: (a, volumeId, segment, slot, epoch, offset, length) => n.request(n.target(a, volumeId, segment, slot), Opcode.DISCARD, epoch, offset, length),
+    flush: (a, volumeId, segment, slot, epoch) => n.request(n.target(a, volumeId, segment, slot), Opcode.FLUSH, epoch, 0, 0),
+    close: () => n.close(),
+  };
+}
+
+export function dataProtocolIo(): ChunkIo {
+  const n = new NodeConnections();
+  return {
+    read: (a, volumeId, segment, slot, offset, dest) => n.target(a, volumeId, segment, slot).read(offset, dest),
+    write: (a, volumeId, segment, slot, epoch, offset, data) => n.request(n.target(a, volumeId, segment, slot), Opcode.WRITE, epoch, offset, data.length, data),
+    flush: (a, volumeId, segment, slot, epoch) => n.request(n.target(a, volumeId, segment, slot), Opcode.FLUSH, epoch, 0, 0),
+    close: () => n.close(),
   };
 }

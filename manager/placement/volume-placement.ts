@@ -25,6 +25,8 @@ export interface PlacementRequest {
   spreadLabel?: string;
   /** Only used to word errors in bytes. */
   chunkSize?: number;
+  /** Servers to leave out this time (a thin allocation placing again after a node did not answer). */
+  avoidServers?: ReadonlySet<string>;
 }
 
 export interface PlacementResult {
@@ -56,7 +58,7 @@ export function placeVolume(view: ModelView, req: PlacementRequest): PlacementRe
   const serverFree = new Map<string, number>();
   for (const d of view.disks.values()) {
     const free = d.chunkCount - d.used;
-    if (free > 0 && isEligible(view, d)) {
+    if (free > 0 && isEligible(view, d) && !req.avoidServers?.has(d.serverId)) {
       candidates.push(d);
       serverFree.set(d.serverId, (serverFree.get(d.serverId) ?? 0) + free);
     }

@@ -37,6 +37,15 @@ import { assignSegment, segmentChunks, unassignSegment } from './segment-map.js'
 
 const log = moduleLogger('manager.thin');
 
+/**
+ * How long one node has to allocate a thin segment's chunk: well inside the
+ * head's wait (--segment-allocate-timeout, 10 s), so a node that does not
+ * answer leaves time to place the segment on others.
+ */
+export const THIN_CHUNK_TIMEOUT_MS = 3_000;
+/** Placements tried for one AllocateSegment (each without the servers that failed before). */
+const MAX_PLACEMENTS = 2;
+
 export interface SegmentRequest {
   volume: string;
   segment: number;
@@ -135,36 +144,43 @@ export class ThinSegments {
     return run;
   }
 
+  /**
+   * Places the segment's chunks and allocates them on their nodes. A node
+   * that does not answer in time (just restarted, loaded) or refuses for a
+   * reason other than space costs one placement: the segment is placed again
+   * without that server, so one slow node does not use up the head's wait
+   * (a first write fails with ENOSPC only when the pool has no room).
+   */
   private async allocateNow(e: VolumeEntry, segment: number): Promise<void> {
     const v = e.volume;
     const started = Date.now();
+    const avoid = new Set<string>();
     let chunks: PlannedChunk[];
-    try {
-      chunks = placeSegment(this.model, v, segment);
-    } catch (err) {
-      if (!(err instanceof CapacityError)) throw err;
-      const full = new CapacityError(`pool full: volume ${v.name} segment ${segment} needs ${v.replicas} chunks of ${formatSize(v.chunkSize)} on ${v.replicas} distinct servers `
-        + `and the pool has no room (${err.message}); discard unused space (fstrim), delete volumes or add disks (vsky disk add)`, { volume: v.name, segment });
-      await this.poolFull(v, segment, full);
-      throw full;
-    }
-    const results = await mapLimit(chunks, 8, (c) => {
-      const server = this.registry.server(c.serverId)!;
-      return this.peers.node.allocateChunk(server.controlAddress, {
-        diskId: c.diskId, chunkIndex: c.chunkIndex,
-        identity: {
-          volumeId: v.id, volumeName: v.name, volumeSize: v.size, segment, slot: c.slot, segmentCount: v.segmentCount,
-          replicas: v.replicas, generation: v.generation, epoch: v.epoch, lvolid: v.intId ?? 0, thin: true,
-        },
-      });
-    });
-    const failed = results.findIndex((r) => r.status === 'rejected');
-    if (failed >= 0) {
-      const reason = (results[failed] as PromiseRejectedResult).reason;
+    let lastFailure: VskyError | undefined;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        chunks = placeSegment(this.model, v, segment, avoid);
+      } catch (err) {
+        if (!(err instanceof CapacityError)) throw err;
+        // No room without the servers that just failed: not a full pool, the caller retries.
+        if (lastFailure) throw lastFailure;
+        const full = new CapacityError(`pool full: volume ${v.name} segment ${segment} needs ${v.replicas} chunks of ${formatSize(v.chunkSize)} on ${v.replicas} distinct servers `
+          + `and the pool has no room (${err.message}); discard unused space (fstrim), delete volumes or add disks (vsky disk add)`, { volume: v.name, segment });
+        await this.poolFull(v, segment, full);
+        throw full;
+      }
+      const failed = await this.allocateChunks(v, segment, chunks);
+      if (failed.length === 0) break;
       await this.release(v, chunks, 'segment allocation failed');
-      throw new VskyError(reason instanceof VskyError && reason.code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
-        `volume ${v.name} segment ${segment}: allocating a chunk on server ${this.registry.server(chunks[failed]!.serverId)?.name} failed: ${errorMessage(reason)}; retry`,
+      const { chunk, reason } = failed[0]!;
+      const server = this.registry.server(chunk.serverId)?.name ?? chunk.serverId;
+      lastFailure = new VskyError(reason instanceof VskyError && reason.code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
+        `volume ${v.name} segment ${segment}: allocating a chunk on server ${server} failed: ${errorMessage(reason)}; retry`,
         { volume: v.name, segment });
+      if (lastFailure.code === 'ENOSPC' || attempt >= MAX_PLACEMENTS) throw lastFailure;
+      for (const f of failed) avoid.add(f.chunk.serverId);
+      log.warn({ volumeId: v.id, volume: v.name, segment, attempt, avoid: [...avoid].map((id) => this.registry.server(id)?.name ?? id), err: errorMessage(reason) },
+        'a chunk of a thin segment could not be allocated: placing the segment again without that server');
     }
     assignSegment(e.map, segment, chunks);
     try {
@@ -178,6 +194,23 @@ export class ThinSegments {
     this.pusher.changed(v.id);
     log.info({ volumeId: v.id, volume: v.name, segment, epoch: v.epoch, ms: Date.now() - started }, 'segment allocated');
     this.onChanged?.();
+  }
+
+  /** Allocates the planned chunks on their nodes (each bounded by THIN_CHUNK_TIMEOUT_MS); returns the ones that failed. */
+  private async allocateChunks(v: VolumeRecord, segment: number, chunks: PlannedChunk[]): Promise<{ chunk: PlannedChunk; reason: unknown }[]> {
+    const results = await mapLimit(chunks, 8, (c) => {
+      const server = this.registry.server(c.serverId)!;
+      return this.peers.node.allocateChunk(server.controlAddress, {
+        diskId: c.diskId, chunkIndex: c.chunkIndex,
+        identity: {
+          volumeId: v.id, volumeName: v.name, volumeSize: v.size, segment, slot: c.slot, segmentCount: v.segmentCount,
+          replicas: v.replicas, generation: v.generation, epoch: v.epoch, lvolid: v.intId ?? 0, thin: true,
+        },
+      }, THIN_CHUNK_TIMEOUT_MS);
+    });
+    const failed: { chunk: PlannedChunk; reason: unknown }[] = [];
+    results.forEach((r, i) => { if (r.status === 'rejected') failed.push({ chunk: chunks[i]!, reason: r.reason }); });
+    return failed;
   }
 
   private async freeNow(e: VolumeEntry, segment: number): Promise<void> {
@@ -208,7 +241,7 @@ export class ThinSegments {
     this.onChanged?.();
   }
 
-  /** Gives back reserved chunks (some may be allocated on their nodes): to the to-free list, freed now. */
+  /** Gives back reserved chunks (some may be allocated on their nodes): to the to-free list, freed in the background. */
   private async release(v: VolumeRecord, chunks: PlannedChunk[], reason: string): Promise<void> {
     const now = Date.now();
     const records: ToFreeRecord[] = chunks.map((c) => ({ diskId: c.diskId, chunkIndex: c.chunkIndex, volumeId: v.id, reason, sinceMs: now }));
@@ -222,7 +255,9 @@ export class ThinSegments {
       return;
     }
     this.freer.track(records);
-    await this.freer.free(records).catch(() => undefined);
+    // Not waited for: the nodes scrub what they free (slow under load), and the chunks stay
+    // reserved in the model until freed, so a placement meanwhile keeps off them.
+    void this.freer.free(records).catch(() => undefined);
   }
 
   /** The pool has no room for a segment: an event (at most one per volume every 10 s) and a clear error. */
@@ -236,8 +271,8 @@ export class ThinSegments {
   }
 }
 
-/** Places one segment's K chunks (reserved in the model for the volume) with the volume's spread rules. */
-export function placeSegment(model: PlacementModel, v: VolumeRecord, segment: number): PlannedChunk[] {
-  const plan = model.place({ volumeId: v.id, segmentCount: 1, replicas: v.replicas, spreadLabel: v.spreadLabel, chunkSize: v.chunkSize });
+/** Places one segment's K chunks (reserved in the model for the volume) with the volume's spread rules, leaving out `avoidServers`. */
+export function placeSegment(model: PlacementModel, v: VolumeRecord, segment: number, avoidServers?: ReadonlySet<string>): PlannedChunk[] {
+  const plan = model.place({ volumeId: v.id, segmentCount: 1, replicas: v.replicas, spreadLabel: v.spreadLabel, chunkSize: v.chunkSize, avoidServers });
   return plan.chunks.map((c) => ({ ...c, segment }));
 }

@@ -86,7 +86,15 @@ describe('snapshots when a storage node dies', () => {
     await new Promise((res) => setTimeout(res, 1500));
     const readsBefore = reads;
     await node.kill9();
-    await new Promise((res) => setTimeout(res, 6000)); // past the heartbeat timeout (3 s): the node is failed
+    // I/O goes on until the manager took the node as failed (heartbeat timeout, 3 s), and a second past it.
+    const failedBy = Date.now() + 30_000;
+    for (;;) {
+      const row = (await vskyJson<{ serverId: string; state: string }[]>(['server', 'list', '--json'], m())).find((x) => x.serverId === victimId);
+      if (row?.state === 'failed') break;
+      if (Date.now() > failedBy) throw new Error(`the victim was not taken as failed: ${JSON.stringify(row)}`);
+      await new Promise((res) => setTimeout(res, 250));
+    }
+    await new Promise((res) => setTimeout(res, 1000));
     stop = true;
     await Promise.all([reader, writer]);
     expect(errors).toEqual([]);

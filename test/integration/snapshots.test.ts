@@ -6,14 +6,14 @@ import { tryRun } from '../harness/tools.js';
 import { vsky, vskyJson } from '../harness/vsky.js';
 
 // Snapshots and clones (docs/snapshots.md) with real processes and qemu-io
-// over NBD, 256 MiB chunks (64 KiB regions): a template written with
+// over NBD, 64 MiB chunks (16 KiB regions; small so the flatten copies little): a template written with
 // patterns, a snapshot (its chunks move to the snapshot, no data copied),
 // clones each written differently (partial regions: copy-up; whole regions;
 // segments the snapshot never had), each reading its own writes and the
 // template's data elsewhere; the template's own new writes reach no clone;
 // a clone of a clone; and bad input refused with nothing changed.
 
-const SEG = 256 * MiB;
+const SEG = 64 * MiB;
 
 interface Vol { name: string; volumeId: number; kind: string; origin: string; backing: string; dependents: string[]; allocatedSegments: number; state: string }
 

@@ -9,6 +9,7 @@ const { FakePeers } = await import('../harness/manager-fake-peers.js');
 const { volumeMapView } = await import('../../manager/views.js');
 const { FOREIGN_OWNER } = await import('../../manager/placement/model-disk.js');
 const errors = await import('../../shared/errors.js');
+const { forEachReplica } = await import('../../manager/types.js');
 
 type Core = Awaited<ReturnType<typeof ManagerCore.open>>;
 type Peers = InstanceType<typeof FakePeers>;
@@ -326,5 +327,38 @@ describe('node reports', () => {
     const onD0 = volumeMapView(volume, map, c.registry).segments![0]!.replicas!.find((r) => r.diskId === 'd0')!;
     expect(onD0.chunkIndex).toBe(1);
     expect(n0.disk('d0').chunks.get(0)!.volumeId).toBe(500);
+  });
+});
+
+describe('thin segment allocation when a node fails it', () => {
+  const serversOf = (c: Core, name: string) => {
+    const out: string[] = [];
+    forEachReplica(c.volumes.entry(name).map, (r) => out.push(c.registry.serverOfDisk(r.diskId)!.id));
+    return out;
+  };
+
+  it('a node that refuses or does not answer costs one placement: the segment goes to the others, never ENOSPC while they have room', async () => {
+    const { core: c, peers } = await setup({ servers: 3 });
+    await c.volumes.create({ name: 't', size: 6 * CHUNK, replicas: 2, spreadLabel: '', thin: true });
+    const refusing = peers.nodes.get('10.0.0.2:7711')!;
+    let refused = 0;
+    refusing.failAllocate = () => { refused++; return true; };
+    await c.thin.allocateFor('t', [0, 1, 2, 3, 4, 5]);
+    expect(refused).toBeGreaterThan(0); // premise: the node was chosen, and refused
+    const servers = serversOf(c, 't');
+    expect(servers).toHaveLength(12);
+    expect(servers).not.toContain('srv1');
+    // What the refused placements reserved goes back to the pool.
+    await expect.poll(() => c.model.totals().usedChunks).toBe(12);
+  });
+
+  it('with too few other servers the failure is the node\'s (EIO, retried by the head), not ENOSPC', async () => {
+    const { core: c, peers } = await setup({ servers: 2 });
+    await c.volumes.create({ name: 't', size: 2 * CHUNK, replicas: 2, spreadLabel: '', thin: true });
+    peers.nodes.get('10.0.0.2:7711')!.failAllocate = () => true;
+    const p = c.thin.allocateFor('t', [0]);
+    await expect(p).rejects.toMatchObject({ code: 'EIO' });
+    await expect(p).rejects.toThrow(/allocating a chunk on server srv1 failed: injected allocation failure/);
+    expect(serversOf(c, 't')).toEqual([]);
   });
 });

@@ -95,6 +95,18 @@ describe('placing one segment', () => {
     expect(Math.max(...used) - Math.min(...used)).toBeLessThanOrEqual(1);
   });
 
+  it('servers to avoid (a node that did not answer) are left out; without them too few is a CapacityError that changes nothing', () => {
+    const m = model(3, 4);
+    for (let i = 0; i < 20; i++) {
+      const chunks = placeSegment(m, volume({ replicas: 2 }), 0, new Set(['s1']));
+      expect(chunks.map((c) => c.serverId).sort()).toEqual(['s0', 's2']);
+      for (const c of chunks) m.release(c.diskId, c.chunkIndex, 7);
+    }
+    const before = m.totals();
+    expect(() => placeSegment(m, volume({ replicas: 2 }), 0, new Set(['s0', 's1']))).toThrow(expect.objectContaining({ code: 'ENOSPC' }));
+    expect(m.totals()).toEqual(before);
+  });
+
   it('a full pool is a CapacityError (ENOSPC) and changes nothing', () => {
     const m = model(2, 1);
     placeSegment(m, volume({ replicas: 2 }), 0);
