@@ -1,4 +1,4 @@
-import { InvalidArgumentError as CommanderInvalid, type Command } from 'commander';
+import { InvalidArgumentError as CommanderInvalid, Option, type Command } from 'commander';
 import { initDaemonLogger, type Logger } from '../../shared/logger.js';
 import {
   DATA_TIMEOUT_MS, DEFAULT_CHUNK_SIZE, DEFAULT_HEAD_GRPC_PORT, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS, DEFAULT_LEASE_TTL_MS,
@@ -204,6 +204,9 @@ function headAgentCommand(program: Command): Command {
     .option('--nbd-port <port>', 'NBD port (0: pick one)', intArg, DEFAULT_NBD_PORT)
     .option('--iscsi-port <port>', 'iSCSI portal port (0: pick one)', intArg, DEFAULT_ISCSI_PORT)
     .option('--no-iscsi', 'serve NBD only')
+    .addOption(new Option('--replication <mode>', 'how a write reaches a segment\'s replicas: fanout (the head sends it to each) '
+      + 'or forward (once, to the first replica, which forwards it: a third of the head\'s network bytes at 3 replicas, one more '
+      + 'hop of latency; docs/replication-topology.md). Default: VSKY_REPLICATION, else fanout').choices(['fanout', 'forward']))
     .option('--segment-allocate-timeout <ms>', 'thin volumes: milliseconds a first write to an unallocated segment waits for the manager '
       + 'to give it chunks before it fails with ENOSPC (a full pool fails at once; docs/thin-provisioning.md)', positiveIntArg, 10_000)
     .option('--stale-report-timeout <ms>', 'milliseconds a write waits for the manager to record a failed replica as stale '
@@ -224,6 +227,10 @@ function headAgentCommand(program: Command): Command {
     .option('--log-level <level>', 'pino log level')
     .action(async (o) => {
       const { startHeadAgent } = await import('../../head-agent/daemon.js');
+      if (o.replication !== undefined) {
+        const { setReplicationMode } = await import('../../head-agent/engine/forward-group.js');
+        setReplicationMode(o.replication);
+      }
       await runDaemon('head-agent', o.logLevel, withTls(o, o.name, 'head', (log) => (dataSecurity(o, log), startHeadAgent({
         dataDir: o.dataDir, name: o.name, host: o.host, grpcPort: o.grpcPort, nbdPort: o.nbdPort,
         iscsiPort: o.iscsi === false ? undefined : o.iscsiPort, staleReportTimeoutMs: o.staleReportTimeout,

@@ -32,17 +32,21 @@ export type ReplicationMode = 'fanout' | 'forward';
 
 let mode: ReplicationMode | undefined;
 
-/** The head's replication mode: VSKY_REPLICATION (fanout, the default, or forward), read once. */
+/** The head's replication mode: --replication, else VSKY_REPLICATION (fanout, the default, or forward), read once. */
 export function replicationMode(): ReplicationMode {
-  if (mode !== undefined) return mode;
-  const v = (process.env.VSKY_REPLICATION ?? '').trim().toLowerCase();
-  if (v === '' || v === 'fanout' || v === 'fan-out') mode = 'fanout';
-  else if (v === 'forward') mode = 'forward';
-  else throw new InvalidArgumentError(`VSKY_REPLICATION=${v}: expected fanout or forward (unset it for the default, fanout)`);
+  mode ??= parseReplicationMode(process.env.VSKY_REPLICATION ?? '', 'VSKY_REPLICATION');
   return mode;
 }
 
-/** Tests: sets the mode (undefined: read VSKY_REPLICATION again). */
+/** Reads a replication mode ('' is the default, fanout); `source` names where it came from in the error. */
+export function parseReplicationMode(value: string, source: string): ReplicationMode {
+  const v = value.trim().toLowerCase();
+  if (v === '' || v === 'fanout' || v === 'fan-out') return 'fanout';
+  if (v === 'forward') return 'forward';
+  throw new InvalidArgumentError(`${source}=${value}: expected fanout or forward (docs/replication-topology.md)`);
+}
+
+/** Sets the mode (the head agent's --replication; tests). undefined: read VSKY_REPLICATION again. */
 export function setReplicationMode(m: ReplicationMode | undefined): void {
   mode = m;
 }

@@ -58,7 +58,7 @@ describe('primary forwarding: data path and rules', () => {
   const SIZE = 32 * MiB;
 
   beforeAll(async () => {
-    c = await startTestCluster({ env: FORWARD });
+    c = await startTestCluster({ headArgs: ['--replication', 'forward'] }); // the flag here, VSKY_REPLICATION below
     uri = await c.ensureVolume('fw', SIZE, 3);
     work = mkdtempSync(join(tmpdir(), 'vsky-fw-'));
     src = join(work, 'src.img');
