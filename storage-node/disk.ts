@@ -15,6 +15,7 @@ import { DiskFailedError } from '../shared/data-protocol/status.js';
 import { ioError } from './errors.js';
 import { TokenBucket } from '../shared/token-bucket.js';
 import { WriteGatherer } from './write-gather.js';
+import { readSyncIo } from './sync-io.js';
 
 // One disk (a file created sparse, or a block device): formats or opens it,
 // holds its chunk table in memory, and does every I/O on it through the fs
@@ -82,6 +83,8 @@ export class Disk implements ChunkDisk {
   /** Token bucket of data I/O when throttled (setThrottle), else undefined. */
   private bucket: TokenBucket | undefined;
   private throttle = 0;
+  /** Small reads on the event loop while they stay fast (sync-io.ts). */
+  private readonly reads = readSyncIo();
   /** Data writes of one tick that continue each other leave as one pwritev. */
   private readonly gatherer = new WriteGatherer(() => this.fd, (err, position, callbacks) => {
     const result = err === null ? null : this.failed(err, 'write', position);
@@ -241,7 +244,15 @@ export class Disk implements ChunkDisk {
     if (failure) return process.nextTick(cb, failure);
     this.ioInflight++;
     if (this.bucket !== undefined) return this.afterTokens(this.bucket, length, cb, () => this.readPart(buf, bufOffset, length, position, cb));
+    if (this.reads.sync(position, length)) return this.readSync(buf, bufOffset, length, position, cb);
     this.readPart(buf, bufOffset, length, position, cb);
+  }
+
+  /** A read on the event loop (page cache); cb still runs later, never inside read(). */
+  private readSync(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void {
+    const err = this.reads.readSync(this.fd, buf, bufOffset, length, position);
+    this.ioDone();
+    process.nextTick(cb, err === null ? null : this.failed(err, 'read', position));
   }
 
   /** Throttled I/O: runs `go` once the bucket has `length` bytes for it (already counted in flight). */
@@ -256,7 +267,9 @@ export class Disk implements ChunkDisk {
   }
 
   private readPart(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void {
+    const started = this.reads.poolStart();
     fs.read(this.fd, buf, bufOffset, length, position, (err, n) => {
+      this.reads.poolDone(started, err !== null);
       if (err === null && n > 0 && n < length) return this.readPart(buf, bufOffset + n, length - n, position + n, cb);
       this.ioDone();
       if (err) return cb(this.failed(err, 'read', position));
