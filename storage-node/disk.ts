@@ -11,9 +11,10 @@ import { createSparse, deviceSize, p, readFully, writeSuperblockDurably } from '
 import { decodeSuperblock, type Superblock } from './disk-format/superblock.js';
 import { DiskFailedError } from '../shared/data-protocol/status.js';
 import { ioError } from './errors.js';
-import { TokenBucket } from '../shared/token-bucket.js';
+import { BandwidthCap } from './disk/bandwidth-cap.js';
 import { WriteGatherer } from './write-gather.js';
 import { HolePuncher } from './disk/hole-punch.js';
+import { readSyncIo } from './sync-io.js';
 
 // One disk (a file created sparse, or a block device): formats or opens it,
 // holds its chunk table in memory, and does every I/O on it through the fs
@@ -29,13 +30,7 @@ import { HolePuncher } from './disk/hole-punch.js';
 // chunks. A single error does not (a one-off media error on one sector should
 // fail that request, not a whole disk). Fault injection (setFaulty) is a
 // separate, reversible switch for chaos tests.
-//
-// Bandwidth throttle (setThrottle, `vsky storage-node --disk-throttle-mibps`):
-// every data read and write (chunk data, resync copies, zero-fills, scrubs)
-// first takes its bytes from one token bucket per disk, reads and writes
-// alike, so a file on a fast SSD can stand in for a spindle of N MiB/s in
-// benchmarks. Chunk-record (metadata) writes and fdatasync are not counted.
-// Off (the default), the only cost is one branch per I/O.
+// Data I/O can be throttled (setThrottle; disk/bandwidth-cap.ts).
 
 /** OS I/O errors on one disk before it is declared failed. */
 export const DISK_FAIL_THRESHOLD = 3;
@@ -51,8 +46,6 @@ export interface OpenDiskOptions {
   throttleMibps?: number;
 }
 
-/** Burst a throttled disk allows after a pause: this fraction of a second of its rate (at least 64 KiB). */
-const THROTTLE_BURST_S = 1 / 32;
 
 export type DiskState = 'active' | 'closing' | 'closed';
 
@@ -78,9 +71,10 @@ export class Disk implements ChunkDisk {
   private ioDrainWaiters: (() => void)[] = [];
   private syncRunning = false;
   private syncQueued: Done[] = [];
-  /** Token bucket of data I/O when throttled (setThrottle), else undefined. */
-  private bucket: TokenBucket | undefined;
-  private throttle = 0;
+  /** Data I/O bandwidth cap (setThrottle). */
+  private readonly cap = new BandwidthCap();
+  /** Small reads on the event loop while they stay fast (sync-io.ts). */
+  private readonly reads = readSyncIo();
   /** Data writes of one tick that continue each other leave as one pwritev. */
   private readonly gatherer = new WriteGatherer(() => this.fd, (err, position, callbacks) => {
     const result = err === null ? null : this.failed(err, 'write', position);
@@ -208,19 +202,12 @@ export class Disk implements ChunkDisk {
 
   /** Data I/O bandwidth cap in MiB/s (0: none). */
   get throttleMibps(): number {
-    return this.throttle;
+    return this.cap.limitMibps;
   }
 
   /** Caps data reads and writes together at `mibps` MiB/s (0 or less: no cap). I/O already waiting keeps its turn. */
   setThrottle(mibps: number): void {
-    if (!Number.isFinite(mibps) || mibps <= 0) {
-      this.throttle = 0;
-      this.bucket = undefined;
-      return;
-    }
-    const bytesPerSecond = mibps * 1024 * 1024;
-    this.throttle = mibps;
-    this.bucket = new TokenBucket(bytesPerSecond, Math.max(64 * 1024, Math.round(bytesPerSecond * THROTTLE_BURST_S)));
+    this.cap.set(mibps);
   }
 
   usedChunks(): number {
@@ -233,13 +220,21 @@ export class Disk implements ChunkDisk {
     const failure = this.refuse();
     if (failure) return process.nextTick(cb, failure);
     this.ioInflight++;
-    if (this.bucket !== undefined) return this.afterTokens(this.bucket, length, cb, () => this.readPart(buf, bufOffset, length, position, cb));
+    if (this.cap.on) return this.afterTokens(length, cb, () => this.readPart(buf, bufOffset, length, position, cb));
+    if (this.reads.sync(position, length)) return this.readSync(buf, bufOffset, length, position, cb);
     this.readPart(buf, bufOffset, length, position, cb);
   }
 
+  /** A read on the event loop (page cache); cb still runs later, never inside read(). */
+  private readSync(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void {
+    const err = this.reads.readSync(this.fd, buf, bufOffset, length, position);
+    this.ioDone();
+    process.nextTick(cb, err === null ? null : this.failed(err, 'read', position));
+  }
+
   /** Throttled I/O: runs `go` once the bucket has `length` bytes for it (already counted in flight). */
-  private afterTokens(bucket: TokenBucket, length: number, cb: Done, go: () => void): void {
-    void bucket.take(length).then(() => {
+  private afterTokens(length: number, cb: Done, go: () => void): void {
+    void this.cap.take(length).then(() => {
       // The disk may have failed or been fault-injected while this waited.
       const failure = this.refuse();
       if (failure === undefined) return go();
@@ -249,7 +244,9 @@ export class Disk implements ChunkDisk {
   }
 
   private readPart(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void {
+    const started = this.reads.poolStart();
     fs.read(this.fd, buf, bufOffset, length, position, (err, n) => {
+      this.reads.poolDone(started, err !== null);
       if (err === null && n > 0 && n < length) return this.readPart(buf, bufOffset + n, length - n, position + n, cb);
       this.ioDone();
       if (err) return cb(this.failed(err, 'read', position));
@@ -264,7 +261,7 @@ export class Disk implements ChunkDisk {
     if (failure) return process.nextTick(cb, failure);
     this.ioInflight++;
     const data = bufOffset === 0 && length === buf.length ? buf : buf.subarray(bufOffset, bufOffset + length);
-    if (this.bucket !== undefined) return this.afterTokens(this.bucket, length, cb, () => this.gatherer.add(data, position, cb));
+    if (this.cap.on) return this.afterTokens(length, cb, () => this.gatherer.add(data, position, cb));
     this.gatherer.add(data, position, cb);
   }
 

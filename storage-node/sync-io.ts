@@ -1,5 +1,7 @@
-// Whether a disk's data writes (write-gather.ts) are issued synchronously on
-// the event loop or through libuv's thread pool. A write into the page
+import fs from 'node:fs';
+
+// Whether a disk's data writes (write-gather.ts) and small reads (disk.ts)
+// are issued synchronously on the event loop or through libuv's thread pool. A write into the page
 // cache takes a few microseconds, less than the pool hop around it (a
 // queue, a futex wake, two thread switches, a completion callback: measured,
 // half of a node's CPU per 4 KiB write), so the default is synchronous.
@@ -24,8 +26,23 @@
 // until the device returns; the heads then fail the node after their data
 // timeout and the manager may declare the whole node dead, not only that
 // disk (docs/benchmarks.md, issue 12 fourth pass). VSKY_DISK_IO=pool keeps
-// every write on the pool (the behaviour before), as an escape hatch and
-// for A/B measurements.
+// every write and read on the pool (the behaviour before), as an escape hatch
+// and for A/B measurements.
+//
+// Reads (READ_LIMITS): a read served from the page cache costs a few
+// microseconds of copying, the pool hop around it tens (and at queue depth 1
+// a thread hand-off more on the request's path). A read that misses the
+// cache goes to the device, and there is no way to tell beforehand from
+// Node, so the rules are stricter than for writes:
+// - only while no pool read of that disk is outstanding: a read on the pool
+//   may be a device read (a slow or busy disk), and reads then keep their
+//   parallelism on the pool instead of queueing on the loop;
+// - a synchronous read slower than SLOW_READ_MS (a cache miss on any device
+//   but a fast SSD, or a loaded machine) or one that failed sends the disk's
+//   reads to the pool, with the same way back as writes;
+// - up to SYNC_MAX_READ bytes.
+// A device that hangs under the first cache miss holds the loop, as for
+// writes above. VSKY_DISK_READ=pool keeps only the reads on the pool.
 
 /** A synchronous write run slower than this sends the disk's writes to the pool. */
 export const SLOW_WRITE_MS = 2;
@@ -41,16 +58,44 @@ export const SYNC_ALIGN = 4096;
  */
 export const SYNC_MAX_RUN = 32 * 1024;
 
+/** A synchronous read slower than this sends the disk's reads to the pool. */
+export const SLOW_READ_MS = 0.5;
+/** Larger reads go to the pool. */
+export const SYNC_MAX_READ = 32 * 1024;
+
 export type SyncIoName = 'sync' | 'pool';
 
 export function defaultSyncIo(): SyncIoName {
   return process.env.VSKY_DISK_IO === 'pool' ? 'pool' : 'sync';
 }
 
+export function defaultSyncRead(): SyncIoName {
+  return process.env.VSKY_DISK_IO === 'pool' || process.env.VSKY_DISK_READ === 'pool' ? 'pool' : 'sync';
+}
+
+/** Which runs may go on the loop. */
+export interface SyncLimits {
+  /** Largest run. */
+  maxRun: number;
+  /** Position and length must be multiples of this. */
+  align: number;
+  /** Only while no pool I/O of this kind is outstanding. */
+  whenPoolIdle: boolean;
+}
+
+export const WRITE_LIMITS: SyncLimits = { maxRun: SYNC_MAX_RUN, align: SYNC_ALIGN, whenPoolIdle: false };
+export const READ_LIMITS: SyncLimits = { maxRun: SYNC_MAX_READ, align: 1, whenPoolIdle: true };
+
+/** The read side of a disk: synchronous small reads while they stay fast (see above). */
+export function readSyncIo(name: SyncIoName = defaultSyncRead()): SyncIo {
+  return new SyncIo(name, SLOW_READ_MS, POOL_SPELL_MS, READ_LIMITS);
+}
+
 export class SyncIo {
   private readonly allowSync: boolean;
   private readonly slowMs: number;
   private readonly spellMs: number;
+  private readonly limits: SyncLimits;
   /** performance.now() until which writes go through the pool (0: not on the pool). */
   private poolUntil = 0;
   /** Pool writes started and not completed. */
@@ -61,19 +106,42 @@ export class SyncIo {
   syncRuns = 0;
   slowRuns = 0;
 
-  constructor(name: SyncIoName = defaultSyncIo(), slowMs = SLOW_WRITE_MS, spellMs = POOL_SPELL_MS) {
+  constructor(name: SyncIoName = defaultSyncIo(), slowMs = SLOW_WRITE_MS, spellMs = POOL_SPELL_MS, limits = WRITE_LIMITS) {
     this.allowSync = name === 'sync';
     this.slowMs = slowMs;
     this.spellMs = spellMs;
+    this.limits = limits;
   }
 
-  /** Whether a run of `length` bytes at `position` is written on the event loop. */
+  /** Whether a run of `length` bytes at `position` is done on the event loop. */
   sync(position: number, length: number): boolean {
-    if (!this.allowSync || length > SYNC_MAX_RUN || position % SYNC_ALIGN !== 0 || length % SYNC_ALIGN !== 0) return false;
+    const l = this.limits;
+    if (!this.allowSync || length > l.maxRun || position % l.align !== 0 || length % l.align !== 0) return false;
+    if (l.whenPoolIdle && this.poolInflight > 0) return false;
     if (this.poolUntil === 0) return true;
     if (performance.now() < this.poolUntil || this.poolInflight > 0 || !this.poolFast) return false;
     this.poolUntil = 0;
     return true;
+  }
+
+  /**
+   * Reads on the event loop, going on after a short read, and observes the
+   * time taken; returns the OS error, if any (EIO for the end of the disk).
+   */
+  readSync(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): NodeJS.ErrnoException | null {
+    const started = performance.now();
+    let err: NodeJS.ErrnoException | null = null;
+    try {
+      for (let done = 0; done < length;) {
+        const n = fs.readSync(fd, buf, bufOffset + done, length - done, position + done);
+        if (n === 0) throw Object.assign(new Error('unexpected end of disk'), { code: 'EIO' });
+        done += n;
+      }
+    } catch (e) {
+      err = e as NodeJS.ErrnoException;
+    }
+    this.observe(performance.now() - started, err !== null);
+    return err;
   }
 
   /** A synchronous run took `ms` (and failed or not). */

@@ -1,5 +1,8 @@
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { SyncIo } from '../../storage-node/sync-io.js';
+import { READ_LIMITS, SLOW_READ_MS, SYNC_MAX_READ, SyncIo, readSyncIo } from '../../storage-node/sync-io.js';
 
 // The rules that keep synchronous disk writes from holding the event loop
 // (sync-io.ts): a slow or failed synchronous write sends the disk to the
@@ -58,5 +61,58 @@ describe('SyncIo', () => {
   it('never writes synchronously in pool mode', () => {
     const m = new SyncIo('pool');
     expect(m.sync(0, 4096)).toBe(false);
+  });
+});
+
+describe('SyncIo for reads', () => {
+  it('reads small ranges synchronously, aligned or not, and larger ones on the pool', () => {
+    const m = readSyncIo('sync');
+    expect(m.sync(0, 4096)).toBe(true);
+    expect(m.sync(513, 100)).toBe(true);
+    expect(m.sync(0, SYNC_MAX_READ)).toBe(true);
+    expect(m.sync(0, SYNC_MAX_READ + 1)).toBe(false);
+    expect(readSyncIo('pool').sync(0, 4096)).toBe(false);
+  });
+
+  it('reads on the pool while a pool read of the disk is outstanding (it may be a device read)', () => {
+    const m = readSyncIo('sync');
+    const t = m.poolStart();
+    expect(m.sync(0, 4096)).toBe(false);
+    m.poolDone(t, false);
+    expect(m.sync(0, 4096)).toBe(true);
+  });
+
+  it('goes to the pool after a slow read (a cache miss), and back after the spell once a pool read was fast', async () => {
+    const m = new SyncIo('sync', SLOW_READ_MS, 30, READ_LIMITS);
+    m.observe(SLOW_READ_MS * 2, false);
+    expect(m.sync(0, 4096)).toBe(false);
+    await sleep(40);
+    expect(m.sync(0, 4096)).toBe(false); // no pool read since
+    const t = m.poolStart();
+    m.poolDone(t, false);
+    expect(m.sync(0, 4096)).toBe(true);
+  });
+
+  it('readSync reads the bytes asked for, and fails with EIO past the end of the file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vsky-syncread-'));
+    try {
+      const file = join(dir, 'disk');
+      writeFileSync(file, Buffer.from('0123456789'));
+      const fd = openSync(file, 'r');
+      try {
+        const m = readSyncIo('sync');
+        const buf = Buffer.alloc(8, 0x2e);
+        expect(m.readSync(fd, buf, 2, 4, 3)).toBeNull();
+        expect(buf.toString()).toBe('..3456..');
+        const err = m.readSync(fd, buf, 0, 8, 6);
+        expect(err?.code).toBe('EIO');
+        expect(m.slowRuns).toBe(1); // a failed read sends the disk's reads to the pool
+        expect(m.sync(0, 4096)).toBe(false);
+      } finally {
+        closeSync(fd);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

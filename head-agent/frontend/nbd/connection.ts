@@ -7,7 +7,6 @@
 
 import type { Socket } from 'node:net';
 import type { BlockDevice } from '../../engine/block-device.js';
-import type { VolumeStats } from '../../engine/volume-stats.js';
 import { FrameDecoder, type FrameSpec } from '../../../shared/frame-decoder.js';
 import { errorMessage } from '../../../shared/errors.js';
 import { isTraced, type Logger } from '../../../shared/logger.js';
@@ -16,17 +15,25 @@ import { ReadGate, addSocketHandlers, removeSocketHandlers, type SocketHandlers 
 import { ioBuffers } from '../io-buffers.js';
 import { REQUEST_SPEC, handleText, readRequestHeader, type RequestHeader } from './codec.js';
 import {
-  BASE_ALLOCATION_ID, CLOSE_GRACE_MS, MAX_BLOCK_SIZE, MAX_BLOCK_STATUS_EXTENTS, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS,
-  NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLAG_REQ_ONE, NbdCmd, NbdError, commandName,
+  BASE_ALLOCATION_ID, CLOSE_GRACE_MS, MAX_BLOCK_STATUS_EXTENTS, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS, NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_REQ_ONE, NbdCmd, NbdError, commandName,
 } from './constants.js';
 import { nbdErrorFor } from './error-map.js';
 import { encodeBlockStatusChunk, fitExtents } from './meta-context.js';
 import { ReplyWriter } from './reply-writer.js';
+import { allowedFlags, countRequest, validateRequest } from './request-checks.js';
 import { NbdRequest, RequestSlots, performOther, type RequestOwner } from './request.js';
-
 
 /** Each connection's reused socket read buffer in transmission (several pipelined requests per read). */
 const RECEIVE_BUFFER_SIZE = 256 * 1024;
+/**
+ * Replies queued in the socket before write() asks to wait for 'drain' (and
+ * reading pauses). With Node's default of 16 KiB, the replies of one tick
+ * (corked together: at QD16 several 4 KiB reads, or one 64 KiB read) passed
+ * it nearly every time: a readStop/readStart pair (two epoll_ctl calls) and
+ * a 'drain' per batch. What can queue is still bounded by the in-flight limits.
+ */
+const REPLY_HIGH_WATER_MARK = 1024 * 1024;
 
 export interface NbdConnectionOptions {
   socket: Socket;
@@ -40,26 +47,6 @@ export interface NbdConnectionOptions {
   blockStatus?: boolean;
   maxInFlight?: number;
   maxInFlightBytes?: number;
-}
-
-/** Command flags each command accepts (spec: FUA is valid on every command; DF on READ once structured). */
-function allowedFlags(structured: boolean, blockStatus: boolean): Record<number, number> {
-  const flags: Record<number, number> = {
-    [NbdCmd.READ]: NBD_CMD_FLAG_FUA | (structured ? NBD_CMD_FLAG_DF : 0),
-    [NbdCmd.WRITE]: NBD_CMD_FLAG_FUA,
-    [NbdCmd.DISC]: NBD_CMD_FLAG_FUA,
-    [NbdCmd.FLUSH]: NBD_CMD_FLAG_FUA,
-    [NbdCmd.TRIM]: NBD_CMD_FLAG_FUA,
-    [NbdCmd.WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE,
-  };
-  if (structured && blockStatus) flags[NbdCmd.BLOCK_STATUS] = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE;
-  return flags;
-}
-
-/** Why a request was refused before reaching the device. */
-interface Rejection {
-  error: number;
-  message: string;
 }
 
 type State = 'open' | 'draining' | 'done';
@@ -141,7 +128,7 @@ export class NbdConnection implements RequestOwner {
     // Transmission reads into one reused buffer instead of a fresh 64 KiB
     // ArrayBuffer per read (which kept V8's old generation busy under 64 KiB
     // writes); a TLS socket or one with writes still queued keeps 'data' events.
-    const switched = switchToReceiveBuffer(opts.socket, Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE), this.onRead, true);
+    const switched = switchToReceiveBuffer(opts.socket, Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE), this.onRead, true, REPLY_HIGH_WATER_MARK);
     this.socket = switched?.socket ?? opts.socket;
     this.pending = switched?.pending;
     this.reading = new ReadGate(this.socket);
@@ -261,7 +248,7 @@ export class NbdConnection implements RequestOwner {
     r.started = performance.now();
     this.inFlight++;
     this.inFlightBytes += r.bytes;
-    const rejection = this.validate(r);
+    const rejection = validateRequest(r, this.allowedFlags, this.device, this.exportSize);
     if (rejection !== undefined) return this.finish(r, rejection.error, undefined, rejection.message, undefined);
     let work: Promise<Buffer | void>;
     try {
@@ -343,33 +330,6 @@ export class NbdConnection implements RequestOwner {
     }
   }
 
-  /** Why a request must not reach the device, or undefined when it may. */
-  private validate(h: RequestHeader): Rejection | undefined {
-    const allowed = this.allowedFlags[h.type];
-    // Unknown commands (CACHE, BLOCK_STATUS, ...) and flags: spec says EINVAL.
-    if (allowed === undefined) return { error: NbdError.EINVAL, message: `command ${commandName(h.type)} is not supported` };
-    if ((h.flags & ~allowed) !== 0) {
-      return { error: NbdError.EINVAL, message: `flags 0x${h.flags.toString(16)} are not valid on ${commandName(h.type)}` };
-    }
-    if (h.type === NbdCmd.FLUSH) return undefined;
-    if (this.device.readOnly === true && (h.type === NbdCmd.WRITE || h.type === NbdCmd.WRITE_ZEROES || h.type === NbdCmd.TRIM)) {
-      return { error: NbdError.EPERM, message: `export ${this.device.name} is read-only (a snapshot: clone it to write)` };
-    }
-    if (h.type === NbdCmd.BLOCK_STATUS && h.length === 0) return { error: NbdError.EINVAL, message: 'NBD_CMD_BLOCK_STATUS of 0 bytes' };
-    if (h.type === NbdCmd.READ && h.length > MAX_BLOCK_SIZE) {
-      return { error: NbdError.EINVAL, message: `read of ${h.length} bytes exceeds the maximum block size of ${MAX_BLOCK_SIZE}` };
-    }
-    if (h.offset + h.length > this.exportSize) {
-      // Spec: ENOSPC for a write past the end, EINVAL for a read or trim.
-      const write = h.type === NbdCmd.WRITE || h.type === NbdCmd.WRITE_ZEROES;
-      return {
-        error: write ? NbdError.ENOSPC : NbdError.EINVAL,
-        message: `${commandName(h.type)} of ${h.length} bytes at offset ${h.offset} goes past the end of the export (${this.exportSize} bytes)`,
-      };
-    }
-    return undefined;
-  }
-
   // --- Replies --------------------------------------------------------------
 
   private reply(h: RequestHeader, error: number, data: Buffer | undefined, message: string | undefined): void {
@@ -415,21 +375,5 @@ export class NbdConnection implements RequestOwner {
     // Flush the last replies, then close; destroy anyway if the peer stops reading.
     s.end(() => s.destroy());
     setTimeout(() => s.destroy(), CLOSE_GRACE_MS).unref();
-  }
-}
-
-/** Counts one answered request in the volume's I/O counters (no allocation). */
-function countRequest(stats: VolumeStats, h: RequestHeader, error: number, seconds: number, cause: unknown): void {
-  if (error !== NbdError.OK) {
-    stats.failed(cause);
-    return;
-  }
-  switch (h.type) {
-    case NbdCmd.READ: stats.read(h.length, seconds); break;
-    case NbdCmd.WRITE: stats.write(h.length, seconds); break;
-    case NbdCmd.FLUSH: stats.flush(seconds); break;
-    case NbdCmd.WRITE_ZEROES: stats.zero(h.length); break;
-    case NbdCmd.TRIM: stats.discard(h.length); break;
-    default: break;
   }
 }
