@@ -3,6 +3,7 @@ import { moduleLogger, type Logger } from '../shared/logger.js';
 import type { ExportRegistry } from './engine/block-device.js';
 import { NodeControlClients } from './engine/node-control-clients.js';
 import { WrittenRegions } from './engine/written-regions.js';
+import { mapRegionSize } from '../shared/region-bitmap.js';
 import { LinearVolume, type LeaseRequester, type LeaseState, type SegmentAllocator } from './engine/linear-volume.js';
 import { Mirror, MutationTracker, rejectOnReplicaFailure, type ReplicaFailureHandler } from './engine/mirror.js';
 import type { LeaseClaim } from './manager-link.js';
@@ -365,7 +366,7 @@ export class Attachments implements ExportRegistry {
     });
     volume.leaseRequester = this.leaseRequester;
     volume.allocator = this.segmentAllocator;
-    volume.regions = new WrittenRegions(this.nodeClients, map.chunkSize);
+    volume.regions = new WrittenRegions(this.nodeClients, map.chunkSize, mapRegionSize(map));
     volume.onFenced = (v, err) => this.log.error({ volume: v.name, volumeId: v.volumeId, epoch: v.epoch, err: errorMessage(err) },
       'volume fenced: another head holds its lease now; every request on this head fails until it is attached here again');
     this.volumes.set(map.name, volume);

@@ -1,5 +1,5 @@
 import { IoError, errorMessage } from '../shared/errors.js';
-import { orInto } from '../shared/region-bitmap.js';
+import { mapRegionSize, orInto } from '../shared/region-bitmap.js';
 import type { VolumeMap__Output } from '../proto/generated/vsky/common/VolumeMap.js';
 import type { SegmentMap__Output } from '../proto/generated/vsky/common/SegmentMap.js';
 import { Backing, type BackingLevel } from './engine/backing.js';
@@ -27,10 +27,11 @@ export interface BackingLoaderDeps {
 export async function loadBacking(map: VolumeMap__Output, deps: BackingLoaderDeps): Promise<Backing | undefined> {
   if (!map.backing || map.backing.length === 0) return undefined;
   const levels: BackingLevel[] = [];
+  const regionSize = mapRegionSize(map);
   const jobs: (() => Promise<void>)[] = [];
   const own: (Uint8Array | undefined)[] = new Array(map.segments.length).fill(undefined);
   for (const seg of map.segments) {
-    if (seg.replicas.length > 0) jobs.push(async () => { own[seg.index] = await writtenOf(map.volumeId, map.name, seg, map.chunkSize, deps); });
+    if (seg.replicas.length > 0) jobs.push(async () => { own[seg.index] = await writtenOf(map.volumeId, map.name, seg, map.chunkSize, regionSize, deps); });
   }
   for (const b of map.backing) {
     const mirrors: Mirror[] = [];
@@ -47,23 +48,25 @@ export async function loadBacking(map: VolumeMap__Output, deps: BackingLoaderDep
       const w: (Uint8Array | undefined)[] = [];
       written = w;
       for (const seg of sorted) {
-        if (seg.replicas.length > 0) jobs.push(async () => { w[seg.index] = await writtenOf(b.volumeId, b.name, seg, map.chunkSize, deps); });
+        if (seg.replicas.length > 0) jobs.push(async () => { w[seg.index] = await writtenOf(b.volumeId, b.name, seg, map.chunkSize, regionSize, deps); });
       }
     }
     levels.push({ name: b.name, volumeId: b.volumeId, mirrors, written });
   }
   await runLimited(jobs, FETCH_PARALLELISM);
-  return new Backing(map.chunkSize, levels, own, deps.maxPiece);
+  return new Backing(map.chunkSize, levels, own, deps.maxPiece, regionSize);
 }
 
 /** Union of the written bitmaps of the segment's in-sync replicas; fails if none answers. */
-async function writtenOf(volumeId: number, name: string, seg: SegmentMap__Output, chunkSize: number, deps: BackingLoaderDeps): Promise<Uint8Array> {
+async function writtenOf(volumeId: number, name: string, seg: SegmentMap__Output, chunkSize: number, regionSize: number, deps: BackingLoaderDeps): Promise<Uint8Array> {
   const sources = seg.replicas.filter((r) => stateOf(r.state) === 'in_sync' && r.controlAddress);
   const errors: string[] = [];
   let out: Uint8Array | undefined;
   await Promise.all(sources.map(async (r) => {
     try {
       const regions = await deps.clients.regions(r.controlAddress, { volumeId, segment: seg.index, slot: r.slot }, chunkSize);
+      // A bit of another size would be read as the wrong bytes (its backing's data shown or hidden).
+      if (regions.regionSize !== regionSize) throw new IoError(`its disk has ${regions.regionSize}-byte regions, the cluster ${regionSize}`);
       if (out === undefined) out = new Uint8Array(regions.written.length);
       orInto(out, regions.written);
     } catch (err) {

@@ -81,6 +81,8 @@ export class Registry {
   listServers(): ServerRecord[] { return [...this.st.servers.values()]; }
   /** Bytes in written regions of a volume's chunks, every copy, as the nodes last reported them. */
   writtenBytes(volumeId: number): number { return disks.writtenBytes(this.st, volumeId); }
+  /** Bytes per written-region bit of the cluster's disks (one size; manager/registry/disks.ts). */
+  regionSize(): number { return disks.clusterRegionSize(this.st); }
   listDisks(): DiskRecord[] { return [...this.st.disks.values()]; }
   listHeads(): HeadRecord[] { return this.heads.list(); }
   server(id: string): ServerRecord | undefined { return this.st.servers.get(id); }

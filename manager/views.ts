@@ -110,6 +110,7 @@ export function volumeMapView(v: VolumeRecord, map: ChunkMapRecord, registry: Re
   return {
     volumeId: v.id, name: v.name, size: v.size, chunkSize: v.chunkSize, replicas: v.replicas,
     generation: v.generation, segments: segmentsView(map, registry), thin: map.thin === true, backing: backingView(v, registry),
+    regionSize: registry.regionSize(),
   };
 }
 

@@ -77,7 +77,36 @@ export function setRuns(map: Uint8Array, from: number, count: number, maxLen: nu
   return out;
 }
 
-/** The default region size of a chunk (what nodes use: REGION_BITS_PER_CHUNK regions). */
+/**
+ * The region size of disks formatted before 4 KiB regions (REGION_BITS_PER_CHUNK
+ * regions per chunk: 64 KiB with 256 MiB chunks); also what a head assumes
+ * when its map names no region size (an older manager).
+ */
 export function defaultRegionSize(chunkSize: number): number {
   return Math.max(1, Math.ceil(chunkSize / REGION_BITS_PER_CHUNK));
+}
+
+/** The region size a volume map says its cluster's disks use (0 from an older manager: the size before 4 KiB regions). */
+export function mapRegionSize(map: { chunkSize: number; regionSize?: number }): number {
+  return map.regionSize || defaultRegionSize(map.chunkSize);
+}
+
+/** Region size of newly formatted disks: 4 KiB, or smaller for chunks under 16 MiB (at least REGION_BITS_PER_CHUNK regions). */
+export const FINE_REGION_SIZE = 4096;
+
+/** The region size a new disk of `chunkSize` chunks is formatted with (docs/snapshots.md "Written regions of 4 KiB"). */
+export function fineRegionSize(chunkSize: number): number {
+  return Math.min(FINE_REGION_SIZE, defaultRegionSize(chunkSize));
+}
+
+/**
+ * Checks a region size for chunks of `chunkSize`: a power of two dividing the
+ * chunk into a whole number of regions, at least REGION_BITS_PER_CHUNK of them
+ * (a multiple of 8), and at most the legacy size. Returns an error message, or '' when valid.
+ */
+export function regionSizeProblem(chunkSize: number, regionSize: number): string {
+  if (!Number.isSafeInteger(regionSize) || regionSize <= 0 || (regionSize & (regionSize - 1)) !== 0) return `region size ${regionSize} must be a power of two`;
+  if (chunkSize % regionSize !== 0 || (chunkSize / regionSize) % 8 !== 0) return `region size ${regionSize} must divide the chunk size ${chunkSize} into a multiple of 8 regions`;
+  if (regionSize > defaultRegionSize(chunkSize)) return `region size ${regionSize} is above ${defaultRegionSize(chunkSize)} (chunk size / ${REGION_BITS_PER_CHUNK})`;
+  return '';
 }

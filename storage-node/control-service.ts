@@ -14,7 +14,7 @@ import { LEGALITY_NAMES, Legality, type JobKindName, type JobOutcomeName } from 
 import { NoChunkError } from '../shared/data-protocol/status.js';
 import type { NodeIntIds } from './int-ids.js';
 import type { NodeState } from './node-state.js';
-import { countSet } from '../shared/region-bitmap.js';
+import { countSet, regionSizeProblem } from '../shared/region-bitmap.js';
 import type { ResyncJobs } from './copy/resync-jobs.js';
 import { markVolumeDeleting, type ManagerNotes } from './manager-notes.js';
 
@@ -36,6 +36,8 @@ export interface NodeContext {
   readonly labels: Record<string, string>;
   /** Chunk size for formatting new disks when a request does not say. */
   readonly chunkSize: number;
+  /** Region size for formatting new disks when a request does not say (0/undefined: 4 KiB, fineRegionSize). */
+  readonly regionSize?: number;
   dataAddress: string;
   controlAddress: string;
 }
@@ -47,6 +49,7 @@ export function diskInfo(disk: Disk, ids?: NodeIntIds, notes?: ManagerNotes): Di
     diskId: disk.id,
     path: disk.path,
     chunkSize: disk.sb.chunkSize,
+    regionSize: disk.sb.chunkSize / disk.sb.regionBits,
     chunkCount: disk.sb.chunkCount,
     usedChunks: disk.usedChunks(),
     state: disk.reportedState,
@@ -86,7 +89,7 @@ export function nodeInfo(ctx: NodeContext): NodeInfo {
 }
 
 /** Opens (creating/formatting when new) a disk, serves it and remembers it for restarts. */
-export async function addDisk(ctx: NodeContext, path: string, size: number, chunkSize: number): Promise<Disk> {
+export async function addDisk(ctx: NodeContext, path: string, size: number, chunkSize: number, regionSize = 0): Promise<Disk> {
   if (path === '') throw new InvalidArgumentError('AddDisk: a path is required');
   if (!Number.isSafeInteger(size) || size < 0) throw new InvalidArgumentError(`AddDisk: invalid size ${size}`);
   const cs = chunkSize || ctx.chunkSize;
@@ -94,7 +97,10 @@ export async function addDisk(ctx: NodeContext, path: string, size: number, chun
     throw new InvalidArgumentError(`AddDisk: chunk size ${cs} must be a positive multiple of 4096 and of ${REGION_BITS_PER_CHUNK}`);
   }
   const abs = resolve(path);
-  const disk = await ctx.store.openDisk(abs, { size: size || undefined, chunkSize: cs });
+  const rs = regionSize || ctx.regionSize || undefined;
+  const problem = rs === undefined ? '' : regionSizeProblem(cs, rs);
+  if (problem) throw new InvalidArgumentError(`AddDisk: ${problem}`);
+  const disk = await ctx.store.openDisk(abs, { size: size || undefined, chunkSize: cs, regionSize: rs });
   await ctx.state.rememberDisk(abs);
   return disk;
 }
@@ -105,7 +111,7 @@ export function createControlService(ctx: NodeContext): StorageNodeHandlers {
     GetInfo: unary(async () => nodeInfo(ctx)),
 
     AddDisk: unary(async (req) => {
-      const disk = await addDisk(ctx, req.path, req.size, req.chunkSize);
+      const disk = await addDisk(ctx, req.path, req.size, req.chunkSize, Number(req.regionSize));
       log.info({ disk: disk.id, path: disk.path }, 'AddDisk');
       return diskInfo(disk, ctx.intIds, ctx.notes);
     }),

@@ -39,6 +39,8 @@ export interface StorageNodeOptions {
   disks: { path: string; size?: number }[];
   /** For formatting new disks. */
   chunkSize: number;
+  /** For formatting new disks: bytes per written-region bit (0/undefined: 4 KiB; a cluster of older disks: theirs). */
+  regionSize?: number;
   labels: Record<string, string>;
   heartbeatIntervalMs: number;
   /** Deadline of each register/heartbeat call (default DEFAULT_HEARTBEAT_TIMEOUT_MS). */
@@ -83,7 +85,7 @@ export async function startStorageNode(opts: StorageNodeOptions): Promise<Storag
   const resyncs = new ResyncJobs(store);
   const notes = await ManagerNotes.load(state.dataDir, store);
   const ctx: NodeContext = {
-    store, state, intIds, resyncs, notes, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, dataAddress: '', controlAddress: '',
+    store, state, intIds, resyncs, notes, name: opts.name, labels: { ...opts.labels }, chunkSize: opts.chunkSize, regionSize: opts.regionSize, dataAddress: '', controlAddress: '',
   };
   const dataServer = new DataServer(new StoreChunkService(store), { maxInflight: opts.maxInflightPerConnection, security: opts.dataSecurity });
   const grpcServer = newDaemonServer();

@@ -46,7 +46,17 @@
 // the job. The lvolid (docs/xmlrpc.md) took a u32 that version 3 had reserved
 // as 0, so a version-3 record written before it reads as "no lvolid" and the
 // format did not change. A version-2 disk whose slots are too small for version-3 records
-// (never made by this code: its region bits are always 4096) is refused.
+// (never made by this code: its region bits were always 4096) is refused.
+//
+// Region bits (issue 13, docs/snapshots.md "Written regions of 4 KiB"): a disk
+// formatted since then has chunkSize / 4096 region bits (4 KiB regions; at
+// least 4096 bits, so chunks under 16 MiB keep smaller regions), e.g. 65536
+// bits for 256 MiB chunks: 8 KiB per bitmap, a 16896-byte record slot, 33 KiB
+// of chunk table per chunk. The layout is the same (the superblock's region
+// bits and record size describe it), so the format version did not change; a
+// disk formatted before keeps its 4096 bits (64 KiB regions with 256 MiB
+// chunks) and is opened as before. A node's --region-size formats new disks
+// with an older cluster's size: the manager keeps one size per cluster.
 
 // The codecs, one file per concept in storage-node/disk-format/: layout.ts
 // (geometry, versions), superblock.ts, chunk-record.ts, bytes.ts. This file

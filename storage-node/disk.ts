@@ -42,6 +42,8 @@ export interface OpenDiskOptions {
   size?: number;
   /** Chunk size used when the disk must be formatted. */
   chunkSize: number;
+  /** Region size used when the disk must be formatted (default: 4 KiB, fineRegionSize). */
+  regionSize?: number;
   /** Data I/O bandwidth cap in MiB/s, reads and writes together (0 or undefined: none). */
   throttleMibps?: number;
 }
@@ -111,7 +113,7 @@ export class Disk implements ChunkDisk {
       const size = await deviceSize(fd);
       const head = Buffer.alloc(SUPERBLOCK_SIZE);
       await readFully(fd, head, 0);
-      const sb = isBlank(head) ? await format(fd, size, opts.chunkSize) : decodeSuperblock(head);
+      const sb = isBlank(head) ? await format(fd, size, opts.chunkSize, opts.regionSize || undefined) : decodeSuperblock(head);
       if (size < sb.dataOffset + sb.chunkCount * sb.chunkSize) {
         throw new CorruptMetadataError(`disk ${path} is ${size} bytes but its superblock describes ${sb.dataOffset + sb.chunkCount * sb.chunkSize}`, { path });
       }

@@ -177,6 +177,8 @@ function storageNodeCommand(program: Command): Command {
     .option('--manager <host:port>', 'manager to register with', hostPortArg)
     .addOption(repeatableOption('--disk <path[:size]>', 'disk file or device; a missing file is created sparse at size (repeatable)'))
     .addOption(sizeOption('--chunk-size <size>', 'chunk size used to format new disks', DEFAULT_CHUNK_SIZE))
+    .addOption(sizeOption('--region-size <size>', 'written-region size of new disks (0: 4K; a cluster whose disks predate 4 KiB regions: theirs, '
+      + 'chunk size / 4096, e.g. 64K; docs/snapshots.md)', 0))
     .addOption(labelOption('--label <key=value>', 'failure-domain label, e.g. rack=r1 (repeatable)'))
     .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
     .option('--disk-throttle-mibps <n>', 'cap each disk\'s data reads and writes together at n MiB/s, e.g. to make '
@@ -187,7 +189,7 @@ function storageNodeCommand(program: Command): Command {
       const { startStorageNode } = await import('../../storage-node/daemon.js');
       await runDaemon('storage-node', o.logLevel, withTls(o, o.name, 'node', (log) => startStorageNode({
         dataDir: o.dataDir, name: o.name, host: o.host, dataPort: o.dataPort, grpcPort: o.grpcPort,
-        managerAddress: o.manager, disks: (o.disk as string[]).map(parseDisk), chunkSize: o.chunkSize,
+        managerAddress: o.manager, disks: (o.disk as string[]).map(parseDisk), chunkSize: o.chunkSize, regionSize: o.regionSize,
         labels: o.label, heartbeatIntervalMs: o.heartbeatInterval, diskThrottleMibps: o.diskThrottleMibps,
         metricsListen: o.metricsListen, dataSecurity: dataSecurity(o, log),
       })));

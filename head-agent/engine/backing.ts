@@ -44,8 +44,10 @@ export class Backing {
     /** Written bits of this volume's own segments (undefined: unallocated, or allocated after the attach: empty). */
     private readonly own: (Uint8Array | undefined)[],
     private readonly maxPiece: number,
+    /** Bytes per written bit: the cluster's disks' region size (VolumeMap.region_size). */
+    regionSize = defaultRegionSize(chunkSize),
   ) {
-    this.regionSize = defaultRegionSize(chunkSize);
+    this.regionSize = regionSize;
     this.regionsPerChunk = Math.ceil(chunkSize / this.regionSize);
     this.bitmapBytes = Math.ceil(this.regionsPerChunk / 8);
   }

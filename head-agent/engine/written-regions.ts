@@ -54,8 +54,8 @@ export class WrittenRegions {
   readonly regionSize: number;
   private readonly regionCount: number;
 
-  constructor(private readonly clients: NodeControlClients, chunkSize: number) {
-    this.regionSize = defaultRegionSize(chunkSize);
+  constructor(private readonly clients: NodeControlClients, chunkSize: number, regionSize = defaultRegionSize(chunkSize)) {
+    this.regionSize = regionSize;
     this.regionCount = Math.ceil(chunkSize / this.regionSize);
   }
 

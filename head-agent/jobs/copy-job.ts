@@ -1,4 +1,4 @@
-import { allRegions, defaultRegionSize, orInto, setRuns, testBit } from '../../shared/region-bitmap.js';
+import { allRegions, mapRegionSize, orInto, setRuns, testBit } from '../../shared/region-bitmap.js';
 import type { NodeControlClients } from '../engine/node-control-clients.js';
 import type { LinearVolume } from '../engine/linear-volume.js';
 import type { VolumeMap } from '../attachments.js';
@@ -48,7 +48,7 @@ const DEFAULT_INFLIGHT = 8;
 /** The union of the `written` bitmaps of a segment's replicas (those `use` accepts); every region when none answers. */
 async function writtenUnion(map: VolumeMap, segment: number, clients: NodeControlClients, use: (state: string) => boolean, needAll: boolean): Promise<{ regionSize: number; map: Uint8Array }> {
   const seg = map.segments.find((s) => s.index === segment)!;
-  const regionSize = defaultRegionSize(map.chunkSize);
+  const regionSize = mapRegionSize(map);
   const count = Math.ceil(map.chunkSize / regionSize);
   const union = new Uint8Array(Math.ceil(count / 8));
   let answered = 0;

@@ -144,7 +144,7 @@ class ResyncRun {
     const locs = this.sources.map((r) => this.task.sources.find((l) => l.slot === r.slot)?.controlAddress || r.controlAddress);
     if (locs.some((a) => a === '')) {
       this.log.warn('a source has no control address: copying every region');
-      const regionSize = defaultRegionSize(chunkSize);
+      const regionSize = this.volume.regions?.regionSize ?? defaultRegionSize(chunkSize);
       const regionCount = Math.ceil(chunkSize / regionSize);
       return { written: allRegions(regionCount), regionSize, regionCount };
     }

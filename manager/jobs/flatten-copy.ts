@@ -1,5 +1,5 @@
 import { errorMessage } from '../../shared/errors.js';
-import { defaultRegionSize, testBit } from '../../shared/region-bitmap.js';
+import { testBit } from '../../shared/region-bitmap.js';
 import { segmentReplicas, type SegmentReplica } from '../chunk-map.js';
 import { mapLimit, type PeerClients } from '../node-clients.js';
 import type { Registry } from '../registry.js';
@@ -67,7 +67,7 @@ export async function copySegment(ctx: SegmentCopyContext, volumeName: string, s
   const chain = chainOf(ctx.volumes, e);
   if (chainEmptyAt(chain, s)) return { bytes: 0, regions: 0 };
   const cs = e.volume.chunkSize;
-  const rs = defaultRegionSize(cs);
+  const rs = ctx.registry.regionSize();
   const segLen = Math.min(cs, e.volume.size - s * cs);
   const count = Math.ceil(segLen / rs);
   const own = await ownWritten(ctx, e, s, count);
@@ -134,6 +134,10 @@ async function regionsOf(ctx: SegmentCopyContext, e: VolumeEntry, s: number, r: 
   const server = ctx.registry.serverOfDisk(r.diskId);
   if (!server) throw new Error(`disk ${r.diskId} has no server`);
   const got = await ctx.peers.node.getChunkRegions(server.controlAddress, { volumeId: e.volume.id, segment: s, slot: r.idSlot });
+  // A bit of another size would be read as the wrong bytes: refuse rather than guess.
+  if (Number(got.regionSize) !== ctx.registry.regionSize()) {
+    throw new Error(`volume ${e.volume.name} segment ${s}: disk ${r.diskId} has ${String(got.regionSize)}-byte regions, the cluster ${ctx.registry.regionSize()}`);
+  }
   return got.written;
 }
 

@@ -1,3 +1,4 @@
+import { defaultRegionSize } from '../../shared/region-bitmap.js';
 import { MAX_VOLUME_ID } from '../placement/model-disk.js';
 import { claimDiskIds, claimServerId } from '../int-id-claims.js';
 import type { DiskRecord, ServerRecord } from '../types.js';
@@ -72,7 +73,7 @@ export function readNodes(
         reason = 'its node reports it failed (rebuild from storage)';
       }
       const rec: DiskRecord = {
-        id: d.diskId, serverId: sid, path: d.path, chunkSize: d.chunkSize, chunkCount: d.chunkCount,
+        id: d.diskId, serverId: sid, path: d.path, chunkSize: d.chunkSize, regionSize: Number(d.regionSize) || defaultRegionSize(d.chunkSize), chunkCount: d.chunkCount,
         state: use === 'ok' ? 'active' : 'failed', stateReason: reason, addedMs: nowMs,
       };
       if (adminFailed) rec.adminFailed = true;

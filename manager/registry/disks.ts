@@ -1,6 +1,7 @@
 import { ConflictError, InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
 import { moduleLogger } from '../../shared/logger.js';
 import { formatSize } from '../../shared/units.js';
+import { defaultRegionSize, fineRegionSize } from '../../shared/region-bitmap.js';
 import type { DiskInfo__Output } from '../../proto/generated/vsky/storage/DiskInfo.js';
 import { claimDiskIds } from '../int-id-claims.js';
 import type { StoreBatch } from '../store.js';
@@ -17,6 +18,34 @@ const log = moduleLogger('manager.registry');
 
 export function disksOf(st: RegistryState, serverId: string): DiskRecord[] {
   return [...st.disks.values()].filter((d) => d.serverId === serverId);
+}
+
+/** A disk's region size from its node's report (0 from an older node: the size before 4 KiB regions). */
+function reportedRegionSize(info: DiskInfo__Output): number {
+  return Number(info.regionSize) || defaultRegionSize(info.chunkSize);
+}
+
+/** A disk record's region size (records from before 4 KiB regions have none: chunkSize / 4096). */
+export function diskRegionSize(d: DiskRecord): number {
+  return d.regionSize ?? defaultRegionSize(d.chunkSize);
+}
+
+/**
+ * The cluster's region size (bytes per written-region bit), one for all its
+ * disks, so every replica of a chunk and every head agree on what a bit
+ * covers (docs/snapshots.md "Written regions of 4 KiB"): that of the disks it
+ * has (a cluster formatted before 4 KiB regions keeps its older size), else
+ * 4 KiB for a new one. A disk of another size is refused or failed, as a disk
+ * of another chunk size is.
+ */
+export function clusterRegionSize(st: RegistryState): number {
+  let any: DiskRecord | undefined;
+  for (const d of st.disks.values()) {
+    if (d.chunkSize !== st.opts.chunkSize) continue;
+    if (d.state !== 'removed') return diskRegionSize(d);
+    any ??= d;
+  }
+  return any ? diskRegionSize(any) : fineRegionSize(st.opts.chunkSize);
 }
 
 /**
@@ -41,7 +70,8 @@ export async function addDisk(st: RegistryState, s: ServerRecord, path: string, 
     throw new InvalidArgumentError(`disk size ${formatSize(size)} is smaller than one chunk (${formatSize(chunkSize)}); give a larger size`);
   }
   if (s.state !== 'active') throw new ConflictError(`server ${s.name} is ${s.state}; bring it back (or vsky server add) before adding disks`);
-  const info = await st.peers.node.addDisk(s.controlAddress, { path, size, chunkSize });
+  const regionSize = clusterRegionSize(st);
+  const info = await st.peers.node.addDisk(s.controlAddress, { path, size, chunkSize, regionSize });
   if (info.clusterId && info.clusterId !== st.store.clusterId) {
     throw new ConflictError(`disk ${path} on ${s.name} belongs to cluster ${info.clusterId}, not this one (${st.store.clusterId}): not adopted; `
       + 'remove it from the node, or zero its first 4 KiB to reuse it (its data is lost)', { path });
@@ -49,6 +79,10 @@ export async function addDisk(st: RegistryState, s: ServerRecord, path: string, 
   if (!info.diskId) throw new InvalidArgumentError(`server ${s.name} returned no disk id for ${path}`);
   if (info.chunkSize !== chunkSize) {
     throw new ConflictError(`disk ${path} on ${s.name} is formatted with ${formatSize(info.chunkSize)} chunks but the cluster uses ${formatSize(chunkSize)}; use another disk or reformat it`);
+  }
+  if (reportedRegionSize(info) !== regionSize) {
+    throw new ConflictError(`disk ${path} on ${s.name} is formatted with ${formatSize(reportedRegionSize(info))} written regions but the cluster uses `
+      + `${formatSize(regionSize)}; use another disk, or reformat it (zero its first 4 KiB) so the node formats it with the cluster's size`);
   }
   const batch = st.store.batch();
   const existing = st.disks.get(info.diskId);
@@ -136,7 +170,7 @@ export function applyDiskReport(st: RegistryState, s: ServerRecord, reported: Di
 
 function recordNewDisk(st: RegistryState, s: ServerRecord, info: DiskInfo__Output, batch: StoreBatch): DiskRecord {
   const d: DiskRecord = {
-    id: info.diskId, serverId: s.id, path: info.path, chunkSize: info.chunkSize, chunkCount: info.chunkCount,
+    id: info.diskId, serverId: s.id, path: info.path, chunkSize: info.chunkSize, regionSize: reportedRegionSize(info), chunkCount: info.chunkCount,
     state: 'active', stateReason: 'added', addedMs: st.now(),
   };
   st.disks.set(d.id, d);
@@ -149,11 +183,13 @@ function recordNewDisk(st: RegistryState, s: ServerRecord, info: DiskInfo__Outpu
 
 /** One reported disk folded into its record: where it is, its size, whether its node says it failed. */
 function applyOneDisk(st: RegistryState, s: ServerRecord, d: DiskRecord, info: DiskInfo__Output, batch: StoreBatch): void {
-  const sizeProblem = info.chunkSize !== st.opts.chunkSize
-    ? `chunk size ${info.chunkSize} differs from the cluster's ${st.opts.chunkSize}` : '';
   const before = JSON.stringify(d);
   if (d.serverId !== s.id) log.warn({ diskId: d.id, from: d.serverId, to: s.id }, 'disk moved to another server');
-  Object.assign(d, { serverId: s.id, path: info.path, chunkSize: info.chunkSize });
+  Object.assign(d, { serverId: s.id, path: info.path, chunkSize: info.chunkSize, regionSize: reportedRegionSize(info) });
+  const clusterRs = clusterRegionSize(st);
+  const sizeProblem = info.chunkSize !== st.opts.chunkSize
+    ? `chunk size ${info.chunkSize} differs from the cluster's ${st.opts.chunkSize}`
+    : d.regionSize !== clusterRs ? `region size ${d.regionSize} differs from the cluster's ${clusterRs}` : '';
   claimDiskIds(d, info, st.store.clusterId);
   if (info.chunkCount !== d.chunkCount) {
     if (st.model.setDisk(d.id, s.id, info.chunkCount, false)) d.chunkCount = info.chunkCount;
@@ -168,7 +204,7 @@ function applyOneDisk(st: RegistryState, s: ServerRecord, d: DiskRecord, info: D
 
 /** Keeps the placement model in step with the disk's state (a draining disk takes no new chunks). */
 export function syncDisk(st: RegistryState, d: DiskRecord): void {
-  const eligible = d.state === 'active' && !d.draining && d.chunkSize === st.opts.chunkSize;
+  const eligible = d.state === 'active' && !d.draining && d.chunkSize === st.opts.chunkSize && diskRegionSize(d) === clusterRegionSize(st);
   if (!st.model.setDisk(d.id, d.serverId, d.chunkCount, eligible)) {
     log.warn({ diskId: d.id, chunkCount: d.chunkCount }, 'disk record shrank below chunks in use');
   }

@@ -39,6 +39,8 @@ export interface DiskRecord {
   serverId: string;
   path: string;
   chunkSize: number;
+  /** Bytes per written-region bit (its superblock); absent in records from before 4 KiB regions: chunkSize / 4096. */
+  regionSize?: number;
   chunkCount: number;
   state: DiskState;
   stateReason: string;

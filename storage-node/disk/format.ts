@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
-import { REGION_BITS_PER_CHUNK } from '../../shared/constants.js';
 import { InvalidArgumentError } from '../../shared/errors.js';
+import { fineRegionSize, regionSizeProblem } from '../../shared/region-bitmap.js';
 import { moduleLogger } from '../../shared/logger.js';
 import { FORMAT_VERSION, computeLayout } from '../disk-format/layout.js';
 import { encodeSuperblock, type Superblock } from '../disk-format/superblock.js';
@@ -10,15 +10,22 @@ import { p, writeFully } from './file-io.js';
 // Formatting a blank disk (storage-node/disk.ts opens it): the layout for its
 // size, a zeroed chunk table, then the superblock, each made durable in turn.
 
-/** Formats a blank disk: zero the chunk table, make it durable, then write the superblock. */
-export async function format(fd: number, size: number, chunkSize: number): Promise<Superblock> {
-  const layout = computeLayout(size, chunkSize, REGION_BITS_PER_CHUNK);
+/**
+ * Formats a blank disk: zero the chunk table, make it durable, then write the
+ * superblock. `regionSize`: bytes per written-region bit (default 4 KiB,
+ * fineRegionSize; a cluster of older disks needs their size: docs/snapshots.md).
+ */
+export async function format(fd: number, size: number, chunkSize: number, regionSize = fineRegionSize(chunkSize)): Promise<Superblock> {
+  const problem = regionSizeProblem(chunkSize, regionSize);
+  if (problem) throw new InvalidArgumentError(problem, { chunkSize, regionSize });
+  const regionBits = chunkSize / regionSize;
+  const layout = computeLayout(size, chunkSize, regionBits);
   if (layout.chunkCount === 0) {
     throw new InvalidArgumentError(`disk of ${size} bytes is too small for one chunk of ${chunkSize} bytes`, { size, chunkSize });
   }
   const sb: Superblock = {
     diskId: randomUUID(), formatVersion: FORMAT_VERSION, chunkSize, chunkCount: layout.chunkCount,
-    regionBits: REGION_BITS_PER_CHUNK, recordSize: layout.recordSize, tableOffset: layout.tableOffset,
+    regionBits, recordSize: layout.recordSize, tableOffset: layout.tableOffset,
     dataOffset: layout.dataOffset, diskSize: size, createdMs: Date.now(), clusterId: '',
   };
   // A device may hold old bytes where the table goes: clear them first, so no
@@ -30,6 +37,6 @@ export async function format(fd: number, size: number, chunkSize: number): Promi
   await p<void>((cb) => fs.fdatasync(fd, cb));
   await writeFully(fd, encodeSuperblock(sb), 0);
   await p<void>((cb) => fs.fdatasync(fd, cb));
-  moduleLogger('disk', { disk: sb.diskId }).info({ size, chunkSize, chunkCount: sb.chunkCount }, 'formatted disk');
+  moduleLogger('disk', { disk: sb.diskId }).info({ size, chunkSize, regionSize, chunkCount: sb.chunkCount }, 'formatted disk');
   return sb;
 }

@@ -66,7 +66,7 @@ export function synthesize(): { input: RebuildInput; expected: Expected } {
     model.setServer(serverId, labels, true);
     for (let d = 0; d < DISKS_PER_SERVER; d++) {
       const diskId = `disk-${s}-${d}`;
-      info.disks.push({ diskId, path: `/dev/sd${String.fromCharCode(97 + d)}`, chunkSize: CHUNK, chunkCount: CHUNKS_PER_DISK, usedChunks: 0, state: 'active', size: CHUNK * CHUNKS_PER_DISK, clusterId: CLUSTER, pdskid: 0, dextIds: [], note: null, written: [] });
+      info.disks.push({ diskId, path: `/dev/sd${String.fromCharCode(97 + d)}`, chunkSize: CHUNK, regionSize: 4096, chunkCount: CHUNKS_PER_DISK, usedChunks: 0, state: 'active', size: CHUNK * CHUNKS_PER_DISK, clusterId: CLUSTER, pdskid: 0, dextIds: [], note: null, written: [] });
       model.setDisk(diskId, serverId, CHUNKS_PER_DISK, true);
       serverOfDisk.set(diskId, serverId);
       top.set(diskId, CHUNKS_PER_DISK - 1);

@@ -1,3 +1,4 @@
+import { fineRegionSize } from '../../shared/region-bitmap.js';
 import { ConflictError, InvalidArgumentError, IoError, NotFoundError, TimeoutError, TransportError } from '../../shared/errors.js';
 import type { ChunkIdentity__Output } from '../../proto/generated/vsky/common/ChunkIdentity.js';
 import type { ResyncTask } from '../../proto/generated/vsky/common/ResyncTask.js';
@@ -44,7 +45,7 @@ export class FakeNode {
   }
 
   addDisk(id: string, chunkCount: number, chunkSize: number, path = `/dev/${id}`): DiskInfo__Output {
-    const info: DiskInfo__Output = { diskId: id, path, chunkSize, chunkCount, usedChunks: 0, state: 'active', size: chunkCount * chunkSize, clusterId: '', pdskid: 0, dextIds: [], note: null, written: [] };
+    const info: DiskInfo__Output = { diskId: id, path, chunkSize, regionSize: fineRegionSize(chunkSize), chunkCount, usedChunks: 0, state: 'active', size: chunkCount * chunkSize, clusterId: '', pdskid: 0, dextIds: [], note: null, written: [] };
     this.disks.set(id, { info, chunks: new Map() });
     return info;
   }

@@ -53,7 +53,7 @@ export class Fixture {
       this.model.setServer(info.serverId, labels, true);
       for (let d = 0; d < disksPerServer; d++) {
         const diskId = `s${s}d${d}`;
-        info.disks.push({ diskId, path: `/srv/disk${d}`, chunkSize: CHUNK, chunkCount, usedChunks: 0, state: 'active', size: CHUNK * chunkCount, clusterId: CLUSTER, pdskid: 0, dextIds: [], note: null, written: [] });
+        info.disks.push({ diskId, path: `/srv/disk${d}`, chunkSize: CHUNK, regionSize: 4096, chunkCount, usedChunks: 0, state: 'active', size: CHUNK * chunkCount, clusterId: CLUSTER, pdskid: 0, dextIds: [], note: null, written: [] });
         this.model.setDisk(diskId, info.serverId, chunkCount, true);
         this.serverOfDisk.set(diskId, info.serverId);
       }
@@ -101,7 +101,7 @@ export class Fixture {
 
   /** Adds a disk to a node after placement (the model does not know it). */
   addDisk(serverId: string, diskId: string, clusterId = CLUSTER): void {
-    this.byServer.get(serverId)!.server.disks.push({ diskId, path: `/srv/${diskId}`, chunkSize: CHUNK, chunkCount: 64, usedChunks: 0, state: 'active', size: 64 * CHUNK, clusterId, pdskid: 0, dextIds: [], note: null, written: [] });
+    this.byServer.get(serverId)!.server.disks.push({ diskId, path: `/srv/${diskId}`, chunkSize: CHUNK, regionSize: 4096, chunkCount: 64, usedChunks: 0, state: 'active', size: 64 * CHUNK, clusterId, pdskid: 0, dextIds: [], note: null, written: [] });
     this.serverOfDisk.set(diskId, serverId);
   }
 

@@ -1,3 +1,4 @@
+import { fineRegionSize } from '../../shared/region-bitmap.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -98,7 +99,7 @@ export async function allocateVolume(trio: NodeTrio, v: VolumeLayout): Promise<V
     }
     segments.push({ index: seg, replicas });
   }
-  return { volumeId: v.volumeId, name: v.name, size: v.size, chunkSize: v.chunkSize, replicas: 3, generation: 1, segments, thin: false, backing: [] };
+  return { volumeId: v.volumeId, name: v.name, size: v.size, chunkSize: v.chunkSize, replicas: 3, generation: 1, segments, thin: false, backing: [], regionSize: fineRegionSize(v.chunkSize) };
 }
 
 export interface ManagerStub {

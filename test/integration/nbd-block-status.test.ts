@@ -13,7 +13,7 @@ import { vsky, vskyJson } from '../harness/vsky.js';
 // NBD block status (base:allocation, docs/thin-provisioning.md) with real
 // clients: nbdinfo --map on a thin volume with a few written regions shows
 // exactly them as data and the rest as hole,zero (unallocated segments, and
-// unwritten 64 KiB regions of allocated ones); a discard turns a region back
+// unwritten 4 KiB regions of allocated ones); a discard turns a region back
 // into a hole; a thick volume's unwritten regions read "zero" (not holes);
 // qemu-img map agrees; nbdcopy skips the holes (compared with --no-extents)
 // and copies the same bytes.
@@ -73,38 +73,38 @@ describe('NBD block status (base:allocation)', () => {
 
   it('a few written regions show as data, the rest of their segments and unallocated segments as hole,zero', async () => {
     await qemuIo(thinUrl, 'write -P 0x11 0 64k');
-    await qemuIo(thinUrl, `write -P 0x22 ${MiB + 4 * KiB} 64k`); // spans two 64 KiB regions
+    await qemuIo(thinUrl, `write -P 0x22 ${MiB + 4 * KiB} 64k`); // 16 of the 4 KiB regions (docs/snapshots.md)
     await qemuIo(thinUrl, `write -P 0x33 ${600 * MiB} 4k`); // segment 2; segment 1 stays unallocated
     expect(triples(await nbdMap(thinUrl))).toEqual([
       [0, 64 * KiB, 0],
-      [64 * KiB, MiB - 64 * KiB, 3],
-      [MiB, 128 * KiB, 0],
-      [MiB + 128 * KiB, 600 * MiB - MiB - 128 * KiB, 3],
-      [600 * MiB, 64 * KiB, 0],
-      [600 * MiB + 64 * KiB, GiB - 600 * MiB - 64 * KiB, 3],
+      [64 * KiB, MiB + 4 * KiB - 64 * KiB, 3],
+      [MiB + 4 * KiB, 64 * KiB, 0],
+      [MiB + 68 * KiB, 600 * MiB - MiB - 68 * KiB, 3],
+      [600 * MiB, 4 * KiB, 0],
+      [600 * MiB + 4 * KiB, GiB - 600 * MiB - 4 * KiB, 3],
     ]);
     // qemu-img map agrees (zero/data per extent).
     const qmap = JSON.parse(String((await run('qemu-img', ['map', '--output=json', '-f', 'raw', thinUrl], 60_000)).stdout)) as
       { start: number; length: number; data: boolean; zero: boolean }[];
     const dataExtents = qmap.filter((e) => e.data).map((e) => [e.start, e.length]);
-    expect(dataExtents).toEqual([[0, 64 * KiB], [MiB, 128 * KiB], [600 * MiB, 64 * KiB]]);
+    expect(dataExtents).toEqual([[0, 64 * KiB], [MiB + 4 * KiB, 64 * KiB], [600 * MiB, 4 * KiB]]);
     expect(qmap.filter((e) => !e.data).every((e) => e.zero)).toBe(true);
-    // vsky volume list: 4 written 64 KiB regions, while 2 segments (512 MiB) are allocated.
-    expect(await writtenBytes('bs-thin', 4 * 64 * KiB)).toBe(4 * 64 * KiB);
-    expect(String((await vsky(['volume', 'list'], m())).stdout)).toMatch(/bs-thin.*512\.0 MiB \(2\/4 seg, 256\.0 KiB written\)/);
+    // vsky volume list: 33 written 4 KiB regions, while 2 segments (512 MiB) are allocated.
+    expect(await writtenBytes('bs-thin', 132 * KiB)).toBe(132 * KiB);
+    expect(String((await vsky(['volume', 'list'], m())).stdout)).toMatch(/bs-thin.*512\.0 MiB \(2\/4 seg, 132\.0 KiB written\)/);
   }, 120_000);
 
   it('a discard of a whole region makes it a hole again; a partial one leaves it data', async () => {
-    await qemuIo(thinUrl, `discard ${MiB} 64k`); // region 16 whole
-    await qemuIo(thinUrl, `discard ${600 * MiB} 4k`); // part of a region: zeroed, still data
+    await qemuIo(thinUrl, `discard ${MiB} 64k`); // 15 written regions whole
+    await qemuIo(thinUrl, `discard ${600 * MiB} 2k`); // part of a region: zeroed, still data
     const map = triples(await nbdMap(thinUrl));
     expect(map.slice(0, 4)).toEqual([
       [0, 64 * KiB, 0],
       [64 * KiB, MiB, 3],
-      [MiB + 64 * KiB, 64 * KiB, 0],
-      [MiB + 128 * KiB, 600 * MiB - MiB - 128 * KiB, 3],
+      [MiB + 64 * KiB, 4 * KiB, 0],
+      [MiB + 68 * KiB, 600 * MiB - MiB - 68 * KiB, 3],
     ]);
-    expect(await writtenBytes('bs-thin', 3 * 64 * KiB)).toBe(3 * 64 * KiB); // the discarded region is given back in the report
+    expect(await writtenBytes('bs-thin', 72 * KiB)).toBe(72 * KiB); // the discarded regions are given back in the report
     await qemuIo(thinUrl, `read -P 0 ${MiB} 64k`);
     await qemuIo(thinUrl, `read -P 0x22 ${MiB + 64 * KiB} ${4 * KiB}`);
   }, 120_000);

@@ -444,7 +444,7 @@ describe('volume over scripted nodes: what goes on the wire', () => {
       replicas: addrs.map((dataAddress, slot) => ({ slot, serverId: `s${slot}`, dataAddress, diskId: `d${slot}`, chunkIndex: index, state: 'in_sync', controlAddress: '' })),
     }));
     try {
-      const vol = await reg.attach({ volumeId: 3, name: 'w', size: 2 * CHUNK, chunkSize: CHUNK, replicas: 3, generation: 9, segments, thin: false, backing: [] }, 7);
+      const vol = await reg.attach({ volumeId: 3, name: 'w', size: 2 * CHUNK, chunkSize: CHUNK, replicas: 3, generation: 9, segments, thin: false, backing: [], regionSize: 0 }, 7);
       const ops = (f: FakeNode, op: number) => f.seen.filter((h) => h.opcode === op);
       for (const f of fakes) expect(ops(f, Opcode.FENCE).map((h) => [h.epoch, h.generation])).toEqual([[7, 9]]);
       // The attach's FENCE leaves every node "dirty" (conservative): the first flush reaches all.
@@ -487,7 +487,7 @@ describe('volume over scripted nodes: what goes on the wire', () => {
     const reg = new Attachments({ pool });
     const segments = [{ index: 0, replicas: addrs.map((dataAddress, slot) => ({ slot, serverId: `s${slot}`, dataAddress, diskId: `d${slot}`, chunkIndex: 0, state: 'in_sync', controlAddress: '' })) }];
     try {
-      const vol = await reg.attach({ volumeId: 4, name: 'f', size: CHUNK, chunkSize: CHUNK, replicas: 3, generation: 1, segments, thin: false, backing: [] }, 1);
+      const vol = await reg.attach({ volumeId: 4, name: 'f', size: CHUNK, chunkSize: CHUNK, replicas: 3, generation: 1, segments, thin: false, backing: [], regionSize: 0 }, 1);
       await vol.write(0, Buffer.alloc(4096, 1), false);
       const t0 = Date.now();
       const first = vol.flush();

@@ -1,3 +1,4 @@
+import { fineRegionSize } from '../../shared/region-bitmap.js';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -49,7 +50,7 @@ beforeAll(async () => {
     c.close();
     replicas.push({ slot, serverId: info.serverId, dataAddress: nodes[slot]!.dataAddress, diskId, chunkIndex: 0, state: 'in_sync', controlAddress: nodes[slot]!.controlAddress });
   }
-  map = { volumeId: 5, name: 'vol-d', size: CHUNK, chunkSize: CHUNK, replicas: 2, generation: 3, segments: [{ index: 0, replicas }], thin: false, backing: [] };
+  map = { volumeId: 5, name: 'vol-d', size: CHUNK, chunkSize: CHUNK, replicas: 2, generation: 3, segments: [{ index: 0, replicas }], thin: false, backing: [], regionSize: fineRegionSize(CHUNK) };
 });
 
 afterAll(async () => {

@@ -30,7 +30,7 @@ describe('planRebuild', () => {
       state: 'active', stateReason: 'rebuilt from storage', registeredMs: NOW, lastHeartbeatMs: NOW,
     });
     expect(plan.disks).toHaveLength(12);
-    expect(plan.disks[3]).toEqual({ id: 's1d1', serverId: 's1', path: '/srv/disk1', chunkSize: CHUNK, chunkCount: 64, state: 'active', stateReason: 'rebuilt from storage', addedMs: NOW });
+    expect(plan.disks[3]).toEqual({ id: 's1d1', serverId: 's1', path: '/srv/disk1', chunkSize: CHUNK, regionSize: 4096, chunkCount: 64, state: 'active', stateReason: 'rebuilt from storage', addedMs: NOW });
     expect(plan.report.ms).toBeGreaterThanOrEqual(0);
   });
 
