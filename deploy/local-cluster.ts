@@ -80,6 +80,8 @@ export interface LocalClusterOptions {
   managerArgs?: string[];
   /** Extra `vsky head-agent` flags for every head, e.g. ['--segment-allocate-timeout', '3000']. */
   headArgs?: string[];
+  /** Extra `vsky storage-node` flags for every storage node, e.g. ['--region-size', '64K']. */
+  storageNodeArgs?: string[];
   /** Extra node flags per daemon name, e.g. { head: ['--cpu-prof'] } for profiling. */
   nodeArgs?: Record<string, string[]>;
   /** Every daemon serves Prometheus metrics on a port picked on its own address (metricsEndpoints lists them). */
@@ -234,6 +236,7 @@ export class LocalCluster {
       '--data-port', String(this.opts.nodeDataPort), '--grpc-port', String(this.opts.nodeGrpcPort),
       '--chunk-size', String(this.opts.chunkSize), '--heartbeat-interval', String(this.opts.heartbeatIntervalMs),
       ...Object.entries(labels).flatMap(([k, v]) => ['--label', `${k}=${v}`]), ...disks, ...this.logArgs(), ...this.metricsArgs(nodeHost(i)), ...this.dataSecurityArgs(), ...this.tls.args(),
+      ...(this.opts.storageNodeArgs ?? []),
     ], join(logs, `${name}.log`), this.opts.env?.[name]);
   }
 

@@ -17,7 +17,7 @@ import { vsky } from '../harness/vsky.js';
 //    against a thick volume holding the same data.
 // 3 servers x 2 sparse 8 GiB disk files, 256 MiB chunks.
 //
-// Run: npm run build && node dist/test/bench/snapshots.js [--n 20] [--seconds 15]
+// Run: npm run build && node dist/test/bench/snapshots.js [--n 20] [--seconds 15] [--region-size 64K]
 
 function arg(name: string, dflt: number): number {
   const i = process.argv.indexOf(name);
@@ -28,7 +28,8 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 async function main(): Promise<void> {
   const n = arg('--n', 20);
   const seconds = arg('--seconds', 15);
-  const c = await startTestCluster({ diskSize: 8 * GiB, chunkSize: 256 * MiB, logLevel: 'warn' });
+  const regionSize = process.argv.indexOf('--region-size') > 0 ? process.argv[process.argv.indexOf('--region-size') + 1]! : '';
+  const c = await startTestCluster({ diskSize: 8 * GiB, chunkSize: 256 * MiB, logLevel: 'warn', storageNodeArgs: regionSize ? ['--region-size', regionSize] : [] });
   const work = mkdtempSync(join(tmpdir(), 'vsky-snap-bench-'));
   const m = c.client();
   const ok = async (args: string[]) => {
