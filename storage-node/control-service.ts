@@ -36,7 +36,7 @@ export interface NodeContext {
   readonly labels: Record<string, string>;
   /** Chunk size for formatting new disks when a request does not say. */
   readonly chunkSize: number;
-  /** Region size for formatting new disks when a request does not say (0/undefined: 4 KiB, fineRegionSize). */
+  /** Region size for formatting new disks when a request does not say (0/undefined: chunk size / 4096, defaultRegionSize). */
   readonly regionSize?: number;
   dataAddress: string;
   controlAddress: string;

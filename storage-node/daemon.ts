@@ -39,7 +39,7 @@ export interface StorageNodeOptions {
   disks: { path: string; size?: number }[];
   /** For formatting new disks. */
   chunkSize: number;
-  /** For formatting new disks: bytes per written-region bit (0/undefined: 4 KiB; a cluster of older disks: theirs). */
+  /** For formatting new disks: bytes per written-region bit (0/undefined: chunk size / 4096; --region-size 4K for 4 KiB regions). */
   regionSize?: number;
   labels: Record<string, string>;
   heartbeatIntervalMs: number;

@@ -42,7 +42,7 @@ export interface OpenDiskOptions {
   size?: number;
   /** Chunk size used when the disk must be formatted. */
   chunkSize: number;
-  /** Region size used when the disk must be formatted (default: 4 KiB, fineRegionSize). */
+  /** Region size used when the disk must be formatted (default: chunk size / 4096, defaultRegionSize). */
   regionSize?: number;
   /** Data I/O bandwidth cap in MiB/s, reads and writes together (0 or undefined: none). */
   throttleMibps?: number;

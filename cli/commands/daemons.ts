@@ -177,8 +177,8 @@ function storageNodeCommand(program: Command): Command {
     .option('--manager <host:port>', 'manager to register with', hostPortArg)
     .addOption(repeatableOption('--disk <path[:size]>', 'disk file or device; a missing file is created sparse at size (repeatable)'))
     .addOption(sizeOption('--chunk-size <size>', 'chunk size used to format new disks', DEFAULT_CHUNK_SIZE))
-    .addOption(sizeOption('--region-size <size>', 'written-region size of new disks (0: 4K; a cluster whose disks predate 4 KiB regions: theirs, '
-      + 'chunk size / 4096, e.g. 64K; docs/snapshots.md)', 0))
+    .addOption(sizeOption('--region-size <size>', 'written-region size of new disks, one per cluster (0: chunk size / 4096, '
+      + '64K with 256 MiB chunks; 4K makes a clone\'s 4 KiB first write copy nothing up, for 16x the bitmap memory: docs/snapshots.md)', 0))
     .addOption(labelOption('--label <key=value>', 'failure-domain label, e.g. rack=r1 (repeatable)'))
     .option('--heartbeat-interval <ms>', 'heartbeat period', intArg, DEFAULT_HEARTBEAT_INTERVAL_MS)
     .option('--disk-throttle-mibps <n>', 'cap each disk\'s data reads and writes together at n MiB/s, e.g. to make '

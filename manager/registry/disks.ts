@@ -1,7 +1,7 @@
 import { ConflictError, InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
 import { moduleLogger } from '../../shared/logger.js';
 import { formatSize } from '../../shared/units.js';
-import { defaultRegionSize, fineRegionSize } from '../../shared/region-bitmap.js';
+import { defaultRegionSize } from '../../shared/region-bitmap.js';
 import type { DiskInfo__Output } from '../../proto/generated/vsky/storage/DiskInfo.js';
 import { claimDiskIds } from '../int-id-claims.js';
 import type { StoreBatch } from '../store.js';
@@ -34,8 +34,8 @@ export function diskRegionSize(d: DiskRecord): number {
  * The cluster's region size (bytes per written-region bit), one for all its
  * disks, so every replica of a chunk and every head agree on what a bit
  * covers (docs/snapshots.md "Written regions of 4 KiB"): that of the disks it
- * has (a cluster formatted before 4 KiB regions keeps its older size), else
- * 4 KiB for a new one. A disk of another size is refused or failed, as a disk
+ * has, else chunk size / 4096 for a new one (the default of new disks; 4 KiB
+ * regions are the nodes' opt-in, --region-size 4K). A disk of another size is refused or failed, as a disk
  * of another chunk size is.
  */
 export function clusterRegionSize(st: RegistryState): number {
@@ -45,7 +45,7 @@ export function clusterRegionSize(st: RegistryState): number {
     if (d.state !== 'removed') return diskRegionSize(d);
     any ??= d;
   }
-  return any ? diskRegionSize(any) : fineRegionSize(st.opts.chunkSize);
+  return any ? diskRegionSize(any) : defaultRegionSize(st.opts.chunkSize);
 }
 
 /**

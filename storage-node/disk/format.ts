@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import { InvalidArgumentError } from '../../shared/errors.js';
-import { fineRegionSize, regionSizeProblem } from '../../shared/region-bitmap.js';
+import { defaultRegionSize, regionSizeProblem } from '../../shared/region-bitmap.js';
 import { moduleLogger } from '../../shared/logger.js';
 import { FORMAT_VERSION, computeLayout } from '../disk-format/layout.js';
 import { encodeSuperblock, type Superblock } from '../disk-format/superblock.js';
@@ -12,10 +12,10 @@ import { p, writeFully } from './file-io.js';
 
 /**
  * Formats a blank disk: zero the chunk table, make it durable, then write the
- * superblock. `regionSize`: bytes per written-region bit (default 4 KiB,
- * fineRegionSize; a cluster of older disks needs their size: docs/snapshots.md).
+ * superblock. `regionSize`: bytes per written-region bit (default chunk size /
+ * 4096, defaultRegionSize; 4 KiB regions are opt-in, --region-size 4K: docs/snapshots.md).
  */
-export async function format(fd: number, size: number, chunkSize: number, regionSize = fineRegionSize(chunkSize)): Promise<Superblock> {
+export async function format(fd: number, size: number, chunkSize: number, regionSize = defaultRegionSize(chunkSize)): Promise<Superblock> {
   const problem = regionSizeProblem(chunkSize, regionSize);
   if (problem) throw new InvalidArgumentError(problem, { chunkSize, regionSize });
   const regionBits = chunkSize / regionSize;

@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GiB, MiB } from '../../shared/constants.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
-import { randomFile, run } from '../harness/tools.js';
-import { vsky } from '../harness/vsky.js';
+import { run } from '../harness/tools.js';
+import { templateAndThick, vskyOk } from './clone-fixture.js';
 
 // Where a fresh clone's first 4 KiB random writes spend their time (issue 13):
 // thick vs fresh clone, fio 4 KiB randwrite, a fixed number of writes (so the
@@ -27,22 +27,9 @@ async function main(): Promise<void> {
   const prof = profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [];
   const c = await startTestCluster({ diskSize: 8 * GiB, chunkSize: 256 * MiB, logLevel: 'warn', nodeArgs: { head: prof, node1: prof } });
   const work = mkdtempSync(join(tmpdir(), 'vsky-cfw-'));
-  const ok = async (args: string[]) => {
-    const r = await vsky(args, c.managerAddress, 120_000);
-    if (r.exitCode !== 0) throw new Error(`${args.join(' ')}: ${String(r.stderr)}`);
-    return String(r.stdout);
-  };
+  const ok = vskyOk(c);
   try {
-    const src = join(work, 'src.img');
-    randomFile(src, 512 * MiB);
-    await ok(['volume', 'create', 'tpl', '--size', '512M', '--replicas', '2']);
-    await ok(['volume', 'create', 'thick', '--size', '512M', '--replicas', '2', '--thick']);
-    for (const v of ['tpl', 'thick']) {
-      const uri = (await ok(['volume', 'attach', v])).trim().split('\n')[0]!;
-      await run('nbdcopy', ['--flush', src, uri], 600_000);
-    }
-    await ok(['volume', 'detach', 'tpl']);
-    await ok(['snapshot', 'create', 'tpl', 'tpl-s']);
+    await templateAndThick(c, work);
     const procs = [...c.heads, ...c.nodes].map((d) => ({ name: d.name, pid: d.pid! }));
     const fio = async (uri: string, qd: number, seed: number): Promise<{ iops: number; lat: number; cpu: string }> => {
       const before = procs.map((p) => cpuTicks(p.pid));

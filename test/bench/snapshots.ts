@@ -5,8 +5,8 @@ import { GiB, MiB } from '../../shared/constants.js';
 import { call } from '../../shared/grpc.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { NbdClient } from '../harness/nbd-client.js';
-import { randomFile, run } from '../harness/tools.js';
-import { vsky } from '../harness/vsky.js';
+import { run } from '../harness/tools.js';
+import { templateAndThick, vskyOk } from './clone-fixture.js';
 
 // Snapshots and clones (docs/snapshots.md):
 //  - snapshot create of a detached volume (256 MiB thick, 2 replicas: 2 chunks reassigned),
@@ -32,11 +32,7 @@ async function main(): Promise<void> {
   const c = await startTestCluster({ diskSize: 8 * GiB, chunkSize: 256 * MiB, logLevel: 'warn', storageNodeArgs: regionSize ? ['--region-size', regionSize] : [] });
   const work = mkdtempSync(join(tmpdir(), 'vsky-snap-bench-'));
   const m = c.client();
-  const ok = async (args: string[]) => {
-    const r = await vsky(args, c.managerAddress, 120_000);
-    if (r.exitCode !== 0) throw new Error(`${args.join(' ')}: ${String(r.stderr)}`);
-    return String(r.stdout);
-  };
+  const ok = vskyOk(c);
   const timed = async (fn: () => Promise<unknown>) => {
     const t = process.hrtime.bigint();
     await fn();
@@ -57,16 +53,7 @@ async function main(): Promise<void> {
     }
     live.close();
 
-    const src = join(work, 'src.img');
-    randomFile(src, 512 * MiB);
-    await ok(['volume', 'create', 'tpl', '--size', '512M', '--replicas', '2']);
-    await ok(['volume', 'create', 'thick', '--size', '512M', '--replicas', '2', '--thick']);
-    for (const v of ['tpl', 'thick']) {
-      const uri = (await ok(['volume', 'attach', v])).trim().split('\n')[0]!;
-      await run('nbdcopy', ['--flush', src, uri], 600_000);
-    }
-    await ok(['volume', 'detach', 'tpl']);
-    await ok(['snapshot', 'create', 'tpl', 'tpl-s']);
+    await templateAndThick(c, work);
     const clones: number[] = [];
     for (let i = 0; i < n; i++) clones.push(await timed(() => call(m, 'CloneVolume', { snapshot: 'tpl-s', name: `cl${i}` }, 60_000)));
 

@@ -51,7 +51,7 @@ describe('NBD block status (base:allocation)', () => {
   const triples = (map: MapEntry[]): [number, number, number][] => map.map((e) => [e.offset, e.length, e.type]);
 
   beforeAll(async () => {
-    c = await startTestCluster({ diskSize: 2 * GiB, chunkSize: SEG });
+    c = await startTestCluster({ diskSize: 2 * GiB, chunkSize: SEG, storageNodeArgs: ['--region-size', '4K'] });
     work = mkdtempSync(join(tmpdir(), 'vsky-bs-'));
     for (const [name, extra] of [['bs-thin', []], ['bs-thick', ['--thick']]] as const) {
       const r = await vsky(['volume', 'create', name, '--size', '1G', '--replicas', '2', ...extra], m());

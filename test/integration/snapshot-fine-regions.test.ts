@@ -32,7 +32,7 @@ describe('clones with 4 KiB written regions', () => {
   };
 
   beforeAll(async () => {
-    c = await startTestCluster({ diskSize: 1 * GiB, chunkSize: SEG });
+    c = await startTestCluster({ diskSize: 1 * GiB, chunkSize: SEG, storageNodeArgs: ['--region-size', '4K'] });
   }, 120_000);
   afterAll(async () => {
     await destroyTestCluster(c);

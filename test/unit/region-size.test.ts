@@ -65,9 +65,9 @@ describe('a disk with 4 KiB regions', () => {
     readChunk(c, off, len, buf, 0, (e) => (e ? rej(e) : res(buf)));
   });
 
-  it('is formatted with chunkSize / 4096 bits; a 4 KiB first write sets one bit, durably, and zero-fills nothing around it', async () => {
+  it('with 4 KiB regions (--region-size 4K): chunkSize / 4096 bits; a 4 KiB first write sets one bit, durably, and zero-fills nothing around it', async () => {
     const path = join(dir, 'fine.img');
-    const d = await Disk.open(path, { size: 600 * MiB, chunkSize: 256 * MiB });
+    const d = await Disk.open(path, { size: 600 * MiB, chunkSize: 256 * MiB, regionSize: 4096 });
     expect(d.sb.regionBits).toBe(65536);
     const c = d.chunks[0]!;
     expect(c.regionSize).toBe(4096);
@@ -86,12 +86,12 @@ describe('a disk with 4 KiB regions', () => {
     await again.close();
   });
 
-  it('can still be formatted with the legacy size (a cluster of older disks), which it keeps', async () => {
+  it('is formatted with chunk size / 4096 regions by default (64 KiB with 256 MiB chunks), which it keeps', async () => {
     const path = join(dir, 'legacy.img');
-    const d = await Disk.open(path, { size: 600 * MiB, chunkSize: 256 * MiB, regionSize: 64 * 1024 });
+    const d = await Disk.open(path, { size: 600 * MiB, chunkSize: 256 * MiB });
     expect(d.sb.regionBits).toBe(4096);
     await d.close();
-    const again = await Disk.open(path, { chunkSize: 256 * MiB }); // the default applies to new disks only
+    const again = await Disk.open(path, { chunkSize: 256 * MiB, regionSize: 4096 }); // a region size applies to new disks only
     expect(again.chunks[0]!.regionSize).toBe(64 * 1024);
     await again.close();
     await expect(Disk.open(join(dir, 'bad.img'), { size: 600 * MiB, chunkSize: 256 * MiB, regionSize: 3000 })).rejects.toBeInstanceOf(InvalidArgumentError);
