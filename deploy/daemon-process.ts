@@ -39,6 +39,8 @@ export class DaemonProcess {
   private child: ChildProcess | undefined;
   private log: WriteStream | undefined;
   private exited: Promise<number | null> = Promise.resolve(null);
+  /** The last lines the current run printed (stdout and stderr), for errors about a failed start. */
+  private tail: string[] = [];
   ready: ReadyInfo = {};
 
   constructor(name: string, args: string[], logPath: string, env: NodeJS.ProcessEnv = {}) {
@@ -60,11 +62,13 @@ export class DaemonProcess {
     this.child = child;
     const log = this.log;
     this.exited = new Promise((resolve) => child.once('exit', (code) => { log.end(); resolve(code); }));
-    child.stderr!.on('data', (d: Buffer) => log.write(d));
+    this.tail = [];
+    child.stderr!.on('data', (d: Buffer) => { log.write(d); this.remember(d.toString()); });
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new TimeoutError(`${this.name} not ready after ${timeoutMs} ms; see ${this.logPath}`)), timeoutMs);
       createInterface({ input: child.stdout! }).on('line', (line) => {
         log.write(`${line}\n`);
+        this.remember(line);
         if (!line.includes('"ready"')) return;
         try {
           const rec = JSON.parse(line) as ReadyInfo;
@@ -74,11 +78,17 @@ export class DaemonProcess {
           resolve(rec);
         } catch { /* not JSON: ignore */ }
       });
-      child.once('exit', (code, signal) => {
+      // 'close' comes after the last output line was read, so the error can quote it.
+      child.once('close', (code, signal) => {
         clearTimeout(timer);
-        reject(new VskyError('EDAEMON', `${this.name} exited (code ${code}, signal ${signal}) before it was ready; see ${this.logPath}`));
+        reject(new VskyError('EDAEMON', `${this.name} exited (code ${code}, signal ${signal}) before it was ready; see ${this.logPath}; it printed last:\n${this.tail.join('\n')}`));
       });
     });
+  }
+
+  private remember(text: string): void {
+    for (const line of text.split('\n')) if (line.trim() !== '') this.tail.push(line.length > 600 ? `${line.slice(0, 600)}...` : line);
+    if (this.tail.length > 12) this.tail.splice(0, this.tail.length - 12);
   }
 
   /** SIGTERM and wait (SIGKILL after graceMs). */
