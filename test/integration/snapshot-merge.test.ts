@@ -5,7 +5,7 @@ import type { JobInfo__Output } from '../../proto/generated/vsky/manager/JobInfo
 import { chunksOnNodes, destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { NbdClient } from '../harness/nbd-client.js';
 import { vsky, vskyJson } from '../harness/vsky.js';
-import { SEG, attach, ok, ownWrites, template, verify } from './flatten-fixture.js';
+import { SEG, attach, ok, ownWrites, template, templateByte, verify } from './flatten-fixture.js';
 
 // Snapshot delete with merge (docs/snapshots.md): deleting a snapshot that
 // only its origin reads from merges it into the origin (a flatten job of the
@@ -80,4 +80,71 @@ describe('snapshot delete with merge', () => {
     }
     await ok(c, ['volume', 'detach', 'tpl']);
   }, 90_000);
+
+  it('merged into an attached origin under a verifying writer: its head copies, no acknowledged write is lost', async () => {
+    // tpl stands alone after the first case; a new snapshot of it, then tpl written again while attached.
+    await ok(c, ['snapshot', 'create', 'tpl', 'tpl-s2']);
+    const snap = await vskyJson<Show>(['volume', 'show', 'tpl-s2'], m());
+    const snapChunks = new Set(snap.map.segments.flatMap((s) => s.replicas.map((r) => `${r.diskId}#${r.chunkIndex}`)));
+    expect(snapChunks.size).toBeGreaterThan(0);
+    const own = new Map<number, number>();
+    const w = await NbdClient.connect(await attach(c, 'tpl'));
+    // What tpl reads now: the template, the first case's own writes and its 0xe7 block.
+    for (let s = 0; s < 8; s++) {
+      for (let at = s * SEG; at < s * SEG + 4 * MiB; at += MiB) {
+        const got = await w.read(at, MiB);
+        for (let b = 0; b < MiB; b += 4096) if (got[b] !== templateByte(at + b)) own.set(at + b, got[b]!);
+      }
+    }
+    expect(own.size).toBeGreaterThan(6);
+    await ownWrites(w, own, 8, 3);
+    const errors: string[] = [];
+    let stop = false;
+    let writes = 0;
+    const writer = (async () => {
+      for (let i = 0; !stop; i++) {
+        const off = (i % 8) * SEG + ((i * 104729) % 1024) * 4096;
+        const v = 1 + (i % 250);
+        await w.write(off, Buffer.alloc(4096, v)).then(() => { own.set(off, v); writes++; }, (err: unknown) => { errors.push(`write ${off}: ${String(err)}`); });
+        const got = await w.read(off, 4096).catch((err: unknown) => { errors.push(`read ${off}: ${String(err)}`); return undefined; });
+        if (got && got[0] !== v) errors.push(`read ${off} after its write: ${got[0]}, not ${v}`);
+      }
+    })();
+    try {
+      const r = await vsky(['snapshot', 'delete', 'tpl-s2', '--json'], m(), 60_000);
+      expect(r.exitCode, String(r.stderr)).toBe(0);
+      const j = JSON.parse(String(r.stdout)) as JobInfo__Output;
+      expect(j).toMatchObject({ kind: 'flatten', volume: 'tpl', state: 'succeeded', args: { merge: 'tpl-s2' } });
+      expect(j.host).not.toBe(''); // the head holding tpl copied
+      expect(Number(j.copied)).toBeGreaterThan(0);
+      await new Promise((res) => setTimeout(res, 500)); // writes go on after the head took the plain map
+    } finally {
+      stop = true;
+      await writer;
+    }
+    expect(errors).toEqual([]);
+    expect(writes).toBeGreaterThan(20);
+    const vols = await vskyJson<Vol[]>(['volume', 'list'], m());
+    expect(vols.some((v) => v.name === 'tpl-s2')).toBe(false);
+    expect(vols.find((v) => v.name === 'tpl')!.backing).toBe('');
+    await verify(w, own);
+    w.close();
+
+    // No chunk of the snapshot is left in tpl's map, and the nodes free them all.
+    const after = await vskyJson<Show>(['volume', 'show', 'tpl'], m());
+    const mine = after.map.segments.flatMap((s) => s.replicas.map((x) => `${x.diskId}#${x.chunkIndex}`));
+    expect(mine.filter((k) => snapChunks.has(k))).toEqual([]);
+    const deadline = Date.now() + 30_000;
+    while ((await chunksOnNodes(c)).length > mine.length && Date.now() < deadline) await new Promise((res) => setTimeout(res, 500));
+    expect((await chunksOnNodes(c)).length).toBe(mine.length);
+
+    await ok(c, ['volume', 'detach', 'tpl']);
+    const w2 = await NbdClient.connect(await attach(c, 'tpl'));
+    try {
+      await verify(w2, own);
+    } finally {
+      w2.close();
+    }
+    await ok(c, ['volume', 'detach', 'tpl']);
+  }, 120_000);
 });
