@@ -254,37 +254,52 @@ export interface FlattenTarget {
   ensureAllocated(s: number): Promise<void>;
 }
 
+/** Regions a flatten copies at once (each under its own region lock), as the manager's detached flatten. */
+const FLATTEN_REGIONS_IN_FLIGHT = 8;
+
 /**
  * Copies every region of `v` it has not written and its chain holds data in
- * (not all zeros) into its own chunks, one region at a time under the same
- * per-region lock as a copy-up: a foreground write that got there first wins
- * (the region is skipped once written). Returns the bytes copied. `first`,
- * `count`: only those segments (count 0: to the end).
+ * (not all zeros) into its own chunks, under the same per-region lock as a
+ * copy-up (FLATTEN_REGIONS_IN_FLIGHT regions at a time): a foreground write
+ * that got there first wins (the region is skipped once written). Returns the
+ * bytes copied. `first`, `count`: only those segments (count 0: to the end).
  */
 export async function flattenVolume(b: Backing, v: FlattenTarget, first = 0, count = 0): Promise<{ bytes: number; regions: number }> {
   const rs = b.regionSize;
-  const buf = Buffer.allocUnsafe(rs);
-  let bytes = 0;
-  let regions = 0;
+  const done = { bytes: 0, regions: 0 };
   const end = count > 0 ? Math.min(v.segmentCount, first + count) : v.segmentCount;
   for (let s = first; s < end; s++) {
     if (b.chainEmpty(s)) continue;
     const segLen = Math.min(v.chunkSize, v.size - s * v.chunkSize);
-    for (let off = 0; off < segLen; off += rs) {
-      const n = Math.min(rs, segLen - off);
-      const piece = buf.subarray(0, n);
-      const m = v.segment(s);
-      if (m.replicas.length > 0 && b.isWritten(s, off / rs)) continue;
-      await b.readLevel(0, s, off, piece);
-      if (piece.every((x) => x === 0)) continue;
-      await v.ensureAllocated(s);
-      if (await b.fillRegion(v.segment(s), s, off / rs, piece, segLen)) {
-        bytes += n;
-        regions++;
+    let next = 0;
+    let failed = false;
+    const worker = async (buf: Buffer): Promise<void> => {
+      for (let off = next; off < segLen && !failed; off = next) {
+        next += rs;
+        const n = Math.min(rs, segLen - off);
+        const copied = await flattenRegion(b, v, s, off, buf.subarray(0, n), segLen).catch((err: unknown) => {
+          failed = true; // the others stop at their next region
+          throw err;
+        });
+        if (copied) {
+          done.bytes += n;
+          done.regions++;
+        }
       }
-    }
+    };
+    await settleAll(Array.from({ length: FLATTEN_REGIONS_IN_FLIGHT }, () => worker(Buffer.allocUnsafe(rs))));
   }
-  return { bytes, regions };
+  return done;
+}
+
+/** One region of a flatten: read from the chain into `piece`, written unless the volume wrote it (true: copied). */
+async function flattenRegion(b: Backing, v: FlattenTarget, s: number, off: number, piece: Buffer, segLen: number): Promise<boolean> {
+  const r = off / b.regionSize;
+  if (v.segment(s).replicas.length > 0 && b.isWritten(s, r)) return false;
+  await b.readLevel(0, s, off, piece);
+  if (piece.every((x) => x === 0)) return false;
+  await v.ensureAllocated(s);
+  return b.fillRegion(v.segment(s), s, r, piece, segLen);
 }
 
 /** A copy-up whose two edges are at most this many regions apart reads them from the chain in one request. */
