@@ -94,3 +94,30 @@ export async function follow(c: LocalCluster, jobId: string, timeoutMs = 60_000)
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/**
+ * A writer that writes 4 KiB blocks over the first 4 MiB of every segment and
+ * reads each back, recording acknowledged writes in `own`, until stop():
+ * what failed or read back wrong, and how many writes were acknowledged.
+ */
+export function verifyingWriter(w: NbdClient, own: Map<number, number>): { stop(): Promise<{ errors: string[]; writes: number }> } {
+  const errors: string[] = [];
+  let stopped = false;
+  let writes = 0;
+  const done = (async () => {
+    for (let i = 0; !stopped; i++) {
+      const off = (i % 8) * SEG + ((i * 104729) % 1024) * 4096;
+      const v = 1 + (i % 250);
+      await w.write(off, Buffer.alloc(4096, v)).then(() => { own.set(off, v); writes++; }, (err: unknown) => { errors.push(`write ${off}: ${String(err)}`); });
+      const got = await w.read(off, 4096).catch((err: unknown) => { errors.push(`read ${off}: ${String(err)}`); return undefined; });
+      if (got && got[0] !== v) errors.push(`read ${off} after its write: ${got[0]}, not ${v}`);
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await done;
+      return { errors, writes };
+    },
+  };
+}

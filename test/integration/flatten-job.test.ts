@@ -5,7 +5,7 @@ import type { JobInfo__Output } from '../../proto/generated/vsky/manager/JobInfo
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { NbdClient } from '../harness/nbd-client.js';
 import { vsky, vskyJson } from '../harness/vsky.js';
-import { SEG, TEMPLATE_BYTES, attach, follow, ok, ownWrites, template, verify } from './flatten-fixture.js';
+import { SEG, TEMPLATE_BYTES, attach, follow, ok, ownWrites, template, verify, verifyingWriter } from './flatten-fixture.js';
 
 // `vsky volume flatten` as a storage job (docs/snapshots.md "Flatten"): a
 // detached clone flattened by the manager, followed with `vsky job watch`
@@ -95,18 +95,8 @@ describe('flatten job', () => {
     const uri = await attach(c, 'c2');
     const w = await NbdClient.connect(uri);
     await ownWrites(w, own, 20, 7);
-    const errors: string[] = [];
-    let stop = false;
-    let writes = 0;
-    const writer = (async () => {
-      for (let i = 0; !stop; i++) {
-        const off = (i % 8) * SEG + ((i * 104729) % 1024) * 4096;
-        const v = 1 + (i % 250);
-        await w.write(off, Buffer.alloc(4096, v)).then(() => { own.set(off, v); writes++; }, (err: unknown) => { errors.push(`write ${off}: ${String(err)}`); });
-        const got = await w.read(off, 4096).catch((err: unknown) => { errors.push(`read ${off}: ${String(err)}`); return undefined; });
-        if (got && got[0] !== v) errors.push(`read ${off} after its write: ${got[0]}, not ${v}`);
-      }
-    })();
+    const writer = verifyingWriter(w, own);
+    let result = { errors: ['the writer was not stopped'], writes: 0 };
     try {
       const r = await vsky(['volume', 'flatten', 'c2', '--json', '--throttle-mibps', '8'], m(), 60_000);
       expect(r.exitCode, String(r.stderr)).toBe(0);
@@ -116,11 +106,10 @@ describe('flatten job', () => {
       expect(j.copied).toBeGreaterThan(0);
       await new Promise((res) => setTimeout(res, 500)); // writes go on after the re-attach with the plain map
     } finally {
-      stop = true;
-      await writer;
+      result = await writer.stop();
     }
-    expect(errors).toEqual([]);
-    expect(writes).toBeGreaterThan(20);
+    expect(result.errors).toEqual([]);
+    expect(result.writes).toBeGreaterThan(20);
     expect((await show('c2')).backing).toBe('');
     await verify(w, own);
     w.close();

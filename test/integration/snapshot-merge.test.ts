@@ -5,7 +5,7 @@ import type { JobInfo__Output } from '../../proto/generated/vsky/manager/JobInfo
 import { chunksOnNodes, destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { NbdClient } from '../harness/nbd-client.js';
 import { vsky, vskyJson } from '../harness/vsky.js';
-import { SEG, attach, ok, ownWrites, template, templateByte, verify } from './flatten-fixture.js';
+import { SEG, attach, ok, ownWrites, template, templateByte, verify, verifyingWriter } from './flatten-fixture.js';
 
 // Snapshot delete with merge (docs/snapshots.md): deleting a snapshot that
 // only its origin reads from merges it into the origin (a flatten job of the
@@ -98,18 +98,8 @@ describe('snapshot delete with merge', () => {
     }
     expect(own.size).toBeGreaterThan(6);
     await ownWrites(w, own, 8, 3);
-    const errors: string[] = [];
-    let stop = false;
-    let writes = 0;
-    const writer = (async () => {
-      for (let i = 0; !stop; i++) {
-        const off = (i % 8) * SEG + ((i * 104729) % 1024) * 4096;
-        const v = 1 + (i % 250);
-        await w.write(off, Buffer.alloc(4096, v)).then(() => { own.set(off, v); writes++; }, (err: unknown) => { errors.push(`write ${off}: ${String(err)}`); });
-        const got = await w.read(off, 4096).catch((err: unknown) => { errors.push(`read ${off}: ${String(err)}`); return undefined; });
-        if (got && got[0] !== v) errors.push(`read ${off} after its write: ${got[0]}, not ${v}`);
-      }
-    })();
+    const writer = verifyingWriter(w, own);
+    let result = { errors: ['the writer was not stopped'], writes: 0 };
     try {
       const r = await vsky(['snapshot', 'delete', 'tpl-s2', '--json'], m(), 60_000);
       expect(r.exitCode, String(r.stderr)).toBe(0);
@@ -119,11 +109,10 @@ describe('snapshot delete with merge', () => {
       expect(Number(j.copied)).toBeGreaterThan(0);
       await new Promise((res) => setTimeout(res, 500)); // writes go on after the head took the plain map
     } finally {
-      stop = true;
-      await writer;
+      result = await writer.stop();
     }
-    expect(errors).toEqual([]);
-    expect(writes).toBeGreaterThan(20);
+    expect(result.errors).toEqual([]);
+    expect(result.writes).toBeGreaterThan(20);
     const vols = await vskyJson<Vol[]>(['volume', 'list'], m());
     expect(vols.some((v) => v.name === 'tpl-s2')).toBe(false);
     expect(vols.find((v) => v.name === 'tpl')!.backing).toBe('');
