@@ -7,7 +7,7 @@ import { flagParam, has, lookupById, mand } from './params.js';
 // What VastSky-TS has and VastSky 3.0 had not, in VastSky's style (one
 // struct with ver, errno faults; docs/xmlrpc.md): the write lease's live
 // hand-off between two heads (docs/leases.md) and iSCSI access rules.
-// Storage jobs are in methods-jobs.ts; snapshots and clones do not exist yet, so they have no method.
+// Storage jobs are in methods-jobs.ts; createClone sits beside createSnapshot in methods-volumes.ts.
 
 function headOf(ctx: XmlRpcContext, data: XStruct): HeadRecord {
   mand(data, 'hsvrid');

@@ -135,7 +135,30 @@ const createSnapshot: Method = async (ctx, data) => {
   return snap.intId;
 };
 
+/**
+ * Ours (VastSky 3.0 had no clones; docs/xmlrpc.md): `vsky volume clone` over
+ * XML-RPC. The snapshot by snapshot_lvolid or snapshot_lvolname (EINVAL none
+ * or not a snapshot, ENOENT unknown), clone_lvolname checked like an lvolname
+ * (EINVAL) and free (EEXIST); a snapshot still being set up on its nodes
+ * EBUSY. Returns the clone's lvolid: a thin volume backed by the snapshot.
+ */
+const createClone: Method = async (ctx, data) => {
+  const snap = volumeOf(ctx, data, 'snapshot_');
+  const name = data.clone_lvolname;
+  if (!has(data, 'clone_lvolname') || !checkLvolname(name)) {
+    throw errnoFault('EINVAL', 'clone_lvolname must be 1-64 characters from . - _ a-z A-Z 0-9, not "." or "..", and not look like lvol-<hex>');
+  }
+  if (snap.kind !== 'snapshot') throw errnoFault('EINVAL', `${snap.name} is not a snapshot: clones are made of snapshots (createSnapshot first)`);
+  const { core } = ctx;
+  if (core.volumes.find(name)) throw errnoFault('EEXIST', `a volume or snapshot named ${name} exists`);
+  if (ctx.ids.left('lvol') < lvolBlock(snap.segmentCount)) throw errnoFault('ENOSPC', 'lvol ids are exhausted');
+  const clone = await mapErrors(() => core.snapshots.clone(snap.name, name), { EEXIST: 'EEXIST', EINVAL: 'EINVAL', ECONFLICT: 'EBUSY', ENOSPC: 'ENOSPC' });
+  await ctx.ids.sync();
+  if (clone.intId === undefined) throw errnoFault('ENOSPC', 'lvol ids are exhausted');
+  return clone.intId;
+};
+
 export const volumeMethods: Record<string, Method> = {
   createLogicalVolume, deleteLogicalVolume, attachLogicalVolume, detachLogicalVolume,
-  listLogicalVolumes, showLogicalVolume, createSnapshot,
+  listLogicalVolumes, showLogicalVolume, createSnapshot, createClone,
 };

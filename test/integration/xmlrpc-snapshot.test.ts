@@ -11,12 +11,13 @@ import { PythonClient } from './xmlrpc/helpers.js';
 // vastsky-api.md 2.2), called by Python 3's stdlib xmlrpc.client
 // (test/integration/xmlrpc/vastsky_client.py serve): of an attached origin
 // by name, returning the snapshot's lvolid, listed like any volume; the
-// snapshot holds the origin's data (read through a clone); the error cases.
+// snapshot holds the origin's data (read through a clone, one made by
+// createClone, ours); the error cases.
 
 const SCRIPT = join(import.meta.dirname, 'xmlrpc', 'vastsky_client.py');
 type Json = any; // eslint-disable-line @typescript-eslint/no-explicit-any
 
-describe('XML-RPC createSnapshot', () => {
+describe('XML-RPC createSnapshot and createClone', () => {
   let c: LocalCluster;
   let client: PythonClient;
   const xr = (method: string, struct: Record<string, unknown> = {}): Promise<Json> => client.ok(method, struct);
@@ -64,9 +65,22 @@ describe('XML-RPC createSnapshot', () => {
     const snap2 = await xr('createSnapshot', { origin_lvolid: origin, origin_lvolname: 'nosuch', snapshot_lvolname: 'xsnap2' });
     expect(typeof snap2).toBe('number');
 
-    // Through clones: xsnap has the first data, xsnap2 the overwrite.
+    // createClone (ours): bad input changes nothing.
+    const before = (await xr('listLogicalVolumes')).length;
+    expect(await faultCode('createClone', { snapshot_lvolid: origin, clone_lvolname: 'xc' })).toBe(22); // not a snapshot
+    expect(await faultCode('createClone', { snapshot_lvolname: 'nosuch', clone_lvolname: 'xc' })).toBe(2);
+    expect(await faultCode('createClone', { clone_lvolname: 'xc' })).toBe(22);
+    expect(await faultCode('createClone', { snapshot_lvolid: snap })).toBe(22);
+    expect(await faultCode('createClone', { snapshot_lvolid: snap, clone_lvolname: 'a/b' })).toBe(22);
+    expect(await faultCode('createClone', { snapshot_lvolid: snap, clone_lvolname: 'xorigin' })).toBe(17);
+    expect((await xr('listLogicalVolumes')).length).toBe(before);
+
+    // Through clones: xsnap has the first data (cloned over XML-RPC), xsnap2 the overwrite (by the CLI).
+    const xc = await xr('createClone', { snapshot_lvolname: 'xsnap', clone_lvolname: 'xsnap-c' });
+    expect(typeof xc).toBe('number');
+    expect((await xr('listLogicalVolumes', { lvolid: xc }))[0].lvolname).toBe('xsnap-c');
     for (const [s, first] of [['xsnap', '0x5a'], ['xsnap2', '0x6b']] as const) {
-      expect((await vsky(['volume', 'clone', s, `${s}-c`], c.managerAddress)).exitCode).toBe(0);
+      if (s === 'xsnap2') expect((await vsky(['volume', 'clone', s, `${s}-c`], c.managerAddress)).exitCode).toBe(0);
       const a = await vsky(['volume', 'attach', `${s}-c`], c.managerAddress);
       expect(a.exitCode, String(a.stderr)).toBe(0);
       const curi = String(a.stdout).trim().split('\n')[0]!;
