@@ -32,9 +32,37 @@ export function currentRequestId(): string | undefined {
   return storage.getStore()?.requestId ?? processDefault;
 }
 
+/**
+ * Calls being served. While none is, the storage is disabled: an enabled
+ * AsyncLocalStorage keeps Node's promise hooks on, a JavaScript callback for
+ * every promise the process creates (2-3% of a head's CPU on the data path,
+ * which never runs inside a call; docs/benchmarks.md, issue 12 sixth pass).
+ * The next run() enables it again. Work a call started and left running after
+ * it returned logs without its id once no call is being served.
+ */
+let serving = 0;
+const KEEP_ENABLED = process.env.VSKY_REQUEST_CONTEXT === 'always';
+
+function callEnded(): void {
+  if (--serving === 0 && !KEEP_ENABLED) storage.disable();
+}
+
 /** Runs `fn` (and everything it starts) as part of request `id`. */
 export function runWithRequestId<T>(id: string, fn: () => T): T {
-  return storage.run({ requestId: id }, fn);
+  serving++;
+  let result: T;
+  try {
+    result = storage.run({ requestId: id }, fn);
+  } catch (err) {
+    callEnded();
+    throw err;
+  }
+  if (result instanceof Promise) {
+    result.then(callEnded, callEnded);
+  } else {
+    callEnded();
+  }
+  return result;
 }
 
 /** The id a server uses for an incoming call: the caller's when it is a valid id, else a new one. */

@@ -34,9 +34,14 @@ import fs from 'node:fs';
 // a thread hand-off more on the request's path). A read that misses the
 // cache goes to the device, and there is no way to tell beforehand from
 // Node, so the rules are stricter than for writes:
-// - only while no pool read of that disk is outstanding: a read on the pool
-//   may be a device read (a slow or busy disk), and reads then keep their
-//   parallelism on the pool instead of queueing on the loop;
+// - not while the disk's pool reads are stuck: pool reads outstanding and
+//   none completed for SLOW_READ_MS (a device read on a slow, busy or hung
+//   disk); reads then keep their parallelism on the pool instead of
+//   queueing on the loop. A pool read that is merely outstanding (a 64 KiB
+//   read, a page-cache read in progress) does not send the small reads
+//   there: under a steady stream it would keep the disk on the pool for as
+//   long as the stream lasts (docs/benchmarks.md, issue 12 fifth and sixth
+//   passes);
 // - a synchronous read slower than SLOW_READ_MS (a cache miss on any device
 //   but a fast SSD, or a loaded machine) or one that failed sends the disk's
 //   reads to the pool, with the same way back as writes;
@@ -79,12 +84,12 @@ export interface SyncLimits {
   maxRun: number;
   /** Position and length must be multiples of this. */
   align: number;
-  /** Only while no pool I/O of this kind is outstanding. */
-  whenPoolIdle: boolean;
+  /** Not while pool I/O of this kind is stuck (outstanding, none completed for slowMs). */
+  unlessPoolStuck: boolean;
 }
 
-export const WRITE_LIMITS: SyncLimits = { maxRun: SYNC_MAX_RUN, align: SYNC_ALIGN, whenPoolIdle: false };
-export const READ_LIMITS: SyncLimits = { maxRun: SYNC_MAX_READ, align: 1, whenPoolIdle: true };
+export const WRITE_LIMITS: SyncLimits = { maxRun: SYNC_MAX_RUN, align: SYNC_ALIGN, unlessPoolStuck: false };
+export const READ_LIMITS: SyncLimits = { maxRun: SYNC_MAX_READ, align: 1, unlessPoolStuck: true };
 
 /** The read side of a disk: synchronous small reads while they stay fast (see above). */
 export function readSyncIo(name: SyncIoName = defaultSyncRead()): SyncIo {
@@ -102,6 +107,8 @@ export class SyncIo {
   private poolInflight = 0;
   /** The last completed pool write took under slowMs. */
   private poolFast = false;
+  /** performance.now() of the last pool completion, or of the start that made the pool busy. */
+  private poolProgressAt = 0;
   /** Synchronous runs, and those that sent the disk to the pool (stats, tests). */
   syncRuns = 0;
   slowRuns = 0;
@@ -117,7 +124,7 @@ export class SyncIo {
   sync(position: number, length: number): boolean {
     const l = this.limits;
     if (!this.allowSync || length > l.maxRun || position % l.align !== 0 || length % l.align !== 0) return false;
-    if (l.whenPoolIdle && this.poolInflight > 0) return false;
+    if (l.unlessPoolStuck && this.poolInflight > 0 && performance.now() - this.poolProgressAt > this.slowMs) return false;
     if (this.poolUntil === 0) return true;
     if (performance.now() < this.poolUntil || this.poolInflight > 0 || !this.poolFast) return false;
     this.poolUntil = 0;
@@ -156,13 +163,16 @@ export class SyncIo {
 
   /** A pool write starts; call the returned time with poolDone. */
   poolStart(): number {
-    this.poolInflight++;
-    return performance.now();
+    const now = performance.now();
+    if (this.poolInflight++ === 0) this.poolProgressAt = now;
+    return now;
   }
 
   /** A pool write started at `started` completed (failed or not). */
   poolDone(started: number, failed: boolean): void {
     this.poolInflight--;
-    this.poolFast = !failed && performance.now() - started < this.slowMs;
+    const now = performance.now();
+    this.poolProgressAt = now;
+    this.poolFast = !failed && now - started < this.slowMs;
   }
 }

@@ -20,13 +20,18 @@ interface HandleCarrier { _handle?: unknown }
  * The old socket is closed without closing the connection. Returns undefined
  * (the old socket untouched) when this Node offers no handle to move.
  */
-export function adoptWithReceiveBuffer(accepted: net.Socket, buffer: Buffer, onRead: ReadCallback, noDelay: boolean): net.Socket | undefined {
+export function adoptWithReceiveBuffer(
+  accepted: net.Socket, buffer: Buffer, onRead: ReadCallback, noDelay: boolean, writableHighWaterMark?: number,
+): net.Socket | undefined {
   const carrier = accepted as unknown as HandleCarrier;
   const handle = carrier._handle;
   if (handle === undefined || handle === null || typeof (handle as { useUserBuffer?: unknown }).useUserBuffer !== 'function') return undefined;
   carrier._handle = null;
   accepted.destroy(); // no handle left: only the server's connection count and the object go
-  const socket = new net.Socket({ handle, readable: true, writable: true, onread: { buffer, callback: onRead } } as net.SocketConstructorOpts);
+  const socket = new net.Socket({
+    handle, readable: true, writable: true, onread: { buffer, callback: onRead },
+    ...(writableHighWaterMark === undefined ? {} : { writableHighWaterMark }),
+  } as net.SocketConstructorOpts);
   if (noDelay) socket.setNoDelay(true);
   return socket;
 }

@@ -74,12 +74,24 @@ describe('SyncIo for reads', () => {
     expect(readSyncIo('pool').sync(0, 4096)).toBe(false);
   });
 
-  it('reads on the pool while a pool read of the disk is outstanding (it may be a device read)', () => {
+  it('reads on the pool while the disk\'s pool reads are stuck (outstanding, none completed for SLOW_READ_MS)', async () => {
     const m = readSyncIo('sync');
     const t = m.poolStart();
-    expect(m.sync(0, 4096)).toBe(false);
+    // Outstanding but young (a 64 KiB read in progress): small reads stay on the loop.
+    expect(m.sync(0, 4096)).toBe(true);
+    await sleep(SLOW_READ_MS + 5);
+    expect(m.sync(0, 4096)).toBe(false); // stuck: it may be a device read on a slow or hung disk
     m.poolDone(t, false);
     expect(m.sync(0, 4096)).toBe(true);
+    // A pool that keeps completing is not stuck, however long reads stay outstanding.
+    const a = m.poolStart();
+    await sleep(SLOW_READ_MS + 5);
+    const b = m.poolStart();
+    m.poolDone(a, false);
+    expect(m.sync(0, 4096)).toBe(true);
+    await sleep(SLOW_READ_MS + 5);
+    expect(m.sync(0, 4096)).toBe(false); // b is now outstanding with no completion since a's
+    m.poolDone(b, false);
   });
 
   it('goes to the pool after a slow read (a cache miss), and back after the spell once a pool read was fast', async () => {

@@ -2,14 +2,14 @@
 // login.ts), then full feature phase (handing PDUs to session.ts). Reading
 // pauses while the socket's write buffer is full and resumes on 'drain'; the
 // CmdSN window and the data budget bound everything else. Liveness: a
-// connection must finish login in time, and in full feature phase an
-// initiator that falls silent gets a NOP-In ping and is dropped if it does
-// not answer; a session whose target is removed, or whose ACL stops naming
-// its initiator, is closed. Any malformed input closes this connection only, with a log
+// connection must finish login in time; in full feature phase
+// initiator-liveness.ts pings a silent initiator and drops it if it does not
+// answer, and closes a session whose target or ACL no longer allows it. Any malformed input closes this connection only, with a log
 // line naming the remote address and the reason.
 
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
+import { withTimeout } from '../../../shared/bounded-wait.js';
 import { errorMessage } from '../../../shared/errors.js';
 import { FrameDecoder } from '../../../shared/frame-decoder.js';
 import { isTraced, type Logger } from '../../../shared/logger.js';
@@ -25,6 +25,7 @@ import { FullFeatureSession, type ConnectionControl } from './session.js';
 import type { SessionTable } from './session-table.js';
 import type { IscsiTargetRegistry } from './target-registry.js';
 import { encodeTextKeys } from './text-keys.js';
+import { InitiatorLiveness } from './initiator-liveness.js';
 
 export interface ConnectionTuning {
   loginTimeoutMs: number;
@@ -69,17 +70,13 @@ export class IscsiConnection implements ConnectionControl {
   private session: FullFeatureSession | undefined;
   private cid = 0;
   private readonly reading: ReadGate;
-  private lastHeard = Date.now();
-  private ping: { ttt: number; sentAt: number } | undefined;
-  private nextPingTtt = 1;
+  private readonly liveness: InitiatorLiveness;
   private loginTimer: NodeJS.Timeout | undefined;
-  private ticker: NodeJS.Timeout | undefined;
   private idleWaiter: (() => void) | undefined;
   private resolveClosed!: () => void;
 
   private readonly onData = (chunk: Buffer): void => {
-    this.lastHeard = Date.now();
-    this.ping = undefined;
+    this.liveness.heard();
     if (this.state === 'closing' || this.state === 'done') return;
     this.decoder.push(chunk);
     this.pump();
@@ -91,8 +88,7 @@ export class IscsiConnection implements ConnectionControl {
    * rest before the buffer is reused.
    */
   private readonly onRead = (nread: number, buf: Uint8Array): boolean => {
-    this.lastHeard = Date.now();
-    this.ping = undefined;
+    this.liveness.heard();
     if (this.state === 'closing' || this.state === 'done') return true;
     this.decoder.pushTransient((buf as Buffer).subarray(0, nread));
     this.pump();
@@ -133,6 +129,14 @@ export class IscsiConnection implements ConnectionControl {
     this.env = env;
     this.log = env.log;
     this.trace = isTraced('iscsi');
+    this.liveness = new InitiatorLiveness({
+      active: () => this.state === 'ffp',
+      accessRevoked: () => this.session?.accessRevoked(),
+      writeBlocked: () => this.writer.blocked,
+      close: (reason) => void this.close(reason),
+      fail: (reason) => this.fail(reason),
+      ping: (ttt) => this.writer.nopInPing(ttt),
+    }, this.log, this.trace);
     this.decoder = new FrameDecoder(this.spec, (h, length) => (
       this.state === 'ffp' ? this.session?.placeDataOut(h, length, this.spec.headerDigest ? 4 : 0) : undefined));
     this.writer = new PduWriter(socket, this.spec, this.loginNumbers, randomBytes(4).readUInt32BE(0));
@@ -335,48 +339,13 @@ export class IscsiConnection implements ConnectionControl {
     this.spec.maxDataSegment = p.targetMaxRecvDataSegment;
     this.state = 'ffp';
     clearTimeout(this.loginTimer);
-    this.startPings();
+    this.liveness.start(env.tuning.nopIntervalMs, env.tuning.nopTimeoutMs);
     this.log.info({
       tsih, type: r.sessionType, initiator: r.initiatorName, target: r.target?.iqn, headerDigest: p.headerDigest,
       dataDigest: p.dataDigest, mrdsl: p.initiatorMaxRecvDataSegment, maxBurst: p.maxBurstLength, firstBurst: p.firstBurstLength,
       immediateData: p.immediateData, initialR2T: p.initialR2T,
     }, 'iSCSI login');
     this.pump();
-  }
-
-  // --- Liveness -----------------------------------------------------------------------
-
-  private startPings(): void {
-    const { nopIntervalMs, nopTimeoutMs } = this.env.tuning;
-    const tick = Math.max(20, Math.min(nopIntervalMs, nopTimeoutMs) / 4);
-    this.ticker = setInterval(() => this.checkAlive(nopIntervalMs, nopTimeoutMs), tick);
-    this.ticker.unref();
-  }
-
-  private checkAlive(intervalMs: number, timeoutMs: number): void {
-    if (this.state !== 'ffp') return;
-    const revoked = this.session?.accessRevoked();
-    if (revoked !== undefined) {
-      void this.close(revoked);
-      return;
-    }
-    const now = Date.now();
-    if (this.ping !== undefined) {
-      if (now - this.ping.sentAt > timeoutMs) this.fail(`initiator did not answer a NOP-In ping within ${timeoutMs} ms`);
-      return;
-    }
-    const silent = now - this.lastHeard;
-    if (this.writer.blocked) {
-      // It neither reads what we send nor sends anything: gone.
-      if (silent > intervalMs + timeoutMs) this.fail(`initiator neither read nor wrote for ${silent} ms`);
-      return;
-    }
-    if (silent < intervalMs) return;
-    const ttt = this.nextPingTtt;
-    this.nextPingTtt = ttt >= 0x7ffffffe ? 1 : ttt + 1;
-    this.ping = { ttt, sentAt: now };
-    if (this.trace) this.log.debug({ ttt }, 'NOP-In ping');
-    this.writer.nopInPing(ttt);
   }
 
   // --- Closing --------------------------------------------------------------------------
@@ -407,7 +376,7 @@ export class IscsiConnection implements ConnectionControl {
     if (this.state === 'done') return;
     this.state = 'done';
     clearTimeout(this.loginTimer);
-    clearInterval(this.ticker);
+    this.liveness.stop();
     this.idleWaiter = undefined;
     const s = this.socket;
     removeSocketHandlers(s, this.handlers);
@@ -421,17 +390,4 @@ export class IscsiConnection implements ConnectionControl {
       this.log.warn('logical unit still running commands of a closed session');
     }).then(() => this.resolveClosed());
   }
-}
-
-/** Resolves with `p`, or after `ms` (calling `onLate`), whichever comes first. */
-function withTimeout(p: Promise<void>, ms: number, onLate: () => void): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<void>((resolve) => {
-    timer = setTimeout(() => {
-      onLate();
-      resolve();
-    }, ms);
-    timer.unref();
-  });
-  return Promise.race([p.then(() => clearTimeout(timer)), late]);
 }

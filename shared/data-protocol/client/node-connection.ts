@@ -10,6 +10,7 @@ import { resolveOptions, type NodeConnectionOptions } from './node-connection-op
 import { ReplyReader } from './reply-reader.js';
 import { RequestWindow } from './request-window.js';
 import { RequestWriter } from './request-writer.js';
+import { StallWatch } from './stall-watch.js';
 import { ClientHandshake } from '../auth/handshake.js';
 import { channelBinding, dataTlsClientOptions } from '../auth/data-security.js';
 
@@ -33,10 +34,8 @@ export type { NodeConnectionOptions } from './node-connection-options.js';
 //
 // Stalls: a node silent for dataTimeoutMs while requests wait on it (a PING
 // probe unanswered), or one request unanswered for flushTimeoutMs, fails the
-// connection; liveness.ts holds those decisions, this file the timer and the
-// probe. Before failing a silent node, the check is repeated after the poll
-// phase (setImmediate), so replies that arrived while this process itself
-// was stalled (GC, CPU starvation) count.
+// connection; liveness.ts holds those decisions, stall-watch.ts the timer,
+// this file the probe.
 //
 // Security (opts.security): with a cluster data key, the connection answers
 // the node's challenge (auth/handshake.ts) before any request is sent (they
@@ -66,11 +65,9 @@ export class NodeConnection {
   private readonly requests: RequestWindow;
   private readonly writer = new RequestWriter();
   private readonly liveness: Liveness;
-  private timer: NodeJS.Timeout | undefined;
+  private readonly watch: StallWatch;
   /** performance.now() of the connect attempt. */
   private connectStartedAt = 0;
-  /** A stall was seen on a tick; confirmStall runs after the poll phase. */
-  private stallCheck = false;
   /** Liveness probes sent so far (tests and stats). */
   probesSent = 0;
   private backoffMs: number;
@@ -88,6 +85,14 @@ export class NodeConnection {
     this.opts = resolveOptions(opts);
     this.requests = new RequestWindow(this.opts.maxInflight, this.opts.maxQueued);
     this.liveness = new Liveness(this.opts.dataTimeoutMs, this.opts.flushTimeoutMs);
+    this.watch = new StallWatch({
+      address,
+      state: () => this.state,
+      connectStartedAt: () => this.connectStartedAt,
+      regularInflight: () => this.regularInflight,
+      fail: (err) => this.fail(err),
+      sendProbe: (now) => this.sendProbe(now),
+    }, this.liveness, this.requests);
     this.backoffMs = this.opts.backoffInitialMs;
     this.log = moduleLogger(TRACE, { node: address });
     this.traced = isTraced(TRACE);
@@ -217,7 +222,7 @@ export class NodeConnection {
     socket.on('drain', this.onDrain);
     socket.on('error', this.onError);
     socket.on('close', this.onClose);
-    this.startTimer();
+    this.watch.start();
   }
 
   /** TCP (or TLS) is up: authenticate first when the cluster has a data key. */
@@ -343,8 +348,7 @@ export class NodeConnection {
     this.reader = undefined;
     this.writer.detach();
     this.handshake = undefined;
-    this.stallCheck = false;
-    this.stopTimer();
+    this.watch.stop();
     if (socket !== undefined) {
       socket.removeListener('connect', this.onConnect);
       socket.removeListener('secureConnect', this.onConnect);
@@ -357,70 +361,6 @@ export class NodeConnection {
     }
     this.requests.failAll(err ?? new TransportError(`connection to storage node ${this.address} closed`, { node: this.address }));
   }
-
-  private startTimer(): void {
-    if (this.timer !== undefined) return;
-    this.timer = setInterval(this.onTick, this.liveness.tickMs);
-    this.timer.unref();
-  }
-
-  private stopTimer(): void {
-    if (this.timer !== undefined) clearInterval(this.timer);
-    this.timer = undefined;
-  }
-
-  /**
-   * One timer per connection: fails a connect that takes too long, a request
-   * unanswered for flushTimeoutMs, and a node silent for dataTimeoutMs while
-   * requests are outstanding (probing it with a PING first).
-   */
-  private readonly onTick = (): void => {
-    const liveness = this.liveness;
-    liveness.nextTick();
-    const now = performance.now();
-    if (this.state === 'connecting') {
-      if (now - this.connectStartedAt >= this.opts.dataTimeoutMs) {
-        this.fail(new TransportError(`connecting to storage node ${this.address} timed out after ${this.opts.dataTimeoutMs} ms`, { node: this.address }));
-      }
-      return;
-    }
-    if (this.state !== 'open') return;
-    const oldest = this.requests.oldest();
-    if (oldest === undefined) return;
-    if (liveness.overdue(oldest.sentTick)) {
-      this.fail(new TransportError(
-        `storage node ${this.address} did not answer ${opcodeName(oldest.opcode)} request ${oldest.requestId} within ${this.opts.flushTimeoutMs} ms`,
-        { node: this.address, requestId: oldest.requestId },
-      ));
-      return;
-    }
-    if (this.regularInflight === 0) return; // only a probe: nothing waits on this node
-    const action = liveness.check(now);
-    if (action === 'probe') {
-      this.sendProbe(now);
-    } else if (action === 'stalled' && !this.stallCheck) {
-      // Replies that came while this process was not running sit in the socket:
-      // the poll phase reads them before setImmediate callbacks run.
-      this.stallCheck = true;
-      setImmediate(this.confirmStall);
-    }
-  };
-
-  /** Still stalled after the poll phase (replies read meanwhile count): fails the connection. */
-  private readonly confirmStall = (): void => {
-    this.stallCheck = false;
-    const liveness = this.liveness;
-    const now = performance.now();
-    if (this.state !== 'open' || this.regularInflight === 0 || !liveness.stalled(now)) return;
-    const oldest = this.requests.oldestRegular(this.liveness);
-    const silentMs = Math.round(liveness.silentMs(now));
-    this.fail(new TransportError(
-      `storage node ${this.address} sent nothing for ${silentMs} ms with ${this.regularInflight} request(s) outstanding`
-      + (oldest === undefined ? '' : ` (oldest: ${opcodeName(oldest.opcode)} request ${oldest.requestId})`)
-      + ` and did not answer a PING within ${Math.round(liveness.probeWaitMs(now))} ms: taken as hung (data timeout ${this.opts.dataTimeoutMs} ms)`,
-      { node: this.address, silentMs },
-    ));
-  };
 
   /** Sends a PING outside the caller window: any reply (any byte) shows the node is alive. */
   private sendProbe(now: number): void {

@@ -45,6 +45,15 @@ const MAX_INFLIGHT_BYTES = 2 * MAX_DATA_PAYLOAD;
  * of garbage: a quarter of its CPU went to V8's major GC under 64 KiB writes.
  */
 const RECEIVE_BUFFER_SIZE = 256 * 1024;
+/**
+ * Reply bytes queued before reading pauses. At Node's default 16 KiB one
+ * 64 KiB read reply, or a few 4 KiB ones corked together, made write()
+ * return false: reading paused and resumed on 'drain' (two epoll_ctl calls
+ * and a 'drain' per batch, half of them failing with EEXIST; docs/benchmarks.md,
+ * issue 12 fifth pass). Still bounded: above it reading pauses, and the
+ * in-flight limits bound what is asked for.
+ */
+const REPLY_HIGH_WATER_MARK = 1024 * 1024;
 
 export class Connection implements ForwardOwner {
   private readonly socket: net.Socket;
@@ -67,7 +76,7 @@ export class Connection implements ForwardOwner {
     id: number, accepted: net.Socket, adopt: boolean, store: ChunkService, forwarder: Forwarder, maxInflight: number,
     key: Buffer | undefined, log: Logger, onClose: () => void,
   ) {
-    const adopted = adopt ? adoptWithReceiveBuffer(accepted, Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE), this.onRead, true) : undefined;
+    const adopted = adopt ? adoptWithReceiveBuffer(accepted, Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE), this.onRead, true, REPLY_HIGH_WATER_MARK) : undefined;
     const socket = adopted ?? accepted;
     this.socket = socket;
     this.replies = new ReplyWriter(socket, () => { if (!this.pumping) this.pump(); });
