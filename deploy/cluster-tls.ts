@@ -36,9 +36,11 @@ export class ClusterTls {
   async prepare(certs: CertSpec[]): Promise<void> {
     if (!this.dir) return;
     if (!existsSync(join(this.dir, CA_CERT))) await initCa(this.dir, { commonName: 'vsky local cluster CA' });
-    for (const c of [...certs, { name: 'admin', role: 'admin', hosts: [] }, { name: 'readonly', role: 'readonly', hosts: [] }] as CertSpec[]) {
-      await this.ensure(c);
-    }
+    // Side by side: each certificate has its own files (a test cluster's start waits on these openssl runs).
+    const all = [...certs, { name: 'admin', role: 'admin', hosts: [] }, { name: 'readonly', role: 'readonly', hosts: [] }] as CertSpec[];
+    const done = await Promise.allSettled(all.map((c) => this.ensure(c)));
+    const failed = done.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
   /** Issues NAME.crt unless it exists (daemon certificates also name 127.0.0.1 and localhost). */

@@ -25,13 +25,9 @@ export type { LeaseRequester, LeaseState } from './volume-lease.js';
 // epoch this head holds for the volume. The volume owns the write-intent
 // state of its segments (it outlives a re-attach with a newer epoch).
 //
-// Lease (docs/leases.md): a volume is 'held' here (I/O goes to storage under
-// the epoch), a 'standby' (attached for a live migration; its first read or
-// write asks the manager for the lease, which moves it here with a new epoch
-// after the holder drained and flushed), or 'fenced' (a replica answered
-// "stale epoch", or the manager revoked the lease: terminal, every request
-// fails until the volume is attached again). Only 'held' is on the hot path:
-// one field compare.
+// Lease states (held, standby, fenced) and their gates: volume-lease.ts. Only
+// 'held' is on the hot path: one field compare. Flushes, the detach's and the
+// write-intent sweep's: volume-flush.ts.
 
 export interface LinearVolumeOptions {
   name: string;
@@ -344,37 +340,23 @@ export class LinearVolume implements BlockDevice {
 
   /**
    * Detach: refuse new requests, wait for the mutations in flight to settle,
-   * then (unless `force`) flush every node. If that flush fails the volume
-   * reopens and the error is thrown (the caller may retry, or force).
+   * then (unless `force`) flush every node (VolumeFlush.drain). If that flush
+   * fails the volume reopens and the error is thrown (the caller may retry, or force).
    */
   async close(force: boolean): Promise<void> {
     this.detached = true;
     if (force) return;
-    await this.tracker.idle();
     try {
-      await this.flushes.flush(this._epoch);
+      await this.flushes.drain();
     } catch (err) {
       this.detached = false;
       throw err;
     }
-    // Clean detach: everything written is flushed and nothing is in flight, so
-    // no region needs reconciling (best effort: a bit left set only costs a copy).
-    await this.intent?.clearAll(this.segments, this._epoch).catch(() => undefined);
   }
 
-  /**
-   * Write-intent sweep (the attachments call it every ~2 s): clears the dirty
-   * groups that saw no write since the last completed flush. Resolves with
-   * the number cleared.
-   */
+  /** Write-intent sweep (every ~2 s): clears the groups no write touched since the last flush (VolumeFlush.sweepIntent). */
   sweepIntent(): Promise<number> {
-    const intent = this.intent;
-    // Only the holder clears bits: a standby's epoch may still be current, and its clears would erase the holder's marks.
-    if (intent === undefined || this.detached || this._lease !== 'held') return Promise.resolve(0);
-    return intent.sweep(() => this.segments, () => this._epoch, () => this.tracker.barrier(), () => {
-      if (this.detached) return Promise.reject(this.detachedError());
-      return this.flushes.flush(this._epoch);
-    });
+    return this.flushes.sweepIntent();
   }
 
   /** After a map update changed replicas in place: flush groups follow the new replica set. */

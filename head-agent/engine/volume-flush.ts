@@ -1,6 +1,9 @@
 import { IoError, StaleEpochError, errorMessage } from '../../shared/errors.js';
 import type { Mirror } from './mirror.js';
+import type { MutationTracker } from './mutation-tracker.js';
 import type { Replica } from './replica.js';
+import type { LeaseState } from './volume-lease.js';
+import type { WriteIntent } from './write-intent.js';
 
 // A volume's FLUSH (owned by its LinearVolume): one FLUSH per storage node
 // holding replicas of the volume, not one per replica. The node syncs every
@@ -8,6 +11,8 @@ import type { Replica } from './replica.js';
 // marks its node's group dirty (Replica.noteWritten); a flush sends FLUSH to
 // the dirty groups and waits for the ones a concurrent flush already took.
 // A node that fails the flush is handled like replicas that failed a write.
+// The flushes a volume's lifecycle needs come here too: the detach's (the
+// mutations in flight settle first) and the write-intent sweep's.
 
 /** What the flush needs of its volume. */
 export interface FlushOwner {
@@ -16,6 +21,13 @@ export interface FlushOwner {
   mirrors(): readonly Mirror[];
   /** A node refused our epoch: the volume is fenced. */
   fence(err: Error): void;
+  readonly epoch: number;
+  readonly lease: LeaseState;
+  readonly isDetached: boolean;
+  readonly tracker: MutationTracker;
+  /** Undefined when write-intent is off. */
+  readonly intent: WriteIntent | undefined;
+  detachedError(): IoError;
 }
 
 /**
@@ -49,6 +61,36 @@ export class VolumeFlush {
     this.groups = buildFlushGroups(this.owner.mirrors());
   }
 
+  /**
+   * A detach (LinearVolume.close): the mutations in flight settle, then every
+   * node is flushed; throws if that flush fails (the caller reopens the
+   * volume). Then no region needs reconciling: the write-intent bits are
+   * cleared (best effort: a bit left set only costs a copy).
+   */
+  async drain(): Promise<void> {
+    const v = this.owner;
+    await v.tracker.idle();
+    await this.flush(v.epoch);
+    await v.intent?.clearAll(v.mirrors(), v.epoch).catch(() => undefined);
+  }
+
+  /**
+   * The write-intent sweep (the attachments call it every ~2 s): clears the
+   * dirty groups that saw no write since the last completed flush. Resolves
+   * with the number cleared. Only the holder clears bits: a standby's epoch
+   * may still be current, and its clears would erase the holder's marks.
+   */
+  sweepIntent(): Promise<number> {
+    const v = this.owner;
+    const intent = v.intent;
+    if (intent === undefined || v.isDetached || v.lease !== 'held') return Promise.resolve(0);
+    return intent.sweep(() => v.mirrors(), () => v.epoch, () => v.tracker.barrier(), () => {
+      if (v.isDetached) return Promise.reject(v.detachedError());
+      return this.flush(v.epoch);
+    });
+  }
+
+  /** FLUSH to every dirty group (and wait for the FLUSHes in flight) under `epoch`. */
   async flush(epoch: number): Promise<void> {
     const groups: FlushGroup[] = [];
     const pending: Promise<void>[] = [];

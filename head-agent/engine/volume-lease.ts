@@ -6,6 +6,14 @@ import type { LinearVolume } from './linear-volume.js';
 // a snapshot's pause (quiesce) holds new requests until it ends. Only the slow
 // path comes here: a held volume's requests never do.
 
+/**
+ * A volume is 'held' here (I/O goes to storage under the epoch), a 'standby'
+ * (attached for a live migration; its first read or write asks the manager for
+ * the lease, which moves it here with a new epoch after the holder drained and
+ * flushed), or 'fenced' (a replica answered "stale epoch", or the manager
+ * revoked the lease: terminal, every request fails until the volume is
+ * attached again).
+ */
 export type LeaseState = 'held' | 'standby' | 'fenced';
 
 /** Asks the manager for the write lease of a standby volume; resolves once this head holds it. */

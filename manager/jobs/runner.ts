@@ -1,11 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { nextCounter } from '../../shared/counters.js';
 import {
-  AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError, StaleGenerationError, errorMessage,
+  AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError, errorMessage,
 } from '../../shared/errors.js';
-import { crashPoint } from '../../shared/fault-points.js';
 import { moduleLogger } from '../../shared/logger.js';
-import { formatSize } from '../../shared/units.js';
 import type { ChunkFreer } from '../gc.js';
 import type { PeerClients } from '../node-clients.js';
 import type { PlacementModel } from '../placement.js';
@@ -18,13 +15,13 @@ import { dataProtocolPath, type JobDataPath } from './data-path.js';
 import { FlattenJobs } from './flatten-job.js';
 import { markDirty } from './dirty.js';
 import { JOB_ID_RE, JOB_KINDS, isFinal, loadJobs, putJob, sameRequest, type JobKind, type JobRecord } from './records.js';
-import { casNodes, casVolume, firstError, trustedNodes, type VolumeStateCas } from './node-cas.js';
-import { growOnline, onlineHolder } from './online-resize.js';
+import { casVolume, type VolumeStateCas } from './node-cas.js';
 import { Recon, type ReconReport } from './recon.js';
 import { Verdicts } from './recon-verdicts.js';
-import { allocateGrowth, appendSegments, checkResize, type ResizeContext } from './resize-chunks.js';
+import { checkResize, type ResizeContext } from './resize-chunks.js';
 import { JobPruner, type JobRetention } from './retention.js';
-import { wipeDirty, wipeReplicas, type WipeContext } from './wipe.js';
+import { type WipeContext } from './wipe.js';
+import { runJobSteps } from './job-steps.js';
 
 // The storage-job runner (docs/jobs.md). Every job has the same structure,
 // oVirt's: take the lease (a new epoch; the volume must be detached, and
@@ -43,7 +40,8 @@ import { wipeDirty, wipeReplicas, type WipeContext } from './wipe.js';
 // the host copies and writes the final CAS. A resize of an attached volume
 // runs online (online-resize.ts): no new epoch, the holder keeps its lease and
 // gets the grown map before the final CAS; it is never fenced after a restart.
-// Reconnaissance verdicts: recon-verdicts.ts; DIRTY volumes: dirty.ts.
+// The steps of a job with its volume held: job-steps.ts. Reconnaissance
+// verdicts: recon-verdicts.ts; DIRTY volumes: dirty.ts.
 
 const log = moduleLogger('manager.jobs');
 
@@ -323,95 +321,13 @@ export class Jobs {
     }
   }
 
-  /** The job's structure, the volume held (volumes.exclusive): lease, CAS g + DIRTY, work, CAS g+1 + LEGAL. */
-  private async work(j: JobRecord, e: VolumeEntry): Promise<void> {
-    const { volume } = e;
-    const online = j.kind === 'resize' && Boolean(volume.attachedHead);
-    if (!online && (volume.attachedHead || volume.standbyHead)) {
-      const head = this.registry.head(volume.attachedHead || volume.standbyHead || '')?.name ?? volume.attachedHead;
-      throw new ConflictError(`volume ${volume.name} is attached to head ${head}: ${j.kind} jobs run on detached volumes for now; detach it first (vsky volume detach ${volume.name})`);
-    }
-    const claimWait = this.registry.claimWaitMs(volume);
-    if (claimWait > 0) {
-      throw new ConflictError(`volume ${volume.name} was rebuilt from storage and a head may still hold it: a job may take its lease in ${(claimWait / 1000).toFixed(1)} s; nothing was touched`);
-    }
-    const g = j.expectedGeneration;
-    if (volume.generation !== g) {
-      throw new StaleGenerationError(`generation mismatch: volume ${volume.name} is at generation ${volume.generation}, the job expected ${g}; nothing was touched`, { expected: g, actual: volume.generation });
-    }
-    if (j.kind === 'resize') checkResize(volume, j.args);
-    if (j.kind === 'copy') this.copies.checkDetached(this.volumes.entry(j.args.source ?? '').volume, 'source');
-    this.checkAbort(j);
-    if (online) {
-      // The holder keeps the lease: the job works under its epoch (online-resize.ts).
-      j.epoch = onlineHolder(this.ctx, volume).epoch;
-      j.online = true;
-    } else {
-      // The lease: a new epoch, durable before any node hears of it.
-      volume.epoch = nextCounter(volume.epoch, `volume ${volume.name}'s lease epoch`);
-      j.epoch = volume.epoch;
-    }
-    j.state = 'running';
-    j.startedMs = this.now();
-    await this.store.write(this.store.batch().putVolume(volume).putJob(j));
-    const stamp = { jobId: j.id, jobKind: j.kind };
-    // CAS generation == g and mark DIRTY, on every node, under the job's epoch.
-    this.dirtied.add(j.id);
-    // Nodes that missed map-only generation bumps (resyncs, stale marks) are raised to g.
-    const dirtyCas: VolumeStateCas = { epoch: j.epoch, expectedGeneration: g, generation: g, legality: 'DIRTY', ...stamp, jobOutcome: 'running', raiseLagging: true };
-    // A wipe goes on without the nodes that do not answer (their replicas are marked stale, wipe.ts).
-    const nodes = j.kind === 'wipe' ? await wipeDirty(this.wipeCtx, j, e, dirtyCas) : trustedNodes(this.registry, e.map);
-    if (j.kind !== 'wipe') await this.cas(e.map, dirtyCas, volume.id);
-    crashPoint('manager.job.dirty');
-    this.checkAbort(j);
-    if (j.kind === 'copy') return; // its host copies and writes the final CAS (copy.ts)
-    let next: { volume: VolumeRecord; map?: ChunkMapRecord } = { volume: { ...volume, generation: g + 1 } };
-    if (j.kind === 'wipe') await wipeReplicas(this.wipeCtx, j, e, nodes);
-    else if (online) next = await this.growOnline(j, e);
-    else next = await this.resize(j, e);
-    crashPoint('manager.job.worked');
-    if (!online) this.checkAbort(j); // online: the holder has the new size; too late to abort
-    // Done: g+1, LEGAL, the job's record, in one CAS per node, conditional on the epoch.
-    // A resize's CAS also gives every chunk's identity the new size and segment count (a rebuild from storage reads them).
-    const shape = j.kind === 'resize' ? { volumeSize: next.volume.size, segmentCount: next.volume.segmentCount } : {};
-    const done: VolumeStateCas = { epoch: j.epoch, expectedGeneration: g, generation: g + 1, legality: 'LEGAL', ...stamp, jobOutcome: 'succeeded', ...shape };
-    if (j.kind === 'wipe') firstError(await casNodes(this.peers, [...nodes.keys()], volume.id, done));
-    else await this.cas(next.map ?? e.map, done, volume.id);
-    crashPoint('manager.job.committed');
-    next.volume.generation = g + 1;
-    markDirty(next.volume, j, false);
-    j.done = j.total;
-    const batch = this.store.batch().putVolume(next.volume);
-    if (next.map) batch.putChunkMap(next.map);
-    const grew = j.kind === 'resize' ? `, size ${formatSize(next.volume.size)}${online ? ' (online)' : ''}` : '';
-    batch.event('job.succeeded', `volume:${volume.name}`, `${j.kind} job ${j.id} succeeded: generation ${g} -> ${g + 1}${grew}`, { job: j.id, kind: j.kind, generation: g + 1, epoch: j.epoch, online });
-    j.state = 'succeeded';
-    j.endedMs = this.now();
-    batch.putJob(j);
-    await this.store.write(batch);
-    Object.assign(volume, next.volume);
-    markDirty(volume, j, false); // Object.assign keeps a property next.volume no longer has
-    if (next.map) Object.assign(e.map, next.map);
-    this.active.delete(j.volumeId);
-    this.pruner.soon();
-    log.info({ job: j.id, kind: j.kind, volume: volume.name, generation: g + 1, ms: j.endedMs - j.startedMs }, 'job succeeded');
-  }
-
-  /** Grow, detached: new segments placed like a create's and allocated under the job's epoch; returns the new records (committed by the caller). */
-  private async resize(j: JobRecord, e: VolumeEntry): Promise<{ volume: VolumeRecord; map: ChunkMapRecord }> {
-    const { volume, map } = e;
-    const size = Number(j.args.size);
-    const segmentCount = Math.ceil(size / volume.chunkSize);
-    const placed = await allocateGrowth(this.ctx, j, volume, size, j.epoch);
-    const next = structuredClone(map);
-    if (segmentCount > volume.segmentCount) appendSegments(next, volume.segmentCount, segmentCount, placed);
-    next.segmentCount = segmentCount;
-    return { volume: { ...volume, size, segmentCount }, map: next };
-  }
-
-  /** Grow, attached: the holder gets the map before the final CAS (online-resize.ts); the records are changed in place. */
-  private async growOnline(j: JobRecord, e: VolumeEntry): Promise<{ volume: VolumeRecord; map: ChunkMapRecord }> {
-    await growOnline({ ...this.ctx, checkAbort: (x) => this.checkAbort(x), mapChanged: this.mapChanged }, j, e);
-    return { volume: e.volume, map: e.map };
+  /** The job's structure, the volume held (volumes.exclusive): job-steps.ts. */
+  private work(j: JobRecord, e: VolumeEntry): Promise<void> {
+    return runJobSteps({
+      store: this.store, registry: this.registry, volumes: this.volumes, peers: this.peers, copies: this.copies,
+      resize: this.ctx, wipe: this.wipeCtx, dirtied: this.dirtied, mapChanged: this.mapChanged, now: () => this.now(),
+      checkAbort: (x) => this.checkAbort(x), cas: (map, req, id) => this.cas(map, req, id),
+      succeeded: (x) => { this.active.delete(x.volumeId); this.pruner.soon(); },
+    }, j, e);
   }
 }

@@ -1,4 +1,3 @@
-import { MAX_REPLICAS } from '../../shared/constants.js';
 import { commonLvolid, reportedCounters, type Counters } from './int-ids.js';
 import type { JobRecord } from '../jobs/records.js';
 import { newestNotes, restoreAccess, restoreJob, volumesFromRecords } from './volume-state.js';
@@ -6,7 +5,9 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 
 // The manager's metadata rebuilt from the storage nodes' chunk tables (issue 9,
 // docs/design.md rules 2 and 6). Pure: no I/O, no clock but `nowMs` (and the time it
-// takes, for the report). manager/rebuild/apply.ts writes the plan.
+// takes, for the report). manager/rebuild/apply.ts writes the plan. The steps:
+// rule 1 read-nodes.ts, rule 2 identity.ts, rule 3 in-sync.ts, rules 4 and 5
+// positions.ts, rule 7's access rules and jobs volume-state.ts; the rest here.
 //
 // What a chunk record says (proto/common.proto ChunkIdentity): its volume's
 // identity (id, name, size, K, segment count), its segment, its IDENTITY slot
@@ -164,7 +165,9 @@ import type { ChunkMapRecord, DiskRecord, ServerRecord, ToFreeRecord, VolumeReco
 //    never attached is rolled back: an empty volume (docs/rebuild-from-storage.md).
 
 export { LOST_DISK_ID, LOST_SERVER_ID, type NodeTable, type SetAsideChunk } from './found.js';
-import { LOST_ADDRESS, LOST_DISK_ID, LOST_SERVER_ID, MAX_ID_SLOT, NOTE_BITS, few, identityKey, plural, sameIdentity, type Found, type NodeTable, type SetAsideChunk } from './found.js';
+import { LOST_ADDRESS, LOST_DISK_ID, LOST_SERVER_ID, plural, type Found, type NodeTable, type SetAsideChunk } from './found.js';
+import { volumeCandidates, type Candidate } from './identity.js';
+import { markInSync } from './in-sync.js';
 import { placeSegments } from './positions.js';
 import { readNodes } from './read-nodes.js';
 
@@ -209,64 +212,11 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
   // Rule 1: servers, disks, and every chunk in its volume's group (read-nodes.ts).
   const { servers, disks, groups, chunksRead, maxVolumeId } = readNodes(input, setAside, conflicts);
 
-  // Rule 2: each volume's identity.
-  interface Candidate { id: number; chunks: Found[]; all: Found[]; name: string; size: number; replicas: number; segmentCount: number }
-  const candidates: Candidate[] = [];
+  // Rule 2: each volume's identity (identity.ts).
+  const candidates = volumeCandidates(groups, chunkSize, setAside, conflicts);
   const aside = (chunks: Iterable<Found>, reason: string) => {
     for (const f of chunks) setAside.push({ diskId: f.diskId, chunkIndex: f.chunkIndex, volumeId: f.volumeId, reason });
   };
-  const ids = [...groups.keys()].sort((a, b) => a - b);
-  for (const id of ids) {
-    const all = groups.get(id)!;
-    // Most volumes agree throughout: compare fields, build keys only when they do not.
-    const first = all[0]!;
-    const agree = all.every((f) => sameIdentity(f, first));
-    const counts = new Map<string, number>();
-    if (!agree) for (const f of all) counts.set(identityKey(f), (counts.get(identityKey(f)) ?? 0) + 1);
-    let key = '';
-    let best = agree ? all.length : 0;
-    let tie = false;
-    for (const [k, n] of counts) {
-      if (n > best) { key = k; best = n; tie = false; } else if (n === best) tie = true;
-    }
-    const describe = (f: Found) => `"${f.name}" ${f.size} bytes, ${f.segmentCount} segments, K=${f.replicas}`;
-    if (tie) {
-      const ways = [...counts.entries()].filter(([, n]) => n === best).map(([k]) => describe(all.find((f) => identityKey(f) === k)!));
-      const why = `volume ${id}: its chunks disagree on its identity (${best} each say ${ways.join(' / ')})`;
-      conflicts.push(`${why}; not built, its ${plural(all.length, 'chunk')} set aside`);
-      aside(all, why);
-      continue;
-    }
-    const ref = agree ? first : all.find((f) => identityKey(f) === key)!;
-    const minority = agree ? [] : all.filter((f) => !sameIdentity(f, ref));
-    if (minority.length > 0) {
-      const why = `volume ${id} (${ref.name}): chunk identity differs from the other ${best} chunks' (${describe(ref)})`;
-      conflicts.push(`${why}: ${plural(minority.length, 'chunk')} (${few(minority.map((f) => `${f.diskId}#${f.chunkIndex} says ${describe(f)}`))}) not placed, not freed`);
-      aside(minority, why);
-    }
-    let chunks = agree ? all : all.filter((f) => sameIdentity(f, ref));
-    const { name, size, replicas, segmentCount } = ref;
-    const problem = !name ? 'no volume name'
-      : !(Number.isSafeInteger(size) && size > 0) ? `size ${size}`
-        : !(Number.isInteger(replicas) && replicas >= 1 && replicas <= MAX_REPLICAS) ? `${replicas} replicas (1..${MAX_REPLICAS})`
-          : segmentCount !== Math.ceil(size / chunkSize) ? `${segmentCount} segments, but ${size} bytes in chunks of ${chunkSize} make ${Math.ceil(size / chunkSize)}`
-            : '';
-    if (problem) {
-      const why = `volume ${id} (${name}): its identity does not add up (${problem})`;
-      conflicts.push(`${why}; not built, its ${plural(chunks.length, 'chunk')} set aside`);
-      aside(chunks, why);
-      continue;
-    }
-    const outOfRange = chunks.filter((f) => !(f.segment < segmentCount && f.idSlot <= MAX_ID_SLOT));
-    if (outOfRange.length > 0) {
-      const why = `volume ${id} (${name}): segment or identity slot out of range`;
-      conflicts.push(`${why}: ${plural(outOfRange.length, 'chunk')} (${few(outOfRange.map((f) => `${f.diskId}#${f.chunkIndex} segment ${f.segment} slot ${f.idSlot}`))}) not placed, not freed`);
-      aside(outOfRange, why);
-      chunks = chunks.filter((f) => f.segment < segmentCount && f.idSlot <= MAX_ID_SLOT);
-    }
-    if (chunks.length === 0) continue;
-    candidates.push({ id, chunks, all, name, size, replicas, segmentCount });
-  }
 
   // Rule 2, names: of two volumes with one name, the older was deleted.
   const newest = new Map<string, number>();
@@ -304,7 +254,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
       continue;
     }
 
-    // Rule 3: in sync or stale, per segment. Segments are listed from the
+    // Rule 3: in sync or stale, per segment (in-sync.ts). Segments are listed from the
     // chunks (ascending), never from segmentCount: a bogus count costs nothing.
     const sorted = c.chunks.slice().sort((a, b) => a.segment - b.segment);
     const bySegment: Found[][] = [];
@@ -320,33 +270,7 @@ export function planRebuild(input: RebuildInput): RebuildPlan {
       if (f.mapVersion > mapVersion) mapVersion = f.mapVersion;
     }
     const covered = bySegment.length;
-    const noGoodCopy = new Set<number>();
-    for (const list of bySegment) {
-      let noteVersion = -1;
-      let noteEpoch = -1;
-      let mask = 0;
-      for (const f of list) {
-        if (f.mapVersion > noteVersion || (f.mapVersion === noteVersion && f.epoch > noteEpoch)) {
-          noteVersion = f.mapVersion;
-          noteEpoch = f.epoch;
-          mask = f.staleSlots;
-        } else if (f.mapVersion === noteVersion && f.epoch === noteEpoch) {
-          mask = (mask | f.staleSlots) >>> 0;
-        }
-      }
-      let topGeneration = -1;
-      for (const f of list) {
-        f.inSync = f.readable && !(f.idSlot < NOTE_BITS && ((mask >>> f.idSlot) & 1) === 1);
-        if (f.inSync && f.generation > topGeneration) topGeneration = f.generation;
-      }
-      if (noteVersion > 0) topGeneration = -1; // a note decides alone (rule 3)
-      let good = false;
-      for (const f of list) {
-        if (f.inSync && f.generation < topGeneration) f.inSync = false;
-        good ||= f.inSync;
-      }
-      if (!good) noGoodCopy.add(list[0]!.segment);
-    }
+    const noGoodCopy = markInSync(bySegment);
     const complete = covered - noGoodCopy.size;
     // Thin (docs/thin-provisioning.md): a segment no node has a chunk of was never written (or was freed).
     const thin = c.chunks.some((f) => f.thin);

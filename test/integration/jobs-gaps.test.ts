@@ -105,6 +105,9 @@ describe('storage jobs: DIRTY attach, retention, per-disk limits, wipe without a
     await run('nbdcopy', ['--flush', src, uri]);
     await detach('dv');
     // A manager killed between the data work and the final CAS: the restarted one fences the job, DIRTY.
+    // Resyncs from here on run unthrottled (only the first test needs one slow enough to watch).
+    const throttle = c.manager.args.indexOf('--resync-mibps');
+    if (throttle >= 0) c.manager.args[throttle + 1] = '0';
     c.manager.env = { VSKY_CRASH_AT: 'manager.job.worked' };
     await c.manager.restart();
     await c.waitRegistered(20_000, 5);

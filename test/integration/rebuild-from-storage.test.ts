@@ -57,7 +57,8 @@ describe('a manager rebuilt from storage', () => {
     // The manager host is reinstalled: its database is gone.
     await c.manager.stop();
     rmSync(join(c.opts.dir, 'manager'), { recursive: true, force: true });
-    c.manager.args.push('--rebuild-from-storage', '--rebuild-servers', String(c.nodes.length), '--rebuild-wait', '20000');
+    // Resyncs unthrottled from here: the throttle only kept c's resync running until the database was lost.
+    c.manager.args.push('--rebuild-from-storage', '--rebuild-servers', String(c.nodes.length), '--rebuild-wait', '20000', '--resync-mibps', '0');
     await c.manager.start(60_000);
 
     const after = c.client();
