@@ -12,7 +12,7 @@ import { call } from '../../shared/grpc.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { makeTestCerts } from '../harness/certs.js';
 import { clusterDataSecurity } from '../harness/data-auth.js';
-import { daemonLog } from '../harness/leases.js';
+import { daemonLog, waitUntil } from '../harness/leases.js';
 import { expectReplicasEqual, readEveryReplica } from '../harness/replicas.js';
 import { randomFile, run, sameContent, tryRun } from '../harness/tools.js';
 import { VerifyingWriter } from '../harness/verifier.js';
@@ -127,7 +127,8 @@ describe('primary forwarding: data path and rules', () => {
       // 4. The real head's next forwarded write into segment 0 meets the same refusal: fenced, terminal (the write fails).
       const w = await tryRun('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 64k', uri]);
       expect(`${String(w.stdout)}${String(w.stderr)}`).toMatch(/failed|error/i);
-      expect(daemonLog(c, 'head')).toMatch(/STALE_EPOCH|stale/);
+      // The head's log line may reach its file a moment after the client saw the failure.
+      await waitUntil(() => /STALE_EPOCH|stale/.test(daemonLog(c, 'head')), 5000, 'the head to log the stale-epoch refusal');
     } finally {
       await Promise.all([...conns.values()].map((x) => x.close()));
     }
