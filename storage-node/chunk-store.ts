@@ -5,7 +5,7 @@ import { moduleLogger } from '../shared/logger.js';
 import type { Chunk } from './chunk.js';
 import { emptyRecord } from './disk-format.js';
 import { identityRecord, sameIdentity, validateIdentity, type ChunkIdentity } from './chunk-identity.js';
-import { applyVolumeState, distinctDisks, validateVolumeState, type VolumeStateTarget } from './volume-state.js';
+import { applySegmentNote, applyVolumeState, distinctDisks, validateVolumeState, type VolumeStateTarget } from './volume-state.js';
 import { Disk, type OpenDiskOptions } from './disk.js';
 import { NoChunkError } from '../shared/data-protocol/status.js';
 
@@ -14,7 +14,7 @@ import { NoChunkError } from '../shared/data-protocol/status.js';
 // building per I/O). Each volume also carries the highest lease epoch this
 // node has seen for it (docs/design.md rule 3), kept on every chunk record of the
 // volume so it survives restarts and disk moves. Identities: chunk-identity.ts;
-// SetVolumeState: volume-state.ts.
+// segment notes and SetVolumeState: volume-state.ts.
 
 export type { ChunkIdentity } from './chunk-identity.js';
 
@@ -180,30 +180,14 @@ export class ChunkStore {
     return raising.length;
   }
 
-  /**
-   * The manager's note on a segment (NoteSegment): which identity slots are
-   * stale, as of `mapVersion`. Kept durably with each chunk of the segment
-   * here; an older or equal note changes nothing; an epoch below the
-   * volume's is refused (a note from a manager that is behind). Returns the
-   * chunks updated.
-   */
+  /** The manager's note on a segment (NoteSegment), kept durably with each of its chunks here (volume-state.ts). */
   async noteSegment(volumeId: number, segment: number, staleSlots: number, mapVersion: number, epoch: number): Promise<number> {
     if (!isCounter(mapVersion) || !isCounter(epoch) || !Number.isInteger(staleSlots) || staleSlots < 0 || staleSlots > 0xffff_ffff) {
       throw new InvalidArgumentError(`segment note: invalid stale slots ${staleSlots}, map version ${mapVersion} or epoch ${epoch}`, { volumeId, segment });
     }
     const vol = this.volumes.get(volumeId);
     if (!vol) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
-    if (epoch < vol.epoch) throw new StaleEpochError(`segment note at epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
-    const updated: Chunk[] = [];
-    for (const c of vol.chunks.values()) {
-      if (c.rec.segment !== segment || c.rec.mapVersion >= mapVersion) continue;
-      c.rec.staleSlots = staleSlots;
-      c.rec.mapVersion = mapVersion;
-      updated.push(c);
-    }
-    await Promise.all(updated.map((c) => c.persist()));
-    await Promise.all(distinctDisks(updated).map((c) => c.sync())); // durable before the manager acknowledges the stale mark
-    return updated.length;
+    return applySegmentNote(vol, segment, staleSlots, mapVersion, epoch);
   }
 
   /** FENCE: raise the volume's epoch (and generation) on every chunk here, durably. */

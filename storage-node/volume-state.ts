@@ -4,6 +4,9 @@ import type { Chunk } from './chunk.js';
 import type { VolumeEntry } from './chunk-store.js';
 import { JOB_KINDS, JOB_OUTCOMES, Legality, MAX_JOB_ID_BYTES, type JobStamp } from './disk-format.js';
 
+// Volume-wide state a manager sets on every chunk of a volume here, durably:
+// segment notes (NoteSegment) and SetVolumeState.
+//
 // SetVolumeState (storage jobs, manager/jobs/): an epoch-checked
 // compare-and-set of a volume's generation, legality and last job over every
 // chunk of the volume on this node. When every chunk's generation is
@@ -66,6 +69,27 @@ export async function applyVolumeState(vol: VolumeEntry, epoch: number, expected
   await Promise.all(distinctDisks(chunks).map((c) => c.sync()));
   if (epoch > vol.durableEpoch) vol.durableEpoch = epoch;
   return chunks.length;
+}
+
+/**
+ * The manager's note on a segment (NoteSegment): which identity slots are
+ * stale, as of `mapVersion`. Kept durably with each chunk of the segment
+ * here; an older or equal note changes nothing; an epoch below the
+ * volume's is refused (a note from a manager that is behind). Returns the
+ * chunks updated.
+ */
+export async function applySegmentNote(vol: VolumeEntry, segment: number, staleSlots: number, mapVersion: number, epoch: number): Promise<number> {
+  if (epoch < vol.epoch) throw new StaleEpochError(`segment note at epoch ${epoch} is below volume ${vol.id}'s epoch ${vol.epoch}`, { volumeId: vol.id, epoch });
+  const updated: Chunk[] = [];
+  for (const c of vol.chunks.values()) {
+    if (c.rec.segment !== segment || c.rec.mapVersion >= mapVersion) continue;
+    c.rec.staleSlots = staleSlots;
+    c.rec.mapVersion = mapVersion;
+    updated.push(c);
+  }
+  await Promise.all(updated.map((c) => c.persist()));
+  await Promise.all(distinctDisks(updated).map((c) => c.sync())); // durable before the manager acknowledges the stale mark
+  return updated.length;
 }
 
 /** One chunk per disk among `chunks` (to sync each disk once). */
