@@ -1,9 +1,11 @@
 import { scrubChunk } from './chunk-io.js';
 import { isCounter } from '../shared/counters.js';
-import { ConflictError, InvalidArgumentError, IoError, NotFoundError, StaleEpochError, StaleGenerationError } from '../shared/errors.js';
+import { ConflictError, InvalidArgumentError, IoError, NotFoundError, StaleEpochError } from '../shared/errors.js';
 import { moduleLogger } from '../shared/logger.js';
 import type { Chunk } from './chunk.js';
-import { ChunkState, JOB_KINDS, JOB_OUTCOMES, Legality, MAX_JOB_ID_BYTES, MAX_VOLUME_NAME_BYTES, emptyRecord, type JobStamp } from './disk-format.js';
+import { emptyRecord } from './disk-format.js';
+import { identityRecord, sameIdentity, validateIdentity, type ChunkIdentity } from './chunk-identity.js';
+import { applySegmentNote, applyVolumeState, distinctDisks, validateVolumeState, type VolumeStateTarget } from './volume-state.js';
 import { Disk, type OpenDiskOptions } from './disk.js';
 import { NoChunkError } from '../shared/data-protocol/status.js';
 
@@ -11,28 +13,10 @@ import { NoChunkError } from '../shared/data-protocol/status.js';
 // volumeId -> (segment * 256 + slot) -> Chunk, numeric keys only (no string
 // building per I/O). Each volume also carries the highest lease epoch this
 // node has seen for it (docs/design.md rule 3), kept on every chunk record of the
-// volume so it survives restarts and disk moves.
+// volume so it survives restarts and disk moves. Identities: chunk-identity.ts;
+// segment notes and SetVolumeState: volume-state.ts.
 
-/** A chunk's identity as recorded on disk (structurally the proto ChunkIdentity). */
-export interface ChunkIdentity {
-  volumeId: number;
-  volumeName: string;
-  volumeSize: number;
-  segment: number;
-  slot: number;
-  segmentCount: number;
-  replicas: number;
-  generation: number;
-  epoch: number;
-  /** The volume's VastSky-style integer id (0 or absent: none; a manager rebuilt from storage gives it back). */
-  lvolid?: number;
-  /** The volume is thin (disk-format.ts flags). */
-  thin?: boolean;
-  /** A snapshot's chunk: the data server refuses every write to it (disk-format.ts flags). */
-  readOnly?: boolean;
-  /** At allocation: 'CREATING' marks a create's chunk until the manager commits it; '' or 'LEGAL' otherwise. */
-  legality?: string;
-}
+export type { ChunkIdentity } from './chunk-identity.js';
 
 export class VolumeEntry {
   readonly id: number;
@@ -196,30 +180,14 @@ export class ChunkStore {
     return raising.length;
   }
 
-  /**
-   * The manager's note on a segment (NoteSegment): which identity slots are
-   * stale, as of `mapVersion`. Kept durably with each chunk of the segment
-   * here; an older or equal note changes nothing; an epoch below the
-   * volume's is refused (a note from a manager that is behind). Returns the
-   * chunks updated.
-   */
+  /** The manager's note on a segment (NoteSegment), kept durably with each of its chunks here (volume-state.ts). */
   async noteSegment(volumeId: number, segment: number, staleSlots: number, mapVersion: number, epoch: number): Promise<number> {
     if (!isCounter(mapVersion) || !isCounter(epoch) || !Number.isInteger(staleSlots) || staleSlots < 0 || staleSlots > 0xffff_ffff) {
       throw new InvalidArgumentError(`segment note: invalid stale slots ${staleSlots}, map version ${mapVersion} or epoch ${epoch}`, { volumeId, segment });
     }
     const vol = this.volumes.get(volumeId);
     if (!vol) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
-    if (epoch < vol.epoch) throw new StaleEpochError(`segment note at epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
-    const updated: Chunk[] = [];
-    for (const c of vol.chunks.values()) {
-      if (c.rec.segment !== segment || c.rec.mapVersion >= mapVersion) continue;
-      c.rec.staleSlots = staleSlots;
-      c.rec.mapVersion = mapVersion;
-      updated.push(c);
-    }
-    await Promise.all(updated.map((c) => c.persist()));
-    await Promise.all(distinctDisks(updated).map((c) => c.sync())); // durable before the manager acknowledges the stale mark
-    return updated.length;
+    return applySegmentNote(vol, segment, staleSlots, mapVersion, epoch);
   }
 
   /** FENCE: raise the volume's epoch (and generation) on every chunk here, durably. */
@@ -242,66 +210,17 @@ export class ChunkStore {
 
   /**
    * SetVolumeState (storage jobs, manager/jobs/): an epoch-checked
-   * compare-and-set over every chunk of the volume on this node. When every
-   * chunk's generation is `expectedGeneration` and `epoch` is not below the
-   * volume's minimum, sets {generation, legality, job record} on all of them
-   * (and raises the epoch to `epoch`), durably (persisted and fdatasynced)
-   * before it resolves. A stale epoch (StaleEpochError) or another generation
-   * on any chunk (StaleGenerationError) changes nothing. A retry of a CAS that
-   * already applied (every chunk holds exactly the target state) succeeds
-   * without a change. Returns the chunks set.
+   * compare-and-set over every chunk of the volume on this node, durable
+   * before it resolves (volume-state.ts). Returns the chunks set.
    */
-  async setVolumeState(
-    volumeId: number, epoch: number, expectedGeneration: number,
-    target: { generation: number; legality: number; volumeSize?: number; segmentCount?: number } & JobStamp, raiseLagging = false,
-  ): Promise<number> {
-    if (!isCounter(epoch) || !isCounter(expectedGeneration) || !isCounter(target.generation)
-        || (target.legality !== Legality.LEGAL && target.legality !== Legality.DIRTY)
-        || !JOB_KINDS.includes(target.jobKind) || !JOB_OUTCOMES.includes(target.jobOutcome)
-        || Buffer.byteLength(target.jobId, 'utf8') > MAX_JOB_ID_BYTES
-        || !(target.volumeSize === undefined || (Number.isSafeInteger(target.volumeSize) && target.volumeSize >= 0))
-        || !(target.segmentCount === undefined || (Number.isInteger(target.segmentCount) && target.segmentCount >= 0 && target.segmentCount <= 0xffff_ffff))) {
-      throw new InvalidArgumentError(`SetVolumeState: invalid epoch ${epoch}, generation ${expectedGeneration} -> ${target.generation}, legality ${target.legality}, `
-        + `job ${target.jobId} (at most ${MAX_JOB_ID_BYTES} bytes) kind "${target.jobKind}" outcome "${target.jobOutcome}"`, { volumeId });
-    }
+  async setVolumeState(volumeId: number, epoch: number, expectedGeneration: number, target: VolumeStateTarget, raiseLagging = false): Promise<number> {
+    validateVolumeState(volumeId, epoch, expectedGeneration, target);
     if (!this.epochsCurrent) {
       throw new IoError('this storage node restarted and has not refreshed its volumes\' lease epochs from the manager yet', { volumeId, epoch });
     }
     const vol = this.volumes.get(volumeId);
     if (!vol) throw new NoChunkError(`no chunk of volume ${volumeId} on this node`, { volumeId });
-    if (epoch < vol.epoch) throw new StaleEpochError(`SetVolumeState at epoch ${epoch} is below volume ${volumeId}'s epoch ${vol.epoch}`, { volumeId, epoch });
-    const chunks = [...vol.chunks.values()];
-    const applied = (c: Chunk) => c.rec.generation === target.generation && c.rec.legality === target.legality
-      && (!target.volumeSize || c.rec.volumeSize === target.volumeSize) && (!target.segmentCount || c.rec.segmentCount === target.segmentCount)
-      && c.rec.jobId === target.jobId && c.rec.jobKind === target.jobKind && c.rec.jobOutcome === target.jobOutcome;
-    if (!chunks.every(applied)) {
-      // raiseLagging: a chunk below the expected generation missed map-only bumps, not a job.
-      const other = chunks.find((c) => c.rec.generation !== expectedGeneration && !(raiseLagging && c.rec.generation < expectedGeneration));
-      if (other !== undefined) {
-        throw new StaleGenerationError(`volume ${volumeId} is at generation ${other.rec.generation} on this node (segment ${other.rec.segment} slot ${other.rec.slot}), `
-          + `not the expected ${expectedGeneration}; nothing changed`, { volumeId, expected: expectedGeneration, actual: other.rec.generation });
-      }
-    }
-    const raising = epoch > vol.epoch;
-    vol.epoch = epoch;
-    for (const c of chunks) {
-      if (c.rec.epoch < epoch) c.rec.epoch = epoch;
-      c.rec.generation = target.generation;
-      c.rec.legality = target.legality;
-      c.rec.jobId = target.jobId;
-      c.rec.jobKind = target.jobKind;
-      c.rec.jobOutcome = target.jobOutcome;
-      if (target.volumeSize) c.rec.volumeSize = target.volumeSize;
-      if (target.segmentCount) c.rec.segmentCount = target.segmentCount;
-    }
-    // Writes admitted under an older epoch land before the new state is acknowledged (like FENCE).
-    // At the holder's own epoch (an online resize, docs/jobs.md) nothing is fenced off: the holder's
-    // writes go on, and waiting for a quiet moment could wait as long as the VM keeps writing.
-    if (raising) await Promise.all(chunks.map((c) => c.drained(true)));
-    await Promise.all(chunks.map((c) => c.persist()));
-    await Promise.all(distinctDisks(chunks).map((c) => c.sync()));
-    if (epoch > vol.durableEpoch) vol.durableEpoch = epoch;
-    return chunks.length;
+    return applyVolumeState(vol, epoch, expectedGeneration, target, raiseLagging);
   }
 
   /** FLUSH: fdatasync every disk holding a chunk of the volume (data and records). */
@@ -327,15 +246,7 @@ export class ChunkStore {
     if (other) {
       throw new ConflictError(`this node already holds volume ${id.volumeId} segment ${id.segment} slot ${id.slot} (disk ${other.disk.id} chunk ${other.index})`, { diskId, chunkIndex });
     }
-    const vol = this.volumes.get(id.volumeId);
-    const rec = emptyRecord(chunk.rec.bitmap.length * 8);
-    Object.assign(rec, {
-      state: ChunkState.OWNED, volumeId: id.volumeId, segment: id.segment, slot: id.slot, segmentCount: id.segmentCount,
-      replicas: id.replicas, volumeSize: id.volumeSize, volumeName: id.volumeName, generation: id.generation,
-      epoch: Math.max(id.epoch, vol?.epoch ?? 0), lvolid: id.lvolid ?? 0, thin: id.thin === true, readOnly: id.readOnly === true,
-      // A create's chunks say CREATING until the manager commits it (KeepVolumeNote committed).
-      legality: id.legality === 'CREATING' ? Legality.CREATING : Legality.LEGAL,
-    });
+    const rec = identityRecord(id, chunk.rec.bitmap.length * 8, this.volumes.get(id.volumeId)?.epoch ?? 0);
     const previous = chunk.rec;
     chunk.busy = true;
     chunk.rec = rec;
@@ -477,30 +388,4 @@ export class ChunkStore {
     vol.chunks.delete(key);
     if (vol.chunks.size === 0) this.volumes.delete(vol.id);
   }
-}
-
-function distinctDisks(chunks: Chunk[]): Chunk[] {
-  const seen = new Map<string, Chunk>();
-  for (const c of chunks) if (!seen.has(c.disk.id)) seen.set(c.disk.id, c);
-  return [...seen.values()];
-}
-
-function sameIdentity(chunk: Chunk, id: ChunkIdentity): boolean {
-  const r = chunk.rec;
-  return r.volumeId === id.volumeId && r.segment === id.segment && r.slot === id.slot && r.volumeName === id.volumeName
-    && r.volumeSize === id.volumeSize && r.segmentCount === id.segmentCount && r.replicas === id.replicas;
-}
-
-function validateIdentity(id: ChunkIdentity): void {
-  const u32 = (v: number) => Number.isInteger(v) && v >= 0 && v <= 0xffff_ffff;
-  const bad = (what: string) => new InvalidArgumentError(`invalid chunk identity: ${what}`, { ...id });
-  if (!u32(id.volumeId) || id.volumeId === 0) throw bad('volume id must be 1..2^32-1');
-  if (!u32(id.segment)) throw bad('segment must be a u32');
-  if (!Number.isInteger(id.slot) || id.slot < 0 || id.slot > 255) throw bad('slot must be 0..255');
-  if (!u32(id.segmentCount) || !u32(id.replicas)) throw bad('segment count and replicas must be u32');
-  if (!isCounter(id.generation) || !isCounter(id.epoch)) throw bad('generation and epoch must be 0..2^53-1');
-  if (id.lvolid !== undefined && !u32(id.lvolid)) throw bad('lvolid must be a u32');
-  if (!Number.isSafeInteger(id.volumeSize) || id.volumeSize < 0) throw bad('volume size must be a non-negative integer');
-  if (Buffer.byteLength(id.volumeName, 'utf8') > MAX_VOLUME_NAME_BYTES) throw bad(`volume name longer than ${MAX_VOLUME_NAME_BYTES} bytes`);
-  if (id.legality && id.legality !== 'LEGAL' && id.legality !== 'CREATING') throw bad('an allocated chunk is LEGAL or CREATING');
 }

@@ -12,6 +12,9 @@ export class DiskStats extends IoStats {
   flushOps = 0;
   /** Every fdatasync of the disk file (group-committed: one may serve many FLUSH and FUA requests). */
   readonly syncLatency = new LatencyHistogram();
+  /** Chunk record writes (each first write of a region, mark, epoch raise...: coalesced per chunk) and their bytes. */
+  recordWrites = 0;
+  recordWriteBytes = 0;
   /** Bytes copied into this disk's chunks by resyncs. */
   resyncCopyBytes = 0;
 }

@@ -4,7 +4,7 @@ import { moduleLogger, type Logger } from '../shared/logger.js';
 import { Chunk, type ChunkDisk, type Done } from './chunk.js';
 import { DiskStats } from './disk-stats.js';
 import { isBlank, uuidToBytes } from './disk-format/bytes.js';
-import { encodeRecord, pickNewest } from './disk-format/chunk-record.js';
+import { pickNewest } from './disk-format/chunk-record.js';
 import { FORMAT_VERSION, SUPERBLOCK_SIZE } from './disk-format/layout.js';
 import { format } from './disk/format.js';
 import { createSparse, deviceSize, p, readFully, writeSuperblockDurably } from './disk/file-io.js';
@@ -14,14 +14,14 @@ import { ioError } from './errors.js';
 import { BandwidthCap } from './disk/bandwidth-cap.js';
 import { WriteGatherer } from './write-gather.js';
 import { HolePuncher } from './disk/hole-punch.js';
+import { RecordWriter } from './disk/record-writer.js';
 import { readSyncIo } from './sync-io.js';
 
 // One disk (a file created sparse, or a block device): formats or opens it,
 // holds its chunk table in memory, and does every I/O on it through the fs
 // callback APIs on one fd (no FileHandle promises on the hot path). Record
-// writes go to the A/B slot that does not hold the newest valid record, one at
-// a time per chunk (two in flight could tear both copies), coalescing requests
-// that arrive meanwhile into the next write.
+// writes: disk/record-writer.ts (A/B slots, one at a time per chunk,
+// coalesced).
 //
 // Disk failure: an errno from the OS on a read, write or fdatasync is counted;
 // DISK_FAIL_THRESHOLD of them mark the disk failed for good (until the node
@@ -88,6 +88,8 @@ export class Disk implements ChunkDisk {
 
   /** Hole punches of discarded ranges (disk/hole-punch.ts), through this disk's own open file. */
   readonly holes: HolePuncher;
+  /** Chunk record writes (disk/record-writer.ts): A/B slots, one per chunk at a time, coalesced. */
+  readonly records: RecordWriter;
 
   private constructor(path: string, fd: number, sb: Superblock) {
     this.path = path;
@@ -97,6 +99,11 @@ export class Disk implements ChunkDisk {
     this.idBytes = uuidToBytes(sb.diskId);
     this.log = moduleLogger('disk', { disk: sb.diskId, path });
     this.holes = new HolePuncher(() => `/proc/${process.pid}/fd/${this.fd}`, this.log);
+    this.records = new RecordWriter({
+      fd: () => this.fd, refuse: () => this.refuse(), ioStart: () => void this.ioInflight++, ioDone: () => this.ioDone(),
+      failed: (err, position) => this.failed(err, 'record write', position), stats: this.stats,
+      recordSize: sb.recordSize, tableOffset: sb.tableOffset, idBytes: this.idBytes,
+    });
   }
 
   /**
@@ -267,23 +274,6 @@ export class Disk implements ChunkDisk {
     this.gatherer.add(data, position, cb);
   }
 
-  /** Writes metadata (chunk records): never throttled. */
-  private writeMeta(buf: Buffer, length: number, position: number, cb: Done): void {
-    const failure = this.refuse();
-    if (failure) return process.nextTick(cb, failure);
-    this.ioInflight++;
-    this.writePart(buf, 0, length, position, cb);
-  }
-
-  private writePart(buf: Buffer, bufOffset: number, length: number, position: number, cb: Done): void {
-    fs.write(this.fd, buf, bufOffset, length, position, (err, n) => {
-      if (err === null && n < length) return this.writePart(buf, bufOffset + n, length - n, position + n, cb);
-      this.ioDone();
-      if (err) return cb(this.failed(err, 'write', position));
-      cb(null);
-    });
-  }
-
   /** Gives bytes back (a hole that reads as zeros); false where the disk cannot. Not throttled. */
   async punch(position: number, length: number): Promise<boolean> {
     if (this.refuse() !== undefined) return false;
@@ -321,37 +311,7 @@ export class Disk implements ChunkDisk {
   }
 
   persistRecord(chunk: Chunk, cb: Done): void {
-    if (chunk.persisting) {
-      (chunk.persistQueued ??= []).push(cb);
-      return;
-    }
-    this.writeRecord(chunk, [cb]);
-  }
-
-  private writeRecord(chunk: Chunk, waiters: Done[]): void {
-    const { recordSize, tableOffset } = this.sb;
-    const seq = chunk.seq + 1;
-    const slot = chunk.newestSlot === 0 ? 1 : 0;
-    let buf: Buffer;
-    try {
-      buf = encodeRecord(chunk.rec, seq, chunk.index, this.idBytes, recordSize);
-    } catch (err) {
-      for (const w of waiters) process.nextTick(w, err as Error);
-      return;
-    }
-    chunk.persisting = true;
-    this.writeMeta(buf, recordSize, tableOffset + (chunk.index * 2 + slot) * recordSize, (err) => {
-      // On failure the slot may be torn: newestSlot stays, so the next attempt rewrites the same slot.
-      if (err === null) {
-        chunk.seq = seq;
-        chunk.newestSlot = slot;
-      }
-      chunk.persisting = false;
-      const next = chunk.persistQueued;
-      chunk.persistQueued = undefined;
-      if (next !== undefined) this.writeRecord(chunk, next);
-      for (const w of waiters) w(err);
-    });
+    this.records.persist(chunk, cb);
   }
 
   /** Waits for in-flight I/O, syncs and closes the fd. Further I/O fails with DISK_FAILED. */

@@ -40,6 +40,8 @@ export function registerNodeMetrics(registry: Registry, store: NodeDisks, server
   latency('vsky_node_disk_fdatasync_latency_seconds', 'Latency of each fdatasync of the disk (group commit: one may serve many flushes).', (s) => s.syncLatency);
   counter('vsky_node_disk_errors_total', 'Data-protocol requests on the disk\'s chunks answered with an error (fenced requests included).', (s) => s.errors);
   counter('vsky_node_disk_fenced_requests_total', 'Mutations refused because their lease epoch is stale.', (s) => s.fencedRequests);
+  counter('vsky_node_disk_record_writes_total', 'Chunk record writes (written and dirty bitmaps, epochs, identity), coalesced per chunk.', (s) => s.recordWrites);
+  counter('vsky_node_disk_record_write_bytes_total', 'Bytes written by chunk record writes.', (s) => s.recordWriteBytes);
   counter('vsky_node_disk_resync_copy_bytes_total', 'Bytes copied into the disk\'s chunks by resyncs.', (s) => s.resyncCopyBytes);
   collectedCounter(registry, {
     name: 'vsky_node_disk_os_errors_total', help: 'I/O errors the OS returned on the disk since it was opened (enough of them fail the disk).',

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 
-// Whether a disk's data writes (write-gather.ts) and small reads (disk.ts)
+// Whether a disk's data writes (write-gather.ts), small reads (disk.ts) and
+// chunk record writes (disk/record-writer.ts, its own limits and instance)
 // are issued synchronously on the event loop or through libuv's thread pool. A write into the page
 // cache takes a few microseconds, less than the pool hop around it (a
 // queue, a futex wake, two thread switches, a completion callback: measured,

@@ -107,9 +107,12 @@ export function emptyRecord(regionBits: number): ChunkRecordData {
   };
 }
 
-/** Encodes a record slot. `diskId` ties the record to its disk; `chunkIndex` to its place. */
-export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: number, diskId: Buffer, recordSize: number): Buffer {
-  const buf = Buffer.alloc(recordSize);
+/**
+ * Encodes a record slot. `diskId` ties the record to its disk; `chunkIndex` to its place.
+ * Into `out` (recordSize bytes, overwritten whole) when given, else into a new buffer.
+ */
+export function encodeRecord(rec: ChunkRecordData, seq: number, chunkIndex: number, diskId: Buffer, recordSize: number, out?: Buffer): Buffer {
+  const buf = out === undefined ? Buffer.alloc(recordSize) : out.fill(0, 0, recordSize);
   const name = Buffer.from(rec.volumeName, 'utf8');
   if (name.length > MAX_VOLUME_NAME_BYTES) throw new CorruptMetadataError(`volume name longer than ${MAX_VOLUME_NAME_BYTES} bytes`);
   const jobId = Buffer.from(rec.jobId, 'utf8');
