@@ -8,7 +8,7 @@ import { Status } from '../../shared/data-protocol/frame.js';
 import { CorruptMetadataError, InvalidArgumentError, IoError, StaleEpochError } from '../../shared/errors.js';
 import { setRootLogger } from '../../shared/logger.js';
 import type { Chunk } from '../../storage-node/chunk.js';
-import { readChunk, writeChunk, zeroChunk } from '../../storage-node/chunk-io.js';
+import { zeroChunk } from '../../storage-node/chunk-io.js';
 import { ChunkStore, type ChunkIdentity } from '../../storage-node/chunk-store.js';
 import { DISK_FAIL_THRESHOLD, Disk } from '../../storage-node/disk.js';
 import {
@@ -19,6 +19,7 @@ import { DiskFailedError, statusForError } from '../../shared/data-protocol/stat
 import { countSet, testBit } from '../../shared/region-bitmap.js';
 import { clearDirty, markDirty } from '../../storage-node/write-intent.js';
 import { encodeV2Record } from '../harness/disk-format-v2.js';
+import { patch, read, write } from '../harness/chunk-file.js';
 
 setRootLogger(pino({ level: process.env.VSKY_LOG_LEVEL ?? 'silent' }));
 
@@ -36,19 +37,6 @@ function identity(volumeId: number, segment = 0, epoch = 1): ChunkIdentity {
   return { volumeId, volumeName: `v${volumeId}`, volumeSize: CHUNK, segment, slot: 0, segmentCount: 1, replicas: 1, generation: 1, epoch };
 }
 
-const write = (c: Chunk, off: number, data: Buffer, fua = false) =>
-  new Promise<void>((res, rej) => writeChunk(c, off, data, fua, (e) => (e ? rej(e) : res())));
-const read = (c: Chunk, off: number, len: number) =>
-  new Promise<Buffer>((res, rej) => {
-    const buf = Buffer.alloc(len, 0xcc);
-    readChunk(c, off, len, buf, 0, (e) => (e ? rej(e) : res(buf)));
-  });
-
-async function patch(path: string, position: number, bytes: Buffer): Promise<void> {
-  const fh = await open(path, 'r+');
-  await fh.write(bytes, 0, bytes.length, position);
-  await fh.close();
-}
 
 /** File position of a chunk's record slot (0 = A, 1 = B). */
 const slotAt = (chunk: number, slot: number) => layout.tableOffset + (chunk * 2 + slot) * layout.recordSize;

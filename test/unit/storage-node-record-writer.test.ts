@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -7,9 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setRootLogger } from '../../shared/logger.js';
 import { setBit, testBit } from '../../shared/region-bitmap.js';
 import type { Chunk } from '../../storage-node/chunk.js';
-import { readChunk, writeChunk } from '../../storage-node/chunk-io.js';
 import { ChunkStore, type ChunkIdentity } from '../../storage-node/chunk-store.js';
 import { SECTOR, RECORD_FIXED, computeLayout, encodeRecord, uuidToBytes } from '../../storage-node/disk-format.js';
+import { patch, read, write } from '../harness/chunk-file.js';
 
 // Chunk record writes (storage-node/disk/record-writer.ts): on the event loop
 // by default, coalesced per loop iteration, and crash-safe: a record write
@@ -32,19 +32,6 @@ function identity(volumeId: number): ChunkIdentity {
   return { volumeId, volumeName: `v${volumeId}`, volumeSize: CHUNK, segment: 0, slot: 0, segmentCount: 1, replicas: 1, generation: 1, epoch: 1 };
 }
 
-const write = (c: Chunk, off: number, data: Buffer) =>
-  new Promise<void>((res, rej) => writeChunk(c, off, data, false, (e) => (e ? rej(e) : res())));
-const read = (c: Chunk, off: number, len: number) =>
-  new Promise<Buffer>((res, rej) => {
-    const buf = Buffer.alloc(len, 0xcc);
-    readChunk(c, off, len, buf, 0, (e) => (e ? rej(e) : res(buf)));
-  });
-
-async function patch(path: string, position: number, bytes: Buffer): Promise<void> {
-  const fh = await open(path, 'r+');
-  await fh.write(bytes, 0, bytes.length, position);
-  await fh.close();
-}
 
 const slotAt = (chunk: number, slot: number) => layout.tableOffset + (chunk * 2 + slot) * layout.recordSize;
 
