@@ -8,6 +8,7 @@ import { call } from '../../shared/grpc.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { randomFile, run } from '../harness/tools.js';
 import { vsky, vskyJson } from '../harness/vsky.js';
+import { numberArg } from './cli-args.js';
 
 // The copy job (docs/jobs.md) against nbdcopy on the same cluster, same run:
 // a fully written SRC (random data, 2 replicas) is copied
@@ -100,13 +101,8 @@ export async function runCopyBench(sizeMiB = 512, leaseTtlMs = 8000, keep = fals
   }
 }
 
-function arg(name: string, dflt: number): number {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? Number(process.argv[i + 1]) : dflt;
-}
-
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const r = await runCopyBench(arg('--size-mib', 512), arg('--lease-ttl', 8000), process.argv.includes('--keep'));
+  const r = await runCopyBench(numberArg('--size-mib', 512), numberArg('--lease-ttl', 8000), process.argv.includes('--keep'));
   const rate = (ms: number) => (r.bytes / MiB) / (ms / 1000);
   console.log(`copy job (head2, submit -> succeeded): ${(r.jobMs / 1000).toFixed(2)} s, ${rate(r.jobMs).toFixed(1)} MiB/s`);
   console.log(`nbdcopy SRC export -> DST export:     ${(r.nbdcopyMs / 1000).toFixed(2)} s, ${rate(r.nbdcopyMs).toFixed(1)} MiB/s`);

@@ -6,6 +6,7 @@ import { GiB, MiB } from '../../shared/constants.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { randomFile, run } from '../harness/tools.js';
 import { vskyOk } from './clone-fixture.js';
+import { numberArg } from './cli-args.js';
 
 // Flatten throughput (docs/snapshots.md): a template of SIZE random bytes
 // (2 replicas), its snapshot, and clones that wrote nothing, so a flatten
@@ -68,13 +69,8 @@ export async function runFlattenBench(sizeMiB = 512, keep = false, log = (s: str
   }
 }
 
-function arg(name: string, dflt: number): number {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? Number(process.argv[i + 1]) : dflt;
-}
-
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const rows = await runFlattenBench(arg('--size-mib', 512), process.argv.includes('--keep'));
+  const rows = await runFlattenBench(numberArg('--size-mib', 512), process.argv.includes('--keep'));
   const base = rows[rows.length - 1]!;
   const rate = (r: FlattenBenchRow) => (r.bytes / MiB) / (r.wallMs / 1000);
   for (const r of rows) {

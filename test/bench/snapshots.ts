@@ -7,6 +7,7 @@ import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { NbdClient } from '../harness/nbd-client.js';
 import { run } from '../harness/tools.js';
 import { templateAndThick, vskyOk } from './clone-fixture.js';
+import { numberArg } from './cli-args.js';
 
 // Snapshots and clones (docs/snapshots.md):
 //  - snapshot create of a detached volume (256 MiB thick, 2 replicas: 2 chunks reassigned),
@@ -19,15 +20,11 @@ import { templateAndThick, vskyOk } from './clone-fixture.js';
 //
 // Run: npm run build && node dist/test/bench/snapshots.js [--n 20] [--seconds 15] [--region-size 64K]
 
-function arg(name: string, dflt: number): number {
-  const i = process.argv.indexOf(name);
-  return i > 0 ? Number(process.argv[i + 1]) : dflt;
-}
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function main(): Promise<void> {
-  const n = arg('--n', 20);
-  const seconds = arg('--seconds', 15);
+  const n = numberArg('--n', 20);
+  const seconds = numberArg('--seconds', 15);
   const regionSize = process.argv.indexOf('--region-size') > 0 ? process.argv[process.argv.indexOf('--region-size') + 1]! : '';
   const c = await startTestCluster({ diskSize: 8 * GiB, chunkSize: 256 * MiB, logLevel: 'warn', storageNodeArgs: regionSize ? ['--region-size', regionSize] : [] });
   const work = mkdtempSync(join(tmpdir(), 'vsky-snap-bench-'));

@@ -5,6 +5,7 @@ import { GiB, MiB } from '../../shared/constants.js';
 import { destroyTestCluster, startTestCluster } from '../harness/cluster.js';
 import { randomFile, run } from '../harness/tools.js';
 import { vsky } from '../harness/vsky.js';
+import { numberArg } from './cli-args.js';
 
 // Thin provisioning's cost on the write path (docs/thin-provisioning.md):
 // nbdcopy --flush of the same 2 GiB random file into
@@ -22,14 +23,10 @@ import { vsky } from '../harness/vsky.js';
 //
 // Run: npm run build && node dist/test/bench/thin-fill.js [--size-mib N] [--rounds N]
 
-function arg(name: string, dflt: number): number {
-  const i = process.argv.indexOf(name);
-  return i > 0 ? Number(process.argv[i + 1]) : dflt;
-}
 
 async function main(): Promise<void> {
-  const bytes = arg('--size-mib', 2048) * MiB;
-  const rounds = arg('--rounds', 2);
+  const bytes = numberArg('--size-mib', 2048) * MiB;
+  const rounds = numberArg('--rounds', 2);
   // Sparse 4 GiB disk files (3 servers x 2): room for every round's volumes, which are kept.
   const c = await startTestCluster({ diskSize: 4 * GiB, chunkSize: 256 * MiB, logLevel: 'warn' });
   const work = mkdtempSync(join(tmpdir(), 'vsky-thin-bench-'));
